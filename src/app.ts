@@ -1,0 +1,53 @@
+import { Hono } from "hono";
+import { bodyLimit } from "hono/body-limit";
+import { MAX_BODY_BYTES } from "./body";
+import { getConfig } from "./config";
+import type { AppEnv } from "./env";
+import { ApiError, problem } from "./errors";
+import { accountRoutes, whoamiRoutes } from "./routes/account";
+import { accountsRoutes } from "./routes/accounts";
+import { apiKeysRoutes } from "./routes/api-keys";
+import { usersRoutes } from "./routes/users";
+
+export const app = new Hono<AppEnv>();
+
+app.use(async (c, next) => {
+  c.set("requestId", `req_${crypto.randomUUID().replaceAll("-", "")}`);
+  await next();
+  c.res.headers.set("X-Request-Id", c.get("requestId"));
+});
+
+app.use(async (c, next) => {
+  const config = getConfig(c.env);
+  c.set("config", config);
+  if (!config.allowHttp && new URL(c.req.url).protocol !== "https:") {
+    throw new ApiError("https_required", "Keygate only answers over HTTPS; send the request to the https:// URL.");
+  }
+  await next();
+});
+
+app.use(
+  "/v1/*",
+  bodyLimit({
+    maxSize: MAX_BODY_BYTES,
+    onError: () => {
+      throw new ApiError("payload_too_large", `Request bodies are limited to ${MAX_BODY_BYTES} bytes.`);
+    },
+  }),
+);
+
+app.get("/health", (c) => c.json({ status: "ok" }));
+app.route("/v1/accounts", accountsRoutes);
+app.route("/v1/account", accountRoutes);
+app.route("/v1/api-keys", apiKeysRoutes);
+app.route("/v1/users", usersRoutes);
+app.route("/v1/whoami", whoamiRoutes);
+
+app.notFound((c) => problem(c, new ApiError("not_found", `No route for ${c.req.method} ${new URL(c.req.url).pathname}.`)));
+
+app.onError((err, c) => {
+  if (err instanceof ApiError) return problem(c, err);
+  // Only the error's name and message: never a stack, a request body or a credential.
+  console.error(`${c.get("requestId")} unexpected ${err.name}: ${err.message}`);
+  return problem(c, new ApiError("internal_error", "Something went wrong on our side. Quote the request id when you report it."));
+});

@@ -1,0 +1,130 @@
+import type { Context } from "hono";
+import { ApiError, type FieldError } from "./errors";
+
+/** Largest request body accepted, in bytes; larger bodies get 413 `payload_too_large`. */
+export const MAX_BODY_BYTES = 16 * 1024;
+
+/** Parses a JSON object body: 415 unless the body is declared JSON, 400 unless it parses to an object. */
+export async function readJson(c: Context): Promise<Record<string, unknown>> {
+  const type = c.req.header("Content-Type") ?? "";
+  if (!/^application\/json\s*(;|$)/i.test(type)) {
+    throw new ApiError("unsupported_media_type", "Send the body as JSON with `Content-Type: application/json`.");
+  }
+  let body: unknown;
+  try {
+    body = JSON.parse(await c.req.text());
+  } catch {
+    throw new ApiError("malformed_json", "The request body is not valid JSON.");
+  }
+  if (typeof body !== "object" || body === null || Array.isArray(body)) {
+    throw new ApiError("invalid_request", "The request body must be a JSON object.");
+  }
+  return body as Record<string, unknown>;
+}
+
+/**
+ * Reads fields of a parsed body, collecting every problem so one 400 lists them all. Unknown fields are errors:
+ * a misspelt `mailboxId` must not silently create a full-access key.
+ */
+export class Fields {
+  private readonly seen = new Set<string>();
+  private readonly children: Fields[] = [];
+
+  constructor(
+    private readonly body: Record<string, unknown>,
+    private readonly prefix = "",
+    readonly errors: FieldError[] = [],
+  ) {}
+
+  private take(name: string): unknown {
+    this.seen.add(name);
+    return this.body[name];
+  }
+
+  /** Records a problem with a field (named relative to this object); returns undefined for convenience. */
+  fail(field: string, message: string): undefined {
+    this.errors.push({ field: this.prefix + field, message });
+    return undefined;
+  }
+
+  string(name: string, opts: { required?: boolean; max?: number; pattern?: RegExp; hint?: string } = {}): string | undefined {
+    const v = this.take(name);
+    if (v === undefined || v === null) return opts.required ? this.fail(name, "is required") : undefined;
+    if (typeof v !== "string") return this.fail(name, "must be a string");
+    const s = v.trim();
+    if (s.length === 0) return this.fail(name, "must not be empty");
+    if (opts.max !== undefined && s.length > opts.max) return this.fail(name, `must be at most ${opts.max} characters`);
+    if (opts.pattern && !opts.pattern.test(s)) return this.fail(name, opts.hint ?? "has an invalid format");
+    return s;
+  }
+
+  boolean(name: string): boolean | undefined {
+    const v = this.take(name);
+    if (v === undefined) return undefined;
+    if (typeof v !== "boolean") return this.fail(name, "must be true or false");
+    return v;
+  }
+
+  integer(name: string, min: number, max: number): number | undefined {
+    const v = this.take(name);
+    if (v === undefined) return undefined;
+    if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max)
+      return this.fail(name, `must be an integer from ${min} to ${max}`);
+    return v;
+  }
+
+  oneOf<T extends string>(name: string, values: readonly T[], required = false): T | undefined {
+    const v = this.take(name);
+    if (v === undefined) return required ? this.fail(name, "is required") : undefined;
+    if (typeof v !== "string" || !values.includes(v as T)) return this.fail(name, `must be one of: ${values.join(", ")}`);
+    return v as T;
+  }
+
+  /** A future instant given as an ISO-8601 date-time with a timezone; returned normalised to UTC. */
+  futureDate(name: string, now: Date): string | null | undefined {
+    const v = this.take(name);
+    if (v === undefined || v === null) return v;
+    if (typeof v !== "string" || !/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$/.test(v)) {
+      return this.fail(name, "must be an ISO-8601 date-time with a timezone, e.g. 2027-01-01T00:00:00Z");
+    }
+    const d = new Date(v);
+    if (Number.isNaN(d.getTime())) return this.fail(name, "is not a valid date");
+    if (d <= now) return this.fail(name, "must be in the future");
+    return d.toISOString();
+  }
+
+  stringArray(name: string, opts: { maxItems: number; pattern: RegExp; hint: string }): string[] | undefined {
+    const v = this.take(name);
+    if (v === undefined) return undefined;
+    if (!Array.isArray(v) || v.length === 0) return this.fail(name, "must be a non-empty array of strings");
+    if (v.length > opts.maxItems) return this.fail(name, `must have at most ${opts.maxItems} items`);
+    const bad = v.findIndex((s) => typeof s !== "string" || !opts.pattern.test(s));
+    if (bad >= 0) return this.fail(`${name}[${bad}]`, opts.hint);
+    return [...new Set(v as string[])];
+  }
+
+  /** A nested object whose fields report as `name.field`. */
+  object(name: string, required = false): Fields | undefined {
+    const v = this.take(name);
+    if (v === undefined) return required ? this.fail(name, "is required") : undefined;
+    if (typeof v !== "object" || v === null || Array.isArray(v)) return this.fail(name, "must be an object");
+    const child = new Fields(v as Record<string, unknown>, `${this.prefix}${name}.`, this.errors);
+    this.children.push(child);
+    return child;
+  }
+
+  private unknownFields(): void {
+    for (const name of Object.keys(this.body)) {
+      if (!this.seen.has(name)) this.fail(name, "is not a known field");
+    }
+    for (const child of this.children) child.unknownFields();
+  }
+
+  /** Throws one 400 listing every invalid or unknown field. */
+  done(): void {
+    this.unknownFields();
+    if (this.errors.length > 0) {
+      throw new ApiError("invalid_request", `Invalid fields: ${this.errors.map((e) => e.field).join(", ")}.`, { errors: this.errors });
+    }
+  }
+}

@@ -1,0 +1,67 @@
+import type { Bindings } from "./env";
+import { ApiError } from "./errors";
+
+export type Config = {
+  operatorToken: string | undefined;
+  resourceTypes: readonly string[];
+  queryTokenSunset: Date;
+  queryTokenDeprecatedAt: Date;
+  authDocsUrl: string;
+  allowHttp: boolean;
+};
+
+export const DEFAULTS = {
+  RESOURCE_TYPES: "",
+  QUERY_TOKEN_SUNSET: "2026-07-01T00:00:00Z",
+  QUERY_TOKEN_DEPRECATED_AT: "2026-01-01T00:00:00Z",
+  AUTH_DOCS_URL: "https://github.com/keygate/keygate#authentication",
+  ALLOW_HTTP: "false",
+} as const;
+
+const RESOURCE_TYPE = /^[a-z][a-z0-9]{0,31}$/;
+
+const cache = new WeakMap<Bindings, Config>();
+
+/** Reads and validates vars and secrets once per environment object. */
+export function getConfig(env: Bindings): Config {
+  let config = cache.get(env);
+  if (!config) {
+    config = parseConfig(env);
+    cache.set(env, config);
+  }
+  return config;
+}
+
+function parseConfig(env: Bindings): Config {
+  const resourceTypes = (env.RESOURCE_TYPES ?? DEFAULTS.RESOURCE_TYPES)
+    .split(",")
+    .map((t) => t.trim())
+    .filter(Boolean);
+  for (const type of resourceTypes) {
+    if (!RESOURCE_TYPE.test(type)) misconfigured("RESOURCE_TYPES", `"${type}" is not a resource type name`);
+  }
+  const operatorToken = env.OPERATOR_TOKEN || undefined;
+  if (operatorToken !== undefined && operatorToken.length < 32) misconfigured("OPERATOR_TOKEN", "must be at least 32 characters");
+  const allowHttp = env.ALLOW_HTTP ?? DEFAULTS.ALLOW_HTTP;
+  if (allowHttp !== "true" && allowHttp !== "false") misconfigured("ALLOW_HTTP", 'must be "true" or "false"');
+  return {
+    operatorToken,
+    resourceTypes,
+    queryTokenSunset: date("QUERY_TOKEN_SUNSET", env.QUERY_TOKEN_SUNSET ?? DEFAULTS.QUERY_TOKEN_SUNSET),
+    queryTokenDeprecatedAt: date("QUERY_TOKEN_DEPRECATED_AT", env.QUERY_TOKEN_DEPRECATED_AT ?? DEFAULTS.QUERY_TOKEN_DEPRECATED_AT),
+    authDocsUrl: env.AUTH_DOCS_URL ?? DEFAULTS.AUTH_DOCS_URL,
+    allowHttp: allowHttp === "true",
+  };
+}
+
+function date(name: string, value: string): Date {
+  const d = new Date(value);
+  if (Number.isNaN(d.getTime())) misconfigured(name, "must be an ISO-8601 date");
+  return d;
+}
+
+function misconfigured(name: string, reason: string): never {
+  // The operator sees the variable's name in logs; the caller only sees that the deployment is misconfigured.
+  console.error(`config: ${name} ${reason}`);
+  throw new ApiError("configuration_error", "The server is misconfigured.");
+}

@@ -1,0 +1,31 @@
+import { desc, eq, sql } from "drizzle-orm";
+import { newId } from "../keys/format";
+import type { Db } from "./client";
+import { auditEvents } from "./schema";
+
+export type AuditInput = { accountId: string; actor: string; action: string; target: string; requestId: string };
+
+/** An audit event; write it in the same batch as the change it records. */
+export function auditInsert(d: Db, e: AuditInput, now: Date) {
+  return d.insert(auditEvents).values({ id: newId("evt"), createdAt: now.toISOString(), ...e });
+}
+
+/**
+ * An audit event written only when the statement just before it in the same batch changed a row:
+ * a guarded update and its event land together or not at all.
+ */
+export function auditIfChanged(d: Db, e: AuditInput, now: Date) {
+  return d.run(sql`INSERT INTO audit_events (id, account_id, actor, action, target, created_at, request_id)
+    SELECT ${newId("evt")}, ${e.accountId}, ${e.actor}, ${e.action}, ${e.target}, ${now.toISOString()}, ${e.requestId}
+    WHERE changes() = 1`);
+}
+
+export async function recentEvents(d: Db, accountId: string, limit: number) {
+  const rows = await d
+    .select()
+    .from(auditEvents)
+    .where(eq(auditEvents.accountId, accountId))
+    .orderBy(desc(auditEvents.createdAt), desc(auditEvents.id))
+    .limit(limit);
+  return rows.map(({ accountId: _, ...event }) => event);
+}

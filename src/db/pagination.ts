@@ -1,0 +1,55 @@
+import { type SQL, sql } from "drizzle-orm";
+import type { SQLiteColumn } from "drizzle-orm/sqlite-core";
+import { ApiError } from "../errors";
+
+/** A page request over rows ordered newest first by (createdAt, id). */
+export type Page = { limit: number; after: { createdAt: string; id: string } | null };
+
+export const DEFAULT_LIMIT = 20;
+export const MAX_LIMIT = 100;
+
+/** Reads `limit` and `cursor` from a query string; a bad value is a 400 naming the field. */
+export function readPage(query: URLSearchParams): Page {
+  const limitParam = query.get("limit");
+  const limit = limitParam === null ? DEFAULT_LIMIT : Number(limitParam);
+  if (!Number.isInteger(limit) || limit < 1 || limit > MAX_LIMIT) {
+    throw new ApiError("invalid_request", "The query is invalid.", {
+      errors: [{ field: "limit", message: `must be an integer from 1 to ${MAX_LIMIT}` }],
+    });
+  }
+  const cursor = query.get("cursor");
+  return { limit, after: cursor === null ? null : decodeCursor(cursor) };
+}
+
+function decodeCursor(cursor: string): Page["after"] {
+  try {
+    const [createdAt, id] = JSON.parse(atob(cursor.replace(/-/g, "+").replace(/_/g, "/"))) as unknown[];
+    if (typeof createdAt === "string" && typeof id === "string") return { createdAt, id };
+  } catch {
+    // fall through to the 400 below
+  }
+  throw new ApiError("invalid_request", "The query is invalid.", {
+    errors: [{ field: "cursor", message: "is not a cursor this API returned" }],
+  });
+}
+
+function encodeCursor(row: { createdAt: string; id: string }): string {
+  return btoa(JSON.stringify([row.createdAt, row.id]))
+    .replace(/\+/g, "-")
+    .replace(/\//g, "_")
+    .replace(/=+$/, "");
+}
+
+/** The condition that starts a page after its cursor. */
+export function pageWhere(table: { createdAt: SQLiteColumn; id: SQLiteColumn }, page: Page): SQL | undefined {
+  if (!page.after) return undefined;
+  const { createdAt, id } = page.after;
+  return sql`(${table.createdAt} < ${createdAt} OR (${table.createdAt} = ${createdAt} AND ${table.id} < ${id}))`;
+}
+
+/** Cuts the one extra row fetched to learn whether another page follows. */
+export function toPage<T extends { createdAt: string; id: string }>(rows: T[], page: Page): { rows: T[]; nextCursor: string | null } {
+  if (rows.length <= page.limit) return { rows, nextCursor: null };
+  const kept = rows.slice(0, page.limit);
+  return { rows: kept, nextCursor: encodeCursor(kept[kept.length - 1] as T) };
+}

@@ -1,0 +1,82 @@
+import { sql } from "drizzle-orm";
+import { index, integer, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
+
+// Timestamps are ISO-8601 UTC strings (`Date#toISOString`): they sort as text and read as the API shows them.
+
+export const accounts = sqliteTable("accounts", {
+  id: text("id").primaryKey(),
+  name: text("name").notNull(),
+  keyPrefix: text("key_prefix").notNull(),
+  membersCanCreateKeys: integer("members_can_create_keys", { mode: "boolean" }).notNull().default(false),
+  createdAt: text("created_at").notNull(),
+});
+
+export const users = sqliteTable(
+  "users",
+  {
+    id: text("id").primaryKey(),
+    accountId: text("account_id")
+      .notNull()
+      .references(() => accounts.id),
+    email: text("email").notNull(),
+    role: text("role", { enum: ["admin", "member"] }).notNull(),
+    disabled: integer("disabled", { mode: "boolean" }).notNull().default(false),
+    createdAt: text("created_at").notNull(),
+  },
+  (t) => [uniqueIndex("users_account_email").on(t.accountId, t.email), index("users_account_created").on(t.accountId, t.createdAt)],
+);
+
+export const apiKeys = sqliteTable(
+  "api_keys",
+  {
+    id: text("id").primaryKey(),
+    accountId: text("account_id")
+      .notNull()
+      .references(() => accounts.id),
+    ownerId: text("owner_id")
+      .notNull()
+      .references(() => users.id),
+    createdBy: text("created_by").notNull(),
+    name: text("name").notNull(),
+    prefix: text("prefix").notNull(),
+    start: text("start").notNull(),
+    hash: text("hash").notNull(),
+    /** JSON array of grants: `["*"]` or `["mailbox:mbx_1", ...]`. */
+    scopes: text("scopes").notNull(),
+    expiresAt: text("expires_at"),
+    createdAt: text("created_at").notNull(),
+    lastUsedAt: text("last_used_at"),
+    lastAuthMethod: text("last_auth_method", { enum: ["bearer", "header", "query"] }),
+    /** May lie in the future: a rotated key stays valid until the end of its grace period. */
+    revokedAt: text("revoked_at"),
+    revokedBy: text("revoked_by"),
+    rotatedFrom: text("rotated_from"),
+  },
+  (t) => [
+    uniqueIndex("api_keys_hash").on(t.hash),
+    // A key is replaced at most once, so two concurrent rotations cannot both succeed.
+    uniqueIndex("api_keys_rotated_from").on(t.rotatedFrom).where(sql`rotated_from IS NOT NULL`),
+    index("api_keys_account_created").on(t.accountId, t.createdAt),
+  ],
+);
+
+export const auditEvents = sqliteTable(
+  "audit_events",
+  {
+    id: text("id").primaryKey(),
+    accountId: text("account_id")
+      .notNull()
+      .references(() => accounts.id),
+    /** The user who acted, or `operator` for provisioning. */
+    actor: text("actor").notNull(),
+    action: text("action").notNull(),
+    target: text("target").notNull(),
+    createdAt: text("created_at").notNull(),
+    requestId: text("request_id").notNull(),
+  },
+  (t) => [index("audit_events_account_created").on(t.accountId, t.createdAt)],
+);
+
+export type Account = typeof accounts.$inferSelect;
+export type User = typeof users.$inferSelect;
+export type ApiKey = typeof apiKeys.$inferSelect;

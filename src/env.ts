@@ -1,0 +1,24 @@
+import type { Principal } from "./auth/principal";
+import type { Config } from "./config";
+import type { RateLimiter } from "./ratelimit/durable-object";
+
+/** Worker bindings: wrangler.toml vars and bindings, plus secrets set with `wrangler secret put`. */
+export type Bindings = {
+  DB: D1Database;
+  RATE_LIMITER: DurableObjectNamespace<RateLimiter>;
+  OPERATOR_TOKEN?: string;
+  RESOURCE_TYPES?: string;
+  QUERY_TOKEN_SUNSET?: string;
+  QUERY_TOKEN_DEPRECATED_AT?: string;
+  AUTH_DOCS_URL?: string;
+  ALLOW_HTTP?: string;
+};
+
+/** Per-request values set by middleware. */
+export type Variables = {
+  requestId: string;
+  config: Config;
+  principal: Principal;
+};
+
+export type AppEnv = { Bindings: Bindings; Variables: Variables };

@@ -1,0 +1,5 @@
+import { app } from "./app";
+
+export { RateLimiter } from "./ratelimit/durable-object";
+
+export default app;

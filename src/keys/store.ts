@@ -1,0 +1,190 @@
+import { and, desc, eq, sql } from "drizzle-orm";
+import type { AuthMethod } from "../auth/credentials";
+import type { Principal } from "../auth/principal";
+import type { Db } from "../db/client";
+import { type Page, pageWhere, toPage } from "../db/pagination";
+import { type ApiKey, accounts, apiKeys, users } from "../db/schema";
+import { generateKey, hashKey, newId } from "./format";
+
+export type KeyStatus = "active" | "revoked" | "expired";
+
+/** A revocation may be scheduled (rotation grace), so status is computed against the clock. */
+export function keyStatus(key: Pick<ApiKey, "revokedAt" | "expiresAt">, now: Date): KeyStatus {
+  const iso = now.toISOString();
+  if (key.revokedAt !== null && key.revokedAt <= iso) return "revoked";
+  if (key.expiresAt !== null && key.expiresAt <= iso) return "expired";
+  return "active";
+}
+
+/** SQL condition for keys that authenticate at `iso`. */
+function activeAt(iso: string) {
+  return sql`(${apiKeys.revokedAt} IS NULL OR ${apiKeys.revokedAt} > ${iso}) AND (${apiKeys.expiresAt} IS NULL OR ${apiKeys.expiresAt} > ${iso})`;
+}
+
+/** The API view of a key: never the hash, never the raw key. */
+export function keyView(key: ApiKey, now: Date) {
+  return {
+    id: key.id,
+    name: key.name,
+    prefix: key.prefix,
+    start: key.start,
+    scopes: JSON.parse(key.scopes) as string[],
+    status: keyStatus(key, now),
+    ownerId: key.ownerId,
+    createdBy: key.createdBy,
+    createdAt: key.createdAt,
+    expiresAt: key.expiresAt,
+    lastUsedAt: key.lastUsedAt,
+    lastAuthMethod: key.lastAuthMethod,
+    revokedAt: key.revokedAt,
+    revokedBy: key.revokedBy,
+    rotatedFrom: key.rotatedFrom,
+  };
+}
+
+export type NewKey = {
+  accountId: string;
+  ownerId: string;
+  createdBy: string;
+  name: string;
+  prefix: string;
+  scopes: string[];
+  expiresAt: string | null;
+  rotatedFrom?: string;
+};
+
+/** Mints a key and its row; the caller writes the row in the same batch as its audit event. */
+export async function mintKey(input: NewKey, now: Date): Promise<{ raw: string; row: ApiKey }> {
+  const raw = generateKey(input.prefix);
+  const row: ApiKey = {
+    id: newId("key"),
+    accountId: input.accountId,
+    ownerId: input.ownerId,
+    createdBy: input.createdBy,
+    name: input.name,
+    prefix: input.prefix,
+    start: raw.slice(input.prefix.length + 1, input.prefix.length + 9),
+    hash: await hashKey(raw),
+    scopes: JSON.stringify(input.scopes),
+    expiresAt: input.expiresAt,
+    createdAt: now.toISOString(),
+    lastUsedAt: null,
+    lastAuthMethod: null,
+    revokedAt: null,
+    revokedBy: null,
+    rotatedFrom: input.rotatedFrom ?? null,
+  };
+  return { raw, row };
+}
+
+export type VerifyResult =
+  | { ok: true; principal: Principal; key: ApiKey }
+  | { ok: false; code: "invalid_key" | "key_revoked" | "key_expired" | "key_owner_disabled" };
+
+/** Looks a key up by its hash in one D1 read, with its owner and account. An unusable key is a result, not an exception. */
+export async function verifyKey(d: Db, raw: string, now: Date): Promise<VerifyResult> {
+  const [found] = await d
+    .select({
+      key: apiKeys,
+      role: users.role,
+      disabled: users.disabled,
+      keyPrefix: accounts.keyPrefix,
+      membersCanCreateKeys: accounts.membersCanCreateKeys,
+    })
+    .from(apiKeys)
+    .innerJoin(users, eq(users.id, apiKeys.ownerId))
+    .innerJoin(accounts, eq(accounts.id, apiKeys.accountId))
+    .where(eq(apiKeys.hash, await hashKey(raw)))
+    .limit(1);
+  if (!found) return { ok: false, code: "invalid_key" };
+  const status = keyStatus(found.key, now);
+  if (status === "revoked") return { ok: false, code: "key_revoked" };
+  if (status === "expired") return { ok: false, code: "key_expired" };
+  if (found.disabled) return { ok: false, code: "key_owner_disabled" };
+  return {
+    ok: true,
+    key: found.key,
+    principal: {
+      accountId: found.key.accountId,
+      keyId: found.key.id,
+      userId: found.key.ownerId,
+      role: found.role,
+      scopes: JSON.parse(found.key.scopes) as string[],
+      keyPrefix: found.keyPrefix,
+      membersCanCreateKeys: found.membersCanCreateKeys,
+    },
+  };
+}
+
+/** How long `lastUsedAt` may lag behind the truth: at most one write per key per interval. */
+export const LAST_USED_INTERVAL_MS = 60_000;
+
+/**
+ * The write that records a use, or null when the stored values are fresh enough. The update is guarded
+ * so that concurrent requests on other isolates do not write twice in one interval.
+ */
+export function touchKey(d: Db, key: ApiKey, method: AuthMethod, now: Date) {
+  const threshold = new Date(now.getTime() - LAST_USED_INTERVAL_MS).toISOString();
+  if (key.lastUsedAt !== null && key.lastUsedAt > threshold && key.lastAuthMethod === method) return null;
+  return d
+    .update(apiKeys)
+    .set({ lastUsedAt: now.toISOString(), lastAuthMethod: method })
+    .where(
+      and(
+        eq(apiKeys.id, key.id),
+        sql`(${apiKeys.lastUsedAt} IS NULL OR ${apiKeys.lastUsedAt} <= ${threshold} OR ${apiKeys.lastAuthMethod} IS NOT ${method})`,
+      ),
+    );
+}
+
+export async function findKey(d: Db, accountId: string, id: string): Promise<ApiKey | undefined> {
+  const [key] = await d
+    .select()
+    .from(apiKeys)
+    .where(and(eq(apiKeys.accountId, accountId), eq(apiKeys.id, id)))
+    .limit(1);
+  return key;
+}
+
+export async function listKeys(d: Db, accountId: string, ownerId: string | null, page: Page) {
+  const rows = await d
+    .select()
+    .from(apiKeys)
+    .where(and(eq(apiKeys.accountId, accountId), ownerId === null ? undefined : eq(apiKeys.ownerId, ownerId), pageWhere(apiKeys, page)))
+    .orderBy(desc(apiKeys.createdAt), desc(apiKeys.id))
+    .limit(page.limit + 1);
+  return toPage(rows, page);
+}
+
+/**
+ * Revokes a key at `at` unless that would leave the account without a key that is active now and stays active
+ * past `at`. One guarded statement, so two concurrent revocations cannot remove the last two keys.
+ */
+export function revokeStatement(d: Db, key: ApiKey, by: string, at: Date, now: Date) {
+  const atIso = at.toISOString();
+  return d
+    .update(apiKeys)
+    .set({ revokedAt: atIso, revokedBy: by })
+    .where(
+      and(
+        eq(apiKeys.id, key.id),
+        sql`(${apiKeys.revokedAt} IS NULL OR ${apiKeys.revokedAt} > ${now.toISOString()})`,
+        // An expired key is not the last active key: revoking it changes nothing the account relies on.
+        sql`((${apiKeys.expiresAt} IS NOT NULL AND ${apiKeys.expiresAt} <= ${now.toISOString()}) OR EXISTS (SELECT 1 FROM api_keys other WHERE other.account_id = ${key.accountId} AND other.id <> ${key.id}
+          AND (other.revoked_at IS NULL OR other.revoked_at > ${atIso})
+          AND (other.expires_at IS NULL OR other.expires_at > ${now.toISOString()})))`,
+      ),
+    );
+}
+
+/** Active keys of an account and the last time any of its keys was used. */
+export async function keyUsage(d: Db, accountId: string, now: Date) {
+  const [row] = await d
+    .select({
+      activeKeys: sql<number>`sum(CASE WHEN ${activeAt(now.toISOString())} THEN 1 ELSE 0 END)`,
+      lastUsedAt: sql<string | null>`max(${apiKeys.lastUsedAt})`,
+    })
+    .from(apiKeys)
+    .where(eq(apiKeys.accountId, accountId));
+  return { activeKeys: row?.activeKeys ?? 0, lastUsedAt: row?.lastUsedAt ?? null };
+}

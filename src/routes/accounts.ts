@@ -1,0 +1,88 @@
+import { Hono } from "hono";
+import { invalidToken } from "../auth/credentials";
+import { Fields, readJson } from "../body";
+import { auditInsert } from "../db/audit";
+import { db } from "../db/client";
+import { accounts, apiKeys, users } from "../db/schema";
+import type { AppEnv } from "../env";
+import { ApiError } from "../errors";
+import { DEFAULT_PREFIX, newId, PREFIX } from "../keys/format";
+import { keyView, mintKey } from "../keys/store";
+import { allow } from "./method-not-allowed";
+import { EMAIL, userView } from "./users";
+
+/** Provisioning: the operator creates an account with its first admin and that admin's first full-access key. */
+export const accountsRoutes = new Hono<AppEnv>()
+  .post("/", async (c) => {
+    await requireOperator(c.req.header("Authorization"), c.get("config").operatorToken);
+    const f = new Fields(await readJson(c));
+    const name = f.string("name", { required: true, max: 200 });
+    const keyPrefix = f.string("keyPrefix", {
+      pattern: PREFIX,
+      hint: "must be 2-12 characters: a lowercase letter, then lowercase letters or digits",
+    });
+    const membersCanCreateKeys = f.boolean("membersCanCreateKeys") ?? false;
+    const admin = f.object("admin", true);
+    const email = admin?.string("email", { required: true, max: 254, pattern: EMAIL, hint: "must be an email address" });
+    f.done();
+
+    const now = new Date();
+    const account = {
+      id: newId("acc"),
+      name: name as string,
+      keyPrefix: keyPrefix ?? DEFAULT_PREFIX,
+      membersCanCreateKeys,
+      createdAt: now.toISOString(),
+    };
+    const user = {
+      id: newId("usr"),
+      accountId: account.id,
+      email: (email as string).toLowerCase(),
+      role: "admin" as const,
+      disabled: false,
+      createdAt: account.createdAt,
+    };
+    const { raw, row } = await mintKey(
+      {
+        accountId: account.id,
+        ownerId: user.id,
+        createdBy: user.id,
+        name: "default",
+        prefix: account.keyPrefix,
+        scopes: ["*"],
+        expiresAt: null,
+      },
+      now,
+    );
+    const audit = { accountId: account.id, actor: "operator", requestId: c.get("requestId") };
+    const d = db(c.env.DB);
+    await d.batch([
+      d.insert(accounts).values(account),
+      d.insert(users).values(user),
+      d.insert(apiKeys).values(row),
+      auditInsert(d, { ...audit, action: "account.created", target: account.id }, now),
+      auditInsert(d, { ...audit, action: "user.created", target: user.id }, now),
+      auditInsert(d, { ...audit, action: "key.created", target: row.id }, now),
+    ]);
+    return c.json({ account, admin: userView(user), key: { ...keyView(row, now), key: raw } }, 201);
+  })
+  .all("/", allow("POST"));
+
+async function requireOperator(authorization: string | undefined, token: string | undefined): Promise<void> {
+  if (token === undefined) {
+    console.error("config: OPERATOR_TOKEN is not set; provisioning is disabled");
+    throw new ApiError("configuration_error", "The server is misconfigured.");
+  }
+  if (authorization === undefined) throw new ApiError("missing_credentials", "Send the operator token as `Authorization: Bearer <token>`.");
+  const sent = /^Bearer +(\S+) *$/i.exec(authorization)?.[1] ?? "";
+  if (!(await constantTimeEqual(sent, token))) {
+    throw new ApiError("invalid_operator_token", "The operator token is not valid.", { headers: invalidToken });
+  }
+}
+
+/** Compares digests, so neither the content nor the length of the secret leaks through timing. */
+async function constantTimeEqual(a: string, b: string): Promise<boolean> {
+  const enc = new TextEncoder();
+  const [da, dbb] = await Promise.all([crypto.subtle.digest("SHA-256", enc.encode(a)), crypto.subtle.digest("SHA-256", enc.encode(b))]);
+  return crypto.subtle.timingSafeEqual(da, dbb);
+}

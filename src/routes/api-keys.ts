@@ -1,0 +1,181 @@
+import { and, eq } from "drizzle-orm";
+import { Hono } from "hono";
+import { authenticate } from "../auth/middleware";
+import { canManageKey, FULL_ACCESS, type Principal, requireFullAccess, requireKeyCreator } from "../auth/principal";
+import { Fields, readJson } from "../body";
+import { auditIfChanged, auditInsert } from "../db/audit";
+import { db } from "../db/client";
+import { readPage } from "../db/pagination";
+import { type ApiKey, apiKeys, users } from "../db/schema";
+import type { AppEnv } from "../env";
+import { ApiError } from "../errors";
+import { findKey, keyStatus, keyView, listKeys, mintKey, revokeStatement } from "../keys/store";
+import { allow } from "./method-not-allowed";
+
+const GRANT = /^([a-z][a-z0-9]{0,31}):([A-Za-z0-9][A-Za-z0-9_.-]{0,127})$/;
+const RESOURCE_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+const MAX_GRANTS = 100;
+/** The longest grace period a rotated key may keep working: seven days. */
+export const MAX_GRACE_SECONDS = 7 * 24 * 3600;
+
+/** API keys of the caller's account. Admins manage every key; members only their own. */
+export const apiKeysRoutes = new Hono<AppEnv>()
+  .use(authenticate)
+  .use(async (c, next) => {
+    requireFullAccess(c.get("principal"));
+    await next();
+  })
+  .post("/", async (c) => {
+    const p = c.get("principal");
+    requireKeyCreator(p);
+    const f = new Fields(await readJson(c));
+    const now = new Date();
+    const name = f.string("name", { required: true, max: 100 });
+    const scopes = readScopes(f, c.get("config").resourceTypes);
+    const expiresAt = f.futureDate("expiresAt", now) ?? null;
+    const ownerId = f.string("ownerId", { max: 64 });
+    f.done();
+
+    if (ownerId !== undefined && ownerId !== p.userId) await checkOwner(c.env.DB, p, ownerId);
+    const { raw, row } = await mintKey(
+      {
+        accountId: p.accountId,
+        ownerId: ownerId ?? p.userId,
+        createdBy: p.userId,
+        name: name as string,
+        prefix: p.keyPrefix,
+        scopes,
+        expiresAt,
+      },
+      now,
+    );
+    const d = db(c.env.DB);
+    await d.batch([
+      d.insert(apiKeys).values(row),
+      auditInsert(
+        d,
+        { accountId: p.accountId, actor: p.userId, action: "key.created", target: row.id, requestId: c.get("requestId") },
+        now,
+      ),
+    ]);
+    return c.json({ ...keyView(row, now), key: raw }, 201);
+  })
+  .get("/", async (c) => {
+    const p = c.get("principal");
+    const page = readPage(new URL(c.req.url).searchParams);
+    const { rows, nextCursor } = await listKeys(db(c.env.DB), p.accountId, p.role === "admin" ? null : p.userId, page);
+    const now = new Date();
+    return c.json({ data: rows.map((k) => keyView(k, now)), nextCursor });
+  })
+  .get("/:id", async (c) => {
+    const key = await findManagedKey(c.env.DB, c.get("principal"), c.req.param("id"));
+    return c.json(keyView(key, new Date()));
+  })
+  .delete("/:id", async (c) => {
+    const p = c.get("principal");
+    const key = await findManagedKey(c.env.DB, p, c.req.param("id"));
+    const now = new Date();
+    // Deactivation is permanent and idempotent: deleting a revoked key answers with it unchanged.
+    if (keyStatus(key, now) === "revoked") return c.json(keyView(key, now));
+    const d = db(c.env.DB);
+    const [revoked] = await d.batch([
+      revokeStatement(d, key, p.userId, now, now),
+      auditIfChanged(
+        d,
+        { accountId: p.accountId, actor: p.userId, action: "key.revoked", target: key.id, requestId: c.get("requestId") },
+        now,
+      ),
+    ]);
+    if (revoked.meta.changes === 1) return c.json(keyView({ ...key, revokedAt: now.toISOString(), revokedBy: p.userId }, now));
+    const current = await findManagedKey(c.env.DB, p, key.id);
+    if (keyStatus(current, now) === "revoked") return c.json(keyView(current, now));
+    throw new ApiError("last_active_key", "This is the account's last active key; create another key before revoking it.");
+  })
+  .post("/:id/rotate", async (c) => {
+    const p = c.get("principal");
+    requireKeyCreator(p);
+    const old = await findManagedKey(c.env.DB, p, c.req.param("id"));
+    const f = new Fields(await readJson(c));
+    const grace = f.integer("gracePeriodSeconds", 0, MAX_GRACE_SECONDS) ?? 0;
+    f.done();
+
+    const now = new Date();
+    if (old.revokedAt !== null || keyStatus(old, now) !== "active") {
+      throw new ApiError(
+        "key_not_active",
+        `Key ${old.id} is ${keyStatus(old, now)}${old.revokedAt ? " or already rotated" : ""}; only an active key can be rotated.`,
+      );
+    }
+    const { raw, row } = await mintKey(
+      {
+        accountId: p.accountId,
+        ownerId: old.ownerId,
+        createdBy: p.userId,
+        name: old.name,
+        prefix: old.prefix,
+        scopes: JSON.parse(old.scopes) as string[],
+        expiresAt: old.expiresAt,
+        rotatedFrom: old.id,
+      },
+      now,
+    );
+    const revokeAt = new Date(now.getTime() + grace * 1000);
+    const audit = { accountId: p.accountId, actor: p.userId, requestId: c.get("requestId") };
+    const d = db(c.env.DB);
+    try {
+      await d.batch([
+        d.insert(apiKeys).values(row),
+        revokeStatement(d, old, p.userId, revokeAt, now),
+        auditInsert(d, { ...audit, action: "key.rotated", target: old.id }, now),
+        auditInsert(d, { ...audit, action: "key.created", target: row.id }, now),
+      ]);
+    } catch (err) {
+      // The unique index on rotated_from: another request rotated this key first. Nothing was written.
+      if (String(err).includes("UNIQUE")) throw new ApiError("key_not_active", `Key ${old.id} has already been rotated.`);
+      throw err;
+    }
+    return c.json({ ...keyView(row, now), key: raw }, 201);
+  })
+  .all("/", allow("GET", "POST"))
+  .all("/:id", allow("GET", "DELETE"))
+  .all("/:id/rotate", allow("POST"));
+
+/** Full access (`["*"]`, the default), or resource grants from `scopes` and the `<type>Ids` fields. */
+function readScopes(f: Fields, resourceTypes: readonly string[]): string[] {
+  const hint = `must be "*" or grants of the form <type>:<id> with a type among: ${resourceTypes.join(", ") || "(none configured)"}`;
+  const scopes =
+    f.stringArray("scopes", { maxItems: MAX_GRANTS, pattern: /^(\*|[a-z][a-z0-9]{0,31}:[A-Za-z0-9][A-Za-z0-9_.-]{0,127})$/, hint }) ?? [];
+  scopes.forEach((s, i) => {
+    const type = GRANT.exec(s)?.[1];
+    if (type !== undefined && !resourceTypes.includes(type)) f.fail(`scopes[${i}]`, hint);
+  });
+  const grants = resourceTypes.flatMap(
+    (type) =>
+      f
+        .stringArray(`${type}Ids`, { maxItems: MAX_GRANTS, pattern: RESOURCE_ID, hint: "must be a resource id" })
+        ?.map((id) => `${type}:${id}`) ?? [],
+  );
+  const all = [...new Set([...scopes, ...grants])];
+  if (all.includes(FULL_ACCESS) && all.length > 1) f.fail("scopes", `"*" (full access) cannot be combined with resource grants`);
+  if (all.length > MAX_GRANTS) f.fail("scopes", `a key may carry at most ${MAX_GRANTS} grants`);
+  return all.length === 0 ? [FULL_ACCESS] : all;
+}
+
+/** Only admins create keys for other users, and only for enabled users of their own account. */
+async function checkOwner(d1: D1Database, p: Principal, ownerId: string): Promise<void> {
+  if (p.role !== "admin") throw new ApiError("insufficient_role", "Only account admins can create keys for other users.");
+  const [owner] = await db(d1)
+    .select({ disabled: users.disabled })
+    .from(users)
+    .where(and(eq(users.accountId, p.accountId), eq(users.id, ownerId)))
+    .limit(1);
+  const problem = !owner ? "is not a user of this account" : owner.disabled ? "is a disabled user" : null;
+  if (problem) throw new ApiError("invalid_request", `Invalid fields: ownerId.`, { errors: [{ field: "ownerId", message: problem }] });
+}
+
+/** A key of the caller's account that the caller may manage; anything else is 404, whoever owns it. */
+async function findManagedKey(d1: D1Database, p: Principal, id: string): Promise<ApiKey> {
+  const key = await findKey(db(d1), p.accountId, id);
+  if (!key || !canManageKey(p, key.ownerId)) throw new ApiError("not_found", `No API key ${id} in this account.`);
+  return key;
+}
