@@ -1,4 +1,4 @@
-import { desc, eq, sql } from "drizzle-orm";
+import { desc, eq } from "drizzle-orm";
 import { newId } from "../keys/format";
 import type { Db } from "./client";
 import { auditEvents } from "./schema";
@@ -14,10 +14,13 @@ export function auditInsert(d: Db, e: AuditInput, now: Date) {
  * An audit event written only when the statement just before it in the same batch changed a row:
  * a guarded update and its event land together or not at all.
  */
-export function auditIfChanged(d: Db, e: AuditInput, now: Date) {
-  return d.run(sql`INSERT INTO audit_events (id, account_id, actor, action, target, created_at, request_id)
-    SELECT ${newId("evt")}, ${e.accountId}, ${e.actor}, ${e.action}, ${e.target}, ${now.toISOString()}, ${e.requestId}
-    WHERE changes() = 1`);
+export function auditIfChanged(d1: D1Database, e: AuditInput, now: Date): D1PreparedStatement {
+  return d1
+    .prepare(
+      `INSERT INTO audit_events (id, account_id, actor, action, target, created_at, request_id)
+       SELECT ?, ?, ?, ?, ?, ?, ? WHERE changes() = 1`,
+    )
+    .bind(newId("evt"), e.accountId, e.actor, e.action, e.target, now.toISOString(), e.requestId);
 }
 
 export async function recentEvents(d: Db, accountId: string, limit: number) {

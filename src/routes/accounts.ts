@@ -2,7 +2,7 @@ import { Hono } from "hono";
 import { invalidToken } from "../auth/credentials";
 import { Fields, readJson } from "../body";
 import { auditInsert } from "../db/audit";
-import { db } from "../db/client";
+import { batch, db } from "../db/client";
 import { accounts, apiKeys, users } from "../db/schema";
 import type { AppEnv } from "../env";
 import { ApiError } from "../errors";
@@ -56,7 +56,7 @@ export const accountsRoutes = new Hono<AppEnv>()
     );
     const audit = { accountId: account.id, actor: "operator", requestId: c.get("requestId") };
     const d = db(c.env.DB);
-    await d.batch([
+    await batch(c.env.DB, [
       d.insert(accounts).values(account),
       d.insert(users).values(user),
       d.insert(apiKeys).values(row),

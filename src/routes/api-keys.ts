@@ -4,7 +4,7 @@ import { authenticate } from "../auth/middleware";
 import { canManageKey, FULL_ACCESS, type Principal, requireFullAccess, requireKeyCreator } from "../auth/principal";
 import { Fields, readJson } from "../body";
 import { auditIfChanged, auditInsert } from "../db/audit";
-import { db } from "../db/client";
+import { batch, db } from "../db/client";
 import { readPage } from "../db/pagination";
 import { type ApiKey, apiKeys, users } from "../db/schema";
 import type { AppEnv } from "../env";
@@ -50,7 +50,7 @@ export const apiKeysRoutes = new Hono<AppEnv>()
       now,
     );
     const d = db(c.env.DB);
-    await d.batch([
+    await batch(c.env.DB, [
       d.insert(apiKeys).values(row),
       auditInsert(
         d,
@@ -78,15 +78,15 @@ export const apiKeysRoutes = new Hono<AppEnv>()
     // Deactivation is permanent and idempotent: deleting a revoked key answers with it unchanged.
     if (keyStatus(key, now) === "revoked") return c.json(keyView(key, now));
     const d = db(c.env.DB);
-    const [revoked] = await d.batch([
+    const [revoked] = await batch(c.env.DB, [
       revokeStatement(d, key, p.userId, now, now),
       auditIfChanged(
-        d,
+        c.env.DB,
         { accountId: p.accountId, actor: p.userId, action: "key.revoked", target: key.id, requestId: c.get("requestId") },
         now,
       ),
     ]);
-    if (revoked.meta.changes === 1) return c.json(keyView({ ...key, revokedAt: now.toISOString(), revokedBy: p.userId }, now));
+    if (revoked?.meta.changes === 1) return c.json(keyView({ ...key, revokedAt: now.toISOString(), revokedBy: p.userId }, now));
     const current = await findManagedKey(c.env.DB, p, key.id);
     if (keyStatus(current, now) === "revoked") return c.json(keyView(current, now));
     throw new ApiError("last_active_key", "This is the account's last active key; create another key before revoking it.");
@@ -123,7 +123,7 @@ export const apiKeysRoutes = new Hono<AppEnv>()
     const audit = { accountId: p.accountId, actor: p.userId, requestId: c.get("requestId") };
     const d = db(c.env.DB);
     try {
-      await d.batch([
+      await batch(c.env.DB, [
         d.insert(apiKeys).values(row),
         revokeStatement(d, old, p.userId, revokeAt, now),
         auditInsert(d, { ...audit, action: "key.rotated", target: old.id }, now),
@@ -176,6 +176,6 @@ async function checkOwner(d1: D1Database, p: Principal, ownerId: string): Promis
 /** A key of the caller's account that the caller may manage; anything else is 404, whoever owns it. */
 async function findManagedKey(d1: D1Database, p: Principal, id: string): Promise<ApiKey> {
   const key = await findKey(db(d1), p.accountId, id);
-  if (!key || !canManageKey(p, key.ownerId)) throw new ApiError("not_found", `No API key ${id} in this account.`);
+  if (!key || !canManageKey(p, key.ownerId)) throw new ApiError("not_found", "No API key with this id in this account.");
   return key;
 }

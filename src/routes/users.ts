@@ -4,7 +4,7 @@ import { authenticate } from "../auth/middleware";
 import { requireAdmin } from "../auth/principal";
 import { Fields, readJson } from "../body";
 import { auditIfChanged } from "../db/audit";
-import { db } from "../db/client";
+import { batch, db } from "../db/client";
 import { pageWhere, readPage, toPage } from "../db/pagination";
 import { type User, users } from "../db/schema";
 import type { AppEnv } from "../env";
@@ -45,15 +45,15 @@ export const usersRoutes = new Hono<AppEnv>()
     };
     const d = db(c.env.DB);
     // INSERT OR IGNORE plus a guarded audit event: a taken email writes nothing at all.
-    const [inserted] = await d.batch([
+    const [inserted] = await batch(c.env.DB, [
       d.insert(users).values(user).onConflictDoNothing(),
       auditIfChanged(
-        d,
+        c.env.DB,
         { accountId: p.accountId, actor: p.userId, action: "user.created", target: user.id, requestId: c.get("requestId") },
         now,
       ),
     ]);
-    if (inserted.meta.changes !== 1) throw new ApiError("email_taken", `A user with email ${user.email} already exists in this account.`);
+    if (inserted?.meta.changes !== 1) throw new ApiError("email_taken", `A user with email ${user.email} already exists in this account.`);
     return c.json(userView(user), 201);
   })
   .get("/", async (c) => {
@@ -85,7 +85,7 @@ export const usersRoutes = new Hono<AppEnv>()
     const d = db(c.env.DB);
     const losesAdmin = user.role === "admin" && !user.disabled && (next.role !== "admin" || next.disabled);
     const now = new Date();
-    const [updated] = await d.batch([
+    const [updated] = await batch(c.env.DB, [
       d
         .update(users)
         .set(next)
@@ -99,12 +99,12 @@ export const usersRoutes = new Hono<AppEnv>()
           ),
         ),
       auditIfChanged(
-        d,
+        c.env.DB,
         { accountId: p.accountId, actor: p.userId, action: "user.updated", target: user.id, requestId: c.get("requestId") },
         now,
       ),
     ]);
-    if (updated.meta.changes !== 1)
+    if (updated?.meta.changes !== 1)
       throw new ApiError("last_admin", "This is the account's last enabled admin; make another user admin first.");
     return c.json(userView({ ...user, ...next }));
   })
@@ -117,6 +117,6 @@ async function findUser(d1: D1Database, accountId: string, id: string): Promise<
     .from(users)
     .where(and(eq(users.accountId, accountId), eq(users.id, id)))
     .limit(1);
-  if (!user) throw new ApiError("not_found", `No user ${id} in this account.`);
+  if (!user) throw new ApiError("not_found", "No user with this id in this account.");
   return user;
 }

@@ -1,0 +1,111 @@
+import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
+import { env, exports } from "cloudflare:workers";
+import { expect } from "vitest";
+import worker from "../src/index";
+
+export const ORIGIN = "https://keygate.test";
+export const OPERATOR_TOKEN = "test-operator-token-0123456789abcdef";
+
+type Init = { method?: string; key?: string; headers?: Record<string, string>; body?: unknown };
+
+function request(path: string, init: Init = {}): Request {
+  const headers = new Headers(init.headers);
+  if (init.key !== undefined) headers.set("Authorization", `Bearer ${init.key}`);
+  let body: string | undefined;
+  if (init.body !== undefined) {
+    body = typeof init.body === "string" ? init.body : JSON.stringify(init.body);
+    if (!headers.has("Content-Type")) headers.set("Content-Type", "application/json");
+  }
+  return new Request(path.startsWith("http") ? path : ORIGIN + path, { method: init.method ?? (body ? "POST" : "GET"), headers, body });
+}
+
+/** A request through the deployed worker's own fetch handler, as a client would send it. */
+export function call(path: string, init: Init = {}): Promise<Response> {
+  return exports.default.fetch(request(path, init));
+}
+
+/** The same, with some bindings replaced (another sunset, a broken D1); waits for `waitUntil` work to finish. */
+export async function callWith(overrides: Partial<Cloudflare.Env>, path: string, init: Init = {}): Promise<Response> {
+  const ctx = createExecutionContext();
+  const res = await worker.fetch(request(path, init), { ...env, ...overrides }, ctx);
+  await waitOnExecutionContext(ctx);
+  return res;
+}
+
+export type Provisioned = {
+  account: { id: string; keyPrefix: string };
+  admin: { id: string; email: string };
+  key: KeyBody;
+};
+
+export type KeyBody = {
+  id: string;
+  key: string;
+  name: string;
+  prefix: string;
+  start: string;
+  scopes: string[];
+  status: string;
+  ownerId: string;
+  createdBy: string;
+  createdAt: string;
+  expiresAt: string | null;
+  lastUsedAt: string | null;
+  lastAuthMethod: string | null;
+  revokedAt: string | null;
+  rotatedFrom: string | null;
+};
+
+let counter = 0;
+
+/** A new account with its admin and the admin's full-access key. */
+export async function provision(body: Record<string, unknown> = {}): Promise<Provisioned> {
+  counter += 1;
+  const res = await call("/v1/accounts", {
+    headers: { Authorization: `Bearer ${OPERATOR_TOKEN}` },
+    body: { name: `Account ${counter}`, admin: { email: `admin${counter}@example.com` }, ...body },
+  });
+  expect(res.status).toBe(201);
+  return res.json();
+}
+
+export async function createKey(key: string, body: Record<string, unknown> = {}): Promise<KeyBody> {
+  const res = await call("/v1/api-keys", { key, body: { name: "test key", ...body } });
+  expect(res.status, await res.clone().text()).toBe(201);
+  return res.json();
+}
+
+export async function createUser(key: string, role: "admin" | "member"): Promise<{ id: string; email: string; role: string }> {
+  counter += 1;
+  const res = await call("/v1/users", { key, body: { email: `user${counter}@example.com`, role } });
+  expect(res.status).toBe(201);
+  return res.json();
+}
+
+/** A member of the account and a full-access key of theirs (created by the admin on their behalf). */
+export async function memberWithKey(adminKey: string): Promise<{ user: { id: string }; key: KeyBody }> {
+  const user = await createUser(adminKey, "member");
+  return { user, key: await createKey(adminKey, { ownerId: user.id, name: "member key" }) };
+}
+
+/** Moves a key's expiry into the past, as if time had passed. */
+export async function expire(keyId: string): Promise<void> {
+  await env.DB.prepare("UPDATE api_keys SET expires_at = ? WHERE id = ?").bind("2020-01-01T00:00:00.000Z", keyId).run();
+}
+
+/** Asserts the one error shape: RFC 9457 problem+json with a stable code and the request id. */
+export async function expectProblem(res: Response, status: number, code: string): Promise<Record<string, unknown>> {
+  const body = (await res.json()) as Record<string, unknown>;
+  expect({ status: res.status, code: body.code }).toEqual({ status, code });
+  expect(res.headers.get("Content-Type")).toBe("application/problem+json");
+  expect(body).toMatchObject({ type: `urn:keygate:error:${code}`, status, code });
+  expect(typeof body.title).toBe("string");
+  expect(typeof body.detail).toBe("string");
+  expect(body.requestId).toBe(res.headers.get("X-Request-Id"));
+  expect(JSON.stringify(body)).not.toMatch(/at .*\.(ts|js):\d+/);
+  return body;
+}
+
+export async function rows<T = Record<string, unknown>>(query: string, ...params: unknown[]): Promise<T[]> {
+  return (await env.DB.prepare(query).bind(...params).all<T>()).results;
+}

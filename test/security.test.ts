@@ -1,0 +1,18 @@
+import { type ProtectedRoute, securityChecks } from "./security";
+
+// Every protected route of the API; a new route is added here so it cannot forget a check.
+const routes: ProtectedRoute[] = [
+  { method: "GET", path: () => "/v1/whoami", needs: "any" },
+  { method: "GET", path: () => "/v1/account", needs: "full" },
+  { method: "POST", path: () => "/v1/api-keys", body: { name: "x" }, needs: "full" },
+  { method: "GET", path: () => "/v1/api-keys", needs: "full" },
+  { method: "GET", path: (t) => `/v1/api-keys/${t.keyId}`, needs: "full" },
+  { method: "DELETE", path: (t) => `/v1/api-keys/${t.keyId}`, needs: "full" },
+  { method: "POST", path: (t) => `/v1/api-keys/${t.keyId}/rotate`, body: {}, needs: "full" },
+  { method: "POST", path: () => "/v1/users", body: { email: "new@example.com", role: "member" }, needs: "admin" },
+  { method: "GET", path: () => "/v1/users", needs: "admin" },
+  { method: "GET", path: (t) => `/v1/users/${t.userId}`, needs: "admin" },
+  { method: "PATCH", path: (t) => `/v1/users/${t.userId}`, body: { role: "admin" }, needs: "admin" },
+];
+
+for (const route of routes) securityChecks(route);

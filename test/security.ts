@@ -1,0 +1,90 @@
+import { describe, expect, it } from "vitest";
+import { call, createKey, expectProblem, expire, memberWithKey, provision } from "./helpers";
+
+/** An account to attack: its admin key, a second key and a member user, whose ids routes can put in their path. */
+export type Target = { adminKey: string; keyId: string; userId: string; accountId: string };
+
+export type ProtectedRoute = {
+  method: string;
+  path: (t: Target) => string;
+  body?: unknown;
+  /** `any`: every valid key; `full`: full-access keys; `admin`: full-access keys of admins. */
+  needs: "any" | "full" | "admin";
+};
+
+async function target(): Promise<Target> {
+  const { account, key } = await provision();
+  const second = await createKey(key.key, { name: "second" });
+  const member = await memberWithKey(key.key);
+  return { adminKey: key.key, keyId: second.id, userId: member.user.id, accountId: account.id };
+}
+
+/** The checks every protected route must pass; each route's test file runs them. */
+export function securityChecks(route: ProtectedRoute): void {
+  const send = async (t: Target, headers: Record<string, string>) =>
+    call(route.path(t), { method: route.method, headers, ...(route.body === undefined ? {} : { body: route.body }) });
+
+  describe(`${route.method} ${route.path({ adminKey: "", keyId: ":keyId", userId: ":userId", accountId: "" })} security`, () => {
+    it("refuses a request without a credential", async () => {
+      const res = await send(await target(), {});
+      await expectProblem(res, 401, "missing_credentials");
+      expect(res.headers.get("WWW-Authenticate")).toBe('Bearer realm="keygate"');
+    });
+
+    it("refuses a credential that is not shaped like a key", async () => {
+      for (const credential of ["Bearer nope", "Bearer sk_123", "Basic dXNlcjpwYXNz", "Bearer SK_" + "A".repeat(64)]) {
+        const res = await send(await target(), { Authorization: credential });
+        await expectProblem(res, 401, "malformed_credentials");
+        expect(res.headers.get("WWW-Authenticate")).toContain('error="invalid_token"');
+      }
+    });
+
+    it("refuses an unknown key", async () => {
+      const res = await send(await target(), { "X-API-Key": `sk_${"0".repeat(64)}` });
+      await expectProblem(res, 401, "invalid_key");
+      expect(res.headers.get("WWW-Authenticate")).toContain('error="invalid_token"');
+    });
+
+    it("refuses a revoked key", async () => {
+      const t = await target();
+      const extra = await createKey(t.adminKey, { name: "to revoke" });
+      expect((await call(`/v1/api-keys/${extra.id}`, { method: "DELETE", key: t.adminKey })).status).toBe(200);
+      await expectProblem(await send(t, { Authorization: `Bearer ${extra.key}` }), 401, "key_revoked");
+    });
+
+    it("refuses an expired key", async () => {
+      const t = await target();
+      const extra = await createKey(t.adminKey, { name: "to expire", expiresAt: "2099-01-01T00:00:00Z" });
+      await expire(extra.id);
+      await expectProblem(await send(t, { Authorization: `Bearer ${extra.key}` }), 401, "key_expired");
+    });
+
+    it("never reaches into another account", async () => {
+      const t = await target();
+      const other = await provision();
+      const res = await send(t, { Authorization: `Bearer ${other.key.key}` });
+      const text = await res.text();
+      expect(text).not.toContain(t.accountId);
+      expect(text).not.toContain(t.keyId);
+      expect(text).not.toContain(t.userId);
+      if (route.path(t).includes(t.keyId) || route.path(t).includes(t.userId)) expect(res.status).toBe(404);
+    });
+
+    if (route.needs !== "any") {
+      it("refuses a resource-scoped key", async () => {
+        const t = await target();
+        const scoped = await createKey(t.adminKey, { name: "scoped", mailboxIds: ["mbx_1"] });
+        const res = await send(t, { Authorization: `Bearer ${scoped.key}` });
+        await expectProblem(res, 403, "insufficient_scope");
+      });
+    }
+
+    if (route.needs === "admin") {
+      it("refuses a member", async () => {
+        const t = await target();
+        const member = await memberWithKey(t.adminKey);
+        await expectProblem(await send(t, { Authorization: `Bearer ${member.key.key}` }), 403, "insufficient_role");
+      });
+    }
+  });
+}
