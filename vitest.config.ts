@@ -6,9 +6,11 @@ export default defineConfig(async () => ({
     cloudflareTest({
       wrangler: { configPath: "./wrangler.toml" },
       miniflare: {
+        // Set explicitly so a developer's .dev.vars (ALLOW_HTTP=true) cannot change what the tests see.
         bindings: {
           TEST_MIGRATIONS: await readD1Migrations("migrations"),
           OPERATOR_TOKEN: "test-operator-token-0123456789abcdef",
+          ALLOW_HTTP: "false",
         },
       },
     }),

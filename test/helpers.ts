@@ -33,8 +33,8 @@ export async function callWith(overrides: Partial<Cloudflare.Env>, path: string,
 }
 
 export type Provisioned = {
-  account: { id: string; keyPrefix: string };
-  admin: { id: string; email: string };
+  account: { id: string; name: string; keyPrefix: string; membersCanCreateKeys: boolean; createdAt: string };
+  admin: { id: string; email: string; role: string; disabled: boolean };
   key: KeyBody;
 };
 
@@ -107,5 +107,9 @@ export async function expectProblem(res: Response, status: number, code: string)
 }
 
 export async function rows<T = Record<string, unknown>>(query: string, ...params: unknown[]): Promise<T[]> {
-  return (await env.DB.prepare(query).bind(...params).all<T>()).results;
+  return (
+    await env.DB.prepare(query)
+      .bind(...params)
+      .all<T>()
+  ).results;
 }

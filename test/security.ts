@@ -32,7 +32,7 @@ export function securityChecks(route: ProtectedRoute): void {
     });
 
     it("refuses a credential that is not shaped like a key", async () => {
-      for (const credential of ["Bearer nope", "Bearer sk_123", "Basic dXNlcjpwYXNz", "Bearer SK_" + "A".repeat(64)]) {
+      for (const credential of ["Bearer nope", "Bearer sk_123", "Basic dXNlcjpwYXNz", `Bearer SK_${"A".repeat(64)}`]) {
         const res = await send(await target(), { Authorization: credential });
         await expectProblem(res, 401, "malformed_credentials");
         expect(res.headers.get("WWW-Authenticate")).toContain('error="invalid_token"');

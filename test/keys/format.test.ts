@@ -25,7 +25,18 @@ describe("key format", () => {
   it("parses only the key shape and reads the display start", () => {
     const key = `rpakey_${"ab12".repeat(16)}`;
     expect(parseKey(key)).toEqual({ prefix: "rpakey", start: "ab12ab12" });
-    for (const bad of ["", "sk_", `sk_${"a".repeat(63)}`, `sk_${"a".repeat(65)}`, `SK_${"a".repeat(64)}`, `sk_${"A".repeat(64)}`, `s_${"a".repeat(64)}`, `1k_${"a".repeat(64)}`, `sk-${"a".repeat(64)}`, ` sk_${"a".repeat(64)}`]) {
+    for (const bad of [
+      "",
+      "sk_",
+      `sk_${"a".repeat(63)}`,
+      `sk_${"a".repeat(65)}`,
+      `SK_${"a".repeat(64)}`,
+      `sk_${"A".repeat(64)}`,
+      `s_${"a".repeat(64)}`,
+      `1k_${"a".repeat(64)}`,
+      `sk-${"a".repeat(64)}`,
+      ` sk_${"a".repeat(64)}`,
+    ]) {
       expect(parseKey(bad), bad).toBeNull();
     }
   });

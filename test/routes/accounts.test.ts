@@ -1,13 +1,16 @@
 import { describe, expect, it } from "vitest";
-import { OPERATOR_TOKEN, call, callWith, expectProblem, rows } from "../helpers";
+import { call, callWith, expectProblem, OPERATOR_TOKEN, type Provisioned, rows } from "../helpers";
 
 const operator = { Authorization: `Bearer ${OPERATOR_TOKEN}` };
 
 describe("POST /v1/accounts (operator provisioning)", () => {
   it("creates the account, its first admin and a full-access key shown once", async () => {
-    const res = await call("/v1/accounts", { headers: operator, body: { name: "Robotomail", keyPrefix: "rm", admin: { email: "Ops@Example.com" } } });
+    const res = await call("/v1/accounts", {
+      headers: operator,
+      body: { name: "Robotomail", keyPrefix: "rm", admin: { email: "Ops@Example.com" } },
+    });
     expect(res.status).toBe(201);
-    const body = await res.json<any>();
+    const body = await res.json<Provisioned>();
     expect(body.account).toMatchObject({ name: "Robotomail", keyPrefix: "rm", membersCanCreateKeys: false });
     expect(body.account.id).toMatch(/^acc_/);
     expect(body.account.createdAt).toMatch(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/);
@@ -19,7 +22,10 @@ describe("POST /v1/accounts (operator provisioning)", () => {
 
     const who = await call("/v1/whoami", { key: body.key.key });
     expect(await who.json()).toMatchObject({ accountId: body.account.id, userId: body.admin.id, role: "admin", scopes: ["*"] });
-    const events = await rows<{ action: string; actor: string }>("SELECT action, actor FROM audit_events WHERE account_id = ? ORDER BY action", body.account.id);
+    const events = await rows<{ action: string; actor: string }>(
+      "SELECT action, actor FROM audit_events WHERE account_id = ? ORDER BY action",
+      body.account.id,
+    );
     expect(events).toEqual([
       { action: "account.created", actor: "operator" },
       { action: "key.created", actor: "operator" },
@@ -28,8 +34,11 @@ describe("POST /v1/accounts (operator provisioning)", () => {
   });
 
   it("defaults the key prefix to sk and records who may create keys", async () => {
-    const res = await call("/v1/accounts", { headers: operator, body: { name: "Robohead", membersCanCreateKeys: true, admin: { email: "a@robohead.com" } } });
-    const body = await res.json<any>();
+    const res = await call("/v1/accounts", {
+      headers: operator,
+      body: { name: "Robohead", membersCanCreateKeys: true, admin: { email: "a@robohead.com" } },
+    });
+    const body = await res.json<Provisioned>();
     expect(body.account).toMatchObject({ keyPrefix: "sk", membersCanCreateKeys: true });
     expect(body.key.key).toMatch(/^sk_[0-9a-f]{64}$/);
   });
@@ -47,13 +56,22 @@ describe("POST /v1/accounts (operator provisioning)", () => {
   });
 
   it("an account key is not an operator token", async () => {
-    const first = await (await call("/v1/accounts", { headers: operator, body: { name: "y", admin: { email: "a@b.co" } } })).json<any>();
-    await expectProblem(await call("/v1/accounts", { key: first.key.key, body: { name: "z", admin: { email: "a@b.co" } } }), 401, "invalid_operator_token");
+    const first = await (
+      await call("/v1/accounts", { headers: operator, body: { name: "y", admin: { email: "a@b.co" } } })
+    ).json<Provisioned>();
+    await expectProblem(
+      await call("/v1/accounts", { key: first.key.key, body: { name: "z", admin: { email: "a@b.co" } } }),
+      401,
+      "invalid_operator_token",
+    );
   });
 
   it("lists every invalid field and writes nothing", async () => {
     const before = await rows("SELECT id FROM accounts");
-    const res = await call("/v1/accounts", { headers: operator, body: { name: "", keyPrefix: "Bad_", admin: { email: "nope" }, plan: "pro" } });
+    const res = await call("/v1/accounts", {
+      headers: operator,
+      body: { name: "", keyPrefix: "Bad_", admin: { email: "nope" }, plan: "pro" },
+    });
     const body = await expectProblem(res, 400, "invalid_request");
     expect((body.errors as { field: string }[]).map((e) => e.field).sort()).toEqual(["admin.email", "keyPrefix", "name", "plan"]);
     for (const keyPrefix of ["a", "abcdefghijklm", "1ab", "ab-c"]) {
@@ -65,7 +83,10 @@ describe("POST /v1/accounts (operator provisioning)", () => {
   });
 
   it("is a configuration error, not an open door, when no operator token is set", async () => {
-    const res = await callWith({ OPERATOR_TOKEN: undefined }, "/v1/accounts", { headers: operator, body: { name: "x", admin: { email: "a@b.co" } } });
+    const res = await callWith({ OPERATOR_TOKEN: undefined }, "/v1/accounts", {
+      headers: operator,
+      body: { name: "x", admin: { email: "a@b.co" } },
+    });
     await expectProblem(res, 500, "configuration_error");
   });
 });

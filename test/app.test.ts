@@ -1,0 +1,66 @@
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import { MAX_BODY_BYTES } from "../src/body";
+import { call, callWith, expectProblem, provision } from "./helpers";
+
+describe("the error shape", () => {
+  it("answers unknown paths with 404 problem+json and a request id", async () => {
+    const res = await call("/v2/nothing");
+    await expectProblem(res, 404, "not_found");
+    expect(res.headers.get("X-Request-Id")).toMatch(/^req_[0-9a-f]{32}$/);
+  });
+
+  it("answers a wrong method with 405 and Allow", async () => {
+    const { key } = await provision();
+    const res = await call("/v1/api-keys", { method: "PUT", key: key.key, body: {} });
+    await expectProblem(res, 405, "method_not_allowed");
+    expect(res.headers.get("Allow")).toBe("GET, POST");
+    const health = await call("/health", { method: "POST", body: {} });
+    await expectProblem(health, 404, "not_found");
+  });
+
+  it("refuses bodies over the limit with 413, before reading them", async () => {
+    const { key } = await provision();
+    const res = await call("/v1/api-keys", { key: key.key, body: JSON.stringify({ name: "x".repeat(MAX_BODY_BYTES) }) });
+    await expectProblem(res, 413, "payload_too_large");
+  });
+
+  it("refuses malformed JSON, non-objects and other media types", async () => {
+    const { key } = await provision();
+    await expectProblem(await call("/v1/api-keys", { key: key.key, body: "{name:" }), 400, "malformed_json");
+    await expectProblem(await call("/v1/api-keys", { key: key.key, body: "[1]" }), 400, "invalid_request");
+    const form = await call("/v1/api-keys", {
+      key: key.key,
+      body: "name=x",
+      headers: { "Content-Type": "application/x-www-form-urlencoded" },
+    });
+    await expectProblem(form, 415, "unsupported_media_type");
+  });
+
+  it("answers an unexpected failure with a 500 problem that reveals nothing", async () => {
+    const { key } = await provision();
+    const down = {
+      prepare() {
+        throw new Error("D1_ERROR: internal storage failure at /srv/db.sqlite");
+      },
+      batch() {
+        throw new Error("D1_ERROR: down");
+      },
+    } as unknown as D1Database;
+    const res = await callWith({ DB: down }, "/v1/whoami", { key: key.key });
+    const body = await expectProblem(res, 500, "internal_error");
+    expect(JSON.stringify(body)).not.toMatch(/D1|sqlite|stack|\.ts/);
+  });
+
+  it("puts a request id on successes too", async () => {
+    const res = await call("/health");
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ status: "ok" });
+    expect(res.headers.get("X-Request-Id")).toMatch(/^req_/);
+  });
+
+  it("refuses a misconfigured deployment clearly", async () => {
+    await expectProblem(await callWith({ RESOURCE_TYPES: "mailbox,Bad Type" }, "/health"), 500, "configuration_error");
+    expect(env.RESOURCE_TYPES).toBe("mailbox,process,project");
+  });
+});

@@ -1,0 +1,123 @@
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import { call, callWith, createKey, expectProblem, provision, rows } from "../helpers";
+
+const BEFORE_SUNSET = { QUERY_TOKEN_SUNSET: "2999-01-01T00:00:00Z" };
+
+async function lastUse(id: string) {
+  const [row] = await rows<{ last_used_at: string | null; last_auth_method: string | null }>(
+    "SELECT last_used_at, last_auth_method FROM api_keys WHERE id = ?",
+    id,
+  );
+  return row;
+}
+
+describe("credential extraction", () => {
+  it("accepts Authorization: Bearer and X-API-Key, and records which was used", async () => {
+    const { key } = await provision();
+    const a = await createKey(key.key);
+    const b = await createKey(key.key);
+    expect((await callWith({}, "/v1/whoami", { headers: { Authorization: `bearer ${a.key}` } })).status).toBe(200);
+    expect((await callWith({}, "/v1/whoami", { headers: { "X-API-Key": b.key } })).status).toBe(200);
+    expect(await lastUse(a.id)).toMatchObject({ last_auth_method: "bearer" });
+    expect(await lastUse(b.id)).toMatchObject({ last_auth_method: "header" });
+  });
+
+  it("accepts both headers when they agree and refuses them when they differ", async () => {
+    const { key } = await provision();
+    const other = await createKey(key.key);
+    expect((await call("/v1/whoami", { headers: { Authorization: `Bearer ${key.key}`, "X-API-Key": key.key } })).status).toBe(200);
+    const res = await call("/v1/whoami", { headers: { Authorization: `Bearer ${key.key}`, "X-API-Key": other.key } });
+    await expectProblem(res, 400, "conflicting_credentials");
+  });
+
+  it("refuses a malformed credential before any D1 read", async () => {
+    const broken = new Proxy(env.DB, {
+      get() {
+        throw new Error("D1 must not be touched");
+      },
+    });
+    const malformed: Record<string, string>[] = [
+      { "X-API-Key": "not-a-key" },
+      { Authorization: "Bearer sk_short" },
+      { Authorization: "Token abc" },
+    ];
+    for (const headers of malformed) {
+      const res = await callWith({ DB: broken }, "/v1/whoami", { headers });
+      await expectProblem(res, 401, "malformed_credentials");
+    }
+  });
+});
+
+describe("deprecated query parameter userApiToken", () => {
+  it("works before the sunset, marks the response deprecated and records the method", async () => {
+    const { key } = await provision();
+    const res = await callWith(BEFORE_SUNSET, `/v1/whoami?userApiToken=${key.key}&cmd=ListActiveProject`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get("Sunset")).toBe("Tue, 01 Jan 2999 00:00:00 GMT");
+    expect(res.headers.get("Deprecation")).toBe(`@${Date.parse("2026-01-01T00:00:00Z") / 1000}`);
+    expect(res.headers.get("Link")).toMatch(/^<https:\/\/.+>; rel="deprecation"/);
+    expect(await lastUse(key.id)).toMatchObject({ last_auth_method: "query" });
+    // Deprecation headers also mark refusals that happen after authentication.
+    const forbidden = await callWith(BEFORE_SUNSET, `/v1/users?userApiToken=${(await createKey(key.key, { mailboxIds: ["m1"] })).key}`);
+    expect(forbidden.status).toBe(403);
+    expect(forbidden.headers.get("Sunset")).not.toBeNull();
+  });
+
+  it("is discontinued from the sunset instant on (default 2026-07-01), pointing to the header", async () => {
+    const { key } = await provision();
+    for (const res of [
+      await call(`/v1/whoami?userApiToken=${key.key}`),
+      await callWith({ QUERY_TOKEN_SUNSET: new Date(Date.now() - 1000).toISOString() }, `/v1/whoami?userApiToken=${key.key}`),
+    ]) {
+      const problem = await expectProblem(res, 401, "query_token_discontinued");
+      expect(problem.detail).toContain("X-API-Key");
+      expect(problem.detail).not.toContain(key.key);
+      expect(res.headers.get("WWW-Authenticate")).toContain('error="invalid_token"');
+    }
+  });
+
+  it("never writes the token to a log line", async () => {
+    const { key } = await provision();
+    const lines: unknown[] = [];
+    const original = { log: console.log, error: console.error, warn: console.warn, info: console.info };
+    for (const level of ["log", "error", "warn", "info"] as const) console[level] = (...args: unknown[]) => lines.push(args);
+    try {
+      await callWith(BEFORE_SUNSET, `/v1/whoami?userApiToken=${key.key}`);
+      await callWith({}, `/v1/whoami?userApiToken=${key.key}`);
+      await callWith({ DB: undefined as unknown as D1Database }, `/v1/whoami?userApiToken=${key.key}`);
+    } finally {
+      Object.assign(console, original);
+    }
+    expect(JSON.stringify(lines)).not.toContain(key.key.slice(3));
+  });
+});
+
+describe("https only", () => {
+  it("refuses plain http with 403 unless ALLOW_HTTP=true", async () => {
+    const { key } = await provision();
+    await expectProblem(await call("http://keygate.test/v1/whoami", { key: key.key }), 403, "https_required");
+    await expectProblem(await call("http://keygate.test/health"), 403, "https_required");
+    expect((await callWith({ ALLOW_HTTP: "true" }, "http://keygate.test/v1/whoami", { key: key.key })).status).toBe(200);
+  });
+});
+
+describe("lastUsedAt", () => {
+  it("is written at most once a minute per key, after the response", async () => {
+    const { key } = await provision();
+    const k = await createKey(key.key);
+    expect(await lastUse(k.id)).toEqual({ last_used_at: null, last_auth_method: null });
+    await callWith({}, "/v1/whoami", { key: k.key });
+    const first = await lastUse(k.id);
+    expect(first?.last_used_at).not.toBeNull();
+    for (let i = 0; i < 5; i++) await callWith({}, "/v1/whoami", { key: k.key });
+    expect(await lastUse(k.id)).toEqual(first);
+
+    // Once the stored use is a minute old, the next request records a new one.
+    const old = new Date(Date.now() - 61_000).toISOString();
+    await env.DB.prepare("UPDATE api_keys SET last_used_at = ? WHERE id = ?").bind(old, k.id).run();
+    await callWith({}, "/v1/whoami", { key: k.key });
+    const later = await lastUse(k.id);
+    expect(later?.last_used_at && later.last_used_at > old).toBe(true);
+  });
+});

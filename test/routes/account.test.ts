@@ -1,0 +1,42 @@
+import { describe, expect, it } from "vitest";
+import { call, createKey, createUser, provision } from "../helpers";
+
+describe("GET /v1/account", () => {
+  it("shows the account, its active keys, the last use of any key and recent activity", async () => {
+    const { account, admin, key } = await provision({ keyPrefix: "rm" });
+    const extra = await createKey(key.key, { name: "extra" });
+    await call(`/v1/api-keys/${extra.id}`, { method: "DELETE", key: key.key });
+    const rotated = await (await call(`/v1/api-keys/${key.id}/rotate`, { key: key.key, body: {} })).json<{ key: string; id: string }>();
+    const user = await createUser(rotated.key, "member");
+    await call(`/v1/users/${user.id}`, { method: "PATCH", key: rotated.key, body: { role: "admin" } });
+
+    const res = await call("/v1/account", { key: rotated.key });
+    expect(res.status).toBe(200);
+    const body = await res.json<{ lastUsedAt: string; recentEvents: { action: string; target: string }[] }>();
+    expect(body).toMatchObject({ id: account.id, name: expect.any(String), keyPrefix: "rm", membersCanCreateKeys: false, activeKeys: 1 });
+    expect(body.lastUsedAt).toMatch(/^\d{4}-\d{2}-\d{2}T.*Z$/);
+    const actions = body.recentEvents.map((e) => `${e.action} ${e.target}`);
+    expect(actions).toEqual(
+      expect.arrayContaining([
+        `account.created ${account.id}`,
+        `key.created ${extra.id}`,
+        `key.revoked ${extra.id}`,
+        `key.rotated ${key.id}`,
+        `key.created ${rotated.id}`,
+        `user.created ${user.id}`,
+        `user.updated ${user.id}`,
+      ]),
+    );
+    expect(body.recentEvents.find((e) => e.action === "user.updated")).toEqual({
+      id: expect.stringMatching(/^evt_/),
+      actor: admin.id,
+      action: "user.updated",
+      target: user.id,
+      createdAt: expect.any(String),
+      requestId: expect.stringMatching(/^req_/),
+    });
+    const text = JSON.stringify(body);
+    expect(text).not.toContain(rotated.key);
+    expect(text).not.toContain("hash");
+  });
+});

@@ -1,0 +1,86 @@
+import { describe, expect, it } from "vitest";
+import { call, createKey, createUser, expectProblem, memberWithKey, provision, rows } from "../helpers";
+
+const patch = (key: string, id: string, body: unknown) => call(`/v1/users/${id}`, { method: "PATCH", key, body });
+
+describe("/v1/users", () => {
+  it("creates, lists and reads users of the account", async () => {
+    const { account, admin, key } = await provision();
+    const res = await call("/v1/users", { key: key.key, body: { email: "Dev@Example.com", role: "member" } });
+    expect(res.status).toBe(201);
+    const user = await res.json<{ id: string }>();
+    expect(user).toEqual({
+      id: expect.stringMatching(/^usr_/),
+      email: "dev@example.com",
+      role: "member",
+      disabled: false,
+      createdAt: expect.any(String),
+    });
+    const list = await (await call("/v1/users", { key: key.key })).json<{ data: { id: string }[]; nextCursor: null }>();
+    expect(list.data.map((u) => u.id)).toEqual([user.id, admin.id]);
+    expect(list.nextCursor).toBeNull();
+    expect(await (await call(`/v1/users/${user.id}`, { key: key.key })).json()).toEqual(user);
+    expect(
+      await rows("SELECT actor FROM audit_events WHERE account_id = ? AND action = 'user.created' AND target = ?", account.id, user.id),
+    ).toEqual([{ actor: admin.id }]);
+  });
+
+  it("refuses a taken email without writing anything", async () => {
+    const { account, key } = await provision();
+    await call("/v1/users", { key: key.key, body: { email: "x@example.com", role: "member" } });
+    const before = await rows("SELECT id FROM audit_events WHERE account_id = ?", account.id);
+    await expectProblem(await call("/v1/users", { key: key.key, body: { email: "X@example.com", role: "admin" } }), 409, "email_taken");
+    expect(await rows("SELECT id FROM users WHERE account_id = ? AND email = 'x@example.com'", account.id)).toHaveLength(1);
+    expect(await rows("SELECT id FROM audit_events WHERE account_id = ?", account.id)).toEqual(before);
+    // The same email in another account is another user.
+    const other = await provision();
+    expect((await call("/v1/users", { key: other.key.key, body: { email: "x@example.com", role: "member" } })).status).toBe(201);
+  });
+
+  it("lists every invalid field", async () => {
+    const { key } = await provision();
+    const problem = await expectProblem(
+      await call("/v1/users", { key: key.key, body: { email: "no-at-sign", role: "owner", admin: true } }),
+      400,
+      "invalid_request",
+    );
+    expect((problem.errors as { field: string }[]).map((e) => e.field)).toEqual(["email", "role", "admin"]);
+    await expectProblem(await patch(key.key, "usr_x", { disabled: "yes" }), 400, "invalid_request");
+  });
+
+  it("a member's rights follow their role at once: promoted, demoted, disabled", async () => {
+    const { key } = await provision();
+    const member = await memberWithKey(key.key);
+    await expectProblem(await call("/v1/users", { key: member.key.key }), 403, "insufficient_role");
+
+    expect(await (await patch(key.key, member.user.id, { role: "admin" })).json()).toMatchObject({ role: "admin" });
+    expect((await call("/v1/users", { key: member.key.key })).status).toBe(200);
+
+    await patch(key.key, member.user.id, { role: "member" });
+    await expectProblem(await call("/v1/users", { key: member.key.key }), 403, "insufficient_role");
+
+    expect(await (await patch(key.key, member.user.id, { disabled: true })).json()).toMatchObject({ disabled: true });
+    const refused = await call("/v1/whoami", { key: member.key.key });
+    await expectProblem(refused, 401, "key_owner_disabled");
+    expect(refused.headers.get("WWW-Authenticate")).toContain('error="invalid_token"');
+
+    await patch(key.key, member.user.id, { disabled: false });
+    expect((await call("/v1/whoami", { key: member.key.key })).status).toBe(200);
+  });
+
+  it("never leaves the account without an enabled admin", async () => {
+    const { account, admin, key } = await provision();
+    await expectProblem(await patch(key.key, admin.id, { role: "member" }), 409, "last_admin");
+    await expectProblem(await patch(key.key, admin.id, { disabled: true }), 409, "last_admin");
+    expect(await rows("SELECT role, disabled FROM users WHERE id = ?", admin.id)).toEqual([{ role: "admin", disabled: 0 }]);
+    expect(await rows("SELECT id FROM audit_events WHERE account_id = ? AND action = 'user.updated'", account.id)).toEqual([]);
+
+    const second = await createUser(key.key, "admin");
+    const secondKey = await createKey(key.key, { ownerId: second.id });
+    // Both admins demote each other at the same moment: one of them must remain.
+    const results = await Promise.all([patch(key.key, second.id, { role: "member" }), patch(secondKey.key, admin.id, { role: "member" })]);
+    expect(results.map((r) => r.status).sort()).toEqual([200, 409]);
+    expect(await rows("SELECT id FROM users WHERE account_id = ? AND role = 'admin'", account.id)).toHaveLength(1);
+    expect(await rows("SELECT id FROM audit_events WHERE account_id = ? AND action = 'user.updated'", account.id)).toHaveLength(1);
+  });
+});
