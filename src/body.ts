@@ -1,5 +1,6 @@
 import type { Context } from "hono";
 import { ApiError, type FieldError } from "./errors";
+import type { Policy } from "./ratelimit/window";
 
 /** Largest request body accepted, in bytes; larger bodies get 413 `payload_too_large`. */
 export const MAX_BODY_BYTES = 16 * 1024;
@@ -65,9 +66,9 @@ export class Fields {
     return v;
   }
 
-  integer(name: string, min: number, max: number): number | undefined {
+  integer(name: string, min: number, max: number, required = false): number | undefined {
     const v = this.take(name);
-    if (v === undefined) return undefined;
+    if (v === undefined) return required ? this.fail(name, "is required") : undefined;
     if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max)
       return this.fail(name, `must be an integer from ${min} to ${max}`);
     return v;
@@ -127,4 +128,17 @@ export class Fields {
       throw new ApiError("invalid_request", `Invalid fields: ${this.errors.map((e) => e.field).join(", ")}.`, { errors: this.errors });
     }
   }
+}
+
+/** Largest per-key limit: the sliding log keeps one entry per admitted request in the window. */
+export const MAX_RATE_LIMIT = 1_000_000;
+export const MAX_RATE_WINDOW_SECONDS = 86_400;
+
+/** A `{limit, windowSeconds}` object, both required when the object is given. */
+export function readRateLimit(f: Fields, name = "rateLimit"): Policy | undefined {
+  const p = f.object(name);
+  if (!p) return undefined;
+  const limit = p.integer("limit", 1, MAX_RATE_LIMIT, true);
+  const windowSeconds = p.integer("windowSeconds", 1, MAX_RATE_WINDOW_SECONDS, true);
+  return limit === undefined || windowSeconds === undefined ? undefined : { limit, windowSeconds };
 }

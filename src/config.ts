@@ -1,5 +1,6 @@
 import type { Bindings } from "./env";
 import { ApiError } from "./errors";
+import type { Policy } from "./ratelimit/window";
 
 export type Config = {
   operatorToken: string | undefined;
@@ -8,6 +9,10 @@ export type Config = {
   queryTokenDeprecatedAt: Date;
   authDocsUrl: string;
   allowHttp: boolean;
+  rateLimitFailureMode: "open" | "closed";
+  rateLimitTimeoutMs: number;
+  /** Failed authentications (and provisioning calls) allowed per client IP. */
+  ipPolicy: Policy;
 };
 
 export const DEFAULTS = {
@@ -16,6 +21,10 @@ export const DEFAULTS = {
   QUERY_TOKEN_DEPRECATED_AT: "2026-01-01T00:00:00Z",
   AUTH_DOCS_URL: "https://github.com/keygate/keygate#authentication",
   ALLOW_HTTP: "false",
+  RATE_LIMIT_FAILURE_MODE: "closed",
+  RATE_LIMIT_TIMEOUT_MS: "1000",
+  IP_FAILURE_LIMIT: "30",
+  IP_FAILURE_WINDOW_SECONDS: "60",
 } as const;
 
 const RESOURCE_TYPE = /^[a-z][a-z0-9]{0,31}$/;
@@ -44,7 +53,15 @@ function parseConfig(env: Bindings): Config {
   if (operatorToken !== undefined && operatorToken.length < 32) misconfigured("OPERATOR_TOKEN", "must be at least 32 characters");
   const allowHttp = env.ALLOW_HTTP ?? DEFAULTS.ALLOW_HTTP;
   if (allowHttp !== "true" && allowHttp !== "false") misconfigured("ALLOW_HTTP", 'must be "true" or "false"');
+  const failureMode = env.RATE_LIMIT_FAILURE_MODE ?? DEFAULTS.RATE_LIMIT_FAILURE_MODE;
+  if (failureMode !== "open" && failureMode !== "closed") misconfigured("RATE_LIMIT_FAILURE_MODE", 'must be "open" or "closed"');
   return {
+    rateLimitFailureMode: failureMode,
+    rateLimitTimeoutMs: int("RATE_LIMIT_TIMEOUT_MS", env.RATE_LIMIT_TIMEOUT_MS ?? DEFAULTS.RATE_LIMIT_TIMEOUT_MS, 1, 60_000),
+    ipPolicy: {
+      limit: int("IP_FAILURE_LIMIT", env.IP_FAILURE_LIMIT ?? DEFAULTS.IP_FAILURE_LIMIT, 1, 1_000_000),
+      windowSeconds: int("IP_FAILURE_WINDOW_SECONDS", env.IP_FAILURE_WINDOW_SECONDS ?? DEFAULTS.IP_FAILURE_WINDOW_SECONDS, 1, 86_400),
+    },
     operatorToken,
     resourceTypes,
     queryTokenSunset: date("QUERY_TOKEN_SUNSET", env.QUERY_TOKEN_SUNSET ?? DEFAULTS.QUERY_TOKEN_SUNSET),
@@ -52,6 +69,12 @@ function parseConfig(env: Bindings): Config {
     authDocsUrl: env.AUTH_DOCS_URL ?? DEFAULTS.AUTH_DOCS_URL,
     allowHttp: allowHttp === "true",
   };
+}
+
+function int(name: string, value: string, min: number, max: number): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min || n > max) misconfigured(name, `must be an integer from ${min} to ${max}`);
+  return n;
 }
 
 function date(name: string, value: string): Date {

@@ -12,6 +12,10 @@ export type Bindings = {
   QUERY_TOKEN_DEPRECATED_AT?: string;
   AUTH_DOCS_URL?: string;
   ALLOW_HTTP?: string;
+  RATE_LIMIT_FAILURE_MODE?: string;
+  RATE_LIMIT_TIMEOUT_MS?: string;
+  IP_FAILURE_LIMIT?: string;
+  IP_FAILURE_WINDOW_SECONDS?: string;
 };
 
 /** Per-request values set by middleware. */

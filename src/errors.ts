@@ -25,8 +25,10 @@ export const ERRORS = {
   key_not_active: [409, "Conflict"],
   payload_too_large: [413, "Payload Too Large"],
   unsupported_media_type: [415, "Unsupported Media Type"],
+  rate_limited: [429, "Too Many Requests"],
   internal_error: [500, "Internal Server Error"],
   configuration_error: [500, "Internal Server Error"],
+  rate_limiter_unavailable: [503, "Service Unavailable"],
 } as const satisfies Record<string, readonly [ContentfulStatusCode, string]>;
 
 export type ErrorCode = keyof typeof ERRORS;
@@ -40,7 +42,7 @@ export class ApiError extends Error {
   constructor(
     readonly code: ErrorCode,
     readonly detail: string,
-    readonly extra: { errors?: FieldError[]; headers?: Record<string, string> } = {},
+    readonly extra: { errors?: FieldError[]; headers?: Record<string, string>; body?: Record<string, unknown> } = {},
   ) {
     super(detail);
     this.status = ERRORS[code][0];
@@ -58,6 +60,7 @@ export function problem(c: Context, err: ApiError): Response {
     code: err.code,
     requestId: c.get("requestId") ?? "",
     ...(err.extra.errors ? { errors: err.extra.errors } : {}),
+    ...err.extra.body,
   };
   const headers: Record<string, string> = { "Content-Type": "application/problem+json", ...err.extra.headers };
   if (status === 401 && !headers["WWW-Authenticate"]) headers["WWW-Authenticate"] = 'Bearer realm="keygate"';

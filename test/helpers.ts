@@ -6,10 +6,19 @@ import worker from "../src/index";
 export const ORIGIN = "https://keygate.test";
 export const OPERATOR_TOKEN = "test-operator-token-0123456789abcdef";
 
+let ipCounter = 0;
+function nextIp(): string {
+  ipCounter += 1;
+  return `10.${(ipCounter >> 16) & 255}.${(ipCounter >> 8) & 255}.${ipCounter & 255}`;
+}
+
 type Init = { method?: string; key?: string; headers?: Record<string, string>; body?: unknown };
 
 function request(path: string, init: Init = {}): Request {
   const headers = new Headers(init.headers);
+  // Each request comes from its own client address unless the test names one, so per-IP failure limits only
+  // trip in the tests that aim at them.
+  if (!headers.has("CF-Connecting-IP")) headers.set("CF-Connecting-IP", nextIp());
   if (init.key !== undefined) headers.set("Authorization", `Bearer ${init.key}`);
   let body: string | undefined;
   if (init.body !== undefined) {
@@ -50,6 +59,7 @@ export type KeyBody = {
   createdBy: string;
   createdAt: string;
   expiresAt: string | null;
+  rateLimit: { limit: number; windowSeconds: number } | null;
   lastUsedAt: string | null;
   lastAuthMethod: string | null;
   revokedAt: string | null;

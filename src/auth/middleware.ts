@@ -1,9 +1,11 @@
+import type { Context } from "hono";
 import { createMiddleware } from "hono/factory";
 import { db } from "../db/client";
 import type { AppEnv } from "../env";
 import { ApiError } from "../errors";
 import { parseKey } from "../keys/format";
 import { touchKey, verifyKey } from "../keys/store";
+import { clientIp, rateLimitHeaders, refund, spend } from "../ratelimit/limiter";
 import { deprecationHeaders, extractCredential, invalidToken } from "./credentials";
 
 const REFUSED = {
@@ -14,12 +16,38 @@ const REFUSED = {
 } as const;
 
 /**
- * Authenticates the request with an API key and puts the principal on the context. Every protected route uses it.
+ * Authenticates the request with an API key, puts the principal on the context and spends one request of the key's
+ * rate limit. Every protected route uses it. Failed attempts count against the client IP's failure limit.
  */
 export const authenticate = createMiddleware<AppEnv>(async (c, next) => {
   const config = c.get("config");
   const now = new Date();
-  const found = extractCredential(c.req.raw, new URL(c.req.url), config, now);
+  const { method, result } = await identify(c, now).catch((err: unknown) => countFailure(c, err));
+  c.set("principal", result.principal);
+
+  const admission = await spend(c, `key:${result.key.id}`, result.principal.rateLimit);
+  const touch = touchKey(db(c.env.DB), result.key, method, now);
+  if (touch) {
+    c.executionCtx.waitUntil(
+      touch.run().then(
+        () => undefined,
+        (err: unknown) => console.error(`lastUsedAt update failed for ${result.key.id}: ${String(err)}`),
+      ),
+    );
+  }
+
+  await next();
+  if (admission) {
+    if (c.res.status === 401 || c.res.status === 403) refund(c, admission);
+    for (const [name, value] of Object.entries(rateLimitHeaders(admission))) c.res.headers.set(name, value);
+  }
+  if (method === "query") {
+    for (const [name, value] of Object.entries(deprecationHeaders(config))) c.res.headers.set(name, value);
+  }
+});
+
+async function identify(c: Context<AppEnv>, now: Date) {
+  const found = extractCredential(c.req.raw, new URL(c.req.url), c.get("config"), now);
   if (!found) {
     throw new ApiError("missing_credentials", "Send your API key in the `X-API-Key` header or as `Authorization: Bearer <key>`.");
   }
@@ -32,23 +60,20 @@ export const authenticate = createMiddleware<AppEnv>(async (c, next) => {
       },
     );
   }
-  const d = db(c.env.DB);
-  const result = await verifyKey(d, found.credential, now);
+  const result = await verifyKey(db(c.env.DB), found.credential, now);
   if (!result.ok) throw new ApiError(result.code, REFUSED[result.code], { headers: invalidToken });
-  c.set("principal", result.principal);
+  return { method: found.method, result };
+}
 
-  const touch = touchKey(d, result.key, found.method, now);
-  if (touch) {
-    c.executionCtx.waitUntil(
-      touch.run().then(
-        () => undefined,
-        (err: unknown) => console.error(`lastUsedAt update failed for ${result.key.id}: ${String(err)}`),
-      ),
-    );
+/** A refused credential spends the client IP's failure budget; past it, the answer is 429 instead of 401. */
+async function countFailure(c: Context<AppEnv>, err: unknown): Promise<never> {
+  if (err instanceof ApiError && err.status === 401) {
+    try {
+      await spend(c, `ip:${clientIp(c)}`, c.get("config").ipPolicy);
+    } catch (limited) {
+      // Only the verdict matters here; an unavailable counter must not turn a 401 into a 503.
+      if (limited instanceof ApiError && limited.code === "rate_limited") throw limited;
+    }
   }
-
-  await next();
-  if (found.method === "query") {
-    for (const [name, value] of Object.entries(deprecationHeaders(config))) c.res.headers.set(name, value);
-  }
-});
+  throw err;
+}

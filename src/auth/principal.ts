@@ -1,4 +1,5 @@
 import { ApiError } from "../errors";
+import type { Policy } from "../ratelimit/window";
 
 /** Who is calling: an API key, acting with the rights of its owner inside one account. */
 export type Principal = {
@@ -11,6 +12,8 @@ export type Principal = {
   /** The account's key prefix and key-creation policy, read with the key. */
   keyPrefix: string;
   membersCanCreateKeys: boolean;
+  /** The key's own limit, else the account's default. */
+  rateLimit: Policy;
 };
 
 export const FULL_ACCESS = "*";

@@ -8,6 +8,9 @@ export const accounts = sqliteTable("accounts", {
   name: text("name").notNull(),
   keyPrefix: text("key_prefix").notNull(),
   membersCanCreateKeys: integer("members_can_create_keys", { mode: "boolean" }).notNull().default(false),
+  /** The default rate limit of the account's keys. */
+  rateLimit: integer("rate_limit").notNull().default(60),
+  rateLimitWindowSeconds: integer("rate_limit_window_seconds").notNull().default(60),
   createdAt: text("created_at").notNull(),
 });
 
@@ -44,6 +47,9 @@ export const apiKeys = sqliteTable(
     /** JSON array of grants: `["*"]` or `["mailbox:mbx_1", ...]`. */
     scopes: text("scopes").notNull(),
     expiresAt: text("expires_at"),
+    /** A per-key rate limit that overrides the account's default; both null when the default applies. */
+    rateLimit: integer("rate_limit"),
+    rateLimitWindowSeconds: integer("rate_limit_window_seconds"),
     createdAt: text("created_at").notNull(),
     lastUsedAt: text("last_used_at"),
     lastAuthMethod: text("last_auth_method", { enum: ["bearer", "header", "query"] }),

@@ -4,6 +4,7 @@ import type { Principal } from "../auth/principal";
 import type { Db } from "../db/client";
 import { type Page, pageWhere, toPage } from "../db/pagination";
 import { type ApiKey, accounts, apiKeys, users } from "../db/schema";
+import type { Policy } from "../ratelimit/window";
 import { generateKey, hashKey, newId } from "./format";
 
 export type KeyStatus = "active" | "revoked" | "expired";
@@ -21,6 +22,13 @@ function activeAt(iso: string) {
   return sql`(${apiKeys.revokedAt} IS NULL OR ${apiKeys.revokedAt} > ${iso}) AND (${apiKeys.expiresAt} IS NULL OR ${apiKeys.expiresAt} > ${iso})`;
 }
 
+/** The key's own rate limit, or null when the account's default applies. */
+export function keyPolicy(key: Pick<ApiKey, "rateLimit" | "rateLimitWindowSeconds">): Policy | null {
+  return key.rateLimit === null || key.rateLimitWindowSeconds === null
+    ? null
+    : { limit: key.rateLimit, windowSeconds: key.rateLimitWindowSeconds };
+}
+
 /** The API view of a key: never the hash, never the raw key. */
 export function keyView(key: ApiKey, now: Date) {
   return {
@@ -34,6 +42,7 @@ export function keyView(key: ApiKey, now: Date) {
     createdBy: key.createdBy,
     createdAt: key.createdAt,
     expiresAt: key.expiresAt,
+    rateLimit: keyPolicy(key),
     lastUsedAt: key.lastUsedAt,
     lastAuthMethod: key.lastAuthMethod,
     revokedAt: key.revokedAt,
@@ -50,6 +59,7 @@ export type NewKey = {
   prefix: string;
   scopes: string[];
   expiresAt: string | null;
+  rateLimit: Policy | null;
   rotatedFrom?: string;
 };
 
@@ -67,6 +77,8 @@ export async function mintKey(input: NewKey, now: Date): Promise<{ raw: string; 
     hash: await hashKey(raw),
     scopes: JSON.stringify(input.scopes),
     expiresAt: input.expiresAt,
+    rateLimit: input.rateLimit?.limit ?? null,
+    rateLimitWindowSeconds: input.rateLimit?.windowSeconds ?? null,
     createdAt: now.toISOString(),
     lastUsedAt: null,
     lastAuthMethod: null,
@@ -90,6 +102,8 @@ export async function verifyKey(d: Db, raw: string, now: Date): Promise<VerifyRe
       disabled: users.disabled,
       keyPrefix: accounts.keyPrefix,
       membersCanCreateKeys: accounts.membersCanCreateKeys,
+      accountLimit: accounts.rateLimit,
+      accountWindow: accounts.rateLimitWindowSeconds,
     })
     .from(apiKeys)
     .innerJoin(users, eq(users.id, apiKeys.ownerId))
@@ -112,6 +126,10 @@ export async function verifyKey(d: Db, raw: string, now: Date): Promise<VerifyRe
       scopes: JSON.parse(found.key.scopes) as string[],
       keyPrefix: found.keyPrefix,
       membersCanCreateKeys: found.membersCanCreateKeys,
+      rateLimit: {
+        limit: found.key.rateLimit ?? found.accountLimit,
+        windowSeconds: found.key.rateLimitWindowSeconds ?? found.accountWindow,
+      },
     },
   };
 }

@@ -1,15 +1,33 @@
 import { eq } from "drizzle-orm";
 import { Hono } from "hono";
 import { authenticate } from "../auth/middleware";
-import { requireFullAccess } from "../auth/principal";
-import { recentEvents } from "../db/audit";
-import { db } from "../db/client";
-import { accounts } from "../db/schema";
+import { requireAdmin, requireFullAccess } from "../auth/principal";
+import { Fields, readJson, readRateLimit } from "../body";
+import { auditInsert, recentEvents } from "../db/audit";
+import { batch, db } from "../db/client";
+import { type Account, accounts } from "../db/schema";
 import type { AppEnv } from "../env";
 import { keyUsage } from "../keys/store";
 import { allow } from "./method-not-allowed";
 
 const RECENT_EVENTS = 50;
+
+export function accountView(a: Account) {
+  return {
+    id: a.id,
+    name: a.name,
+    keyPrefix: a.keyPrefix,
+    membersCanCreateKeys: a.membersCanCreateKeys,
+    rateLimit: { limit: a.rateLimit, windowSeconds: a.rateLimitWindowSeconds },
+    createdAt: a.createdAt,
+  };
+}
+
+async function findAccount(d1: D1Database, id: string): Promise<Account> {
+  const [account] = await db(d1).select().from(accounts).where(eq(accounts.id, id)).limit(1);
+  // The principal was read with its account a moment ago; accounts are never deleted.
+  return account as Account;
+}
 
 /** The caller's account with its key activity, for monitoring (seed: "Monitor your account activity"). */
 export const accountRoutes = new Hono<AppEnv>()
@@ -19,20 +37,46 @@ export const accountRoutes = new Hono<AppEnv>()
     requireFullAccess(p);
     const d = db(c.env.DB);
     const now = new Date();
-    const [[account], usage, events] = await Promise.all([
-      d.select().from(accounts).where(eq(accounts.id, p.accountId)).limit(1),
+    const [account, usage, events] = await Promise.all([
+      findAccount(c.env.DB, p.accountId),
       keyUsage(d, p.accountId, now),
       recentEvents(d, p.accountId, RECENT_EVENTS),
     ]);
-    return c.json({ ...account, activeKeys: usage.activeKeys, lastUsedAt: usage.lastUsedAt, recentEvents: events });
+    return c.json({ ...accountView(account), activeKeys: usage.activeKeys, lastUsedAt: usage.lastUsedAt, recentEvents: events });
   })
-  .all("/", allow("GET"));
+  .patch("/", async (c) => {
+    const p = c.get("principal");
+    requireAdmin(p);
+    const f = new Fields(await readJson(c));
+    const rateLimit = readRateLimit(f);
+    const membersCanCreateKeys = f.boolean("membersCanCreateKeys");
+    f.done();
 
-/** What a key is: its account, owner, role and scopes. Any valid key may ask, including resource-scoped ones. */
+    const change = {
+      ...(rateLimit ? { rateLimit: rateLimit.limit, rateLimitWindowSeconds: rateLimit.windowSeconds } : {}),
+      ...(membersCanCreateKeys === undefined ? {} : { membersCanCreateKeys }),
+    };
+    if (Object.keys(change).length > 0) {
+      const d = db(c.env.DB);
+      const now = new Date();
+      await batch(c.env.DB, [
+        d.update(accounts).set(change).where(eq(accounts.id, p.accountId)),
+        auditInsert(
+          d,
+          { accountId: p.accountId, actor: p.userId, action: "account.updated", target: p.accountId, requestId: c.get("requestId") },
+          now,
+        ),
+      ]);
+    }
+    return c.json(accountView(await findAccount(c.env.DB, p.accountId)));
+  })
+  .all("/", allow("GET", "PATCH"));
+
+/** What a key is: its account, owner, role, scopes and rate limit. Any valid key may ask, including resource-scoped ones. */
 export const whoamiRoutes = new Hono<AppEnv>()
   .use(authenticate)
   .get("/", (c) => {
-    const { accountId, keyId, userId, role, scopes } = c.get("principal");
-    return c.json({ accountId, keyId, userId, role, scopes });
+    const { accountId, keyId, userId, role, scopes, rateLimit } = c.get("principal");
+    return c.json({ accountId, keyId, userId, role, scopes, rateLimit });
   })
   .all("/", allow("GET"));

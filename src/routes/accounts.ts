@@ -1,19 +1,23 @@
 import { Hono } from "hono";
 import { invalidToken } from "../auth/credentials";
-import { Fields, readJson } from "../body";
+import { Fields, readJson, readRateLimit } from "../body";
 import { auditInsert } from "../db/audit";
 import { batch, db } from "../db/client";
-import { accounts, apiKeys, users } from "../db/schema";
+import { type Account, accounts, apiKeys, users } from "../db/schema";
 import type { AppEnv } from "../env";
 import { ApiError } from "../errors";
 import { DEFAULT_PREFIX, newId, PREFIX } from "../keys/format";
 import { keyView, mintKey } from "../keys/store";
+import { clientIp, spend } from "../ratelimit/limiter";
+import { DEFAULT_POLICY } from "../ratelimit/window";
+import { accountView } from "./account";
 import { allow } from "./method-not-allowed";
 import { EMAIL, userView } from "./users";
 
 /** Provisioning: the operator creates an account with its first admin and that admin's first full-access key. */
 export const accountsRoutes = new Hono<AppEnv>()
   .post("/", async (c) => {
+    await spend(c, `provision:${clientIp(c)}`, c.get("config").ipPolicy);
     await requireOperator(c.req.header("Authorization"), c.get("config").operatorToken);
     const f = new Fields(await readJson(c));
     const name = f.string("name", { required: true, max: 200 });
@@ -22,16 +26,19 @@ export const accountsRoutes = new Hono<AppEnv>()
       hint: "must be 2-12 characters: a lowercase letter, then lowercase letters or digits",
     });
     const membersCanCreateKeys = f.boolean("membersCanCreateKeys") ?? false;
+    const rateLimit = readRateLimit(f) ?? DEFAULT_POLICY;
     const admin = f.object("admin", true);
     const email = admin?.string("email", { required: true, max: 254, pattern: EMAIL, hint: "must be an email address" });
     f.done();
 
     const now = new Date();
-    const account = {
+    const account: Account = {
       id: newId("acc"),
       name: name as string,
       keyPrefix: keyPrefix ?? DEFAULT_PREFIX,
       membersCanCreateKeys,
+      rateLimit: rateLimit.limit,
+      rateLimitWindowSeconds: rateLimit.windowSeconds,
       createdAt: now.toISOString(),
     };
     const user = {
@@ -51,6 +58,7 @@ export const accountsRoutes = new Hono<AppEnv>()
         prefix: account.keyPrefix,
         scopes: ["*"],
         expiresAt: null,
+        rateLimit: null,
       },
       now,
     );
@@ -64,7 +72,7 @@ export const accountsRoutes = new Hono<AppEnv>()
       auditInsert(d, { ...audit, action: "user.created", target: user.id }, now),
       auditInsert(d, { ...audit, action: "key.created", target: row.id }, now),
     ]);
-    return c.json({ account, admin: userView(user), key: { ...keyView(row, now), key: raw } }, 201);
+    return c.json({ account: accountView(account), admin: userView(user), key: { ...keyView(row, now), key: raw } }, 201);
   })
   .all("/", allow("POST"));
 

@@ -2,14 +2,14 @@ import { and, eq } from "drizzle-orm";
 import { Hono } from "hono";
 import { authenticate } from "../auth/middleware";
 import { canManageKey, FULL_ACCESS, type Principal, requireFullAccess, requireKeyCreator } from "../auth/principal";
-import { Fields, readJson } from "../body";
+import { Fields, readJson, readRateLimit } from "../body";
 import { auditIfChanged, auditInsert } from "../db/audit";
 import { batch, db } from "../db/client";
 import { readPage } from "../db/pagination";
 import { type ApiKey, apiKeys, users } from "../db/schema";
 import type { AppEnv } from "../env";
 import { ApiError } from "../errors";
-import { findKey, keyStatus, keyView, listKeys, mintKey, revokeStatement } from "../keys/store";
+import { findKey, keyPolicy, keyStatus, keyView, listKeys, mintKey, revokeStatement } from "../keys/store";
 import { allow } from "./method-not-allowed";
 
 const GRANT = /^([a-z][a-z0-9]{0,31}):([A-Za-z0-9][A-Za-z0-9_.-]{0,127})$/;
@@ -34,6 +34,7 @@ export const apiKeysRoutes = new Hono<AppEnv>()
     const scopes = readScopes(f, c.get("config").resourceTypes);
     const expiresAt = f.futureDate("expiresAt", now) ?? null;
     const ownerId = f.string("ownerId", { max: 64 });
+    const rateLimit = readRateLimit(f) ?? null;
     f.done();
 
     if (ownerId !== undefined && ownerId !== p.userId) await checkOwner(c.env.DB, p, ownerId);
@@ -46,6 +47,7 @@ export const apiKeysRoutes = new Hono<AppEnv>()
         prefix: p.keyPrefix,
         scopes,
         expiresAt,
+        rateLimit,
       },
       now,
     );
@@ -97,6 +99,7 @@ export const apiKeysRoutes = new Hono<AppEnv>()
     const old = await findManagedKey(c.env.DB, p, c.req.param("id"));
     const f = new Fields(await readJson(c));
     const grace = f.integer("gracePeriodSeconds", 0, MAX_GRACE_SECONDS) ?? 0;
+    const rateLimit = readRateLimit(f);
     f.done();
 
     const now = new Date();
@@ -115,6 +118,7 @@ export const apiKeysRoutes = new Hono<AppEnv>()
         prefix: old.prefix,
         scopes: JSON.parse(old.scopes) as string[],
         expiresAt: old.expiresAt,
+        rateLimit: rateLimit ?? keyPolicy(old),
         rotatedFrom: old.id,
       },
       now,

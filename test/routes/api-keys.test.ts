@@ -35,6 +35,7 @@ describe("POST /v1/api-keys", () => {
         "prefix",
         "revokedAt",
         "revokedBy",
+        "rateLimit",
         "rotatedFrom",
         "scopes",
         "start",

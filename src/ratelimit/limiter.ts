@@ -1,0 +1,93 @@
+import type { Context } from "hono";
+import type { AppEnv } from "../env";
+import { ApiError } from "../errors";
+import type { Decision, Policy } from "./window";
+
+/** The admission a request got, to show in headers and to refund. */
+export type Admission = Decision & { at: number; name: string; policy: Policy };
+
+/**
+ * Spends one request of the named identity's budget. Over the limit: 429 `rate_limited`. When the counter fails or
+ * does not answer in time: 503 `rate_limiter_unavailable` in closed mode, or null (admitted, unlimited) in open mode.
+ */
+export async function spend(c: Context<AppEnv>, name: string, policy: Policy): Promise<Admission | null> {
+  const decision = await consume(c, name, policy);
+  if (decision === null) return null;
+  const admission = { ...decision, name, policy };
+  if (!decision.allowed) {
+    throw new ApiError("rate_limited", `Rate limit exceeded. Try again in ${decision.retryAfter} seconds.`, {
+      headers: { ...rateLimitHeaders(admission), "Retry-After": String(decision.retryAfter) },
+      body: { retry_after: decision.retryAfter },
+    });
+  }
+  return admission;
+}
+
+/** The retry hint when the counter is down: long enough for a retried call to find it back. */
+const UNAVAILABLE_RETRY_SECONDS = 5;
+
+async function consume(c: Context<AppEnv>, name: string, policy: Policy): Promise<(Decision & { at: number }) | null> {
+  const { rateLimitFailureMode, rateLimitTimeoutMs } = c.get("config");
+  try {
+    return await withTimeout(() => c.env.RATE_LIMITER.getByName(name).consume(policy), rateLimitTimeoutMs);
+  } catch (err) {
+    if (rateLimitFailureMode === "closed") {
+      console.error(`rate limiter unavailable for ${name}, refused: ${describe(err)}`);
+      throw new ApiError("rate_limiter_unavailable", "The rate limiter is unavailable; retry shortly.", {
+        headers: { "Retry-After": String(UNAVAILABLE_RETRY_SECONDS) },
+      });
+    }
+    console.warn(`rate limiter unavailable for ${name}, admitted without limit: ${describe(err)}`);
+    c.header("X-RateLimit-Status", "unavailable");
+    return null;
+  }
+}
+
+/** One call with a deadline; retried once only when the platform marks the error retryable (and not overload). */
+async function withTimeout<T>(call: () => Promise<T>, ms: number): Promise<T> {
+  const deadline = Date.now() + ms;
+  const attempt = () => {
+    let timer: ReturnType<typeof setTimeout> | null = null;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), Math.max(0, deadline - Date.now()));
+    });
+    return Promise.race([call(), timeout]).finally(() => clearTimeout(timer));
+  };
+  try {
+    return await attempt();
+  } catch (err) {
+    const e = err as { retryable?: boolean; overloaded?: boolean };
+    if (e.retryable === true && e.overloaded !== true && Date.now() < deadline) return attempt();
+    throw err;
+  }
+}
+
+function describe(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** Gives the request back, off the response path: refused answers do not spend a budget. */
+export function refund(c: Context<AppEnv>, admission: Admission): void {
+  c.executionCtx.waitUntil(
+    c.env.RATE_LIMITER.getByName(admission.name)
+      .refund(admission.at)
+      .catch((err: unknown) => console.warn(`rate limit refund failed for ${admission.name}: ${describe(err)}`)),
+  );
+}
+
+/** X-RateLimit-* (seed 003) and the IETF draft's RateLimit-Policy / RateLimit headers. */
+export function rateLimitHeaders(a: Admission): Record<string, string> {
+  const secondsToReset = Math.ceil((a.resetAt - a.at) / 1000);
+  return {
+    "X-RateLimit-Limit": String(a.limit),
+    "X-RateLimit-Remaining": String(a.remaining),
+    "X-RateLimit-Reset": String(Math.ceil(a.resetAt / 1000)),
+    "RateLimit-Policy": `"default";q=${a.policy.limit};w=${a.policy.windowSeconds}`,
+    RateLimit: `"default";r=${a.remaining};t=${secondsToReset}`,
+  };
+}
+
+/** The client's address as Cloudflare saw it; forwarding headers a client can write are ignored. */
+export function clientIp(c: Context<AppEnv>): string {
+  return c.req.header("CF-Connecting-IP") ?? "unknown";
+}

@@ -1,0 +1,50 @@
+/** A limit: at most `limit` requests in any window of `windowSeconds`. */
+export type Policy = { limit: number; windowSeconds: number };
+
+/** 60 requests a minute, the default of every new account (seed 004). */
+export const DEFAULT_POLICY: Policy = { limit: 60, windowSeconds: 60 };
+
+export type Decision = {
+  allowed: boolean;
+  limit: number;
+  /** Requests left in the window after this one. */
+  remaining: number;
+  /** When every request counted now has left the window: the budget is full again (ms since epoch). */
+  resetAt: number;
+  /** When denied: whole seconds until a request would be admitted, rounded up so it is never early. */
+  retryAfter: number;
+};
+
+/**
+ * Sliding-log decision. `log` holds the times (ms, ascending) of admitted requests; a request at `now` is admitted
+ * when fewer than `limit` of them are later than `now - window`. Exact: no window ever holds more than `limit`.
+ */
+export function decide(log: readonly number[], now: number, policy: Policy): Decision {
+  const windowMs = policy.windowSeconds * 1000;
+  const first = firstInWindow(log, now - windowMs);
+  const used = log.length - first;
+  if (used < policy.limit) {
+    return { allowed: true, limit: policy.limit, remaining: policy.limit - used - 1, resetAt: now + windowMs, retryAfter: 0 };
+  }
+  // The request fits once enough old entries leave the window: the (used - limit + 1)-th oldest one.
+  const freeAt = (log[first + used - policy.limit] as number) + windowMs;
+  return {
+    allowed: false,
+    limit: policy.limit,
+    remaining: 0,
+    resetAt: (log[log.length - 1] as number) + windowMs,
+    retryAfter: Math.ceil((freeAt - now) / 1000),
+  };
+}
+
+/** Index of the first entry later than `cutoff` (binary search over the ascending log). */
+export function firstInWindow(log: readonly number[], cutoff: number): number {
+  let lo = 0;
+  let hi = log.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if ((log[mid] as number) > cutoff) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}

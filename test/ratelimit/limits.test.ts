@@ -1,0 +1,247 @@
+import { runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import { call, callWith, createKey, createUser, expectProblem, OPERATOR_TOKEN, provision } from "../helpers";
+
+const whoami = (key: string, headers: Record<string, string> = {}) => call("/v1/whoami", { key, headers });
+
+async function spendAll(key: string, n: number): Promise<Response[]> {
+  const out: Response[] = [];
+  for (let i = 0; i < n; i++) out.push(await whoami(key));
+  return out;
+}
+
+describe("per-key rate limit", () => {
+  it("admits 60 requests a minute by default and tells the client in headers", async () => {
+    const { key } = await provision();
+    const responses = await spendAll(key.key, 60);
+    expect(responses.every((r) => r.status === 200)).toBe(true);
+    const first = responses[0] as Response;
+    expect(first.headers.get("X-RateLimit-Limit")).toBe("60");
+    expect(first.headers.get("X-RateLimit-Remaining")).toBe("59");
+    expect(first.headers.get("RateLimit-Policy")).toBe('"default";q=60;w=60');
+    expect(first.headers.get("RateLimit")).toBe('"default";r=59;t=60');
+    const reset = Number(first.headers.get("X-RateLimit-Reset"));
+    expect(reset * 1000).toBeGreaterThanOrEqual(Date.now() + 59_000);
+    expect(reset * 1000).toBeLessThanOrEqual(Date.now() + 61_000);
+    expect((responses[59] as Response).headers.get("X-RateLimit-Remaining")).toBe("0");
+
+    const refused = await whoami(key.key);
+    const problem = await expectProblem(refused, 429, "rate_limited");
+    const retry = Number(refused.headers.get("Retry-After"));
+    expect(retry).toBeGreaterThanOrEqual(1);
+    expect(retry).toBeLessThanOrEqual(60);
+    expect(problem.retry_after).toBe(retry);
+    expect(problem.detail).toBe(`Rate limit exceeded. Try again in ${retry} seconds.`);
+    expect(refused.headers.get("X-RateLimit-Limit")).toBe("60");
+    expect(refused.headers.get("X-RateLimit-Remaining")).toBe("0");
+    expect(refused.headers.get("X-RateLimit-Reset")).not.toBeNull();
+    expect(refused.headers.get("RateLimit-Policy")).toBe('"default";q=60;w=60');
+    expect(refused.headers.get("RateLimit")).toMatch(/^"default";r=0;t=\d+$/);
+  });
+
+  it("lets the client back in when Retry-After says, not before (injected clock)", async () => {
+    const { key } = await provision();
+    const limited = await createKey(key.key, { rateLimit: { limit: 2, windowSeconds: 30 } });
+    let now = Date.now();
+    await runInDurableObject(env.RATE_LIMITER.getByName(`key:${limited.id}`), (instance) => {
+      instance.clock = () => now;
+    });
+    await spendAll(limited.key, 2);
+    const refused = await whoami(limited.key);
+    expect(refused.status).toBe(429);
+    const retry = Number(refused.headers.get("Retry-After"));
+    now += retry * 1000 - 1;
+    expect((await whoami(limited.key)).status).toBe(429);
+    now += 1;
+    const back = await whoami(limited.key);
+    expect(back.status).toBe(200);
+    // Both earlier requests were admitted at the same injected instant and left the window together.
+    expect(back.headers.get("X-RateLimit-Remaining")).toBe("1");
+  });
+
+  it("admits exactly the limit from 200 concurrent requests", async () => {
+    const { key } = await provision();
+    const responses = await Promise.all(Array.from({ length: 200 }, () => whoami(key.key)));
+    const statuses = responses.map((r) => r.status);
+    expect(statuses.filter((s) => s === 200)).toHaveLength(60);
+    expect(statuses.filter((s) => s === 429)).toHaveLength(140);
+  });
+
+  it("gives every key its own budget", async () => {
+    const { key } = await provision();
+    const other = await createKey(key.key);
+    await spendAll(key.key, 60);
+    expect((await whoami(key.key)).status).toBe(429);
+    const res = await whoami(other.key);
+    expect(res.status).toBe(200);
+    expect(res.headers.get("X-RateLimit-Remaining")).toBe("59");
+  });
+
+  it("uses the account's default, and a key's own limit over it; rotation keeps the key's limit", async () => {
+    const { key } = await provision({ rateLimit: { limit: 5, windowSeconds: 10 } });
+    const res = await whoami(key.key);
+    expect(res.headers.get("RateLimit-Policy")).toBe('"default";q=5;w=10');
+
+    const own = await createKey(key.key, { rateLimit: { limit: 2, windowSeconds: 3600 } });
+    expect(own.rateLimit).toEqual({ limit: 2, windowSeconds: 3600 });
+    await spendAll(own.key, 2);
+    expect((await whoami(own.key)).status).toBe(429);
+
+    const rotated = await (await call(`/v1/api-keys/${own.id}/rotate`, { key: key.key, body: {} })).json<{
+      key: string;
+      rateLimit: unknown;
+    }>();
+    expect(rotated.rateLimit).toEqual({ limit: 2, windowSeconds: 3600 });
+    expect((await whoami(rotated.key)).headers.get("RateLimit-Policy")).toBe('"default";q=2;w=3600');
+
+    const patched = await call("/v1/account", { method: "PATCH", key: key.key, body: { rateLimit: { limit: 100, windowSeconds: 60 } } });
+    expect(await patched.json()).toMatchObject({ rateLimit: { limit: 100, windowSeconds: 60 } });
+    expect((await whoami(key.key)).headers.get("X-RateLimit-Limit")).toBe("100");
+    expect((await whoami(rotated.key)).headers.get("X-RateLimit-Limit")).toBe("2");
+  });
+
+  it("refuses invalid limits", async () => {
+    const { key } = await provision();
+    for (const rateLimit of [{ limit: 0, windowSeconds: 60 }, { limit: 10 }, { limit: 10, windowSeconds: 86_401 }, 60]) {
+      await expectProblem(await call("/v1/api-keys", { key: key.key, body: { name: "x", rateLimit } }), 400, "invalid_request");
+    }
+    const member = await call("/v1/account", { method: "PATCH", key: (await createKey(key.key, { mailboxIds: ["m"] })).key, body: {} });
+    await expectProblem(member, 403, "insufficient_scope");
+  });
+
+  it("does not spend the budget on 401 and 403 answers", async () => {
+    const { key } = await provision();
+    const three = { limit: 3, windowSeconds: 60 };
+    const scoped = await createKey(key.key, { mailboxIds: ["mbx_1"], rateLimit: three });
+    // callWith waits for the refunds, which are sent after each response.
+    for (let i = 0; i < 5; i++) expect((await callWith({}, "/v1/api-keys", { key: scoped.key })).status).toBe(403);
+    const ok = await whoami(scoped.key);
+    expect(ok.status).toBe(200);
+    expect(ok.headers.get("X-RateLimit-Remaining")).toBe("2");
+
+    const member = await createUser(key.key, "member");
+    const memberKey = await createKey(key.key, { ownerId: member.id, rateLimit: three });
+    await call(`/v1/users/${member.id}`, { method: "PATCH", key: key.key, body: { disabled: true } });
+    for (let i = 0; i < 5; i++) expect((await whoami(memberKey.key)).status).toBe(401);
+    await call(`/v1/users/${member.id}`, { method: "PATCH", key: key.key, body: { disabled: false } });
+    expect((await whoami(memberKey.key)).headers.get("X-RateLimit-Remaining")).toBe("2");
+  });
+});
+
+describe("per-IP failure limit", () => {
+  it("answers 429 after 30 failed attempts a minute from one address, whatever forwarding headers claim", async () => {
+    const ip = "203.0.113.7";
+    for (let i = 0; i < 30; i++) {
+      const res = await call("/v1/whoami", {
+        headers: {
+          "CF-Connecting-IP": ip,
+          "X-Forwarded-For": `198.51.100.${i}`,
+          "X-Real-IP": `198.51.100.${i}`,
+          "X-API-Key": `sk_${"0".repeat(64)}`,
+        },
+      });
+      expect(res.status).toBe(401);
+    }
+    const blocked = await call("/v1/whoami", {
+      headers: { "CF-Connecting-IP": ip, "X-Forwarded-For": "198.51.100.250", "X-API-Key": "garbage" },
+    });
+    const problem = await expectProblem(blocked, 429, "rate_limited");
+    expect(blocked.headers.get("Retry-After")).toBe(String(problem.retry_after));
+    // Another address is unaffected.
+    await expectProblem(
+      await call("/v1/whoami", { headers: { "CF-Connecting-IP": "203.0.113.8", "X-API-Key": "garbage" } }),
+      401,
+      "malformed_credentials",
+    );
+  });
+
+  it("limits the provisioning route per address", async () => {
+    const ip = "203.0.113.9";
+    const body = { name: "x", admin: { email: "a@b.co" } };
+    for (let i = 0; i < 30; i++) {
+      const res = await call("/v1/accounts", { headers: { "CF-Connecting-IP": ip, Authorization: `Bearer ${OPERATOR_TOKEN}` }, body });
+      expect(res.status).toBe(201);
+    }
+    const refused = await call("/v1/accounts", { headers: { "CF-Connecting-IP": ip, Authorization: `Bearer ${OPERATOR_TOKEN}` }, body });
+    await expectProblem(refused, 429, "rate_limited");
+  });
+});
+
+describe("when the rate limiter fails", () => {
+  function fakeLimiter(consume: () => Promise<unknown>) {
+    let calls = 0;
+    const namespace = {
+      getByName: () => ({
+        consume: () => {
+          calls += 1;
+          return consume();
+        },
+        refund: async () => {},
+      }),
+    } as unknown as DurableObjectNamespace<never>;
+    return { namespace, calls: () => calls };
+  }
+  const throwing = () => Promise.reject(new Error("Durable Object reset because its code was updated"));
+  const hanging = () => new Promise(() => {});
+
+  for (const [what, behaviour] of [
+    ["throws", throwing],
+    ["does not answer in time", hanging],
+  ] as const) {
+    it(`answers 503 with Retry-After in closed mode (the default) when it ${what}`, async () => {
+      const { key } = await provision();
+      const fake = fakeLimiter(behaviour);
+      const res = await callWith({ RATE_LIMITER: fake.namespace, RATE_LIMIT_TIMEOUT_MS: "50" }, "/v1/whoami", { key: key.key });
+      await expectProblem(res, 503, "rate_limiter_unavailable");
+      expect(res.headers.get("Retry-After")).toBe("5");
+      expect(fake.calls()).toBe(1);
+    });
+
+    it(`admits and marks the response in open mode when it ${what}`, async () => {
+      const { key } = await provision();
+      const fake = fakeLimiter(behaviour);
+      const res = await callWith(
+        { RATE_LIMITER: fake.namespace, RATE_LIMIT_TIMEOUT_MS: "50", RATE_LIMIT_FAILURE_MODE: "open" },
+        "/v1/whoami",
+        { key: key.key },
+      );
+      expect(res.status).toBe(200);
+      expect(res.headers.get("X-RateLimit-Status")).toBe("unavailable");
+      expect(res.headers.get("X-RateLimit-Limit")).toBeNull();
+    });
+  }
+
+  it("retries once an error the platform marks retryable, never an overload", async () => {
+    const { key } = await provision();
+    let first = true;
+    const flaky = fakeLimiter(async () => {
+      if (first) {
+        first = false;
+        throw Object.assign(new Error("Network connection lost."), { retryable: true });
+      }
+      return { allowed: true, limit: 60, remaining: 59, resetAt: Date.now() + 60_000, retryAfter: 0, at: Date.now() };
+    });
+    expect((await callWith({ RATE_LIMITER: flaky.namespace }, "/v1/whoami", { key: key.key })).status).toBe(200);
+    expect(flaky.calls()).toBe(2);
+
+    const overloaded = fakeLimiter(() =>
+      Promise.reject(Object.assign(new Error("Durable Object is overloaded."), { retryable: true, overloaded: true })),
+    );
+    await expectProblem(
+      await callWith({ RATE_LIMITER: overloaded.namespace }, "/v1/whoami", { key: key.key }),
+      503,
+      "rate_limiter_unavailable",
+    );
+    expect(overloaded.calls()).toBe(1);
+  });
+
+  it("keeps answering 401 for bad credentials when the limiter is down", async () => {
+    const fake = fakeLimiter(throwing);
+    await expectProblem(
+      await callWith({ RATE_LIMITER: fake.namespace }, "/v1/whoami", { headers: { "X-API-Key": "nope" } }),
+      401,
+      "malformed_credentials",
+    );
+  });
+});
