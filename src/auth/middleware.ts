@@ -3,10 +3,12 @@ import { createMiddleware } from "hono/factory";
 import { db } from "../db/client";
 import type { AppEnv } from "../env";
 import { ApiError } from "../errors";
-import { parseKey } from "../keys/format";
-import { touchKey, verifyKey } from "../keys/store";
-import { clientIp, rateLimitHeaders, refund, spend } from "../ratelimit/limiter";
-import { deprecationHeaders, extractCredential, invalidToken } from "./credentials";
+import { hashKey, parseKey } from "../keys/format";
+import { evaluateKey, keyIdByHash, loadKey } from "../keys/store";
+import type { Authorization } from "../ratelimit/durable-object";
+import { type Admission, admit, callLimiter, clientIp, rateLimitHeaders, refund, spend } from "../ratelimit/limiter";
+import { type AuthMethod, deprecationHeaders, extractCredential, invalidToken } from "./credentials";
+import type { Principal } from "./principal";
 
 const REFUSED = {
   invalid_key: "The API key is not valid.",
@@ -15,26 +17,17 @@ const REFUSED = {
   key_owner_disabled: "The user who owns this API key is disabled.",
 } as const;
 
+/** Key hash -> key id. Immutable facts, so safe to keep; everything that can change is checked by the key's counter. */
+const keyIds = new Map<string, string>();
+const MAX_CACHED_KEY_IDS = 10_000;
+
 /**
  * Authenticates the request with an API key, puts the principal on the context and spends one request of the key's
  * rate limit. Every protected route uses it. Failed attempts count against the client IP's failure limit.
  */
 export const authenticate = createMiddleware<AppEnv>(async (c, next) => {
-  const config = c.get("config");
-  const now = new Date();
-  const { method, result } = await identify(c, now).catch((err: unknown) => countFailure(c, err));
-  c.set("principal", result.principal);
-
-  const admission = await spend(c, `key:${result.key.id}`, result.principal.rateLimit);
-  const touch = touchKey(db(c.env.DB), result.key, method, now);
-  if (touch) {
-    c.executionCtx.waitUntil(
-      touch.run().then(
-        () => undefined,
-        (err: unknown) => console.error(`lastUsedAt update failed for ${result.key.id}: ${String(err)}`),
-      ),
-    );
-  }
+  const { method, principal, admission } = await identify(c).catch((err: unknown) => countFailure(c, err));
+  c.set("principal", principal);
 
   await next();
   if (admission) {
@@ -42,12 +35,12 @@ export const authenticate = createMiddleware<AppEnv>(async (c, next) => {
     for (const [name, value] of Object.entries(rateLimitHeaders(admission))) c.res.headers.set(name, value);
   }
   if (method === "query") {
-    for (const [name, value] of Object.entries(deprecationHeaders(config))) c.res.headers.set(name, value);
+    for (const [name, value] of Object.entries(deprecationHeaders(c.get("config")))) c.res.headers.set(name, value);
   }
 });
 
-async function identify(c: Context<AppEnv>, now: Date) {
-  const found = extractCredential(c.req.raw, new URL(c.req.url), c.get("config"), now);
+async function identify(c: Context<AppEnv>): Promise<{ method: AuthMethod; principal: Principal; admission: Admission | null }> {
+  const found = extractCredential(c.req.raw, new URL(c.req.url), c.get("config"), new Date());
   if (!found) {
     throw new ApiError("missing_credentials", "Send your API key in the `X-API-Key` header or as `Authorization: Bearer <key>`.");
   }
@@ -60,9 +53,35 @@ async function identify(c: Context<AppEnv>, now: Date) {
       },
     );
   }
-  const result = await verifyKey(db(c.env.DB), found.credential, now);
-  if (!result.ok) throw new ApiError(result.code, REFUSED[result.code], { headers: invalidToken });
-  return { method: found.method, result };
+  const hash = await hashKey(found.credential);
+  const keyId = keyIds.get(hash) ?? (await lookUpKeyId(c, hash));
+  const name = `key:${keyId}`;
+  const authorization: Authorization | null = await callLimiter(
+    c,
+    name,
+    async (stub) => (await stub.authorize(keyId, found.method)) as Authorization,
+  );
+  if (authorization === null) {
+    // Open mode with the counter down: check the key in D1 and let the request through unlimited.
+    const result = evaluateKey(await loadKey(db(c.env.DB), { hash }), new Date());
+    if (!result.ok) throw refused(result.code);
+    return { method: found.method, principal: result.principal, admission: null };
+  }
+  if (!authorization.ok) throw refused(authorization.code);
+  const { principal } = authorization;
+  return { method: found.method, principal, admission: admit({ ...authorization.admission, name, policy: principal.rateLimit }) };
+}
+
+async function lookUpKeyId(c: Context<AppEnv>, hash: string): Promise<string> {
+  const id = await keyIdByHash(db(c.env.DB), hash);
+  if (id === undefined) throw refused("invalid_key");
+  if (keyIds.size >= MAX_CACHED_KEY_IDS) keyIds.delete(keyIds.keys().next().value as string);
+  keyIds.set(hash, id);
+  return id;
+}
+
+function refused(code: keyof typeof REFUSED): ApiError {
+  return new ApiError(code, REFUSED[code], { headers: invalidToken });
 }
 
 /** A refused credential spends the client IP's failure budget; past it, the answer is 429 instead of 401. */

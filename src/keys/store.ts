@@ -93,8 +93,19 @@ export type VerifyResult =
   | { ok: true; principal: Principal; key: ApiKey }
   | { ok: false; code: "invalid_key" | "key_revoked" | "key_expired" | "key_owner_disabled" };
 
-/** Looks a key up by its hash in one D1 read, with its owner and account. An unusable key is a result, not an exception. */
-export async function verifyKey(d: Db, raw: string, now: Date): Promise<VerifyResult> {
+/** A key with what decides its rights: its owner's role and state, and its account's policy. */
+export type KeyRecord = {
+  key: ApiKey;
+  role: "admin" | "member";
+  disabled: boolean;
+  keyPrefix: string;
+  membersCanCreateKeys: boolean;
+  accountLimit: number;
+  accountWindow: number;
+};
+
+/** Reads a key record by id or by hash, in one D1 read. */
+export async function loadKey(d: Db, by: { id: string } | { hash: string }): Promise<KeyRecord | undefined> {
   const [found] = await d
     .select({
       key: apiKeys,
@@ -108,8 +119,13 @@ export async function verifyKey(d: Db, raw: string, now: Date): Promise<VerifyRe
     .from(apiKeys)
     .innerJoin(users, eq(users.id, apiKeys.ownerId))
     .innerJoin(accounts, eq(accounts.id, apiKeys.accountId))
-    .where(eq(apiKeys.hash, await hashKey(raw)))
+    .where("id" in by ? eq(apiKeys.id, by.id) : eq(apiKeys.hash, by.hash))
     .limit(1);
+  return found;
+}
+
+/** Whether a key may be used at `now`, and with which rights. An unusable key is a result, not an exception. */
+export function evaluateKey(found: KeyRecord | undefined, now: Date): VerifyResult {
   if (!found) return { ok: false, code: "invalid_key" };
   const status = keyStatus(found.key, now);
   if (status === "revoked") return { ok: false, code: "key_revoked" };
@@ -132,6 +148,26 @@ export async function verifyKey(d: Db, raw: string, now: Date): Promise<VerifyRe
       },
     },
   };
+}
+
+/** The id of the key with this hash. A hash always names the same key, so callers may cache the answer. */
+export async function keyIdByHash(d: Db, hash: string): Promise<string | undefined> {
+  const [found] = await d.select({ id: apiKeys.id }).from(apiKeys).where(eq(apiKeys.hash, hash)).limit(1);
+  return found?.id;
+}
+
+/** Ids of keys that are not revoked for good, by owner or for a whole account: the ones whose cached rights must be reloaded. */
+export async function liveKeyIds(d: Db, by: { ownerId: string } | { accountId: string }, now: Date): Promise<string[]> {
+  const rows = await d
+    .select({ id: apiKeys.id })
+    .from(apiKeys)
+    .where(
+      and(
+        "ownerId" in by ? eq(apiKeys.ownerId, by.ownerId) : eq(apiKeys.accountId, by.accountId),
+        sql`(${apiKeys.revokedAt} IS NULL OR ${apiKeys.revokedAt} > ${now.toISOString()})`,
+      ),
+    );
+  return rows.map((r) => r.id);
 }
 
 /** How long `lastUsedAt` may lag behind the truth: at most one write per key per interval. */

@@ -1,16 +1,36 @@
 import { DurableObject } from "cloudflare:workers";
+import type { AuthMethod } from "../auth/credentials";
+import type { Principal } from "../auth/principal";
+import { db } from "../db/client";
 import type { Bindings } from "../env";
+import { evaluateKey, type KeyRecord, loadKey, touchKey, type VerifyResult } from "../keys/store";
 import { type Decision, decide, firstInWindow, type Policy } from "./window";
 
+export type Admission = Decision & { at: number };
+
+export type Authorization = { ok: true; principal: Principal; admission: Admission } | Extract<VerifyResult, { ok: false }>;
+
 /**
- * Counts requests for one limited identity (a key, or a client IP), one object each. The log of admitted requests
- * lives in memory and in the object's SQLite storage, so counts survive eviction and redeploys.
+ * Longest time a cached key record is trusted without a reload. Revocation and changes to the key's owner reload it
+ * at once; this bounds how long other changes (such as the account's default limit) take to reach the key.
+ */
+export const RECORD_TTL_MS = 60_000;
+
+/**
+ * One limited identity: a key (`key:<id>`) or a client IP. It keeps the log of admitted requests in memory and in its
+ * SQLite storage, so counts survive eviction and redeploys. A key's object also holds the key's record, so that an
+ * authenticated request costs one call here and no D1 read.
  */
 export class RateLimiter extends DurableObject<Bindings> {
   /** Times (ms) of admitted requests still in some window, ascending. */
   private log: number[] = [];
   /** Replaceable in tests to move time. */
   clock: () => number = Date.now;
+
+  private record: KeyRecord | undefined;
+  private loadedAt = 0;
+  private loading: Promise<KeyRecord | undefined> | null = null;
+  private generation = 0;
 
   constructor(ctx: DurableObjectState, env: Bindings) {
     super(ctx, env);
@@ -23,7 +43,7 @@ export class RateLimiter extends DurableObject<Bindings> {
   }
 
   /** Admits one request if the policy allows it, and records it; `at` identifies the admission for a refund. */
-  consume(policy: Policy): Decision & { at: number } {
+  consume(policy: Policy): Admission {
     // The clock never runs backwards inside one log: equal times keep the log sorted.
     const now = Math.max(this.clock(), this.log[this.log.length - 1] ?? 0);
     this.forget(now - policy.windowSeconds * 1000);
@@ -35,12 +55,57 @@ export class RateLimiter extends DurableObject<Bindings> {
     return { ...decision, at: now };
   }
 
+  /** Checks the key this object counts for, then spends one request of its limit. Refused keys spend nothing. */
+  async authorize(keyId: string, method: AuthMethod): Promise<Authorization> {
+    const record = await this.keyRecord(keyId);
+    const now = this.clock();
+    const verdict = evaluateKey(record, new Date(now));
+    if (!verdict.ok) return verdict;
+    const touch = touchKey(db(this.env.DB), verdict.key, method, new Date(now));
+    if (touch && record) {
+      record.key = { ...record.key, lastUsedAt: new Date(now).toISOString(), lastAuthMethod: method };
+      this.ctx.waitUntil(touch.run().catch((err: unknown) => console.error(`lastUsedAt update failed for ${keyId}: ${String(err)}`)));
+    }
+    return { ok: true, principal: verdict.principal, admission: this.consume(verdict.principal.rateLimit) };
+  }
+
+  /** Drops the cached key record: the next request reads the key, its owner and its account again. */
+  reload(): void {
+    this.generation += 1;
+    this.record = undefined;
+    this.loading = null;
+  }
+
   /** Gives back a request that was admitted at `at` but refused afterwards (401/403 answers spend nothing). */
   refund(at: number): void {
     const i = this.log.lastIndexOf(at);
     if (i < 0) return;
     this.log.splice(i, 1);
     this.ctx.storage.sql.exec("DELETE FROM hits WHERE rowid = (SELECT rowid FROM hits WHERE at = ? LIMIT 1)", at);
+  }
+
+  private async keyRecord(keyId: string): Promise<KeyRecord | undefined> {
+    if (this.record && this.clock() - this.loadedAt < RECORD_TTL_MS) return this.record;
+    if (!this.loading) {
+      // Concurrent requests share one read; a reload during the read discards its result.
+      const generation = this.generation;
+      const startedAt = this.clock();
+      this.loading = loadKey(db(this.env.DB), { id: keyId }).then(
+        (record) => {
+          if (generation === this.generation) {
+            this.record = record;
+            this.loadedAt = startedAt;
+            this.loading = null;
+          }
+          return record;
+        },
+        (err: unknown) => {
+          if (generation === this.generation) this.loading = null;
+          throw err;
+        },
+      );
+    }
+    return this.loading;
   }
 
   private forget(cutoff: number): void {

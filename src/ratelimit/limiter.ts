@@ -1,23 +1,27 @@
 import type { Context } from "hono";
-import type { AppEnv } from "../env";
+import type { AppEnv, Bindings } from "../env";
 import { ApiError } from "../errors";
-import type { Decision, Policy } from "./window";
+import type { Admission as Counted, RateLimiter } from "./durable-object";
+import type { Policy } from "./window";
 
 /** The admission a request got, to show in headers and to refund. */
-export type Admission = Decision & { at: number; name: string; policy: Policy };
+export type Admission = Counted & { name: string; policy: Policy };
 
 /**
  * Spends one request of the named identity's budget. Over the limit: 429 `rate_limited`. When the counter fails or
  * does not answer in time: 503 `rate_limiter_unavailable` in closed mode, or null (admitted, unlimited) in open mode.
  */
 export async function spend(c: Context<AppEnv>, name: string, policy: Policy): Promise<Admission | null> {
-  const decision = await consume(c, name, policy);
-  if (decision === null) return null;
-  const admission = { ...decision, name, policy };
-  if (!decision.allowed) {
-    throw new ApiError("rate_limited", `Rate limit exceeded. Try again in ${decision.retryAfter} seconds.`, {
-      headers: { ...rateLimitHeaders(admission), "Retry-After": String(decision.retryAfter) },
-      body: { retry_after: decision.retryAfter },
+  const counted = await callLimiter(c, name, (stub) => stub.consume(policy));
+  return counted === null ? null : admit({ ...counted, name, policy });
+}
+
+/** Passes an admitted request on; a refused one becomes 429 with the headers and `retry_after` that say when to return. */
+export function admit(admission: Admission): Admission {
+  if (!admission.allowed) {
+    throw new ApiError("rate_limited", `Rate limit exceeded. Try again in ${admission.retryAfter} seconds.`, {
+      headers: { ...rateLimitHeaders(admission), "Retry-After": String(admission.retryAfter) },
+      body: { retry_after: admission.retryAfter },
     });
   }
   return admission;
@@ -26,10 +30,18 @@ export async function spend(c: Context<AppEnv>, name: string, policy: Policy): P
 /** The retry hint when the counter is down: long enough for a retried call to find it back. */
 const UNAVAILABLE_RETRY_SECONDS = 5;
 
-async function consume(c: Context<AppEnv>, name: string, policy: Policy): Promise<(Decision & { at: number }) | null> {
+/**
+ * Calls the named counter with a deadline. When it fails: 503 in closed mode; null in open mode, and the response
+ * is marked so the client (and the log) can tell it was not limited.
+ */
+export async function callLimiter<T>(
+  c: Context<AppEnv>,
+  name: string,
+  call: (stub: DurableObjectStub<RateLimiter>) => Promise<T>,
+): Promise<T | null> {
   const { rateLimitFailureMode, rateLimitTimeoutMs } = c.get("config");
   try {
-    return await withTimeout(() => c.env.RATE_LIMITER.getByName(name).consume(policy), rateLimitTimeoutMs);
+    return await withTimeout(() => call(c.env.RATE_LIMITER.getByName(name)), rateLimitTimeoutMs);
   } catch (err) {
     if (rateLimitFailureMode === "closed") {
       console.error(`rate limiter unavailable for ${name}, refused: ${describe(err)}`);
@@ -90,4 +102,15 @@ export function rateLimitHeaders(a: Admission): Record<string, string> {
 /** The client's address as Cloudflare saw it; forwarding headers a client can write are ignored. */
 export function clientIp(c: Context<AppEnv>): string {
   return c.req.header("CF-Connecting-IP") ?? "unknown";
+}
+
+/**
+ * Makes the counters of these keys read their key, owner and account again, so a revocation or a change of the
+ * owner's role takes effect on the next request. A counter that cannot be reached reloads within RECORD_TTL_MS.
+ */
+export async function reloadKeys(env: Bindings, keyIds: string[]): Promise<void> {
+  const results = await Promise.allSettled(keyIds.map((id) => env.RATE_LIMITER.getByName(`key:${id}`).reload()));
+  for (const [i, r] of results.entries()) {
+    if (r.status === "rejected") console.error(`reload of key:${keyIds[i]} failed: ${describe(r.reason)}`);
+  }
 }

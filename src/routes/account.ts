@@ -7,7 +7,8 @@ import { auditInsert, recentEvents } from "../db/audit";
 import { batch, db } from "../db/client";
 import { type Account, accounts } from "../db/schema";
 import type { AppEnv } from "../env";
-import { keyUsage } from "../keys/store";
+import { keyUsage, liveKeyIds } from "../keys/store";
+import { reloadKeys } from "../ratelimit/limiter";
 import { allow } from "./method-not-allowed";
 
 const RECENT_EVENTS = 50;
@@ -67,6 +68,8 @@ export const accountRoutes = new Hono<AppEnv>()
           now,
         ),
       ]);
+      // Every key of the account carries these settings; an account may have many keys, so this finishes after the answer.
+      c.executionCtx.waitUntil(liveKeyIds(d, { accountId: p.accountId }, now).then((ids) => reloadKeys(c.env, ids)));
     }
     return c.json(accountView(await findAccount(c.env.DB, p.accountId)));
   })

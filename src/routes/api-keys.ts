@@ -10,6 +10,7 @@ import { type ApiKey, apiKeys, users } from "../db/schema";
 import type { AppEnv } from "../env";
 import { ApiError } from "../errors";
 import { findKey, keyPolicy, keyStatus, keyView, listKeys, mintKey, revokeStatement } from "../keys/store";
+import { reloadKeys } from "../ratelimit/limiter";
 import { allow } from "./method-not-allowed";
 
 const GRANT = /^([a-z][a-z0-9]{0,31}):([A-Za-z0-9][A-Za-z0-9_.-]{0,127})$/;
@@ -88,7 +89,10 @@ export const apiKeysRoutes = new Hono<AppEnv>()
         now,
       ),
     ]);
-    if (revoked?.meta.changes === 1) return c.json(keyView({ ...key, revokedAt: now.toISOString(), revokedBy: p.userId }, now));
+    if (revoked?.meta.changes === 1) {
+      await reloadKeys(c.env, [key.id]);
+      return c.json(keyView({ ...key, revokedAt: now.toISOString(), revokedBy: p.userId }, now));
+    }
     const current = await findManagedKey(c.env.DB, p, key.id);
     if (keyStatus(current, now) === "revoked") return c.json(keyView(current, now));
     throw new ApiError("last_active_key", "This is the account's last active key; create another key before revoking it.");
@@ -138,6 +142,7 @@ export const apiKeysRoutes = new Hono<AppEnv>()
       if (String(err).includes("UNIQUE")) throw new ApiError("key_not_active", `Key ${old.id} has already been rotated.`);
       throw err;
     }
+    await reloadKeys(c.env, [old.id]);
     return c.json({ ...keyView(row, now), key: raw }, 201);
   })
   .all("/", allow("GET", "POST"))

@@ -10,6 +10,8 @@ import { type User, users } from "../db/schema";
 import type { AppEnv } from "../env";
 import { ApiError } from "../errors";
 import { newId } from "../keys/format";
+import { liveKeyIds } from "../keys/store";
+import { reloadKeys } from "../ratelimit/limiter";
 import { allow } from "./method-not-allowed";
 
 /** Deliberately loose: one @, no spaces, a dot in the domain. Delivery is the proof of an address. */
@@ -106,6 +108,8 @@ export const usersRoutes = new Hono<AppEnv>()
     ]);
     if (updated?.meta.changes !== 1)
       throw new ApiError("last_admin", "This is the account's last enabled admin; make another user admin first.");
+    // The user's keys act with the user's rights: their counters must see the change before we answer.
+    await reloadKeys(c.env, await liveKeyIds(d, { ownerId: user.id }, now));
     return c.json(userView({ ...user, ...next }));
   })
   .all("/", allow("GET", "POST"))

@@ -1,5 +1,6 @@
+import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { call, callWith, createKey, expectProblem, provision, rows } from "../helpers";
 
 const BEFORE_SUNSET = { QUERY_TOKEN_SUNSET: "2999-01-01T00:00:00Z" };
@@ -107,17 +108,26 @@ describe("lastUsedAt", () => {
     const { key } = await provision();
     const k = await createKey(key.key);
     expect(await lastUse(k.id)).toEqual({ last_used_at: null, last_auth_method: null });
-    await callWith({}, "/v1/whoami", { key: k.key });
-    const first = await lastUse(k.id);
-    expect(first?.last_used_at).not.toBeNull();
-    for (let i = 0; i < 5; i++) await callWith({}, "/v1/whoami", { key: k.key });
+    let now = Date.now();
+    await runInDurableObject(env.RATE_LIMITER.getByName(`key:${k.id}`), (instance) => {
+      instance.clock = () => now;
+    });
+    await call("/v1/whoami", { key: k.key });
+    const first = await vi.waitFor(async () => {
+      const row = await lastUse(k.id);
+      expect(row?.last_used_at).toBe(new Date(now).toISOString());
+      return row;
+    });
+    now += 59_000;
+    for (let i = 0; i < 5; i++) await call("/v1/whoami", { key: k.key });
+    await new Promise((r) => setTimeout(r, 50));
     expect(await lastUse(k.id)).toEqual(first);
 
-    // Once the stored use is a minute old, the next request records a new one.
-    const old = new Date(Date.now() - 61_000).toISOString();
-    await env.DB.prepare("UPDATE api_keys SET last_used_at = ? WHERE id = ?").bind(old, k.id).run();
-    await callWith({}, "/v1/whoami", { key: k.key });
-    const later = await lastUse(k.id);
-    expect(later?.last_used_at && later.last_used_at > old).toBe(true);
+    // A minute after the stored use, the next request records a new one; so does a change of method.
+    now += 1_001;
+    await call("/v1/whoami", { key: k.key });
+    await vi.waitFor(async () => expect((await lastUse(k.id))?.last_used_at).toBe(new Date(now).toISOString()));
+    await call("/v1/whoami", { headers: { "X-API-Key": k.key } });
+    await vi.waitFor(async () => expect((await lastUse(k.id))?.last_auth_method).toBe("header"));
   });
 });

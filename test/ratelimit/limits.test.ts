@@ -169,16 +169,14 @@ describe("per-IP failure limit", () => {
 });
 
 describe("when the rate limiter fails", () => {
-  function fakeLimiter(consume: () => Promise<unknown>) {
+  function fakeLimiter(behaviour: () => Promise<unknown>) {
     let calls = 0;
+    const call = () => {
+      calls += 1;
+      return behaviour();
+    };
     const namespace = {
-      getByName: () => ({
-        consume: () => {
-          calls += 1;
-          return consume();
-        },
-        refund: async () => {},
-      }),
+      getByName: () => ({ consume: call, authorize: call, refund: async () => {}, reload: async () => {} }),
     } as unknown as DurableObjectNamespace<never>;
     return { namespace, calls: () => calls };
   }
@@ -213,16 +211,33 @@ describe("when the rate limiter fails", () => {
   }
 
   it("retries once an error the platform marks retryable, never an overload", async () => {
-    const { key } = await provision();
+    const { account, admin, key } = await provision();
     let first = true;
     const flaky = fakeLimiter(async () => {
       if (first) {
         first = false;
         throw Object.assign(new Error("Network connection lost."), { retryable: true });
       }
-      return { allowed: true, limit: 60, remaining: 59, resetAt: Date.now() + 60_000, retryAfter: 0, at: Date.now() };
+      const rateLimit = { limit: 60, windowSeconds: 60 };
+      const principal = {
+        accountId: account.id,
+        keyId: key.id,
+        userId: admin.id,
+        role: "admin",
+        scopes: ["*"],
+        keyPrefix: "sk",
+        membersCanCreateKeys: false,
+        rateLimit,
+      };
+      return {
+        ok: true,
+        principal,
+        admission: { allowed: true, limit: 60, remaining: 59, resetAt: Date.now() + 60_000, retryAfter: 0, at: Date.now() },
+      };
     });
-    expect((await callWith({ RATE_LIMITER: flaky.namespace }, "/v1/whoami", { key: key.key })).status).toBe(200);
+    const res = await callWith({ RATE_LIMITER: flaky.namespace }, "/v1/whoami", { key: key.key });
+    expect(res.status).toBe(200);
+    expect(res.headers.get("X-RateLimit-Remaining")).toBe("59");
     expect(flaky.calls()).toBe(2);
 
     const overloaded = fakeLimiter(() =>

@@ -1,0 +1,127 @@
+// npm run bench: builds the worker, serves it with Miniflare on 127.0.0.1, seeds an account and keys, drives load
+// against each scenario for a bounded time, prints requests/s and latency, and writes bench/results.json.
+import { execFileSync } from "node:child_process";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { resolve } from "node:path";
+import autocannon from "autocannon";
+import { convertV4MiniflareOptions, Miniflare } from "miniflare";
+
+const DURATION_SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
+const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
+const KEYS = Number(process.env.BENCH_KEYS ?? 1_000);
+const OPERATOR_TOKEN = "bench-operator-token-0123456789abcdef0123";
+const PORT = 8799;
+const base = `http://127.0.0.1:${PORT}`;
+
+execFileSync("sh", ["scripts/wrangler.sh", "deploy", "--dry-run", "--outdir", "dist"], { stdio: "ignore" });
+const toml = readFileSync("wrangler.toml", "utf8");
+const compatibilityDate = /compatibility_date\s*=\s*"([^"]+)"/.exec(toml)[1];
+
+const mf = new Miniflare(
+  convertV4MiniflareOptions({
+    host: "127.0.0.1",
+    port: PORT,
+    modulesRoot: resolve("dist"),
+    modules: [
+      { type: "ESModule", path: resolve("dist/counting.mjs"), contents: readFileSync("bench/counting.mjs", "utf8") },
+      { type: "ESModule", path: resolve("dist/index.js") },
+    ],
+    compatibilityDate,
+    compatibilityFlags: ["nodejs_compat"],
+    d1Databases: ["DB"],
+    durableObjects: { RATE_LIMITER: { className: "RateLimiter", useSQLite: true } },
+    bindings: { OPERATOR_TOKEN, ALLOW_HTTP: "true", RESOURCE_TYPES: "mailbox,process,project" },
+  }),
+);
+await mf.ready;
+
+try {
+  const db = await mf.getD1Database("DB");
+  for (const file of readdirSync("migrations")
+    .filter((f) => f.endsWith(".sql"))
+    .sort()) {
+    const statements = readFileSync(`migrations/${file}`, "utf8")
+      .split("--> statement-breakpoint")
+      .map((s) => s.trim())
+      .filter(Boolean);
+    await db.batch(statements.map((s) => db.prepare(s)));
+  }
+
+  const post = async (path, body, key) => {
+    const res = await fetch(base + path, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${key}` },
+      body: JSON.stringify(body),
+    });
+    if (!res.ok) throw new Error(`${path}: ${res.status} ${await res.text()}`);
+    return res.json();
+  };
+  // A limit no scenario can reach, so every request does the full work of an admitted one.
+  const rateLimit = { limit: 1_000_000, windowSeconds: 60 };
+  const { key: hot } = await post("/v1/accounts", { name: "bench", rateLimit, admin: { email: "bench@example.com" } }, OPERATOR_TOKEN);
+  const keys = [];
+  for (let i = 0; i < KEYS; i++) keys.push((await post("/v1/api-keys", { name: `bench ${i}` }, hot.key)).key);
+
+  const scenarios = [
+    { name: "bare", title: "GET /health, no authentication", path: "/health", distinct: 1, headers: () => ({}) },
+    { name: "hotKey", title: "GET /v1/whoami, one key", path: "/v1/whoami", distinct: 1, headers: () => ({ "X-API-Key": hot.key }) },
+    {
+      name: "manyKeys",
+      title: `GET /v1/whoami, ${KEYS} keys in turn`,
+      path: "/v1/whoami",
+      distinct: KEYS,
+      headers: (i) => ({ "X-API-Key": keys[i % KEYS] }),
+    },
+  ];
+
+  const results = {};
+  for (const s of scenarios) {
+    // Warm-up: one request per distinct credential, so the measurement sees the steady state (each key's counter
+    // already exists and its lastUsedAt was just written), not the first minute of a key's life.
+    for (let i = 0; i < s.distinct; i++) await fetch(base + s.path, { headers: s.headers(i) });
+    const probe = await fetch(base + s.path, { headers: { ...s.headers(0), "X-Bench-Count": "1" } });
+    if (probe.status !== 200) throw new Error(`${s.name}: probe answered ${probe.status}`);
+    const counts = Object.fromEntries(
+      probe.headers
+        .get("X-Bench-Counts")
+        .split(";")
+        .map((kv) => kv.split("="))
+        .map(([k, v]) => [k, Number(v)]),
+    );
+
+    let n = 0;
+    const run = await autocannon({
+      url: base + s.path,
+      connections: CONNECTIONS,
+      duration: DURATION_SECONDS,
+      requests: [{ setupRequest: (req) => ({ ...req, headers: { ...req.headers, ...s.headers(n++) } }) }],
+    });
+    const errors = run.non2xx + run.errors + run.timeouts;
+    results[s.name] = {
+      title: s.title,
+      requestsPerSecond: Math.round(run.requests.average),
+      latencyMs: { p50: run.latency.p50, p99: run.latency.p99 },
+      d1RoundTripsPerRequest: counts.d1,
+      durableObjectCallsPerRequest: counts.do,
+      failedRequests: errors,
+    };
+    console.log(
+      `${s.name.padEnd(9)} ${String(results[s.name].requestsPerSecond).padStart(6)} req/s  p50 ${run.latency.p50} ms  p99 ${run.latency.p99} ms  D1 ${counts.d1}  DO ${counts.do}  failed ${errors}`,
+    );
+    if (errors > 0) throw new Error(`${s.name}: ${errors} requests failed`);
+  }
+
+  const ratio = (a, b) => Math.round((results[a].requestsPerSecond / results[b].requestsPerSecond) * 100) / 100;
+  const report = {
+    date: new Date().toISOString().slice(0, 10),
+    node: process.version,
+    durationSeconds: DURATION_SECONDS,
+    connections: CONNECTIONS,
+    scenarios: results,
+    ratios: { hotKeyToBare: ratio("hotKey", "bare"), manyKeysToBare: ratio("manyKeys", "bare") },
+  };
+  console.log(`ratios: b/a ${report.ratios.hotKeyToBare}  c/a ${report.ratios.manyKeysToBare}`);
+  writeFileSync("bench/results.json", `${JSON.stringify(report, null, 2)}\n`);
+} finally {
+  await mf.dispose();
+}
