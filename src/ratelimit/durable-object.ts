@@ -16,6 +16,7 @@ export type Authorization = { ok: true; principal: Principal; admission: Admissi
  */
 export const RECORD_TTL_MS = 60_000;
 
+
 /**
  * One limited identity: a key (`key:<id>`) or a client IP. It keeps the log of admitted requests in memory and in its
  * SQLite storage, so counts survive eviction and redeploys. A key's object also holds the key's record, so that an
@@ -24,6 +25,9 @@ export const RECORD_TTL_MS = 60_000;
 export class RateLimiter extends DurableObject<Bindings> {
   /** Times (ms) of admitted requests still in some window, ascending. */
   private log: number[] = [];
+  /** Admissions waiting for the next write, and that write. */
+  private unsaved: number[] = [];
+  private saving: Promise<void> | null = null;
   /** Replaceable in tests to move time. */
   clock: () => number = Date.now;
 
@@ -42,15 +46,20 @@ export class RateLimiter extends DurableObject<Bindings> {
       .map((r) => r.at);
   }
 
-  /** Admits one request if the policy allows it, and records it; `at` identifies the admission for a refund. */
-  consume(policy: Policy): Admission {
+  /**
+   * Admits one request if the policy allows it, and records it; `at` identifies the admission for a refund.
+   * The answer leaves only once the admission is stored (group commit: one write for all admissions of a moment).
+   */
+  async consume(policy: Policy): Promise<Admission> {
     // The clock never runs backwards inside one log: equal times keep the log sorted.
     const now = Math.max(this.clock(), this.log[this.log.length - 1] ?? 0);
     this.forget(now - policy.windowSeconds * 1000);
     const decision = decide(this.log, now, policy);
     if (decision.allowed) {
+      // The log changes before any await, so concurrent requests are decided one after another, exactly.
       this.log.push(now);
-      this.ctx.storage.sql.exec("INSERT INTO hits (at) VALUES (?)", now);
+      this.unsaved.push(now);
+      await this.saved();
     }
     return { ...decision, at: now };
   }
@@ -66,7 +75,7 @@ export class RateLimiter extends DurableObject<Bindings> {
       record.key = { ...record.key, lastUsedAt: new Date(now).toISOString(), lastAuthMethod: method };
       this.ctx.waitUntil(touch.run().catch((err: unknown) => console.error(`lastUsedAt update failed for ${keyId}: ${String(err)}`)));
     }
-    return { ok: true, principal: verdict.principal, admission: this.consume(verdict.principal.rateLimit) };
+    return { ok: true, principal: verdict.principal, admission: await this.consume(verdict.principal.rateLimit) };
   }
 
   /** Drops the cached key record: the next request reads the key, its owner and its account again. */
@@ -81,7 +90,9 @@ export class RateLimiter extends DurableObject<Bindings> {
     const i = this.log.lastIndexOf(at);
     if (i < 0) return;
     this.log.splice(i, 1);
-    this.ctx.storage.sql.exec("DELETE FROM hits WHERE rowid = (SELECT rowid FROM hits WHERE at = ? LIMIT 1)", at);
+    const j = this.unsaved.lastIndexOf(at);
+    if (j >= 0) this.unsaved.splice(j, 1);
+    else this.ctx.storage.sql.exec("DELETE FROM hits WHERE rowid = (SELECT rowid FROM hits WHERE at = ? LIMIT 1)", at);
   }
 
   private async keyRecord(keyId: string): Promise<KeyRecord | undefined> {
@@ -106,6 +117,25 @@ export class RateLimiter extends DurableObject<Bindings> {
       );
     }
     return this.loading;
+  }
+
+  /**
+   * Resolves once the admissions made so far are written. All admissions of one moment share one write, in a
+   * statement per 100 rows; the platform's output gate holds every answer until that write is durable.
+   */
+  private saved(): Promise<void> {
+    this.saving ??= new Promise((resolve) =>
+      setTimeout(() => {
+        this.saving = null;
+        const rows = this.unsaved.splice(0);
+        for (let i = 0; i < rows.length; i += 100) {
+          const chunk = rows.slice(i, i + 100);
+          this.ctx.storage.sql.exec(`INSERT INTO hits (at) VALUES ${chunk.map(() => "(?)").join(",")}`, ...chunk);
+        }
+        resolve();
+      }, 0),
+    );
+    return this.saving;
   }
 
   private forget(cutoff: number): void {
