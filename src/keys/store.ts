@@ -173,22 +173,9 @@ export async function liveKeyIds(d: Db, by: { ownerId: string } | { accountId: s
 /** How long `lastUsedAt` may lag behind the truth: at most one write per key per interval. */
 export const LAST_USED_INTERVAL_MS = 60_000;
 
-/**
- * The write that records a use, or null when the stored values are fresh enough. The update is guarded
- * so that concurrent requests on other isolates do not write twice in one interval.
- */
-export function touchKey(d: Db, key: ApiKey, method: AuthMethod, now: Date) {
-  const threshold = new Date(now.getTime() - LAST_USED_INTERVAL_MS).toISOString();
-  if (key.lastUsedAt !== null && key.lastUsedAt > threshold && key.lastAuthMethod === method) return null;
-  return d
-    .update(apiKeys)
-    .set({ lastUsedAt: now.toISOString(), lastAuthMethod: method })
-    .where(
-      and(
-        eq(apiKeys.id, key.id),
-        sql`(${apiKeys.lastUsedAt} IS NULL OR ${apiKeys.lastUsedAt} <= ${threshold} OR ${apiKeys.lastAuthMethod} IS NOT ${method})`,
-      ),
-    );
+/** Records a use of the key. Its counter is the one writer and decides when (see LAST_USED_INTERVAL_MS). */
+export function recordUse(d: Db, keyId: string, method: AuthMethod, now: Date) {
+  return d.update(apiKeys).set({ lastUsedAt: now.toISOString(), lastAuthMethod: method }).where(eq(apiKeys.id, keyId));
 }
 
 export async function findKey(d: Db, accountId: string, id: string): Promise<ApiKey | undefined> {

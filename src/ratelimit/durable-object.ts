@@ -3,10 +3,26 @@ import type { AuthMethod } from "../auth/credentials";
 import type { Principal } from "../auth/principal";
 import { db } from "../db/client";
 import type { Bindings } from "../env";
-import { evaluateKey, type KeyRecord, loadKey, touchKey, type VerifyResult } from "../keys/store";
+import { evaluateKey, type KeyRecord, LAST_USED_INTERVAL_MS, loadKey, recordUse, type VerifyResult } from "../keys/store";
 import { type Decision, decide, firstInWindow, type Policy } from "./window";
 
 export type Admission = Decision & { at: number };
+
+/** A key as its counter holds it: the record, the verdict on it and the instant that verdict may change. */
+type KeyState = {
+  record: KeyRecord | undefined;
+  loadedAt: number;
+  verdict: VerifyResult;
+  until: number;
+  lastUsed: number;
+  lastMethod: AuthMethod | null;
+};
+
+/** The verdict on a key at `now`, and the next instant (revocation or expiry) at which it could change. */
+function judge(record: KeyRecord | undefined, now: number): Pick<KeyState, "verdict" | "until"> {
+  const instants = [record?.key.revokedAt, record?.key.expiresAt].map((t) => (t ? Date.parse(t) : Infinity)).filter((t) => t > now);
+  return { verdict: evaluateKey(record, new Date(now)), until: Math.min(...instants) };
+}
 
 export type Authorization = { ok: true; principal: Principal; admission: Admission } | Extract<VerifyResult, { ok: false }>;
 
@@ -15,7 +31,6 @@ export type Authorization = { ok: true; principal: Principal; admission: Admissi
  * at once; this bounds how long other changes (such as the account's default limit) take to reach the key.
  */
 export const RECORD_TTL_MS = 60_000;
-
 
 /**
  * One limited identity: a key (`key:<id>`) or a client IP. It keeps the log of admitted requests in memory and in its
@@ -31,9 +46,8 @@ export class RateLimiter extends DurableObject<Bindings> {
   /** Replaceable in tests to move time. */
   clock: () => number = Date.now;
 
-  private record: KeyRecord | undefined;
-  private loadedAt = 0;
-  private loading: Promise<KeyRecord | undefined> | null = null;
+  private key: KeyState | undefined;
+  private loading: Promise<KeyState> | null = null;
   private generation = 0;
 
   constructor(ctx: DurableObjectState, env: Bindings) {
@@ -66,22 +80,26 @@ export class RateLimiter extends DurableObject<Bindings> {
 
   /** Checks the key this object counts for, then spends one request of its limit. Refused keys spend nothing. */
   async authorize(keyId: string, method: AuthMethod): Promise<Authorization> {
-    const record = await this.keyRecord(keyId);
+    const key = await this.keyState(keyId);
     const now = this.clock();
-    const verdict = evaluateKey(record, new Date(now));
-    if (!verdict.ok) return verdict;
-    const touch = touchKey(db(this.env.DB), verdict.key, method, new Date(now));
-    if (touch && record) {
-      record.key = { ...record.key, lastUsedAt: new Date(now).toISOString(), lastAuthMethod: method };
-      this.ctx.waitUntil(touch.run().catch((err: unknown) => console.error(`lastUsedAt update failed for ${keyId}: ${String(err)}`)));
+    if (now >= key.until) Object.assign(key, judge(key.record, now));
+    if (!key.verdict.ok) return key.verdict;
+    if (now - key.lastUsed >= LAST_USED_INTERVAL_MS || key.lastMethod !== method) {
+      key.lastUsed = now;
+      key.lastMethod = method;
+      this.ctx.waitUntil(
+        recordUse(db(this.env.DB), keyId, method, new Date(now))
+          .run()
+          .catch((err: unknown) => console.error(`lastUsedAt update failed for ${keyId}: ${String(err)}`)),
+      );
     }
-    return { ok: true, principal: verdict.principal, admission: await this.consume(verdict.principal.rateLimit) };
+    return { ok: true, principal: key.verdict.principal, admission: await this.consume(key.verdict.principal.rateLimit) };
   }
 
-  /** Drops the cached key record: the next request reads the key, its owner and its account again. */
+  /** Drops the cached key: the next request reads the key, its owner and its account again. */
   reload(): void {
     this.generation += 1;
-    this.record = undefined;
+    this.key = undefined;
     this.loading = null;
   }
 
@@ -95,20 +113,26 @@ export class RateLimiter extends DurableObject<Bindings> {
     else this.ctx.storage.sql.exec("DELETE FROM hits WHERE rowid = (SELECT rowid FROM hits WHERE at = ? LIMIT 1)", at);
   }
 
-  private async keyRecord(keyId: string): Promise<KeyRecord | undefined> {
-    if (this.record && this.clock() - this.loadedAt < RECORD_TTL_MS) return this.record;
+  private async keyState(keyId: string): Promise<KeyState> {
+    if (this.key && this.clock() - this.key.loadedAt < RECORD_TTL_MS) return this.key;
     if (!this.loading) {
       // Concurrent requests share one read; a reload during the read discards its result.
       const generation = this.generation;
-      const startedAt = this.clock();
+      const loadedAt = this.clock();
       this.loading = loadKey(db(this.env.DB), { id: keyId }).then(
         (record) => {
+          const key: KeyState = {
+            record,
+            loadedAt,
+            ...judge(record, loadedAt),
+            lastUsed: record?.key.lastUsedAt ? Date.parse(record.key.lastUsedAt) : 0,
+            lastMethod: record?.key.lastAuthMethod ?? null,
+          };
           if (generation === this.generation) {
-            this.record = record;
-            this.loadedAt = startedAt;
+            this.key = key;
             this.loading = null;
           }
-          return record;
+          return key;
         },
         (err: unknown) => {
           if (generation === this.generation) this.loading = null;
