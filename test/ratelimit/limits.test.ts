@@ -96,7 +96,11 @@ describe("per-key rate limit", () => {
     expect((await whoami(rotated.key)).headers.get("RateLimit-Policy")).toBe('"default";q=2;w=3600');
 
     // callWith waits for the account's keys to be told of the new default, which happens after the answer.
-    const patched = await callWith({}, "/v1/account", { method: "PATCH", key: key.key, body: { rateLimit: { limit: 100, windowSeconds: 60 } } });
+    const patched = await callWith({}, "/v1/account", {
+      method: "PATCH",
+      key: key.key,
+      body: { rateLimit: { limit: 100, windowSeconds: 60 } },
+    });
     expect(await patched.json()).toMatchObject({ rateLimit: { limit: 100, windowSeconds: 60 } });
     expect((await whoami(key.key)).headers.get("X-RateLimit-Limit")).toBe("100");
     expect((await whoami(rotated.key)).headers.get("X-RateLimit-Limit")).toBe("2");
