@@ -11,6 +11,10 @@ export default defineConfig(async () => ({
           TEST_MIGRATIONS: await readD1Migrations("migrations"),
           OPERATOR_TOKEN: "test-operator-token-0123456789abcdef",
           ALLOW_HTTP: "false",
+          JWT_SIGNING_KEYS: JSON.stringify([
+            { kid: "test-2", secret: "test-signing-secret-two-0123456789abcdef" },
+            { kid: "test-1", secret: "test-signing-secret-one-0123456789abcdef" },
+          ]),
         },
       },
     }),

@@ -6,7 +6,11 @@ import type { AppEnv } from "./env";
 import { ApiError, problem } from "./errors";
 import { accountRoutes, whoamiRoutes } from "./routes/account";
 import { accountsRoutes } from "./routes/accounts";
+import { agentsRoutes } from "./routes/agents";
 import { apiKeysRoutes } from "./routes/api-keys";
+import { chatRoutes } from "./routes/chat";
+import { demoRoutes } from "./routes/demo";
+import { handshakeRoutes } from "./routes/handshake";
 import { usersRoutes } from "./routes/users";
 
 export const app = new Hono<AppEnv>();
@@ -42,6 +46,10 @@ app.route("/v1/account", accountRoutes);
 app.route("/v1/api-keys", apiKeysRoutes);
 app.route("/v1/users", usersRoutes);
 app.route("/v1/whoami", whoamiRoutes);
+app.route("/v1/agents", agentsRoutes);
+app.route("/v1/handshake", handshakeRoutes);
+app.route("/v1/chat", chatRoutes);
+app.route("/demo", demoRoutes);
 
 app.notFound((c) => problem(c, new ApiError("not_found", `No route for ${c.req.method} ${new URL(c.req.url).pathname}.`)));
 

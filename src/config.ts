@@ -1,6 +1,7 @@
 import type { Bindings } from "./env";
 import { ApiError } from "./errors";
 import type { Policy } from "./ratelimit/window";
+import type { SigningKey } from "./tokens/handshake";
 
 export type Config = {
   operatorToken: string | undefined;
@@ -13,6 +14,11 @@ export type Config = {
   rateLimitTimeoutMs: number;
   /** Failed authentications (and provisioning calls) allowed per client IP. */
   ipPolicy: Policy;
+  /** From the JWT_SIGNING_KEYS secret; empty when it is not set (handshakes then answer configuration_error). */
+  signingKeys: SigningKey[];
+  handshakeAgentPolicy: Policy;
+  handshakeIpPolicy: Policy;
+  chatPolicy: Policy;
 };
 
 export const DEFAULTS = {
@@ -25,6 +31,9 @@ export const DEFAULTS = {
   RATE_LIMIT_TIMEOUT_MS: "1000",
   IP_FAILURE_LIMIT: "30",
   IP_FAILURE_WINDOW_SECONDS: "60",
+  HANDSHAKE_AGENT_RATE_LIMIT: "600/60",
+  HANDSHAKE_IP_RATE_LIMIT: "20/60",
+  CHAT_RATE_LIMIT: "30/60",
 } as const;
 
 const RESOURCE_TYPE = /^[a-z][a-z0-9]{0,31}$/;
@@ -62,6 +71,10 @@ function parseConfig(env: Bindings): Config {
       limit: int("IP_FAILURE_LIMIT", env.IP_FAILURE_LIMIT ?? DEFAULTS.IP_FAILURE_LIMIT, 1, 1_000_000),
       windowSeconds: int("IP_FAILURE_WINDOW_SECONDS", env.IP_FAILURE_WINDOW_SECONDS ?? DEFAULTS.IP_FAILURE_WINDOW_SECONDS, 1, 86_400),
     },
+    signingKeys: signingKeys(env.JWT_SIGNING_KEYS),
+    handshakeAgentPolicy: policy("HANDSHAKE_AGENT_RATE_LIMIT", env.HANDSHAKE_AGENT_RATE_LIMIT ?? DEFAULTS.HANDSHAKE_AGENT_RATE_LIMIT),
+    handshakeIpPolicy: policy("HANDSHAKE_IP_RATE_LIMIT", env.HANDSHAKE_IP_RATE_LIMIT ?? DEFAULTS.HANDSHAKE_IP_RATE_LIMIT),
+    chatPolicy: policy("CHAT_RATE_LIMIT", env.CHAT_RATE_LIMIT ?? DEFAULTS.CHAT_RATE_LIMIT),
     operatorToken,
     resourceTypes,
     queryTokenSunset: date("QUERY_TOKEN_SUNSET", env.QUERY_TOKEN_SUNSET ?? DEFAULTS.QUERY_TOKEN_SUNSET),
@@ -69,6 +82,33 @@ function parseConfig(env: Bindings): Config {
     authDocsUrl: env.AUTH_DOCS_URL ?? DEFAULTS.AUTH_DOCS_URL,
     allowHttp: allowHttp === "true",
   };
+}
+
+/** `"<limit>/<windowSeconds>"`, e.g. `"30/60"`. */
+function policy(name: string, value: string): Policy {
+  const [limit = "", windowSeconds = ""] = value.split("/");
+  return { limit: int(name, limit, 1, 1_000_000), windowSeconds: int(name, windowSeconds, 1, 86_400) };
+}
+
+/** A JSON list of `{kid, secret}`, each secret at least 32 bytes; kids unique. */
+function signingKeys(value: string | undefined): SigningKey[] {
+  if (!value) return [];
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(value);
+  } catch {
+    misconfigured("JWT_SIGNING_KEYS", "is not JSON");
+  }
+  if (!Array.isArray(parsed) || parsed.length === 0) misconfigured("JWT_SIGNING_KEYS", "must be a non-empty list of {kid, secret}");
+  const keys = parsed.map((k: { kid?: unknown; secret?: unknown }) => {
+    if (typeof k?.kid !== "string" || k.kid === "" || typeof k.secret !== "string")
+      misconfigured("JWT_SIGNING_KEYS", "entries need a kid and a secret");
+    const secret = new TextEncoder().encode(k.secret);
+    if (secret.length < 32) misconfigured("JWT_SIGNING_KEYS", `secret of kid ${k.kid} is shorter than 32 bytes`);
+    return { kid: k.kid, secret };
+  });
+  if (new Set(keys.map((k) => k.kid)).size !== keys.length) misconfigured("JWT_SIGNING_KEYS", "kids must be unique");
+  return keys;
 }
 
 function int(name: string, value: string, min: number, max: number): number {

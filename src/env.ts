@@ -1,6 +1,7 @@
 import type { Principal } from "./auth/principal";
 import type { Config } from "./config";
 import type { RateLimiter } from "./ratelimit/durable-object";
+import type { ChatClaims } from "./tokens/handshake";
 
 /** Worker bindings: wrangler.toml vars and bindings, plus secrets set with `wrangler secret put`. */
 export type Bindings = {
@@ -16,6 +17,10 @@ export type Bindings = {
   RATE_LIMIT_TIMEOUT_MS?: string;
   IP_FAILURE_LIMIT?: string;
   IP_FAILURE_WINDOW_SECONDS?: string;
+  JWT_SIGNING_KEYS?: string;
+  HANDSHAKE_AGENT_RATE_LIMIT?: string;
+  HANDSHAKE_IP_RATE_LIMIT?: string;
+  CHAT_RATE_LIMIT?: string;
 };
 
 /** Per-request values set by middleware. */
@@ -23,6 +28,10 @@ export type Variables = {
   requestId: string;
   config: Config;
   principal: Principal;
+  /** Set on /v1/chat requests authenticated with a handshake token (then `principal` is not set). */
+  token: ChatClaims | null;
+  /** An origin this response may be read from (CORS), once the request proved it is allowed. */
+  corsOrigin: string | null;
 };
 
 export type AppEnv = { Bindings: Bindings; Variables: Variables };

@@ -129,3 +129,37 @@ export async function rows<T = Record<string, unknown>>(query: string, ...params
       .all<T>()
   ).results;
 }
+
+export const SIGNING_KEYS = [
+  { kid: "test-2", secret: "test-signing-secret-two-0123456789abcdef" },
+  { kid: "test-1", secret: "test-signing-secret-one-0123456789abcdef" },
+];
+export const WIDGET_ORIGIN = "https://ok.example";
+
+export type AgentBody = { id: string; name: string; allowedOrigins: string[]; tokenTtlSeconds: number; disabled: boolean };
+
+export async function createAgent(key: string, body: Record<string, unknown> = {}): Promise<AgentBody> {
+  const res = await call("/v1/agents", { key, body: { name: "Support widget", allowedOrigins: [WIDGET_ORIGIN], ...body } });
+  expect(res.status, await res.clone().text()).toBe(201);
+  return res.json();
+}
+
+/** A browser's handshake: POST /v1/handshake from `origin` with the public agent id. */
+export function handshake(agentId: string, origin: string | null = WIDGET_ORIGIN, extra: Init = {}): Promise<Response> {
+  return call("/v1/handshake", { ...extra, headers: { ...(origin === null ? {} : { Origin: origin }), ...extra.headers }, body: { agentId, ...(extra.body as object) } });
+}
+
+/** An account, an agent allowing WIDGET_ORIGIN and a token a browser at that origin got for it. */
+export async function widget(): Promise<{ provisioned: Provisioned; agent: AgentBody; token: string }> {
+  const provisioned = await provision();
+  const agent = await createAgent(provisioned.key.key);
+  const res = await handshake(agent.id);
+  expect(res.status).toBe(200);
+  const { token } = await res.json<{ token: string }>();
+  return { provisioned, agent, token };
+}
+
+/** POST /v1/chat/messages with a bearer credential from an origin. */
+export function chat(credential: string, origin: string | null = WIDGET_ORIGIN, message = "hello there"): Promise<Response> {
+  return call("/v1/chat/messages", { key: credential, headers: origin === null ? {} : { Origin: origin }, body: { message } });
+}

@@ -13,6 +13,12 @@ const routes: ProtectedRoute[] = [
   { method: "GET", path: () => "/v1/users", needs: "admin" },
   { method: "GET", path: (t) => `/v1/users/${t.userId}`, needs: "admin" },
   { method: "PATCH", path: (t) => `/v1/users/${t.userId}`, body: { role: "admin" }, needs: "admin" },
+  { method: "PATCH", path: () => "/v1/account", body: {}, needs: "admin" },
+  { method: "POST", path: () => "/v1/agents", body: { name: "w", allowedOrigins: ["https://a.example"] }, needs: "admin" },
+  { method: "GET", path: () => "/v1/agents", needs: "admin" },
+  { method: "GET", path: (t) => `/v1/agents/${t.agentId}`, needs: "admin" },
+  { method: "PATCH", path: (t) => `/v1/agents/${t.agentId}`, body: { name: "renamed" }, needs: "admin" },
+  { method: "POST", path: () => "/v1/chat/messages", body: { message: "hi" }, needs: "any" },
 ];
 
 for (const route of routes) securityChecks(route);

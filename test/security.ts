@@ -1,8 +1,8 @@
 import { describe, expect, it } from "vitest";
-import { call, createKey, expectProblem, expire, memberWithKey, provision } from "./helpers";
+import { call, createAgent, createKey, expectProblem, expire, handshake, memberWithKey, provision, WIDGET_ORIGIN } from "./helpers";
 
 /** An account to attack: its admin key, a second key and a member user, whose ids routes can put in their path. */
-export type Target = { adminKey: string; keyId: string; userId: string; accountId: string };
+export type Target = { adminKey: string; keyId: string; userId: string; agentId: string; accountId: string; token: string };
 
 export type ProtectedRoute = {
   method: string;
@@ -16,7 +16,9 @@ async function target(): Promise<Target> {
   const { account, key } = await provision();
   const second = await createKey(key.key, { name: "second" });
   const member = await memberWithKey(key.key);
-  return { adminKey: key.key, keyId: second.id, userId: member.user.id, accountId: account.id };
+  const agent = await createAgent(key.key);
+  const { token } = await (await handshake(agent.id)).json<{ token: string }>();
+  return { adminKey: key.key, keyId: second.id, userId: member.user.id, agentId: agent.id, accountId: account.id, token };
 }
 
 /** The checks every protected route must pass; each route's test file runs them. */
@@ -24,7 +26,7 @@ export function securityChecks(route: ProtectedRoute): void {
   const send = async (t: Target, headers: Record<string, string>) =>
     call(route.path(t), { method: route.method, headers, ...(route.body === undefined ? {} : { body: route.body }) });
 
-  describe(`${route.method} ${route.path({ adminKey: "", keyId: ":keyId", userId: ":userId", accountId: "" })} security`, () => {
+  describe(`${route.method} ${route.path({ adminKey: "", keyId: ":keyId", userId: ":userId", agentId: ":agentId", accountId: "", token: "" })} security`, () => {
     it("refuses a request without a credential", async () => {
       const res = await send(await target(), {});
       await expectProblem(res, 401, "missing_credentials");
@@ -67,7 +69,8 @@ export function securityChecks(route: ProtectedRoute): void {
       expect(text).not.toContain(t.accountId);
       expect(text).not.toContain(t.keyId);
       expect(text).not.toContain(t.userId);
-      if (route.path(t).includes(t.keyId) || route.path(t).includes(t.userId)) expect(res.status).toBe(404);
+      expect(text).not.toContain(t.agentId);
+      if ([t.keyId, t.userId, t.agentId].some((id) => route.path(t).includes(id))) expect(res.status).toBe(404);
     });
 
     if (route.needs !== "any") {
@@ -75,6 +78,14 @@ export function securityChecks(route: ProtectedRoute): void {
         const t = await target();
         const scoped = await createKey(t.adminKey, { name: "scoped", mailboxIds: ["mbx_1"] });
         const res = await send(t, { Authorization: `Bearer ${scoped.key}` });
+        await expectProblem(res, 403, "insufficient_scope");
+      });
+    }
+
+    if (route.needs !== "any") {
+      it("refuses a handshake token, which is for the chat endpoints only", async () => {
+        const t = await target();
+        const res = await send(t, { Authorization: `Bearer ${t.token}`, Origin: WIDGET_ORIGIN });
         await expectProblem(res, 403, "insufficient_scope");
       });
     }

@@ -1,5 +1,6 @@
 import type { Context } from "hono";
 import { createMiddleware } from "hono/factory";
+import { findAgent } from "../agents/store";
 import { db } from "../db/client";
 import type { AppEnv } from "../env";
 import { ApiError } from "../errors";
@@ -7,8 +8,8 @@ import { hashKey, parseKey } from "../keys/format";
 import { evaluateKey, keyIdByHash, loadKey } from "../keys/store";
 import type { Authorization } from "../ratelimit/durable-object";
 import { type Admission, admit, callLimiter, clientIp, rateLimitHeaders, refund, spend } from "../ratelimit/limiter";
+import { type ChatClaims, looksLikeToken, verifyToken } from "../tokens/handshake";
 import { type AuthMethod, deprecationHeaders, extractCredential, invalidToken } from "./credentials";
-import type { Principal } from "./principal";
 
 const REFUSED = {
   invalid_key: "The API key is not valid.",
@@ -22,27 +23,42 @@ const keyIds = new Map<string, string>();
 const MAX_CACHED_KEY_IDS = 10_000;
 
 /**
- * Authenticates the request with an API key, puts the principal on the context and spends one request of the key's
- * rate limit. Every protected route uses it. Failed attempts count against the client IP's failure limit.
+ * Authenticates the request and spends one request of its rate limit: an API key (then `principal` is set) or, where
+ * `tokens` is true, a handshake token (then `token` is set). Every protected route uses it; a valid handshake token
+ * anywhere else is 403. Failed attempts count against the client IP's failure limit.
  */
-export const authenticate = createMiddleware<AppEnv>(async (c, next) => {
-  const { method, principal, admission } = await identify(c).catch((err: unknown) => countFailure(c, err));
-  c.set("principal", principal);
+export function authenticateWith({ tokens }: { tokens: boolean }) {
+  return createMiddleware<AppEnv>(async (c, next) => {
+    const { method, admission } = await identify(c, tokens).catch((err: unknown) => countFailure(c, err));
+    await next();
+    if (admission) {
+      if (c.res.status === 401 || c.res.status === 403) refund(c, admission);
+      for (const [name, value] of Object.entries(rateLimitHeaders(admission))) c.res.headers.set(name, value);
+    }
+    if (method === "query") {
+      for (const [name, value] of Object.entries(deprecationHeaders(c.get("config")))) c.res.headers.set(name, value);
+    }
+  });
+}
 
-  await next();
-  if (admission) {
-    if (c.res.status === 401 || c.res.status === 403) refund(c, admission);
-    for (const [name, value] of Object.entries(rateLimitHeaders(admission))) c.res.headers.set(name, value);
-  }
-  if (method === "query") {
-    for (const [name, value] of Object.entries(deprecationHeaders(c.get("config")))) c.res.headers.set(name, value);
-  }
-});
+/** API keys only: the management API. */
+export const authenticate = authenticateWith({ tokens: false });
+/** API keys or handshake tokens: the chat endpoints. */
+export const authenticateChat = authenticateWith({ tokens: true });
 
-async function identify(c: Context<AppEnv>): Promise<{ method: AuthMethod; principal: Principal; admission: Admission | null }> {
-  const found = extractCredential(c.req.raw, new URL(c.req.url), c.get("config"), new Date());
+async function identify(c: Context<AppEnv>, tokens: boolean): Promise<{ method: AuthMethod; admission: Admission | null }> {
+  const config = c.get("config");
+  const found = extractCredential(c.req.raw, new URL(c.req.url), config, new Date());
   if (!found) {
     throw new ApiError("missing_credentials", "Send your API key in the `X-API-Key` header or as `Authorization: Bearer <key>`.");
+  }
+  c.set("token", null);
+  if (looksLikeToken(found.credential)) {
+    const claims = await checkToken(c, found.credential);
+    if (!tokens) throw new ApiError("insufficient_scope", "Handshake tokens work only on the /v1/chat endpoints; use an API key here.");
+    c.set("token", claims);
+    const name = `chat:${claims.agt}:${claims.sub}`;
+    return { method: found.method, admission: await spend(c, name, config.chatPolicy) };
   }
   if (!parseKey(found.credential)) {
     throw new ApiError(
@@ -65,11 +81,35 @@ async function identify(c: Context<AppEnv>): Promise<{ method: AuthMethod; princ
     // Open mode with the counter down: check the key in D1 and let the request through unlimited.
     const result = evaluateKey(await loadKey(db(c.env.DB), { hash }), new Date());
     if (!result.ok) throw refused(result.code);
-    return { method: found.method, principal: result.principal, admission: null };
+    c.set("principal", result.principal);
+    return { method: found.method, admission: null };
   }
   if (!authorization.ok) throw refused(authorization.code);
   const { principal } = authorization;
-  return { method: found.method, principal, admission: admit({ ...authorization.admission, name, policy: principal.rateLimit }) };
+  c.set("principal", principal);
+  return { method: found.method, admission: admit({ ...authorization.admission, name, policy: principal.rateLimit }) };
+}
+
+/**
+ * A handshake token is valid, bound to the origin the request comes from (when a browser minted it) and issued by an
+ * agent that is still enabled: disabling an agent stops its tokens on their next request.
+ */
+async function checkToken(c: Context<AppEnv>, token: string): Promise<ChatClaims> {
+  const result = await verifyToken(c.get("config").signingKeys, token, new Date());
+  if (!result.ok) {
+    const detail =
+      result.code === "token_expired" ? "The token has expired; call the handshake endpoint for a new one." : "The token is not valid.";
+    throw new ApiError(result.code, detail, { headers: invalidToken });
+  }
+  const { claims } = result;
+  if (claims.origin !== undefined && claims.origin !== (c.req.header("Origin") ?? null)) {
+    throw new ApiError("invalid_token", "The token was issued for another origin.", { headers: invalidToken });
+  }
+  const agent = await findAgent(db(c.env.DB), claims.agt);
+  if (!agent || agent.accountId !== claims.acc) throw new ApiError("invalid_token", "The token is not valid.", { headers: invalidToken });
+  if (agent.disabled) throw new ApiError("agent_disabled", "The agent that issued this token is disabled.");
+  if (claims.origin !== undefined) c.set("corsOrigin", claims.origin);
+  return claims;
 }
 
 async function lookUpKeyId(c: Context<AppEnv>, hash: string): Promise<string> {

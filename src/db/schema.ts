@@ -83,6 +83,37 @@ export const auditEvents = sqliteTable(
   (t) => [index("audit_events_account_created").on(t.accountId, t.createdAt)],
 );
 
+/** Browser widgets: public ids that mint short-lived chat tokens for allowed origins. */
+export const agents = sqliteTable(
+  "agents",
+  {
+    id: text("id").primaryKey(),
+    accountId: text("account_id")
+      .notNull()
+      .references(() => accounts.id),
+    name: text("name").notNull(),
+    /** JSON array of exact origins, e.g. `["https://shop.example"]`; agent_origins indexes the same list. */
+    allowedOrigins: text("allowed_origins").notNull(),
+    tokenTtlSeconds: integer("token_ttl_seconds").notNull(),
+    disabled: integer("disabled", { mode: "boolean" }).notNull().default(false),
+    createdAt: text("created_at").notNull(),
+  },
+  (t) => [index("agents_account_created").on(t.accountId, t.createdAt)],
+);
+
+/** One row per allowed origin of an agent, so a CORS preflight (which names no agent) is one indexed read. */
+export const agentOrigins = sqliteTable(
+  "agent_origins",
+  {
+    agentId: text("agent_id")
+      .notNull()
+      .references(() => agents.id),
+    origin: text("origin").notNull(),
+  },
+  (t) => [uniqueIndex("agent_origins_agent_origin").on(t.agentId, t.origin), index("agent_origins_origin").on(t.origin)],
+);
+
 export type Account = typeof accounts.$inferSelect;
+export type Agent = typeof agents.$inferSelect;
 export type User = typeof users.$inferSelect;
 export type ApiKey = typeof apiKeys.$inferSelect;

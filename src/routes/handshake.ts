@@ -1,0 +1,72 @@
+import { Hono } from "hono";
+import { createMiddleware } from "hono/factory";
+import { findAgent } from "../agents/store";
+import { cors } from "../auth/cors";
+import { authenticate } from "../auth/middleware";
+import { type Principal, requireFullAccess } from "../auth/principal";
+import { Fields, readJson } from "../body";
+import { db } from "../db/client";
+import type { AppEnv } from "../env";
+import { ApiError } from "../errors";
+import { newId } from "../keys/format";
+import { clientIp, spend } from "../ratelimit/limiter";
+import { signToken } from "../tokens/handshake";
+import { allow } from "./method-not-allowed";
+
+const AGENT_ID = /^agt_[0-9a-f]{24}$/;
+const USER_ID = /^[A-Za-z0-9_.@:-]{1,128}$/;
+
+/** A backend sends its API key; a browser sends nothing secret. */
+const keyIfSent = createMiddleware<AppEnv>(async (c, next) => {
+  if (c.req.header("Authorization") !== undefined || c.req.header("X-API-Key") !== undefined) return authenticate(c, next);
+  await next();
+});
+
+/**
+ * POST /v1/handshake {agentId, userId?}: a short-lived chat token. From a browser, the Origin must be one the agent
+ * allows; from a backend, a full-access key of the agent's account mints a token for one end user (`userId`).
+ */
+export const handshakeRoutes = new Hono<AppEnv>()
+  .use(cors)
+  .post("/", keyIfSent, async (c) => {
+    const config = c.get("config");
+    const server = c.get("principal") as Principal | undefined;
+    if (!server) await spend(c, `handshake-ip:${clientIp(c)}`, config.handshakeIpPolicy);
+    const f = new Fields(await readJson(c));
+    const agentId = f.string("agentId", {
+      required: true,
+      pattern: AGENT_ID,
+      hint: "must be an agent id such as agt_5f0c9a1e2b7d43a8c6e1f0b2",
+    });
+    const userId = f.string("userId", {
+      required: server !== undefined,
+      pattern: USER_ID,
+      hint: "must be 1-128 characters: letters, digits and _.@:-",
+    });
+    f.done();
+    if (config.signingKeys.length === 0) {
+      console.error("config: JWT_SIGNING_KEYS is not set; handshakes are disabled");
+      throw new ApiError("configuration_error", "The server is misconfigured.");
+    }
+
+    const agent = await findAgent(db(c.env.DB), agentId as string, server?.accountId);
+    if (!agent) throw new ApiError("not_found", "No such agent.");
+    let origin: string | undefined;
+    if (server) {
+      requireFullAccess(server);
+    } else {
+      origin = c.req.header("Origin");
+      if (!origin || !(JSON.parse(agent.allowedOrigins) as string[]).includes(origin)) {
+        throw new ApiError("origin_not_allowed", "This origin is not allowed for this agent.");
+      }
+      c.set("corsOrigin", origin);
+    }
+    if (agent.disabled) throw new ApiError("agent_disabled", "This agent is disabled.");
+    await spend(c, `handshake-agent:${agent.id}`, config.handshakeAgentPolicy);
+
+    const claims = { sub: userId ?? newId("anon"), agt: agent.id, acc: agent.accountId, ...(origin ? { origin } : {}) };
+    const token = await signToken(config.signingKeys, claims, agent.tokenTtlSeconds, new Date());
+    c.header("Cache-Control", "no-store");
+    return c.json({ token, expiresIn: agent.tokenTtlSeconds });
+  })
+  .all("/", allow("POST"));

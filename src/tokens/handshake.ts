@@ -1,0 +1,75 @@
+import { errors, jwtVerify, SignJWT } from "jose";
+
+/** A signing secret from JWT_SIGNING_KEYS: the first one signs, all of them verify. */
+export type SigningKey = { kid: string; secret: Uint8Array };
+
+export const ISSUER = "keygate";
+export const AUDIENCE = "keygate:chat";
+/** The explicit `typ`, so a token of another kind signed with the same secret is never taken for this one. */
+export const TOKEN_TYPE = "keygate-chat+jwt";
+export const MAX_TOKEN_BYTES = 8 * 1024;
+export const CLOCK_SKEW_SECONDS = 5;
+
+/** What a handshake token says: who (sub), for which agent and account, and from which origin when a browser minted it. */
+export type ChatClaims = { sub: string; agt: string; acc: string; origin?: string; jti: string; iat: number; exp: number };
+
+export async function signToken(
+  keys: readonly SigningKey[],
+  claims: { sub: string; agt: string; acc: string; origin?: string },
+  ttlSeconds: number,
+  now: Date,
+): Promise<string> {
+  const [key] = keys;
+  if (!key) throw new Error("no signing key");
+  const iat = Math.floor(now.getTime() / 1000);
+  return new SignJWT({ agt: claims.agt, acc: claims.acc, ...(claims.origin ? { origin: claims.origin } : {}) })
+    .setProtectedHeader({ alg: "HS256", kid: key.kid, typ: TOKEN_TYPE })
+    .setIssuer(ISSUER)
+    .setAudience(AUDIENCE)
+    .setSubject(claims.sub)
+    .setJti(crypto.randomUUID())
+    .setIssuedAt(iat)
+    .setExpirationTime(iat + ttlSeconds)
+    .sign(key.secret);
+}
+
+export type TokenResult = { ok: true; claims: ChatClaims } | { ok: false; code: "invalid_token" | "token_expired" };
+
+/**
+ * Verifies a handshake token with the algorithm, issuer, audience and type pinned, exp/iat/jti required and at most
+ * CLOCK_SKEW_SECONDS of skew. Anything else (another algorithm or key, an unknown kid, a changed byte) is invalid.
+ */
+export async function verifyToken(keys: readonly SigningKey[], token: string, now: Date): Promise<TokenResult> {
+  if (token.length > MAX_TOKEN_BYTES) return { ok: false, code: "invalid_token" };
+  try {
+    const { payload } = await jwtVerify(
+      token,
+      (header) => {
+        const key = keys.find((k) => k.kid === header.kid);
+        if (!key) throw new errors.JWKSNoMatchingKey();
+        return key.secret;
+      },
+      {
+        algorithms: ["HS256"],
+        issuer: ISSUER,
+        audience: AUDIENCE,
+        typ: TOKEN_TYPE,
+        requiredClaims: ["exp", "iat", "jti", "sub"],
+        clockTolerance: CLOCK_SKEW_SECONDS,
+        currentDate: now,
+      },
+    );
+    const { agt, acc, origin } = payload;
+    if (typeof agt !== "string" || typeof acc !== "string" || (origin !== undefined && typeof origin !== "string")) {
+      return { ok: false, code: "invalid_token" };
+    }
+    return { ok: true, claims: payload as ChatClaims };
+  } catch (err) {
+    return { ok: false, code: err instanceof errors.JWTExpired ? "token_expired" : "invalid_token" };
+  }
+}
+
+/** Keys never contain a dot; a credential with one (or a JWT's `eyJ` start) is a token attempt. */
+export function looksLikeToken(credential: string): boolean {
+  return credential.includes(".") || credential.startsWith("eyJ");
+}
