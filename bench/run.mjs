@@ -1,10 +1,8 @@
 // npm run bench: builds the worker, serves it with Miniflare on 127.0.0.1, seeds an account and keys, drives load
 // against each scenario for a bounded time, prints requests/s and latency, and writes bench/results.json.
-import { execFileSync } from "node:child_process";
-import { readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { resolve } from "node:path";
+import { readFileSync, writeFileSync } from "node:fs";
 import autocannon from "autocannon";
-import { convertV4MiniflareOptions, Miniflare } from "miniflare";
+import { startKeygate } from "../scripts/keygate-server.mjs";
 
 const DURATION_SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
@@ -13,40 +11,13 @@ const OPERATOR_TOKEN = "bench-operator-token-0123456789abcdef0123";
 const PORT = 8799;
 const base = `http://127.0.0.1:${PORT}`;
 
-execFileSync("sh", ["scripts/wrangler.sh", "deploy", "--dry-run", "--outdir", "dist"], { stdio: "ignore" });
-const toml = readFileSync("wrangler.toml", "utf8");
-const compatibilityDate = /compatibility_date\s*=\s*"([^"]+)"/.exec(toml)[1];
-
-const mf = new Miniflare(
-  convertV4MiniflareOptions({
-    host: "127.0.0.1",
-    port: PORT,
-    modulesRoot: resolve("dist"),
-    modules: [
-      { type: "ESModule", path: resolve("dist/counting.mjs"), contents: readFileSync("bench/counting.mjs", "utf8") },
-      { type: "ESModule", path: resolve("dist/index.js") },
-    ],
-    compatibilityDate,
-    compatibilityFlags: ["nodejs_compat"],
-    d1Databases: ["DB"],
-    durableObjects: { RATE_LIMITER: { className: "RateLimiter", useSQLite: true } },
-    bindings: { OPERATOR_TOKEN, ALLOW_HTTP: "true", RESOURCE_TYPES: "mailbox,process,project" },
-  }),
-);
-await mf.ready;
+const { mf } = await startKeygate({
+  port: PORT,
+  bindings: { OPERATOR_TOKEN, ALLOW_HTTP: "true" },
+  entry: readFileSync("bench/counting.mjs", "utf8"),
+});
 
 try {
-  const db = await mf.getD1Database("DB");
-  for (const file of readdirSync("migrations")
-    .filter((f) => f.endsWith(".sql"))
-    .sort()) {
-    const statements = readFileSync(`migrations/${file}`, "utf8")
-      .split("--> statement-breakpoint")
-      .map((s) => s.trim())
-      .filter(Boolean);
-    await db.batch(statements.map((s) => db.prepare(s)));
-  }
-
   const post = async (path, body, key) => {
     const res = await fetch(base + path, {
       method: "POST",

@@ -146,7 +146,11 @@ export async function createAgent(key: string, body: Record<string, unknown> = {
 
 /** A browser's handshake: POST /v1/handshake from `origin` with the public agent id. */
 export function handshake(agentId: string, origin: string | null = WIDGET_ORIGIN, extra: Init = {}): Promise<Response> {
-  return call("/v1/handshake", { ...extra, headers: { ...(origin === null ? {} : { Origin: origin }), ...extra.headers }, body: { agentId, ...(extra.body as object) } });
+  return call("/v1/handshake", {
+    ...extra,
+    headers: { ...(origin === null ? {} : { Origin: origin }), ...extra.headers },
+    body: { agentId, ...(extra.body as object) },
+  });
 }
 
 /** An account, an agent allowing WIDGET_ORIGIN and a token a browser at that origin got for it. */

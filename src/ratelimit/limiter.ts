@@ -59,11 +59,11 @@ export async function callLimiter<T>(
 async function withTimeout<T>(call: () => Promise<T>, ms: number): Promise<T> {
   const deadline = Date.now() + ms;
   const attempt = () => {
-    let timer: ReturnType<typeof setTimeout> | null = null;
+    const signal = AbortSignal.timeout(Math.max(0, deadline - Date.now()));
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), Math.max(0, deadline - Date.now()));
+      signal.addEventListener("abort", () => reject(new Error(`no answer within ${ms} ms`)));
     });
-    return Promise.race([call(), timeout]).finally(() => clearTimeout(timer));
+    return Promise.race([call(), timeout]);
   };
   try {
     return await attempt();

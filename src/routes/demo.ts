@@ -36,9 +36,15 @@ const PAGE = `<!doctype html>
 
   // Renew at 80% of the token's life, so a chat left open never sends an expired token.
   async function handshake() {
-    const res = await fetch(api + "/v1/handshake", {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ agentId }),
-    });
+    let res;
+    try {
+      res = await fetch(api + "/v1/handshake", {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ agentId }),
+      });
+    } catch {
+      // A refused origin gets no CORS headers: the browser hides the answer and fetch fails.
+      token = null; status("Handshake refused: this page's origin is not allowed"); return false;
+    }
     if (!res.ok) { token = null; status("Handshake refused (" + res.status + ")"); return false; }
     const body = await res.json();
     token = body.token;

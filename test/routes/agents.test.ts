@@ -18,10 +18,16 @@ describe("/v1/agents", () => {
     expect(list.data.map((a) => a.id)).toEqual([second.id, agent.id]);
     expect(await (await call(`/v1/agents/${agent.id}`, { key: key.key })).json()).toEqual(agent);
 
-    const res = await call(`/v1/agents/${agent.id}`, { method: "PATCH", key: key.key, body: { allowedOrigins: ["https://new.example"], tokenTtlSeconds: 120 } });
+    const res = await call(`/v1/agents/${agent.id}`, {
+      method: "PATCH",
+      key: key.key,
+      body: { allowedOrigins: ["https://new.example"], tokenTtlSeconds: 120 },
+    });
     expect(await res.json()).toMatchObject({ allowedOrigins: ["https://new.example"], tokenTtlSeconds: 120, name: "Help" });
     expect(await rows("SELECT origin FROM agent_origins WHERE agent_id = ?", agent.id)).toEqual([{ origin: "https://new.example" }]);
-    expect(await rows("SELECT action, actor FROM audit_events WHERE account_id = ? AND target = ? ORDER BY action", account.id, agent.id)).toEqual([
+    expect(
+      await rows("SELECT action, actor FROM audit_events WHERE account_id = ? AND target = ? ORDER BY action", account.id, agent.id),
+    ).toEqual([
       { action: "agent.created", actor: admin.id },
       { action: "agent.updated", actor: admin.id },
     ]);
@@ -52,9 +58,15 @@ describe("/v1/agents", () => {
       await expectProblem(await call("/v1/agents", { key: key.key, body: { name: "x", allowedOrigins } }), 400, "invalid_request");
     }
     for (const tokenTtlSeconds of [0, 59, 86_401, 1.5]) {
-      await expectProblem(await call("/v1/agents", { key: key.key, body: { name: "x", allowedOrigins: ["https://a.example"], tokenTtlSeconds } }), 400, "invalid_request");
+      await expectProblem(
+        await call("/v1/agents", { key: key.key, body: { name: "x", allowedOrigins: ["https://a.example"], tokenTtlSeconds } }),
+        400,
+        "invalid_request",
+      );
     }
-    const ok = await createAgent(key.key, { allowedOrigins: ["https://shop.example:8443", "http://127.0.0.1:3000", "https://xn--bcher-kva.example"] });
+    const ok = await createAgent(key.key, {
+      allowedOrigins: ["https://shop.example:8443", "http://127.0.0.1:3000", "https://xn--bcher-kva.example"],
+    });
     expect(ok.allowedOrigins).toHaveLength(3);
   });
 });

@@ -38,7 +38,16 @@ describe("POST /v1/handshake from a browser", () => {
   it("refuses every origin that is not exactly an allowed one, without CORS headers", async () => {
     const { key } = await provision();
     const agent = await createAgent(key.key, { allowedOrigins: [WIDGET_ORIGIN, "https://other.example:8443"] });
-    const refused = ["null", "https://ok.example.evil.com", "http://ok.example", "https://ok.example.", "https://ok.example:8443", "https://other.example", "https://OK.example", null];
+    const refused = [
+      "null",
+      "https://ok.example.evil.com",
+      "http://ok.example",
+      "https://ok.example.",
+      "https://ok.example:8443",
+      "https://other.example",
+      "https://OK.example",
+      null,
+    ];
     for (const origin of refused) {
       const res = await handshake(agent.id, origin);
       await expectProblem(res, 403, "origin_not_allowed");
@@ -51,7 +60,10 @@ describe("POST /v1/handshake from a browser", () => {
     const { key } = await provision();
     await createAgent(key.key, { allowedOrigins: ["https://shop.example"] });
     const preflight = (origin: string) =>
-      call("/v1/handshake", { method: "OPTIONS", headers: { Origin: origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type" } });
+      call("/v1/handshake", {
+        method: "OPTIONS",
+        headers: { Origin: origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type" },
+      });
     const ok = await preflight("https://shop.example");
     expect(ok.status).toBe(204);
     expect(ok.headers.get("Access-Control-Allow-Origin")).toBe("https://shop.example");
@@ -63,7 +75,10 @@ describe("POST /v1/handshake from a browser", () => {
       await expectProblem(res, 403, "origin_not_allowed");
       expect(res.headers.get("Access-Control-Allow-Origin")).toBeNull();
     }
-    const chatPreflight = await call("/v1/chat/messages", { method: "OPTIONS", headers: { Origin: "https://shop.example", "Access-Control-Request-Method": "POST" } });
+    const chatPreflight = await call("/v1/chat/messages", {
+      method: "OPTIONS",
+      headers: { Origin: "https://shop.example", "Access-Control-Request-Method": "POST" },
+    });
     expect(chatPreflight.status).toBe(204);
     expect(chatPreflight.headers.get("Access-Control-Allow-Headers")).toContain("Authorization");
   });
@@ -71,7 +86,10 @@ describe("POST /v1/handshake from a browser", () => {
   it("refuses a body that is not declared JSON, so every browser call is preflighted", async () => {
     const { key } = await provision();
     const agent = await createAgent(key.key);
-    const res = await call("/v1/handshake", { headers: { Origin: WIDGET_ORIGIN, "Content-Type": "text/plain" }, body: JSON.stringify({ agentId: agent.id }) });
+    const res = await call("/v1/handshake", {
+      headers: { Origin: WIDGET_ORIGIN, "Content-Type": "text/plain" },
+      body: JSON.stringify({ agentId: agent.id }),
+    });
     await expectProblem(res, 415, "unsupported_media_type");
     await expectProblem(await handshake("agt_nope"), 400, "invalid_request");
     await expectProblem(await handshake(`agt_${"0".repeat(24)}`), 404, "not_found");
@@ -93,7 +111,8 @@ describe("POST /v1/handshake from a browser", () => {
     const agent = await createAgent(key.key);
     const ip = { "CF-Connecting-IP": "198.51.100.77" };
     const limits = { HANDSHAKE_IP_RATE_LIMIT: "2/60", HANDSHAKE_AGENT_RATE_LIMIT: "3/60" };
-    const send = (headers: Record<string, string>) => callWith(limits, "/v1/handshake", { headers: { Origin: WIDGET_ORIGIN, ...headers }, body: { agentId: agent.id } });
+    const send = (headers: Record<string, string>) =>
+      callWith(limits, "/v1/handshake", { headers: { Origin: WIDGET_ORIGIN, ...headers }, body: { agentId: agent.id } });
     expect((await send(ip)).status).toBe(200);
     expect((await send(ip)).status).toBe(200);
     const limited = await send(ip);
@@ -128,9 +147,17 @@ describe("POST /v1/handshake from a backend (server-side minting)", () => {
     const other = await provision();
     const scoped = await createKey(key.key, { mailboxIds: ["mbx_1"] });
     await expectProblem(await call("/v1/handshake", { key: key.key, body: { agentId: agent.id } }), 400, "invalid_request");
-    await expectProblem(await call("/v1/handshake", { key: scoped.key, body: { agentId: agent.id, userId: "u" } }), 403, "insufficient_scope");
+    await expectProblem(
+      await call("/v1/handshake", { key: scoped.key, body: { agentId: agent.id, userId: "u" } }),
+      403,
+      "insufficient_scope",
+    );
     await expectProblem(await call("/v1/handshake", { key: other.key.key, body: { agentId: agent.id, userId: "u" } }), 404, "not_found");
-    await expectProblem(await call("/v1/handshake", { headers: { "X-API-Key": "garbage" }, body: { agentId: agent.id, userId: "u" } }), 401, "malformed_credentials");
+    await expectProblem(
+      await call("/v1/handshake", { headers: { "X-API-Key": "garbage" }, body: { agentId: agent.id, userId: "u" } }),
+      401,
+      "malformed_credentials",
+    );
   });
 });
 
@@ -145,7 +172,8 @@ describe("POST /v1/chat/messages", () => {
 
   it("counts chat requests per agent user", async () => {
     const { token } = await widget();
-    const limited = (t: string) => callWith({ CHAT_RATE_LIMIT: "2/60" }, "/v1/chat/messages", { key: t, headers: { Origin: WIDGET_ORIGIN }, body: { message: "x" } });
+    const limited = (t: string) =>
+      callWith({ CHAT_RATE_LIMIT: "2/60" }, "/v1/chat/messages", { key: t, headers: { Origin: WIDGET_ORIGIN }, body: { message: "x" } });
     expect((await limited(token)).status).toBe(200);
     const second = await limited(token);
     expect(second.headers.get("X-RateLimit-Remaining")).toBe("0");

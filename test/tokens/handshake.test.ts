@@ -16,7 +16,16 @@ type Forge = {
 /** A token made outside Keygate: valid in every respect unless the test changes one. */
 async function forge(base: { sub: string; agt: string; acc: string }, f: Forge = {}): Promise<string> {
   const now = Math.floor(Date.now() / 1000);
-  const claims = { iss: ISSUER, aud: AUDIENCE, ...base, origin: WIDGET_ORIGIN, jti: crypto.randomUUID(), iat: now, exp: now + 600, ...f.claims };
+  const claims = {
+    iss: ISSUER,
+    aud: AUDIENCE,
+    ...base,
+    origin: WIDGET_ORIGIN,
+    jti: crypto.randomUUID(),
+    iat: now,
+    exp: now + 600,
+    ...f.claims,
+  };
   for (const [k, v] of Object.entries(claims)) if (v === undefined) delete (claims as Record<string, unknown>)[k];
   return new SignJWT(claims)
     .setProtectedHeader({ alg: f.alg ?? "HS256", kid: signer.kid, typ: TOKEN_TYPE, ...f.header } as { alg: string })

@@ -1,0 +1,106 @@
+import { mkdirSync } from "node:fs";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { type Browser, chromium } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startKeygate } from "../../scripts/keygate-server.mjs";
+
+const OPERATOR_TOKEN = "e2e-operator-token-0123456789abcdef0123";
+const API_PORT = 8791;
+
+let keygate: Awaited<ReturnType<typeof startKeygate>>;
+let browser: Browser;
+const servers: Server[] = [];
+
+/** Serves one HTML page on a free 127.0.0.1 port: another origin than the API's. */
+async function pageServer(html: string): Promise<string> {
+  const server = createServer((_, res) => res.writeHead(200, { "Content-Type": "text/html; charset=utf-8" }).end(html));
+  servers.push(server);
+  await new Promise<void>((done) => server.listen(0, "127.0.0.1", done));
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+async function post<T>(path: string, key: string, body: unknown): Promise<T> {
+  const res = await fetch(keygate.url + path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${key}` },
+    body: JSON.stringify(body),
+  });
+  if (!res.ok) throw new Error(`${path}: ${res.status} ${await res.text()}`);
+  return res.json() as Promise<T>;
+}
+
+beforeAll(async () => {
+  keygate = await startKeygate({
+    port: API_PORT,
+    bindings: {
+      OPERATOR_TOKEN,
+      ALLOW_HTTP: "true",
+      JWT_SIGNING_KEYS: JSON.stringify([{ kid: "e2e", secret: "e2e-signing-secret-0123456789abcdefghij" }]),
+    },
+  });
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM_PATH ?? "/usr/bin/chromium",
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--no-first-run",
+    ],
+  });
+});
+
+afterAll(async () => {
+  await browser?.close();
+  for (const s of servers) s.close();
+  await keygate?.mf.dispose();
+});
+
+describe("the widget demo in a real browser", () => {
+  it("gets a token across CORS from an allowed origin and shows the streamed reply; another origin gets nothing", async () => {
+    const html = await (await fetch(`${keygate.url}/demo/widget`)).text();
+    const allowed = await pageServer(html);
+    const refused = await pageServer(html);
+    const { key } = await post<{ key: { key: string } }>("/v1/accounts", OPERATOR_TOKEN, {
+      name: "E2E",
+      admin: { email: "e2e@example.com" },
+    });
+    const agent = await post<{ id: string }>("/v1/agents", key.key, { name: "Demo", allowedOrigins: [allowed] });
+    const query = `?agent=${agent.id}&api=${encodeURIComponent(keygate.url)}`;
+
+    const page = await browser.newPage();
+    const chatResponses: number[] = [];
+    let handshakes = 0;
+    page.on("response", (r) => {
+      if (r.url().endsWith("/v1/chat/messages")) chatResponses.push(r.status());
+      if (r.url().endsWith("/v1/handshake") && r.status() === 200) handshakes += 1;
+    });
+    await page.clock.install();
+    await page.goto(allowed + query);
+    await expect.poll(() => page.textContent("#status")).toContain("Connected: token valid for 3600 s");
+    await page.fill("#message", "hello from chromium");
+    await page.click("button");
+    await page.waitForSelector(".bot[data-done=true]", { timeout: 10_000 });
+    expect(await page.textContent(".bot")).toBe("You said: hello from chromium");
+    expect(chatResponses).toEqual([200]);
+    mkdirSync("test-results", { recursive: true });
+    await page.screenshot({ path: "test-results/widget.png" });
+
+    // The page renews its token before it expires: at 80% of expiresIn (3600 s), well before the hour is up.
+    expect(handshakes).toBe(1);
+    await page.clock.fastForward(2_881_000);
+    await expect.poll(() => handshakes).toBe(2);
+
+    const other = await browser.newPage();
+    await other.goto(refused + query);
+    await expect.poll(() => other.textContent("#status")).toContain("Handshake refused");
+    await other.fill("#message", "let me in");
+    await other.click("button");
+    await other.waitForTimeout(500);
+    expect(await other.$(".bot")).toBeNull();
+    await other.screenshot({ path: "test-results/widget-refused.png" });
+  });
+});
