@@ -1,7 +1,6 @@
 import type { Principal } from "./auth/principal";
 import type { Config } from "./config";
 import type { RateLimiter } from "./ratelimit/durable-object";
-import type { ChatClaims } from "./tokens/handshake";
 
 /** Worker bindings: wrangler.toml vars and bindings, plus secrets set with `wrangler secret put`. */
 export type Bindings = {
@@ -28,8 +27,6 @@ export type Variables = {
   requestId: string;
   config: Config;
   principal: Principal;
-  /** Set on /v1/chat requests authenticated with a handshake token (then `principal` is not set). */
-  token: ChatClaims | null;
   /** An origin this response may be read from (CORS), once the request proved it is allowed. */
   corsOrigin: string | null;
 };

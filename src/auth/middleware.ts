@@ -10,6 +10,7 @@ import type { Authorization } from "../ratelimit/durable-object";
 import { type Admission, admit, callLimiter, clientIp, rateLimitHeaders, refund, spend } from "../ratelimit/limiter";
 import { type ChatClaims, looksLikeToken, verifyToken } from "../tokens/handshake";
 import { type AuthMethod, deprecationHeaders, extractCredential, invalidToken } from "./credentials";
+import type { Principal } from "./principal";
 
 const REFUSED = {
   invalid_key: "The API key is not valid.",
@@ -24,7 +25,7 @@ const MAX_CACHED_KEY_IDS = 10_000;
 
 /**
  * Authenticates the request and spends one request of its rate limit: an API key (then `principal` is set) or, where
- * `tokens` is true, a handshake token (then `token` is set). Every protected route uses it; a valid handshake token
+ * `tokens` is true, a handshake token (limited per agent user). Every protected route uses it; a valid handshake token
  * anywhere else is 403. Failed attempts count against the client IP's failure limit.
  */
 export function authenticateWith({ tokens }: { tokens: boolean }) {
@@ -41,6 +42,14 @@ export function authenticateWith({ tokens }: { tokens: boolean }) {
   });
 }
 
+/** A middleware that applies a permission check (requireAdmin, requireFullAccess, ...) to the key's principal. */
+export function guard(check: (p: Principal) => void) {
+  return createMiddleware<AppEnv>(async (c, next) => {
+    check(c.get("principal"));
+    await next();
+  });
+}
+
 /** API keys only: the management API. */
 export const authenticate = authenticateWith({ tokens: false });
 /** API keys or handshake tokens: the chat endpoints. */
@@ -52,11 +61,9 @@ async function identify(c: Context<AppEnv>, tokens: boolean): Promise<{ method: 
   if (!found) {
     throw new ApiError("missing_credentials", "Send your API key in the `X-API-Key` header or as `Authorization: Bearer <key>`.");
   }
-  c.set("token", null);
   if (looksLikeToken(found.credential)) {
     const claims = await checkToken(c, found.credential);
     if (!tokens) throw new ApiError("insufficient_scope", "Handshake tokens work only on the /v1/chat endpoints; use an API key here.");
-    c.set("token", claims);
     const name = `chat:${claims.agt}:${claims.sub}`;
     return { method: found.method, admission: await spend(c, name, config.chatPolicy) };
   }

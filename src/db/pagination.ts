@@ -1,6 +1,7 @@
-import { type SQL, sql } from "drizzle-orm";
-import type { SQLiteColumn } from "drizzle-orm/sqlite-core";
+import { and, desc, type SQL, sql } from "drizzle-orm";
+import type { AnySQLiteTable, SQLiteColumn } from "drizzle-orm/sqlite-core";
 import { ApiError } from "../errors";
+import type { Db } from "./client";
 
 /** A page request over rows ordered newest first by (createdAt, id). */
 export type Page = { limit: number; after: { createdAt: string; id: string } | null };
@@ -52,4 +53,18 @@ export function toPage<T extends { createdAt: string; id: string }>(rows: T[], p
   if (rows.length <= page.limit) return { rows, nextCursor: null };
   const kept = rows.slice(0, page.limit);
   return { rows: kept, nextCursor: encodeCursor(kept[kept.length - 1] as T) };
+}
+
+type Listable = AnySQLiteTable & { createdAt: SQLiteColumn; id: SQLiteColumn };
+
+/** One page of a table's rows matching `where`, newest first, and the cursor of the next page. */
+export async function listPage<T extends Listable>(d: Db, table: T, where: SQL | undefined, page: Page) {
+  type Row = T["$inferSelect"] & { createdAt: string; id: string };
+  const rows = (await d
+    .select()
+    .from(table as AnySQLiteTable)
+    .where(and(where, pageWhere(table, page)))
+    .orderBy(desc(table.createdAt), desc(table.id))
+    .limit(page.limit + 1)) as Row[];
+  return toPage<Row>(rows, page);
 }

@@ -1,8 +1,8 @@
-import { and, desc, eq, sql } from "drizzle-orm";
+import { and, eq, sql } from "drizzle-orm";
 import type { AuthMethod } from "../auth/credentials";
 import type { Principal } from "../auth/principal";
 import type { Db } from "../db/client";
-import { type Page, pageWhere, toPage } from "../db/pagination";
+import { listPage, type Page } from "../db/pagination";
 import { type ApiKey, accounts, apiKeys, users } from "../db/schema";
 import type { Policy } from "../ratelimit/window";
 import { generateKey, hashKey, newId } from "./format";
@@ -187,14 +187,8 @@ export async function findKey(d: Db, accountId: string, id: string): Promise<Api
   return key;
 }
 
-export async function listKeys(d: Db, accountId: string, ownerId: string | null, page: Page) {
-  const rows = await d
-    .select()
-    .from(apiKeys)
-    .where(and(eq(apiKeys.accountId, accountId), ownerId === null ? undefined : eq(apiKeys.ownerId, ownerId), pageWhere(apiKeys, page)))
-    .orderBy(desc(apiKeys.createdAt), desc(apiKeys.id))
-    .limit(page.limit + 1);
-  return toPage(rows, page);
+export function listKeys(d: Db, accountId: string, ownerId: string | null, page: Page) {
+  return listPage(d, apiKeys, and(eq(apiKeys.accountId, accountId), ownerId === null ? undefined : eq(apiKeys.ownerId, ownerId)), page);
 }
 
 /**

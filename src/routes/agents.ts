@@ -1,12 +1,12 @@
-import { and, desc, eq } from "drizzle-orm";
+import { eq } from "drizzle-orm";
 import { Hono } from "hono";
 import { agentView, DEFAULT_TOKEN_TTL_SECONDS, findAgent, MAX_ORIGINS, MAX_TOKEN_TTL_SECONDS, originProblem } from "../agents/store";
-import { authenticate } from "../auth/middleware";
+import { authenticate, guard } from "../auth/middleware";
 import { requireAdmin } from "../auth/principal";
 import { Fields, readJson } from "../body";
 import { auditInsert } from "../db/audit";
 import { batch, db } from "../db/client";
-import { pageWhere, readPage, toPage } from "../db/pagination";
+import { listPage, readPage } from "../db/pagination";
 import { type Agent, agentOrigins, agents } from "../db/schema";
 import type { AppEnv } from "../env";
 import { ApiError } from "../errors";
@@ -15,11 +15,7 @@ import { allow } from "./method-not-allowed";
 
 /** Browser widgets of the caller's account; admins only. */
 export const agentsRoutes = new Hono<AppEnv>()
-  .use(authenticate)
-  .use(async (c, next) => {
-    requireAdmin(c.get("principal"));
-    await next();
-  })
+  .use(authenticate, guard(requireAdmin))
   .post("/", async (c) => {
     const p = c.get("principal");
     const f = new Fields(await readJson(c));
@@ -53,14 +49,8 @@ export const agentsRoutes = new Hono<AppEnv>()
   .get("/", async (c) => {
     const p = c.get("principal");
     const page = readPage(new URL(c.req.url).searchParams);
-    const rows = await db(c.env.DB)
-      .select()
-      .from(agents)
-      .where(and(eq(agents.accountId, p.accountId), pageWhere(agents, page)))
-      .orderBy(desc(agents.createdAt), desc(agents.id))
-      .limit(page.limit + 1);
-    const { rows: data, nextCursor } = toPage(rows, page);
-    return c.json({ data: data.map(agentView), nextCursor });
+    const { rows, nextCursor } = await listPage(db(c.env.DB), agents, eq(agents.accountId, p.accountId), page);
+    return c.json({ data: rows.map(agentView), nextCursor });
   })
   .get("/:id", async (c) => c.json(agentView(await accountAgent(c.env.DB, c.get("principal").accountId, c.req.param("id")))))
   .patch("/:id", async (c) => {

@@ -1,6 +1,6 @@
 import { and, eq } from "drizzle-orm";
 import { Hono } from "hono";
-import { authenticate } from "../auth/middleware";
+import { authenticate, guard } from "../auth/middleware";
 import { canManageKey, FULL_ACCESS, type Principal, requireFullAccess, requireKeyCreator } from "../auth/principal";
 import { Fields, readJson, readRateLimit } from "../body";
 import { auditIfChanged, auditInsert } from "../db/audit";
@@ -21,11 +21,7 @@ export const MAX_GRACE_SECONDS = 7 * 24 * 3600;
 
 /** API keys of the caller's account. Admins manage every key; members only their own. */
 export const apiKeysRoutes = new Hono<AppEnv>()
-  .use(authenticate)
-  .use(async (c, next) => {
-    requireFullAccess(c.get("principal"));
-    await next();
-  })
+  .use(authenticate, guard(requireFullAccess))
   .post("/", async (c) => {
     const p = c.get("principal");
     requireKeyCreator(p);

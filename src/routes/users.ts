@@ -1,11 +1,11 @@
-import { and, desc, eq, sql } from "drizzle-orm";
+import { and, eq, sql } from "drizzle-orm";
 import { Hono } from "hono";
-import { authenticate } from "../auth/middleware";
+import { authenticate, guard } from "../auth/middleware";
 import { requireAdmin } from "../auth/principal";
 import { Fields, readJson } from "../body";
 import { auditIfChanged } from "../db/audit";
 import { batch, db } from "../db/client";
-import { pageWhere, readPage, toPage } from "../db/pagination";
+import { listPage, readPage } from "../db/pagination";
 import { type User, users } from "../db/schema";
 import type { AppEnv } from "../env";
 import { ApiError } from "../errors";
@@ -24,11 +24,7 @@ export function userView(u: User) {
 
 /** Users of the caller's account; admins only. */
 export const usersRoutes = new Hono<AppEnv>()
-  .use(authenticate)
-  .use(async (c, next) => {
-    requireAdmin(c.get("principal"));
-    await next();
-  })
+  .use(authenticate, guard(requireAdmin))
   .post("/", async (c) => {
     const p = c.get("principal");
     const f = new Fields(await readJson(c));
@@ -61,14 +57,8 @@ export const usersRoutes = new Hono<AppEnv>()
   .get("/", async (c) => {
     const p = c.get("principal");
     const page = readPage(new URL(c.req.url).searchParams);
-    const rows = await db(c.env.DB)
-      .select()
-      .from(users)
-      .where(and(eq(users.accountId, p.accountId), pageWhere(users, page)))
-      .orderBy(desc(users.createdAt), desc(users.id))
-      .limit(page.limit + 1);
-    const { rows: data, nextCursor } = toPage(rows, page);
-    return c.json({ data: data.map(userView), nextCursor });
+    const { rows, nextCursor } = await listPage(db(c.env.DB), users, eq(users.accountId, p.accountId), page);
+    return c.json({ data: rows.map(userView), nextCursor });
   })
   .get("/:id", async (c) => {
     return c.json(userView(await findUser(c.env.DB, c.get("principal").accountId, c.req.param("id"))));
