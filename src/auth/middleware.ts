@@ -28,7 +28,7 @@ const MAX_CACHED_KEY_IDS = 10_000;
  * `tokens` is true, a handshake token (limited per agent user). Every protected route uses it; a valid handshake token
  * anywhere else is 403. Failed attempts count against the client IP's failure limit.
  */
-export function authenticateWith({ tokens }: { tokens: boolean }) {
+function authenticateWith({ tokens }: { tokens: boolean }) {
   return createMiddleware<AppEnv>(async (c, next) => {
     const { method, admission } = await identify(c, tokens).catch((err: unknown) => countFailure(c, err));
     await next();

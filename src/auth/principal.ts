@@ -22,11 +22,6 @@ export function hasFullAccess(p: Principal): boolean {
   return p.scopes.includes(FULL_ACCESS);
 }
 
-/** Whether the principal may act on one resource, e.g. `can(p, "mailbox", "mbx_123")`. */
-export function can(p: Principal, type: string, id: string): boolean {
-  return hasFullAccess(p) || p.scopes.includes(`${type}:${id}`);
-}
-
 /** Key management, users and the account need a full-access key. */
 export function requireFullAccess(p: Principal): void {
   if (!hasFullAccess(p))
