@@ -1,6 +1,6 @@
 import type { Context } from "hono";
 import { ApiError, type FieldError } from "./errors";
-import type { Policy } from "./ratelimit/window";
+import { MAX_LIMIT, MAX_WINDOW_SECONDS, type Policy } from "./ratelimit/window";
 
 /** Largest request body accepted, in bytes; larger bodies get 413 `payload_too_large`. */
 export const MAX_BODY_BYTES = 16 * 1024;
@@ -130,15 +130,11 @@ export class Fields {
   }
 }
 
-/** Largest per-key limit: the sliding log keeps one entry per admitted request in the window. */
-export const MAX_RATE_LIMIT = 1_000_000;
-export const MAX_RATE_WINDOW_SECONDS = 86_400;
-
 /** A `{limit, windowSeconds}` object, both required when the object is given. */
 export function readRateLimit(f: Fields, name = "rateLimit"): Policy | undefined {
   const p = f.object(name);
   if (!p) return undefined;
-  const limit = p.integer("limit", 1, MAX_RATE_LIMIT, true);
-  const windowSeconds = p.integer("windowSeconds", 1, MAX_RATE_WINDOW_SECONDS, true);
+  const limit = p.integer("limit", 1, MAX_LIMIT, true);
+  const windowSeconds = p.integer("windowSeconds", 1, MAX_WINDOW_SECONDS, true);
   return limit === undefined || windowSeconds === undefined ? undefined : { limit, windowSeconds };
 }

@@ -1,6 +1,6 @@
 import type { Bindings } from "./env";
 import { ApiError } from "./errors";
-import type { Policy } from "./ratelimit/window";
+import { MAX_LIMIT, MAX_WINDOW_SECONDS, type Policy } from "./ratelimit/window";
 import type { SigningKey } from "./tokens/handshake";
 
 export type Config = {
@@ -29,8 +29,7 @@ export const DEFAULTS = {
   ALLOW_HTTP: "false",
   RATE_LIMIT_FAILURE_MODE: "closed",
   RATE_LIMIT_TIMEOUT_MS: "1000",
-  IP_FAILURE_LIMIT: "30",
-  IP_FAILURE_WINDOW_SECONDS: "60",
+  IP_FAILURE_RATE_LIMIT: "30/60",
   HANDSHAKE_AGENT_RATE_LIMIT: "600/60",
   HANDSHAKE_IP_RATE_LIMIT: "20/60",
   CHAT_RATE_LIMIT: "30/60",
@@ -67,10 +66,7 @@ function parseConfig(env: Bindings): Config {
   return {
     rateLimitFailureMode: failureMode,
     rateLimitTimeoutMs: int("RATE_LIMIT_TIMEOUT_MS", env.RATE_LIMIT_TIMEOUT_MS ?? DEFAULTS.RATE_LIMIT_TIMEOUT_MS, 1, 60_000),
-    ipPolicy: {
-      limit: int("IP_FAILURE_LIMIT", env.IP_FAILURE_LIMIT ?? DEFAULTS.IP_FAILURE_LIMIT, 1, 1_000_000),
-      windowSeconds: int("IP_FAILURE_WINDOW_SECONDS", env.IP_FAILURE_WINDOW_SECONDS ?? DEFAULTS.IP_FAILURE_WINDOW_SECONDS, 1, 86_400),
-    },
+    ipPolicy: policy("IP_FAILURE_RATE_LIMIT", env.IP_FAILURE_RATE_LIMIT ?? DEFAULTS.IP_FAILURE_RATE_LIMIT),
     signingKeys: signingKeys(env.JWT_SIGNING_KEYS),
     handshakeAgentPolicy: policy("HANDSHAKE_AGENT_RATE_LIMIT", env.HANDSHAKE_AGENT_RATE_LIMIT ?? DEFAULTS.HANDSHAKE_AGENT_RATE_LIMIT),
     handshakeIpPolicy: policy("HANDSHAKE_IP_RATE_LIMIT", env.HANDSHAKE_IP_RATE_LIMIT ?? DEFAULTS.HANDSHAKE_IP_RATE_LIMIT),
@@ -87,7 +83,7 @@ function parseConfig(env: Bindings): Config {
 /** `"<limit>/<windowSeconds>"`, e.g. `"30/60"`. */
 function policy(name: string, value: string): Policy {
   const [limit = "", windowSeconds = ""] = value.split("/");
-  return { limit: int(name, limit, 1, 1_000_000), windowSeconds: int(name, windowSeconds, 1, 86_400) };
+  return { limit: int(name, limit, 1, MAX_LIMIT), windowSeconds: int(name, windowSeconds, 1, MAX_WINDOW_SECONDS) };
 }
 
 /** A JSON list of `{kid, secret}`, each secret at least 32 bytes; kids unique. */
@@ -123,8 +119,8 @@ function date(name: string, value: string): Date {
   return d;
 }
 
-function misconfigured(name: string, reason: string): never {
-  // The operator sees the variable's name in logs; the caller only sees that the deployment is misconfigured.
+/** Logs which variable is wrong and answers 500 `configuration_error`, without telling the caller more. */
+export function misconfigured(name: string, reason: string): never {
   console.error(`config: ${name} ${reason}`);
   throw new ApiError("configuration_error", "The server is misconfigured.");
 }

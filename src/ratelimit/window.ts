@@ -1,6 +1,10 @@
 /** A limit: at most `limit` requests in any window of `windowSeconds`. */
 export type Policy = { limit: number; windowSeconds: number };
 
+/** Largest limit: the sliding log keeps one entry per admitted request in the window. */
+export const MAX_LIMIT = 1_000_000;
+export const MAX_WINDOW_SECONDS = 86_400;
+
 /** 60 requests a minute, the default of every new account (seed 004). */
 export const DEFAULT_POLICY: Policy = { limit: 60, windowSeconds: 60 };
 

@@ -1,6 +1,7 @@
 import { Hono } from "hono";
 import { invalidToken } from "../auth/credentials";
 import { Fields, readJson, readRateLimit } from "../body";
+import { misconfigured } from "../config";
 import { auditInsert } from "../db/audit";
 import { batch, db } from "../db/client";
 import { type Account, accounts, apiKeys, users } from "../db/schema";
@@ -77,10 +78,7 @@ export const accountsRoutes = new Hono<AppEnv>()
   .all("/", allow("POST"));
 
 async function requireOperator(authorization: string | undefined, token: string | undefined): Promise<void> {
-  if (token === undefined) {
-    console.error("config: OPERATOR_TOKEN is not set; provisioning is disabled");
-    throw new ApiError("configuration_error", "The server is misconfigured.");
-  }
+  if (token === undefined) misconfigured("OPERATOR_TOKEN", "is not set; provisioning is disabled");
   if (authorization === undefined) throw new ApiError("missing_credentials", "Send the operator token as `Authorization: Bearer <token>`.");
   const sent = /^Bearer +(\S+) *$/i.exec(authorization)?.[1] ?? "";
   if (!(await constantTimeEqual(sent, token))) {

@@ -5,6 +5,7 @@ import { cors } from "../auth/cors";
 import { authenticate } from "../auth/middleware";
 import { type Principal, requireFullAccess } from "../auth/principal";
 import { Fields, readJson } from "../body";
+import { misconfigured } from "../config";
 import { db } from "../db/client";
 import type { AppEnv } from "../env";
 import { ApiError } from "../errors";
@@ -44,10 +45,7 @@ export const handshakeRoutes = new Hono<AppEnv>()
       hint: "must be 1-128 characters: letters, digits and _.@:-",
     });
     f.done();
-    if (config.signingKeys.length === 0) {
-      console.error("config: JWT_SIGNING_KEYS is not set; handshakes are disabled");
-      throw new ApiError("configuration_error", "The server is misconfigured.");
-    }
+    if (config.signingKeys.length === 0) misconfigured("JWT_SIGNING_KEYS", "is not set; handshakes are disabled");
 
     const agent = await findAgent(db(c.env.DB), agentId as string, server?.accountId);
     if (!agent) throw new ApiError("not_found", "No such agent.");
