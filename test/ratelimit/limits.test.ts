@@ -106,6 +106,17 @@ describe("per-key rate limit", () => {
     expect((await whoami(rotated.key)).headers.get("X-RateLimit-Limit")).toBe("2");
   });
 
+  it("lets a rotation set a new limit for the new key", async () => {
+    const { key } = await provision();
+    const old = await createKey(key.key, { rateLimit: { limit: 2, windowSeconds: 60 } });
+    const res = await call(`/v1/api-keys/${old.id}/rotate`, { key: key.key, body: { rateLimit: { limit: 7, windowSeconds: 30 } } });
+    const fresh = await res.json<{ key: string; rateLimit: unknown }>();
+    expect(fresh.rateLimit).toEqual({ limit: 7, windowSeconds: 30 });
+    expect((await whoami(fresh.key)).headers.get("RateLimit-Policy")).toBe('"default";q=7;w=30');
+    const stored = await call(`/v1/api-keys/${old.id}`, { key: key.key });
+    expect(await stored.json()).toMatchObject({ rateLimit: { limit: 2, windowSeconds: 60 } });
+  });
+
   it("refuses invalid limits", async () => {
     const { key } = await provision();
     for (const rateLimit of [{ limit: 0, windowSeconds: 60 }, { limit: 10 }, { limit: 10, windowSeconds: 86_401 }, 60]) {
