@@ -1,6 +1,7 @@
 import { mkdirSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import chromiumBinary from "@sparticuz/chromium";
 import { type Browser, chromium } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startKeygate } from "../../scripts/keygate-server.mjs";
@@ -39,17 +40,21 @@ beforeAll(async () => {
       JWT_SIGNING_KEYS: JSON.stringify([{ kid: "e2e", secret: "e2e-signing-secret-0123456789abcdefghij" }]),
     },
   });
+  // The Chromium that `npm install` brings (@sparticuz/chromium unpacks it to the temp folder on first use);
+  // CHROMIUM_PATH picks another one, e.g. Debian's /usr/bin/chromium. Not the package's own `args`: they include
+  // --disable-web-security, which would switch off the very CORS checks this test is about.
   browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM_PATH ?? "/usr/bin/chromium",
+    executablePath: process.env.CHROMIUM_PATH ?? (await chromiumBinary.executablePath()),
     args: [
-      "--headless",
       "--no-sandbox",
+      "--no-zygote",
       "--disable-gpu",
       "--disable-background-networking",
       "--disable-component-update",
       "--disable-sync",
       "--no-first-run",
     ],
+    headless: true,
   });
 });
 
