@@ -16,8 +16,11 @@ export type Config = {
   ipPolicy: Policy;
   /** From the JWT_SIGNING_KEYS secret; empty when it is not set (handshakes then answer configuration_error). */
   signingKeys: SigningKey[];
+  /** Anonymous browser handshakes per agent. */
   handshakeAgentPolicy: Policy;
   handshakeIpPolicy: Policy;
+  /** Browser handshakes per identified end user (a userId with its identity proof). */
+  handshakeUserPolicy: Policy;
   chatPolicy: Policy;
 };
 
@@ -32,6 +35,7 @@ export const DEFAULTS = {
   IP_FAILURE_RATE_LIMIT: "30/60",
   HANDSHAKE_AGENT_RATE_LIMIT: "600/60",
   HANDSHAKE_IP_RATE_LIMIT: "20/60",
+  HANDSHAKE_USER_RATE_LIMIT: "30/60",
   CHAT_RATE_LIMIT: "30/60",
 } as const;
 
@@ -70,6 +74,7 @@ function parseConfig(env: Bindings): Config {
     signingKeys: signingKeys(env.JWT_SIGNING_KEYS),
     handshakeAgentPolicy: policy("HANDSHAKE_AGENT_RATE_LIMIT", env.HANDSHAKE_AGENT_RATE_LIMIT ?? DEFAULTS.HANDSHAKE_AGENT_RATE_LIMIT),
     handshakeIpPolicy: policy("HANDSHAKE_IP_RATE_LIMIT", env.HANDSHAKE_IP_RATE_LIMIT ?? DEFAULTS.HANDSHAKE_IP_RATE_LIMIT),
+    handshakeUserPolicy: policy("HANDSHAKE_USER_RATE_LIMIT", env.HANDSHAKE_USER_RATE_LIMIT ?? DEFAULTS.HANDSHAKE_USER_RATE_LIMIT),
     chatPolicy: policy("CHAT_RATE_LIMIT", env.CHAT_RATE_LIMIT ?? DEFAULTS.CHAT_RATE_LIMIT),
     operatorToken,
     resourceTypes,

@@ -18,6 +18,7 @@ export type Bindings = {
   JWT_SIGNING_KEYS?: string;
   HANDSHAKE_AGENT_RATE_LIMIT?: string;
   HANDSHAKE_IP_RATE_LIMIT?: string;
+  HANDSHAKE_USER_RATE_LIMIT?: string;
   CHAT_RATE_LIMIT?: string;
 };
 

@@ -21,6 +21,7 @@ export const ERRORS = {
   insufficient_role: [403, "Forbidden"],
   origin_not_allowed: [403, "Forbidden"],
   agent_disabled: [403, "Forbidden"],
+  identity_unverified: [403, "Forbidden"],
   not_found: [404, "Not Found"],
   method_not_allowed: [405, "Method Not Allowed"],
   last_active_key: [409, "Conflict"],

@@ -138,7 +138,10 @@ export const WIDGET_ORIGIN = "https://ok.example";
 
 export type AgentBody = { id: string; name: string; allowedOrigins: string[]; tokenTtlSeconds: number; disabled: boolean };
 
-export async function createAgent(key: string, body: Record<string, unknown> = {}): Promise<AgentBody> {
+/** An agent as its creation answers it: with the identity secret, shown this once. */
+export type CreatedAgent = AgentBody & { identitySecret: string };
+
+export async function createAgent(key: string, body: Record<string, unknown> = {}): Promise<CreatedAgent> {
   const res = await call("/v1/agents", { key, body: { name: "Support widget", allowedOrigins: [WIDGET_ORIGIN], ...body } });
   expect(res.status, await res.clone().text()).toBe(201);
   return res.json();
@@ -154,7 +157,7 @@ export function handshake(agentId: string, origin: string | null = WIDGET_ORIGIN
 }
 
 /** An account, an agent allowing WIDGET_ORIGIN and a token a browser at that origin got for it. */
-export async function widget(): Promise<{ provisioned: Provisioned; agent: AgentBody; token: string }> {
+export async function widget(): Promise<{ provisioned: Provisioned; agent: CreatedAgent; token: string }> {
   const provisioned = await provision();
   const agent = await createAgent(provisioned.key.key);
   const res = await handshake(agent.id);

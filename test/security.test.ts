@@ -18,6 +18,7 @@ const routes: ProtectedRoute[] = [
   { method: "GET", path: () => "/v1/agents", needs: "admin" },
   { method: "GET", path: (t) => `/v1/agents/${t.agentId}`, needs: "admin" },
   { method: "PATCH", path: (t) => `/v1/agents/${t.agentId}`, body: { name: "renamed" }, needs: "admin" },
+  { method: "POST", path: (t) => `/v1/agents/${t.agentId}/identity-secret`, body: {}, needs: "admin" },
   { method: "POST", path: () => "/v1/chat/messages", body: { message: "hi" }, needs: "any" },
 ];
 

@@ -3,7 +3,6 @@ import type { Db } from "../db/client";
 import { type Agent, agentOrigins, agents } from "../db/schema";
 
 export const DEFAULT_TOKEN_TTL_SECONDS = 3600;
-export const MAX_TOKEN_TTL_SECONDS = 86_400;
 export const MAX_ORIGINS = 20;
 
 const LOOPBACK = new Set(["localhost", "127.0.0.1", "[::1]"]);

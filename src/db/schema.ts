@@ -95,6 +95,11 @@ export const agents = sqliteTable(
     /** JSON array of exact origins, e.g. `["https://shop.example"]`; agent_origins indexes the same list. */
     allowedOrigins: text("allowed_origins").notNull(),
     tokenTtlSeconds: integer("token_ttl_seconds").notNull(),
+    /**
+     * The secret the customer's backend signs end-user ids with (HMAC-SHA256), so a browser can prove who its user is.
+     * Kept as is because verifying an HMAC needs it; shown once, never in a view; null until one is issued.
+     */
+    identitySecret: text("identity_secret"),
     disabled: integer("disabled", { mode: "boolean" }).notNull().default(false),
     createdAt: text("created_at").notNull(),
   },

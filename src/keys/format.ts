@@ -21,6 +21,11 @@ export async function hashKey(key: string): Promise<string> {
   return toHex(new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(key))));
 }
 
+/** A secret other than a key, e.g. an agent's identity secret: `<kind>_` then 32 random bytes as hex. */
+export function generateSecret(kind: string): string {
+  return `${kind}_${toHex(crypto.getRandomValues(new Uint8Array(32)))}`;
+}
+
 /** A random identifier such as `key_5f0c9a1e2b7d43a8c6e1f0b2`. */
 export function newId(kind: string): string {
   return `${kind}_${toHex(crypto.getRandomValues(new Uint8Array(12)))}`;

@@ -1,6 +1,7 @@
 import { eq } from "drizzle-orm";
 import { Hono } from "hono";
-import { agentView, DEFAULT_TOKEN_TTL_SECONDS, findAgent, MAX_ORIGINS, MAX_TOKEN_TTL_SECONDS, originProblem } from "../agents/store";
+import { newIdentitySecret } from "../agents/identity";
+import { agentView, DEFAULT_TOKEN_TTL_SECONDS, findAgent, MAX_ORIGINS, originProblem } from "../agents/store";
 import { authenticate, guard } from "../auth/middleware";
 import { requireAdmin } from "../auth/principal";
 import { Fields, readJson } from "../body";
@@ -11,6 +12,7 @@ import { type Agent, agentOrigins, agents } from "../db/schema";
 import type { AppEnv } from "../env";
 import { ApiError } from "../errors";
 import { newId } from "../keys/format";
+import { MAX_TOKEN_TTL_SECONDS } from "../tokens/handshake";
 import { allow } from "./method-not-allowed";
 
 /** Browser widgets of the caller's account; admins only. */
@@ -31,6 +33,7 @@ export const agentsRoutes = new Hono<AppEnv>()
       name: name as string,
       allowedOrigins: JSON.stringify(allowedOrigins),
       tokenTtlSeconds,
+      identitySecret: newIdentitySecret(),
       disabled: false,
       createdAt: now.toISOString(),
     };
@@ -44,7 +47,9 @@ export const agentsRoutes = new Hono<AppEnv>()
         now,
       ),
     ]);
-    return c.json(agentView(agent), 201);
+    // The identity secret is shown this once; POST /v1/agents/:id/identity-secret replaces it.
+    c.header("Cache-Control", "no-store");
+    return c.json({ ...agentView(agent), identitySecret: agent.identitySecret }, 201);
   })
   .get("/", async (c) => {
     const p = c.get("principal");
@@ -88,8 +93,32 @@ export const agentsRoutes = new Hono<AppEnv>()
     ]);
     return c.json(agentView(next));
   })
+  .post("/:id/identity-secret", async (c) => {
+    const p = c.get("principal");
+    const agent = await accountAgent(c.env.DB, p.accountId, c.req.param("id"));
+    const identitySecret = newIdentitySecret();
+    const d = db(c.env.DB);
+    // Replaced at once: proofs made with the old secret stop working, which is what rotating after a leak needs.
+    await batch(c.env.DB, [
+      d.update(agents).set({ identitySecret }).where(eq(agents.id, agent.id)),
+      auditInsert(
+        d,
+        {
+          accountId: p.accountId,
+          actor: p.userId,
+          action: "agent.identity_secret_rotated",
+          target: agent.id,
+          requestId: c.get("requestId"),
+        },
+        new Date(),
+      ),
+    ]);
+    c.header("Cache-Control", "no-store");
+    return c.json({ ...agentView(agent), identitySecret });
+  })
   .all("/", allow("GET", "POST"))
-  .all("/:id", allow("GET", "PATCH"));
+  .all("/:id", allow("GET", "PATCH"))
+  .all("/:id/identity-secret", allow("POST"));
 
 function readOrigins(f: Fields, required: boolean): string[] | undefined {
   const origins = f.stringArray("allowedOrigins", {

@@ -1,5 +1,6 @@
 import { Hono } from "hono";
 import { createMiddleware } from "hono/factory";
+import { verifyIdentity } from "../agents/identity";
 import { findAgent } from "../agents/store";
 import { cors } from "../auth/cors";
 import { authenticate } from "../auth/middleware";
@@ -15,7 +16,9 @@ import { signToken } from "../tokens/handshake";
 import { allow } from "./method-not-allowed";
 
 const AGENT_ID = /^agt_[0-9a-f]{24}$/;
-const USER_ID = /^[A-Za-z0-9_.@:-]{1,128}$/;
+/** `anon_` ids belong to anonymous visitors: nobody can name a user so that their token passes for one. */
+const USER_ID = /^(?!anon_)[A-Za-z0-9_.@:-]{1,128}$/;
+const USER_HASH = /^[0-9a-f]{64}$/;
 
 /** A backend sends its API key; a browser sends nothing secret. */
 const keyIfSent = createMiddleware<AppEnv>(async (c, next) => {
@@ -24,15 +27,18 @@ const keyIfSent = createMiddleware<AppEnv>(async (c, next) => {
 });
 
 /**
- * POST /v1/handshake {agentId, userId?}: a short-lived chat token. From a browser, the Origin must be one the agent
- * allows; from a backend, a full-access key of the agent's account mints a token for one end user (`userId`).
+ * POST /v1/handshake {agentId, userId?, userHash?}: a short-lived chat token for one end user of an agent.
+ * - A backend with a full-access key of the agent's account names the user (`userId`); its key's budget applies.
+ * - A browser at an origin the agent allows gets a token for a fresh anonymous user (`anon_…`), or for `userId` when
+ *   it also carries `userHash`, the proof the customer's backend made for that user with the agent's identity secret.
+ *   Anonymous tokens spend the agent's anonymous budget, identified ones that user's own, so neither can starve the
+ *   other nor the backend; every browser handshake also spends its address's budget.
  */
 export const handshakeRoutes = new Hono<AppEnv>()
   .use(cors)
   .post("/", keyIfSent, async (c) => {
     const config = c.get("config");
     const server = c.get("principal") as Principal | undefined;
-    if (!server) await spend(c, `handshake-ip:${clientIp(c)}`, config.handshakeIpPolicy);
     const f = new Fields(await readJson(c));
     const agentId = f.string("agentId", {
       required: true,
@@ -42,8 +48,13 @@ export const handshakeRoutes = new Hono<AppEnv>()
     const userId = f.string("userId", {
       required: server !== undefined,
       pattern: USER_ID,
-      hint: "must be 1-128 characters: letters, digits and _.@:-",
+      hint: "must be 1-128 characters: letters, digits and _.@:-, not starting with anon_",
     });
+    const userHash = f.string("userHash", { pattern: USER_HASH, hint: "must be 64 lowercase hex characters (HMAC-SHA256)" });
+    if (server && userHash !== undefined) f.fail("userHash", "is for browsers; a backend with an API key names the user directly");
+    if (!server && userId !== undefined && userHash === undefined) {
+      f.fail("userHash", "is required with userId: the HMAC-SHA256 of userId under the agent's identity secret, made by your backend");
+    }
     f.done();
     if (config.signingKeys.length === 0) misconfigured("JWT_SIGNING_KEYS", "is not set; handshakes are disabled");
 
@@ -60,7 +71,17 @@ export const handshakeRoutes = new Hono<AppEnv>()
       c.set("corsOrigin", origin);
     }
     if (agent.disabled) throw new ApiError("agent_disabled", "This agent is disabled.");
-    await spend(c, `handshake-agent:${agent.id}`, config.handshakeAgentPolicy);
+    if (!server) {
+      await spend(c, `handshake-ip:${clientIp(c)}`, config.handshakeIpPolicy);
+      if (userId === undefined) {
+        await spend(c, `handshake-anon:${agent.id}`, config.handshakeAgentPolicy);
+      } else {
+        if (!(await verifyIdentity(agent.identitySecret, userId, userHash as string))) {
+          throw new ApiError("identity_unverified", "userHash is not the proof for this userId under the agent's identity secret.");
+        }
+        await spend(c, `handshake-user:${agent.id}:${userId}`, config.handshakeUserPolicy);
+      }
+    }
 
     const claims = { sub: userId ?? newId("anon"), agt: agent.id, acc: agent.accountId, ...(origin ? { origin } : {}) };
     const token = await signToken(config.signingKeys, claims, agent.tokenTtlSeconds, new Date());

@@ -9,6 +9,8 @@ export const AUDIENCE = "keygate:chat";
 export const TOKEN_TYPE = "keygate-chat+jwt";
 export const MAX_TOKEN_BYTES = 8 * 1024;
 export const CLOCK_SKEW_SECONDS = 5;
+/** The longest lifetime an agent may give its tokens; a token claiming a longer one was not made by Keygate. */
+export const MAX_TOKEN_TTL_SECONDS = 86_400;
 
 /** What a handshake token says: who (sub), for which agent and account, and from which origin when a browser minted it. */
 export type ChatClaims = { sub: string; agt: string; acc: string; origin?: string; jti: string; iat: number; exp: number };
@@ -37,7 +39,8 @@ export type TokenResult = { ok: true; claims: ChatClaims } | { ok: false; code: 
 
 /**
  * Verifies a handshake token with the algorithm, issuer, audience and type pinned, exp/iat/jti required and at most
- * CLOCK_SKEW_SECONDS of skew. Anything else (another algorithm or key, an unknown kid, a changed byte) is invalid.
+ * CLOCK_SKEW_SECONDS of skew: `iat` may not lie in the future, nor be older than the longest lifetime, and `exp - iat`
+ * may not exceed it. Anything else (another algorithm or key, an unknown kid, a changed byte) is invalid.
  */
 export async function verifyToken(keys: readonly SigningKey[], token: string, now: Date): Promise<TokenResult> {
   if (token.length > MAX_TOKEN_BYTES) return { ok: false, code: "invalid_token" };
@@ -56,10 +59,13 @@ export async function verifyToken(keys: readonly SigningKey[], token: string, no
         typ: TOKEN_TYPE,
         requiredClaims: ["exp", "iat", "jti", "sub"],
         clockTolerance: CLOCK_SKEW_SECONDS,
+        // Refuses an iat in the future (beyond the skew) as well as one too far in the past.
+        maxTokenAge: MAX_TOKEN_TTL_SECONDS,
         currentDate: now,
       },
     );
-    const { agt, acc, origin } = payload;
+    const { agt, acc, origin, iat, exp } = payload;
+    if ((exp as number) - (iat as number) > MAX_TOKEN_TTL_SECONDS) return { ok: false, code: "invalid_token" };
     if (typeof agt !== "string" || typeof acc !== "string" || (origin !== undefined && typeof origin !== "string")) {
       return { ok: false, code: "invalid_token" };
     }

@@ -10,13 +10,15 @@ describe("/v1/agents", () => {
       name: "Help",
       allowedOrigins: ["https://shop.example", "http://localhost:5173"],
       tokenTtlSeconds: 3600,
+      identitySecret: expect.stringMatching(/^idsec_[0-9a-f]{64}$/),
       disabled: false,
       createdAt: expect.any(String),
     });
+    const { identitySecret: _, ...view } = agent;
     const second = await createAgent(key.key, { name: "Sales", tokenTtlSeconds: 86_400 });
     const list = await (await call("/v1/agents", { key: key.key })).json<{ data: AgentBody[]; nextCursor: null }>();
     expect(list.data.map((a) => a.id)).toEqual([second.id, agent.id]);
-    expect(await (await call(`/v1/agents/${agent.id}`, { key: key.key })).json()).toEqual(agent);
+    expect(await (await call(`/v1/agents/${agent.id}`, { key: key.key })).json()).toEqual(view);
 
     const res = await call(`/v1/agents/${agent.id}`, {
       method: "PATCH",

@@ -1,7 +1,15 @@
 import { decodeJwt, decodeProtectedHeader } from "jose";
 import { describe, expect, it } from "vitest";
 import { AUDIENCE, ISSUER, TOKEN_TYPE } from "../../src/tokens/handshake";
-import { call, callWith, chat, createAgent, createKey, expectProblem, handshake, provision, WIDGET_ORIGIN, widget } from "../helpers";
+import { call, callWith, chat, createAgent, createKey, expectProblem, handshake, provision, rows, WIDGET_ORIGIN, widget } from "../helpers";
+
+/** What a customer's backend computes for its page: hex HMAC-SHA256 of the user id under the agent's identity secret. */
+async function proof(secret: string, userId: string): Promise<string> {
+  const enc = new TextEncoder();
+  const key = await crypto.subtle.importKey("raw", enc.encode(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+  const mac = new Uint8Array(await crypto.subtle.sign("HMAC", key, enc.encode(userId)));
+  return Array.from(mac, (b) => b.toString(16).padStart(2, "0")).join("");
+}
 
 describe("POST /v1/handshake from a browser", () => {
   it("gives an allowed origin a one-hour token bound to it", async () => {
@@ -24,14 +32,12 @@ describe("POST /v1/handshake from a browser", () => {
     expect(claims.iat).toBeGreaterThanOrEqual(before);
   });
 
-  it("uses the agent's token lifetime and the browser's user id", async () => {
+  it("uses the agent's token lifetime", async () => {
     const { key } = await provision();
     const agent = await createAgent(key.key, { tokenTtlSeconds: 300 });
-    const res = await handshake(agent.id, WIDGET_ORIGIN, { body: { userId: "visitor-42" } });
-    const body = await res.json<{ token: string; expiresIn: number }>();
+    const body = await (await handshake(agent.id)).json<{ token: string; expiresIn: number }>();
     expect(body.expiresIn).toBe(300);
     const claims = decodeJwt(body.token);
-    expect(claims.sub).toBe("visitor-42");
     expect((claims.exp as number) - (claims.iat as number)).toBe(300);
   });
 
@@ -124,6 +130,113 @@ describe("POST /v1/handshake from a browser", () => {
   });
 });
 
+describe("end-user identity in browser handshakes", () => {
+  it("never lets a browser name its user without the backend's proof", async () => {
+    const { key } = await provision();
+    const agent = await createAgent(key.key);
+    // What an attacker sends with a forged Origin: no proof, someone else's user id.
+    const res = await handshake(agent.id, WIDGET_ORIGIN, { body: { userId: "customer-42" } });
+    const problem = await expectProblem(res, 400, "invalid_request");
+    expect(problem.errors).toEqual([{ field: "userHash", message: expect.stringContaining("HMAC-SHA256") }]);
+    expect(JSON.stringify(problem)).not.toContain("eyJ");
+    for (const userHash of ["0".repeat(64), await proof(agent.identitySecret, "customer-43")]) {
+      await expectProblem(
+        await handshake(agent.id, WIDGET_ORIGIN, { body: { userId: "customer-42", userHash } }),
+        403,
+        "identity_unverified",
+      );
+    }
+    // An anonymous handshake always gets a fresh subject of its own.
+    const subjects = new Set<string>();
+    for (let i = 0; i < 3; i++) subjects.add(decodeJwt((await (await handshake(agent.id)).json<{ token: string }>()).token).sub as string);
+    expect(subjects.size).toBe(3);
+    for (const sub of subjects) expect(sub).toMatch(/^anon_[0-9a-f]{24}$/);
+  });
+
+  it("takes the user id when the page carries the backend's HMAC of it", async () => {
+    const { key } = await provision();
+    const agent = await createAgent(key.key);
+    expect(agent.identitySecret).toMatch(/^idsec_[0-9a-f]{64}$/);
+    const userHash = await proof(agent.identitySecret, "customer-42");
+    const res = await handshake(agent.id, WIDGET_ORIGIN, { body: { userId: "customer-42", userHash } });
+    expect(res.status).toBe(200);
+    expect(decodeJwt((await res.json<{ token: string }>()).token)).toMatchObject({ sub: "customer-42", origin: WIDGET_ORIGIN });
+    // Another agent's secret proves nothing here.
+    const other = await createAgent(key.key);
+    const foreign = await proof(other.identitySecret, "customer-42");
+    await expectProblem(
+      await handshake(agent.id, WIDGET_ORIGIN, { body: { userId: "customer-42", userHash: foreign } }),
+      403,
+      "identity_unverified",
+    );
+  });
+
+  it("shows the identity secret once and replaces it on rotation, old proofs refused at once", async () => {
+    const { account, admin, key } = await provision();
+    const agent = await createAgent(key.key);
+    const oldProof = await proof(agent.identitySecret, "u-1");
+    for (const res of [await call(`/v1/agents/${agent.id}`, { key: key.key }), await call("/v1/agents", { key: key.key })]) {
+      expect(await res.text()).not.toContain(agent.identitySecret);
+    }
+    const rotated = await call(`/v1/agents/${agent.id}/identity-secret`, { key: key.key, body: {} });
+    expect(rotated.status).toBe(200);
+    expect(rotated.headers.get("Cache-Control")).toBe("no-store");
+    const { identitySecret } = await rotated.json<{ identitySecret: string }>();
+    expect(identitySecret).toMatch(/^idsec_[0-9a-f]{64}$/);
+    expect(identitySecret).not.toBe(agent.identitySecret);
+    await expectProblem(
+      await handshake(agent.id, WIDGET_ORIGIN, { body: { userId: "u-1", userHash: oldProof } }),
+      403,
+      "identity_unverified",
+    );
+    const fresh = await handshake(agent.id, WIDGET_ORIGIN, { body: { userId: "u-1", userHash: await proof(identitySecret, "u-1") } });
+    expect(fresh.status).toBe(200);
+    expect(
+      await rows(
+        "SELECT actor FROM audit_events WHERE account_id = ? AND action = 'agent.identity_secret_rotated' AND target = ?",
+        account.id,
+        agent.id,
+      ),
+    ).toEqual([{ actor: admin.id }]);
+  });
+
+  it("reserves anon_ ids for anonymous visitors", async () => {
+    const { key } = await provision();
+    const agent = await createAgent(key.key);
+    const userHash = await proof(agent.identitySecret, "anon_0123456789abcdef01234567");
+    await expectProblem(
+      await handshake(agent.id, WIDGET_ORIGIN, { body: { userId: "anon_0123456789abcdef01234567", userHash } }),
+      400,
+      "invalid_request",
+    );
+    await expectProblem(
+      await call("/v1/handshake", { key: key.key, body: { agentId: agent.id, userId: "anon_0123456789abcdef01234567" } }),
+      400,
+      "invalid_request",
+    );
+  });
+
+  it("keeps separate budgets: an anonymous flood starves neither identified users nor the backend", async () => {
+    const { key } = await provision();
+    const agent = await createAgent(key.key);
+    const limits = { HANDSHAKE_AGENT_RATE_LIMIT: "2/60", HANDSHAKE_USER_RATE_LIMIT: "2/60" };
+    const browser = (body: Record<string, unknown> = {}) =>
+      callWith(limits, "/v1/handshake", { headers: { Origin: WIDGET_ORIGIN }, body: { agentId: agent.id, ...body } });
+    expect((await browser()).status).toBe(200);
+    expect((await browser()).status).toBe(200);
+    await expectProblem(await browser(), 429, "rate_limited");
+
+    const server = await callWith(limits, "/v1/handshake", { key: key.key, body: { agentId: agent.id, userId: "user-7" } });
+    expect(server.status).toBe(200);
+    const identified = { userId: "user-8", userHash: await proof(agent.identitySecret, "user-8") };
+    expect((await browser(identified)).status).toBe(200);
+    expect((await browser(identified)).status).toBe(200);
+    // Each identified user has a budget of their own.
+    await expectProblem(await browser(identified), 429, "rate_limited");
+    expect((await browser({ userId: "user-9", userHash: await proof(agent.identitySecret, "user-9") })).status).toBe(200);
+  });
+});
+
 describe("POST /v1/handshake from a backend (server-side minting)", () => {
   it("mints a token for one end user with a full-access key of the agent's account, no Origin needed", async () => {
     const { account, key } = await provision();
@@ -157,6 +270,12 @@ describe("POST /v1/handshake from a backend (server-side minting)", () => {
       await call("/v1/handshake", { headers: { "X-API-Key": "garbage" }, body: { agentId: agent.id, userId: "u" } }),
       401,
       "malformed_credentials",
+    );
+    const userHash = await proof(agent.identitySecret, "u");
+    await expectProblem(
+      await call("/v1/handshake", { key: key.key, body: { agentId: agent.id, userId: "u", userHash } }),
+      400,
+      "invalid_request",
     );
   });
 });

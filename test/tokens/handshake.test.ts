@@ -70,11 +70,15 @@ describe("handshake tokens on the chat endpoint", () => {
     expect(res.headers.get("Access-Control-Allow-Origin")).toBe(WIDGET_ORIGIN);
     const justNow = await forge(claimsOf(token), { claims: { iat: now - 600, exp: now - 2 } });
     expect((await chat(justNow)).status).toBe(200);
+    // The longest lifetime is accepted, and an iat a little ahead of this clock is skew, not forgery.
+    expect((await chat(await forge(claimsOf(token), { claims: { iat: now - 10, exp: now - 10 + 86_400 } }))).status).toBe(200);
+    expect((await chat(await forge(claimsOf(token), { claims: { iat: now + 3 } }))).status).toBe(200);
   });
 
   it("refuses every forged, altered or malformed token with 401 invalid_token", async () => {
     const { token } = await widget();
     const base = claimsOf(token);
+    const now = Math.floor(Date.now() / 1000);
     const [h, p, s] = token.split(".") as [string, string, string];
     const none = `${base64url.encode(JSON.stringify({ alg: "none", typ: TOKEN_TYPE, kid: signer.kid }))}.${p}.`;
     const flip = (part: string, i: number) => part.slice(0, i) + (part[i] === "A" ? "B" : "A") + part.slice(i + 1);
@@ -106,6 +110,10 @@ describe("handshake tokens on the chat endpoint", () => {
       "no iat": await forge(base, { claims: { iat: undefined } }),
       "no exp": await forge(base, { claims: { exp: undefined } }),
       "an agent of another account": await forge({ ...base, acc: "acc_000000000000000000000000" }),
+      "an iat ten years ahead": await forge(base, { claims: { iat: now + 10 * 365 * 86_400, exp: now + 10 * 365 * 86_400 + 600 } }),
+      "an iat a minute ahead": await forge(base, { claims: { iat: now + 60 } }),
+      "a lifetime beyond the longest agent TTL": await forge(base, { claims: { iat: now - 10, exp: now + 86_400 } }),
+      "an exp ten years ahead": await forge(base, { claims: { exp: now + 10 * 365 * 86_400 } }),
     };
     for (const [what, bad] of Object.entries(cases)) {
       const res = await chat(bad);
