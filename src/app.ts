@@ -2,8 +2,10 @@ import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { MAX_BODY_BYTES } from "./body";
 import { getConfig } from "./config";
-import type { AppEnv } from "./env";
+import { withDeadline } from "./db/client";
+import type { AppEnv, Bindings } from "./env";
 import { ApiError, problem } from "./errors";
+import { log, safeError } from "./log";
 import { accountRoutes, whoamiRoutes } from "./routes/account";
 import { accountsRoutes } from "./routes/accounts";
 import { agentsRoutes } from "./routes/agents";
@@ -21,9 +23,18 @@ app.use(async (c, next) => {
   c.res.headers.set("X-Request-Id", c.get("requestId"));
 });
 
+/** Each environment's bindings with a deadline on every D1 round trip (one wrapper per environment object). */
+const guarded = new WeakMap<Bindings, Bindings>();
+
 app.use(async (c, next) => {
   const config = getConfig(c.env);
   c.set("config", config);
+  let env = guarded.get(c.env);
+  if (!env) {
+    env = { ...c.env, DB: withDeadline(c.env.DB, config.d1TimeoutMs) };
+    guarded.set(c.env, env);
+  }
+  c.env = env;
   if (!config.allowHttp && new URL(c.req.url).protocol !== "https:") {
     throw new ApiError("https_required", "Keygate only answers over HTTPS; send the request to the https:// URL.");
   }
@@ -54,8 +65,10 @@ app.route("/demo", demoRoutes);
 app.notFound((c) => problem(c, new ApiError("not_found", `No route for ${c.req.method} ${new URL(c.req.url).pathname}.`)));
 
 app.onError((err, c) => {
-  if (err instanceof ApiError) return problem(c, err);
-  // Only the error's name and message: never a stack, a request body or a credential.
-  console.error(`${c.get("requestId")} unexpected ${err.name}: ${err.message}`);
+  // drizzle wraps what the database layer throws (a deadline's 503 among it) in an error of its own.
+  const known = err instanceof ApiError ? err : err.cause instanceof ApiError ? err.cause : null;
+  if (known) return problem(c, known);
+  // Never a stack, a request body, a credential or a query's parameters: safeError keeps the class and a masked line.
+  log("error", "unexpected_error", { requestId: c.get("requestId"), error: safeError(err) });
   return problem(c, new ApiError("internal_error", "Something went wrong on our side. Quote the request id when you report it."));
 });

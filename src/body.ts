@@ -42,6 +42,11 @@ export class Fields {
     return this.body[name];
   }
 
+  /** Whether the field is present and null (marks it seen). */
+  isNull(name: string): boolean {
+    return this.take(name) === null;
+  }
+
   /** Records a problem with a field (named relative to this object); returns undefined for convenience. */
   fail(field: string, message: string): undefined {
     this.errors.push({ field: this.prefix + field, message });
@@ -130,8 +135,9 @@ export class Fields {
   }
 }
 
-/** A `{limit, windowSeconds}` object, both required when the object is given. */
-export function readRateLimit(f: Fields, name = "rateLimit"): Policy | undefined {
+/** A `{limit, windowSeconds}` object, both required when the object is given; `null` only where `nullable` ("none"). */
+export function readRateLimit(f: Fields, name = "rateLimit", opts: { nullable?: boolean } = {}): Policy | null | undefined {
+  if (opts.nullable && f.isNull(name)) return null;
   const p = f.object(name);
   if (!p) return undefined;
   const limit = p.integer("limit", 1, MAX_LIMIT, true);

@@ -1,5 +1,6 @@
 import type { Bindings } from "./env";
 import { ApiError } from "./errors";
+import { log } from "./log";
 import { MAX_LIMIT, MAX_WINDOW_SECONDS, type Policy } from "./ratelimit/window";
 import type { SigningKey } from "./tokens/handshake";
 
@@ -12,6 +13,8 @@ export type Config = {
   allowHttp: boolean;
   rateLimitFailureMode: "open" | "closed";
   rateLimitTimeoutMs: number;
+  /** Deadline of every D1 round trip. */
+  d1TimeoutMs: number;
   /** Failed authentications (and provisioning calls) allowed per client IP. */
   ipPolicy: Policy;
   /** From the JWT_SIGNING_KEYS secret; empty when it is not set (handshakes then answer configuration_error). */
@@ -32,6 +35,7 @@ export const DEFAULTS = {
   ALLOW_HTTP: "false",
   RATE_LIMIT_FAILURE_MODE: "closed",
   RATE_LIMIT_TIMEOUT_MS: "1000",
+  D1_TIMEOUT_MS: "5000",
   IP_FAILURE_RATE_LIMIT: "30/60",
   HANDSHAKE_AGENT_RATE_LIMIT: "600/60",
   HANDSHAKE_IP_RATE_LIMIT: "20/60",
@@ -70,6 +74,7 @@ function parseConfig(env: Bindings): Config {
   return {
     rateLimitFailureMode: failureMode,
     rateLimitTimeoutMs: int("RATE_LIMIT_TIMEOUT_MS", env.RATE_LIMIT_TIMEOUT_MS ?? DEFAULTS.RATE_LIMIT_TIMEOUT_MS, 1, 60_000),
+    d1TimeoutMs: int("D1_TIMEOUT_MS", env.D1_TIMEOUT_MS ?? DEFAULTS.D1_TIMEOUT_MS, 1, 60_000),
     ipPolicy: policy("IP_FAILURE_RATE_LIMIT", env.IP_FAILURE_RATE_LIMIT ?? DEFAULTS.IP_FAILURE_RATE_LIMIT),
     signingKeys: signingKeys(env.JWT_SIGNING_KEYS),
     handshakeAgentPolicy: policy("HANDSHAKE_AGENT_RATE_LIMIT", env.HANDSHAKE_AGENT_RATE_LIMIT ?? DEFAULTS.HANDSHAKE_AGENT_RATE_LIMIT),
@@ -126,6 +131,6 @@ function date(name: string, value: string): Date {
 
 /** Logs which variable is wrong and answers 500 `configuration_error`, without telling the caller more. */
 export function misconfigured(name: string, reason: string): never {
-  console.error(`config: ${name} ${reason}`);
+  log("error", "configuration_error", { variable: name, reason });
   throw new ApiError("configuration_error", "The server is misconfigured.");
 }

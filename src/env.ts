@@ -14,6 +14,7 @@ export type Bindings = {
   ALLOW_HTTP?: string;
   RATE_LIMIT_FAILURE_MODE?: string;
   RATE_LIMIT_TIMEOUT_MS?: string;
+  D1_TIMEOUT_MS?: string;
   IP_FAILURE_RATE_LIMIT?: string;
   JWT_SIGNING_KEYS?: string;
   HANDSHAKE_AGENT_RATE_LIMIT?: string;

@@ -34,6 +34,8 @@ export const ERRORS = {
   internal_error: [500, "Internal Server Error"],
   configuration_error: [500, "Internal Server Error"],
   rate_limiter_unavailable: [503, "Service Unavailable"],
+  change_pending: [503, "Service Unavailable"],
+  database_unavailable: [503, "Service Unavailable"],
 } as const satisfies Record<string, readonly [ContentfulStatusCode, string]>;
 
 export type ErrorCode = keyof typeof ERRORS;

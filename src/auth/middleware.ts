@@ -7,10 +7,10 @@ import { ApiError } from "../errors";
 import { hashKey, parseKey } from "../keys/format";
 import { evaluateKey, keyIdByHash, loadKey } from "../keys/store";
 import type { Authorization } from "../ratelimit/durable-object";
-import { type Admission, admit, callLimiter, clientIp, rateLimitHeaders, refund, spend } from "../ratelimit/limiter";
+import { type Admission, admit, callCounter, rateLimitHeaders, refund, spend, spendPerAddress } from "../ratelimit/limiter";
 import { type ChatClaims, looksLikeToken, verifyToken } from "../tokens/handshake";
 import { type AuthMethod, deprecationHeaders, extractCredential, invalidToken } from "./credentials";
-import type { Principal } from "./principal";
+import { type Need, refused, requireRights } from "./principal";
 
 const REFUSED = {
   invalid_key: "The API key is not valid.",
@@ -24,48 +24,40 @@ const keyIds = new Map<string, string>();
 const MAX_CACHED_KEY_IDS = 10_000;
 
 /**
- * Authenticates the request and spends one request of its rate limit: an API key (then `principal` is set) or, where
- * `tokens` is true, a handshake token (limited per agent user). Every protected route uses it; a valid handshake token
- * anywhere else is 403. Failed attempts count against the client IP's failure limit.
+ * Authenticates the request, checks what the route needs of the key, and spends one request of its rate limit: an API
+ * key (then `principal` is set) or, where `tokens` is true, a handshake token (limited per agent user). A valid
+ * handshake token anywhere else is 403. The key's counter decides 401 and 403 before spending; a 401 or 403 the
+ * handler decides later is refunded before the answer leaves. Failed attempts count against the client IP's failures.
  */
-function authenticateWith({ tokens }: { tokens: boolean }) {
+function authenticateWith({ tokens, need }: { tokens: boolean; need: Need }) {
   return createMiddleware<AppEnv>(async (c, next) => {
-    const { method, admission } = await identify(c, tokens).catch((err: unknown) => countFailure(c, err));
+    const admission = await identify(c, tokens, need).catch((err: unknown) => countFailure(c, err));
     await next();
     if (admission) {
-      if (c.res.status === 401 || c.res.status === 403) refund(c, admission);
+      if (c.res.status === 401 || c.res.status === 403) await refund(c, admission);
       for (const [name, value] of Object.entries(rateLimitHeaders(admission))) c.res.headers.set(name, value);
     }
-    if (method === "query") {
-      for (const [name, value] of Object.entries(deprecationHeaders(c.get("config")))) c.res.headers.set(name, value);
-    }
   });
 }
 
-/** A middleware that applies a permission check (requireAdmin, requireFullAccess, ...) to the key's principal. */
-export function guard(check: (p: Principal) => void) {
-  return createMiddleware<AppEnv>(async (c, next) => {
-    check(c.get("principal"));
-    await next();
-  });
-}
-
-/** API keys only: the management API. */
-export const authenticate = authenticateWith({ tokens: false });
+/** API keys only (the management API), with what the route needs of them. */
+export const authenticate = (need: Need) => authenticateWith({ tokens: false, need });
 /** API keys or handshake tokens: the chat endpoints. */
-export const authenticateChat = authenticateWith({ tokens: true });
+export const authenticateChat = authenticateWith({ tokens: true, need: "any" });
 
-async function identify(c: Context<AppEnv>, tokens: boolean): Promise<{ method: AuthMethod; admission: Admission | null }> {
+async function identify(c: Context<AppEnv>, tokens: boolean, need: Need): Promise<Admission | null> {
   const config = c.get("config");
   const found = extractCredential(c.req.raw, new URL(c.req.url), config, new Date());
   if (!found) {
     throw new ApiError("missing_credentials", "Send your API key in the `X-API-Key` header or as `Authorization: Bearer <key>`.");
   }
+  // Set now, so that every answer to a query-parameter request says it is deprecated, refusals included.
+  if (found.method === "query") for (const [name, value] of Object.entries(deprecationHeaders(config))) c.header(name, value);
   if (looksLikeToken(found.credential)) {
     const claims = await checkToken(c, found.credential);
     if (!tokens) throw new ApiError("insufficient_scope", "Handshake tokens work only on the /v1/chat endpoints; use an API key here.");
     const name = `chat:${claims.agt}:${claims.sub}`;
-    return { method: found.method, admission: await spend(c, name, config.chatPolicy) };
+    return spend(c, name, config.chatPolicy);
   }
   if (!parseKey(found.credential)) {
     throw new ApiError(
@@ -79,22 +71,22 @@ async function identify(c: Context<AppEnv>, tokens: boolean): Promise<{ method: 
   const hash = await hashKey(found.credential);
   const keyId = keyIds.get(hash) ?? (await lookUpKeyId(c, hash));
   const name = `key:${keyId}`;
-  const authorization: Authorization | null = await callLimiter(
-    c,
-    name,
-    async (stub) => (await stub.authorize(keyId, found.method)) as Authorization,
-  );
+  const authorization = await callCounter(c, name, (stub, tag) => stub.authorize(keyId, found.method, need, tag) as Promise<Authorization>);
   if (authorization === null) {
     // Open mode with the counter down: check the key in D1 and let the request through unlimited.
     const result = evaluateKey(await loadKey(db(c.env.DB), { hash }), new Date());
-    if (!result.ok) throw refused(result.code);
+    if (!result.ok) throw refusedKey(result.code);
+    requireRights(result.principal, need);
     c.set("principal", result.principal);
-    return { method: found.method, admission: null };
+    return null;
   }
-  if (!authorization.ok) throw refused(authorization.code);
+  if (!authorization.ok) {
+    if (authorization.code === "insufficient_scope" || authorization.code === "insufficient_role") throw refused(authorization.code);
+    throw refusedKey(authorization.code);
+  }
   const { principal } = authorization;
   c.set("principal", principal);
-  return { method: found.method, admission: admit({ ...authorization.admission, name, policy: principal.rateLimit }) };
+  return admit({ ...authorization.admission, name, policy: principal.rateLimit });
 }
 
 /**
@@ -121,13 +113,13 @@ async function checkToken(c: Context<AppEnv>, token: string): Promise<ChatClaims
 
 async function lookUpKeyId(c: Context<AppEnv>, hash: string): Promise<string> {
   const id = await keyIdByHash(db(c.env.DB), hash);
-  if (id === undefined) throw refused("invalid_key");
+  if (id === undefined) throw refusedKey("invalid_key");
   if (keyIds.size >= MAX_CACHED_KEY_IDS) keyIds.delete(keyIds.keys().next().value as string);
   keyIds.set(hash, id);
   return id;
 }
 
-function refused(code: keyof typeof REFUSED): ApiError {
+function refusedKey(code: keyof typeof REFUSED): ApiError {
   return new ApiError(code, REFUSED[code], { headers: invalidToken });
 }
 
@@ -135,7 +127,7 @@ function refused(code: keyof typeof REFUSED): ApiError {
 async function countFailure(c: Context<AppEnv>, err: unknown): Promise<never> {
   if (err instanceof ApiError && err.status === 401) {
     try {
-      await spend(c, `ip:${clientIp(c)}`, c.get("config").ipPolicy);
+      await spendPerAddress(c, "ip", c.get("config").ipPolicy);
     } catch (limited) {
       // Only the verdict matters here; an unavailable counter must not turn a 401 into a 503.
       if (limited instanceof ApiError && limited.code === "rate_limited") throw limited;

@@ -9,28 +9,44 @@ export type Principal = {
   role: "admin" | "member";
   /** `["*"]` for full access, else resource grants such as `mailbox:mbx_123`. */
   scopes: string[];
-  /** The account's key prefix and key-creation policy, read with the key. */
+  /** The account's key prefix (it never changes). */
   keyPrefix: string;
-  membersCanCreateKeys: boolean;
   /** The key's own limit, else the account's default. */
   rateLimit: Policy;
 };
 
 export const FULL_ACCESS = "*";
 
+/** What a route asks of a key: any valid key, a full-access key, or a full-access key of an admin. */
+export type Need = "any" | "full" | "admin";
+
+const DETAIL = {
+  insufficient_scope: "This action needs a full-access key; this key is limited to specific resources.",
+  insufficient_role: "This action needs an account admin.",
+} as const;
+
+export type Refusal = keyof typeof DETAIL;
+
 export function hasFullAccess(p: Principal): boolean {
   return p.scopes.includes(FULL_ACCESS);
 }
 
-/** Key management, users and the account need a full-access key. */
-export function requireFullAccess(p: Principal): void {
-  if (!hasFullAccess(p))
-    throw new ApiError("insufficient_scope", "This action needs a full-access key; this key is limited to specific resources.");
+/** Why the principal falls short of `need`, or null. Pure, so the key's counter can decide it before spending. */
+export function refusal(p: Principal, need: Need): Refusal | null {
+  if (need === "any") return null;
+  if (!hasFullAccess(p)) return "insufficient_scope";
+  if (need === "admin" && p.role !== "admin") return "insufficient_role";
+  return null;
 }
 
-export function requireAdmin(p: Principal): void {
-  requireFullAccess(p);
-  if (p.role !== "admin") throw new ApiError("insufficient_role", "This action needs an account admin.");
+export function refused(code: Refusal): ApiError {
+  return new ApiError(code, DETAIL[code]);
+}
+
+/** Throws the 403 for a principal that falls short of `need`. */
+export function requireRights(p: Principal, need: Need): void {
+  const code = refusal(p, need);
+  if (code) throw refused(code);
 }
 
 /** Admins act on every key of the account; members only on keys they own. */
@@ -38,9 +54,9 @@ export function canManageKey(p: Principal, ownerId: string): boolean {
   return p.role === "admin" || p.userId === ownerId;
 }
 
-export function requireKeyCreator(p: Principal): void {
-  requireFullAccess(p);
-  if (p.role !== "admin" && !p.membersCanCreateKeys) {
+/** Admins create keys; members only where the account allows it (read fresh by the caller, it can change any time). */
+export function requireKeyCreator(p: Principal, membersCanCreateKeys: boolean): void {
+  if (p.role !== "admin" && !membersCanCreateKeys) {
     throw new ApiError("insufficient_role", "Only account admins can create API keys in this account.");
   }
 }

@@ -1,4 +1,6 @@
 import { type DrizzleD1Database, drizzle } from "drizzle-orm/d1";
+import { deadline } from "../deadline";
+import { ApiError } from "../errors";
 
 export type Db = DrizzleD1Database;
 
@@ -21,3 +23,41 @@ export function batch(d1: D1Database, queries: (Query | D1PreparedStatement)[]):
     }),
   );
 }
+
+const ROUND_TRIPS = new Set(["first", "run", "all", "raw"]);
+
+/**
+ * D1 with a deadline on every round trip (statements, batches, exec): a database that stalls answers 503
+ * `database_unavailable` instead of holding the request. A write that timed out may still land; every write Keygate
+ * makes is guarded or idempotent, so repeating the request is safe.
+ */
+export function withDeadline(d1: D1Database, ms: number): D1Database {
+  const real = new WeakMap<object, D1PreparedStatement>();
+  const timed = <T>(p: Promise<T>) =>
+    deadline(p, ms, () => new ApiError("database_unavailable", "The database did not answer in time; retry shortly.", RETRY));
+  const statement = (s: D1PreparedStatement): D1PreparedStatement => {
+    const wrapped = new Proxy(s, {
+      get(target, prop) {
+        const value = Reflect.get(target, prop, target);
+        if (typeof value !== "function") return value;
+        if (prop === "bind") return (...args: unknown[]) => statement(value.apply(target, args));
+        if (ROUND_TRIPS.has(prop as string)) return (...args: unknown[]) => timed(value.apply(target, args));
+        return value.bind(target);
+      },
+    });
+    real.set(wrapped, s);
+    return wrapped;
+  };
+  return new Proxy(d1, {
+    get(target, prop) {
+      const value = Reflect.get(target, prop, target);
+      if (prop === "prepare") return (query: string) => statement(target.prepare(query));
+      // D1 takes only its own statement objects in a batch.
+      if (prop === "batch") return (list: D1PreparedStatement[]) => timed(target.batch(list.map((s) => real.get(s) ?? s)));
+      if (prop === "exec") return (query: string) => timed(target.exec(query));
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}
+
+const RETRY = { headers: { "Retry-After": "5" } };

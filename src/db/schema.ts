@@ -11,6 +11,9 @@ export const accounts = sqliteTable("accounts", {
   /** The default rate limit of the account's keys. */
   rateLimit: integer("rate_limit").notNull().default(60),
   rateLimitWindowSeconds: integer("rate_limit_window_seconds").notNull().default(60),
+  /** The highest limit members may give their own keys; both null when the account's default is the ceiling. */
+  maxRateLimit: integer("max_rate_limit"),
+  maxRateLimitWindowSeconds: integer("max_rate_limit_window_seconds"),
   createdAt: text("created_at").notNull(),
 });
 

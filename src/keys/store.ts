@@ -99,7 +99,6 @@ export type KeyRecord = {
   role: "admin" | "member";
   disabled: boolean;
   keyPrefix: string;
-  membersCanCreateKeys: boolean;
   accountLimit: number;
   accountWindow: number;
 };
@@ -112,7 +111,6 @@ export async function loadKey(d: Db, by: { id: string } | { hash: string }): Pro
       role: users.role,
       disabled: users.disabled,
       keyPrefix: accounts.keyPrefix,
-      membersCanCreateKeys: accounts.membersCanCreateKeys,
       accountLimit: accounts.rateLimit,
       accountWindow: accounts.rateLimitWindowSeconds,
     })
@@ -141,7 +139,6 @@ export function evaluateKey(found: KeyRecord | undefined, now: Date): VerifyResu
       role: found.role,
       scopes: JSON.parse(found.key.scopes) as string[],
       keyPrefix: found.keyPrefix,
-      membersCanCreateKeys: found.membersCanCreateKeys,
       rateLimit: {
         limit: found.key.rateLimit ?? found.accountLimit,
         windowSeconds: found.key.rateLimitWindowSeconds ?? found.accountWindow,
@@ -192,22 +189,29 @@ export function listKeys(d: Db, accountId: string, ownerId: string | null, page:
 }
 
 /**
- * Revokes a key at `at` unless that would leave the account without a key that is active now and stays active
- * past `at`. One guarded statement, so two concurrent revocations cannot remove the last two keys.
+ * SQL: the key under `alias` keeps its account reachable: full access, owned by an enabled admin, active, and neither
+ * expiring nor scheduled for revocation (a rotation's grace period). Only such keys count as an account's last key.
+ */
+export function lastingKey(alias: string) {
+  return sql.raw(
+    `(${alias}.scopes = '["*"]' AND ${alias}.revoked_at IS NULL AND ${alias}.expires_at IS NULL AND EXISTS (SELECT 1 FROM users owner WHERE owner.id = ${alias}.owner_id AND owner.role = 'admin' AND owner.disabled = 0))`,
+  );
+}
+
+/**
+ * Revokes a key at `at` unless it is a lasting key and the account would be left without another one. One guarded
+ * statement, evaluated in the database, so concurrent revocations (or a rotation racing a revocation) cannot remove
+ * the last two; a key that is not lasting (scoped, expiring, in its grace period, a member's) can always be revoked.
  */
 export function revokeStatement(d: Db, key: ApiKey, by: string, at: Date, now: Date) {
-  const atIso = at.toISOString();
   return d
     .update(apiKeys)
-    .set({ revokedAt: atIso, revokedBy: by })
+    .set({ revokedAt: at.toISOString(), revokedBy: by })
     .where(
       and(
         eq(apiKeys.id, key.id),
         sql`(${apiKeys.revokedAt} IS NULL OR ${apiKeys.revokedAt} > ${now.toISOString()})`,
-        // An expired key is not the last active key: revoking it changes nothing the account relies on.
-        sql`((${apiKeys.expiresAt} IS NOT NULL AND ${apiKeys.expiresAt} <= ${now.toISOString()}) OR EXISTS (SELECT 1 FROM api_keys other WHERE other.account_id = ${key.accountId} AND other.id <> ${key.id}
-          AND (other.revoked_at IS NULL OR other.revoked_at > ${atIso})
-          AND (other.expires_at IS NULL OR other.expires_at > ${now.toISOString()})))`,
+        sql`(NOT ${lastingKey("api_keys")} OR EXISTS (SELECT 1 FROM api_keys other WHERE other.account_id = ${key.accountId} AND other.id <> ${key.id} AND ${lastingKey("other")}))`,
       ),
     );
 }

@@ -1,7 +1,9 @@
 import type { Context } from "hono";
-import type { AppEnv, Bindings } from "../env";
+import { deadline } from "../deadline";
+import type { AppEnv } from "../env";
 import { ApiError } from "../errors";
-import type { Admission as Counted, RateLimiter } from "./durable-object";
+import { log, safeError } from "../log";
+import type { CallTag, Admission as Counted, RateLimiter } from "./durable-object";
 import type { Policy } from "./window";
 
 /** The admission a request got, to show in headers and to refund. */
@@ -12,8 +14,19 @@ export type Admission = Counted & { name: string; policy: Policy };
  * does not answer in time: 503 `rate_limiter_unavailable` in closed mode, or null (admitted, unlimited) in open mode.
  */
 export async function spend(c: Context<AppEnv>, name: string, policy: Policy): Promise<Admission | null> {
-  const counted = await callLimiter(c, name, (stub) => stub.consume(policy));
+  const counted = await callCounter(c, name, (stub, tag) => stub.consume(policy, tag));
   return counted === null ? null : admit({ ...counted, name, policy });
+}
+
+/**
+ * Spends from the budget of the client's address, as Cloudflare saw it (`CF-Connecting-IP`; headers a client can
+ * write, such as X-Forwarded-For, are ignored). Requests without it did not come through Cloudflare: they share one
+ * bucket with a tenth of the budget, so going around Cloudflare never buys more attempts.
+ */
+export function spendPerAddress(c: Context<AppEnv>, kind: string, policy: Policy): Promise<Admission | null> {
+  const ip = c.req.header("CF-Connecting-IP");
+  if (ip) return spend(c, `${kind}:${ip}`, policy);
+  return spend(c, `${kind}:missing-address`, { limit: Math.max(1, Math.floor(policy.limit / 10)), windowSeconds: policy.windowSeconds });
 }
 
 /** Passes an admitted request on; a refused one becomes 429 with the headers and `retry_after` that say when to return. */
@@ -30,60 +43,72 @@ export function admit(admission: Admission): Admission {
 /** The retry hint when the counter is down: long enough for a retried call to find it back. */
 const UNAVAILABLE_RETRY_SECONDS = 5;
 
+/** The kind of a counter for logs (`key:<id>` keeps its id; addresses and end-user ids are not logged). */
+function counterKind(name: string): string {
+  return name.startsWith("key:") ? name : (name.split(":", 1)[0] ?? "");
+}
+
 /**
- * Calls the named counter with a deadline. When it fails: 503 in closed mode; null in open mode, and the response
+ * Calls the named counter with a deadline (RATE_LIMIT_TIMEOUT_MS). The call carries the request id and the deadline,
+ * so a retry spends once and a call that arrives too late spends nothing; when the call fails or times out, the
+ * counter is told to give back whatever it spent for it. Then: 503 in closed mode; null in open mode, and the response
  * is marked so the client (and the log) can tell it was not limited.
  */
-export async function callLimiter<T>(
+export async function callCounter<T>(
   c: Context<AppEnv>,
   name: string,
-  call: (stub: DurableObjectStub<RateLimiter>) => Promise<T>,
+  call: (stub: DurableObjectStub<RateLimiter>, tag: CallTag) => Promise<T>,
 ): Promise<T | null> {
   const { rateLimitFailureMode, rateLimitTimeoutMs } = c.get("config");
+  const stub = c.env.RATE_LIMITER.getByName(name);
+  const tag = { id: c.get("requestId"), deadline: Date.now() + rateLimitTimeoutMs };
   try {
-    return await withTimeout(() => call(c.env.RATE_LIMITER.getByName(name)), rateLimitTimeoutMs);
+    return await retriedOnce(() => call(stub, tag), tag.deadline);
   } catch (err) {
+    c.executionCtx.waitUntil(
+      deadline(stub.cancel(tag.id), rateLimitTimeoutMs, timedOut).catch((e: unknown) =>
+        log("warn", "counter_cancel_failed", { counter: counterKind(name), error: safeError(e) }),
+      ),
+    );
+    const fields = { counter: counterKind(name), error: safeError(err), requestId: tag.id };
     if (rateLimitFailureMode === "closed") {
-      console.error(`rate limiter unavailable for ${name}, refused: ${describe(err)}`);
-      throw new ApiError("rate_limiter_unavailable", "The rate limiter is unavailable; retry shortly.", {
-        headers: { "Retry-After": String(UNAVAILABLE_RETRY_SECONDS) },
-      });
+      log("error", "counter_unavailable_refused", fields);
+      throw unavailable();
     }
-    console.warn(`rate limiter unavailable for ${name}, admitted without limit: ${describe(err)}`);
+    log("warn", "counter_unavailable_admitted", fields);
     c.header("X-RateLimit-Status", "unavailable");
     return null;
   }
 }
 
+function unavailable(): ApiError {
+  return new ApiError("rate_limiter_unavailable", "The rate limiter is unavailable; retry shortly.", {
+    headers: { "Retry-After": String(UNAVAILABLE_RETRY_SECONDS) },
+  });
+}
+
+const timedOut = () => new Error("no answer before the deadline");
+
 /** One call with a deadline; retried once only when the platform marks the error retryable (and not overload). */
-async function withTimeout<T>(call: () => Promise<T>, ms: number): Promise<T> {
-  const deadline = Date.now() + ms;
-  const attempt = () => {
-    const signal = AbortSignal.timeout(Math.max(0, deadline - Date.now()));
-    const timeout = new Promise<never>((_, reject) => {
-      signal.addEventListener("abort", () => reject(new Error(`no answer within ${ms} ms`)));
-    });
-    return Promise.race([call(), timeout]);
-  };
+async function retriedOnce<T>(call: () => Promise<T>, until: number): Promise<T> {
+  const attempt = () => deadline(call(), until - Date.now(), timedOut);
   try {
     return await attempt();
   } catch (err) {
     const e = err as { retryable?: boolean; overloaded?: boolean };
-    if (e.retryable === true && e.overloaded !== true && Date.now() < deadline) return attempt();
+    if (e.retryable === true && e.overloaded !== true && Date.now() < until) return attempt();
     throw err;
   }
 }
 
-function describe(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
-/** Gives the request back, off the response path: refused answers do not spend a budget. */
-export function refund(c: Context<AppEnv>, admission: Admission): void {
-  c.executionCtx.waitUntil(
-    c.env.RATE_LIMITER.getByName(admission.name)
-      .refund(admission.at)
-      .catch((err: unknown) => console.warn(`rate limit refund failed for ${admission.name}: ${describe(err)}`)),
+/**
+ * Gives the request back before the answer leaves (401/403 answers spend nothing), so a burst of refused requests
+ * never borrows the budget of the requests beside it. A failed refund is logged; the answer is not held up past the deadline.
+ */
+export async function refund(c: Context<AppEnv>, admission: Admission): Promise<void> {
+  const stub = c.env.RATE_LIMITER.getByName(admission.name);
+  await deadline(stub.refund(admission.at), c.get("config").rateLimitTimeoutMs, timedOut).catch((err: unknown) =>
+    log("warn", "refund_failed", { counter: counterKind(admission.name), error: safeError(err) }),
   );
 }
 
@@ -99,18 +124,19 @@ export function rateLimitHeaders(a: Admission): Record<string, string> {
   };
 }
 
-/** The client's address as Cloudflare saw it; forwarding headers a client can write are ignored. */
-export function clientIp(c: Context<AppEnv>): string {
-  return c.req.header("CF-Connecting-IP") ?? "unknown";
-}
-
 /**
- * Makes the counters of these keys read their key, owner and account again, so a revocation or a change of the
- * owner's role takes effect on the next request. A counter that cannot be reached reloads within RECORD_TTL_MS.
+ * Makes the counters of these keys read their key, owner and account again, before the change that called it is
+ * answered: a revocation, a disabled or demoted owner takes effect on the very next request. A counter that fails or
+ * does not answer in time makes the call 503 `change_pending`: the change is stored, and repeating the request
+ * completes it (every caller reloads again on a repeat, even when there is nothing left to store).
  */
-export async function reloadKeys(env: Bindings, keyIds: string[]): Promise<void> {
-  const results = await Promise.allSettled(keyIds.map((id) => env.RATE_LIMITER.getByName(`key:${id}`).reload()));
-  for (const [i, r] of results.entries()) {
-    if (r.status === "rejected") console.error(`reload of key:${keyIds[i]} failed: ${describe(r.reason)}`);
-  }
+export async function reloadKeys(c: Context<AppEnv>, keyIds: string[]): Promise<void> {
+  const ms = c.get("config").rateLimitTimeoutMs;
+  const results = await Promise.allSettled(keyIds.map((id) => deadline(c.env.RATE_LIMITER.getByName(`key:${id}`).reload(), ms, timedOut)));
+  const failed = results.flatMap((r, i) => (r.status === "rejected" ? [{ keyId: keyIds[i], error: safeError(r.reason) }] : []));
+  if (failed.length === 0) return;
+  for (const f of failed) log("error", "key_reload_failed", { ...f, requestId: c.get("requestId") });
+  throw new ApiError("change_pending", "The change is saved but not yet in force everywhere; repeat the request to complete it.", {
+    headers: { "Retry-After": "1" },
+  });
 }

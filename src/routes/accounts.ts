@@ -1,4 +1,5 @@
-import { Hono } from "hono";
+import { and, asc, eq } from "drizzle-orm";
+import { type Context, Hono } from "hono";
 import { invalidToken } from "../auth/credentials";
 import { Fields, readJson, readRateLimit } from "../body";
 import { misconfigured } from "../config";
@@ -9,7 +10,7 @@ import type { AppEnv } from "../env";
 import { ApiError } from "../errors";
 import { DEFAULT_PREFIX, newId, PREFIX } from "../keys/format";
 import { keyView, mintKey } from "../keys/store";
-import { clientIp, spend } from "../ratelimit/limiter";
+import { spendPerAddress } from "../ratelimit/limiter";
 import { DEFAULT_POLICY } from "../ratelimit/window";
 import { accountView } from "./account";
 import { allow } from "./method-not-allowed";
@@ -18,8 +19,7 @@ import { EMAIL, userView } from "./users";
 /** Provisioning: the operator creates an account with its first admin and that admin's first full-access key. */
 export const accountsRoutes = new Hono<AppEnv>()
   .post("/", async (c) => {
-    await spend(c, `provision:${clientIp(c)}`, c.get("config").ipPolicy);
-    await requireOperator(c.req.header("Authorization"), c.get("config").operatorToken);
+    await operator(c);
     const f = new Fields(await readJson(c));
     const name = f.string("name", { required: true, max: 200 });
     const keyPrefix = f.string("keyPrefix", {
@@ -28,6 +28,7 @@ export const accountsRoutes = new Hono<AppEnv>()
     });
     const membersCanCreateKeys = f.boolean("membersCanCreateKeys") ?? false;
     const rateLimit = readRateLimit(f) ?? DEFAULT_POLICY;
+    const maxRateLimit = readRateLimit(f, "maxRateLimit", { nullable: true }) ?? null;
     const admin = f.object("admin", true);
     const email = admin?.string("email", { required: true, max: 254, pattern: EMAIL, hint: "must be an email address" });
     f.done();
@@ -40,6 +41,8 @@ export const accountsRoutes = new Hono<AppEnv>()
       membersCanCreateKeys,
       rateLimit: rateLimit.limit,
       rateLimitWindowSeconds: rateLimit.windowSeconds,
+      maxRateLimit: maxRateLimit?.limit ?? null,
+      maxRateLimitWindowSeconds: maxRateLimit?.windowSeconds ?? null,
       createdAt: now.toISOString(),
     };
     const user = {
@@ -75,7 +78,67 @@ export const accountsRoutes = new Hono<AppEnv>()
     ]);
     return c.json({ account: accountView(account), admin: userView(user), key: { ...keyView(row, now), key: raw } }, 201);
   })
-  .all("/", allow("POST"));
+  /**
+   * The way back for an account that lost every admin key: the operator mints a full-access key for one of its enabled
+   * admins (`userId`, by default the longest-standing one), audited as the operator's act.
+   */
+  .post("/:id/recovery-key", async (c) => {
+    await operator(c);
+    const f = new Fields(await readJson(c));
+    const userId = f.string("userId", { max: 64 });
+    f.done();
+
+    const d = db(c.env.DB);
+    const [account] = await d
+      .select()
+      .from(accounts)
+      .where(eq(accounts.id, c.req.param("id")))
+      .limit(1);
+    if (!account) throw new ApiError("not_found", "No account with this id.");
+    const [admin] = await d
+      .select()
+      .from(users)
+      .where(
+        and(eq(users.accountId, account.id), eq(users.role, "admin"), eq(users.disabled, false), userId ? eq(users.id, userId) : undefined),
+      )
+      .orderBy(asc(users.createdAt), asc(users.id))
+      .limit(1);
+    if (!admin) {
+      throw new ApiError("invalid_request", "Invalid fields: userId.", {
+        errors: [{ field: "userId", message: userId ? "is not an enabled admin of this account" : "the account has no enabled admin" }],
+      });
+    }
+    const now = new Date();
+    const { raw, row } = await mintKey(
+      {
+        accountId: account.id,
+        ownerId: admin.id,
+        createdBy: "operator",
+        name: "recovery",
+        prefix: account.keyPrefix,
+        scopes: ["*"],
+        expiresAt: null,
+        rateLimit: null,
+      },
+      now,
+    );
+    const audit = { accountId: account.id, actor: "operator", requestId: c.get("requestId") };
+    await batch(c.env.DB, [
+      d.insert(apiKeys).values(row),
+      auditInsert(d, { ...audit, action: "account.recovered", target: admin.id }, now),
+      auditInsert(d, { ...audit, action: "key.created", target: row.id }, now),
+    ]);
+    c.header("Cache-Control", "no-store");
+    return c.json({ ...keyView(row, now), key: raw }, 201);
+  })
+  .all("/", allow("POST"))
+  .all("/:id/recovery-key", allow("POST"));
+
+/** Operator calls spend their address's budget (so a guessed token gets few tries), then need the operator token. */
+async function operator(c: Context<AppEnv>): Promise<void> {
+  await spendPerAddress(c, "provision", c.get("config").ipPolicy);
+  await requireOperator(c.req.header("Authorization"), c.get("config").operatorToken);
+}
 
 async function requireOperator(authorization: string | undefined, token: string | undefined): Promise<void> {
   if (token === undefined) misconfigured("OPERATOR_TOKEN", "is not set; provisioning is disabled");

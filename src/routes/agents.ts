@@ -2,8 +2,7 @@ import { eq } from "drizzle-orm";
 import { Hono } from "hono";
 import { newIdentitySecret } from "../agents/identity";
 import { agentView, DEFAULT_TOKEN_TTL_SECONDS, findAgent, MAX_ORIGINS, originProblem } from "../agents/store";
-import { authenticate, guard } from "../auth/middleware";
-import { requireAdmin } from "../auth/principal";
+import { authenticate } from "../auth/middleware";
 import { Fields, readJson } from "../body";
 import { auditInsert } from "../db/audit";
 import { batch, db } from "../db/client";
@@ -17,7 +16,7 @@ import { allow } from "./method-not-allowed";
 
 /** Browser widgets of the caller's account; admins only. */
 export const agentsRoutes = new Hono<AppEnv>()
-  .use(authenticate, guard(requireAdmin))
+  .use(authenticate("admin"))
   .post("/", async (c) => {
     const p = c.get("principal");
     const f = new Fields(await readJson(c));
@@ -68,30 +67,32 @@ export const agentsRoutes = new Hono<AppEnv>()
     f.done();
 
     const agent = await accountAgent(c.env.DB, p.accountId, c.req.param("id"));
-    const next: Agent = {
-      ...agent,
+    const change = {
       ...(name === undefined ? {} : { name }),
       ...(allowedOrigins === undefined ? {} : { allowedOrigins: JSON.stringify(allowedOrigins) }),
       ...(tokenTtlSeconds === undefined ? {} : { tokenTtlSeconds }),
       ...(disabled === undefined ? {} : { disabled }),
     };
-    const d = db(c.env.DB);
-    const now = new Date();
-    await batch(c.env.DB, [
-      d.update(agents).set(next).where(eq(agents.id, agent.id)),
-      ...(allowedOrigins === undefined
-        ? []
-        : [
-            d.delete(agentOrigins).where(eq(agentOrigins.agentId, agent.id)),
-            ...allowedOrigins.map((origin) => d.insert(agentOrigins).values({ agentId: agent.id, origin })),
-          ]),
-      auditInsert(
-        d,
-        { accountId: p.accountId, actor: p.userId, action: "agent.updated", target: agent.id, requestId: c.get("requestId") },
-        now,
-      ),
-    ]);
-    return c.json(agentView(next));
+    if (Object.keys(change).length > 0) {
+      const d = db(c.env.DB);
+      // Only the fields this request changes, and the origin index in the same batch as the list it indexes: two
+      // concurrent edits cannot bring back what the other removed, nor leave the list and its index apart.
+      await batch(c.env.DB, [
+        d.update(agents).set(change).where(eq(agents.id, agent.id)),
+        ...(allowedOrigins === undefined
+          ? []
+          : [
+              d.delete(agentOrigins).where(eq(agentOrigins.agentId, agent.id)),
+              ...allowedOrigins.map((origin) => d.insert(agentOrigins).values({ agentId: agent.id, origin })),
+            ]),
+        auditInsert(
+          d,
+          { accountId: p.accountId, actor: p.userId, action: "agent.updated", target: agent.id, requestId: c.get("requestId") },
+          new Date(),
+        ),
+      ]);
+    }
+    return c.json(agentView(await accountAgent(c.env.DB, p.accountId, agent.id)));
   })
   .post("/:id/identity-secret", async (c) => {
     const p = c.get("principal");

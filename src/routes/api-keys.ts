@@ -1,16 +1,18 @@
 import { and, eq } from "drizzle-orm";
 import { Hono } from "hono";
-import { authenticate, guard } from "../auth/middleware";
-import { canManageKey, FULL_ACCESS, type Principal, requireFullAccess, requireKeyCreator } from "../auth/principal";
+import { rateLimitCeiling, withinCeiling } from "../accounts/limits";
+import { authenticate } from "../auth/middleware";
+import { canManageKey, FULL_ACCESS, type Principal } from "../auth/principal";
 import { Fields, readJson, readRateLimit } from "../body";
 import { auditIfChanged, auditInsert } from "../db/audit";
 import { batch, db } from "../db/client";
 import { readPage } from "../db/pagination";
-import { type ApiKey, apiKeys, users } from "../db/schema";
+import { type ApiKey, accounts, apiKeys, users } from "../db/schema";
 import type { AppEnv } from "../env";
 import { ApiError } from "../errors";
 import { findKey, keyPolicy, keyStatus, keyView, listKeys, mintKey, revokeStatement } from "../keys/store";
 import { reloadKeys } from "../ratelimit/limiter";
+import type { Policy } from "../ratelimit/window";
 import { allow } from "./method-not-allowed";
 
 const GRANT = /^([a-z][a-z0-9]{0,31}):([A-Za-z0-9][A-Za-z0-9_.-]{0,127})$/;
@@ -21,10 +23,10 @@ export const MAX_GRACE_SECONDS = 7 * 24 * 3600;
 
 /** API keys of the caller's account. Admins manage every key; members only their own. */
 export const apiKeysRoutes = new Hono<AppEnv>()
-  .use(authenticate, guard(requireFullAccess))
+  .use(authenticate("full"))
   .post("/", async (c) => {
     const p = c.get("principal");
-    requireKeyCreator(p);
+    const policy = await memberPolicy(c.env.DB, p);
     const f = new Fields(await readJson(c));
     const now = new Date();
     const name = f.string("name", { required: true, max: 100 });
@@ -32,6 +34,7 @@ export const apiKeysRoutes = new Hono<AppEnv>()
     const expiresAt = f.futureDate("expiresAt", now) ?? null;
     const ownerId = f.string("ownerId", { max: 64 });
     const rateLimit = readRateLimit(f) ?? null;
+    if (rateLimit) checkCeiling(f, policy, rateLimit);
     f.done();
 
     if (ownerId !== undefined && ownerId !== p.userId) await checkOwner(c.env.DB, p, ownerId);
@@ -74,8 +77,12 @@ export const apiKeysRoutes = new Hono<AppEnv>()
     const p = c.get("principal");
     const key = await findManagedKey(c.env.DB, p, c.req.param("id"));
     const now = new Date();
-    // Deactivation is permanent and idempotent: deleting a revoked key answers with it unchanged.
-    if (keyStatus(key, now) === "revoked") return c.json(keyView(key, now));
+    // Deactivation is permanent and idempotent: deleting a revoked key answers with it unchanged, after making sure
+    // its counter knows (a repeat completes a revocation whose reload failed).
+    if (keyStatus(key, now) === "revoked") {
+      await reloadKeys(c, [key.id]);
+      return c.json(keyView(key, now));
+    }
     const d = db(c.env.DB);
     const [revoked] = await batch(c.env.DB, [
       revokeStatement(d, key, p.userId, now, now),
@@ -85,21 +92,27 @@ export const apiKeysRoutes = new Hono<AppEnv>()
         now,
       ),
     ]);
-    if (revoked?.meta.changes === 1) {
-      await reloadKeys(c.env, [key.id]);
-      return c.json(keyView({ ...key, revokedAt: now.toISOString(), revokedBy: p.userId }, now));
+    const current =
+      revoked?.meta.changes === 1
+        ? { ...key, revokedAt: now.toISOString(), revokedBy: p.userId }
+        : await findManagedKey(c.env.DB, p, key.id);
+    if (keyStatus(current, now) !== "revoked") {
+      throw new ApiError(
+        "last_active_key",
+        "This is the account's last lasting admin key (full access, an enabled admin's, no expiry, no grace period); create another before revoking it.",
+      );
     }
-    const current = await findManagedKey(c.env.DB, p, key.id);
-    if (keyStatus(current, now) === "revoked") return c.json(keyView(current, now));
-    throw new ApiError("last_active_key", "This is the account's last active key; create another key before revoking it.");
+    await reloadKeys(c, [key.id]);
+    return c.json(keyView(current, now));
   })
   .post("/:id/rotate", async (c) => {
     const p = c.get("principal");
-    requireKeyCreator(p);
+    const policy = await memberPolicy(c.env.DB, p);
     const old = await findManagedKey(c.env.DB, p, c.req.param("id"));
     const f = new Fields(await readJson(c));
     const grace = f.integer("gracePeriodSeconds", 0, MAX_GRACE_SECONDS) ?? 0;
     const rateLimit = readRateLimit(f);
+    if (rateLimit) checkCeiling(f, policy, rateLimit);
     f.done();
 
     const now = new Date();
@@ -138,7 +151,21 @@ export const apiKeysRoutes = new Hono<AppEnv>()
       if (String(err).includes("UNIQUE")) throw new ApiError("key_not_active", `Key ${old.id} has already been rotated.`);
       throw err;
     }
-    await reloadKeys(c.env, [old.id]);
+    try {
+      await reloadKeys(c, [old.id]);
+    } catch (err) {
+      // The old key's counter did not hear of its revocation, so the rotation is not in force: undo it (the new key was
+      // never shown to anyone) so that nothing changed and the request can be repeated.
+      await batch(c.env.DB, [
+        d.update(apiKeys).set({ revokedAt: now.toISOString(), revokedBy: p.userId, rotatedFrom: null }).where(eq(apiKeys.id, row.id)),
+        d
+          .update(apiKeys)
+          .set({ revokedAt: null, revokedBy: null })
+          .where(and(eq(apiKeys.id, old.id), eq(apiKeys.revokedAt, revokeAt.toISOString()))),
+        auditInsert(d, { ...audit, action: "key.rotation_undone", target: old.id }, now),
+      ]);
+      throw err;
+    }
     return c.json({ ...keyView(row, now), key: raw }, 201);
   })
   .all("/", allow("GET", "POST"))
@@ -164,6 +191,30 @@ function readScopes(f: Fields, resourceTypes: readonly string[]): string[] {
   if (all.includes(FULL_ACCESS) && all.length > 1) f.fail("scopes", `"*" (full access) cannot be combined with resource grants`);
   if (all.length > MAX_GRANTS) f.fail("scopes", `a key may carry at most ${MAX_GRANTS} grants`);
   return all.length === 0 ? [FULL_ACCESS] : all;
+}
+
+type MemberPolicy = { role: Principal["role"]; ceiling: Policy };
+
+/**
+ * Who may create keys and with which limit, read from the account now (it can change at any time): admins always, with
+ * any limit; members only where the account allows it, with limits up to the account's `maxRateLimit`.
+ */
+async function memberPolicy(d1: D1Database, p: Principal): Promise<MemberPolicy> {
+  const [account] = await db(d1).select().from(accounts).where(eq(accounts.id, p.accountId)).limit(1);
+  if (!account) throw new ApiError("not_found", "No such account.");
+  if (p.role !== "admin" && !account.membersCanCreateKeys) {
+    throw new ApiError("insufficient_role", "Only account admins can create API keys in this account.");
+  }
+  return { role: p.role, ceiling: rateLimitCeiling(account) };
+}
+
+/** A member's own limit may be neither larger nor faster than the ceiling. */
+function checkCeiling(f: Fields, policy: MemberPolicy, limit: Policy): void {
+  if (policy.role === "admin" || withinCeiling(limit, policy.ceiling)) return;
+  f.fail(
+    "rateLimit",
+    `members may set at most ${policy.ceiling.limit} requests per ${policy.ceiling.windowSeconds} s (the account's maxRateLimit)`,
+  );
 }
 
 /** Only admins create keys for other users, and only for enabled users of their own account. */

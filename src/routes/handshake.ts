@@ -4,14 +4,14 @@ import { verifyIdentity } from "../agents/identity";
 import { findAgent } from "../agents/store";
 import { cors } from "../auth/cors";
 import { authenticate } from "../auth/middleware";
-import { type Principal, requireFullAccess } from "../auth/principal";
+import type { Principal } from "../auth/principal";
 import { Fields, readJson } from "../body";
 import { misconfigured } from "../config";
 import { db } from "../db/client";
 import type { AppEnv } from "../env";
 import { ApiError } from "../errors";
 import { newId } from "../keys/format";
-import { clientIp, spend } from "../ratelimit/limiter";
+import { spend, spendPerAddress } from "../ratelimit/limiter";
 import { signToken } from "../tokens/handshake";
 import { allow } from "./method-not-allowed";
 
@@ -20,9 +20,11 @@ const AGENT_ID = /^agt_[0-9a-f]{24}$/;
 const USER_ID = /^(?!anon_)[A-Za-z0-9_.@:-]{1,128}$/;
 const USER_HASH = /^[0-9a-f]{64}$/;
 
-/** A backend sends its API key; a browser sends nothing secret. */
+const fullAccessKey = authenticate("full");
+
+/** A backend sends its API key (a full-access key of the agent's account); a browser sends nothing secret. */
 const keyIfSent = createMiddleware<AppEnv>(async (c, next) => {
-  if (c.req.header("Authorization") !== undefined || c.req.header("X-API-Key") !== undefined) return authenticate(c, next);
+  if (c.req.header("Authorization") !== undefined || c.req.header("X-API-Key") !== undefined) return fullAccessKey(c, next);
   await next();
 });
 
@@ -61,9 +63,7 @@ export const handshakeRoutes = new Hono<AppEnv>()
     const agent = await findAgent(db(c.env.DB), agentId as string, server?.accountId);
     if (!agent) throw new ApiError("not_found", "No such agent.");
     let origin: string | undefined;
-    if (server) {
-      requireFullAccess(server);
-    } else {
+    if (!server) {
       origin = c.req.header("Origin");
       if (!origin || !(JSON.parse(agent.allowedOrigins) as string[]).includes(origin)) {
         throw new ApiError("origin_not_allowed", "This origin is not allowed for this agent.");
@@ -72,7 +72,7 @@ export const handshakeRoutes = new Hono<AppEnv>()
     }
     if (agent.disabled) throw new ApiError("agent_disabled", "This agent is disabled.");
     if (!server) {
-      await spend(c, `handshake-ip:${clientIp(c)}`, config.handshakeIpPolicy);
+      await spendPerAddress(c, "handshake-ip", config.handshakeIpPolicy);
       if (userId === undefined) {
         await spend(c, `handshake-anon:${agent.id}`, config.handshakeAgentPolicy);
       } else {

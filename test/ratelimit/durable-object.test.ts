@@ -3,16 +3,20 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 
 const policy = { limit: 3, windowSeconds: 10 };
+/** A call from a request that waits up to a minute. */
+const tag = (id = crypto.randomUUID()) => ({ id, deadline: Date.now() + 60_000 });
+const stored = async (stub: DurableObjectStub<import("../../src/ratelimit/durable-object").RateLimiter>) =>
+  (await runInDurableObject(stub, (_, state) => state.storage.sql.exec<{ n: number }>("SELECT count(*) AS n FROM hits").one())).n;
 
 describe("RateLimiter Durable Object", () => {
   it("counts in its own storage, so a new instance keeps the count", async () => {
     const stub = env.RATE_LIMITER.getByName("test:persist");
-    expect((await stub.consume(policy)).remaining).toBe(2);
-    expect((await stub.consume(policy)).remaining).toBe(1);
+    expect((await stub.consume(policy, tag())).remaining).toBe(2);
+    expect((await stub.consume(policy, tag())).remaining).toBe(1);
     await evictDurableObject(stub);
     const again = env.RATE_LIMITER.getByName("test:persist");
-    expect(await again.consume(policy)).toMatchObject({ allowed: true, remaining: 0 });
-    expect(await again.consume(policy)).toMatchObject({ allowed: false, remaining: 0 });
+    expect(await again.consume(policy, tag())).toMatchObject({ allowed: true, remaining: 0 });
+    expect(await again.consume(policy, tag())).toMatchObject({ allowed: false, remaining: 0 });
     const stored = await runInDurableObject(again, (_, state) => state.storage.sql.exec("SELECT count(*) AS n FROM hits").one());
     expect(stored.n).toBe(3);
   });
@@ -23,25 +27,54 @@ describe("RateLimiter Durable Object", () => {
     await runInDurableObject(stub, (instance) => {
       instance.clock = () => now;
     });
-    for (let i = 0; i < 3; i++) expect((await stub.consume(policy)).allowed).toBe(true);
-    const refused = await stub.consume(policy);
+    for (let i = 0; i < 3; i++) expect((await stub.consume(policy, tag())).allowed).toBe(true);
+    const refused = await stub.consume(policy, tag());
     expect(refused).toMatchObject({ allowed: false, retryAfter: 10 });
     now += 9_999;
-    expect((await stub.consume(policy)).allowed).toBe(false);
+    expect((await stub.consume(policy, tag())).allowed).toBe(false);
     now += 1;
     // All three were admitted at the same instant, so all three left the window together.
-    expect(await stub.consume(policy)).toMatchObject({ allowed: true, remaining: 2 });
+    expect(await stub.consume(policy, tag())).toMatchObject({ allowed: true, remaining: 2 });
     const stored = await runInDurableObject(stub, (_, state) => state.storage.sql.exec("SELECT count(*) AS n FROM hits").one());
     expect(stored.n).toBe(1);
   });
 
   it("gives back a refunded request", async () => {
     const stub = env.RATE_LIMITER.getByName("test:refund");
-    const first = await stub.consume(policy);
-    await stub.consume(policy);
-    await stub.consume(policy);
+    const first = await stub.consume(policy, tag());
+    await stub.consume(policy, tag());
+    await stub.consume(policy, tag());
     await stub.refund(first.at);
-    expect((await stub.consume(policy)).remaining).toBe(0);
-    expect((await stub.consume(policy)).allowed).toBe(false);
+    expect((await stub.consume(policy, tag())).remaining).toBe(0);
+    expect((await stub.consume(policy, tag())).allowed).toBe(false);
+  });
+
+  it("spends once for a call and its retry (same id)", async () => {
+    const stub = env.RATE_LIMITER.getByName("test:retry");
+    const call = tag();
+    const first = await stub.consume(policy, call);
+    const retry = await stub.consume(policy, call);
+    expect(retry).toEqual(first);
+    expect((await stub.consume(policy, tag())).remaining).toBe(1);
+    expect(await stored(stub)).toBe(2);
+  });
+
+  it("spends nothing for a call that arrives after its deadline", async () => {
+    const stub = env.RATE_LIMITER.getByName("test:late");
+    await expect(stub.consume(policy, { id: "late", deadline: Date.now() - 1 })).rejects.toThrow(/no longer waits/);
+    expect(await stored(stub)).toBe(0);
+    expect((await stub.consume(policy, tag())).remaining).toBe(2);
+  });
+
+  it("gives back what a cancelled call spent, and never spends for it later", async () => {
+    const stub = env.RATE_LIMITER.getByName("test:cancel");
+    const answered = tag();
+    await stub.consume(policy, answered);
+    await stub.cancel(answered.id);
+    const never = tag();
+    await stub.cancel(never.id);
+    await expect(stub.consume(policy, never)).rejects.toThrow(/no longer waits/);
+    expect(await stored(stub)).toBe(0);
+    expect((await stub.consume(policy, tag())).remaining).toBe(2);
   });
 });

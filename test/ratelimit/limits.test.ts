@@ -1,6 +1,7 @@
 import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
+import { type Fault, faultyObjects } from "../faults";
 import { call, callWith, createKey, createUser, expectProblem, OPERATOR_TOKEN, provision } from "../helpers";
 
 const whoami = (key: string, headers: Record<string, string> = {}) => call("/v1/whoami", { key, headers });
@@ -185,41 +186,28 @@ describe("per-IP failure limit", () => {
 });
 
 describe("when the rate limiter fails", () => {
-  function fakeLimiter(behaviour: () => Promise<unknown>) {
-    let calls = 0;
-    const call = () => {
-      calls += 1;
-      return behaviour();
-    };
-    const namespace = {
-      getByName: () => ({ consume: call, authorize: call, refund: async () => {}, reload: async () => {} }),
-    } as unknown as DurableObjectNamespace<never>;
-    return { namespace, calls: () => calls };
-  }
-  const throwing = () => Promise.reject(new Error("Durable Object reset because its code was updated"));
-  const hanging = () => new Promise(() => {});
+  const reset = () => new Error("Durable Object reset because its code was updated");
+  const faults: [string, Fault][] = [
+    ["throws", { kind: "throw", error: reset() }],
+    ["does not answer in time", { kind: "stall" }],
+  ];
 
-  for (const [what, behaviour] of [
-    ["throws", throwing],
-    ["does not answer in time", hanging],
-  ] as const) {
+  for (const [what, fault] of faults) {
     it(`answers 503 with Retry-After in closed mode (the default) when it ${what}`, async () => {
       const { key } = await provision();
-      const fake = fakeLimiter(behaviour);
-      const res = await callWith({ RATE_LIMITER: fake.namespace, RATE_LIMIT_TIMEOUT_MS: "50" }, "/v1/whoami", { key: key.key });
+      const objects = faultyObjects(env.RATE_LIMITER, { authorize: fault });
+      const res = await callWith({ RATE_LIMITER: objects, RATE_LIMIT_TIMEOUT_MS: "50" }, "/v1/whoami", { key: key.key });
       await expectProblem(res, 503, "rate_limiter_unavailable");
       expect(res.headers.get("Retry-After")).toBe("5");
-      expect(fake.calls()).toBe(1);
+      expect(objects.calls("authorize")).toBe(1);
     });
 
     it(`admits and marks the response in open mode when it ${what}`, async () => {
       const { key } = await provision();
-      const fake = fakeLimiter(behaviour);
-      const res = await callWith(
-        { RATE_LIMITER: fake.namespace, RATE_LIMIT_TIMEOUT_MS: "50", RATE_LIMIT_FAILURE_MODE: "open" },
-        "/v1/whoami",
-        { key: key.key },
-      );
+      const objects = faultyObjects(env.RATE_LIMITER, { authorize: fault });
+      const res = await callWith({ RATE_LIMITER: objects, RATE_LIMIT_TIMEOUT_MS: "50", RATE_LIMIT_FAILURE_MODE: "open" }, "/v1/whoami", {
+        key: key.key,
+      });
       expect(res.status).toBe(200);
       expect(res.headers.get("X-RateLimit-Status")).toBe("unavailable");
       expect(res.headers.get("X-RateLimit-Limit")).toBeNull();
@@ -227,50 +215,75 @@ describe("when the rate limiter fails", () => {
   }
 
   it("retries once an error the platform marks retryable, never an overload", async () => {
-    const { account, admin, key } = await provision();
-    let first = true;
-    const flaky = fakeLimiter(async () => {
-      if (first) {
-        first = false;
-        throw Object.assign(new Error("Network connection lost."), { retryable: true });
-      }
-      const rateLimit = { limit: 60, windowSeconds: 60 };
-      const principal = {
-        accountId: account.id,
-        keyId: key.id,
-        userId: admin.id,
-        role: "admin",
-        scopes: ["*"],
-        keyPrefix: "sk",
-        membersCanCreateKeys: false,
-        rateLimit,
-      };
-      return {
-        ok: true,
-        principal,
-        admission: { allowed: true, limit: 60, remaining: 59, resetAt: Date.now() + 60_000, retryAfter: 0, at: Date.now() },
-      };
-    });
-    const res = await callWith({ RATE_LIMITER: flaky.namespace }, "/v1/whoami", { key: key.key });
+    const { key } = await provision();
+    const retryable = Object.assign(new Error("Network connection lost."), { retryable: true });
+    const flaky = faultyObjects(env.RATE_LIMITER, { authorize: { kind: "throw", error: retryable, times: 1 } });
+    const res = await callWith({ RATE_LIMITER: flaky }, "/v1/whoami", { key: key.key });
     expect(res.status).toBe(200);
     expect(res.headers.get("X-RateLimit-Remaining")).toBe("59");
-    expect(flaky.calls()).toBe(2);
+    expect(flaky.calls("authorize")).toBe(2);
 
-    const overloaded = fakeLimiter(() =>
-      Promise.reject(Object.assign(new Error("Durable Object is overloaded."), { retryable: true, overloaded: true })),
-    );
+    const overloaded = faultyObjects(env.RATE_LIMITER, {
+      authorize: { kind: "throw", error: Object.assign(new Error("Durable Object is overloaded."), { retryable: true, overloaded: true }) },
+    });
+    await expectProblem(await callWith({ RATE_LIMITER: overloaded }, "/v1/whoami", { key: key.key }), 503, "rate_limiter_unavailable");
+    expect(overloaded.calls("authorize")).toBe(1);
+  });
+
+  it("spends once when a retried call had already spent", async () => {
+    const { key } = await provision();
+    // The first attempt reaches the counter and spends, but its answer is lost: the retry must not spend again.
+    let lost = false;
+    const objects = faultyObjects(env.RATE_LIMITER, {});
+    const once = new Proxy(objects, {
+      get(target, prop) {
+        if (prop !== "getByName") return Reflect.get(target, prop);
+        return (name: string) => {
+          const stub = target.getByName(name);
+          return new Proxy(stub, {
+            get(s, method) {
+              if (method !== "authorize") return Reflect.get(s, method);
+              return async (...args: Parameters<typeof stub.authorize>) => {
+                const answer = await s.authorize(...args);
+                if (lost) return answer;
+                lost = true;
+                throw Object.assign(new Error("Network connection lost."), { retryable: true });
+              };
+            },
+          });
+        };
+      },
+    });
+    const res = await callWith({ RATE_LIMITER: once }, "/v1/whoami", { key: key.key });
+    expect(res.status).toBe(200);
+    expect(res.headers.get("X-RateLimit-Remaining")).toBe("59");
+    expect((await whoami(key.key)).headers.get("X-RateLimit-Remaining")).toBe("58");
+  });
+
+  it("never leaves a spent request behind a call that timed out", async () => {
+    const { key } = await provision();
+    // Answers after the deadline: the counter spent, the client got 503; the spend is given back.
+    const slow = faultyObjects(env.RATE_LIMITER, { authorize: { kind: "late-answer", ms: 150 } });
     await expectProblem(
-      await callWith({ RATE_LIMITER: overloaded.namespace }, "/v1/whoami", { key: key.key }),
+      await callWith({ RATE_LIMITER: slow, RATE_LIMIT_TIMEOUT_MS: "50" }, "/v1/whoami", { key: key.key }),
       503,
       "rate_limiter_unavailable",
     );
-    expect(overloaded.calls()).toBe(1);
+    // Arrives after the deadline: the counter refuses to spend for a caller that no longer waits.
+    const queued = faultyObjects(env.RATE_LIMITER, { authorize: { kind: "late-call", ms: 150 } });
+    await expectProblem(
+      await callWith({ RATE_LIMITER: queued, RATE_LIMIT_TIMEOUT_MS: "50" }, "/v1/whoami", { key: key.key }),
+      503,
+      "rate_limiter_unavailable",
+    );
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect((await whoami(key.key)).headers.get("X-RateLimit-Remaining")).toBe("59");
   });
 
   it("keeps answering 401 for bad credentials when the limiter is down", async () => {
-    const fake = fakeLimiter(throwing);
+    const objects = faultyObjects(env.RATE_LIMITER, { consume: { kind: "throw" }, authorize: { kind: "throw" } });
     await expectProblem(
-      await callWith({ RATE_LIMITER: fake.namespace }, "/v1/whoami", { headers: { "X-API-Key": "nope" } }),
+      await callWith({ RATE_LIMITER: objects }, "/v1/whoami", { headers: { "X-API-Key": "nope" } }),
       401,
       "malformed_credentials",
     );
