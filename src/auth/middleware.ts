@@ -9,7 +9,7 @@ import { evaluateKey, keyIdByHash, loadKey } from "../keys/store";
 import type { Authorization } from "../ratelimit/durable-object";
 import { type Admission, admit, callCounter, rateLimitHeaders, refund, spend, spendPerAddress } from "../ratelimit/limiter";
 import { type ChatClaims, looksLikeToken, verifyToken } from "../tokens/handshake";
-import { type AuthMethod, deprecationHeaders, extractCredential, invalidToken } from "./credentials";
+import { deprecationHeaders, extractCredential, invalidToken } from "./credentials";
 import { type Need, refused, requireRights } from "./principal";
 
 const REFUSED = {
