@@ -1,6 +1,7 @@
 import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it, vi } from "vitest";
+import { faultyDatabase } from "../faults";
 import { call, callWith, createKey, expectProblem, provision, rows } from "../helpers";
 
 const BEFORE_SUNSET = { QUERY_TOKEN_SUNSET: "2999-01-01T00:00:00Z" };
@@ -92,7 +93,36 @@ describe("deprecated query parameter userApiToken", () => {
     }
     expect(JSON.stringify(lines)).not.toContain(key.key.slice(3));
   });
+
+  it("never logs a key hash or a query's parameters when the database fails", async () => {
+    const { key } = await provision();
+    const fresh = await createKey(key.key);
+    const hash = (await rows<{ hash: string }>("SELECT hash FROM api_keys WHERE id = ?", fresh.id))[0]?.hash as string;
+    // drizzle wraps a database error in one whose message is the query and its parameters: the key hash among them.
+    const failing = faultyDatabase(env.DB, { kind: "throw", error: new Error("D1_ERROR: network connection lost") }, (sql) =>
+      sql.includes('"hash" = ?'),
+    );
+    const lines = await logged(() => callWith({ DB: failing }, "/v1/whoami", { key: fresh.key }));
+    expect(lines).toContain("unexpected_error");
+    expect(lines).toContain("D1_ERROR: network connection lost");
+    expect(lines).not.toContain(hash);
+    expect(lines).not.toContain(fresh.key.slice(fresh.prefix.length + 1));
+    expect(lines).not.toMatch(/params|select|from/i);
+  });
 });
+
+/** Everything written to the console while `run` runs, as one string. */
+async function logged(run: () => Promise<unknown>): Promise<string> {
+  const lines: unknown[] = [];
+  const original = { log: console.log, error: console.error, warn: console.warn, info: console.info };
+  for (const level of ["log", "error", "warn", "info"] as const) console[level] = (...args: unknown[]) => lines.push(args);
+  try {
+    await run();
+  } finally {
+    Object.assign(console, original);
+  }
+  return JSON.stringify(lines);
+}
 
 describe("https only", () => {
   it("refuses plain http with 403 unless ALLOW_HTTP=true", async () => {

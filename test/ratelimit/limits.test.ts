@@ -146,6 +146,62 @@ describe("per-key rate limit", () => {
   });
 });
 
+describe("refused requests never borrow the budget", () => {
+  it("20 concurrent forbidden requests leave every request beside them its budget", async () => {
+    const { key } = await provision();
+    const scoped = await createKey(key.key, { mailboxIds: ["mbx_1"], rateLimit: { limit: 5, windowSeconds: 60 } });
+    const forbidden = Array.from({ length: 20 }, () => call("/v1/api-keys", { key: scoped.key }));
+    const legit = Array.from({ length: 5 }, () => whoami(scoped.key));
+    const [refused, admitted] = await Promise.all([Promise.all(forbidden), Promise.all(legit)]);
+    expect(refused.map((r) => r.status)).toEqual(Array(20).fill(403));
+    expect(admitted.map((r) => r.status)).toEqual(Array(5).fill(200));
+    await expectProblem(await whoami(scoped.key), 429, "rate_limited");
+  });
+
+  it("gives back a request the handler refuses before the answer leaves", async () => {
+    const { key } = await provision();
+    const member = await createUser(key.key, "member");
+    const memberKey = await createKey(key.key, { ownerId: member.id, rateLimit: { limit: 2, windowSeconds: 60 } });
+    // Members may not create keys in this account: the handler says 403 after the key was admitted, and refunds it.
+    for (let i = 0; i < 5; i++)
+      await expectProblem(await call("/v1/api-keys", { key: memberKey.key, body: { name: "x" } }), 403, "insufficient_role");
+    expect((await whoami(memberKey.key)).headers.get("X-RateLimit-Remaining")).toBe("1");
+  });
+});
+
+describe("the account's ceiling on members' limits (maxRateLimit)", () => {
+  it("bounds what members may choose, by size and by rate; admins set it and are not bound", async () => {
+    const { key } = await provision({ membersCanCreateKeys: true });
+    const member = await createUser(key.key, "member");
+    const memberKey = await createKey(key.key, { ownerId: member.id });
+    const create = (k: string, rateLimit: unknown) => call("/v1/api-keys", { key: k, body: { name: "x", rateLimit } });
+    const refused = await expectProblem(await create(memberKey.key, { limit: 1_000_000, windowSeconds: 1 }), 400, "invalid_request");
+    expect(refused.errors).toEqual([{ field: "rateLimit", message: expect.stringContaining("at most 60 requests per 60 s") }]);
+    expect((await create(memberKey.key, { limit: 60, windowSeconds: 60 })).status).toBe(201);
+    expect((await create(key.key, { limit: 1_000_000, windowSeconds: 1 })).status).toBe(201);
+
+    const patched = await call("/v1/account", { method: "PATCH", key: key.key, body: { maxRateLimit: { limit: 600, windowSeconds: 60 } } });
+    expect(await patched.json()).toMatchObject({ maxRateLimit: { limit: 600, windowSeconds: 60 } });
+    expect((await create(memberKey.key, { limit: 600, windowSeconds: 60 })).status).toBe(201);
+    await expectProblem(await create(memberKey.key, { limit: 601, windowSeconds: 60 }), 400, "invalid_request");
+    await expectProblem(await create(memberKey.key, { limit: 600, windowSeconds: 30 }), 400, "invalid_request");
+    const own = await createKey(memberKey.key, { name: "own" });
+    await expectProblem(
+      await call(`/v1/api-keys/${own.id}/rotate`, { key: memberKey.key, body: { rateLimit: { limit: 10_000, windowSeconds: 60 } } }),
+      400,
+      "invalid_request",
+    );
+    await expectProblem(
+      await call("/v1/account", { method: "PATCH", key: memberKey.key, body: { maxRateLimit: null } }),
+      403,
+      "insufficient_role",
+    );
+    const reset = await call("/v1/account", { method: "PATCH", key: key.key, body: { maxRateLimit: null } });
+    expect(await reset.json()).toMatchObject({ maxRateLimit: null });
+    await expectProblem(await create(memberKey.key, { limit: 600, windowSeconds: 60 }), 400, "invalid_request");
+  });
+});
+
 describe("per-IP failure limit", () => {
   it("answers 429 after 30 failed attempts a minute from one address, whatever forwarding headers claim", async () => {
     const ip = "203.0.113.7";

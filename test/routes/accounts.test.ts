@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { call, callWith, expectProblem, OPERATOR_TOKEN, type Provisioned, rows } from "../helpers";
+import { call, callWith, expectProblem, expire, OPERATOR_TOKEN, type Provisioned, provision, rows } from "../helpers";
 
 const operator = { Authorization: `Bearer ${OPERATOR_TOKEN}` };
 
@@ -88,5 +88,29 @@ describe("POST /v1/accounts (operator provisioning)", () => {
       body: { name: "x", admin: { email: "a@b.co" } },
     });
     await expectProblem(res, 500, "configuration_error");
+  });
+
+  it("lets the operator recover an account that lost every admin key, audited", async () => {
+    const { account, admin, key } = await provision();
+    // Its only admin key had an expiry, and it passed: nothing left to log in with.
+    await expire(key.id);
+    await expectProblem(await call("/v1/whoami", { key: key.key }), 401, "key_expired");
+
+    const recover = (headers: Record<string, string>, body: unknown = {}) =>
+      call(`/v1/accounts/${account.id}/recovery-key`, { headers, body });
+    await expectProblem(await recover({}), 401, "missing_credentials");
+    await expectProblem(await recover({ Authorization: `Bearer ${key.key}` }), 401, "invalid_operator_token");
+    await expectProblem(await recover(operator, { userId: "usr_nope" }), 400, "invalid_request");
+    await expectProblem(await call("/v1/accounts/acc_nope/recovery-key", { headers: operator, body: {} }), 404, "not_found");
+
+    const res = await recover(operator);
+    expect(res.status).toBe(201);
+    expect(res.headers.get("Cache-Control")).toBe("no-store");
+    const recovered = await res.json<{ key: string; ownerId: string; scopes: string[]; createdBy: string }>();
+    expect(recovered).toMatchObject({ ownerId: admin.id, scopes: ["*"], createdBy: "operator", name: "recovery" });
+    expect(await (await call("/v1/whoami", { key: recovered.key })).json()).toMatchObject({ accountId: account.id, role: "admin" });
+    expect(await rows("SELECT actor, target FROM audit_events WHERE account_id = ? AND action = 'account.recovered'", account.id)).toEqual([
+      { actor: "operator", target: admin.id },
+    ]);
   });
 });

@@ -71,4 +71,17 @@ describe("/v1/agents", () => {
     });
     expect(ok.allowedOrigins).toHaveLength(3);
   });
+
+  it("never brings back a removed origin when two edits race, and keeps the origin index in step", async () => {
+    const { key } = await provision();
+    for (let trial = 0; trial < 10; trial++) {
+      const agent = await createAgent(key.key, { allowedOrigins: ["https://a.example", "https://b.example"] });
+      const edit = (body: unknown) => call(`/v1/agents/${agent.id}`, { method: "PATCH", key: key.key, body });
+      const results = await Promise.all([edit({ allowedOrigins: ["https://a.example"] }), edit({ name: `renamed ${trial}` })]);
+      expect(results.map((r) => r.status)).toEqual([200, 200]);
+      const stored = await (await call(`/v1/agents/${agent.id}`, { key: key.key })).json<AgentBody>();
+      expect(stored).toMatchObject({ name: `renamed ${trial}`, allowedOrigins: ["https://a.example"] });
+      expect(await rows("SELECT origin FROM agent_origins WHERE agent_id = ?", agent.id)).toEqual([{ origin: "https://a.example" }]);
+    }
+  });
 });

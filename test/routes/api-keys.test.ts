@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { call, createKey, expectProblem, expire, type KeyBody, memberWithKey, provision, rows, setKeyColumn } from "../helpers";
+import { call, createKey, createUser, expectProblem, expire, type KeyBody, memberWithKey, provision, rows, setKeyColumn } from "../helpers";
 
 const revoke = (key: string, id: string) => call(`/v1/api-keys/${id}`, { method: "DELETE", key });
 const rotate = (key: string, id: string, body: unknown = {}) => call(`/v1/api-keys/${id}/rotate`, { key, body });
@@ -246,6 +246,46 @@ describe("DELETE /v1/api-keys/:id", () => {
     await expire(expired.id);
     await expectProblem(await revoke(key.key, key.id), 409, "last_active_key");
     expect((await revoke(key.key, expired.id)).status).toBe(200);
+  });
+
+  it("counts only lasting keys: none that is expiring, scoped, or of a disabled admin or a member", async () => {
+    // Each case leaves the admin's key K beside one key that is about to die or cannot administer the account.
+    const cases: [string, (adminKey: string) => Promise<unknown>][] = [
+      ["a key that expires in seconds", (k) => createKey(k, { expiresAt: new Date(Date.now() + 5_000).toISOString() })],
+      ["a resource-scoped key", (k) => createKey(k, { mailboxIds: ["mbx_1"] })],
+      [
+        "a key whose admin owner is disabled",
+        async (k) => {
+          const other = await createUser(k, "admin");
+          await createKey(k, { ownerId: other.id });
+          await call(`/v1/users/${other.id}`, { method: "PATCH", key: k, body: { disabled: true } });
+        },
+      ],
+      ["a member's key", async (k) => memberWithKey(k)],
+    ];
+    for (const [what, setUp] of cases) {
+      const { key } = await provision();
+      await setUp(key.key);
+      const res = await revoke(key.key, key.id);
+      expect({ what, status: res.status }).toEqual({ what, status: 409 });
+      await expectProblem(res, 409, "last_active_key");
+      expect((await whoami(key.key)).status).toBe(200);
+    }
+  });
+
+  it("rotating with a grace period, then revoking the new key, is refused: the account keeps a key past the grace", async () => {
+    const { account, key } = await provision();
+    const k1 = await createKey(key.key, { name: "k1" });
+    expect((await revoke(key.key, key.id)).status).toBe(200);
+    const k2 = await (await rotate(k1.key, k1.id, { gracePeriodSeconds: 3 })).json<KeyBody>();
+    await expectProblem(await revoke(k2.key, k2.id), 409, "last_active_key");
+    const lasting = await rows(
+      "SELECT id FROM api_keys WHERE account_id = ? AND revoked_at IS NULL AND expires_at IS NULL AND scopes = '[\"*\"]'",
+      account.id,
+    );
+    expect(lasting).toEqual([{ id: k2.id }]);
+    // Revoking a key that is not the account's lifeline is always possible: a leaked key can always be stopped.
+    expect((await revoke(k2.key, k1.id)).status).toBe(200);
   });
 
   it("keeps one key active when the last two are revoked at the same moment", async () => {

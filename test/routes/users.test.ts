@@ -86,4 +86,33 @@ describe("/v1/users", () => {
     expect(await rows("SELECT id FROM users WHERE account_id = ? AND role = 'admin'", account.id)).toHaveLength(1);
     expect(await rows("SELECT id FROM audit_events WHERE account_id = ? AND action = 'user.updated'", account.id)).toHaveLength(1);
   });
+
+  it("never undoes one concurrent edit with another: disabling and promoting at once both land", async () => {
+    const { account, key } = await provision();
+    for (let trial = 0; trial < 10; trial++) {
+      const member = await memberWithKey(key.key);
+      const results = await Promise.all([
+        patch(key.key, member.user.id, { disabled: true }),
+        patch(key.key, member.user.id, { role: "admin" }),
+      ]);
+      expect(results.map((r) => r.status)).toEqual([200, 200]);
+      expect(await rows("SELECT role, disabled FROM users WHERE id = ?", member.user.id)).toEqual([{ role: "admin", disabled: 1 }]);
+      await expectProblem(await call("/v1/whoami", { key: member.key.key }), 401, "key_owner_disabled");
+    }
+    expect(await rows("SELECT count(*) AS n FROM audit_events WHERE account_id = ? AND action = 'user.updated'", account.id)).toEqual([
+      { n: 20 },
+    ]);
+  });
+
+  it("refuses to disable or demote the owner of the account's last lasting key", async () => {
+    const { admin, key } = await provision();
+    // A second enabled admin without a key of their own: the account would keep an admin but lose its way in.
+    const other = await createUser(key.key, "admin");
+    for (const body of [{ disabled: true }, { role: "member" }]) {
+      await expectProblem(await patch(key.key, admin.id, body), 409, "last_active_key");
+    }
+    expect(await rows("SELECT role, disabled FROM users WHERE id = ?", admin.id)).toEqual([{ role: "admin", disabled: 0 }]);
+    await createKey(key.key, { ownerId: other.id });
+    expect((await patch(key.key, admin.id, { role: "member" })).status).toBe(200);
+  });
 });

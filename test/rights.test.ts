@@ -1,0 +1,89 @@
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import { type Fault, faultyDatabase, faultyObjects } from "./faults";
+import { call, callWith, createKey, expectProblem, memberWithKey, provision, rows } from "./helpers";
+
+// A change that removes rights is in force in the key's counter before it is answered, or it answers 503 and a repeat
+// completes it. Each fault stands for a counter that cannot be reached: one that throws, and one that never answers.
+const unreachable: [string, Fault][] = [
+  ["throws", { kind: "throw", error: new Error("Durable Object reset because its code was updated") }],
+  ["stalls", { kind: "stall" }],
+];
+const whoami = (key: string) => call("/v1/whoami", { key });
+
+describe("a change that removes rights, when the key's counter cannot be reached", () => {
+  for (const [what, fault] of unreachable) {
+    it(`a revocation answers 503 when the counter ${what}, is stored, and a repeat puts it in force`, async () => {
+      const { key } = await provision();
+      const victim = await createKey(key.key, { name: "leaked" });
+      expect((await whoami(victim.key)).status).toBe(200);
+
+      const broken = { RATE_LIMITER: faultyObjects(env.RATE_LIMITER, { reload: fault }), RATE_LIMIT_TIMEOUT_MS: "100" };
+      const started = Date.now();
+      const res = await callWith(broken, `/v1/api-keys/${victim.id}`, { method: "DELETE", key: key.key });
+      await expectProblem(res, 503, "change_pending");
+      expect(res.headers.get("Retry-After")).toBe("1");
+      expect(Date.now() - started).toBeLessThan(2_000);
+      expect(await rows("SELECT revoked_by FROM api_keys WHERE id = ?", victim.id)).toEqual([{ revoked_by: expect.any(String) }]);
+
+      const repeat = await call(`/v1/api-keys/${victim.id}`, { method: "DELETE", key: key.key });
+      expect(repeat.status).toBe(200);
+      expect(await repeat.json()).toMatchObject({ status: "revoked" });
+      await expectProblem(await whoami(victim.key), 401, "key_revoked");
+    });
+
+    it(`disabling or demoting a user answers 503 when a counter ${what}, and a repeat puts it in force`, async () => {
+      const { key } = await provision();
+      const member = await memberWithKey(key.key);
+      await call(`/v1/users/${member.user.id}`, { method: "PATCH", key: key.key, body: { role: "admin" } });
+      expect((await call("/v1/users", { key: member.key.key })).status).toBe(200);
+
+      const broken = { RATE_LIMITER: faultyObjects(env.RATE_LIMITER, { reload: fault }), RATE_LIMIT_TIMEOUT_MS: "100" };
+      const demote = () => callWith(broken, `/v1/users/${member.user.id}`, { method: "PATCH", key: key.key, body: { role: "member" } });
+      await expectProblem(await demote(), 503, "change_pending");
+      expect(await rows("SELECT role FROM users WHERE id = ?", member.user.id)).toEqual([{ role: "member" }]);
+      const repeat = await call(`/v1/users/${member.user.id}`, { method: "PATCH", key: key.key, body: { role: "member" } });
+      expect(await repeat.json()).toMatchObject({ role: "member" });
+      await expectProblem(await call("/v1/users", { key: member.key.key }), 403, "insufficient_role");
+
+      const disable = () => callWith(broken, `/v1/users/${member.user.id}`, { method: "PATCH", key: key.key, body: { disabled: true } });
+      await expectProblem(await disable(), 503, "change_pending");
+      expect((await call(`/v1/users/${member.user.id}`, { method: "PATCH", key: key.key, body: { disabled: true } })).status).toBe(200);
+      await expectProblem(await whoami(member.key.key), 401, "key_owner_disabled");
+    });
+
+    it(`a rotation whose old key's counter ${what} changes nothing and can be repeated`, async () => {
+      const { account, key } = await provision();
+      const old = await createKey(key.key, { name: "ci" });
+      const broken = { RATE_LIMITER: faultyObjects(env.RATE_LIMITER, { reload: fault }), RATE_LIMIT_TIMEOUT_MS: "100" };
+      const res = await callWith(broken, `/v1/api-keys/${old.id}/rotate`, { key: key.key, body: {} });
+      await expectProblem(res, 503, "change_pending");
+      // Undone: the old key is untouched and still works; the new one (never shown) is dead and replaces nothing.
+      expect(await rows("SELECT revoked_at FROM api_keys WHERE id = ?", old.id)).toEqual([{ revoked_at: null }]);
+      expect(await rows("SELECT id FROM api_keys WHERE rotated_from = ?", old.id)).toEqual([]);
+      expect(
+        await rows("SELECT count(*) AS n FROM api_keys WHERE account_id = ? AND name = 'ci' AND revoked_at IS NULL", account.id),
+      ).toEqual([{ n: 1 }]);
+      expect((await whoami(old.key)).status).toBe(200);
+
+      const again = await call(`/v1/api-keys/${old.id}/rotate`, { key: key.key, body: {} });
+      expect(again.status).toBe(201);
+      await expectProblem(await whoami(old.key), 401, "key_revoked");
+      expect((await whoami((await again.json<{ key: string }>()).key)).status).toBe(200);
+    });
+  }
+
+  it("answers 503 database_unavailable when D1 stalls, within its deadline, and never writes half a change", async () => {
+    const { account, key } = await provision();
+    const stalled = {
+      DB: faultyDatabase(env.DB, { kind: "stall" }, (sql) => sql.includes('insert into "api_keys"')),
+      D1_TIMEOUT_MS: "100",
+    };
+    const started = Date.now();
+    const res = await callWith(stalled, "/v1/api-keys", { key: key.key, body: { name: "slow" } });
+    await expectProblem(res, 503, "database_unavailable");
+    expect(res.headers.get("Retry-After")).toBe("5");
+    expect(Date.now() - started).toBeLessThan(2_000);
+    expect(await rows("SELECT id FROM api_keys WHERE account_id = ? AND name = 'slow'", account.id)).toEqual([]);
+  });
+});
