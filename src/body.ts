@@ -2,6 +2,10 @@ import type { Context } from "hono";
 import { ApiError, type FieldError } from "./errors";
 import { MAX_LIMIT, MAX_WINDOW_SECONDS, type Policy } from "./ratelimit/window";
 
+const ISO_INSTANT = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?(Z|([+-])(\d{2}):(\d{2}))$/;
+/** The last instant whose `toISOString()` has four year digits. */
+const LATEST_INSTANT = new Date("9999-12-31T23:59:59.999Z");
+
 /** Largest request body accepted, in bytes; larger bodies get 413 `payload_too_large`. */
 export const MAX_BODY_BYTES = 16 * 1024;
 
@@ -86,17 +90,27 @@ export class Fields {
     return v as T;
   }
 
-  /** A future instant given as an ISO-8601 date-time with a timezone; returned normalised to UTC. */
+  /**
+   * A future instant given as an ISO-8601 date-time with a timezone; returned normalised to UTC. Only real calendar
+   * dates and times (no 30 February, no hour 24, offsets up to ±23:59) up to the end of year 9999 UTC, so that every
+   * stored instant has the fixed-width form of `toISOString()` and instants compare correctly as text in SQL.
+   */
   futureDate(name: string, now: Date): string | null | undefined {
     const v = this.take(name);
     if (v === undefined || v === null) return v;
-    if (typeof v !== "string" || !/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$/.test(v)) {
-      return this.fail(name, "must be an ISO-8601 date-time with a timezone, e.g. 2027-01-01T00:00:00Z");
+    const m = typeof v === "string" ? ISO_INSTANT.exec(v) : null;
+    if (!m) return this.fail(name, "must be an ISO-8601 date-time with a timezone, e.g. 2027-01-01T00:00:00Z");
+    type Parts = [number, number, number, number, number, number, number, number];
+    const [y, mo, d, h, mi, sec, oh, om] = [1, 2, 3, 4, 5, 6, 10, 11].map((i) => Number(m[i] ?? 0)) as Parts;
+    const calendar = new Date(Date.UTC(y, mo - 1, d));
+    const real = calendar.getUTCFullYear() === y && calendar.getUTCMonth() === mo - 1 && calendar.getUTCDate() === d;
+    if (!real || h > 23 || mi > 59 || sec > 59 || oh > 23 || om > 59) {
+      return this.fail(name, "is not a real date and time");
     }
-    const d = new Date(v);
-    if (Number.isNaN(d.getTime())) return this.fail(name, "is not a valid date");
-    if (d <= now) return this.fail(name, "must be in the future");
-    return d.toISOString();
+    const instant = new Date(v as string);
+    if (Number.isNaN(instant.getTime()) || instant > LATEST_INSTANT) return this.fail(name, "must be no later than 9999-12-31T23:59:59Z");
+    if (instant <= now) return this.fail(name, "must be in the future");
+    return instant.toISOString();
   }
 
   stringArray(name: string, opts: { maxItems: number; pattern: RegExp; hint: string }): string[] | undefined {

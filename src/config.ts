@@ -1,3 +1,4 @@
+import { originProblem } from "./agents/store";
 import type { Bindings } from "./env";
 import { ApiError } from "./errors";
 import { log } from "./log";
@@ -25,6 +26,8 @@ export type Config = {
   /** Browser handshakes per identified end user (a userId with its identity proof). */
   handshakeUserPolicy: Policy;
   chatPolicy: Policy;
+  /** Other Keygate origins the demo page may be pointed at with `?api=`; by default only its own. */
+  demoApiOrigins: readonly string[];
 };
 
 export const DEFAULTS = {
@@ -41,6 +44,7 @@ export const DEFAULTS = {
   HANDSHAKE_IP_RATE_LIMIT: "20/60",
   HANDSHAKE_USER_RATE_LIMIT: "30/60",
   CHAT_RATE_LIMIT: "30/60",
+  DEMO_API_ORIGINS: "",
 } as const;
 
 const RESOURCE_TYPE = /^[a-z][a-z0-9]{0,31}$/;
@@ -81,6 +85,7 @@ function parseConfig(env: Bindings): Config {
     handshakeIpPolicy: policy("HANDSHAKE_IP_RATE_LIMIT", env.HANDSHAKE_IP_RATE_LIMIT ?? DEFAULTS.HANDSHAKE_IP_RATE_LIMIT),
     handshakeUserPolicy: policy("HANDSHAKE_USER_RATE_LIMIT", env.HANDSHAKE_USER_RATE_LIMIT ?? DEFAULTS.HANDSHAKE_USER_RATE_LIMIT),
     chatPolicy: policy("CHAT_RATE_LIMIT", env.CHAT_RATE_LIMIT ?? DEFAULTS.CHAT_RATE_LIMIT),
+    demoApiOrigins: origins("DEMO_API_ORIGINS", env.DEMO_API_ORIGINS ?? DEFAULTS.DEMO_API_ORIGINS),
     operatorToken,
     resourceTypes,
     queryTokenSunset: date("QUERY_TOKEN_SUNSET", env.QUERY_TOKEN_SUNSET ?? DEFAULTS.QUERY_TOKEN_SUNSET),
@@ -115,6 +120,19 @@ function signingKeys(value: string | undefined): SigningKey[] {
   });
   if (new Set(keys.map((k) => k.kid)).size !== keys.length) misconfigured("JWT_SIGNING_KEYS", "kids must be unique");
   return keys;
+}
+
+/** A comma-separated list of exact origins (as agents' allowed origins are). */
+function origins(name: string, value: string): string[] {
+  const list = value
+    .split(",")
+    .map((o) => o.trim())
+    .filter(Boolean);
+  for (const o of list) {
+    const problem = originProblem(o);
+    if (problem) misconfigured(name, `"${o}" ${problem}`);
+  }
+  return list;
 }
 
 function int(name: string, value: string, min: number, max: number): number {

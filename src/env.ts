@@ -21,6 +21,7 @@ export type Bindings = {
   HANDSHAKE_IP_RATE_LIMIT?: string;
   HANDSHAKE_USER_RATE_LIMIT?: string;
   CHAT_RATE_LIMIT?: string;
+  DEMO_API_ORIGINS?: string;
 };
 
 /** Per-request values set by middleware. */

@@ -96,9 +96,10 @@ async function identify(c: Context<AppEnv>, tokens: boolean, need: Need): Promis
 async function checkToken(c: Context<AppEnv>, token: string): Promise<ChatClaims> {
   const result = await verifyToken(c.get("config").signingKeys, token, new Date());
   if (!result.ok) {
-    const detail =
-      result.code === "token_expired" ? "The token has expired; call the handshake endpoint for a new one." : "The token is not valid.";
-    throw new ApiError(result.code, detail, { headers: invalidToken });
+    if (result.code === "invalid_token") throw new ApiError("invalid_token", "The token is not valid.", { headers: invalidToken });
+    // The widget must read this answer to renew its token: readable from the origin the token was minted for.
+    if (result.origin !== undefined && result.origin === c.req.header("Origin")) c.set("corsOrigin", result.origin);
+    throw new ApiError("token_expired", "The token has expired; call the handshake endpoint for a new one.", { headers: invalidToken });
   }
   const { claims } = result;
   if (claims.origin !== undefined && claims.origin !== (c.req.header("Origin") ?? null)) {

@@ -9,15 +9,18 @@ import { generateKey, hashKey, newId } from "./format";
 
 export type KeyStatus = "active" | "revoked" | "expired";
 
-/** A revocation may be scheduled (rotation grace), so status is computed against the clock. */
+/** A revocation may be scheduled (rotation grace), so status is computed against the clock, as instants. */
 export function keyStatus(key: Pick<ApiKey, "revokedAt" | "expiresAt">, now: Date): KeyStatus {
-  const iso = now.toISOString();
-  if (key.revokedAt !== null && key.revokedAt <= iso) return "revoked";
-  if (key.expiresAt !== null && key.expiresAt <= iso) return "expired";
+  const t = now.getTime();
+  if (key.revokedAt !== null && Date.parse(key.revokedAt) <= t) return "revoked";
+  if (key.expiresAt !== null && Date.parse(key.expiresAt) <= t) return "expired";
   return "active";
 }
 
-/** SQL condition for keys that authenticate at `iso`. */
+/**
+ * SQL condition for keys that authenticate at `iso`. SQL compares the stored instants as text, which is exact because
+ * every stored instant is a `toISOString()` of a year 0000-9999 (fixed width, UTC); the API refuses any other.
+ */
 function activeAt(iso: string) {
   return sql`(${apiKeys.revokedAt} IS NULL OR ${apiKeys.revokedAt} > ${iso}) AND (${apiKeys.expiresAt} IS NULL OR ${apiKeys.expiresAt} > ${iso})`;
 }

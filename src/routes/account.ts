@@ -39,7 +39,7 @@ export const accountRoutes = new Hono<AppEnv>()
     const [account, usage, events] = await Promise.all([
       findAccount(c.env.DB, p.accountId),
       keyUsage(d, p.accountId, now),
-      recentEvents(d, p.accountId, RECENT_EVENTS),
+      recentEvents(d, p.accountId, RECENT_EVENTS, p.role === "admin" ? null : p.userId),
     ]);
     return c.json({ ...accountView(account), activeKeys: usage.activeKeys, lastUsedAt: usage.lastUsedAt, recentEvents: events });
   })

@@ -2,17 +2,18 @@ import { Hono } from "hono";
 import type { AppEnv } from "../env";
 
 /**
- * GET /demo/widget?agent=agt_...&api=https://keygate.example: a minimal chat widget. It fetches a handshake token with
- * the public agent id, sends a message with it, renders the streamed reply and renews the token before it expires.
- * `api` defaults to the page's own origin, so the page also works when copied to another site.
+ * GET /demo/widget?agent=agt_...: a minimal chat widget. It fetches a handshake token with the public agent id, sends a
+ * message with it, renders the streamed reply and renews the token before it expires. It talks to the Keygate that
+ * served it (its address is written into the page, so a copy on another site still works); `?api=` may name another
+ * Keygate only if the operator listed it in DEMO_API_ORIGINS, and the Content-Security-Policy holds the page to that.
  */
-const PAGE = `<!doctype html>
+const page = (nonce: string, keygate: string, others: readonly string[]) => `<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Keygate widget demo</title>
-<style>
+<style nonce="${nonce}">
   body { font: 16px/1.5 system-ui, sans-serif; max-width: 36rem; margin: 2rem auto; padding: 0 1rem; color: #1d1d1f; }
   #log { border: 1px solid #ccc; border-radius: 8px; padding: 1rem; min-height: 8rem; white-space: pre-wrap; }
   .you { color: #555; } .bot { color: #0a5; }
@@ -25,10 +26,11 @@ const PAGE = `<!doctype html>
 <p id="status">Connecting…</p>
 <div id="log" aria-live="polite"></div>
 <form id="form"><input id="message" autocomplete="off" placeholder="Say something" required><button>Send</button></form>
-<script>
+<script nonce="${nonce}">
 (() => {
   const params = new URLSearchParams(location.search);
-  const api = params.get("api") || location.origin;
+  const others = ${script(others)};
+  const api = others.includes(params.get("api")) ? params.get("api") : ${script(keygate)};
   const agentId = params.get("agent");
   const status = (text) => { document.getElementById("status").textContent = text; };
   let token = null;
@@ -101,4 +103,25 @@ const PAGE = `<!doctype html>
 </html>
 `;
 
-export const demoRoutes = new Hono<AppEnv>().get("/widget", (c) => c.html(PAGE));
+/** A value as a script literal that cannot end the script element it sits in. */
+function script(value: unknown): string {
+  return JSON.stringify(value).replaceAll("<", "\\u003c");
+}
+
+export const demoRoutes = new Hono<AppEnv>().get("/widget", (c) => {
+  const nonce = crypto.randomUUID().replaceAll("-", "");
+  const others = c.get("config").demoApiOrigins;
+  c.header(
+    "Content-Security-Policy",
+    [
+      "default-src 'none'",
+      `script-src 'nonce-${nonce}'`,
+      `style-src 'nonce-${nonce}'`,
+      `connect-src 'self' ${others.join(" ")}`.trim(),
+      "base-uri 'none'",
+      "form-action 'none'",
+      "frame-ancestors 'none'",
+    ].join("; "),
+  );
+  return c.html(page(nonce, new URL(c.req.url).origin, others));
+});

@@ -35,7 +35,11 @@ export async function signToken(
     .sign(key.secret);
 }
 
-export type TokenResult = { ok: true; claims: ChatClaims } | { ok: false; code: "invalid_token" | "token_expired" };
+/** An expired token's signature was verified, so its `origin` is the one it was really minted for. */
+export type TokenResult =
+  | { ok: true; claims: ChatClaims }
+  | { ok: false; code: "invalid_token" }
+  | { ok: false; code: "token_expired"; origin: string | undefined };
 
 /**
  * Verifies a handshake token with the algorithm, issuer, audience and type pinned, exp/iat/jti required and at most
@@ -71,7 +75,9 @@ export async function verifyToken(keys: readonly SigningKey[], token: string, no
     }
     return { ok: true, claims: payload as ChatClaims };
   } catch (err) {
-    return { ok: false, code: err instanceof errors.JWTExpired ? "token_expired" : "invalid_token" };
+    if (!(err instanceof errors.JWTExpired)) return { ok: false, code: "invalid_token" };
+    const { origin } = err.payload;
+    return { ok: false, code: "token_expired", origin: typeof origin === "string" ? origin : undefined };
   }
 }
 

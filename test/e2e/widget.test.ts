@@ -74,7 +74,8 @@ describe("the widget demo in a real browser", () => {
       admin: { email: "e2e@example.com" },
     });
     const agent = await post<{ id: string }>("/v1/agents", key.key, { name: "Demo", allowedOrigins: [allowed] });
-    const query = `?agent=${agent.id}&api=${encodeURIComponent(keygate.url)}`;
+    // The page carries the address of the Keygate that served it, so this copy on another origin still talks to it.
+    const query = `?agent=${agent.id}`;
 
     const page = await browser.newPage();
     const chatResponses: number[] = [];
@@ -107,5 +108,36 @@ describe("the widget demo in a real browser", () => {
     await other.waitForTimeout(500);
     expect(await other.$(".bot")).toBeNull();
     await other.screenshot({ path: "test-results/widget-refused.png" });
+  });
+
+  it("served by Keygate, talks only to Keygate: ?api= pointing elsewhere is ignored and blocked by its policy", async () => {
+    const contacted: string[] = [];
+    const lure = createServer((req, res) => {
+      contacted.push(`${req.method} ${req.url}`);
+      res.writeHead(200, { "Access-Control-Allow-Origin": "*", "Access-Control-Allow-Headers": "*" }).end("{}");
+    });
+    servers.push(lure);
+    await new Promise<void>((done) => lure.listen(0, "127.0.0.1", done));
+    const elsewhere = `http://127.0.0.1:${(lure.address() as AddressInfo).port}`;
+    const { key } = await post<{ key: { key: string } }>("/v1/accounts", OPERATOR_TOKEN, {
+      name: "E2E 2",
+      admin: { email: "e2e2@example.com" },
+    });
+    const agent = await post<{ id: string }>("/v1/agents", key.key, { name: "Own", allowedOrigins: [keygate.url] });
+
+    const page = await browser.newPage();
+    await page.goto(`${keygate.url}/demo/widget?agent=${agent.id}&api=${encodeURIComponent(elsewhere)}`);
+    await expect.poll(() => page.textContent("#status")).toContain("Connected");
+    // Even a script that tries (as an injected one would) cannot reach another host: connect-src 'self'.
+    const blocked = await page.evaluate(async (url) => {
+      try {
+        await fetch(url);
+        return false;
+      } catch {
+        return true;
+      }
+    }, elsewhere);
+    expect(blocked).toBe(true);
+    expect(contacted).toEqual([]);
   });
 });

@@ -229,6 +229,15 @@ describe("per-IP failure limit", () => {
     );
   });
 
+  it("puts requests without CF-Connecting-IP (not through Cloudflare) in one strict bucket of their own", async () => {
+    const noAddress = { "CF-Connecting-IP": "", "X-API-Key": `sk_${"1".repeat(64)}`, "X-Forwarded-For": "198.51.100.1" };
+    // A tenth of the per-address budget (30 a minute): three failures, then 429, whatever else the request claims.
+    for (let i = 0; i < 3; i++) await expectProblem(await call("/v1/whoami", { headers: noAddress }), 401, "invalid_key");
+    await expectProblem(await call("/v1/whoami", { headers: { ...noAddress, "X-Forwarded-For": "198.51.100.2" } }), 429, "rate_limited");
+    // Addresses Cloudflare vouches for are unaffected.
+    await expectProblem(await call("/v1/whoami", { headers: { ...noAddress, "CF-Connecting-IP": "203.0.113.20" } }), 401, "invalid_key");
+  });
+
   it("limits the provisioning route per address", async () => {
     const ip = "203.0.113.9";
     const body = { name: "x", admin: { email: "a@b.co" } };

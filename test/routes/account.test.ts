@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { call, createKey, createUser, provision } from "../helpers";
+import { call, createKey, createUser, memberWithKey, provision } from "../helpers";
 
 describe("GET /v1/account", () => {
   it("shows the account, its active keys, the last use of any key and recent activity", async () => {
@@ -38,5 +38,20 @@ describe("GET /v1/account", () => {
     const text = JSON.stringify(body);
     expect(text).not.toContain(rotated.key);
     expect(text).not.toContain("hash");
+  });
+
+  it("shows a member only their own actions and their own keys' events", async () => {
+    const { key } = await provision({ membersCanCreateKeys: true });
+    const member = await memberWithKey(key.key);
+    const adminsKey = await createKey(key.key, { name: "admin's" });
+    const own = await createKey(member.key.key, { name: "mine" });
+    await call(`/v1/api-keys/${own.id}`, { method: "DELETE", key: member.key.key });
+
+    const res = await call("/v1/account", { key: member.key.key });
+    const events = (await res.json<{ recentEvents: { action: string; target: string; actor: string }[] }>()).recentEvents;
+    expect(events.map((e) => `${e.action} ${e.target}`).sort()).toEqual(
+      [`key.created ${member.key.id}`, `key.created ${own.id}`, `key.revoked ${own.id}`].sort(),
+    );
+    expect(JSON.stringify(events)).not.toContain(adminsKey.id);
   });
 });

@@ -90,6 +90,12 @@ describe("POST /v1/api-keys", () => {
       [{ name: "x", expiresAt: "2020-01-01T00:00:00Z" }, ["expiresAt"]],
       [{ name: "x", expiresAt: "tomorrow" }, ["expiresAt"]],
       [{ name: "x", expiresAt: "2099-01-01" }, ["expiresAt"]],
+      [{ name: "x", expiresAt: "2027-02-30T00:00:00Z" }, ["expiresAt"]],
+      [{ name: "x", expiresAt: "2027-04-31T00:00:00Z" }, ["expiresAt"]],
+      [{ name: "x", expiresAt: "2027-01-01T24:00:00Z" }, ["expiresAt"]],
+      [{ name: "x", expiresAt: "2027-01-01T00:00:00+24:00" }, ["expiresAt"]],
+      [{ name: "x", expiresAt: "9999-12-31T23:59:59-05:00" }, ["expiresAt"]],
+      [{ name: "x", expiresAt: "+010000-01-01T00:00:00Z" }, ["expiresAt"]],
       [{ name: 5, ownerId: 7 }, ["name", "ownerId"]],
     ];
     for (const [body, fields] of cases) {
@@ -101,6 +107,15 @@ describe("POST /v1/api-keys", () => {
       ).toEqual(fields);
     }
     expect(await rows("SELECT id FROM api_keys WHERE account_id = ?", account.id)).toEqual(before);
+  });
+
+  it("keeps a key with an expiry at the end of the range active: instants, not strings, are compared", async () => {
+    const { key } = await provision();
+    const far = await createKey(key.key, { expiresAt: "9999-12-31T18:59:59-05:00" });
+    expect(far).toMatchObject({ expiresAt: "9999-12-31T23:59:59.000Z", status: "active" });
+    expect((await whoami(far.key)).status).toBe(200);
+    const leap = await createKey(key.key, { expiresAt: "2028-02-29T12:00:00Z" });
+    expect(leap.expiresAt).toBe("2028-02-29T12:00:00.000Z");
   });
 
   it("stores an expiry in UTC and refuses the key once it has passed", async () => {

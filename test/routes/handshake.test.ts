@@ -89,6 +89,31 @@ describe("POST /v1/handshake from a browser", () => {
     expect(chatPreflight.headers.get("Access-Control-Allow-Headers")).toContain("Authorization");
   });
 
+  it("makes an error readable only by the origin the request proved, and varies every answer on Origin", async () => {
+    const { key } = await provision();
+    const agent = await createAgent(key.key);
+    // Another agent allows another origin: knowing that origin must not make other agents' answers readable to it.
+    await createAgent(key.key, { allowedOrigins: ["https://other.example"] });
+    const other = { Origin: "https://other.example" };
+    const answers = [
+      await call("/v1/handshake", { headers: other, body: { agentId: `agt_${"0".repeat(24)}` } }),
+      await call("/v1/handshake", { headers: other, body: { agentId: "nope" } }),
+      await call("/v1/handshake/elsewhere", { headers: other, body: {} }),
+      await handshake(agent.id, "https://other.example"),
+      await chat((await (await handshake(agent.id)).json<{ token: string }>()).token, "https://other.example"),
+    ];
+    for (const res of answers) {
+      expect(res.status).toBeGreaterThanOrEqual(400);
+      expect(res.headers.get("Access-Control-Allow-Origin")).toBeNull();
+    }
+    const refusedPreflight = await call("/v1/chat/messages", { method: "OPTIONS", headers: { Origin: "https://evil.example" } });
+    await expectProblem(refusedPreflight, 403, "origin_not_allowed");
+    expect(refusedPreflight.headers.get("Vary")).toContain("Origin");
+    // Management routes never speak CORS, whatever the origin.
+    const managed = await call("/v1/whoami", { key: key.key, headers: { Origin: WIDGET_ORIGIN } });
+    expect(managed.headers.get("Access-Control-Allow-Origin")).toBeNull();
+  });
+
   it("refuses a body that is not declared JSON, so every browser call is preflighted", async () => {
     const { key } = await provision();
     const agent = await createAgent(key.key);

@@ -66,8 +66,11 @@ describe("handshake tokens on the chat endpoint", () => {
     const problem = await expectProblem(res, 401, "token_expired");
     expect(problem.title).toBe("Token Expired");
     expect(res.headers.get("WWW-Authenticate")).toContain('error="invalid_token"');
-    // The widget must be able to read this answer to renew its token.
+    // The widget must be able to read this answer to renew its token; no other origin may.
     expect(res.headers.get("Access-Control-Allow-Origin")).toBe(WIDGET_ORIGIN);
+    const elsewhere = await chat(expired, "https://evil.example");
+    await expectProblem(elsewhere, 401, "token_expired");
+    expect(elsewhere.headers.get("Access-Control-Allow-Origin")).toBeNull();
     const justNow = await forge(claimsOf(token), { claims: { iat: now - 600, exp: now - 2 } });
     expect((await chat(justNow)).status).toBe(200);
     // The longest lifetime is accepted, and an iat a little ahead of this clock is skew, not forgery.
