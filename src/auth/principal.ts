@@ -27,14 +27,10 @@ const DETAIL = {
 
 export type Refusal = keyof typeof DETAIL;
 
-export function hasFullAccess(p: Principal): boolean {
-  return p.scopes.includes(FULL_ACCESS);
-}
-
 /** Why the principal falls short of `need`, or null. Pure, so the key's counter can decide it before spending. */
 export function refusal(p: Principal, need: Need): Refusal | null {
   if (need === "any") return null;
-  if (!hasFullAccess(p)) return "insufficient_scope";
+  if (!p.scopes.includes(FULL_ACCESS)) return "insufficient_scope";
   if (need === "admin" && p.role !== "admin") return "insufficient_role";
   return null;
 }
@@ -52,11 +48,4 @@ export function requireRights(p: Principal, need: Need): void {
 /** Admins act on every key of the account; members only on keys they own. */
 export function canManageKey(p: Principal, ownerId: string): boolean {
   return p.role === "admin" || p.userId === ownerId;
-}
-
-/** Admins create keys; members only where the account allows it (read fresh by the caller, it can change any time). */
-export function requireKeyCreator(p: Principal, membersCanCreateKeys: boolean): void {
-  if (p.role !== "admin" && !membersCanCreateKeys) {
-    throw new ApiError("insufficient_role", "Only account admins can create API keys in this account.");
-  }
 }
