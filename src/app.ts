@@ -1,4 +1,3 @@
-import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { MAX_BODY_BYTES } from "./body";
 import { getConfig } from "./config";
@@ -6,6 +5,7 @@ import { withDeadline } from "./db/client";
 import type { AppEnv, Bindings } from "./env";
 import { ApiError, problem } from "./errors";
 import { log, safeError } from "./log";
+import { routes } from "./openapi";
 import { accountRoutes, whoamiRoutes } from "./routes/account";
 import { accountsRoutes } from "./routes/accounts";
 import { agentsRoutes } from "./routes/agents";
@@ -15,7 +15,7 @@ import { demoRoutes } from "./routes/demo";
 import { handshakeRoutes } from "./routes/handshake";
 import { usersRoutes } from "./routes/users";
 
-export const app = new Hono<AppEnv>();
+export const app = routes();
 
 app.use(async (c, next) => {
   c.set("requestId", `req_${crypto.randomUUID().replaceAll("-", "")}`);
@@ -61,6 +61,21 @@ app.route("/v1/agents", agentsRoutes);
 app.route("/v1/handshake", handshakeRoutes);
 app.route("/v1/chat", chatRoutes);
 app.route("/demo", demoRoutes);
+
+app.openAPIRegistry.registerComponent("securitySchemes", "ApiKey", { type: "apiKey", in: "header", name: "X-API-Key" });
+app.openAPIRegistry.registerComponent("securitySchemes", "Bearer", {
+  type: "http",
+  scheme: "bearer",
+  description: "An API key, a handshake token (chat only), or the operator token (operator routes)",
+});
+app.doc31("/openapi.json", {
+  openapi: "3.1.0",
+  info: {
+    title: "Keygate",
+    version: "0.1.0",
+    description: "API-key authentication, rate limits and handshake tokens for HTTP APIs on Cloudflare Workers.",
+  },
+});
 
 app.notFound((c) => problem(c, new ApiError("not_found", `No route for ${c.req.method} ${new URL(c.req.url).pathname}.`)));
 

@@ -9,6 +9,11 @@ export type Page = { limit: number; after: { createdAt: string; id: string } | n
 export const DEFAULT_LIMIT = 20;
 export const MAX_LIMIT = 100;
 
+/** A page request from the validated `?limit=&cursor=`; a cursor this API did not write is a 400 naming the field. */
+export function pageOf(query: { limit?: number | undefined; cursor?: string | undefined }): Page {
+  return { limit: query.limit ?? DEFAULT_LIMIT, after: query.cursor === undefined ? null : decodeCursor(query.cursor) };
+}
+
 /** Reads `limit` and `cursor` from a query string; a bad value is a 400 naming the field. */
 export function readPage(query: URLSearchParams): Page {
   const limitParam = query.get("limit");

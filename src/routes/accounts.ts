@@ -12,9 +12,9 @@ import { DEFAULT_PREFIX, newId, PREFIX } from "../keys/format";
 import { keyView, mintKey } from "../keys/store";
 import { spendPerAddress } from "../ratelimit/limiter";
 import { DEFAULT_POLICY } from "../ratelimit/window";
+import { userView } from "../users/schemas";
 import { accountView } from "./account";
 import { allow } from "./method-not-allowed";
-import { EMAIL, userView } from "./users";
 
 /** Provisioning: the operator creates an account with its first admin and that admin's first full-access key. */
 export const accountsRoutes = new Hono<AppEnv>()
@@ -30,7 +30,12 @@ export const accountsRoutes = new Hono<AppEnv>()
     const rateLimit = readRateLimit(f) ?? DEFAULT_POLICY;
     const maxRateLimit = readRateLimit(f, "maxRateLimit", { nullable: true }) ?? null;
     const admin = f.object("admin", true);
-    const email = admin?.string("email", { required: true, max: 254, pattern: EMAIL, hint: "must be an email address" });
+    const email = admin?.string("email", {
+      required: true,
+      max: 254,
+      pattern: /^[^\s@]+@[^\s@]+\.[^\s@]+$/,
+      hint: "must be an email address",
+    });
     f.done();
 
     const now = new Date();

@@ -1,105 +1,130 @@
+import { createRoute } from "@hono/zod-openapi";
 import { and, eq, sql } from "drizzle-orm";
-import { Hono } from "hono";
 import { authenticate } from "../auth/middleware";
-import { Fields, readJson } from "../body";
 import { auditIfChanged } from "../db/audit";
 import { batch, db } from "../db/client";
-import { listPage, readPage } from "../db/pagination";
+import { listPage, pageOf } from "../db/pagination";
 import { type User, users } from "../db/schema";
-import type { AppEnv } from "../env";
 import { ApiError } from "../errors";
 import { newId } from "../keys/format";
 import { lastingKey, liveKeyIds } from "../keys/store";
+import { BODY_PROBLEMS, json, jsonBody, jsonObject, KEY_PROBLEMS, KEY_SECURITY, problems, routes } from "../openapi";
 import { reloadKeys } from "../ratelimit/limiter";
+import { IdParam, PageQuery, page } from "../schemas";
+import { NewUser, UserChange, UserView, userView } from "../users/schemas";
 import { allow } from "./method-not-allowed";
 
-/** Deliberately loose: one @, no spaces, a dot in the domain. Delivery is the proof of an address. */
-export const EMAIL = /^[^\s@]+@[^\s@]+\.[^\s@]+$/;
-const ROLES = ["admin", "member"] as const;
-
-export function userView(u: User) {
-  return { id: u.id, email: u.email, role: u.role, disabled: u.disabled, createdAt: u.createdAt };
-}
+const admin = authenticate("admin");
 
 /** Users of the caller's account; admins only. */
-export const usersRoutes = new Hono<AppEnv>()
-  .use(authenticate("admin"))
-  .post("/", async (c) => {
-    const p = c.get("principal");
-    const f = new Fields(await readJson(c));
-    const email = f.string("email", { required: true, max: 254, pattern: EMAIL, hint: "must be an email address" });
-    const role = f.oneOf("role", ROLES, true);
-    f.done();
-
-    const now = new Date();
-    const user: User = {
-      id: newId("usr"),
-      accountId: p.accountId,
-      email: (email as string).toLowerCase(),
-      role: role as User["role"],
-      disabled: false,
-      createdAt: now.toISOString(),
-    };
-    const d = db(c.env.DB);
-    // INSERT OR IGNORE plus a guarded audit event: a taken email writes nothing at all.
-    const [inserted] = await batch(c.env.DB, [
-      d.insert(users).values(user).onConflictDoNothing(),
-      auditIfChanged(
-        c.env.DB,
-        { accountId: p.accountId, actor: p.userId, action: "user.created", target: user.id, requestId: c.get("requestId") },
-        now,
-      ),
-    ]);
-    if (inserted?.meta.changes !== 1) throw new ApiError("email_taken", `A user with email ${user.email} already exists in this account.`);
-    return c.json(userView(user), 201);
-  })
-  .get("/", async (c) => {
-    const p = c.get("principal");
-    const page = readPage(new URL(c.req.url).searchParams);
-    const { rows, nextCursor } = await listPage(db(c.env.DB), users, eq(users.accountId, p.accountId), page);
-    return c.json({ data: rows.map(userView), nextCursor });
-  })
-  .get("/:id", async (c) => {
-    return c.json(userView(await findUser(c.env.DB, c.get("principal").accountId, c.req.param("id"))));
-  })
-  .patch("/:id", async (c) => {
-    const p = c.get("principal");
-    const f = new Fields(await readJson(c));
-    const role = f.oneOf("role", ROLES);
-    const disabled = f.boolean("disabled");
-    f.done();
-
-    const id = c.req.param("id");
-    const d = db(c.env.DB);
-    const now = new Date();
-    if (role !== undefined || disabled !== undefined) {
-      const [updated] = await batch(c.env.DB, [
-        // Only the fields this request changes, guarded on the row as it is when the statement runs: two concurrent
-        // edits (one disabling, one promoting) both land, and neither brings back what the other changed.
-        d
-          .update(users)
-          .set({ ...(role === undefined ? {} : { role }), ...(disabled === undefined ? {} : { disabled }) })
-          .where(
-            and(
-              eq(users.accountId, p.accountId),
-              eq(users.id, id),
-              changes(role, disabled),
-              keepsAccountReachable(p.accountId, role, disabled),
-            ),
-          ),
+export const usersRoutes = routes()
+  .openapi(
+    createRoute({
+      method: "post",
+      path: "/",
+      summary: "Create a user",
+      security: KEY_SECURITY,
+      middleware: [admin, jsonObject],
+      request: { body: jsonBody(NewUser) },
+      responses: { 201: json(UserView, "The new user"), ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS, "email_taken") },
+    }),
+    async (c) => {
+      const p = c.get("principal");
+      const { email, role } = c.req.valid("json");
+      const now = new Date();
+      const user: User = { id: newId("usr"), accountId: p.accountId, email, role, disabled: false, createdAt: now.toISOString() };
+      const d = db(c.env.DB);
+      // INSERT OR IGNORE plus a guarded audit event: a taken email writes nothing at all.
+      const [inserted] = await batch(c.env.DB, [
+        d.insert(users).values(user).onConflictDoNothing(),
         auditIfChanged(
           c.env.DB,
-          { accountId: p.accountId, actor: p.userId, action: "user.updated", target: id, requestId: c.get("requestId") },
+          { accountId: p.accountId, actor: p.userId, action: "user.created", target: user.id, requestId: c.get("requestId") },
           now,
         ),
       ]);
-      if (updated?.meta.changes !== 1) await explainUnchanged(c.env.DB, p.accountId, id, role, disabled);
-    }
-    // The user's keys act with the user's rights: their counters see the change before the answer. A repeat of a
-    // request whose change is already stored reloads too, so it completes a change a failed reload left pending.
-    await reloadKeys(c, await liveKeyIds(d, { ownerId: id }, now));
-    return c.json(userView(await findUser(c.env.DB, p.accountId, id)));
-  })
+      if (inserted?.meta.changes !== 1)
+        throw new ApiError("email_taken", `A user with email ${user.email} already exists in this account.`);
+      return c.json(userView(user), 201);
+    },
+  )
+  .openapi(
+    createRoute({
+      method: "get",
+      path: "/",
+      summary: "List users, newest first",
+      security: KEY_SECURITY,
+      middleware: [admin],
+      request: { query: PageQuery },
+      responses: { 200: json(page(UserView), "A page of users"), ...problems(...KEY_PROBLEMS, "invalid_request") },
+    }),
+    async (c) => {
+      const p = c.get("principal");
+      const { rows, nextCursor } = await listPage(db(c.env.DB), users, eq(users.accountId, p.accountId), pageOf(c.req.valid("query")));
+      return c.json({ data: rows.map(userView), nextCursor }, 200);
+    },
+  )
+  .openapi(
+    createRoute({
+      method: "get",
+      path: "/{id}",
+      summary: "Read a user",
+      security: KEY_SECURITY,
+      middleware: [admin],
+      request: { params: IdParam },
+      responses: { 200: json(UserView, "The user"), ...problems(...KEY_PROBLEMS, "not_found") },
+    }),
+    async (c) => c.json(userView(await findUser(c.env.DB, c.get("principal").accountId, c.req.valid("param").id)), 200),
+  )
+  .openapi(
+    createRoute({
+      method: "patch",
+      path: "/{id}",
+      summary: "Change a user's role or disable them",
+      description: "Takes effect on the user's keys before the answer; 503 `change_pending` when it could not, and a repeat completes it.",
+      security: KEY_SECURITY,
+      middleware: [admin, jsonObject],
+      request: { params: IdParam, body: jsonBody(UserChange) },
+      responses: {
+        200: json(UserView, "The user as stored"),
+        ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS, "not_found", "last_admin", "last_active_key", "change_pending"),
+      },
+    }),
+    async (c) => {
+      const p = c.get("principal");
+      const { role, disabled } = c.req.valid("json");
+      const { id } = c.req.valid("param");
+      const d = db(c.env.DB);
+      const now = new Date();
+      if (role !== undefined || disabled !== undefined) {
+        const [updated] = await batch(c.env.DB, [
+          // Only the fields this request changes, guarded on the row as it is when the statement runs: two concurrent
+          // edits (one disabling, one promoting) both land, and neither brings back what the other changed.
+          d
+            .update(users)
+            .set({ ...(role === undefined ? {} : { role }), ...(disabled === undefined ? {} : { disabled }) })
+            .where(
+              and(
+                eq(users.accountId, p.accountId),
+                eq(users.id, id),
+                changes(role, disabled),
+                keepsAccountReachable(p.accountId, role, disabled),
+              ),
+            ),
+          auditIfChanged(
+            c.env.DB,
+            { accountId: p.accountId, actor: p.userId, action: "user.updated", target: id, requestId: c.get("requestId") },
+            now,
+          ),
+        ]);
+        if (updated?.meta.changes !== 1) await explainUnchanged(c.env.DB, p.accountId, id, role, disabled);
+      }
+      // The user's keys act with the user's rights: their counters see the change before the answer. A repeat of a
+      // request whose change is already stored reloads too, so it completes a change a failed reload left pending.
+      await reloadKeys(c, await liveKeyIds(d, { ownerId: id }, now));
+      return c.json(userView(await findUser(c.env.DB, p.accountId, id)), 200);
+    },
+  )
   .all("/", allow("GET", "POST"))
   .all("/:id", allow("GET", "PATCH"));
 

@@ -1,0 +1,70 @@
+import { z } from "@hono/zod-openapi";
+import { DEFAULT_LIMIT, MAX_LIMIT as MAX_PAGE } from "./db/pagination";
+import { MAX_LIMIT, MAX_WINDOW_SECONDS } from "./ratelimit/window";
+
+const EXPECTED: Record<string, string> = {
+  string: "a string",
+  number: "a number",
+  boolean: "true or false",
+  object: "an object",
+  array: "an array",
+};
+
+// One wording for every field of every request. Workers refuse code generation from strings, so zod runs jitless.
+z.config({
+  jitless: true,
+  customError: (issue) => {
+    switch (issue.code) {
+      case "invalid_type":
+        return issue.input === undefined ? "is required" : `must be ${EXPECTED[issue.expected] ?? issue.expected}`;
+      case "invalid_value":
+        return `must be one of: ${issue.values.join(", ")}`;
+      case "too_small":
+        return issue.origin === "string" || issue.origin === "array" ? "must not be empty" : undefined;
+      case "too_big":
+        if (issue.origin === "string") return `must be at most ${issue.maximum} characters`;
+        return issue.origin === "array" ? `must have at most ${issue.maximum} items` : undefined;
+      default:
+        return undefined;
+    }
+  },
+});
+
+/** Trimmed, non-empty text of at most `max` characters. */
+export const text = (max: number) => z.string().trim().min(1).max(max);
+
+/** A string matching `pattern`, with `hint` saying what is expected. */
+export const matching = (pattern: RegExp, hint: string) => z.string().trim().regex(pattern, hint);
+
+/** An integer from `min` to `max`, with one message for every way to miss. */
+export const integer = (min: number, max: number) => {
+  const error = `must be an integer from ${min} to ${max}`;
+  return z.number({ error }).int({ error }).min(min, { error }).max(max, { error });
+};
+
+/** A `{limit, windowSeconds}` policy: at most `limit` requests in any window of `windowSeconds`. */
+export const RateLimit = z
+  .strictObject({ limit: integer(1, MAX_LIMIT), windowSeconds: integer(1, MAX_WINDOW_SECONDS) })
+  .openapi("RateLimit", { example: { limit: 60, windowSeconds: 60 } });
+
+/** An ISO-8601 UTC timestamp as the API writes them. */
+export const Timestamp = z.string().openapi({ format: "date-time", example: "2026-11-23T08:00:00.000Z" });
+
+/** `?limit=&cursor=` of every list (other parameters pass: the deprecated `userApiToken` travels in the query). */
+export const PageQuery = z.object({
+  limit: z.coerce
+    .number()
+    .pipe(integer(1, MAX_PAGE))
+    .optional()
+    .openapi({ param: { name: "limit", in: "query" }, example: DEFAULT_LIMIT }),
+  cursor: z
+    .string()
+    .optional()
+    .openapi({ param: { name: "cursor", in: "query" }, description: "`nextCursor` of the previous page" }),
+});
+
+/** A page of a list, newest first. */
+export const page = <T extends z.ZodType>(item: T) => z.object({ data: z.array(item), nextCursor: z.string().nullable() });
+
+/** An id in a path; anything not of this account is 404, never 400, so a probe learns nothing. */
+export const IdParam = z.object({ id: z.string().openapi({ param: { name: "id", in: "path" }, example: "key_5f0c9a1e2b7d43a8c6e1f0b2" }) });
