@@ -32,28 +32,6 @@ export function keyPolicy(key: Pick<ApiKey, "rateLimit" | "rateLimitWindowSecond
     : { limit: key.rateLimit, windowSeconds: key.rateLimitWindowSeconds };
 }
 
-/** The API view of a key: never the hash, never the raw key. */
-export function keyView(key: ApiKey, now: Date) {
-  return {
-    id: key.id,
-    name: key.name,
-    prefix: key.prefix,
-    start: key.start,
-    scopes: JSON.parse(key.scopes) as string[],
-    status: keyStatus(key, now),
-    ownerId: key.ownerId,
-    createdBy: key.createdBy,
-    createdAt: key.createdAt,
-    expiresAt: key.expiresAt,
-    rateLimit: keyPolicy(key),
-    lastUsedAt: key.lastUsedAt,
-    lastAuthMethod: key.lastAuthMethod,
-    revokedAt: key.revokedAt,
-    revokedBy: key.revokedBy,
-    rotatedFrom: key.rotatedFrom,
-  };
-}
-
 export type NewKey = {
   accountId: string;
   ownerId: string;

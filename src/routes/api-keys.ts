@@ -1,197 +1,242 @@
+import { createRoute } from "@hono/zod-openapi";
 import { and, eq } from "drizzle-orm";
-import { Hono } from "hono";
 import { rateLimitCeiling, withinCeiling } from "../accounts/limits";
 import { authenticate } from "../auth/middleware";
-import { canManageKey, FULL_ACCESS, type Principal } from "../auth/principal";
-import { Fields, readJson, readRateLimit } from "../body";
+import { canManageKey, type Principal } from "../auth/principal";
 import { auditIfChanged, auditInsert } from "../db/audit";
 import { batch, db } from "../db/client";
-import { readPage } from "../db/pagination";
+import { pageOf } from "../db/pagination";
 import { type ApiKey, accounts, apiKeys, users } from "../db/schema";
-import type { AppEnv } from "../env";
-import { ApiError } from "../errors";
-import { findKey, keyPolicy, keyStatus, keyView, listKeys, mintKey, revokeStatement } from "../keys/store";
+import { ApiError, type FieldError } from "../errors";
+import { grants, KeyView, KeyWithSecret, keyView, NewKey, Rotation } from "../keys/schemas";
+import { findKey, keyPolicy, keyStatus, listKeys, mintKey, revokeStatement } from "../keys/store";
+import { BODY_PROBLEMS, invalidRequest, json, jsonBody, jsonObject, KEY_PROBLEMS, KEY_SECURITY, problems, routes } from "../openapi";
 import { reloadKeys } from "../ratelimit/limiter";
 import type { Policy } from "../ratelimit/window";
+import { IdParam, PageQuery, page } from "../schemas";
 import { allow } from "./method-not-allowed";
 
-const GRANT = /^([a-z][a-z0-9]{0,31}):([A-Za-z0-9][A-Za-z0-9_.-]{0,127})$/;
-const RESOURCE_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
-const MAX_GRANTS = 100;
-/** The longest grace period a rotated key may keep working: seven days. */
-export const MAX_GRACE_SECONDS = 7 * 24 * 3600;
+const fullAccess = authenticate("full");
+const security = KEY_SECURITY;
 
 /** API keys of the caller's account. Admins manage every key; members only their own. */
-export const apiKeysRoutes = new Hono<AppEnv>()
-  .use(authenticate("full"))
-  .post("/", async (c) => {
-    const p = c.get("principal");
-    const policy = await memberPolicy(c.env.DB, p);
-    const f = new Fields(await readJson(c));
-    const now = new Date();
-    const name = f.string("name", { required: true, max: 100 });
-    const scopes = readScopes(f, c.get("config").resourceTypes);
-    const expiresAt = f.futureDate("expiresAt", now) ?? null;
-    const ownerId = f.string("ownerId", { max: 64 });
-    const rateLimit = readRateLimit(f) ?? null;
-    if (rateLimit) checkCeiling(f, policy, rateLimit);
-    f.done();
+export const apiKeysRoutes = routes()
+  .openapi(
+    createRoute({
+      method: "post",
+      path: "/",
+      summary: "Create a key",
+      description:
+        "The answer carries the raw key, this once. Members create keys only where the account allows it, up to its `maxRateLimit`.",
+      security,
+      middleware: [fullAccess, jsonObject],
+      request: { body: jsonBody(NewKey) },
+      responses: { 201: json(KeyWithSecret, "The new key, with its raw value"), ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS) },
+    }),
+    async (c) => {
+      const p = c.get("principal");
+      const policy = await memberPolicy(c.env.DB, p);
+      const body = c.req.valid("json");
+      const now = new Date();
+      const { scopes, errors } = grants(body, c.get("config").resourceTypes);
+      const { name, ownerId } = body;
+      const expiresAt = body.expiresAt ?? null;
+      const rateLimit = body.rateLimit ?? null;
+      if (rateLimit) errors.push(...overCeiling(policy, rateLimit));
+      if (errors.length > 0) throw invalidRequest(errors);
 
-    if (ownerId !== undefined && ownerId !== p.userId) await checkOwner(c.env.DB, p, ownerId);
-    const { raw, row } = await mintKey(
-      {
-        accountId: p.accountId,
-        ownerId: ownerId ?? p.userId,
-        createdBy: p.userId,
-        name: name as string,
-        prefix: p.keyPrefix,
-        scopes,
-        expiresAt,
-        rateLimit,
-      },
-      now,
-    );
-    const d = db(c.env.DB);
-    await batch(c.env.DB, [
-      d.insert(apiKeys).values(row),
-      auditInsert(
-        d,
-        { accountId: p.accountId, actor: p.userId, action: "key.created", target: row.id, requestId: c.get("requestId") },
+      if (ownerId !== undefined && ownerId !== p.userId) await checkOwner(c.env.DB, p, ownerId);
+      const { raw, row } = await mintKey(
+        {
+          accountId: p.accountId,
+          ownerId: ownerId ?? p.userId,
+          createdBy: p.userId,
+          name,
+          prefix: p.keyPrefix,
+          scopes,
+          expiresAt,
+          rateLimit,
+        },
         now,
-      ),
-    ]);
-    return c.json({ ...keyView(row, now), key: raw }, 201);
-  })
-  .get("/", async (c) => {
-    const p = c.get("principal");
-    const page = readPage(new URL(c.req.url).searchParams);
-    const { rows, nextCursor } = await listKeys(db(c.env.DB), p.accountId, p.role === "admin" ? null : p.userId, page);
-    const now = new Date();
-    return c.json({ data: rows.map((k) => keyView(k, now)), nextCursor });
-  })
-  .get("/:id", async (c) => {
-    const key = await findManagedKey(c.env.DB, c.get("principal"), c.req.param("id"));
-    return c.json(keyView(key, new Date()));
-  })
-  .delete("/:id", async (c) => {
-    const p = c.get("principal");
-    const key = await findManagedKey(c.env.DB, p, c.req.param("id"));
-    const now = new Date();
-    // Deactivation is permanent and idempotent: deleting a revoked key answers with it unchanged, after making sure
-    // its counter knows (a repeat completes a revocation whose reload failed).
-    if (keyStatus(key, now) === "revoked") {
-      await reloadKeys(c, [key.id]);
-      return c.json(keyView(key, now));
-    }
-    const d = db(c.env.DB);
-    const [revoked] = await batch(c.env.DB, [
-      revokeStatement(d, key, p.userId, now, now),
-      auditIfChanged(
-        c.env.DB,
-        { accountId: p.accountId, actor: p.userId, action: "key.revoked", target: key.id, requestId: c.get("requestId") },
-        now,
-      ),
-    ]);
-    const current =
-      revoked?.meta.changes === 1
-        ? { ...key, revokedAt: now.toISOString(), revokedBy: p.userId }
-        : await findManagedKey(c.env.DB, p, key.id);
-    if (keyStatus(current, now) !== "revoked") {
-      throw new ApiError(
-        "last_active_key",
-        "This is the account's last lasting admin key (full access, an enabled admin's, no expiry, no grace period); create another before revoking it.",
       );
-    }
-    await reloadKeys(c, [key.id]);
-    return c.json(keyView(current, now));
-  })
-  .post("/:id/rotate", async (c) => {
-    const p = c.get("principal");
-    const policy = await memberPolicy(c.env.DB, p);
-    const old = await findManagedKey(c.env.DB, p, c.req.param("id"));
-    const f = new Fields(await readJson(c));
-    const grace = f.integer("gracePeriodSeconds", 0, MAX_GRACE_SECONDS) ?? 0;
-    const rateLimit = readRateLimit(f);
-    if (rateLimit) checkCeiling(f, policy, rateLimit);
-    f.done();
-
-    const now = new Date();
-    if (old.revokedAt !== null || keyStatus(old, now) !== "active") {
-      throw new ApiError(
-        "key_not_active",
-        `Key ${old.id} is ${keyStatus(old, now)}${old.revokedAt ? " or already rotated" : ""}; only an active key can be rotated.`,
-      );
-    }
-    const { raw, row } = await mintKey(
-      {
-        accountId: p.accountId,
-        ownerId: old.ownerId,
-        createdBy: p.userId,
-        name: old.name,
-        prefix: old.prefix,
-        scopes: JSON.parse(old.scopes) as string[],
-        expiresAt: old.expiresAt,
-        rateLimit: rateLimit ?? keyPolicy(old),
-        rotatedFrom: old.id,
-      },
-      now,
-    );
-    const revokeAt = new Date(now.getTime() + grace * 1000);
-    const audit = { accountId: p.accountId, actor: p.userId, requestId: c.get("requestId") };
-    const d = db(c.env.DB);
-    try {
+      const d = db(c.env.DB);
       await batch(c.env.DB, [
         d.insert(apiKeys).values(row),
-        revokeStatement(d, old, p.userId, revokeAt, now),
-        auditInsert(d, { ...audit, action: "key.rotated", target: old.id }, now),
-        auditInsert(d, { ...audit, action: "key.created", target: row.id }, now),
+        auditInsert(
+          d,
+          { accountId: p.accountId, actor: p.userId, action: "key.created", target: row.id, requestId: c.get("requestId") },
+          now,
+        ),
       ]);
-    } catch (err) {
-      // The unique index on rotated_from: another request rotated this key first. Nothing was written.
-      if (String(err).includes("UNIQUE")) throw new ApiError("key_not_active", `Key ${old.id} has already been rotated.`);
-      throw err;
-    }
-    try {
-      await reloadKeys(c, [old.id]);
-    } catch (err) {
-      // The old key's counter did not hear of its revocation, so the rotation is not in force: undo it (the new key was
-      // never shown to anyone) so that nothing changed and the request can be repeated.
-      await batch(c.env.DB, [
-        d.update(apiKeys).set({ revokedAt: now.toISOString(), revokedBy: p.userId, rotatedFrom: null }).where(eq(apiKeys.id, row.id)),
-        d
-          .update(apiKeys)
-          .set({ revokedAt: null, revokedBy: null })
-          .where(and(eq(apiKeys.id, old.id), eq(apiKeys.revokedAt, revokeAt.toISOString()))),
-        auditInsert(d, { ...audit, action: "key.rotation_undone", target: old.id }, now),
+      c.header("Cache-Control", "no-store");
+      return c.json({ ...keyView(row, now), key: raw }, 201);
+    },
+  )
+  .openapi(
+    createRoute({
+      method: "get",
+      path: "/",
+      summary: "List keys, newest first (members: their own)",
+      security,
+      middleware: [fullAccess],
+      request: { query: PageQuery },
+      responses: { 200: json(page(KeyView), "A page of keys"), ...problems(...KEY_PROBLEMS, "invalid_request") },
+    }),
+    async (c) => {
+      const p = c.get("principal");
+      const { rows, nextCursor } = await listKeys(
+        db(c.env.DB),
+        p.accountId,
+        p.role === "admin" ? null : p.userId,
+        pageOf(c.req.valid("query")),
+      );
+      const now = new Date();
+      return c.json({ data: rows.map((k) => keyView(k, now)), nextCursor }, 200);
+    },
+  )
+  .openapi(
+    createRoute({
+      method: "get",
+      path: "/{id}",
+      summary: "Read a key",
+      security,
+      middleware: [fullAccess],
+      request: { params: IdParam },
+      responses: { 200: json(KeyView, "The key"), ...problems(...KEY_PROBLEMS, "not_found") },
+    }),
+    async (c) => {
+      const key = await findManagedKey(c.env.DB, c.get("principal"), c.req.valid("param").id);
+      return c.json(keyView(key, new Date()), 200);
+    },
+  )
+  .openapi(
+    createRoute({
+      method: "delete",
+      path: "/{id}",
+      summary: "Revoke a key for good",
+      description: "In force before the answer; 503 `change_pending` when it could not be, and a repeat completes it.",
+      security,
+      middleware: [fullAccess],
+      request: { params: IdParam },
+      responses: {
+        200: json(KeyView, "The key, now revoked"),
+        ...problems(...KEY_PROBLEMS, "not_found", "last_active_key", "change_pending"),
+      },
+    }),
+    async (c) => {
+      const p = c.get("principal");
+      const key = await findManagedKey(c.env.DB, p, c.req.valid("param").id);
+      const now = new Date();
+      // Deactivation is permanent and idempotent: deleting a revoked key answers with it unchanged, after making sure
+      // its counter knows (a repeat completes a revocation whose reload failed).
+      if (keyStatus(key, now) === "revoked") {
+        await reloadKeys(c, [key.id]);
+        return c.json(keyView(key, now), 200);
+      }
+      const d = db(c.env.DB);
+      const [revoked] = await batch(c.env.DB, [
+        revokeStatement(d, key, p.userId, now, now),
+        auditIfChanged(
+          c.env.DB,
+          { accountId: p.accountId, actor: p.userId, action: "key.revoked", target: key.id, requestId: c.get("requestId") },
+          now,
+        ),
       ]);
-      throw err;
-    }
-    return c.json({ ...keyView(row, now), key: raw }, 201);
-  })
+      const current =
+        revoked?.meta.changes === 1
+          ? { ...key, revokedAt: now.toISOString(), revokedBy: p.userId }
+          : await findManagedKey(c.env.DB, p, key.id);
+      if (keyStatus(current, now) !== "revoked") {
+        throw new ApiError(
+          "last_active_key",
+          "This is the account's last lasting admin key (full access, an enabled admin's, no expiry, no grace period); create another before revoking it.",
+        );
+      }
+      await reloadKeys(c, [key.id]);
+      return c.json(keyView(current, now), 200);
+    },
+  )
+  .openapi(
+    createRoute({
+      method: "post",
+      path: "/{id}/rotate",
+      summary: "Replace a key with a new one; the old one works until the grace period ends",
+      security,
+      middleware: [fullAccess, jsonObject],
+      request: { params: IdParam, body: jsonBody(Rotation) },
+      responses: {
+        201: json(KeyWithSecret, "The new key, with its raw value"),
+        ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS, "not_found", "key_not_active", "change_pending"),
+      },
+    }),
+    async (c) => {
+      const p = c.get("principal");
+      const policy = await memberPolicy(c.env.DB, p);
+      const old = await findManagedKey(c.env.DB, p, c.req.valid("param").id);
+      const { gracePeriodSeconds: grace, rateLimit } = c.req.valid("json");
+      if (rateLimit) {
+        const errors = overCeiling(policy, rateLimit);
+        if (errors.length > 0) throw invalidRequest(errors);
+      }
+
+      const now = new Date();
+      if (old.revokedAt !== null || keyStatus(old, now) !== "active") {
+        throw new ApiError(
+          "key_not_active",
+          `Key ${old.id} is ${keyStatus(old, now)}${old.revokedAt ? " or already rotated" : ""}; only an active key can be rotated.`,
+        );
+      }
+      const { raw, row } = await mintKey(
+        {
+          accountId: p.accountId,
+          ownerId: old.ownerId,
+          createdBy: p.userId,
+          name: old.name,
+          prefix: old.prefix,
+          scopes: JSON.parse(old.scopes) as string[],
+          expiresAt: old.expiresAt,
+          rateLimit: rateLimit ?? keyPolicy(old),
+          rotatedFrom: old.id,
+        },
+        now,
+      );
+      const revokeAt = new Date(now.getTime() + grace * 1000);
+      const audit = { accountId: p.accountId, actor: p.userId, requestId: c.get("requestId") };
+      const d = db(c.env.DB);
+      try {
+        await batch(c.env.DB, [
+          d.insert(apiKeys).values(row),
+          revokeStatement(d, old, p.userId, revokeAt, now),
+          auditInsert(d, { ...audit, action: "key.rotated", target: old.id }, now),
+          auditInsert(d, { ...audit, action: "key.created", target: row.id }, now),
+        ]);
+      } catch (err) {
+        // The unique index on rotated_from: another request rotated this key first. Nothing was written.
+        if (String(err).includes("UNIQUE")) throw new ApiError("key_not_active", `Key ${old.id} has already been rotated.`);
+        throw err;
+      }
+      try {
+        await reloadKeys(c, [old.id]);
+      } catch (err) {
+        // The old key's counter did not hear of its revocation, so the rotation is not in force: undo it (the new key was
+        // never shown to anyone) so that nothing changed and the request can be repeated.
+        await batch(c.env.DB, [
+          d.update(apiKeys).set({ revokedAt: now.toISOString(), revokedBy: p.userId, rotatedFrom: null }).where(eq(apiKeys.id, row.id)),
+          d
+            .update(apiKeys)
+            .set({ revokedAt: null, revokedBy: null })
+            .where(and(eq(apiKeys.id, old.id), eq(apiKeys.revokedAt, revokeAt.toISOString()))),
+          auditInsert(d, { ...audit, action: "key.rotation_undone", target: old.id }, now),
+        ]);
+        throw err;
+      }
+      c.header("Cache-Control", "no-store");
+      return c.json({ ...keyView(row, now), key: raw }, 201);
+    },
+  )
   .all("/", allow("GET", "POST"))
   .all("/:id", allow("GET", "DELETE"))
   .all("/:id/rotate", allow("POST"));
-
-/** Full access (`["*"]`, the default), or resource grants from `scopes` and the `<type>Ids` fields. */
-function readScopes(f: Fields, resourceTypes: readonly string[]): string[] {
-  const hint = `must be "*" or grants of the form <type>:<id> with a type among: ${resourceTypes.join(", ") || "(none configured)"}`;
-  const scopes =
-    f.stringArray("scopes", { maxItems: MAX_GRANTS, pattern: /^(\*|[a-z][a-z0-9]{0,31}:[A-Za-z0-9][A-Za-z0-9_.-]{0,127})$/, hint }) ?? [];
-  scopes.forEach((s, i) => {
-    const type = GRANT.exec(s)?.[1];
-    if (type !== undefined && !resourceTypes.includes(type)) f.fail(`scopes[${i}]`, hint);
-  });
-  const grants = resourceTypes.flatMap(
-    (type) =>
-      f
-        .stringArray(`${type}Ids`, { maxItems: MAX_GRANTS, pattern: RESOURCE_ID, hint: "must be a resource id" })
-        ?.map((id) => `${type}:${id}`) ?? [],
-  );
-  const all = [...new Set([...scopes, ...grants])];
-  if (all.includes(FULL_ACCESS) && all.length > 1) f.fail("scopes", `"*" (full access) cannot be combined with resource grants`);
-  if (all.length > MAX_GRANTS) f.fail("scopes", `a key may carry at most ${MAX_GRANTS} grants`);
-  return all.length === 0 ? [FULL_ACCESS] : all;
-}
 
 type MemberPolicy = { role: Principal["role"]; ceiling: Policy };
 
@@ -209,12 +254,10 @@ async function memberPolicy(d1: D1Database, p: Principal): Promise<MemberPolicy>
 }
 
 /** A member's own limit may be neither larger nor faster than the ceiling. */
-function checkCeiling(f: Fields, policy: MemberPolicy, limit: Policy): void {
-  if (policy.role === "admin" || withinCeiling(limit, policy.ceiling)) return;
-  f.fail(
-    "rateLimit",
-    `members may set at most ${policy.ceiling.limit} requests per ${policy.ceiling.windowSeconds} s (the account's maxRateLimit)`,
-  );
+function overCeiling(policy: MemberPolicy, limit: Policy): FieldError[] {
+  if (policy.role === "admin" || withinCeiling(limit, policy.ceiling)) return [];
+  const message = `members may set at most ${policy.ceiling.limit} requests per ${policy.ceiling.windowSeconds} s (the account's maxRateLimit)`;
+  return [{ field: "rateLimit", message }];
 }
 
 /** Only admins create keys for other users, and only for enabled users of their own account. */
@@ -226,7 +269,7 @@ async function checkOwner(d1: D1Database, p: Principal, ownerId: string): Promis
     .where(and(eq(users.accountId, p.accountId), eq(users.id, ownerId)))
     .limit(1);
   const problem = !owner ? "is not a user of this account" : owner.disabled ? "is a disabled user" : null;
-  if (problem) throw new ApiError("invalid_request", `Invalid fields: ownerId.`, { errors: [{ field: "ownerId", message: problem }] });
+  if (problem) throw invalidRequest([{ field: "ownerId", message: problem }]);
 }
 
 /** A key of the caller's account that the caller may manage; anything else is 404, whoever owns it. */

@@ -1,0 +1,67 @@
+import { z } from "@hono/zod-openapi";
+import type { Account } from "../db/schema";
+import { DEFAULT_PREFIX, PREFIX } from "../keys/format";
+import { KeyWithSecret } from "../keys/schemas";
+import { DEFAULT_POLICY } from "../ratelimit/window";
+import { matching, RateLimit, Timestamp, text } from "../schemas";
+import { Email, UserView } from "../users/schemas";
+
+export const NewAccount = z
+  .strictObject({
+    name: text(200),
+    keyPrefix: matching(PREFIX, "must be 2-12 characters: a lowercase letter, then lowercase letters or digits").default(DEFAULT_PREFIX),
+    membersCanCreateKeys: z.boolean().default(false),
+    rateLimit: RateLimit.default(DEFAULT_POLICY),
+    maxRateLimit: RateLimit.nullable().default(null),
+    admin: z.strictObject({ email: Email }),
+  })
+  .openapi("NewAccount");
+
+export const AccountChange = z
+  .strictObject({
+    rateLimit: RateLimit.optional(),
+    maxRateLimit: RateLimit.nullable().optional().openapi({ description: "`null` makes the account's default limit the ceiling" }),
+    membersCanCreateKeys: z.boolean().optional(),
+  })
+  .openapi("AccountChange");
+
+export const RecoveryRequest = z.strictObject({ userId: text(64).optional() }).openapi("RecoveryRequest");
+
+export const AccountView = z
+  .object({
+    id: z.string().openapi({ example: "acc_5f0c9a1e2b7d43a8c6e1f0b2" }),
+    name: z.string(),
+    keyPrefix: z.string(),
+    membersCanCreateKeys: z.boolean(),
+    rateLimit: RateLimit,
+    maxRateLimit: RateLimit.nullable(),
+    createdAt: Timestamp,
+  })
+  .openapi("Account");
+
+export const AuditEvent = z
+  .object({ id: z.string(), actor: z.string(), action: z.string(), target: z.string(), createdAt: Timestamp, requestId: z.string() })
+  .openapi("AuditEvent");
+
+export const AccountActivity = AccountView.extend({
+  activeKeys: z.number().int(),
+  lastUsedAt: Timestamp.nullable(),
+  recentEvents: z.array(AuditEvent),
+}).openapi("AccountActivity");
+
+export const Provisioned = z.object({ account: AccountView, admin: UserView, key: KeyWithSecret }).openapi("Provisioned");
+
+export function accountView(a: Account): z.infer<typeof AccountView> {
+  return {
+    id: a.id,
+    name: a.name,
+    keyPrefix: a.keyPrefix,
+    membersCanCreateKeys: a.membersCanCreateKeys,
+    rateLimit: { limit: a.rateLimit, windowSeconds: a.rateLimitWindowSeconds },
+    maxRateLimit:
+      a.maxRateLimit === null || a.maxRateLimitWindowSeconds === null
+        ? null
+        : { limit: a.maxRateLimit, windowSeconds: a.maxRateLimitWindowSeconds },
+    createdAt: a.createdAt,
+  };
+}

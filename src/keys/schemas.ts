@@ -1,0 +1,113 @@
+import { z } from "@hono/zod-openapi";
+import { FULL_ACCESS } from "../auth/principal";
+import type { ApiKey } from "../db/schema";
+import type { FieldError } from "../errors";
+import { FutureInstant, integer, matching, RateLimit, Timestamp, text } from "../schemas";
+import { keyPolicy, keyStatus } from "./store";
+
+const GRANT = /^([a-z][a-z0-9]{0,31}):([A-Za-z0-9][A-Za-z0-9_.-]{0,127})$/;
+const SCOPE = /^(\*|[a-z][a-z0-9]{0,31}:[A-Za-z0-9][A-Za-z0-9_.-]{0,127})$/;
+const RESOURCE_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+const MAX_GRANTS = 100;
+/** The longest grace period a rotated key may keep working: seven days. */
+export const MAX_GRACE_SECONDS = 7 * 24 * 3600;
+
+const grantHint = 'must be "*" or grants of the form <type>:<id>';
+
+/**
+ * A new key. Besides these fields, `<type>Ids` for each type in RESOURCE_TYPES (e.g. `mailboxIds`) adds grants
+ * `<type>:<id>`; which types exist is deployment configuration, so `grants()` checks them against it.
+ */
+export const NewKey = z
+  .object({
+    name: text(100),
+    scopes: z
+      .array(matching(SCOPE, grantHint))
+      .min(1)
+      .max(MAX_GRANTS)
+      .optional()
+      .openapi({ example: ["mailbox:mbx_8a1c"] }),
+    expiresAt: FutureInstant.nullable().optional(),
+    ownerId: text(64).optional(),
+    rateLimit: RateLimit.optional(),
+  })
+  .catchall(z.array(matching(RESOURCE_ID, "must be a resource id")).min(1).max(MAX_GRANTS))
+  .openapi("NewKey", { description: "Also `<type>Ids: [id, ...]` for each resource type the deployment configures." });
+
+export const Rotation = z
+  .strictObject({ gracePeriodSeconds: integer(0, MAX_GRACE_SECONDS).default(0), rateLimit: RateLimit.optional() })
+  .openapi("Rotation");
+
+/**
+ * The key's grants from `scopes` and the `<type>Ids` fields, against the configured resource types: full access
+ * (`["*"]`, the default) or resource grants, never both. Fields that are not `<type>Ids` of a configured type are
+ * unknown, so a misspelt `mailboxId` can never create a full-access key.
+ */
+export function grants(body: z.infer<typeof NewKey>, types: readonly string[]): { scopes: string[]; errors: FieldError[] } {
+  const errors: FieldError[] = [];
+  const hint = `${grantHint} with a type among: ${types.join(", ") || "(none configured)"}`;
+  const fromScopes = body.scopes ?? [];
+  fromScopes.forEach((s, i) => {
+    const type = GRANT.exec(s)?.[1];
+    if (type !== undefined && !types.includes(type)) errors.push({ field: `scopes[${i}]`, message: hint });
+  });
+  const known = new Set(["name", "scopes", "expiresAt", "ownerId", "rateLimit"]);
+  const fromIds: string[] = [];
+  for (const [field, ids] of Object.entries(body)) {
+    if (known.has(field)) continue;
+    const type = field.endsWith("Ids") ? field.slice(0, -3) : "";
+    if (!types.includes(type)) errors.push({ field, message: "is not a known field" });
+    else fromIds.push(...(ids as string[]).map((id) => `${type}:${id}`));
+  }
+  const all = [...new Set([...fromScopes, ...fromIds])];
+  if (all.includes(FULL_ACCESS) && all.length > 1)
+    errors.push({ field: "scopes", message: `"*" (full access) cannot be combined with resource grants` });
+  if (all.length > MAX_GRANTS) errors.push({ field: "scopes", message: `a key may carry at most ${MAX_GRANTS} grants` });
+  return { scopes: all.length === 0 ? [FULL_ACCESS] : all, errors };
+}
+
+export const KeyView = z
+  .object({
+    id: z.string().openapi({ example: "key_5f0c9a1e2b7d43a8c6e1f0b2" }),
+    name: z.string(),
+    prefix: z.string(),
+    start: z.string().openapi({ description: "The first 8 characters after `<prefix>_`, to recognise a key" }),
+    scopes: z.array(z.string()),
+    status: z.enum(["active", "revoked", "expired"]),
+    ownerId: z.string(),
+    createdBy: z.string(),
+    createdAt: Timestamp,
+    expiresAt: Timestamp.nullable(),
+    rateLimit: RateLimit.nullable().openapi({ description: "null when the account's default applies" }),
+    lastUsedAt: Timestamp.nullable(),
+    lastAuthMethod: z.enum(["bearer", "header", "query"]).nullable(),
+    revokedAt: Timestamp.nullable().openapi({ description: "May lie in the future: the end of a rotation's grace period" }),
+    revokedBy: z.string().nullable(),
+    rotatedFrom: z.string().nullable(),
+  })
+  .openapi("Key");
+
+/** A key with its raw value: only in the answer that creates it. */
+export const KeyWithSecret = KeyView.extend({ key: z.string().openapi({ example: "sk_5f0c…" }) }).openapi("KeyWithSecret");
+
+/** The API view of a key: never the hash, never the raw key. */
+export function keyView(key: ApiKey, now: Date): z.infer<typeof KeyView> {
+  return {
+    id: key.id,
+    name: key.name,
+    prefix: key.prefix,
+    start: key.start,
+    scopes: JSON.parse(key.scopes) as string[],
+    status: keyStatus(key, now),
+    ownerId: key.ownerId,
+    createdBy: key.createdBy,
+    createdAt: key.createdAt,
+    expiresAt: key.expiresAt,
+    rateLimit: keyPolicy(key),
+    lastUsedAt: key.lastUsedAt,
+    lastAuthMethod: key.lastAuthMethod,
+    revokedAt: key.revokedAt,
+    revokedBy: key.revokedBy,
+    rotatedFrom: key.rotatedFrom,
+  };
+}
