@@ -1,11 +1,11 @@
+import { createRoute, z } from "@hono/zod-openapi";
 import { bodyLimit } from "hono/body-limit";
-import { MAX_BODY_BYTES } from "./body";
 import { getConfig } from "./config";
 import { withDeadline } from "./db/client";
 import type { AppEnv, Bindings } from "./env";
 import { ApiError, problem } from "./errors";
 import { log, safeError } from "./log";
-import { routes } from "./openapi";
+import { json, MAX_BODY_BYTES, routes } from "./openapi";
 import { accountRoutes, whoamiRoutes } from "./routes/account";
 import { accountsRoutes } from "./routes/accounts";
 import { agentsRoutes } from "./routes/agents";
@@ -51,7 +51,15 @@ app.use(
   }),
 );
 
-app.get("/health", (c) => c.json({ status: "ok" }));
+app.openapi(
+  createRoute({
+    method: "get",
+    path: "/health",
+    summary: "Whether Keygate answers",
+    responses: { 200: json(z.object({ status: z.literal("ok") }).openapi("Health"), "Keygate answers") },
+  }),
+  (c) => c.json({ status: "ok" as const }, 200),
+);
 app.route("/v1/accounts", accountsRoutes);
 app.route("/v1/account", accountRoutes);
 app.route("/v1/api-keys", apiKeysRoutes);

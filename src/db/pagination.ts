@@ -14,19 +14,6 @@ export function pageOf(query: { limit?: number | undefined; cursor?: string | un
   return { limit: query.limit ?? DEFAULT_LIMIT, after: query.cursor === undefined ? null : decodeCursor(query.cursor) };
 }
 
-/** Reads `limit` and `cursor` from a query string; a bad value is a 400 naming the field. */
-export function readPage(query: URLSearchParams): Page {
-  const limitParam = query.get("limit");
-  const limit = limitParam === null ? DEFAULT_LIMIT : Number(limitParam);
-  if (!Number.isInteger(limit) || limit < 1 || limit > MAX_LIMIT) {
-    throw new ApiError("invalid_request", "The query is invalid.", {
-      errors: [{ field: "limit", message: `must be an integer from 1 to ${MAX_LIMIT}` }],
-    });
-  }
-  const cursor = query.get("cursor");
-  return { limit, after: cursor === null ? null : decodeCursor(cursor) };
-}
-
 function decodeCursor(cursor: string): Page["after"] {
   try {
     const [createdAt, id] = JSON.parse(atob(cursor.replace(/-/g, "+").replace(/_/g, "/"))) as unknown[];

@@ -1,5 +1,5 @@
-import { Hono } from "hono";
-import type { AppEnv } from "../env";
+import { createRoute, z } from "@hono/zod-openapi";
+import { routes } from "../openapi";
 
 /**
  * GET /demo/widget?agent=agt_...: a minimal chat widget. It fetches a handshake token with the public agent id, sends a
@@ -108,20 +108,40 @@ function script(value: unknown): string {
   return JSON.stringify(value).replaceAll("<", "\\u003c");
 }
 
-export const demoRoutes = new Hono<AppEnv>().get("/widget", (c) => {
-  const nonce = crypto.randomUUID().replaceAll("-", "");
-  const others = c.get("config").demoApiOrigins;
-  c.header(
-    "Content-Security-Policy",
-    [
-      "default-src 'none'",
-      `script-src 'nonce-${nonce}'`,
-      `style-src 'nonce-${nonce}'`,
-      `connect-src 'self' ${others.join(" ")}`.trim(),
-      "base-uri 'none'",
-      "form-action 'none'",
-      "frame-ancestors 'none'",
-    ].join("; "),
-  );
-  return c.html(page(nonce, new URL(c.req.url).origin, others));
-});
+export const demoRoutes = routes().openapi(
+  createRoute({
+    method: "get",
+    path: "/widget",
+    summary: "A minimal chat widget page (handshake, send, streamed reply, renewal)",
+    request: {
+      query: z.object({
+        agent: z
+          .string()
+          .optional()
+          .openapi({ param: { name: "agent", in: "query" }, example: "agt_5f0c9a1e2b7d43a8c6e1f0b2" }),
+        api: z
+          .string()
+          .optional()
+          .openapi({ param: { name: "api", in: "query" }, description: "Another Keygate, if listed in DEMO_API_ORIGINS" }),
+      }),
+    },
+    responses: { 200: { description: "The page", content: { "text/html": { schema: z.string() } } } },
+  }),
+  (c) => {
+    const nonce = crypto.randomUUID().replaceAll("-", "");
+    const others = c.get("config").demoApiOrigins;
+    c.header(
+      "Content-Security-Policy",
+      [
+        "default-src 'none'",
+        `script-src 'nonce-${nonce}'`,
+        `style-src 'nonce-${nonce}'`,
+        `connect-src 'self' ${others.join(" ")}`.trim(),
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+      ].join("; "),
+    );
+    return c.html(page(nonce, new URL(c.req.url).origin, others));
+  },
+);

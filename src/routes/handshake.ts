@@ -1,17 +1,18 @@
-import { Hono } from "hono";
+import { createRoute, z } from "@hono/zod-openapi";
 import { createMiddleware } from "hono/factory";
 import { verifyIdentity } from "../agents/identity";
 import { findAgent } from "../agents/store";
 import { cors } from "../auth/cors";
 import { authenticate } from "../auth/middleware";
 import type { Principal } from "../auth/principal";
-import { Fields, readJson } from "../body";
 import { misconfigured } from "../config";
 import { db } from "../db/client";
 import type { AppEnv } from "../env";
-import { ApiError } from "../errors";
+import { ApiError, type FieldError } from "../errors";
 import { newId } from "../keys/format";
+import { BODY_PROBLEMS, invalidRequest, json, jsonBody, jsonObject, KEY_PROBLEMS, KEY_SECURITY, problems, routes } from "../openapi";
 import { spend, spendPerAddress } from "../ratelimit/limiter";
+import { matching } from "../schemas";
 import { signToken } from "../tokens/handshake";
 import { allow } from "./method-not-allowed";
 
@@ -19,6 +20,18 @@ const AGENT_ID = /^agt_[0-9a-f]{24}$/;
 /** `anon_` ids belong to anonymous visitors: nobody can name a user so that their token passes for one. */
 const USER_ID = /^(?!anon_)[A-Za-z0-9_.@:-]{1,128}$/;
 const USER_HASH = /^[0-9a-f]{64}$/;
+
+const HandshakeRequest = z
+  .strictObject({
+    agentId: matching(AGENT_ID, "must be an agent id such as agt_5f0c9a1e2b7d43a8c6e1f0b2"),
+    userId: matching(USER_ID, "must be 1-128 characters: letters, digits and _.@:-, not starting with anon_").optional(),
+    userHash: matching(USER_HASH, "must be 64 lowercase hex characters (HMAC-SHA256)").optional(),
+  })
+  .openapi("HandshakeRequest");
+
+const HandshakeToken = z
+  .object({ token: z.string().openapi({ example: "eyJhbGciOiJIUzI1NiIs…" }), expiresIn: z.number().int().openapi({ example: 3600 }) })
+  .openapi("HandshakeToken");
 
 const fullAccessKey = authenticate("full");
 
@@ -36,56 +49,77 @@ const keyIfSent = createMiddleware<AppEnv>(async (c, next) => {
  *   Anonymous tokens spend the agent's anonymous budget, identified ones that user's own, so neither can starve the
  *   other nor the backend; every browser handshake also spends its address's budget.
  */
-export const handshakeRoutes = new Hono<AppEnv>()
-  .use(cors)
-  .post("/", keyIfSent, async (c) => {
-    const config = c.get("config");
-    const server = c.get("principal") as Principal | undefined;
-    const f = new Fields(await readJson(c));
-    const agentId = f.string("agentId", {
-      required: true,
-      pattern: AGENT_ID,
-      hint: "must be an agent id such as agt_5f0c9a1e2b7d43a8c6e1f0b2",
-    });
-    const userId = f.string("userId", {
-      required: server !== undefined,
-      pattern: USER_ID,
-      hint: "must be 1-128 characters: letters, digits and _.@:-, not starting with anon_",
-    });
-    const userHash = f.string("userHash", { pattern: USER_HASH, hint: "must be 64 lowercase hex characters (HMAC-SHA256)" });
-    if (server && userHash !== undefined) f.fail("userHash", "is for browsers; a backend with an API key names the user directly");
-    if (!server && userId !== undefined && userHash === undefined) {
-      f.fail("userHash", "is required with userId: the HMAC-SHA256 of userId under the agent's identity secret, made by your backend");
-    }
-    f.done();
-    if (config.signingKeys.length === 0) misconfigured("JWT_SIGNING_KEYS", "is not set; handshakes are disabled");
-
-    const agent = await findAgent(db(c.env.DB), agentId as string, server?.accountId);
-    if (!agent) throw new ApiError("not_found", "No such agent.");
-    let origin: string | undefined;
-    if (!server) {
-      origin = c.req.header("Origin");
-      if (!origin || !(JSON.parse(agent.allowedOrigins) as string[]).includes(origin)) {
-        throw new ApiError("origin_not_allowed", "This origin is not allowed for this agent.");
+export const handshakeRoutes = routes();
+// Every answer of this path speaks CORS (preflights included), not only the documented POST.
+handshakeRoutes.use(cors);
+handshakeRoutes
+  .openapi(
+    createRoute({
+      method: "post",
+      path: "/",
+      summary: "A short-lived chat token for one end user of an agent",
+      description:
+        "From a browser at an allowed origin: anonymous, or for `userId` with the backend's `userHash`. From a backend with a full-access key: for `userId`.",
+      security: [{}, ...KEY_SECURITY],
+      middleware: [keyIfSent, jsonObject],
+      request: { body: jsonBody(HandshakeRequest) },
+      responses: {
+        200: json(HandshakeToken, "The token; `Cache-Control: no-store`"),
+        ...problems(
+          ...KEY_PROBLEMS,
+          ...BODY_PROBLEMS,
+          "not_found",
+          "origin_not_allowed",
+          "agent_disabled",
+          "identity_unverified",
+          "configuration_error",
+        ),
+      },
+    }),
+    async (c) => {
+      const config = c.get("config");
+      const server = c.get("principal") as Principal | undefined;
+      const { agentId, userId, userHash } = c.req.valid("json");
+      const errors: FieldError[] = [];
+      if (server && userId === undefined) errors.push({ field: "userId", message: "is required with an API key" });
+      if (server && userHash !== undefined)
+        errors.push({ field: "userHash", message: "is for browsers; a backend with an API key names the user directly" });
+      if (!server && userId !== undefined && userHash === undefined) {
+        errors.push({
+          field: "userHash",
+          message: "is required with userId: the HMAC-SHA256 of userId under the agent's identity secret, made by your backend",
+        });
       }
-      c.set("corsOrigin", origin);
-    }
-    if (agent.disabled) throw new ApiError("agent_disabled", "This agent is disabled.");
-    if (!server) {
-      await spendPerAddress(c, "handshake-ip", config.handshakeIpPolicy);
-      if (userId === undefined) {
-        await spend(c, `handshake-anon:${agent.id}`, config.handshakeAgentPolicy);
-      } else {
-        if (!(await verifyIdentity(agent.identitySecret, userId, userHash as string))) {
-          throw new ApiError("identity_unverified", "userHash is not the proof for this userId under the agent's identity secret.");
+      if (errors.length > 0) throw invalidRequest(errors);
+      if (config.signingKeys.length === 0) misconfigured("JWT_SIGNING_KEYS", "is not set; handshakes are disabled");
+
+      const agent = await findAgent(db(c.env.DB), agentId, server?.accountId);
+      if (!agent) throw new ApiError("not_found", "No such agent.");
+      let origin: string | undefined;
+      if (!server) {
+        origin = c.req.header("Origin");
+        if (!origin || !(JSON.parse(agent.allowedOrigins) as string[]).includes(origin)) {
+          throw new ApiError("origin_not_allowed", "This origin is not allowed for this agent.");
         }
-        await spend(c, `handshake-user:${agent.id}:${userId}`, config.handshakeUserPolicy);
+        c.set("corsOrigin", origin);
       }
-    }
+      if (agent.disabled) throw new ApiError("agent_disabled", "This agent is disabled.");
+      if (!server) {
+        await spendPerAddress(c, "handshake-ip", config.handshakeIpPolicy);
+        if (userId === undefined) {
+          await spend(c, `handshake-anon:${agent.id}`, config.handshakeAgentPolicy);
+        } else {
+          if (!(await verifyIdentity(agent.identitySecret, userId, userHash as string))) {
+            throw new ApiError("identity_unverified", "userHash is not the proof for this userId under the agent's identity secret.");
+          }
+          await spend(c, `handshake-user:${agent.id}:${userId}`, config.handshakeUserPolicy);
+        }
+      }
 
-    const claims = { sub: userId ?? newId("anon"), agt: agent.id, acc: agent.accountId, ...(origin ? { origin } : {}) };
-    const token = await signToken(config.signingKeys, claims, agent.tokenTtlSeconds, new Date());
-    c.header("Cache-Control", "no-store");
-    return c.json({ token, expiresIn: agent.tokenTtlSeconds });
-  })
+      const claims = { sub: userId ?? newId("anon"), agt: agent.id, acc: agent.accountId, ...(origin ? { origin } : {}) };
+      const token = await signToken(config.signingKeys, claims, agent.tokenTtlSeconds, new Date());
+      c.header("Cache-Control", "no-store");
+      return c.json({ token, expiresIn: agent.tokenTtlSeconds }, 200);
+    },
+  )
   .all("/", allow("POST"));
