@@ -2,10 +2,11 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { bodyLimit } from "hono/body-limit";
 import { getConfig } from "./config";
 import { withDeadline } from "./db/client";
+import { reference } from "./docs";
 import type { AppEnv, Bindings } from "./env";
 import { ApiError, problem } from "./errors";
 import { log, safeError } from "./log";
-import { json, MAX_BODY_BYTES, routes } from "./openapi";
+import { json, MAX_BODY_BYTES, problems, routes } from "./openapi";
 import { accountRoutes, whoamiRoutes } from "./routes/account";
 import { accountsRoutes } from "./routes/accounts";
 import { agentsRoutes } from "./routes/agents";
@@ -56,7 +57,7 @@ app.openapi(
     method: "get",
     path: "/health",
     summary: "Whether Keygate answers",
-    responses: { 200: json(z.object({ status: z.literal("ok") }).openapi("Health"), "Keygate answers") },
+    responses: { 200: json(z.strictObject({ status: z.literal("ok") }).openapi("Health"), "Keygate answers"), ...problems() },
   }),
   (c) => c.json({ status: "ok" as const }, 200),
 );
@@ -76,14 +77,43 @@ app.openAPIRegistry.registerComponent("securitySchemes", "Bearer", {
   scheme: "bearer",
   description: "An API key, a handshake token (chat only), or the operator token (operator routes)",
 });
-app.doc31("/openapi.json", {
+const DOCUMENT = {
   openapi: "3.1.0",
   info: {
     title: "Keygate",
     version: "0.1.0",
     description: "API-key authentication, rate limits and handshake tokens for HTTP APIs on Cloudflare Workers.",
   },
-});
+};
+
+app.openapi(
+  createRoute({
+    method: "get",
+    path: "/openapi.json",
+    summary: "This document: the API's contract (OpenAPI 3.1)",
+    responses: {
+      200: { description: "The OpenAPI document", content: { "application/json": { schema: z.object({}).passthrough() } } },
+      ...problems(),
+    },
+  }),
+  (c) => c.json(app.getOpenAPI31Document(DOCUMENT), 200),
+);
+
+app.openapi(
+  createRoute({
+    method: "get",
+    path: "/docs",
+    summary: "A readable reference of this API, served by Keygate with nothing fetched from elsewhere",
+    responses: { 200: { description: "The reference page", content: { "text/html": { schema: z.string() } } }, ...problems() },
+  }),
+  (c) => {
+    c.header(
+      "Content-Security-Policy",
+      "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    );
+    return c.html(reference(app.getOpenAPI31Document(DOCUMENT)), 200);
+  },
+);
 
 app.notFound((c) => problem(c, new ApiError("not_found", `No route for ${c.req.method} ${new URL(c.req.url).pathname}.`)));
 

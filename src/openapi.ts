@@ -94,17 +94,20 @@ export function json<T extends z.ZodType>(schema: T, description: string) {
 
 /** RFC 9457 problem details, as every error answer carries them. */
 export const Problem = z
-  .object({
+  .strictObject({
     type: z.string().openapi({ example: "urn:keygate:error:not_found" }),
     title: z.string(),
     status: z.number().int(),
     detail: z.string(),
     code: z.string(),
     requestId: z.string(),
-    errors: z.array(z.object({ field: z.string(), message: z.string() })).optional(),
+    errors: z.array(z.strictObject({ field: z.string(), message: z.string() })).optional(),
     retry_after: z.number().int().optional(),
   })
   .openapi("Problem");
+
+/** What any route may answer, whatever it does: plain http, a misconfigured deployment, an unexpected failure. */
+const EVERY_ROUTE: ErrorCode[] = ["https_required", "configuration_error", "internal_error"];
 
 /**
  * The problem responses of a route, grouped by status from the ERRORS table, so a code is documented with the status
@@ -112,7 +115,7 @@ export const Problem = z
  */
 export function problems(...codes: ErrorCode[]) {
   const byStatus = new Map<number, ErrorCode[]>();
-  for (const code of new Set(codes)) byStatus.set(ERRORS[code][0], [...(byStatus.get(ERRORS[code][0]) ?? []), code]);
+  for (const code of new Set([...codes, ...EVERY_ROUTE])) byStatus.set(ERRORS[code][0], [...(byStatus.get(ERRORS[code][0]) ?? []), code]);
   return Object.fromEntries(
     [...byStatus].map(([status, list]) => [
       status,

@@ -102,7 +102,7 @@ export const PageQuery = z.object({
 });
 
 /** A page of a list, newest first. */
-export const page = <T extends z.ZodType>(item: T) => z.object({ data: z.array(item), nextCursor: z.string().nullable() });
+export const page = <T extends z.ZodType>(item: T) => z.strictObject({ data: z.array(item), nextCursor: z.string().nullable() });
 
 /** An id in a path; anything not of this account is 404, never 400, so a probe learns nothing. */
 export const IdParam = z.object({ id: z.string().openapi({ param: { name: "id", in: "path" }, example: "key_5f0c9a1e2b7d43a8c6e1f0b2" }) });

@@ -2,6 +2,7 @@ import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test"
 import { env, exports } from "cloudflare:workers";
 import { expect } from "vitest";
 import worker from "../src/index";
+import { checkContract } from "./contract";
 
 export const ORIGIN = "https://keygate.test";
 export const OPERATOR_TOKEN = "test-operator-token-0123456789abcdef";
@@ -28,16 +29,24 @@ function request(path: string, init: Init = {}): Request {
   return new Request(path.startsWith("http") ? path : ORIGIN + path, { method: init.method ?? (body ? "POST" : "GET"), headers, body });
 }
 
-/** A request through the deployed worker's own fetch handler, as a client would send it. */
-export function call(path: string, init: Init = {}): Promise<Response> {
-  return exports.default.fetch(request(path, init));
+/**
+ * A request through the deployed worker's own fetch handler, as a client would send it. Every answer is checked against
+ * the OpenAPI contract of its route, so the whole suite proves the document true.
+ */
+export async function call(path: string, init: Init = {}): Promise<Response> {
+  const req = request(path, init);
+  const res = await exports.default.fetch(req.clone());
+  await checkContract(req, res);
+  return res;
 }
 
 /** The same, with some bindings replaced (another sunset, a broken D1); waits for `waitUntil` work to finish. */
 export async function callWith(overrides: Partial<Cloudflare.Env>, path: string, init: Init = {}): Promise<Response> {
+  const req = request(path, init);
   const ctx = createExecutionContext();
-  const res = await worker.fetch(request(path, init), { ...env, ...overrides }, ctx);
+  const res = await worker.fetch(req.clone(), { ...env, ...overrides }, ctx);
   await waitOnExecutionContext(ctx);
+  await checkContract(req, res);
   return res;
 }
 

@@ -28,7 +28,7 @@ export const AccountChange = z
 export const RecoveryRequest = z.strictObject({ userId: text(64).optional() }).openapi("RecoveryRequest");
 
 export const AccountView = z
-  .object({
+  .strictObject({
     id: z.string().openapi({ example: "acc_5f0c9a1e2b7d43a8c6e1f0b2" }),
     name: z.string(),
     keyPrefix: z.string(),
@@ -40,7 +40,7 @@ export const AccountView = z
   .openapi("Account");
 
 export const AuditEvent = z
-  .object({ id: z.string(), actor: z.string(), action: z.string(), target: z.string(), createdAt: Timestamp, requestId: z.string() })
+  .strictObject({ id: z.string(), actor: z.string(), action: z.string(), target: z.string(), createdAt: Timestamp, requestId: z.string() })
   .openapi("AuditEvent");
 
 export const AccountActivity = AccountView.extend({
@@ -49,7 +49,7 @@ export const AccountActivity = AccountView.extend({
   recentEvents: z.array(AuditEvent),
 }).openapi("AccountActivity");
 
-export const Provisioned = z.object({ account: AccountView, admin: UserView, key: KeyWithSecret }).openapi("Provisioned");
+export const Provisioned = z.strictObject({ account: AccountView, admin: UserView, key: KeyWithSecret }).openapi("Provisioned");
 
 export function accountView(a: Account): z.infer<typeof AccountView> {
   return {

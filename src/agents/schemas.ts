@@ -33,7 +33,7 @@ export const AgentChange = z
   .openapi("AgentChange");
 
 export const AgentView = z
-  .object({
+  .strictObject({
     id: z.string().openapi({ example: "agt_5f0c9a1e2b7d43a8c6e1f0b2" }),
     name: z.string(),
     allowedOrigins: z.array(z.string()),

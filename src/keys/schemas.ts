@@ -67,7 +67,7 @@ export function grants(body: z.infer<typeof NewKey>, types: readonly string[]): 
 }
 
 export const KeyView = z
-  .object({
+  .strictObject({
     id: z.string().openapi({ example: "key_5f0c9a1e2b7d43a8c6e1f0b2" }),
     name: z.string(),
     prefix: z.string(),

@@ -92,7 +92,7 @@ export const accountRoutes = routes()
   .all("/", allow("GET", "PATCH"));
 
 const Whoami = z
-  .object({
+  .strictObject({
     accountId: z.string(),
     keyId: z.string(),
     userId: z.string(),

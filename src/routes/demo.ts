@@ -1,5 +1,5 @@
 import { createRoute, z } from "@hono/zod-openapi";
-import { routes } from "../openapi";
+import { problems, routes } from "../openapi";
 
 /**
  * GET /demo/widget?agent=agt_...: a minimal chat widget. It fetches a handshake token with the public agent id, sends a
@@ -125,7 +125,7 @@ export const demoRoutes = routes().openapi(
           .openapi({ param: { name: "api", in: "query" }, description: "Another Keygate, if listed in DEMO_API_ORIGINS" }),
       }),
     },
-    responses: { 200: { description: "The page", content: { "text/html": { schema: z.string() } } } },
+    responses: { 200: { description: "The page", content: { "text/html": { schema: z.string() } } }, ...problems() },
   }),
   (c) => {
     const nonce = crypto.randomUUID().replaceAll("-", "");

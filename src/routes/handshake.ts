@@ -30,7 +30,7 @@ const HandshakeRequest = z
   .openapi("HandshakeRequest");
 
 const HandshakeToken = z
-  .object({ token: z.string().openapi({ example: "eyJhbGciOiJIUzI1NiIs…" }), expiresIn: z.number().int().openapi({ example: 3600 }) })
+  .strictObject({ token: z.string().openapi({ example: "eyJhbGciOiJIUzI1NiIs…" }), expiresIn: z.number().int().openapi({ example: 3600 }) })
   .openapi("HandshakeToken");
 
 const fullAccessKey = authenticate("full");

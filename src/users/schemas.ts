@@ -15,7 +15,7 @@ export const NewUser = z.strictObject({ email: Email, role: Role }).openapi("New
 export const UserChange = z.strictObject({ role: Role.optional(), disabled: z.boolean().optional() }).openapi("UserChange");
 
 export const UserView = z
-  .object({ id: z.string(), email: z.string(), role: Role, disabled: z.boolean(), createdAt: Timestamp })
+  .strictObject({ id: z.string(), email: z.string(), role: Role, disabled: z.boolean(), createdAt: Timestamp })
   .openapi("User");
 
 export function userView(u: User): z.infer<typeof UserView> {
