@@ -1,53 +1,140 @@
+import { z } from "@hono/zod-openapi";
 import { originProblem } from "./agents/store";
 import type { Bindings } from "./env";
 import { ApiError } from "./errors";
 import { log } from "./log";
-import { MAX_LIMIT, MAX_WINDOW_SECONDS, type Policy } from "./ratelimit/window";
-import type { SigningKey } from "./tokens/handshake";
+import { MAX_LIMIT, MAX_WINDOW_SECONDS } from "./ratelimit/window";
 
-export type Config = {
-  operatorToken: string | undefined;
-  resourceTypes: readonly string[];
-  queryTokenSunset: Date;
-  queryTokenDeprecatedAt: Date;
-  authDocsUrl: string;
-  allowHttp: boolean;
-  rateLimitFailureMode: "open" | "closed";
-  rateLimitTimeoutMs: number;
+/** A comma-separated list, blanks dropped. */
+const list = (item: z.ZodType<string, string>) =>
+  z
+    .string()
+    .default("")
+    .transform((v) =>
+      v
+        .split(",")
+        .map((s) => s.trim())
+        .filter(Boolean),
+    )
+    .pipe(z.array(item));
+
+/** A whole number of the variable's unit, from `min` to `max`. */
+const int = (fallback: number, min: number, max: number) => z.coerce.number().int().min(min).max(max).default(fallback);
+
+/** `"<limit>/<windowSeconds>"`, e.g. `"30/60"`: at most `limit` requests in any window of `windowSeconds`. */
+const policy = (fallback: string) =>
+  z
+    .string()
+    .default(fallback)
+    .transform((v, ctx) => {
+      const m = /^(\d+)\/(\d+)$/.exec(v);
+      const limit = Number(m?.[1]);
+      const windowSeconds = Number(m?.[2]);
+      if (!m || limit < 1 || limit > MAX_LIMIT || windowSeconds < 1 || windowSeconds > MAX_WINDOW_SECONDS) {
+        ctx.addIssue({ code: "custom", message: `must be <limit>/<windowSeconds>, limit 1-${MAX_LIMIT}, window 1-${MAX_WINDOW_SECONDS}` });
+        return z.NEVER;
+      }
+      return { limit, windowSeconds };
+    });
+
+const instant = (fallback: string) =>
+  z
+    .string()
+    .default(fallback)
+    .transform((v, ctx) => {
+      const d = new Date(v);
+      if (Number.isNaN(d.getTime())) ctx.addIssue({ code: "custom", message: "must be an ISO-8601 date" });
+      return d;
+    });
+
+const flag = (fallback: "true" | "false") =>
+  z
+    .enum(["true", "false"])
+    .default(fallback)
+    .transform((v) => v === "true");
+
+/** JWT_SIGNING_KEYS: a JSON list of `{kid, secret}`, each secret at least 32 bytes, kids unique; the first signs. */
+const signingKeys = z
+  .string()
+  .optional()
+  .transform((v, ctx) => {
+    if (!v) return [];
+    try {
+      return JSON.parse(v) as unknown;
+    } catch {
+      ctx.addIssue({ code: "custom", message: "is not JSON" });
+      return z.NEVER;
+    }
+  })
+  .pipe(
+    z
+      .array(
+        z.object({
+          kid: z.string().min(1),
+          secret: z
+            .string()
+            .refine((s) => new TextEncoder().encode(s).length >= 32, "secrets must be at least 32 bytes")
+            .transform((s) => new TextEncoder().encode(s)),
+        }),
+      )
+      .refine((keys) => new Set(keys.map((k) => k.kid)).size === keys.length, "kids must be unique"),
+  );
+
+/** Every variable and secret Keygate reads, with its default; README's configuration table lists the same. */
+const ConfigSchema = z.object({
+  OPERATOR_TOKEN: z
+    .string()
+    .optional()
+    .transform((v) => v || undefined)
+    .pipe(z.string().min(32).optional()),
+  RESOURCE_TYPES: list(z.string().regex(/^[a-z][a-z0-9]{0,31}$/, "holds a name that is not a resource type name")),
+  QUERY_TOKEN_SUNSET: instant("2026-07-01T00:00:00Z"),
+  QUERY_TOKEN_DEPRECATED_AT: instant("2026-01-01T00:00:00Z"),
+  AUTH_DOCS_URL: z.string().default("https://github.com/keygate/keygate#authentication"),
+  ALLOW_HTTP: flag("false"),
+  RATE_LIMIT_FAILURE_MODE: z.enum(["open", "closed"]).default("closed"),
+  RATE_LIMIT_TIMEOUT_MS: int(1000, 1, 60_000),
+  D1_TIMEOUT_MS: int(5000, 1, 60_000),
+  IP_FAILURE_RATE_LIMIT: policy("30/60"),
+  JWT_SIGNING_KEYS: signingKeys,
+  HANDSHAKE_AGENT_RATE_LIMIT: policy("600/60"),
+  HANDSHAKE_IP_RATE_LIMIT: policy("20/60"),
+  HANDSHAKE_USER_RATE_LIMIT: policy("30/60"),
+  CHAT_RATE_LIMIT: policy("30/60"),
+  DEMO_API_ORIGINS: list(
+    z.string().superRefine((o, ctx) => {
+      const problem = originProblem(o);
+      if (problem) ctx.addIssue({ code: "custom", message: `holds an entry that ${problem.replace(/ \(here: .*\)$/, "")}` });
+    }),
+  ),
+});
+
+const toConfig = (v: z.output<typeof ConfigSchema>) => ({
+  operatorToken: v.OPERATOR_TOKEN,
+  resourceTypes: v.RESOURCE_TYPES,
+  queryTokenSunset: v.QUERY_TOKEN_SUNSET,
+  queryTokenDeprecatedAt: v.QUERY_TOKEN_DEPRECATED_AT,
+  authDocsUrl: v.AUTH_DOCS_URL,
+  allowHttp: v.ALLOW_HTTP,
+  rateLimitFailureMode: v.RATE_LIMIT_FAILURE_MODE,
+  rateLimitTimeoutMs: v.RATE_LIMIT_TIMEOUT_MS,
   /** Deadline of every D1 round trip. */
-  d1TimeoutMs: number;
+  d1TimeoutMs: v.D1_TIMEOUT_MS,
   /** Failed authentications (and provisioning calls) allowed per client IP. */
-  ipPolicy: Policy;
-  /** From the JWT_SIGNING_KEYS secret; empty when it is not set (handshakes then answer configuration_error). */
-  signingKeys: SigningKey[];
+  ipPolicy: v.IP_FAILURE_RATE_LIMIT,
+  /** Empty when JWT_SIGNING_KEYS is not set (handshakes then answer configuration_error). */
+  signingKeys: v.JWT_SIGNING_KEYS,
   /** Anonymous browser handshakes per agent. */
-  handshakeAgentPolicy: Policy;
-  handshakeIpPolicy: Policy;
+  handshakeAgentPolicy: v.HANDSHAKE_AGENT_RATE_LIMIT,
+  handshakeIpPolicy: v.HANDSHAKE_IP_RATE_LIMIT,
   /** Browser handshakes per identified end user (a userId with its identity proof). */
-  handshakeUserPolicy: Policy;
-  chatPolicy: Policy;
+  handshakeUserPolicy: v.HANDSHAKE_USER_RATE_LIMIT,
+  chatPolicy: v.CHAT_RATE_LIMIT,
   /** Other Keygate origins the demo page may be pointed at with `?api=`; by default only its own. */
-  demoApiOrigins: readonly string[];
-};
+  demoApiOrigins: v.DEMO_API_ORIGINS,
+});
 
-export const DEFAULTS = {
-  RESOURCE_TYPES: "",
-  QUERY_TOKEN_SUNSET: "2026-07-01T00:00:00Z",
-  QUERY_TOKEN_DEPRECATED_AT: "2026-01-01T00:00:00Z",
-  AUTH_DOCS_URL: "https://github.com/keygate/keygate#authentication",
-  ALLOW_HTTP: "false",
-  RATE_LIMIT_FAILURE_MODE: "closed",
-  RATE_LIMIT_TIMEOUT_MS: "1000",
-  D1_TIMEOUT_MS: "5000",
-  IP_FAILURE_RATE_LIMIT: "30/60",
-  HANDSHAKE_AGENT_RATE_LIMIT: "600/60",
-  HANDSHAKE_IP_RATE_LIMIT: "20/60",
-  HANDSHAKE_USER_RATE_LIMIT: "30/60",
-  CHAT_RATE_LIMIT: "30/60",
-  DEMO_API_ORIGINS: "",
-} as const;
-
-const RESOURCE_TYPE = /^[a-z][a-z0-9]{0,31}$/;
+export type Config = ReturnType<typeof toConfig>;
 
 const cache = new WeakMap<Bindings, Config>();
 
@@ -55,99 +142,18 @@ const cache = new WeakMap<Bindings, Config>();
 export function getConfig(env: Bindings): Config {
   let config = cache.get(env);
   if (!config) {
-    config = parseConfig(env);
+    const parsed = ConfigSchema.safeParse(env);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      misconfigured(String(issue?.path[0] ?? "environment"), issue?.message ?? "is invalid");
+    }
+    config = toConfig(parsed.data);
     cache.set(env, config);
   }
   return config;
 }
 
-function parseConfig(env: Bindings): Config {
-  const resourceTypes = (env.RESOURCE_TYPES ?? DEFAULTS.RESOURCE_TYPES)
-    .split(",")
-    .map((t) => t.trim())
-    .filter(Boolean);
-  for (const type of resourceTypes) {
-    if (!RESOURCE_TYPE.test(type)) misconfigured("RESOURCE_TYPES", `"${type}" is not a resource type name`);
-  }
-  const operatorToken = env.OPERATOR_TOKEN || undefined;
-  if (operatorToken !== undefined && operatorToken.length < 32) misconfigured("OPERATOR_TOKEN", "must be at least 32 characters");
-  const allowHttp = env.ALLOW_HTTP ?? DEFAULTS.ALLOW_HTTP;
-  if (allowHttp !== "true" && allowHttp !== "false") misconfigured("ALLOW_HTTP", 'must be "true" or "false"');
-  const failureMode = env.RATE_LIMIT_FAILURE_MODE ?? DEFAULTS.RATE_LIMIT_FAILURE_MODE;
-  if (failureMode !== "open" && failureMode !== "closed") misconfigured("RATE_LIMIT_FAILURE_MODE", 'must be "open" or "closed"');
-  return {
-    rateLimitFailureMode: failureMode,
-    rateLimitTimeoutMs: int("RATE_LIMIT_TIMEOUT_MS", env.RATE_LIMIT_TIMEOUT_MS ?? DEFAULTS.RATE_LIMIT_TIMEOUT_MS, 1, 60_000),
-    d1TimeoutMs: int("D1_TIMEOUT_MS", env.D1_TIMEOUT_MS ?? DEFAULTS.D1_TIMEOUT_MS, 1, 60_000),
-    ipPolicy: policy("IP_FAILURE_RATE_LIMIT", env.IP_FAILURE_RATE_LIMIT ?? DEFAULTS.IP_FAILURE_RATE_LIMIT),
-    signingKeys: signingKeys(env.JWT_SIGNING_KEYS),
-    handshakeAgentPolicy: policy("HANDSHAKE_AGENT_RATE_LIMIT", env.HANDSHAKE_AGENT_RATE_LIMIT ?? DEFAULTS.HANDSHAKE_AGENT_RATE_LIMIT),
-    handshakeIpPolicy: policy("HANDSHAKE_IP_RATE_LIMIT", env.HANDSHAKE_IP_RATE_LIMIT ?? DEFAULTS.HANDSHAKE_IP_RATE_LIMIT),
-    handshakeUserPolicy: policy("HANDSHAKE_USER_RATE_LIMIT", env.HANDSHAKE_USER_RATE_LIMIT ?? DEFAULTS.HANDSHAKE_USER_RATE_LIMIT),
-    chatPolicy: policy("CHAT_RATE_LIMIT", env.CHAT_RATE_LIMIT ?? DEFAULTS.CHAT_RATE_LIMIT),
-    demoApiOrigins: origins("DEMO_API_ORIGINS", env.DEMO_API_ORIGINS ?? DEFAULTS.DEMO_API_ORIGINS),
-    operatorToken,
-    resourceTypes,
-    queryTokenSunset: date("QUERY_TOKEN_SUNSET", env.QUERY_TOKEN_SUNSET ?? DEFAULTS.QUERY_TOKEN_SUNSET),
-    queryTokenDeprecatedAt: date("QUERY_TOKEN_DEPRECATED_AT", env.QUERY_TOKEN_DEPRECATED_AT ?? DEFAULTS.QUERY_TOKEN_DEPRECATED_AT),
-    authDocsUrl: env.AUTH_DOCS_URL ?? DEFAULTS.AUTH_DOCS_URL,
-    allowHttp: allowHttp === "true",
-  };
-}
-
-/** `"<limit>/<windowSeconds>"`, e.g. `"30/60"`. */
-function policy(name: string, value: string): Policy {
-  const [limit = "", windowSeconds = ""] = value.split("/");
-  return { limit: int(name, limit, 1, MAX_LIMIT), windowSeconds: int(name, windowSeconds, 1, MAX_WINDOW_SECONDS) };
-}
-
-/** A JSON list of `{kid, secret}`, each secret at least 32 bytes; kids unique. */
-function signingKeys(value: string | undefined): SigningKey[] {
-  if (!value) return [];
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(value);
-  } catch {
-    misconfigured("JWT_SIGNING_KEYS", "is not JSON");
-  }
-  if (!Array.isArray(parsed) || parsed.length === 0) misconfigured("JWT_SIGNING_KEYS", "must be a non-empty list of {kid, secret}");
-  const keys = parsed.map((k: { kid?: unknown; secret?: unknown }) => {
-    if (typeof k?.kid !== "string" || k.kid === "" || typeof k.secret !== "string")
-      misconfigured("JWT_SIGNING_KEYS", "entries need a kid and a secret");
-    const secret = new TextEncoder().encode(k.secret);
-    if (secret.length < 32) misconfigured("JWT_SIGNING_KEYS", `secret of kid ${k.kid} is shorter than 32 bytes`);
-    return { kid: k.kid, secret };
-  });
-  if (new Set(keys.map((k) => k.kid)).size !== keys.length) misconfigured("JWT_SIGNING_KEYS", "kids must be unique");
-  return keys;
-}
-
-/** A comma-separated list of exact origins (as agents' allowed origins are). */
-function origins(name: string, value: string): string[] {
-  const list = value
-    .split(",")
-    .map((o) => o.trim())
-    .filter(Boolean);
-  for (const o of list) {
-    const problem = originProblem(o);
-    if (problem) misconfigured(name, `"${o}" ${problem}`);
-  }
-  return list;
-}
-
-function int(name: string, value: string, min: number, max: number): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < min || n > max) misconfigured(name, `must be an integer from ${min} to ${max}`);
-  return n;
-}
-
-function date(name: string, value: string): Date {
-  const d = new Date(value);
-  if (Number.isNaN(d.getTime())) misconfigured(name, "must be an ISO-8601 date");
-  return d;
-}
-
-/** Logs which variable is wrong and answers 500 `configuration_error`, without telling the caller more. */
+/** Logs which variable is wrong (never its value) and answers 500 `configuration_error`, without telling the caller more. */
 export function misconfigured(name: string, reason: string): never {
   log("error", "configuration_error", { variable: name, reason });
   throw new ApiError("configuration_error", "The server is misconfigured.");
