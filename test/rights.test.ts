@@ -86,4 +86,56 @@ describe("a change that removes rights, when the key's counter cannot be reached
     expect(Date.now() - started).toBeLessThan(2_000);
     expect(await rows("SELECT id FROM api_keys WHERE account_id = ? AND name = 'slow'", account.id)).toEqual([]);
   });
+
+  it("a rotation whose D1 batch lands after the deadline is undone: nothing lost, and it can be repeated", async () => {
+    const { account, key } = await provision();
+    const old = await createKey(key.key, { name: "ci" });
+    const late = faultyDatabase(
+      env.DB,
+      { kind: "late-answer", ms: 300 },
+      (sql) => sql.includes('insert into "api_keys"') && sql.includes('update "api_keys"'),
+    );
+    await expectProblem(
+      await callWith({ DB: late, D1_TIMEOUT_MS: "100" }, `/v1/api-keys/${old.id}/rotate`, { key: key.key, body: {} }),
+      503,
+      "database_unavailable",
+    );
+    expect(await rows("SELECT revoked_at FROM api_keys WHERE id = ?", old.id)).toEqual([{ revoked_at: null }]);
+    expect(
+      await rows("SELECT count(*) AS n FROM api_keys WHERE account_id = ? AND name = 'ci' AND revoked_at IS NULL", account.id),
+    ).toEqual([{ n: 1 }]);
+    expect((await whoami(old.key)).status).toBe(200);
+    const again = await call(`/v1/api-keys/${old.id}/rotate`, { key: key.key, body: {} });
+    expect(again.status).toBe(201);
+    expect((await whoami((await again.json<{ key: string }>()).key)).status).toBe(200);
+  });
+
+  it("a rotation that cannot be put in force never takes the account's last key with it", async () => {
+    const { account, key } = await provision();
+    // The only lasting key is rotated with a grace period while its counter stalls; meanwhile the old key is revoked.
+    const stalled = { RATE_LIMITER: faultyObjects(env.RATE_LIMITER, { reload: { kind: "stall" } }), RATE_LIMIT_TIMEOUT_MS: "500" };
+    const rotating = callWith(stalled, `/v1/api-keys/${key.id}/rotate`, { key: key.key, body: { gracePeriodSeconds: 3600 } });
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect((await call(`/v1/api-keys/${key.id}`, { method: "DELETE", key: key.key })).status).toBe(200);
+    const rotated = await rotating;
+    // The old key is gone for good, so the rotation stands and its new key is handed over.
+    expect(rotated.status).toBe(201);
+    const fresh = await rotated.json<{ key: string; id: string }>();
+    expect((await whoami(fresh.key)).status).toBe(200);
+    expect(await rows("SELECT id FROM api_keys WHERE account_id = ? AND revoked_at IS NULL", account.id)).toEqual([{ id: fresh.id }]);
+  });
+
+  it("after an undone rotation the old key works at once, even if its counter heard of the rotation late", async () => {
+    const { key } = await provision();
+    const old = await createKey(key.key, { name: "ci" });
+    const slow = {
+      RATE_LIMITER: faultyObjects(env.RATE_LIMITER, { reload: { kind: "late-answer", ms: 300 } }),
+      RATE_LIMIT_TIMEOUT_MS: "100",
+    };
+    const rotating = callWith(slow, `/v1/api-keys/${old.id}/rotate`, { key: key.key, body: {} });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    await whoami(old.key);
+    await expectProblem(await rotating, 503, "change_pending");
+    expect((await whoami(old.key)).status).toBe(200);
+  });
 });

@@ -1,5 +1,5 @@
 import { createRoute } from "@hono/zod-openapi";
-import { and, eq } from "drizzle-orm";
+import { and, eq, sql } from "drizzle-orm";
 import { rateLimitCeiling, withinCeiling } from "../accounts/limits";
 import { authenticate } from "../auth/middleware";
 import { canManageKey, type Principal } from "../auth/principal";
@@ -210,25 +210,16 @@ export const apiKeysRoutes = routes()
           auditInsert(d, { ...audit, action: "key.rotated", target: old.id }, now),
           auditInsert(d, { ...audit, action: "key.created", target: row.id }, now),
         ]);
+        await reloadKeys(c, [old.id]);
       } catch (err) {
         // The unique index on rotated_from: another request rotated this key first. Nothing was written.
         if (String(err).includes("UNIQUE")) throw new ApiError("key_not_active", `Key ${old.id} has already been rotated.`);
-        throw err;
-      }
-      try {
-        await reloadKeys(c, [old.id]);
-      } catch (err) {
-        // The old key's counter did not hear of its revocation, so the rotation is not in force: undo it (the new key was
-        // never shown to anyone) so that nothing changed and the request can be repeated.
-        await batch(c.env.DB, [
-          d.update(apiKeys).set({ revokedAt: now.toISOString(), revokedBy: p.userId, rotatedFrom: null }).where(eq(apiKeys.id, row.id)),
-          d
-            .update(apiKeys)
-            .set({ revokedAt: null, revokedBy: null })
-            .where(and(eq(apiKeys.id, old.id), eq(apiKeys.revokedAt, revokeAt.toISOString()))),
-          auditInsert(d, { ...audit, action: "key.rotation_undone", target: old.id }, now),
-        ]);
-        throw err;
+        // D1 did not answer in time (the batch may still land) or the old key's counter did not hear of its revocation:
+        // the rotation is not known to be in force. Undo it, unless someone revoked the old key meanwhile.
+        if (!(await undoRotation(c.env.DB, old, row, revokeAt, now, audit))) {
+          await reloadKeys(c, [old.id]).catch(() => {});
+          throw err;
+        }
       }
       c.header("Cache-Control", "no-store");
       return c.json({ ...keyView(row, now), key: raw }, 201);
@@ -237,6 +228,41 @@ export const apiKeysRoutes = routes()
   .all("/", allow("GET", "POST"))
   .all("/:id", allow("GET", "DELETE"))
   .all("/:id/rotate", allow("POST"));
+
+/**
+ * Undoes a rotation whose outcome is unknown, so that nothing changed and it can be repeated: the old key gets back
+ * the life the rotation took, and the new key (never shown to anyone) is written dead under its id and hash, so that a
+ * rotation batch still on its way fails instead of landing. Answers true, leaving both as they are, when the old key was
+ * revoked by another request meanwhile: then the rotation must stand, or the account would lose both keys.
+ */
+async function undoRotation(
+  d1: D1Database,
+  old: ApiKey,
+  row: ApiKey,
+  revokeAt: Date,
+  now: Date,
+  audit: { accountId: string; actor: string; requestId: string },
+): Promise<boolean> {
+  const d = db(d1);
+  const dead = { revokedAt: now.toISOString(), revokedBy: audit.actor, rotatedFrom: null };
+  await batch(d1, [
+    d
+      .update(apiKeys)
+      .set({ revokedAt: null, revokedBy: null })
+      .where(and(eq(apiKeys.id, old.id), eq(apiKeys.revokedAt, revokeAt.toISOString()))),
+    d
+      .insert(apiKeys)
+      .values({ ...row, ...dead })
+      .onConflictDoUpdate({
+        target: apiKeys.id,
+        set: dead,
+        setWhere: sql`EXISTS (SELECT 1 FROM api_keys o WHERE o.id = ${old.id} AND o.revoked_at IS NULL)`,
+      }),
+    auditInsert(d, { ...audit, action: "key.rotation_undone", target: old.id }, now),
+  ]);
+  const [fresh] = await d.select({ revokedAt: apiKeys.revokedAt }).from(apiKeys).where(eq(apiKeys.id, row.id)).limit(1);
+  return fresh?.revokedAt === null;
+}
 
 type MemberPolicy = { role: Principal["role"]; ceiling: Policy };
 
