@@ -1,5 +1,6 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { bodyLimit } from "hono/body-limit";
+import { HTTPException } from "hono/http-exception";
 import { getConfig } from "./config";
 import { withDeadline } from "./db/client";
 import { reference } from "./docs";
@@ -121,6 +122,11 @@ app.onError((err, c) => {
   // drizzle wraps what the database layer throws (a deadline's 503 among it) in an error of its own.
   const known = err instanceof ApiError ? err : err.cause instanceof ApiError ? err.cause : null;
   if (known) return problem(c, known);
+  // Hono's own refusals (a library's validator, say) still answer in Keygate's shape.
+  if (err instanceof HTTPException && err.status === 415)
+    return problem(c, new ApiError("unsupported_media_type", "Send the body as JSON."));
+  if (err instanceof HTTPException && err.status === 400)
+    return problem(c, new ApiError("malformed_json", "The request body is not valid JSON."));
   // Never a stack, a request body, a credential or a query's parameters: safeError keeps the class and a masked line.
   log("error", "unexpected_error", { requestId: c.get("requestId"), error: safeError(err) });
   return problem(c, new ApiError("internal_error", "Something went wrong on our side. Quote the request id when you report it."));

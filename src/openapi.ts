@@ -38,13 +38,16 @@ export function routes() {
   return new OpenAPIHono<AppEnv>({ defaultHook });
 }
 
+/** `application/json` with well-formed parameters only: what the route validators accept too, so the two never disagree. */
+const JSON_TYPE = /^application\/json(;\s*[a-zA-Z0-9-]+=[^;]+)*$/i;
+
 /**
  * Reads the body as a JSON object before any schema sees it: 415 unless it is declared JSON (so every browser call is
  * preflighted; Hono's validator would quietly validate `{}` instead), 400 `malformed_json` unless it parses, and
  * 400 `invalid_request` unless it is an object. The validator then reads the same parsed body.
  */
 export const jsonObject = createMiddleware<AppEnv>(async (c, next) => {
-  if (!/^application\/json\s*(;|$)/i.test(c.req.header("Content-Type") ?? "")) {
+  if (!JSON_TYPE.test(c.req.header("Content-Type") ?? "")) {
     throw new ApiError("unsupported_media_type", "Send the body as JSON with `Content-Type: application/json`.");
   }
   let body: unknown;

@@ -37,6 +37,31 @@ describe("the error shape", () => {
     await expectProblem(form, 415, "unsupported_media_type");
   });
 
+  it("refuses every Content-Type that is not exactly JSON with well-formed parameters as 415, never a 500", async () => {
+    const { key } = await provision();
+    for (const type of [
+      "application/json;",
+      "application/json; charset",
+      "application/json ;x=y",
+      "application/json;charset=utf-8;",
+      "application/json\t;a=b",
+      'application/json; a="b;c"',
+    ]) {
+      const res = await call("/v1/users", {
+        key: key.key,
+        headers: { "Content-Type": type },
+        body: { email: "ct@example.com", role: "member" },
+      });
+      await expectProblem(res, 415, "unsupported_media_type");
+    }
+    const fine = await call("/v1/users", {
+      key: key.key,
+      headers: { "Content-Type": "application/json; charset=utf-8" },
+      body: { email: "ct@example.com", role: "member" },
+    });
+    expect(fine.status).toBe(201);
+  });
+
   it("answers an unexpected failure with a 500 problem that reveals nothing", async () => {
     const { key } = await provision();
     const down = {
