@@ -93,7 +93,8 @@ export const usersRoutes = routes()
     async (c) => {
       const p = c.get("principal");
       const { role, disabled } = c.req.valid("json");
-      const { id } = c.req.valid("param");
+      // A user of the caller's account, or 404 before anything is written or reloaded.
+      const { id } = await findUser(c.env.DB, p.accountId, c.req.valid("param").id);
       const d = db(c.env.DB);
       const now = new Date();
       if (role !== undefined || disabled !== undefined) {

@@ -1,5 +1,7 @@
+import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { call, createKey, createUser, expectProblem, memberWithKey, provision, rows } from "../helpers";
+import { faultyObjects } from "../faults";
+import { call, callWith, createKey, createUser, expectProblem, memberWithKey, provision, rows } from "../helpers";
 
 const patch = (key: string, id: string, body: unknown) => call(`/v1/users/${id}`, { method: "PATCH", key, body });
 
@@ -114,5 +116,15 @@ describe("/v1/users", () => {
     expect(await rows("SELECT role, disabled FROM users WHERE id = ?", admin.id)).toEqual([{ role: "admin", disabled: 0 }]);
     await createKey(key.key, { ownerId: other.id });
     expect((await patch(key.key, admin.id, { role: "member" })).status).toBe(200);
+  });
+
+  it("never touches another account's user, even with nothing to change", async () => {
+    const { key } = await provision();
+    const other = await provision();
+    const broken = { RATE_LIMITER: faultyObjects(env.RATE_LIMITER, { reload: { kind: "throw" } }) };
+    for (const body of [{}, { disabled: true }]) {
+      await expectProblem(await callWith(broken, `/v1/users/${other.admin.id}`, { method: "PATCH", key: key.key, body }), 404, "not_found");
+    }
+    expect(await rows("SELECT disabled FROM users WHERE id = ?", other.admin.id)).toEqual([{ disabled: 0 }]);
   });
 });
