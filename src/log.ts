@@ -23,5 +23,7 @@ export function safeError(err: unknown): string {
   while (e instanceof DrizzleQueryError) e = e.cause;
   if (!(e instanceof Error)) return typeof e;
   const line = e.message.split("\n", 1)[0] ?? "";
+  // A wrapper that lost its class on the way (across an RPC boundary, say) still starts with drizzle's words.
+  if (line.startsWith("Failed query:")) return `${e.name}: a database query failed`;
   return `${e.name}: ${line.replace(SECRET_SHAPED, "[masked]")}`;
 }

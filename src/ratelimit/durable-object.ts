@@ -5,7 +5,7 @@ import { getConfig } from "../config";
 import { db, withDeadline } from "../db/client";
 import type { Bindings } from "../env";
 import { evaluateKey, type KeyRecord, LAST_USED_INTERVAL_MS, loadKey, recordUse, type VerifyResult } from "../keys/store";
-import { safeError } from "../log";
+import { log, safeError } from "../log";
 import { type Decision, decide, firstInWindow, type Policy } from "./window";
 
 export type Admission = Decision & { at: number };
@@ -188,7 +188,7 @@ export class RateLimiter extends DurableObject<Bindings> {
     this.ctx.waitUntil(
       recordUse(db(this.database), keyId, method, new Date(now))
         .run()
-        .catch((err: unknown) => console.error(JSON.stringify({ event: "last_used_failed", keyId, error: safeError(err) }))),
+        .catch((err: unknown) => log("error", "last_used_failed", { keyId, error: safeError(err) })),
     );
   }
 
@@ -215,7 +215,8 @@ export class RateLimiter extends DurableObject<Bindings> {
         },
         (err: unknown) => {
           if (generation === this.generation) this.loading = null;
-          throw err;
+          // Only what may be logged crosses back to the worker: drizzle's error names the query and its parameters.
+          throw new Error(safeError(err));
         },
       );
     }

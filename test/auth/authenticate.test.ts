@@ -111,6 +111,28 @@ describe("deprecated query parameter userApiToken", () => {
   });
 });
 
+describe("the key's counter when its database fails", () => {
+  it("answers 503 and logs neither the query nor its parameters", async () => {
+    const { key } = await provision();
+    const k = await createKey(key.key, { name: "l" });
+    await runInDurableObject(env.RATE_LIMITER.getByName(`key:${k.id}`), (instance) => {
+      // The object's own D1 handle, replaced through the shared fault seam: its next read of the key fails.
+      Object.assign(instance, {
+        database: faultyDatabase(env.DB, { kind: "throw", error: new Error("D1_ERROR: Network connection lost.") }),
+      });
+      instance.reload();
+    });
+    let res: Response | undefined;
+    const lines = await logged(async () => {
+      res = await call("/v1/whoami", { key: k.key });
+    });
+    await expectProblem(res as Response, 503, "rate_limiter_unavailable");
+    expect(lines).toContain("Network connection lost");
+    expect(lines).not.toMatch(/select|params|Failed query/i);
+    expect(lines).not.toContain(k.id.slice(4) + '",1');
+  });
+});
+
 /** Everything written to the console while `run` runs, as one string. */
 async function logged(run: () => Promise<unknown>): Promise<string> {
   const lines: unknown[] = [];
