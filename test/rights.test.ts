@@ -138,4 +138,13 @@ describe("a change that removes rights, when the key's counter cannot be reached
     await expectProblem(await rotating, 503, "change_pending");
     expect((await whoami(old.key)).status).toBe(200);
   });
+
+  it("gives the caller's request back when the change answers 503", async () => {
+    const { key } = await provision();
+    const caller = await createKey(key.key, { name: "caller", rateLimit: { limit: 5, windowSeconds: 60 } });
+    const victim = await createKey(key.key, { name: "victim" });
+    const broken = { RATE_LIMITER: faultyObjects(env.RATE_LIMITER, { reload: { kind: "throw" } }) };
+    await expectProblem(await callWith(broken, `/v1/api-keys/${victim.id}`, { method: "DELETE", key: caller.key }), 503, "change_pending");
+    expect((await whoami(caller.key)).headers.get("X-RateLimit-Remaining")).toBe("4");
+  });
 });

@@ -2,7 +2,9 @@ import type { Account } from "../db/schema";
 import type { Policy } from "../ratelimit/window";
 
 /** The highest limit members may give their keys: the account's `maxRateLimit`, else its default limit. */
-export function rateLimitCeiling(a: Account): Policy {
+export function rateLimitCeiling(
+  a: Pick<Account, "rateLimit" | "rateLimitWindowSeconds" | "maxRateLimit" | "maxRateLimitWindowSeconds">,
+): Policy {
   return a.maxRateLimit !== null && a.maxRateLimitWindowSeconds !== null
     ? { limit: a.maxRateLimit, windowSeconds: a.maxRateLimitWindowSeconds }
     : { limit: a.rateLimit, windowSeconds: a.rateLimitWindowSeconds };

@@ -26,15 +26,16 @@ const MAX_CACHED_KEY_IDS = 10_000;
 /**
  * Authenticates the request, checks what the route needs of the key, and spends one request of its rate limit: an API
  * key (then `principal` is set) or, where `tokens` is true, a handshake token (limited per agent user). A valid
- * handshake token anywhere else is 403. The key's counter decides 401 and 403 before spending; a 401 or 403 the
- * handler decides later is refunded before the answer leaves. Failed attempts count against the client IP's failures.
+ * handshake token anywhere else is 403. The key's counter decides 401 and 403 before spending; a 401, 403 or 5xx the
+ * handler answers later is refunded before the answer leaves. Failed attempts count against the client IP's failures.
  */
 function authenticateWith({ tokens, need }: { tokens: boolean; need: Need }) {
   return createMiddleware<AppEnv>(async (c, next) => {
     const admission = await identify(c, tokens, need).catch((err: unknown) => countFailure(c, err));
     await next();
     if (admission) {
-      if (c.res.status === 401 || c.res.status === 403) await refund(c, admission);
+      // Refused (401/403) or not served (5xx): the request spends nothing.
+      if (c.res.status === 401 || c.res.status === 403 || c.res.status >= 500) await refund(c, admission);
       for (const [name, value] of Object.entries(rateLimitHeaders(admission))) c.res.headers.set(name, value);
     }
   });

@@ -1,9 +1,10 @@
 import { and, eq, sql } from "drizzle-orm";
+import { rateLimitCeiling, withinCeiling } from "../accounts/limits";
 import type { AuthMethod } from "../auth/credentials";
 import type { Principal } from "../auth/principal";
 import type { Db } from "../db/client";
 import { listPage, type Page } from "../db/pagination";
-import { type ApiKey, accounts, apiKeys, users } from "../db/schema";
+import { type Account, type ApiKey, accounts, apiKeys, users } from "../db/schema";
 import type { Policy } from "../ratelimit/window";
 import { generateKey, hashKey, newId } from "./format";
 
@@ -80,8 +81,7 @@ export type KeyRecord = {
   role: "admin" | "member";
   disabled: boolean;
   keyPrefix: string;
-  accountLimit: number;
-  accountWindow: number;
+  account: Pick<Account, "rateLimit" | "rateLimitWindowSeconds" | "maxRateLimit" | "maxRateLimitWindowSeconds">;
 };
 
 /** Reads a key record by id or by hash, in one D1 read. */
@@ -92,8 +92,12 @@ export async function loadKey(d: Db, by: { id: string } | { hash: string }): Pro
       role: users.role,
       disabled: users.disabled,
       keyPrefix: accounts.keyPrefix,
-      accountLimit: accounts.rateLimit,
-      accountWindow: accounts.rateLimitWindowSeconds,
+      account: {
+        rateLimit: accounts.rateLimit,
+        rateLimitWindowSeconds: accounts.rateLimitWindowSeconds,
+        maxRateLimit: accounts.maxRateLimit,
+        maxRateLimitWindowSeconds: accounts.maxRateLimitWindowSeconds,
+      },
     })
     .from(apiKeys)
     .innerJoin(users, eq(users.id, apiKeys.ownerId))
@@ -101,6 +105,18 @@ export async function loadKey(d: Db, by: { id: string } | { hash: string }): Pro
     .where("id" in by ? eq(apiKeys.id, by.id) : eq(apiKeys.hash, by.hash))
     .limit(1);
   return found;
+}
+
+/**
+ * The key's own limit, else the account's default; a member's key on the default never gets more than the members'
+ * ceiling (`maxRateLimit`), which may be set below the default.
+ */
+function effectiveLimit(found: KeyRecord): Policy {
+  const own = keyPolicy(found.key);
+  if (own) return own;
+  const fallback = { limit: found.account.rateLimit, windowSeconds: found.account.rateLimitWindowSeconds };
+  const ceiling = rateLimitCeiling(found.account);
+  return found.role === "admin" || withinCeiling(fallback, ceiling) ? fallback : ceiling;
 }
 
 /** Whether a key may be used at `now`, and with which rights. An unusable key is a result, not an exception. */
@@ -120,10 +136,7 @@ export function evaluateKey(found: KeyRecord | undefined, now: Date): VerifyResu
       role: found.role,
       scopes: JSON.parse(found.key.scopes) as string[],
       keyPrefix: found.keyPrefix,
-      rateLimit: {
-        limit: found.key.rateLimit ?? found.accountLimit,
-        windowSeconds: found.key.rateLimitWindowSeconds ?? found.accountWindow,
-      },
+      rateLimit: effectiveLimit(found),
     },
   };
 }

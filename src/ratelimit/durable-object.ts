@@ -122,12 +122,20 @@ export class RateLimiter extends DurableObject<Bindings> {
     return answer;
   }
 
-  /** The caller gave up on this call (it timed out or failed): whatever it spent goes back, and it never spends later. */
-  cancel(id: string): void {
-    const known = this.calls.get(id);
+  /**
+   * The caller gave up on this call (it timed out or failed): whatever it spent goes back, and it never spends later.
+   * The cancellation is remembered until the call's own deadline has passed, after which the call cannot spend anyway.
+   */
+  cancel(tag: CallTag): void {
+    const known = this.calls.get(tag.id);
     if (known?.spentAt != null) this.refund(known.spentAt);
-    this.calls.delete(id);
-    this.calls.set(id, { answer: null, spentAt: null, cancelled: true, keepUntil: Date.now() + CALL_MEMORY_MS });
+    this.calls.delete(tag.id);
+    this.calls.set(tag.id, {
+      answer: null,
+      spentAt: null,
+      cancelled: true,
+      keepUntil: Math.max(Date.now(), tag.deadline) + CALL_MEMORY_MS,
+    });
   }
 
   /** Drops the cached key: the next request reads the key, its owner and its account again. */

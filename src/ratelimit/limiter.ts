@@ -66,7 +66,7 @@ export async function callCounter<T>(
     return await retriedOnce(() => call(stub, tag), tag.deadline);
   } catch (err) {
     c.executionCtx.waitUntil(
-      deadline(stub.cancel(tag.id), rateLimitTimeoutMs, timedOut).catch((e: unknown) =>
+      deadline(stub.cancel(tag), rateLimitTimeoutMs, timedOut).catch((e: unknown) =>
         log("warn", "counter_cancel_failed", { counter: counterKind(name), error: safeError(e) }),
       ),
     );

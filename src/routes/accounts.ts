@@ -95,6 +95,7 @@ export const accountsRoutes = routes()
         auditInsert(d, { ...audit, action: "user.created", target: user.id }, now),
         auditInsert(d, { ...audit, action: "key.created", target: row.id }, now),
       ]);
+      c.header("Cache-Control", "no-store");
       return c.json({ account: accountView(account), admin: userView(user), key: { ...keyView(row, now), key: raw } }, 201);
     },
   )

@@ -76,9 +76,9 @@ describe("RateLimiter Durable Object", () => {
     const stub = env.RATE_LIMITER.getByName("test:cancel");
     const answered = tag();
     await stub.consume(policy, answered);
-    await stub.cancel(answered.id);
+    await stub.cancel(answered);
     const never = tag();
-    await stub.cancel(never.id);
+    await stub.cancel(never);
     expect(await outcome(stub.consume(policy, never))).toMatch(/no longer waits/);
     expect(await stored(stub)).toBe(0);
     expect((await stub.consume(policy, tag())).remaining).toBe(2);

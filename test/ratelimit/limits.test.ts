@@ -170,6 +170,21 @@ describe("refused requests never borrow the budget", () => {
 });
 
 describe("the account's ceiling on members' limits (maxRateLimit)", () => {
+  it("holds for members' keys that follow the account's default, when the default is above it", async () => {
+    const { key } = await provision({
+      membersCanCreateKeys: true,
+      rateLimit: { limit: 1000, windowSeconds: 60 },
+      maxRateLimit: { limit: 10, windowSeconds: 60 },
+    });
+    const member = await createUser(key.key, "member");
+    const memberKey = await createKey(key.key, { ownerId: member.id });
+    const own = await createKey(memberKey.key, { name: "default limit" });
+    for (const k of [memberKey, own])
+      expect(await (await whoami(k.key)).json()).toMatchObject({ rateLimit: { limit: 10, windowSeconds: 60 } });
+    // An admin's key follows the default.
+    expect(await (await whoami(key.key)).json()).toMatchObject({ rateLimit: { limit: 1000, windowSeconds: 60 } });
+  });
+
   it("bounds what members may choose, by size and by rate; admins set it and are not bound", async () => {
     const { key } = await provision({ membersCanCreateKeys: true });
     const member = await createUser(key.key, "member");

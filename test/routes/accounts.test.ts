@@ -10,6 +10,7 @@ describe("POST /v1/accounts (operator provisioning)", () => {
       body: { name: "Robotomail", keyPrefix: "rm", admin: { email: "Ops@Example.com" } },
     });
     expect(res.status).toBe(201);
+    expect(res.headers.get("Cache-Control")).toBe("no-store");
     const body = await res.json<Provisioned>();
     expect(body.account).toMatchObject({ name: "Robotomail", keyPrefix: "rm", membersCanCreateKeys: false });
     expect(body.account.id).toMatch(/^acc_/);

@@ -19,6 +19,7 @@ describe("POST /v1/api-keys", () => {
     const { account, admin, key } = await provision({ keyPrefix: "rbtk" });
     const res = await call("/v1/api-keys", { key: key.key, body: { name: "CI pipeline" } });
     expect(res.status).toBe(201);
+    expect(res.headers.get("Cache-Control")).toBe("no-store");
     const body = await res.json<KeyBody>();
     expect(Object.keys(body).sort()).toEqual(
       [
