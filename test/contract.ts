@@ -6,6 +6,8 @@ type Documented = {
   method: string;
   path: string;
   pattern: RegExp;
+  /** The security schemes it takes (`[]`: none; an empty entry `{}`: credentials optional). */
+  security: Record<string, string[]>[];
   responses: Record<string, { content?: Record<string, { schema?: unknown }> }>;
 };
 
@@ -17,6 +19,7 @@ export const documented: Documented[] = app.openAPIRegistry.definitions.flatMap(
           method: d.route.method.toUpperCase(),
           path: d.route.path,
           pattern: new RegExp(`^${d.route.path.replace(/\{[^/]+\}/g, "[^/]+")}$`),
+          security: (d.route.security ?? []) as Record<string, string[]>[],
           responses: d.route.responses as Documented["responses"],
         },
       ]
