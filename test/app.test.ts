@@ -15,6 +15,11 @@ describe("the error shape", () => {
     const res = await call("/v1/api-keys", { method: "PUT", key: key.key, body: {} });
     await expectProblem(res, 405, "method_not_allowed");
     expect(res.headers.get("Allow")).toBe("GET, POST");
+    // Decided before authentication: a wrong method costs no failure budget, whatever the credential.
+    const ip = { "CF-Connecting-IP": "198.51.100.200", "X-API-Key": "garbage" };
+    for (let i = 0; i < 40; i++)
+      await expectProblem(await call("/v1/users", { method: "PUT", headers: ip, body: {} }), 405, "method_not_allowed");
+    await expectProblem(await call("/v1/whoami", { headers: ip }), 401, "malformed_credentials");
     const health = await call("/health", { method: "POST", body: {} });
     await expectProblem(health, 404, "not_found");
   });

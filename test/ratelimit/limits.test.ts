@@ -2,7 +2,7 @@ import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { type Fault, faultyObjects } from "../faults";
-import { call, callWith, createKey, createUser, expectProblem, OPERATOR_TOKEN, provision } from "../helpers";
+import { call, callWith, createKey, createUser, expectProblem, expire, OPERATOR_TOKEN, provision } from "../helpers";
 
 const whoami = (key: string, headers: Record<string, string> = {}) => call("/v1/whoami", { key, headers });
 
@@ -293,6 +293,24 @@ describe("when the rate limiter fails", () => {
       expect(res.headers.get("X-RateLimit-Limit")).toBeNull();
     });
   }
+
+  it("in open mode still refuses revoked and expired keys and keys of disabled owners, and what the route needs", async () => {
+    const { key } = await provision();
+    const open = { RATE_LIMITER: faultyObjects(env.RATE_LIMITER, { authorize: { kind: "throw" } }), RATE_LIMIT_FAILURE_MODE: "open" };
+    const revoked = await createKey(key.key, { name: "revoked" });
+    await call(`/v1/api-keys/${revoked.id}`, { method: "DELETE", key: key.key });
+    const expired = await createKey(key.key, { name: "expired", expiresAt: "2099-01-01T00:00:00Z" });
+    await expire(expired.id);
+    const member = await createUser(key.key, "member");
+    const memberKey = await createKey(key.key, { ownerId: member.id });
+    await call(`/v1/users/${member.id}`, { method: "PATCH", key: key.key, body: { disabled: true } });
+    const scoped = await createKey(key.key, { mailboxIds: ["mbx_1"] });
+    await expectProblem(await callWith(open, "/v1/whoami", { key: revoked.key }), 401, "key_revoked");
+    await expectProblem(await callWith(open, "/v1/whoami", { key: expired.key }), 401, "key_expired");
+    await expectProblem(await callWith(open, "/v1/whoami", { key: memberKey.key }), 401, "key_owner_disabled");
+    await expectProblem(await callWith(open, "/v1/api-keys", { key: scoped.key }), 403, "insufficient_scope");
+    expect((await callWith(open, "/v1/whoami", { key: key.key })).headers.get("X-RateLimit-Status")).toBe("unavailable");
+  });
 
   it("retries once an error the platform marks retryable, never an overload", async () => {
     const { key } = await provision();

@@ -1,7 +1,7 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { faultyObjects } from "../faults";
-import { call, callWith, createKey, createUser, expectProblem, memberWithKey, provision, rows } from "../helpers";
+import { call, callWith, createAgent, createKey, createUser, expectProblem, memberWithKey, provision, rows } from "../helpers";
 
 const patch = (key: string, id: string, body: unknown) => call(`/v1/users/${id}`, { method: "PATCH", key, body });
 
@@ -126,5 +126,32 @@ describe("/v1/users", () => {
       await expectProblem(await callWith(broken, `/v1/users/${other.admin.id}`, { method: "PATCH", key: key.key, body }), 404, "not_found");
     }
     expect(await rows("SELECT disabled FROM users WHERE id = ?", other.admin.id)).toEqual([{ disabled: 0 }]);
+  });
+});
+
+describe("paging", () => {
+  it("pages users and agents newest first with a cursor, and refuses a cursor it did not write", async () => {
+    const { admin, key } = await provision();
+    const users = [admin.id];
+    for (let i = 0; i < 4; i++) users.unshift((await createUser(key.key, "member")).id);
+    const agents: string[] = [];
+    for (let i = 0; i < 5; i++) agents.unshift((await createAgent(key.key)).id);
+    for (const [path, expected] of [
+      ["/v1/users", users],
+      ["/v1/agents", agents],
+    ] as const) {
+      const seen: string[] = [];
+      let cursor: string | null = null;
+      do {
+        const res = await call(`${path}?limit=2${cursor ? `&cursor=${cursor}` : ""}`, { key: key.key });
+        const page = await res.json<{ data: { id: string }[]; nextCursor: string | null }>();
+        expect(page.data.length).toBeLessThanOrEqual(2);
+        seen.push(...page.data.map((x) => x.id));
+        cursor = page.nextCursor;
+      } while (cursor);
+      expect(seen).toEqual(expected);
+      const bad = await expectProblem(await call(`${path}?cursor=not-a-cursor`, { key: key.key }), 400, "invalid_request");
+      expect(bad.errors).toEqual([{ field: "cursor", message: "is not a cursor this API returned" }]);
+    }
   });
 });
