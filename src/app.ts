@@ -1,6 +1,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
+import { secureHeaders } from "hono/secure-headers";
 import { getConfig } from "./config";
 import { withDeadline } from "./db/client";
 import { reference } from "./docs";
@@ -18,6 +19,9 @@ import { handshakeRoutes } from "./routes/handshake";
 import { usersRoutes } from "./routes/users";
 
 export const app = routes();
+
+// Secure headers on every answer. No Cross-Origin-Resource-Policy: widgets on other origins read the chat endpoints.
+app.use(secureHeaders({ crossOriginResourcePolicy: false, xFrameOptions: "DENY" }));
 
 app.use(async (c, next) => {
   c.set("requestId", `req_${crypto.randomUUID().replaceAll("-", "")}`);

@@ -27,12 +27,13 @@ export const documented: Documented[] = app.openAPIRegistry.definitions.flatMap(
 );
 
 /**
- * Throws unless the answer is one the contract documents for its route: a listed status, a listed media type, and for
+ * Throws unless the answer carries the secure headers and is one the contract documents for its route: a listed status, a listed media type, and for
  * JSON a body its schema accepts (problems included, so a code the route's list lacks fails). Paths no documented
  * route matches (unknown paths, other methods) have nothing to check.
  */
 export async function checkContract(req: Request, res: Response): Promise<void> {
   const { pathname } = new URL(req.url);
+  if (res.headers.get("X-Content-Type-Options") !== "nosniff") throw new Error(`${req.method} ${pathname} answered without nosniff`);
   const route = documented.find((r) => r.method === req.method && r.pattern.test(pathname));
   if (!route) return;
   const where = `${req.method} ${pathname} answered ${res.status}`;
