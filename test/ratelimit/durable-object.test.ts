@@ -1,6 +1,11 @@
 import { evictDurableObject, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
+import { RECORD_TTL_MS } from "../../src/ratelimit/durable-object";
+import { faultyDatabase } from "../faults";
+import { call, createKey, expectProblem, provision } from "../helpers";
+
+const whoami = (key: string) => call("/v1/whoami", { key });
 
 const policy = { limit: 3, windowSeconds: 10 };
 /** What an RPC call ended with, settled here (expect() on an RPC promise would pipeline calls that reject unhandled). */
@@ -82,5 +87,59 @@ describe("RateLimiter Durable Object", () => {
     expect(await outcome(stub.consume(policy, never))).toMatch(/no longer waits/);
     expect(await stored(stub)).toBe(0);
     expect((await stub.consume(policy, tag())).remaining).toBe(2);
+  });
+});
+
+describe("the key's record in its counter", () => {
+  it("is trusted for RECORD_TTL_MS at most: a change nobody announced is seen once it expires (injected clock)", async () => {
+    const { key } = await provision();
+    const k = await createKey(key.key, { name: "ttl" });
+    const stub = env.RATE_LIMITER.getByName(`key:${k.id}`);
+    let now = Date.now();
+    await runInDurableObject(stub, (instance) => {
+      instance.clock = () => now;
+    });
+    expect((await whoami(k.key)).status).toBe(200);
+    // Revoked behind the counter's back (no reload): the cached record still admits until it expires.
+    await env.DB.prepare("UPDATE api_keys SET revoked_at = ? WHERE id = ?")
+      .bind(new Date(now - 1000).toISOString(), k.id)
+      .run();
+    now += RECORD_TTL_MS - 1;
+    expect((await whoami(k.key)).status).toBe(200);
+    now += 1;
+    await expectProblem(await whoami(k.key), 401, "key_revoked");
+  });
+
+  it("never keeps a record read before a reload that happened during the read", async () => {
+    const { key } = await provision();
+    const k = await createKey(key.key, { name: "in flight" });
+    const stub = env.RATE_LIMITER.getByName(`key:${k.id}`);
+    await runInDurableObject(stub, (instance) => {
+      // The next read of the key answers late, with the row as it was when the read began.
+      Object.assign(instance, { database: faultyDatabase(env.DB, { kind: "late-answer", ms: 200 }) });
+      instance.reload();
+    });
+    const first = whoami(k.key);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    await env.DB.prepare("UPDATE api_keys SET revoked_at = ? WHERE id = ?")
+      .bind(new Date(Date.now() - 1000).toISOString(), k.id)
+      .run();
+    await runInDurableObject(stub, (instance) => {
+      Object.assign(instance, { database: env.DB });
+      instance.reload();
+    });
+    await first;
+    await expectProblem(await whoami(k.key), 401, "key_revoked");
+  });
+
+  it("gives back a stored admission after the object was evicted", async () => {
+    const stub = env.RATE_LIMITER.getByName("test:evicted-refund");
+    const first = await stub.consume(policy, tag());
+    await stub.consume(policy, tag());
+    await evictDurableObject(stub);
+    const again = env.RATE_LIMITER.getByName("test:evicted-refund");
+    await again.refund(first.at);
+    expect(await stored(again)).toBe(1);
+    expect((await again.consume(policy, tag())).remaining).toBe(1);
   });
 });

@@ -160,6 +160,21 @@ describe("POST /v1/api-keys", () => {
     const forAdmin = await call("/v1/api-keys", { key: m2.key.key, body: { name: "x", ownerId: open.admin.id } });
     await expectProblem(forAdmin, 403, "insufficient_role");
   });
+
+  it("lets members rotate only their own keys, and only where the account lets them create keys", async () => {
+    const open = await provision({ membersCanCreateKeys: true });
+    const member = await memberWithKey(open.key.key);
+    const own = await createKey(member.key.key, { name: "mine" });
+    const rotated = await rotate(member.key.key, own.id);
+    expect(rotated.status).toBe(201);
+    expect(await rotated.json()).toMatchObject({ ownerId: member.user.id, createdBy: member.user.id, rotatedFrom: own.id });
+    // Someone else's key does not exist for a member.
+    await expectProblem(await rotate(member.key.key, open.key.id), 404, "not_found");
+    expect(await rows("SELECT revoked_at FROM api_keys WHERE id = ?", open.key.id)).toEqual([{ revoked_at: null }]);
+    // Once the account stops members creating keys, they cannot rotate either (a rotation creates a key).
+    await call("/v1/account", { method: "PATCH", key: open.key.key, body: { membersCanCreateKeys: false } });
+    await expectProblem(await rotate(member.key.key, member.key.id), 403, "insufficient_role");
+  });
 });
 
 describe("GET /v1/api-keys", () => {
