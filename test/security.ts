@@ -1,4 +1,4 @@
-import { describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { call, createAgent, createKey, expectProblem, expire, handshake, memberWithKey, provision, WIDGET_ORIGIN } from "./helpers";
 
 /** An account to attack: its admin key, a second key and a member user, whose ids routes can put in their path. */
@@ -12,7 +12,7 @@ export type ProtectedRoute = {
   needs: "any" | "full" | "admin";
 };
 
-async function target(): Promise<Target> {
+async function newTarget(): Promise<Target> {
   const { account, key } = await provision();
   const second = await createKey(key.key, { name: "second" });
   const member = await memberWithKey(key.key);
@@ -27,6 +27,12 @@ export function securityChecks(route: ProtectedRoute): void {
     call(route.path(t), { method: route.method, headers, ...(route.body === undefined ? {} : { body: route.body }) });
 
   describe(`${route.method} ${route.path({ adminKey: "", keyId: ":keyId", userId: ":userId", agentId: ":agentId", accountId: "", token: "" })} security`, () => {
+    // One account to attack per route, shared by its checks: none of them changes what it holds.
+    let shared: Promise<Target>;
+    beforeAll(() => {
+      shared = newTarget();
+    });
+    const target = () => shared;
     it("refuses a request without a credential", async () => {
       const res = await send(await target(), {});
       await expectProblem(res, 401, "missing_credentials");
