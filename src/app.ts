@@ -2,7 +2,7 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
 import { secureHeaders } from "hono/secure-headers";
-import { getConfig } from "./config";
+import { getConfig, misconfiguredVariables } from "./config";
 import { withDeadline } from "./db/client";
 import { reference } from "./docs";
 import type { AppEnv, Bindings } from "./env";
@@ -37,11 +37,13 @@ app.use(async (c, next) => {
   c.set("config", config);
   let env = guarded.get(c.env);
   if (!env) {
-    env = { ...c.env, DB: withDeadline(c.env.DB, config.d1TimeoutMs) };
+    env = { ...c.env, DB: withDeadline(c.env.DB, () => config.d1TimeoutMs) };
     guarded.set(c.env, env);
   }
   c.env = env;
-  if (!config.allowHttp && new URL(c.req.url).protocol !== "https:") {
+  // Only the exact "true" allows plain http: anything else, a malformed value included (which /health names), keeps
+  // Keygate on https, so every route still answers.
+  if (c.env.ALLOW_HTTP !== "true" && new URL(c.req.url).protocol !== "https:") {
     throw new ApiError("https_required", "Keygate only answers over HTTPS; send the request to the https:// URL.");
   }
   await next();
@@ -64,7 +66,14 @@ app.openapi(
     summary: "Whether Keygate answers",
     responses: { 200: json(z.strictObject({ status: z.literal("ok") }).openapi("Health"), "Keygate answers"), ...problems() },
   }),
-  (c) => c.json({ status: "ok" as const }, 200),
+  (c) => {
+    // Answers whatever else is wrong, naming the variables a deployment must fix (never their values).
+    const variables = misconfiguredVariables(c.env);
+    if (variables.length > 0) {
+      throw new ApiError("configuration_error", `Misconfigured: ${variables.join(", ")}.`, { body: { variables } });
+    }
+    return c.json({ status: "ok" as const }, 200);
+  },
 );
 app.route("/v1/accounts", accountsRoutes);
 app.route("/v1/account", accountRoutes);

@@ -109,48 +109,67 @@ const ConfigSchema = z.object({
   ),
 });
 
-const toConfig = (v: z.output<typeof ConfigSchema>) => ({
-  operatorToken: v.OPERATOR_TOKEN,
-  resourceTypes: v.RESOURCE_TYPES,
-  queryTokenSunset: v.QUERY_TOKEN_SUNSET,
-  queryTokenDeprecatedAt: v.QUERY_TOKEN_DEPRECATED_AT,
-  authDocsUrl: v.AUTH_DOCS_URL,
-  allowHttp: v.ALLOW_HTTP,
-  rateLimitFailureMode: v.RATE_LIMIT_FAILURE_MODE,
-  rateLimitTimeoutMs: v.RATE_LIMIT_TIMEOUT_MS,
+/** The field of Config each variable becomes. */
+const FIELDS = {
+  operatorToken: "OPERATOR_TOKEN",
+  resourceTypes: "RESOURCE_TYPES",
+  queryTokenSunset: "QUERY_TOKEN_SUNSET",
+  queryTokenDeprecatedAt: "QUERY_TOKEN_DEPRECATED_AT",
+  authDocsUrl: "AUTH_DOCS_URL",
+  rateLimitFailureMode: "RATE_LIMIT_FAILURE_MODE",
+  rateLimitTimeoutMs: "RATE_LIMIT_TIMEOUT_MS",
   /** Deadline of every D1 round trip. */
-  d1TimeoutMs: v.D1_TIMEOUT_MS,
+  d1TimeoutMs: "D1_TIMEOUT_MS",
   /** Failed authentications (and provisioning calls) allowed per client IP. */
-  ipPolicy: v.IP_FAILURE_RATE_LIMIT,
+  ipPolicy: "IP_FAILURE_RATE_LIMIT",
   /** Empty when JWT_SIGNING_KEYS is not set (handshakes then answer configuration_error). */
-  signingKeys: v.JWT_SIGNING_KEYS,
+  signingKeys: "JWT_SIGNING_KEYS",
   /** Anonymous browser handshakes per agent. */
-  handshakeAgentPolicy: v.HANDSHAKE_AGENT_RATE_LIMIT,
-  handshakeIpPolicy: v.HANDSHAKE_IP_RATE_LIMIT,
+  handshakeAgentPolicy: "HANDSHAKE_AGENT_RATE_LIMIT",
+  handshakeIpPolicy: "HANDSHAKE_IP_RATE_LIMIT",
   /** Browser handshakes per identified end user (a userId with its identity proof). */
-  handshakeUserPolicy: v.HANDSHAKE_USER_RATE_LIMIT,
-  chatPolicy: v.CHAT_RATE_LIMIT,
+  handshakeUserPolicy: "HANDSHAKE_USER_RATE_LIMIT",
+  chatPolicy: "CHAT_RATE_LIMIT",
   /** Other Keygate origins the demo page may be pointed at with `?api=`; by default only its own. */
-  demoApiOrigins: v.DEMO_API_ORIGINS,
-});
+  demoApiOrigins: "DEMO_API_ORIGINS",
+} as const satisfies Record<string, keyof typeof ConfigSchema.shape>;
 
-export type Config = ReturnType<typeof toConfig>;
+type Shape = typeof ConfigSchema.shape;
+export type Config = { readonly [K in keyof typeof FIELDS]: z.output<Shape[(typeof FIELDS)[K]]> };
 
 const cache = new WeakMap<Bindings, Config>();
 
-/** Reads and validates vars and secrets once per environment object. */
+/**
+ * The deployment's configuration. Each variable is validated when a request first needs it, once per environment: a
+ * malformed variable answers 500 `configuration_error` on the routes that use it, and only there.
+ */
 export function getConfig(env: Bindings): Config {
   let config = cache.get(env);
   if (!config) {
-    const parsed = ConfigSchema.safeParse(env);
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0];
-      misconfigured(String(issue?.path[0] ?? "environment"), issue?.message ?? "is invalid");
+    const lazy: Record<string, unknown> = {};
+    for (const [field, name] of Object.entries(FIELDS)) {
+      Object.defineProperty(lazy, field, {
+        configurable: true,
+        enumerable: true,
+        get() {
+          const parsed = ConfigSchema.shape[name].safeParse((env as Record<string, unknown>)[name]);
+          if (!parsed.success) misconfigured(name, parsed.error.issues[0]?.message ?? "is invalid");
+          Object.defineProperty(lazy, field, { value: parsed.data, enumerable: true });
+          return parsed.data;
+        },
+      });
     }
-    config = toConfig(parsed.data);
+    config = lazy as Config;
     cache.set(env, config);
   }
   return config;
+}
+
+/** The names (never the values) of the variables that are set to something Keygate refuses. */
+export function misconfiguredVariables(env: Bindings): string[] {
+  return Object.entries(ConfigSchema.shape)
+    .filter(([name, schema]) => !schema.safeParse((env as Record<string, unknown>)[name]).success)
+    .map(([name]) => name);
 }
 
 /** Logs which variable is wrong (never its value) and answers 500 `configuration_error`, without telling the caller more. */

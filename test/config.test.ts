@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { callWith, expectProblem } from "./helpers";
+import { callWith, createAgent, expectProblem, provision, WIDGET_ORIGIN } from "./helpers";
 
 // Every variable Keygate reads, a value it must refuse and one it must accept.
 const table: [string, string, string][] = [
@@ -22,18 +22,32 @@ const table: [string, string, string][] = [
 
 describe("configuration", () => {
   for (const [name, bad, good] of table) {
-    it(`${name}: refuses ${JSON.stringify(bad)} naming the variable (never its value), accepts ${JSON.stringify(good)}`, async () => {
-      const lines: string[] = [];
-      const error = console.error;
-      console.error = (line: string) => lines.push(line);
-      try {
-        await expectProblem(await callWith({ [name]: bad }, "/health"), 500, "configuration_error");
-      } finally {
-        console.error = error;
-      }
-      expect(lines.map((l) => JSON.parse(l))).toEqual([expect.objectContaining({ event: "configuration_error", variable: name })]);
-      if (bad.length > 4) expect(lines.join()).not.toContain(bad);
+    it(`${name}: /health names it when it is ${JSON.stringify(bad)} (never the value), and accepts ${JSON.stringify(good)}`, async () => {
+      const res = await callWith({ [name]: bad }, "/health");
+      const problem = await expectProblem(res, 500, "configuration_error");
+      expect(problem.variables).toEqual([name]);
+      if (bad.length > 4) expect(JSON.stringify(problem)).not.toContain(bad);
       expect((await callWith({ [name]: good }, "/health")).status).toBe(200);
     });
   }
+
+  it("fails only the routes that need a malformed variable, and logs its name, never its value", async () => {
+    const { key } = await provision();
+    const agent = await createAgent(key.key);
+    const broken = { HANDSHAKE_AGENT_RATE_LIMIT: "lots", CHAT_RATE_LIMIT: "many/minute" };
+    expect((await callWith(broken, "/v1/whoami", { key: key.key })).status).toBe(200);
+    const lines: string[] = [];
+    const error = console.error;
+    console.error = (line: string) => lines.push(line);
+    try {
+      const res = await callWith(broken, "/v1/handshake", { headers: { Origin: WIDGET_ORIGIN }, body: { agentId: agent.id } });
+      await expectProblem(res, 500, "configuration_error");
+    } finally {
+      console.error = error;
+    }
+    expect(lines.map((l) => JSON.parse(l))).toEqual([
+      expect.objectContaining({ event: "configuration_error", variable: "HANDSHAKE_AGENT_RATE_LIMIT" }),
+    ]);
+    expect(lines.join()).not.toContain("lots");
+  });
 });

@@ -31,10 +31,10 @@ const ROUND_TRIPS = new Set(["first", "run", "all", "raw"]);
  * `database_unavailable` instead of holding the request. A write that timed out may still land; every write Keygate
  * makes is guarded or idempotent, so repeating the request is safe.
  */
-export function withDeadline(d1: D1Database, ms: number): D1Database {
+export function withDeadline(d1: D1Database, ms: () => number): D1Database {
   const real = new WeakMap<object, D1PreparedStatement>();
   const timed = <T>(p: Promise<T>) =>
-    deadline(p, ms, () => new ApiError("database_unavailable", "The database did not answer in time; retry shortly.", RETRY));
+    deadline(p, ms(), () => new ApiError("database_unavailable", "The database did not answer in time; retry shortly.", RETRY));
   const statement = (s: D1PreparedStatement): D1PreparedStatement => {
     const wrapped = new Proxy(s, {
       get(target, prop) {

@@ -77,7 +77,7 @@ export class RateLimiter extends DurableObject<Bindings> {
 
   constructor(ctx: DurableObjectState, env: Bindings) {
     super(ctx, env);
-    this.database = withDeadline(env.DB, getConfig(env).d1TimeoutMs);
+    this.database = withDeadline(env.DB, () => getConfig(env).d1TimeoutMs);
     const sql = ctx.storage.sql;
     sql.exec("CREATE TABLE IF NOT EXISTS hits (at INTEGER NOT NULL)");
     this.log = sql
