@@ -3,7 +3,7 @@ import { ApiError } from "../errors";
 
 export type AuthMethod = "bearer" | "header" | "query";
 
-/** The deprecated query parameter (seed: `?userApiToken=...`). */
+/** The deprecated query parameter (Robohead's `?userApiToken=...`, discontinued on its sunset date). */
 export const QUERY_PARAM = "userApiToken";
 
 /**

@@ -112,7 +112,7 @@ export async function refund(c: Context<AppEnv>, admission: Admission): Promise<
   );
 }
 
-/** X-RateLimit-* (seed 003) and the IETF draft's RateLimit-Policy / RateLimit headers. */
+/** X-RateLimit-* (as Roboticks documents them) and the IETF draft's RateLimit-Policy / RateLimit headers. */
 export function rateLimitHeaders(a: Admission): Record<string, string> {
   const secondsToReset = Math.ceil((a.resetAt - a.at) / 1000);
   return {

@@ -5,7 +5,7 @@ export type Policy = { limit: number; windowSeconds: number };
 export const MAX_LIMIT = 1_000_000;
 export const MAX_WINDOW_SECONDS = 86_400;
 
-/** 60 requests a minute, the default of every new account (seed 004). */
+/** 60 requests a minute, the default of every new account (RPA Watch's documented limit). */
 export const DEFAULT_POLICY: Policy = { limit: 60, windowSeconds: 60 };
 
 export type Decision = {
