@@ -7,7 +7,7 @@ describe("key format", () => {
     for (let i = 0; i < 10_000; i++) {
       const key = generateKey("rm");
       expect(key).toMatch(/^rm_[0-9a-f]{64}$/);
-      // "rm_" + 64 hex = 67 characters (seed 001 counts 68, which its own format cannot produce).
+      // "rm_" + 64 hex = 67 characters (Robotomail documents 68, which its own format cannot produce).
       expect(key).toHaveLength(67);
       keys.add(key);
     }

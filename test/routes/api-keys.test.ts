@@ -62,7 +62,7 @@ describe("POST /v1/api-keys", () => {
     expect(await rows("SELECT action FROM audit_events WHERE target = ?", body.id)).toEqual([{ action: "key.created" }]);
   });
 
-  it("accepts seed 001's literal request for a mailbox-scoped key", async () => {
+  it("accepts Robotomail's documented request for a mailbox-scoped key", async () => {
     const { key } = await provision({ keyPrefix: "rm" });
     const scoped = await createKey(key.key, { name: "agent-inbox", mailboxIds: ["mbx_8a1c", "mbx_77"] });
     expect(scoped.scopes).toEqual(["mailbox:mbx_8a1c", "mailbox:mbx_77"]);
