@@ -5,7 +5,7 @@ import { secureHeaders } from "hono/secure-headers";
 import { getConfig, misconfiguredVariables } from "./config";
 import { withDeadline } from "./db/client";
 import { reference } from "./docs";
-import type { AppEnv, Bindings } from "./env";
+import type { Bindings } from "./env";
 import { ApiError, problem } from "./errors";
 import { log, safeError } from "./log";
 import { json, MAX_BODY_BYTES, problems, routes } from "./openapi";

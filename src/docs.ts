@@ -17,13 +17,13 @@ type Document = {
   components?: { schemas?: Record<string, unknown> };
 };
 
-function escape(s: string): string {
+function escapeHtml(s: string): string {
   return s.replace(/[&<>"']/g, (ch) => `&#${ch.charCodeAt(0)};`);
 }
 
 /** Inline code spans of the descriptions (`code`), everything else escaped. */
 function prose(s: string | undefined): string {
-  return escape(s ?? "").replace(/`([^`]+)`/g, "<code>$1</code>");
+  return escapeHtml(s ?? "").replace(/`([^`]+)`/g, "<code>$1</code>");
 }
 
 function schemaName(schema: Schema | undefined): string {
@@ -38,12 +38,12 @@ function operation(method: string, path: string, op: Operation): string {
   const responses = Object.entries(op.responses ?? {})
     .map(([status, r]) => {
       const schema = Object.values(r.content ?? {})[0]?.schema;
-      return `<li><b>${status}</b> ${prose(r.description)}${schema ? ` <i>${escape(schemaName(schema))}</i>` : ""}</li>`;
+      return `<li><b>${status}</b> ${prose(r.description)}${schema ? ` <i>${escapeHtml(schemaName(schema))}</i>` : ""}</li>`;
     })
     .join("");
-  return `<section id="${escape(`${method}-${path}`)}"><h3><span class="m">${method.toUpperCase()}</span> ${escape(path)}</h3>
+  return `<section id="${escapeHtml(`${method}-${path}`)}"><h3><span class="m">${method.toUpperCase()}</span> ${escapeHtml(path)}</h3>
 <p>${prose(op.summary)}</p>${op.description ? `<p>${prose(op.description)}</p>` : ""}
-<p>Credentials: ${escape(security)}${body ? ` · Body: <a href="#schema-${escape(schemaName(body))}">${escape(schemaName(body))}</a>` : ""}</p>
+<p>Credentials: ${escapeHtml(security)}${body ? ` · Body: <a href="#schema-${escapeHtml(schemaName(body))}">${escapeHtml(schemaName(body))}</a>` : ""}</p>
 <ul>${responses}</ul></section>`;
 }
 
@@ -60,15 +60,15 @@ export function reference(generated: object): string {
   const schemas = Object.entries(doc.components?.schemas ?? {})
     .map(
       ([name, s]) =>
-        `<section id="schema-${escape(name)}"><h3>${escape(name)}</h3><pre>${escape(JSON.stringify(s, null, 2))}</pre></section>`,
+        `<section id="schema-${escapeHtml(name)}"><h3>${escapeHtml(name)}</h3><pre>${escapeHtml(JSON.stringify(s, null, 2))}</pre></section>`,
     )
     .join("");
   return `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>${escape(doc.info.title)} API reference</title><style>
+<title>${escapeHtml(doc.info.title)} API reference</title><style>
 body { font: 15px/1.5 system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #1d1d1f; }
 section { border-top: 1px solid #ddd; padding: .5rem 0; } .m { font-family: monospace; background: #eef; padding: 0 .3rem; }
 pre { background: #f6f6f6; padding: .5rem; overflow-x: auto; font-size: 13px; } code { background: #f3f3f3; padding: 0 .2rem; }
-</style></head><body><h1>${escape(doc.info.title)} API reference</h1><p>${prose(doc.info.description)}</p>
-<p>The machine-readable contract: <a href="/openapi.json">/openapi.json</a> (OpenAPI ${escape(doc.openapi)}).</p>
+</style></head><body><h1>${escapeHtml(doc.info.title)} API reference</h1><p>${prose(doc.info.description)}</p>
+<p>The machine-readable contract: <a href="/openapi.json">/openapi.json</a> (OpenAPI ${escapeHtml(doc.openapi)}).</p>
 <h2>Endpoints</h2>${operations.join("")}<h2>Schemas</h2>${schemas}</body></html>`;
 }

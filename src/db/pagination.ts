@@ -16,8 +16,11 @@ export function pageOf(query: { limit?: number | undefined; cursor?: string | un
 
 function decodeCursor(cursor: string): Page["after"] {
   try {
-    const [createdAt, id] = JSON.parse(atob(cursor.replace(/-/g, "+").replace(/_/g, "/"))) as unknown[];
-    if (typeof createdAt === "string" && typeof id === "string") return { createdAt, id };
+    const pair: unknown = JSON.parse(atob(cursor.replace(/-/g, "+").replace(/_/g, "/")));
+    if (Array.isArray(pair) && pair.length === 2) {
+      const [createdAt, id] = pair as unknown[];
+      if (typeof createdAt === "string" && !Number.isNaN(Date.parse(createdAt)) && typeof id === "string") return { createdAt, id };
+    }
   } catch {
     // fall through to the 400 below
   }

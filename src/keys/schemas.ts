@@ -16,7 +16,8 @@ const grantHint = 'must be "*" or grants of the form <type>:<id>';
 
 /**
  * A new key. Besides these fields, `<type>Ids` for each type in RESOURCE_TYPES (e.g. `mailboxIds`) adds grants
- * `<type>:<id>`; which types exist is deployment configuration, so `grants()` checks them against it.
+ * `<type>:<id>`; which types exist is deployment configuration, so `grants()` checks them against it, by the field
+ * names as sent.
  */
 export const NewKey = z
   .object({
@@ -43,7 +44,11 @@ export const Rotation = z
  * (`["*"]`, the default) or resource grants, never both. Fields that are not `<type>Ids` of a configured type are
  * unknown, so a misspelt `mailboxId` can never create a full-access key.
  */
-export function grants(body: z.infer<typeof NewKey>, types: readonly string[]): { scopes: string[]; errors: FieldError[] } {
+export function grants(
+  body: z.infer<typeof NewKey>,
+  fields: readonly string[],
+  types: readonly string[],
+): { scopes: string[]; errors: FieldError[] } {
   const errors: FieldError[] = [];
   const hint = `${grantHint} with a type among: ${types.join(", ") || "(none configured)"}`;
   const fromScopes = body.scopes ?? [];
@@ -53,11 +58,13 @@ export function grants(body: z.infer<typeof NewKey>, types: readonly string[]): 
   });
   const known = new Set(["name", "scopes", "expiresAt", "ownerId", "rateLimit"]);
   const fromIds: string[] = [];
-  for (const [field, ids] of Object.entries(body)) {
+  // The names as sent: a parsed object can lose some (`__proto__` becomes a prototype, not a field).
+  for (const field of fields) {
     if (known.has(field)) continue;
     const type = field.endsWith("Ids") ? field.slice(0, -3) : "";
-    if (!types.includes(type)) errors.push({ field, message: "is not a known field" });
-    else fromIds.push(...(ids as string[]).map((id) => `${type}:${id}`));
+    const ids = Object.hasOwn(body, field) ? (body as Record<string, unknown>)[field] : undefined;
+    if (!types.includes(type) || !Array.isArray(ids)) errors.push({ field, message: "is not a known field" });
+    else fromIds.push(...ids.map((id) => `${type}:${id}`));
   }
   const all = [...new Set([...fromScopes, ...fromIds])];
   if (all.includes(FULL_ACCESS) && all.length > 1)

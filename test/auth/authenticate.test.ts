@@ -129,7 +129,7 @@ describe("the key's counter when its database fails", () => {
     await expectProblem(res as Response, 503, "rate_limiter_unavailable");
     expect(lines).toContain("Network connection lost");
     expect(lines).not.toMatch(/select|params|Failed query/i);
-    expect(lines).not.toContain(k.id.slice(4) + '",1');
+    expect(lines).not.toContain(`${k.id.slice(4)}",1`);
   });
 });
 

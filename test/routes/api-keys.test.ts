@@ -98,6 +98,8 @@ describe("POST /v1/api-keys", () => {
       [{ name: "x", expiresAt: "9999-12-31T23:59:59-05:00" }, ["expiresAt"]],
       [{ name: "x", expiresAt: "+010000-01-01T00:00:00Z" }, ["expiresAt"]],
       [{ name: 5, ownerId: 7 }, ["name", "ownerId"]],
+      [JSON.parse('{"name": "x", "__proto__": ["mbx_1"]}'), ["__proto__"]],
+      [JSON.parse('{"name": "x", "constructor": ["mbx_1"]}'), ["constructor"]],
     ];
     for (const [body, fields] of cases) {
       const res = await call("/v1/api-keys", { key: key.key, body });

@@ -150,8 +150,10 @@ describe("paging", () => {
         cursor = page.nextCursor;
       } while (cursor);
       expect(seen).toEqual(expected);
-      const bad = await expectProblem(await call(`${path}?cursor=not-a-cursor`, { key: key.key }), 400, "invalid_request");
-      expect(bad.errors).toEqual([{ field: "cursor", message: "is not a cursor this API returned" }]);
+      for (const cursor of ["not-a-cursor", "ImFiIg", btoa(JSON.stringify(["x", "y", "z"])), btoa(JSON.stringify([1, 2]))]) {
+        const bad = await expectProblem(await call(`${path}?cursor=${cursor}`, { key: key.key }), 400, "invalid_request");
+        expect(bad.errors).toEqual([{ field: "cursor", message: "is not a cursor this API returned" }]);
+      }
     }
   });
 });
