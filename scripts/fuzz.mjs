@@ -76,11 +76,11 @@ function jwt(header, payload, secret = SIGNING_SECRET) {
   return `${unsigned}.${createHmac("sha256", secret).update(unsigned).digest("base64url")}`;
 }
 
-/** Changes one character of `text` (at `index`, default random) to another of the same alphabet, or to `replacement`. */
-function flip(text, index = int(text.length), replacement = undefined) {
+/** Changes one character of `text` (at `index`, default random) to another of the same alphabet. */
+function flip(text, index = int(text.length)) {
   const c = text[index];
   const alphabet = /[0-9a-f]/.test(c) ? "0123456789abcdef" : "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-  const other = replacement ?? alphabet[(alphabet.indexOf(c) + 1 + int(alphabet.length - 1)) % alphabet.length];
+  const other = alphabet[(alphabet.indexOf(c) + 1 + int(alphabet.length - 1)) % alphabet.length];
   return text.slice(0, index) + other + text.slice(index + 1);
 }
 
@@ -97,9 +97,11 @@ const agent = new http.Agent({ keepAlive: false, maxSockets: PARALLEL });
 function send({ method, path, headers = {}, body, chunked = false }) {
   return new Promise((resolve) => {
     let settled = false;
+    let timer;
     const done = (result) => {
       if (!settled) {
         settled = true;
+        clearTimeout(timer);
         resolve(result);
       }
     };
@@ -116,9 +118,8 @@ function send({ method, path, headers = {}, body, chunked = false }) {
       done({ error: `not sent: ${err.message}` });
       return;
     }
-    req.setTimeout(REQUEST_TIMEOUT_MS, () => {
-      req.destroy(new Error(`no complete answer within ${REQUEST_TIMEOUT_MS} ms`));
-    });
+    // A deadline for the whole exchange, not an idle timeout: a stream that trickles forever must fail too.
+    timer = setTimeout(() => req.destroy(new Error(`no complete answer within ${REQUEST_TIMEOUT_MS} ms`)), REQUEST_TIMEOUT_MS);
     req.on("error", (err) => done({ error: String(err.message ?? err) }));
     if (body === undefined) req.end();
     else if (chunked) {
@@ -167,6 +168,8 @@ async function seed() {
   const member = await call("POST", "/v1/users", { key: rootA, body: { email: "member@acme.example", role: "member" } });
   const spareUser = await call("POST", "/v1/users", { key: rootA, body: { email: "spare@acme.example", role: "member" } });
   const memberKey = await newKey(rootA, { name: "member", ownerId: member.id, rateLimit: WIDE });
+  // The spare user is the one the fuzzer disables, demotes and promotes; its key shows what that does to a key.
+  const spareUserKey = await newKey(rootA, { name: "spare", ownerId: spareUser.id, rateLimit: WIDE });
   const scoped = await newKey(rootA, { name: "agent-inbox", mailboxIds: ["mbx_123"], rateLimit: WIDE });
   const revoked = await newKey(rootA, { name: "revoked", rateLimit: WIDE });
   await call("DELETE", `/v1/api-keys/${revoked.id}`, { key: rootA });
@@ -202,25 +205,30 @@ async function seed() {
     expiring,
     low,
     disposable: disposable[0],
+    spareUser: spareUserKey,
     otherAccount: adminB,
   };
   return {
     keys,
     tokens,
     agentA,
+    otherAgentId: agentB.id,
     userHash,
     accounts: { a: a.account.id, b: b.account.id },
     users: { admin: a.admin.id, member: member.id, spare: spareUser.id, otherAccount: b.admin.id },
     // Ids the fuzzer reads; the keys, users and agents most requests rely on stay out of the lists it revokes,
     // rotates, disables or demotes, so that the run keeps exercising handlers instead of 401s.
-    keyIds: [admin.id, a.key.id, memberKey.id, scoped.id, revoked.id, expiring.id, low.id, ...disposable.map((k) => k.id)],
+    keyIds: [admin.id, a.key.id, memberKey.id, spareUserKey.id, scoped.id, revoked.id, expiring.id, low.id, ...disposable.map((k) => k.id)],
     changeableKeyIds: [revoked.id, expiring.id, ...disposable.map((k) => k.id)],
-    changeableUserIds: [member.id, spareUser.id],
+    changeableUserIds: [spareUser.id],
     agentIds: [agentA.id, spareAgent.id],
     changeableAgentIds: [spareAgent.id],
     otherAccountIds: [b.account.id, b.key.id, adminB.id, disposableB.id, b.admin.id, agentB.id],
     secrets: [
-      ...[a.key.key, rootB, ...Object.values(keys).map((k) => k.key), ...disposable.slice(1).map((k) => k.key), disposableB.key],
+      rootB,
+      ...Object.values(keys).map((k) => k.key),
+      ...disposable.slice(1).map((k) => k.key),
+      disposableB.key,
       agentA.identitySecret,
       spareAgent.identitySecret,
       agentB.identitySecret,
@@ -246,7 +254,8 @@ function credentialKinds(w) {
     exp: now + 600,
   };
   const header = { alg: "HS256", kid: "fuzz", typ: "keygate-chat+jwt" };
-  // Tokens signed with the real secret but with claims Keygate must refuse (or, for `fromEvil`, accept as is).
+  // Tokens signed with the real secret whose claims Keygate must refuse (expired, issued in the future, living too long,
+  // no jti, wrong typ or kid, another account's agent, claims of the wrong type, over 8 KB), then forged and broken ones.
   const crafted = [
     jwt(header, { ...claims, iat: now - 7200, exp: now - 3600, origin: WIDGET }),
     jwt(header, { ...claims, iat: now + 3600, exp: now + 4000 }),
@@ -255,7 +264,7 @@ function credentialKinds(w) {
     jwt({ ...header, typ: "JWT" }, claims),
     jwt({ ...header, kid: "unknown" }, claims),
     jwt({ ...header, kid: { nested: 1 } }, claims),
-    jwt(header, { ...claims, agt: w.otherAccountIds[5] }),
+    jwt(header, { ...claims, agt: w.otherAgentId }),
     jwt(header, { ...claims, agt: 42, acc: null }),
     jwt(header, { ...claims, origin: ["https://evil.example"] }),
     jwt(header, { ...claims, sub: "s".repeat(9000) }),
@@ -482,9 +491,9 @@ function mutate(body) {
   const roll = random();
   if (paths.length === 0 || roll < 0.25) {
     // An unknown field, at the top or inside a nested object; `__proto__` as a real own property, as JSON.parse makes it.
-    const objects = [[], ...paths.filter((p) => typeof p.reduce((o, k) => o[k], body) === "object")];
-    const target = pick(objects).reduce((o, k) => o?.[k], body);
-    if (typeof target !== "object" || target === null || Array.isArray(target)) return body;
+    const isObject = (v) => typeof v === "object" && v !== null && !Array.isArray(v);
+    const objects = [[], ...paths.filter((p) => isObject(p.reduce((o, k) => o[k], body)))];
+    const target = pick(objects).reduce((o, k) => o[k], body);
     if (chance(0.15)) Object.defineProperty(target, "__proto__", { value: pick(ODD_VALUES), enumerable: true, writable: true });
     else target[pick(ODD_FIELDS)] = pick(ODD_VALUES);
     return body;
@@ -541,12 +550,12 @@ const CONTENT_TYPES = [
 ];
 
 /**
- * The routes of README's endpoint table (plus the OpenAPI document): method, path (with ids drawn by pathId), the
- * credentials that usually reach them, page queries, and a generator of valid bodies for routes that take one.
+ * The routes of README's endpoint table, plus the OpenAPI document and its reference page: method, path (ids drawn by
+ * pathId), the credentials that usually reach them, page queries, and a generator of valid bodies for those that take one.
  */
 const ROUTES = [
   { name: "health", method: "GET", path: () => "/health", auth: ["none"] },
-  { name: "openapi", method: "GET", path: () => "/openapi.json", auth: ["none"] },
+  { name: "docs", method: "GET", path: () => pick(["/openapi.json", "/docs"]), auth: ["none"] },
   {
     name: "provision",
     method: "POST",
@@ -676,8 +685,10 @@ const ROUTES = [
   {
     name: "demo",
     method: "GET",
-    path: (w) =>
-      `/demo/widget?agent=${pick([w.agentA.id, "agt_x", "%3Cb%3E", "", "%22%3E%3Cscript%3E"])}&api=${pick(["https://evil.example", "javascript:alert(1)", ""])}`,
+    path: (w) => {
+      const agentId = pick([w.agentA.id, "agt_x", "%3Cb%3E", "", "%22%3E%3Cscript%3E"]);
+      return `/demo/widget?agent=${agentId}&api=${pick(["https://evil.example", "javascript:alert(1)", ""])}`;
+    },
     auth: ["none"],
   },
   {
@@ -826,7 +837,10 @@ function problemDefect(req, res) {
   return null;
 }
 
-/** Routes whose successful answer legitimately shows a new key or secret once; elsewhere nothing key-shaped may appear. */
+/**
+ * Routes whose successful answer legitimately shows a new key or secret once; elsewhere nothing key-shaped may appear
+ * (the API reference is left out: an example there is documentation, not a leak).
+ */
 const SHOWS_SECRETS = new Set(["provision", "recovery", "key-create", "key-rotate", "agent-create", "agent-identity-secret"]);
 
 /** Every failure one answer shows: [{kind, code}]. `secrets` maps each known secret to what it is. */
@@ -851,7 +865,7 @@ function check(req, res, secrets) {
   }
   // Lists and reads must not carry anything shaped like a key or a hash, even of keys this run never saw.
   const isJson = (res.headers["content-type"] ?? "").startsWith("application/json");
-  if (res.status < 300 && isJson && !SHOWS_SECRETS.has(req.route) && req.route !== "openapi") {
+  if (res.status < 300 && isJson && !SHOWS_SECRETS.has(req.route) && req.route !== "docs") {
     if (KEY_SHAPE.test(res.text)) failures.push({ kind: "key-shaped string in a successful answer", code: req.route });
     if (HASH_SHAPE.test(res.text)) failures.push({ kind: "hash-shaped string in a successful answer", code: req.route });
   }
