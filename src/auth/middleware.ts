@@ -109,6 +109,10 @@ async function checkToken(c: Context<AppEnv>, token: string): Promise<ChatClaims
   const agent = await findAgent(db(c.env.DB), claims.agt);
   if (!agent || agent.accountId !== claims.acc) throw new ApiError("invalid_token", "The token is not valid.", { headers: invalidToken });
   if (agent.disabled) throw new ApiError("agent_disabled", "The agent that issued this token is disabled.");
+  // Removing an origin from the agent ends the tokens minted for it, as disabling the agent ends all of them.
+  if (claims.origin !== undefined && !(JSON.parse(agent.allowedOrigins) as string[]).includes(claims.origin)) {
+    throw new ApiError("invalid_token", "The token was issued for an origin the agent no longer allows.", { headers: invalidToken });
+  }
   if (claims.origin !== undefined) c.set("corsOrigin", claims.origin);
   return claims;
 }

@@ -126,6 +126,13 @@ describe("POST /v1/handshake from a browser", () => {
     await expectProblem(await handshake(`agt_${"0".repeat(24)}`), 404, "not_found");
   });
 
+  it("stops tokens minted for an origin the agent no longer allows, on their next request", async () => {
+    const { provisioned, agent, token } = await widget();
+    expect((await chat(token)).status).toBe(200);
+    await call(`/v1/agents/${agent.id}`, { method: "PATCH", key: provisioned.key.key, body: { allowedOrigins: ["https://new.example"] } });
+    await expectProblem(await chat(token), 401, "invalid_token");
+  });
+
   it("stops a disabled agent: no new tokens, and its tokens stop on their next request", async () => {
     const { provisioned, agent, token } = await widget();
     expect((await chat(token)).status).toBe(200);
