@@ -165,11 +165,18 @@ export function getConfig(env: Bindings): Config {
   return config;
 }
 
-/** The names (never the values) of the variables that are set to something Keygate refuses. */
+const checked = new WeakMap<Bindings, string[]>();
+
+/** The names (never the values) of the variables that are set to something Keygate refuses; once per environment. */
 export function misconfiguredVariables(env: Bindings): string[] {
-  return Object.entries(ConfigSchema.shape)
-    .filter(([name, schema]) => !schema.safeParse((env as Record<string, unknown>)[name]).success)
-    .map(([name]) => name);
+  let names = checked.get(env);
+  if (!names) {
+    names = Object.entries(ConfigSchema.shape)
+      .filter(([name, schema]) => !schema.safeParse((env as Record<string, unknown>)[name]).success)
+      .map(([name]) => name);
+    checked.set(env, names);
+  }
+  return names;
 }
 
 /** Logs which variable is wrong (never its value) and answers 500 `configuration_error`, without telling the caller more. */
