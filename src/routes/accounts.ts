@@ -72,19 +72,7 @@ export const accountsRoutes = routes()
         disabled: false,
         createdAt: account.createdAt,
       };
-      const { raw, row } = await mintKey(
-        {
-          accountId: account.id,
-          ownerId: user.id,
-          createdBy: user.id,
-          name: "default",
-          prefix: account.keyPrefix,
-          scopes: ["*"],
-          expiresAt: null,
-          rateLimit: null,
-        },
-        now,
-      );
+      const { raw, row } = await mintAdminKey(account, user.id, user.id, "default", now);
       const audit = { accountId: account.id, actor: "operator", requestId: c.get("requestId") };
       const d = db(c.env.DB);
       await batch(c.env.DB, [
@@ -143,19 +131,7 @@ export const accountsRoutes = routes()
           { field: "userId", message: userId ? "is not an enabled admin of this account" : "the account has no enabled admin" },
         ]);
       const now = new Date();
-      const { raw, row } = await mintKey(
-        {
-          accountId: account.id,
-          ownerId: admin.id,
-          createdBy: "operator",
-          name: "recovery",
-          prefix: account.keyPrefix,
-          scopes: ["*"],
-          expiresAt: null,
-          rateLimit: null,
-        },
-        now,
-      );
+      const { raw, row } = await mintAdminKey(account, admin.id, "operator", "recovery", now);
       const audit = { accountId: account.id, actor: "operator", requestId: c.get("requestId") };
       await batch(c.env.DB, [
         d.insert(apiKeys).values(row),
@@ -176,6 +152,21 @@ async function requireOperator(authorization: string | undefined, token: string 
   if (!(await constantTimeEqual(sent, token))) {
     throw new ApiError("invalid_operator_token", "The operator token is not valid.", { headers: invalidToken });
   }
+}
+
+/** A full-access key without expiry or limit of its own, for an admin of the account: the way into an account. */
+function mintAdminKey(account: Account, ownerId: string, createdBy: string, name: string, now: Date) {
+  const input = {
+    accountId: account.id,
+    ownerId,
+    createdBy,
+    name,
+    prefix: account.keyPrefix,
+    scopes: ["*"],
+    expiresAt: null,
+    rateLimit: null,
+  };
+  return mintKey(input, now);
 }
 
 /** Compares digests, so neither the content nor the length of the secret leaks through timing. */
