@@ -35,7 +35,7 @@ export const apiKeysRoutes = routes()
     }),
     async (c) => {
       const p = c.get("principal");
-      const policy = await memberPolicy(c.env.DB, p);
+      const ceiling = await memberCeiling(c.env.DB, p);
       const body = c.req.valid("json");
       const now = new Date();
       const sent = Object.keys(await c.req.json<Record<string, unknown>>());
@@ -43,7 +43,7 @@ export const apiKeysRoutes = routes()
       const { name, ownerId } = body;
       const expiresAt = body.expiresAt ?? null;
       const rateLimit = body.rateLimit ?? null;
-      if (rateLimit) errors.push(...overCeiling(policy, rateLimit));
+      if (rateLimit) errors.push(...overCeiling(ceiling, rateLimit));
       if (errors.length > 0) throw invalidRequest(errors);
 
       if (ownerId !== undefined && ownerId !== p.userId) await checkOwner(c.env.DB, p, ownerId);
@@ -172,11 +172,11 @@ export const apiKeysRoutes = routes()
     }),
     async (c) => {
       const p = c.get("principal");
-      const policy = await memberPolicy(c.env.DB, p);
+      const ceiling = await memberCeiling(c.env.DB, p);
       const old = await findManagedKey(c.env.DB, p, c.req.valid("param").id);
       const { gracePeriodSeconds: grace, rateLimit } = c.req.valid("json");
       if (rateLimit) {
-        const errors = overCeiling(policy, rateLimit);
+        const errors = overCeiling(ceiling, rateLimit);
         if (errors.length > 0) throw invalidRequest(errors);
       }
 
@@ -265,25 +265,21 @@ async function undoRotation(
   return fresh?.revokedAt === null;
 }
 
-type MemberPolicy = { role: Principal["role"]; ceiling: Policy };
-
 /**
  * Who may create keys and with which limit, read from the account now (it can change at any time): admins always, with
- * any limit; members only where the account allows it, with limits up to the account's `maxRateLimit`.
+ * any limit (null: no ceiling, and no read); members only where the account allows it, up to its `maxRateLimit`.
  */
-async function memberPolicy(d1: D1Database, p: Principal): Promise<MemberPolicy> {
+async function memberCeiling(d1: D1Database, p: Principal): Promise<Policy | null> {
+  if (p.role === "admin") return null;
   const [account] = await db(d1).select().from(accounts).where(eq(accounts.id, p.accountId)).limit(1);
-  if (!account) throw new ApiError("not_found", "No such account.");
-  if (p.role !== "admin" && !account.membersCanCreateKeys) {
-    throw new ApiError("insufficient_role", "Only account admins can create API keys in this account.");
-  }
-  return { role: p.role, ceiling: rateLimitCeiling(account) };
+  if (!account?.membersCanCreateKeys) throw new ApiError("insufficient_role", "Only account admins can create API keys in this account.");
+  return rateLimitCeiling(account);
 }
 
 /** A member's own limit may be neither larger nor faster than the ceiling. */
-function overCeiling(policy: MemberPolicy, limit: Policy): FieldError[] {
-  if (policy.role === "admin" || withinCeiling(limit, policy.ceiling)) return [];
-  const message = `members may set at most ${policy.ceiling.limit} requests per ${policy.ceiling.windowSeconds} s (the account's maxRateLimit)`;
+function overCeiling(ceiling: Policy | null, limit: Policy): FieldError[] {
+  if (ceiling === null || withinCeiling(limit, ceiling)) return [];
+  const message = `members may set at most ${ceiling.limit} requests per ${ceiling.windowSeconds} s (the account's maxRateLimit)`;
   return [{ field: "rateLimit", message }];
 }
 
