@@ -35,13 +35,31 @@ async function apply<T>(fault: Fault, count: number, real: () => Promise<T>): Pr
   }
 }
 
-/** A namespace whose objects suffer `faults[method]` on those methods; `calls(method)` counts the calls made. */
+/** What a test can wait for instead of sleeping: a method's first call, and the end of every call made so far. */
+export type Observed = {
+  /** How many calls of `method` were made. */
+  calls: (method: string) => number;
+  /** Resolves once `method` has been called (its fault, if any, has begun). */
+  reached: (method: string) => Promise<void>;
+  /** Resolves once every call made so far has settled, faults included (a late call has reached the object). */
+  settled: () => Promise<void>;
+};
+
+/** A namespace whose objects suffer `faults[method]` on those methods; every other call reaches the real object. */
 export function faultyObjects<T extends Rpc.DurableObjectBranded | undefined>(
   namespace: DurableObjectNamespace<T>,
   faults: Record<string, Fault>,
-): DurableObjectNamespace<T> & { calls: (method: string) => number } {
+): DurableObjectNamespace<T> & Observed {
   const counts = new Map<string, number>();
+  const waiting = new Map<string, () => void>();
+  const pending: Promise<unknown>[] = [];
   const calls = (method: string) => counts.get(method) ?? 0;
+  const reached = (method: string) =>
+    calls(method) > 0 ? Promise.resolve() : new Promise<void>((resolve) => waiting.set(method, resolve));
+  // A stalled call never settles: it is not waited for.
+  const settled = async () => {
+    await Promise.allSettled(pending);
+  };
   const stub = (real: DurableObjectStub<T>) =>
     new Proxy(real, {
       get(target, prop) {
@@ -50,27 +68,44 @@ export function faultyObjects<T extends Rpc.DurableObjectBranded | undefined>(
         return (...args: unknown[]) => {
           const count = calls(prop);
           counts.set(prop, count + 1);
+          waiting.get(prop)?.();
           const fault = faults[prop];
           const forward = () => Promise.resolve(Reflect.apply(value, target, args));
-          return fault ? apply(fault, count, forward) : forward();
+          const result = fault ? apply(fault, count, forward) : forward();
+          if (fault?.kind !== "stall") pending.push(result);
+          return result;
         };
       },
     });
   return new Proxy(namespace, {
     get(target, prop) {
       if (prop === "calls") return calls;
+      if (prop === "reached") return reached;
+      if (prop === "settled") return settled;
       const value = Reflect.get(target, prop);
       if (prop === "getByName" || prop === "get") return (...args: unknown[]) => stub(value.apply(target, args));
       return typeof value === "function" ? value.bind(target) : value;
     },
-  }) as DurableObjectNamespace<T> & { calls: (method: string) => number };
+  }) as DurableObjectNamespace<T> & Observed;
 }
 
 /** A database whose statements (and batches) matching `when` suffer the fault; the others reach the real D1. */
-export function faultyDatabase(db: D1Database, fault: Fault, when: (sql: string) => boolean = () => true): D1Database {
+export function faultyDatabase(
+  db: D1Database,
+  fault: Fault,
+  when: (sql: string) => boolean = () => true,
+): D1Database & { reached: () => Promise<void> } {
   let count = 0;
+  let arrive: () => void = () => {};
+  const arrived = new Promise<void>((resolve) => {
+    arrive = resolve;
+  });
   const known = new WeakMap<object, { real: D1PreparedStatement; sql: string }>();
-  const faulted = <T>(sql: string, run: () => Promise<T>) => (when(sql) ? apply(fault, count++, run) : run());
+  const faulted = <T>(sql: string, run: () => Promise<T>) => {
+    if (!when(sql)) return run();
+    arrive();
+    return apply(fault, count++, run);
+  };
   const statement = (s: D1PreparedStatement, sql: string): D1PreparedStatement => {
     const wrapped = new Proxy(s, {
       get(target, prop) {
@@ -87,6 +122,7 @@ export function faultyDatabase(db: D1Database, fault: Fault, when: (sql: string)
   };
   return new Proxy(db, {
     get(target, prop) {
+      if (prop === "reached") return () => arrived;
       if (prop === "prepare") return (sql: string) => statement(target.prepare(sql), sql);
       if (prop === "batch") {
         return (list: D1PreparedStatement[]) => {
@@ -97,5 +133,5 @@ export function faultyDatabase(db: D1Database, fault: Fault, when: (sql: string)
       const value = Reflect.get(target, prop, target);
       return typeof value === "function" ? value.bind(target) : value;
     },
-  });
+  }) as D1Database & { reached: () => Promise<void> };
 }

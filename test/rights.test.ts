@@ -115,7 +115,7 @@ describe("a change that removes rights, when the key's counter cannot be reached
     // The only lasting key is rotated with a grace period while its counter stalls; meanwhile the old key is revoked.
     const stalled = { RATE_LIMITER: faultyObjects(env.RATE_LIMITER, { reload: { kind: "stall" } }), RATE_LIMIT_TIMEOUT_MS: "500" };
     const rotating = callWith(stalled, `/v1/api-keys/${key.id}/rotate`, { key: key.key, body: { gracePeriodSeconds: 3600 } });
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    await stalled.RATE_LIMITER.reached("reload");
     expect((await call(`/v1/api-keys/${key.id}`, { method: "DELETE", key: key.key })).status).toBe(200);
     const rotated = await rotating;
     // The old key is gone for good, so the rotation stands and its new key is handed over.
@@ -133,7 +133,7 @@ describe("a change that removes rights, when the key's counter cannot be reached
       RATE_LIMIT_TIMEOUT_MS: "100",
     };
     const rotating = callWith(slow, `/v1/api-keys/${old.id}/rotate`, { key: key.key, body: {} });
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    await slow.RATE_LIMITER.reached("reload");
     await whoami(old.key);
     await expectProblem(await rotating, 503, "change_pending");
     expect((await whoami(old.key)).status).toBe(200);

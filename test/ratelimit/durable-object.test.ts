@@ -114,13 +114,16 @@ describe("the key's record in its counter", () => {
     const { key } = await provision();
     const k = await createKey(key.key, { name: "in flight" });
     const stub = env.RATE_LIMITER.getByName(`key:${k.id}`);
+    // The next read of the key answers late, with the row as it was when the read began. Made inside the object:
+    // what the object uses must belong to its own context.
+    let slow: ReturnType<typeof faultyDatabase> | undefined;
     await runInDurableObject(stub, (instance) => {
-      // The next read of the key answers late, with the row as it was when the read began.
-      Object.assign(instance, { database: faultyDatabase(env.DB, { kind: "late-answer", ms: 200 }) });
+      slow = faultyDatabase(env.DB, { kind: "late-answer", ms: 200 });
+      Object.assign(instance, { database: slow });
       instance.reload();
     });
     const first = whoami(k.key);
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    await slow?.reached();
     await env.DB.prepare("UPDATE api_keys SET revoked_at = ? WHERE id = ?")
       .bind(new Date(Date.now() - 1000).toISOString(), k.id)
       .run();
