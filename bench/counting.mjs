@@ -1,8 +1,8 @@
 // Bench-only entry around the built worker: with `X-Bench-Count: 1`, counts the D1 round trips and Durable Object
 // calls a request makes before its response, and reports them in `X-Bench-Counts`. Other requests pass straight through.
-import worker, { RateLimiter } from "./index.js";
+import worker, { Counter, KeyObject } from "./index.js";
 
-export { RateLimiter };
+export { Counter, KeyObject };
 
 export default {
   async fetch(request, env, ctx) {
@@ -43,24 +43,25 @@ export default {
         return typeof value === "function" ? value.bind(target) : value;
       },
     });
-    const RATE_LIMITER = new Proxy(env.RATE_LIMITER, {
-      get(target, prop) {
-        const value = target[prop];
-        if (prop !== "getByName") return typeof value === "function" ? value.bind(target) : value;
-        return (...args) => {
-          const stub = value.apply(target, args);
-          return new Proxy(stub, {
-            get(s, method) {
-              return (...callArgs) => {
-                counts.do += 1;
-                return s[method](...callArgs);
-              };
-            },
-          });
-        };
-      },
-    });
-    const response = await worker.fetch(request, { ...env, DB, RATE_LIMITER }, ctx);
+    const countingCalls = (namespace) =>
+      new Proxy(namespace, {
+        get(target, prop) {
+          const value = target[prop];
+          if (prop !== "getByName") return typeof value === "function" ? value.bind(target) : value;
+          return (...args) => {
+            const stub = value.apply(target, args);
+            return new Proxy(stub, {
+              get(s, method) {
+                return (...callArgs) => {
+                  counts.do += 1;
+                  return s[method](...callArgs);
+                };
+              },
+            });
+          };
+        },
+      });
+    const response = await worker.fetch(request, { ...env, DB, KEYS: countingCalls(env.KEYS), COUNTERS: countingCalls(env.COUNTERS) }, ctx);
     const counted = new Response(response.body, response);
     counted.headers.set("X-Bench-Counts", `d1=${counts.d1};do=${counts.do}`);
     return counted;

@@ -25,7 +25,7 @@ export async function startKeygate({ port, bindings, entry }) {
       compatibilityDate,
       compatibilityFlags: ["nodejs_compat"],
       d1Databases: ["DB"],
-      durableObjects: { RATE_LIMITER: { className: "RateLimiter", useSQLite: true } },
+      durableObjects: { KEYS: { className: "KeyObject", useSQLite: true }, COUNTERS: { className: "Counter", useSQLite: true } },
       bindings: { RESOURCE_TYPES: "mailbox,process,project", ...bindings },
     }),
   );

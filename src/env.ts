@@ -1,11 +1,15 @@
 import type { Principal } from "./auth/principal";
 import type { Config } from "./config";
-import type { RateLimiter } from "./ratelimit/durable-object";
+import type { Counter } from "./objects/counter";
+import type { KeyObject } from "./objects/key";
 
 /** Worker bindings: wrangler.toml vars and bindings, plus secrets set with `wrangler secret put`. */
 export type Bindings = {
   DB: D1Database;
-  RATE_LIMITER: DurableObjectNamespace<RateLimiter>;
+  /** One object per API key: its record, verdict, last use and budget. */
+  KEYS: DurableObjectNamespace<KeyObject>;
+  /** Plain counters: per client address, per agent, per agent user. */
+  COUNTERS: DurableObjectNamespace<Counter>;
   OPERATOR_TOKEN?: string;
   RESOURCE_TYPES?: string;
   QUERY_TOKEN_SUNSET?: string;

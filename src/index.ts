@@ -1,5 +1,6 @@
 import { app } from "./app";
 
-export { RateLimiter } from "./ratelimit/durable-object";
+export { Counter } from "./objects/counter";
+export { KeyObject } from "./objects/key";
 
 export default app;

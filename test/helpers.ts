@@ -110,7 +110,7 @@ export async function memberWithKey(adminKey: string): Promise<{ user: { id: str
 /** Changes a key's row directly (to stand for time passing) and makes its counter read it again. */
 export async function setKeyColumn(keyId: string, column: "expires_at" | "revoked_at", value: string): Promise<void> {
   await env.DB.prepare(`UPDATE api_keys SET ${column} = ? WHERE id = ?`).bind(value, keyId).run();
-  await env.RATE_LIMITER.getByName(`key:${keyId}`).reload();
+  await env.KEYS.getByName(`key:${keyId}`).reload();
 }
 
 /** Moves a key's expiry into the past, as if time had passed. */

@@ -18,7 +18,7 @@ describe("a change that removes rights, when the key's counter cannot be reached
       const victim = await createKey(key.key, { name: "leaked" });
       expect((await whoami(victim.key)).status).toBe(200);
 
-      const broken = { RATE_LIMITER: faultyObjects(env.RATE_LIMITER, { reload: fault }), RATE_LIMIT_TIMEOUT_MS: "100" };
+      const broken = { KEYS: faultyObjects(env.KEYS, { reload: fault }), RATE_LIMIT_TIMEOUT_MS: "100" };
       const started = Date.now();
       const res = await callWith(broken, `/v1/api-keys/${victim.id}`, { method: "DELETE", key: key.key });
       await expectProblem(res, 503, "change_pending");
@@ -38,7 +38,7 @@ describe("a change that removes rights, when the key's counter cannot be reached
       await call(`/v1/users/${member.user.id}`, { method: "PATCH", key: key.key, body: { role: "admin" } });
       expect((await call("/v1/users", { key: member.key.key })).status).toBe(200);
 
-      const broken = { RATE_LIMITER: faultyObjects(env.RATE_LIMITER, { reload: fault }), RATE_LIMIT_TIMEOUT_MS: "100" };
+      const broken = { KEYS: faultyObjects(env.KEYS, { reload: fault }), RATE_LIMIT_TIMEOUT_MS: "100" };
       const demote = () => callWith(broken, `/v1/users/${member.user.id}`, { method: "PATCH", key: key.key, body: { role: "member" } });
       await expectProblem(await demote(), 503, "change_pending");
       expect(await rows("SELECT role FROM users WHERE id = ?", member.user.id)).toEqual([{ role: "member" }]);
@@ -55,7 +55,7 @@ describe("a change that removes rights, when the key's counter cannot be reached
     it(`a rotation whose old key's counter ${what} changes nothing and can be repeated`, async () => {
       const { account, key } = await provision();
       const old = await createKey(key.key, { name: "ci" });
-      const broken = { RATE_LIMITER: faultyObjects(env.RATE_LIMITER, { reload: fault }), RATE_LIMIT_TIMEOUT_MS: "100" };
+      const broken = { KEYS: faultyObjects(env.KEYS, { reload: fault }), RATE_LIMIT_TIMEOUT_MS: "100" };
       const res = await callWith(broken, `/v1/api-keys/${old.id}/rotate`, { key: key.key, body: {} });
       await expectProblem(res, 503, "change_pending");
       // Undone: the old key is untouched and still works; the new one (never shown) is dead and replaces nothing.
@@ -113,9 +113,9 @@ describe("a change that removes rights, when the key's counter cannot be reached
   it("a rotation that cannot be put in force never takes the account's last key with it", async () => {
     const { account, key } = await provision();
     // The only lasting key is rotated with a grace period while its counter stalls; meanwhile the old key is revoked.
-    const stalled = { RATE_LIMITER: faultyObjects(env.RATE_LIMITER, { reload: { kind: "stall" } }), RATE_LIMIT_TIMEOUT_MS: "500" };
+    const stalled = { KEYS: faultyObjects(env.KEYS, { reload: { kind: "stall" } }), RATE_LIMIT_TIMEOUT_MS: "500" };
     const rotating = callWith(stalled, `/v1/api-keys/${key.id}/rotate`, { key: key.key, body: { gracePeriodSeconds: 3600 } });
-    await stalled.RATE_LIMITER.reached("reload");
+    await stalled.KEYS.reached("reload");
     expect((await call(`/v1/api-keys/${key.id}`, { method: "DELETE", key: key.key })).status).toBe(200);
     const rotated = await rotating;
     // The old key is gone for good, so the rotation stands and its new key is handed over.
@@ -129,11 +129,11 @@ describe("a change that removes rights, when the key's counter cannot be reached
     const { key } = await provision();
     const old = await createKey(key.key, { name: "ci" });
     const slow = {
-      RATE_LIMITER: faultyObjects(env.RATE_LIMITER, { reload: { kind: "late-answer", ms: 300 } }),
+      KEYS: faultyObjects(env.KEYS, { reload: { kind: "late-answer", ms: 300 } }),
       RATE_LIMIT_TIMEOUT_MS: "100",
     };
     const rotating = callWith(slow, `/v1/api-keys/${old.id}/rotate`, { key: key.key, body: {} });
-    await slow.RATE_LIMITER.reached("reload");
+    await slow.KEYS.reached("reload");
     await whoami(old.key);
     await expectProblem(await rotating, 503, "change_pending");
     expect((await whoami(old.key)).status).toBe(200);
@@ -143,7 +143,7 @@ describe("a change that removes rights, when the key's counter cannot be reached
     const { key } = await provision();
     const caller = await createKey(key.key, { name: "caller", rateLimit: { limit: 5, windowSeconds: 60 } });
     const victim = await createKey(key.key, { name: "victim" });
-    const broken = { RATE_LIMITER: faultyObjects(env.RATE_LIMITER, { reload: { kind: "throw" } }) };
+    const broken = { KEYS: faultyObjects(env.KEYS, { reload: { kind: "throw" } }) };
     await expectProblem(await callWith(broken, `/v1/api-keys/${victim.id}`, { method: "DELETE", key: caller.key }), 503, "change_pending");
     expect((await whoami(caller.key)).headers.get("X-RateLimit-Remaining")).toBe("4");
   });

@@ -6,7 +6,7 @@ import type { AppEnv } from "../env";
 import { ApiError } from "../errors";
 import { hashKey, parseKey } from "../keys/format";
 import { evaluateKey, keyIdByHash, loadKey } from "../keys/store";
-import type { Authorization } from "../ratelimit/durable-object";
+import type { Authorization } from "../objects/key";
 import { type Admission, admit, callCounter, rateLimitHeaders, refund, spend, spendPerAddress } from "../ratelimit/limiter";
 import { type ChatClaims, looksLikeToken, verifyToken } from "../tokens/handshake";
 import { deprecationHeaders, extractCredential, invalidToken } from "./credentials";
@@ -72,7 +72,12 @@ async function identify(c: Context<AppEnv>, tokens: boolean, need: Need): Promis
   const hash = await hashKey(found.credential);
   const keyId = keyIds.get(hash) ?? (await lookUpKeyId(c, hash));
   const name = `key:${keyId}`;
-  const authorization = await callCounter(c, name, (stub, tag) => stub.authorize(keyId, found.method, need, tag) as Promise<Authorization>);
+  const authorization = await callCounter(
+    c,
+    c.env.KEYS.getByName(name),
+    name,
+    (stub, tag) => stub.authorize(keyId, found.method, need, tag) as Promise<Authorization>,
+  );
   if (authorization === null) {
     // Open mode with the counter down: check the key in D1 and let the request through unlimited.
     const result = evaluateKey(await loadKey(db(c.env.DB), { hash }), new Date());

@@ -3,7 +3,9 @@ import { deadline } from "../deadline";
 import type { AppEnv } from "../env";
 import { ApiError } from "../errors";
 import { log, safeError } from "../log";
-import type { CallTag, Admission as Counted, RateLimiter } from "./durable-object";
+import type { Counter } from "../objects/counter";
+import type { KeyObject } from "../objects/key";
+import type { CallTag, Admission as Counted } from "../objects/sliding-log";
 import type { Policy } from "./window";
 
 /** The admission a request got, to show in headers and to refund. */
@@ -14,7 +16,7 @@ export type Admission = Counted & { name: string; policy: Policy };
  * does not answer in time: 503 `rate_limiter_unavailable` in closed mode, or null (admitted, unlimited) in open mode.
  */
 export async function spend(c: Context<AppEnv>, name: string, policy: Policy): Promise<Admission | null> {
-  const counted = await callCounter(c, name, (stub, tag) => stub.consume(policy, tag));
+  const counted = await callCounter(c, c.env.COUNTERS.getByName(name), name, (stub, tag) => stub.consume(policy, tag));
   return counted === null ? null : admit({ ...counted, name, policy });
 }
 
@@ -54,13 +56,13 @@ function counterKind(name: string): string {
  * counter is told to give back whatever it spent for it. Then: 503 in closed mode; null in open mode, and the response
  * is marked so the client (and the log) can tell it was not limited.
  */
-export async function callCounter<T>(
+export async function callCounter<S extends DurableObjectStub<Counter> | DurableObjectStub<KeyObject>, T>(
   c: Context<AppEnv>,
+  stub: S,
   name: string,
-  call: (stub: DurableObjectStub<RateLimiter>, tag: CallTag) => Promise<T>,
+  call: (stub: S, tag: CallTag) => Promise<T>,
 ): Promise<T | null> {
   const { rateLimitFailureMode, rateLimitTimeoutMs } = c.get("config");
-  const stub = c.env.RATE_LIMITER.getByName(name);
   const tag = { id: c.get("requestId"), deadline: Date.now() + rateLimitTimeoutMs };
   try {
     return await retriedOnce(() => call(stub, tag), tag.deadline);
@@ -106,7 +108,7 @@ async function retriedOnce<T>(call: () => Promise<T>, until: number): Promise<T>
  * never borrows the budget of the requests beside it. A failed refund is logged; the answer is not held up past the deadline.
  */
 export async function refund(c: Context<AppEnv>, admission: Admission): Promise<void> {
-  const stub = c.env.RATE_LIMITER.getByName(admission.name);
+  const stub = admission.name.startsWith("key:") ? c.env.KEYS.getByName(admission.name) : c.env.COUNTERS.getByName(admission.name);
   await deadline(stub.refund(admission.at), c.get("config").rateLimitTimeoutMs, timedOut).catch((err: unknown) =>
     log("warn", "refund_failed", { counter: counterKind(admission.name), error: safeError(err) }),
   );
@@ -132,7 +134,7 @@ export function rateLimitHeaders(a: Admission): Record<string, string> {
  */
 export async function reloadKeys(c: Context<AppEnv>, keyIds: string[]): Promise<void> {
   const ms = c.get("config").rateLimitTimeoutMs;
-  const results = await Promise.allSettled(keyIds.map((id) => deadline(c.env.RATE_LIMITER.getByName(`key:${id}`).reload(), ms, timedOut)));
+  const results = await Promise.allSettled(keyIds.map((id) => deadline(c.env.KEYS.getByName(`key:${id}`).reload(), ms, timedOut)));
   const failed = results.flatMap((r, i) => (r.status === "rejected" ? [{ keyId: keyIds[i], error: safeError(r.reason) }] : []));
   if (failed.length === 0) return;
   for (const f of failed) log("error", "key_reload_failed", { ...f, requestId: c.get("requestId") });

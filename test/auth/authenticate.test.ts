@@ -115,7 +115,7 @@ describe("the key's counter when its database fails", () => {
   it("answers 503 and logs neither the query nor its parameters", async () => {
     const { key } = await provision();
     const k = await createKey(key.key, { name: "l" });
-    await runInDurableObject(env.RATE_LIMITER.getByName(`key:${k.id}`), (instance) => {
+    await runInDurableObject(env.KEYS.getByName(`key:${k.id}`), (instance) => {
       // The object's own D1 handle, replaced through the shared fault seam: its next read of the key fails.
       Object.assign(instance, {
         database: faultyDatabase(env.DB, { kind: "throw", error: new Error("D1_ERROR: Network connection lost.") }),
@@ -161,7 +161,7 @@ describe("lastUsedAt", () => {
     const k = await createKey(key.key);
     expect(await lastUse(k.id)).toEqual({ last_used_at: null, last_auth_method: null });
     let now = Date.now();
-    await runInDurableObject(env.RATE_LIMITER.getByName(`key:${k.id}`), (instance) => {
+    await runInDurableObject(env.KEYS.getByName(`key:${k.id}`), (instance) => {
       instance.clock = () => now;
     });
     await call("/v1/whoami", { key: k.key });

@@ -1,7 +1,7 @@
-import { evictDurableObject, runInDurableObject } from "cloudflare:test";
+import { evictDurableObject, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { RECORD_TTL_MS } from "../../src/ratelimit/durable-object";
+import { RECORD_TTL_MS } from "../../src/objects/key";
 import { faultyDatabase } from "../faults";
 import { call, createKey, expectProblem, provision } from "../helpers";
 
@@ -16,16 +16,21 @@ const outcome = (call: Promise<unknown>) =>
   );
 /** A call from a request that waits up to a minute. */
 const tag = (id = crypto.randomUUID()) => ({ id, deadline: Date.now() + 60_000 });
-const stored = async (stub: DurableObjectStub<import("../../src/ratelimit/durable-object").RateLimiter>) =>
-  (await runInDurableObject(stub, (_, state) => state.storage.sql.exec<{ n: number }>("SELECT count(*) AS n FROM hits").one())).n;
+/** Admissions in the counter's storage (a counter that never counted has no table yet). */
+const stored = (stub: DurableObjectStub<import("../../src/objects/counter").Counter>) =>
+  runInDurableObject(stub, (_, state) => {
+    const sql = state.storage.sql;
+    if (sql.exec("SELECT name FROM sqlite_master WHERE name = 'hits'").toArray().length === 0) return 0;
+    return sql.exec<{ n: number }>("SELECT count(*) AS n FROM hits").one().n;
+  });
 
-describe("RateLimiter Durable Object", () => {
+describe("Counter Durable Object", () => {
   it("counts in its own storage, so a new instance keeps the count", async () => {
-    const stub = env.RATE_LIMITER.getByName("test:persist");
+    const stub = env.COUNTERS.getByName("test:persist");
     expect((await stub.consume(policy, tag())).remaining).toBe(2);
     expect((await stub.consume(policy, tag())).remaining).toBe(1);
     await evictDurableObject(stub);
-    const again = env.RATE_LIMITER.getByName("test:persist");
+    const again = env.COUNTERS.getByName("test:persist");
     expect(await again.consume(policy, tag())).toMatchObject({ allowed: true, remaining: 0 });
     expect(await again.consume(policy, tag())).toMatchObject({ allowed: false, remaining: 0 });
     const stored = await runInDurableObject(again, (_, state) => state.storage.sql.exec("SELECT count(*) AS n FROM hits").one());
@@ -33,7 +38,7 @@ describe("RateLimiter Durable Object", () => {
   });
 
   it("rolls the window over with an injected clock and forgets what left it", async () => {
-    const stub = env.RATE_LIMITER.getByName("test:clock");
+    const stub = env.COUNTERS.getByName("test:clock");
     let now = 1_000_000;
     await runInDurableObject(stub, (instance) => {
       instance.clock = () => now;
@@ -51,7 +56,7 @@ describe("RateLimiter Durable Object", () => {
   });
 
   it("gives back a refunded request", async () => {
-    const stub = env.RATE_LIMITER.getByName("test:refund");
+    const stub = env.COUNTERS.getByName("test:refund");
     const first = await stub.consume(policy, tag());
     await stub.consume(policy, tag());
     await stub.consume(policy, tag());
@@ -61,7 +66,7 @@ describe("RateLimiter Durable Object", () => {
   });
 
   it("spends once for a call and its retry (same id)", async () => {
-    const stub = env.RATE_LIMITER.getByName("test:retry");
+    const stub = env.COUNTERS.getByName("test:retry");
     const call = tag();
     const first = await stub.consume(policy, call);
     const retry = await stub.consume(policy, call);
@@ -71,14 +76,14 @@ describe("RateLimiter Durable Object", () => {
   });
 
   it("spends nothing for a call that arrives after its deadline", async () => {
-    const stub = env.RATE_LIMITER.getByName("test:late");
+    const stub = env.COUNTERS.getByName("test:late");
     expect(await outcome(stub.consume(policy, { id: "late", deadline: Date.now() - 1 }))).toMatch(/no longer waits/);
     expect(await stored(stub)).toBe(0);
     expect((await stub.consume(policy, tag())).remaining).toBe(2);
   });
 
   it("gives back what a cancelled call spent, and never spends for it later", async () => {
-    const stub = env.RATE_LIMITER.getByName("test:cancel");
+    const stub = env.COUNTERS.getByName("test:cancel");
     const answered = tag();
     await stub.consume(policy, answered);
     await stub.cancel(answered);
@@ -90,11 +95,36 @@ describe("RateLimiter Durable Object", () => {
   });
 });
 
-describe("the key's record in its counter", () => {
+describe("idle counters", () => {
+  it("delete their storage once nothing they counted can be in a window, and count afresh after", async () => {
+    const stub = env.COUNTERS.getByName("test:idle");
+    let now = Date.now();
+    await runInDurableObject(stub, (instance) => {
+      instance.clock = () => now;
+    });
+    await stub.consume(policy, tag());
+    await stub.consume(policy, tag());
+    // Still inside the window and its grace: the alarm keeps everything and looks again later.
+    expect(await runDurableObjectAlarm(stub)).toBe(true);
+    expect(await stored(stub)).toBe(2);
+    now += policy.windowSeconds * 1000 + 60_000;
+    expect(await runDurableObjectAlarm(stub)).toBe(true);
+    const left = await runInDurableObject(stub, async (_, state) => ({
+      tables: state.storage.sql.exec("SELECT name FROM sqlite_master WHERE name = 'hits'").toArray().length,
+      deleteAt: await state.storage.get("deleteAt"),
+      alarm: await state.storage.getAlarm(),
+    }));
+    expect(left).toEqual({ tables: 0, deleteAt: undefined, alarm: null });
+    expect((await stub.consume(policy, tag())).remaining).toBe(2);
+    expect(await stored(stub)).toBe(1);
+  });
+});
+
+describe("the key's record in its object", () => {
   it("is trusted for RECORD_TTL_MS at most: a change nobody announced is seen once it expires (injected clock)", async () => {
     const { key } = await provision();
     const k = await createKey(key.key, { name: "ttl" });
-    const stub = env.RATE_LIMITER.getByName(`key:${k.id}`);
+    const stub = env.KEYS.getByName(`key:${k.id}`);
     let now = Date.now();
     await runInDurableObject(stub, (instance) => {
       instance.clock = () => now;
@@ -113,7 +143,7 @@ describe("the key's record in its counter", () => {
   it("never keeps a record read before a reload that happened during the read", async () => {
     const { key } = await provision();
     const k = await createKey(key.key, { name: "in flight" });
-    const stub = env.RATE_LIMITER.getByName(`key:${k.id}`);
+    const stub = env.KEYS.getByName(`key:${k.id}`);
     // The next read of the key answers late, with the row as it was when the read began. Made inside the object:
     // what the object uses must belong to its own context.
     let slow: ReturnType<typeof faultyDatabase> | undefined;
@@ -136,11 +166,11 @@ describe("the key's record in its counter", () => {
   });
 
   it("gives back a stored admission after the object was evicted", async () => {
-    const stub = env.RATE_LIMITER.getByName("test:evicted-refund");
+    const stub = env.COUNTERS.getByName("test:evicted-refund");
     const first = await stub.consume(policy, tag());
     await stub.consume(policy, tag());
     await evictDurableObject(stub);
-    const again = env.RATE_LIMITER.getByName("test:evicted-refund");
+    const again = env.COUNTERS.getByName("test:evicted-refund");
     await again.refund(first.at);
     expect(await stored(again)).toBe(1);
     expect((await again.consume(policy, tag())).remaining).toBe(1);

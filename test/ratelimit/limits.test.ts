@@ -45,7 +45,7 @@ describe("per-key rate limit", () => {
     const { key } = await provision();
     const limited = await createKey(key.key, { rateLimit: { limit: 2, windowSeconds: 30 } });
     let now = Date.now();
-    await runInDurableObject(env.RATE_LIMITER.getByName(`key:${limited.id}`), (instance) => {
+    await runInDurableObject(env.KEYS.getByName(`key:${limited.id}`), (instance) => {
       instance.clock = () => now;
     });
     await spendAll(limited.key, 2);
@@ -275,8 +275,8 @@ describe("when the rate limiter fails", () => {
   for (const [what, fault] of faults) {
     it(`answers 503 with Retry-After in closed mode (the default) when it ${what}`, async () => {
       const { key } = await provision();
-      const objects = faultyObjects(env.RATE_LIMITER, { authorize: fault });
-      const res = await callWith({ RATE_LIMITER: objects, RATE_LIMIT_TIMEOUT_MS: "50" }, "/v1/whoami", { key: key.key });
+      const objects = faultyObjects(env.KEYS, { authorize: fault });
+      const res = await callWith({ KEYS: objects, RATE_LIMIT_TIMEOUT_MS: "50" }, "/v1/whoami", { key: key.key });
       await expectProblem(res, 503, "rate_limiter_unavailable");
       expect(res.headers.get("Retry-After")).toBe("5");
       expect(objects.calls("authorize")).toBe(1);
@@ -284,8 +284,8 @@ describe("when the rate limiter fails", () => {
 
     it(`admits and marks the response in open mode when it ${what}`, async () => {
       const { key } = await provision();
-      const objects = faultyObjects(env.RATE_LIMITER, { authorize: fault });
-      const res = await callWith({ RATE_LIMITER: objects, RATE_LIMIT_TIMEOUT_MS: "50", RATE_LIMIT_FAILURE_MODE: "open" }, "/v1/whoami", {
+      const objects = faultyObjects(env.KEYS, { authorize: fault });
+      const res = await callWith({ KEYS: objects, RATE_LIMIT_TIMEOUT_MS: "50", RATE_LIMIT_FAILURE_MODE: "open" }, "/v1/whoami", {
         key: key.key,
       });
       expect(res.status).toBe(200);
@@ -296,7 +296,7 @@ describe("when the rate limiter fails", () => {
 
   it("in open mode still refuses revoked and expired keys and keys of disabled owners, and what the route needs", async () => {
     const { key } = await provision();
-    const open = { RATE_LIMITER: faultyObjects(env.RATE_LIMITER, { authorize: { kind: "throw" } }), RATE_LIMIT_FAILURE_MODE: "open" };
+    const open = { KEYS: faultyObjects(env.KEYS, { authorize: { kind: "throw" } }), RATE_LIMIT_FAILURE_MODE: "open" };
     const revoked = await createKey(key.key, { name: "revoked" });
     await call(`/v1/api-keys/${revoked.id}`, { method: "DELETE", key: key.key });
     const expired = await createKey(key.key, { name: "expired", expiresAt: "2099-01-01T00:00:00Z" });
@@ -315,16 +315,16 @@ describe("when the rate limiter fails", () => {
   it("retries once an error the platform marks retryable, never an overload", async () => {
     const { key } = await provision();
     const retryable = Object.assign(new Error("Network connection lost."), { retryable: true });
-    const flaky = faultyObjects(env.RATE_LIMITER, { authorize: { kind: "throw", error: retryable, times: 1 } });
-    const res = await callWith({ RATE_LIMITER: flaky }, "/v1/whoami", { key: key.key });
+    const flaky = faultyObjects(env.KEYS, { authorize: { kind: "throw", error: retryable, times: 1 } });
+    const res = await callWith({ KEYS: flaky }, "/v1/whoami", { key: key.key });
     expect(res.status).toBe(200);
     expect(res.headers.get("X-RateLimit-Remaining")).toBe("59");
     expect(flaky.calls("authorize")).toBe(2);
 
-    const overloaded = faultyObjects(env.RATE_LIMITER, {
+    const overloaded = faultyObjects(env.KEYS, {
       authorize: { kind: "throw", error: Object.assign(new Error("Durable Object is overloaded."), { retryable: true, overloaded: true }) },
     });
-    await expectProblem(await callWith({ RATE_LIMITER: overloaded }, "/v1/whoami", { key: key.key }), 503, "rate_limiter_unavailable");
+    await expectProblem(await callWith({ KEYS: overloaded }, "/v1/whoami", { key: key.key }), 503, "rate_limiter_unavailable");
     expect(overloaded.calls("authorize")).toBe(1);
   });
 
@@ -332,7 +332,7 @@ describe("when the rate limiter fails", () => {
     const { key } = await provision();
     // The first attempt reaches the counter and spends, but its answer is lost: the retry must not spend again.
     let lost = false;
-    const objects = faultyObjects(env.RATE_LIMITER, {});
+    const objects = faultyObjects(env.KEYS, {});
     const once = new Proxy(objects, {
       get(target, prop) {
         if (prop !== "getByName") return Reflect.get(target, prop);
@@ -352,7 +352,7 @@ describe("when the rate limiter fails", () => {
         };
       },
     });
-    const res = await callWith({ RATE_LIMITER: once }, "/v1/whoami", { key: key.key });
+    const res = await callWith({ KEYS: once }, "/v1/whoami", { key: key.key });
     expect(res.status).toBe(200);
     expect(res.headers.get("X-RateLimit-Remaining")).toBe("59");
     expect((await whoami(key.key)).headers.get("X-RateLimit-Remaining")).toBe("58");
@@ -361,16 +361,16 @@ describe("when the rate limiter fails", () => {
   it("never leaves a spent request behind a call that timed out", async () => {
     const { key } = await provision();
     // Answers after the deadline: the counter spent, the client got 503; the spend is given back.
-    const slow = faultyObjects(env.RATE_LIMITER, { authorize: { kind: "late-answer", ms: 150 } });
+    const slow = faultyObjects(env.KEYS, { authorize: { kind: "late-answer", ms: 150 } });
     await expectProblem(
-      await callWith({ RATE_LIMITER: slow, RATE_LIMIT_TIMEOUT_MS: "50" }, "/v1/whoami", { key: key.key }),
+      await callWith({ KEYS: slow, RATE_LIMIT_TIMEOUT_MS: "50" }, "/v1/whoami", { key: key.key }),
       503,
       "rate_limiter_unavailable",
     );
     // Arrives after the deadline: the counter refuses to spend for a caller that no longer waits.
-    const queued = faultyObjects(env.RATE_LIMITER, { authorize: { kind: "late-call", ms: 150 } });
+    const queued = faultyObjects(env.KEYS, { authorize: { kind: "late-call", ms: 150 } });
     await expectProblem(
-      await callWith({ RATE_LIMITER: queued, RATE_LIMIT_TIMEOUT_MS: "50" }, "/v1/whoami", { key: key.key }),
+      await callWith({ KEYS: queued, RATE_LIMIT_TIMEOUT_MS: "50" }, "/v1/whoami", { key: key.key }),
       503,
       "rate_limiter_unavailable",
     );
@@ -380,11 +380,10 @@ describe("when the rate limiter fails", () => {
   });
 
   it("keeps answering 401 for bad credentials when the limiter is down", async () => {
-    const objects = faultyObjects(env.RATE_LIMITER, { consume: { kind: "throw" }, authorize: { kind: "throw" } });
-    await expectProblem(
-      await callWith({ RATE_LIMITER: objects }, "/v1/whoami", { headers: { "X-API-Key": "nope" } }),
-      401,
-      "malformed_credentials",
-    );
+    const objects = {
+      KEYS: faultyObjects(env.KEYS, { authorize: { kind: "throw" } }),
+      COUNTERS: faultyObjects(env.COUNTERS, { consume: { kind: "throw" } }),
+    };
+    await expectProblem(await callWith(objects, "/v1/whoami", { headers: { "X-API-Key": "nope" } }), 401, "malformed_credentials");
   });
 });

@@ -121,7 +121,7 @@ describe("/v1/users", () => {
   it("never touches another account's user, even with nothing to change", async () => {
     const { key } = await provision();
     const other = await provision();
-    const broken = { RATE_LIMITER: faultyObjects(env.RATE_LIMITER, { reload: { kind: "throw" } }) };
+    const broken = { KEYS: faultyObjects(env.KEYS, { reload: { kind: "throw" } }) };
     for (const body of [{}, { disabled: true }]) {
       await expectProblem(await callWith(broken, `/v1/users/${other.admin.id}`, { method: "PATCH", key: key.key, body }), 404, "not_found");
     }

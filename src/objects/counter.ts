@@ -1,0 +1,81 @@
+import { DurableObject } from "cloudflare:workers";
+import type { Bindings } from "../env";
+import type { Policy } from "../ratelimit/window";
+import { type Admission, CallMemory, type CallTag, SlidingLog } from "./sliding-log";
+
+/** How long after its last admission has left its window an idle counter keeps its storage. */
+const IDLE_GRACE_MS = 60_000;
+
+/**
+ * A plain sliding-log counter: per client address, per agent's anonymous handshakes, per agent user's handshakes and
+ * chat requests. Counters that fall idle delete their storage (an alarm), so one-off addresses and anonymous widget
+ * users do not leave objects behind.
+ */
+export class Counter extends DurableObject<Bindings> {
+  /** Replaceable in tests to move time. */
+  clock: () => number = Date.now;
+  /** Null once an idle counter has deleted its storage, until it counts again. */
+  private opened: SlidingLog | null = null;
+  private readonly calls = new CallMemory();
+  /** When the alarm that deletes an idle counter is set for, as far as this instance knows. */
+  private alarmAt: number | null = null;
+
+  private get log(): SlidingLog {
+    this.opened ??= new SlidingLog(this.ctx.storage.sql, () => this.clock());
+    return this.opened;
+  }
+
+  /**
+   * Admits one request if the policy allows it, and records it; `at` identifies the admission for a refund.
+   * The answer leaves only once the admission is stored (group commit: one write for all admissions of a moment).
+   */
+  async consume(policy: Policy, tag: CallTag): Promise<Admission> {
+    const known = this.calls.recall(tag);
+    if (known) return known.answer as Admission;
+    const admission = this.log.admit(policy);
+    this.calls.remember(tag, admission, admission.allowed ? admission.at : null);
+    if (admission.allowed) {
+      await this.idleAfter(admission.at + policy.windowSeconds * 1000);
+      await this.log.saved();
+    }
+    return admission;
+  }
+
+  /** Gives back a request admitted at `at` but refused afterwards. */
+  refund(at: number): void {
+    this.log.refund(at);
+  }
+
+  /** The caller gave up on this call: whatever it spent goes back, and it never spends later. */
+  cancel(tag: CallTag): void {
+    const spentAt = this.calls.cancel(tag);
+    if (spentAt !== null) this.log.refund(spentAt);
+  }
+
+  /**
+   * Deletes the counter's storage once nothing it counted can be in a window any more. The alarm is set for the end of
+   * the latest admission's window plus a grace, and moved only when a later admission outlives it by more than that.
+   */
+  override async alarm(): Promise<void> {
+    this.alarmAt = null;
+    const deleteAt = (await this.ctx.storage.get<number>("deleteAt")) ?? 0;
+    if (this.clock() < deleteAt) {
+      await this.schedule(deleteAt);
+      return;
+    }
+    await this.ctx.storage.deleteAll();
+    this.opened = null;
+  }
+
+  /** Makes sure the idle alarm fires no earlier than the end of a window that ends at `until`. */
+  private async idleAfter(until: number): Promise<void> {
+    if (this.alarmAt !== null && this.alarmAt >= until) return;
+    await this.schedule(until + IDLE_GRACE_MS);
+  }
+
+  private async schedule(at: number): Promise<void> {
+    this.alarmAt = at;
+    await this.ctx.storage.put("deleteAt", at);
+    await this.ctx.storage.setAlarm(at);
+  }
+}

@@ -1,0 +1,141 @@
+import { DurableObject } from "cloudflare:workers";
+import type { AuthMethod } from "../auth/credentials";
+import { type Need, type Principal, type Refusal, refusal } from "../auth/principal";
+import { getConfig } from "../config";
+import { db, withDeadline } from "../db/client";
+import type { Bindings } from "../env";
+import { evaluateKey, type KeyRecord, LAST_USED_INTERVAL_MS, loadKey, recordUse, type VerifyResult } from "../keys/store";
+import { log, safeError } from "../log";
+import { type Admission, CallMemory, type CallTag, SlidingLog } from "./sliding-log";
+
+/** A key as its object holds it: the record, the verdict on it and the instant that verdict may change. */
+type KeyState = {
+  record: KeyRecord | undefined;
+  loadedAt: number;
+  verdict: VerifyResult;
+  until: number;
+  lastUsed: number;
+  lastMethod: AuthMethod | null;
+};
+
+/** The verdict on a key at `now`, and the next instant (revocation or expiry) at which it could change. */
+function judge(record: KeyRecord | undefined, now: number): Pick<KeyState, "verdict" | "until"> {
+  const instants = [record?.key.revokedAt, record?.key.expiresAt].map((t) => (t ? Date.parse(t) : Infinity)).filter((t) => t > now);
+  return { verdict: evaluateKey(record, new Date(now)), until: Math.min(...instants) };
+}
+
+export type Authorization =
+  | { ok: true; principal: Principal; admission: Admission }
+  | Extract<VerifyResult, { ok: false }>
+  | { ok: false; code: Refusal };
+
+/**
+ * Longest time a cached key record is trusted without a reload. Revocation and changes to the key's owner reload it
+ * before they are answered; this bounds how long other changes (such as the account's default limit) take.
+ */
+export const RECORD_TTL_MS = 60_000;
+
+/**
+ * One API key (`key:<id>`): its record and the verdict on it, its last use, and the sliding log of its own budget, so
+ * that an authenticated request costs one call here and no D1 read.
+ */
+export class KeyObject extends DurableObject<Bindings> {
+  /** Replaceable in tests to move time. */
+  clock: () => number = Date.now;
+  private readonly log: SlidingLog;
+  private readonly calls = new CallMemory();
+  private key: KeyState | undefined;
+  private loading: Promise<KeyState> | null = null;
+  private generation = 0;
+  private readonly database: D1Database;
+
+  constructor(ctx: DurableObjectState, env: Bindings) {
+    super(ctx, env);
+    this.database = withDeadline(env.DB, () => getConfig(env).d1TimeoutMs);
+    this.log = new SlidingLog(ctx.storage.sql, () => this.clock());
+  }
+
+  /**
+   * Checks the key and what the route needs of it, then spends one request of its limit. A key that is refused (401)
+   * or falls short of the route (403) spends nothing.
+   */
+  async authorize(keyId: string, method: AuthMethod, need: Need, tag: CallTag): Promise<Authorization> {
+    const known = this.calls.recall(tag);
+    if (known) return known.answer as Authorization;
+    const key = await this.keyState(keyId);
+    // Reading the key may have taken a while: decide only if the caller still waits.
+    if (this.calls.recall(tag)) throw new Error("call already answered or cancelled");
+    const now = this.clock();
+    if (now >= key.until) Object.assign(key, judge(key.record, now));
+    if (!key.verdict.ok) return this.calls.remember(tag, key.verdict, null);
+    const { principal } = key.verdict;
+    const code = refusal(principal, need);
+    if (code) return this.calls.remember(tag, { ok: false, code }, null);
+    this.noteUse(keyId, key, method, now);
+    const admission = this.log.admit(principal.rateLimit);
+    const answer = this.calls.remember<Authorization>(tag, { ok: true, principal, admission }, admission.allowed ? admission.at : null);
+    if (admission.allowed) await this.log.saved();
+    return answer;
+  }
+
+  /** The caller gave up on this call: whatever it spent goes back, and it never spends later. */
+  cancel(tag: CallTag): void {
+    const spentAt = this.calls.cancel(tag);
+    if (spentAt !== null) this.log.refund(spentAt);
+  }
+
+  /** Gives back a request that was admitted at `at` but refused afterwards. */
+  refund(at: number): void {
+    this.log.refund(at);
+  }
+
+  /** Drops the cached key: the next request reads the key, its owner and its account again. */
+  reload(): void {
+    this.generation += 1;
+    this.key = undefined;
+    this.loading = null;
+  }
+
+  /** Records the key's last use in D1 at most once per LAST_USED_INTERVAL_MS (or when the method changes), off the answer's path. */
+  private noteUse(keyId: string, key: KeyState, method: AuthMethod, now: number): void {
+    if (now - key.lastUsed < LAST_USED_INTERVAL_MS && key.lastMethod === method) return;
+    key.lastUsed = now;
+    key.lastMethod = method;
+    this.ctx.waitUntil(
+      recordUse(db(this.database), keyId, method, new Date(now))
+        .run()
+        .catch((err: unknown) => log("error", "last_used_failed", { keyId, error: safeError(err) })),
+    );
+  }
+
+  private async keyState(keyId: string): Promise<KeyState> {
+    if (this.key && this.clock() - this.key.loadedAt < RECORD_TTL_MS) return this.key;
+    if (!this.loading) {
+      // Concurrent requests share one read; a reload during the read discards its result.
+      const generation = this.generation;
+      const loadedAt = this.clock();
+      this.loading = loadKey(db(this.database), { id: keyId }).then(
+        (record) => {
+          const key: KeyState = {
+            record,
+            loadedAt,
+            ...judge(record, loadedAt),
+            lastUsed: record?.key.lastUsedAt ? Date.parse(record.key.lastUsedAt) : 0,
+            lastMethod: record?.key.lastAuthMethod ?? null,
+          };
+          if (generation === this.generation) {
+            this.key = key;
+            this.loading = null;
+          }
+          return key;
+        },
+        (err: unknown) => {
+          if (generation === this.generation) this.loading = null;
+          // Only what may be logged crosses back to the worker: drizzle's error names the query and its parameters.
+          throw new Error(safeError(err));
+        },
+      );
+    }
+    return this.loading;
+  }
+}

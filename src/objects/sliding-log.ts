@@ -1,0 +1,142 @@
+import { type Decision, decide, firstInWindow, type Policy } from "../ratelimit/window";
+
+export type Admission = Decision & { at: number };
+
+/**
+ * What identifies and bounds one call from a request: its id (a retry of the same call reuses it, so it spends once)
+ * and the instant (ms since epoch) after which the caller no longer waits, so the call must not spend anything.
+ */
+export type CallTag = { id: string; deadline: number };
+
+/**
+ * How long admissions wait to share one storage write. Each write is a commit that every answer waits for, so a hot
+ * key's admissions should share one; a longer wait delays every answer (npm run bench: 0, 1 and 2 ms compared, 1 best).
+ */
+const GROUP_COMMIT_MS = 1;
+
+/**
+ * The times of admitted requests of one Durable Object, in memory and in its SQLite storage, so counts survive eviction
+ * and redeploys. No window of a policy's length ever holds more than its limit.
+ */
+export class SlidingLog {
+  /** Times (ms) of admitted requests still in some window, ascending. */
+  private log: number[];
+  /** Admissions waiting for the next write, and that write. */
+  private unsaved: number[] = [];
+  private saving: Promise<void> | null = null;
+
+  constructor(
+    private readonly sql: SqlStorage,
+    private readonly clock: () => number,
+  ) {
+    sql.exec("CREATE TABLE IF NOT EXISTS hits (at INTEGER NOT NULL)");
+    this.log = sql
+      .exec<{ at: number }>("SELECT at FROM hits ORDER BY at")
+      .toArray()
+      .map((r) => r.at);
+  }
+
+  /** The latest admission, if any. */
+  get last(): number | undefined {
+    return this.log[this.log.length - 1];
+  }
+
+  /** Decides one request and, when admitted, adds it to the log before any await, so concurrent requests are exact. */
+  admit(policy: Policy): Admission {
+    // The clock never runs backwards inside one log: equal times keep the log sorted.
+    const now = Math.max(this.clock(), this.last ?? 0);
+    this.forget(now - policy.windowSeconds * 1000);
+    const decision = decide(this.log, now, policy);
+    if (decision.allowed) {
+      this.log.push(now);
+      this.unsaved.push(now);
+    }
+    return { ...decision, at: now };
+  }
+
+  /** Gives back a request admitted at `at` (refused afterwards, or its caller gave up). */
+  refund(at: number): void {
+    const i = this.log.lastIndexOf(at);
+    if (i < 0) return;
+    this.log.splice(i, 1);
+    const j = this.unsaved.lastIndexOf(at);
+    if (j >= 0) this.unsaved.splice(j, 1);
+    else this.sql.exec("DELETE FROM hits WHERE rowid = (SELECT rowid FROM hits WHERE at = ? LIMIT 1)", at);
+  }
+
+  /**
+   * Resolves once the admissions made so far are written. All admissions of one moment share one write, in a
+   * statement per 100 rows; the platform's output gate holds every answer until that write is durable.
+   */
+  saved(): Promise<void> {
+    this.saving ??= new Promise((resolve) =>
+      setTimeout(() => {
+        this.saving = null;
+        const rows = this.unsaved.splice(0);
+        for (let i = 0; i < rows.length; i += 100) {
+          const chunk = rows.slice(i, i + 100);
+          this.sql.exec(`INSERT INTO hits (at) VALUES ${chunk.map(() => "(?)").join(",")}`, ...chunk);
+        }
+        resolve();
+      }, GROUP_COMMIT_MS),
+    );
+    return this.saving;
+  }
+
+  /**
+   * Drops the entries that left the window once they are at least as many as those still in it: `decide` skips them
+   * by binary search, so removing them one request at a time would only cost a copy of the whole log each time.
+   */
+  private forget(cutoff: number): void {
+    const expired = firstInWindow(this.log, cutoff);
+    if (expired === 0 || expired < this.log.length - expired) return;
+    this.log.splice(0, expired);
+    this.sql.exec("DELETE FROM hits WHERE at <= ?", cutoff);
+  }
+}
+
+/** How long a call's answer is remembered past its deadline: long enough for its retry or its cancellation. */
+const CALL_MEMORY_MS = 10_000;
+
+type Remembered = { answer: unknown; spentAt: number | null; cancelled: boolean; keepUntil: number };
+
+/** Recent calls by id, oldest first: a retry gets the first answer, a cancellation finds what to give back. */
+export class CallMemory {
+  private calls = new Map<string, Remembered>();
+
+  /**
+   * The earlier answer to this call, if it was already answered (a retry). Throws when the call was cancelled or its
+   * deadline passed: the caller has stopped waiting, so nothing may be spent for it.
+   */
+  recall(tag: CallTag): Remembered | undefined {
+    const now = Date.now();
+    for (const [id, r] of this.calls) {
+      if (r.keepUntil >= now) break;
+      this.calls.delete(id);
+    }
+    const known = this.calls.get(tag.id);
+    if (known?.cancelled || (!known && now > tag.deadline)) throw new Error("the caller no longer waits for this call");
+    return known;
+  }
+
+  remember<T>(tag: CallTag, answer: T, spentAt: number | null): T {
+    this.calls.set(tag.id, { answer, spentAt, cancelled: false, keepUntil: tag.deadline + CALL_MEMORY_MS });
+    return answer;
+  }
+
+  /**
+   * Marks the call cancelled, until its deadline has passed (after which it cannot spend anyway), and answers when it
+   * had spent, so that the caller gives it back.
+   */
+  cancel(tag: CallTag): number | null {
+    const spentAt = this.calls.get(tag.id)?.spentAt ?? null;
+    this.calls.delete(tag.id);
+    this.calls.set(tag.id, {
+      answer: null,
+      spentAt: null,
+      cancelled: true,
+      keepUntil: Math.max(Date.now(), tag.deadline) + CALL_MEMORY_MS,
+    });
+    return spentAt;
+  }
+}
