@@ -1,18 +1,11 @@
 import { createRoute } from "@hono/zod-openapi";
-import { and, eq, sql } from "drizzle-orm";
-import { rateLimitCeiling, withinCeiling } from "../accounts/limits";
 import { authenticate } from "../auth/middleware";
-import { canManageKey, type Principal } from "../auth/principal";
-import { auditIfChanged, auditInsert } from "../db/audit";
-import { batch, db } from "../db/client";
+import { db } from "../db/client";
 import { pageOf } from "../db/pagination";
-import { type ApiKey, accounts, apiKeys, users } from "../db/schema";
-import { ApiError, type FieldError } from "../errors";
-import { grants, KeyView, KeyWithSecret, keyView, NewKey, Rotation } from "../keys/schemas";
-import { findKey, keyPolicy, keyStatus, listKeys, mintKey, revokeStatement } from "../keys/store";
-import { BODY_PROBLEMS, invalidRequest, json, jsonBody, jsonObject, KEY_PROBLEMS, KEY_SECURITY, problems, routes } from "../openapi";
-import { reloadKeys } from "../ratelimit/limiter";
-import type { Policy } from "../ratelimit/window";
+import { KeyView, KeyWithSecret, keyView, NewKey, Rotation } from "../keys/schemas";
+import { createKey, findManagedKey, revokeKey, rotateKey } from "../keys/service";
+import { listKeys } from "../keys/store";
+import { BODY_PROBLEMS, json, jsonBody, jsonObject, KEY_PROBLEMS, KEY_SECURITY, problems, routes } from "../openapi";
 import { IdParam, PageQuery, page } from "../schemas";
 import { allow } from "./method-not-allowed";
 
@@ -35,40 +28,8 @@ export const apiKeysRoutes = routes()
     }),
     async (c) => {
       const p = c.get("principal");
-      const ceiling = await memberCeiling(c.env.DB, p);
-      const body = c.req.valid("json");
-      const now = new Date();
       const sent = Object.keys(await c.req.json<Record<string, unknown>>());
-      const { scopes, errors } = grants(body, sent, c.get("config").resourceTypes);
-      const { name, ownerId } = body;
-      const expiresAt = body.expiresAt ?? null;
-      const rateLimit = body.rateLimit ?? null;
-      if (rateLimit) errors.push(...overCeiling(ceiling, rateLimit));
-      if (errors.length > 0) throw invalidRequest(errors);
-
-      if (ownerId !== undefined && ownerId !== p.userId) await checkOwner(c.env.DB, p, ownerId);
-      const { raw, row } = await mintKey(
-        {
-          accountId: p.accountId,
-          ownerId: ownerId ?? p.userId,
-          createdBy: p.userId,
-          name,
-          prefix: p.keyPrefix,
-          scopes,
-          expiresAt,
-          rateLimit,
-        },
-        now,
-      );
-      const d = db(c.env.DB);
-      await batch(c.env.DB, [
-        d.insert(apiKeys).values(row),
-        auditInsert(
-          d,
-          { accountId: p.accountId, actor: p.userId, action: "key.created", target: row.id, requestId: c.get("requestId") },
-          now,
-        ),
-      ]);
+      const { raw, row, now } = await createKey(c, p, c.req.valid("json"), sent);
       c.header("Cache-Control", "no-store");
       return c.json({ ...keyView(row, now), key: raw }, 201);
     },
@@ -125,36 +86,8 @@ export const apiKeysRoutes = routes()
       },
     }),
     async (c) => {
-      const p = c.get("principal");
-      const key = await findManagedKey(c.env.DB, p, c.req.valid("param").id);
-      const now = new Date();
-      // Deactivation is permanent and idempotent: deleting a revoked key answers with it unchanged, after making sure
-      // its counter knows (a repeat completes a revocation whose reload failed).
-      if (keyStatus(key, now) === "revoked") {
-        await reloadKeys(c, [key.id]);
-        return c.json(keyView(key, now), 200);
-      }
-      const d = db(c.env.DB);
-      const [revoked] = await batch(c.env.DB, [
-        revokeStatement(d, key, p.userId, now, now),
-        auditIfChanged(
-          c.env.DB,
-          { accountId: p.accountId, actor: p.userId, action: "key.revoked", target: key.id, requestId: c.get("requestId") },
-          now,
-        ),
-      ]);
-      const current =
-        revoked?.meta.changes === 1
-          ? { ...key, revokedAt: now.toISOString(), revokedBy: p.userId }
-          : await findManagedKey(c.env.DB, p, key.id);
-      if (keyStatus(current, now) !== "revoked") {
-        throw new ApiError(
-          "last_active_key",
-          "This is the account's last lasting admin key (full access, an enabled admin's, no expiry, no grace period); create another before revoking it.",
-        );
-      }
-      await reloadKeys(c, [key.id]);
-      return c.json(keyView(current, now), 200);
+      const { key, now } = await revokeKey(c, c.get("principal"), c.req.valid("param").id);
+      return c.json(keyView(key, now), 200);
     },
   )
   .openapi(
@@ -171,57 +104,7 @@ export const apiKeysRoutes = routes()
       },
     }),
     async (c) => {
-      const p = c.get("principal");
-      const ceiling = await memberCeiling(c.env.DB, p);
-      const old = await findManagedKey(c.env.DB, p, c.req.valid("param").id);
-      const { gracePeriodSeconds: grace, rateLimit } = c.req.valid("json");
-      if (rateLimit) {
-        const errors = overCeiling(ceiling, rateLimit);
-        if (errors.length > 0) throw invalidRequest(errors);
-      }
-
-      const now = new Date();
-      if (old.revokedAt !== null || keyStatus(old, now) !== "active") {
-        throw new ApiError(
-          "key_not_active",
-          `Key ${old.id} is ${keyStatus(old, now)}${old.revokedAt ? " or already rotated" : ""}; only an active key can be rotated.`,
-        );
-      }
-      const { raw, row } = await mintKey(
-        {
-          accountId: p.accountId,
-          ownerId: old.ownerId,
-          createdBy: p.userId,
-          name: old.name,
-          prefix: old.prefix,
-          scopes: JSON.parse(old.scopes) as string[],
-          expiresAt: old.expiresAt,
-          rateLimit: rateLimit ?? keyPolicy(old),
-          rotatedFrom: old.id,
-        },
-        now,
-      );
-      const revokeAt = new Date(now.getTime() + grace * 1000);
-      const audit = { accountId: p.accountId, actor: p.userId, requestId: c.get("requestId") };
-      const d = db(c.env.DB);
-      try {
-        await batch(c.env.DB, [
-          d.insert(apiKeys).values(row),
-          revokeStatement(d, old, p.userId, revokeAt, now),
-          auditInsert(d, { ...audit, action: "key.rotated", target: old.id }, now),
-          auditInsert(d, { ...audit, action: "key.created", target: row.id }, now),
-        ]);
-        await reloadKeys(c, [old.id]);
-      } catch (err) {
-        // The unique index on rotated_from: another request rotated this key first. Nothing was written.
-        if (String(err).includes("UNIQUE")) throw new ApiError("key_not_active", `Key ${old.id} has already been rotated.`);
-        // D1 did not answer in time (the batch may still land) or the old key's counter did not hear of its revocation:
-        // the rotation is not known to be in force. Undo it, unless someone revoked the old key meanwhile.
-        if (!(await undoRotation(c.env.DB, old, row, revokeAt, now, audit))) {
-          await reloadKeys(c, [old.id]).catch(() => {});
-          throw err;
-        }
-      }
+      const { raw, row, now } = await rotateKey(c, c.get("principal"), c.req.valid("param").id, c.req.valid("json"));
       c.header("Cache-Control", "no-store");
       return c.json({ ...keyView(row, now), key: raw }, 201);
     },
@@ -229,75 +112,3 @@ export const apiKeysRoutes = routes()
   .all("/", allow("GET", "POST"))
   .all("/:id", allow("GET", "DELETE"))
   .all("/:id/rotate", allow("POST"));
-
-/**
- * Undoes a rotation whose outcome is unknown, so that nothing changed and it can be repeated: the old key gets back
- * the life the rotation took, and the new key (never shown to anyone) is written dead under its id and hash, so that a
- * rotation batch still on its way fails instead of landing. Answers true, leaving both as they are, when the old key was
- * revoked by another request meanwhile: then the rotation must stand, or the account would lose both keys.
- */
-async function undoRotation(
-  d1: D1Database,
-  old: ApiKey,
-  row: ApiKey,
-  revokeAt: Date,
-  now: Date,
-  audit: { accountId: string; actor: string; requestId: string },
-): Promise<boolean> {
-  const d = db(d1);
-  const dead = { revokedAt: now.toISOString(), revokedBy: audit.actor, rotatedFrom: null };
-  await batch(d1, [
-    d
-      .update(apiKeys)
-      .set({ revokedAt: null, revokedBy: null })
-      .where(and(eq(apiKeys.id, old.id), eq(apiKeys.revokedAt, revokeAt.toISOString()))),
-    d
-      .insert(apiKeys)
-      .values({ ...row, ...dead })
-      .onConflictDoUpdate({
-        target: apiKeys.id,
-        set: dead,
-        setWhere: sql`EXISTS (SELECT 1 FROM api_keys o WHERE o.id = ${old.id} AND o.revoked_at IS NULL)`,
-      }),
-    auditInsert(d, { ...audit, action: "key.rotation_undone", target: old.id }, now),
-  ]);
-  const [fresh] = await d.select({ revokedAt: apiKeys.revokedAt }).from(apiKeys).where(eq(apiKeys.id, row.id)).limit(1);
-  return fresh?.revokedAt === null;
-}
-
-/**
- * Who may create keys and with which limit, read from the account now (it can change at any time): admins always, with
- * any limit (null: no ceiling, and no read); members only where the account allows it, up to its `maxRateLimit`.
- */
-async function memberCeiling(d1: D1Database, p: Principal): Promise<Policy | null> {
-  if (p.role === "admin") return null;
-  const [account] = await db(d1).select().from(accounts).where(eq(accounts.id, p.accountId)).limit(1);
-  if (!account?.membersCanCreateKeys) throw new ApiError("insufficient_role", "Only account admins can create API keys in this account.");
-  return rateLimitCeiling(account);
-}
-
-/** A member's own limit may be neither larger nor faster than the ceiling. */
-function overCeiling(ceiling: Policy | null, limit: Policy): FieldError[] {
-  if (ceiling === null || withinCeiling(limit, ceiling)) return [];
-  const message = `members may set at most ${ceiling.limit} requests per ${ceiling.windowSeconds} s (the account's maxRateLimit)`;
-  return [{ field: "rateLimit", message }];
-}
-
-/** Only admins create keys for other users, and only for enabled users of their own account. */
-async function checkOwner(d1: D1Database, p: Principal, ownerId: string): Promise<void> {
-  if (p.role !== "admin") throw new ApiError("insufficient_role", "Only account admins can create keys for other users.");
-  const [owner] = await db(d1)
-    .select({ disabled: users.disabled })
-    .from(users)
-    .where(and(eq(users.accountId, p.accountId), eq(users.id, ownerId)))
-    .limit(1);
-  const problem = !owner ? "is not a user of this account" : owner.disabled ? "is a disabled user" : null;
-  if (problem) throw invalidRequest([{ field: "ownerId", message: problem }]);
-}
-
-/** A key of the caller's account that the caller may manage; anything else is 404, whoever owns it. */
-async function findManagedKey(d1: D1Database, p: Principal, id: string): Promise<ApiKey> {
-  const key = await findKey(db(d1), p.accountId, id);
-  if (!key || !canManageKey(p, key.ownerId)) throw new ApiError("not_found", "No API key with this id in this account.");
-  return key;
-}
