@@ -1,0 +1,131 @@
+import type { z } from "@hono/zod-openapi";
+import { and, eq, sql } from "drizzle-orm";
+import type { Context } from "hono";
+import type { Principal } from "../auth/principal";
+import { auditIfChanged } from "../db/audit";
+import { batch, db } from "../db/client";
+import { type User, users } from "../db/schema";
+import type { AppEnv } from "../env";
+import { ApiError } from "../errors";
+import { newId } from "../keys/format";
+import { lastingKey, liveKeyIds } from "../keys/store";
+import { reloadKeys } from "../ratelimit/limiter";
+import type { NewUser, UserChange } from "./schemas";
+
+// The user aggregate's writes: guarded in D1, written with their audit event in one batch, and in force in the objects
+// of the user's keys before they are answered.
+
+/** Creates a user; a taken email writes nothing at all (409 `email_taken`). */
+export async function createUser(c: Context<AppEnv>, p: Principal, { email, role }: z.infer<typeof NewUser>): Promise<User> {
+  const now = new Date();
+  const user: User = { id: newId("usr"), accountId: p.accountId, email, role, disabled: false, createdAt: now.toISOString() };
+  const d = db(c.env.DB);
+  // INSERT OR IGNORE plus a guarded audit event: a taken email writes nothing at all.
+  const [inserted] = await batch(c.env.DB, [
+    d.insert(users).values(user).onConflictDoNothing(),
+    auditIfChanged(
+      c.env.DB,
+      { accountId: p.accountId, actor: p.userId, action: "user.created", target: user.id, requestId: c.get("requestId") },
+      now,
+    ),
+  ]);
+  if (inserted?.meta.changes !== 1) throw new ApiError("email_taken", `A user with email ${user.email} already exists in this account.`);
+  return user;
+}
+
+/**
+ * Changes a user's role or state, never leaving the account without an enabled admin or a lasting key, and puts the
+ * change in force in the user's keys before answering (503 `change_pending` otherwise; a repeat completes it).
+ */
+export async function updateUser(
+  c: Context<AppEnv>,
+  p: Principal,
+  userId: string,
+  { role, disabled }: z.infer<typeof UserChange>,
+): Promise<User> {
+  // A user of the caller's account, or 404 before anything is written or reloaded.
+  const { id } = await findUser(c.env.DB, p.accountId, userId);
+  const d = db(c.env.DB);
+  const now = new Date();
+  if (role !== undefined || disabled !== undefined) {
+    const [updated] = await batch(c.env.DB, [
+      // Only the fields this request changes, guarded on the row as it is when the statement runs: two concurrent
+      // edits (one disabling, one promoting) both land, and neither brings back what the other changed.
+      d
+        .update(users)
+        .set({ ...(role === undefined ? {} : { role }), ...(disabled === undefined ? {} : { disabled }) })
+        .where(
+          and(
+            eq(users.accountId, p.accountId),
+            eq(users.id, id),
+            changes(role, disabled),
+            keepsAccountReachable(p.accountId, role, disabled),
+          ),
+        ),
+      auditIfChanged(
+        c.env.DB,
+        { accountId: p.accountId, actor: p.userId, action: "user.updated", target: id, requestId: c.get("requestId") },
+        now,
+      ),
+    ]);
+    if (updated?.meta.changes !== 1) await explainUnchanged(c.env.DB, p.accountId, id, role, disabled);
+  }
+  // The user's keys act with the user's rights: their counters see the change before the answer. A repeat of a
+  // request whose change is already stored reloads too, so it completes a change a failed reload left pending.
+  await reloadKeys(c, await liveKeyIds(d, { ownerId: id }, now));
+  return findUser(c.env.DB, p.accountId, id);
+}
+
+/** SQL: the update would change the row (a repeat of a stored change writes nothing, not even an audit event). */
+function changes(role: User["role"] | undefined, disabled: boolean | undefined) {
+  return sql`(users.role IS NOT COALESCE(${role ?? null}, users.role) OR users.disabled IS NOT COALESCE(${bit(disabled)}, users.disabled))`;
+}
+
+/**
+ * SQL: the update leaves the account an enabled admin and a lasting key. It only matters when the row is an enabled
+ * admin now and would not be one after the update; then another enabled admin must remain, and if this user owns a
+ * lasting key, another enabled admin must own one too.
+ */
+function keepsAccountReachable(accountId: string, role: User["role"] | undefined, disabled: boolean | undefined) {
+  const staysAdmin = sql`(COALESCE(${role ?? null}, users.role) = 'admin' AND COALESCE(${bit(disabled)}, users.disabled) = 0)`;
+  return sql`(NOT (users.role = 'admin' AND users.disabled = 0) OR ${staysAdmin}
+    OR (EXISTS (SELECT 1 FROM users other WHERE other.account_id = ${accountId} AND other.id <> users.id AND other.role = 'admin' AND other.disabled = 0)
+      AND (NOT EXISTS (SELECT 1 FROM api_keys own WHERE own.owner_id = users.id AND ${lastingKey("own")})
+        OR EXISTS (SELECT 1 FROM api_keys other_key WHERE other_key.account_id = ${accountId} AND other_key.owner_id <> users.id AND ${lastingKey("other_key")}))))`;
+}
+
+function bit(b: boolean | undefined): number | null {
+  return b === undefined ? null : b ? 1 : 0;
+}
+
+/** Why a guarded update changed nothing: no such user (404), nothing to change (fine), or a guard refused it (409). */
+async function explainUnchanged(
+  d1: D1Database,
+  accountId: string,
+  id: string,
+  role: User["role"] | undefined,
+  disabled: boolean | undefined,
+) {
+  const user = await findUser(d1, accountId, id);
+  if ((role ?? user.role) === user.role && (disabled ?? user.disabled) === user.disabled) return;
+  const [other] = await db(d1)
+    .select({ id: users.id })
+    .from(users)
+    .where(and(eq(users.accountId, accountId), sql`${users.id} <> ${id}`, eq(users.role, "admin"), eq(users.disabled, false)))
+    .limit(1);
+  if (!other) throw new ApiError("last_admin", "This is the account's last enabled admin; make another user admin first.");
+  throw new ApiError(
+    "last_active_key",
+    "This user owns the account's last lasting admin key (full access, no expiry); give another admin such a key first.",
+  );
+}
+
+export async function findUser(d1: D1Database, accountId: string, id: string): Promise<User> {
+  const [user] = await db(d1)
+    .select()
+    .from(users)
+    .where(and(eq(users.accountId, accountId), eq(users.id, id)))
+    .limit(1);
+  if (!user) throw new ApiError("not_found", "No user with this id in this account.");
+  return user;
+}
