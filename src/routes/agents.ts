@@ -1,15 +1,12 @@
 import { createRoute } from "@hono/zod-openapi";
 import { eq } from "drizzle-orm";
-import { newIdentitySecret } from "../agents/identity";
 import { AgentChange, AgentView, AgentWithSecret, NewAgent } from "../agents/schemas";
-import { agentView, findAgent } from "../agents/store";
+import { accountAgent, createAgent, rotateIdentitySecret, updateAgent } from "../agents/service";
+import { agentView } from "../agents/store";
 import { authenticate } from "../auth/middleware";
-import { auditInsert } from "../db/audit";
-import { batch, db } from "../db/client";
+import { db } from "../db/client";
 import { listPage, pageOf } from "../db/pagination";
-import { type Agent, agentOrigins, agents } from "../db/schema";
-import { ApiError } from "../errors";
-import { newId } from "../keys/format";
+import { agents } from "../db/schema";
 import { BODY_PROBLEMS, json, jsonBody, jsonObject, KEY_PROBLEMS, KEY_SECURITY, problems, routes } from "../openapi";
 import { IdParam, PageQuery, page } from "../schemas";
 import { allow } from "./method-not-allowed";
@@ -30,29 +27,7 @@ export const agentsRoutes = routes()
       responses: { 201: json(AgentWithSecret, "The new agent and its identity secret"), ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS) },
     }),
     async (c) => {
-      const p = c.get("principal");
-      const { name, allowedOrigins, tokenTtlSeconds } = c.req.valid("json");
-      const now = new Date();
-      const agent: Agent = {
-        id: newId("agt"),
-        accountId: p.accountId,
-        name,
-        allowedOrigins: JSON.stringify(allowedOrigins),
-        tokenTtlSeconds,
-        identitySecret: newIdentitySecret(),
-        disabled: false,
-        createdAt: now.toISOString(),
-      };
-      const d = db(c.env.DB);
-      await batch(c.env.DB, [
-        d.insert(agents).values(agent),
-        ...allowedOrigins.map((origin) => d.insert(agentOrigins).values({ agentId: agent.id, origin })),
-        auditInsert(
-          d,
-          { accountId: p.accountId, actor: p.userId, action: "agent.created", target: agent.id, requestId: c.get("requestId") },
-          now,
-        ),
-      ]);
+      const agent = await createAgent(c, c.get("principal"), c.req.valid("json"));
       // The identity secret is shown this once; POST /v1/agents/:id/identity-secret replaces it.
       c.header("Cache-Control", "no-store");
       return c.json({ ...agentView(agent), identitySecret: agent.identitySecret as string }, 201);
@@ -97,35 +72,8 @@ export const agentsRoutes = routes()
       responses: { 200: json(AgentView, "The agent as stored"), ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS, "not_found") },
     }),
     async (c) => {
-      const p = c.get("principal");
-      const { name, allowedOrigins, tokenTtlSeconds, disabled } = c.req.valid("json");
-      const agent = await accountAgent(c.env.DB, p.accountId, c.req.valid("param").id);
-      const change = {
-        ...(name === undefined ? {} : { name }),
-        ...(allowedOrigins === undefined ? {} : { allowedOrigins: JSON.stringify(allowedOrigins) }),
-        ...(tokenTtlSeconds === undefined ? {} : { tokenTtlSeconds }),
-        ...(disabled === undefined ? {} : { disabled }),
-      };
-      if (Object.keys(change).length > 0) {
-        const d = db(c.env.DB);
-        // Only the fields this request changes, and the origin index in the same batch as the list it indexes: two
-        // concurrent edits cannot bring back what the other removed, nor leave the list and its index apart.
-        await batch(c.env.DB, [
-          d.update(agents).set(change).where(eq(agents.id, agent.id)),
-          ...(allowedOrigins === undefined
-            ? []
-            : [
-                d.delete(agentOrigins).where(eq(agentOrigins.agentId, agent.id)),
-                ...allowedOrigins.map((origin) => d.insert(agentOrigins).values({ agentId: agent.id, origin })),
-              ]),
-          auditInsert(
-            d,
-            { accountId: p.accountId, actor: p.userId, action: "agent.updated", target: agent.id, requestId: c.get("requestId") },
-            new Date(),
-          ),
-        ]);
-      }
-      return c.json(agentView(await accountAgent(c.env.DB, p.accountId, agent.id)), 200);
+      const agent = await updateAgent(c, c.get("principal"), c.req.valid("param").id, c.req.valid("json"));
+      return c.json(agentView(agent), 200);
     },
   )
   .openapi(
@@ -140,25 +88,9 @@ export const agentsRoutes = routes()
       responses: { 200: json(AgentWithSecret, "The agent and its new identity secret"), ...problems(...KEY_PROBLEMS, "not_found") },
     }),
     async (c) => {
-      const p = c.get("principal");
-      const agent = await accountAgent(c.env.DB, p.accountId, c.req.valid("param").id);
-      const identitySecret = newIdentitySecret();
-      const d = db(c.env.DB);
-      // Replaced at once: proofs made with the old secret stop working, which is what rotating after a leak needs.
-      await batch(c.env.DB, [
-        d.update(agents).set({ identitySecret }).where(eq(agents.id, agent.id)),
-        auditInsert(
-          d,
-          {
-            accountId: p.accountId,
-            actor: p.userId,
-            action: "agent.identity_secret_rotated",
-            target: agent.id,
-            requestId: c.get("requestId"),
-          },
-          new Date(),
-        ),
-      ]);
+      const { agent, identitySecret } = await rotateIdentitySecret(c, c.get("principal"), c.req.valid("param").id);
+      c.header("Cache-Control", "no-store");
+      return c.json({ ...agentView(agent), identitySecret }, 200);
       c.header("Cache-Control", "no-store");
       return c.json({ ...agentView(agent), identitySecret }, 200);
     },
@@ -166,9 +98,3 @@ export const agentsRoutes = routes()
   .all("/", allow("GET", "POST"))
   .all("/:id", allow("GET", "PATCH"))
   .all("/:id/identity-secret", allow("POST"));
-
-async function accountAgent(d1: D1Database, accountId: string, id: string): Promise<Agent> {
-  const agent = await findAgent(db(d1), id, accountId);
-  if (!agent) throw new ApiError("not_found", "No agent with this id in this account.");
-  return agent;
-}
