@@ -91,8 +91,6 @@ export const agentsRoutes = routes()
       const { agent, identitySecret } = await rotateIdentitySecret(c, c.get("principal"), c.req.valid("param").id);
       c.header("Cache-Control", "no-store");
       return c.json({ ...agentView(agent), identitySecret }, 200);
-      c.header("Cache-Control", "no-store");
-      return c.json({ ...agentView(agent), identitySecret }, 200);
     },
   )
   .all("/", allow("GET", "POST"))
