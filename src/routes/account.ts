@@ -1,13 +1,13 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { eq } from "drizzle-orm";
 import { AccountActivity, AccountChange, AccountView, accountView } from "../accounts/schemas";
+import { updateAccount } from "../accounts/service";
 import { authenticate } from "../auth/middleware";
-import { auditInsert, recentEvents } from "../db/audit";
-import { batch, db } from "../db/client";
+import { recentEvents } from "../db/audit";
+import { db } from "../db/client";
 import { type Account, accounts } from "../db/schema";
-import { keyUsage, liveKeyIds } from "../keys/store";
+import { keyUsage } from "../keys/store";
 import { BODY_PROBLEMS, json, jsonBody, jsonObject, KEY_PROBLEMS, KEY_SECURITY, problems, routes } from "../openapi";
-import { reloadKeys } from "../ratelimit/limiter";
 import { RateLimit } from "../schemas";
 import { Role } from "../users/schemas";
 import { allow } from "./method-not-allowed";
@@ -56,36 +56,7 @@ export const accountRoutes = routes()
     }),
     async (c) => {
       const p = c.get("principal");
-      const { rateLimit, maxRateLimit, membersCanCreateKeys } = c.req.valid("json");
-
-      const change = {
-        ...(rateLimit ? { rateLimit: rateLimit.limit, rateLimitWindowSeconds: rateLimit.windowSeconds } : {}),
-        ...(maxRateLimit === undefined
-          ? {}
-          : { maxRateLimit: maxRateLimit?.limit ?? null, maxRateLimitWindowSeconds: maxRateLimit?.windowSeconds ?? null }),
-        ...(membersCanCreateKeys === undefined ? {} : { membersCanCreateKeys }),
-      };
-      if (Object.keys(change).length > 0) {
-        const d = db(c.env.DB);
-        const now = new Date();
-        await batch(c.env.DB, [
-          d.update(accounts).set(change).where(eq(accounts.id, p.accountId)),
-          auditInsert(
-            d,
-            { accountId: p.accountId, actor: p.userId, action: "account.updated", target: p.accountId, requestId: c.get("requestId") },
-            now,
-          ),
-        ]);
-        // Every key of the account carries its default limit; an account may have many keys, so this finishes after the
-        // answer (a limit is not a right: a key that misses this reload picks the change up within RECORD_TTL_MS).
-        if (rateLimit) {
-          c.executionCtx.waitUntil(
-            liveKeyIds(d, { accountId: p.accountId }, now)
-              .then((ids) => reloadKeys(c, ids))
-              .catch(() => {}),
-          );
-        }
-      }
+      await updateAccount(c, p, c.req.valid("json"));
       return c.json(accountView(await findAccount(c.env.DB, p.accountId)), 200);
     },
   )

@@ -1,18 +1,13 @@
 import { createRoute } from "@hono/zod-openapi";
-import { and, asc, eq } from "drizzle-orm";
 import { createMiddleware } from "hono/factory";
 import { accountView, NewAccount, Provisioned, RecoveryRequest } from "../accounts/schemas";
+import { provisionAccount, recoverAccount } from "../accounts/service";
 import { invalidToken } from "../auth/credentials";
 import { misconfigured } from "../config";
-import { auditInsert } from "../db/audit";
-import { batch, db } from "../db/client";
-import { type Account, accounts, apiKeys, users } from "../db/schema";
 import type { AppEnv } from "../env";
 import { ApiError, type ErrorCode } from "../errors";
-import { newId } from "../keys/format";
 import { KeyWithSecret, keyView } from "../keys/schemas";
-import { mintKey } from "../keys/store";
-import { BODY_PROBLEMS, invalidRequest, json, jsonBody, jsonObject, problems, routes } from "../openapi";
+import { BODY_PROBLEMS, json, jsonBody, jsonObject, problems, routes } from "../openapi";
 import { spendPerAddress } from "../ratelimit/limiter";
 import { IdParam } from "../schemas";
 import { userView } from "../users/schemas";
@@ -51,38 +46,7 @@ export const accountsRoutes = routes()
       },
     }),
     async (c) => {
-      const { name, keyPrefix, membersCanCreateKeys, rateLimit, maxRateLimit, admin } = c.req.valid("json");
-      const now = new Date();
-      const account: Account = {
-        id: newId("acc"),
-        name,
-        keyPrefix,
-        membersCanCreateKeys,
-        rateLimit: rateLimit.limit,
-        rateLimitWindowSeconds: rateLimit.windowSeconds,
-        maxRateLimit: maxRateLimit?.limit ?? null,
-        maxRateLimitWindowSeconds: maxRateLimit?.windowSeconds ?? null,
-        createdAt: now.toISOString(),
-      };
-      const user = {
-        id: newId("usr"),
-        accountId: account.id,
-        email: admin.email,
-        role: "admin" as const,
-        disabled: false,
-        createdAt: account.createdAt,
-      };
-      const { raw, row } = await mintAdminKey(account, user.id, user.id, "default", now);
-      const audit = { accountId: account.id, actor: "operator", requestId: c.get("requestId") };
-      const d = db(c.env.DB);
-      await batch(c.env.DB, [
-        d.insert(accounts).values(account),
-        d.insert(users).values(user),
-        d.insert(apiKeys).values(row),
-        auditInsert(d, { ...audit, action: "account.created", target: account.id }, now),
-        auditInsert(d, { ...audit, action: "user.created", target: user.id }, now),
-        auditInsert(d, { ...audit, action: "key.created", target: row.id }, now),
-      ]);
+      const { account, user, raw, row, now } = await provisionAccount(c, c.req.valid("json"));
       c.header("Cache-Control", "no-store");
       return c.json({ account: accountView(account), admin: userView(user), key: { ...keyView(row, now), key: raw } }, 201);
     },
@@ -105,39 +69,7 @@ export const accountsRoutes = routes()
       },
     }),
     async (c) => {
-      const { userId } = c.req.valid("json");
-      const d = db(c.env.DB);
-      const [account] = await d
-        .select()
-        .from(accounts)
-        .where(eq(accounts.id, c.req.valid("param").id))
-        .limit(1);
-      if (!account) throw new ApiError("not_found", "No account with this id.");
-      const [admin] = await d
-        .select()
-        .from(users)
-        .where(
-          and(
-            eq(users.accountId, account.id),
-            eq(users.role, "admin"),
-            eq(users.disabled, false),
-            userId ? eq(users.id, userId) : undefined,
-          ),
-        )
-        .orderBy(asc(users.createdAt), asc(users.id))
-        .limit(1);
-      if (!admin)
-        throw invalidRequest([
-          { field: "userId", message: userId ? "is not an enabled admin of this account" : "the account has no enabled admin" },
-        ]);
-      const now = new Date();
-      const { raw, row } = await mintAdminKey(account, admin.id, "operator", "recovery", now);
-      const audit = { accountId: account.id, actor: "operator", requestId: c.get("requestId") };
-      await batch(c.env.DB, [
-        d.insert(apiKeys).values(row),
-        auditInsert(d, { ...audit, action: "account.recovered", target: admin.id }, now),
-        auditInsert(d, { ...audit, action: "key.created", target: row.id }, now),
-      ]);
+      const { raw, row, now } = await recoverAccount(c, c.req.valid("param").id, c.req.valid("json").userId);
       c.header("Cache-Control", "no-store");
       return c.json({ ...keyView(row, now), key: raw }, 201);
     },
@@ -152,21 +84,6 @@ async function requireOperator(authorization: string | undefined, token: string 
   if (!(await constantTimeEqual(sent, token))) {
     throw new ApiError("invalid_operator_token", "The operator token is not valid.", { headers: invalidToken });
   }
-}
-
-/** A full-access key without expiry or limit of its own, for an admin of the account: the way into an account. */
-function mintAdminKey(account: Account, ownerId: string, createdBy: string, name: string, now: Date) {
-  const input = {
-    accountId: account.id,
-    ownerId,
-    createdBy,
-    name,
-    prefix: account.keyPrefix,
-    scopes: ["*"],
-    expiresAt: null,
-    rateLimit: null,
-  };
-  return mintKey(input, now);
 }
 
 /** Compares digests, so neither the content nor the length of the secret leaks through timing. */
