@@ -1,10 +1,10 @@
 import { createRoute, z } from "@hono/zod-openapi";
+import type { Context } from "hono";
 import { createMiddleware } from "hono/factory";
 import { verifyIdentity } from "../agents/identity";
 import { findAgent } from "../agents/store";
 import { cors } from "../auth/cors";
 import { authenticate } from "../auth/middleware";
-import type { Principal } from "../auth/principal";
 import { misconfigured } from "../config";
 import { db } from "../db/client";
 import type { AppEnv } from "../env";
@@ -35,9 +35,12 @@ const HandshakeToken = z
 
 const fullAccessKey = authenticate("full");
 
-/** A backend sends its API key (a full-access key of the agent's account); a browser sends nothing secret. */
+/** Whether the request carries a credential: a backend sends its API key, a browser sends nothing secret. */
+const sentKey = (c: Context<AppEnv>) => c.req.header("Authorization") !== undefined || c.req.header("X-API-Key") !== undefined;
+
+/** A backend's key must be a full-access key of the agent's account; a browser's request goes on unauthenticated. */
 const keyIfSent = createMiddleware<AppEnv>(async (c, next) => {
-  if (c.req.header("Authorization") !== undefined || c.req.header("X-API-Key") !== undefined) return fullAccessKey(c, next);
+  if (sentKey(c)) return fullAccessKey(c, next);
   await next();
 });
 
@@ -78,7 +81,8 @@ handshakeRoutes
     }),
     async (c) => {
       const config = c.get("config");
-      const server = c.get("principal") as Principal | undefined;
+      // keyIfSent authenticated the request exactly when it carries a credential.
+      const server = sentKey(c) ? c.get("principal") : undefined;
       const { agentId, userId, userHash } = c.req.valid("json");
       const errors: FieldError[] = [];
       if (server && userId === undefined) errors.push({ field: "userId", message: "is required with an API key" });
