@@ -152,7 +152,7 @@ export function getConfig(env: Bindings): Config {
         configurable: true,
         enumerable: true,
         get() {
-          const parsed = ConfigSchema.shape[name].safeParse((env as Record<string, unknown>)[name]);
+          const parsed = ConfigSchema.shape[name].safeParse(env[name]);
           if (!parsed.success) misconfigured(name, parsed.error.issues[0]?.message ?? "is invalid");
           Object.defineProperty(lazy, field, { value: parsed.data, enumerable: true });
           return parsed.data;
@@ -171,9 +171,7 @@ const checked = new WeakMap<Bindings, string[]>();
 export function misconfiguredVariables(env: Bindings): string[] {
   let names = checked.get(env);
   if (!names) {
-    names = Object.entries(ConfigSchema.shape)
-      .filter(([name, schema]) => !schema.safeParse((env as Record<string, unknown>)[name]).success)
-      .map(([name]) => name);
+    names = ConfigSchema.keyof().options.filter((name) => !ConfigSchema.shape[name].safeParse(env[name]).success);
     checked.set(env, names);
   }
   return names;

@@ -1,32 +1,31 @@
 import type { Principal } from "./auth/principal";
 import type { Config } from "./config";
-import type { Counter } from "./objects/counter";
-import type { KeyObject } from "./objects/key";
 
-/** Worker bindings: wrangler.toml vars and bindings, plus secrets set with `wrangler secret put`. */
-export type Bindings = {
-  DB: D1Database;
-  /** One object per API key: its record, verdict, last use and budget. */
-  KEYS: DurableObjectNamespace<KeyObject>;
-  /** Plain counters: per client address, per agent, per agent user. */
-  COUNTERS: DurableObjectNamespace<Counter>;
-  OPERATOR_TOKEN?: string;
-  RESOURCE_TYPES?: string;
-  QUERY_TOKEN_SUNSET?: string;
-  QUERY_TOKEN_DEPRECATED_AT?: string;
-  AUTH_DOCS_URL?: string;
-  ALLOW_HTTP?: string;
-  RATE_LIMIT_FAILURE_MODE?: string;
-  RATE_LIMIT_TIMEOUT_MS?: string;
-  D1_TIMEOUT_MS?: string;
-  IP_FAILURE_RATE_LIMIT?: string;
-  JWT_SIGNING_KEYS?: string;
-  HANDSHAKE_AGENT_RATE_LIMIT?: string;
-  HANDSHAKE_IP_RATE_LIMIT?: string;
-  HANDSHAKE_USER_RATE_LIMIT?: string;
-  CHAT_RATE_LIMIT?: string;
-  DEMO_API_ORIGINS?: string;
-};
+/**
+ * Worker bindings: `Env` is generated from wrangler.toml by `npm run types` (worker-configuration.d.ts).
+ * Secrets (`wrangler secret put`) and optional variables are not in wrangler.toml, so they are listed here;
+ * every variable is read through the schema in src/config.ts, never directly.
+ */
+export type Bindings = Env &
+  Partial<
+    Record<
+      | "OPERATOR_TOKEN"
+      | "JWT_SIGNING_KEYS"
+      | "QUERY_TOKEN_DEPRECATED_AT"
+      | "AUTH_DOCS_URL"
+      | "ALLOW_HTTP"
+      | "RATE_LIMIT_FAILURE_MODE"
+      | "RATE_LIMIT_TIMEOUT_MS"
+      | "D1_TIMEOUT_MS"
+      | "IP_FAILURE_RATE_LIMIT"
+      | "HANDSHAKE_AGENT_RATE_LIMIT"
+      | "HANDSHAKE_IP_RATE_LIMIT"
+      | "HANDSHAKE_USER_RATE_LIMIT"
+      | "CHAT_RATE_LIMIT"
+      | "DEMO_API_ORIGINS",
+      string
+    >
+  >;
 
 /** Per-request values set by middleware. */
 export type Variables = {
