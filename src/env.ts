@@ -1,3 +1,4 @@
+import type { Context } from "hono";
 import type { Principal } from "./auth/principal";
 import type { Config } from "./config";
 
@@ -31,9 +32,22 @@ export type Bindings = Env &
 export type Variables = {
   requestId: string;
   config: Config;
-  principal: Principal;
   /** An origin this response may be read from (CORS), once the request proved it is allowed. */
   corsOrigin: string | null;
 };
 
 export type AppEnv = { Bindings: Bindings; Variables: Variables };
+
+/** Routes behind `authenticate`: the key's principal, set by the middleware before the handler runs. */
+export type KeyEnv = { Bindings: Bindings; Variables: Variables & { principal: Principal } };
+/** Routes that take a key or a handshake token (chat), or a key only when one is sent (handshake). */
+export type MaybeKeyEnv = { Bindings: Bindings; Variables: Variables & { principal?: Principal } };
+
+/**
+ * What services and the rate limiter use of a request. Hono's `Context<E>` is invariant in `E`, so a handler's context
+ * (which also carries `principal`) would not pass as `Context<AppEnv>`; every route's context passes as this.
+ */
+export type RequestContext = Pick<Context<AppEnv>, "env" | "executionCtx" | "req" | "header" | "res"> & {
+  get<K extends keyof Variables>(key: K): Variables[K];
+  set<K extends keyof Variables>(key: K, value: Variables[K]): void;
+};

@@ -1,4 +1,5 @@
 import { type Hook, OpenAPIHono, z } from "@hono/zod-openapi";
+import type { Env, MiddlewareHandler } from "hono";
 import { createMiddleware } from "hono/factory";
 import type { ZodError } from "zod";
 import type { AppEnv } from "./env";
@@ -61,6 +62,14 @@ export const jsonObject = createMiddleware<AppEnv>(async (c, next) => {
   }
   await next();
 });
+
+/**
+ * A route's middleware: `first` (authentication), then `jsonObject`. A tuple, so the handler's context carries what
+ * `first` sets (`principal`); an array literal would lose it.
+ */
+export function withBody<E extends Env>(first: MiddlewareHandler<E>): [MiddlewareHandler<E>, typeof jsonObject] {
+  return [first, jsonObject];
+}
 
 /** The security schemes of a route that takes an API key. */
 export const KEY_SECURITY: Record<string, string[]>[] = [{ ApiKey: [] }, { Bearer: [] }];

@@ -1,11 +1,10 @@
 import type { z } from "@hono/zod-openapi";
 import { and, asc, eq } from "drizzle-orm";
-import type { Context } from "hono";
 import type { Principal } from "../auth/principal";
 import { auditInsert } from "../db/audit";
 import { batch, db } from "../db/client";
 import { type Account, accounts, apiKeys, users } from "../db/schema";
-import type { AppEnv } from "../env";
+import type { RequestContext } from "../env";
 import { ApiError } from "../errors";
 import { newId } from "../keys/format";
 import { liveKeyIds, mintKey } from "../keys/store";
@@ -17,7 +16,7 @@ import type { AccountChange, NewAccount } from "./schemas";
 
 /** An account, its first admin and that admin's first full-access key (the caller shows it once). */
 export async function provisionAccount(
-  c: Context<AppEnv>,
+  c: RequestContext,
   { name, keyPrefix, membersCanCreateKeys, rateLimit, maxRateLimit, admin }: z.infer<typeof NewAccount>,
 ) {
   const now = new Date();
@@ -58,7 +57,7 @@ export async function provisionAccount(
  * The way back for an account that lost every admin key: a full-access key for one of its enabled admins (`userId`,
  * by default the longest-standing one), audited as the operator's act.
  */
-export async function recoverAccount(c: Context<AppEnv>, accountId: string, userId: string | undefined) {
+export async function recoverAccount(c: RequestContext, accountId: string, userId: string | undefined) {
   const d = db(c.env.DB);
   const [account] = await d.select().from(accounts).where(eq(accounts.id, accountId)).limit(1);
   if (!account) throw new ApiError("not_found", "No account with this id.");
@@ -87,7 +86,7 @@ export async function recoverAccount(c: Context<AppEnv>, accountId: string, user
 
 /** Changes the account's default limit, members' ceiling or key-creation policy; keys pick up a new limit right after. */
 export async function updateAccount(
-  c: Context<AppEnv>,
+  c: RequestContext,
   p: Principal,
   { rateLimit, maxRateLimit, membersCanCreateKeys }: z.infer<typeof AccountChange>,
 ): Promise<void> {

@@ -1,11 +1,10 @@
 import type { z } from "@hono/zod-openapi";
 import { eq } from "drizzle-orm";
-import type { Context } from "hono";
 import type { Principal } from "../auth/principal";
 import { auditInsert } from "../db/audit";
 import { batch, db } from "../db/client";
 import { type Agent, agentOrigins, agents } from "../db/schema";
-import type { AppEnv } from "../env";
+import type { RequestContext } from "../env";
 import { ApiError } from "../errors";
 import { newId } from "../keys/format";
 import { newIdentitySecret } from "./identity";
@@ -17,7 +16,7 @@ import { findAgent } from "./store";
 
 /** Registers an agent with a new identity secret (the caller shows it once). */
 export async function createAgent(
-  c: Context<AppEnv>,
+  c: RequestContext,
   p: Principal,
   { name, allowedOrigins, tokenTtlSeconds }: z.infer<typeof NewAgent>,
 ): Promise<Agent> {
@@ -47,7 +46,7 @@ export async function createAgent(
 
 /** Changes only the fields given; the origin index changes in the same batch as the list it indexes. */
 export async function updateAgent(
-  c: Context<AppEnv>,
+  c: RequestContext,
   p: Principal,
   agentId: string,
   { name, allowedOrigins, tokenTtlSeconds, disabled }: z.infer<typeof AgentChange>,
@@ -82,7 +81,7 @@ export async function updateAgent(
 }
 
 /** Replaces the agent's identity secret at once: proofs made with the old one stop working. */
-export async function rotateIdentitySecret(c: Context<AppEnv>, p: Principal, agentId: string) {
+export async function rotateIdentitySecret(c: RequestContext, p: Principal, agentId: string) {
   const agent = await accountAgent(c.env.DB, p.accountId, agentId);
   const identitySecret = newIdentitySecret();
   const d = db(c.env.DB);

@@ -1,8 +1,8 @@
-import type { Context } from "hono";
+import type { Next } from "hono";
 import { createMiddleware } from "hono/factory";
 import { findAgent } from "../agents/store";
 import { db } from "../db/client";
-import type { AppEnv } from "../env";
+import type { KeyEnv, MaybeKeyEnv, RequestContext } from "../env";
 import { ApiError } from "../errors";
 import { hashKey, parseKey } from "../keys/format";
 import { evaluateKey, keyIdByHash, loadKey } from "../keys/store";
@@ -10,7 +10,7 @@ import type { Authorization } from "../objects/key";
 import { type Admission, admit, callCounter, rateLimitHeaders, refund, spend, spendPerAddress } from "../ratelimit/limiter";
 import { type ChatClaims, looksLikeToken, verifyToken } from "../tokens/handshake";
 import { deprecationHeaders, extractCredential, invalidToken } from "./credentials";
-import { type Need, refused, requireRights } from "./principal";
+import { type Need, type Principal, refused, requireRights } from "./principal";
 
 const REFUSED = {
   invalid_key: "The API key is not valid.",
@@ -29,24 +29,32 @@ const MAX_CACHED_KEY_IDS = 10_000;
  * handshake token anywhere else is 403. The key's counter decides 401 and 403 before spending; a 401, 403 or 5xx the
  * handler answers later is refunded before the answer leaves. Failed attempts count against the client IP's failures.
  */
-function authenticateWith({ tokens, need }: { tokens: boolean; need: Need }) {
-  return createMiddleware<AppEnv>(async (c, next) => {
-    const admission = await identify(c, tokens, need).catch((err: unknown) => countFailure(c, err));
-    await next();
-    if (admission) {
-      // Refused (401/403) or not served (5xx): the request spends nothing.
-      if (c.res.status === 401 || c.res.status === 403 || c.res.status >= 500) await refund(c, admission);
-      for (const [name, value] of Object.entries(rateLimitHeaders(admission))) c.res.headers.set(name, value);
-    }
-  });
+async function guard(c: RequestContext, next: Next, tokens: boolean, need: Need, setPrincipal: (p: Principal) => void) {
+  const admission = await identify(c, tokens, need, setPrincipal).catch((err: unknown) => countFailure(c, err));
+  await next();
+  if (admission) {
+    // Refused (401/403) or not served (5xx): the request spends nothing.
+    if (c.res.status === 401 || c.res.status === 403 || c.res.status >= 500) await refund(c, admission);
+    for (const [name, value] of Object.entries(rateLimitHeaders(admission))) c.res.headers.set(name, value);
+  }
 }
 
-/** API keys only (the management API), with what the route needs of them. */
-export const authenticate = (need: Need) => authenticateWith({ tokens: false, need });
-/** API keys or handshake tokens: the chat endpoints. */
-export const authenticateChat = authenticateWith({ tokens: true, need: "any" });
+/** API keys only (the management API), with what the route needs of them; the handler gets the key's `principal`. */
+export const authenticate = (need: Need) =>
+  createMiddleware<KeyEnv>((c, next) => guard(c, next, false, need, (p) => c.set("principal", p)));
+/**
+ * The handshake: a backend sends a full-access key (then `principal` is set), a browser sends nothing secret and goes
+ * on unauthenticated.
+ */
+export const authenticateIfSent = (need: Need) =>
+  createMiddleware<MaybeKeyEnv>(async (c, next) => {
+    if (c.req.header("Authorization") === undefined && c.req.header("X-API-Key") === undefined) return next();
+    return guard(c, next, false, need, (p) => c.set("principal", p));
+  });
+/** API keys or handshake tokens: the chat endpoints. `principal` is set when the credential was a key. */
+export const authenticateChat = createMiddleware<MaybeKeyEnv>((c, next) => guard(c, next, true, "any", (p) => c.set("principal", p)));
 
-async function identify(c: Context<AppEnv>, tokens: boolean, need: Need): Promise<Admission | null> {
+async function identify(c: RequestContext, tokens: boolean, need: Need, setPrincipal: (p: Principal) => void): Promise<Admission | null> {
   const config = c.get("config");
   const found = extractCredential(c.req.raw, new URL(c.req.url), config, new Date());
   if (!found) {
@@ -83,7 +91,7 @@ async function identify(c: Context<AppEnv>, tokens: boolean, need: Need): Promis
     const result = evaluateKey(await loadKey(db(c.env.DB), { hash }), new Date());
     if (!result.ok) throw refusedKey(result.code);
     requireRights(result.principal, need);
-    c.set("principal", result.principal);
+    setPrincipal(result.principal);
     return null;
   }
   if (!authorization.ok) {
@@ -91,7 +99,7 @@ async function identify(c: Context<AppEnv>, tokens: boolean, need: Need): Promis
     throw refusedKey(authorization.code);
   }
   const { principal } = authorization;
-  c.set("principal", principal);
+  setPrincipal(principal);
   return admit({ ...authorization.admission, name, policy: principal.rateLimit });
 }
 
@@ -99,7 +107,7 @@ async function identify(c: Context<AppEnv>, tokens: boolean, need: Need): Promis
  * A handshake token is valid, bound to the origin the request comes from (when a browser minted it) and issued by an
  * agent that is still enabled: disabling an agent stops its tokens on their next request.
  */
-async function checkToken(c: Context<AppEnv>, token: string): Promise<ChatClaims> {
+async function checkToken(c: RequestContext, token: string): Promise<ChatClaims> {
   const result = await verifyToken(c.get("config").signingKeys, token, new Date());
   if (!result.ok) {
     if (result.code === "invalid_token") throw new ApiError("invalid_token", "The token is not valid.", { headers: invalidToken });
@@ -122,7 +130,7 @@ async function checkToken(c: Context<AppEnv>, token: string): Promise<ChatClaims
   return claims;
 }
 
-async function lookUpKeyId(c: Context<AppEnv>, hash: string): Promise<string> {
+async function lookUpKeyId(c: RequestContext, hash: string): Promise<string> {
   const id = await keyIdByHash(db(c.env.DB), hash);
   if (id === undefined) throw refusedKey("invalid_key");
   if (keyIds.size >= MAX_CACHED_KEY_IDS) keyIds.delete(keyIds.keys().next().value as string);
@@ -135,7 +143,7 @@ function refusedKey(code: keyof typeof REFUSED): ApiError {
 }
 
 /** A refused credential spends the client IP's failure budget; past it, the answer is 429 instead of 401. */
-async function countFailure(c: Context<AppEnv>, err: unknown): Promise<never> {
+async function countFailure(c: RequestContext, err: unknown): Promise<never> {
   if (err instanceof ApiError && err.status === 401) {
     try {
       await spendPerAddress(c, "ip", c.get("config").ipPolicy);

@@ -1,12 +1,11 @@
 import type { z } from "@hono/zod-openapi";
 import { and, eq, sql } from "drizzle-orm";
-import type { Context } from "hono";
 import { rateLimitCeiling, withinCeiling } from "../accounts/limits";
 import { canManageKey, type Principal } from "../auth/principal";
 import { auditIfChanged, auditInsert } from "../db/audit";
 import { batch, db } from "../db/client";
 import { type ApiKey, accounts, apiKeys, users } from "../db/schema";
-import type { AppEnv } from "../env";
+import type { RequestContext } from "../env";
 import { ApiError, type FieldError } from "../errors";
 import { invalidRequest } from "../openapi";
 import { reloadKeys } from "../ratelimit/limiter";
@@ -21,7 +20,7 @@ import { findKey, keyPolicy, keyStatus, mintKey, revokeStatement } from "./store
  * Creates a key for the caller (or, for admins, another user of the account): its grants checked against the configured
  * resource types, a member's limit against the ceiling, the key and its audit event in one batch.
  */
-export async function createKey(c: Context<AppEnv>, p: Principal, body: z.infer<typeof NewKey>, sent: readonly string[]) {
+export async function createKey(c: RequestContext, p: Principal, body: z.infer<typeof NewKey>, sent: readonly string[]) {
   const ceiling = await memberCeiling(c.env.DB, p);
   const now = new Date();
   const { scopes, errors } = grants(body, sent, c.get("config").resourceTypes);
@@ -57,7 +56,7 @@ export async function createKey(c: Context<AppEnv>, p: Principal, body: z.infer<
  * Revokes a key for good, guarded in D1 so the account keeps a lasting key, and puts the revocation in force in the
  * key's object before answering (503 `change_pending` otherwise; a repeat completes it, even with nothing to store).
  */
-export async function revokeKey(c: Context<AppEnv>, p: Principal, id: string): Promise<{ key: ApiKey; now: Date }> {
+export async function revokeKey(c: RequestContext, p: Principal, id: string): Promise<{ key: ApiKey; now: Date }> {
   const key = await findManagedKey(c.env.DB, p, id);
   const now = new Date();
   // Deactivation is permanent and idempotent: deleting a revoked key answers with it unchanged, after making sure
@@ -92,7 +91,7 @@ export async function revokeKey(c: Context<AppEnv>, p: Principal, id: string): P
  * revoked at the end of the grace period, in force in its object before the answer. A rotation whose outcome is
  * unknown is undone (see undoRotation).
  */
-export async function rotateKey(c: Context<AppEnv>, p: Principal, id: string, rotation: z.infer<typeof Rotation>) {
+export async function rotateKey(c: RequestContext, p: Principal, id: string, rotation: z.infer<typeof Rotation>) {
   const ceiling = await memberCeiling(c.env.DB, p);
   const old = await findManagedKey(c.env.DB, p, id);
   const { gracePeriodSeconds: grace, rateLimit } = rotation;

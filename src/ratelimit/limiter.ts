@@ -1,6 +1,5 @@
-import type { Context } from "hono";
 import { deadline } from "../deadline";
-import type { AppEnv } from "../env";
+import type { RequestContext } from "../env";
 import { ApiError } from "../errors";
 import { log, safeError } from "../log";
 import type { Counter } from "../objects/counter";
@@ -15,7 +14,7 @@ export type Admission = Counted & { name: string; policy: Policy };
  * Spends one request of the named identity's budget. Over the limit: 429 `rate_limited`. When the counter fails or
  * does not answer in time: 503 `rate_limiter_unavailable` in closed mode, or null (admitted, unlimited) in open mode.
  */
-export async function spend(c: Context<AppEnv>, name: string, policy: Policy): Promise<Admission | null> {
+export async function spend(c: RequestContext, name: string, policy: Policy): Promise<Admission | null> {
   const counted = await callCounter(c, c.env.COUNTERS.getByName(name), name, (stub, tag) => stub.consume(policy, tag));
   return counted === null ? null : admit({ ...counted, name, policy });
 }
@@ -25,7 +24,7 @@ export async function spend(c: Context<AppEnv>, name: string, policy: Policy): P
  * write, such as X-Forwarded-For, are ignored). Requests without it did not come through Cloudflare: they share one
  * bucket with a tenth of the budget, so going around Cloudflare never buys more attempts.
  */
-export function spendPerAddress(c: Context<AppEnv>, kind: string, policy: Policy): Promise<Admission | null> {
+export function spendPerAddress(c: RequestContext, kind: string, policy: Policy): Promise<Admission | null> {
   const ip = c.req.header("CF-Connecting-IP");
   if (ip) return spend(c, `${kind}:${ip}`, policy);
   return spend(c, `${kind}:missing-address`, { limit: Math.max(1, Math.floor(policy.limit / 10)), windowSeconds: policy.windowSeconds });
@@ -57,7 +56,7 @@ function counterKind(name: string): string {
  * is marked so the client (and the log) can tell it was not limited.
  */
 export async function callCounter<S extends DurableObjectStub<Counter> | DurableObjectStub<KeyObject>, T>(
-  c: Context<AppEnv>,
+  c: RequestContext,
   stub: S,
   name: string,
   call: (stub: S, tag: CallTag) => Promise<T>,
@@ -107,7 +106,7 @@ async function retriedOnce<T>(call: () => Promise<T>, until: number): Promise<T>
  * Gives the request back before the answer leaves (401/403 answers spend nothing), so a burst of refused requests
  * never borrows the budget of the requests beside it. A failed refund is logged; the answer is not held up past the deadline.
  */
-export async function refund(c: Context<AppEnv>, admission: Admission): Promise<void> {
+export async function refund(c: RequestContext, admission: Admission): Promise<void> {
   const stub = admission.name.startsWith("key:") ? c.env.KEYS.getByName(admission.name) : c.env.COUNTERS.getByName(admission.name);
   await deadline(stub.refund(admission.at), c.get("config").rateLimitTimeoutMs, timedOut).catch((err: unknown) =>
     log("warn", "refund_failed", { counter: counterKind(admission.name), error: safeError(err) }),
@@ -132,7 +131,7 @@ export function rateLimitHeaders(a: Admission): Record<string, string> {
  * does not answer in time makes the call 503 `change_pending`: the change is stored, and repeating the request
  * completes it (every caller reloads again on a repeat, even when there is nothing left to store).
  */
-export async function reloadKeys(c: Context<AppEnv>, keyIds: string[]): Promise<void> {
+export async function reloadKeys(c: RequestContext, keyIds: string[]): Promise<void> {
   const ms = c.get("config").rateLimitTimeoutMs;
   const results = await Promise.allSettled(keyIds.map((id) => deadline(c.env.KEYS.getByName(`key:${id}`).reload(), ms, timedOut)));
   const failed = results.flatMap((r, i) => (r.status === "rejected" ? [{ keyId: keyIds[i], error: safeError(r.reason) }] : []));

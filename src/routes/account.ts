@@ -7,7 +7,7 @@ import { recentEvents } from "../db/audit";
 import { db } from "../db/client";
 import { type Account, accounts } from "../db/schema";
 import { keyUsage } from "../keys/store";
-import { BODY_PROBLEMS, json, jsonBody, jsonObject, KEY_PROBLEMS, KEY_SECURITY, problems, routes } from "../openapi";
+import { BODY_PROBLEMS, json, jsonBody, KEY_PROBLEMS, KEY_SECURITY, problems, routes, withBody } from "../openapi";
 import { RateLimit } from "../schemas";
 import { Role } from "../users/schemas";
 import { allow } from "./method-not-allowed";
@@ -29,7 +29,7 @@ export const accountRoutes = routes()
       summary: "The caller's account, its active keys, last use and recent activity",
       description: "Members see only their own actions and their own keys' events.",
       security: KEY_SECURITY,
-      middleware: [authenticate("full")],
+      middleware: authenticate("full"),
       responses: { 200: json(AccountActivity, "The account"), ...problems(...KEY_PROBLEMS) },
     }),
     async (c) => {
@@ -50,7 +50,7 @@ export const accountRoutes = routes()
       path: "/",
       summary: "Change the account's default limit, members' ceiling, or whether members create keys",
       security: KEY_SECURITY,
-      middleware: [authenticate("admin"), jsonObject],
+      middleware: withBody(authenticate("admin")),
       request: { body: jsonBody(AccountChange) },
       responses: { 200: json(AccountView, "The account as stored"), ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS) },
     }),
@@ -81,7 +81,7 @@ export const whoamiRoutes = routes()
       path: "/",
       summary: "What the calling key is",
       security: KEY_SECURITY,
-      middleware: [authenticate("any")],
+      middleware: authenticate("any"),
       responses: { 200: json(Whoami, "The key's account, owner, role, scopes and limit"), ...problems(...KEY_PROBLEMS) },
     }),
     (c) => {

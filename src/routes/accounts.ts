@@ -7,7 +7,7 @@ import { misconfigured } from "../config";
 import type { AppEnv } from "../env";
 import { ApiError, type ErrorCode } from "../errors";
 import { KeyWithSecret, keyView } from "../keys/schemas";
-import { BODY_PROBLEMS, json, jsonBody, jsonObject, problems, routes } from "../openapi";
+import { BODY_PROBLEMS, json, jsonBody, problems, routes, withBody } from "../openapi";
 import { spendPerAddress } from "../ratelimit/limiter";
 import { IdParam } from "../schemas";
 import { userView } from "../users/schemas";
@@ -38,7 +38,7 @@ export const accountsRoutes = routes()
       path: "/",
       summary: "Provision an account, its first admin and that admin's first full-access key",
       security: OPERATOR_SECURITY,
-      middleware: [operator, jsonObject],
+      middleware: withBody(operator),
       request: { body: jsonBody(NewAccount) },
       responses: {
         201: json(Provisioned, "The account; `key.key` is shown this once"),
@@ -61,7 +61,7 @@ export const accountsRoutes = routes()
       path: "/{id}/recovery-key",
       summary: "Mint a full-access key for an enabled admin of an account that lost every admin key",
       security: OPERATOR_SECURITY,
-      middleware: [operator, jsonObject],
+      middleware: withBody(operator),
       request: { params: IdParam, body: jsonBody(RecoveryRequest) },
       responses: {
         201: json(KeyWithSecret, "The recovery key, shown this once"),

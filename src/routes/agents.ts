@@ -7,7 +7,7 @@ import { authenticate } from "../auth/middleware";
 import { db } from "../db/client";
 import { listPage, pageOf } from "../db/pagination";
 import { agents } from "../db/schema";
-import { BODY_PROBLEMS, json, jsonBody, jsonObject, KEY_PROBLEMS, KEY_SECURITY, problems, routes } from "../openapi";
+import { BODY_PROBLEMS, json, jsonBody, KEY_PROBLEMS, KEY_SECURITY, problems, routes, withBody } from "../openapi";
 import { IdParam, PageQuery, page } from "../schemas";
 import { allow } from "./method-not-allowed";
 
@@ -22,7 +22,7 @@ export const agentsRoutes = routes()
       summary: "Register a browser widget (agent)",
       description: "The answer shows the agent's identity secret, this once.",
       security: KEY_SECURITY,
-      middleware: [admin, jsonObject],
+      middleware: withBody(admin),
       request: { body: jsonBody(NewAgent) },
       responses: { 201: json(AgentWithSecret, "The new agent and its identity secret"), ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS) },
     }),
@@ -39,7 +39,7 @@ export const agentsRoutes = routes()
       path: "/",
       summary: "List agents, newest first",
       security: KEY_SECURITY,
-      middleware: [admin],
+      middleware: admin,
       request: { query: PageQuery },
       responses: { 200: json(page(AgentView), "A page of agents"), ...problems(...KEY_PROBLEMS, "invalid_request") },
     }),
@@ -55,7 +55,7 @@ export const agentsRoutes = routes()
       path: "/{id}",
       summary: "Read an agent",
       security: KEY_SECURITY,
-      middleware: [admin],
+      middleware: admin,
       request: { params: IdParam },
       responses: { 200: json(AgentView, "The agent"), ...problems(...KEY_PROBLEMS, "not_found") },
     }),
@@ -67,7 +67,7 @@ export const agentsRoutes = routes()
       path: "/{id}",
       summary: "Change an agent; disabling it stops its tokens on their next request",
       security: KEY_SECURITY,
-      middleware: [admin, jsonObject],
+      middleware: withBody(admin),
       request: { params: IdParam, body: jsonBody(AgentChange) },
       responses: { 200: json(AgentView, "The agent as stored"), ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS, "not_found") },
     }),
@@ -83,7 +83,7 @@ export const agentsRoutes = routes()
       summary: "Replace an agent's identity secret",
       description: "Proofs made with the old secret stop working at once; the new one is shown this once.",
       security: KEY_SECURITY,
-      middleware: [admin],
+      middleware: admin,
       request: { params: IdParam },
       responses: { 200: json(AgentWithSecret, "The agent and its new identity secret"), ...problems(...KEY_PROBLEMS, "not_found") },
     }),

@@ -5,7 +5,7 @@ import { pageOf } from "../db/pagination";
 import { KeyView, KeyWithSecret, keyView, NewKey, Rotation } from "../keys/schemas";
 import { createKey, findManagedKey, revokeKey, rotateKey } from "../keys/service";
 import { listKeys } from "../keys/store";
-import { BODY_PROBLEMS, json, jsonBody, jsonObject, KEY_PROBLEMS, KEY_SECURITY, problems, routes } from "../openapi";
+import { BODY_PROBLEMS, json, jsonBody, KEY_PROBLEMS, KEY_SECURITY, problems, routes, withBody } from "../openapi";
 import { IdParam, PageQuery, page } from "../schemas";
 import { allow } from "./method-not-allowed";
 
@@ -22,7 +22,7 @@ export const apiKeysRoutes = routes()
       description:
         "The answer carries the raw key, this once. Members create keys only where the account allows it, up to its `maxRateLimit`.",
       security,
-      middleware: [fullAccess, jsonObject],
+      middleware: withBody(fullAccess),
       request: { body: jsonBody(NewKey) },
       responses: { 201: json(KeyWithSecret, "The new key, with its raw value"), ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS) },
     }),
@@ -40,7 +40,7 @@ export const apiKeysRoutes = routes()
       path: "/",
       summary: "List keys, newest first (members: their own)",
       security,
-      middleware: [fullAccess],
+      middleware: fullAccess,
       request: { query: PageQuery },
       responses: { 200: json(page(KeyView), "A page of keys"), ...problems(...KEY_PROBLEMS, "invalid_request") },
     }),
@@ -62,7 +62,7 @@ export const apiKeysRoutes = routes()
       path: "/{id}",
       summary: "Read a key",
       security,
-      middleware: [fullAccess],
+      middleware: fullAccess,
       request: { params: IdParam },
       responses: { 200: json(KeyView, "The key"), ...problems(...KEY_PROBLEMS, "not_found") },
     }),
@@ -78,7 +78,7 @@ export const apiKeysRoutes = routes()
       summary: "Revoke a key for good",
       description: "In force before the answer; 503 `change_pending` when it could not be, and a repeat completes it.",
       security,
-      middleware: [fullAccess],
+      middleware: fullAccess,
       request: { params: IdParam },
       responses: {
         200: json(KeyView, "The key, now revoked"),
@@ -96,7 +96,7 @@ export const apiKeysRoutes = routes()
       path: "/{id}/rotate",
       summary: "Replace a key with a new one; the old one works until the grace period ends",
       security,
-      middleware: [fullAccess, jsonObject],
+      middleware: withBody(fullAccess),
       request: { params: IdParam, body: jsonBody(Rotation) },
       responses: {
         201: json(KeyWithSecret, "The new key, with its raw value"),

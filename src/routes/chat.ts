@@ -2,7 +2,7 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { streamSSE } from "hono/streaming";
 import { cors } from "../auth/cors";
 import { authenticateChat } from "../auth/middleware";
-import { BODY_PROBLEMS, jsonBody, jsonObject, KEY_PROBLEMS, KEY_SECURITY, problems, routes } from "../openapi";
+import { BODY_PROBLEMS, jsonBody, KEY_PROBLEMS, KEY_SECURITY, problems, routes, withBody } from "../openapi";
 import { text } from "../schemas";
 import { allow } from "./method-not-allowed";
 
@@ -24,7 +24,7 @@ chatRoutes
       summary: "Send a message; the reply streams back as Server-Sent Events",
       description: "`event: delta` with `{text}`, then `event: done`. Takes a handshake token (browsers) or any valid API key (servers).",
       security: KEY_SECURITY,
-      middleware: [authenticateChat, jsonObject],
+      middleware: withBody(authenticateChat),
       request: { body: jsonBody(z.strictObject({ message: text(4000) }).openapi("ChatMessage")) },
       responses: {
         200: { description: "The reply as Server-Sent Events", content: { "text/event-stream": { schema: z.string() } } },

@@ -1,16 +1,13 @@
 import { createRoute, z } from "@hono/zod-openapi";
-import type { Context } from "hono";
-import { createMiddleware } from "hono/factory";
 import { verifyIdentity } from "../agents/identity";
 import { findAgent } from "../agents/store";
 import { cors } from "../auth/cors";
-import { authenticate } from "../auth/middleware";
+import { authenticateIfSent } from "../auth/middleware";
 import { misconfigured } from "../config";
 import { db } from "../db/client";
-import type { AppEnv } from "../env";
 import { ApiError, type FieldError } from "../errors";
 import { newId } from "../keys/format";
-import { BODY_PROBLEMS, invalidRequest, json, jsonBody, jsonObject, KEY_PROBLEMS, KEY_SECURITY, problems, routes } from "../openapi";
+import { BODY_PROBLEMS, invalidRequest, json, jsonBody, KEY_PROBLEMS, KEY_SECURITY, problems, routes, withBody } from "../openapi";
 import { spend, spendPerAddress } from "../ratelimit/limiter";
 import { matching } from "../schemas";
 import { signToken } from "../tokens/handshake";
@@ -33,17 +30,6 @@ const HandshakeToken = z
   .strictObject({ token: z.string().openapi({ example: "eyJhbGciOiJIUzI1NiIs…" }), expiresIn: z.number().int().openapi({ example: 3600 }) })
   .openapi("HandshakeToken");
 
-const fullAccessKey = authenticate("full");
-
-/** Whether the request carries a credential: a backend sends its API key, a browser sends nothing secret. */
-const sentKey = (c: Context<AppEnv>) => c.req.header("Authorization") !== undefined || c.req.header("X-API-Key") !== undefined;
-
-/** A backend's key must be a full-access key of the agent's account; a browser's request goes on unauthenticated. */
-const keyIfSent = createMiddleware<AppEnv>(async (c, next) => {
-  if (sentKey(c)) return fullAccessKey(c, next);
-  await next();
-});
-
 /**
  * POST /v1/handshake {agentId, userId?, userHash?}: a short-lived chat token for one end user of an agent.
  * - A backend with a full-access key of the agent's account names the user (`userId`); its key's budget applies.
@@ -64,7 +50,7 @@ handshakeRoutes
       description:
         "From a browser at an allowed origin: anonymous, or for `userId` with the backend's `userHash`. From a backend with a full-access key: for `userId`.",
       security: [{}, ...KEY_SECURITY],
-      middleware: [keyIfSent, jsonObject],
+      middleware: withBody(authenticateIfSent("full")),
       request: { body: jsonBody(HandshakeRequest) },
       responses: {
         200: json(HandshakeToken, "The token; `Cache-Control: no-store`"),
@@ -81,8 +67,7 @@ handshakeRoutes
     }),
     async (c) => {
       const config = c.get("config");
-      // keyIfSent authenticated the request exactly when it carries a credential.
-      const server = sentKey(c) ? c.get("principal") : undefined;
+      const server = c.get("principal");
       const { agentId, userId, userHash } = c.req.valid("json");
       const errors: FieldError[] = [];
       if (server && userId === undefined) errors.push({ field: "userId", message: "is required with an API key" });

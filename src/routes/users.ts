@@ -4,7 +4,7 @@ import { authenticate } from "../auth/middleware";
 import { db } from "../db/client";
 import { listPage, pageOf } from "../db/pagination";
 import { users } from "../db/schema";
-import { BODY_PROBLEMS, json, jsonBody, jsonObject, KEY_PROBLEMS, KEY_SECURITY, problems, routes } from "../openapi";
+import { BODY_PROBLEMS, json, jsonBody, KEY_PROBLEMS, KEY_SECURITY, problems, routes, withBody } from "../openapi";
 import { IdParam, PageQuery, page } from "../schemas";
 import { NewUser, UserChange, UserView, userView } from "../users/schemas";
 import { createUser, findUser, updateUser } from "../users/service";
@@ -20,7 +20,7 @@ export const usersRoutes = routes()
       path: "/",
       summary: "Create a user",
       security: KEY_SECURITY,
-      middleware: [admin, jsonObject],
+      middleware: withBody(admin),
       request: { body: jsonBody(NewUser) },
       responses: { 201: json(UserView, "The new user"), ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS, "email_taken") },
     }),
@@ -35,7 +35,7 @@ export const usersRoutes = routes()
       path: "/",
       summary: "List users, newest first",
       security: KEY_SECURITY,
-      middleware: [admin],
+      middleware: admin,
       request: { query: PageQuery },
       responses: { 200: json(page(UserView), "A page of users"), ...problems(...KEY_PROBLEMS, "invalid_request") },
     }),
@@ -51,7 +51,7 @@ export const usersRoutes = routes()
       path: "/{id}",
       summary: "Read a user",
       security: KEY_SECURITY,
-      middleware: [admin],
+      middleware: admin,
       request: { params: IdParam },
       responses: { 200: json(UserView, "The user"), ...problems(...KEY_PROBLEMS, "not_found") },
     }),
@@ -64,7 +64,7 @@ export const usersRoutes = routes()
       summary: "Change a user's role or disable them",
       description: "Takes effect on the user's keys before the answer; 503 `change_pending` when it could not, and a repeat completes it.",
       security: KEY_SECURITY,
-      middleware: [admin, jsonObject],
+      middleware: withBody(admin),
       request: { params: IdParam, body: jsonBody(UserChange) },
       responses: {
         200: json(UserView, "The user as stored"),

@@ -1,11 +1,10 @@
 import type { z } from "@hono/zod-openapi";
 import { and, eq, sql } from "drizzle-orm";
-import type { Context } from "hono";
 import type { Principal } from "../auth/principal";
 import { auditIfChanged } from "../db/audit";
 import { batch, db } from "../db/client";
 import { type User, users } from "../db/schema";
-import type { AppEnv } from "../env";
+import type { RequestContext } from "../env";
 import { ApiError } from "../errors";
 import { newId } from "../keys/format";
 import { lastingKey, liveKeyIds } from "../keys/store";
@@ -16,7 +15,7 @@ import type { NewUser, UserChange } from "./schemas";
 // of the user's keys before they are answered.
 
 /** Creates a user; a taken email writes nothing at all (409 `email_taken`). */
-export async function createUser(c: Context<AppEnv>, p: Principal, { email, role }: z.infer<typeof NewUser>): Promise<User> {
+export async function createUser(c: RequestContext, p: Principal, { email, role }: z.infer<typeof NewUser>): Promise<User> {
   const now = new Date();
   const user: User = { id: newId("usr"), accountId: p.accountId, email, role, disabled: false, createdAt: now.toISOString() };
   const d = db(c.env.DB);
@@ -38,7 +37,7 @@ export async function createUser(c: Context<AppEnv>, p: Principal, { email, role
  * change in force in the user's keys before answering (503 `change_pending` otherwise; a repeat completes it).
  */
 export async function updateUser(
-  c: Context<AppEnv>,
+  c: RequestContext,
   p: Principal,
   userId: string,
   { role, disabled }: z.infer<typeof UserChange>,
