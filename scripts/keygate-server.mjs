@@ -27,6 +27,12 @@ export async function startKeygate({ port, bindings, entry }) {
       d1Databases: ["DB"],
       durableObjects: { KEYS: { className: "KeyObject", useSQLite: true }, COUNTERS: { className: "Counter", useSQLite: true } },
       bindings: { RESOURCE_TYPES: "mailbox,process,project", ...bindings },
+      // As wrangler.toml's [assets]: the Worker answers first and reads public/ through ASSETS.
+      assets: {
+        directory: resolve("public"),
+        binding: "ASSETS",
+        routerConfig: { has_user_worker: true, invoke_user_worker_ahead_of_assets: true },
+      },
     }),
   );
   const url = await mf.ready;

@@ -66,7 +66,8 @@ afterAll(async () => {
 
 describe("the widget demo in a real browser", () => {
   it("gets a token across CORS from an allowed origin and shows the streamed reply; another origin gets nothing", async () => {
-    const html = await (await fetch(`${keygate.url}/demo/widget`)).text();
+    // A copy of the page on the customer's site, loading the widget's script and stylesheet from Keygate.
+    const html = (await (await fetch(`${keygate.url}/demo/widget`)).text()).replaceAll('"/demo/', `"${keygate.url}/demo/`);
     const allowed = await pageServer(html);
     const otherOrigin = await pageServer(html);
     const { key } = await post<{ key: { key: string } }>("/v1/accounts", OPERATOR_TOKEN, {
@@ -74,7 +75,7 @@ describe("the widget demo in a real browser", () => {
       admin: { email: "e2e@example.com" },
     });
     const agent = await post<{ id: string }>("/v1/agents", key.key, { name: "Demo", allowedOrigins: [allowed] });
-    // The page carries the address of the Keygate that served it, so this copy on another origin still talks to it.
+    // The script talks to the Keygate that served it, so this copy on another origin still talks to it.
     const query = `?agent=${agent.id}`;
 
     const page = await browser.newPage();
@@ -108,12 +109,14 @@ describe("the widget demo in a real browser", () => {
       if (r.url().endsWith("/v1/handshake")) blocked.push(`${r.method()} ${r.failure()?.errorText}`);
     });
     await other.goto(otherOrigin + query);
-    await expect.poll(() => other.textContent("#status")).toBe("Handshake refused: this page's origin is not allowed");
+    await expect
+      .poll(() => other.textContent("#status"))
+      .toBe("Handshake refused: this page may not talk to that Keygate, or its origin is not allowed");
     expect(blocked).toEqual(["POST net::ERR_FAILED"]);
     await other.screenshot({ path: "test-results/widget-refused.png" });
   });
 
-  it("served by Keygate, talks only to Keygate: ?api= pointing elsewhere is ignored and blocked by its policy", async () => {
+  it("served by Keygate, talks only to Keygate: ?api= pointing elsewhere is blocked by its policy", async () => {
     const contacted: string[] = [];
     const lure = createServer((req, res) => {
       contacted.push(`${req.method} ${req.url}`);
@@ -129,7 +132,7 @@ describe("the widget demo in a real browser", () => {
     const agent = await post<{ id: string }>("/v1/agents", key.key, { name: "Own", allowedOrigins: [keygate.url] });
 
     const page = await browser.newPage();
-    await page.goto(`${keygate.url}/demo/widget?agent=${agent.id}&api=${encodeURIComponent(elsewhere)}`);
+    await page.goto(`${keygate.url}/demo/widget?agent=${agent.id}`);
     await expect.poll(() => page.textContent("#status")).toContain("Connected");
     // Even a script that tries (as an injected one would) cannot reach another host: connect-src 'self'.
     const blocked = await page.evaluate(async (url) => {
@@ -141,6 +144,15 @@ describe("the widget demo in a real browser", () => {
       }
     }, elsewhere);
     expect(blocked).toBe(true);
+    // Nor can a link that points the page's own script elsewhere: connect-src holds it to Keygate.
+    const lured = await browser.newPage();
+    const violations: string[] = [];
+    lured.on("console", (m) => {
+      if (m.text().includes("Content Security Policy")) violations.push(m.text());
+    });
+    await lured.goto(`${keygate.url}/demo/widget?agent=${agent.id}&api=${encodeURIComponent(elsewhere)}`);
+    await expect.poll(() => lured.textContent("#status")).toContain("Handshake refused");
+    expect(violations.length).toBeGreaterThan(0);
     expect(contacted).toEqual([]);
   });
 });
