@@ -170,9 +170,13 @@ describe("lastUsedAt", () => {
       expect(row?.last_used_at).toBe(new Date(now).toISOString());
       return row;
     });
+    const firstUse = now;
     now += 59_000;
     for (let i = 0; i < 5; i++) await call("/v1/whoami", { key: k.key });
-    await new Promise((r) => setTimeout(r, 50));
+    // No write was even started: the object decides synchronously, and its last recorded use is still the first.
+    await runInDurableObject(env.KEYS.getByName(`key:${k.id}`), (instance) => {
+      expect(instance["key"]?.lastUsed).toBe(firstUse);
+    });
     expect(await lastUse(k.id)).toEqual(first);
 
     // A minute after the stored use, the next request records a new one; so does a change of method.
