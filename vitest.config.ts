@@ -9,6 +9,8 @@ export default defineConfig(async () => ({
           cloudflareTest({
             wrangler: { configPath: "./wrangler.toml" },
             miniflare: {
+              // vitest itself needs Node's APIs inside workerd; the deployed Worker does not (wrangler.toml).
+              compatibilityFlags: ["nodejs_compat"],
               // Set explicitly so a developer's .dev.vars (ALLOW_HTTP=true) cannot change what the tests see.
               bindings: {
                 TEST_MIGRATIONS: await readD1Migrations("migrations"),

@@ -23,7 +23,6 @@ export async function startKeygate({ port, bindings, entry }) {
       modulesRoot: resolve("dist"),
       modules,
       compatibilityDate,
-      compatibilityFlags: ["nodejs_compat"],
       d1Databases: ["DB"],
       durableObjects: { KEYS: { className: "KeyObject", useSQLite: true }, COUNTERS: { className: "Counter", useSQLite: true } },
       bindings: { RESOURCE_TYPES: "mailbox,process,project", ...bindings },
