@@ -1,5 +1,7 @@
+import { generateKeyPairSync } from "node:crypto";
 import { cloudflareTest, readD1Migrations } from "@cloudflare/vitest-plugin";
 import { defineConfig } from "vitest/config";
+import { startUpstream } from "./test/upstream.mjs";
 
 export default defineConfig(async () => ({
   test: {
@@ -14,8 +16,13 @@ export default defineConfig(async () => ({
               // Set explicitly so a developer's .dev.vars (ALLOW_HTTP=true) cannot change what the tests see.
               bindings: {
                 TEST_MIGRATIONS: await readD1Migrations("migrations"),
+                // The gateway's upstream in tests: a real HTTP server in this process (test/upstream.mjs).
+                TEST_UPSTREAM_URL: await startUpstream(),
                 OPERATOR_TOKEN: "test-operator-token-0123456789abcdef",
                 ALLOW_HTTP: "false",
+                ASSERTION_SIGNING_KEYS: JSON.stringify([
+                  { kid: "test-assertion", ...generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey.export({ format: "jwk" }) },
+                ]),
                 JWT_SIGNING_KEYS: JSON.stringify([
                   { kid: "test-2", secret: "test-signing-secret-two-0123456789abcdef" },
                   { kid: "test-1", secret: "test-signing-secret-one-0123456789abcdef" },

@@ -7,6 +7,7 @@ import { withDeadline } from "./db/client";
 import { reference } from "./docs";
 import type { Bindings } from "./env";
 import { ApiError, problem } from "./errors";
+import { gateway } from "./gateway/handler";
 import { log, safeError } from "./log";
 import { json, MAX_BODY_BYTES, problems, routes } from "./openapi";
 import { accountRoutes, whoamiRoutes } from "./routes/account";
@@ -17,11 +18,9 @@ import { chatRoutes } from "./routes/chat";
 import { demoRoutes } from "./routes/demo";
 import { handshakeRoutes } from "./routes/handshake";
 import { usersRoutes } from "./routes/users";
+import { wellKnownRoutes } from "./routes/well-known";
 
 export const app = routes();
-
-// Secure headers on every answer. No Cross-Origin-Resource-Policy: widgets on other origins read the chat endpoints.
-app.use(secureHeaders({ crossOriginResourcePolicy: false, xFrameOptions: "DENY" }));
 
 app.use(async (c, next) => {
   c.set("requestId", `req_${crypto.randomUUID().replaceAll("-", "")}`);
@@ -48,6 +47,14 @@ app.use(async (c, next) => {
   }
   await next();
 });
+
+// Requests the route table forwards leave here; what the upstream answers is its own (no headers added but the request
+// id and rate limits). Everything else is Keygate's.
+app.use(gateway);
+
+// Secure headers on every answer of Keygate's own. No Cross-Origin-Resource-Policy: widgets on other origins read the
+// chat endpoints.
+app.use(secureHeaders({ crossOriginResourcePolicy: false, xFrameOptions: "DENY" }));
 
 app.use(
   "/v1/*",
@@ -84,6 +91,7 @@ app.route("/v1/agents", agentsRoutes);
 app.route("/v1/handshake", handshakeRoutes);
 app.route("/v1/chat", chatRoutes);
 app.route("/demo", demoRoutes);
+app.route("/.well-known", wellKnownRoutes);
 
 app.openAPIRegistry.registerComponent("securitySchemes", "ApiKey", { type: "apiKey", in: "header", name: "X-API-Key" });
 app.openAPIRegistry.registerComponent("securitySchemes", "Bearer", {

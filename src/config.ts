@@ -2,6 +2,7 @@ import { z } from "@hono/zod-openapi";
 import { originProblem } from "./agents/store";
 import type { Bindings } from "./env";
 import { ApiError } from "./errors";
+import { RouteTable } from "./gateway/table";
 import { log } from "./log";
 import { MAX_LIMIT, MAX_WINDOW_SECONDS } from "./ratelimit/window";
 
@@ -80,13 +81,64 @@ const signingKeys = z
       .refine((keys) => new Set(keys.map((k) => k.kid)).size === keys.length, "kids must be unique"),
   );
 
-/** Every variable and secret Keygate reads, with its default; README's configuration table lists the same. */
-const ConfigSchema = z.object({
-  OPERATOR_TOKEN: z
+/** A secret that must be long enough to resist guessing; unset (or empty) means the feature it guards is off. */
+const secret = () =>
+  z
     .string()
     .optional()
     .transform((v) => v || undefined)
-    .pipe(z.string().min(32).optional()),
+    .pipe(z.string().min(32, "must be at least 32 characters").optional());
+
+/** UPSTREAM_URL: the provider's origin (and optional base path) the gateway forwards to. */
+const upstream = z
+  .string()
+  .optional()
+  .transform((v, ctx) => {
+    if (!v) return undefined;
+    const url = URL.canParse(v) ? new URL(v) : null;
+    if (!url || !["http:", "https:"].includes(url.protocol) || url.search || url.hash || url.username || url.password) {
+      ctx.addIssue({ code: "custom", message: "must be an http(s) URL without query, fragment or credentials" });
+      return z.NEVER;
+    }
+    return url;
+  });
+
+/** ASSERTION_SIGNING_KEYS: a JSON list of private P-256 JWKs with unique `kid`s; the first signs, all are published. */
+const assertionKeys = z
+  .string()
+  .optional()
+  .transform((v, ctx) => {
+    if (!v) return [];
+    try {
+      return JSON.parse(v) as unknown;
+    } catch {
+      ctx.addIssue({ code: "custom", message: "is not JSON" });
+      return z.NEVER;
+    }
+  })
+  .pipe(
+    z
+      .array(
+        z.looseObject({
+          kid: z.string().min(1),
+          kty: z.literal("EC"),
+          crv: z.literal("P-256"),
+          x: z.string(),
+          y: z.string(),
+          d: z.string(),
+        }),
+      )
+      .refine((keys) => new Set(keys.map((k) => k.kid)).size === keys.length, "kids must be unique"),
+  );
+
+/** Every variable and secret Keygate reads, with its default; README's configuration table lists the same. */
+const ConfigSchema = z.object({
+  OPERATOR_TOKEN: secret(),
+  VERIFY_TOKEN: secret(),
+  UPSTREAM_URL: upstream,
+  GATEWAY_ROUTES: RouteTable,
+  UPSTREAM_TIMEOUT_MS: int(30_000, 1, 300_000),
+  ASSERTION_SIGNING_KEYS: assertionKeys,
   RESOURCE_TYPES: list(z.string().regex(/^[a-z][a-z0-9]{0,31}$/, "holds a name that is not a resource type name")),
   QUERY_TOKEN_SUNSET: instant("2026-07-01T00:00:00Z"),
   QUERY_TOKEN_DEPRECATED_AT: instant("2026-01-01T00:00:00Z"),
@@ -132,6 +184,15 @@ const FIELDS = {
   chatPolicy: "CHAT_RATE_LIMIT",
   /** Other Keygate origins the demo page may be pointed at with `?api=`; by default only its own. */
   demoApiOrigins: "DEMO_API_ORIGINS",
+  /** The secret backends send to POST /v1/keys/verify; verification over HTTP is off while it is unset. */
+  verifyToken: "VERIFY_TOKEN",
+  /** Where the gateway forwards; unset, everything outside Keygate's own routes is 404. */
+  upstreamUrl: "UPSTREAM_URL",
+  gatewayRoutes: "GATEWAY_ROUTES",
+  /** How long the gateway waits for the upstream's response headers. */
+  upstreamTimeoutMs: "UPSTREAM_TIMEOUT_MS",
+  /** Private JWKs signing the identity assertion sent upstream; the first signs, all are in /.well-known/jwks.json. */
+  assertionKeys: "ASSERTION_SIGNING_KEYS",
 } as const satisfies Record<string, keyof typeof ConfigSchema.shape>;
 
 type Shape = typeof ConfigSchema.shape;

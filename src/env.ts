@@ -23,7 +23,12 @@ export type Bindings = Env &
       | "HANDSHAKE_IP_RATE_LIMIT"
       | "HANDSHAKE_USER_RATE_LIMIT"
       | "CHAT_RATE_LIMIT"
-      | "DEMO_API_ORIGINS",
+      | "DEMO_API_ORIGINS"
+      | "VERIFY_TOKEN"
+      | "UPSTREAM_URL"
+      | "GATEWAY_ROUTES"
+      | "UPSTREAM_TIMEOUT_MS"
+      | "ASSERTION_SIGNING_KEYS",
       string
     >
   >;
@@ -34,6 +39,8 @@ export type Variables = {
   config: Config;
   /** An origin this response may be read from (CORS), once the request proved it is allowed. */
   corsOrigin: string | null;
+  /** Set once the gateway has the upstream's answer: that answer is not Keygate's to refund. */
+  forwarded?: true;
 };
 
 export type AppEnv = { Bindings: Bindings; Variables: Variables };

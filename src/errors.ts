@@ -28,6 +28,7 @@ export const ERRORS = {
   last_admin: [409, "Conflict"],
   email_taken: [409, "Conflict"],
   key_not_active: [409, "Conflict"],
+  slug_taken: [409, "Conflict"],
   payload_too_large: [413, "Payload Too Large"],
   unsupported_media_type: [415, "Unsupported Media Type"],
   rate_limited: [429, "Too Many Requests"],
@@ -36,6 +37,9 @@ export const ERRORS = {
   rate_limiter_unavailable: [503, "Service Unavailable"],
   change_pending: [503, "Service Unavailable"],
   database_unavailable: [503, "Service Unavailable"],
+  upstream_unavailable: [502, "Bad Gateway"],
+  upstream_timeout: [504, "Gateway Timeout"],
+  invalid_verify_token: [401, "Unauthorized"],
 } as const satisfies Record<string, readonly [ContentfulStatusCode, string]>;
 
 export type ErrorCode = keyof typeof ERRORS;
@@ -69,7 +73,12 @@ export function problem(c: Context, err: ApiError): Response {
     ...(err.extra.errors ? { errors: err.extra.errors } : {}),
     ...err.extra.body,
   };
-  const headers: Record<string, string> = { "Content-Type": "application/problem+json", ...err.extra.headers };
+  // nosniff here too: the gateway's problems do not pass the secure headers of Keygate's own routes.
+  const headers: Record<string, string> = {
+    "Content-Type": "application/problem+json",
+    "X-Content-Type-Options": "nosniff",
+    ...err.extra.headers,
+  };
   if (status === 401 && !headers["WWW-Authenticate"]) headers["WWW-Authenticate"] = 'Bearer realm="keygate"';
   return c.body(JSON.stringify(body), status, headers);
 }

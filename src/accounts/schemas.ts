@@ -6,9 +6,14 @@ import { DEFAULT_POLICY } from "../ratelimit/window";
 import { matching, RateLimit, Timestamp, text } from "../schemas";
 import { Email, UserView } from "../users/schemas";
 
+const SLUG = /^[a-z0-9][a-z0-9-]{1,62}$/;
+
 export const NewAccount = z
   .strictObject({
     name: text(200),
+    slug: matching(SLUG, "must be 2-63 characters: lowercase letters, digits and hyphens, starting with a letter or digit")
+      .optional()
+      .openapi({ description: "A unique name for URLs; gateway routes with `account` accept it in place of the id", example: "acme" }),
     keyPrefix: matching(PREFIX, "must be 2-12 characters: a lowercase letter, then lowercase letters or digits").default(DEFAULT_PREFIX),
     membersCanCreateKeys: z.boolean().default(false),
     rateLimit: RateLimit.default(DEFAULT_POLICY),
@@ -31,6 +36,7 @@ export const AccountView = z
   .strictObject({
     id: z.string().openapi({ example: "acc_5f0c9a1e2b7d43a8c6e1f0b2" }),
     name: z.string(),
+    slug: z.string().nullable(),
     keyPrefix: z.string(),
     membersCanCreateKeys: z.boolean(),
     rateLimit: RateLimit,
@@ -55,6 +61,7 @@ export function accountView(a: Account): z.infer<typeof AccountView> {
   return {
     id: a.id,
     name: a.name,
+    slug: a.slug,
     keyPrefix: a.keyPrefix,
     membersCanCreateKeys: a.membersCanCreateKeys,
     rateLimit: { limit: a.rateLimit, windowSeconds: a.rateLimitWindowSeconds },

@@ -1,8 +1,8 @@
 import type { z } from "@hono/zod-openapi";
 import { and, asc, eq } from "drizzle-orm";
-import type { Principal } from "../auth/principal";
+import { FULL_ACCESS, type Principal } from "../auth/principal";
 import { auditInsert } from "../db/audit";
-import { batch, db } from "../db/client";
+import { batch, db, violates } from "../db/client";
 import { type Account, accounts, apiKeys, users } from "../db/schema";
 import type { RequestContext } from "../env";
 import { ApiError } from "../errors";
@@ -17,12 +17,13 @@ import type { AccountChange, NewAccount } from "./schemas";
 /** An account, its first admin and that admin's first full-access key (the caller shows it once). */
 export async function provisionAccount(
   c: RequestContext,
-  { name, keyPrefix, membersCanCreateKeys, rateLimit, maxRateLimit, admin }: z.infer<typeof NewAccount>,
+  { name, slug, keyPrefix, membersCanCreateKeys, rateLimit, maxRateLimit, admin }: z.infer<typeof NewAccount>,
 ) {
   const now = new Date();
   const account: Account = {
     id: newId("acc"),
     name,
+    slug: slug ?? null,
     keyPrefix,
     membersCanCreateKeys,
     rateLimit: rateLimit.limit,
@@ -37,19 +38,26 @@ export async function provisionAccount(
     email: admin.email,
     role: "admin" as const,
     disabled: false,
+    grants: JSON.stringify([FULL_ACCESS]),
     createdAt: account.createdAt,
   };
   const { raw, row } = await mintAdminKey(account, user.id, user.id, "default", now);
   const audit = { accountId: account.id, actor: "operator", requestId: c.get("requestId") };
   const d = db(c.env.DB);
-  await batch(c.env.DB, [
-    d.insert(accounts).values(account),
-    d.insert(users).values(user),
-    d.insert(apiKeys).values(row),
-    auditInsert(d, { ...audit, action: "account.created", target: account.id }, now),
-    auditInsert(d, { ...audit, action: "user.created", target: user.id }, now),
-    auditInsert(d, { ...audit, action: "key.created", target: row.id }, now),
-  ]);
+  try {
+    await batch(c.env.DB, [
+      d.insert(accounts).values(account),
+      d.insert(users).values(user),
+      d.insert(apiKeys).values(row),
+      auditInsert(d, { ...audit, action: "account.created", target: account.id }, now),
+      auditInsert(d, { ...audit, action: "user.created", target: user.id }, now),
+      auditInsert(d, { ...audit, action: "key.created", target: row.id }, now),
+    ]);
+  } catch (err) {
+    // The unique index on accounts.slug: nothing of the batch was written.
+    if (violates(err, "accounts.slug")) throw new ApiError("slug_taken", `The slug ${slug} belongs to another account.`);
+    throw err;
+  }
   return { account, user, raw, row, now };
 }
 

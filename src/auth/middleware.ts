@@ -1,7 +1,9 @@
+import { eq } from "drizzle-orm";
 import type { Next } from "hono";
 import { createMiddleware } from "hono/factory";
 import { findAgent } from "../agents/store";
 import { db } from "../db/client";
+import { accounts } from "../db/schema";
 import type { KeyEnv, MaybeKeyEnv, RequestContext } from "../env";
 import { ApiError } from "../errors";
 import { hashKey, parseKey } from "../keys/format";
@@ -29,19 +31,26 @@ const MAX_CACHED_KEY_IDS = 10_000;
  * handshake token anywhere else is 403. The key's counter decides 401 and 403 before spending; a 401, 403 or 5xx the
  * handler answers later is refunded before the answer leaves. Failed attempts count against the client IP's failures.
  */
-async function guard(c: RequestContext, next: Next, tokens: boolean, need: Need, setPrincipal: (p: Principal) => void) {
-  const admission = await identify(c, tokens, need, setPrincipal).catch((err: unknown) => countFailure(c, err));
+export async function guard(c: RequestContext, next: Next, options: Options, onIdentity: (identity: Identified) => void) {
+  const admission = await identify(c, options, onIdentity).catch((err: unknown) => countFailure(c, err));
   await next();
   if (admission) {
-    // Refused (401/403) or not served (5xx): the request spends nothing.
-    if (c.res.status === 401 || c.res.status === 403 || c.res.status >= 500) await refund(c, admission);
+    // Refused (401/403) or not served (5xx) by Keygate: the request spends nothing. What the upstream answers a
+    // forwarded request is the upstream's business: that request was served.
+    const status = c.res.status;
+    if (!c.get("forwarded") && (status === 401 || status === 403 || status >= 500)) await refund(c, admission);
     for (const [name, value] of Object.entries(rateLimitHeaders(admission))) c.res.headers.set(name, value);
   }
 }
 
+/** What a route takes: handshake tokens too or keys only, what it needs of a key, and what a request spends. */
+type Options = { tokens: boolean; need: Need; cost?: number };
+/** Who the request proved to be: a key's principal, or a handshake token's claims. */
+export type Identified = { principal: Principal } | { claims: ChatClaims };
+
 /** API keys only (the management API), with what the route needs of them; the handler gets the key's `principal`. */
 export const authenticate = (need: Need) =>
-  createMiddleware<KeyEnv>((c, next) => guard(c, next, false, need, (p) => c.set("principal", p)));
+  createMiddleware<KeyEnv>((c, next) => guard(c, next, { tokens: false, need }, (id) => setPrincipal(c, id)));
 /**
  * The handshake: a backend sends a full-access key (then `principal` is set), a browser sends nothing secret and goes
  * on unauthenticated.
@@ -49,12 +58,22 @@ export const authenticate = (need: Need) =>
 export const authenticateIfSent = (need: Need) =>
   createMiddleware<MaybeKeyEnv>(async (c, next) => {
     if (c.req.header("Authorization") === undefined && c.req.header("X-API-Key") === undefined) return next();
-    return guard(c, next, false, need, (p) => c.set("principal", p));
+    return guard(c, next, { tokens: false, need }, (id) => setPrincipal(c, id));
   });
 /** API keys or handshake tokens: the chat endpoints. `principal` is set when the credential was a key. */
-export const authenticateChat = createMiddleware<MaybeKeyEnv>((c, next) => guard(c, next, true, "any", (p) => c.set("principal", p)));
+export const authenticateChat = createMiddleware<MaybeKeyEnv>((c, next) =>
+  guard(c, next, { tokens: true, need: "any" }, (id) => setPrincipal(c, id)),
+);
 
-async function identify(c: RequestContext, tokens: boolean, need: Need, setPrincipal: (p: Principal) => void): Promise<Admission | null> {
+function setPrincipal(c: { set(key: "principal", value: Principal): void }, identity: Identified): void {
+  if ("principal" in identity) c.set("principal", identity.principal);
+}
+
+async function identify(
+  c: RequestContext,
+  { tokens, need, cost = 1 }: Options,
+  onIdentity: (identity: Identified) => void,
+): Promise<Admission | null> {
   const config = c.get("config");
   const found = extractCredential(c.req.raw, new URL(c.req.url), config, new Date());
   if (!found) {
@@ -64,9 +83,11 @@ async function identify(c: RequestContext, tokens: boolean, need: Need, setPrinc
   if (found.method === "query") for (const [name, value] of Object.entries(deprecationHeaders(config))) c.header(name, value);
   if (looksLikeToken(found.credential)) {
     const claims = await checkToken(c, found.credential);
-    if (!tokens) throw new ApiError("insufficient_scope", "Handshake tokens work only on the /v1/chat endpoints; use an API key here.");
-    const name = `chat:${claims.agt}:${claims.sub}`;
-    return spend(c, name, config.chatPolicy);
+    if (!tokens) throw new ApiError("insufficient_scope", "Handshake tokens work only on chat routes; use an API key here.");
+    if (typeof need === "object" && need.account !== undefined && !(await isAccount(c, claims.acc, need.account)))
+      throw refused("other_account");
+    onIdentity({ claims });
+    return spend(c, `chat:${claims.agt}:${claims.sub}`, config.chatPolicy, cost);
   }
   if (!parseKey(found.credential)) {
     throw new ApiError(
@@ -84,22 +105,21 @@ async function identify(c: RequestContext, tokens: boolean, need: Need, setPrinc
     c,
     c.env.KEYS.getByName(name),
     name,
-    (stub, tag) => stub.authorize(keyId, found.method, need, tag) as Promise<Authorization>,
+    (stub, tag) => stub.authorize(keyId, found.method, need, tag, cost) as Promise<Authorization>,
   );
   if (authorization === null) {
     // Open mode with the counter down: check the key in D1 and let the request through unlimited.
     const result = evaluateKey(await loadKey(db(c.env.DB), { hash }), new Date());
     if (!result.ok) throw refusedKey(result.code);
     requireRights(result.principal, need);
-    setPrincipal(result.principal);
+    onIdentity({ principal: result.principal });
     return null;
   }
   if (!authorization.ok) {
-    if (authorization.code === "insufficient_scope" || authorization.code === "insufficient_role") throw refused(authorization.code);
-    throw refusedKey(authorization.code);
+    throw "refusal" in authorization ? refused(authorization.refusal) : refusedKey(authorization.code);
   }
   const { principal } = authorization;
-  setPrincipal(principal);
+  onIdentity({ principal });
   return admit({ ...authorization.admission, name, policy: principal.rateLimit });
 }
 
@@ -128,6 +148,13 @@ async function checkToken(c: RequestContext, token: string): Promise<ChatClaims>
   }
   if (claims.origin !== undefined) c.set("corsOrigin", claims.origin);
   return claims;
+}
+
+/** Whether `idOrSlug` names this account (a handshake token carries the id; a URL may carry the slug). */
+async function isAccount(c: RequestContext, accountId: string, idOrSlug: string): Promise<boolean> {
+  if (idOrSlug === accountId) return true;
+  const [found] = await db(c.env.DB).select({ slug: accounts.slug }).from(accounts).where(eq(accounts.id, accountId)).limit(1);
+  return found?.slug === idOrSlug;
 }
 
 async function lookUpKeyId(c: RequestContext, hash: string): Promise<string> {

@@ -7,8 +7,13 @@ export type Principal = {
   keyId: string;
   userId: string;
   role: "admin" | "member";
-  /** `["*"]` for full access, else resource grants such as `mailbox:mbx_123`. */
+  /**
+   * What the key may reach: `["*"]` for full access, else resource grants such as `mailbox:mbx_123`. The key's own
+   * scopes intersected with its owner's grants (see `effectiveScopes`).
+   */
   scopes: string[];
+  /** The account's optional slug, which gateway routes accept in place of its id. */
+  accountSlug: string | null;
   /** The account's key prefix (it never changes). */
   keyPrefix: string;
   /** The key's own limit, else the account's default. */
@@ -17,12 +22,18 @@ export type Principal = {
 
 export const FULL_ACCESS = "*";
 
-/** What a route asks of a key: any valid key, a full-access key, or a full-access key of an admin. */
-export type Need = "any" | "full" | "admin";
+/**
+ * What a route asks of a key: any valid key, a full-access key, or a full-access key of an admin. A gateway route
+ * asks for a grant of one `resource` (`mailbox:mbx_1`), or full access when it names none, and with `account` for a
+ * path parameter that must name the key's own account (by id or slug).
+ */
+export type Need = "any" | "full" | "admin" | { resource?: string; account?: string };
 
 const DETAIL = {
   insufficient_scope: "This action needs a full-access key; this key is limited to specific resources.",
   insufficient_role: "This action needs an account admin.",
+  not_granted: "This key has no grant for this resource.",
+  other_account: "No such resource.",
 } as const;
 
 export type Refusal = keyof typeof DETAIL;
@@ -30,13 +41,31 @@ export type Refusal = keyof typeof DETAIL;
 /** Why the principal falls short of `need`, or null. Pure, so the key's counter can decide it before spending. */
 export function refusal(p: Principal, need: Need): Refusal | null {
   if (need === "any") return null;
+  if (typeof need === "object") {
+    // Another tenant's URL is not found, whatever the key's rights: nothing says it exists.
+    if (need.account !== undefined && need.account !== p.accountId && need.account !== p.accountSlug) return "other_account";
+    if (p.scopes.includes(FULL_ACCESS)) return null;
+    if (need.resource === undefined) return "insufficient_scope";
+    return p.scopes.includes(need.resource) ? null : "not_granted";
+  }
   if (!p.scopes.includes(FULL_ACCESS)) return "insufficient_scope";
   if (need === "admin" && p.role !== "admin") return "insufficient_role";
   return null;
 }
 
 export function refused(code: Refusal): ApiError {
-  return new ApiError(code, DETAIL[code]);
+  if (code === "other_account") return new ApiError("not_found", DETAIL[code]);
+  return new ApiError(code === "not_granted" ? "insufficient_scope" : code, DETAIL[code]);
+}
+
+/**
+ * A key's rights: its own scopes within its owner's grants (keys inherit the rights of the user they belong to).
+ * Admins hold every grant. A full-access key of a member limited to `project:warehouse` reaches only that project.
+ */
+export function effectiveScopes(keyScopes: readonly string[], ownerGrants: readonly string[], role: Principal["role"]): string[] {
+  if (role === "admin" || ownerGrants.includes(FULL_ACCESS)) return [...keyScopes];
+  if (keyScopes.includes(FULL_ACCESS)) return [...ownerGrants];
+  return keyScopes.filter((s) => ownerGrants.includes(s));
 }
 
 /** Throws the 403 for a principal that falls short of `need`. */

@@ -61,3 +61,8 @@ export function withDeadline(d1: D1Database, ms: () => number): D1Database {
 }
 
 const RETRY = { headers: { "Retry-After": "5" } };
+
+/** Whether a D1 error is the violation of the unique index on these columns (D1 reports only SQLite's message). */
+export function violates(err: unknown, columns: string): boolean {
+  return err instanceof Error && err.message.includes(`UNIQUE constraint failed: ${columns}`);
+}

@@ -3,19 +3,25 @@ import { index, integer, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqli
 
 // Timestamps are ISO-8601 UTC strings (`Date#toISOString`): they sort as text and read as the API shows them.
 
-export const accounts = sqliteTable("accounts", {
-  id: text("id").primaryKey(),
-  name: text("name").notNull(),
-  keyPrefix: text("key_prefix").notNull(),
-  membersCanCreateKeys: integer("members_can_create_keys", { mode: "boolean" }).notNull().default(false),
-  /** The default rate limit of the account's keys. */
-  rateLimit: integer("rate_limit").notNull().default(60),
-  rateLimitWindowSeconds: integer("rate_limit_window_seconds").notNull().default(60),
-  /** The highest limit members may give their own keys; both null when the account's default is the ceiling. */
-  maxRateLimit: integer("max_rate_limit"),
-  maxRateLimitWindowSeconds: integer("max_rate_limit_window_seconds"),
-  createdAt: text("created_at").notNull(),
-});
+export const accounts = sqliteTable(
+  "accounts",
+  {
+    id: text("id").primaryKey(),
+    name: text("name").notNull(),
+    /** An optional unique name for URLs (`/organizations/<slug>/...`); gateway routes accept it in place of the id. */
+    slug: text("slug"),
+    keyPrefix: text("key_prefix").notNull(),
+    membersCanCreateKeys: integer("members_can_create_keys", { mode: "boolean" }).notNull().default(false),
+    /** The default rate limit of the account's keys. */
+    rateLimit: integer("rate_limit").notNull().default(60),
+    rateLimitWindowSeconds: integer("rate_limit_window_seconds").notNull().default(60),
+    /** The highest limit members may give their own keys; both null when the account's default is the ceiling. */
+    maxRateLimit: integer("max_rate_limit"),
+    maxRateLimitWindowSeconds: integer("max_rate_limit_window_seconds"),
+    createdAt: text("created_at").notNull(),
+  },
+  (t) => [uniqueIndex("accounts_slug").on(t.slug)],
+);
 
 export const users = sqliteTable(
   "users",
@@ -27,6 +33,11 @@ export const users = sqliteTable(
     email: text("email").notNull(),
     role: text("role", { enum: ["admin", "member"] }).notNull(),
     disabled: integer("disabled", { mode: "boolean" }).notNull().default(false),
+    /**
+     * JSON array: what the user's keys may reach, `["*"]` or grants such as `["project:warehouse"]`. A key's rights
+     * are its scopes intersected with these; admins always have `["*"]`.
+     */
+    grants: text("grants").notNull().default('["*"]'),
     createdAt: text("created_at").notNull(),
   },
   (t) => [uniqueIndex("users_account_email").on(t.accountId, t.email), index("users_account_created").on(t.accountId, t.createdAt)],

@@ -14,6 +14,26 @@ export const MAX_GRACE_SECONDS = 7 * 24 * 3600;
 
 const grantHint = 'must be "*" or grants of the form <type>:<id>';
 
+/** A list of grants, `["*"]` or `<type>:<id>` entries (a user's grants; a key's scopes). */
+export const Grants = z
+  .array(matching(SCOPE, grantHint))
+  .min(1)
+  .max(MAX_GRANTS)
+  .openapi({ example: ["mailbox:mbx_8a1c"] });
+
+/** What is wrong with a list of grants against the configured resource types: unknown types, `*` mixed with grants. */
+export function grantErrors(list: readonly string[], types: readonly string[], field: string): FieldError[] {
+  const errors: FieldError[] = [];
+  const hint = `${grantHint} with a type among: ${types.join(", ") || "(none configured)"}`;
+  list.forEach((s, i) => {
+    const type = GRANT.exec(s)?.[1];
+    if (type !== undefined && !types.includes(type)) errors.push({ field: `${field}[${i}]`, message: hint });
+  });
+  if (list.includes(FULL_ACCESS) && list.length > 1)
+    errors.push({ field, message: `"*" (full access) cannot be combined with resource grants` });
+  return errors;
+}
+
 /**
  * A new key. Besides these fields, `<type>Ids` for each type in RESOURCE_TYPES (e.g. `mailboxIds`) adds grants
  * `<type>:<id>`; which types exist is deployment configuration, so `grants()` checks them against it, by the field
@@ -22,12 +42,7 @@ const grantHint = 'must be "*" or grants of the form <type>:<id>';
 export const NewKey = z
   .object({
     name: text(100),
-    scopes: z
-      .array(matching(SCOPE, grantHint))
-      .min(1)
-      .max(MAX_GRANTS)
-      .optional()
-      .openapi({ example: ["mailbox:mbx_8a1c"] }),
+    scopes: Grants.optional(),
     expiresAt: FutureInstant.nullable().optional(),
     ownerId: text(64).optional(),
     rateLimit: RateLimit.optional(),
@@ -49,13 +64,8 @@ export function grants(
   fields: readonly string[],
   types: readonly string[],
 ): { scopes: string[]; errors: FieldError[] } {
-  const errors: FieldError[] = [];
-  const hint = `${grantHint} with a type among: ${types.join(", ") || "(none configured)"}`;
   const fromScopes = body.scopes ?? [];
-  fromScopes.forEach((s, i) => {
-    const type = GRANT.exec(s)?.[1];
-    if (type !== undefined && !types.includes(type)) errors.push({ field: `scopes[${i}]`, message: hint });
-  });
+  const errors = grantErrors(fromScopes, types, "scopes").filter((e) => e.field !== "scopes");
   const known = new Set(["name", "scopes", "expiresAt", "ownerId", "rateLimit"]);
   const fromIds: string[] = [];
   // The names as sent: a parsed object can lose some (`__proto__` becomes a prototype, not a field).

@@ -3,7 +3,7 @@ import { and, eq, sql } from "drizzle-orm";
 import { rateLimitCeiling, withinCeiling } from "../accounts/limits";
 import { canManageKey, type Principal } from "../auth/principal";
 import { auditIfChanged, auditInsert } from "../db/audit";
-import { batch, db } from "../db/client";
+import { batch, db, violates } from "../db/client";
 import { type ApiKey, accounts, apiKeys, users } from "../db/schema";
 import type { RequestContext } from "../env";
 import { ApiError, type FieldError } from "../errors";
@@ -143,11 +143,6 @@ export async function rotateKey(c: RequestContext, p: Principal, id: string, rot
     }
   }
   return { raw, row, now };
-}
-
-/** Whether a D1 error is the violation of the unique index on these columns (D1 reports only SQLite's message). */
-function violates(err: unknown, columns: string): boolean {
-  return err instanceof Error && err.message.includes(`UNIQUE constraint failed: ${columns}`);
 }
 
 /**

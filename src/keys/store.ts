@@ -1,7 +1,7 @@
 import { and, eq, sql } from "drizzle-orm";
 import { rateLimitCeiling, withinCeiling } from "../accounts/limits";
 import type { AuthMethod } from "../auth/credentials";
-import type { Principal } from "../auth/principal";
+import { effectiveScopes, type Principal } from "../auth/principal";
 import type { Db } from "../db/client";
 import { listPage, type Page } from "../db/pagination";
 import { type Account, type ApiKey, accounts, apiKeys, users } from "../db/schema";
@@ -80,7 +80,10 @@ export type KeyRecord = {
   key: ApiKey;
   role: "admin" | "member";
   disabled: boolean;
+  /** The owner's grants, as stored (JSON). */
+  grants: string;
   keyPrefix: string;
+  accountSlug: string | null;
   account: Pick<Account, "rateLimit" | "rateLimitWindowSeconds" | "maxRateLimit" | "maxRateLimitWindowSeconds">;
 };
 
@@ -91,7 +94,9 @@ export async function loadKey(d: Db, by: { id: string } | { hash: string }): Pro
       key: apiKeys,
       role: users.role,
       disabled: users.disabled,
+      grants: users.grants,
       keyPrefix: accounts.keyPrefix,
+      accountSlug: accounts.slug,
       account: {
         rateLimit: accounts.rateLimit,
         rateLimitWindowSeconds: accounts.rateLimitWindowSeconds,
@@ -134,7 +139,8 @@ export function evaluateKey(found: KeyRecord | undefined, now: Date): VerifyResu
       keyId: found.key.id,
       userId: found.key.ownerId,
       role: found.role,
-      scopes: JSON.parse(found.key.scopes) as string[],
+      scopes: effectiveScopes(JSON.parse(found.key.scopes) as string[], JSON.parse(found.grants) as string[], found.role),
+      accountSlug: found.accountSlug,
       keyPrefix: found.keyPrefix,
       rateLimit: effectiveLimit(found),
     },

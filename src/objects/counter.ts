@@ -29,11 +29,11 @@ export class Counter extends DurableObject<Bindings> {
    * Admits one request if the policy allows it, and records it; `at` identifies the admission for a refund.
    * The answer leaves only once the admission is stored (group commit: one write for all admissions of a moment).
    */
-  async consume(policy: Policy, tag: CallTag): Promise<Admission> {
+  async consume(policy: Policy, tag: CallTag, cost = 1): Promise<Admission> {
     const known = this.calls.recall(tag);
     if (known) return known.answer as Admission;
-    const admission = this.log.admit(policy);
-    this.calls.remember(tag, admission, admission.allowed ? admission.at : null);
+    const admission = this.log.admit(policy, cost);
+    this.calls.remember(tag, admission, admission.allowed ? admission : null);
     if (admission.allowed) {
       await this.idleAfter(admission.at + policy.windowSeconds * 1000);
       await this.log.saved();
@@ -41,15 +41,15 @@ export class Counter extends DurableObject<Bindings> {
     return admission;
   }
 
-  /** Gives back a request admitted at `at` but refused afterwards. */
-  refund(at: number): void {
-    this.log.refund(at);
+  /** Gives back `cost` requests admitted at `at` but refused afterwards. */
+  refund(at: number, cost = 1): void {
+    this.log.refund(at, cost);
   }
 
   /** The caller gave up on this call: whatever it spent goes back, and it never spends later. */
   cancel(tag: CallTag): void {
-    const spentAt = this.calls.cancel(tag);
-    if (spentAt !== null) this.log.refund(spentAt);
+    const spent = this.calls.cancel(tag);
+    if (spent !== null) this.log.refund(spent.at, spent.cost);
   }
 
   /**

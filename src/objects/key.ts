@@ -27,7 +27,7 @@ function judge(record: KeyRecord | undefined, now: number): Pick<KeyState, "verd
 export type Authorization =
   | { ok: true; principal: Principal; admission: Admission }
   | Extract<VerifyResult, { ok: false }>
-  | { ok: false; code: Refusal };
+  | { ok: false; refusal: Refusal };
 
 /**
  * Longest time a cached key record is trusted without a reload. Revocation and changes to the key's owner reload it
@@ -59,7 +59,7 @@ export class KeyObject extends DurableObject<Bindings> {
    * Checks the key and what the route needs of it, then spends one request of its limit. A key that is refused (401)
    * or falls short of the route (403) spends nothing.
    */
-  async authorize(keyId: string, method: AuthMethod, need: Need, tag: CallTag): Promise<Authorization> {
+  async authorize(keyId: string, method: AuthMethod, need: Need, tag: CallTag, cost = 1): Promise<Authorization> {
     const known = this.calls.recall(tag);
     if (known) return known.answer as Authorization;
     const key = await this.keyState(keyId);
@@ -70,23 +70,23 @@ export class KeyObject extends DurableObject<Bindings> {
     if (!key.verdict.ok) return this.calls.remember(tag, key.verdict, null);
     const { principal } = key.verdict;
     const code = refusal(principal, need);
-    if (code) return this.calls.remember(tag, { ok: false, code }, null);
+    if (code) return this.calls.remember(tag, { ok: false, refusal: code }, null);
     this.noteUse(keyId, key, method, now);
-    const admission = this.log.admit(principal.rateLimit);
-    const answer = this.calls.remember<Authorization>(tag, { ok: true, principal, admission }, admission.allowed ? admission.at : null);
+    const admission = this.log.admit(principal.rateLimit, cost);
+    const answer = this.calls.remember<Authorization>(tag, { ok: true, principal, admission }, admission.allowed ? admission : null);
     if (admission.allowed) await this.log.saved();
     return answer;
   }
 
   /** The caller gave up on this call: whatever it spent goes back, and it never spends later. */
   cancel(tag: CallTag): void {
-    const spentAt = this.calls.cancel(tag);
-    if (spentAt !== null) this.log.refund(spentAt);
+    const spent = this.calls.cancel(tag);
+    if (spent !== null) this.log.refund(spent.at, spent.cost);
   }
 
   /** Gives back a request that was admitted at `at` but refused afterwards. */
-  refund(at: number): void {
-    this.log.refund(at);
+  refund(at: number, cost = 1): void {
+    this.log.refund(at, cost);
   }
 
   /** Drops the cached key: the next request reads the key, its owner and its account again. */

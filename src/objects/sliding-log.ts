@@ -1,6 +1,7 @@
 import { type Decision, decide, firstInWindow, type Policy } from "../ratelimit/window";
 
-export type Admission = Decision & { at: number };
+/** A decision, and the instant and number of requests it spent when admitted (what a refund gives back). */
+export type Admission = Decision & { at: number; cost: number };
 
 /**
  * What identifies and bounds one call from a request: its id (a retry of the same call reuses it, so it spends once)
@@ -41,27 +42,34 @@ export class SlidingLog {
     return this.log[this.log.length - 1];
   }
 
-  /** Decides one request and, when admitted, adds it to the log before any await, so concurrent requests are exact. */
-  admit(policy: Policy): Admission {
+  /**
+   * Decides one request costing `cost` requests and, when admitted, adds them to the log before any await, so
+   * concurrent requests are exact.
+   */
+  admit(policy: Policy, cost = 1): Admission {
     // The clock never runs backwards inside one log: equal times keep the log sorted.
     const now = Math.max(this.clock(), this.last ?? 0);
     this.forget(now - policy.windowSeconds * 1000);
-    const decision = decide(this.log, now, policy);
+    const decision = decide(this.log, now, policy, cost);
     if (decision.allowed) {
-      this.log.push(now);
-      this.unsaved.push(now);
+      for (let i = 0; i < cost; i++) {
+        this.log.push(now);
+        this.unsaved.push(now);
+      }
     }
-    return { ...decision, at: now };
+    return { ...decision, at: now, cost };
   }
 
-  /** Gives back a request admitted at `at` (refused afterwards, or its caller gave up). */
-  refund(at: number): void {
-    const i = this.log.lastIndexOf(at);
-    if (i < 0) return;
-    this.log.splice(i, 1);
-    const j = this.unsaved.lastIndexOf(at);
-    if (j >= 0) this.unsaved.splice(j, 1);
-    else this.sql.exec("DELETE FROM hits WHERE rowid = (SELECT rowid FROM hits WHERE at = ? LIMIT 1)", at);
+  /** Gives back `cost` requests admitted at `at` (refused afterwards, or their caller gave up). */
+  refund(at: number, cost = 1): void {
+    for (let n = 0; n < cost; n++) {
+      const i = this.log.lastIndexOf(at);
+      if (i < 0) return;
+      this.log.splice(i, 1);
+      const j = this.unsaved.lastIndexOf(at);
+      if (j >= 0) this.unsaved.splice(j, 1);
+      else this.sql.exec("DELETE FROM hits WHERE rowid = (SELECT rowid FROM hits WHERE at = ? LIMIT 1)", at);
+    }
   }
 
   /**
@@ -98,7 +106,7 @@ export class SlidingLog {
 /** How long a call's answer is remembered past its deadline: long enough for its retry or its cancellation. */
 const CALL_MEMORY_MS = 10_000;
 
-type Remembered = { answer: unknown; spentAt: number | null; cancelled: boolean; keepUntil: number };
+type Remembered = { answer: unknown; spent: Admission | null; cancelled: boolean; keepUntil: number };
 
 /** Recent calls by id, oldest first: a retry gets the first answer, a cancellation finds what to give back. */
 export class CallMemory {
@@ -119,8 +127,8 @@ export class CallMemory {
     return known;
   }
 
-  remember<T>(tag: CallTag, answer: T, spentAt: number | null): T {
-    this.calls.set(tag.id, { answer, spentAt, cancelled: false, keepUntil: tag.deadline + CALL_MEMORY_MS });
+  remember<T>(tag: CallTag, answer: T, spent: Admission | null): T {
+    this.calls.set(tag.id, { answer, spent, cancelled: false, keepUntil: tag.deadline + CALL_MEMORY_MS });
     return answer;
   }
 
@@ -128,15 +136,15 @@ export class CallMemory {
    * Marks the call cancelled, until its deadline has passed (after which it cannot spend anyway), and answers when it
    * had spent, so that the caller gives it back.
    */
-  cancel(tag: CallTag): number | null {
-    const spentAt = this.calls.get(tag.id)?.spentAt ?? null;
+  cancel(tag: CallTag): Admission | null {
+    const spent = this.calls.get(tag.id)?.spent ?? null;
     this.calls.delete(tag.id);
     this.calls.set(tag.id, {
       answer: null,
-      spentAt: null,
+      spent: null,
       cancelled: true,
       keepUntil: Math.max(Date.now(), tag.deadline) + CALL_MEMORY_MS,
     });
-    return spentAt;
+    return spent;
   }
 }

@@ -11,11 +11,11 @@ import type { Policy } from "./window";
 export type Admission = Counted & { name: string; policy: Policy };
 
 /**
- * Spends one request of the named identity's budget. Over the limit: 429 `rate_limited`. When the counter fails or
+ * Spends `cost` requests (one by default) of the named identity's budget. Over the limit: 429 `rate_limited`. When the counter fails or
  * does not answer in time: 503 `rate_limiter_unavailable` in closed mode, or null (admitted, unlimited) in open mode.
  */
-export async function spend(c: RequestContext, name: string, policy: Policy): Promise<Admission | null> {
-  const counted = await callCounter(c, c.env.COUNTERS.getByName(name), name, (stub, tag) => stub.consume(policy, tag));
+export async function spend(c: RequestContext, name: string, policy: Policy, cost = 1): Promise<Admission | null> {
+  const counted = await callCounter(c, c.env.COUNTERS.getByName(name), name, (stub, tag) => stub.consume(policy, tag, cost));
   return counted === null ? null : admit({ ...counted, name, policy });
 }
 
@@ -108,7 +108,7 @@ async function retriedOnce<T>(call: () => Promise<T>, until: number): Promise<T>
  */
 export async function refund(c: RequestContext, admission: Admission): Promise<void> {
   const stub = admission.name.startsWith("key:") ? c.env.KEYS.getByName(admission.name) : c.env.COUNTERS.getByName(admission.name);
-  await deadline(stub.refund(admission.at), c.get("config").rateLimitTimeoutMs, timedOut).catch((err: unknown) =>
+  await deadline(stub.refund(admission.at, admission.cost), c.get("config").rateLimitTimeoutMs, timedOut).catch((err: unknown) =>
     log("warn", "refund_failed", { counter: counterKind(admission.name), error: safeError(err) }),
   );
 }

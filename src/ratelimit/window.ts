@@ -20,18 +20,20 @@ export type Decision = {
 };
 
 /**
- * Sliding-log decision. `log` holds the times (ms, ascending) of admitted requests; a request at `now` is admitted
- * when fewer than `limit` of them are later than `now - window`. Exact: no window ever holds more than `limit`.
+ * Sliding-log decision. `log` holds the times (ms, ascending) of admitted requests; a request at `now` costing `cost`
+ * requests is admitted when at most `limit - cost` of them are later than `now - window`. Exact: no window ever holds
+ * more than `limit`.
  */
-export function decide(log: readonly number[], now: number, policy: Policy): Decision {
+export function decide(log: readonly number[], now: number, policy: Policy, cost = 1): Decision {
   const windowMs = policy.windowSeconds * 1000;
   const first = firstInWindow(log, now - windowMs);
   const used = log.length - first;
-  if (used < policy.limit) {
-    return { allowed: true, limit: policy.limit, remaining: policy.limit - used - 1, resetAt: now + windowMs, retryAfter: 0 };
+  if (used + cost <= policy.limit) {
+    return { allowed: true, limit: policy.limit, remaining: policy.limit - used - cost, resetAt: now + windowMs, retryAfter: 0 };
   }
-  // The request fits once enough old entries leave the window: the (used - limit + 1)-th oldest one.
-  const freeAt = (log[first + used - policy.limit] as number) + windowMs;
+  // The request fits once enough old entries leave the window: the (used - limit + cost)-th oldest one. A request
+  // that costs more than the whole limit never fits; it is told to come back after a window.
+  const freeAt = cost > policy.limit ? now + windowMs : (log[first + used - policy.limit + cost - 1] as number) + windowMs;
   return {
     allowed: false,
     limit: policy.limit,

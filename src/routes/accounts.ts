@@ -42,7 +42,7 @@ export const accountsRoutes = routes()
       request: { body: jsonBody(NewAccount) },
       responses: {
         201: json(Provisioned, "The account; `key.key` is shown this once"),
-        ...problems(...OPERATOR_PROBLEMS, ...BODY_PROBLEMS),
+        ...problems(...OPERATOR_PROBLEMS, ...BODY_PROBLEMS, "slug_taken"),
       },
     }),
     async (c) => {

@@ -1,5 +1,7 @@
 import { z } from "@hono/zod-openapi";
+import { FULL_ACCESS } from "../auth/principal";
 import type { User } from "../db/schema";
+import { Grants } from "../keys/schemas";
 import { matching, Timestamp } from "../schemas";
 
 /** Deliberately loose: one @, no spaces, a dot in the domain. Delivery is the proof of an address. */
@@ -12,12 +14,28 @@ export const Email = matching(EMAIL, "must be an email address")
 export const Role = z.enum(["admin", "member"]);
 
 export const NewUser = z.strictObject({ email: Email, role: Role }).openapi("NewUser");
-export const UserChange = z.strictObject({ role: Role.optional(), disabled: z.boolean().optional() }).openapi("UserChange");
+export const UserChange = z
+  .strictObject({
+    role: Role.optional(),
+    disabled: z.boolean().optional(),
+    grants: Grants.optional().openapi({
+      description: "What the user's keys may reach: `[\"*\"]` or resource grants; a key's rights are its scopes within these",
+    }),
+  })
+  .openapi("UserChange");
 
 export const UserView = z
-  .strictObject({ id: z.string(), email: z.string(), role: Role, disabled: z.boolean(), createdAt: Timestamp })
+  .strictObject({
+    id: z.string(),
+    email: z.string(),
+    role: Role,
+    disabled: z.boolean(),
+    grants: z.array(z.string()).openapi({ description: 'Admins always hold `["*"]`' }),
+    createdAt: Timestamp,
+  })
   .openapi("User");
 
 export function userView(u: User): z.infer<typeof UserView> {
-  return { id: u.id, email: u.email, role: u.role, disabled: u.disabled, createdAt: u.createdAt };
+  const grants = u.role === "admin" ? [FULL_ACCESS] : (JSON.parse(u.grants) as string[]);
+  return { id: u.id, email: u.email, role: u.role, disabled: u.disabled, grants, createdAt: u.createdAt };
 }

@@ -1,13 +1,15 @@
 import type { z } from "@hono/zod-openapi";
 import { and, eq, sql } from "drizzle-orm";
-import type { Principal } from "../auth/principal";
+import { FULL_ACCESS, type Principal } from "../auth/principal";
 import { auditIfChanged } from "../db/audit";
 import { batch, db } from "../db/client";
 import { type User, users } from "../db/schema";
 import type { RequestContext } from "../env";
 import { ApiError } from "../errors";
 import { newId } from "../keys/format";
+import { grantErrors } from "../keys/schemas";
 import { lastingKey, liveKeyIds } from "../keys/store";
+import { invalidRequest } from "../openapi";
 import { reloadKeys } from "../ratelimit/limiter";
 import type { NewUser, UserChange } from "./schemas";
 
@@ -17,7 +19,15 @@ import type { NewUser, UserChange } from "./schemas";
 /** Creates a user; a taken email writes nothing at all (409 `email_taken`). */
 export async function createUser(c: RequestContext, p: Principal, { email, role }: z.infer<typeof NewUser>): Promise<User> {
   const now = new Date();
-  const user: User = { id: newId("usr"), accountId: p.accountId, email, role, disabled: false, createdAt: now.toISOString() };
+  const user: User = {
+    id: newId("usr"),
+    accountId: p.accountId,
+    email,
+    role,
+    disabled: false,
+    grants: JSON.stringify([FULL_ACCESS]),
+    createdAt: now.toISOString(),
+  };
   const d = db(c.env.DB);
   // INSERT OR IGNORE plus a guarded audit event: a taken email writes nothing at all.
   const [inserted] = await batch(c.env.DB, [
@@ -40,24 +50,33 @@ export async function updateUser(
   c: RequestContext,
   p: Principal,
   userId: string,
-  { role, disabled }: z.infer<typeof UserChange>,
+  { role, disabled, grants }: z.infer<typeof UserChange>,
 ): Promise<User> {
+  if (grants) {
+    const errors = grantErrors(grants, c.get("config").resourceTypes, "grants");
+    if (errors.length > 0) throw invalidRequest(errors);
+  }
+  const granted = grants === undefined ? null : JSON.stringify(grants);
   // A user of the caller's account, or 404 before anything is written or reloaded.
   const { id } = await findUser(c.env.DB, p.accountId, userId);
   const d = db(c.env.DB);
   const now = new Date();
-  if (role !== undefined || disabled !== undefined) {
+  if (role !== undefined || disabled !== undefined || granted !== null) {
     const [updated] = await batch(c.env.DB, [
       // Only the fields this request changes, guarded on the row as it is when the statement runs: two concurrent
       // edits (one disabling, one promoting) both land, and neither brings back what the other changed.
       d
         .update(users)
-        .set({ ...(role === undefined ? {} : { role }), ...(disabled === undefined ? {} : { disabled }) })
+        .set({
+          ...(role === undefined ? {} : { role }),
+          ...(disabled === undefined ? {} : { disabled }),
+          ...(granted === null ? {} : { grants: granted }),
+        })
         .where(
           and(
             eq(users.accountId, p.accountId),
             eq(users.id, id),
-            changes(role, disabled),
+            changes(role, disabled, granted),
             keepsAccountReachable(p.accountId, role, disabled),
           ),
         ),
@@ -67,7 +86,7 @@ export async function updateUser(
         now,
       ),
     ]);
-    if (updated?.meta.changes !== 1) await explainUnchanged(c.env.DB, p.accountId, id, role, disabled);
+    if (updated?.meta.changes !== 1) await explainUnchanged(c.env.DB, p.accountId, id, role, disabled, granted);
   }
   // The user's keys act with the user's rights: their counters see the change before the answer. A repeat of a
   // request whose change is already stored reloads too, so it completes a change a failed reload left pending.
@@ -76,8 +95,9 @@ export async function updateUser(
 }
 
 /** SQL: the update would change the row (a repeat of a stored change writes nothing, not even an audit event). */
-function changes(role: User["role"] | undefined, disabled: boolean | undefined) {
-  return sql`(users.role IS NOT COALESCE(${role ?? null}, users.role) OR users.disabled IS NOT COALESCE(${bit(disabled)}, users.disabled))`;
+function changes(role: User["role"] | undefined, disabled: boolean | undefined, grants: string | null) {
+  return sql`(users.role IS NOT COALESCE(${role ?? null}, users.role) OR users.disabled IS NOT COALESCE(${bit(disabled)}, users.disabled)
+    OR users.grants IS NOT COALESCE(${grants}, users.grants))`;
 }
 
 /**
@@ -104,9 +124,10 @@ async function explainUnchanged(
   id: string,
   role: User["role"] | undefined,
   disabled: boolean | undefined,
+  grants: string | null,
 ) {
   const user = await findUser(d1, accountId, id);
-  if ((role ?? user.role) === user.role && (disabled ?? user.disabled) === user.disabled) return;
+  if ((role ?? user.role) === user.role && (disabled ?? user.disabled) === user.disabled && (grants ?? user.grants) === user.grants) return;
   const [other] = await db(d1)
     .select({ id: users.id })
     .from(users)

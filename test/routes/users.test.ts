@@ -16,6 +16,7 @@ describe("/v1/users", () => {
       email: "dev@example.com",
       role: "member",
       disabled: false,
+      grants: ["*"],
       createdAt: expect.any(String),
     });
     const list = await (await call("/v1/users", { key: key.key })).json<{ data: { id: string }[]; nextCursor: null }>();

@@ -1,0 +1,75 @@
+import { type CryptoKey, importJWK, SignJWT } from "jose";
+import type { Config } from "../config";
+
+export const ASSERTION_TYP = "keygate-assertion+jwt";
+/** How long an assertion is valid: it is meant for the one request it travels with. */
+export const ASSERTION_TTL_SECONDS = 60;
+
+/** Who the gateway vouches for, as the upstream receives it in headers and in the assertion. */
+export type Identity = {
+  accountId: string;
+  /** The key's owner, or for a handshake token the agent's end user. */
+  userId: string;
+  method: "key" | "token";
+  keyId?: string;
+  role?: "admin" | "member";
+  scopes?: string[];
+  agentId?: string;
+};
+
+/** The public half of an assertion key, as /.well-known/jwks.json publishes it. */
+export type PublicJwk = { kid: string; kty: "EC"; crv: "P-256"; x: string; y: string; alg: "ES256"; use: "sig" };
+type Keys = { signing: { kid: string; key: CryptoKey } | null; published: PublicJwk[] };
+const imported = new WeakMap<Config["assertionKeys"], Promise<Keys>>();
+
+/** The signing key (the first) and the public halves of all of them, imported once per configuration. */
+function keys(list: Config["assertionKeys"]): Promise<Keys> {
+  let found = imported.get(list);
+  if (!found) {
+    found = (async () => {
+      const first = list[0];
+      const signing = first ? { kid: first.kid, key: (await importJWK({ ...first, alg: "ES256" }, "ES256")) as CryptoKey } : null;
+      const published = list.map(({ kid, kty, crv, x, y }): PublicJwk => ({ kid, kty, crv, x, y, alg: "ES256", use: "sig" }));
+      return { signing, published };
+    })();
+    imported.set(list, found);
+  }
+  return found;
+}
+
+/** The public keys upstreams verify assertions with (GET /.well-known/jwks.json). */
+export async function publicKeys(list: Config["assertionKeys"]): Promise<{ keys: PublicJwk[] }> {
+  return { keys: (await keys(list)).published };
+}
+
+/**
+ * A JWT proving that Keygate authenticated this one request (`htm` and `htu`, the URL the upstream receives without its
+ * query) for this identity, valid for 60 s. Null when no signing key is configured.
+ */
+export async function signAssertion(
+  list: Config["assertionKeys"],
+  identity: Identity,
+  request: { issuer: string; audience: string; method: string; url: URL; id: string },
+): Promise<string | null> {
+  const { signing } = await keys(list);
+  if (!signing) return null;
+  const htu = new URL(request.url.pathname, request.url.origin).href;
+  return new SignJWT({
+    acc: identity.accountId,
+    amr: identity.method,
+    ...(identity.keyId === undefined ? {} : { key: identity.keyId }),
+    ...(identity.role === undefined ? {} : { role: identity.role }),
+    ...(identity.scopes === undefined ? {} : { scopes: identity.scopes }),
+    ...(identity.agentId === undefined ? {} : { agt: identity.agentId }),
+    htm: request.method,
+    htu,
+  })
+    .setProtectedHeader({ alg: "ES256", kid: signing.kid, typ: ASSERTION_TYP })
+    .setIssuer(request.issuer)
+    .setAudience(request.audience)
+    .setSubject(identity.userId)
+    .setJti(request.id)
+    .setIssuedAt()
+    .setExpirationTime(`${ASSERTION_TTL_SECONDS}s`)
+    .sign(signing.key);
+}

@@ -1,0 +1,132 @@
+import type { Context } from "hono";
+import { createMiddleware } from "hono/factory";
+import { cors } from "../auth/cors";
+import { guard, type Identified } from "../auth/middleware";
+import type { Need } from "../auth/principal";
+import { misconfigured } from "../config";
+import type { AppEnv } from "../env";
+import { ApiError, problem } from "../errors";
+import { type Identity, signAssertion } from "./assertion";
+import { send, upstreamHeaders, upstreamUrl } from "./forward";
+import type { GatewayRoute } from "./table";
+
+/** Keygate's own paths: never forwarded, whatever the route table says. */
+const OWN = [
+  "/health",
+  "/openapi.json",
+  "/docs",
+  "/v1/accounts",
+  "/v1/account",
+  "/v1/api-keys",
+  "/v1/users",
+  "/v1/whoami",
+  "/v1/agents",
+  "/v1/handshake",
+  "/v1/keys/verify",
+  "/.well-known",
+  "/demo",
+  "/v1/auth",
+  "/dashboard",
+];
+
+export function isOwnPath(path: string): boolean {
+  return OWN.some((own) => path === own || path.startsWith(`${own}/`));
+}
+
+/**
+ * The gateway: a request outside Keygate's own paths that a GATEWAY_ROUTES route takes is authenticated and limited as
+ * that route says, then forwarded to UPSTREAM_URL. Anything else goes on to Keygate's routes (the built-in chat among
+ * them), and from there to 404: without UPSTREAM_URL nothing is forwarded.
+ */
+export const gateway = createMiddleware<AppEnv>(async (c, next) => {
+  const path = new URL(c.req.url).pathname;
+  if (isOwnPath(path)) return next();
+  const config = c.get("config");
+  const base = config.upstreamUrl;
+  const match = base ? config.gatewayRoutes.match(c.req.method, path) : null;
+  if (!base || !match) return next();
+  const { route, params } = match;
+  if (route.auth === "public") {
+    c.res = await forward(c, base, null);
+    return;
+  }
+  if (config.assertionKeys.length === 0) misconfigured("ASSERTION_SIGNING_KEYS", "is not set; the gateway cannot vouch for its requests");
+  let identity: Identity | null = null;
+  const authenticated = () =>
+    guard(
+      c,
+      async () => {
+        try {
+          c.res = await forward(c, base, identity);
+        } catch (err) {
+          if (!(err instanceof ApiError)) throw err;
+          c.res = problem(c, err);
+        }
+      },
+      { tokens: takesTokens(route), need: need(route, params), cost: route.cost },
+      (id) => {
+        identity = identityOf(id);
+      },
+    );
+  // Routes that take handshake tokens serve browsers: their preflights and answers speak CORS, as the chat does.
+  const early = route.auth === "key-or-token" ? await cors(c, authenticated) : await authenticated();
+  return early ?? c.res;
+});
+
+/** Tokens carry no grants: they pass only routes that take them and ask for no resource and no full access. */
+function takesTokens(route: GatewayRoute): boolean {
+  return route.auth === "key-or-token" && route.resource === undefined && route.access === undefined;
+}
+
+/** What the route asks of a key: full access (`access: "full"`, or no `resource`), else a grant of the named resource. */
+function need(route: GatewayRoute, params: Record<string, string>): Need {
+  const account = route.account === undefined ? undefined : params[route.account];
+  const resourceId = route.resource === undefined ? undefined : params[route.resource.param];
+  const resource = route.access === "full" || route.resource === undefined ? undefined : `${route.resource.type}:${resourceId}`;
+  return { account, resource };
+}
+
+function identityOf(id: Identified): Identity {
+  if ("claims" in id) return { accountId: id.claims.acc, userId: id.claims.sub, method: "token", agentId: id.claims.agt };
+  const p = id.principal;
+  return { accountId: p.accountId, userId: p.userId, method: "key", keyId: p.keyId, role: p.role, scopes: p.scopes };
+}
+
+/** The identity headers the upstream gets, the assertion that proves them among them. */
+async function identityHeaders(c: Context<AppEnv>, identity: Identity, url: URL): Promise<Record<string, string>> {
+  const config = c.get("config");
+  const headers: Record<string, string> = {
+    "Keygate-Account-Id": identity.accountId,
+    "Keygate-User-Id": identity.userId,
+    "Keygate-Auth-Method": identity.method,
+  };
+  if (identity.keyId !== undefined) headers["Keygate-Key-Id"] = identity.keyId;
+  if (identity.role !== undefined) headers["Keygate-Role"] = identity.role;
+  if (identity.scopes !== undefined) headers["Keygate-Scopes"] = identity.scopes.join(",");
+  if (identity.agentId !== undefined) headers["Keygate-Agent-Id"] = identity.agentId;
+  const assertion = await signAssertion(config.assertionKeys, identity, {
+    issuer: new URL(c.req.url).origin,
+    audience: url.origin,
+    method: c.req.method,
+    url,
+    id: c.get("requestId"),
+  });
+  if (assertion) headers["Keygate-Assertion"] = assertion;
+  return headers;
+}
+
+/** Sends the request upstream as `identity` (null: a public route) and answers what the upstream answers. */
+async function forward(c: Context<AppEnv>, base: URL, identity: Identity | null): Promise<Response> {
+  const config = c.get("config");
+  const url = upstreamUrl(base, new URL(c.req.url));
+  const own = identity ? await identityHeaders(c, identity, url) : { "Keygate-Auth-Method": "none" };
+  const headers = upstreamHeaders(c.req.raw.headers, identity !== null, { ...own, "Keygate-Request-Id": c.get("requestId") });
+  const outcome = await send(url, c.req.method, headers, c.req.raw.body, config.upstreamTimeoutMs);
+  if (!outcome.ok) {
+    if (outcome.reason === "timeout")
+      throw new ApiError("upstream_timeout", `The upstream did not answer within ${config.upstreamTimeoutMs} ms.`);
+    throw new ApiError("upstream_unavailable", "The upstream could not be reached.");
+  }
+  c.set("forwarded", true);
+  return outcome.response;
+}
