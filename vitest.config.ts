@@ -14,6 +14,26 @@ export default defineConfig(async () => ({
               // vitest itself needs Node's APIs inside workerd; the deployed Worker does not (wrangler.toml).
               compatibilityFlags: ["nodejs_compat"],
               // Set explicitly so a developer's .dev.vars (ALLOW_HTTP=true) cannot change what the tests see.
+              // A second Worker of the same account, calling Keygate's verify entrypoint through a service binding.
+              serviceBindings: { CALLER: "caller" },
+              workers: [
+                {
+                  name: "caller",
+                  modules: true,
+                  compatibilityDate: "2026-10-01",
+                  script: `export default {
+                    async fetch(request, env) {
+                      try {
+                        return Response.json(await env.KEYGATE.verify(await request.json()));
+                      } catch (err) {
+                        return Response.json({ error: String(err) }, { status: 500 });
+                      }
+                    },
+                  };`,
+                  // The Worker under test runs as the pool's runner Worker, under this name.
+                  serviceBindings: { KEYGATE: { name: "vitest-plugin-runner-workers", entrypoint: "KeygateVerifier" } },
+                },
+              ],
               bindings: {
                 TEST_MIGRATIONS: await readD1Migrations("migrations"),
                 // The gateway's upstream in tests: a real HTTP server in this process (test/upstream.mjs).
@@ -23,6 +43,7 @@ export default defineConfig(async () => ({
                 ASSERTION_SIGNING_KEYS: JSON.stringify([
                   { kid: "test-assertion", ...generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey.export({ format: "jwk" }) },
                 ]),
+                VERIFY_TOKEN: "test-verify-token-0123456789abcdef0123",
                 JWT_SIGNING_KEYS: JSON.stringify([
                   { kid: "test-2", secret: "test-signing-secret-two-0123456789abcdef" },
                   { kid: "test-1", secret: "test-signing-secret-one-0123456789abcdef" },

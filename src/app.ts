@@ -3,9 +3,8 @@ import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
 import { secureHeaders } from "hono/secure-headers";
 import { getConfig, misconfiguredVariables } from "./config";
-import { withDeadline } from "./db/client";
+import { withDatabaseDeadline } from "./db/client";
 import { reference } from "./docs";
-import type { Bindings } from "./env";
 import { ApiError, problem } from "./errors";
 import { gateway } from "./gateway/handler";
 import { log, safeError } from "./log";
@@ -18,6 +17,7 @@ import { chatRoutes } from "./routes/chat";
 import { demoRoutes } from "./routes/demo";
 import { handshakeRoutes } from "./routes/handshake";
 import { usersRoutes } from "./routes/users";
+import { verifyRoutes } from "./routes/verify";
 import { wellKnownRoutes } from "./routes/well-known";
 
 export const app = routes();
@@ -28,18 +28,10 @@ app.use(async (c, next) => {
   c.res.headers.set("X-Request-Id", c.get("requestId"));
 });
 
-/** Each environment's bindings with a deadline on every D1 round trip (one wrapper per environment object). */
-const guarded = new WeakMap<Bindings, Bindings>();
-
 app.use(async (c, next) => {
   const config = getConfig(c.env);
   c.set("config", config);
-  let env = guarded.get(c.env);
-  if (!env) {
-    env = { ...c.env, DB: withDeadline(c.env.DB, () => config.d1TimeoutMs) };
-    guarded.set(c.env, env);
-  }
-  c.env = env;
+  c.env = withDatabaseDeadline(c.env);
   // Only the exact "true" allows plain http: anything else, a malformed value included (which /health names), keeps
   // Keygate on https, so every route still answers.
   if (c.env.ALLOW_HTTP !== "true" && new URL(c.req.url).protocol !== "https:") {
@@ -92,6 +84,7 @@ app.route("/v1/handshake", handshakeRoutes);
 app.route("/v1/chat", chatRoutes);
 app.route("/demo", demoRoutes);
 app.route("/.well-known", wellKnownRoutes);
+app.route("/v1/keys/verify", verifyRoutes);
 
 app.openAPIRegistry.registerComponent("securitySchemes", "ApiKey", { type: "apiKey", in: "header", name: "X-API-Key" });
 app.openAPIRegistry.registerComponent("securitySchemes", "Bearer", {

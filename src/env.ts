@@ -54,7 +54,12 @@ export type MaybeKeyEnv = { Bindings: Bindings; Variables: Variables & { princip
  * What services and the rate limiter use of a request. Hono's `Context<E>` is invariant in `E`, so a handler's context
  * (which also carries `principal`) would not pass as `Context<AppEnv>`; every route's context passes as this.
  */
-export type RequestContext = Pick<Context<AppEnv>, "env" | "executionCtx" | "req" | "header" | "res"> & {
+export type RequestContext = CounterContext &
+  Pick<Context<AppEnv>, "req" | "res"> & {
+    set<K extends keyof Variables>(key: K, value: Variables[K]): void;
+  };
+
+/** What the rate limiter and the key's authorization use: also available outside a request (the verify entrypoint). */
+export type CounterContext = Pick<Context<AppEnv>, "env" | "executionCtx" | "header"> & {
   get<K extends keyof Variables>(key: K): Variables[K];
-  set<K extends keyof Variables>(key: K, value: Variables[K]): void;
 };

@@ -6,6 +6,8 @@ declare global {
     interface Env extends Bindings {
       TEST_MIGRATIONS: D1Migration[];
       TEST_UPSTREAM_URL: string;
+      /** A second Worker whose fetch calls Keygate's verify entrypoint through its service binding. */
+      CALLER: Fetcher;
     }
   }
 }

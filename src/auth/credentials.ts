@@ -1,7 +1,8 @@
 import type { Config } from "../config";
 import { ApiError } from "../errors";
 
-export type AuthMethod = "bearer" | "header" | "query";
+/** How a key reached Keygate: with a request (bearer, header, query), or from a backend through the verify API. */
+export type AuthMethod = "bearer" | "header" | "query" | "verify";
 
 /** The deprecated query parameter (Robohead's `?userApiToken=...`, discontinued on its sunset date). */
 export const QUERY_PARAM = "userApiToken";

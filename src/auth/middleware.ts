@@ -6,13 +6,12 @@ import { db } from "../db/client";
 import { accounts } from "../db/schema";
 import type { KeyEnv, MaybeKeyEnv, RequestContext } from "../env";
 import { ApiError } from "../errors";
-import { hashKey, parseKey } from "../keys/format";
-import { evaluateKey, keyIdByHash, loadKey } from "../keys/store";
-import type { Authorization } from "../objects/key";
-import { type Admission, admit, callCounter, rateLimitHeaders, refund, spend, spendPerAddress } from "../ratelimit/limiter";
+import { authorizeKey } from "../keys/authorize";
+import { parseKey } from "../keys/format";
+import { type Admission, admit, rateLimitHeaders, refund, spend, spendPerAddress } from "../ratelimit/limiter";
 import { type ChatClaims, looksLikeToken, verifyToken } from "../tokens/handshake";
 import { deprecationHeaders, extractCredential, invalidToken } from "./credentials";
-import { type Need, type Principal, refused, requireRights } from "./principal";
+import { type Need, type Principal, refused } from "./principal";
 
 const REFUSED = {
   invalid_key: "The API key is not valid.",
@@ -20,10 +19,6 @@ const REFUSED = {
   key_expired: "The API key has expired.",
   key_owner_disabled: "The user who owns this API key is disabled.",
 } as const;
-
-/** Key hash -> key id. Immutable facts, so safe to keep; everything that can change is checked by the key's counter. */
-const keyIds = new Map<string, string>();
-const MAX_CACHED_KEY_IDS = 10_000;
 
 /**
  * Authenticates the request, checks what the route needs of the key, and spends one request of its rate limit: an API
@@ -98,29 +93,10 @@ async function identify(
       },
     );
   }
-  const hash = await hashKey(found.credential);
-  const keyId = keyIds.get(hash) ?? (await lookUpKeyId(c, hash));
-  const name = `key:${keyId}`;
-  const authorization = await callCounter(
-    c,
-    c.env.KEYS.getByName(name),
-    name,
-    (stub, tag) => stub.authorize(keyId, found.method, need, tag, cost) as Promise<Authorization>,
-  );
-  if (authorization === null) {
-    // Open mode with the counter down: check the key in D1 and let the request through unlimited.
-    const result = evaluateKey(await loadKey(db(c.env.DB), { hash }), new Date());
-    if (!result.ok) throw refusedKey(result.code);
-    requireRights(result.principal, need);
-    onIdentity({ principal: result.principal });
-    return null;
-  }
-  if (!authorization.ok) {
-    throw "refusal" in authorization ? refused(authorization.refusal) : refusedKey(authorization.code);
-  }
-  const { principal } = authorization;
-  onIdentity({ principal });
-  return admit({ ...authorization.admission, name, policy: principal.rateLimit });
+  const verdict = await authorizeKey(c, found.credential, found.method, need, cost);
+  if (!verdict.ok) throw "refusal" in verdict ? refused(verdict.refusal) : refusedKey(verdict.code);
+  onIdentity({ principal: verdict.principal });
+  return verdict.admission && admit(verdict.admission);
 }
 
 /**
@@ -155,14 +131,6 @@ async function isAccount(c: RequestContext, accountId: string, idOrSlug: string)
   if (idOrSlug === accountId) return true;
   const [found] = await db(c.env.DB).select({ slug: accounts.slug }).from(accounts).where(eq(accounts.id, accountId)).limit(1);
   return found?.slug === idOrSlug;
-}
-
-async function lookUpKeyId(c: RequestContext, hash: string): Promise<string> {
-  const id = await keyIdByHash(db(c.env.DB), hash);
-  if (id === undefined) throw refusedKey("invalid_key");
-  if (keyIds.size >= MAX_CACHED_KEY_IDS) keyIds.delete(keyIds.keys().next().value as string);
-  keyIds.set(hash, id);
-  return id;
 }
 
 function refusedKey(code: keyof typeof REFUSED): ApiError {

@@ -1,5 +1,7 @@
 import { type DrizzleD1Database, drizzle } from "drizzle-orm/d1";
+import { getConfig } from "../config";
 import { deadline } from "../deadline";
+import type { Bindings } from "../env";
 import { ApiError } from "../errors";
 
 export type Db = DrizzleD1Database;
@@ -65,4 +67,16 @@ const RETRY = { headers: { "Retry-After": "5" } };
 /** Whether a D1 error is the violation of the unique index on these columns (D1 reports only SQLite's message). */
 export function violates(err: unknown, columns: string): boolean {
   return err instanceof Error && err.message.includes(`UNIQUE constraint failed: ${columns}`);
+}
+
+/** Each environment's bindings with a deadline on every D1 round trip (one wrapper per environment object). */
+const guarded = new WeakMap<Bindings, Bindings>();
+
+export function withDatabaseDeadline(env: Bindings): Bindings {
+  let found = guarded.get(env);
+  if (!found) {
+    found = { ...env, DB: withDeadline(env.DB, () => getConfig(env).d1TimeoutMs) };
+    guarded.set(env, found);
+  }
+  return found;
 }

@@ -66,7 +66,7 @@ export const apiKeys = sqliteTable(
     rateLimitWindowSeconds: integer("rate_limit_window_seconds"),
     createdAt: text("created_at").notNull(),
     lastUsedAt: text("last_used_at"),
-    lastAuthMethod: text("last_auth_method", { enum: ["bearer", "header", "query"] }),
+    lastAuthMethod: text("last_auth_method", { enum: ["bearer", "header", "query", "verify"] }),
     /** May lie in the future: a rotated key stays valid until the end of its grace period. */
     revokedAt: text("revoked_at"),
     revokedBy: text("revoked_by"),

@@ -97,7 +97,7 @@ export const KeyView = z
     expiresAt: Timestamp.nullable(),
     rateLimit: RateLimit.nullable().openapi({ description: "null when the account's default applies" }),
     lastUsedAt: Timestamp.nullable(),
-    lastAuthMethod: z.enum(["bearer", "header", "query"]).nullable(),
+    lastAuthMethod: z.enum(["bearer", "header", "query", "verify"]).nullable(),
     revokedAt: Timestamp.nullable().openapi({ description: "May lie in the future: the end of a rotation's grace period" }),
     revokedBy: z.string().nullable(),
     rotatedFrom: z.string().nullable(),

@@ -1,5 +1,5 @@
 import { deadline } from "../deadline";
-import type { RequestContext } from "../env";
+import type { CounterContext, RequestContext } from "../env";
 import { ApiError } from "../errors";
 import { log, safeError } from "../log";
 import type { Counter } from "../objects/counter";
@@ -56,7 +56,7 @@ function counterKind(name: string): string {
  * is marked so the client (and the log) can tell it was not limited.
  */
 export async function callCounter<S extends DurableObjectStub<Counter> | DurableObjectStub<KeyObject>, T>(
-  c: RequestContext,
+  c: CounterContext,
   stub: S,
   name: string,
   call: (stub: S, tag: CallTag) => Promise<T>,

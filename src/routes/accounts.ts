@@ -3,6 +3,7 @@ import { createMiddleware } from "hono/factory";
 import { accountView, NewAccount, Provisioned, RecoveryRequest } from "../accounts/schemas";
 import { provisionAccount, recoverAccount } from "../accounts/service";
 import { invalidToken } from "../auth/credentials";
+import { bearerMatches } from "../auth/secret";
 import { misconfigured } from "../config";
 import type { AppEnv } from "../env";
 import { ApiError, type ErrorCode } from "../errors";
@@ -79,16 +80,9 @@ export const accountsRoutes = routes()
 
 async function requireOperator(authorization: string | undefined, token: string | undefined): Promise<void> {
   if (token === undefined) misconfigured("OPERATOR_TOKEN", "is not set; provisioning is disabled");
-  if (authorization === undefined) throw new ApiError("missing_credentials", "Send the operator token as `Authorization: Bearer <token>`.");
-  const sent = /^Bearer +(\S+) *$/i.exec(authorization)?.[1] ?? "";
-  if (!(await constantTimeEqual(sent, token))) {
+  if (!(await bearerMatches(authorization, token))) {
+    if (authorization === undefined)
+      throw new ApiError("missing_credentials", "Send the operator token as `Authorization: Bearer <token>`.");
     throw new ApiError("invalid_operator_token", "The operator token is not valid.", { headers: invalidToken });
   }
-}
-
-/** Compares digests, so neither the content nor the length of the secret leaks through timing. */
-async function constantTimeEqual(a: string, b: string): Promise<boolean> {
-  const enc = new TextEncoder();
-  const [da, dbb] = await Promise.all([crypto.subtle.digest("SHA-256", enc.encode(a)), crypto.subtle.digest("SHA-256", enc.encode(b))]);
-  return crypto.subtle.timingSafeEqual(da, dbb);
 }

@@ -1,0 +1,54 @@
+import type { AuthMethod } from "../auth/credentials";
+import { type Need, type Principal, type Refusal, refusal } from "../auth/principal";
+import { db } from "../db/client";
+import type { CounterContext } from "../env";
+import type { Authorization } from "../objects/key";
+import { type Admission, callCounter } from "../ratelimit/limiter";
+import { hashKey } from "./format";
+import { evaluateKey, keyIdByHash, loadKey, type VerifyResult } from "./store";
+
+/** Key hash -> key id. Immutable facts, so safe to keep; everything that can change is checked by the key's object. */
+const keyIds = new Map<string, string>();
+const MAX_CACHED_KEY_IDS = 10_000;
+
+export type KeyVerdict =
+  /** `admission` is null when the rate limiter was down and the deployment fails open. */
+  | { ok: true; principal: Principal; admission: Admission | null }
+  | { ok: false; code: Extract<VerifyResult, { ok: false }>["code"] }
+  | { ok: false; refusal: Refusal };
+
+/**
+ * The one path every API key takes, whether it came with a request (the middleware, the gateway) or to the verify API:
+ * its object judges the key and what the caller needs of it, and spends `cost` of its limit only when both pass. The
+ * verdict on a key is a result; an unavailable rate limiter in closed mode is an error (503).
+ */
+export async function authorizeKey(c: CounterContext, key: string, method: AuthMethod, need: Need, cost = 1): Promise<KeyVerdict> {
+  const hash = await hashKey(key);
+  const keyId = keyIds.get(hash) ?? (await lookUpKeyId(c, hash));
+  if (keyId === undefined) return { ok: false, code: "invalid_key" };
+  const name = `key:${keyId}`;
+  const authorization = await callCounter(
+    c,
+    c.env.KEYS.getByName(name),
+    name,
+    (stub, tag) => stub.authorize(keyId, method, need, tag, cost) as Promise<Authorization>,
+  );
+  if (authorization === null) {
+    // Open mode with the object down: the key is checked in D1 and the request goes through unlimited.
+    const result = evaluateKey(await loadKey(db(c.env.DB), { hash }), new Date());
+    if (!result.ok) return result;
+    const refused = refusal(result.principal, need);
+    return refused ? { ok: false, refusal: refused } : { ok: true, principal: result.principal, admission: null };
+  }
+  if (!authorization.ok) return authorization;
+  const { principal } = authorization;
+  return { ok: true, principal, admission: { ...authorization.admission, name, policy: principal.rateLimit } };
+}
+
+async function lookUpKeyId(c: CounterContext, hash: string): Promise<string | undefined> {
+  const id = await keyIdByHash(db(c.env.DB), hash);
+  if (id === undefined) return undefined;
+  if (keyIds.size >= MAX_CACHED_KEY_IDS) keyIds.delete(keyIds.keys().next().value as string);
+  keyIds.set(hash, id);
+  return id;
+}
