@@ -103,6 +103,9 @@ const upstream = z
     return url;
   });
 
+/** A P-256 key component: 32 bytes, base64url without padding (43 characters). */
+const coordinate = z.string().regex(/^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$/, "holds a key that is not a P-256 JWK");
+
 /** ASSERTION_SIGNING_KEYS: a JSON list of private P-256 JWKs with unique `kid`s; the first signs, all are published. */
 const assertionKeys = z
   .string()
@@ -123,9 +126,9 @@ const assertionKeys = z
           kid: z.string().min(1),
           kty: z.literal("EC"),
           crv: z.literal("P-256"),
-          x: z.string(),
-          y: z.string(),
-          d: z.string(),
+          x: coordinate,
+          y: coordinate,
+          d: coordinate,
         }),
       )
       .refine((keys) => new Set(keys.map((k) => k.kid)).size === keys.length, "kids must be unique"),

@@ -28,7 +28,13 @@ const REFUSED = {
  */
 export async function guard(c: RequestContext, next: Next, options: Options, onIdentity: (identity: Identified) => void) {
   const admission = await identify(c, options, onIdentity).catch((err: unknown) => countFailure(c, err));
-  await next();
+  try {
+    await next();
+  } catch (err) {
+    // Whatever failed after admission was not served: it spends nothing either.
+    if (admission && !c.get("forwarded")) await refund(c, admission);
+    throw err;
+  }
   if (admission) {
     // Refused (401/403) or not served (5xx) by Keygate: the request spends nothing. What the upstream answers a
     // forwarded request is the upstream's business: that request was served.

@@ -1,5 +1,5 @@
 import { type CryptoKey, importJWK, SignJWT } from "jose";
-import type { Config } from "../config";
+import { type Config, misconfigured } from "../config";
 
 export const ASSERTION_TYP = "keygate-assertion+jwt";
 /** How long an assertion is valid: it is meant for the one request it travels with. */
@@ -28,13 +28,22 @@ function keys(list: Config["assertionKeys"]): Promise<Keys> {
   if (!found) {
     found = (async () => {
       const first = list[0];
-      const signing = first ? { kid: first.kid, key: (await importJWK({ ...first, alg: "ES256" }, "ES256")) as CryptoKey } : null;
+      const signing = first ? { kid: first.kid, key: await importSigningKey(first) } : null;
       const published = list.map(({ kid, kty, crv, x, y }): PublicJwk => ({ kid, kty, crv, x, y, alg: "ES256", use: "sig" }));
       return { signing, published };
     })();
     imported.set(list, found);
   }
   return found;
+}
+
+/** A key that passed the variable's schema but is not a point on the curve is a configuration error, not a 500. */
+async function importSigningKey(jwk: Config["assertionKeys"][number]): Promise<CryptoKey> {
+  try {
+    return (await importJWK({ ...jwk, alg: "ES256" }, "ES256")) as CryptoKey;
+  } catch {
+    misconfigured("ASSERTION_SIGNING_KEYS", "holds a key that is not a valid P-256 private key");
+  }
 }
 
 /** The public keys upstreams verify assertions with (GET /.well-known/jwks.json). */

@@ -1,6 +1,7 @@
+import { decodeProtectedHeader } from "jose";
 import { QUERY_PARAM } from "../auth/credentials";
 import { parseKey } from "../keys/format";
-import { looksLikeToken } from "../tokens/handshake";
+import { TOKEN_TYPE } from "../tokens/handshake";
 
 /** Headers that describe one connection, not the message (RFC 9110 §7.6.1): never forwarded either way. */
 const HOP_BY_HOP = new Set([
@@ -15,16 +16,32 @@ const HOP_BY_HOP = new Set([
   "upgrade",
 ]);
 
-/** A header a client must never be able to set on its way upstream: Keygate's identity headers are Keygate's alone. */
-export function isIdentityHeader(name: string): boolean {
-  const n = name.toLowerCase();
+/**
+ * A header a client must never be able to set on its way upstream: Keygate's identity headers are Keygate's alone,
+ * whatever their spelling (`Keygate_Role` too: CGI-style servers read `_` and `-` as one).
+ */
+function isIdentityHeader(name: string): boolean {
+  const n = name.toLowerCase().replaceAll("_", "-");
   return n.startsWith("keygate-") || n.startsWith("x-keygate-");
 }
 
-/** Whether a header value carries a Keygate key or token (`Bearer <credential>` or the credential alone). */
+/**
+ * Headers that make an upstream act on another method than the one the route table judged: never forwarded on
+ * authenticated routes, where the method decides what a key may do.
+ */
+const METHOD_OVERRIDES = ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"];
+
+/** Whether any part of a header value (split at spaces and commas, as repeated headers are joined) is Keygate's. */
 function carriesCredential(value: string): boolean {
-  const credential = value.replace(/^Bearer +/i, "").trim();
-  return parseKey(credential) !== null || looksLikeToken(credential);
+  return value.split(/[\s,]+/).some((part) => parseKey(part) !== null || isHandshakeToken(part));
+}
+
+function isHandshakeToken(part: string): boolean {
+  try {
+    return decodeProtectedHeader(part).typ === TOKEN_TYPE;
+  } catch {
+    return false;
+  }
 }
 
 /** The headers of a message without its hop-by-hop ones (those listed and those its `Connection` names). */
@@ -38,10 +55,14 @@ function endToEnd(headers: Headers): Headers {
   return out;
 }
 
-/** The upstream URL of a request: the upstream's origin and base path, then the request's path and query. */
-export function upstreamUrl(base: URL, incoming: URL): URL {
-  const url = new URL(base.pathname.replace(/\/$/, "") + incoming.pathname, base.origin);
-  for (const [name, value] of incoming.searchParams) if (name !== QUERY_PARAM) url.searchParams.append(name, value);
+/**
+ * The upstream URL of a request: the upstream's origin and base path, then the request's (canonical) path and its
+ * query without Keygate's credential. Only the path is set on a copy of the base, so no path can name another host.
+ */
+export function upstreamUrl(base: URL, path: string, query: URLSearchParams): URL {
+  const url = new URL(base);
+  url.pathname = base.pathname.replace(/\/$/, "") + path;
+  for (const [name, value] of query) if (name !== QUERY_PARAM) url.searchParams.append(name, value);
   return url;
 }
 
@@ -58,6 +79,7 @@ export function upstreamHeaders(incoming: Headers, authenticated: boolean, ident
     const value = headers.get(name);
     if (value !== null && (authenticated || carriesCredential(value))) headers.delete(name);
   }
+  if (authenticated) for (const name of METHOD_OVERRIDES) headers.delete(name);
   for (const [name, value] of Object.entries(identity)) headers.set(name, value);
   return headers;
 }

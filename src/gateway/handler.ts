@@ -8,7 +8,7 @@ import type { AppEnv } from "../env";
 import { ApiError, problem } from "../errors";
 import { type Identity, signAssertion } from "./assertion";
 import { send, upstreamHeaders, upstreamUrl } from "./forward";
-import type { GatewayRoute } from "./table";
+import { canonicalPath, type GatewayRoute } from "./table";
 
 /** Keygate's own paths: never forwarded, whatever the route table says. */
 const OWN = [
@@ -39,15 +39,16 @@ export function isOwnPath(path: string): boolean {
  * them), and from there to 404: without UPSTREAM_URL nothing is forwarded.
  */
 export const gateway = createMiddleware<AppEnv>(async (c, next) => {
-  const path = new URL(c.req.url).pathname;
-  if (isOwnPath(path)) return next();
+  // A path with a spelling an upstream could read two ways is never forwarded (Keygate's own routes then 404 it).
+  const path = canonicalPath(new URL(c.req.url).pathname);
+  if (path === null || isOwnPath(path)) return next();
   const config = c.get("config");
   const base = config.upstreamUrl;
   const match = base ? config.gatewayRoutes.match(c.req.method, path) : null;
   if (!base || !match) return next();
   const { route, params } = match;
   if (route.auth === "public") {
-    c.res = await forward(c, base, null);
+    c.res = await forward(c, base, path, null);
     return;
   }
   if (config.assertionKeys.length === 0) misconfigured("ASSERTION_SIGNING_KEYS", "is not set; the gateway cannot vouch for its requests");
@@ -57,7 +58,7 @@ export const gateway = createMiddleware<AppEnv>(async (c, next) => {
       c,
       async () => {
         try {
-          c.res = await forward(c, base, identity);
+          c.res = await forward(c, base, path, identity);
         } catch (err) {
           if (!(err instanceof ApiError)) throw err;
           c.res = problem(c, err);
@@ -116,15 +117,18 @@ async function identityHeaders(c: Context<AppEnv>, identity: Identity, url: URL)
 }
 
 /** Sends the request upstream as `identity` (null: a public route) and answers what the upstream answers. */
-async function forward(c: Context<AppEnv>, base: URL, identity: Identity | null): Promise<Response> {
+async function forward(c: Context<AppEnv>, base: URL, path: string, identity: Identity | null): Promise<Response> {
   const config = c.get("config");
-  const url = upstreamUrl(base, new URL(c.req.url));
+  const url = upstreamUrl(base, path, new URL(c.req.url).searchParams);
   const own = identity ? await identityHeaders(c, identity, url) : { "Keygate-Auth-Method": "none" };
   const headers = upstreamHeaders(c.req.raw.headers, identity !== null, { ...own, "Keygate-Request-Id": c.get("requestId") });
   const outcome = await send(url, c.req.method, headers, c.req.raw.body, config.upstreamTimeoutMs);
   if (!outcome.ok) {
-    if (outcome.reason === "timeout")
+    if (outcome.reason === "timeout") {
+      // The upstream got the request and may have done the work: it spends, as an answered request does.
+      c.set("forwarded", true);
       throw new ApiError("upstream_timeout", `The upstream did not answer within ${config.upstreamTimeoutMs} ms.`);
+    }
     throw new ApiError("upstream_unavailable", "The upstream could not be reached.");
   }
   c.set("forwarded", true);

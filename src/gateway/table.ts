@@ -1,8 +1,27 @@
 import { z } from "@hono/zod-openapi";
-import { PatternRouter } from "hono/router/pattern-router";
 
 const METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] as const;
+const LITERAL = /^[A-Za-z0-9._~-]+$/;
 const PARAM = /^:([A-Za-z_][A-Za-z0-9_]*)$/;
+
+/** What is wrong with a pattern: `/` then segments, each a literal, a `:param` (each name once), or a last `*`. */
+function patternProblem(pattern: string): string | null {
+  if (pattern === "/") return null;
+  if (!pattern.startsWith("/")) return "must start with /";
+  const segments = pattern.slice(1).split("/");
+  const names = new Set<string>();
+  for (const [i, segment] of segments.entries()) {
+    if (segment === "*" && i === segments.length - 1) continue;
+    const name = PARAM.exec(segment)?.[1];
+    if (name !== undefined) {
+      if (names.has(name)) return `names :${name} twice`;
+      names.add(name);
+    } else if (!LITERAL.test(segment)) {
+      return `has a segment (${JSON.stringify(segment)}) that is not letters, digits and ._~-, a :param, or a last *`;
+    }
+  }
+  return null;
+}
 
 /**
  * One gateway route (GATEWAY_ROUTES). `pattern` is a Hono-style path: `:name` matches one segment, a trailing `*`
@@ -12,10 +31,10 @@ const PARAM = /^:([A-Za-z_][A-Za-z0-9_]*)$/;
  */
 const Route = z
   .strictObject({
-    pattern: z
-      .string()
-      .regex(/^\/[^?#\s]*$/, "must be a path starting with /")
-      .refine((p) => !p.slice(0, -1).includes("*"), "may hold * only at its end"),
+    pattern: z.string().superRefine((p, ctx) => {
+      const problem = patternProblem(p);
+      if (problem) ctx.addIssue({ code: "custom", message: problem });
+    }),
     methods: z.array(z.enum(METHODS)).min(1).optional(),
     auth: z.enum(["key", "key-or-token", "public"]).default("key"),
     access: z.literal("full").optional(),
@@ -53,30 +72,84 @@ export const RouteTable = z
   .pipe(z.array(Route).max(500))
   .transform((routes) => new Table(routes));
 
-/** The route table, matched with Hono's pattern router (no hand-written path matching). */
+/**
+ * The path as the gateway matches and forwards it, or null when an upstream could read it otherwise than the gateway
+ * does: an empty segment (`//`), an encoded `/`, `\` or `.`, a `;`, or a malformed escape. Encoded unreserved
+ * characters are decoded (`%72uns` is `runs`), so every spelling of a path meets the same route.
+ */
+export function canonicalPath(raw: string): string | null {
+  const segments = raw.slice(1).split("/");
+  const out: string[] = [];
+  for (const [i, segment] of segments.entries()) {
+    // Empty: only the whole path `/` or a trailing slash.
+    if (segment === "" && i < segments.length - 1) return null;
+    if (/[;\\]/.test(segment)) return null;
+    let s = "";
+    for (let j = 0; j < segment.length; j++) {
+      if (segment[j] !== "%") {
+        s += segment[j];
+        continue;
+      }
+      const hex = segment.slice(j + 1, j + 3);
+      if (!/^[0-9A-Fa-f]{2}$/.test(hex)) return null;
+      const char = String.fromCharCode(Number.parseInt(hex, 16));
+      if (/[./\\;]/.test(char)) return null;
+      s += /[A-Za-z0-9_~-]/.test(char) ? char : `%${hex.toUpperCase()}`;
+      j += 2;
+    }
+    if (s === "." || s === "..") return null;
+    out.push(s);
+  }
+  return `/${out.join("/")}`;
+}
+
+type Compiled = { route: GatewayRoute; segments: string[]; rest: boolean };
+
+/**
+ * The route table. Matching is Keygate's own, segment by segment, rather than a router library's: a router that reads
+ * patterns as regular expressions or matches case-sensitively would let a stray `|` or a path spelt `RUNS` reach past
+ * a stricter route to an upstream that reads it otherwise. Literals match without regard to case and a trailing slash
+ * is ignored, so every spelling an upstream may treat alike meets the same route.
+ */
 export class Table {
-  private readonly router = new PatternRouter<number>();
+  private readonly compiled: Compiled[];
 
   constructor(readonly routes: GatewayRoute[]) {
-    routes.forEach((route, i) => {
-      for (const method of route.methods ?? ["ALL"]) this.router.add(method, route.pattern, i);
+    this.compiled = routes.map((route) => {
+      const segments = route.pattern === "/" ? [] : route.pattern.slice(1).split("/");
+      const rest = segments[segments.length - 1] === "*";
+      return { route, segments: rest ? segments.slice(0, -1) : segments, rest };
     });
   }
 
-  /** The first route that takes this method and path, with its parameters (decoded), or null. */
+  /** The first route that takes this method and canonical path, with its parameters (decoded), or null. */
   match(method: string, path: string): { route: GatewayRoute; params: Record<string, string> } | null {
-    const [matches] = this.router.match(method, path);
-    let best: [number, Record<string, string>] | null = null;
-    for (const [i, params] of matches) if (best === null || i < best[0]) best = [i, params as Record<string, string>];
-    if (best === null) return null;
-    const params: Record<string, string> = {};
-    for (const [name, value] of Object.entries(best[1])) {
-      try {
-        params[name] = decodeURIComponent(value);
-      } catch {
-        return null;
-      }
+    const parts = path === "/" ? [] : path.replace(/\/$/, "").slice(1).split("/");
+    for (const { route, segments, rest } of this.compiled) {
+      if (route.methods && !route.methods.includes(method as (typeof METHODS)[number])) continue;
+      if (rest ? parts.length < segments.length : parts.length !== segments.length) continue;
+      const params = bind(segments, parts);
+      if (params) return { route, params };
     }
-    return { route: this.routes[best[0]] as GatewayRoute, params };
+    return null;
   }
+}
+
+function bind(segments: string[], parts: string[]): Record<string, string> | null {
+  const params: Record<string, string> = {};
+  for (const [i, segment] of segments.entries()) {
+    const part = parts[i] as string;
+    const name = PARAM.exec(segment)?.[1];
+    if (name === undefined) {
+      if (segment.toLowerCase() !== part.toLowerCase()) return null;
+      continue;
+    }
+    if (part === "") return null;
+    try {
+      params[name] = decodeURIComponent(part);
+    } catch {
+      return null;
+    }
+  }
+  return params;
 }

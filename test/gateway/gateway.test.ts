@@ -56,8 +56,8 @@ describe("gateway: Robotomail's mailbox routes", () => {
     expect(own).toMatchObject({ method: "GET", url: "/v1/mailboxes/mbx_1/messages?unread=true" });
     await expectProblem(await gw("/v1/mailboxes/mbx_2/messages", { key: scoped.key }), 403, "insufficient_scope");
     await expectProblem(await gw("/v1/mailboxes", { key: scoped.key, body: { name: "x" } }), 403, "insufficient_scope");
-    // An encoded path that decodes to another id is another resource.
-    await expectProblem(await gw("/v1/mailboxes/mbx_1%2F..%2Fmbx_2/messages", { key: scoped.key }), 403, "insufficient_scope");
+    // A spelling an upstream could read as another mailbox is never forwarded.
+    await expectProblem(await gw("/v1/mailboxes/mbx_1%2F..%2Fmbx_2/messages", { key: scoped.key }), 404, "not_found");
     await echo(await gw("/v1/mailboxes/mbx_2/messages", { key: key.key }));
     expect((await echo(await gw("/v1/mailboxes", { key: key.key, body: { name: "x" } }))).body).toBe('{"name":"x"}');
   });
@@ -160,6 +160,8 @@ describe("gateway: what the upstream receives", () => {
         "keygate-role": "admin",
         Cookie: "session=provider",
         "X-Custom": "kept",
+        // The table judged a POST: the upstream must not be told to act as another method.
+        "X-HTTP-Method-Override": "DELETE",
       },
       body: { subject: "hi" },
     });
@@ -170,6 +172,7 @@ describe("gateway: what the upstream receives", () => {
     expect(seen.headers.authorization).toBeUndefined();
     expect(seen.headers["x-api-key"]).toBeUndefined();
     expect(seen.headers["x-keygate-user-id"]).toBeUndefined();
+    expect(seen.headers["x-http-method-override"]).toBeUndefined();
     expect(seen.headers).toMatchObject({
       "keygate-account-id": account.id,
       "keygate-key-id": key.id,
@@ -229,8 +232,11 @@ describe("gateway: what the upstream receives", () => {
     expect(seen.headers["keygate-account-id"]).toBeUndefined();
     expect(seen.headers["keygate-assertion"]).toBeUndefined();
     expect(seen.headers["keygate-auth-method"]).toBe("none");
-    // Not Keygate's credential: the provider's own, passed on.
+    // Not Keygate's credential: the provider's own, passed on (its own JWTs too).
     expect(seen.headers.authorization).toBe("Basic dXNlcg==");
+    const providerJwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJl";
+    const withJwt = await echo(await gw("/v1/status", { headers: { Authorization: `Bearer ${providerJwt}` } }));
+    expect(withJwt.headers.authorization).toBe(`Bearer ${providerJwt}`);
   });
 
   it("passes the upstream's statuses and redirects through untouched", async () => {
@@ -301,15 +307,17 @@ describe("gateway: streaming, failures and configuration", () => {
     expect(seen.bytes).toBe(17 * 64 * 1024);
   });
 
-  it("answers 502 when the upstream cannot be reached and 504 when it is too slow, refunding the request", async () => {
+  it("answers 502 when the upstream cannot be reached (spending nothing) and 504 when it is too slow (spending)", async () => {
     const { key } = await provision();
     const limited = await createKey(key.key, { rateLimit: { limit: 5, windowSeconds: 60 } });
     const down = await gw("/v1/anything", { key: limited.key }, { UPSTREAM_URL: "http://127.0.0.1:1" });
     await expectProblem(down, 502, "upstream_unavailable");
+    expect(down.headers.get("X-RateLimit-Remaining")).toBe("4");
+    // The slow upstream got the request and may have done the work: it counts, so slowness buys no extra requests.
     const slow = await gw("/slow/x?ms=2000", { key: limited.key }, { UPSTREAM_TIMEOUT_MS: "200" });
     await expectProblem(slow, 504, "upstream_timeout");
     expect(slow.headers.get("X-RateLimit-Remaining")).toBe("4");
-    expect((await gw("/v1/anything", { key: limited.key })).headers.get("X-RateLimit-Remaining")).toBe("4");
+    expect((await gw("/v1/anything", { key: limited.key })).headers.get("X-RateLimit-Remaining")).toBe("3");
   });
 
   it("refuses a bad route table or upstream with 500 configuration_error on gateway paths only", async () => {

@@ -1,0 +1,190 @@
+// Attacks on the gateway (src/gateway/*): each test is a way a client could try to break one of its guarantees.
+import { env } from "cloudflare:workers";
+import { Hono } from "hono";
+import { describe, expect, it } from "vitest";
+import { createKey, expectProblem, ORIGIN, provision, through } from "../helpers";
+
+const UPSTREAM = env.TEST_UPSTREAM_URL;
+const PORT = new URL(UPSTREAM).port;
+
+/** The same table as test/gateway/gateway.test.ts: what an operator would write. */
+const ROUTES = [
+  { pattern: "/v1/mailboxes/:mailboxId/*", resource: { type: "mailbox", param: "mailboxId" } },
+  { pattern: "/api/v1/organizations/:org/projects/:project/*", account: "org", resource: { type: "project", param: "project" } },
+  { pattern: "/v1/processes/:processId/runs", methods: ["DELETE"], access: "full" },
+  { pattern: "/v1/processes/:processId/*", resource: { type: "process", param: "processId" } },
+  { pattern: "/v1/reports/*", cost: 5 },
+  { pattern: "/v1/chat/*", auth: "key-or-token" },
+  { pattern: "/v1/status", auth: "public" },
+  { pattern: "/*", access: "full" },
+];
+const GATEWAY = { UPSTREAM_URL: UPSTREAM, GATEWAY_ROUTES: JSON.stringify(ROUTES) };
+
+type Echo = { method: string; url: string; headers: Record<string, string> };
+
+function gw(path: string, init: Parameters<typeof through>[2] = {}, overrides: Partial<Cloudflare.Env> = {}) {
+  return through({ ...GATEWAY, ...overrides }, path.startsWith("http") ? path : ORIGIN + path, init);
+}
+
+const forwarded = (res: Response) => res.headers.get("X-Upstream") === "yes";
+
+describe("attack: SSRF through UPSTREAM_URL path joining", () => {
+  // A path starting with `//` read as a scheme-relative URL would send the request, with Keygate's identity headers and
+  // a signed assertion, to a host named by the client.
+  it("never sends a request to a host other than UPSTREAM_URL's", async () => {
+    const { key } = await provision();
+    // The configured upstream is down (so a correct gateway answers 502); `//localhost:<port>` names another host.
+    const res = await gw(`${ORIGIN}//localhost:${PORT}/steal`, { key: key.key }, { UPSTREAM_URL: "http://127.0.0.1:1" });
+    const seen = forwarded(res) ? ((await res.clone().json()) as Echo) : null;
+    expect(seen?.headers.host, "the request reached a host the operator never configured").toBeUndefined();
+    expect(res.status).not.toBe(200);
+  });
+});
+
+describe("attack: 500s (and spent budget) from crafted paths", () => {
+  // A path that makes no valid upstream URL (`//a%20b/x`) must not become a 500, nor spend the key's budget.
+  it("answers a path that makes no upstream URL without a 500 and without spending", async () => {
+    const { key } = await provision();
+    const limited = await createKey(key.key, { rateLimit: { limit: 3, windowSeconds: 60 } });
+    const res = await gw(`${ORIGIN}//a%20b/x`, { key: limited.key });
+    expect(res.status, await res.clone().text()).not.toBe(500);
+    const next = await gw("/v1/anything", { key: limited.key });
+    expect(next.headers.get("X-RateLimit-Remaining")).toBe("2");
+  });
+
+  it("answers the same path on a public route without a 500", async () => {
+    const res = await gw(`${ORIGIN}//a%20b/x`, {}, { GATEWAY_ROUTES: JSON.stringify([{ pattern: "/*", auth: "public" }]) });
+    expect(res.status, await res.clone().text()).not.toBe(500);
+  });
+});
+
+describe("attack: path encodings that the route table and the upstream read differently", () => {
+  // Upstreams decode paths (RFC 3986 §6.2.2.2: `%72uns` is `runs`), and many merge slashes, strip `;params`, route
+  // case-insensitively or decode %2F. Any spelling the table reads otherwise than the upstream would skip a stricter
+  // route for a laxer one: a process-scoped key may not DELETE /v1/processes/:id/runs (access: full) by any spelling.
+  it("does not let a scoped key reach a full-access route through an encoded or non-canonical path", async () => {
+    const { key } = await provision();
+    const scoped = await createKey(key.key, { processIds: ["p1"] });
+    await expectProblem(await gw("/v1/processes/p1/runs", { key: scoped.key, method: "DELETE" }), 403, "insufficient_scope");
+
+    const res = await gw("/v1/processes/p1/%72uns", { key: scoped.key, method: "DELETE" });
+    if (forwarded(res)) {
+      // What a Hono upstream does with the URL it was sent: the full-access-only handler runs.
+      const upstream = new Hono().delete("/v1/processes/:id/runs", (c) => c.text(`all runs of ${c.req.param("id")} deleted`));
+      const { url } = (await res.clone().json()) as Echo;
+      expect(await (await upstream.request(url, { method: "DELETE" })).text()).toBe("all runs of p1 deleted");
+    }
+    const through: string[] = [];
+    for (const variant of ["%72uns", "/runs", "runs;x", "RUNS", "runs%2F"]) {
+      const r = await gw(`/v1/processes/p1/${variant}`, { key: scoped.key, method: "DELETE" });
+      if (forwarded(r)) through.push(variant);
+    }
+    expect(through, "DELETE variants of a full-access route forwarded for a process-scoped key").toEqual([]);
+  });
+
+  // `/v1/reports/*` costs 5, however its path is spelt (`/v1/%72eports/...` is the same report upstream).
+  it("charges a route's cost whatever the spelling of its path", async () => {
+    const { key } = await provision();
+    const limited = await createKey(key.key, { rateLimit: { limit: 20, windowSeconds: 60 } });
+    const res = await gw("/v1/%72eports/monthly", { key: limited.key });
+    expect(res.headers.get("X-RateLimit-Remaining")).toBe("15");
+  });
+
+  // The `*` tail is not checked, so it must not hold `..%2F`: an upstream (or a proxy in front of it) that decodes then
+  // normalises would read `<own org>/projects/warehouse/..%2F..%2F..%2F<victim>%2F...` as the victim's organization.
+  it("does not forward a tail that decodes to dot segments escaping the checked prefix", async () => {
+    const { account, key } = await provision();
+    const victim = await provision();
+    const tail = `..%2F..%2F..%2F${victim.account.id}%2Fprojects%2Fwarehouse%2Fdevices`;
+    const res = await gw(`/api/v1/organizations/${account.id}/projects/warehouse/${tail}`, { key: key.key });
+    if (forwarded(res)) {
+      const { url } = (await res.clone().json()) as Echo;
+      const normalised = new URL(decodeURIComponent(url), "http://upstream").pathname;
+      expect(normalised).toBe(`/api/v1/organizations/${victim.account.id}/projects/warehouse/devices`);
+    }
+    expect(forwarded(res), "a path escaping the caller's own organization was forwarded").toBe(false);
+
+    const mailboxKey = await createKey(key.key, { mailboxIds: ["mbx_1"] });
+    const mailbox = await gw("/v1/mailboxes/mbx_1/..%2Fmbx_2/messages", { key: mailboxKey.key });
+    expect(forwarded(mailbox), "a path escaping the granted mailbox was forwarded").toBe(false);
+  });
+
+  // Keygate's own router decodes paths, so `/v1/%77hoami` is Keygate's /v1/whoami and never the upstream's.
+  it("never forwards an encoded spelling of Keygate's own paths", async () => {
+    const { key } = await provision();
+    const own = await through({ ...GATEWAY, GATEWAY_ROUTES: "[]" }, "/v1/%77hoami", { key: key.key });
+    expect(((await own.json()) as { keyId: string }).keyId).toBe(key.id);
+    const res = await gw("/v1/%77hoami", { key: key.key });
+    expect(forwarded(res), "Keygate's /v1/whoami was forwarded upstream").toBe(false);
+  });
+});
+
+describe("attack: credentials and identity headers that reach the upstream", () => {
+  // On public routes a Keygate key is removed however the header is written: repeated (`<key>, <key>` once joined) or
+  // `Bearer<TAB><key>`.
+  it("strips a Keygate key from a public route's request however the header is written", async () => {
+    const { key } = await provision();
+    const duplicated = new Request(`${ORIGIN}/v1/status`, {
+      headers: [
+        ["X-API-Key", key.key],
+        ["X-API-Key", key.key],
+        ["CF-Connecting-IP", "10.250.0.1"],
+      ],
+    });
+    const seen = (await (await through(GATEWAY, duplicated)).json()) as Echo;
+    expect(JSON.stringify(seen.headers), "duplicated X-API-Key").not.toContain(key.key);
+    const tab = (await (await gw("/v1/status", { headers: { Authorization: `Bearer\t${key.key}` } })).json()) as Echo;
+    expect(JSON.stringify(tab.headers), "Bearer<TAB>key").not.toContain(key.key);
+  });
+
+  // CGI-style upstreams (WSGI, Rack, PHP: HTTP_KEYGATE_ACCOUNT_ID) fold `_` and `-` into one name, so
+  // `Keygate_Account_Id` would clobber the gateway's identity (the header-smuggling class of CVE-2024-45614).
+  it("drops client headers that are Keygate's identity headers with underscores", async () => {
+    const { key } = await provision();
+    const res = await gw("/v1/anything", {
+      key: key.key,
+      headers: { Keygate_Account_Id: "acc_forged", Keygate_Role: "admin", X_Keygate_User_Id: "usr_forged" },
+    });
+    const seen = (await res.json()) as Echo;
+    expect(Object.keys(seen.headers).filter((h) => /^(x[-_])?keygate[-_]/.test(h) && h.includes("_"))).toEqual([]);
+  });
+});
+
+describe("attack: the route table's validation", () => {
+  // A router that reads patterns as regular expressions turns a typo like `/v1/status|` into a route matching every
+  // path; as a public route it would forward everything unauthenticated. Such patterns are configuration errors.
+  it("refuses patterns that the router reads as regular expressions", async () => {
+    const GATEWAY_ROUTES = JSON.stringify([{ pattern: "/v1/status|", auth: "public" }]);
+    const res = await gw("/v1/private/everything", {}, { GATEWAY_ROUTES });
+    expect(forwarded(res), "an unauthenticated request to an unlisted path was forwarded").toBe(false);
+    await expectProblem(res, 500, "configuration_error");
+  });
+
+  // A pattern naming one parameter twice is refused as configuration_error, which /health names.
+  it("answers configuration_error (and /health names it) for a pattern that repeats a parameter", async () => {
+    const GATEWAY_ROUTES = JSON.stringify([{ pattern: "/v1/:id/x/:id" }]);
+    const { key } = await provision();
+    await expectProblem(await gw("/v1/a/x/b", { key: key.key }, { GATEWAY_ROUTES }), 500, "configuration_error");
+    const health = await through({ ...GATEWAY, GATEWAY_ROUTES }, "/health");
+    expect((await expectProblem(health, 500, "configuration_error")).variables).toEqual(["GATEWAY_ROUTES"]);
+  });
+
+  // A signing key that is not a P-256 key is refused when the variable is read, so /health names it.
+  it("refuses an assertion key that is not a valid P-256 key at configuration time", async () => {
+    const ASSERTION_SIGNING_KEYS = JSON.stringify([{ kid: "broken", kty: "EC", crv: "P-256", x: "AAAA", y: "AAAA", d: "AAAA" }]);
+    const health = await through({ ...GATEWAY, ASSERTION_SIGNING_KEYS }, "/health");
+    expect((await expectProblem(health, 500, "configuration_error")).variables).toEqual(["ASSERTION_SIGNING_KEYS"]);
+  });
+});
+
+describe("attack: cost abuse through refunds", () => {
+  // A 504 means the upstream received the request and may have done the work: it spends, so a slow upstream never
+  // serves more requests than the budget.
+  it("does not give back a request the upstream received", async () => {
+    const { key } = await provision();
+    const limited = await createKey(key.key, { rateLimit: { limit: 1, windowSeconds: 60 } });
+    const statuses: number[] = [];
+    for (let i = 0; i < 3; i++) statuses.push((await gw("/slow/x?ms=400", { key: limited.key }, { UPSTREAM_TIMEOUT_MS: "100" })).status);
+    expect(statuses).toEqual([504, 429, 429]);
+  });
+});
