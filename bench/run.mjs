@@ -1,7 +1,9 @@
-// npm run bench: builds the worker, serves it with Miniflare on 127.0.0.1, seeds an account and keys, drives load
-// against each scenario for a bounded time (ROUNDS x DURATION_SECONDS each), prints requests/s and latency, and
-// writes bench/results.json.
+// npm run bench: builds the worker, serves it with Miniflare on 127.0.0.1 in front of a small local upstream, seeds an
+// account and keys, drives load against each scenario for a bounded time (ROUNDS x DURATION_SECONDS each), prints
+// requests/s and latency, and writes bench/results.json.
+import { generateKeyPairSync } from "node:crypto";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { Worker } from "node:worker_threads";
 import autocannon from "autocannon";
 import { startKeygate } from "../scripts/keygate-server.mjs";
 
@@ -17,13 +19,31 @@ const base = `http://127.0.0.1:${PORT}`;
 // code does, not this machine's disk flush, which production Durable Object storage does not have either.
 if (existsSync("/dev/shm")) process.env.TMPDIR = "/dev/shm";
 
-const { mf } = await startKeygate({
-  port: PORT,
-  bindings: { OPERATOR_TOKEN, ALLOW_HTTP: "true" },
-  entry: readFileSync("bench/counting.mjs", "utf8"),
+// The gateway scenario forwards to this upstream; the direct scenario loads it without Keygate in between.
+const upstream = new Worker(new URL("./upstream.mjs", import.meta.url));
+const upstreamPort = await new Promise((resolve, reject) => {
+  upstream.once("message", resolve);
+  upstream.once("error", reject);
 });
+const upstreamBase = `http://127.0.0.1:${upstreamPort}`;
+// A fresh assertion key each run: the gateway signs one assertion per forwarded request, as it would in production.
+const assertionKey = { ...generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey.export({ format: "jwk" }), kid: "bench" };
 
+let mf;
 try {
+  ({ mf } = await startKeygate({
+    port: PORT,
+    bindings: {
+      OPERATOR_TOKEN,
+      ALLOW_HTTP: "true",
+      UPSTREAM_URL: upstreamBase,
+      GATEWAY_ROUTES: JSON.stringify([{ pattern: "/*", access: "full" }]),
+      ASSERTION_SIGNING_KEYS: JSON.stringify([assertionKey]),
+    },
+    entry: readFileSync("bench/counting.mjs", "utf8"),
+    assets: false,
+  }));
+
   const post = async (path, body, key) => {
     const res = await fetch(base + path, {
       method: "POST",
@@ -49,7 +69,24 @@ try {
       distinct: KEYS,
       headers: (i) => ({ "X-API-Key": keys[i % KEYS] }),
     },
+    {
+      name: "gateway",
+      title: "GET /v1/data through the gateway to a local upstream, one key",
+      path: "/v1/data",
+      distinct: 1,
+      headers: () => ({ "X-API-Key": hot.key }),
+    },
+    // The same requests, key header included, straight to the upstream: what the gateway adds is the difference.
+    {
+      name: "direct",
+      title: "GET /v1/data straight to the local upstream, no Keygate",
+      base: upstreamBase,
+      path: "/v1/data",
+      distinct: 1,
+      headers: () => ({ "X-API-Key": hot.key }),
+    },
   ];
+  const urlOf = (s) => (s.base ?? base) + s.path;
 
   // Scenarios take turns over several rounds and each keeps its median round: the machine's noise (other tenants,
   // disk latency) then weighs on every scenario alike instead of on whichever ran during a bad moment.
@@ -58,12 +95,17 @@ try {
   // Warm-up: one request per distinct credential right before each measurement, so it sees the steady state (each
   // key's counter is in memory and its lastUsedAt was just written), not counters waking up after a pause.
   const warmUp = async (s) => {
-    for (let i = 0; i < s.distinct; i++) await fetch(base + s.path, { headers: s.headers(i) });
+    for (let i = 0; i < s.distinct; i++) await fetch(urlOf(s), { headers: s.headers(i) });
   };
   for (const s of scenarios) {
     await warmUp(s);
-    const probe = await fetch(base + s.path, { headers: { ...s.headers(0), "X-Bench-Count": "1" } });
+    const probe = await fetch(urlOf(s), { headers: { ...s.headers(0), "X-Bench-Count": "1" } });
     if (probe.status !== 200) throw new Error(`${s.name}: probe answered ${probe.status}`);
+    // Without Keygate in the path there is nothing to count.
+    if (s.base) {
+      counts[s.name] = { d1: 0, do: 0 };
+      continue;
+    }
     counts[s.name] = Object.fromEntries(
       probe.headers
         .get("X-Bench-Counts")
@@ -77,7 +119,7 @@ try {
       await warmUp(s);
       let n = 0;
       const run = await autocannon({
-        url: base + s.path,
+        url: urlOf(s),
         connections: CONNECTIONS,
         duration: DURATION_SECONDS,
         requests: [{ setupRequest: (req) => ({ ...req, headers: { ...req.headers, ...s.headers(n++) } }) }],
@@ -117,10 +159,19 @@ try {
     rounds: ROUNDS,
     connections: CONNECTIONS,
     scenarios: results,
-    ratios: { hotKeyToBare: ratio("hotKey", "bare"), manyKeysToBare: ratio("manyKeys", "bare") },
+    ratios: {
+      hotKeyToBare: ratio("hotKey", "bare"),
+      manyKeysToBare: ratio("manyKeys", "bare"),
+      gatewayToDirect: ratio("gateway", "direct"),
+      // What forwarding adds to an authenticated request that Keygate answers itself.
+      gatewayToHotKey: ratio("gateway", "hotKey"),
+    },
   };
-  console.log(`ratios: b/a ${report.ratios.hotKeyToBare}  c/a ${report.ratios.manyKeysToBare}`);
+  console.log(
+    `ratios: b/a ${report.ratios.hotKeyToBare}  c/a ${report.ratios.manyKeysToBare}  d/e ${report.ratios.gatewayToDirect}  d/b ${report.ratios.gatewayToHotKey}`,
+  );
   writeFileSync("bench/results.json", `${JSON.stringify(report, null, 2)}\n`);
 } finally {
-  await mf.dispose();
+  await mf?.dispose();
+  await upstream.terminate();
 }
