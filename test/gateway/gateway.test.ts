@@ -62,7 +62,7 @@ describe("gateway: Robotomail's mailbox routes", () => {
     expect((await echo(await gw("/v1/mailboxes", { key: key.key, body: { name: "x" } }))).body).toBe('{"name":"x"}');
   });
 
-  it("never lets a grant reach past the key's own account, and refuses without spending", async () => {
+  it("refuses a mailbox the key has no grant for without spending", async () => {
     const { key } = await provision();
     const scoped = await createKey(key.key, { mailboxIds: ["mbx_9"], rateLimit: { limit: 2, windowSeconds: 60 } });
     for (let i = 0; i < 3; i++) await expectProblem(await gw("/v1/mailboxes/mbx_8/x", { key: scoped.key }), 403, "insufficient_scope");
