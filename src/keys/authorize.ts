@@ -3,6 +3,7 @@ import { type Need, type Principal, type Refusal, refusal } from "../auth/princi
 import { db } from "../db/client";
 import type { CounterContext } from "../env";
 import type { Authorization } from "../objects/key";
+import { type Holdings, holdings } from "../ratelimit/held";
 import { type Admission, callCounter } from "../ratelimit/limiter";
 import { hashKey } from "./format";
 import { evaluateKey, keyIdByHash, loadKey, type VerifyResult } from "./store";
@@ -19,19 +20,31 @@ export type KeyVerdict =
 
 /**
  * The one path every API key takes, whether it came with a request (the middleware, the gateway) or to the verify API:
- * its object judges the key and what the caller needs of it, and spends `cost` of its limit only when both pass. The
- * verdict on a key is a result; an unavailable rate limiter in closed mode is an error (503).
+ * its object judges the key and what the caller needs of it, and spends `cost` of its limit only when both pass; a hot
+ * key is judged and spent from this isolate's lease (ratelimit/lease.ts) with no call at all. The verdict on a key is
+ * a result; an unavailable rate limiter in closed mode is an error (503). `isolate` is replaceable in tests.
  */
-export async function authorizeKey(c: CounterContext, key: string, method: AuthMethod, need: Need, cost = 1): Promise<KeyVerdict> {
+export async function authorizeKey(
+  c: CounterContext,
+  key: string,
+  method: AuthMethod,
+  need: Need,
+  cost = 1,
+  isolate: Holdings = holdings,
+): Promise<KeyVerdict> {
   const hash = await hashKey(key);
   const keyId = keyIds.get(hash) ?? (await lookUpKeyId(c, hash));
   if (keyId === undefined) return { ok: false, code: "invalid_key" };
   const name = `key:${keyId}`;
+  const local = fromLease(isolate, keyId, name, need, cost);
+  if (local) return local;
+  const askedAt = isolate.now();
+  const returned = isolate.unspent(keyId);
   const authorization = await callCounter(
     c,
     c.env.KEYS.getByName(name),
     name,
-    (stub, tag) => stub.authorize(keyId, method, need, tag, cost) as Promise<Authorization>,
+    (stub, tag) => stub.authorize(keyId, method, need, tag, cost, true, returned) as Promise<Authorization>,
   );
   if (authorization === null) {
     // Open mode with the object down: the key is checked in D1 and the request goes through unlimited.
@@ -41,8 +54,47 @@ export async function authorizeKey(c: CounterContext, key: string, method: AuthM
     return refused ? { ok: false, refusal: refused } : { ok: true, principal: result.principal, admission: null };
   }
   if (!authorization.ok) return authorization;
-  const { principal } = authorization;
-  return { ok: true, principal, admission: { ...authorization.admission, name, policy: principal.rateLimit } };
+  const { principal, admission, lease } = authorization;
+  if (lease) isolate.hold(keyId, askedAt, principal, lease, admission.remaining, admission.resetAt);
+  // Refused because a concurrent call of this isolate took the budget as a lease: spend from that lease instead.
+  if (!admission.allowed) {
+    const leased = fromLease(isolate, keyId, name, need, cost);
+    if (leased) return leased;
+  }
+  // What is left as the object sees it, less what this isolate has spent: its unspent leases are still budget.
+  const remaining = admission.remaining + (isolate.get(keyId)?.leases.available(isolate.now()) ?? 0);
+  return { ok: true, principal, admission: { ...admission, remaining, name, policy: principal.rateLimit } };
+}
+
+/**
+ * A hot key's request decided in this isolate, with no call: the record the object answered under a lease that has not
+ * ended, and an admission of that lease. Null when the isolate holds no such lease (the object decides).
+ */
+function fromLease(isolate: Holdings, keyId: string, name: string, need: Need, cost: number): KeyVerdict | null {
+  const h = isolate.get(keyId);
+  if (!h) return null;
+  const refused = refusal(h.principal, need);
+  if (refused) return { ok: false, refusal: refused };
+  const now = isolate.now();
+  const id = h.leases.take(now, cost);
+  if (id === null) return null;
+  const { limit } = h.principal.rateLimit;
+  return {
+    ok: true,
+    principal: h.principal,
+    admission: {
+      allowed: true,
+      limit,
+      remaining: h.remaining + h.leases.available(now),
+      resetAt: h.resetAt,
+      retryAfter: 0,
+      at: id,
+      cost,
+      name,
+      policy: h.principal.rateLimit,
+      leased: true,
+    },
+  };
 }
 
 async function lookUpKeyId(c: CounterContext, hash: string): Promise<string | undefined> {

@@ -6,6 +6,7 @@ import { db, withDeadline } from "../db/client";
 import type { Bindings } from "../env";
 import { evaluateKey, type KeyRecord, LAST_USED_INTERVAL_MS, loadKey, recordUse, type VerifyResult } from "../keys/store";
 import { log, safeError } from "../log";
+import { LEASE_MS, leaseSize } from "../ratelimit/lease";
 import { type Admission, CallMemory, type CallTag, SlidingLog } from "./sliding-log";
 
 /** A key as its object holds it: the record, the verdict on it and the instant that verdict may change. */
@@ -25,7 +26,8 @@ function judge(record: KeyRecord | undefined, now: number): Pick<KeyState, "verd
 }
 
 export type Authorization =
-  | { ok: true; principal: Principal; admission: Admission }
+  /** `lease`: admissions granted beside this one, logged at `id` (the object's lease end), for the caller to spend. */
+  | { ok: true; principal: Principal; admission: Admission; lease: { id: number; units: number } | null }
   | Extract<VerifyResult, { ok: false }>
   | { ok: false; refusal: Refusal };
 
@@ -56,12 +58,22 @@ export class KeyObject extends DurableObject<Bindings> {
   }
 
   /**
-   * Checks the key and what the route needs of it, then spends one request of its limit. A key that is refused (401)
-   * or falls short of the route (403) spends nothing.
+   * Checks the key and what the route needs of it, then spends `cost` requests of its limit. A key that is refused
+   * (401) or falls short of the route (403) spends nothing. A caller that can hold a lease (`leasing`) gets one when
+   * the key is hot (ratelimit/lease.ts), and gives back what its ended leases did not spend (`unspent`).
    */
-  async authorize(keyId: string, method: AuthMethod, need: Need, tag: CallTag, cost = 1): Promise<Authorization> {
+  async authorize(
+    keyId: string,
+    method: AuthMethod,
+    need: Need,
+    tag: CallTag,
+    cost = 1,
+    leasing = false,
+    unspent: { id: number; left: number }[] = [],
+  ): Promise<Authorization> {
     const known = this.calls.recall(tag);
     if (known) return known.answer as Authorization;
+    for (const { id, left } of unspent) this.log.refund(id, left);
     const key = await this.keyState(keyId);
     // Reading the key may have taken a while: decide only if the caller still waits.
     if (this.calls.recall(tag)) throw new Error("call already answered or cancelled");
@@ -72,9 +84,13 @@ export class KeyObject extends DurableObject<Bindings> {
     const code = refusal(principal, need);
     if (code) return this.calls.remember(tag, { ok: false, refusal: code }, null);
     this.noteUse(keyId, key, method, now);
-    const admission = this.log.admit(principal.rateLimit, cost);
-    const answer = this.calls.remember<Authorization>(tag, { ok: true, principal, admission }, admission.allowed ? admission : null);
-    if (admission.allowed) await this.log.saved();
+    const leaseEnd = now + LEASE_MS;
+    const rate = this.log.recentRate;
+    const { leased, ...admission } = this.log.admit(principal.rateLimit, cost, (left) => (leasing ? leaseSize(rate, left) : 0), leaseEnd);
+    const lease = leased > 0 ? { id: leaseEnd, units: leased } : null;
+    const answer = this.calls.remember<Authorization>(tag, { ok: true, principal, admission, lease }, admission.allowed ? admission : null);
+    // A refusal waits for the admissions decided before it, so a caller never sees it before a lease granted earlier.
+    await (admission.allowed ? this.log.saved() : this.log.settled());
     return answer;
   }
 

@@ -1,4 +1,5 @@
-import { type Decision, decide, firstInWindow, type Policy } from "../ratelimit/window";
+import { admitWithLease, recentRate } from "../ratelimit/lease";
+import { type Decision, firstInWindow, type Policy } from "../ratelimit/window";
 
 /** A decision, and the instant and number of requests it spent when admitted (what a refund gives back). */
 export type Admission = Decision & { at: number; cost: number };
@@ -37,27 +38,22 @@ export class SlidingLog {
       .map((r) => r.at);
   }
 
-  /** The latest admission, if any. */
-  get last(): number | undefined {
-    return this.log[this.log.length - 1];
-  }
-
   /**
    * Decides one request costing `cost` requests and, when admitted, adds them to the log before any await, so
-   * concurrent requests are exact.
+   * concurrent requests are exact. `lease` more admissions (see ratelimit/lease.ts) are granted beside it when the
+   * window has room for them too, logged at `leaseEnd`.
    */
-  admit(policy: Policy, cost = 1): Admission {
-    // The clock never runs backwards inside one log: equal times keep the log sorted.
-    const now = Math.max(this.clock(), this.last ?? 0);
+  admit(policy: Policy, cost = 1, lease: (remaining: number) => number = () => 0, leaseEnd = 0): Admission & { leased: number } {
+    const now = this.clock();
     this.forget(now - policy.windowSeconds * 1000);
-    const decision = decide(this.log, now, policy, cost);
-    if (decision.allowed) {
-      for (let i = 0; i < cost; i++) {
-        this.log.push(now);
-        this.unsaved.push(now);
-      }
-    }
+    const decision = admitWithLease(this.log, now, policy, cost, lease, leaseEnd);
+    if (decision.allowed) this.unsaved.push(...new Array<number>(cost).fill(now), ...new Array<number>(decision.leased).fill(leaseEnd));
     return { ...decision, at: now, cost };
+  }
+
+  /** Admissions logged in the last second, this one's own leases included. */
+  get recentRate(): number {
+    return recentRate(this.log, this.clock());
   }
 
   /** Gives back `cost` requests admitted at `at` (refused afterwards, or their caller gave up). */
@@ -76,6 +72,11 @@ export class SlidingLog {
    * Resolves once the admissions made so far are written. All admissions of one moment share one write, in a
    * statement per 100 rows; the platform's output gate holds every answer until that write is durable.
    */
+  /** Resolves once the write in progress (if any) is done: answers leave in the order they were decided. */
+  async settled(): Promise<void> {
+    if (this.saving) await this.saving;
+  }
+
   saved(): Promise<void> {
     this.saving ??= new Promise((resolve) =>
       setTimeout(() => {

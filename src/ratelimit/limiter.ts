@@ -5,10 +5,11 @@ import { log, safeError } from "../log";
 import type { Counter } from "../objects/counter";
 import type { KeyObject } from "../objects/key";
 import type { CallTag, Admission as Counted } from "../objects/sliding-log";
+import { holdings } from "./held";
 import type { Policy } from "./window";
 
-/** The admission a request got, to show in headers and to refund. */
-export type Admission = Counted & { name: string; policy: Policy };
+/** The admission a request got, to show in headers and to refund; `leased` when it was spent from this isolate's lease. */
+export type Admission = Counted & { name: string; policy: Policy; leased?: true };
 
 /**
  * Spends `cost` requests (one by default) of the named identity's budget. Over the limit: 429 `rate_limited`. When the counter fails or
@@ -107,6 +108,7 @@ async function retriedOnce<T>(call: () => Promise<T>, until: number): Promise<T>
  * never borrows the budget of the requests beside it. A failed refund is logged; the answer is not held up past the deadline.
  */
 export async function refund(c: RequestContext, admission: Admission): Promise<void> {
+  if (admission.leased && holdings.giveBack(admission.name.slice("key:".length), admission.at, admission.cost)) return;
   const stub = admission.name.startsWith("key:") ? c.env.KEYS.getByName(admission.name) : c.env.COUNTERS.getByName(admission.name);
   await deadline(stub.refund(admission.at, admission.cost), c.get("config").rateLimitTimeoutMs, timedOut).catch((err: unknown) =>
     log("warn", "refund_failed", { counter: counterKind(admission.name), error: safeError(err) }),
@@ -132,6 +134,7 @@ export function rateLimitHeaders(a: Admission): Record<string, string> {
  * completes it (every caller reloads again on a repeat, even when there is nothing left to store).
  */
 export async function reloadKeys(c: RequestContext, keyIds: string[]): Promise<void> {
+  holdings.drop(keyIds);
   const ms = c.get("config").rateLimitTimeoutMs;
   const results = await Promise.allSettled(keyIds.map((id) => deadline(c.env.KEYS.getByName(`key:${id}`).reload(), ms, timedOut)));
   const failed = results.flatMap((r, i) => (r.status === "rejected" ? [{ keyId: keyIds[i], error: safeError(r.reason) }] : []));

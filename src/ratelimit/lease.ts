@@ -1,0 +1,98 @@
+import { type Decision, decide, firstInWindow, type Policy } from "./window";
+
+/**
+ * Leases: the key's object hands an isolate a few admissions at once, to spend locally for at most LEASE_MS. Each
+ * leased admission is logged at the lease's end, the latest instant it could be spent, and counts as used from its
+ * grant: so every window that could hold its spending already counts it, and no window of the policy ever holds more
+ * than `limit` real admissions, whichever isolate spends them and whenever within the lease.
+ */
+export const LEASE_MS = 1000;
+
+/** The most a lease holds, and the share of what is left it may take (what an idle or dead isolate can strand). */
+export const MAX_LEASE = 64;
+const SHARE_OF_REMAINING = 4;
+/** Below this many admissions a second, a key gets single admissions: exactly the behaviour without leases. */
+export const LEASE_MIN_RATE = 20;
+
+/**
+ * How many admissions to lease beside the one being spent: about half a lease's worth at the key's recent rate, never
+ * more than a quarter of what the window has left nor MAX_LEASE, and none for a slow or nearly spent key.
+ */
+export function leaseSize(recentPerSecond: number, remaining: number): number {
+  if (recentPerSecond < LEASE_MIN_RATE) return 0;
+  return Math.max(0, Math.min(Math.ceil((recentPerSecond * LEASE_MS) / 2000), Math.floor(remaining / SHARE_OF_REMAINING), MAX_LEASE));
+}
+
+/** Admissions logged in the last second (leases count at their grant's share: their entries lie ahead of now). */
+export function recentRate(log: readonly number[], now: number): number {
+  return log.length - firstInWindow(log, now - 1000);
+}
+
+/**
+ * Decides a request costing `cost` at `now` on an ascending log (changed in place): when admitted, its entries at
+ * `now`, and beside them a lease of `lease(remaining)` admissions (at most what is left) logged at `leaseEnd`.
+ * `remaining` is then what the window has left with the lease counted as spent.
+ */
+export function admitWithLease(
+  log: number[],
+  now: number,
+  policy: Policy,
+  cost: number,
+  lease: (remaining: number) => number,
+  leaseEnd: number,
+): Decision & { leased: number } {
+  const decision = decide(log, now, policy, cost);
+  if (!decision.allowed) return { ...decision, leased: 0 };
+  insertSorted(log, now, cost);
+  const leased = Math.max(0, Math.min(lease(decision.remaining), decision.remaining));
+  if (leased > 0) insertSorted(log, leaseEnd, leased);
+  return { ...decision, remaining: decision.remaining - leased, leased };
+}
+
+/** Inserts `count` entries at `at`, keeping the log ascending (leases end after admissions made since). */
+export function insertSorted(log: number[], at: number, count: number): void {
+  const i = firstInWindow(log, at);
+  log.splice(i, 0, ...new Array<number>(count).fill(at));
+}
+
+/**
+ * An isolate's leases of one key: admissions it may spend without calling the key's object. Each lease ends on the
+ * isolate's clock LEASE_MS after the isolate asked for it, so never later (in real time) than the object's end for it,
+ * whatever the two clocks say; `id` is the object's end, under which the object logged it.
+ */
+export class HeldLeases {
+  private leases: { end: number; id: number; left: number }[] = [];
+
+  add(end: number, id: number, units: number): void {
+    if (units > 0) this.leases.push({ end, id, left: units });
+    this.leases.sort((a, b) => a.end - b.end);
+  }
+
+  /** Takes `cost` admissions from the lease that ends first and can cover it; its id, or null when none can. */
+  take(now: number, cost: number): number | null {
+    const lease = this.leases.find((l) => l.end > now && l.left >= cost);
+    if (!lease) return null;
+    lease.left -= cost;
+    return lease.id;
+  }
+
+  /** Gives admissions back to their lease while it lasts; false once it has ended (then the object takes them back). */
+  giveBack(now: number, id: number, cost: number): boolean {
+    const lease = this.leases.find((l) => l.id === id && l.end > now);
+    if (!lease) return false;
+    lease.left += cost;
+    return true;
+  }
+
+  /** Removes the leases that have ended; what they left unspent, for the object to take back. */
+  ended(now: number): { id: number; left: number }[] {
+    const done = this.leases.filter((l) => l.end <= now && l.left > 0).map(({ id, left }) => ({ id, left }));
+    this.leases = this.leases.filter((l) => l.end > now);
+    return done;
+  }
+
+  /** Admissions still spendable now. */
+  available(now: number): number {
+    return this.leases.reduce((n, l) => n + (l.end > now ? l.left : 0), 0);
+  }
+}

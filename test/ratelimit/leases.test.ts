@@ -1,0 +1,63 @@
+import { createExecutionContext } from "cloudflare:test";
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import { getConfig } from "../../src/config";
+import type { CounterContext, Variables } from "../../src/env";
+import { authorizeKey } from "../../src/keys/authorize";
+import { Holdings } from "../../src/ratelimit/held";
+import { faultyObjects } from "../faults";
+import { call, callWith, createKey, expectProblem, provision } from "../helpers";
+
+/** A context for calling the key path directly, as one request of an isolate would. */
+function context(): CounterContext {
+  const vars: Variables = { requestId: `req_${crypto.randomUUID().replaceAll("-", "")}`, config: getConfig(env), corsOrigin: null };
+  return { env, executionCtx: createExecutionContext(), get: (key) => vars[key], header: () => {} };
+}
+
+describe("leases", () => {
+  it("serve a hot key's requests with few object calls, headers counting down exactly", async () => {
+    const { key } = await provision();
+    const hot = await createKey(key.key, { rateLimit: { limit: 1000, windowSeconds: 60 } });
+    const observed = faultyObjects(env.KEYS, {});
+    const remaining: number[] = [];
+    for (let i = 0; i < 200; i++) {
+      const res = await callWith({ KEYS: observed }, "/v1/whoami", { key: hot.key });
+      expect(res.status).toBe(200);
+      remaining.push(Number(res.headers.get("X-RateLimit-Remaining")));
+    }
+    expect(remaining).toEqual(Array.from({ length: 200 }, (_, i) => 999 - i));
+    expect(observed.calls("authorize")).toBeLessThan(60);
+  });
+
+  it("end in the isolate that revokes the key at once, and the object refuses every other isolate at once", async () => {
+    const { key } = await provision();
+    const hot = await createKey(key.key, { rateLimit: { limit: 1000, windowSeconds: 60 } });
+    const other = new Holdings();
+    for (let i = 0; i < 50; i++) {
+      expect((await call("/v1/whoami", { key: hot.key })).status).toBe(200);
+      expect((await authorizeKey(context(), hot.key, "bearer", "any", 1, other)).ok).toBe(true);
+    }
+    expect(other.get(hot.id)?.leases.available(Date.now())).toBeGreaterThan(0);
+    expect((await call(`/v1/api-keys/${hot.id}`, { method: "DELETE", key: key.key })).status).toBe(200);
+    await expectProblem(await call("/v1/whoami", { key: hot.key }), 401, "key_revoked");
+    // The other isolate holds a lease: it may spend it until the lease ends (at most a second), never after.
+    const now = Date.now();
+    expect((await authorizeKey(context(), hot.key, "bearer", "any", 1, other)).ok).toBe(true);
+    other.now = () => now + 1000;
+    expect(await authorizeKey(context(), hot.key, "bearer", "any", 1, other)).toEqual({ ok: false, code: "key_revoked" });
+  });
+
+  it("let two isolates sharing one object admit no more than the limit between them, holding the rest", async () => {
+    const { key } = await provision();
+    const limited = await createKey(key.key, { rateLimit: { limit: 50, windowSeconds: 60 } });
+    const isolates = [new Holdings(), new Holdings()];
+    const verdicts = await Promise.all(
+      Array.from({ length: 300 }, (_, i) => authorizeKey(context(), limited.key, "bearer", "any", 1, isolates[i % 2])),
+    );
+    const admitted = verdicts.filter((v) => v.ok && (v.admission === null || v.admission.allowed)).length;
+    expect(admitted).toBeLessThanOrEqual(50);
+    // Under-admission is bounded by what the isolates still hold unspent.
+    const held = isolates.reduce((n, h) => n + (h.get(limited.id)?.leases.available(Date.now()) ?? 0), 0);
+    expect(admitted + held).toBeGreaterThanOrEqual(50);
+  });
+});
