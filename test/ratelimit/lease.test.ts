@@ -185,7 +185,7 @@ describe("leases (pure, injected clock)", () => {
     const alive = simulate(s).spends;
     const withDeath = simulate({ ...s, deathAt: 5_000 }).spends;
     // From one lease's end plus one window after the death on, the survivors admit what a full budget allows.
-    const after = (spends: number[]) => spends.filter((t) => t >= 5_000 + LEASE_MS + 10_000).length;
-    expect(after(withDeath)).toBeGreaterThanOrEqual(after(alive) * 0.9);
+    const lateAdmissions = (spends: number[]) => spends.filter((t) => t >= 5_000 + LEASE_MS + 10_000).length;
+    expect(lateAdmissions(withDeath)).toBeGreaterThanOrEqual(lateAdmissions(alive) * 0.9);
   });
 });
