@@ -36,10 +36,10 @@ export async function authorizeKey(
   const keyId = keyIds.get(hash) ?? (await lookUpKeyId(c, hash));
   if (keyId === undefined) return { ok: false, code: "invalid_key" };
   const name = `key:${keyId}`;
-  const local = fromLease(isolate, keyId, name, need, cost);
+  const local = fromLease(isolate, name, need, cost);
   if (local) return local;
   const askedAt = isolate.now();
-  const returned = isolate.unspent(keyId);
+  const returned = isolate.unspent(name);
   const authorization = await callCounter(
     c,
     c.env.KEYS.getByName(name),
@@ -55,14 +55,14 @@ export async function authorizeKey(
   }
   if (!authorization.ok) return authorization;
   const { principal, admission, lease } = authorization;
-  if (lease) isolate.hold(keyId, askedAt, principal, lease, admission.remaining, admission.resetAt);
+  if (lease) isolate.hold(name, askedAt, principal, lease, admission.remaining, admission.resetAt);
   // Refused because a concurrent call of this isolate took the budget as a lease: spend from that lease instead.
   if (!admission.allowed) {
-    const leased = fromLease(isolate, keyId, name, need, cost);
+    const leased = fromLease(isolate, name, need, cost);
     if (leased) return leased;
   }
   // What is left as the object sees it, less what this isolate has spent: its unspent leases are still budget.
-  const remaining = admission.remaining + (isolate.get(keyId)?.leases.available(isolate.now()) ?? 0);
+  const remaining = admission.remaining + isolate.available(name);
   return { ok: true, principal, admission: { ...admission, remaining, name, policy: principal.rateLimit } };
 }
 
@@ -70,31 +70,13 @@ export async function authorizeKey(
  * A hot key's request decided in this isolate, with no call: the record the object answered under a lease that has not
  * ended, and an admission of that lease. Null when the isolate holds no such lease (the object decides).
  */
-function fromLease(isolate: Holdings, keyId: string, name: string, need: Need, cost: number): KeyVerdict | null {
-  const h = isolate.get(keyId);
-  if (!h) return null;
-  const refused = refusal(h.principal, need);
+function fromLease(isolate: Holdings, name: string, need: Need, cost: number): KeyVerdict | null {
+  const principal = isolate.get(name)?.principal;
+  if (!principal) return null;
+  const refused = refusal(principal, need);
   if (refused) return { ok: false, refusal: refused };
-  const now = isolate.now();
-  const id = h.leases.take(now, cost);
-  if (id === null) return null;
-  const { limit } = h.principal.rateLimit;
-  return {
-    ok: true,
-    principal: h.principal,
-    admission: {
-      allowed: true,
-      limit,
-      remaining: h.remaining + h.leases.available(now),
-      resetAt: h.resetAt,
-      retryAfter: 0,
-      at: id,
-      cost,
-      name,
-      policy: h.principal.rateLimit,
-      leased: true,
-    },
-  };
+  const admission = isolate.take(name, cost, principal.rateLimit);
+  return admission && { ok: true, principal, admission };
 }
 
 async function lookUpKeyId(c: CounterContext, hash: string): Promise<string | undefined> {

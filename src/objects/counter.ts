@@ -1,7 +1,11 @@
 import { DurableObject } from "cloudflare:workers";
 import type { Bindings } from "../env";
+import { LEASE_MS, leaseSize } from "../ratelimit/lease";
 import type { Policy } from "../ratelimit/window";
 import { type Admission, CallMemory, type CallTag, SlidingLog } from "./sliding-log";
+
+/** An admission, and the lease granted beside it (see ratelimit/lease.ts). */
+export type Counted = Admission & { lease: { id: number; units: number } | null };
 
 /** How long after its last admission has left its window an idle counter keeps its storage. */
 const IDLE_GRACE_MS = 60_000;
@@ -26,19 +30,24 @@ export class Counter extends DurableObject<Bindings> {
   }
 
   /**
-   * Admits one request if the policy allows it, and records it; `at` identifies the admission for a refund.
-   * The answer leaves only once the admission is stored (group commit: one write for all admissions of a moment).
+   * Admits `cost` requests if the policy allows it, and records them; `at` identifies the admission for a refund. A
+   * hot counter's caller gets a lease beside it and gives back what its ended leases did not spend (`unspent`). The
+   * answer leaves only once the admission is stored (group commit: one write for all admissions of a moment).
    */
-  async consume(policy: Policy, tag: CallTag, cost = 1): Promise<Admission> {
+  async consume(policy: Policy, tag: CallTag, cost = 1, unspent: { id: number; left: number }[] = []): Promise<Counted> {
     const known = this.calls.recall(tag);
-    if (known) return known.answer as Admission;
-    const admission = this.log.admit(policy, cost);
-    this.calls.remember(tag, admission, admission.allowed ? admission : null);
+    if (known) return known.answer as Counted;
+    for (const { id, left } of unspent) this.log.refund(id, left);
+    const rate = this.log.recentRate;
+    const leaseEnd = this.clock() + LEASE_MS;
+    const { leased, ...admission } = this.log.admit(policy, cost, (left) => leaseSize(rate, left), leaseEnd);
+    const answer = { ...admission, lease: leased > 0 ? { id: leaseEnd, units: leased } : null };
+    this.calls.remember(tag, answer, admission.allowed ? admission : null);
     if (admission.allowed) {
-      await this.idleAfter(admission.at + policy.windowSeconds * 1000);
+      await this.idleAfter((leased > 0 ? leaseEnd : admission.at) + policy.windowSeconds * 1000);
       await this.log.saved();
-    }
-    return admission;
+    } else await this.log.settled();
+    return answer;
   }
 
   /** Gives back `cost` requests admitted at `at` but refused afterwards. */

@@ -1,14 +1,17 @@
 import type { Principal } from "../auth/principal";
 import { HeldLeases, LEASE_MS } from "./lease";
+import type { Admission } from "./limiter";
+import type { Policy } from "./window";
 
-type Held = { principal: Principal; until: number; remaining: number; resetAt: number; leases: HeldLeases };
+/** `principal`: for a key, the record its object answered with the lease; null for a plain counter. */
+type Held = { principal: Principal | null; until: number; remaining: number; resetAt: number; leases: HeldLeases };
 
 const MAX_HELD_KEYS = 10_000;
 
 /**
- * What one isolate holds of each hot key: the record its object last answered (trusted until the isolate's leases of
- * it end, at most LEASE_MS after it asked) and those leases. Nothing is held of a key without a lease, so a key that
- * is not hot is judged by its object on every request, exactly as without leases.
+ * What one isolate holds of each hot counter (`key:<id>`, or a plain counter's name): its leases and, for a key, the
+ * record its object last answered (trusted until the isolate's leases of it end, at most LEASE_MS after it asked).
+ * Nothing is held without a lease, so a counter that is not hot is asked on every request, exactly as without leases.
  */
 export class Holdings {
   private readonly held = new Map<string, Held>();
@@ -16,48 +19,66 @@ export class Holdings {
   /** `now` is replaceable in tests to move this isolate's time. */
   constructor(public now: () => number = Date.now) {}
 
-  /** The held record and leases of a key, while the record may be trusted. */
-  get(keyId: string): Held | undefined {
-    const h = this.held.get(keyId);
+  /** What is held of `name`, while it may be trusted. */
+  get(name: string): Held | undefined {
+    const h = this.held.get(name);
     return h && h.until > this.now() ? h : undefined;
   }
 
-  /** What ended leases of the key left unspent, removed from what is held (the object takes it back). */
-  unspent(keyId: string): { id: number; left: number }[] {
-    return this.held.get(keyId)?.leases.ended(this.now()) ?? [];
+  /** What ended leases of `name` left unspent, removed from what is held (its object takes it back). */
+  unspent(name: string): { id: number; left: number }[] {
+    return this.held.get(name)?.leases.ended(this.now()) ?? [];
   }
 
-  /** Keeps a lease the object granted, with the record it was granted for, until `askedAt + LEASE_MS`. */
+  /** Keeps a lease the object granted (for a key, with the record it was granted for) until `askedAt + LEASE_MS`. */
   hold(
-    keyId: string,
+    name: string,
     askedAt: number,
-    principal: Principal,
+    principal: Principal | null,
     lease: { id: number; units: number },
     remaining: number,
     resetAt: number,
   ): void {
     const until = askedAt + LEASE_MS;
-    let h = this.held.get(keyId);
+    let h = this.held.get(name);
     if (h) Object.assign(h, { principal, until: Math.max(h.until, until), remaining, resetAt });
     else {
       if (this.held.size >= MAX_HELD_KEYS) this.held.delete(this.held.keys().next().value as string);
       h = { principal, until, remaining, resetAt, leases: new HeldLeases() };
-      this.held.set(keyId, h);
+      this.held.set(name, h);
     }
     h.leases.add(until, lease.id, lease.units);
   }
 
+  /**
+   * An admission of `cost` from a held lease of `name`, with no call; null when none is held that covers it.
+   * `remaining` is what the object had left less what this isolate has spent.
+   */
+  take(name: string, cost: number, policy: Policy): Admission | null {
+    const h = this.get(name);
+    const now = this.now();
+    const id = h?.leases.take(now, cost) ?? null;
+    if (!h || id === null) return null;
+    const remaining = h.remaining + h.leases.available(now);
+    return { allowed: true, limit: policy.limit, remaining, resetAt: h.resetAt, retryAfter: 0, at: id, cost, name, policy, leased: true };
+  }
+
+  /** What this isolate holds unspent of `name`'s leases, to add to what the object says is left. */
+  available(name: string): number {
+    return this.get(name)?.leases.available(this.now()) ?? 0;
+  }
+
   /** Gives admissions spent from a lease back to it while it lasts; false when the object must take them back. */
-  giveBack(keyId: string, id: number, cost: number): boolean {
-    return this.held.get(keyId)?.leases.giveBack(this.now(), id, cost) ?? false;
+  giveBack(name: string, id: number, cost: number): boolean {
+    return this.held.get(name)?.leases.giveBack(this.now(), id, cost) ?? false;
   }
 
   /**
    * Stops trusting what is held of these keys, so a change made in this isolate is in force here at once; their
    * leases are only spent again under a record the object answers anew.
    */
-  drop(keyIds: readonly string[]): void {
-    for (const id of keyIds) {
+  drop(names: readonly string[]): void {
+    for (const id of names) {
       const h = this.held.get(id);
       if (h) h.until = 0;
     }

@@ -16,8 +16,21 @@ export type Admission = Counted & { name: string; policy: Policy; leased?: true 
  * does not answer in time: 503 `rate_limiter_unavailable` in closed mode, or null (admitted, unlimited) in open mode.
  */
 export async function spend(c: RequestContext, name: string, policy: Policy, cost = 1): Promise<Admission | null> {
-  const counted = await callCounter(c, c.env.COUNTERS.getByName(name), name, (stub, tag) => stub.consume(policy, tag, cost));
-  return counted === null ? null : admit({ ...counted, name, policy });
+  // A hot counter leases admissions as a hot key does (ratelimit/lease.ts).
+  const local = holdings.take(name, cost, policy);
+  if (local) return local;
+  const askedAt = holdings.now();
+  const returned = holdings.unspent(name);
+  const counted = await callCounter(c, c.env.COUNTERS.getByName(name), name, (stub, tag) => stub.consume(policy, tag, cost, returned));
+  if (counted === null) return null;
+  const { lease, ...admission } = counted;
+  if (lease) holdings.hold(name, askedAt, null, lease, admission.remaining, admission.resetAt);
+  // Refused because a concurrent call of this isolate took the budget as a lease: spend from that lease instead.
+  if (!admission.allowed) {
+    const leased = holdings.take(name, cost, policy);
+    if (leased) return leased;
+  }
+  return admit({ ...admission, remaining: admission.remaining + holdings.available(name), name, policy });
 }
 
 /**
@@ -108,7 +121,7 @@ async function retriedOnce<T>(call: () => Promise<T>, until: number): Promise<T>
  * never borrows the budget of the requests beside it. A failed refund is logged; the answer is not held up past the deadline.
  */
 export async function refund(c: RequestContext, admission: Admission): Promise<void> {
-  if (admission.leased && holdings.giveBack(admission.name.slice("key:".length), admission.at, admission.cost)) return;
+  if (admission.leased && holdings.giveBack(admission.name, admission.at, admission.cost)) return;
   const stub = admission.name.startsWith("key:") ? c.env.KEYS.getByName(admission.name) : c.env.COUNTERS.getByName(admission.name);
   await deadline(stub.refund(admission.at, admission.cost), c.get("config").rateLimitTimeoutMs, timedOut).catch((err: unknown) =>
     log("warn", "refund_failed", { counter: counterKind(admission.name), error: safeError(err) }),
@@ -134,7 +147,7 @@ export function rateLimitHeaders(a: Admission): Record<string, string> {
  * completes it (every caller reloads again on a repeat, even when there is nothing left to store).
  */
 export async function reloadKeys(c: RequestContext, keyIds: string[]): Promise<void> {
-  holdings.drop(keyIds);
+  holdings.drop(keyIds.map((id) => `key:${id}`));
   const ms = c.get("config").rateLimitTimeoutMs;
   const results = await Promise.allSettled(keyIds.map((id) => deadline(c.env.KEYS.getByName(`key:${id}`).reload(), ms, timedOut)));
   const failed = results.flatMap((r, i) => (r.status === "rejected" ? [{ keyId: keyIds[i], error: safeError(r.reason) }] : []));

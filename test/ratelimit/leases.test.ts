@@ -6,7 +6,7 @@ import type { CounterContext, Variables } from "../../src/env";
 import { authorizeKey } from "../../src/keys/authorize";
 import { Holdings } from "../../src/ratelimit/held";
 import { faultyObjects } from "../faults";
-import { call, callWith, createKey, expectProblem, provision } from "../helpers";
+import { call, callWith, createAgent, createKey, expectProblem, provision, WIDGET_ORIGIN } from "../helpers";
 
 /** A context for calling the key path directly, as one request of an isolate would. */
 function context(): CounterContext {
@@ -37,7 +37,7 @@ describe("leases", () => {
       expect((await call("/v1/whoami", { key: hot.key })).status).toBe(200);
       expect((await authorizeKey(context(), hot.key, "bearer", "any", 1, other)).ok).toBe(true);
     }
-    expect(other.get(hot.id)?.leases.available(Date.now())).toBeGreaterThan(0);
+    expect(other.get(`key:${hot.id}`)?.leases.available(Date.now())).toBeGreaterThan(0);
     expect((await call(`/v1/api-keys/${hot.id}`, { method: "DELETE", key: key.key })).status).toBe(200);
     await expectProblem(await call("/v1/whoami", { key: hot.key }), 401, "key_revoked");
     // The other isolate holds a lease: it may spend it until the lease ends (at most a second), never after.
@@ -57,7 +57,24 @@ describe("leases", () => {
     const admitted = verdicts.filter((v) => v.ok && (v.admission === null || v.admission.allowed)).length;
     expect(admitted).toBeLessThanOrEqual(50);
     // Under-admission is bounded by what the isolates still hold unspent.
-    const held = isolates.reduce((n, h) => n + (h.get(limited.id)?.leases.available(Date.now()) ?? 0), 0);
+    const held = isolates.reduce((n, h) => n + (h.get(`key:${limited.id}`)?.leases.available(Date.now()) ?? 0), 0);
     expect(admitted + held).toBeGreaterThanOrEqual(50);
+  });
+
+  it("lease a hot plain counter too: concurrent handshakes of one agent admit exactly its limit", async () => {
+    const { key } = await provision();
+    const agent = await createAgent(key.key);
+    // A long deadline: 150 concurrent handshakes on this machine must not turn into 503s.
+    const answers = await Promise.all(
+      Array.from({ length: 150 }, () =>
+        callWith({ HANDSHAKE_AGENT_RATE_LIMIT: "40/60", RATE_LIMIT_TIMEOUT_MS: "20000" }, "/v1/handshake", {
+          headers: { Origin: WIDGET_ORIGIN },
+          body: { agentId: agent.id },
+        }),
+      ),
+    );
+    const statuses = answers.map((r) => r.status);
+    expect(statuses.filter((s) => s === 200)).toHaveLength(40);
+    expect(statuses.filter((s) => s === 429)).toHaveLength(110);
   });
 });
