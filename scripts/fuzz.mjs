@@ -10,12 +10,20 @@
 // Every answer is checked: no 5xx of any kind, every error an RFC 9457 problem (application/problem+json with code,
 // status, type, title, detail, requestId), no stack trace, and no secret (a raw key, a key's SHA-256, an identity
 // secret, the operator token or the signing secret) anywhere, except a new key or secret in the very answer that
-// creates it. Exits 1 listing each distinct failure, or 0 with a one-line summary.
+// creates it.
+//
+// Then the gateway (scripts/fuzz-gateway.mjs): a second Keygate with UPSTREAM_URL pointing at a local echo upstream and
+// a route table like wrangler.toml's, and FUZZ_GATEWAY_REQUESTS (default 1500) seeded requests with odd paths, odd
+// headers and every kind of credential, checked both in Keygate's answers and in what the upstream received. Exits 1
+// listing each distinct failure, or 0 with a one-line summary per half.
 import { createHash, createHmac } from "node:crypto";
 import http from "node:http";
+import { fuzzGateway } from "./fuzz-gateway.mjs";
 import { startKeygate } from "./keygate-server.mjs";
 
 const REQUESTS = Number.parseInt(process.env.FUZZ_REQUESTS ?? "3000", 10);
+/** Requests of the gateway half; 0 skips it. */
+const GATEWAY_REQUESTS = Number.parseInt(process.env.FUZZ_GATEWAY_REQUESTS ?? "1500", 10);
 const SEED = Number.parseInt(process.env.FUZZ_SEED ?? "1", 10);
 /** FUZZ_VERBOSE=1 also prints each route's status histogram, to see what the run reached. */
 const VERBOSE = process.env.FUZZ_VERBOSE === "1";
@@ -33,8 +41,8 @@ const WIDE = { limit: 1_000_000, windowSeconds: 60 };
 /** How many failing answers are printed in full; the rest are counted per kind. */
 const MAX_EXAMPLES = 20;
 
-if (!Number.isInteger(REQUESTS) || REQUESTS < 1 || !Number.isInteger(SEED)) {
-  console.error("fuzz: FUZZ_REQUESTS must be a positive integer and FUZZ_SEED an integer");
+if (!Number.isInteger(REQUESTS) || REQUESTS < 1 || !Number.isInteger(SEED) || !Number.isInteger(GATEWAY_REQUESTS) || GATEWAY_REQUESTS < 0) {
+  console.error("fuzz: FUZZ_REQUESTS must be a positive integer, FUZZ_GATEWAY_REQUESTS a whole number and FUZZ_SEED an integer");
   process.exit(1);
 }
 
@@ -93,8 +101,8 @@ function flip(text, index = int(text.length)) {
 // "Unrecognized request method") on an innocent neighbour.
 const agent = new http.Agent({ keepAlive: false, maxSockets: PARALLEL });
 
-/** Sends one request; resolves with {status, headers, text} or {error} (never rejects). */
-function send({ method, path, headers = {}, body, chunked = false }) {
+/** Sends one request (to Keygate on `port`); resolves with {status, headers, text} or {error} (never rejects). */
+function send({ method, path, headers = {}, body, chunked = false, port = PORT }) {
   return new Promise((resolve) => {
     let settled = false;
     let timer;
@@ -107,7 +115,7 @@ function send({ method, path, headers = {}, body, chunked = false }) {
     };
     let req;
     try {
-      req = http.request({ host: "127.0.0.1", port: PORT, method, path, headers, agent }, (res) => {
+      req = http.request({ host: "127.0.0.1", port, method, path, headers, agent }, (res) => {
         const chunks = [];
         res.on("data", (chunk) => chunks.push(chunk));
         res.on("end", () => done({ status: res.statusCode, headers: res.headers, text: Buffer.concat(chunks).toString("utf8") }));
@@ -132,12 +140,12 @@ function send({ method, path, headers = {}, body, chunked = false }) {
 }
 
 /** A seeding call that must succeed: through the public API, with the status it must answer. */
-async function call(method, path, { key, body, origin, expect = [200, 201] } = {}) {
+async function call(method, path, { key, body, origin, expect = [200, 201], port = PORT } = {}) {
   const headers = { "CF-Connecting-IP": "192.0.2.1" };
   if (key) headers.Authorization = `Bearer ${key}`;
   if (origin) headers.Origin = origin;
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const res = await send({ method, path, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const res = await send({ method, path, headers, body: body === undefined ? undefined : JSON.stringify(body), port });
   if (res.error || !expect.includes(res.status)) {
     throw new Error(`seeding ${method} ${path}: ${res.error ?? `${res.status} ${res.text.slice(0, 300)}`}`);
   }
@@ -926,8 +934,9 @@ function printFailures(groups) {
   for (const [kind, list] of byKind) {
     const total = list.reduce((n, g) => n + g.count, 0);
     console.log(`\nFAIL ${kind}: ${total} answers, ${list.length} distinct`);
-    for (const group of list) {
-      if (printed >= MAX_EXAMPLES) {
+    for (const [i, group] of list.entries()) {
+      // Every kind shows at least one example, however many the kinds before it showed.
+      if (printed >= MAX_EXAMPLES && i > 0) {
         console.log(`  - ${group.id} (${group.count}×)`);
         continue;
       }
@@ -943,8 +952,8 @@ function printFailures(groups) {
   }
 }
 
-async function main() {
-  const started = Date.now();
+/** The management API's half: Keygate without a gateway, the seeded world, REQUESTS requests. */
+async function fuzzApi(failures) {
   const { mf } = await startKeygate({
     port: PORT,
     bindings: {
@@ -955,7 +964,6 @@ async function main() {
   });
   const statuses = {};
   const perRoute = {};
-  const failures = failureLog();
   try {
     const world = await seed();
     const secrets = new Map([
@@ -985,25 +993,49 @@ async function main() {
       for (const res of answers) learnSecrets(res, secrets);
     }
   } finally {
-    agent.destroy();
     await mf.dispose();
   }
+  return { statuses, perRoute };
+}
 
-  if (VERBOSE) {
-    for (const [route, counts] of Object.entries(perRoute).sort()) console.log(`${route.padEnd(22)} ${JSON.stringify(counts)}`);
-  }
-  const seconds = ((Date.now() - started) / 1000).toFixed(1);
-  const histogram = Object.entries(statuses)
+const histogram = (statuses) =>
+  Object.entries(statuses)
     .map(([status, n]) => `${status}:${n}`)
     .join(" ");
+
+async function main() {
+  const failures = failureLog();
+  const lines = [];
+  try {
+    let started = Date.now();
+    const api = await fuzzApi(failures);
+    lines.push(`${REQUESTS} requests, seed ${SEED}, ${((Date.now() - started) / 1000).toFixed(1)} s, statuses ${histogram(api.statuses)}`);
+    let gateway = null;
+    if (GATEWAY_REQUESTS > 0) {
+      started = Date.now();
+      const kit = { send, call, check, failures, mulberry32, utf8Bytes, base64url, jwt, OPERATOR_TOKEN, SIGNING_SECRET, WIDGET };
+      gateway = await fuzzGateway({ seed: SEED, requests: GATEWAY_REQUESTS, parallel: PARALLEL, kit });
+      // `200>` counts answers the upstream gave (the request was forwarded); the rest are Keygate's own.
+      lines.push(
+        `gateway ${GATEWAY_REQUESTS} requests (${gateway.forwarded} forwarded), seed ${SEED}, ${((Date.now() - started) / 1000).toFixed(1)} s, statuses ${histogram(gateway.statuses)}`,
+      );
+    }
+    if (VERBOSE) {
+      const perRoute = { ...api.perRoute, ...gateway?.perRoute };
+      for (const [route, counts] of Object.entries(perRoute).sort()) console.log(`${route.padEnd(22)} ${JSON.stringify(counts)}`);
+    }
+  } finally {
+    agent.destroy();
+  }
+
   if (failures.groups.size > 0) {
     printFailures(failures.groups);
     const total = [...failures.groups.values()].reduce((n, g) => n + g.count, 0);
     console.log(`\nfuzz: FAILED, ${total} failing checks in ${failures.groups.size} distinct failures`);
-    console.log(`fuzz: ${REQUESTS} requests, seed ${SEED}, ${seconds} s, statuses ${histogram}`);
+    for (const line of lines) console.log(`fuzz: ${line}`);
     return 1;
   }
-  console.log(`fuzz: ok, ${REQUESTS} requests, seed ${SEED}, ${seconds} s, statuses ${histogram}`);
+  for (const line of lines) console.log(`fuzz: ok, ${line}`);
   return 0;
 }
 

@@ -48,15 +48,14 @@ app.use(gateway);
 // chat endpoints.
 app.use(secureHeaders({ crossOriginResourcePolicy: false, xFrameOptions: "DENY" }));
 
-app.use(
-  "/v1/*",
-  bodyLimit({
-    maxSize: MAX_BODY_BYTES,
-    onError: () => {
-      throw new ApiError("payload_too_large", `Request bodies are limited to ${MAX_BODY_BYTES} bytes.`);
-    },
-  }),
-);
+const limitBody = bodyLimit({
+  maxSize: MAX_BODY_BYTES,
+  onError: () => {
+    throw new ApiError("payload_too_large", `Request bodies are limited to ${MAX_BODY_BYTES} bytes.`);
+  },
+});
+// A GET or HEAD has no body for Keygate to read (the limiter would rebuild such a request with one and fail).
+app.use("/v1/*", (c, next) => (c.req.method === "GET" || c.req.method === "HEAD" ? next() : limitBody(c, next)));
 
 app.openapi(
   createRoute({

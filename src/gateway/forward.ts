@@ -21,19 +21,28 @@ const HOP_BY_HOP = new Set([
  * whatever their spelling (`Keygate_Role` too: CGI-style servers read `_` and `-` as one).
  */
 function isIdentityHeader(name: string): boolean {
-  const n = name.toLowerCase().replaceAll("_", "-");
+  const n = canonicalName(name);
   return n.startsWith("keygate-") || n.startsWith("x-keygate-");
+}
+
+/** A header name as a CGI-style upstream reads it: case and `_` versus `-` make no difference there. */
+function canonicalName(name: string): string {
+  return name.toLowerCase().replaceAll("_", "-");
 }
 
 /**
  * Headers that make an upstream act on another method than the one the route table judged: never forwarded on
  * authenticated routes, where the method decides what a key may do.
  */
-const METHOD_OVERRIDES = ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"];
+const METHOD_OVERRIDES = ["x-http-method-override", "x-http-method", "x-method-override"];
+const CREDENTIAL_HEADERS = ["authorization", "x-api-key"];
 
-/** Whether any part of a header value (split at spaces and commas, as repeated headers are joined) is Keygate's. */
+/**
+ * Whether any part of a header value is Keygate's key or token: split at every character neither can hold, so quotes,
+ * `;` or a repeated header's `, ` around it change nothing.
+ */
 function carriesCredential(value: string): boolean {
-  return value.split(/[\s,]+/).some((part) => parseKey(part) !== null || isHandshakeToken(part));
+  return value.split(/[^A-Za-z0-9_.-]+/).some((part) => parseKey(part) !== null || isHandshakeToken(part));
 }
 
 function isHandshakeToken(part: string): boolean {
@@ -74,12 +83,16 @@ export function upstreamUrl(base: URL, path: string, query: URLSearchParams): UR
 export function upstreamHeaders(incoming: Headers, authenticated: boolean, identity: Record<string, string>): Headers {
   const headers = endToEnd(incoming);
   headers.delete("Host");
-  for (const name of [...headers.keys()]) if (isIdentityHeader(name)) headers.delete(name);
-  for (const name of ["Authorization", "X-API-Key"]) {
-    const value = headers.get(name);
-    if (value !== null && (authenticated || carriesCredential(value))) headers.delete(name);
+  for (const name of [...headers.keys()]) {
+    const n = canonicalName(name);
+    const value = headers.get(name) ?? "";
+    if (
+      isIdentityHeader(name) ||
+      (CREDENTIAL_HEADERS.includes(n) && (authenticated || carriesCredential(value))) ||
+      (authenticated && METHOD_OVERRIDES.includes(n))
+    )
+      headers.delete(name);
   }
-  if (authenticated) for (const name of METHOD_OVERRIDES) headers.delete(name);
   for (const [name, value] of Object.entries(identity)) headers.set(name, value);
   return headers;
 }

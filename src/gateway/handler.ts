@@ -29,8 +29,10 @@ const OWN = [
   "/dashboard",
 ];
 
+/** Whether a path is one of Keygate's own, in any case (an upstream may route without regard to case). */
 export function isOwnPath(path: string): boolean {
-  return OWN.some((own) => path === own || path.startsWith(`${own}/`));
+  const p = path.toLowerCase();
+  return OWN.some((own) => p === own || p.startsWith(`${own}/`));
 }
 
 /**

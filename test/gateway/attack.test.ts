@@ -150,6 +150,44 @@ describe("attack: credentials and identity headers that reach the upstream", () 
   });
 });
 
+describe("attack: headers an upstream reads in another spelling", () => {
+  // CGI-style upstreams (Rack's MethodOverride reads HTTP_X_HTTP_METHOD_OVERRIDE) take `X_HTTP_Method_Override` for the
+  // real header: a scoped key's POST would become the DELETE the table reserves for full-access keys.
+  it("drops method overrides however their name is spelt", async () => {
+    const { key } = await provision();
+    const scoped = await createKey(key.key, { processIds: ["p1"] });
+    for (const name of ["X_HTTP_Method_Override", "X_HTTP_METHOD", "X_Method_Override", "x-http-method-override"]) {
+      const res = await gw("/v1/processes/p1/runs", { key: scoped.key, method: "POST", headers: { [name]: "DELETE" } });
+      const seen = (await res.json()) as Echo;
+      expect(
+        Object.keys(seen.headers).filter((h) => /^x-(http-)?method/.test(h.replaceAll("_", "-"))),
+        name,
+      ).toEqual([]);
+    }
+  });
+
+  // README: on public routes these headers are removed whenever they hold a Keygate key, however they are written.
+  it("strips a Keygate key from a public route's request in a quoted, suffixed or underscored header", async () => {
+    const { key } = await provision();
+    const spellings: Record<string, string>[] = [
+      { Authorization: `Bearer "${key.key}"` },
+      { "X-API-Key": `${key.key};` },
+      { X_API_Key: key.key },
+    ];
+    for (const headers of spellings) {
+      const seen = (await (await gw("/v1/status", { headers })).json()) as Echo;
+      expect(JSON.stringify(seen.headers), JSON.stringify(Object.keys(headers))).not.toContain(key.key);
+    }
+  });
+
+  // Keygate's own paths are Keygate's in any case: an upstream that routes without regard to case never gets them.
+  it("never forwards Keygate's own paths in another case", async () => {
+    const { key } = await provision();
+    expect(forwarded(await gw("/V1/WHOAMI", { key: key.key }))).toBe(false);
+    expect(forwarded(await gw("/V1/API-KEYS", { key: key.key }))).toBe(false);
+  });
+});
+
 describe("attack: the route table's validation", () => {
   // A router that reads patterns as regular expressions turns a typo like `/v1/status|` into a route matching every
   // path; as a public route it would forward everything unauthenticated. Such patterns are configuration errors.

@@ -6,7 +6,7 @@ import type { CounterContext, Variables } from "../../src/env";
 import { authorizeKey } from "../../src/keys/authorize";
 import { Holdings } from "../../src/ratelimit/held";
 import { faultyObjects } from "../faults";
-import { call, callWith, createAgent, createKey, expectProblem, provision, WIDGET_ORIGIN } from "../helpers";
+import { call, callWith, createAgent, createKey, expectProblem, memberWithKey, provision, WIDGET_ORIGIN } from "../helpers";
 
 /** A context for calling the key path directly, as one request of an isolate would. */
 function context(): CounterContext {
@@ -76,5 +76,17 @@ describe("leases", () => {
     const statuses = answers.map((r) => r.status);
     expect(statuses.filter((s) => s === 200)).toHaveLength(40);
     expect(statuses.filter((s) => s === 429)).toHaveLength(110);
+  });
+
+  it("give a refused request's admission back to the lease it came from", async () => {
+    const { key } = await provision();
+    const { key: memberKey } = await memberWithKey(key.key);
+    let remaining = 0;
+    for (let i = 0; i < 50; i++)
+      remaining = Number((await call("/v1/whoami", { key: memberKey.key })).headers.get("X-RateLimit-Remaining"));
+    // Members may not create keys here: the handler refuses (403) after the admission was spent from the lease.
+    await expectProblem(await call("/v1/api-keys", { key: memberKey.key, body: { name: "x" } }), 403, "insufficient_role");
+    const next = await call("/v1/whoami", { key: memberKey.key });
+    expect(Number(next.headers.get("X-RateLimit-Remaining"))).toBe(remaining - 1);
   });
 });
