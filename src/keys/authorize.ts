@@ -36,15 +36,24 @@ export async function authorizeKey(
   const keyId = keyIds.get(hash) ?? (await lookUpKeyId(c, hash));
   if (keyId === undefined) return { ok: false, code: "invalid_key" };
   const name = `key:${keyId}`;
-  const local = fromLease(isolate, name, need, cost);
-  if (local) return local;
+  // A hot key's lease ran out: one call of this isolate renews it at a time; the requests beside it wait and spend
+  // from what it brings (a renewal that brings nothing leaves each to ask for itself).
+  for (let renewal = isolate.inFlight(name); ; renewal = isolate.inFlight(name)) {
+    const local = fromLease(isolate, name, need, cost);
+    if (local) return local;
+    if (!renewal || !(await renewal)) break;
+  }
   const askedAt = isolate.now();
   const returned = isolate.unspent(name);
-  const authorization = await callCounter(
-    c,
-    c.env.KEYS.getByName(name),
+  const authorization = await isolate.track(
     name,
-    (stub, tag) => stub.authorize(keyId, method, need, tag, cost, true, returned) as Promise<Authorization>,
+    callCounter(
+      c,
+      c.env.KEYS.getByName(name),
+      name,
+      (stub, tag) => stub.authorize(keyId, method, need, tag, cost, true, returned) as Promise<Authorization>,
+    ),
+    (answer) => answer?.ok === true && answer.lease !== null,
   );
   if (authorization === null) {
     // Open mode with the object down: the key is checked in D1 and the request goes through unlimited.

@@ -15,6 +15,8 @@ const MAX_HELD_KEYS = 10_000;
  */
 export class Holdings {
   private readonly held = new Map<string, Held>();
+  /** This isolate's call in flight for each hot name: the one renewal a run-out lease needs, shared. */
+  private readonly asking = new Map<string, Promise<boolean>>();
 
   /** `now` is replaceable in tests to move this isolate's time. */
   constructor(public now: () => number = Date.now) {}
@@ -66,6 +68,24 @@ export class Holdings {
   /** What this isolate holds unspent of `name`'s leases, to add to what the object says is left. */
   available(name: string): number {
     return this.get(name)?.leases.available(this.now()) ?? 0;
+  }
+
+  /**
+   * The call this isolate has in flight for a hot `name` (one that held a lease), for a request that found no lease
+   * to wait for instead of calling too: one renewal per isolate, not one per request in flight. It resolves to
+   * whether it brought a lease; after one that did not (the key is out of budget), every request asks for itself.
+   */
+  inFlight(name: string): Promise<boolean> | undefined {
+    return this.asking.get(name);
+  }
+
+  /** Marks `call` as this isolate's call for `name` while it runs, if `name` is hot; `leased` reads its answer. */
+  track<T>(name: string, call: Promise<T>, leased: (answer: T) => boolean): Promise<T> {
+    if (!this.held.has(name) || this.asking.has(name)) return call;
+    const settled = call.then(leased, () => false);
+    this.asking.set(name, settled);
+    void settled.then(() => this.asking.delete(name));
+    return call;
   }
 
   /** Gives admissions spent from a lease back to it while it lasts; false when the object must take them back. */

@@ -17,11 +17,18 @@ export type Admission = Counted & { name: string; policy: Policy; leased?: true 
  */
 export async function spend(c: RequestContext, name: string, policy: Policy, cost = 1): Promise<Admission | null> {
   // A hot counter leases admissions as a hot key does (ratelimit/lease.ts).
-  const local = holdings.take(name, cost, policy);
-  if (local) return local;
+  for (let renewal = holdings.inFlight(name); ; renewal = holdings.inFlight(name)) {
+    const local = holdings.take(name, cost, policy);
+    if (local) return local;
+    if (!renewal || !(await renewal)) break;
+  }
   const askedAt = holdings.now();
   const returned = holdings.unspent(name);
-  const counted = await callCounter(c, c.env.COUNTERS.getByName(name), name, (stub, tag) => stub.consume(policy, tag, cost, returned));
+  const counted = await holdings.track(
+    name,
+    callCounter(c, c.env.COUNTERS.getByName(name), name, (stub, tag) => stub.consume(policy, tag, cost, returned)),
+    (answer) => answer?.lease != null,
+  );
   if (counted === null) return null;
   const { lease, ...admission } = counted;
   if (lease) holdings.hold(name, askedAt, null, lease, admission.remaining, admission.resetAt);

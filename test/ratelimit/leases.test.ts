@@ -1,9 +1,11 @@
-import { createExecutionContext } from "cloudflare:test";
+import { createExecutionContext, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { getConfig } from "../../src/config";
 import type { CounterContext, Variables } from "../../src/env";
 import { authorizeKey } from "../../src/keys/authorize";
+import type { Counter } from "../../src/objects/counter";
+import { SlidingLog } from "../../src/objects/sliding-log";
 import { Holdings } from "../../src/ratelimit/held";
 import { faultyObjects } from "../faults";
 import { call, callWith, createAgent, createKey, expectProblem, memberWithKey, provision, WIDGET_ORIGIN } from "../helpers";
@@ -88,5 +90,35 @@ describe("leases", () => {
     await expectProblem(await call("/v1/api-keys", { key: memberKey.key, body: { name: "x" } }), 403, "insufficient_role");
     const next = await call("/v1/whoami", { key: memberKey.key });
     expect(Number(next.headers.get("X-RateLimit-Remaining"))).toBe(remaining - 1);
+  });
+
+  it("take back a whole lease at once, in memory and in storage, and nothing more", async () => {
+    const stub = env.COUNTERS.getByName(`lease-return:${crypto.randomUUID()}`);
+    await runInDurableObject(stub, async (_: Counter, state) => {
+      const log = new SlidingLog(state.storage.sql, () => 1_000_000);
+      const policy = { limit: 100, windowSeconds: 60 };
+      log.admit(policy, 1);
+      const leased = log.admit(policy, 1, () => 20, 1_001_000);
+      expect(leased).toMatchObject({ allowed: true, leased: 20, remaining: 78 });
+      await log.saved();
+      const rows = () => state.storage.sql.exec<{ n: number }>("SELECT count(*) AS n FROM hits WHERE at = 1001000").one().n;
+      expect(rows()).toBe(20);
+      log.refund(1_001_000, 15);
+      expect(rows()).toBe(5);
+      log.refund(1_001_000, 50);
+      expect(rows()).toBe(0);
+      expect(log.admit(policy, 1)).toMatchObject({ allowed: true, remaining: 97 });
+    });
+  });
+
+  it("renew a hot key's lease with one call of the isolate, the requests beside it waiting for it", async () => {
+    const { key } = await provision();
+    const hot = await createKey(key.key, { rateLimit: { limit: 100_000, windowSeconds: 60 } });
+    const observed = faultyObjects(env.KEYS, {});
+    for (let i = 0; i < 60; i++) await callWith({ KEYS: observed }, "/v1/whoami", { key: hot.key });
+    const before = observed.calls("authorize");
+    const burst = await Promise.all(Array.from({ length: 300 }, () => callWith({ KEYS: observed }, "/v1/whoami", { key: hot.key })));
+    expect(burst.every((r) => r.status === 200)).toBe(true);
+    expect(observed.calls("authorize") - before).toBeLessThan(30);
   });
 });
