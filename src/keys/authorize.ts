@@ -1,7 +1,7 @@
 import type { AuthMethod } from "../auth/credentials";
 import { type Need, type Principal, type Refusal, refusal } from "../auth/principal";
 import { db } from "../db/client";
-import type { CounterContext } from "../env";
+import type { CounterContext, Variables } from "../env";
 import type { Authorization } from "../objects/key";
 import { type Holdings, holdings } from "../ratelimit/held";
 import { type Admission, callCounter } from "../ratelimit/limiter";
@@ -40,7 +40,10 @@ export async function authorizeKey(
   // from what it brings (a renewal that brings nothing leaves each to ask for itself).
   for (let renewal = isolate.inFlight(name); ; renewal = isolate.inFlight(name)) {
     const local = fromLease(isolate, name, need, cost);
-    if (local) return local;
+    if (local) {
+      if (isolate.runningLow(name)) c.executionCtx.waitUntil(renew(c, isolate, keyId, name, method));
+      return local;
+    }
     if (!renewal || !(await renewal)) break;
   }
   const askedAt = isolate.now();
@@ -73,6 +76,36 @@ export async function authorizeKey(
   // What is left as the object sees it, less what this isolate has spent: its unspent leases are still budget.
   const remaining = admission.remaining + isolate.available(name);
   return { ok: true, principal, admission: { ...admission, remaining, name, policy: principal.rateLimit } };
+}
+
+/**
+ * Asks for a hot key's next lease while the current one still serves the requests in flight, so they never wait for
+ * a renewal. It spends nothing itself (cost 0); a key its object now refuses is dropped from the isolate at once.
+ */
+async function renew(c: CounterContext, isolate: Holdings, keyId: string, name: string, method: AuthMethod): Promise<void> {
+  // A call of its own: not the request's (which spent from its lease), so not the request's id either.
+  const id = `${c.get("requestId")}-renewal`;
+  const vars: Variables = { requestId: id, config: c.get("config"), corsOrigin: null };
+  const own: CounterContext = { env: c.env, executionCtx: c.executionCtx, header: () => {}, get: (key) => vars[key] };
+  const askedAt = isolate.now();
+  const returned = isolate.unspent(name);
+  try {
+    const answer = await isolate.track(
+      name,
+      callCounter(
+        own,
+        c.env.KEYS.getByName(name),
+        name,
+        (stub, tag) => stub.authorize(keyId, method, "any", tag, 0, true, returned) as Promise<Authorization>,
+      ),
+      (a) => a?.ok === true && a.lease !== null,
+    );
+    if (answer?.ok && answer.lease)
+      isolate.hold(name, askedAt, answer.principal, answer.lease, answer.admission.remaining, answer.admission.resetAt);
+    else if (answer && !answer.ok && !("refusal" in answer)) isolate.drop([name]);
+  } catch {
+    // The next request that finds no lease asks for itself.
+  }
 }
 
 /**

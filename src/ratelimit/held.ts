@@ -4,7 +4,7 @@ import type { Admission } from "./limiter";
 import type { Policy } from "./window";
 
 /** `principal`: for a key, the record its object answered with the lease; null for a plain counter. */
-type Held = { principal: Principal | null; until: number; remaining: number; resetAt: number; leases: HeldLeases };
+type Held = { principal: Principal | null; until: number; remaining: number; resetAt: number; lastLease: number; leases: HeldLeases };
 
 const MAX_HELD_KEYS = 10_000;
 
@@ -43,10 +43,10 @@ export class Holdings {
   ): void {
     const until = askedAt + LEASE_MS;
     let h = this.held.get(name);
-    if (h) Object.assign(h, { principal, until: Math.max(h.until, until), remaining, resetAt });
+    if (h) Object.assign(h, { principal, until: Math.max(h.until, until), remaining, resetAt, lastLease: lease.units });
     else {
       if (this.held.size >= MAX_HELD_KEYS) this.held.delete(this.held.keys().next().value as string);
-      h = { principal, until, remaining, resetAt, leases: new HeldLeases() };
+      h = { principal, until, remaining, resetAt, lastLease: lease.units, leases: new HeldLeases() };
       this.held.set(name, h);
     }
     h.leases.add(until, lease.id, lease.units);
@@ -63,6 +63,12 @@ export class Holdings {
     if (!h || id === null) return null;
     const remaining = h.remaining + h.leases.available(now);
     return { allowed: true, limit: policy.limit, remaining, resetAt: h.resetAt, retryAfter: 0, at: id, cost, name, policy, leased: true };
+  }
+
+  /** Whether `name`'s leases are down to half of the last one and no renewal is under way: time to ask for the next. */
+  runningLow(name: string): boolean {
+    const h = this.get(name);
+    return h !== undefined && !this.asking.has(name) && h.leases.available(this.now()) * 2 <= h.lastLease;
   }
 
   /** What this isolate holds unspent of `name`'s leases, to add to what the object says is left. */

@@ -1,4 +1,4 @@
-import { createExecutionContext, runInDurableObject } from "cloudflare:test";
+import { createExecutionContext, runInDurableObject, waitOnExecutionContext } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { getConfig } from "../../src/config";
@@ -120,5 +120,23 @@ describe("leases", () => {
     const burst = await Promise.all(Array.from({ length: 300 }, () => callWith({ KEYS: observed }, "/v1/whoami", { key: hot.key })));
     expect(burst.every((r) => r.status === 200)).toBe(true);
     expect(observed.calls("authorize") - before).toBeLessThan(30);
+  });
+
+  it("ask for a hot key's next lease before the current one runs out, so no request waits for the object", async () => {
+    const { key } = await provision();
+    const hot = await createKey(key.key, { rateLimit: { limit: 100_000, windowSeconds: 60 } });
+    const isolate = new Holdings();
+    const served: boolean[] = [];
+    for (let i = 0; i < 300; i++) {
+      const c = context();
+      const verdict = await authorizeKey(c, hot.key, "bearer", "any", 1, isolate);
+      await waitOnExecutionContext(c.executionCtx as ExecutionContext);
+      served.push(verdict.ok && verdict.admission?.leased === true);
+    }
+    // Once the key is hot (the first lease), every request is served from a lease, however many leases it takes.
+    const first = served.indexOf(true);
+    expect(first).toBeGreaterThan(0);
+    expect(first).toBeLessThan(40);
+    expect(served.slice(first).every(Boolean)).toBe(true);
   });
 });
