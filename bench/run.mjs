@@ -1,16 +1,27 @@
 // npm run bench: builds the worker, serves it with Miniflare on 127.0.0.1 in front of a small local upstream, seeds an
 // account and keys, drives load against each scenario for a bounded time (ROUNDS x DURATION_SECONDS each), prints
 // requests/s and latency, and writes bench/results.json.
+// Keygate runs as three isolates of one deployment (three Workers sharing D1 and the Durable Objects): the first serves
+// scenarios (a)-(d); the third sees every Durable Object call take BENCH_DO_RTT_MS (a counter far away, (f)), reached
+// through the same Miniflare entry Worker as (a); (g) and (h) load keys from all three on their own addresses
+// (bench/probes.mjs).
 import { generateKeyPairSync } from "node:crypto";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { Worker } from "node:worker_threads";
 import autocannon from "autocannon";
 import { startKeygate } from "../scripts/keygate-server.mjs";
+import { accuracyProbe, revocationProbe } from "./probes.mjs";
 
 const DURATION_SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
 const KEYS = Number(process.env.BENCH_KEYS ?? 1_000);
+/** The simulated round trip to the Durable Objects of the far isolate (f). */
+const DO_RTT_MS = Number(process.env.BENCH_DO_RTT_MS ?? 50);
+/** How long (h) overloads its key; the key allows ACCURACY_LIMIT requests in any ACCURACY_WINDOW_SECONDS. */
+const ACCURACY_SECONDS = Number(process.env.BENCH_ACCURACY_SECONDS ?? 30);
+const ACCURACY_LIMIT = 100;
+const ACCURACY_WINDOW_SECONDS = 10;
 const OPERATOR_TOKEN = "bench-operator-token-0123456789abcdef0123";
 const PORT = 8799;
 const base = `http://127.0.0.1:${PORT}`;
@@ -31,7 +42,9 @@ const assertionKey = { ...generateKeyPairSync("ec", { namedCurve: "P-256" }).pri
 
 let mf;
 try {
-  ({ mf } = await startKeygate({
+  let urls;
+  let names;
+  ({ mf, urls, names } = await startKeygate({
     port: PORT,
     bindings: {
       OPERATOR_TOKEN,
@@ -42,7 +55,16 @@ try {
     },
     entry: readFileSync("bench/counting.mjs", "utf8"),
     assets: false,
+    isolates: [{}, {}, { BENCH_DO_RTT_MS: String(DO_RTT_MS) }],
   }));
+  const isolates = [
+    { name: "isolate 1", url: urls[0] },
+    { name: "isolate 2", url: urls[1] },
+    { name: `isolate 3 (counter ${DO_RTT_MS} ms away)`, url: urls[2] },
+  ];
+  // (f) goes through Miniflare's entry Worker like (a)-(d), so that what it adds over (a) is the counter's doing: the
+  // isolates' own addresses skip that Worker and answer faster than (a) does.
+  const toFar = { "MF-Route-Override": names[2] };
 
   const post = async (path, body, key) => {
     const res = await fetch(base + path, {
@@ -58,6 +80,12 @@ try {
   const { key: hot } = await post("/v1/accounts", { name: "bench", rateLimit, admin: { email: "bench@example.com" } }, OPERATOR_TOKEN);
   const keys = [];
   for (let i = 0; i < KEYS; i++) keys.push((await post("/v1/api-keys", { name: `bench ${i}` }, hot.key)).key);
+  // (f) has a hot key of its own: its leases and their refunds then weigh on a Durable Object that (b) and (d) do not
+  // use. (g) revokes another one; (h) overloads a third.
+  const farHot = await post("/v1/api-keys", { name: "bench far hot" }, hot.key);
+  const doomed = await post("/v1/api-keys", { name: "bench revocation" }, hot.key);
+  const rateLimit100 = { limit: ACCURACY_LIMIT, windowSeconds: ACCURACY_WINDOW_SECONDS };
+  const limited = await post("/v1/api-keys", { name: "bench accuracy", rateLimit: rateLimit100 }, hot.key);
 
   const scenarios = [
     { name: "bare", title: "GET /health, no authentication", path: "/health", distinct: 1, headers: () => ({}) },
@@ -85,6 +113,24 @@ try {
       distinct: 1,
       headers: () => ({ "X-API-Key": hot.key }),
     },
+    // (f) (b) and (c) again on the isolate whose Durable Object calls each take DO_RTT_MS. Its calls and requests are
+    // counted over each run.
+    {
+      name: "farHotKey",
+      title: `GET /v1/whoami, one key, every Durable Object call ${DO_RTT_MS} ms away`,
+      far: true,
+      path: "/v1/whoami",
+      distinct: 1,
+      headers: () => ({ ...toFar, "X-API-Key": farHot.key }),
+    },
+    {
+      name: "farManyKeys",
+      title: `GET /v1/whoami, ${KEYS} keys in turn, every Durable Object call ${DO_RTT_MS} ms away`,
+      far: true,
+      path: "/v1/whoami",
+      distinct: KEYS,
+      headers: (i) => ({ ...toFar, "X-API-Key": keys[i % KEYS] }),
+    },
   ];
   const urlOf = (s) => (s.base ?? base) + s.path;
 
@@ -94,10 +140,24 @@ try {
   const counts = {};
   // Warm-up: one request per distinct credential right before each measurement, so it sees the steady state (each
   // key's counter is in memory and its lastUsedAt was just written), not counters waking up after a pause.
+  // The far isolate warms up 16 requests at a time: one after the other, each call's round trip would add up to minutes.
   const warmUp = async (s) => {
-    for (let i = 0; i < s.distinct; i++) await fetch(urlOf(s), { headers: s.headers(i) });
+    if (!s.far) {
+      for (let i = 0; i < s.distinct; i++) await fetch(urlOf(s), { headers: s.headers(i) });
+      return;
+    }
+    let next = 0;
+    const lane = async () => {
+      for (let i = next++; i < s.distinct; i = next++) await (await fetch(urlOf(s), { headers: s.headers(i) })).arrayBuffer();
+    };
+    await Promise.all(Array.from({ length: 16 }, lane));
   };
+  /** Durable Object calls the far isolate has made so far, and requests it has served. */
+  const farCounts = async () => (await fetch(`${urls[2]}/__bench/do-calls`)).json();
+  const farCounted = Object.fromEntries(scenarios.filter((s) => s.far).map((s) => [s.name, { calls: 0, requests: 0 }]));
   for (const s of scenarios) {
+    // The far scenarios count calls over their whole runs instead.
+    if (s.far) continue;
     await warmUp(s);
     const probe = await fetch(urlOf(s), { headers: { ...s.headers(0), "X-Bench-Count": "1" } });
     if (probe.status !== 200) throw new Error(`${s.name}: probe answered ${probe.status}`);
@@ -118,6 +178,7 @@ try {
     for (const s of scenarios) {
       await warmUp(s);
       let n = 0;
+      const before = s.far ? await farCounts() : null;
       const run = await autocannon({
         url: urlOf(s),
         connections: CONNECTIONS,
@@ -125,18 +186,29 @@ try {
         requests: [{ setupRequest: (req) => ({ ...req, headers: { ...req.headers, ...s.headers(n++) } }) }],
       });
       const failed = run.non2xx + run.errors + run.timeouts;
-      if (failed > 0) throw new Error(`${s.name}: ${failed} requests failed`);
+      // The far counter's runs go on through failures and report them: a slow counter is what they measure.
+      if (failed > 0 && !s.far) throw new Error(`${s.name}: ${failed} requests failed`);
       rounds[s.name].push({
         requestsPerSecond: Math.round(run.requests.average),
         latencyMs: { p50: run.latency.p50, p99: run.latency.p99 },
+        ...(s.far ? { failed, statuses: run.statusCodeStats } : {}),
       });
+      let calls = "";
+      if (s.far) {
+        const counted = farCounted[s.name];
+        // Both counted by the isolate: requests the load generator gave up on at the end were served all the same.
+        const after = await farCounts();
+        counted.calls += after.calls - before.calls;
+        counted.requests += after.requests - before.requests;
+        calls = `  DO ${((after.calls - before.calls) / (after.requests - before.requests)).toFixed(3)}/request  failed ${failed}`;
+      }
       console.log(
-        `round ${round} ${s.name.padEnd(9)} ${String(Math.round(run.requests.average)).padStart(6)} req/s  p50 ${run.latency.p50} ms  p99 ${run.latency.p99} ms`,
+        `round ${round} ${s.name.padEnd(11)} ${String(Math.round(run.requests.average)).padStart(6)} req/s  p50 ${run.latency.p50} ms  p99 ${run.latency.p99} ms${calls}`,
       );
     }
   }
   const results = {};
-  for (const s of scenarios) {
+  for (const s of scenarios.filter((s) => !s.far)) {
     const sorted = [...rounds[s.name]].sort((x, y) => x.requestsPerSecond - y.requestsPerSecond);
     const median = sorted[Math.floor(sorted.length / 2)];
     results[s.name] = {
@@ -147,11 +219,90 @@ try {
       durableObjectCallsPerRequest: counts[s.name].do,
     };
     console.log(
-      `${s.name.padEnd(9)} ${String(median.requestsPerSecond).padStart(6)} req/s (median)  p50 ${median.latencyMs.p50} ms  p99 ${median.latencyMs.p99} ms  D1 ${counts[s.name].d1}  DO ${counts[s.name].do}`,
+      `${s.name.padEnd(11)} ${String(median.requestsPerSecond).padStart(6)} req/s (median)  p50 ${median.latencyMs.p50} ms  p99 ${median.latencyMs.p99} ms  D1 ${counts[s.name].d1}  DO ${counts[s.name].do}`,
     );
   }
 
+  // (f) What the far counter adds to (a)'s latency: the difference within each round (the two ran a few seconds apart),
+  // median over the rounds.
+  const medianOf = (xs) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];
+  const added = (name, base, p) => medianOf(rounds[name].map((r, i) => r.latencyMs[p] - rounds[base][i].latencyMs[p]));
+  const farCounter = { roundTripMs: DO_RTT_MS, scenarios: {} };
+  for (const s of scenarios.filter((s) => s.far)) {
+    const sorted = [...rounds[s.name]].sort((x, y) => x.requestsPerSecond - y.requestsPerSecond);
+    const { calls, requests } = farCounted[s.name];
+    farCounter.scenarios[s.name] = {
+      title: s.title,
+      ...sorted[Math.floor(sorted.length / 2)],
+      rounds: rounds[s.name].map((r) => r.requestsPerSecond),
+      failedPerRound: rounds[s.name].map((r) => r.failed),
+      latencyAddedOverBareMs: { p50: added(s.name, "bare", "p50"), p99: added(s.name, "bare", "p99") },
+      durableObjectCalls: calls,
+      requests,
+      durableObjectCallsPerRequest: Math.round((calls / requests) * 10_000) / 10_000,
+    };
+  }
+  for (const [name, f] of Object.entries(farCounter.scenarios)) {
+    console.log(
+      `(f) ${name.padEnd(11)} ${String(f.requestsPerSecond).padStart(6)} req/s (median)  p50 ${f.latencyMs.p50} ms  p99 ${f.latencyMs.p99} ms  added over (a): p50 ${f.latencyAddedOverBareMs.p50} ms, p99 ${f.latencyAddedOverBareMs.p99} ms  DO ${f.durableObjectCallsPerRequest}/request (${f.durableObjectCalls} calls, ${f.requests} requests)  failed per round ${f.failedPerRound.join("/")}`,
+    );
+  }
+
+  // (g) A hot key loaded from the three isolates, revoked through the first one.
+  const revocation = await revocationProbe({
+    isolates,
+    path: "/v1/whoami",
+    // An address per connection, as distinct clients would have: refusals stay 401 instead of filling one address's
+    // failure budget (429).
+    headers: (i, c) => ({ "X-API-Key": doomed.key, "CF-Connecting-IP": `10.0.${i}.${c + 1}` }),
+    revoke: () =>
+      fetch(`${urls[0]}/v1/api-keys/${doomed.id}`, {
+        method: "DELETE",
+        headers: { Authorization: `Bearer ${hot.key}` },
+        signal: AbortSignal.timeout(10_000),
+      }),
+  });
+  console.log(
+    `(g) revocation answered ${revocation.revocationStatus} in ${revocation.revocationAnswerMs} ms; in force everywhere ${revocation.seenEverywhereMs} ms after`,
+  );
+  for (const p of revocation.perIsolate) {
+    console.log(
+      `(g) ${p.isolate}: first refusal (${p.firstRefusalStatus}) ${p.firstRefusalAfterAnswerMs} ms after the answer, last admission ${p.lastAdmissionAfterAnswerMs} ms; admitted after the answer ${p.admittedAfterAnswer} (${p.admittedSentAfterAnswer} sent after it), of ${p.requests} requests`,
+    );
+  }
+
+  // (h) A key allowing 100 requests in any 10 s, offered about 10 times that, from the three isolates.
+  const accuracy = await accuracyProbe({
+    isolates,
+    path: "/v1/whoami",
+    headers: () => ({ "X-API-Key": limited.key }),
+    limit: ACCURACY_LIMIT,
+    windowSeconds: ACCURACY_WINDOW_SECONDS,
+    rate: (10 * ACCURACY_LIMIT) / ACCURACY_WINDOW_SECONDS,
+    seconds: ACCURACY_SECONDS,
+  });
+  console.log(
+    `(h) ${accuracy.sent} requests in ${accuracy.seconds} s: admitted per ${accuracy.windowSeconds} s window ${accuracy.admittedPerWindow.map((w) => w.admitted).join(", ")}; busiest sliding window ${accuracy.busiestWindow.surely} (by sending ${accuracy.busiestWindow.bySent}, by answer ${accuracy.busiestWindow.byAnswer}) of ${accuracy.limit}; admitted ${accuracy.admitted}, one exact limiter ${accuracy.idealAdmitted}: under-admission ${accuracy.underAdmission}; statuses ${JSON.stringify(accuracy.statuses)}`,
+  );
+
   const ratio = (a, b) => Math.round((results[a].requestsPerSecond / results[b].requestsPerSecond) * 100) / 100;
+  const farHotRun = farCounter.scenarios.farHotKey;
+  const target = (value, wanted, met) => ({ value, target: wanted, met });
+  const targets = {
+    hotKeyToBare: target(ratio("hotKey", "bare"), ">= 0.85", ratio("hotKey", "bare") >= 0.85),
+    farHotKeyP50AddedMs: target(farHotRun.latencyAddedOverBareMs.p50, "<= 2", farHotRun.latencyAddedOverBareMs.p50 <= 2),
+    farHotKeyDurableObjectCallsPerRequest: target(
+      farHotRun.durableObjectCallsPerRequest,
+      "<= 0.05",
+      farHotRun.durableObjectCallsPerRequest <= 0.05,
+    ),
+    revocationSeenEverywhereMs: target(
+      revocation.seenEverywhereMs,
+      "<= 1000",
+      revocation.revocationStatus === 200 && revocation.seenEverywhereMs <= 1000,
+    ),
+    overAdmission: target(accuracy.overAdmission, "0", accuracy.overAdmission === 0),
+  };
   const report = {
     date: new Date().toISOString().slice(0, 10),
     node: process.version,
@@ -166,10 +317,15 @@ try {
       // What forwarding adds to an authenticated request that Keygate answers itself.
       gatewayToHotKey: ratio("gateway", "hotKey"),
     },
+    farCounter,
+    revocation,
+    accuracy,
+    targets,
   };
   console.log(
     `ratios: b/a ${report.ratios.hotKeyToBare}  c/a ${report.ratios.manyKeysToBare}  d/e ${report.ratios.gatewayToDirect}  d/b ${report.ratios.gatewayToHotKey}`,
   );
+  for (const [name, t] of Object.entries(targets)) console.log(`target ${name}: ${t.value} (${t.target}) ${t.met ? "met" : "NOT met"}`);
   writeFileSync("bench/results.json", `${JSON.stringify(report, null, 2)}\n`);
 } finally {
   await mf?.dispose();

@@ -1,47 +1,65 @@
 // Serves the built worker with Miniflare on 127.0.0.1, with a fresh in-memory D1 (migrated) and Durable Objects.
-// Used by the benchmark and the browser test; `wrangler dev` puts a proxy in front that caps throughput.
+// Used by the benchmark, the fuzzers and the browser test; `wrangler dev` puts a proxy in front that caps throughput.
 import { execFileSync } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { convertV4MiniflareOptions, Miniflare } from "miniflare";
 
+/** The name of isolate `i` (0-based) when Keygate runs in several: the first one holds the Durable Object classes. */
+const isolateName = (i) => (i === 0 ? "keygate" : `keygate-${i + 1}`);
+
 /**
  * Builds (`wrangler deploy --dry-run --outdir dist`) and starts Keygate on `port`. `entry`, when given, is the source
  * of a module that wraps `./index.js` and becomes the main module.
  * `assets: false` leaves out the static assets (the demo page).
- * @param {{ port: number, bindings: Record<string, string>, entry?: string, assets?: boolean }} options
+ *
+ * `isolates` (default 1): how many Workers run the same bundle, as several isolates of one deployment would. They
+ * share the D1 database, and the Durable Object bindings (KEYS, COUNTERS) of every one point at the first one's
+ * classes, so all reach the same objects. Either a count, or one object of extra bindings per isolate (e.g. a setting
+ * only one of them has). `url` is the first isolate behind Miniflare's entry Worker, as with a single one; `urls` has
+ * each isolate's own address on 127.0.0.1, straight to its Worker (with one isolate, just `url`). `names` are the
+ * isolates' Worker names: a request to `url` with the header `MF-Route-Override: <name>` reaches that isolate through
+ * the same entry Worker as the first one.
+ * @param {{ port: number, bindings: Record<string, string>, entry?: string, assets?: boolean,
+ *   isolates?: number | Record<string, string>[] }} options
+ * @returns {Promise<{ mf: Miniflare, url: string, urls: string[], names: string[] }>}
  */
-export async function startKeygate({ port, bindings, entry, assets = true }) {
+export async function startKeygate({ port, bindings, entry, assets = true, isolates = 1 }) {
   execFileSync("sh", ["scripts/wrangler.sh", "deploy", "--dry-run", "--outdir", "dist"], { stdio: "ignore" });
   const toml = readFileSync("wrangler.toml", "utf8");
   const compatibilityDate = /compatibility_date\s*=\s*"([^"]+)"/.exec(toml)?.[1];
   const modules = [{ type: "ESModule", path: resolve("dist/index.js") }];
   if (entry) modules.unshift({ type: "ESModule", path: resolve("dist/entry.mjs"), contents: entry });
+  const extra = typeof isolates === "number" ? Array.from({ length: Math.max(1, isolates) }, () => ({})) : isolates;
+  const several = extra.length > 1;
+  /** @param {string} className @param {number} i */
+  const durableObject = (className, i) => ({ className, useSQLite: true, ...(i > 0 ? { scriptName: isolateName(0) } : {}) });
+  const worker = (i) => ({
+    ...(several ? { name: isolateName(i), unsafeDirectSockets: [{ host: "127.0.0.1", port: 0 }] } : {}),
+    modulesRoot: resolve("dist"),
+    modules,
+    compatibilityDate,
+    d1Databases: ["DB"],
+    durableObjects: { KEYS: durableObject("KeyObject", i), COUNTERS: durableObject("Counter", i) },
+    bindings: { RESOURCE_TYPES: "mailbox,process,project", ...bindings, ...extra[i] },
+    // As wrangler.toml's [assets]: the Worker answers first and reads public/ through ASSETS. Locally the assets
+    // router is a JavaScript Worker in front of Keygate that halves every scenario's throughput, so the benchmark
+    // leaves it out (it serves no demo page) and measures Keygate's own cost.
+    ...(assets
+      ? {
+          assets: {
+            directory: resolve("public"),
+            binding: "ASSETS",
+            routerConfig: { has_user_worker: true, invoke_user_worker_ahead_of_assets: true },
+          },
+        }
+      : {}),
+  });
+  const shared = { host: "127.0.0.1", port };
   const mf = new Miniflare(
-    convertV4MiniflareOptions({
-      host: "127.0.0.1",
-      port,
-      modulesRoot: resolve("dist"),
-      modules,
-      compatibilityDate,
-      d1Databases: ["DB"],
-      durableObjects: { KEYS: { className: "KeyObject", useSQLite: true }, COUNTERS: { className: "Counter", useSQLite: true } },
-      bindings: { RESOURCE_TYPES: "mailbox,process,project", ...bindings },
-      // As wrangler.toml's [assets]: the Worker answers first and reads public/ through ASSETS. Locally the assets
-      // router is a JavaScript Worker in front of Keygate that halves every scenario's throughput, so the benchmark
-      // leaves it out (it serves no demo page) and measures Keygate's own cost.
-      ...(assets
-        ? {
-            assets: {
-              directory: resolve("public"),
-              binding: "ASSETS",
-              routerConfig: { has_user_worker: true, invoke_user_worker_ahead_of_assets: true },
-            },
-          }
-        : {}),
-    }),
+    convertV4MiniflareOptions(several ? { ...shared, workers: extra.map((_, i) => worker(i)) } : { ...shared, ...worker(0) }),
   );
-  const url = await mf.ready;
+  const url = (await mf.ready).origin;
   const db = await mf.getD1Database("DB");
   for (const file of readdirSync("migrations")
     .filter((f) => f.endsWith(".sql"))
@@ -52,5 +70,7 @@ export async function startKeygate({ port, bindings, entry, assets = true }) {
       .filter(Boolean);
     await db.batch(statements.map((s) => db.prepare(s)));
   }
-  return { mf, url: url.origin };
+  const names = extra.map((_, i) => isolateName(i));
+  const urls = several ? await Promise.all(names.map(async (name) => (await mf.unsafeGetDirectURL(name)).origin)) : [url];
+  return { mf, url, urls, names };
 }
