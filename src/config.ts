@@ -236,6 +236,10 @@ export function misconfiguredVariables(env: Bindings): string[] {
   let names = checked.get(env);
   if (!names) {
     names = ConfigSchema.keyof().options.filter((name) => !ConfigSchema.shape[name].safeParse(env[name]).success);
+    // The gateway cannot vouch for a forwarded request without a signing key: named too, though unset is valid alone.
+    const upstream = ConfigSchema.shape.UPSTREAM_URL.safeParse(env.UPSTREAM_URL);
+    const keys = ConfigSchema.shape.ASSERTION_SIGNING_KEYS.safeParse(env.ASSERTION_SIGNING_KEYS);
+    if (upstream.data && keys.success && keys.data.length === 0) names.push("ASSERTION_SIGNING_KEYS");
     checked.set(env, names);
   }
   return names;

@@ -21,10 +21,11 @@ const REFUSED = {
 } as const;
 
 /**
- * Authenticates the request, checks what the route needs of the key, and spends one request of its rate limit: an API
- * key (then `principal` is set) or, where `tokens` is true, a handshake token (limited per agent user). A valid
- * handshake token anywhere else is 403. The key's counter decides 401 and 403 before spending; a 401, 403 or 5xx the
- * handler answers later is refunded before the answer leaves. Failed attempts count against the client IP's failures.
+ * Authenticates the request, checks what the route needs of the key, and spends `cost` requests of its rate limit: an
+ * API key (reported through `onIdentity` with its principal) or, where `tokens` is true, a handshake token (limited
+ * per agent user). A valid handshake token anywhere else is 403. The key's object (or this isolate's lease of it)
+ * decides 401 and 403 before spending; a 401, 403 or 5xx Keygate answers later is refunded before the answer leaves
+ * (what a forwarded request's upstream answers is not). Failed attempts count against the client IP's failures.
  */
 export async function guard(c: RequestContext, next: Next, options: Options, onIdentity: (identity: Identified) => void) {
   const admission = await identify(c, options, onIdentity).catch((err: unknown) => countFailure(c, err));

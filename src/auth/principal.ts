@@ -38,7 +38,7 @@ const DETAIL = {
 
 export type Refusal = keyof typeof DETAIL;
 
-/** Why the principal falls short of `need`, or null. Pure, so the key's counter can decide it before spending. */
+/** Why the principal falls short of `need`, or null. Pure, so the key's object (or an isolate's lease of it) can decide it before spending. */
 export function refusal(p: Principal, need: Need): Refusal | null {
   if (need === "any") return null;
   if (typeof need === "object") {
@@ -66,12 +66,6 @@ export function effectiveScopes(keyScopes: readonly string[], ownerGrants: reado
   if (role === "admin" || ownerGrants.includes(FULL_ACCESS)) return [...keyScopes];
   if (keyScopes.includes(FULL_ACCESS)) return [...ownerGrants];
   return keyScopes.filter((s) => ownerGrants.includes(s));
-}
-
-/** Throws the 403 for a principal that falls short of `need`. */
-export function requireRights(p: Principal, need: Need): void {
-  const code = refusal(p, need);
-  if (code) throw refused(code);
 }
 
 /** Admins act on every key of the account; members only on keys they own. */

@@ -126,7 +126,9 @@ export class Table {
   match(method: string, path: string): { route: GatewayRoute; params: Record<string, string> } | null {
     const parts = path === "/" ? [] : path.replace(/\/$/, "").slice(1).split("/");
     for (const { route, segments, rest } of this.compiled) {
-      if (route.methods && !route.methods.includes(method as (typeof METHODS)[number])) continue;
+      // A browser's preflight for a route that takes tokens belongs to that route, whatever methods it lists.
+      const preflight = method === "OPTIONS" && route.auth === "key-or-token";
+      if (route.methods && !preflight && !route.methods.includes(method as (typeof METHODS)[number])) continue;
       if (rest ? parts.length < segments.length : parts.length !== segments.length) continue;
       const params = bind(segments, parts);
       if (params) return { route, params };

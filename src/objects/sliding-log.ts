@@ -75,15 +75,15 @@ export class SlidingLog {
     if (stored > 0) this.sql.exec("DELETE FROM hits WHERE rowid IN (SELECT rowid FROM hits WHERE at = ? LIMIT ?)", at, stored);
   }
 
-  /**
-   * Resolves once the admissions made so far are written. All admissions of one moment share one write, in a
-   * statement per 100 rows; the platform's output gate holds every answer until that write is durable.
-   */
   /** Resolves once the write in progress (if any) is done: answers leave in the order they were decided. */
   async settled(): Promise<void> {
     if (this.saving) await this.saving;
   }
 
+  /**
+   * Resolves once the admissions made so far are written. All admissions of one moment share one write, in a
+   * statement per 100 rows; the platform's output gate holds every answer until that write is durable.
+   */
   saved(): Promise<void> {
     this.saving ??= new Promise((resolve) =>
       setTimeout(() => {

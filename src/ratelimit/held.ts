@@ -104,8 +104,8 @@ export class Holdings {
    * leases are only spent again under a record the object answers anew.
    */
   drop(names: readonly string[]): void {
-    for (const id of names) {
-      const h = this.held.get(id);
+    for (const name of names) {
+      const h = this.held.get(name);
       if (h) h.until = 0;
     }
   }

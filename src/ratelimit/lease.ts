@@ -1,7 +1,7 @@
 import { type Decision, decide, firstInWindow, type Policy } from "./window";
 
 /**
- * Leases: the key's object hands an isolate a few admissions at once, to spend locally for at most LEASE_MS. Each
+ * Leases: a hot key's (or counter's) object hands an isolate a few admissions at once, to spend locally for at most LEASE_MS. Each
  * leased admission is logged at the lease's end, the latest instant it could be spent, and counts as used from its
  * grant: so every window that could hold its spending already counts it, and no window of the policy ever holds more
  * than `limit` real admissions, whichever isolate spends them and whenever within the lease.
@@ -56,7 +56,7 @@ export function insertSorted(log: number[], at: number, count: number): void {
 }
 
 /**
- * An isolate's leases of one key: admissions it may spend without calling the key's object. Each lease ends on the
+ * An isolate's leases of one key or counter: admissions it may spend without calling the key's object. Each lease ends on the
  * isolate's clock LEASE_MS after the isolate asked for it, so never later (in real time) than the object's end for it,
  * whatever the two clocks say; `id` is the object's end, under which the object logged it.
  */

@@ -29,7 +29,9 @@ export function decide(log: readonly number[], now: number, policy: Policy, cost
   const first = firstInWindow(log, now - windowMs);
   const used = log.length - first;
   if (used + cost <= policy.limit) {
-    return { allowed: true, limit: policy.limit, remaining: policy.limit - used - cost, resetAt: now + windowMs, retryAfter: 0 };
+    // Leased admissions lie ahead of now (ratelimit/lease.ts): the budget is full again once the latest has left.
+    const latest = Math.max(now, log[log.length - 1] ?? now);
+    return { allowed: true, limit: policy.limit, remaining: policy.limit - used - cost, resetAt: latest + windowMs, retryAfter: 0 };
   }
   // The request fits once enough old entries leave the window: the (used - limit + cost)-th oldest one. A request
   // that costs more than the whole limit never fits; it is told to come back after a window.

@@ -340,6 +340,9 @@ describe("gateway: streaming, failures and configuration", () => {
     for (const UPSTREAM_URL of ["not a url", "ftp://x.example", "https://x.example/?q=1"])
       await expectProblem(await gw("/v1/x", { key: key.key }, { UPSTREAM_URL }), 500, "configuration_error");
     await expectProblem(await gw("/v1/x", { key: key.key }, { ASSERTION_SIGNING_KEYS: "" }), 500, "configuration_error");
+    const unsigned = await through({ ...GATEWAY, ASSERTION_SIGNING_KEYS: "" }, "/health");
+    expect((await expectProblem(unsigned, 500, "configuration_error")).variables).toEqual(["ASSERTION_SIGNING_KEYS"]);
+    expect((await through({ ASSERTION_SIGNING_KEYS: "" }, "/health")).status).toBe(200);
   });
 
   it("forwards nothing without UPSTREAM_URL, nothing no route takes, and never Keygate's own paths", async () => {
@@ -376,6 +379,18 @@ describe("gateway: the widget's chat through the upstream", () => {
     // Tokens stay on chat routes.
     const elsewhere = await gw("/v1/mailboxes/mbx_1/x", { headers: { Authorization: `Bearer ${token}`, Origin: WIDGET_ORIGIN } });
     await expectProblem(elsewhere, 403, "insufficient_scope");
+    // A route that takes tokens answers browsers' preflights, whatever methods it lists.
+    const posts = JSON.stringify([
+      { pattern: "/v1/chat/*", auth: "key-or-token", methods: ["POST"] },
+      { pattern: "/*", access: "full" },
+    ]);
+    const preflight = await gw(
+      "/v1/chat/messages",
+      { method: "OPTIONS", headers: { Origin: WIDGET_ORIGIN, "Access-Control-Request-Method": "POST" } },
+      { GATEWAY_ROUTES: posts },
+    );
+    expect(preflight.status).toBe(204);
+    expect(preflight.headers.get("Access-Control-Allow-Origin")).toBe(WIDGET_ORIGIN);
     // Without a route for the chat, Keygate's own echo answers.
     const builtIn = await gw(
       "/v1/chat/messages",

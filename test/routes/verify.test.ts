@@ -91,7 +91,7 @@ describe("POST /v1/keys/verify", () => {
       codes.push((await call("/v1/keys/verify", { headers: { ...ip, Authorization: "Bearer wrong" }, body: { key: key.key } })).status);
     expect(codes.slice(0, 30).every((s) => s === 401)).toBe(true);
     expect(codes.slice(30)).toEqual([429, 429]);
-    // Verifying a key in the body does not count as a use of that key's credential from the caller.
+    // A refused verify token never reaches the key: no use is recorded.
     expect(await rows("SELECT last_used_at FROM api_keys WHERE id = ?", key.id)).toEqual([{ last_used_at: null }]);
   });
 
