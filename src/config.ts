@@ -5,6 +5,7 @@ import { ApiError } from "./errors";
 import { RouteTable } from "./gateway/table";
 import { log } from "./log";
 import { MAX_LIMIT, MAX_WINDOW_SECONDS } from "./ratelimit/window";
+import { jsonText, keyList } from "./schemas";
 
 /** A comma-separated list, blanks dropped. */
 const list = (item: z.ZodType<string, string>) =>
@@ -55,31 +56,18 @@ const flag = (fallback: "true" | "false") =>
     .transform((v) => v === "true");
 
 /** JWT_SIGNING_KEYS: a JSON list of `{kid, secret}`, each secret at least 32 bytes, kids unique; the first signs. */
-const signingKeys = z
-  .string()
-  .optional()
-  .transform((v, ctx) => {
-    if (!v) return [];
-    try {
-      return JSON.parse(v) as unknown;
-    } catch {
-      ctx.addIssue({ code: "custom", message: "is not JSON" });
-      return z.NEVER;
-    }
-  })
-  .pipe(
-    z
-      .array(
-        z.object({
-          kid: z.string().min(1),
-          secret: z
-            .string()
-            .refine((s) => new TextEncoder().encode(s).length >= 32, "secrets must be at least 32 bytes")
-            .transform((s) => new TextEncoder().encode(s)),
-        }),
-      )
-      .refine((keys) => new Set(keys.map((k) => k.kid)).size === keys.length, "kids must be unique"),
-  );
+const signingKeys = jsonText(
+  keyList(
+    z.object({
+      kid: z.string().min(1),
+      secret: z
+        .string()
+        .refine((s) => new TextEncoder().encode(s).length >= 32, "secrets must be at least 32 bytes")
+        .transform((s) => new TextEncoder().encode(s)),
+    }),
+  ),
+  "[]",
+);
 
 /** A secret that must be long enough to resist guessing; unset (or empty) means the feature it guards is off. */
 const secret = () =>
@@ -107,32 +95,19 @@ const upstream = z
 const coordinate = z.string().regex(/^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$/, "holds a key that is not a P-256 JWK");
 
 /** ASSERTION_SIGNING_KEYS: a JSON list of private P-256 JWKs with unique `kid`s; the first signs, all are published. */
-const assertionKeys = z
-  .string()
-  .optional()
-  .transform((v, ctx) => {
-    if (!v) return [];
-    try {
-      return JSON.parse(v) as unknown;
-    } catch {
-      ctx.addIssue({ code: "custom", message: "is not JSON" });
-      return z.NEVER;
-    }
-  })
-  .pipe(
-    z
-      .array(
-        z.looseObject({
-          kid: z.string().min(1),
-          kty: z.literal("EC"),
-          crv: z.literal("P-256"),
-          x: coordinate,
-          y: coordinate,
-          d: coordinate,
-        }),
-      )
-      .refine((keys) => new Set(keys.map((k) => k.kid)).size === keys.length, "kids must be unique"),
-  );
+const assertionKeys = jsonText(
+  keyList(
+    z.looseObject({
+      kid: z.string().min(1),
+      kty: z.literal("EC"),
+      crv: z.literal("P-256"),
+      x: coordinate,
+      y: coordinate,
+      d: coordinate,
+    }),
+  ),
+  "[]",
+);
 
 /** Every variable and secret Keygate reads, with its default; README's configuration table lists the same. */
 const ConfigSchema = z.object({

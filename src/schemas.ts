@@ -106,3 +106,22 @@ export const page = <T extends z.ZodType>(item: T) => z.strictObject({ data: z.a
 
 /** An id in a path; anything not of this account is 404, never 400, so a probe learns nothing. */
 export const IdParam = z.object({ id: z.string().openapi({ param: { name: "id", in: "path" }, example: "key_5f0c9a1e2b7d43a8c6e1f0b2" }) });
+
+/** A variable holding JSON: parsed, then checked by `schema`; unset or empty is `empty`. */
+export const jsonText = <T extends z.ZodType>(schema: T, empty: string) =>
+  z
+    .string()
+    .optional()
+    .transform((v, ctx) => {
+      try {
+        return JSON.parse(v || empty) as unknown;
+      } catch {
+        ctx.addIssue({ code: "custom", message: "is not JSON" });
+        return z.NEVER;
+      }
+    })
+    .pipe(schema);
+
+/** Signing keys: a list whose `kid`s are unique (the first signs, all verify). */
+export const keyList = <T extends z.ZodType<{ kid: string }>>(key: T) =>
+  z.array(key).refine((keys) => new Set(keys.map((k) => k.kid)).size === keys.length, "kids must be unique");

@@ -2,9 +2,10 @@ import { WorkerEntrypoint } from "cloudflare:workers";
 import type { z } from "@hono/zod-openapi";
 import { getConfig } from "./config";
 import { withDatabaseDeadline } from "./db/client";
-import type { Bindings, CounterContext, Variables } from "./env";
+import type { Bindings } from "./env";
 import { type Verdict, VerifyRequest, verifyKey } from "./keys/verify";
 import { fieldErrors } from "./openapi";
+import { counterContext } from "./ratelimit/limiter";
 
 /**
  * The verify call for Workers of the same Cloudflare account, through a service binding (no HTTP hop, no token: the
@@ -21,14 +22,9 @@ export class KeygateVerifier extends WorkerEntrypoint<Bindings> {
           .join("; ")}`,
       );
     }
-    const vars: Variables = { requestId: `req_${crypto.randomUUID().replaceAll("-", "")}`, config: getConfig(this.env), corsOrigin: null };
-    const c: CounterContext = {
-      env: withDatabaseDeadline(this.env),
-      executionCtx: this.ctx,
-      get: (key) => vars[key],
-      // No response to mark: a caller in open mode sees `rateLimit: null`.
-      header: () => {},
-    };
+    // No response to mark: a caller in open mode sees `rateLimit: null`.
+    const requestId = `req_${crypto.randomUUID().replaceAll("-", "")}`;
+    const c = counterContext(withDatabaseDeadline(this.env), this.ctx, getConfig(this.env), requestId);
     return verifyKey(c, parsed.data);
   }
 }

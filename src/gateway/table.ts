@@ -1,4 +1,5 @@
 import { z } from "@hono/zod-openapi";
+import { jsonText } from "../schemas";
 
 const METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] as const;
 const LITERAL = /^[A-Za-z0-9._~-]+$/;
@@ -58,19 +59,7 @@ const Route = z
 export type GatewayRoute = z.output<typeof Route>;
 
 /** GATEWAY_ROUTES: a JSON list of routes, first match wins. */
-export const RouteTable = z
-  .string()
-  .default("[]")
-  .transform((v, ctx) => {
-    try {
-      return JSON.parse(v) as unknown;
-    } catch {
-      ctx.addIssue({ code: "custom", message: "is not JSON" });
-      return z.NEVER;
-    }
-  })
-  .pipe(z.array(Route).max(500))
-  .transform((routes) => new Table(routes));
+export const RouteTable = jsonText(z.array(Route).max(500), "[]").transform((routes) => new Table(routes));
 
 /**
  * The path as the gateway matches and forwards it, or null when an upstream could read it otherwise than the gateway

@@ -1,10 +1,10 @@
 import type { AuthMethod } from "../auth/credentials";
 import { type Need, type Principal, type Refusal, refusal } from "../auth/principal";
 import { db } from "../db/client";
-import type { CounterContext, Variables } from "../env";
+import type { CounterContext } from "../env";
 import type { Authorization } from "../objects/key";
 import { type Holdings, holdings } from "../ratelimit/held";
-import { type Admission, callCounter } from "../ratelimit/limiter";
+import { type Admission, callCounter, counterContext } from "../ratelimit/limiter";
 import { hashKey } from "./format";
 import { evaluateKey, keyIdByHash, loadKey, type VerifyResult } from "./store";
 
@@ -38,6 +38,7 @@ export async function authorizeKey(
   const name = `key:${keyId}`;
   // A hot key's lease ran out: one call of this isolate renews it at a time; the requests beside it wait and spend
   // from what it brings (a renewal that brings nothing leaves each to ask for itself).
+  // No await unless a renewal is in flight: a request that must call has to claim the renewal before any other looks.
   for (let renewal = isolate.inFlight(name); ; renewal = isolate.inFlight(name)) {
     const local = fromLease(isolate, name, need, cost);
     if (local) {
@@ -85,8 +86,7 @@ export async function authorizeKey(
 async function renew(c: CounterContext, isolate: Holdings, keyId: string, name: string, method: AuthMethod): Promise<void> {
   // A call of its own: not the request's (which spent from its lease), so not the request's id either.
   const id = `${c.get("requestId")}-renewal`;
-  const vars: Variables = { requestId: id, config: c.get("config"), corsOrigin: null };
-  const own: CounterContext = { env: c.env, executionCtx: c.executionCtx, header: () => {}, get: (key) => vars[key] };
+  const own = counterContext(c.env, c.executionCtx, c.get("config"), id);
   const askedAt = isolate.now();
   const returned = isolate.unspent(name);
   try {

@@ -1,5 +1,6 @@
+import type { Config } from "../config";
 import { deadline } from "../deadline";
-import type { CounterContext, RequestContext } from "../env";
+import type { Bindings, CounterContext, RequestContext, Variables } from "../env";
 import { ApiError } from "../errors";
 import { log, safeError } from "../log";
 import type { Counter } from "../objects/counter";
@@ -163,4 +164,18 @@ export async function reloadKeys(c: RequestContext, keyIds: string[]): Promise<v
   throw new ApiError("change_pending", "The change is saved but not yet in force everywhere; repeat the request to complete it.", {
     headers: { "Retry-After": "1" },
   });
+}
+
+/**
+ * A context for calls made outside a request's own (a background renewal, the verify entrypoint): its bindings, its
+ * configuration and an id of its own; there is no response to mark.
+ */
+export function counterContext(
+  env: Bindings,
+  executionCtx: CounterContext["executionCtx"],
+  config: Config,
+  requestId: string,
+): CounterContext {
+  const vars: Variables = { requestId, config, corsOrigin: null };
+  return { env, executionCtx, header: () => {}, get: (key) => vars[key] };
 }

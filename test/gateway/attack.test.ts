@@ -1,30 +1,10 @@
 // Attacks on the gateway (src/gateway/*): each test is a way a client could try to break one of its guarantees.
-import { env } from "cloudflare:workers";
 import { Hono } from "hono";
 import { describe, expect, it } from "vitest";
 import { createKey, expectProblem, ORIGIN, provision, through } from "../helpers";
+import { type Echo, GATEWAY, gw, UPSTREAM } from "./table";
 
-const UPSTREAM = env.TEST_UPSTREAM_URL;
 const PORT = new URL(UPSTREAM).port;
-
-/** The same table as test/gateway/gateway.test.ts: what an operator would write. */
-const ROUTES = [
-  { pattern: "/v1/mailboxes/:mailboxId/*", resource: { type: "mailbox", param: "mailboxId" } },
-  { pattern: "/api/v1/organizations/:org/projects/:project/*", account: "org", resource: { type: "project", param: "project" } },
-  { pattern: "/v1/processes/:processId/runs", methods: ["DELETE"], access: "full" },
-  { pattern: "/v1/processes/:processId/*", resource: { type: "process", param: "processId" } },
-  { pattern: "/v1/reports/*", cost: 5 },
-  { pattern: "/v1/chat/*", auth: "key-or-token" },
-  { pattern: "/v1/status", auth: "public" },
-  { pattern: "/*", access: "full" },
-];
-const GATEWAY = { UPSTREAM_URL: UPSTREAM, GATEWAY_ROUTES: JSON.stringify(ROUTES) };
-
-type Echo = { method: string; url: string; headers: Record<string, string> };
-
-function gw(path: string, init: Parameters<typeof through>[2] = {}, overrides: Partial<Cloudflare.Env> = {}) {
-  return through({ ...GATEWAY, ...overrides }, path.startsWith("http") ? path : ORIGIN + path, init);
-}
 
 const forwarded = (res: Response) => res.headers.get("X-Upstream") === "yes";
 
