@@ -5,7 +5,7 @@
 // it, a GATEWAY_ROUTES table like wrangler.toml's (mailbox, project-with-account and process resource routes, a
 // full-access DELETE, a route with cost, a key-or-token chat route, public routes, a full-access catch-all) and a
 // generated ASSERTION_SIGNING_KEYS. It seeds two accounts with full-access, scoped, member, revoked, expiring and
-// low-limit keys and handshake tokens, then sends seeded requests: odd paths (encoded characters, `//`, `%2F`, `%2e`,
+// low-limit keys and handshake tokens, registers which account owns which mailbox and process, then sends seeded requests: odd paths (encoded characters, `//`, `%2F`, `%2e`,
 // `;`, unicode, very long paths, case variants, trailing slashes), odd headers (forged Keygate-* / X-Keygate-* in any
 // spelling, method overrides, repeated X-API-Key, headers a Connection header names, other hop-by-hop headers), every
 // way of presenting a valid, scoped, revoked or garbage credential, every method, and bodies.
@@ -16,7 +16,7 @@
 // header the client sent, nor a method override on an authenticated route; the identity headers and the signed
 // assertion describe the request and a credential the client actually presented; and the path it received, read as a
 // strict or as a lax upstream reads paths, is one the table allows for that credential (a scoped key never reaches
-// the full-access catch-all, another account's organization, or a resource it has no grant for).
+// the full-access catch-all, another account's organization or resource, or a resource it has no grant for).
 import { createHash, generateKeyPairSync, verify } from "node:crypto";
 import http from "node:http";
 import { startKeygate } from "./keygate-server.mjs";
@@ -185,12 +185,24 @@ function readings(pathname) {
   };
 }
 
+/** The resources the provider's backend says each account owns (`a`, `b`); any other id is no account's. */
+const OWNED = {
+  a: ["mailbox:mbx_123", "mailbox:mbx_1", "process:p1", "process:p2"],
+  b: ["mailbox:mbx_2", "process:p3"],
+};
+/** `type:id` -> owning account id, filled in when the world is made. */
+const owners = new Map();
+
 /** Whether `who` (a principal the client presented) may reach `route` with `params`, as README's table says. */
 function allows(route, params, who) {
   if (route.auth === "public") return true;
   if (!who) return false;
   const ownAccount = (value) => value === who.accountId || (who.slug !== undefined && value === who.slug);
   if (route.account !== undefined && !ownAccount(params[route.account])) return false;
+  // Where the URL names no account, the resource it names must be the caller's account's.
+  if (route.account === undefined && route.resource !== undefined) {
+    if (owners.get(`${route.resource.type}:${params[route.resource.param]}`) !== who.accountId) return false;
+  }
   if (who.kind === "token") return route.auth === "key-or-token" && route.resource === undefined && route.access === undefined;
   if (who.scopes.includes("*")) return true;
   if (route.access === "full" || route.resource === undefined) return false;
@@ -269,6 +281,15 @@ async function seedWorld(call, kit) {
   const rootB = b.key.key;
   const A = { accountId: a.account.id, slug: "acme-corp" };
   const B = { accountId: b.account.id, slug: "globex" };
+  for (const [name, accountId] of [
+    ["a", A.accountId],
+    ["b", B.accountId],
+  ]) {
+    for (const grant of OWNED[name]) {
+      await call("PUT", `/v1/resource-owners/${grant.replace(":", "/")}`, { key: VERIFY_TOKEN, body: { accountId } });
+      owners.set(grant, accountId);
+    }
+  }
   const newKey = (root, body) => call("POST", "/v1/api-keys", { key: root, body: { rateLimit: WIDE, ...body } });
   const principals = {};
   const add = (name, created, account, scopes) => {

@@ -16,6 +16,7 @@ import { apiKeysRoutes } from "./routes/api-keys";
 import { chatRoutes } from "./routes/chat";
 import { demoRoutes } from "./routes/demo";
 import { handshakeRoutes } from "./routes/handshake";
+import { resourceOwnersRoutes } from "./routes/resource-owners";
 import { usersRoutes } from "./routes/users";
 import { verifyRoutes } from "./routes/verify";
 import { wellKnownRoutes } from "./routes/well-known";
@@ -84,6 +85,7 @@ app.route("/v1/chat", chatRoutes);
 app.route("/demo", demoRoutes);
 app.route("/.well-known", wellKnownRoutes);
 app.route("/v1/keys/verify", verifyRoutes);
+app.route("/v1/resource-owners", resourceOwnersRoutes);
 
 app.openAPIRegistry.registerComponent("securitySchemes", "ApiKey", { type: "apiKey", in: "header", name: "X-API-Key" });
 app.openAPIRegistry.registerComponent("securitySchemes", "Bearer", {

@@ -6,6 +6,7 @@ import { checkContract } from "./contract";
 
 export const ORIGIN = "https://keygate.test";
 export const OPERATOR_TOKEN = "test-operator-token-0123456789abcdef";
+export const VERIFY_TOKEN = "test-verify-token-0123456789abcdef0123";
 
 let ipCounter = 0;
 function nextIp(): string {
@@ -190,4 +191,16 @@ export async function widget(): Promise<{ provisioned: Provisioned; agent: Creat
 /** POST /v1/chat/messages with a bearer credential from an origin. */
 export function chat(credential: string, origin: string | null = WIDGET_ORIGIN, message = "hello there"): Promise<Response> {
   return call("/v1/chat/messages", { key: credential, headers: origin === null ? {} : { Origin: origin }, body: { message } });
+}
+
+/** The provider's backend says `accountId` owns these resources (`mailbox:mbx_1`), as a gateway route or verify needs. */
+export async function own(accountId: string, ...grants: string[]): Promise<void> {
+  for (const grant of grants) {
+    const res = await call(`/v1/resource-owners/${grant.replace(":", "/")}`, {
+      method: "PUT",
+      headers: { Authorization: `Bearer ${VERIFY_TOKEN}` },
+      body: { accountId },
+    });
+    expect(res.status).toBe(200);
+  }
 }

@@ -58,7 +58,17 @@ async function answer(req, res) {
     if (kind === "upload") uploads.set(id, bytes);
     chunks.push(chunk);
   }
-  res.writeHead(200, { "Content-Type": "application/json", "X-Upstream": "yes", Connection: "keep-alive", "Keep-Alive": "timeout=5" });
+  // What a provider's API says of the resources a request created or deleted, as the test asks it to.
+  const ownership = {};
+  if (req.headers["x-test-created"]) ownership["Keygate-Resource-Created"] = req.headers["x-test-created"];
+  if (req.headers["x-test-deleted"]) ownership["Keygate-Resource-Deleted"] = req.headers["x-test-deleted"];
+  res.writeHead(Number(req.headers["x-test-status"] ?? 200), {
+    "Content-Type": "application/json",
+    "X-Upstream": "yes",
+    Connection: "keep-alive",
+    "Keep-Alive": "timeout=5",
+    ...ownership,
+  });
   res.end(
     JSON.stringify({
       method: req.method,

@@ -45,8 +45,11 @@ export async function guard(c: RequestContext, next: Next, options: Options, onI
   }
 }
 
-/** What a route takes: handshake tokens too or keys only, what it needs of a key, and what a request spends. */
-type Options = { tokens: boolean; need: Need; cost?: number };
+/**
+ * What a route takes: handshake tokens too or keys only, what it needs of a key (or how to find out, read only for a
+ * well-formed key: a gateway route asks D1 who owns the resource in its URL), and what a request spends.
+ */
+type Options = { tokens: boolean; need: Need | (() => Promise<Need>); cost?: number };
 /** Who the request proved to be: a key's principal, or a handshake token's claims. */
 export type Identified = { principal: Principal } | { claims: ChatClaims };
 
@@ -86,6 +89,7 @@ async function identify(
   if (looksLikeToken(found.credential)) {
     const claims = await checkToken(c, found.credential);
     if (!tokens) throw new ApiError("insufficient_scope", "Handshake tokens work only on chat routes; use an API key here.");
+    // Routes that take tokens name no resource, so their need is known without asking anyone.
     if (typeof need === "object" && need.account !== undefined && !(await isAccount(c, claims.acc, need.account)))
       throw refused("other_account");
     onIdentity({ claims });
@@ -100,7 +104,7 @@ async function identify(
       },
     );
   }
-  const verdict = await authorizeKey(c, found.credential, found.method, need, cost);
+  const verdict = await authorizeKey(c, found.credential, found.method, typeof need === "function" ? await need() : need, cost);
   if (!verdict.ok) throw "refusal" in verdict ? refused(verdict.refusal) : refusedKey(verdict.code);
   onIdentity({ principal: verdict.principal });
   return verdict.admission && admit(verdict.admission);

@@ -29,6 +29,9 @@ export const FULL_ACCESS = "*";
  */
 export type Need = "any" | "full" | "admin" | { resource?: string; account?: string };
 
+/** The `account` of a resource no account owns: it names no account, so no key reaches it. */
+export const NO_ACCOUNT = "";
+
 const DETAIL = {
   insufficient_scope: "This action needs a full-access key; this key is limited to specific resources.",
   insufficient_role: "This action needs an account admin.",

@@ -1,5 +1,5 @@
 import { sql } from "drizzle-orm";
-import { index, integer, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
+import { index, integer, primaryKey, sqliteTable, text, uniqueIndex } from "drizzle-orm/sqlite-core";
 
 // Timestamps are ISO-8601 UTC strings (`Date#toISOString`): they sort as text and read as the API shows them.
 
@@ -130,6 +130,24 @@ export const agentOrigins = sqliteTable(
     origin: text("origin").notNull(),
   },
   (t) => [uniqueIndex("agent_origins_agent_origin").on(t.agentId, t.origin), index("agent_origins_origin").on(t.origin)],
+);
+
+/**
+ * Which account a resource of the provider's API belongs to (`mailbox` `mbx_1`), so a gateway route or a verify call
+ * naming it never matches for another account's key. Ids are unique per type; routes whose URL names the account
+ * (`account`) need no entry.
+ */
+export const resourceOwners = sqliteTable(
+  "resource_owners",
+  {
+    type: text("type").notNull(),
+    resourceId: text("resource_id").notNull(),
+    accountId: text("account_id")
+      .notNull()
+      .references(() => accounts.id),
+    createdAt: text("created_at").notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.type, t.resourceId] }), index("resource_owners_account").on(t.accountId)],
 );
 
 export type Account = typeof accounts.$inferSelect;

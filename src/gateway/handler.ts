@@ -2,12 +2,14 @@ import type { Context } from "hono";
 import { createMiddleware } from "hono/factory";
 import { cors } from "../auth/cors";
 import { guard, type Identified } from "../auth/middleware";
-import type { Need } from "../auth/principal";
+import { type Need, NO_ACCOUNT } from "../auth/principal";
 import { misconfigured } from "../config";
 import type { AppEnv } from "../env";
 import { ApiError, problem } from "../errors";
+import { log, safeError } from "../log";
 import { type Identity, signAssertion } from "./assertion";
 import { send, upstreamHeaders, upstreamUrl } from "./forward";
+import { claim, ownerOf, parseGrant, release } from "./owners";
 import { canonicalPath, type GatewayRoute } from "./table";
 
 /** Keygate's own paths: never forwarded, whatever the route table says. */
@@ -23,6 +25,7 @@ const OWN = [
   "/v1/agents",
   "/v1/handshake",
   "/v1/keys/verify",
+  "/v1/resource-owners",
   "/.well-known",
   "/demo",
   "/v1/auth",
@@ -66,7 +69,7 @@ export const gateway = createMiddleware<AppEnv>(async (c, next) => {
           c.res = problem(c, err);
         }
       },
-      { tokens: takesTokens(route), need: need(route, params), cost: route.cost },
+      { tokens: takesTokens(route), need: need(c, route, params), cost: route.cost },
       (id) => {
         identity = identityOf(id);
       },
@@ -81,12 +84,18 @@ function takesTokens(route: GatewayRoute): boolean {
   return route.auth === "key-or-token" && route.resource === undefined && route.access === undefined;
 }
 
-/** What the route asks of a key: full access (`access: "full"`, or no `resource`), else a grant of the named resource. */
-function need(route: GatewayRoute, params: Record<string, string>): Need {
-  const account = route.account === undefined ? undefined : params[route.account];
+/**
+ * What the route asks of a key: full access (`access: "full"`, or no `resource`), else a grant of the named resource;
+ * and that the URL is the caller's account's: the account it names (`account`), else the registered owner of the
+ * resource it names, so another account's resource id never matches, whatever the key's rights.
+ */
+function need(c: Context<AppEnv>, route: GatewayRoute, params: Record<string, string>): Need | (() => Promise<Need>) {
   const resourceId = route.resource === undefined ? undefined : params[route.resource.param];
   const resource = route.access === "full" || route.resource === undefined ? undefined : `${route.resource.type}:${resourceId}`;
-  return { account, resource };
+  if (route.account !== undefined) return { account: params[route.account], resource };
+  if (route.resource === undefined || resourceId === undefined) return { resource };
+  const { type } = route.resource;
+  return async () => ({ account: (await ownerOf(c.env.DB, type, resourceId)) ?? NO_ACCOUNT, resource });
 }
 
 function identityOf(id: Identified): Identity {
@@ -134,5 +143,45 @@ async function forward(c: Context<AppEnv>, base: URL, path: string, identity: Id
     throw new ApiError("upstream_unavailable", "The upstream could not be reached.");
   }
   c.set("forwarded", true);
+  if (identity) await recordOwnership(c, identity, outcome.response);
+  else for (const name of OWNERSHIP_HEADERS) outcome.response.headers.delete(name);
   return outcome.response;
+}
+
+const CREATED = "Keygate-Resource-Created";
+const DELETED = "Keygate-Resource-Deleted";
+const OWNERSHIP_HEADERS = [CREATED, DELETED];
+
+/**
+ * The upstream says which resources a request created or deleted (`Keygate-Resource-Created: mailbox:mbx_9`, a list):
+ * on a 2xx answer they become, or stop being, the caller's account's. The headers are for Keygate and never reach the
+ * client. The upstream did the work whatever happens here, so a failure to record is logged, not answered.
+ */
+async function recordOwnership(c: Context<AppEnv>, identity: Identity, response: Response): Promise<void> {
+  const listed = (name: string) =>
+    (response.headers.get(name) ?? "")
+      .split(",")
+      .map((s) => s.trim())
+      .filter(Boolean);
+  const changes = [
+    ...listed(CREATED).map((grant) => ({ grant, created: true })),
+    ...listed(DELETED).map((grant) => ({ grant, created: false })),
+  ];
+  for (const name of OWNERSHIP_HEADERS) response.headers.delete(name);
+  if (response.status < 200 || response.status > 299) return;
+  const { accountId } = identity;
+  for (const { grant, created } of changes) {
+    const fields = { requestId: c.get("requestId"), resource: grant, accountId };
+    const parsed = parseGrant(grant);
+    if (!parsed) {
+      log("warn", "resource_header_invalid", fields);
+      continue;
+    }
+    try {
+      if (!created) await release(c.env.DB, parsed.type, parsed.id, accountId);
+      else if ((await claim(c.env.DB, parsed.type, parsed.id, accountId)) !== accountId) log("warn", "resource_owned_elsewhere", fields);
+    } catch (err) {
+      log("error", "resource_ownership_not_recorded", { ...fields, error: safeError(err) });
+    }
+  }
 }

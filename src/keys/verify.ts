@@ -1,6 +1,7 @@
 import { z } from "@hono/zod-openapi";
-import type { Need } from "../auth/principal";
+import { type Need, NO_ACCOUNT } from "../auth/principal";
 import type { CounterContext } from "../env";
+import { GRANT, ownerOf, parseGrant } from "../gateway/owners";
 import { integer, matching } from "../schemas";
 import { authorizeKey } from "./authorize";
 import { parseKey } from "./format";
@@ -8,9 +9,7 @@ import { parseKey } from "./format";
 export const VerifyRequest = z
   .strictObject({
     key: z.string().min(1).max(512),
-    resource: matching(/^[a-z][a-z0-9]{0,31}:[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/, "must be a grant of the form <type>:<id>")
-      .optional()
-      .openapi({ example: "mailbox:mbx_1" }),
+    resource: matching(GRANT, "must be a grant of the form <type>:<id>").optional().openapi({ example: "mailbox:mbx_1" }),
     cost: integer(1, 1000).default(1),
   })
   .openapi("VerifyRequest");
@@ -33,11 +32,20 @@ const Valid = z.strictObject({
 });
 const Invalid = z.strictObject({
   valid: z.literal(false),
-  code: z.enum(["invalid_key", "key_revoked", "key_expired", "key_owner_disabled", "insufficient_scope", "rate_limited"]),
+  code: z
+    .enum(["invalid_key", "key_revoked", "key_expired", "key_owner_disabled", "insufficient_scope", "not_found", "rate_limited"])
+    .openapi({ description: "`not_found`: the resource belongs to another account, or to none Keygate knows of" }),
   retryAfter: z.number().int().optional().openapi({ description: "With `rate_limited`: seconds until the key may spend again" }),
 });
 export const Verdict = z.union([Valid, Invalid]).openapi("Verdict");
 export type Verdict = z.infer<typeof Verdict>;
+
+/** Any valid key, or a grant of `resource` held by a key of the account that owns it. */
+async function needOf(c: CounterContext, resource: string | undefined): Promise<Need> {
+  const parsed = resource === undefined ? null : parseGrant(resource);
+  if (!parsed) return "any";
+  return { resource, account: (await ownerOf(c.env.DB, parsed.type, parsed.id)) ?? NO_ACCOUNT };
+}
 
 /**
  * Verifies a key for a backend that cannot sit behind the gateway: the same judgement and the same spend as a gateway
@@ -45,12 +53,12 @@ export type Verdict = z.infer<typeof Verdict>;
  */
 export async function verifyKey(c: CounterContext, { key, resource, cost }: z.output<typeof VerifyRequest>): Promise<Verdict> {
   if (!parseKey(key)) return { valid: false, code: "invalid_key" };
-  const need: Need = resource === undefined ? "any" : { resource };
-  const verdict = await authorizeKey(c, key, "verify", need, cost);
+  const verdict = await authorizeKey(c, key, "verify", await needOf(c, resource), cost);
   if (!verdict.ok) {
-    // The only refusal a verify can meet is a missing grant (it names no account and asks for no role): the same
-    // 403 code a gateway request gets.
-    return { valid: false, code: "refusal" in verdict ? "insufficient_scope" : verdict.code };
+    // A verify asks for no role: its refusals are a missing grant (403 on the gateway) and another account's resource
+    // (404 there).
+    if (!("refusal" in verdict)) return { valid: false, code: verdict.code };
+    return { valid: false, code: verdict.refusal === "other_account" ? "not_found" : "insufficient_scope" };
   }
   const { principal: p, admission: a } = verdict;
   if (a && !a.allowed) return { valid: false, code: "rate_limited", retryAfter: a.retryAfter };

@@ -1,30 +1,8 @@
 import { createRoute } from "@hono/zod-openapi";
-import { createMiddleware } from "hono/factory";
-import { invalidToken } from "../auth/credentials";
-import { bearerMatches } from "../auth/secret";
-import { misconfigured } from "../config";
-import type { AppEnv } from "../env";
-import { ApiError } from "../errors";
+import { backend } from "../auth/backend";
 import { Verdict, VerifyRequest, verifyKey } from "../keys/verify";
 import { BODY_PROBLEMS, json, jsonBody, problems, routes, withBody } from "../openapi";
-import { spendPerAddress } from "../ratelimit/limiter";
 import { allow } from "./method-not-allowed";
-
-/**
- * Backends call with VERIFY_TOKEN. A wrong token spends the caller's address's failure budget (so guessing gets few
- * tries); a right one spends nothing there, so a busy backend is limited only by its keys' own limits.
- */
-const backend = createMiddleware<AppEnv>(async (c, next) => {
-  const token = c.get("config").verifyToken;
-  if (token === undefined) misconfigured("VERIFY_TOKEN", "is not set; the verify API is off");
-  const authorization = c.req.header("Authorization");
-  if (!(await bearerMatches(authorization, token))) {
-    await spendPerAddress(c, "ip", c.get("config").ipPolicy);
-    if (authorization === undefined) throw new ApiError("missing_credentials", "Send the verify token as `Authorization: Bearer <token>`.");
-    throw new ApiError("invalid_verify_token", "The verify token is not valid.", { headers: invalidToken });
-  }
-  await next();
-});
 
 export const verifyRoutes = routes()
   .openapi(

@@ -1,7 +1,7 @@
 // Attacks on the gateway (src/gateway/*): each test is a way a client could try to break one of its guarantees.
 import { Hono } from "hono";
 import { describe, expect, it } from "vitest";
-import { createKey, expectProblem, ORIGIN, provision, through } from "../helpers";
+import { createKey, expectProblem, ORIGIN, own, provision, through } from "../helpers";
 import { type Echo, GATEWAY, gw, UPSTREAM } from "./table";
 
 const PORT = new URL(UPSTREAM).port;
@@ -134,7 +134,8 @@ describe("attack: headers an upstream reads in another spelling", () => {
   // CGI-style upstreams (Rack's MethodOverride reads HTTP_X_HTTP_METHOD_OVERRIDE) take `X_HTTP_Method_Override` for the
   // real header: a scoped key's POST would become the DELETE the table reserves for full-access keys.
   it("drops method overrides however their name is spelt", async () => {
-    const { key } = await provision();
+    const { account, key } = await provision();
+    await own(account.id, "process:p1");
     const scoped = await createKey(key.key, { processIds: ["p1"] });
     for (const name of ["X_HTTP_Method_Override", "X_HTTP_METHOD", "X_Method_Override", "x-http-method-override"]) {
       const res = await gw("/v1/processes/p1/runs", { key: scoped.key, method: "POST", headers: { [name]: "DELETE" } });

@@ -9,6 +9,7 @@ import {
   handshake,
   OPERATOR_TOKEN,
   ORIGIN,
+  own,
   provision,
   rows,
   through,
@@ -24,10 +25,11 @@ async function echo(res: Response): Promise<Echo> {
 
 describe("gateway: Robotomail's mailbox routes", () => {
   it("lets a mailbox-scoped key reach its own mailboxes only, and a full-access key all of its account's", async () => {
-    const { key } = await provision();
+    const { account, key } = await provision();
+    await own(account.id, "mailbox:mbx_1", "mailbox:mbx_2");
     const scoped = await createKey(key.key, { mailboxIds: ["mbx_1"] });
-    const own = await echo(await gw("/v1/mailboxes/mbx_1/messages?unread=true", { key: scoped.key }));
-    expect(own).toMatchObject({ method: "GET", url: "/v1/mailboxes/mbx_1/messages?unread=true" });
+    const seen = await echo(await gw("/v1/mailboxes/mbx_1/messages?unread=true", { key: scoped.key }));
+    expect(seen).toMatchObject({ method: "GET", url: "/v1/mailboxes/mbx_1/messages?unread=true" });
     await expectProblem(await gw("/v1/mailboxes/mbx_2/messages", { key: scoped.key }), 403, "insufficient_scope");
     await expectProblem(await gw("/v1/mailboxes", { key: scoped.key, body: { name: "x" } }), 403, "insufficient_scope");
     // A spelling an upstream could read as another mailbox is never forwarded.
@@ -36,10 +38,14 @@ describe("gateway: Robotomail's mailbox routes", () => {
     expect((await echo(await gw("/v1/mailboxes", { key: key.key, body: { name: "x" } }))).body).toBe('{"name":"x"}');
   });
 
-  it("refuses a mailbox the key has no grant for without spending", async () => {
-    const { key } = await provision();
+  it("refuses a mailbox the key has no grant for, and another account's, without spending", async () => {
+    const { account, key } = await provision();
+    await own(account.id, "mailbox:mbx_8", "mailbox:mbx_9");
     const scoped = await createKey(key.key, { mailboxIds: ["mbx_9"], rateLimit: { limit: 2, windowSeconds: 60 } });
     for (let i = 0; i < 3; i++) await expectProblem(await gw("/v1/mailboxes/mbx_8/x", { key: scoped.key }), 403, "insufficient_scope");
+    const other = await provision();
+    await own(other.account.id, "mailbox:mbx_10");
+    for (let i = 0; i < 3; i++) await expectProblem(await gw("/v1/mailboxes/mbx_10/x", { key: scoped.key }), 404, "not_found");
     const res = await gw("/v1/mailboxes/mbx_9/x", { key: scoped.key });
     await echo(res);
     expect(res.headers.get("X-RateLimit-Remaining")).toBe("1");
@@ -110,7 +116,8 @@ describe("gateway: Roboticks' organizations and projects", () => {
 
 describe("gateway: RPA Watch's processes", () => {
   it("lets process-scoped keys reach their processes, and full access only where the route asks for it", async () => {
-    const { key } = await provision();
+    const { account, key } = await provision();
+    await own(account.id, "process:proc_a", "process:proc_b", "process:proc_c");
     const scoped = await createKey(key.key, { processIds: ["proc_a", "proc_b"] });
     await echo(await gw("/v1/processes/proc_b/runs", { key: scoped.key }));
     await expectProblem(await gw("/v1/processes/proc_c/runs", { key: scoped.key }), 403, "insufficient_scope");
@@ -125,6 +132,7 @@ describe("gateway: RPA Watch's processes", () => {
 describe("gateway: what the upstream receives", () => {
   it("never the client's credential nor a forged identity, always Keygate's identity headers and a verifiable assertion", async () => {
     const { account, admin, key } = await provision();
+    await own(account.id, "mailbox:mbx_1");
     const res = await gw("/v1/mailboxes/mbx_1/messages?userApiToken=leak&page=2", {
       method: "POST",
       headers: {

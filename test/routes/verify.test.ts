@@ -1,6 +1,6 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { call, callWith, createKey, createUser, expectProblem, expire, provision, rows } from "../helpers";
+import { call, callWith, createKey, createUser, expectProblem, expire, own, provision, rows } from "../helpers";
 
 const TOKEN = "test-verify-token-0123456789abcdef0123";
 
@@ -65,7 +65,8 @@ describe.each(ways)("verify through %s", (_, verify) => {
   });
 
   it("checks a resource grant, spending nothing when the key lacks it", async () => {
-    const { key } = await provision();
+    const { account, key } = await provision();
+    await own(account.id, "mailbox:mbx_1", "mailbox:mbx_2");
     const scoped = await createKey(key.key, { mailboxIds: ["mbx_1"], rateLimit: { limit: 3, windowSeconds: 60 } });
     expect(await verify({ key: scoped.key, resource: "mailbox:mbx_2" })).toEqual({ valid: false, code: "insufficient_scope" });
     expect(await verify({ key: scoped.key, resource: "mailbox:mbx_1" })).toMatchObject({
@@ -74,6 +75,21 @@ describe.each(ways)("verify through %s", (_, verify) => {
       rateLimit: { remaining: 2 },
     });
     expect(await verify({ key: key.key, resource: "mailbox:mbx_2" })).toMatchObject({ valid: true });
+  });
+
+  it("never matches another account's resource, nor one no account owns, whatever the key's rights", async () => {
+    const victim = await provision();
+    await own(victim.account.id, "mailbox:mbx_victim");
+    const { key } = await provision();
+    // A key of another account naming the victim's mailbox in its own scopes gains nothing by it.
+    const scoped = await createKey(key.key, { mailboxIds: ["mbx_victim"], rateLimit: { limit: 3, windowSeconds: 60 } });
+    for (const k of [key.key, scoped.key]) {
+      expect(await verify({ key: k, resource: "mailbox:mbx_victim" })).toEqual({ valid: false, code: "not_found" });
+      expect(await verify({ key: k, resource: "mailbox:mbx_nobody" })).toEqual({ valid: false, code: "not_found" });
+    }
+    // Nothing was spent on the refusals.
+    expect(await verify({ key: scoped.key })).toMatchObject({ valid: true, rateLimit: { remaining: 2 } });
+    expect(await verify({ key: victim.key.key, resource: "mailbox:mbx_victim" })).toMatchObject({ valid: true });
   });
 });
 
