@@ -56,6 +56,7 @@ export async function authorizeKey(
       c.env.KEYS.getByName(name),
       name,
       (stub, tag) => stub.authorize(keyId, method, need, tag, cost, true, returned) as Promise<Authorization>,
+      returned,
     ),
     (answer) => answer?.ok === true && answer.lease !== null,
   );
@@ -97,6 +98,7 @@ async function renew(c: CounterContext, isolate: Holdings, keyId: string, name: 
         c.env.KEYS.getByName(name),
         name,
         (stub, tag) => stub.authorize(keyId, method, "any", tag, 0, true, returned) as Promise<Authorization>,
+        returned,
       ),
       (a) => a?.ok === true && a.lease !== null,
     );

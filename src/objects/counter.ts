@@ -2,7 +2,7 @@ import { DurableObject } from "cloudflare:workers";
 import type { Bindings } from "../env";
 import { LEASE_MS, leaseSize } from "../ratelimit/lease";
 import type { Policy } from "../ratelimit/window";
-import { type Admission, CallMemory, type CallTag, SlidingLog } from "./sliding-log";
+import { type Admission, CallMemory, type CallTag, SlidingLog, type Unspent } from "./sliding-log";
 
 /** An admission, and the lease granted beside it (see ratelimit/lease.ts). */
 export type Counted = Admission & { lease: { id: number; units: number } | null };
@@ -34,15 +34,16 @@ export class Counter extends DurableObject<Bindings> {
    * hot counter's caller gets a lease beside it and gives back what its ended leases did not spend (`unspent`). The
    * answer leaves only once the admission is stored (group commit: one write for all admissions of a moment).
    */
-  async consume(policy: Policy, tag: CallTag, cost = 1, unspent: { id: number; left: number }[] = []): Promise<Counted> {
+  async consume(policy: Policy, tag: CallTag, cost = 1, unspent: Unspent[] = []): Promise<Counted> {
     const known = this.calls.recall(tag);
     if (known) return known.answer as Counted;
-    for (const { id, left } of unspent) this.log.refund(id, left);
+    for (const { id, left } of this.calls.returns(tag, unspent)) this.log.refund(id, left);
     const rate = this.log.recentRate;
     const leaseEnd = this.clock() + LEASE_MS;
     const { leased, ...admission } = this.log.admit(policy, cost, (left) => leaseSize(rate, left), leaseEnd);
     const answer = { ...admission, lease: leased > 0 ? { id: leaseEnd, units: leased } : null };
-    this.calls.remember(tag, answer, admission.allowed ? admission : null);
+    const spent = admission.allowed ? [admission, ...(answer.lease ? [{ at: answer.lease.id, cost: answer.lease.units }] : [])] : [];
+    this.calls.remember(tag, answer, spent);
     if (admission.allowed) {
       await this.idleAfter((leased > 0 ? leaseEnd : admission.at) + policy.windowSeconds * 1000);
       await this.log.saved();
@@ -55,10 +56,13 @@ export class Counter extends DurableObject<Bindings> {
     this.log.refund(at, cost);
   }
 
-  /** The caller gave up on this call: whatever it spent goes back, and it never spends later. */
-  cancel(tag: CallTag): void {
-    const spent = this.calls.cancel(tag);
-    if (spent !== null) this.log.refund(spent.at, spent.cost);
+  /**
+   * The caller gave up on this call: whatever it spent goes back (the lease too: the caller never holds it), and it
+   * never spends later. `unspent` is what the call was returning, taken back here if the call never brought it.
+   */
+  cancel(tag: CallTag, unspent: Unspent[] = []): void {
+    for (const { at, cost } of this.calls.cancel(tag)) this.log.refund(at, cost);
+    for (const { id, left } of this.calls.returns(tag, unspent)) this.log.refund(id, left);
   }
 
   /**

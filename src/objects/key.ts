@@ -7,7 +7,7 @@ import type { Bindings } from "../env";
 import { evaluateKey, type KeyRecord, LAST_USED_INTERVAL_MS, loadKey, recordUse, type VerifyResult } from "../keys/store";
 import { log, safeError } from "../log";
 import { LEASE_MS, leaseSize } from "../ratelimit/lease";
-import { type Admission, CallMemory, type CallTag, SlidingLog } from "./sliding-log";
+import { type Admission, CallMemory, type CallTag, SlidingLog, type Unspent } from "./sliding-log";
 
 /** A key as its object holds it: the record, the verdict on it and the instant that verdict may change. */
 type KeyState = {
@@ -69,35 +69,39 @@ export class KeyObject extends DurableObject<Bindings> {
     tag: CallTag,
     cost = 1,
     leasing = false,
-    unspent: { id: number; left: number }[] = [],
+    unspent: Unspent[] = [],
   ): Promise<Authorization> {
     const known = this.calls.recall(tag);
     if (known) return known.answer as Authorization;
-    for (const { id, left } of unspent) this.log.refund(id, left);
+    for (const { id, left } of this.calls.returns(tag, unspent)) this.log.refund(id, left);
     const key = await this.keyState(keyId);
     // Reading the key may have taken a while: decide only if the caller still waits.
     if (this.calls.recall(tag)) throw new Error("call already answered or cancelled");
     const now = this.clock();
     if (now >= key.until) Object.assign(key, judge(key.record, now));
-    if (!key.verdict.ok) return this.calls.remember(tag, key.verdict, null);
+    if (!key.verdict.ok) return this.calls.remember(tag, key.verdict, []);
     const { principal } = key.verdict;
     const code = refusal(principal, need);
-    if (code) return this.calls.remember(tag, { ok: false, refusal: code }, null);
+    if (code) return this.calls.remember(tag, { ok: false, refusal: code }, []);
     this.noteUse(keyId, key, method, now);
     const leaseEnd = now + LEASE_MS;
     const rate = this.log.recentRate;
     const { leased, ...admission } = this.log.admit(principal.rateLimit, cost, (left) => (leasing ? leaseSize(rate, left) : 0), leaseEnd);
     const lease = leased > 0 ? { id: leaseEnd, units: leased } : null;
-    const answer = this.calls.remember<Authorization>(tag, { ok: true, principal, admission, lease }, admission.allowed ? admission : null);
+    const spent = admission.allowed ? [admission, ...(lease ? [{ at: lease.id, cost: lease.units }] : [])] : [];
+    const answer = this.calls.remember<Authorization>(tag, { ok: true, principal, admission, lease }, spent);
     // A refusal waits for the admissions decided before it, so a caller never sees it before a lease granted earlier.
     await (admission.allowed ? this.log.saved() : this.log.settled());
     return answer;
   }
 
-  /** The caller gave up on this call: whatever it spent goes back, and it never spends later. */
-  cancel(tag: CallTag): void {
-    const spent = this.calls.cancel(tag);
-    if (spent !== null) this.log.refund(spent.at, spent.cost);
+  /**
+   * The caller gave up on this call: whatever it spent goes back (the lease too: the caller never holds it), and it
+   * never spends later. `unspent` is what the call was returning, taken back here if the call never brought it.
+   */
+  cancel(tag: CallTag, unspent: Unspent[] = []): void {
+    for (const { at, cost } of this.calls.cancel(tag)) this.log.refund(at, cost);
+    for (const { id, left } of this.calls.returns(tag, unspent)) this.log.refund(id, left);
   }
 
   /** Gives back a request that was admitted at `at` but refused afterwards. */

@@ -114,11 +114,29 @@ export class SlidingLog {
 /** How long a call's answer is remembered past its deadline: long enough for its retry or its cancellation. */
 const CALL_MEMORY_MS = 10_000;
 
-type Remembered = { answer: unknown; spent: Admission | null; cancelled: boolean; keepUntil: number };
+/** What a call spent: `cost` requests logged at `at` (its admission, or the lease granted beside it). */
+export type Spent = { at: number; cost: number };
 
-/** Recent calls by id, oldest first: a retry gets the first answer, a cancellation finds what to give back. */
+/** What a caller's ended lease left unspent: `left` admissions logged at the lease's end `id`. */
+export type Unspent = { id: number; left: number };
+
+type Remembered = { answer: unknown; spent: Spent[]; cancelled: boolean; keepUntil: number };
+
+/** Drops the entries of `memory` kept until before `now` (oldest first: each is kept as long after its deadline). */
+function forgetBefore<T extends { keepUntil: number }>(memory: Map<string, T>, now: number): void {
+  for (const [id, r] of memory) {
+    if (r.keepUntil >= now) break;
+    memory.delete(id);
+  }
+}
+
+/**
+ * Recent calls by id, oldest first: a retry gets the first answer, a cancellation finds what to give back, and the
+ * unspent admissions a call returns are taken back once, whether the call or its cancellation brings them.
+ */
 export class CallMemory {
   private calls = new Map<string, Remembered>();
+  private returned = new Map<string, { keepUntil: number }>();
 
   /**
    * The earlier answer to this call, if it was already answered (a retry). Throws when the call was cancelled or its
@@ -126,33 +144,43 @@ export class CallMemory {
    */
   recall(tag: CallTag): Remembered | undefined {
     const now = Date.now();
-    for (const [id, r] of this.calls) {
-      if (r.keepUntil >= now) break;
-      this.calls.delete(id);
-    }
+    forgetBefore(this.calls, now);
     const known = this.calls.get(tag.id);
     if (known?.cancelled || (!known && now > tag.deadline)) throw new Error("the caller no longer waits for this call");
     return known;
   }
 
-  remember<T>(tag: CallTag, answer: T, spent: Admission | null): T {
+  /** `spent`: what the call logged (its admission and its lease), for a cancellation to give back. */
+  remember<T>(tag: CallTag, answer: T, spent: Spent[]): T {
     this.calls.set(tag.id, { answer, spent, cancelled: false, keepUntil: tag.deadline + CALL_MEMORY_MS });
     return answer;
   }
 
   /**
-   * Marks the call cancelled, until its deadline has passed (after which it cannot spend anyway), and answers when it
+   * Marks the call cancelled, until its deadline has passed (after which it cannot spend anyway), and answers what it
    * had spent, so that the caller gives it back.
    */
-  cancel(tag: CallTag): Admission | null {
-    const spent = this.calls.get(tag.id)?.spent ?? null;
+  cancel(tag: CallTag): Spent[] {
+    const spent = this.calls.get(tag.id)?.spent ?? [];
     this.calls.delete(tag.id);
     this.calls.set(tag.id, {
       answer: null,
-      spent: null,
+      spent: [],
       cancelled: true,
       keepUntil: Math.max(Date.now(), tag.deadline) + CALL_MEMORY_MS,
     });
     return spent;
+  }
+
+  /**
+   * The unspent admissions this call returns, the first time they reach the object (with the call, or with its
+   * cancellation when the call never arrived or failed); nothing the second time, so they are never taken back twice.
+   */
+  returns(tag: CallTag, unspent: readonly Unspent[]): readonly Unspent[] {
+    if (unspent.length === 0) return unspent;
+    forgetBefore(this.returned, Date.now());
+    if (this.returned.has(tag.id)) return [];
+    this.returned.set(tag.id, { keepUntil: Math.max(Date.now(), tag.deadline) + CALL_MEMORY_MS });
+    return unspent;
   }
 }

@@ -5,7 +5,7 @@ import { ApiError } from "../errors";
 import { log, safeError } from "../log";
 import type { Counter } from "../objects/counter";
 import type { KeyObject } from "../objects/key";
-import type { CallTag, Admission as Counted } from "../objects/sliding-log";
+import type { CallTag, Admission as Counted, Unspent } from "../objects/sliding-log";
 import { holdings } from "./held";
 import type { Policy } from "./window";
 
@@ -27,7 +27,7 @@ export async function spend(c: RequestContext, name: string, policy: Policy, cos
   const returned = holdings.unspent(name);
   const counted = await holdings.track(
     name,
-    callCounter(c, c.env.COUNTERS.getByName(name), name, (stub, tag) => stub.consume(policy, tag, cost, returned)),
+    callCounter(c, c.env.COUNTERS.getByName(name), name, (stub, tag) => stub.consume(policy, tag, cost, returned), returned),
     (answer) => answer?.lease != null,
   );
   if (counted === null) return null;
@@ -74,14 +74,16 @@ function counterKind(name: string): string {
 /**
  * Calls the named counter with a deadline (RATE_LIMIT_TIMEOUT_MS). The call carries the request id and the deadline,
  * so a retry spends once and a call that arrives too late spends nothing; when the call fails or times out, the
- * counter is told to give back whatever it spent for it. Then: 503 in closed mode; null in open mode, and the response
- * is marked so the client (and the log) can tell it was not limited.
+ * counter is told to give back whatever it spent for it, and takes `returned` (what the isolate's ended leases left
+ * unspent, which the call carried) unless the call already brought it. Then: 503 in closed mode; null in open mode,
+ * and the response is marked so the client (and the log) can tell it was not limited.
  */
 export async function callCounter<S extends DurableObjectStub<Counter> | DurableObjectStub<KeyObject>, T>(
   c: CounterContext,
   stub: S,
   name: string,
   call: (stub: S, tag: CallTag) => Promise<T>,
+  returned: Unspent[] = [],
 ): Promise<T | null> {
   const { rateLimitFailureMode, rateLimitTimeoutMs } = c.get("config");
   const tag = { id: c.get("requestId"), deadline: Date.now() + rateLimitTimeoutMs };
@@ -89,7 +91,7 @@ export async function callCounter<S extends DurableObjectStub<Counter> | Durable
     return await retriedOnce(() => call(stub, tag), tag.deadline);
   } catch (err) {
     c.executionCtx.waitUntil(
-      deadline(stub.cancel(tag), rateLimitTimeoutMs, timedOut).catch((e: unknown) =>
+      deadline(stub.cancel(tag, returned), rateLimitTimeoutMs, timedOut).catch((e: unknown) =>
         log("warn", "counter_cancel_failed", { counter: counterKind(name), error: safeError(e) }),
       ),
     );

@@ -3,17 +3,83 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { getConfig } from "../../src/config";
 import type { CounterContext, Variables } from "../../src/env";
+import { ApiError } from "../../src/errors";
 import { authorizeKey } from "../../src/keys/authorize";
 import type { Counter } from "../../src/objects/counter";
 import { SlidingLog } from "../../src/objects/sliding-log";
-import { Holdings } from "../../src/ratelimit/held";
+import { Holdings, holdings } from "../../src/ratelimit/held";
+import { LEASE_MS } from "../../src/ratelimit/lease";
 import { faultyObjects } from "../faults";
 import { call, callWith, createAgent, createKey, expectProblem, memberWithKey, provision, WIDGET_ORIGIN } from "../helpers";
 
-/** A context for calling the key path directly, as one request of an isolate would. */
-function context(): CounterContext {
-  const vars: Variables = { requestId: `req_${crypto.randomUUID().replaceAll("-", "")}`, config: getConfig(env), corsOrigin: null };
-  return { env, executionCtx: createExecutionContext(), get: (key) => vars[key], header: () => {} };
+/** A context for calling the key path directly, as one request of an isolate would (on these bindings, if given). */
+function context(overrides: Partial<Cloudflare.Env> = {}): CounterContext {
+  const bindings = { ...env, ...overrides };
+  const vars: Variables = { requestId: `req_${crypto.randomUUID().replaceAll("-", "")}`, config: getConfig(bindings), corsOrigin: null };
+  return { env: bindings, executionCtx: createExecutionContext(), get: (key) => vars[key], header: () => {} };
+}
+
+/**
+ * One request on the key path of `isolate`, after its background work (a renewal, a cancellation) has ended: how it was
+ * admitted (from a lease, counted by the object, or unlimited because the object was down in open mode), or the
+ * status the app answers (an ApiError's own; anything else thrown is a 500).
+ */
+async function outcome(key: string, isolate: Holdings, overrides: Partial<Cloudflare.Env> = {}, cost = 1) {
+  const c = context(overrides);
+  try {
+    const verdict = await authorizeKey(c, key, "bearer", "any", cost, isolate);
+    if (!verdict.ok) return "refused";
+    if (verdict.admission === null) return "unlimited";
+    return verdict.admission.leased ? "leased" : "counted";
+  } catch (err) {
+    return err instanceof ApiError ? err.status : 500;
+  } finally {
+    await waitOnExecutionContext(c.executionCtx as ExecutionContext);
+  }
+}
+
+const tally = (outcomes: unknown[]) => {
+  const counts: Record<string, number> = {};
+  for (const o of outcomes) counts[String(o)] = (counts[String(o)] ?? 0) + 1;
+  return counts;
+};
+
+/**
+ * A fresh hot key (limit 100,000 a minute) and an isolate holding a lease of it, on a clock the test moves (so the
+ * lease ends only when the test says). `admitted`: the requests it admitted so far.
+ */
+async function leasedKey() {
+  const { key } = await provision();
+  const hot = await createKey(key.key, { rateLimit: { limit: 100_000, windowSeconds: 60 } });
+  const clock = { now: Date.now() };
+  const isolate = new Holdings(() => clock.now);
+  const name = `key:${hot.id}`;
+  let admitted = 0;
+  while (isolate.available(name) === 0) {
+    expect(await outcome(hot.key, isolate)).toMatch(/leased|counted/);
+    admitted += 1;
+    expect(admitted).toBeLessThan(100);
+  }
+  return { hot, isolate, clock, name, admitted };
+}
+
+/**
+ * leasedKey, with two admissions of the lease spent: the lease's end then holds admissions spent beside the unspent
+ * ones, so taking the unspent ones back twice would show.
+ */
+async function partlySpentLease() {
+  const leased = await leasedKey();
+  for (let i = 0; i < 2; i++) expect(await outcome(leased.hot.key, leased.isolate)).toBe("leased");
+  expect(leased.isolate.available(leased.name)).toBeGreaterThan(0);
+  return { ...leased, admitted: leased.admitted + 2 };
+}
+
+/** What the key's object counts as spent: its limit less what it has left, asked by a call that spends and leases nothing. */
+async function countedByObject(keyId: string): Promise<number> {
+  const tag = { id: crypto.randomUUID(), deadline: Date.now() + 10_000 };
+  const answer = await env.KEYS.getByName(`key:${keyId}`).authorize(keyId, "bearer", "any", tag, 0, false);
+  if (!answer.ok) throw new Error("the object refused the key");
+  return answer.admission.limit - answer.admission.remaining;
 }
 
 describe("leases", () => {
@@ -138,5 +204,103 @@ describe("leases", () => {
     expect(first).toBeGreaterThan(0);
     expect(first).toBeLessThan(40);
     expect(served.slice(first).every(Boolean)).toBe(true);
+  });
+});
+
+describe("leases when the key's object fails", () => {
+  const failures = [
+    { name: "throws", fault: { kind: "throw" } as const },
+    { name: "stalls", fault: { kind: "stall" } as const },
+  ];
+
+  for (const { name, fault } of failures) {
+    it(`spend only the current lease when the renewal ${name}, then each request asks for itself: 503 in closed mode`, async () => {
+      const { hot, isolate, name: counter, admitted } = await leasedKey();
+      const held = isolate.available(counter);
+      const failing = faultyObjects(env.KEYS, { authorize: fault });
+      const bindings = { KEYS: failing, RATE_LIMIT_TIMEOUT_MS: "100" };
+      const outcomes = await Promise.all(Array.from({ length: held + 10 }, () => outcome(hot.key, isolate, bindings)));
+      expect(tally(outcomes)).toEqual({ leased: held, 503: 10 });
+      // The renewal, then every request the lease could not serve.
+      expect(failing.calls("authorize")).toBeGreaterThanOrEqual(11);
+      expect(await countedByObject(hot.id)).toBe(admitted + held);
+    });
+
+    it(`spend only the current lease when the renewal ${name}, then admit unlimited in open mode`, async () => {
+      const { hot, isolate, name: counter, admitted } = await leasedKey();
+      const held = isolate.available(counter);
+      const failing = faultyObjects(env.KEYS, { authorize: fault });
+      const bindings = { KEYS: failing, RATE_LIMIT_TIMEOUT_MS: "100", RATE_LIMIT_FAILURE_MODE: "open" };
+      const outcomes = await Promise.all(Array.from({ length: held + 10 }, () => outcome(hot.key, isolate, bindings)));
+      expect(tally(outcomes)).toEqual({ leased: held, unlimited: 10 });
+      expect(failing.calls("authorize")).toBeGreaterThanOrEqual(11);
+      expect(await countedByObject(hot.id)).toBe(admitted + held);
+    });
+  }
+
+  it("answer 503, never 500, over HTTP when the renewal fails, having admitted no more than the lease held", async () => {
+    const { key } = await provision();
+    const hot = await createKey(key.key, { rateLimit: { limit: 100_000, windowSeconds: 60 } });
+    const counter = `key:${hot.id}`;
+    for (let i = 0; holdings.available(counter) === 0; i++) {
+      expect((await call("/v1/whoami", { key: hot.key })).status).toBe(200);
+      expect(i).toBeLessThan(100);
+    }
+    const held = holdings.available(counter);
+    const failing = { KEYS: faultyObjects(env.KEYS, { authorize: { kind: "throw" } }) };
+    const statuses = (await Promise.all(Array.from({ length: held + 10 }, () => callWith(failing, "/v1/whoami", { key: hot.key })))).map(
+      (r) => r.status,
+    );
+    // The lease may end while the burst runs on a slow machine: then fewer are admitted, never more.
+    expect(statuses.filter((s) => s === 200).length).toBeLessThanOrEqual(held);
+    expect(statuses.filter((s) => s !== 200).every((s) => s === 503)).toBe(true);
+    expect(statuses.filter((s) => s === 503).length).toBeGreaterThanOrEqual(10);
+  });
+
+  it("take back what an ended lease left when the call returning it fails before reaching the object", async () => {
+    const { hot, isolate, clock, name, admitted } = await partlySpentLease();
+    clock.now += LEASE_MS;
+    const failing = faultyObjects(env.KEYS, { authorize: { kind: "throw" } });
+    expect(await outcome(hot.key, isolate, { KEYS: failing })).toBe(503);
+    // Only what was spent counts: the unspent admissions came back (with the call's cancellation).
+    expect(await countedByObject(hot.id)).toBe(admitted);
+    // And once only: the next call does not return them again.
+    expect(await outcome(hot.key, isolate)).toMatch(/leased|counted/);
+    clock.now += LEASE_MS;
+    expect(await outcome(hot.key, isolate, {}, 0)).toMatch(/leased|counted/);
+    // What the isolate holds now is counted as spent until it comes back.
+    expect(await countedByObject(hot.id)).toBe(admitted + 1 + isolate.available(name));
+  });
+
+  it("take back a lease's unspent admissions once, and the lease granted to the call, when the answer comes too late", async () => {
+    const { hot, isolate, clock, name, admitted } = await partlySpentLease();
+    clock.now += LEASE_MS;
+    const failing = faultyObjects(env.KEYS, { authorize: { kind: "late-answer", ms: 300 } });
+    expect(await outcome(hot.key, isolate, { KEYS: failing, RATE_LIMIT_TIMEOUT_MS: "100" })).toBe(503);
+    await failing.settled();
+    // The object took the unspent admissions back when the call reached it; the call's own admission and the lease
+    // granted beside it went back with the cancellation, since the isolate never got them.
+    expect(await countedByObject(hot.id)).toBe(admitted);
+    expect(await outcome(hot.key, isolate)).toMatch(/leased|counted/);
+    clock.now += LEASE_MS;
+    expect(await outcome(hot.key, isolate, {}, 0)).toMatch(/leased|counted/);
+    // What the isolate holds now is counted as spent until it comes back.
+    expect(await countedByObject(hot.id)).toBe(admitted + 1 + isolate.available(name));
+  });
+
+  it("lose at most what an ended lease left, and never count it twice, when neither the call nor its cancellation arrives", async () => {
+    const { hot, isolate, clock, name, admitted } = await partlySpentLease();
+    const unspent = isolate.available(name);
+    clock.now += LEASE_MS;
+    const failing = faultyObjects(env.KEYS, { authorize: { kind: "throw" }, cancel: { kind: "throw" } });
+    expect(await outcome(hot.key, isolate, { KEYS: failing })).toBe(503);
+    const counted = await countedByObject(hot.id);
+    expect(counted).toBeGreaterThanOrEqual(admitted);
+    expect(counted).toBeLessThanOrEqual(admitted + unspent);
+    // Once the object answers again, the next call returns nothing twice: what was lost stays lost, nothing more.
+    expect(await outcome(hot.key, isolate)).toMatch(/leased|counted/);
+    clock.now += LEASE_MS;
+    expect(await outcome(hot.key, isolate, {}, 0)).toMatch(/leased|counted/);
+    expect(await countedByObject(hot.id)).toBe(counted + 1 + isolate.available(name));
   });
 });
