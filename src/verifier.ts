@@ -3,7 +3,9 @@ import type { z } from "@hono/zod-openapi";
 import { getConfig } from "./config";
 import { withDatabaseDeadline } from "./db/client";
 import type { Bindings } from "./env";
+import { ApiError } from "./errors";
 import { type Verdict, VerifyRequest, verifyKey } from "./keys/verify";
+import { log, safeError } from "./log";
 import { fieldErrors } from "./openapi";
 import { counterContext } from "./ratelimit/limiter";
 
@@ -25,6 +27,23 @@ export class KeygateVerifier extends WorkerEntrypoint<Bindings> {
     // No response to mark: a caller in open mode sees `rateLimit: null`.
     const requestId = `req_${crypto.randomUUID().replaceAll("-", "")}`;
     const c = counterContext(withDatabaseDeadline(this.env), this.ctx, getConfig(this.env), requestId);
-    return verifyKey(c, parsed.data);
+    try {
+      return await verifyKey(c, parsed.data);
+    } catch (err) {
+      throw callerError(err, requestId);
+    }
   }
+}
+
+/**
+ * What the calling Worker is told of a failure: the problem's code and detail (`rate_limiter_unavailable: …`,
+ * `database_unavailable: …`), as invalid input is told; anything else is an internal error, logged here by its class
+ * and message only. Never what drizzle wraps a database error in: the query and its parameters, the key's hash among them.
+ */
+function callerError(err: unknown, requestId: string): Error {
+  // drizzle wraps what the database layer throws (a deadline's 503 among it) in an error of its own.
+  const known = err instanceof ApiError ? err : err instanceof Error && err.cause instanceof ApiError ? err.cause : null;
+  if (known) return new Error(`${known.code}: ${known.detail}`);
+  log("error", "unexpected_error", { requestId, error: safeError(err) });
+  return new Error(`internal_error: Something went wrong on our side. Quote the request id ${requestId} when you report it.`);
 }
