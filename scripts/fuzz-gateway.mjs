@@ -25,7 +25,7 @@ import { startKeygate } from "./keygate-server.mjs";
 export const GATEWAY_ROUTES = [
   { pattern: "/v1/mailboxes/:mailboxId/*", resource: { type: "mailbox", param: "mailboxId" } },
   { pattern: "/api/v1/organizations/:org/projects/:project/*", account: "org", resource: { type: "project", param: "project" } },
-  { pattern: "/v1/processes/:processId/runs", methods: ["DELETE"], access: "full" },
+  { pattern: "/v1/processes/:processId/runs", methods: ["DELETE"], access: "full", resource: { type: "process", param: "processId" } },
   { pattern: "/v1/processes/:processId/*", resource: { type: "process", param: "processId" } },
   { pattern: "/v1/reports/*", cost: 5 },
   { pattern: "/v1/chat/*", auth: "key-or-token" },

@@ -22,13 +22,21 @@ export function parseGrant(grant: string): { type: string; id: string } | null {
 const known = new Map<string, { accountId: string; until: number }>();
 const KEEP_MS = 1000;
 const MAX_KNOWN = 10_000;
+/** Counts this isolate's own changes, so a read that was under way during one never brings back what it replaced. */
+let changes = 0;
 
-function remember(type: string, id: string, accountId: string | null): void {
+/** Keeps what a read or a change found, until a second after `at` (when the read was asked, or now for a change). */
+function remember(type: string, id: string, accountId: string | null, at = Date.now()): void {
   const name = `${type}:${id}`;
   known.delete(name);
   if (accountId === null) return;
   if (known.size >= MAX_KNOWN) known.delete(known.keys().next().value as string);
-  known.set(name, { accountId, until: Date.now() + KEEP_MS });
+  known.set(name, { accountId, until: at + KEEP_MS });
+}
+
+function changed(type: string, id: string, accountId: string | null): void {
+  changes++;
+  remember(type, id, accountId);
 }
 
 /** The account that owns a resource, or null when no account does (then no key reaches it). */
@@ -36,12 +44,15 @@ export async function ownerOf(d1: D1Database, type: string, id: string): Promise
   const cached = known.get(`${type}:${id}`);
   if (cached && cached.until > Date.now()) return cached.accountId;
   if (!RESOURCE_TYPE.test(type) || !RESOURCE_ID.test(id)) return null;
+  const [askedAt, before] = [Date.now(), changes];
   const [row] = await db(d1)
     .select({ accountId: resourceOwners.accountId })
     .from(resourceOwners)
     .where(and(eq(resourceOwners.type, type), eq(resourceOwners.resourceId, id)))
     .limit(1);
-  remember(type, id, row?.accountId ?? null);
+  // The row is as old as the question: it is kept a second from then, and not at all if this isolate changed an owner
+  // meanwhile (the answer may predate that change).
+  if (changes === before) remember(type, id, row?.accountId ?? null, askedAt);
   return row?.accountId ?? null;
 }
 
@@ -58,7 +69,7 @@ export async function claim(d1: D1Database, type: string, id: string, accountId:
     .onConflictDoUpdate({ target: [resourceOwners.type, resourceOwners.resourceId], set: { type } })
     .returning({ accountId: resourceOwners.accountId });
   if (!row) throw new Error("the claim returned no owner");
-  remember(type, id, row.accountId);
+  changed(type, id, row.accountId);
   return row.accountId;
 }
 
@@ -67,7 +78,7 @@ export async function release(d1: D1Database, type: string, id: string, accountI
   await db(d1)
     .delete(resourceOwners)
     .where(and(eq(resourceOwners.type, type), eq(resourceOwners.resourceId, id), eq(resourceOwners.accountId, accountId)));
-  known.delete(`${type}:${id}`);
+  changed(type, id, null);
 }
 
 /** The provider's backend says who owns a resource (created before Keygate, or moved): it replaces any owner. */
@@ -78,7 +89,7 @@ export async function setOwner(d1: D1Database, type: string, id: string, account
     .values({ type, resourceId: id, accountId, createdAt })
     .onConflictDoUpdate({ target: [resourceOwners.type, resourceOwners.resourceId], set: { accountId, createdAt } })
     .returning({ createdAt: resourceOwners.createdAt });
-  remember(type, id, accountId);
+  changed(type, id, accountId);
   return { type, id, accountId, createdAt: row?.createdAt ?? createdAt };
 }
 
@@ -97,6 +108,6 @@ export async function removeOwner(d1: D1Database, type: string, id: string): Pro
     .delete(resourceOwners)
     .where(and(eq(resourceOwners.type, type), eq(resourceOwners.resourceId, id)))
     .returning({ type: resourceOwners.type });
-  known.delete(`${type}:${id}`);
+  changed(type, id, null);
   return gone.length > 0;
 }

@@ -63,7 +63,7 @@ export const RouteTable = jsonText(z.array(Route).max(500), "[]").transform((rou
 
 /**
  * The path as the gateway matches and forwards it, or null when an upstream could read it otherwise than the gateway
- * does: an empty segment (`//`), an encoded `/`, `\` or `.`, a `;`, or a malformed escape. Encoded unreserved
+ * does: an empty segment (`//`), an encoded `/`, `\` or `.`, a `;`, a malformed escape, or bytes that are not UTF-8. Encoded unreserved
  * characters are decoded (`%72uns` is `runs`), so every spelling of a path meets the same route.
  */
 export function canonicalPath(raw: string): string | null {
@@ -87,6 +87,12 @@ export function canonicalPath(raw: string): string | null {
       j += 2;
     }
     if (s === "." || s === "..") return null;
+    // Bytes that are not UTF-8 are read differently by every upstream (dropped, replaced, cut at): never forwarded.
+    try {
+      decodeURIComponent(s);
+    } catch {
+      return null;
+    }
     out.push(s);
   }
   return `/${out.join("/")}`;
@@ -136,11 +142,8 @@ function bind(segments: string[], parts: string[]): Record<string, string> | nul
       continue;
     }
     if (part === "") return null;
-    try {
-      params[name] = decodeURIComponent(part);
-    } catch {
-      return null;
-    }
+    // A canonical path always decodes.
+    params[name] = decodeURIComponent(part);
   }
   return params;
 }

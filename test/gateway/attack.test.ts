@@ -43,7 +43,8 @@ describe("attack: path encodings that the route table and the upstream read diff
   // case-insensitively or decode %2F. Any spelling the table reads otherwise than the upstream would skip a stricter
   // route for a laxer one: a process-scoped key may not DELETE /v1/processes/:id/runs (access: full) by any spelling.
   it("does not let a scoped key reach a full-access route through an encoded or non-canonical path", async () => {
-    const { key } = await provision();
+    const { account, key } = await provision();
+    await own(account.id, "process:p1");
     const scoped = await createKey(key.key, { processIds: ["p1"] });
     await expectProblem(await gw("/v1/processes/p1/runs", { key: scoped.key, method: "DELETE" }), 403, "insufficient_scope");
 

@@ -84,7 +84,7 @@ describe("attack: a resource id the route table cannot decode", () => {
   // not match instead of refusing the path, so the next route (the catch-all) takes it: another account's full-access
   // key gets the victim's id plus a stray byte forwarded with no owner checked, to an upstream that may drop the byte
   // (MySQL outside strict mode truncates at an invalid character) and serve the victim's mailbox.
-  it.fails("never forwards a path whose resource segment it could not decode", async () => {
+  it("never forwards a path whose resource segment it could not decode", async () => {
     const a = await provision();
     const b = await provision();
     const victim = unique("mbx");
@@ -284,7 +284,7 @@ describe("attack: another account's resource in a verify call", () => {
 describe("attack: the shared route table", () => {
   // Break: `DELETE /v1/processes/:processId/runs` is full-access-only but names no `resource`, so no owner is checked
   // there: another account's full-access key deletes the runs of a process that is not its account's.
-  it.fails("refuses another account's full-access key on the full-access-only route of a process", async () => {
+  it("refuses another account's full-access key on the full-access-only route of a process", async () => {
     const a = await provision();
     const b = await provision();
     const process = unique("proc");
@@ -299,7 +299,7 @@ describe("attack: an owner remembered past a move", () => {
   // Break: an owner read from D1 is remembered for a second from when the read comes back, not from when it was asked:
   // a read in flight across a move (or a deletion) puts the former owner back, in this isolate, for a second after it
   // returns, so a slow read keeps the former owner's keys in for longer than the second the README promises.
-  it.fails("lets the former owner's keys in no longer than a second after the move, even past a slow read", async () => {
+  it("lets the former owner's keys in no longer than a second after the move, even past a slow read", async () => {
     const a = await provision();
     const b = await provision();
     const mailbox = unique("mbx");

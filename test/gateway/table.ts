@@ -10,7 +10,7 @@ export const ROUTES = [
   // Roboticks: the organization in the URL must be the caller's own; the project must be granted.
   { pattern: "/api/v1/organizations/:org/projects/:project/*", account: "org", resource: { type: "project", param: "project" } },
   // RPA Watch: process-scoped keys.
-  { pattern: "/v1/processes/:processId/runs", methods: ["DELETE"], access: "full" },
+  { pattern: "/v1/processes/:processId/runs", methods: ["DELETE"], access: "full", resource: { type: "process", param: "processId" } },
   { pattern: "/v1/processes/:processId/*", resource: { type: "process", param: "processId" } },
   { pattern: "/v1/reports/*", cost: 5 },
   // Robofy: the widget's chat takes handshake tokens.
