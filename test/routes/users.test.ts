@@ -1,6 +1,7 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { faultyObjects } from "../faults";
+import { holdings } from "../../src/ratelimit/held";
+import { faultyDatabase, faultyObjects } from "../faults";
 import { call, callWith, createAgent, createKey, createUser, expectProblem, memberWithKey, provision, rows } from "../helpers";
 
 const patch = (key: string, id: string, body: unknown) => call(`/v1/users/${id}`, { method: "PATCH", key, body });
@@ -127,6 +128,136 @@ describe("/v1/users", () => {
       await expectProblem(await callWith(broken, `/v1/users/${other.admin.id}`, { method: "PATCH", key: key.key, body }), 404, "not_found");
     }
     expect(await rows("SELECT disabled FROM users WHERE id = ?", other.admin.id)).toEqual([{ disabled: 0 }]);
+  });
+});
+
+describe("concurrent changes of one user's rights", () => {
+  type Whoami = { role: string; scopes: string[] };
+  const whoami = async (key: string) => {
+    const res = await call("/v1/whoami", { key });
+    expect(res.status).toBe(200);
+    return res.json<Whoami>();
+  };
+  /**
+   * PATCH /v1/users/:id whose write reaches D1 `ms` late: the two writes of a race land in either order, and a change
+   * that put itself in force before its write landed would be seen.
+   */
+  const slowPatch = (key: string, id: string, body: unknown, ms: number) =>
+    callWith({ DB: faultyDatabase(env.DB, { kind: "late-call", ms }, (sql) => sql.includes('update "users"')) }, `/v1/users/${id}`, {
+      method: "PATCH",
+      key,
+      body,
+    });
+  /** Settles `changes` while the key keeps making requests, one after another, until they have all answered. */
+  const besideTheKey = async (key: string, changes: Promise<Response>[]) => {
+    let done = false;
+    const settled = Promise.all(changes).finally(() => {
+      done = true;
+    });
+    const requests = (async () => {
+      while (!done) expect((await call("/v1/whoami", { key })).status).toBe(200);
+    })();
+    await requests;
+    return settled;
+  };
+  const LATE = [0, 40, 10, 25, 5];
+  // Enough budget for every change and request of every trial in one minute.
+  const roomy = { rateLimit: { limit: 1000, windowSeconds: 60 } };
+
+  it("two grant changes at once: the row holds one of them whole, and the user's key is judged by it on its next request", async () => {
+    const { account, key } = await provision(roomy);
+    const races: [string[], string[]][] = [
+      [["project:alpha", "project:beta"], ["mailbox:mbx_1"]],
+      [["*"], ["project:alpha"]],
+    ];
+    for (let trial = 0; trial < 10; trial++) {
+      const writes = races[trial % 2] as [string[], string[]];
+      const member = await memberWithKey(key.key);
+      // A starting point neither write holds, already in the key's object: each write changes the row, and an object
+      // that kept what it held would show it.
+      expect((await patch(key.key, member.user.id, { grants: ["process:p0"] })).status).toBe(200);
+      expect((await whoami(member.key.key)).scopes).toEqual(["process:p0"]);
+
+      // The key's own requests run beside the two writes, so its object reads the user before, between and after them.
+      const [a, b] = await besideTheKey(
+        member.key.key,
+        writes.map((grants, i) => slowPatch(key.key, member.user.id, { grants }, LATE[(trial + i) % LATE.length] as number)),
+      );
+      expect([a?.status, b?.status]).toEqual([200, 200]);
+      const [row] = await rows<{ grants: string }>("SELECT grants FROM users WHERE id = ?", member.user.id);
+      const stored = JSON.parse(row?.grants ?? "null") as string[];
+      expect(writes).toContainEqual(stored);
+      // The later write's answer reads the row after it: it shows what is stored.
+      const answered = await Promise.all([a, b].map(async (r) => (await (r as Response).json<{ grants: string[] }>()).grants));
+      expect(answered).toContainEqual(stored);
+
+      expect((await whoami(member.key.key)).scopes).toEqual(stored);
+      const fullAccess = await call("/v1/api-keys", { key: member.key.key });
+      if (stored.includes("*")) expect(fullAccess.status).toBe(200);
+      else await expectProblem(fullAccess, 403, "insufficient_scope");
+    }
+    expect(await rows("SELECT count(*) AS n FROM audit_events WHERE account_id = ? AND action = 'user.updated'", account.id)).toEqual([
+      { n: 30 },
+    ]);
+  });
+
+  it("a grant change racing a role change: both land whole, neither undoes the other, and the key follows both", async () => {
+    const { account, key } = await provision(roomy);
+    for (let trial = 0; trial < 10; trial++) {
+      // Even trials promote a member, odd ones demote an admin, while the same user's grants change.
+      const role = trial % 2 === 0 ? "admin" : "member";
+      const member = await memberWithKey(key.key);
+      expect((await patch(key.key, member.user.id, { grants: ["process:p0"] })).status).toBe(200);
+      if (role === "member") expect((await patch(key.key, member.user.id, { role: "admin" })).status).toBe(200);
+      expect((await whoami(member.key.key)).role).toBe(role === "admin" ? "member" : "admin");
+
+      const [a, b] = await besideTheKey(member.key.key, [
+        slowPatch(key.key, member.user.id, { grants: ["project:alpha"] }, LATE[trial % LATE.length] as number),
+        slowPatch(key.key, member.user.id, { role }, LATE[(trial + 1) % LATE.length] as number),
+      ]);
+      expect([a?.status, b?.status]).toEqual([200, 200]);
+      expect(await rows("SELECT role, grants FROM users WHERE id = ?", member.user.id)).toEqual([{ role, grants: '["project:alpha"]' }]);
+
+      const users = await call("/v1/users", { key: member.key.key });
+      if (role === "admin") {
+        // An admin holds every grant; the stored grants wait for a demotion, and then bound the key at once.
+        expect(await whoami(member.key.key)).toMatchObject({ role: "admin", scopes: ["*"] });
+        expect(users.status).toBe(200);
+        expect((await patch(key.key, member.user.id, { role: "member" })).status).toBe(200);
+      } else {
+        await expectProblem(users, 403, "insufficient_scope");
+      }
+      expect(await whoami(member.key.key)).toMatchObject({ role: "member", scopes: ["project:alpha"] });
+    }
+    expect(await rows("SELECT count(*) AS n FROM audit_events WHERE account_id = ? AND action = 'user.updated'", account.id)).toEqual([
+      { n: 40 },
+    ]);
+  });
+});
+
+describe("a grant change while one of the key's requests is in flight", () => {
+  // Known bug, not fixed here (src/ratelimit/held.ts, Holdings.hold): the change drops what this isolate holds of the
+  // key, but the answer of a call asked before the drop, arriving after it, is held again with the record the object
+  // had before the change, so the isolate serves the key's next requests (for up to LEASE_MS) under the old grants.
+  it.fails("leaves this isolate nothing of the old grants: the key's next request is judged by the stored ones", async () => {
+    const { key } = await provision({ rateLimit: { limit: 1000, windowSeconds: 60 } });
+    const member = await memberWithKey(key.key);
+    const name = `key:${member.key.id}`;
+    // A hot key: this isolate holds a lease of it, under the member's grants as they are (["*"]).
+    for (let i = 0; holdings.available(name) === 0; i++) {
+      expect((await call("/v1/whoami", { key: member.key.key })).status).toBe(200);
+      expect(i).toBeLessThan(100);
+    }
+    // Its lease spent, the isolate asks the object again; the object's answer (a new lease, under ["*"]) comes back late.
+    holdings.drop([name]);
+    const late = faultyObjects(env.KEYS, { authorize: { kind: "late-answer", ms: 300 } });
+    const inFlight = callWith({ KEYS: late }, "/v1/whoami", { key: member.key.key });
+    await late.reached("authorize");
+    // Meanwhile the grants change, answered once in force.
+    expect((await patch(key.key, member.user.id, { grants: ["project:alpha"] })).status).toBe(200);
+    expect((await inFlight).status).toBe(200);
+    const next = await call("/v1/whoami", { key: member.key.key });
+    expect((await next.json<{ scopes: string[] }>()).scopes).toEqual(["project:alpha"]);
   });
 });
 
