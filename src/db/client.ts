@@ -3,6 +3,7 @@ import { getConfig } from "../config";
 import { deadline } from "../deadline";
 import type { Bindings } from "../env";
 import { ApiError } from "../errors";
+import { log, safeError } from "../log";
 
 export type Db = DrizzleD1Database;
 
@@ -29,14 +30,18 @@ export function batch(d1: D1Database, queries: (Query | D1PreparedStatement)[]):
 const ROUND_TRIPS = new Set(["first", "run", "all", "raw"]);
 
 /**
- * D1 with a deadline on every round trip (statements, batches, exec): a database that stalls answers 503
- * `database_unavailable` instead of holding the request. A write that timed out may still land; every write Keygate
+ * D1 with a deadline on every round trip (statements, batches, exec): a database that stalls or fails answers 503
+ * `database_unavailable` instead of holding the request or answering 500. A write that timed out may still land; every write Keygate
  * makes is guarded or idempotent, so repeating the request is safe.
  */
 export function withDeadline(d1: D1Database, ms: () => number): D1Database {
   const real = new WeakMap<object, D1PreparedStatement>();
   const timed = <T>(p: Promise<T>) =>
-    deadline(p, ms(), () => new ApiError("database_unavailable", "The database did not answer in time; retry shortly.", RETRY));
+    deadline(
+      p.catch(unavailable),
+      ms(),
+      () => new ApiError("database_unavailable", "The database did not answer in time; retry shortly.", RETRY),
+    );
   const statement = (s: D1PreparedStatement): D1PreparedStatement => {
     const wrapped = new Proxy(s, {
       get(target, prop) {
@@ -63,6 +68,19 @@ export function withDeadline(d1: D1Database, ms: () => number): D1Database {
 }
 
 const RETRY = { headers: { "Retry-After": "5" } };
+
+/** What SQLite itself says of a statement (a constraint the caller handles, or a bug): not the database being down. */
+const STATEMENT_ERROR = /constraint failed|no such (table|column)|syntax error|SQLITE_/i;
+
+/**
+ * A database that fails (a lost connection, a reset, an overloaded or failed storage) is unavailable, like one that
+ * stalls: 503, and the same caveat that a write may still have landed. Its message is logged, masked.
+ */
+function unavailable(err: unknown): never {
+  if (err instanceof ApiError || (err instanceof Error && STATEMENT_ERROR.test(err.message))) throw err;
+  log("error", "database_error", { error: safeError(err) });
+  throw new ApiError("database_unavailable", "The database failed; retry shortly.", RETRY);
+}
 
 /** Whether a D1 error is the violation of the unique index on these columns (D1 reports only SQLite's message). */
 export function violates(err: unknown, columns: string): boolean {

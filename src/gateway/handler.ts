@@ -1,5 +1,6 @@
 import type { Context } from "hono";
 import { createMiddleware } from "hono/factory";
+import type { ContentfulStatusCode, StatusCode } from "hono/utils/http-status";
 import { cors } from "../auth/cors";
 import { guard, type Identified } from "../auth/middleware";
 import { type Need, NO_ACCOUNT } from "../auth/principal";
@@ -145,7 +146,11 @@ async function forward(c: Context<AppEnv>, base: URL, path: string, identity: Id
   c.set("forwarded", true);
   if (identity) await recordOwnership(c, identity, outcome.response);
   else for (const name of OWNERSHIP_HEADERS) outcome.response.headers.delete(name);
-  return outcome.response;
+  // Through the context, so the headers Keygate set on the way (`X-RateLimit-Status`, a deprecation) come along.
+  const answer = outcome.response;
+  return answer.body === null
+    ? c.body(null, { status: answer.status as StatusCode, headers: answer.headers })
+    : c.body(answer.body, { status: answer.status as ContentfulStatusCode, headers: answer.headers });
 }
 
 const CREATED = "Keygate-Resource-Created";

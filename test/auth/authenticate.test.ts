@@ -102,8 +102,12 @@ describe("deprecated query parameter userApiToken", () => {
     const failing = faultyDatabase(env.DB, { kind: "throw", error: new Error("D1_ERROR: network connection lost") }, (sql) =>
       sql.includes('"hash" = ?'),
     );
-    const lines = await logged(() => callWith({ DB: failing }, "/v1/whoami", { key: fresh.key }));
-    expect(lines).toContain("unexpected_error");
+    let res: Response | undefined;
+    const lines = await logged(async () => {
+      res = await callWith({ DB: failing }, "/v1/whoami", { key: fresh.key });
+    });
+    await expectProblem(res as Response, 503, "database_unavailable");
+    expect(lines).toContain("database_error");
     expect(lines).toContain("D1_ERROR: network connection lost");
     expect(lines).not.toContain(hash);
     expect(lines).not.toContain(fresh.key.slice(fresh.prefix.length + 1));
