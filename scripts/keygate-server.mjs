@@ -20,11 +20,12 @@ const isolateName = (i) => (i === 0 ? "keygate" : `keygate-${i + 1}`);
  * each isolate's own address on 127.0.0.1, straight to its Worker (with one isolate, just `url`). `names` are the
  * isolates' Worker names: a request to `url` with the header `MF-Route-Override: <name>` reaches that isolate through
  * the same entry Worker as the first one.
+ * `inspectorPort`, when given, opens the runtime's inspector there (a CPU profile of the isolates under load).
  * @param {{ port: number, bindings: Record<string, string>, entry?: string, assets?: boolean,
- *   isolates?: number | Record<string, string>[] }} options
+ *   isolates?: number | Record<string, string>[], inspectorPort?: number }} options
  * @returns {Promise<{ mf: Miniflare, url: string, urls: string[], names: string[] }>}
  */
-export async function startKeygate({ port, bindings, entry, assets = true, isolates = 1 }) {
+export async function startKeygate({ port, bindings, entry, assets = true, isolates = 1, inspectorPort }) {
   execFileSync("sh", ["scripts/wrangler.sh", "deploy", "--dry-run", "--outdir", "dist"], { stdio: "ignore" });
   const toml = readFileSync("wrangler.toml", "utf8");
   const compatibilityDate = /compatibility_date\s*=\s*"([^"]+)"/.exec(toml)?.[1];
@@ -55,7 +56,7 @@ export async function startKeygate({ port, bindings, entry, assets = true, isola
         }
       : {}),
   });
-  const shared = { host: "127.0.0.1", port };
+  const shared = { host: "127.0.0.1", port, ...(inspectorPort ? { inspectorPort } : {}) };
   const mf = new Miniflare(
     convertV4MiniflareOptions(several ? { ...shared, workers: extra.map((_, i) => worker(i)) } : { ...shared, ...worker(0) }),
   );

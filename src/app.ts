@@ -13,6 +13,7 @@ import { accountRoutes, whoamiRoutes } from "./routes/account";
 import { accountsRoutes } from "./routes/accounts";
 import { agentsRoutes } from "./routes/agents";
 import { apiKeysRoutes } from "./routes/api-keys";
+import { authRoutes } from "./routes/auth";
 import { chatRoutes } from "./routes/chat";
 import { demoRoutes } from "./routes/demo";
 import { handshakeRoutes } from "./routes/handshake";
@@ -86,12 +87,14 @@ app.route("/demo", demoRoutes);
 app.route("/.well-known", wellKnownRoutes);
 app.route("/v1/keys/verify", verifyRoutes);
 app.route("/v1/resource-owners", resourceOwnersRoutes);
+app.route("/v1/auth", authRoutes);
 
 app.openAPIRegistry.registerComponent("securitySchemes", "ApiKey", { type: "apiKey", in: "header", name: "X-API-Key" });
 app.openAPIRegistry.registerComponent("securitySchemes", "Bearer", {
   type: "http",
   scheme: "bearer",
-  description: "An API key, a handshake token (chat only), or the operator token (operator routes)",
+  description:
+    "An API key, a person's access token (POST /v1/auth/login), a handshake token (chat only), or the operator token (operator routes)",
 });
 const DOCUMENT = {
   openapi: "3.1.0",

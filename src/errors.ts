@@ -6,6 +6,8 @@ export const ERRORS = {
   invalid_request: [400, "Invalid request"],
   malformed_json: [400, "Malformed JSON"],
   conflicting_credentials: [400, "Conflicting credentials"],
+  invalid_invitation: [400, "Invalid invitation"],
+  invitation_expired: [400, "Invitation expired"],
   missing_credentials: [401, "Unauthorized"],
   malformed_credentials: [401, "Unauthorized"],
   invalid_key: [401, "Unauthorized"],
@@ -40,6 +42,10 @@ export const ERRORS = {
   upstream_unavailable: [502, "Bad Gateway"],
   upstream_timeout: [504, "Gateway Timeout"],
   invalid_verify_token: [401, "Unauthorized"],
+  invalid_credentials: [401, "Unauthorized"],
+  invalid_refresh_token: [401, "Unauthorized"],
+  session_ended: [401, "Unauthorized"],
+  account_required: [409, "Conflict"],
 } as const satisfies Record<string, readonly [ContentfulStatusCode, string]>;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -4,7 +4,7 @@ import { DEFAULT_PREFIX, PREFIX } from "../keys/format";
 import { KeyWithSecret } from "../keys/schemas";
 import { DEFAULT_POLICY } from "../ratelimit/window";
 import { matching, RateLimit, Timestamp, text } from "../schemas";
-import { Email, UserView } from "../users/schemas";
+import { Email, InvitedUser } from "../users/schemas";
 
 const SLUG = /^[a-z0-9][a-z0-9-]{1,62}$/;
 
@@ -55,7 +55,7 @@ export const AccountActivity = AccountView.extend({
   recentEvents: z.array(AuditEvent),
 }).openapi("AccountActivity");
 
-export const Provisioned = z.strictObject({ account: AccountView, admin: UserView, key: KeyWithSecret }).openapi("Provisioned");
+export const Provisioned = z.strictObject({ account: AccountView, admin: InvitedUser, key: KeyWithSecret }).openapi("Provisioned");
 
 export function accountView(a: Account): z.infer<typeof AccountView> {
   return {

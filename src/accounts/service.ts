@@ -9,6 +9,7 @@ import { ApiError } from "../errors";
 import { newId } from "../keys/format";
 import { liveKeyIds, mintKey } from "../keys/store";
 import { invalidRequest } from "../openapi";
+import { newInvitation } from "../people/invitations";
 import { reloadKeys } from "../ratelimit/limiter";
 import type { AccountChange, NewAccount } from "./schemas";
 
@@ -39,9 +40,11 @@ export async function provisionAccount(
     role: "admin" as const,
     disabled: false,
     grants: JSON.stringify([FULL_ACCESS]),
+    passwordHash: null,
     createdAt: account.createdAt,
   };
   const { raw, row } = await mintAdminKey(account, user.id, user.id, "default", now);
+  const { invitation, statements } = await newInvitation(c.env.DB, new URL(c.req.url).origin, user.id, now);
   const audit = { accountId: account.id, actor: "operator", requestId: c.get("requestId") };
   const d = db(c.env.DB);
   try {
@@ -52,13 +55,14 @@ export async function provisionAccount(
       auditInsert(d, { ...audit, action: "account.created", target: account.id }, now),
       auditInsert(d, { ...audit, action: "user.created", target: user.id }, now),
       auditInsert(d, { ...audit, action: "key.created", target: row.id }, now),
+      ...statements,
     ]);
   } catch (err) {
     // The unique index on accounts.slug: nothing of the batch was written.
     if (violates(err, "accounts.slug")) throw new ApiError("slug_taken", `The slug ${slug} belongs to another account.`);
     throw err;
   }
-  return { account, user, raw, row, now };
+  return { account, user, raw, row, now, invitation };
 }
 
 /**

@@ -1,6 +1,7 @@
 import { eq } from "drizzle-orm";
 import type { Next } from "hono";
 import { createMiddleware } from "hono/factory";
+import { decodeProtectedHeader } from "jose";
 import { findAgent } from "../agents/store";
 import { db } from "../db/client";
 import { accounts } from "../db/schema";
@@ -8,7 +9,9 @@ import type { KeyEnv, MaybeKeyEnv, RequestContext } from "../env";
 import { ApiError } from "../errors";
 import { authorizeKey } from "../keys/authorize";
 import { parseKey } from "../keys/format";
+import { sessionPrincipal } from "../people/sessions";
 import { type Admission, admit, rateLimitHeaders, refund, spend, spendPerAddress } from "../ratelimit/limiter";
+import { ACCESS_TYPE, verifyAccessToken } from "../tokens/access";
 import { type ChatClaims, looksLikeToken, verifyToken } from "../tokens/handshake";
 import { deprecationHeaders, extractCredential, invalidToken } from "./credentials";
 import { type Need, type Principal, refused } from "./principal";
@@ -86,6 +89,11 @@ async function identify(
   }
   // Set now, so that every answer to a query-parameter request says it is deprecated, refusals included.
   if (found.method === "query") for (const [name, value] of Object.entries(deprecationHeaders(config))) c.header(name, value);
+  if (looksLikeToken(found.credential) && isAccessToken(found.credential)) {
+    const principal = await checkAccessToken(c, found.credential, typeof need === "function" ? await need() : need);
+    onIdentity({ principal: principal.principal });
+    return principal.admission && admit(principal.admission);
+  }
   if (looksLikeToken(found.credential)) {
     const claims = await checkToken(c, found.credential);
     if (!tokens) throw new ApiError("insufficient_scope", "Handshake tokens work only on chat routes; use an API key here.");
@@ -108,6 +116,33 @@ async function identify(
   if (!verdict.ok) throw "refusal" in verdict ? refused(verdict.refusal) : refusedKey(verdict.code);
   onIdentity({ principal: verdict.principal });
   return verdict.admission && admit(verdict.admission);
+}
+
+function isAccessToken(token: string): boolean {
+  try {
+    return decodeProtectedHeader(token).typ === ACCESS_TYPE;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A person's access token: valid, its session live, and the user's rights (as they are now) enough for `need`; then
+ * the user's own limit is spent.
+ */
+async function checkAccessToken(
+  c: RequestContext,
+  token: string,
+  need: Need,
+): Promise<{ principal: Principal; admission: Admission | null }> {
+  const result = await verifyAccessToken(c.get("config").signingKeys, token, new Date());
+  if (!result.ok) {
+    const detail =
+      result.code === "token_expired" ? "The access token has expired; refresh it or log in again." : "The token is not valid.";
+    throw new ApiError(result.code, detail, { headers: invalidToken });
+  }
+  const { principal, admission } = await sessionPrincipal(c, result.claims, need);
+  return { principal, admission };
 }
 
 /**

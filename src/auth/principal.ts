@@ -1,10 +1,13 @@
 import { ApiError } from "../errors";
 import type { Policy } from "../ratelimit/window";
 
-/** Who is calling: an API key, acting with the rights of its owner inside one account. */
+/** Who is calling: an API key, acting with the rights of its owner inside one account, or that owner in a session. */
 export type Principal = {
   accountId: string;
-  keyId: string;
+  /** The key the request came with; null for a person's session (access token or dashboard cookie). */
+  keyId: string | null;
+  /** The session of a person's request (`Keygate-Auth-Method: session`). */
+  sessionId?: string;
   userId: string;
   role: "admin" | "member";
   /**

@@ -11,7 +11,7 @@ export function db(d1: D1Database): Db {
   return drizzle(d1);
 }
 
-type Query = { toSQL(): { sql: string; params: unknown[] } };
+export type Query = { toSQL(): { sql: string; params: unknown[] } };
 
 /**
  * Runs drizzle queries and raw statements as one D1 batch: one transaction, all or nothing.

@@ -38,9 +38,15 @@ export const users = sqliteTable(
      * are its scopes intersected with these; admins always have `["*"]`.
      */
     grants: text("grants").notNull().default('["*"]'),
+    /** `pbkdf2-sha256$<iterations>$<salt>$<hash>` (auth/password.ts); null until the user accepts an invitation. */
+    passwordHash: text("password_hash"),
     createdAt: text("created_at").notNull(),
   },
-  (t) => [uniqueIndex("users_account_email").on(t.accountId, t.email), index("users_account_created").on(t.accountId, t.createdAt)],
+  (t) => [
+    index("users_email").on(t.email),
+    uniqueIndex("users_account_email").on(t.accountId, t.email),
+    index("users_account_created").on(t.accountId, t.createdAt),
+  ],
 );
 
 export const apiKeys = sqliteTable(
@@ -148,6 +154,68 @@ export const resourceOwners = sqliteTable(
     createdAt: text("created_at").notNull(),
   },
   (t) => [primaryKey({ columns: [t.type, t.resourceId] }), index("resource_owners_account").on(t.accountId)],
+);
+
+/** One-time links that let a user set a password (a first one, or a new one: the reset). Only a hash is kept. */
+export const invitations = sqliteTable(
+  "invitations",
+  {
+    id: text("id").primaryKey(),
+    userId: text("user_id")
+      .notNull()
+      .references(() => users.id),
+    tokenHash: text("token_hash").notNull(),
+    expiresAt: text("expires_at").notNull(),
+    /** Set when used, or when a newer invitation of the same user replaces it. */
+    usedAt: text("used_at"),
+    createdAt: text("created_at").notNull(),
+  },
+  (t) => [uniqueIndex("invitations_token_hash").on(t.tokenHash), index("invitations_user").on(t.userId)],
+);
+
+/**
+ * A person's login: access tokens name it (`sid`) and are refused once it has ended. `refreshHash` is the hash of the
+ * one refresh token that works now; presenting an earlier one ends the session.
+ */
+export const sessions = sqliteTable(
+  "sessions",
+  {
+    id: text("id").primaryKey(),
+    userId: text("user_id")
+      .notNull()
+      .references(() => users.id),
+    accountId: text("account_id")
+      .notNull()
+      .references(() => accounts.id),
+    refreshHash: text("refresh_hash").notNull(),
+    userAgent: text("user_agent"),
+    createdAt: text("created_at").notNull(),
+    lastUsedAt: text("last_used_at").notNull(),
+    /** The absolute end: 30 days after login, whatever refreshes happen. */
+    expiresAt: text("expires_at").notNull(),
+    endedAt: text("ended_at"),
+    /** `logout`, `password_changed`, `user_disabled`, `refresh_reused`, `ended_by_user`. */
+    endReason: text("end_reason"),
+  },
+  (t) => [index("sessions_user_created").on(t.userId, t.createdAt)],
+);
+
+/** Requests per key and hour, flushed from the key's Durable Object at most once a minute (no D1 write per request). */
+export const keyUsage = sqliteTable(
+  "key_usage",
+  {
+    keyId: text("key_id")
+      .notNull()
+      .references(() => apiKeys.id),
+    accountId: text("account_id")
+      .notNull()
+      .references(() => accounts.id),
+    /** The hour's start, ISO-8601 UTC (`2026-11-23T14:00:00.000Z`). */
+    hour: text("hour").notNull(),
+    admitted: integer("admitted").notNull().default(0),
+    rateLimited: integer("rate_limited").notNull().default(0),
+  },
+  (t) => [primaryKey({ columns: [t.keyId, t.hour] }), index("key_usage_account_hour").on(t.accountId, t.hour)],
 );
 
 export type Account = typeof accounts.$inferSelect;

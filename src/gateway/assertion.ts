@@ -10,7 +10,7 @@ export type Identity = {
   accountId: string;
   /** The key's owner, or for a handshake token the agent's end user. */
   userId: string;
-  method: "key" | "token";
+  method: "key" | "token" | "session";
   keyId?: string;
   role?: "admin" | "member";
   scopes?: string[];

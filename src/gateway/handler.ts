@@ -102,7 +102,8 @@ function need(c: Context<AppEnv>, route: GatewayRoute, params: Record<string, st
 function identityOf(id: Identified): Identity {
   if ("claims" in id) return { accountId: id.claims.acc, userId: id.claims.sub, method: "token", agentId: id.claims.agt };
   const p = id.principal;
-  return { accountId: p.accountId, userId: p.userId, method: "key", keyId: p.keyId, role: p.role, scopes: p.scopes };
+  const by = p.keyId === null ? { method: "session" as const } : { method: "key" as const, keyId: p.keyId };
+  return { accountId: p.accountId, userId: p.userId, ...by, role: p.role, scopes: p.scopes };
 }
 
 /** The identity headers the upstream gets, the assertion that proves them among them. */

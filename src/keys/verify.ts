@@ -65,7 +65,8 @@ export async function verifyKey(c: CounterContext, { key, resource, cost }: z.ou
   return {
     valid: true,
     accountId: p.accountId,
-    keyId: p.keyId,
+    // A key's principal always names its key.
+    keyId: p.keyId as string,
     userId: p.userId,
     role: p.role,
     scopes: p.scopes,

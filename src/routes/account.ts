@@ -65,7 +65,7 @@ export const accountRoutes = routes()
 const Whoami = z
   .strictObject({
     accountId: z.string(),
-    keyId: z.string(),
+    keyId: z.string().nullable().openapi({ description: "Null for a person's session (access token or dashboard)" }),
     userId: z.string(),
     role: Role,
     scopes: z.array(z.string()),

@@ -47,9 +47,12 @@ export const accountsRoutes = routes()
       },
     }),
     async (c) => {
-      const { account, user, raw, row, now } = await provisionAccount(c, c.req.valid("json"));
+      const { account, user, raw, row, now, invitation } = await provisionAccount(c, c.req.valid("json"));
       c.header("Cache-Control", "no-store");
-      return c.json({ account: accountView(account), admin: userView(user), key: { ...keyView(row, now), key: raw } }, 201);
+      return c.json(
+        { account: accountView(account), admin: { ...userView(user), invitation }, key: { ...keyView(row, now), key: raw } },
+        201,
+      );
     },
   )
   /**

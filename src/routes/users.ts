@@ -6,8 +6,8 @@ import { listPage, pageOf } from "../db/pagination";
 import { users } from "../db/schema";
 import { BODY_PROBLEMS, json, jsonBody, KEY_PROBLEMS, KEY_SECURITY, problems, routes, withBody } from "../openapi";
 import { IdParam, PageQuery, page } from "../schemas";
-import { NewUser, UserChange, UserView, userView } from "../users/schemas";
-import { createUser, findUser, updateUser } from "../users/service";
+import { InvitationView, InvitedUser, NewUser, UserChange, UserView, userView } from "../users/schemas";
+import { createUser, findUser, reinvite, updateUser } from "../users/service";
 import { allow } from "./method-not-allowed";
 
 const admin = authenticate("admin");
@@ -22,11 +22,15 @@ export const usersRoutes = routes()
       security: KEY_SECURITY,
       middleware: withBody(admin),
       request: { body: jsonBody(NewUser) },
-      responses: { 201: json(UserView, "The new user"), ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS, "email_taken") },
+      responses: {
+        201: json(InvitedUser, "The new user and their invitation (shown this once)"),
+        ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS, "email_taken"),
+      },
     }),
     async (c) => {
-      const user = await createUser(c, c.get("principal"), c.req.valid("json"));
-      return c.json(userView(user), 201);
+      const { user, invitation } = await createUser(c, c.get("principal"), c.req.valid("json"));
+      c.header("Cache-Control", "no-store");
+      return c.json({ ...userView(user), invitation }, 201);
     },
   )
   .openapi(
@@ -76,5 +80,22 @@ export const usersRoutes = routes()
       return c.json(userView(user), 200);
     },
   )
+  .openapi(
+    createRoute({
+      method: "post",
+      path: "/{id}/invitation",
+      summary: "A new invitation for a user: their first password, or a reset",
+      description: "Any earlier unused invitation of the user stops working. The token is shown this once.",
+      security: KEY_SECURITY,
+      middleware: admin,
+      request: { params: IdParam },
+      responses: { 201: json(InvitationView, "The invitation"), ...problems(...KEY_PROBLEMS, "not_found") },
+    }),
+    async (c) => {
+      c.header("Cache-Control", "no-store");
+      return c.json(await reinvite(c, c.get("principal"), c.req.valid("param").id), 201);
+    },
+  )
   .all("/", allow("GET", "POST"))
-  .all("/:id", allow("GET", "PATCH"));
+  .all("/:id", allow("GET", "PATCH"))
+  .all("/:id/invitation", allow("POST"));

@@ -39,3 +39,13 @@ export function userView(u: User): z.infer<typeof UserView> {
   const grants = u.role === "admin" ? [FULL_ACCESS] : (JSON.parse(u.grants) as string[]);
   return { id: u.id, email: u.email, role: u.role, disabled: u.disabled, grants, createdAt: u.createdAt };
 }
+
+export const InvitationView = z
+  .strictObject({
+    token: z.string().openapi({ description: "Shown this once; only its hash is kept" }),
+    url: z.string().openapi({ description: "The dashboard page that sets the password, the token in its fragment" }),
+    expiresAt: Timestamp,
+  })
+  .openapi("Invitation");
+
+export const InvitedUser = UserView.extend({ invitation: InvitationView }).openapi("InvitedUser");

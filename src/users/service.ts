@@ -1,7 +1,7 @@
 import type { z } from "@hono/zod-openapi";
 import { and, eq, sql } from "drizzle-orm";
 import { FULL_ACCESS, type Principal } from "../auth/principal";
-import { auditIfChanged } from "../db/audit";
+import { auditIfChanged, auditInsert } from "../db/audit";
 import { batch, db } from "../db/client";
 import { type User, users } from "../db/schema";
 import type { RequestContext } from "../env";
@@ -10,14 +10,22 @@ import { newId } from "../keys/format";
 import { grantErrors } from "../keys/schemas";
 import { lastingKey, liveKeyIds } from "../keys/store";
 import { invalidRequest } from "../openapi";
+import { type Invitation, newInvitation } from "../people/invitations";
 import { reloadKeys } from "../ratelimit/limiter";
 import type { NewUser, UserChange } from "./schemas";
 
 // The user aggregate's writes: guarded in D1, written with their audit event in one batch, and in force in the objects
 // of the user's keys before they are answered.
 
-/** Creates a user; a taken email writes nothing at all (409 `email_taken`). */
-export async function createUser(c: RequestContext, p: Principal, { email, role }: z.infer<typeof NewUser>): Promise<User> {
+/**
+ * Creates a user with an invitation to set a password (shown once); a taken email writes nothing at all (409
+ * `email_taken`).
+ */
+export async function createUser(
+  c: RequestContext,
+  p: Principal,
+  { email, role }: z.infer<typeof NewUser>,
+): Promise<{ user: User; invitation: Invitation }> {
   const now = new Date();
   const user: User = {
     id: newId("usr"),
@@ -26,9 +34,11 @@ export async function createUser(c: RequestContext, p: Principal, { email, role 
     role,
     disabled: false,
     grants: JSON.stringify([FULL_ACCESS]),
+    passwordHash: null,
     createdAt: now.toISOString(),
   };
   const d = db(c.env.DB);
+  const { invitation, statements } = await newInvitation(c.env.DB, new URL(c.req.url).origin, user.id, now);
   // INSERT OR IGNORE plus a guarded audit event: a taken email writes nothing at all.
   const [inserted] = await batch(c.env.DB, [
     d.insert(users).values(user).onConflictDoNothing(),
@@ -37,9 +47,10 @@ export async function createUser(c: RequestContext, p: Principal, { email, role 
       { accountId: p.accountId, actor: p.userId, action: "user.created", target: user.id, requestId: c.get("requestId") },
       now,
     ),
+    ...statements,
   ]);
   if (inserted?.meta.changes !== 1) throw new ApiError("email_taken", `A user with email ${user.email} already exists in this account.`);
-  return user;
+  return { user, invitation };
 }
 
 /**
@@ -85,6 +96,10 @@ export async function updateUser(
         { accountId: p.accountId, actor: p.userId, action: "user.updated", target: id, requestId: c.get("requestId") },
         now,
       ),
+      // A disabled user's sessions end with the change (re-enabling them brings none back).
+      c.env.DB.prepare(
+        "UPDATE sessions SET ended_at = ?, end_reason = 'user_disabled' WHERE user_id = ? AND ended_at IS NULL AND (SELECT disabled FROM users WHERE id = ?) = 1",
+      ).bind(now.toISOString(), id, id),
     ]);
     if (updated?.meta.changes !== 1) await explainUnchanged(c.env.DB, p.accountId, id, role, disabled, granted);
   }
@@ -148,4 +163,20 @@ export async function findUser(d1: D1Database, accountId: string, id: string): P
     .limit(1);
   if (!user) throw new ApiError("not_found", "No user with this id in this account.");
   return user;
+}
+
+/** A new invitation for a user of the account (a first password, or a reset), replacing any unused one. */
+export async function reinvite(c: RequestContext, p: Principal, userId: string): Promise<Invitation> {
+  const { id } = await findUser(c.env.DB, p.accountId, userId);
+  const now = new Date();
+  const { invitation, statements } = await newInvitation(c.env.DB, new URL(c.req.url).origin, id, now);
+  await batch(c.env.DB, [
+    ...statements,
+    auditInsert(
+      db(c.env.DB),
+      { accountId: p.accountId, actor: p.userId, action: "user.invited", target: id, requestId: c.get("requestId") },
+      now,
+    ),
+  ]);
+  return invitation;
 }

@@ -11,7 +11,8 @@ describe("/v1/users", () => {
     const { account, admin, key } = await provision();
     const res = await call("/v1/users", { key: key.key, body: { email: "Dev@Example.com", role: "member" } });
     expect(res.status).toBe(201);
-    const user = await res.json<{ id: string }>();
+    expect(res.headers.get("Cache-Control")).toBe("no-store");
+    const { invitation, ...user } = await res.json<{ id: string; invitation: { token: string; url: string; expiresAt: string } }>();
     expect(user).toEqual({
       id: expect.stringMatching(/^usr_/),
       email: "dev@example.com",
@@ -20,6 +21,10 @@ describe("/v1/users", () => {
       grants: ["*"],
       createdAt: expect.any(String),
     });
+    // The invitation is shown this once: only its hash is stored, and no view shows it again.
+    expect(invitation.url).toBe(`https://keygate.test/dashboard/accept-invitation#token=${invitation.token}`);
+    expect(Date.parse(invitation.expiresAt) - Date.now()).toBeGreaterThan(6.9 * 86_400_000);
+    expect(JSON.stringify(await rows("SELECT * FROM invitations WHERE user_id = ?", user.id))).not.toContain(invitation.token);
     const list = await (await call("/v1/users", { key: key.key })).json<{ data: { id: string }[]; nextCursor: null }>();
     expect(list.data.map((u) => u.id)).toEqual([user.id, admin.id]);
     expect(list.nextCursor).toBeNull();

@@ -1,0 +1,51 @@
+import { z } from "@hono/zod-openapi";
+import { MAX_PASSWORD_LENGTH } from "../auth/password";
+import { Timestamp } from "../schemas";
+import { Email } from "../users/schemas";
+
+// Length and strength are judged by auth/password.ts (it knows the email); the schema only bounds the input.
+const Password = z
+  .string()
+  .min(1)
+  .max(MAX_PASSWORD_LENGTH * 4);
+
+export const LoginRequest = z
+  .strictObject({
+    email: Email,
+    password: Password,
+    accountId: z
+      .string()
+      .min(1)
+      .max(64)
+      .optional()
+      .openapi({ description: "Needed only when the email belongs to users of several accounts" }),
+  })
+  .openapi("LoginRequest");
+
+export const RefreshRequest = z.strictObject({ refresh_token: z.string().min(1).max(256) }).openapi("RefreshRequest");
+
+export const TokenPair = z
+  .strictObject({
+    access_token: z.string(),
+    token_type: z.literal("bearer"),
+    expires_in: z.number().int().openapi({ example: 3600 }),
+    refresh_token: z.string().openapi({ description: "Works once: each refresh answers a new one" }),
+  })
+  .openapi("TokenPair");
+
+export const AcceptInvitation = z.strictObject({ token: z.string().min(1).max(256), password: Password }).openapi("AcceptInvitation");
+
+export const PasswordChange = z.strictObject({ currentPassword: Password, newPassword: Password }).openapi("PasswordChange");
+
+export const Welcome = z.strictObject({ userId: z.string(), accountId: z.string(), email: z.string() }).openapi("PasswordSet");
+
+export const SessionView = z
+  .strictObject({
+    id: z.string(),
+    createdAt: Timestamp,
+    lastUsedAt: Timestamp,
+    expiresAt: Timestamp,
+    userAgent: z.string().nullable(),
+    current: z.boolean().openapi({ description: "Whether this request came with it" }),
+  })
+  .openapi("Session");

@@ -1,0 +1,265 @@
+import { and, desc, eq, isNull, lt, or, sql } from "drizzle-orm";
+import { hashPassword, needsRehash, verifyPassword } from "../auth/password";
+import { effectiveScopes, FULL_ACCESS, type Need, type Principal, refusal, refused } from "../auth/principal";
+import { batch, db } from "../db/client";
+import { accounts, sessions, users } from "../db/schema";
+import type { RequestContext } from "../env";
+import { ApiError } from "../errors";
+import { generateSecret, hashKey, newId } from "../keys/format";
+import { type Admission, refund, spend, spendPerAddress } from "../ratelimit/limiter";
+import { ACCESS_TTL_SECONDS, type AccessClaims, signAccessToken } from "../tokens/access";
+
+export const SESSION_DAYS = 30;
+/** Failed logins allowed per email address (and, separately, per client address: IP_FAILURE_RATE_LIMIT). */
+export const LOGIN_EMAIL_POLICY = { limit: 10, windowSeconds: 900 };
+/** How stale a session's `lastUsedAt` may get before a request writes it again (no D1 write per request). */
+const LAST_USED_GRANULARITY_MS = 60_000;
+
+export type TokenPair = { access_token: string; token_type: "bearer"; expires_in: number; refresh_token: string };
+
+const INVALID = () => new ApiError("invalid_credentials", "The email or password is not right.");
+
+/**
+ * Logs a person in. An unknown email, a wrong password, a user without a password yet or a disabled one all answer the
+ * same 401 after the same work (one password hash each). Every attempt spends from the email's and the client
+ * address's login budgets first; a successful one gives its spend back, so only failures count.
+ */
+export async function login(
+  c: RequestContext,
+  { email, password, accountId }: { email: string; password: string; accountId?: string | undefined },
+  userAgent: string | null,
+): Promise<TokenPair> {
+  const spent: Admission[] = [];
+  for (const admission of [
+    await spend(c, `login:${await hashKey(email)}`, LOGIN_EMAIL_POLICY),
+    await spendPerAddress(c, "ip", c.get("config").ipPolicy),
+  ]) {
+    if (!admission) continue;
+    if (!admission.allowed) {
+      for (const s of spent) await refund(c, s);
+      throw new ApiError("rate_limited", `Too many login attempts. Try again in ${admission.retryAfter} seconds.`, {
+        headers: { "Retry-After": String(admission.retryAfter) },
+        body: { retry_after: admission.retryAfter },
+      });
+    }
+    spent.push(admission);
+  }
+  const d = db(c.env.DB);
+  const candidates = await d
+    .select({ id: users.id, accountId: users.accountId, passwordHash: users.passwordHash, disabled: users.disabled })
+    .from(users)
+    .where(and(eq(users.email, email), accountId === undefined ? undefined : eq(users.accountId, accountId)))
+    .limit(20);
+  // One hash per candidate, and one when there is none: an unknown email costs what a wrong password does.
+  const matched = [];
+  for (const u of candidates.length > 0 ? candidates : [null]) {
+    if ((await verifyPassword(password, u?.passwordHash ?? null)) && u && !u.disabled) matched.push(u);
+  }
+  if (matched.length === 0) throw INVALID();
+  // Only someone who knows a password learns that the email has several accounts; the answer names none of them.
+  if (matched.length > 1)
+    throw new ApiError("account_required", "This email belongs to users of several accounts: send `accountId` to choose one.");
+  const user = matched[0] as (typeof matched)[number];
+  for (const s of spent) await refund(c, s);
+  const now = new Date();
+  const rehash = user.passwordHash && needsRehash(user.passwordHash) ? await hashPassword(password) : null;
+  const id = newId("ses");
+  const refresh = generateSecret("rt");
+  await batch(c.env.DB, [
+    d.insert(sessions).values({
+      id,
+      userId: user.id,
+      accountId: user.accountId,
+      refreshHash: await hashKey(refresh),
+      userAgent: userAgent?.slice(0, 256) ?? null,
+      createdAt: now.toISOString(),
+      lastUsedAt: now.toISOString(),
+      expiresAt: new Date(now.getTime() + SESSION_DAYS * 86_400_000).toISOString(),
+    }),
+    ...(rehash ? [d.update(users).set({ passwordHash: rehash }).where(eq(users.id, user.id))] : []),
+  ]);
+  return pair(c, { sub: user.id, acc: user.accountId, sid: id }, refresh, now);
+}
+
+async function pair(c: RequestContext, claims: { sub: string; acc: string; sid: string }, refresh: string, now: Date): Promise<TokenPair> {
+  const access = await signAccessToken(c.get("config").signingKeys, claims, now);
+  return { access_token: access, token_type: "bearer", expires_in: ACCESS_TTL_SECONDS, refresh_token: `${claims.sid}.${refresh}` };
+}
+
+/** A session that works: not ended, not past its 30 days, its user enabled. */
+async function liveSession(c: RequestContext, sessionId: string, now: Date) {
+  const [row] = await db(c.env.DB)
+    .select({
+      id: sessions.id,
+      userId: sessions.userId,
+      accountId: sessions.accountId,
+      refreshHash: sessions.refreshHash,
+      lastUsedAt: sessions.lastUsedAt,
+      expiresAt: sessions.expiresAt,
+      endedAt: sessions.endedAt,
+      disabled: users.disabled,
+      role: users.role,
+      grants: users.grants,
+      slug: accounts.slug,
+      keyPrefix: accounts.keyPrefix,
+      rateLimit: accounts.rateLimit,
+      rateLimitWindowSeconds: accounts.rateLimitWindowSeconds,
+    })
+    .from(sessions)
+    .innerJoin(users, eq(users.id, sessions.userId))
+    .innerJoin(accounts, eq(accounts.id, sessions.accountId))
+    .where(eq(sessions.id, sessionId))
+    .limit(1);
+  if (!row || row.endedAt !== null || row.expiresAt <= now.toISOString() || row.disabled) return null;
+  return row;
+}
+
+const ENDED = () => new ApiError("session_ended", "This session has ended; log in again.");
+
+/**
+ * New tokens for a session. With the refresh token (rotating: each works once; one presented again ends the whole
+ * session, as OAuth 2.1 advises for a token that may have leaked) or with a current access token (seed 003's flow).
+ */
+export async function refresh(c: RequestContext, by: { refreshToken: string } | { claims: AccessClaims }): Promise<TokenPair> {
+  const now = new Date();
+  const [sid, secret] = "claims" in by ? [by.claims.sid, null] : splitRefresh(by.refreshToken);
+  if (!sid) throw new ApiError("invalid_refresh_token", "The refresh token is not valid.");
+  const session = await liveSession(c, sid, now);
+  if (!session) throw "claims" in by ? ENDED() : new ApiError("invalid_refresh_token", "The refresh token is not valid.");
+  const d = db(c.env.DB);
+  const presented = secret === null ? null : await hashKey(secret);
+  const next = generateSecret("rt");
+  const [rotated] = await batch(c.env.DB, [
+    d
+      .update(sessions)
+      .set({ refreshHash: await hashKey(next), lastUsedAt: now.toISOString() })
+      .where(and(eq(sessions.id, sid), isNull(sessions.endedAt), presented === null ? undefined : eq(sessions.refreshHash, presented))),
+  ]);
+  if (rotated?.meta.changes !== 1) {
+    // A refresh token that no longer works was presented (used before, or raced by another refresh): end the session.
+    await endSessions(c, { sessionId: sid }, "refresh_reused");
+    throw new ApiError("invalid_refresh_token", "The refresh token was already used; the session has ended. Log in again.");
+  }
+  return pair(c, { sub: session.userId, acc: session.accountId, sid }, next, now);
+}
+
+function splitRefresh(token: string): [string | null, string | null] {
+  const m = /^(ses_[0-9a-f]{24})\.(rt_[0-9a-f]{64})$/.exec(token);
+  return m ? [m[1] as string, m[2] as string] : [null, null];
+}
+
+/** Ends sessions: one, or all of a user's but `except`. */
+export async function endSessions(
+  c: RequestContext,
+  which: { sessionId: string; userId?: string } | { userId: string },
+  reason: string,
+): Promise<number> {
+  const at = new Date().toISOString();
+  const where = and(
+    "sessionId" in which ? eq(sessions.id, which.sessionId) : undefined,
+    which.userId === undefined ? undefined : eq(sessions.userId, which.userId),
+  );
+  const [ended] = await batch(c.env.DB, [
+    db(c.env.DB)
+      .update(sessions)
+      .set({ endedAt: at, endReason: reason })
+      .where(and(where, isNull(sessions.endedAt))),
+  ]);
+  return ended?.meta.changes ?? 0;
+}
+
+/**
+ * The principal of a request made with an access token: the user's rights as they are now (a full-access key of that
+ * user), re-read on every request, so an ended session, a disabled user or a changed grant takes effect at once.
+ * Limited per user at the account's default rate.
+ */
+export async function sessionPrincipal(
+  c: RequestContext,
+  claims: AccessClaims,
+  need: Need,
+): Promise<{ principal: Principal; admission: Admission | null }> {
+  const now = new Date();
+  const s = await liveSession(c, claims.sid, now);
+  if (!s || s.userId !== claims.sub || s.accountId !== claims.acc) throw ENDED();
+  if (now.getTime() - Date.parse(s.lastUsedAt) > LAST_USED_GRANULARITY_MS) {
+    c.executionCtx.waitUntil(
+      db(c.env.DB)
+        .update(sessions)
+        .set({ lastUsedAt: now.toISOString() })
+        .where(and(eq(sessions.id, s.id), lt(sessions.lastUsedAt, now.toISOString())))
+        .then(
+          () => undefined,
+          () => undefined,
+        ),
+    );
+  }
+  const rateLimit = { limit: s.rateLimit, windowSeconds: s.rateLimitWindowSeconds };
+  const principal: Principal = {
+    accountId: s.accountId,
+    keyId: null,
+    sessionId: s.id,
+    userId: s.userId,
+    role: s.role,
+    scopes: effectiveScopes([FULL_ACCESS], JSON.parse(s.grants) as string[], s.role),
+    accountSlug: s.slug,
+    keyPrefix: s.keyPrefix,
+    rateLimit,
+  };
+  const refusedFor = refusal(principal, need);
+  if (refusedFor) throw refused(refusedFor);
+  return { principal, admission: await spend(c, `user:${s.userId}`, rateLimit) };
+}
+
+export type SessionView = {
+  id: string;
+  createdAt: string;
+  lastUsedAt: string;
+  expiresAt: string;
+  userAgent: string | null;
+  current: boolean;
+};
+
+/** A user's sessions that still work, newest first. */
+export async function listSessions(c: RequestContext, userId: string, current: string | null): Promise<SessionView[]> {
+  const now = new Date().toISOString();
+  const rows = await db(c.env.DB)
+    .select()
+    .from(sessions)
+    .where(and(eq(sessions.userId, userId), isNull(sessions.endedAt), sql`${sessions.expiresAt} > ${now}`))
+    .orderBy(desc(sessions.createdAt), desc(sessions.id))
+    .limit(100);
+  return rows.map((s) => ({
+    id: s.id,
+    createdAt: s.createdAt,
+    lastUsedAt: s.lastUsedAt,
+    expiresAt: s.expiresAt,
+    userAgent: s.userAgent,
+    current: s.id === current,
+  }));
+}
+
+/** Changes a person's password (they prove the current one) and ends their other sessions. */
+export async function changePassword(
+  c: RequestContext,
+  p: Principal,
+  currentPassword: string,
+  newPassword: string,
+  problem: (pw: string) => string | null,
+): Promise<void> {
+  const d = db(c.env.DB);
+  const [u] = await d.select({ passwordHash: users.passwordHash }).from(users).where(eq(users.id, p.userId)).limit(1);
+  if (!(await verifyPassword(currentPassword, u?.passwordHash ?? null))) throw INVALID();
+  const reason = problem(newPassword);
+  if (reason) throw new ApiError("invalid_request", `newPassword ${reason}.`, { errors: [{ field: "newPassword", message: reason }] });
+  const hash = await hashPassword(newPassword);
+  const at = new Date().toISOString();
+  await batch(c.env.DB, [
+    d.update(users).set({ passwordHash: hash }).where(eq(users.id, p.userId)),
+    d
+      .update(sessions)
+      .set({ endedAt: at, endReason: "password_changed" })
+      .where(
+        and(eq(sessions.userId, p.userId), isNull(sessions.endedAt), or(p.sessionId ? sql`${sessions.id} <> ${p.sessionId}` : undefined)),
+      ),
+  ]);
+}
