@@ -1,6 +1,7 @@
 import { decodeProtectedHeader } from "jose";
 import { QUERY_PARAM } from "../auth/credentials";
 import { parseKey } from "../keys/format";
+import { SESSION_COOKIE } from "../people/sessions";
 import { TOKEN_TYPE } from "../tokens/handshake";
 
 /** Headers that describe one connection, not the message (RFC 9110 §7.6.1): never forwarded either way. */
@@ -93,8 +94,30 @@ export function upstreamHeaders(incoming: Headers, authenticated: boolean, ident
     )
       headers.delete(name);
   }
+  const cookies = withoutSessionCookie(headers.get("Cookie"));
+  if (cookies === null) headers.delete("Cookie");
+  else headers.set("Cookie", cookies);
   for (const [name, value] of Object.entries(identity)) headers.set(name, value);
   return headers;
+}
+
+/**
+ * A `Cookie` header without the dashboard's session cookie (null when nothing else is left): browsers send it to every
+ * path of the host, gateway routes included, and it is a person's full access to Keygate, no upstream's business. Every other cookie goes on as the client sent it. Pairs are separated by
+ * `;`, and by `,` where repeated headers were joined (a cookie's value holds neither, RFC 6265).
+ */
+function withoutSessionCookie(header: string | null): string | null {
+  if (header === null || !header.includes(SESSION_COOKIE)) return header;
+  const isSession = (pair: string) => pair.split("=", 1)[0]?.trim() === SESSION_COOKIE;
+  const kept = header.split(";").flatMap((piece) => {
+    const pairs = piece.split(",");
+    // A piece without the session cookie goes on untouched, a non-standard comma in a value included.
+    if (!pairs.some(isSession)) return [piece.trim()];
+    const rest = pairs.filter((pair) => !isSession(pair)).map((pair) => pair.trim());
+    return rest.length === 0 ? [] : [rest.join(", ")];
+  });
+  const out = kept.filter((piece) => piece !== "").join("; ");
+  return out === "" ? null : out;
 }
 
 export type Outcome = { ok: true; response: Response } | { ok: false; reason: "unavailable" | "timeout" };

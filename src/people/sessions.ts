@@ -24,11 +24,50 @@ const INVALID = () => new ApiError("invalid_credentials", "The email or password
  * same 401 after the same work (one password hash each). Every attempt spends from the email's and the client
  * address's login budgets first; a successful one gives its spend back, so only failures count.
  */
-export async function login(
+export async function login(c: RequestContext, credentials: Credentials, userAgent: string | null): Promise<TokenPair> {
+  const refresh = generateSecret("rt");
+  const { id, userId, accountId, now } = await openSession(c, credentials, userAgent, refresh);
+  return pair(c, { sub: userId, acc: accountId, sid: id }, refresh, now);
+}
+
+/** The dashboard's session cookie (HttpOnly, Secure, SameSite=Lax, Path=/): `<session id>.<cookie secret>`. */
+export const SESSION_COOKIE = "__Host-keygate_session";
+const COOKIE_VALUE = /^(ses_[0-9a-f]{24})\.(cs_[0-9a-f]{64})$/;
+
+/**
+ * Logs a person in for the dashboard, as `login` does (same checks, limits and answers), and answers the cookie's
+ * value. The session's `refreshHash` holds the cookie secret's hash: it is never rotated, and its `cs_` form is never
+ * taken as a refresh token (nor a refresh token as a cookie).
+ */
+export async function cookieLogin(c: RequestContext, credentials: Credentials, userAgent: string | null): Promise<string> {
+  const secret = generateSecret("cs");
+  const { id } = await openSession(c, credentials, userAgent, secret);
+  return `${id}.${secret}`;
+}
+
+/**
+ * The principal of a dashboard request's cookie, or null: the session live and the user's rights as they are now,
+ * exactly as for an access token (`sessionPrincipal`), so logout, disabling or a password change end it at once.
+ */
+export async function cookiePrincipal(c: RequestContext, cookie: string): Promise<Principal | null> {
+  const m = COOKIE_VALUE.exec(cookie);
+  if (!m) return null;
+  const now = new Date();
+  const s = await liveSession(c, m[1] as string, now);
+  if (!s || s.refreshHash !== (await hashKey(m[2] as string))) return null;
+  touch(c, s, now);
+  return principalOf(s);
+}
+
+type Credentials = { email: string; password: string; accountId?: string | undefined };
+
+/** Checks the credentials (see `login`) and stores a new session whose `refreshHash` is the hash of `secret`. */
+async function openSession(
   c: RequestContext,
-  { email, password, accountId }: { email: string; password: string; accountId?: string | undefined },
+  { email, password, accountId }: Credentials,
   userAgent: string | null,
-): Promise<TokenPair> {
+  secret: string,
+): Promise<{ id: string; userId: string; accountId: string; now: Date }> {
   const spent: Admission[] = [];
   for (const admission of [
     await spend(c, `login:${await hashKey(email)}`, LOGIN_EMAIL_POLICY),
@@ -64,13 +103,12 @@ export async function login(
   const now = new Date();
   const rehash = user.passwordHash && needsRehash(user.passwordHash) ? await hashPassword(password) : null;
   const id = newId("ses");
-  const refresh = generateSecret("rt");
   await batch(c.env.DB, [
     d.insert(sessions).values({
       id,
       userId: user.id,
       accountId: user.accountId,
-      refreshHash: await hashKey(refresh),
+      refreshHash: await hashKey(secret),
       userAgent: userAgent?.slice(0, 256) ?? null,
       createdAt: now.toISOString(),
       lastUsedAt: now.toISOString(),
@@ -78,7 +116,7 @@ export async function login(
     }),
     ...(rehash ? [d.update(users).set({ passwordHash: rehash }).where(eq(users.id, user.id))] : []),
   ]);
-  return pair(c, { sub: user.id, acc: user.accountId, sid: id }, refresh, now);
+  return { id, userId: user.id, accountId: user.accountId, now };
 }
 
 async function pair(c: RequestContext, claims: { sub: string; acc: string; sid: string }, refresh: string, now: Date): Promise<TokenPair> {
@@ -181,6 +219,17 @@ export async function sessionPrincipal(
   const now = new Date();
   const s = await liveSession(c, claims.sid, now);
   if (!s || s.userId !== claims.sub || s.accountId !== claims.acc) throw ENDED();
+  touch(c, s, now);
+  const principal = principalOf(s);
+  const refusedFor = refusal(principal, need);
+  if (refusedFor) throw refused(refusedFor);
+  return { principal, admission: await spend(c, `user:${s.userId}`, principal.rateLimit) };
+}
+
+type LiveSession = NonNullable<Awaited<ReturnType<typeof liveSession>>>;
+
+/** Writes the session's `lastUsedAt` after the answer, at most once a minute. */
+function touch(c: RequestContext, s: LiveSession, now: Date): void {
   if (now.getTime() - Date.parse(s.lastUsedAt) > LAST_USED_GRANULARITY_MS) {
     c.executionCtx.waitUntil(
       db(c.env.DB)
@@ -193,8 +242,11 @@ export async function sessionPrincipal(
         ),
     );
   }
-  const rateLimit = { limit: s.rateLimit, windowSeconds: s.rateLimitWindowSeconds };
-  const principal: Principal = {
+}
+
+/** A session's user as a full-access key of theirs: their role and grants, the account's default limit. */
+function principalOf(s: LiveSession): Principal {
+  return {
     accountId: s.accountId,
     keyId: null,
     sessionId: s.id,
@@ -203,11 +255,8 @@ export async function sessionPrincipal(
     scopes: effectiveScopes([FULL_ACCESS], JSON.parse(s.grants) as string[], s.role),
     accountSlug: s.slug,
     keyPrefix: s.keyPrefix,
-    rateLimit,
+    rateLimit: { limit: s.rateLimit, windowSeconds: s.rateLimitWindowSeconds },
   };
-  const refusedFor = refusal(principal, need);
-  if (refusedFor) throw refused(refusedFor);
-  return { principal, admission: await spend(c, `user:${s.userId}`, rateLimit) };
 }
 
 export type SessionView = {
