@@ -3,6 +3,7 @@ import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
 import { secureHeaders } from "hono/secure-headers";
 import { getConfig, misconfiguredVariables } from "./config";
+import { dashboardRoutes } from "./dashboard";
 import { withDatabaseDeadline } from "./db/client";
 import { reference } from "./docs";
 import { ApiError, problem } from "./errors";
@@ -88,6 +89,7 @@ app.route("/.well-known", wellKnownRoutes);
 app.route("/v1/keys/verify", verifyRoutes);
 app.route("/v1/resource-owners", resourceOwnersRoutes);
 app.route("/v1/auth", authRoutes);
+app.route("/dashboard", dashboardRoutes);
 
 app.openAPIRegistry.registerComponent("securitySchemes", "ApiKey", { type: "apiKey", in: "header", name: "X-API-Key" });
 app.openAPIRegistry.registerComponent("securitySchemes", "Bearer", {
