@@ -15,6 +15,8 @@ const MAX_HELD_KEYS = 10_000;
  */
 export class Holdings {
   private readonly held = new Map<string, Held>();
+  /** When this isolate last stopped trusting each key's record (`drop`): an answer asked for before then is stale. */
+  private readonly dropped = new Map<string, number>();
   /** This isolate's call in flight for each hot name: the one renewal a run-out lease needs, shared. */
   private readonly asking = new Map<string, Promise<boolean>>();
 
@@ -42,11 +44,18 @@ export class Holdings {
     resetAt: number,
   ): void {
     const until = askedAt + LEASE_MS;
+    // Asked before a change made here dropped the key: its record may predate the change, so it is not trusted (the
+    // lease is kept only to be given back when it ends).
+    const stale = askedAt <= (this.dropped.get(name) ?? Number.NEGATIVE_INFINITY);
     let h = this.held.get(name);
-    if (h) Object.assign(h, { principal, until: Math.max(h.until, until), remaining, resetAt, lastLease: lease.units });
+    if (h)
+      Object.assign(
+        h,
+        stale ? { remaining, resetAt } : { principal, until: Math.max(h.until, until), remaining, resetAt, lastLease: lease.units },
+      );
     else {
       if (this.held.size >= MAX_HELD_KEYS) this.held.delete(this.held.keys().next().value as string);
-      h = { principal, until, remaining, resetAt, lastLease: lease.units, leases: new HeldLeases() };
+      h = { principal, until: stale ? 0 : until, remaining, resetAt, lastLease: lease.units, leases: new HeldLeases() };
       this.held.set(name, h);
     }
     h.leases.add(until, lease.id, lease.units);
@@ -104,7 +113,12 @@ export class Holdings {
    * leases are only spent again under a record the object answers anew.
    */
   drop(names: readonly string[]): void {
+    const now = this.now();
     for (const name of names) {
+      // An answer asked for more than a lease ago could not be trusted anyway: older marks can go.
+      if (this.dropped.size >= MAX_HELD_KEYS) for (const [n, at] of this.dropped) if (at < now - LEASE_MS) this.dropped.delete(n);
+      this.dropped.delete(name);
+      this.dropped.set(name, now);
       const h = this.held.get(name);
       if (h) h.until = 0;
     }
