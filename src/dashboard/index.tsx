@@ -3,11 +3,15 @@ import { bodyLimit } from "hono/body-limit";
 import { ApiError, ERRORS } from "../errors";
 import { log, safeError } from "../log";
 import { MAX_BODY_BYTES } from "../openapi";
+import { activityPages } from "./activity";
+import { agentPages } from "./agents";
 import { authPages } from "./auth";
 import { keyPages } from "./keys";
 import { Layout, POLICY, ProblemBox } from "./layout";
 import { render } from "./render";
 import { type DashEnv, sameOrigin } from "./session";
+import { usagePages } from "./usage";
+import { userPages } from "./users";
 
 /** The static files the pages load, from public/dashboard through the ASSETS binding. */
 const FILES = ["dashboard.css", "dashboard.js"];
@@ -45,6 +49,10 @@ export const dashboardRoutes = new Hono<DashEnv>()
   .get("/dashboard.js", (c) => asset(c, "dashboard.js"))
   .route("/", authPages)
   .route("/keys", keyPages)
+  .route("/usage", usagePages)
+  .route("/users", userPages)
+  .route("/agents", agentPages)
+  .route("/activity", activityPages)
   .all("*", () => {
     throw new ApiError("not_found", "There is no such page in the dashboard.");
   })
