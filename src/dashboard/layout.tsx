@@ -13,7 +13,8 @@ export const Layout: FC<
     <head>
       <meta charset="utf-8" />
       <meta name="viewport" content="width=device-width, initial-scale=1" />
-      <meta name="referrer" content="no-referrer" />
+      {/* Not no-referrer (Keygate's header): with it, browsers send `Origin: null` on form posts, which sameOrigin refuses. */}
+      <meta name="referrer" content="same-origin" />
       <title>{`${title} · Keygate`}</title>
       <link rel="stylesheet" href="/dashboard/dashboard.css" />
       <script src="/dashboard/dashboard.js" defer />
