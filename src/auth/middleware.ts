@@ -49,8 +49,9 @@ export async function guard(c: RequestContext, next: Next, options: Options, onI
 }
 
 /**
- * What a route takes: handshake tokens too or keys only, what it needs of a key (or how to find out, read only for a
- * well-formed key: a gateway route asks D1 who owns the resource in its URL), and what a request spends.
+ * What a route takes: handshake tokens too or keys only, what it needs of a key (or how to find out, asked only once
+ * the credential proved to be a key or session that exists: a gateway route asks D1 who owns the resource in its
+ * URL), and what a request spends.
  */
 type Options = { tokens: boolean; need: Need | (() => Promise<Need>); cost?: number };
 /** Who the request proved to be: a key's principal, or a handshake token's claims. */
@@ -90,7 +91,7 @@ async function identify(
   // Set now, so that every answer to a query-parameter request says it is deprecated, refusals included.
   if (found.method === "query") for (const [name, value] of Object.entries(deprecationHeaders(config))) c.header(name, value);
   if (looksLikeToken(found.credential) && isAccessToken(found.credential)) {
-    const principal = await checkAccessToken(c, found.credential, typeof need === "function" ? await need() : need);
+    const principal = await checkAccessToken(c, found.credential, need);
     onIdentity({ principal: principal.principal });
     return principal.admission && admit(principal.admission);
   }
@@ -112,7 +113,7 @@ async function identify(
       },
     );
   }
-  const verdict = await authorizeKey(c, found.credential, found.method, typeof need === "function" ? await need() : need, cost);
+  const verdict = await authorizeKey(c, found.credential, found.method, need, cost);
   if (!verdict.ok) throw "refusal" in verdict ? refused(verdict.refusal) : refusedKey(verdict.code);
   onIdentity({ principal: verdict.principal });
   return verdict.admission && admit(verdict.admission);
@@ -133,7 +134,7 @@ function isAccessToken(token: string): boolean {
 async function checkAccessToken(
   c: RequestContext,
   token: string,
-  need: Need,
+  need: Options["need"],
 ): Promise<{ principal: Principal; admission: Admission | null }> {
   const result = await verifyAccessToken(c.get("config").signingKeys, token, new Date());
   if (!result.ok) {
@@ -141,7 +142,7 @@ async function checkAccessToken(
       result.code === "token_expired" ? "The access token has expired; refresh it or log in again." : "The token is not valid.";
     throw new ApiError(result.code, detail, { headers: invalidToken });
   }
-  const { principal, admission } = await sessionPrincipal(c, result.claims, need);
+  const { principal, admission } = await sessionPrincipal(c, result.claims, typeof need === "function" ? await need() : need);
   return { principal, admission };
 }
 

@@ -28,13 +28,15 @@ export async function authorizeKey(
   c: CounterContext,
   key: string,
   method: AuthMethod,
-  need: Need,
+  needed: Need | (() => Promise<Need>),
   cost = 1,
   isolate: Holdings = holdings,
 ): Promise<KeyVerdict> {
   const hash = await hashKey(key);
   const keyId = keyIds.get(hash) ?? (await lookUpKeyId(c, hash));
   if (keyId === undefined) return { ok: false, code: "invalid_key" };
+  // Worked out only for a key that exists: a made-up key costs no read of what the route needs (a resource's owner).
+  const need = typeof needed === "function" ? await needed() : needed;
   const name = `key:${keyId}`;
   // A hot key's lease ran out: one call of this isolate renews it at a time; the requests beside it wait and spend
   // from what it brings (a renewal that brings nothing leaves each to ask for itself).

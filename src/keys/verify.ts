@@ -53,7 +53,7 @@ async function needOf(c: CounterContext, resource: string | undefined): Promise<
  */
 export async function verifyKey(c: CounterContext, { key, resource, cost }: z.output<typeof VerifyRequest>): Promise<Verdict> {
   if (!parseKey(key)) return { valid: false, code: "invalid_key" };
-  const verdict = await authorizeKey(c, key, "verify", await needOf(c, resource), cost);
+  const verdict = await authorizeKey(c, key, "verify", () => needOf(c, resource), cost);
   if (!verdict.ok) {
     // A verify asks for no role: its refusals are a missing grant (403 on the gateway) and another account's resource
     // (404 there).
