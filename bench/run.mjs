@@ -1,21 +1,27 @@
 // npm run bench: builds the worker, serves it with Miniflare on 127.0.0.1 in front of a small local upstream, seeds an
 // account and keys, drives load against each scenario for a bounded time (ROUNDS x DURATION_SECONDS each), prints
 // requests/s and latency, and writes bench/results.json.
+// Each scenario runs twice: at saturation (CONNECTIONS connections sending back to back: throughput, and latency that is
+// mostly the queue in front of a saturated server), and for (a), (b) and (f) at a fixed rate well under every
+// scenario's throughput (bench/fixed-rate.mjs: latency that measures the work a request does).
 // Keygate runs as three isolates of one deployment (three Workers sharing D1 and the Durable Objects): the first serves
 // scenarios (a)-(d); the third sees every Durable Object call take BENCH_DO_RTT_MS (a counter far away, (f)), reached
 // through the same Miniflare entry Worker as (a); (g) and (h) load keys from all three on their own addresses
 // (bench/probes.mjs).
 import { generateKeyPairSync } from "node:crypto";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { Worker } from "node:worker_threads";
 import autocannon from "autocannon";
 import { startKeygate } from "../scripts/keygate-server.mjs";
+import { fixedRate, quantile } from "./fixed-rate.mjs";
 import { accuracyProbe, revocationProbe } from "./probes.mjs";
 
 const DURATION_SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
 const KEYS = Number(process.env.BENCH_KEYS ?? 1_000);
+/** Requests a second of the fixed-rate runs: well under the throughput of every scenario they run. */
+const FIXED_RATE = Number(process.env.BENCH_RATE ?? 200);
 /** The simulated round trip to the Durable Objects of the far isolate (f). */
 const DO_RTT_MS = Number(process.env.BENCH_DO_RTT_MS ?? 50);
 /** How long (h) overloads its key; the key allows ACCURACY_LIMIT requests in any ACCURACY_WINDOW_SECONDS. */
@@ -40,6 +46,35 @@ const upstreamBase = `http://127.0.0.1:${upstreamPort}`;
 // A fresh assertion key each run: the gateway signs one assertion per forwarded request, as it would in production.
 const assertionKey = { ...generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey.export({ format: "jwk" }), kid: "bench" };
 
+/**
+ * CPU time (ms) used so far by the workerd process (every isolate and Durable Object), read from /proc; null where
+ * there is none. Per request it is the work a scenario costs, whatever else the machine's other tenants are doing.
+ */
+function workerdCpu() {
+  if (!existsSync("/proc/self/stat")) return () => null;
+  const pid = readdirSync("/proc")
+    .filter((d) => /^\d+$/.test(d))
+    .find((d) => {
+      try {
+        const stat = readFileSync(`/proc/${d}/stat`, "utf8");
+        return stat.includes("(workerd)") && stat.split(") ")[1].split(" ")[1] === String(process.pid);
+      } catch {
+        return false;
+      }
+    });
+  if (!pid) return () => null;
+  // utime and stime, in clock ticks of 10 ms (USER_HZ is 100 on Linux).
+  return () => {
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+    return (Number(fields[11]) + Number(fields[12])) * 10;
+  };
+}
+/** CPU time (ms) this process (the load generator) has used so far. */
+const ownCpu = () => {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1000;
+};
+
 let mf;
 try {
   let urls;
@@ -57,6 +92,32 @@ try {
     assets: false,
     isolates: [{}, {}, { BENCH_DO_RTT_MS: String(DO_RTT_MS) }],
   }));
+  const serverCpu = workerdCpu();
+  /** Server and load-generator CPU time per request (µs) since `before` ([server, load] in ms), over `requests`. */
+  /**
+   * Waits until the server is quiet (under a tenth of a core for a quarter of a second, at most 10 s): work a scenario
+   * leaves behind (each key's object recording its last use in D1 after a warm-up of 1,000 keys, say) then weighs on
+   * none of the runs that follow it.
+   */
+  const settle = async () => {
+    const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+    const start = Date.now();
+    if (serverCpu() === null) await sleep(1000);
+    else {
+      for (let before = serverCpu(); Date.now() - start < 10_000; before = serverCpu()) {
+        await sleep(250);
+        if (serverCpu() - before < 25) break;
+      }
+    }
+    return Date.now() - start;
+  };
+  const cpuPerRequest = ([server, load], requests) => {
+    const now = serverCpu();
+    return {
+      serverCpuUs: now === null || server === null ? null : Math.round(((now - server) * 1000) / requests),
+      loadCpuUs: Math.round(((ownCpu() - load) * 1000) / requests),
+    };
+  };
   const isolates = [
     { name: "isolate 1", url: urls[0] },
     { name: "isolate 2", url: urls[1] },
@@ -88,8 +149,15 @@ try {
   const limited = await post("/v1/api-keys", { name: "bench accuracy", rateLimit: rateLimit100 }, hot.key);
 
   const scenarios = [
-    { name: "bare", title: "GET /health, no authentication", path: "/health", distinct: 1, headers: () => ({}) },
-    { name: "hotKey", title: "GET /v1/whoami, one key", path: "/v1/whoami", distinct: 1, headers: () => ({ "X-API-Key": hot.key }) },
+    { name: "bare", title: "GET /health, no authentication", path: "/health", distinct: 1, fixed: true, headers: () => ({}) },
+    {
+      name: "hotKey",
+      title: "GET /v1/whoami, one key",
+      path: "/v1/whoami",
+      distinct: 1,
+      fixed: true,
+      headers: () => ({ "X-API-Key": hot.key }),
+    },
     {
       name: "manyKeys",
       title: `GET /v1/whoami, ${KEYS} keys in turn`,
@@ -119,6 +187,7 @@ try {
       name: "farHotKey",
       title: `GET /v1/whoami, one key, every Durable Object call ${DO_RTT_MS} ms away`,
       far: true,
+      fixed: true,
       path: "/v1/whoami",
       distinct: 1,
       headers: () => ({ ...toFar, "X-API-Key": farHot.key }),
@@ -127,6 +196,7 @@ try {
       name: "farManyKeys",
       title: `GET /v1/whoami, ${KEYS} keys in turn, every Durable Object call ${DO_RTT_MS} ms away`,
       far: true,
+      fixed: true,
       path: "/v1/whoami",
       distinct: KEYS,
       headers: (i) => ({ ...toFar, "X-API-Key": keys[i % KEYS] }),
@@ -177,20 +247,24 @@ try {
   for (let round = 1; round <= ROUNDS; round++) {
     for (const s of scenarios) {
       await warmUp(s);
+      const settled = await settle();
       let n = 0;
       const before = s.far ? await farCounts() : null;
+      const cpuBefore = [serverCpu(), ownCpu()];
       const run = await autocannon({
         url: urlOf(s),
         connections: CONNECTIONS,
         duration: DURATION_SECONDS,
         requests: [{ setupRequest: (req) => ({ ...req, headers: { ...req.headers, ...s.headers(n++) } }) }],
       });
+      const cpu = cpuPerRequest(cpuBefore, run.requests.total);
       const failed = run.non2xx + run.errors + run.timeouts;
       // The far counter's runs go on through failures and report them: a slow counter is what they measure.
       if (failed > 0 && !s.far) throw new Error(`${s.name}: ${failed} requests failed`);
       rounds[s.name].push({
         requestsPerSecond: Math.round(run.requests.average),
         latencyMs: { p50: run.latency.p50, p99: run.latency.p99 },
+        ...cpu,
         ...(s.far ? { failed, statuses: run.statusCodeStats } : {}),
       });
       let calls = "";
@@ -203,38 +277,47 @@ try {
         calls = `  DO ${((after.calls - before.calls) / (after.requests - before.requests)).toFixed(3)}/request  failed ${failed}`;
       }
       console.log(
-        `round ${round} ${s.name.padEnd(11)} ${String(Math.round(run.requests.average)).padStart(6)} req/s  p50 ${run.latency.p50} ms  p99 ${run.latency.p99} ms${calls}`,
+        `round ${round} ${s.name.padEnd(11)} ${String(Math.round(run.requests.average)).padStart(6)} req/s  p50 ${run.latency.p50} ms  p99 ${run.latency.p99} ms  CPU/request ${cpu.serverCpuUs} µs + ${cpu.loadCpuUs} µs load${calls}  (quiet after ${settled} ms)`,
       );
     }
   }
+  const medianOf = (xs) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];
+  /** CPU per request over a scenario's rounds: the median round's, and every round's. */
+  const cpuOf = (runs) => ({
+    serverCpuUsPerRequest: runs.some((r) => r.serverCpuUs === null) ? null : medianOf(runs.map((r) => r.serverCpuUs)),
+    loadCpuUsPerRequest: medianOf(runs.map((r) => r.loadCpuUs)),
+    serverCpuUsPerRound: runs.map((r) => r.serverCpuUs),
+  });
   const results = {};
   for (const s of scenarios.filter((s) => !s.far)) {
     const sorted = [...rounds[s.name]].sort((x, y) => x.requestsPerSecond - y.requestsPerSecond);
-    const median = sorted[Math.floor(sorted.length / 2)];
+    const { serverCpuUs, loadCpuUs, ...median } = sorted[Math.floor(sorted.length / 2)];
     results[s.name] = {
       title: s.title,
       ...median,
       rounds: rounds[s.name].map((r) => r.requestsPerSecond),
+      ...cpuOf(rounds[s.name]),
       d1RoundTripsPerRequest: counts[s.name].d1,
       durableObjectCallsPerRequest: counts[s.name].do,
     };
     console.log(
-      `${s.name.padEnd(11)} ${String(median.requestsPerSecond).padStart(6)} req/s (median)  p50 ${median.latencyMs.p50} ms  p99 ${median.latencyMs.p99} ms  D1 ${counts[s.name].d1}  DO ${counts[s.name].do}`,
+      `${s.name.padEnd(11)} ${String(median.requestsPerSecond).padStart(6)} req/s (median)  p50 ${median.latencyMs.p50} ms  p99 ${median.latencyMs.p99} ms  D1 ${counts[s.name].d1}  DO ${counts[s.name].do}  server CPU ${results[s.name].serverCpuUsPerRequest} µs/request`,
     );
   }
 
   // (f) What the far counter adds to (a)'s latency: the difference within each round (the two ran a few seconds apart),
   // median over the rounds.
-  const medianOf = (xs) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];
   const added = (name, base, p) => medianOf(rounds[name].map((r, i) => r.latencyMs[p] - rounds[base][i].latencyMs[p]));
   const farCounter = { roundTripMs: DO_RTT_MS, scenarios: {} };
   for (const s of scenarios.filter((s) => s.far)) {
     const sorted = [...rounds[s.name]].sort((x, y) => x.requestsPerSecond - y.requestsPerSecond);
     const { calls, requests } = farCounted[s.name];
+    const { serverCpuUs, loadCpuUs, ...median } = sorted[Math.floor(sorted.length / 2)];
     farCounter.scenarios[s.name] = {
       title: s.title,
-      ...sorted[Math.floor(sorted.length / 2)],
+      ...median,
       rounds: rounds[s.name].map((r) => r.requestsPerSecond),
+      ...cpuOf(rounds[s.name]),
       failedPerRound: rounds[s.name].map((r) => r.failed),
       latencyAddedOverBareMs: { p50: added(s.name, "bare", "p50"), p99: added(s.name, "bare", "p99") },
       durableObjectCalls: calls,
@@ -245,6 +328,73 @@ try {
   for (const [name, f] of Object.entries(farCounter.scenarios)) {
     console.log(
       `(f) ${name.padEnd(11)} ${String(f.requestsPerSecond).padStart(6)} req/s (median)  p50 ${f.latencyMs.p50} ms  p99 ${f.latencyMs.p99} ms  added over (a): p50 ${f.latencyAddedOverBareMs.p50} ms, p99 ${f.latencyAddedOverBareMs.p99} ms  DO ${f.durableObjectCallsPerRequest}/request (${f.durableObjectCalls} calls, ${f.requests} requests)  failed per round ${f.failedPerRound.join("/")}`,
+    );
+  }
+
+  // (a), (b) and (f) again at a fixed rate well under every scenario's throughput: the latency a request's own work
+  // adds, not the queue in front of a saturated server. They take turns over the rounds as above; (f) counts its calls.
+  // Each run follows a second at the same rate that is not counted: a key is then as hot as the rate makes it (its
+  // object has seen the rate and leases to it), where after a pause it would start cold, asking for each request
+  // until it has made its first 20 admissions in a second (the saturation runs show that start).
+  const fixed = scenarios.filter((s) => s.fixed);
+  const fixedRounds = Object.fromEntries(fixed.map((s) => [s.name, []]));
+  for (let round = 1; round <= ROUNDS; round++) {
+    for (const s of fixed) {
+      await warmUp(s);
+      const settled = await settle();
+      const warm = { url: urlOf(s), rate: FIXED_RATE, seconds: 1, connections: CONNECTIONS, headers: s.headers };
+      if ((await fixedRate(warm)).failed > 0 && !s.far) throw new Error(`${s.name} at ${FIXED_RATE}/s: warm-up requests failed`);
+      const before = s.far ? await farCounts() : null;
+      const cpuBefore = [serverCpu(), ownCpu()];
+      const run = await fixedRate({
+        url: urlOf(s),
+        rate: FIXED_RATE,
+        seconds: DURATION_SECONDS,
+        connections: CONNECTIONS,
+        headers: s.headers,
+      });
+      const cpu = cpuPerRequest(cpuBefore, run.requests);
+      if (run.failed > 0 && !s.far) throw new Error(`${s.name} at ${FIXED_RATE}/s: ${run.failed} requests failed`);
+      const after = s.far ? await farCounts() : null;
+      const calls = s.far ? { durableObjectCalls: after.calls - before.calls, countedRequests: after.requests - before.requests } : {};
+      fixedRounds[s.name].push({ ...run, ...cpu, ...calls });
+      const perRequest = s.far ? `  DO ${(calls.durableObjectCalls / calls.countedRequests).toFixed(3)}/request` : "";
+      console.log(
+        `fixed ${FIXED_RATE}/s round ${round} ${s.name.padEnd(11)} p50 ${run.latencyMs.p50} ms  p90 ${run.latencyMs.p90} ms  p99 ${run.latencyMs.p99} ms  achieved ${run.achievedPerSecond}/s  CPU/request ${cpu.serverCpuUs} µs${perRequest}  failed ${run.failed}  (quiet after ${settled} ms)`,
+      );
+    }
+  }
+  const tenth = (x) => Math.round(x * 10) / 10;
+  // Percentiles over every request of a scenario's rounds (a round's p99 rests on its ten slowest requests), and what a
+  // scenario adds to (a)'s.
+  const pooled = Object.fromEntries(
+    fixed.map((s) => {
+      const all = fixedRounds[s.name].flatMap((r) => r.latencies).sort((a, b) => a - b);
+      return [s.name, { p50: tenth(quantile(all, 0.5)), p90: tenth(quantile(all, 0.9)), p99: tenth(quantile(all, 0.99)) }];
+    }),
+  );
+  const fixedRateRuns = { ratePerSecond: FIXED_RATE, connections: CONNECTIONS, seconds: DURATION_SECONDS, scenarios: {} };
+  for (const s of fixed) {
+    const runs = fixedRounds[s.name];
+    const entry = {
+      title: s.title,
+      latencyMs: pooled[s.name],
+      rounds: runs.map(({ latencyMs, achievedPerSecond, failed }) => ({ ...latencyMs, achievedPerSecond, failed })),
+      ...cpuOf(runs),
+    };
+    if (s.name !== "bare") {
+      const over = (p) => tenth(pooled[s.name][p] - pooled.bare[p]);
+      entry.latencyAddedOverBareMs = { p50: over("p50"), p90: over("p90"), p99: over("p99") };
+    }
+    if (s.far) {
+      entry.durableObjectCalls = runs.reduce((n, r) => n + r.durableObjectCalls, 0);
+      entry.requests = runs.reduce((n, r) => n + r.countedRequests, 0);
+      entry.durableObjectCallsPerRequest = Math.round((entry.durableObjectCalls / entry.requests) * 10_000) / 10_000;
+    }
+    fixedRateRuns.scenarios[s.name] = entry;
+    const added = entry.latencyAddedOverBareMs;
+    console.log(
+      `fixed ${FIXED_RATE}/s ${s.name.padEnd(11)} p50 ${entry.latencyMs.p50} ms  p90 ${entry.latencyMs.p90} ms  p99 ${entry.latencyMs.p99} ms${added ? `  added over (a): p50 ${added.p50} ms, p90 ${added.p90} ms, p99 ${added.p99} ms` : ""}${s.far ? `  DO ${entry.durableObjectCallsPerRequest}/request` : ""}`,
     );
   }
 
@@ -287,10 +437,13 @@ try {
 
   const ratio = (a, b) => Math.round((results[a].requestsPerSecond / results[b].requestsPerSecond) * 100) / 100;
   const farHotRun = farCounter.scenarios.farHotKey;
+  const farHotAtRate = fixedRateRuns.scenarios.farHotKey;
   const target = (value, wanted, met) => ({ value, target: wanted, met });
   const targets = {
     hotKeyToBare: target(ratio("hotKey", "bare"), ">= 0.85", ratio("hotKey", "bare") >= 0.85),
-    farHotKeyP50AddedMs: target(farHotRun.latencyAddedOverBareMs.p50, "<= 2", farHotRun.latencyAddedOverBareMs.p50 <= 2),
+    // Latency added by the far counter, measured at a fixed rate (the work), and at saturation (mostly the throughput gap).
+    farHotKeyP50AddedMs: target(farHotAtRate.latencyAddedOverBareMs.p50, "<= 2", farHotAtRate.latencyAddedOverBareMs.p50 <= 2),
+    farHotKeyP50AddedAtSaturationMs: target(farHotRun.latencyAddedOverBareMs.p50, "<= 2", farHotRun.latencyAddedOverBareMs.p50 <= 2),
     farHotKeyDurableObjectCallsPerRequest: target(
       farHotRun.durableObjectCallsPerRequest,
       "<= 0.05",
@@ -312,12 +465,20 @@ try {
     scenarios: results,
     ratios: {
       hotKeyToBare: ratio("hotKey", "bare"),
+      // The same within each round (the two ran seconds apart): how much of the spread is the machine's.
+      hotKeyToBarePerRound: rounds.hotKey.map((r, i) => Math.round((r.requestsPerSecond / rounds.bare[i].requestsPerSecond) * 100) / 100),
+      // Server CPU per request of (a) over (b): what b/a would be if the server's CPU alone bounded both.
+      hotKeyToBareByServerCpu:
+        results.bare.serverCpuUsPerRequest && results.hotKey.serverCpuUsPerRequest
+          ? Math.round((results.bare.serverCpuUsPerRequest / results.hotKey.serverCpuUsPerRequest) * 100) / 100
+          : null,
       manyKeysToBare: ratio("manyKeys", "bare"),
       gatewayToDirect: ratio("gateway", "direct"),
       // What forwarding adds to an authenticated request that Keygate answers itself.
       gatewayToHotKey: ratio("gateway", "hotKey"),
     },
     farCounter,
+    fixedRate: fixedRateRuns,
     revocation,
     accuracy,
     targets,
