@@ -7,7 +7,9 @@ import type { Bindings } from "../env";
 import { evaluateKey, type KeyRecord, LAST_USED_INTERVAL_MS, loadKey, recordUse, type VerifyResult } from "../keys/store";
 import { log, safeError } from "../log";
 import { LEASE_MS, leaseSize } from "../ratelimit/lease";
+import { addUsage } from "../usage/service";
 import { type Admission, CallMemory, type CallTag, SlidingLog, type Unspent } from "./sliding-log";
+import { FLUSH_INTERVAL_MS, UsageTally } from "./usage";
 
 /** A key as its object holds it: the record, the verdict on it and the instant that verdict may change. */
 type KeyState = {
@@ -49,12 +51,16 @@ export class KeyObject extends DurableObject<Bindings> {
   private key: KeyState | undefined;
   private loading: Promise<KeyState> | null = null;
   private generation = 0;
+  /** The key whose usage waits for the alarm, or null when none is set by this instance. */
+  private flushing: string | null = null;
   private readonly database: D1Database;
+  private readonly usage: UsageTally;
 
   constructor(ctx: DurableObjectState, env: Bindings) {
     super(ctx, env);
     this.database = withDeadline(env.DB, () => getConfig(env).d1TimeoutMs);
     this.log = new SlidingLog(ctx.storage.sql, () => this.clock());
+    this.usage = new UsageTally(ctx.storage.sql);
   }
 
   /**
@@ -73,7 +79,7 @@ export class KeyObject extends DurableObject<Bindings> {
   ): Promise<Authorization> {
     const known = this.calls.recall(tag);
     if (known) return known.answer as Authorization;
-    for (const { id, left } of this.calls.returns(tag, unspent)) this.log.refund(id, left);
+    for (const { id, left } of this.calls.returns(tag, unspent)) this.giveBack(id, left);
     const key = await this.keyState(keyId);
     // Reading the key may have taken a while: decide only if the caller still waits.
     if (this.calls.recall(tag)) throw new Error("call already answered or cancelled");
@@ -89,6 +95,9 @@ export class KeyObject extends DurableObject<Bindings> {
     const { leased, ...admission } = this.log.admit(principal.rateLimit, cost, (left) => (leasing ? leaseSize(rate, left) : 0), leaseEnd);
     const lease = leased > 0 ? { id: leaseEnd, units: leased } : null;
     const spent = admission.allowed ? [admission, ...(lease ? [{ at: lease.id, cost: lease.units }] : [])] : [];
+    for (const { at, cost: n } of spent) this.usage.count(at, n, 0);
+    if (!admission.allowed) this.usage.count(now, 0, 1);
+    this.flushLater(keyId);
     const answer = this.calls.remember<Authorization>(tag, { ok: true, principal, admission, lease }, spent);
     // A refusal waits for the admissions decided before it, so a caller never sees it before a lease granted earlier.
     await (admission.allowed ? this.log.saved() : this.log.settled());
@@ -100,13 +109,50 @@ export class KeyObject extends DurableObject<Bindings> {
    * never spends later. `unspent` is what the call was returning, taken back here if the call never brought it.
    */
   cancel(tag: CallTag, unspent: Unspent[] = []): void {
-    for (const { at, cost } of this.calls.cancel(tag)) this.log.refund(at, cost);
-    for (const { id, left } of this.calls.returns(tag, unspent)) this.log.refund(id, left);
+    for (const { at, cost } of this.calls.cancel(tag)) this.giveBack(at, cost);
+    for (const { id, left } of this.calls.returns(tag, unspent)) this.giveBack(id, left);
   }
 
   /** Gives back a request that was admitted at `at` but refused afterwards. */
   refund(at: number, cost = 1): void {
+    this.giveBack(at, cost);
+  }
+
+  /** Admissions that were not used: back to the budget, and off the usage of the hour they were counted in. */
+  private giveBack(at: number, cost: number): void {
     this.log.refund(at, cost);
+    this.usage.count(at, -cost, 0);
+  }
+
+  /** Writes the usage counted since the last write to D1, at most once per FLUSH_INTERVAL_MS (the alarm). */
+  private flushLater(keyId: string): void {
+    if (this.flushing !== null) return;
+    this.flushing = keyId;
+    this.ctx.waitUntil(
+      this.ctx.storage
+        .getAlarm()
+        .then((at) =>
+          at === null
+            ? this.ctx.storage.put("usage-key", keyId).then(() => this.ctx.storage.setAlarm(this.clock() + FLUSH_INTERVAL_MS))
+            : undefined,
+        ),
+    );
+  }
+
+  override async alarm(): Promise<void> {
+    this.flushing = null;
+    const keyId = await this.ctx.storage.get<string>("usage-key");
+    const hours = this.usage.pending();
+    if (keyId === undefined || hours.length === 0) return;
+    try {
+      const record = (await this.keyState(keyId)).record;
+      if (!record) return;
+      await this.database.batch(addUsage(this.database, keyId, record.key.accountId, hours));
+      this.usage.written(hours);
+    } catch (err) {
+      log("error", "usage_flush_failed", { keyId, error: safeError(err) });
+      await this.ctx.storage.setAlarm(this.clock() + FLUSH_INTERVAL_MS);
+    }
   }
 
   /** Drops the cached key: the next request reads the key, its owner and its account again. */

@@ -9,6 +9,8 @@ import { type Account, accounts } from "../db/schema";
 import { keyUsage } from "../keys/store";
 import { BODY_PROBLEMS, json, jsonBody, KEY_PROBLEMS, KEY_SECURITY, problems, routes, withBody } from "../openapi";
 import { RateLimit } from "../schemas";
+import { AccountUsage, UsageQuery } from "../usage/schemas";
+import { accountUsage } from "../usage/service";
 import { Role } from "../users/schemas";
 import { allow } from "./method-not-allowed";
 
@@ -60,7 +62,29 @@ export const accountRoutes = routes()
       return c.json(accountView(await findAccount(c.env.DB, p.accountId)), 200);
     },
   )
-  .all("/", allow("GET", "PATCH"));
+  .openapi(
+    createRoute({
+      method: "get",
+      path: "/usage",
+      summary: "The account's requests per hour, with each key's totals",
+      description: "Members see their own keys only.",
+      security: KEY_SECURITY,
+      middleware: authenticate("full"),
+      request: { query: UsageQuery },
+      responses: {
+        200: json(AccountUsage, "The account's hours, without gaps, and its keys' totals"),
+        ...problems(...KEY_PROBLEMS, "invalid_request"),
+      },
+    }),
+    async (c) => {
+      const p = c.get("principal");
+      const { from, to } = c.req.valid("query");
+      const usage = await accountUsage(c.env.DB, p.accountId, from, to, p.role === "admin" ? null : p.userId);
+      return c.json({ from, to, ...usage }, 200);
+    },
+  )
+  .all("/", allow("GET", "PATCH"))
+  .all("/usage", allow("GET"));
 
 const Whoami = z
   .strictObject({

@@ -7,6 +7,8 @@ import { createKey, findManagedKey, revokeKey, rotateKey } from "../keys/service
 import { listKeys } from "../keys/store";
 import { BODY_PROBLEMS, json, jsonBody, KEY_PROBLEMS, KEY_SECURITY, problems, routes, withBody } from "../openapi";
 import { IdParam, PageQuery, page } from "../schemas";
+import { KeyUsage, UsageQuery } from "../usage/schemas";
+import { keyUsageSeries } from "../usage/service";
 import { allow } from "./method-not-allowed";
 
 const fullAccess = authenticate("full");
@@ -109,6 +111,25 @@ export const apiKeysRoutes = routes()
       return c.json({ ...keyView(row, now), key: raw }, 201);
     },
   )
+  .openapi(
+    createRoute({
+      method: "get",
+      path: "/{id}/usage",
+      summary: "A key's requests per hour",
+      description: "Admitted and rate-limited requests per hour in [from, to); counts reach D1 within a minute or so of the requests.",
+      security,
+      middleware: fullAccess,
+      request: { params: IdParam, query: UsageQuery },
+      responses: { 200: json(KeyUsage, "The key's hours, without gaps"), ...problems(...KEY_PROBLEMS, "invalid_request", "not_found") },
+    }),
+    async (c) => {
+      const p = c.get("principal");
+      const key = await findManagedKey(c.env.DB, p, c.req.valid("param").id);
+      const { from, to } = c.req.valid("query");
+      return c.json({ keyId: key.id, from, to, series: await keyUsageSeries(c.env.DB, p.accountId, key.id, from, to) }, 200);
+    },
+  )
   .all("/", allow("GET", "POST"))
   .all("/:id", allow("GET", "DELETE"))
+  .all("/:id/usage", allow("GET"))
   .all("/:id/rotate", allow("POST"));

@@ -1,6 +1,6 @@
-import { and, eq, gte, lt, sql } from "drizzle-orm";
+import { and, eq, gte, inArray, lt, sql } from "drizzle-orm";
 import { db } from "../db/client";
-import { keyUsage } from "../db/schema";
+import { apiKeys, keyUsage } from "../db/schema";
 
 /** One hour of a key's (or an account's) requests: admitted, and refused by the rate limit. */
 export type UsageHour = { hour: string; admitted: number; rateLimited: number };
@@ -39,15 +39,21 @@ export async function keyUsageSeries(d1: D1Database, accountId: string, keyId: s
   return filled(from, to, rows);
 }
 
-/** The account's hours in [from, to), and each key's totals over them: two reads, whatever the number of keys. */
+/**
+ * The account's hours in [from, to), and each key's totals over them: two reads, whatever the number of keys. With
+ * `ownerId` (a member), only the keys that user owns.
+ */
 export async function accountUsage(
   d1: D1Database,
   accountId: string,
   from: string,
   to: string,
+  ownerId: string | null = null,
 ): Promise<{ series: UsageHour[]; keys: KeyTotal[] }> {
   const d = db(d1);
-  const inRange = and(eq(keyUsage.accountId, accountId), gte(keyUsage.hour, hourOf(Date.parse(from))), lt(keyUsage.hour, to));
+  const owned =
+    ownerId === null ? undefined : inArray(keyUsage.keyId, d.select({ id: apiKeys.id }).from(apiKeys).where(eq(apiKeys.ownerId, ownerId)));
+  const inRange = and(eq(keyUsage.accountId, accountId), gte(keyUsage.hour, hourOf(Date.parse(from))), lt(keyUsage.hour, to), owned);
   const [hours, keys] = await Promise.all([
     d
       .select({
