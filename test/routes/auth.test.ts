@@ -1,4 +1,5 @@
 import { env } from "cloudflare:workers";
+import { createLocalJWKSet, jwtVerify } from "jose";
 import { describe, expect, it, vi } from "vitest";
 import { gw } from "../gateway/table";
 import { call, createAgent, createKey, expectProblem, OPERATOR_TOKEN, own, provision, rows } from "../helpers";
@@ -187,6 +188,20 @@ describe("access and refresh tokens", () => {
     expect(echo.headers["keygate-key-id"]).toBeUndefined();
     expect(JSON.stringify(echo)).not.toContain(pair.access_token);
     await expectProblem(await gw("/v1/anything", { key: pair.access_token }), 403, "insufficient_scope");
+  });
+
+  it("are never taken for a gateway assertion, nor an assertion for one", async () => {
+    const { key } = await provision();
+    const user = await person(key.key);
+    const pair = await tokens(user.email);
+    const seen = await (await gw("/v1/anything", { key: key.key })).json<{ headers: Record<string, string> }>();
+    const assertion = seen.headers["keygate-assertion"] as string;
+    expect(assertion).toBeTruthy();
+    await expectProblem(await call("/v1/whoami", { key: assertion }), 401, "invalid_token");
+    await expectProblem(await call("/v1/auth/refresh", { method: "POST", key: assertion }), 401, "invalid_token");
+    // An upstream checking an assertion as README shows refuses an access token in its place.
+    const keys = createLocalJWKSet(await (await call("/.well-known/jwks.json")).json());
+    await expect(jwtVerify(pair.access_token, keys, { typ: "keygate-assertion+jwt", algorithms: ["ES256"] })).rejects.toThrow();
   });
 
   it("rotates the refresh token; presenting a used one ends the whole session", async () => {
