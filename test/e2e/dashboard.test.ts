@@ -7,6 +7,8 @@ import { startKeygate } from "../../scripts/keygate-server.mjs";
 const OPERATOR_TOKEN = "e2e-operator-token-0123456789abcdef0123";
 const PORT = 8797;
 const PASSWORD = "a dashboard password";
+/** How long a wait for the page may take before the test fails (setting a password costs a PBKDF2 derivation). */
+const POLL = { timeout: 10_000 };
 
 /**
  * The built worker as deployed, with one addition for this test: the key's object can be asked to run its pending
@@ -84,11 +86,11 @@ async function provision(name: string, email: string, extra: Record<string, unkn
 /** Sets the password from an invitation link, then logs in through the form: the keys page opens. */
 async function acceptAndLogIn(page: Page, invitation: string, email: string, password: string) {
   await page.goto(invitation);
-  await expect.poll(() => page.url()).toBe(`${keygate.url}/dashboard/accept-invitation`);
+  await expect.poll(() => page.url(), POLL).toBe(`${keygate.url}/dashboard/accept-invitation`);
   await page.fill("#password", password);
   await page.fill("#confirm", password);
   await page.click("button[type=submit]");
-  await expect.poll(() => page.textContent("main")).toContain("is set");
+  await expect.poll(() => page.textContent("main"), POLL).toContain("is set");
   await page.goto(`${keygate.url}/dashboard/login`);
   await page.fill("#email", email);
   await page.fill("#password", password);
@@ -133,7 +135,7 @@ describe("the dashboard in a real browser", () => {
     expect(res.status).toBe(201);
     const { admin } = (await res.json()) as { admin: { email: string; invitation: { url: string } } };
 
-    const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    const context = await newContext();
     await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: keygate.url });
     const requested: string[] = [];
     context.on("request", (r) => requested.push(r.url()));
@@ -145,12 +147,12 @@ describe("the dashboard in a real browser", () => {
 
     // The invitation link: its script moves the token from the fragment into the form and out of the address bar.
     await page.goto(admin.invitation.url);
-    await expect.poll(() => page.url()).toBe(`${keygate.url}/dashboard/accept-invitation`);
+    await expect.poll(() => page.url(), POLL).toBe(`${keygate.url}/dashboard/accept-invitation`);
     expect(await page.isHidden("#token-field")).toBe(true);
     await page.fill("#password", PASSWORD);
     await page.fill("#confirm", PASSWORD);
     await page.click("button[type=submit]");
-    await expect.poll(() => page.textContent("main")).toContain("is set");
+    await expect.poll(() => page.textContent("main"), POLL).toContain("is set");
 
     // Log in through the form: the session cookie is HttpOnly, Secure, SameSite=Lax and the keys page opens.
     await page.goto(`${keygate.url}/dashboard/login`);
@@ -169,7 +171,7 @@ describe("the dashboard in a real browser", () => {
     expect(raw).toMatch(/^sk_[0-9a-f]{64}$/);
     expect(await page.textContent(".secret")).toContain("you won't see it again");
     await page.click("button[data-copy=new-key]");
-    await expect.poll(() => page.textContent("button[data-copy=new-key]")).toBe("Copied");
+    await expect.poll(() => page.textContent("button[data-copy=new-key]"), POLL).toBe("Copied");
     expect(await page.evaluate(() => navigator.clipboard.readText())).toBe(raw);
     mkdirSync("test-results", { recursive: true });
     await page.screenshot({ path: "test-results/dashboard-key-created.png", fullPage: true });
@@ -187,7 +189,7 @@ describe("the dashboard in a real browser", () => {
     await page.keyboard.press("Enter");
     await page.waitForURL(/\/revoke$/);
     await page.click("text=Revoke key");
-    await expect.poll(() => page.textContent("main")).toContain("The key is revoked");
+    await expect.poll(() => page.textContent("main"), POLL).toContain("The key is revoked");
     expect(await page.locator("tr", { hasText: "browser key" }).textContent()).toContain("revoked");
     expect((await fetch(`${keygate.url}/v1/whoami`, { headers: { Authorization: `Bearer ${raw}` } })).status).toBe(401);
 
