@@ -29,6 +29,7 @@ const ACCURACY_SECONDS = Number(process.env.BENCH_ACCURACY_SECONDS ?? 30);
 const ACCURACY_LIMIT = 100;
 const ACCURACY_WINDOW_SECONDS = 10;
 const OPERATOR_TOKEN = "bench-operator-token-0123456789abcdef0123";
+const VERIFY_TOKEN = "bench-verify-token-0123456789abcdef0123456";
 const PORT = 8799;
 const base = `http://127.0.0.1:${PORT}`;
 
@@ -87,6 +88,7 @@ try {
       UPSTREAM_URL: upstreamBase,
       GATEWAY_ROUTES: JSON.stringify([{ pattern: "/*", access: "full" }]),
       ASSERTION_SIGNING_KEYS: JSON.stringify([assertionKey]),
+      VERIFY_TOKEN,
     },
     entry: readFileSync("bench/counting.mjs", "utf8"),
     assets: false,
@@ -172,6 +174,15 @@ try {
       distinct: 1,
       headers: () => ({ "X-API-Key": hot.key }),
     },
+    // The verify API with the same key: the same judgement and spend as (b), plus a JSON body to read and answer.
+    {
+      name: "verify",
+      title: "POST /v1/keys/verify, one key",
+      path: "/v1/keys/verify",
+      distinct: 1,
+      body: JSON.stringify({ key: hot.key }),
+      headers: () => ({ Authorization: `Bearer ${VERIFY_TOKEN}`, "Content-Type": "application/json" }),
+    },
     // The same requests, key header included, straight to the upstream: what the gateway adds is the difference.
     {
       name: "direct",
@@ -203,6 +214,7 @@ try {
     },
   ];
   const urlOf = (s) => (s.base ?? base) + s.path;
+  const methodOf = (s) => (s.body === undefined ? { method: "GET" } : { method: "POST", body: s.body });
 
   // Scenarios take turns over several rounds and each keeps its median round: the machine's noise (other tenants,
   // disk latency) then weighs on every scenario alike instead of on whichever ran during a bad moment.
@@ -213,7 +225,7 @@ try {
   // The far isolate warms up 16 requests at a time: one after the other, each call's round trip would add up to minutes.
   const warmUp = async (s) => {
     if (!s.far) {
-      for (let i = 0; i < s.distinct; i++) await fetch(urlOf(s), { headers: s.headers(i) });
+      for (let i = 0; i < s.distinct; i++) await fetch(urlOf(s), { ...methodOf(s), headers: s.headers(i) });
       return;
     }
     let next = 0;
@@ -229,7 +241,7 @@ try {
     // The far scenarios count calls over their whole runs instead.
     if (s.far) continue;
     await warmUp(s);
-    const probe = await fetch(urlOf(s), { headers: { ...s.headers(0), "X-Bench-Count": "1" } });
+    const probe = await fetch(urlOf(s), { ...methodOf(s), headers: { ...s.headers(0), "X-Bench-Count": "1" } });
     if (probe.status !== 200) throw new Error(`${s.name}: probe answered ${probe.status}`);
     // Without Keygate in the path there is nothing to count.
     if (s.base) {
@@ -253,6 +265,7 @@ try {
       const cpuBefore = [serverCpu(), ownCpu()];
       const run = await autocannon({
         url: urlOf(s),
+        ...methodOf(s),
         connections: CONNECTIONS,
         duration: DURATION_SECONDS,
         requests: [{ setupRequest: (req) => ({ ...req, headers: { ...req.headers, ...s.headers(n++) } }) }],
@@ -476,6 +489,8 @@ try {
       gatewayToDirect: ratio("gateway", "direct"),
       // What forwarding adds to an authenticated request that Keygate answers itself.
       gatewayToHotKey: ratio("gateway", "hotKey"),
+      // The verify API against a request with the same key: "as fast, the same path".
+      verifyToHotKey: ratio("verify", "hotKey"),
     },
     farCounter,
     fixedRate: fixedRateRuns,
@@ -484,7 +499,7 @@ try {
     targets,
   };
   console.log(
-    `ratios: b/a ${report.ratios.hotKeyToBare}  c/a ${report.ratios.manyKeysToBare}  d/e ${report.ratios.gatewayToDirect}  d/b ${report.ratios.gatewayToHotKey}`,
+    `ratios: b/a ${report.ratios.hotKeyToBare}  c/a ${report.ratios.manyKeysToBare}  d/e ${report.ratios.gatewayToDirect}  d/b ${report.ratios.gatewayToHotKey}  verify/b ${report.ratios.verifyToHotKey}`,
   );
   for (const [name, t] of Object.entries(targets)) console.log(`target ${name}: ${t.value} (${t.target}) ${t.met ? "met" : "NOT met"}`);
   writeFileSync("bench/results.json", `${JSON.stringify(report, null, 2)}\n`);

@@ -1,11 +1,12 @@
-import { and, desc, eq, isNull, lt, or, sql } from "drizzle-orm";
-import { hashPassword, needsRehash, verifyPassword } from "../auth/password";
+import { and, desc, eq, isNull, lt, sql } from "drizzle-orm";
+import { hashPassword, needsRehash, passwordProblem, verifyPassword } from "../auth/password";
 import { effectiveScopes, FULL_ACCESS, type Need, type Principal, refusal, refused } from "../auth/principal";
 import { batch, db } from "../db/client";
 import { accounts, sessions, users } from "../db/schema";
 import type { RequestContext } from "../env";
 import { ApiError } from "../errors";
 import { generateSecret, hashKey, newId } from "../keys/format";
+import { invalidRequest } from "../openapi";
 import { type Admission, refund, spend, spendPerAddress } from "../ratelimit/limiter";
 import { ACCESS_TTL_SECONDS, type AccessClaims, signAccessToken } from "../tokens/access";
 
@@ -288,18 +289,12 @@ export async function listSessions(c: RequestContext, userId: string, current: s
 }
 
 /** Changes a person's password (they prove the current one) and ends their other sessions. */
-export async function changePassword(
-  c: RequestContext,
-  p: Principal,
-  currentPassword: string,
-  newPassword: string,
-  problem: (pw: string) => string | null,
-): Promise<void> {
+export async function changePassword(c: RequestContext, p: Principal, currentPassword: string, newPassword: string): Promise<void> {
   const d = db(c.env.DB);
-  const [u] = await d.select({ passwordHash: users.passwordHash }).from(users).where(eq(users.id, p.userId)).limit(1);
-  if (!(await verifyPassword(currentPassword, u?.passwordHash ?? null))) throw INVALID();
-  const reason = problem(newPassword);
-  if (reason) throw new ApiError("invalid_request", `newPassword ${reason}.`, { errors: [{ field: "newPassword", message: reason }] });
+  const [u] = await d.select({ passwordHash: users.passwordHash, email: users.email }).from(users).where(eq(users.id, p.userId)).limit(1);
+  if (!u || !(await verifyPassword(currentPassword, u.passwordHash))) throw INVALID();
+  const reason = passwordProblem(newPassword, u.email);
+  if (reason) throw invalidRequest([{ field: "newPassword", message: reason }]);
   const hash = await hashPassword(newPassword);
   const at = new Date().toISOString();
   await batch(c.env.DB, [
@@ -307,8 +302,6 @@ export async function changePassword(
     d
       .update(sessions)
       .set({ endedAt: at, endReason: "password_changed" })
-      .where(
-        and(eq(sessions.userId, p.userId), isNull(sessions.endedAt), or(p.sessionId ? sql`${sessions.id} <> ${p.sessionId}` : undefined)),
-      ),
+      .where(and(eq(sessions.userId, p.userId), isNull(sessions.endedAt), p.sessionId ? sql`${sessions.id} <> ${p.sessionId}` : undefined)),
   ]);
 }
