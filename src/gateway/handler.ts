@@ -177,12 +177,13 @@ async function recordOwnership(c: Context<AppEnv>, identity: Identity, response:
   if (response.status < 200 || response.status > 299) return;
   const { accountId } = identity;
   for (const { grant, created } of changes) {
-    const fields = { requestId: c.get("requestId"), resource: grant, accountId };
     const parsed = parseGrant(grant);
     if (!parsed) {
-      log("warn", "resource_header_invalid", fields);
+      // Not a grant: whatever the upstream wrote there stays out of the logs.
+      log("warn", "resource_header_invalid", { requestId: c.get("requestId"), accountId });
       continue;
     }
+    const fields = { requestId: c.get("requestId"), resource: grant, accountId };
     try {
       if (!created) await release(c.env.DB, parsed.type, parsed.id, accountId);
       else if ((await claim(c.env.DB, parsed.type, parsed.id, accountId)) !== accountId) log("warn", "resource_owned_elsewhere", fields);
