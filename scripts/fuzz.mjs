@@ -846,10 +846,18 @@ function problemDefect(req, res) {
 }
 
 /**
- * Routes whose successful answer legitimately shows a new key or secret once; elsewhere nothing key-shaped may appear
+ * Routes whose successful answer legitimately shows a new key, secret or invitation once; elsewhere nothing key-shaped may appear
  * (the API reference is left out: an example there is documentation, not a leak).
  */
-const SHOWS_SECRETS = new Set(["provision", "recovery", "key-create", "key-rotate", "agent-create", "agent-identity-secret"]);
+const SHOWS_SECRETS = new Set([
+  "provision",
+  "recovery",
+  "key-create",
+  "key-rotate",
+  "agent-create",
+  "agent-identity-secret",
+  "user-create",
+]);
 
 /** Every failure one answer shows: [{kind, code}]. `secrets` maps each known secret to what it is. */
 function check(req, res, secrets) {
@@ -889,6 +897,9 @@ function learnSecrets(res, secrets) {
   } catch {
     return;
   }
+  // An invitation (a new user's, or a provisioned admin's) is shown once too.
+  for (const value of [body?.invitation?.token, body?.admin?.invitation?.token])
+    if (typeof value === "string") secrets.set(value, "invitation token");
   for (const value of [body?.key, body?.key?.key, body?.identitySecret]) {
     if (typeof value !== "string") continue;
     if (KEY_SHAPE.test(value) && !value.startsWith("idsec_")) addKey(secrets, value);

@@ -1,6 +1,6 @@
 import { type Context, Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
-import { ApiError, ERRORS } from "../errors";
+import { ApiError, ERRORS, problem as renderProblem } from "../errors";
 import { log, safeError } from "../log";
 import { MAX_BODY_BYTES } from "../openapi";
 import { activityPages } from "./activity";
@@ -61,6 +61,8 @@ export const dashboardRoutes = new Hono<DashEnv>()
     if (!known) log("error", "unexpected_error", { requestId: c.get("requestId"), error: safeError(err) });
     const problem =
       known ?? new ApiError("internal_error", `Something went wrong on our side. Quote ${c.get("requestId")} when you report it.`);
+    // A browser asks for HTML; any other client (a script, curl) gets the API's problem+json.
+    if (!(c.req.header("Accept") ?? "").includes("text/html")) return renderProblem(c, problem);
     for (const [name, value] of Object.entries(problem.extra.headers ?? {})) c.header(name, value);
     const principal = c.get("principal");
     return render(

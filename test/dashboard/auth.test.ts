@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { POLICY } from "../../src/dashboard/layout";
 import { hashKey } from "../../src/keys/format";
-import { call, provision, rows } from "../helpers";
+import { call, expectProblem, provision, rows } from "../helpers";
 import { COOKIE, html, PASSWORD, page, person, signIn } from "./helpers";
 
 const sessionOf = (cookie: string) => cookie.split(".")[0] as string;
@@ -187,5 +187,21 @@ describe("dashboard pages and files", () => {
     expect(js.status).toBe(200);
     expect(js.headers.get("Content-Type")).toMatch(/javascript/);
     expect(await js.text()).toContain("data-copy");
+  });
+});
+
+describe("dashboard errors for clients that are not browsers", () => {
+  it("answer the API's problem+json, and HTML only to a client that asks for it", async () => {
+    const refused = await page("/dashboard/login", {
+      form: { email: "x@example.com", password: "y" },
+      origin: null,
+      headers: { Accept: "application/json" },
+    });
+    await expectProblem(refused, 403, "origin_not_allowed");
+    expect(refused.headers.get("Content-Security-Policy")).toBe(POLICY);
+    await expectProblem(await page("/dashboard/nowhere", { headers: { Accept: "*/*" } }), 404, "not_found");
+    const browser = await page("/dashboard/nowhere");
+    expect(browser.status).toBe(404);
+    expect(browser.headers.get("Content-Type")).toContain("text/html");
   });
 });

@@ -15,6 +15,8 @@ type PageInit = { cookie?: string; form?: Record<string, string>; origin?: strin
 export async function page(path: string, { cookie, form, origin = ORIGIN, headers = {} }: PageInit = {}): Promise<Response> {
   const h = new Headers(headers);
   if (!h.has("CF-Connecting-IP")) h.set("CF-Connecting-IP", `10.250.${Math.floor(Math.random() * 256)}.${Math.floor(Math.random() * 256)}`);
+  // What a browser asks for when it navigates or posts a form.
+  if (!h.has("Accept")) h.set("Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8");
   if (cookie !== undefined) h.set("Cookie", `${COOKIE}=${cookie}`);
   let body: string | undefined;
   if (form) {
