@@ -5,6 +5,7 @@ import { type Need, type Principal, refusal, refused } from "../auth/principal";
 import type { Bindings, Variables } from "../env";
 import { ApiError } from "../errors";
 import { cookiePrincipal, SESSION_COOKIE } from "../people/sessions";
+import { admit, spend } from "../ratelimit/limiter";
 
 /** The dashboard's requests: once signed in, the person's principal and email (shown in the header). */
 export type DashEnv = { Bindings: Bindings; Variables: Variables & { principal: Principal; email: string } };
@@ -42,6 +43,9 @@ export const signedIn = (need: Need) =>
     c.set("email", user?.[0] ?? "");
     const refusedFor = refusal(principal, need);
     if (refusedFor) throw refused(refusedFor);
+    // The user's own limit, shared with their access tokens.
+    const admission = await spend(c, `user:${principal.userId}`, principal.rateLimit);
+    if (admission) admit(admission);
     await next();
   });
 

@@ -205,3 +205,18 @@ describe("dashboard errors for clients that are not browsers", () => {
     expect(browser.headers.get("Content-Type")).toContain("text/html");
   });
 });
+
+describe("dashboard rate limit", () => {
+  it("spends the user's own limit, shared with their access tokens", async () => {
+    const { key } = await provision({ rateLimit: { limit: 3, windowSeconds: 60 } });
+    const user = await person(key.key);
+    const cookie = await signIn(user.email);
+    for (let i = 0; i < 2; i++) expect((await page("/dashboard/keys", { cookie })).status).toBe(200);
+    const pair = await (await call("/v1/auth/login", { body: { email: user.email, password: PASSWORD } })).json<{ access_token: string }>();
+    expect((await call("/v1/whoami", { key: pair.access_token })).status).toBe(200);
+    const limited = await page("/dashboard/keys", { cookie });
+    expect(limited.status).toBe(429);
+    expect(Number(limited.headers.get("Retry-After"))).toBeGreaterThan(0);
+    expect(await limited.text()).toContain("Rate limit exceeded");
+  });
+});
