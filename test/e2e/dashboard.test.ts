@@ -1,8 +1,8 @@
 import { mkdirSync } from "node:fs";
-import chromiumBinary from "@sparticuz/chromium";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startKeygate } from "../../scripts/keygate-server.mjs";
+import { chromiumPath } from "./browser";
 
 const OPERATOR_TOKEN = "e2e-operator-token-0123456789abcdef0123";
 const PORT = 8797;
@@ -40,10 +40,9 @@ beforeAll(async () => {
       JWT_SIGNING_KEYS: JSON.stringify([{ kid: "e2e", secret: "e2e-signing-secret-0123456789abcdefghij" }]),
     },
   });
-  // As in widget.test.ts: the Chromium `npm install` brings, or CHROMIUM_PATH; without the package's own args (they
-  // switch off web security).
+  // Without @sparticuz/chromium's own args (they switch off web security).
   browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM_PATH ?? (await chromiumBinary.executablePath()),
+    executablePath: await chromiumPath(),
     args: [
       "--no-sandbox",
       "--no-zygote",

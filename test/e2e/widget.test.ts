@@ -1,10 +1,10 @@
 import { mkdirSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import chromiumBinary from "@sparticuz/chromium";
 import { type Browser, chromium } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startKeygate } from "../../scripts/keygate-server.mjs";
+import { chromiumPath } from "./browser";
 
 const OPERATOR_TOKEN = "e2e-operator-token-0123456789abcdef0123";
 const API_PORT = 8791;
@@ -40,11 +40,10 @@ beforeAll(async () => {
       JWT_SIGNING_KEYS: JSON.stringify([{ kid: "e2e", secret: "e2e-signing-secret-0123456789abcdefghij" }]),
     },
   });
-  // The Chromium that `npm install` brings (@sparticuz/chromium unpacks it to the temp folder on first use);
-  // CHROMIUM_PATH picks another one, e.g. Debian's /usr/bin/chromium. Not the package's own `args`: they include
-  // --disable-web-security, which would switch off the very CORS checks this test is about.
+  // Not @sparticuz/chromium's own `args`: they include --disable-web-security, which would switch off the very CORS
+  // checks this test is about.
   browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM_PATH ?? (await chromiumBinary.executablePath()),
+    executablePath: await chromiumPath(),
     args: [
       "--no-sandbox",
       "--no-zygote",
