@@ -3,7 +3,7 @@ import { Hono } from "hono";
 import { db } from "../db/client";
 import { listPage, pageOf } from "../db/pagination";
 import { apiKeys, auditEvents, users } from "../db/schema";
-import { Layout, Pager, Time } from "./layout";
+import { Layout, Pager, Table, Time } from "./layout";
 import { render } from "./render";
 import { type DashEnv, signedIn } from "./session";
 
@@ -43,38 +43,25 @@ export const activityPages = new Hono<DashEnv>().use(signedIn("full")).get("/", 
       {rows.length === 0 ? (
         <p class="muted">Nothing has happened yet.</p>
       ) : (
-        <div class="table-wrap">
-          <table>
-            <thead>
-              <tr>
-                <th scope="col">When</th>
-                <th scope="col">Who</th>
-                <th scope="col">What</th>
-                <th scope="col">On</th>
-                <th scope="col">Request</th>
-              </tr>
-            </thead>
-            <tbody>
-              {rows.map((e) => (
-                <tr>
-                  <td>
-                    <Time at={e.createdAt} />
-                  </td>
-                  <td>{emails.get(e.actor) ?? e.actor}</td>
-                  <td>
-                    <code>{e.action}</code>
-                  </td>
-                  <td>
-                    <code>{e.target}</code>
-                  </td>
-                  <td>
-                    <code>{e.requestId}</code>
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
+        <Table columns={["When", "Who", "What", "On", "Request"]}>
+          {rows.map((e) => (
+            <tr>
+              <td>
+                <Time at={e.createdAt} />
+              </td>
+              <td>{emails.get(e.actor) ?? e.actor}</td>
+              <td>
+                <code>{e.action}</code>
+              </td>
+              <td>
+                <code>{e.target}</code>
+              </td>
+              <td>
+                <code>{e.requestId}</code>
+              </td>
+            </tr>
+          ))}
+        </Table>
       )}
       <Pager path={PATH} next={nextCursor} />
     </Layout>,

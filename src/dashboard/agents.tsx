@@ -9,7 +9,7 @@ import { listPage, pageOf } from "../db/pagination";
 import { type Agent, agents } from "../db/schema";
 import type { ApiError } from "../errors";
 import { fieldErrors, invalidRequest } from "../openapi";
-import { field, Layout, Notice, Pager, ProblemBox, problemOf, Secret, Time } from "./layout";
+import { Enabled, field, Layout, Notice, Pager, ProblemBox, problemOf, Secret, Table, Time } from "./layout";
 import { render } from "./render";
 import { type DashContext, type DashEnv, signedIn } from "./session";
 
@@ -106,57 +106,40 @@ async function agentsPage(c: DashContext, state: AgentsState, status: Contentful
       {rows.length === 0 ? (
         <p class="muted">No agents yet. An agent lets a chat widget on your site get short-lived tokens.</p>
       ) : (
-        <div class="table-wrap">
-          <table>
-            <thead>
+        <Table columns={["Name", "Id", "Allowed origins", "Token lifetime", "Status", "Created", ""]}>
+          {rows.map((a) => {
+            const view = agentView(a);
+            return (
               <tr>
-                <th scope="col">Name</th>
-                <th scope="col">Id</th>
-                <th scope="col">Allowed origins</th>
-                <th scope="col">Token lifetime</th>
-                <th scope="col">Status</th>
-                <th scope="col">Created</th>
-                <th scope="col">
-                  <span class="sr-only">Actions</span>
-                </th>
+                <td>{a.name}</td>
+                <td>
+                  <code>{a.id}</code>
+                </td>
+                <td>
+                  <ul class="plain">
+                    {view.allowedOrigins.map((o) => (
+                      <li>
+                        <code>{o}</code>
+                      </li>
+                    ))}
+                  </ul>
+                </td>
+                <td>{`${a.tokenTtlSeconds} s`}</td>
+                <td>
+                  <Enabled disabled={a.disabled} />
+                </td>
+                <td>
+                  <Time at={a.createdAt} />
+                </td>
+                <td class="actions">
+                  <a href={`${PATH}/${a.id}`} aria-label={`Manage ${a.name}`}>
+                    Manage
+                  </a>
+                </td>
               </tr>
-            </thead>
-            <tbody>
-              {rows.map((a) => {
-                const view = agentView(a);
-                return (
-                  <tr>
-                    <td>{a.name}</td>
-                    <td>
-                      <code>{a.id}</code>
-                    </td>
-                    <td>
-                      <ul class="plain">
-                        {view.allowedOrigins.map((o) => (
-                          <li>
-                            <code>{o}</code>
-                          </li>
-                        ))}
-                      </ul>
-                    </td>
-                    <td>{`${a.tokenTtlSeconds} s`}</td>
-                    <td>
-                      <span class={`status ${a.disabled ? "disabled" : "enabled"}`}>{a.disabled ? "disabled" : "enabled"}</span>
-                    </td>
-                    <td>
-                      <Time at={a.createdAt} />
-                    </td>
-                    <td class="actions">
-                      <a href={`${PATH}/${a.id}`} aria-label={`Manage ${a.name}`}>
-                        Manage
-                      </a>
-                    </td>
-                  </tr>
-                );
-              })}
-            </tbody>
-          </table>
-        </div>
+            );
+          })}
+        </Table>
       )}
       <Pager path={PATH} next={nextCursor} />
       <section aria-labelledby="create-title">

@@ -10,7 +10,7 @@ import { MAX_GRACE_SECONDS, NewKey, Rotation } from "../keys/schemas";
 import { createKey, findManagedKey, revokeKey, rotateKey } from "../keys/service";
 import { keyStatus, listKeys } from "../keys/store";
 import { fieldErrors, invalidRequest } from "../openapi";
-import { field, Layout, Notice, Pager, ProblemBox, problemOf, Secret, Time } from "./layout";
+import { field, Layout, Notice, Pager, ProblemBox, problemOf, Secret, Table, Time } from "./layout";
 import { render } from "./render";
 import { type DashContext, type DashEnv, signedIn } from "./session";
 
@@ -140,75 +140,57 @@ async function keysPage(c: DashContext, state: KeysState, status: ContentfulStat
         {rows.length === 0 ? (
           <p class="muted">No keys yet.</p>
         ) : (
-          <div class="table-wrap">
-            <table>
-              <thead>
+          <Table columns={["Name", "Key", "Scope", "Status", p.role === "admin" && "Owner", "Created", "Last used", ""]}>
+            {rows.map((k) => {
+              const status = keyStatus(k, now);
+              const scheduled = status === "active" && k.revokedAt !== null;
+              return (
                 <tr>
-                  <th scope="col">Name</th>
-                  <th scope="col">Key</th>
-                  <th scope="col">Scope</th>
-                  <th scope="col">Status</th>
-                  {p.role === "admin" && <th scope="col">Owner</th>}
-                  <th scope="col">Created</th>
-                  <th scope="col">Last used</th>
-                  <th scope="col">
-                    <span class="sr-only">Actions</span>
-                  </th>
+                  <td>{k.name}</td>
+                  <td>
+                    <code>{`${k.prefix}_${k.start}…`}</code>
+                  </td>
+                  <td>
+                    <Scope scopes={JSON.parse(k.scopes) as string[]} />
+                  </td>
+                  <td>
+                    <span class={`status ${status}`}>{status}</span>
+                    {scheduled && (
+                      <span class="hint">
+                        {" "}
+                        until <Time at={k.revokedAt} />
+                      </span>
+                    )}
+                    {status === "active" && k.expiresAt !== null && !scheduled && (
+                      <span class="hint">
+                        {" "}
+                        expires <Time at={k.expiresAt} />
+                      </span>
+                    )}
+                  </td>
+                  {p.role === "admin" && <td>{owners.get(k.ownerId) ?? k.ownerId}</td>}
+                  <td>
+                    <Time at={k.createdAt} />
+                  </td>
+                  <td>
+                    <Time at={k.lastUsedAt} />
+                  </td>
+                  <td class="actions">
+                    {status === "active" && !scheduled && (
+                      <a href={`${PATH}/${k.id}/rotate`} aria-label={`Rotate ${k.name}`}>
+                        Rotate
+                      </a>
+                    )}
+                    {status === "active" && (
+                      <a class="danger" href={`${PATH}/${k.id}/revoke`} aria-label={`Revoke ${k.name}`}>
+                        Revoke
+                      </a>
+                    )}
+                  </td>
                 </tr>
-              </thead>
-              <tbody>
-                {rows.map((k) => {
-                  const status = keyStatus(k, now);
-                  const scheduled = status === "active" && k.revokedAt !== null;
-                  return (
-                    <tr>
-                      <td>{k.name}</td>
-                      <td>
-                        <code>{`${k.prefix}_${k.start}…`}</code>
-                      </td>
-                      <td>
-                        <Scope scopes={JSON.parse(k.scopes) as string[]} />
-                      </td>
-                      <td>
-                        <span class={`status ${status}`}>{status}</span>
-                        {scheduled && (
-                          <span class="hint">
-                            {" "}
-                            until <Time at={k.revokedAt} />
-                          </span>
-                        )}
-                        {status === "active" && k.expiresAt !== null && !scheduled && (
-                          <span class="hint">
-                            {" "}
-                            expires <Time at={k.expiresAt} />
-                          </span>
-                        )}
-                      </td>
-                      {p.role === "admin" && <td>{owners.get(k.ownerId) ?? k.ownerId}</td>}
-                      <td>
-                        <Time at={k.createdAt} />
-                      </td>
-                      <td>
-                        <Time at={k.lastUsedAt} />
-                      </td>
-                      <td class="actions">
-                        {status === "active" && !scheduled && (
-                          <a href={`${PATH}/${k.id}/rotate`} aria-label={`Rotate ${k.name}`}>
-                            Rotate
-                          </a>
-                        )}
-                        {status === "active" && (
-                          <a class="danger" href={`${PATH}/${k.id}/revoke`} aria-label={`Revoke ${k.name}`}>
-                            Revoke
-                          </a>
-                        )}
-                      </td>
-                    </tr>
-                  );
-                })}
-              </tbody>
-            </table>
-          </div>
+              );
+            })}
+          </Table>
         )}
         <Pager path={PATH} next={nextCursor} />
       </section>

@@ -104,6 +104,35 @@ export const Secret: FC<{ id: string; title: string; value: string; children?: C
   </section>
 );
 
+/** A list as a table: its column headings (`""` is the actions column, named for screen readers only) and its rows. */
+export const Table: FC<{ columns: (string | false)[]; children?: Child }> = ({ columns, children }) => (
+  <div class="table-wrap">
+    <table>
+      <thead>
+        <tr>
+          {columns
+            .filter((name) => name !== false)
+            .map((name) =>
+              name === "" ? (
+                <th scope="col">
+                  <span class="sr-only">Actions</span>
+                </th>
+              ) : (
+                <th scope="col">{name}</th>
+              ),
+            )}
+        </tr>
+      </thead>
+      <tbody>{children}</tbody>
+    </table>
+  </div>
+);
+
+/** Whether a user or an agent is enabled, as a status badge. */
+export const Enabled: FC<{ disabled: boolean }> = ({ disabled }) => (
+  <span class={`status ${disabled ? "disabled" : "enabled"}`}>{disabled ? "disabled" : "enabled"}</span>
+);
+
 /** An instant as people read it, in UTC, with the exact value for machines. */
 export const Time: FC<{ at: string | null; empty?: string }> = ({ at, empty = "Never" }) =>
   at === null ? <span class="muted">{empty}</span> : <time datetime={at}>{`${at.slice(0, 10)} ${at.slice(11, 16)} UTC`}</time>;

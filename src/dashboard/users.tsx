@@ -10,7 +10,7 @@ import { fieldErrors, invalidRequest } from "../openapi";
 import type { Invitation } from "../people/invitations";
 import { NewUser, UserChange, userView } from "../users/schemas";
 import { createUser, findUser, reinvite, updateUser } from "../users/service";
-import { field, Layout, Notice, Pager, ProblemBox, problemOf, Secret, Time } from "./layout";
+import { Enabled, field, Layout, Notice, Pager, ProblemBox, problemOf, Secret, Table, Time } from "./layout";
 import { render } from "./render";
 import { type DashContext, type DashEnv, signedIn } from "./session";
 
@@ -106,45 +106,29 @@ async function usersPage(c: DashContext, state: UsersState, status: ContentfulSt
     <Layout title="Users" who={{ principal: p, email: c.get("email") }} current={PATH}>
       <Notice text={state.notice} />
       {state.invited && <InvitationLink {...state.invited} />}
-      <div class="table-wrap">
-        <table>
-          <thead>
+      <Table columns={["Email", "Role", "Status", "Grants", "Created", ""]}>
+        {rows.map((u) => {
+          const view = userView(u);
+          return (
             <tr>
-              <th scope="col">Email</th>
-              <th scope="col">Role</th>
-              <th scope="col">Status</th>
-              <th scope="col">Grants</th>
-              <th scope="col">Created</th>
-              <th scope="col">
-                <span class="sr-only">Actions</span>
-              </th>
+              <td>{u.email}</td>
+              <td>{u.role}</td>
+              <td>
+                <Enabled disabled={u.disabled} />
+              </td>
+              <td>{view.grants.includes(FULL_ACCESS) ? "Everything" : view.grants.join(", ")}</td>
+              <td>
+                <Time at={u.createdAt} />
+              </td>
+              <td class="actions">
+                <a href={`${PATH}/${u.id}`} aria-label={`Manage ${u.email}`}>
+                  Manage
+                </a>
+              </td>
             </tr>
-          </thead>
-          <tbody>
-            {rows.map((u) => {
-              const view = userView(u);
-              return (
-                <tr>
-                  <td>{u.email}</td>
-                  <td>{u.role}</td>
-                  <td>
-                    <span class={`status ${u.disabled ? "disabled" : "enabled"}`}>{u.disabled ? "disabled" : "enabled"}</span>
-                  </td>
-                  <td>{view.grants.includes(FULL_ACCESS) ? "Everything" : view.grants.join(", ")}</td>
-                  <td>
-                    <Time at={u.createdAt} />
-                  </td>
-                  <td class="actions">
-                    <a href={`${PATH}/${u.id}`} aria-label={`Manage ${u.email}`}>
-                      Manage
-                    </a>
-                  </td>
-                </tr>
-              );
-            })}
-          </tbody>
-        </table>
-      </div>
+          );
+        })}
+      </Table>
       <Pager path={PATH} next={nextCursor} />
       <section aria-labelledby="invite-title">
         <h2 id="invite-title">Invite a user</h2>
