@@ -1,38 +1,25 @@
-import { errors, jwtVerify, SignJWT } from "jose";
+import { errors } from "jose";
+import { ISSUER, type SigningKey, signToken as sign, verifySigned } from "./jwt";
 
-/** A signing secret from JWT_SIGNING_KEYS: the first one signs, all of them verify. */
-export type SigningKey = { kid: string; secret: Uint8Array };
-
-export const ISSUER = "keygate";
+export { ISSUER, type SigningKey };
 export const AUDIENCE = "keygate:chat";
 /** The explicit `typ`, so a token of another kind signed with the same secret is never taken for this one. */
 export const TOKEN_TYPE = "keygate-chat+jwt";
-export const MAX_TOKEN_BYTES = 8 * 1024;
-export const CLOCK_SKEW_SECONDS = 5;
+const KIND = { typ: TOKEN_TYPE, audience: AUDIENCE };
 /** The longest lifetime an agent may give its tokens; a token claiming a longer one was not made by Keygate. */
 export const MAX_TOKEN_TTL_SECONDS = 86_400;
 
 /** What a handshake token says: who (sub), for which agent and account, and from which origin when a browser minted it. */
 export type ChatClaims = { sub: string; agt: string; acc: string; origin?: string; jti: string; iat: number; exp: number };
 
-export async function signToken(
+export function signToken(
   keys: readonly SigningKey[],
   claims: { sub: string; agt: string; acc: string; origin?: string },
   ttlSeconds: number,
   now: Date,
 ): Promise<string> {
-  const [key] = keys;
-  if (!key) throw new Error("no signing key");
-  const iat = Math.floor(now.getTime() / 1000);
-  return new SignJWT({ agt: claims.agt, acc: claims.acc, ...(claims.origin ? { origin: claims.origin } : {}) })
-    .setProtectedHeader({ alg: "HS256", kid: key.kid, typ: TOKEN_TYPE })
-    .setIssuer(ISSUER)
-    .setAudience(AUDIENCE)
-    .setSubject(claims.sub)
-    .setJti(crypto.randomUUID())
-    .setIssuedAt(iat)
-    .setExpirationTime(iat + ttlSeconds)
-    .sign(key.secret);
+  const { sub, agt, acc, origin } = claims;
+  return sign(keys, KIND, sub, { agt, acc, ...(origin ? { origin } : {}) }, ttlSeconds, now);
 }
 
 /** An expired token's signature was verified, so its `origin` is the one it was really minted for. */
@@ -42,34 +29,13 @@ export type TokenResult =
   | { ok: false; code: "token_expired"; origin: string | undefined };
 
 /**
- * Verifies a handshake token with the algorithm, issuer, audience and type pinned, exp/iat/jti required and at most
- * CLOCK_SKEW_SECONDS of skew: `iat` may not lie in the future, nor be older than the longest lifetime, and `exp - iat`
- * may not exceed it. Anything else (another algorithm or key, an unknown kid, a changed byte) is invalid.
+ * Verifies a handshake token (see `verifySigned`: no lifetime beyond the longest an agent may give). Anything else
+ * (another algorithm or key, an unknown kid, a changed byte) is invalid.
  */
 export async function verifyToken(keys: readonly SigningKey[], token: string, now: Date): Promise<TokenResult> {
-  if (token.length > MAX_TOKEN_BYTES) return { ok: false, code: "invalid_token" };
   try {
-    const { payload } = await jwtVerify(
-      token,
-      (header) => {
-        const key = keys.find((k) => k.kid === header.kid);
-        if (!key) throw new errors.JWKSNoMatchingKey();
-        return key.secret;
-      },
-      {
-        algorithms: ["HS256"],
-        issuer: ISSUER,
-        audience: AUDIENCE,
-        typ: TOKEN_TYPE,
-        requiredClaims: ["exp", "iat", "jti", "sub"],
-        clockTolerance: CLOCK_SKEW_SECONDS,
-        // Refuses an iat in the future (beyond the skew) as well as one too far in the past.
-        maxTokenAge: MAX_TOKEN_TTL_SECONDS,
-        currentDate: now,
-      },
-    );
-    const { agt, acc, origin, iat, exp } = payload;
-    if ((exp as number) - (iat as number) > MAX_TOKEN_TTL_SECONDS) return { ok: false, code: "invalid_token" };
+    const payload = await verifySigned(keys, token, KIND, MAX_TOKEN_TTL_SECONDS, now);
+    const { agt, acc, origin } = payload;
     if (typeof agt !== "string" || typeof acc !== "string" || (origin !== undefined && typeof origin !== "string")) {
       return { ok: false, code: "invalid_token" };
     }

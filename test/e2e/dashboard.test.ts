@@ -1,8 +1,8 @@
 import { mkdirSync } from "node:fs";
-import { type Browser, chromium, type Page } from "playwright-core";
+import type { Browser, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startKeygate } from "../../scripts/keygate-server.mjs";
-import { chromiumPath } from "./browser";
+import { launchChromium } from "./browser";
 
 const OPERATOR_TOKEN = "e2e-operator-token-0123456789abcdef0123";
 const PORT = 8797;
@@ -40,20 +40,7 @@ beforeAll(async () => {
       JWT_SIGNING_KEYS: JSON.stringify([{ kid: "e2e", secret: "e2e-signing-secret-0123456789abcdefghij" }]),
     },
   });
-  // Without @sparticuz/chromium's own args (they switch off web security).
-  browser = await chromium.launch({
-    executablePath: await chromiumPath(),
-    args: [
-      "--no-sandbox",
-      "--no-zygote",
-      "--disable-gpu",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--no-first-run",
-    ],
-    headless: true,
-  });
+  browser = await launchChromium();
 });
 
 afterAll(async () => {

@@ -1,10 +1,10 @@
 import { mkdirSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { type Browser, chromium } from "playwright-core";
+import type { Browser } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startKeygate } from "../../scripts/keygate-server.mjs";
-import { chromiumPath } from "./browser";
+import { launchChromium } from "./browser";
 
 const OPERATOR_TOKEN = "e2e-operator-token-0123456789abcdef0123";
 const API_PORT = 8791;
@@ -40,21 +40,7 @@ beforeAll(async () => {
       JWT_SIGNING_KEYS: JSON.stringify([{ kid: "e2e", secret: "e2e-signing-secret-0123456789abcdefghij" }]),
     },
   });
-  // Not @sparticuz/chromium's own `args`: they include --disable-web-security, which would switch off the very CORS
-  // checks this test is about.
-  browser = await chromium.launch({
-    executablePath: await chromiumPath(),
-    args: [
-      "--no-sandbox",
-      "--no-zygote",
-      "--disable-gpu",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      "--no-first-run",
-    ],
-    headless: true,
-  });
+  browser = await launchChromium();
 });
 
 afterAll(async () => {
