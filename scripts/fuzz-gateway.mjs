@@ -47,6 +47,7 @@ const OWN = [
   "/v1/agents",
   "/v1/handshake",
   "/v1/keys/verify",
+  "/v1/resource-owners",
   "/.well-known",
   "/demo",
   "/v1/auth",

@@ -73,8 +73,8 @@ export const authPages = new Hono<DashEnv>()
   })
   .post("/logout", async (c) => {
     const cookie = sessionCookie(c);
-    const principal = cookie === undefined ? null : await cookiePrincipal(c, cookie);
-    if (principal?.sessionId) await endSessions(c, { sessionId: principal.sessionId }, "logout");
+    const sessionId = cookie === undefined ? undefined : (await cookiePrincipal(c, cookie))?.principal.sessionId;
+    if (sessionId) await endSessions(c, { sessionId }, "logout");
     clearSessionCookie(c);
     return c.redirect("/dashboard/login?done=logout", 303);
   })

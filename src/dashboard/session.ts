@@ -1,11 +1,11 @@
 import type { Context } from "hono";
 import { deleteCookie, getCookie, setCookie } from "hono/cookie";
 import { createMiddleware } from "hono/factory";
-import { type Need, type Principal, refusal, refused } from "../auth/principal";
+import type { Need, Principal } from "../auth/principal";
 import type { Bindings, Variables } from "../env";
 import { ApiError } from "../errors";
-import { cookiePrincipal, SESSION_COOKIE } from "../people/sessions";
-import { admit, spend } from "../ratelimit/limiter";
+import { admitPerson, cookiePrincipal, SESSION_COOKIE } from "../people/sessions";
+import { admit } from "../ratelimit/limiter";
 
 /** The dashboard's requests: once signed in, the person's principal and email (shown in the header). */
 export type DashEnv = { Bindings: Bindings; Variables: Variables & { principal: Principal; email: string } };
@@ -33,18 +33,14 @@ export function sessionCookie(c: Context): string | undefined {
 export const signedIn = (need: Need) =>
   createMiddleware<DashEnv>(async (c, next) => {
     const cookie = sessionCookie(c);
-    const principal = cookie === undefined ? null : await cookiePrincipal(c, cookie);
-    if (!principal) {
+    const person = cookie === undefined ? null : await cookiePrincipal(c, cookie);
+    if (!person) {
       if (cookie !== undefined) clearSessionCookie(c);
       return c.redirect("/dashboard/login", 303);
     }
-    c.set("principal", principal);
-    const [user] = await c.env.DB.prepare("SELECT email FROM users WHERE id = ?").bind(principal.userId).raw<[string]>();
-    c.set("email", user?.[0] ?? "");
-    const refusedFor = refusal(principal, need);
-    if (refusedFor) throw refused(refusedFor);
-    // The user's own limit, shared with their access tokens.
-    const admission = await spend(c, `user:${principal.userId}`, principal.rateLimit);
+    c.set("principal", person.principal);
+    c.set("email", person.email);
+    const admission = await admitPerson(c, person.principal, need);
     if (admission) admit(admission);
     await next();
   });

@@ -50,14 +50,14 @@ export async function cookieLogin(c: RequestContext, credentials: Credentials, u
  * The principal of a dashboard request's cookie, or null: the session live and the user's rights as they are now,
  * exactly as for an access token (`sessionPrincipal`), so logout, disabling or a password change end it at once.
  */
-export async function cookiePrincipal(c: RequestContext, cookie: string): Promise<Principal | null> {
+export async function cookiePrincipal(c: RequestContext, cookie: string): Promise<{ principal: Principal; email: string } | null> {
   const m = COOKIE_VALUE.exec(cookie);
   if (!m) return null;
   const now = new Date();
   const s = await liveSession(c, m[1] as string, now);
   if (!s || s.refreshHash !== (await hashKey(m[2] as string))) return null;
   touch(c, s, now);
-  return principalOf(s);
+  return { principal: principalOf(s), email: s.email };
 }
 
 type Credentials = { email: string; password: string; accountId?: string | undefined };
@@ -139,6 +139,7 @@ async function liveSession(c: RequestContext, sessionId: string, now: Date) {
       disabled: users.disabled,
       role: users.role,
       grants: users.grants,
+      email: users.email,
       slug: accounts.slug,
       keyPrefix: accounts.keyPrefix,
       rateLimit: accounts.rateLimit,
@@ -222,9 +223,17 @@ export async function sessionPrincipal(
   if (!s || s.userId !== claims.sub || s.accountId !== claims.acc) throw ENDED();
   touch(c, s, now);
   const principal = principalOf(s);
+  return { principal, admission: await admitPerson(c, principal, need) };
+}
+
+/**
+ * What a person's request (access token or dashboard cookie) must pass once their session is live: their rights as
+ * `need` asks, then their own limit (one per user, whichever way they come), of which it spends one.
+ */
+export async function admitPerson(c: RequestContext, principal: Principal, need: Need): Promise<Admission | null> {
   const refusedFor = refusal(principal, need);
   if (refusedFor) throw refused(refusedFor);
-  return { principal, admission: await spend(c, `user:${s.userId}`, principal.rateLimit) };
+  return spend(c, `user:${principal.userId}`, principal.rateLimit);
 }
 
 type LiveSession = NonNullable<Awaited<ReturnType<typeof liveSession>>>;
