@@ -39,6 +39,8 @@ export async function keyUsageSeries(d1: D1Database, accountId: string, keyId: s
   return filled(from, to, rows);
 }
 
+const SUMS = { admitted: sql<number>`sum(${keyUsage.admitted})`, rateLimited: sql<number>`sum(${keyUsage.rateLimited})` };
+
 /**
  * The account's hours in [from, to), and each key's totals over them: two reads, whatever the number of keys. With
  * `ownerId` (a member), only the keys that user owns.
@@ -56,21 +58,13 @@ export async function accountUsage(
   const inRange = and(eq(keyUsage.accountId, accountId), gte(keyUsage.hour, hourOf(Date.parse(from))), lt(keyUsage.hour, to), owned);
   const [hours, keys] = await Promise.all([
     d
-      .select({
-        hour: keyUsage.hour,
-        admitted: sql<number>`sum(${keyUsage.admitted})`,
-        rateLimited: sql<number>`sum(${keyUsage.rateLimited})`,
-      })
+      .select({ hour: keyUsage.hour, ...SUMS })
       .from(keyUsage)
       .where(inRange)
       .groupBy(keyUsage.hour)
       .orderBy(keyUsage.hour),
     d
-      .select({
-        keyId: keyUsage.keyId,
-        admitted: sql<number>`sum(${keyUsage.admitted})`,
-        rateLimited: sql<number>`sum(${keyUsage.rateLimited})`,
-      })
+      .select({ keyId: keyUsage.keyId, ...SUMS })
       .from(keyUsage)
       .where(inRange)
       .groupBy(keyUsage.keyId),
