@@ -335,6 +335,22 @@ describe("gateway: streaming, failures and configuration", () => {
     // The catch-all takes every path but Keygate's own.
     await expectProblem(await gw("/v1/api-keys/x/y", { key: key.key }), 404, "not_found");
     expect((await gw("/v1/whoami", { key: key.key })).headers.get("X-Upstream")).toBeNull();
+    // People's routes, the dashboard, usage and the resource registry are Keygate's too.
+    for (const path of [
+      "/v1/auth/login",
+      "/v1/auth/other",
+      "/dashboard/keys",
+      "/dashboard/other",
+      "/v1/account/usage",
+      "/v1/api-keys/x/usage",
+      "/v1/resource-owners/mailbox/x",
+    ])
+      expect(
+        (await gw(path, { key: key.key }, { GATEWAY_ROUTES: JSON.stringify([{ pattern: "/*", auth: "public" }]) })).headers.get(
+          "X-Upstream",
+        ),
+        path,
+      ).toBeNull();
   });
 });
 

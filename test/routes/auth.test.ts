@@ -1,6 +1,7 @@
 import { env } from "cloudflare:workers";
 import { createLocalJWKSet, jwtVerify } from "jose";
 import { describe, expect, it, vi } from "vitest";
+import { hashPassword } from "../../src/auth/password";
 import { gw } from "../gateway/table";
 import { call, createAgent, createKey, expectProblem, OPERATOR_TOKEN, own, provision, rows } from "../helpers";
 
@@ -54,7 +55,7 @@ describe("invitations and passwords", () => {
       400,
       "invalid_invitation",
     );
-    expect((await login("new@example.com")).status).toBe(200);
+    const before = await tokens("new@example.com");
 
     // A new invitation (the reset) replaces an unused older one.
     const first = await (await call(`/v1/users/${user.id}/invitation`, { method: "POST", key: key.key })).json<Invited["invitation"]>();
@@ -76,6 +77,12 @@ describe("invitations and passwords", () => {
       "invitation_expired",
     );
     expect((await login("new@example.com")).status).toBe(200);
+    // A reset that goes through ends every session the user had.
+    const reset = await (await call(`/v1/users/${user.id}/invitation`, { method: "POST", key: key.key })).json<Invited["invitation"]>();
+    expect((await call("/v1/whoami", { key: before.access_token })).status).toBe(200);
+    expect((await call("/v1/auth/accept-invitation", { body: { token: reset.token, password: "reset password three" } })).status).toBe(200);
+    await expectProblem(await call("/v1/whoami", { key: before.access_token }), 401, "session_ended");
+    expect((await login("new@example.com", "reset password three")).status).toBe(200);
   });
 
   it("refuses short, long, common and email-equal passwords, setting nothing", async () => {
@@ -106,6 +113,18 @@ describe("invitations and passwords", () => {
 });
 
 describe("login", () => {
+  it("replaces a hash made with a lower cost by one at today's at the next login", async () => {
+    const { key } = await provision();
+    const user = await person(key.key);
+    await env.DB.prepare("UPDATE users SET password_hash = ? WHERE id = ?")
+      .bind(await hashPassword(PASSWORD, 1000), user.id)
+      .run();
+    expect((await login(user.email)).status).toBe(200);
+    const [row] = await rows<{ password_hash: string }>("SELECT password_hash FROM users WHERE id = ?", user.id);
+    expect(row?.password_hash).toMatch(/^pbkdf2-sha256\$100000\$/);
+    expect((await login(user.email)).status).toBe(200);
+  });
+
   it("answers seed 003's shape, and the same 401 for an unknown email and a wrong password after the same work", async () => {
     const { key } = await provision();
     const user = await person(key.key);
@@ -204,6 +223,35 @@ describe("access and refresh tokens", () => {
     await expect(jwtVerify(pair.access_token, keys, { typ: "keygate-assertion+jwt", algorithms: ["ES256"] })).rejects.toThrow();
   });
 
+  it("end 30 days after login, whatever the refreshes", async () => {
+    const { key } = await provision();
+    const user = await person(key.key);
+    const pair = await tokens(user.email);
+    const [row] = await rows<{ created_at: string; expires_at: string }>(
+      "SELECT created_at, expires_at FROM sessions WHERE id = ?",
+      sid(pair),
+    );
+    expect(Date.parse(row?.expires_at as string) - Date.parse(row?.created_at as string)).toBe(30 * 86_400_000);
+    const next = await (await call("/v1/auth/refresh", { body: { refresh_token: pair.refresh_token } })).json<Pair>();
+    await env.DB.prepare("UPDATE sessions SET expires_at = ? WHERE id = ?")
+      .bind(new Date(Date.now() - 1000).toISOString(), sid(pair))
+      .run();
+    await expectProblem(await call("/v1/whoami", { key: next.access_token }), 401, "session_ended");
+    await expectProblem(await call("/v1/auth/refresh", { body: { refresh_token: next.refresh_token } }), 401, "invalid_refresh_token");
+  });
+
+  it("are limited per user, at the account's default rate", async () => {
+    const { key } = await provision({ rateLimit: { limit: 2, windowSeconds: 60 } });
+    const user = await person(key.key);
+    const [a, b] = [await tokens(user.email), await tokens(user.email)];
+    expect((await call("/v1/whoami", { key: a.access_token })).status).toBe(200);
+    expect((await call("/v1/whoami", { key: b.access_token })).status).toBe(200);
+    const body = await expectProblem(await call("/v1/whoami", { key: a.access_token }), 429, "rate_limited");
+    expect(body.retry_after).toBeGreaterThan(0);
+    // The admin's key has a budget of its own.
+    expect((await call("/v1/whoami", { key: key.key })).status).toBe(200);
+  });
+
   it("rotates the refresh token; presenting a used one ends the whole session", async () => {
     const { key } = await provision();
     const user = await person(key.key);
@@ -247,10 +295,16 @@ describe("access and refresh tokens", () => {
   it("ends on logout, when the user is disabled, and (the others) when the password changes", async () => {
     const { key } = await provision();
     const user = await person(key.key);
-    const [a, b, c] = [await tokens(user.email), await tokens(user.email), await tokens(user.email)];
+    const a = await (await login(user.email, PASSWORD, {}, { "User-Agent": "Roboticks CLI/2.1" })).json<Pair>();
+    const [b, c] = [await tokens(user.email), await tokens(user.email)];
     const sessions = await (await call("/v1/auth/sessions", { key: a.access_token })).json<{ data: { id: string; current: boolean }[] }>();
     expect(sessions.data.map((s) => s.id).sort()).toEqual([sid(a), sid(b), sid(c)].sort());
-    expect(sessions.data.find((s) => s.current)?.id).toBe(sid(a));
+    expect(sessions.data.find((s) => s.current)).toMatchObject({
+      id: sid(a),
+      userAgent: "Roboticks CLI/2.1",
+      createdAt: expect.any(String),
+      lastUsedAt: expect.any(String),
+    });
     expect(JSON.stringify(sessions)).not.toMatch(/rt_|refresh/);
 
     expect((await call("/v1/auth/logout", { method: "POST", key: c.access_token })).status).toBe(204);
