@@ -3,7 +3,7 @@ import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
 import { secureHeaders } from "hono/secure-headers";
 import { getConfig, misconfiguredVariables } from "./config";
-import { dashboardRoutes } from "./dashboard";
+import { dashboardRoutes, documentDashboard } from "./dashboard";
 import { withDatabaseDeadline } from "./db/client";
 import { reference } from "./docs";
 import { ApiError, problem } from "./errors";
@@ -90,6 +90,7 @@ app.route("/v1/keys/verify", verifyRoutes);
 app.route("/v1/resource-owners", resourceOwnersRoutes);
 app.route("/v1/auth", authRoutes);
 app.route("/dashboard", dashboardRoutes);
+documentDashboard(app.openAPIRegistry, app.routes);
 
 app.openAPIRegistry.registerComponent("securitySchemes", "ApiKey", { type: "apiKey", in: "header", name: "X-API-Key" });
 app.openAPIRegistry.registerComponent("securitySchemes", "Bearer", {

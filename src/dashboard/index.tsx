@@ -1,8 +1,9 @@
+import { type OpenAPIHono, z } from "@hono/zod-openapi";
 import { type Context, Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
-import { ApiError, ERRORS, problem as renderProblem } from "../errors";
+import { ApiError, ERRORS, type ErrorCode, problem as renderProblem } from "../errors";
 import { log, safeError } from "../log";
-import { MAX_BODY_BYTES } from "../openapi";
+import { MAX_BODY_BYTES, problems } from "../openapi";
 import { activityPages } from "./activity";
 import { agentPages } from "./agents";
 import { authPages } from "./auth";
@@ -76,3 +77,45 @@ export const dashboardRoutes = new Hono<DashEnv>()
       problem.status,
     );
   });
+
+const HTML = { "text/html": { schema: z.string() } };
+const FILE_TYPES: Record<string, Record<string, { schema: z.ZodString }>> = {
+  css: { "text/css": { schema: z.string() } },
+  js: { "text/javascript": { schema: z.string() }, "application/javascript": { schema: z.string() } },
+};
+
+/**
+ * The dashboard in the OpenAPI document, derived from its router (`routes`: the app's routes under /dashboard), so no
+ * page can be left out: each page and form answers HTML, a form answers 303 to the page that follows it, and a problem
+ * comes as an HTML page to a browser and as problem+json to any other client (see onError above).
+ */
+export function documentDashboard(registry: OpenAPIHono["openAPIRegistry"], routes: readonly { method: string; path: string }[]): void {
+  const problemPages = Object.fromEntries(
+    Object.entries(problems(...(Object.keys(ERRORS) as ErrorCode[]))).map(([status, r]) => [
+      status,
+      { ...r, content: { ...r.content, ...HTML } },
+    ]),
+  );
+  for (const { method, path } of routes) {
+    if (method === "ALL" || !path.startsWith("/dashboard")) continue;
+    const names = [...path.matchAll(/:(\w+)/g)].map((m) => m[1] as string);
+    const file = FILE_TYPES[path.split(".").pop() ?? ""];
+    registry.registerPath({
+      method: method.toLowerCase() as "get" | "post",
+      path: path.replace(/\/$/, "").replace(/:(\w+)/g, "{$1}") || "/dashboard",
+      summary: file ? "A file of the dashboard" : "A page of the dashboard, for people signed in with its session cookie",
+      tags: ["Dashboard"],
+      request: names.length
+        ? { params: z.object(Object.fromEntries(names.map((n) => [n, z.string().openapi({ param: { name: n, in: "path" } })]))) }
+        : {},
+      responses: file
+        ? { 200: { description: "The file", content: file }, ...problemPages }
+        : {
+            200: { description: "The page", content: HTML },
+            201: { description: "The page, showing what was created (a secret shown once)", content: HTML },
+            303: { description: "Where the browser goes next", headers: { Location: { schema: { type: "string" } } } },
+            ...problemPages,
+          },
+    });
+  }
+}
