@@ -214,3 +214,42 @@ describe("dashboard: secrets", () => {
     expect(text).toContain(user.email);
   });
 });
+
+describe("dashboard: every input has a label", () => {
+  it("names each field of every page, by a <label for> or an aria-label", async () => {
+    const { key, cookie } = await admin();
+    const k = await createKey(key.key, { name: "labelled" });
+    const agent = await createAgent(key.key);
+    const member = await person(key.key);
+    const paths = [
+      "/dashboard/login",
+      "/dashboard/accept-invitation",
+      "/dashboard/keys",
+      `/dashboard/keys/${k.id}/rotate`,
+      `/dashboard/keys/${k.id}/revoke`,
+      "/dashboard/usage",
+      "/dashboard/users",
+      `/dashboard/users/${member.id}`,
+      "/dashboard/agents",
+      `/dashboard/agents/${agent.id}`,
+      "/dashboard/activity",
+    ];
+    let fields = 0;
+    for (const path of paths) {
+      const signedOut = path === "/dashboard/login" || path === "/dashboard/accept-invitation";
+      const body = await html(await page(path, signedOut ? {} : { cookie }));
+      const labelled = new Set([...body.matchAll(/<label[^>]*\sfor="([^"]+)"/g)].map((m) => m[1]));
+      // A label around the field names it too.
+      const wrapping = [...body.matchAll(/<label\b[^>]*>.*?<\/label>/gs)].map((m) => [m.index, m.index + m[0].length]);
+      for (const m of body.matchAll(/<(input|select|textarea)\b[^>]*>/g)) {
+        const [tag] = m;
+        if (/type="(hidden|submit)"/.test(tag)) continue;
+        fields++;
+        const id = /\sid="([^"]+)"/.exec(tag)?.[1];
+        const wrapped = wrapping.some(([from, to]) => m.index > (from as number) && m.index < (to as number));
+        expect(labelled.has(id) || wrapped || /\saria-label="[^"]+"/.test(tag), `${path}: ${tag}`).toBe(true);
+      }
+    }
+    expect(fields).toBeGreaterThan(10);
+  });
+});

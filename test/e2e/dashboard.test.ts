@@ -179,9 +179,10 @@ describe("the dashboard in a real browser", () => {
     expect(await page.locator("tr", { hasText: "browser key" }).textContent()).toContain("revoked");
     expect((await fetch(`${keygate.url}/v1/whoami`, { headers: { Authorization: `Bearer ${raw}` } })).status).toBe(401);
 
-    // Readable on a phone.
+    // Readable on a phone: nothing wider than the screen, so nothing needs scrolling sideways.
     await page.setViewportSize({ width: 390, height: 844 });
     await page.screenshot({ path: "test-results/dashboard-keys-phone.png", fullPage: true });
+    expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(390);
 
     expect(requested.length).toBeGreaterThan(5);
     expect(requested.filter((url) => !url.startsWith(`${keygate.url}/`))).toEqual([]);
