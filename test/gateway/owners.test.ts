@@ -59,6 +59,35 @@ describe("gateway: another account's resource id never matches", () => {
   });
 });
 
+describe("gateway: owners recorded elsewhere", () => {
+  it("finds at once a resource another isolate recorded a moment ago: no isolate remembers that a resource had no owner", async () => {
+    const { account, key } = await provision();
+    const mailbox = unique("mbx");
+    expect(await reaches(key.key, mailbox)).toBe(404);
+    // Recorded by another isolate: straight into D1, past this isolate's memory.
+    await env.DB.prepare("INSERT INTO resource_owners (type, resource_id, account_id, created_at) VALUES ('mailbox', ?, ?, ?)")
+      .bind(mailbox, account.id, new Date().toISOString())
+      .run();
+    expect(await reaches(key.key, mailbox)).toBe(200);
+  });
+
+  it("gives a new resource to one account only when two create it at once", async () => {
+    const a = await provision();
+    const b = await provision();
+    for (let trial = 0; trial < 5; trial++) {
+      const mailbox = unique("mbx");
+      const headers = { "X-Test-Created": `mailbox:${mailbox}` };
+      await Promise.all([a, b].map((p) => gw("/v1/mailboxes", { key: p.key.key, body: {}, headers })));
+      const owner = await owners(mailbox);
+      expect(owner).toHaveLength(1);
+      const winner = owner[0]?.account_id === a.account.id ? a : b;
+      const loser = winner === a ? b : a;
+      expect(await reaches(winner.key.key, mailbox)).toBe(200);
+      expect(await reaches(loser.key.key, mailbox)).toBe(404);
+    }
+  });
+});
+
 describe("gateway: resources the upstream says a request created or deleted", () => {
   it("become the caller's account's, reachable by its keys and by no other account's; the header never reaches the client", async () => {
     const a = await provision();

@@ -265,6 +265,19 @@ describe("access and refresh tokens", () => {
     await expectProblem(await call("/v1/whoami", { key: second.access_token }), 401, "session_ended");
   });
 
+  it("ends the session when two refreshes race with one refresh token: neither pair keeps working", async () => {
+    const { key } = await provision();
+    const user = await person(key.key);
+    const pair = await tokens(user.email);
+    const answers = await Promise.all([0, 1].map(() => call("/v1/auth/refresh", { body: { refresh_token: pair.refresh_token } })));
+    expect(answers.map((r) => r.status)).toContain(401);
+    expect(await sessionRow(sid(pair))).toEqual({ ended_at: expect.any(String), end_reason: "refresh_reused" });
+    for (const res of answers.filter((r) => r.status === 200)) {
+      const won = await res.json<Pair>();
+      await expectProblem(await call("/v1/whoami", { key: won.access_token }), 401, "session_ended");
+    }
+  });
+
   it("refreshes with a current access token (seed 003), and refuses an expired one or another kind of token", async () => {
     const { key } = await provision();
     const user = await person(key.key);

@@ -1,4 +1,4 @@
-import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
+import { evictDurableObject, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { faultyDatabase } from "../faults";
@@ -39,6 +39,15 @@ describe("usage per key and hour", () => {
     await send(scoped.key, 2);
     await flush(scoped.id);
     expect(await stored(scoped.id)).toEqual([{ hour: hourOf(Date.now()), admitted: 2, rate_limited: 0 }]);
+  });
+
+  it("keeps what it counted across the object's eviction, and its alarm", async () => {
+    const { key } = await provision();
+    const k = await createKey(key.key);
+    await send(k.key, 2);
+    await evictDurableObject(env.KEYS.getByName(`key:${k.id}`));
+    expect(await flush(k.id)).toBe(true);
+    expect(await stored(k.id)).toEqual([{ hour: hourOf(Date.now()), admitted: 2, rate_limited: 0 }]);
   });
 
   it("keeps what it counted when D1 fails, and writes it at the next alarm", async () => {
