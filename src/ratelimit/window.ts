@@ -39,7 +39,8 @@ export function decide(log: readonly number[], now: number, policy: Policy, cost
   return {
     allowed: false,
     limit: policy.limit,
-    remaining: 0,
+    // What is left can be less than this request's cost and still be something (a lowered limit can leave less than none).
+    remaining: Math.max(0, policy.limit - used),
     resetAt: (log[log.length - 1] as number) + windowMs,
     retryAfter: Math.ceil((freeAt - now) / 1000),
   };

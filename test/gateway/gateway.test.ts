@@ -241,6 +241,9 @@ describe("gateway: what the upstream receives", () => {
     expect((await gw("/v1/reports/monthly", { key: limited.key })).headers.get("X-RateLimit-Remaining")).toBe("2");
     const refused = await gw("/v1/reports/monthly", { key: limited.key });
     await expectProblem(refused, 429, "rate_limited");
+    // Refused because it costs more than is left, not because nothing is: the headers say what is.
+    expect(refused.headers.get("X-RateLimit-Remaining")).toBe("2");
+    expect(refused.headers.get("RateLimit")).toMatch(/^"default";r=2;t=\d+$/);
     // A cheaper request still fits in what is left.
     expect((await gw("/v1/anything", { key: limited.key })).headers.get("X-RateLimit-Remaining")).toBe("1");
   });
