@@ -1,5 +1,6 @@
 // The benchmark's probes of what leases promise, with load from several isolates of one deployment: how soon a
-// revocation is in force everywhere (g), and that no window ever holds more than the limit under overload (h).
+// revocation is in force everywhere (g), and that a key driven at an even pace is admitted what one exact limiter would
+// admit, never a window over its limit (h).
 // Every load here is bounded in time and count and stops by itself; each request has its own timeout.
 
 /** How long a single request may take before it counts as failed (status 0). */
@@ -109,7 +110,7 @@ function idealAdmissions(arrivals, limit, windowMs) {
 }
 
 /**
- * (h) An open-loop overload of one key: `rate` requests a second in all, dealt in turn to the isolates, for `seconds`.
+ * (h) An open-loop load of one key: `rate` requests a second in all, at an even pace, dealt in turn to the isolates, for `seconds`.
  * The key admits at most `limit` in any window of `windowSeconds`. Reports what was admitted in each window of
  * `windowSeconds` from the start, the busiest sliding window, and what one exact limiter would have admitted of the
  * same arrivals. A request is decided somewhere between its sending and its answer, so the busiest window is counted

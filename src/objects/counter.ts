@@ -1,11 +1,7 @@
 import { DurableObject } from "cloudflare:workers";
 import type { Bindings } from "../env";
-import { LEASE_MS, leaseSize } from "../ratelimit/lease";
 import type { Policy } from "../ratelimit/window";
-import { type Admission, CallMemory, type CallTag, SlidingLog, type Unspent } from "./sliding-log";
-
-/** An admission, and the lease granted beside it (see ratelimit/lease.ts). */
-export type Counted = Admission & { lease: { id: number; units: number } | null };
+import { CallMemory, type CallTag, type Granted, SlidingLog, spentBy, type Unspent } from "./sliding-log";
 
 /** How long after its last admission has left its window an idle counter keeps its storage. */
 const IDLE_GRACE_MS = 60_000;
@@ -34,18 +30,14 @@ export class Counter extends DurableObject<Bindings> {
    * hot counter's caller gets a lease beside it and gives back what its ended leases did not spend (`unspent`). The
    * answer leaves only once the admission is stored (group commit: one write for all admissions of a moment).
    */
-  async consume(policy: Policy, tag: CallTag, cost = 1, unspent: Unspent[] = []): Promise<Counted> {
+  async consume(policy: Policy, tag: CallTag, cost = 1, unspent: Unspent[] = []): Promise<Granted> {
     const known = this.calls.recall(tag);
-    if (known) return known.answer as Counted;
+    if (known) return known.answer as Granted;
     for (const { id, left } of this.calls.returns(tag, unspent)) this.log.refund(id, left);
-    const rate = this.log.recentRate;
-    const leaseEnd = this.clock() + LEASE_MS;
-    const { leased, ...admission } = this.log.admit(policy, cost, (left) => leaseSize(rate, left), leaseEnd);
-    const answer = { ...admission, lease: leased > 0 ? { id: leaseEnd, units: leased } : null };
-    const spent = admission.allowed ? [admission, ...(answer.lease ? [{ at: answer.lease.id, cost: answer.lease.units }] : [])] : [];
-    this.calls.remember(tag, answer, spent);
-    if (admission.allowed) {
-      await this.idleAfter((leased > 0 ? leaseEnd : admission.at) + policy.windowSeconds * 1000);
+    const answer = this.log.admit(policy, cost, true);
+    this.calls.remember(tag, answer, spentBy(answer));
+    if (answer.allowed) {
+      await this.idleAfter((answer.lease?.id ?? answer.at) + policy.windowSeconds * 1000);
       await this.log.saved();
     } else await this.log.settled();
     return answer;

@@ -6,9 +6,9 @@ import { db, withDeadline } from "../db/client";
 import type { Bindings } from "../env";
 import { evaluateKey, type KeyRecord, LAST_USED_INTERVAL_MS, loadKey, recordUse, type VerifyResult } from "../keys/store";
 import { log, safeError } from "../log";
-import { LEASE_MS, leaseSize } from "../ratelimit/lease";
+import type { Lease } from "../ratelimit/lease";
 import { addUsage } from "../usage/service";
-import { type Admission, CallMemory, type CallTag, SlidingLog, type Unspent } from "./sliding-log";
+import { type Admission, CallMemory, type CallTag, SlidingLog, spentBy, type Unspent } from "./sliding-log";
 import { FLUSH_INTERVAL_MS, UsageTally } from "./usage";
 
 /** A key as its object holds it: the record, the verdict on it and the instant that verdict may change. */
@@ -29,7 +29,7 @@ function judge(record: KeyRecord | undefined, now: number): Pick<KeyState, "verd
 
 export type Authorization =
   /** `lease`: admissions granted beside this one, logged at `id` (the object's lease end), for the caller to spend. */
-  | { ok: true; principal: Principal; admission: Admission; lease: { id: number; units: number } | null }
+  | { ok: true; principal: Principal; admission: Admission; lease: Lease | null }
   | Extract<VerifyResult, { ok: false }>
   | { ok: false; refusal: Refusal };
 
@@ -90,11 +90,9 @@ export class KeyObject extends DurableObject<Bindings> {
     const code = refusal(principal, need);
     if (code) return this.calls.remember(tag, { ok: false, refusal: code }, []);
     this.noteUse(keyId, key, method, now);
-    const leaseEnd = now + LEASE_MS;
-    const rate = this.log.recentRate;
-    const { leased, ...admission } = this.log.admit(principal.rateLimit, cost, (left) => (leasing ? leaseSize(rate, left) : 0), leaseEnd);
-    const lease = leased > 0 ? { id: leaseEnd, units: leased } : null;
-    const spent = admission.allowed ? [admission, ...(lease ? [{ at: lease.id, cost: lease.units }] : [])] : [];
+    const granted = this.log.admit(principal.rateLimit, cost, leasing);
+    const spent = spentBy(granted);
+    const { lease, ...admission } = granted;
     for (const { at, cost: n } of spent) this.usage.count(at, n, 0);
     if (!admission.allowed) this.usage.count(now, 0, 1);
     this.flushLater(keyId);

@@ -1,8 +1,11 @@
-import { admitWithLease, recentRate } from "../ratelimit/lease";
+import { admitWithLease, type Lease } from "../ratelimit/lease";
 import { type Decision, firstInWindow, type Policy } from "../ratelimit/window";
 
 /** A decision, and the instant and number of requests it spent when admitted (what a refund gives back). */
 export type Admission = Decision & { at: number; cost: number };
+
+/** An admission, and the lease granted beside it (see ratelimit/lease.ts). */
+export type Granted = Admission & { lease: Lease | null };
 
 /**
  * What identifies and bounds one call from a request: its id (a retry of the same call reuses it, so it spends once)
@@ -41,20 +44,17 @@ export class SlidingLog {
 
   /**
    * Decides one request costing `cost` requests and, when admitted, adds them to the log before any await, so
-   * concurrent requests are exact. `lease` more admissions (see ratelimit/lease.ts) are granted beside it when the
-   * window has room for them too, logged at `leaseEnd`.
+   * concurrent requests are exact. A caller that can hold a lease (`leasing`) gets one beside it when the log is hot
+   * and the window has room for it too (ratelimit/lease.ts).
    */
-  admit(policy: Policy, cost = 1, lease: (remaining: number) => number = () => 0, leaseEnd = 0): Admission & { leased: number } {
+  admit(policy: Policy, cost = 1, leasing = false): Granted {
     const now = this.clock();
     this.forget(now - policy.windowSeconds * 1000);
-    const decision = admitWithLease(this.log, now, policy, cost, lease, leaseEnd);
-    if (decision.allowed) this.unsaved.push(...new Array<number>(cost).fill(now), ...new Array<number>(decision.leased).fill(leaseEnd));
+    const decision = admitWithLease(this.log, now, policy, cost, leasing);
+    const { lease } = decision;
+    if (decision.allowed) this.unsaved.push(...new Array<number>(cost).fill(now));
+    if (lease) this.unsaved.push(...new Array<number>(lease.units).fill(lease.id));
     return { ...decision, at: now, cost };
-  }
-
-  /** Admissions logged in the last second, this one's own leases included. */
-  get recentRate(): number {
-    return recentRate(this.log, this.clock());
   }
 
   /** Gives back `cost` requests admitted at `at` (refused afterwards, or their caller gave up). */
@@ -116,6 +116,12 @@ const CALL_MEMORY_MS = 10_000;
 
 /** What a call spent: `cost` requests logged at `at` (its admission, or the lease granted beside it). */
 export type Spent = { at: number; cost: number };
+
+/** What an answer spent: its admission and the lease beside it, or nothing when it was refused. */
+export function spentBy(granted: Granted): Spent[] {
+  if (!granted.allowed) return [];
+  return granted.lease ? [granted, { at: granted.lease.id, cost: granted.lease.units }] : [granted];
+}
 
 /** What a caller's ended lease left unspent: `left` admissions logged at the lease's end `id`. */
 export type Unspent = { id: number; left: number };

@@ -1,5 +1,5 @@
 import type { Principal } from "../auth/principal";
-import { HeldLeases, LEASE_MS } from "./lease";
+import { HeldLeases, LEASE_MS, type Lease } from "./lease";
 import type { Admission } from "./limiter";
 import type { Policy } from "./window";
 
@@ -34,16 +34,9 @@ export class Holdings {
     return this.held.get(name)?.leases.ended(this.now()) ?? [];
   }
 
-  /** Keeps a lease the object granted (for a key, with the record it was granted for) until `askedAt + LEASE_MS`. */
-  hold(
-    name: string,
-    askedAt: number,
-    principal: Principal | null,
-    lease: { id: number; units: number },
-    remaining: number,
-    resetAt: number,
-  ): void {
-    const until = askedAt + LEASE_MS;
+  /** Keeps a lease the object granted (for a key, with the record it was granted for) until `askedAt + lease.ms`. */
+  hold(name: string, askedAt: number, principal: Principal | null, lease: Lease, remaining: number, resetAt: number): void {
+    const until = askedAt + lease.ms;
     // Asked before a change made here dropped the key: its record may predate the change, so it is not trusted (the
     // lease is kept only to be given back when it ends).
     const stale = askedAt <= (this.dropped.get(name) ?? Number.NEGATIVE_INFINITY);

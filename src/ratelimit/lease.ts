@@ -1,12 +1,28 @@
 import { type Decision, decide, firstInWindow, type Policy } from "./window";
 
 /**
- * Leases: a hot key's (or counter's) object hands an isolate a few admissions at once, to spend locally for at most LEASE_MS. Each
- * leased admission is logged at the lease's end, the latest instant it could be spent, and counts as used from its
- * grant: so every window that could hold its spending already counts it, and no window of the policy ever holds more
- * than `limit` real admissions, whichever isolate spends them and whenever within the lease.
+ * Leases: a hot key's (or counter's) object hands an isolate a few admissions at once, to spend locally for at most
+ * `leaseMs(policy)`. Each leased admission is logged at the lease's end, the latest instant it could be spent, and
+ * counts as used from its grant: so every window that could hold its spending already counts it, and no window of the
+ * policy ever holds more than `limit` real admissions, whichever isolate spends them and whenever within the lease.
  */
 export const LEASE_MS = 1000;
+
+/**
+ * How much longer than its window a leased admission may stay counted. An admission spent early in its lease is
+ * counted until the lease's end plus a window, so a lease of 1/WINDOWS_PER_LEASE of the window keeps what leases can
+ * take from a client under its limit near 1/(2 x WINDOWS_PER_LEASE) on average (a 1 s lease in a 2 s window took
+ * a quarter: npm run bench, (h)).
+ */
+const WINDOWS_PER_LEASE = 50;
+
+/** How long a lease of this policy lasts: a second, or a 50th of its window when that is shorter. */
+export function leaseMs(policy: Policy): number {
+  return Math.min(LEASE_MS, Math.floor((policy.windowSeconds * 1000) / WINDOWS_PER_LEASE));
+}
+
+/** Admissions an isolate may spend without calling: `units` of them, for `ms` from when it asked; `id` is the object's end for it. */
+export type Lease = { id: number; units: number; ms: number };
 
 /** The most a lease holds, and the share of what is left it may take (what an idle or dead isolate can strand). */
 export const MAX_LEASE = 64;
@@ -15,12 +31,13 @@ const SHARE_OF_REMAINING = 4;
 export const LEASE_MIN_RATE = 20;
 
 /**
- * How many admissions to lease beside the one being spent: about half a lease's worth at the key's recent rate, never
- * more than a quarter of what the window has left nor MAX_LEASE, and none for a slow or nearly spent key.
+ * How many admissions to lease beside the one being spent: half a lease's worth (`ms`) at the key's recent rate,
+ * never more than a quarter of what the window has left nor MAX_LEASE, and none for a slow or nearly spent key, nor
+ * for one that would not spend a whole admission in half a lease.
  */
-export function leaseSize(recentPerSecond: number, remaining: number): number {
+export function leaseSize(recentPerSecond: number, remaining: number, ms: number): number {
   if (recentPerSecond < LEASE_MIN_RATE) return 0;
-  return Math.max(0, Math.min(Math.ceil((recentPerSecond * LEASE_MS) / 2000), Math.floor(remaining / SHARE_OF_REMAINING), MAX_LEASE));
+  return Math.max(0, Math.min(Math.floor((recentPerSecond * ms) / 2000), Math.floor(remaining / SHARE_OF_REMAINING), MAX_LEASE));
 }
 
 /** Admissions logged in the last second (leases count at their grant's share: their entries lie ahead of now). */
@@ -30,23 +47,26 @@ export function recentRate(log: readonly number[], now: number): number {
 
 /**
  * Decides a request costing `cost` at `now` on an ascending log (changed in place): when admitted, its entries at
- * `now`, and beside them a lease of `lease(remaining)` admissions (at most what is left) logged at `leaseEnd`.
- * `remaining` is then what the window has left with the lease counted as spent.
+ * `now`, and beside them, for a caller that can hold one (`leasing`), a lease sized from the log's recent rate and
+ * what is left (`leaseSize`), logged at its end. `remaining` is then what the window has left with the lease counted
+ * as spent.
  */
 export function admitWithLease(
   log: number[],
   now: number,
   policy: Policy,
   cost: number,
-  lease: (remaining: number) => number,
-  leaseEnd: number,
-): Decision & { leased: number } {
+  leasing: boolean,
+): Decision & { lease: Lease | null } {
+  const rate = recentRate(log, now);
   const decision = decide(log, now, policy, cost);
-  if (!decision.allowed) return { ...decision, leased: 0 };
+  if (!decision.allowed) return { ...decision, lease: null };
   insertSorted(log, now, cost);
-  const leased = Math.max(0, Math.min(lease(decision.remaining), decision.remaining));
-  if (leased > 0) insertSorted(log, leaseEnd, leased);
-  return { ...decision, remaining: decision.remaining - leased, leased };
+  const ms = leaseMs(policy);
+  const units = leasing ? Math.min(leaseSize(rate, decision.remaining, ms), decision.remaining) : 0;
+  if (units === 0) return { ...decision, lease: null };
+  insertSorted(log, now + ms, units);
+  return { ...decision, remaining: decision.remaining - units, lease: { id: now + ms, units, ms } };
 }
 
 /** Inserts `count` entries at `at`, keeping the log ascending (leases end after admissions made since). */
