@@ -22,7 +22,7 @@ function context(overrides: Partial<Cloudflare.Env> = {}): CounterContext {
 /**
  * One request on the key path of `isolate`, after its background work (a renewal, a cancellation) has ended: how it was
  * admitted (from a lease, counted by the object, or unlimited because the object was down in open mode), or the
- * status the app answers (an ApiError's own; anything else thrown is a 500).
+ * status the app answers (429 over the limit, an ApiError's own; anything else thrown is a 500).
  */
 async function outcome(key: string, isolate: Holdings, overrides: Partial<Cloudflare.Env> = {}, cost = 1) {
   const c = context(overrides);
@@ -30,6 +30,7 @@ async function outcome(key: string, isolate: Holdings, overrides: Partial<Cloudf
     const verdict = await authorizeKey(c, key, "bearer", "any", cost, isolate);
     if (!verdict.ok) return "refused";
     if (verdict.admission === null) return "unlimited";
+    if (!verdict.admission.allowed) return 429;
     return verdict.admission.leased ? "leased" : "counted";
   } catch (err) {
     return err instanceof ApiError ? err.status : 500;
@@ -304,4 +305,41 @@ describe("leases when the key's object fails", () => {
     expect(await outcome(hot.key, isolate, {}, 0)).toMatch(/leased|counted/);
     expect(await countedByObject(hot.id)).toBe(counted + 1 + isolate.available(name));
   });
+});
+
+describe("a client at an even pace, through the key's real object and three isolates' leases", () => {
+  /**
+   * Sends `rate` requests a second at an even pace for `seconds`, one after another, dealt in turn to three isolates,
+   * on a clock shared by the isolates and the key's object that moves by the pace between requests. Counts admissions.
+   */
+  async function drive(policy: { limit: number; windowSeconds: number }, rate: number, seconds: number) {
+    const { key } = await provision();
+    const driven = await createKey(key.key, { rateLimit: policy });
+    const clock = { now: Date.now() };
+    await runInDurableObject(env.KEYS.getByName(`key:${driven.id}`), (object) => {
+      object.clock = () => clock.now;
+    });
+    const isolates = [0, 1, 2].map(() => new Holdings(() => clock.now));
+    const outcomes: unknown[] = [];
+    for (let i = 0; i < rate * seconds; i++) {
+      outcomes.push(await outcome(driven.key, isolates[i % 3] as Holdings));
+      clock.now += 1000 / rate;
+    }
+    const counts = tally(outcomes);
+    return { admitted: (counts.leased ?? 0) + (counts.counted ?? 0), leased: counts.leased ?? 0, counts };
+  }
+
+  it("refuses nothing at 0.9x of the limit over three windows, leases spent included", async () => {
+    const { admitted, leased, counts } = await drive({ limit: 500, windowSeconds: 2 }, 225, 6);
+    expect(admitted).toBe(1350);
+    expect(Object.keys(counts).sort()).toEqual(["counted", "leased"]);
+    // The key was hot enough to lease: the guarantee covers what leases admit.
+    expect(leased).toBeGreaterThan(0);
+  }, 120_000);
+
+  it("admits the limit at 10x, no more and at most 5% less, over three windows", async () => {
+    const { admitted } = await drive({ limit: 100, windowSeconds: 1 }, 1000, 3);
+    expect(admitted).toBeLessThanOrEqual(300);
+    expect(admitted).toBeGreaterThanOrEqual(285);
+  }, 120_000);
 });
