@@ -34,7 +34,7 @@ export async function signToken(
 }
 
 /**
- * The payload of a token of `kind`, with the algorithm, issuer, audience and type pinned, exp/iat/jti/sub required and
+ * The payload of a token of `kind`, with the algorithm, issuer, audience (one string, never an array) and type pinned, exp/iat/jti/sub required and
  * at most CLOCK_SKEW_SECONDS of skew: `iat` may not lie in the future, nor be older than `maxTtlSeconds`, and
  * `exp - iat` may not exceed it. Rejects as jose does (an expired token with `errors.JWTExpired`).
  */
@@ -64,6 +64,8 @@ export async function verifySigned(
       currentDate: now,
     },
   );
+  // jose takes an `aud` array that merely contains the audience; a Keygate token names exactly one.
+  if (typeof payload.aud !== "string") throw new errors.JWTInvalid("aud is not a single audience");
   if ((payload.exp as number) - (payload.iat as number) > maxTtlSeconds) throw new errors.JWTInvalid("lifetime too long");
   return payload;
 }
