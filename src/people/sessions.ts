@@ -69,21 +69,7 @@ async function openSession(
   userAgent: string | null,
   secret: string,
 ): Promise<{ id: string; userId: string; accountId: string; now: Date }> {
-  const spent: Admission[] = [];
-  for (const admission of [
-    await spend(c, `login:${await hashKey(email)}`, LOGIN_EMAIL_POLICY),
-    await spendPerAddress(c, "ip", c.get("config").ipPolicy),
-  ]) {
-    if (!admission) continue;
-    if (!admission.allowed) {
-      for (const s of spent) await refund(c, s);
-      throw new ApiError("rate_limited", `Too many login attempts. Try again in ${admission.retryAfter} seconds.`, {
-        headers: { "Retry-After": String(admission.retryAfter) },
-        body: { retry_after: admission.retryAfter },
-      });
-    }
-    spent.push(admission);
-  }
+  const spent = await spendAttempt(c, email);
   const d = db(c.env.DB);
   const candidates = await d
     .select({ id: users.id, accountId: users.accountId, passwordHash: users.passwordHash, disabled: users.disabled })
@@ -118,6 +104,30 @@ async function openSession(
     ...(rehash ? [d.update(users).set({ passwordHash: rehash }).where(eq(users.id, user.id))] : []),
   ]);
   return { id, userId: user.id, accountId: user.accountId, now };
+}
+
+/**
+ * Spends one password attempt from the email's budget (LOGIN_EMAIL_POLICY) and the client address's; past either,
+ * 429. Logins and password changes share them, so guesses cost the same whichever way they come. The caller gives the
+ * spend back when the password was right, so only failures count.
+ */
+async function spendAttempt(c: RequestContext, email: string): Promise<Admission[]> {
+  const spent: Admission[] = [];
+  for (const admission of [
+    await spend(c, `login:${await hashKey(email)}`, LOGIN_EMAIL_POLICY),
+    await spendPerAddress(c, "ip", c.get("config").ipPolicy),
+  ]) {
+    if (!admission) continue;
+    if (!admission.allowed) {
+      for (const s of spent) await refund(c, s);
+      throw new ApiError("rate_limited", `Too many password attempts. Try again in ${admission.retryAfter} seconds.`, {
+        headers: { "Retry-After": String(admission.retryAfter) },
+        body: { retry_after: admission.retryAfter },
+      });
+    }
+    spent.push(admission);
+  }
+  return spent;
 }
 
 async function pair(c: RequestContext, claims: { sub: string; acc: string; sid: string }, refresh: string, now: Date): Promise<TokenPair> {
@@ -297,11 +307,17 @@ export async function listSessions(c: RequestContext, userId: string, current: s
   }));
 }
 
-/** Changes a person's password (they prove the current one) and ends their other sessions. */
+/**
+ * Changes a person's password (they prove the current one, an attempt spent as a login's is) and ends their other
+ * sessions.
+ */
 export async function changePassword(c: RequestContext, p: Principal, currentPassword: string, newPassword: string): Promise<void> {
   const d = db(c.env.DB);
   const [u] = await d.select({ passwordHash: users.passwordHash, email: users.email }).from(users).where(eq(users.id, p.userId)).limit(1);
-  if (!u || !(await verifyPassword(currentPassword, u.passwordHash))) throw INVALID();
+  if (!u) throw INVALID();
+  const spent = await spendAttempt(c, u.email);
+  if (!(await verifyPassword(currentPassword, u.passwordHash))) throw INVALID();
+  for (const s of spent) await refund(c, s);
   const reason = passwordProblem(newPassword, u.email);
   if (reason) throw invalidRequest([{ field: "newPassword", message: reason }]);
   const hash = await hashPassword(newPassword);

@@ -128,7 +128,8 @@ export const authRoutes = routes()
       method: "post",
       path: "/password",
       summary: "Change your password",
-      description: "Needs the current password; ends your other sessions.",
+      description:
+        "Needs the current password; ends your other sessions. A wrong current password spends from the same budgets as a failed login (per email and per client address).",
       security: [{ Bearer: [] }],
       middleware: withBody(person),
       request: { body: jsonBody(PasswordChange) },

@@ -346,6 +346,22 @@ describe("access and refresh tokens", () => {
     await expectProblem(await call("/v1/whoami", { key: a.access_token }), 401, "session_ended");
   });
 
+  it("limits current-password guesses per user, from any address, in the same budget as login", async () => {
+    const { key } = await provision();
+    const user = await person(key.key);
+    const { access_token } = await tokens(user.email);
+    const stored = await rows("SELECT password_hash FROM users WHERE id = ?", user.id);
+    const change = (currentPassword: string) =>
+      call("/v1/auth/password", { key: access_token, body: { currentPassword, newPassword: "a brand new password" } });
+    // Each guess comes from another address: only a limit per user can stop them.
+    for (let i = 0; i < 10; i++) await expectProblem(await change(`wrong guess number ${i}`), 401, "invalid_credentials");
+    const limited = await change(PASSWORD);
+    expect((await expectProblem(limited, 429, "rate_limited")).retry_after).toBeGreaterThan(0);
+    expect(Number(limited.headers.get("Retry-After"))).toBeGreaterThan(0);
+    expect(await rows("SELECT password_hash FROM users WHERE id = ?", user.id)).toEqual(stored);
+    await expectProblem(await login(user.email), 429, "rate_limited");
+  });
+
   it("ends one of your own sessions by id, never another user's", async () => {
     const { key } = await provision();
     const user = await person(key.key);
