@@ -48,7 +48,7 @@ export const authRoutes = routes()
       path: "/refresh",
       summary: "New tokens for a session",
       description:
-        "With `{refresh_token}` (each works once; presenting a used one ends the session), or with `Authorization: Bearer <access token>` before it expires.",
+        "With `{refresh_token}` (each works once: presented again within 30 s it answers the same pair, later it ends the session), or with `Authorization: Bearer <access token>` before it expires.",
       security: [{ Bearer: [] }, {}],
       request: { body: { content: { "application/json": { schema: RefreshRequest } }, required: false } },
       responses: {

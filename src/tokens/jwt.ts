@@ -10,7 +10,10 @@ export const CLOCK_SKEW_SECONDS = 5;
 /** What tells one kind of Keygate token from another: its `typ` and audience, both checked on every verify. */
 export type Kind = { typ: string; audience: string };
 
-/** An HS256 token of `kind` for `sub`, valid `ttlSeconds` from `now`, signed with the first key. */
+/**
+ * An HS256 token of `kind` for `sub`, valid `ttlSeconds` from `now`, signed with the first key. The same arguments
+ * (`jti` included) make the same token.
+ */
 export async function signToken(
   keys: readonly SigningKey[],
   kind: Kind,
@@ -18,6 +21,7 @@ export async function signToken(
   claims: Record<string, string>,
   ttlSeconds: number,
   now: Date,
+  jti: string = crypto.randomUUID(),
 ): Promise<string> {
   const [key] = keys;
   if (!key) throw new Error("no signing key");
@@ -27,7 +31,7 @@ export async function signToken(
     .setIssuer(ISSUER)
     .setAudience(kind.audience)
     .setSubject(sub)
-    .setJti(crypto.randomUUID())
+    .setJti(jti)
     .setIssuedAt(iat)
     .setExpirationTime(iat + ttlSeconds)
     .sign(key.secret);
