@@ -175,7 +175,8 @@ export const invitations = sqliteTable(
 
 /**
  * A person's login: access tokens name it (`sid`) and are refused once it has ended. `refreshHash` is the hash of the
- * one refresh token that works now; presenting an earlier one ends the session.
+ * one refresh token that works now, `previousRefreshHash` of the one it replaced at `refreshedAt`: presented within
+ * the grace it answers the same pair again, later it ends the session. A secret matching neither changes nothing.
  */
 export const sessions = sqliteTable(
   "sessions",
@@ -188,6 +189,8 @@ export const sessions = sqliteTable(
       .notNull()
       .references(() => accounts.id),
     refreshHash: text("refresh_hash").notNull(),
+    previousRefreshHash: text("previous_refresh_hash"),
+    refreshedAt: text("refreshed_at"),
     userAgent: text("user_agent"),
     createdAt: text("created_at").notNull(),
     lastUsedAt: text("last_used_at").notNull(),

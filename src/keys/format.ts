@@ -31,7 +31,7 @@ export function newId(kind: string): string {
   return `${kind}_${toHex(crypto.getRandomValues(new Uint8Array(12)))}`;
 }
 
-function toHex(bytes: Uint8Array): string {
+export function toHex(bytes: Uint8Array): string {
   let out = "";
   for (const b of bytes) out += b.toString(16).padStart(2, "0");
   return out;

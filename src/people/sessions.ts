@@ -5,14 +5,20 @@ import { batch, db } from "../db/client";
 import { accounts, sessions, users } from "../db/schema";
 import type { RequestContext } from "../env";
 import { ApiError } from "../errors";
-import { generateSecret, hashKey, newId } from "../keys/format";
+import { generateSecret, hashKey, newId, toHex } from "../keys/format";
 import { invalidRequest } from "../openapi";
 import { type Admission, refund, spend, spendPerAddress } from "../ratelimit/limiter";
 import { ACCESS_TTL_SECONDS, type AccessClaims, signAccessToken } from "../tokens/access";
+import type { SigningKey } from "../tokens/jwt";
 
 export const SESSION_DAYS = 30;
 /** Failed logins allowed per email address (and, separately, per client address: IP_FAILURE_RATE_LIMIT). */
 export const LOGIN_EMAIL_POLICY = { limit: 10, windowSeconds: 900 };
+/**
+ * How long a used refresh token still answers the pair its refresh made: a client whose refresh answered late (a 503
+ * after D1 stored it) or raced itself keeps its session. After it, presenting the used token ends the session.
+ */
+export const REFRESH_GRACE_SECONDS = 30;
 /** How stale a session's `lastUsedAt` may get before a request writes it again (no D1 write per request). */
 const LAST_USED_GRANULARITY_MS = 60_000;
 
@@ -69,21 +75,7 @@ async function openSession(
   userAgent: string | null,
   secret: string,
 ): Promise<{ id: string; userId: string; accountId: string; now: Date }> {
-  const spent: Admission[] = [];
-  for (const admission of [
-    await spend(c, `login:${await hashKey(email)}`, LOGIN_EMAIL_POLICY),
-    await spendPerAddress(c, "ip", c.get("config").ipPolicy),
-  ]) {
-    if (!admission) continue;
-    if (!admission.allowed) {
-      for (const s of spent) await refund(c, s);
-      throw new ApiError("rate_limited", `Too many login attempts. Try again in ${admission.retryAfter} seconds.`, {
-        headers: { "Retry-After": String(admission.retryAfter) },
-        body: { retry_after: admission.retryAfter },
-      });
-    }
-    spent.push(admission);
-  }
+  const spent = await spendAttempt(c, email);
   const d = db(c.env.DB);
   const candidates = await d
     .select({ id: users.id, accountId: users.accountId, passwordHash: users.passwordHash, disabled: users.disabled })
@@ -120,9 +112,45 @@ async function openSession(
   return { id, userId: user.id, accountId: user.accountId, now };
 }
 
+/**
+ * Spends one password attempt from the email's budget (LOGIN_EMAIL_POLICY) and the client address's; past either,
+ * 429. Logins and password changes share them, so guesses cost the same whichever way they come. The caller gives the
+ * spend back when the password was right, so only failures count.
+ */
+async function spendAttempt(c: RequestContext, email: string): Promise<Admission[]> {
+  const spent: Admission[] = [];
+  for (const admission of [
+    await spend(c, `login:${await hashKey(email)}`, LOGIN_EMAIL_POLICY),
+    await spendPerAddress(c, "ip", c.get("config").ipPolicy),
+  ]) {
+    if (!admission) continue;
+    if (!admission.allowed) {
+      for (const s of spent) await refund(c, s);
+      throw new ApiError("rate_limited", `Too many password attempts. Try again in ${admission.retryAfter} seconds.`, {
+        headers: { "Retry-After": String(admission.retryAfter) },
+        body: { retry_after: admission.retryAfter },
+      });
+    }
+    spent.push(admission);
+  }
+  return spent;
+}
+
+/** The pair for a refresh secret issued at `now`: the same secret and instant make the same pair. */
 async function pair(c: RequestContext, claims: { sub: string; acc: string; sid: string }, refresh: string, now: Date): Promise<TokenPair> {
-  const access = await signAccessToken(c.get("config").signingKeys, claims, now);
+  const jti = (await hashKey(`jti:${refresh}`)).slice(0, 32);
+  const access = await signAccessToken(c.get("config").signingKeys, claims, now, jti);
   return { access_token: access, token_type: "bearer", expires_in: ACCESS_TTL_SECONDS, refresh_token: `${claims.sid}.${refresh}` };
+}
+
+/**
+ * The refresh secret that replaces `secret`, derived from it with a signing key: a refresh repeated (its answer lost,
+ * or racing itself) makes the same one, and no one without the key can tell it from the used one.
+ */
+async function successor(key: SigningKey | undefined, secret: string): Promise<string> {
+  if (!key) throw new Error("no signing key");
+  const hmac = await crypto.subtle.importKey("raw", key.secret, { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+  return `rt_${toHex(new Uint8Array(await crypto.subtle.sign("HMAC", hmac, new TextEncoder().encode(`refresh:${secret}`))))}`;
 }
 
 /** A session that works: not ended, not past its 30 days, its user enabled. */
@@ -133,6 +161,8 @@ async function liveSession(c: RequestContext, sessionId: string, now: Date) {
       userId: sessions.userId,
       accountId: sessions.accountId,
       refreshHash: sessions.refreshHash,
+      previousRefreshHash: sessions.previousRefreshHash,
+      refreshedAt: sessions.refreshedAt,
       lastUsedAt: sessions.lastUsedAt,
       expiresAt: sessions.expiresAt,
       endedAt: sessions.endedAt,
@@ -156,31 +186,64 @@ async function liveSession(c: RequestContext, sessionId: string, now: Date) {
 
 const ENDED = () => new ApiError("session_ended", "This session has ended; log in again.");
 
+const INVALID_REFRESH = () => new ApiError("invalid_refresh_token", "The refresh token is not valid.");
+
 /**
- * New tokens for a session. With the refresh token (rotating: each works once; one presented again ends the whole
- * session, as OAuth 2.1 advises for a token that may have leaked) or with a current access token (seed 003's flow).
+ * New tokens for a session. With the refresh token (rotating: each works once; see `repeated` for one presented
+ * again) or with a current access token (seed 003's flow).
  */
 export async function refresh(c: RequestContext, by: { refreshToken: string } | { claims: AccessClaims }): Promise<TokenPair> {
   const now = new Date();
   const [sid, secret] = "claims" in by ? [by.claims.sid, null] : splitRefresh(by.refreshToken);
-  if (!sid) throw new ApiError("invalid_refresh_token", "The refresh token is not valid.");
+  if (!sid) throw INVALID_REFRESH();
   const session = await liveSession(c, sid, now);
-  if (!session) throw "claims" in by ? ENDED() : new ApiError("invalid_refresh_token", "The refresh token is not valid.");
+  if (!session) throw "claims" in by ? ENDED() : INVALID_REFRESH();
   const d = db(c.env.DB);
   const presented = secret === null ? null : await hashKey(secret);
-  const next = generateSecret("rt");
+  const next = secret === null ? generateSecret("rt") : await successor(c.get("config").signingKeys[0], secret);
   const [rotated] = await batch(c.env.DB, [
     d
       .update(sessions)
-      .set({ refreshHash: await hashKey(next), lastUsedAt: now.toISOString() })
+      .set({
+        previousRefreshHash: sql`${sessions.refreshHash}`,
+        refreshHash: await hashKey(next),
+        refreshedAt: now.toISOString(),
+        lastUsedAt: now.toISOString(),
+      })
       .where(and(eq(sessions.id, sid), isNull(sessions.endedAt), presented === null ? undefined : eq(sessions.refreshHash, presented))),
   ]);
-  if (rotated?.meta.changes !== 1) {
-    // A refresh token that no longer works was presented (used before, or raced by another refresh): end the session.
-    await endSessions(c, { sessionId: sid }, "refresh_reused");
-    throw new ApiError("invalid_refresh_token", "The refresh token was already used; the session has ended. Log in again.");
+  const claims = { sub: session.userId, acc: session.accountId, sid };
+  if (rotated?.meta.changes === 1) return pair(c, claims, next, now);
+  if (secret === null || presented === null) throw ENDED();
+  return repeated(c, claims, secret, presented, now);
+}
+
+/**
+ * A refresh token that is not the session's current one. The one just replaced, within REFRESH_GRACE_SECONDS, answers
+ * the pair its refresh made (that answer may have been lost); later, it ends the session, as OAuth 2.1 advises for a
+ * token that may have leaked. Any other secret was never issued to this session as far as it knows (made up, or
+ * older than the previous one): refused, and the session goes on.
+ */
+async function repeated(
+  c: RequestContext,
+  claims: { sub: string; acc: string; sid: string },
+  secret: string,
+  presented: string,
+  now: Date,
+): Promise<TokenPair> {
+  const session = await liveSession(c, claims.sid, now);
+  if (!session || session.previousRefreshHash !== presented || session.refreshedAt === null) throw INVALID_REFRESH();
+  const refreshedAt = new Date(session.refreshedAt);
+  if (now.getTime() - refreshedAt.getTime() <= REFRESH_GRACE_SECONDS * 1000) {
+    // Made with whichever signing key signed then (the list may have changed since). None did when an access token
+    // made the refresh: that pair was never this token's to answer, so it counts as reuse.
+    for (const key of c.get("config").signingKeys) {
+      const next = await successor(key, secret);
+      if ((await hashKey(next)) === session.refreshHash) return pair(c, claims, next, refreshedAt);
+    }
   }
-  return pair(c, { sub: session.userId, acc: session.accountId, sid }, next, now);
+  await endSessions(c, { sessionId: claims.sid }, "refresh_reused");
+  throw new ApiError("invalid_refresh_token", "The refresh token was already used; the session has ended. Log in again.");
 }
 
 function splitRefresh(token: string): [string | null, string | null] {
@@ -297,11 +360,17 @@ export async function listSessions(c: RequestContext, userId: string, current: s
   }));
 }
 
-/** Changes a person's password (they prove the current one) and ends their other sessions. */
+/**
+ * Changes a person's password (they prove the current one, an attempt spent as a login's is) and ends their other
+ * sessions.
+ */
 export async function changePassword(c: RequestContext, p: Principal, currentPassword: string, newPassword: string): Promise<void> {
   const d = db(c.env.DB);
   const [u] = await d.select({ passwordHash: users.passwordHash, email: users.email }).from(users).where(eq(users.id, p.userId)).limit(1);
-  if (!u || !(await verifyPassword(currentPassword, u.passwordHash))) throw INVALID();
+  if (!u) throw INVALID();
+  const spent = await spendAttempt(c, u.email);
+  if (!(await verifyPassword(currentPassword, u.passwordHash))) throw INVALID();
+  for (const s of spent) await refund(c, s);
   const reason = passwordProblem(newPassword, u.email);
   if (reason) throw invalidRequest([{ field: "newPassword", message: reason }]);
   const hash = await hashPassword(newPassword);

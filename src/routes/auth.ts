@@ -48,7 +48,7 @@ export const authRoutes = routes()
       path: "/refresh",
       summary: "New tokens for a session",
       description:
-        "With `{refresh_token}` (each works once; presenting a used one ends the session), or with `Authorization: Bearer <access token>` before it expires.",
+        "With `{refresh_token}` (each works once: presented again within 30 s it answers the same pair, later it ends the session), or with `Authorization: Bearer <access token>` before it expires.",
       security: [{ Bearer: [] }, {}],
       request: { body: { content: { "application/json": { schema: RefreshRequest } }, required: false } },
       responses: {
@@ -128,7 +128,8 @@ export const authRoutes = routes()
       method: "post",
       path: "/password",
       summary: "Change your password",
-      description: "Needs the current password; ends your other sessions.",
+      description:
+        "Needs the current password; ends your other sessions. A wrong current password spends from the same budgets as a failed login (per email and per client address).",
       security: [{ Bearer: [] }],
       middleware: withBody(person),
       request: { body: jsonBody(PasswordChange) },

@@ -3,9 +3,10 @@ import { eq } from "drizzle-orm";
 import { backend } from "../auth/backend";
 import { db } from "../db/client";
 import { accounts } from "../db/schema";
+import type { RequestContext } from "../env";
 import { ApiError } from "../errors";
 import { getOwnership, RESOURCE_ID, RESOURCE_TYPE, removeOwner, setOwner } from "../gateway/owners";
-import { BODY_PROBLEMS, json, jsonBody, problems, routes, withBody } from "../openapi";
+import { BODY_PROBLEMS, invalidRequest, json, jsonBody, problems, routes, withBody } from "../openapi";
 import { matching } from "../schemas";
 import { allow } from "./method-not-allowed";
 
@@ -34,6 +35,14 @@ const BACKEND_PROBLEMS = [
 ] as const;
 const notFound = () => new ApiError("not_found", "No account owns this resource.");
 
+/** The path's resource: its type one of RESOURCE_TYPES (no key or route can name another), else 400. */
+function resource(c: RequestContext, { type, id }: { type: string; id: string }): { type: string; id: string } {
+  const types = c.get("config").resourceTypes;
+  if (!types.includes(type))
+    throw invalidRequest([{ field: "type", message: `must be one of RESOURCE_TYPES: ${types.join(", ") || "(none configured)"}` }]);
+  return { type, id };
+}
+
 /**
  * Which account owns each resource a gateway route or a verify call names, for the provider's backend (VERIFY_TOKEN):
  * resources that existed before Keygate, and moves. Resources created through the gateway are recorded from the
@@ -53,7 +62,7 @@ export const resourceOwnersRoutes = routes()
       responses: { 200: json(Ownership, "The owner as stored"), ...problems(...BODY_PROBLEMS, ...BACKEND_PROBLEMS, "not_found") },
     }),
     async (c) => {
-      const { type, id } = c.req.valid("param");
+      const { type, id } = resource(c, c.req.valid("param"));
       const { accountId } = c.req.valid("json");
       const [account] = await db(c.env.DB).select({ id: accounts.id }).from(accounts).where(eq(accounts.id, accountId)).limit(1);
       if (!account) throw new ApiError("not_found", "No account has this id.");
@@ -71,7 +80,7 @@ export const resourceOwnersRoutes = routes()
       responses: { 200: json(Ownership, "The owner"), ...problems(...BACKEND_PROBLEMS, "invalid_request", "not_found") },
     }),
     async (c) => {
-      const { type, id } = c.req.valid("param");
+      const { type, id } = resource(c, c.req.valid("param"));
       const found = await getOwnership(c.env.DB, type, id);
       if (!found) throw notFound();
       return c.json(found, 200);
@@ -89,7 +98,7 @@ export const resourceOwnersRoutes = routes()
       responses: { 204: { description: "Forgotten" }, ...problems(...BACKEND_PROBLEMS, "invalid_request", "not_found") },
     }),
     async (c) => {
-      const { type, id } = c.req.valid("param");
+      const { type, id } = resource(c, c.req.valid("param"));
       if (!(await removeOwner(c.env.DB, type, id))) throw notFound();
       return c.body(null, 204);
     },

@@ -10,12 +10,14 @@ export const ACCESS_TTL_SECONDS = 3600;
 /** Who (sub), in which account (acc), through which session (sid). */
 export type AccessClaims = { sub: string; acc: string; sid: string; jti: string; iat: number; exp: number };
 
+/** An access token issued at `now`; given a `jti`, the same token each time. */
 export function signAccessToken(
   keys: readonly SigningKey[],
   { sub, acc, sid }: { sub: string; acc: string; sid: string },
   now: Date,
+  jti?: string,
 ): Promise<string> {
-  return signToken(keys, KIND, sub, { acc, sid }, ACCESS_TTL_SECONDS, now);
+  return signToken(keys, KIND, sub, { acc, sid }, ACCESS_TTL_SECONDS, now, jti);
 }
 
 export type AccessResult = { ok: true; claims: AccessClaims } | { ok: false; code: "invalid_token" | "token_expired" };

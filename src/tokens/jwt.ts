@@ -10,7 +10,10 @@ export const CLOCK_SKEW_SECONDS = 5;
 /** What tells one kind of Keygate token from another: its `typ` and audience, both checked on every verify. */
 export type Kind = { typ: string; audience: string };
 
-/** An HS256 token of `kind` for `sub`, valid `ttlSeconds` from `now`, signed with the first key. */
+/**
+ * An HS256 token of `kind` for `sub`, valid `ttlSeconds` from `now`, signed with the first key. The same arguments
+ * (`jti` included) make the same token.
+ */
 export async function signToken(
   keys: readonly SigningKey[],
   kind: Kind,
@@ -18,6 +21,7 @@ export async function signToken(
   claims: Record<string, string>,
   ttlSeconds: number,
   now: Date,
+  jti: string = crypto.randomUUID(),
 ): Promise<string> {
   const [key] = keys;
   if (!key) throw new Error("no signing key");
@@ -27,14 +31,14 @@ export async function signToken(
     .setIssuer(ISSUER)
     .setAudience(kind.audience)
     .setSubject(sub)
-    .setJti(crypto.randomUUID())
+    .setJti(jti)
     .setIssuedAt(iat)
     .setExpirationTime(iat + ttlSeconds)
     .sign(key.secret);
 }
 
 /**
- * The payload of a token of `kind`, with the algorithm, issuer, audience and type pinned, exp/iat/jti/sub required and
+ * The payload of a token of `kind`, with the algorithm, issuer, audience (one string, never an array) and type pinned, exp/iat/jti/sub required and
  * at most CLOCK_SKEW_SECONDS of skew: `iat` may not lie in the future, nor be older than `maxTtlSeconds`, and
  * `exp - iat` may not exceed it. Rejects as jose does (an expired token with `errors.JWTExpired`).
  */
@@ -64,6 +68,8 @@ export async function verifySigned(
       currentDate: now,
     },
   );
+  // jose takes an `aud` array that merely contains the audience; a Keygate token names exactly one.
+  if (typeof payload.aud !== "string") throw new errors.JWTInvalid("aud is not a single audience");
   if ((payload.exp as number) - (payload.iat as number) > maxTtlSeconds) throw new errors.JWTInvalid("lifetime too long");
   return payload;
 }

@@ -198,4 +198,19 @@ describe("/v1/resource-owners", () => {
     await expectProblem(await call(path, { method: "POST", headers: backend, body: {} }), 405, "method_not_allowed");
     expect(await owners(id)).toEqual([]);
   });
+
+  it("refuses a type outside RESOURCE_TYPES, which no key can be scoped to, storing nothing", async () => {
+    const { account } = await provision();
+    const id = unique("ws");
+    const path = `/v1/resource-owners/workspace/${id}`;
+    for (const res of [
+      await call(path, { method: "PUT", headers: backend, body: { accountId: account.id } }),
+      await call(path, { headers: backend }),
+      await call(path, { method: "DELETE", headers: backend }),
+    ]) {
+      const body = await expectProblem(res, 400, "invalid_request");
+      expect(body.errors).toEqual([{ field: "type", message: expect.stringContaining("mailbox, process, project") }]);
+    }
+    expect(await owners(id)).toEqual([]);
+  });
 });
