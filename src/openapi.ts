@@ -4,6 +4,7 @@ import { createMiddleware } from "hono/factory";
 import type { ZodError } from "zod";
 import type { AppEnv } from "./env";
 import { ApiError, ERRORS, type ErrorCode, type FieldError } from "./errors";
+import { extend } from "./schemas";
 
 /** Largest request body accepted, in bytes; larger bodies get 413 `payload_too_large`. */
 export const MAX_BODY_BYTES = 16 * 1024;
@@ -137,7 +138,7 @@ export function problems(...codes: ErrorCode[]) {
       status,
       {
         description: list.map((c) => `\`${c}\``).join(", "),
-        content: { "application/problem+json": { schema: Problem.extend({ code: z.enum(list as [ErrorCode, ...ErrorCode[]]) }) } },
+        content: { "application/problem+json": { schema: extend(Problem, { code: z.enum(list as [ErrorCode, ...ErrorCode[]]) }) } },
       },
     ]),
   );

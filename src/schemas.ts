@@ -30,11 +30,32 @@ z.config({
   },
 });
 
+/**
+ * `base` with more fields, as one closed object. (zod's `.extend` of a named schema is documented as an `allOf` of the
+ * base and a closed branch, which a JSON Schema validator reads as forbidding the base's own fields.)
+ */
+export const extend = <B extends z.ZodObject, S extends z.ZodRawShape>(base: B, shape: S) =>
+  z.strictObject({ ...(base.shape as B["shape"]), ...shape });
+
+/**
+ * `schema` or `null`, documented as exactly that (`anyOf` of the two); `.nullable()` of a named schema is documented
+ * as an `allOf` with the named schema, which `null` never matches.
+ */
+export const orNull = <T extends z.ZodType>(schema: T) => z.union([schema, z.null()]);
+
 /** Trimmed, non-empty text of at most `max` characters. */
 export const text = (max: number) => z.string().trim().min(1).max(max);
 
-/** A string matching `pattern`, with `hint` saying what is expected. */
-export const matching = (pattern: RegExp, hint: string) => z.string().trim().regex(pattern, hint);
+/**
+ * A string matching `pattern` (anchored with `^` and `$`) once trimmed, with `hint` saying what is expected; the
+ * document's pattern allows the surrounding spaces the trim takes away.
+ */
+export const matching = (pattern: RegExp, hint: string) =>
+  z
+    .string()
+    .trim()
+    .regex(pattern, hint)
+    .openapi({ pattern: `^\\s*(?:${pattern.source.slice(1, -1)})\\s*$` });
 
 /** An integer from `min` to `max`, with one message for every way to miss. */
 export const integer = (min: number, max: number) => {

@@ -1,5 +1,5 @@
 import { z } from "@hono/zod-openapi";
-import { integer, Timestamp, text } from "../schemas";
+import { extend, integer, Timestamp, text } from "../schemas";
 import { MAX_TOKEN_TTL_SECONDS } from "../tokens/handshake";
 import { DEFAULT_TOKEN_TTL_SECONDS, MAX_ORIGINS, originProblem } from "./store";
 
@@ -44,6 +44,6 @@ export const AgentView = z
   .openapi("Agent");
 
 /** An agent with its identity secret: the answer that creates or replaces the secret, the only one that shows it. */
-export const AgentWithSecret = AgentView.extend({ identitySecret: z.string().openapi({ example: "idsec_5f0c…" }) }).openapi(
+export const AgentWithSecret = extend(AgentView, { identitySecret: z.string().openapi({ example: "idsec_5f0c…" }) }).openapi(
   "AgentWithSecret",
 );
