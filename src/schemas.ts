@@ -122,7 +122,7 @@ export const PageQuery = z.object({
     .number()
     .pipe(integer(1, MAX_PAGE))
     .optional()
-    .openapi({ param: { name: "limit", in: "query" }, example: DEFAULT_LIMIT }),
+    .openapi({ param: { name: "limit", in: "query" }, type: "integer", minimum: 1, maximum: MAX_PAGE, default: DEFAULT_LIMIT }),
   cursor: z
     .string()
     .optional()

@@ -1,14 +1,15 @@
 import { exports } from "cloudflare:workers";
 import { dereference, type Schema, validate } from "@cfworker/json-schema";
 
-type Response_ = { content?: Record<string, { schema?: Schema }>; headers?: Record<string, { required?: boolean }> };
+type Header = { required?: boolean; $ref?: string };
+type Response_ = { content?: Record<string, { schema?: Schema }>; headers?: Record<string, Header> };
 type Operation = {
   operationId?: string;
   security?: Record<string, string[]>[];
   requestBody?: { content: Record<string, { schema?: Schema }> };
   responses: Record<string, Response_>;
 };
-type Document = { paths: Record<string, Record<string, Operation>> };
+type Document = { paths: Record<string, Record<string, Operation>>; components: { headers?: Record<string, Header> } };
 
 /** One operation of the served document. */
 export type Documented = { method: string; path: string; pattern: RegExp; operation: Operation };
@@ -60,7 +61,7 @@ async function conforms(value: unknown, schema: Schema, what: string): Promise<v
 export async function checkContract(req: Request, res: Response): Promise<void> {
   const { pathname } = new URL(req.url);
   if (res.headers.get("X-Content-Type-Options") !== "nosniff") throw new Error(`${req.method} ${pathname} answered without nosniff`);
-  const { operations } = await contract();
+  const { doc, operations } = await contract();
   const route = operations.find((r) => r.method === req.method && r.pattern.test(pathname));
   if (!route) return;
   const where = `${req.method} ${pathname} answered ${res.status}`;
@@ -76,8 +77,10 @@ export async function checkContract(req: Request, res: Response): Promise<void> 
   }
   const answer = route.operation.responses[String(res.status)];
   if (!answer) throw new Error(`${where}, a status its contract does not list`);
-  for (const [name, header] of Object.entries(answer.headers ?? {}))
-    if (header.required && !res.headers.has(name)) throw new Error(`${where} without its header ${name}`);
+  for (const [name, header] of Object.entries(answer.headers ?? {})) {
+    const { required } = header.$ref ? (doc.components.headers?.[header.$ref.split("/").pop() as string] ?? {}) : header;
+    if (required && !res.headers.has(name)) throw new Error(`${where} without its header ${name}`);
+  }
   const type = (res.headers.get("Content-Type") ?? "").split(";")[0]?.trim() ?? "";
   // An answer documented with no body (204) must have none.
   if (!answer.content && !type && (await res.clone().text()) === "") return;

@@ -10,7 +10,11 @@ export const Origin = z
     const problem = originProblem(value);
     if (problem) ctx.addIssue({ code: "custom", message: problem });
   })
-  .openapi({ example: "https://shop.example" });
+  .openapi({
+    example: "https://shop.example",
+    description: "An origin exactly as browsers send it: https (http only for localhost), no path, no wildcard",
+    pattern: "^(https://[a-z0-9.\\[\\]:-]*[a-z0-9\\]](:[0-9]{1,5})?|http://(localhost|127\\.0\\.0\\.1|\\[::1\\])(:[0-9]{1,5})?)$",
+  });
 
 const Origins = z
   .array(Origin)

@@ -19,7 +19,7 @@ export const Grants = z
   .array(matching(SCOPE, grantHint))
   .min(1)
   .max(MAX_GRANTS)
-  .openapi({ example: ["mailbox:mbx_8a1c"] });
+  .openapi("Grants", { example: ["mailbox:mbx_8a1c"] });
 
 /** What is wrong with a list of grants against the configured resource types: unknown types, `*` mixed with grants. */
 export function grantErrors(list: readonly string[], types: readonly string[], field: string): FieldError[] {
@@ -43,7 +43,9 @@ export const NewKey = z
   .object({
     name: text(100),
     scopes: Grants.optional(),
-    expiresAt: FutureInstant.nullable().optional(),
+    expiresAt: FutureInstant.nullable()
+      .optional()
+      .openapi({ type: ["string", "null"], description: "`null` or absent: the key never expires" }),
     ownerId: text(64).optional(),
     rateLimit: RateLimit.optional(),
   })
