@@ -2,14 +2,14 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
 import { secureHeaders } from "hono/secure-headers";
-import { getConfig, misconfiguredVariables } from "./config";
+import { type Config, getConfig, misconfiguredVariables } from "./config";
 import { dashboardRoutes, documentDashboard } from "./dashboard";
 import { withDatabaseDeadline } from "./db/client";
 import { reference } from "./docs";
 import { ApiError, problem } from "./errors";
 import { gateway } from "./gateway/handler";
 import { log, safeError } from "./log";
-import { json, MAX_BODY_BYTES, problems, routes } from "./openapi";
+import { completeDocument, json, MAX_BODY_BYTES, problems, routes } from "./openapi";
 import { accountRoutes, whoamiRoutes } from "./routes/account";
 import { accountsRoutes } from "./routes/accounts";
 import { agentsRoutes } from "./routes/agents";
@@ -92,21 +92,15 @@ app.route("/v1/auth", authRoutes);
 app.route("/dashboard", dashboardRoutes);
 documentDashboard(app.openAPIRegistry, app.routes);
 
-app.openAPIRegistry.registerComponent("securitySchemes", "ApiKey", { type: "apiKey", in: "header", name: "X-API-Key" });
-app.openAPIRegistry.registerComponent("securitySchemes", "Bearer", {
-  type: "http",
-  scheme: "bearer",
-  description:
-    "An API key, a person's access token (POST /v1/auth/login), a handshake token (chat only), or the operator token (operator routes)",
-});
 const DOCUMENT = {
   openapi: "3.1.0",
   info: {
     title: "Keygate",
     version: "0.1.0",
-    description: "API-key authentication, rate limits and handshake tokens for HTTP APIs on Cloudflare Workers.",
   },
 };
+/** The contract as served: generated from the routes, completed for this deployment's resource types. */
+const contract = (config: Config) => completeDocument(app.getOpenAPI31Document(DOCUMENT), config.resourceTypes);
 
 app.openapi(
   createRoute({
@@ -118,7 +112,7 @@ app.openapi(
       ...problems(),
     },
   }),
-  (c) => c.json(app.getOpenAPI31Document(DOCUMENT), 200),
+  (c) => c.json(contract(c.get("config")), 200),
 );
 
 app.openapi(
@@ -133,7 +127,7 @@ app.openapi(
       "Content-Security-Policy",
       "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
     );
-    return c.html(reference(app.getOpenAPI31Document(DOCUMENT)), 200);
+    return c.html(reference(contract(c.get("config"))), 200);
   },
 );
 

@@ -30,11 +30,32 @@ z.config({
   },
 });
 
+/**
+ * `base` with more fields, as one closed object. (zod's `.extend` of a named schema is documented as an `allOf` of the
+ * base and a closed branch, which a JSON Schema validator reads as forbidding the base's own fields.)
+ */
+export const extend = <B extends z.ZodObject, S extends z.ZodRawShape>(base: B, shape: S) =>
+  z.strictObject({ ...(base.shape as B["shape"]), ...shape });
+
+/**
+ * `schema` or `null`, documented as exactly that (`anyOf` of the two); `.nullable()` of a named schema is documented
+ * as an `allOf` with the named schema, which `null` never matches.
+ */
+export const orNull = <T extends z.ZodType>(schema: T) => z.union([schema, z.null()]);
+
 /** Trimmed, non-empty text of at most `max` characters. */
 export const text = (max: number) => z.string().trim().min(1).max(max);
 
-/** A string matching `pattern`, with `hint` saying what is expected. */
-export const matching = (pattern: RegExp, hint: string) => z.string().trim().regex(pattern, hint);
+/**
+ * A string matching `pattern` (anchored with `^` and `$`) once trimmed, with `hint` saying what is expected; the
+ * document's pattern allows the surrounding spaces the trim takes away.
+ */
+export const matching = (pattern: RegExp, hint: string) =>
+  z
+    .string()
+    .trim()
+    .regex(pattern, hint)
+    .openapi({ pattern: `^\\s*(?:${pattern.source.slice(1, -1)})\\s*$` });
 
 /** An integer from `min` to `max`, with one message for every way to miss. */
 export const integer = (min: number, max: number) => {
@@ -52,38 +73,45 @@ const ISO_INSTANT = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?
 const LATEST_INSTANT = Date.parse("9999-12-31T23:59:59.999Z");
 
 /**
- * A future instant as an ISO-8601 date-time with a timezone, answered in UTC. Only real calendar dates and times (no
- * 30 February, no hour 24, offsets up to ±23:59) up to the end of year 9999 UTC, so that every stored instant has the
- * fixed-width form of `toISOString()` and instants compare correctly as text in SQL.
+ * An ISO-8601 date-time with a timezone, answered in UTC; `future`: only instants after now. Only real calendar dates
+ * and times (no 30 February, no hour 24, offsets up to ±23:59) up to the end of year 9999 UTC, so that every stored
+ * instant has the fixed-width form of `toISOString()` and instants compare correctly as text in SQL.
  */
-export const FutureInstant = z
-  .string()
-  .transform((value, ctx) => {
-    const m = ISO_INSTANT.exec(value);
-    if (!m) {
-      ctx.addIssue({ code: "custom", message: "must be an ISO-8601 date-time with a timezone, e.g. 2027-01-01T00:00:00Z" });
-      return z.NEVER;
-    }
-    type Parts = [number, number, number, number, number, number, number, number];
-    const [y, mo, d, h, mi, sec, oh, om] = [1, 2, 3, 4, 5, 6, 10, 11].map((i) => Number(m[i] ?? 0)) as Parts;
-    const calendar = new Date(Date.UTC(y, mo - 1, d));
-    const real = calendar.getUTCFullYear() === y && calendar.getUTCMonth() === mo - 1 && calendar.getUTCDate() === d;
-    const instant = Date.parse(value);
-    const problem =
-      !real || h > 23 || mi > 59 || sec > 59 || oh > 23 || om > 59
-        ? "is not a real date and time"
-        : Number.isNaN(instant) || instant > LATEST_INSTANT
-          ? "must be no later than 9999-12-31T23:59:59Z"
-          : instant <= Date.now()
-            ? "must be in the future"
-            : null;
-    if (problem) {
-      ctx.addIssue({ code: "custom", message: problem });
-      return z.NEVER;
-    }
-    return new Date(instant).toISOString();
-  })
-  .openapi({ type: "string", format: "date-time", example: "2027-01-01T00:00:00Z" });
+const instant = (future: boolean) =>
+  z
+    .string()
+    .transform((value, ctx) => {
+      const m = ISO_INSTANT.exec(value);
+      if (!m) {
+        ctx.addIssue({ code: "custom", message: "must be an ISO-8601 date-time with a timezone, e.g. 2027-01-01T00:00:00Z" });
+        return z.NEVER;
+      }
+      type Parts = [number, number, number, number, number, number, number, number];
+      const [y, mo, d, h, mi, sec, oh, om] = [1, 2, 3, 4, 5, 6, 10, 11].map((i) => Number(m[i] ?? 0)) as Parts;
+      const calendar = new Date(Date.UTC(y, mo - 1, d));
+      const real = calendar.getUTCFullYear() === y && calendar.getUTCMonth() === mo - 1 && calendar.getUTCDate() === d;
+      const at = Date.parse(value);
+      const problem =
+        !real || h > 23 || mi > 59 || sec > 59 || oh > 23 || om > 59
+          ? "is not a real date and time"
+          : Number.isNaN(at) || at > LATEST_INSTANT
+            ? "must be no later than 9999-12-31T23:59:59Z"
+            : future && at <= Date.now()
+              ? "must be in the future"
+              : null;
+      if (problem) {
+        ctx.addIssue({ code: "custom", message: problem });
+        return z.NEVER;
+      }
+      return new Date(at).toISOString();
+    })
+    .openapi({ type: "string", format: "date-time", example: "2027-01-01T00:00:00Z" });
+
+/** An instant up to the end of year 9999 UTC (see `instant`). */
+export const Instant = instant(false);
+
+/** An instant after now and up to the end of year 9999 UTC (see `instant`). */
+export const FutureInstant = instant(true);
 
 /** An ISO-8601 UTC timestamp as the API writes them. */
 export const Timestamp = z.string().openapi({ format: "date-time", example: "2026-11-23T08:00:00.000Z" });
@@ -94,7 +122,7 @@ export const PageQuery = z.object({
     .number()
     .pipe(integer(1, MAX_PAGE))
     .optional()
-    .openapi({ param: { name: "limit", in: "query" }, example: DEFAULT_LIMIT }),
+    .openapi({ param: { name: "limit", in: "query" }, type: "integer", minimum: 1, maximum: MAX_PAGE, default: DEFAULT_LIMIT }),
   cursor: z
     .string()
     .optional()

@@ -3,7 +3,7 @@ import type { Account } from "../db/schema";
 import { DEFAULT_PREFIX, PREFIX } from "../keys/format";
 import { KeyWithSecret } from "../keys/schemas";
 import { DEFAULT_POLICY } from "../ratelimit/window";
-import { matching, RateLimit, Timestamp, text } from "../schemas";
+import { extend, matching, orNull, RateLimit, Timestamp, text } from "../schemas";
 import { Email, InvitedUser } from "../users/schemas";
 
 const SLUG = /^[a-z0-9][a-z0-9-]{1,62}$/;
@@ -17,7 +17,7 @@ export const NewAccount = z
     keyPrefix: matching(PREFIX, "must be 2-12 characters: a lowercase letter, then lowercase letters or digits").default(DEFAULT_PREFIX),
     membersCanCreateKeys: z.boolean().default(false),
     rateLimit: RateLimit.default(DEFAULT_POLICY),
-    maxRateLimit: RateLimit.nullable().default(null),
+    maxRateLimit: orNull(RateLimit).default(null),
     admin: z.strictObject({ email: Email }),
   })
   .openapi("NewAccount");
@@ -25,7 +25,7 @@ export const NewAccount = z
 export const AccountChange = z
   .strictObject({
     rateLimit: RateLimit.optional(),
-    maxRateLimit: RateLimit.nullable().optional().openapi({ description: "`null` makes the account's default limit the ceiling" }),
+    maxRateLimit: orNull(RateLimit).optional().openapi({ description: "`null` makes the account's default limit the ceiling" }),
     membersCanCreateKeys: z.boolean().optional(),
   })
   .openapi("AccountChange");
@@ -40,7 +40,7 @@ export const AccountView = z
     keyPrefix: z.string(),
     membersCanCreateKeys: z.boolean(),
     rateLimit: RateLimit,
-    maxRateLimit: RateLimit.nullable(),
+    maxRateLimit: orNull(RateLimit),
     createdAt: Timestamp,
   })
   .openapi("Account");
@@ -49,7 +49,7 @@ export const AuditEvent = z
   .strictObject({ id: z.string(), actor: z.string(), action: z.string(), target: z.string(), createdAt: Timestamp, requestId: z.string() })
   .openapi("AuditEvent");
 
-export const AccountActivity = AccountView.extend({
+export const AccountActivity = extend(AccountView, {
   activeKeys: z.number().int(),
   lastUsedAt: Timestamp.nullable(),
   recentEvents: z.array(AuditEvent),

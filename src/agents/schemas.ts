@@ -1,5 +1,5 @@
 import { z } from "@hono/zod-openapi";
-import { integer, Timestamp, text } from "../schemas";
+import { extend, integer, Timestamp, text } from "../schemas";
 import { MAX_TOKEN_TTL_SECONDS } from "../tokens/handshake";
 import { DEFAULT_TOKEN_TTL_SECONDS, MAX_ORIGINS, originProblem } from "./store";
 
@@ -10,7 +10,11 @@ export const Origin = z
     const problem = originProblem(value);
     if (problem) ctx.addIssue({ code: "custom", message: problem });
   })
-  .openapi({ example: "https://shop.example" });
+  .openapi({
+    example: "https://shop.example",
+    description: "An origin exactly as browsers send it: https (http only for localhost), no path, no wildcard",
+    pattern: "^(https://[a-z0-9.\\[\\]:-]*[a-z0-9\\]](:[0-9]{1,5})?|http://(localhost|127\\.0\\.0\\.1|\\[::1\\])(:[0-9]{1,5})?)$",
+  });
 
 const Origins = z
   .array(Origin)
@@ -44,6 +48,6 @@ export const AgentView = z
   .openapi("Agent");
 
 /** An agent with its identity secret: the answer that creates or replaces the secret, the only one that shows it. */
-export const AgentWithSecret = AgentView.extend({ identitySecret: z.string().openapi({ example: "idsec_5f0c…" }) }).openapi(
+export const AgentWithSecret = extend(AgentView, { identitySecret: z.string().openapi({ example: "idsec_5f0c…" }) }).openapi(
   "AgentWithSecret",
 );

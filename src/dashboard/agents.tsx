@@ -1,6 +1,5 @@
 import { eq } from "drizzle-orm";
 import { Hono } from "hono";
-import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { AgentChange, NewAgent } from "../agents/schemas";
 import { accountAgent, createAgent, updateAgent } from "../agents/service";
 import { agentView, DEFAULT_TOKEN_TTL_SECONDS } from "../agents/store";
@@ -10,7 +9,7 @@ import { type Agent, agents } from "../db/schema";
 import type { ApiError } from "../errors";
 import { fieldErrors, invalidRequest } from "../openapi";
 import { Enabled, field, Layout, Notice, Pager, ProblemBox, problemOf, Secret, Table, Time } from "./layout";
-import { render } from "./render";
+import { type Answer, render } from "./render";
 import { type DashContext, type DashEnv, signedIn } from "./session";
 
 const PATH = "/dashboard/agents";
@@ -37,7 +36,7 @@ export const agentPages = new Hono<DashEnv>()
       return agentsPage(c, { created: agent }, 201);
     } catch (err) {
       const problem = problemOf(err);
-      return agentsPage(c, { problem, form }, problem.status);
+      return agentsPage(c, { problem, form }, problem);
     }
   })
   .get("/:id", async (c) => agentPage(c, await accountAgent(c.env.DB, c.get("principal").accountId, c.req.param("id"))))
@@ -76,14 +75,14 @@ async function changeAgent(c: DashContext, agent: Agent, change: Record<string, 
     await updateAgent(c, c.get("principal"), agent.id, parsed.data);
   } catch (err) {
     const problem = problemOf(err);
-    return agentPage(c, agent, problem, problem.status);
+    return agentPage(c, agent, problem, problem);
   }
   return c.redirect(`${PATH}?done=${done}`, 303);
 }
 
 type AgentsState = { created?: Agent; problem?: ApiError | null; notice?: string | null; form?: Record<string, unknown> };
 
-async function agentsPage(c: DashContext, state: AgentsState, status: ContentfulStatusCode = 200) {
+async function agentsPage(c: DashContext, state: AgentsState, status: Answer = 200) {
   const p = c.get("principal");
   const { rows, nextCursor } = await listPage(
     db(c.env.DB),
@@ -169,7 +168,7 @@ const AgentForm = ({ action, name, origins, ttl }: { action: string; name: strin
   </form>
 );
 
-function agentPage(c: DashContext, agent: Agent, problem?: ApiError, status: ContentfulStatusCode = 200) {
+function agentPage(c: DashContext, agent: Agent, problem?: ApiError, status: Answer = 200) {
   const view = agentView(agent);
   return render(
     c,

@@ -58,16 +58,14 @@ export const authPages = new Hono<DashEnv>()
           askAccount={accountId !== "" || problem.code === "account_required"}
           problem={problem}
         />,
-        problem.status,
+        problem,
       );
     const parsed = LoginRequest.safeParse(input);
     if (!parsed.success) return again(invalidRequest(fieldErrors(parsed.error)));
     try {
       setSessionCookie(c, await cookieLogin(c, parsed.data, c.req.header("User-Agent") ?? null));
     } catch (err) {
-      const problem = problemOf(err);
-      for (const [name, value] of Object.entries(problem.extra.headers ?? {})) c.header(name, value);
-      return again(problem);
+      return again(problemOf(err));
     }
     return c.redirect("/dashboard/keys", 303);
   })
@@ -122,7 +120,7 @@ const InvitationPage = ({ problem, done }: InvitationState) => (
 async function acceptForm(c: DashContext): Promise<Response> {
   const form = await c.req.parseBody();
   const password = typeof form.password === "string" ? form.password : "";
-  const again = (problem: ApiError) => render(c, <InvitationPage problem={problem} />, problem.status);
+  const again = (problem: ApiError) => render(c, <InvitationPage problem={problem} />, problem);
   if (password !== form.confirm) return again(invalidRequest([{ field: "confirm", message: "is not the same password" }]));
   const parsed = AcceptInvitation.safeParse({ token: field(form, "token"), password });
   if (!parsed.success) return again(invalidRequest(fieldErrors(parsed.error)));

@@ -1,9 +1,10 @@
 import { type OpenAPIHono, z } from "@hono/zod-openapi";
 import { type Context, Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
-import { ApiError, ERRORS, type ErrorCode, problem as renderProblem } from "../errors";
+import { ApiError, ERRORS, type ErrorCode } from "../errors";
 import { log, safeError } from "../log";
 import { MAX_BODY_BYTES, problems } from "../openapi";
+import { SESSION_COOKIE } from "../people/sessions";
 import { activityPages } from "./activity";
 import { agentPages } from "./agents";
 import { authPages } from "./auth";
@@ -62,9 +63,6 @@ export const dashboardRoutes = new Hono<DashEnv>()
     if (!known) log("error", "unexpected_error", { requestId: c.get("requestId"), error: safeError(err) });
     const problem =
       known ?? new ApiError("internal_error", `Something went wrong on our side. Quote ${c.get("requestId")} when you report it.`);
-    // A browser asks for HTML; any other client (a script, curl) gets the API's problem+json.
-    if (!(c.req.header("Accept") ?? "").includes("text/html")) return renderProblem(c, problem);
-    for (const [name, value] of Object.entries(problem.extra.headers ?? {})) c.header(name, value);
     const principal = c.get("principal");
     return render(
       c,
@@ -74,7 +72,7 @@ export const dashboardRoutes = new Hono<DashEnv>()
           <a href={principal ? "/dashboard/keys" : "/dashboard/login"}>Back to the dashboard</a>
         </p>
       </Layout>,
-      problem.status,
+      problem,
     );
   });
 
@@ -83,6 +81,66 @@ const FILE_TYPES: Record<string, Record<string, { schema: z.ZodString }>> = {
   css: { "text/css": { schema: z.string() } },
   js: { "text/javascript": { schema: z.string() }, "application/javascript": { schema: z.string() } },
 };
+
+const text = (description: string) => ({ type: "string", description });
+const AGENT_FORM = {
+  name: text("The agent's name"),
+  allowedOrigins: text("The origins its widget runs on, one per line"),
+  tokenTtlSeconds: text("Lifetime of its handshake tokens, in seconds"),
+};
+/**
+ * The fields of each form (`application/x-www-form-urlencoded`, every value text) and those it needs; what each means
+ * and which values it takes are those of the API operation it stands for.
+ */
+const FORMS: Record<string, { fields: Record<string, object>; required?: string[]; ids?: boolean }> = {
+  "/dashboard/login": {
+    fields: {
+      email: text("As for POST /v1/auth/login"),
+      password: text("As for POST /v1/auth/login"),
+      accountId: text("Needed only when the email belongs to users of several accounts"),
+    },
+    required: ["email", "password"],
+  },
+  "/dashboard/logout": { fields: {} },
+  "/dashboard/accept-invitation": {
+    fields: {
+      token: text("The invitation's token"),
+      password: text("The new password: 12 to 256 characters"),
+      confirm: text("The same password again"),
+    },
+    required: ["token", "password", "confirm"],
+  },
+  "/dashboard/keys": {
+    fields: {
+      name: text("As for POST /v1/api-keys"),
+      access: { type: "string", enum: ["full", "resources"], description: "Full access, or only the resources listed in `<type>Ids`" },
+      expiresAt: text("A local date and time (`datetime-local`), empty for none"),
+      limit: text("The key's own limit: requests per window, with windowSeconds"),
+      windowSeconds: text("The key's own limit: the window, in seconds"),
+    },
+    required: ["name"],
+    ids: true,
+  },
+  "/dashboard/keys/{id}/revoke": { fields: {} },
+  "/dashboard/keys/{id}/rotate": { fields: { gracePeriodSeconds: text("How long the old key keeps working, in seconds") } },
+  "/dashboard/users": {
+    fields: { email: text("As for POST /v1/users"), role: { type: "string", enum: ["admin", "member"] } },
+    required: ["email", "role"],
+  },
+  "/dashboard/users/{id}": {
+    fields: { role: { type: "string", enum: ["admin", "member"] }, grants: text("Grants, separated by commas") },
+  },
+  "/dashboard/users/{id}/disable": { fields: {} },
+  "/dashboard/users/{id}/enable": { fields: {} },
+  "/dashboard/users/{id}/invitation": { fields: {} },
+  "/dashboard/agents": { fields: AGENT_FORM, required: ["name", "allowedOrigins"] },
+  "/dashboard/agents/{id}": { fields: AGENT_FORM },
+  "/dashboard/agents/{id}/disable": { fields: {} },
+  "/dashboard/agents/{id}/enable": { fields: {} },
+};
+
+/** Pages open to anyone: the files, logging in and setting a password. */
+const PUBLIC = ["/dashboard/login", "/dashboard/accept-invitation", "/dashboard/dashboard.css", "/dashboard/dashboard.js"];
 
 /**
  * The dashboard in the OpenAPI document, derived from its router (`routes`: the app's routes under /dashboard), so no
@@ -96,18 +154,49 @@ export function documentDashboard(registry: OpenAPIHono["openAPIRegistry"], rout
       { ...r, content: { ...r.content, ...HTML } },
     ]),
   );
+  registry.registerComponent("securitySchemes", "DashboardCookie", {
+    type: "apiKey",
+    in: "cookie",
+    name: SESSION_COOKIE,
+    description: "The dashboard's session, set by `POST /dashboard/login`; every form post must come from Keygate's own origin.",
+  });
   for (const { method, path } of routes) {
     if (method === "ALL" || !path.startsWith("/dashboard")) continue;
     const names = [...path.matchAll(/:(\w+)/g)].map((m) => m[1] as string);
     const file = FILE_TYPES[path.split(".").pop() ?? ""];
+    const documented = path.replace(/\/$/, "").replace(/:(\w+)/g, "{$1}") || "/dashboard";
+    const form = method === "POST" ? FORMS[documented] : undefined;
+    if (method === "POST" && !form) throw new Error(`The form ${documented} has no documented fields`);
     registry.registerPath({
       method: method.toLowerCase() as "get" | "post",
-      path: path.replace(/\/$/, "").replace(/:(\w+)/g, "{$1}") || "/dashboard",
+      path: documented,
+      security: PUBLIC.includes(documented) || documented === "/dashboard/logout" ? [] : [{ DashboardCookie: [] }],
       summary: file ? "A file of the dashboard" : "A page of the dashboard, for people signed in with its session cookie",
       tags: ["Dashboard"],
-      request: names.length
-        ? { params: z.object(Object.fromEntries(names.map((n) => [n, z.string().openapi({ param: { name: n, in: "path" } })]))) }
-        : {},
+      request: {
+        ...(names.length
+          ? { params: z.object(Object.fromEntries(names.map((n) => [n, z.string().openapi({ param: { name: n, in: "path" } })]))) }
+          : {}),
+        ...(form
+          ? {
+              body: {
+                required: true,
+                content: {
+                  "application/x-www-form-urlencoded": {
+                    schema: {
+                      type: "object",
+                      properties: form.fields,
+                      ...(form.required ? { required: form.required } : {}),
+                      // A new key's `<type>Ids` (ids separated by commas), one field per configured resource type.
+                      ...(form.ids ? { patternProperties: { "^[a-z][a-z0-9]*Ids$": { type: "string" } } } : {}),
+                      additionalProperties: false,
+                    },
+                  },
+                },
+              },
+            }
+          : {}),
+      },
       responses: file
         ? { 200: { description: "The file", content: file }, ...problemPages }
         : {

@@ -1,6 +1,5 @@
 import { and, eq, inArray } from "drizzle-orm";
 import { Hono } from "hono";
-import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { FULL_ACCESS } from "../auth/principal";
 import { db } from "../db/client";
 import { pageOf } from "../db/pagination";
@@ -11,7 +10,7 @@ import { createKey, findManagedKey, revokeKey, rotateKey } from "../keys/service
 import { keyStatus, listKeys } from "../keys/store";
 import { fieldErrors, invalidRequest } from "../openapi";
 import { field, Layout, Notice, Pager, ProblemBox, problemOf, Secret, Table, Time } from "./layout";
-import { render } from "./render";
+import { type Answer, render } from "./render";
 import { type DashContext, type DashEnv, signedIn } from "./session";
 
 const PATH = "/dashboard/keys";
@@ -43,7 +42,7 @@ export const keyPages = new Hono<DashEnv>()
       return keysPage(c, { shown: { title: `Your new key "${row.name}"`, raw } }, 201);
     } catch (err) {
       const problem = problemOf(err);
-      return keysPage(c, { problem, form }, problem.status);
+      return keysPage(c, { problem, form }, problem);
     }
   })
   .get("/:id/revoke", async (c) => {
@@ -108,7 +107,7 @@ function newKeyBody(form: Record<string, unknown>, types: readonly string[]): Re
 
 type KeysState = { shown?: Shown; problem?: ApiError | null; notice?: string | null; form?: Record<string, unknown> };
 
-async function keysPage(c: DashContext, state: KeysState, status: ContentfulStatusCode = 200) {
+async function keysPage(c: DashContext, state: KeysState, status: Answer = 200) {
   const p = c.get("principal");
   const d = db(c.env.DB);
   const { rows, nextCursor } = await listKeys(
@@ -303,6 +302,6 @@ function confirmPage(c: DashContext, key: ApiKey, action: "revoke" | "rotate", p
         </div>
       </form>
     </Layout>,
-    problem?.status ?? 200,
+    problem ?? 200,
   );
 }

@@ -1,6 +1,5 @@
 import { eq } from "drizzle-orm";
 import { Hono } from "hono";
-import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { FULL_ACCESS } from "../auth/principal";
 import { db } from "../db/client";
 import { listPage, pageOf } from "../db/pagination";
@@ -11,7 +10,7 @@ import type { Invitation } from "../people/invitations";
 import { NewUser, UserChange, userView } from "../users/schemas";
 import { createUser, findUser, reinvite, updateUser } from "../users/service";
 import { Enabled, field, Layout, Notice, Pager, ProblemBox, problemOf, Secret, Table, Time } from "./layout";
-import { render } from "./render";
+import { type Answer, render } from "./render";
 import { type DashContext, type DashEnv, signedIn } from "./session";
 
 const PATH = "/dashboard/users";
@@ -34,7 +33,7 @@ export const userPages = new Hono<DashEnv>()
       return usersPage(c, { invited: { email: user.email, invitation } }, 201);
     } catch (err) {
       const problem = problemOf(err);
-      return usersPage(c, { problem, form }, problem.status);
+      return usersPage(c, { problem, form }, problem);
     }
   })
   .get("/:id", async (c) => userPage(c, await findUser(c.env.DB, c.get("principal").accountId, c.req.param("id")), {}))
@@ -71,7 +70,7 @@ async function changeUser(c: DashContext, user: User, change: Record<string, unk
     await updateUser(c, c.get("principal"), user.id, parsed.data);
   } catch (err) {
     const problem = problemOf(err);
-    return userPage(c, user, { problem }, problem.status);
+    return userPage(c, user, { problem }, problem);
   }
   return c.redirect(`${PATH}?done=${done}`, 303);
 }
@@ -92,7 +91,7 @@ type UsersState = {
   form?: Record<string, unknown>;
 };
 
-async function usersPage(c: DashContext, state: UsersState, status: ContentfulStatusCode = 200) {
+async function usersPage(c: DashContext, state: UsersState, status: Answer = 200) {
   const p = c.get("principal");
   const { rows, nextCursor } = await listPage(
     db(c.env.DB),
@@ -155,7 +154,7 @@ async function usersPage(c: DashContext, state: UsersState, status: ContentfulSt
 
 type UserState = { problem?: ApiError | null; invitation?: Invitation };
 
-function userPage(c: DashContext, user: User, state: UserState, status: ContentfulStatusCode = 200) {
+function userPage(c: DashContext, user: User, state: UserState, status: Answer = 200) {
   const p = c.get("principal");
   const view = userView(user);
   return render(

@@ -2,7 +2,7 @@ import { z } from "@hono/zod-openapi";
 import { FULL_ACCESS } from "../auth/principal";
 import type { ApiKey } from "../db/schema";
 import type { FieldError } from "../errors";
-import { FutureInstant, integer, matching, RateLimit, Timestamp, text } from "../schemas";
+import { extend, FutureInstant, integer, matching, orNull, RateLimit, Timestamp, text } from "../schemas";
 import { keyPolicy, keyStatus } from "./store";
 
 const GRANT = /^([a-z][a-z0-9]{0,31}):([A-Za-z0-9][A-Za-z0-9_.-]{0,127})$/;
@@ -19,7 +19,7 @@ export const Grants = z
   .array(matching(SCOPE, grantHint))
   .min(1)
   .max(MAX_GRANTS)
-  .openapi({ example: ["mailbox:mbx_8a1c"] });
+  .openapi("Grants", { example: ["mailbox:mbx_8a1c"] });
 
 /** What is wrong with a list of grants against the configured resource types: unknown types, `*` mixed with grants. */
 export function grantErrors(list: readonly string[], types: readonly string[], field: string): FieldError[] {
@@ -43,7 +43,9 @@ export const NewKey = z
   .object({
     name: text(100),
     scopes: Grants.optional(),
-    expiresAt: FutureInstant.nullable().optional(),
+    expiresAt: FutureInstant.nullable()
+      .optional()
+      .openapi({ type: ["string", "null"], description: "`null` or absent: the key never expires" }),
     ownerId: text(64).optional(),
     rateLimit: RateLimit.optional(),
   })
@@ -95,7 +97,7 @@ export const KeyView = z
     createdBy: z.string(),
     createdAt: Timestamp,
     expiresAt: Timestamp.nullable(),
-    rateLimit: RateLimit.nullable().openapi({ description: "null when the account's default applies" }),
+    rateLimit: orNull(RateLimit).openapi({ description: "null when the account's default applies" }),
     lastUsedAt: Timestamp.nullable(),
     lastAuthMethod: z.enum(["bearer", "header", "query", "verify"]).nullable(),
     revokedAt: Timestamp.nullable().openapi({ description: "May lie in the future: the end of a rotation's grace period" }),
@@ -105,7 +107,7 @@ export const KeyView = z
   .openapi("Key");
 
 /** A key with its raw value: only in the answer that creates it. */
-export const KeyWithSecret = KeyView.extend({ key: z.string().openapi({ example: "sk_5f0c…" }) }).openapi("KeyWithSecret");
+export const KeyWithSecret = extend(KeyView, { key: z.string().openapi({ example: "sk_5f0c…" }) }).openapi("KeyWithSecret");
 
 /** The API view of a key: never the hash, never the raw key. */
 export function keyView(key: ApiKey, now: Date): z.infer<typeof KeyView> {

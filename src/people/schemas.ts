@@ -1,5 +1,5 @@
 import { z } from "@hono/zod-openapi";
-import { MAX_PASSWORD_LENGTH } from "../auth/password";
+import { MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH } from "../auth/password";
 import { Timestamp } from "../schemas";
 import { Email } from "../users/schemas";
 
@@ -22,6 +22,13 @@ export const LoginRequest = z
   })
   .openapi("LoginRequest");
 
+/** A password being set: the document states the length the rules ask (the rules themselves also refuse weak ones). */
+const NewPassword = Password.openapi({
+  minLength: MIN_PASSWORD_LENGTH,
+  maxLength: MAX_PASSWORD_LENGTH,
+  description: `${MIN_PASSWORD_LENGTH} to ${MAX_PASSWORD_LENGTH} characters; not the email, not a common password`,
+});
+
 export const RefreshRequest = z.strictObject({ refresh_token: z.string().min(1).max(256) }).openapi("RefreshRequest");
 
 export const TokenPair = z
@@ -33,9 +40,9 @@ export const TokenPair = z
   })
   .openapi("TokenPair");
 
-export const AcceptInvitation = z.strictObject({ token: z.string().min(1).max(256), password: Password }).openapi("AcceptInvitation");
+export const AcceptInvitation = z.strictObject({ token: z.string().min(1).max(256), password: NewPassword }).openapi("AcceptInvitation");
 
-export const PasswordChange = z.strictObject({ currentPassword: Password, newPassword: Password }).openapi("PasswordChange");
+export const PasswordChange = z.strictObject({ currentPassword: Password, newPassword: NewPassword }).openapi("PasswordChange");
 
 export const Welcome = z.strictObject({ userId: z.string(), accountId: z.string(), email: z.string() }).openapi("PasswordSet");
 

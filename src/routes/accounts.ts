@@ -8,13 +8,12 @@ import { misconfigured } from "../config";
 import type { AppEnv } from "../env";
 import { ApiError, type ErrorCode } from "../errors";
 import { KeyWithSecret, keyView } from "../keys/schemas";
-import { BODY_PROBLEMS, json, jsonBody, problems, routes, withBody } from "../openapi";
+import { BODY_PROBLEMS, json, jsonBody, OPERATOR_SECURITY, problems, routes, withBody } from "../openapi";
 import { spendPerAddress } from "../ratelimit/limiter";
 import { IdParam } from "../schemas";
 import { userView } from "../users/schemas";
 import { allow } from "./method-not-allowed";
 
-const OPERATOR_SECURITY = [{ Bearer: [] }];
 const OPERATOR_PROBLEMS: ErrorCode[] = [
   "missing_credentials",
   "invalid_operator_token",

@@ -1,7 +1,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { authenticate } from "../auth/middleware";
 import { ApiError } from "../errors";
-import { BODY_PROBLEMS, json, jsonBody, KEY_PROBLEMS, KEY_SECURITY, problems, routes, withBody } from "../openapi";
+import { BODY_PROBLEMS, json, jsonBody, KEY_PROBLEMS, KEY_SECURITY, PERSON_SECURITY, problems, routes, withBody } from "../openapi";
 import { acceptInvitation } from "../people/invitations";
 import { AcceptInvitation, LoginRequest, PasswordChange, RefreshRequest, SessionView, TokenPair, Welcome } from "../people/schemas";
 import { changePassword, endSessions, listSessions, login, refresh } from "../people/sessions";
@@ -49,7 +49,7 @@ export const authRoutes = routes()
       summary: "New tokens for a session",
       description:
         "With `{refresh_token}` (each works once: presented again within 30 s it answers the same pair, later it ends the session), or with `Authorization: Bearer <access token>` before it expires.",
-      security: [{ Bearer: [] }, {}],
+      security: [...PERSON_SECURITY, {}],
       request: { body: { content: { "application/json": { schema: RefreshRequest } }, required: false } },
       responses: {
         200: json(TokenPair, "The new tokens; the previous refresh token no longer works"),
@@ -91,7 +91,7 @@ export const authRoutes = routes()
       method: "post",
       path: "/logout",
       summary: "End this session",
-      security: [{ Bearer: [] }],
+      security: PERSON_SECURITY,
       middleware: person,
       responses: { 204: { description: "Ended; its access and refresh tokens stop working" }, ...problems(...KEY_PROBLEMS) },
     }),
@@ -130,7 +130,7 @@ export const authRoutes = routes()
       summary: "Change your password",
       description:
         "Needs the current password; ends your other sessions. A wrong current password spends from the same budgets as a failed login (per email and per client address).",
-      security: [{ Bearer: [] }],
+      security: PERSON_SECURITY,
       middleware: withBody(person),
       request: { body: jsonBody(PasswordChange) },
       responses: { 204: { description: "Changed" }, ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS, "invalid_credentials") },

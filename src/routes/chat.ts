@@ -2,7 +2,7 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { streamSSE } from "hono/streaming";
 import { cors } from "../auth/cors";
 import { authenticateChat } from "../auth/middleware";
-import { BODY_PROBLEMS, jsonBody, KEY_PROBLEMS, KEY_SECURITY, problems, routes, withBody } from "../openapi";
+import { BODY_PROBLEMS, CHAT_SECURITY, jsonBody, KEY_PROBLEMS, problems, routes, withBody } from "../openapi";
 import { text } from "../schemas";
 import { allow } from "./method-not-allowed";
 
@@ -22,12 +22,23 @@ chatRoutes
       method: "post",
       path: "/messages",
       summary: "Send a message; the reply streams back as Server-Sent Events",
-      description: "`event: delta` with `{text}`, then `event: done`. Takes a handshake token (browsers) or any valid API key (servers).",
-      security: KEY_SECURITY,
+      description: "Takes a handshake token (browsers), any valid API key or a person's access token (servers).",
+      security: CHAT_SECURITY,
       middleware: withBody(authenticateChat),
       request: { body: jsonBody(z.strictObject({ message: text(4000) }).openapi("ChatMessage")) },
       responses: {
-        200: { description: "The reply as Server-Sent Events", content: { "text/event-stream": { schema: z.string() } } },
+        200: {
+          description:
+            'The reply as Server-Sent Events: any number of `event: delta` whose `data` is `{"text": string}` (the next words, to append), then one `event: done` whose `data` is `{"words": integer}`.',
+          content: {
+            "text/event-stream": {
+              schema: z.string().openapi({
+                example:
+                  'event: delta\ndata: {"text":"You"}\n\nevent: delta\ndata: {"text":" said: hi"}\n\nevent: done\ndata: {"words":3}\n\n',
+              }),
+            },
+          },
+        },
         ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS, "invalid_token", "token_expired", "agent_disabled"),
       },
     }),

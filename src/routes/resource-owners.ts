@@ -6,7 +6,7 @@ import { accounts } from "../db/schema";
 import type { RequestContext } from "../env";
 import { ApiError } from "../errors";
 import { getOwnership, RESOURCE_ID, RESOURCE_TYPE, removeOwner, setOwner } from "../gateway/owners";
-import { BODY_PROBLEMS, invalidRequest, json, jsonBody, problems, routes, withBody } from "../openapi";
+import { BODY_PROBLEMS, invalidRequest, json, jsonBody, problems, routes, VERIFY_SECURITY, withBody } from "../openapi";
 import { matching } from "../schemas";
 import { allow } from "./method-not-allowed";
 
@@ -25,7 +25,6 @@ const OwnershipChange = z.strictObject({ accountId: z.string().min(1).max(64) })
 
 const Ownership = z.strictObject({ type: z.string(), id: z.string(), accountId: z.string(), createdAt: z.string() }).openapi("Ownership");
 
-const SECURITY = [{ Bearer: [] }];
 const BACKEND_PROBLEMS = [
   "missing_credentials",
   "invalid_verify_token",
@@ -56,7 +55,7 @@ export const resourceOwnersRoutes = routes()
       summary: "Say which account owns a resource",
       description:
         "Replaces any owner. Within a second every isolate refuses the resource to the former owner's keys (404) and lets the new owner's keys reach it as their rights allow.",
-      security: SECURITY,
+      security: VERIFY_SECURITY,
       middleware: withBody(backend),
       request: { params: OwnerParams, body: jsonBody(OwnershipChange) },
       responses: { 200: json(Ownership, "The owner as stored"), ...problems(...BODY_PROBLEMS, ...BACKEND_PROBLEMS, "not_found") },
@@ -74,7 +73,7 @@ export const resourceOwnersRoutes = routes()
       method: "get",
       path: "/{type}/{id}",
       summary: "Read which account owns a resource",
-      security: SECURITY,
+      security: VERIFY_SECURITY,
       middleware: backend,
       request: { params: OwnerParams },
       responses: { 200: json(Ownership, "The owner"), ...problems(...BACKEND_PROBLEMS, "invalid_request", "not_found") },
@@ -92,7 +91,7 @@ export const resourceOwnersRoutes = routes()
       path: "/{type}/{id}",
       summary: "Forget a resource's owner",
       description: "No key reaches the resource any more (404), within a second in every isolate.",
-      security: SECURITY,
+      security: VERIFY_SECURITY,
       middleware: backend,
       request: { params: OwnerParams },
       responses: { 204: { description: "Forgotten" }, ...problems(...BACKEND_PROBLEMS, "invalid_request", "not_found") },

@@ -1,7 +1,7 @@
 import { createRoute } from "@hono/zod-openapi";
 import { backend } from "../auth/backend";
 import { Verdict, VerifyRequest, verifyKey } from "../keys/verify";
-import { BODY_PROBLEMS, json, jsonBody, problems, routes, withBody } from "../openapi";
+import { BODY_PROBLEMS, json, jsonBody, problems, routes, VERIFY_SECURITY, withBody } from "../openapi";
 import { allow } from "./method-not-allowed";
 
 export const verifyRoutes = routes()
@@ -12,7 +12,7 @@ export const verifyRoutes = routes()
       summary: "Verify a key for a backend that cannot sit behind the gateway",
       description:
         "Authorised by `VERIFY_TOKEN`. Judges the key (and its grant of `resource`) and spends `cost` of its rate limit exactly as a gateway request would. A refused key is a 200 with `valid: false` and the code a request would get.",
-      security: [{ Bearer: [] }],
+      security: VERIFY_SECURITY,
       middleware: withBody(backend),
       request: { body: jsonBody(VerifyRequest) },
       responses: {

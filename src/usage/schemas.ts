@@ -1,18 +1,13 @@
 import { z } from "@hono/zod-openapi";
-import { Timestamp } from "../schemas";
+import { Instant, Timestamp } from "../schemas";
 
 const MAX_RANGE_MS = 31 * 86_400_000;
-
-const Instant = z.iso
-  .datetime({ offset: true })
-  .transform((s) => new Date(s).toISOString())
-  .optional();
 
 /** `?from=&to=`: by default the last 24 hours; at most 31 days; `from` before `to`. */
 export const UsageQuery = z
   .object({
-    from: Instant.openapi({ param: { name: "from", in: "query" }, description: "Default: 24 hours before `to`" }),
-    to: Instant.openapi({ param: { name: "to", in: "query" }, description: "Default: now" }),
+    from: Instant.optional().openapi({ param: { name: "from", in: "query" }, description: "Default: 24 hours before `to`" }),
+    to: Instant.optional().openapi({ param: { name: "to", in: "query" }, description: "Default: now" }),
   })
   .transform(({ from, to }, ctx) => {
     const end = to ?? new Date().toISOString();

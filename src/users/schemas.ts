@@ -2,7 +2,7 @@ import { z } from "@hono/zod-openapi";
 import { FULL_ACCESS } from "../auth/principal";
 import type { User } from "../db/schema";
 import { Grants } from "../keys/schemas";
-import { matching, Timestamp } from "../schemas";
+import { extend, matching, Timestamp } from "../schemas";
 
 /** Deliberately loose: one @, no spaces, a dot in the domain. Delivery is the proof of an address. */
 const EMAIL = /^[^\s@]+@[^\s@]+\.[^\s@]+$/;
@@ -48,4 +48,4 @@ export const InvitationView = z
   })
   .openapi("Invitation");
 
-export const InvitedUser = UserView.extend({ invitation: InvitationView }).openapi("InvitedUser");
+export const InvitedUser = extend(UserView, { invitation: InvitationView }).openapi("InvitedUser");

@@ -204,6 +204,24 @@ describe("dashboard errors for clients that are not browsers", () => {
     expect(browser.status).toBe(404);
     expect(browser.headers.get("Content-Type")).toContain("text/html");
   });
+
+  it("answer a refused form with the problem+json of the API, not the page showing it", async () => {
+    const { key } = await provision();
+    const user = await person(key.key);
+    const json = { Accept: "application/json" };
+    const wrong = await page("/dashboard/login", { form: { email: user.email, password: "not the password at all" }, headers: json });
+    await expectProblem(wrong, 401, "invalid_credentials");
+    expect(wrong.headers.get("Set-Cookie")).toBeNull();
+    const invalid = await expectProblem(
+      await page("/dashboard/login", { form: { email: "nobody", password: "x" }, headers: json }),
+      400,
+      "invalid_request",
+    );
+    expect(invalid.errors).toEqual([{ field: "email", message: "must be an email address" }]);
+    const cookie = await signIn(user.email);
+    const bad = await page("/dashboard/keys", { cookie, form: { name: "" }, headers: json });
+    await expectProblem(bad, 400, "invalid_request");
+  });
 });
 
 describe("dashboard rate limit", () => {

@@ -118,6 +118,10 @@ describe("usage per key and hour", () => {
       "from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
       "from=2026-01-01T00:00:00Z&to=2026-03-01T00:00:00Z",
       "from=yesterday",
+      // Instants past the end of year 9999 UTC would be written with a six-digit year and compare wrongly as text.
+      "from=9999-12-31T23:59:59-23:59",
+      "to=9999-12-31T23:59:59-23:59",
+      "from=2026-02-30T00:00:00Z",
     ])
       await expectProblem(await call(`/v1/account/usage?${query}`, { key: key.key }), 400, "invalid_request");
   });
