@@ -4,7 +4,7 @@ import type { ContentfulStatusCode, StatusCode } from "hono/utils/http-status";
 import { cors } from "../auth/cors";
 import { guard, type Identified } from "../auth/middleware";
 import { type Need, NO_ACCOUNT } from "../auth/principal";
-import { misconfigured } from "../config";
+import { localOrigin, misconfigured } from "../config";
 import type { AppEnv } from "../env";
 import { ApiError, problem } from "../errors";
 import { log, safeError } from "../log";
@@ -45,8 +45,9 @@ export function isOwnPath(path: string): boolean {
  * them), and from there to 404: without UPSTREAM_URL nothing is forwarded.
  */
 export const gateway = createMiddleware<AppEnv>(async (c, next) => {
+  const url = new URL(c.req.url);
   // A path with a spelling an upstream could read two ways is never forwarded (Keygate's own routes then 404 it).
-  const path = canonicalPath(new URL(c.req.url).pathname);
+  const path = canonicalPath(url.pathname);
   if (path === null || isOwnPath(path)) return next();
   const config = c.get("config");
   const base = config.upstreamUrl;
@@ -58,13 +59,15 @@ export const gateway = createMiddleware<AppEnv>(async (c, next) => {
     return;
   }
   if (config.assertionKeys.length === 0) misconfigured("ASSERTION_SIGNING_KEYS", "is not set; the gateway cannot vouch for its requests");
+  const issuer = config.publicOrigin ?? localOrigin(c.env, url);
+  if (issuer === null) misconfigured("PUBLIC_ORIGIN", "is not set; the gateway cannot name itself in its assertions");
   let identity: Identity | null = null;
   const authenticated = () =>
     guard(
       c,
       async () => {
         try {
-          c.res = await forward(c, base, path, identity);
+          c.res = await forward(c, base, path, identity && { identity, issuer });
         } catch (err) {
           if (!(err instanceof ApiError)) throw err;
           c.res = problem(c, err);
@@ -106,8 +109,8 @@ function identityOf(id: Identified): Identity {
   return { accountId: p.accountId, userId: p.userId, ...by, role: p.role, scopes: p.scopes };
 }
 
-/** The identity headers the upstream gets, the assertion that proves them among them. */
-async function identityHeaders(c: Context<AppEnv>, identity: Identity, url: URL): Promise<Record<string, string>> {
+/** The identity headers the upstream gets, the assertion that proves them (issued by `issuer`) among them. */
+async function identityHeaders(c: Context<AppEnv>, { identity, issuer }: Vouched, url: URL): Promise<Record<string, string>> {
   const config = c.get("config");
   const headers: Record<string, string> = {
     "Keygate-Account-Id": identity.accountId,
@@ -119,7 +122,7 @@ async function identityHeaders(c: Context<AppEnv>, identity: Identity, url: URL)
   if (identity.scopes !== undefined) headers["Keygate-Scopes"] = identity.scopes.join(",");
   if (identity.agentId !== undefined) headers["Keygate-Agent-Id"] = identity.agentId;
   const assertion = await signAssertion(config.assertionKeys, identity, {
-    issuer: new URL(c.req.url).origin,
+    issuer,
     audience: url.origin,
     method: c.req.method,
     url,
@@ -129,11 +132,15 @@ async function identityHeaders(c: Context<AppEnv>, identity: Identity, url: URL)
   return headers;
 }
 
-/** Sends the request upstream as `identity` (null: a public route) and answers what the upstream answers. */
-async function forward(c: Context<AppEnv>, base: URL, path: string, identity: Identity | null): Promise<Response> {
+/** Who the gateway vouches for, and as which Keygate (the assertion's `iss`). */
+type Vouched = { identity: Identity; issuer: string };
+
+/** Sends the request upstream as `vouched` (null: a public route) and answers what the upstream answers. */
+async function forward(c: Context<AppEnv>, base: URL, path: string, vouched: Vouched | null): Promise<Response> {
   const config = c.get("config");
+  const identity = vouched?.identity ?? null;
   const url = upstreamUrl(base, path, new URL(c.req.url).searchParams);
-  const own = identity ? await identityHeaders(c, identity, url) : { "Keygate-Auth-Method": "none" };
+  const own = vouched ? await identityHeaders(c, vouched, url) : { "Keygate-Auth-Method": "none" };
   const headers = upstreamHeaders(c.req.raw.headers, identity !== null, { ...own, "Keygate-Request-Id": c.get("requestId") });
   const outcome = await send(url, c.req.method, headers, c.req.raw.body, config.upstreamTimeoutMs);
   if (!outcome.ok) {

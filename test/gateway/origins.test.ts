@@ -1,0 +1,55 @@
+// Where Keygate names itself: the assertion's issuer (PUBLIC_ORIGIN, never the request's Host).
+import { decodeJwt } from "jose";
+import { describe, expect, it } from "vitest";
+import { expectProblem, provision, through } from "../helpers";
+import { type Echo, GATEWAY, gw } from "./table";
+
+const issuer = async (res: Response) => {
+  expect(res.status, await res.clone().text()).toBe(200);
+  return decodeJwt(((await res.json()) as Echo).headers["keygate-assertion"] as string).iss;
+};
+
+describe("the assertion's issuer", () => {
+  it("is PUBLIC_ORIGIN whatever host the request names", async () => {
+    const { key } = await provision();
+    for (const host of ["https://keygate.test", "https://evil.example", "https://evil.example:8443"])
+      expect(await issuer(await gw(`${host}/v1/anything`, { key: key.key }, { PUBLIC_ORIGIN: "https://api.keygate.example" }))).toBe(
+        "https://api.keygate.example",
+      );
+  });
+
+  it("follows the request only in local development (plain http allowed, a loopback host), else is a configuration error", async () => {
+    const { key } = await provision();
+    const local = { PUBLIC_ORIGIN: undefined, ALLOW_HTTP: "true" };
+    for (const origin of ["http://127.0.0.1:8787", "http://localhost:8787", "http://[::1]:8787"])
+      expect(await issuer(await gw(`${origin}/v1/anything`, { key: key.key }, local))).toBe(origin);
+    for (const [origin, overrides] of [
+      ["http://evil.example", local],
+      ["https://keygate.test", { PUBLIC_ORIGIN: undefined }],
+      ["https://localhost", { PUBLIC_ORIGIN: undefined }],
+    ] as const) {
+      const res = await gw(`${origin}/v1/anything`, { key: key.key }, overrides);
+      expect(res.headers.get("X-Upstream"), origin).toBeNull();
+      await expectProblem(res, 500, "configuration_error");
+    }
+    // Public routes sign nothing, so they need no issuer.
+    expect((await gw("/v1/status", {}, { PUBLIC_ORIGIN: undefined })).headers.get("X-Upstream")).toBe("yes");
+    const health = await through({ ...GATEWAY, PUBLIC_ORIGIN: undefined }, "/health");
+    expect((await expectProblem(health, 500, "configuration_error")).variables).toEqual(["PUBLIC_ORIGIN"]);
+    expect((await through({ ...GATEWAY, PUBLIC_ORIGIN: undefined, ALLOW_HTTP: "true" }, "/health")).status).toBe(200);
+  });
+
+  it("refuses a PUBLIC_ORIGIN that is not an origin", async () => {
+    const { key } = await provision();
+    for (const PUBLIC_ORIGIN of [
+      "keygate.example",
+      "https://keygate.example/path",
+      "ftp://keygate.example",
+      "https://u:p@keygate.example",
+    ]) {
+      await expectProblem(await gw("/v1/anything", { key: key.key }, { PUBLIC_ORIGIN }), 500, "configuration_error");
+      const health = await through({ ...GATEWAY, PUBLIC_ORIGIN }, "/health");
+      expect((await expectProblem(health, 500, "configuration_error")).variables, PUBLIC_ORIGIN).toEqual(["PUBLIC_ORIGIN"]);
+    }
+  });
+});
