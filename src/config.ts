@@ -249,6 +249,11 @@ export function localOrigin(env: Bindings, url: URL): string | null {
   return env.ALLOW_HTTP === "true" && loopback ? url.origin : null;
 }
 
+/** The operator and verify tokens, where set and valid: secrets that never leave Keygate. */
+export function serviceTokens(env: Bindings): string[] {
+  return (["OPERATOR_TOKEN", "VERIFY_TOKEN"] as const).flatMap((name) => ConfigSchema.shape[name].safeParse(env[name]).data ?? []);
+}
+
 /** Logs which variable is wrong (never its value) and answers 500 `configuration_error`, without telling the caller more. */
 export function misconfigured(name: string, reason: string): never {
   log("error", "configuration_error", { variable: name, reason });

@@ -4,7 +4,8 @@ import type { ContentfulStatusCode, StatusCode } from "hono/utils/http-status";
 import { cors } from "../auth/cors";
 import { guard, type Identified } from "../auth/middleware";
 import { type Need, NO_ACCOUNT } from "../auth/principal";
-import { localOrigin, misconfigured } from "../config";
+import { carriesSecret } from "../auth/secret";
+import { localOrigin, misconfigured, serviceTokens } from "../config";
 import type { AppEnv } from "../env";
 import { ApiError, problem } from "../errors";
 import { log, safeError } from "../log";
@@ -53,9 +54,11 @@ export const gateway = createMiddleware<AppEnv>(async (c, next) => {
   const base = config.upstreamUrl;
   const match = base ? config.gatewayRoutes.match(c.req.method, path) : null;
   if (!base || !match) return next();
+  const tokens = serviceTokens(c.env);
+  if (carriesSecret(path, tokens)) throw new ApiError("not_found", "Keygate forwards no path that holds one of its secrets.");
   const { route, params } = match;
   if (route.auth === "public") {
-    c.res = await forward(c, base, path, null);
+    c.res = await forward(c, { base, path, tokens, route }, null);
     return;
   }
   if (config.assertionKeys.length === 0) misconfigured("ASSERTION_SIGNING_KEYS", "is not set; the gateway cannot vouch for its requests");
@@ -67,7 +70,7 @@ export const gateway = createMiddleware<AppEnv>(async (c, next) => {
       c,
       async () => {
         try {
-          c.res = await forward(c, base, path, identity && { identity, issuer });
+          c.res = await forward(c, { base, path, tokens, route }, identity && { identity, issuer });
         } catch (err) {
           if (!(err instanceof ApiError)) throw err;
           c.res = problem(c, err);
@@ -134,14 +137,20 @@ async function identityHeaders(c: Context<AppEnv>, { identity, issuer }: Vouched
 
 /** Who the gateway vouches for, and as which Keygate (the assertion's `iss`). */
 type Vouched = { identity: Identity; issuer: string };
+/** Where a request goes: the upstream's base URL, the canonical path, the route that took it, and the tokens it must not carry. */
+type Target = { base: URL; path: string; route: GatewayRoute; tokens: readonly string[] };
 
 /** Sends the request upstream as `vouched` (null: a public route) and answers what the upstream answers. */
-async function forward(c: Context<AppEnv>, base: URL, path: string, vouched: Vouched | null): Promise<Response> {
+async function forward(c: Context<AppEnv>, { base, path, route, tokens }: Target, vouched: Vouched | null): Promise<Response> {
   const config = c.get("config");
   const identity = vouched?.identity ?? null;
-  const url = upstreamUrl(base, path, new URL(c.req.url).searchParams);
+  const url = upstreamUrl(base, path, new URL(c.req.url).searchParams, tokens);
   const own = vouched ? await identityHeaders(c, vouched, url) : { "Keygate-Auth-Method": "none" };
-  const headers = upstreamHeaders(c.req.raw.headers, identity !== null, { ...own, "Keygate-Request-Id": c.get("requestId") });
+  const headers = upstreamHeaders(
+    c.req.raw.headers,
+    { authorization: route.forwardAuthorization, tokens },
+    { ...own, "Keygate-Request-Id": c.get("requestId") },
+  );
   const outcome = await send(url, c.req.method, headers, c.req.raw.body, config.upstreamTimeoutMs);
   if (!outcome.ok) {
     if (outcome.reason === "timeout") {

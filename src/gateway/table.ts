@@ -29,6 +29,8 @@ function patternProblem(pattern: string): string | null {
  * the rest. `auth` is `key` (default), `key-or-token` (handshake tokens too) or `public`; `access: "full"` needs a
  * full-access key; `resource` names the path parameter whose value must be one of the key's grants; `account` names
  * the path parameter that must be the caller's own account (id or slug); `cost` is what a request spends.
+ * `forwardAuthorization: true` lets a public route pass the client's Authorization and X-API-Key on (the provider's
+ * own credentials; never one of Keygate's secrets).
  */
 const Route = z
   .strictObject({
@@ -42,6 +44,7 @@ const Route = z
     resource: z.strictObject({ type: z.string().regex(/^[a-z][a-z0-9]{0,31}$/), param: z.string() }).optional(),
     account: z.string().optional(),
     cost: z.number().int().min(1).max(1000).default(1),
+    forwardAuthorization: z.boolean().default(false),
   })
   .superRefine((route, ctx) => {
     const params = route.pattern.split("/").flatMap((s) => PARAM.exec(s)?.[1] ?? []);
@@ -54,6 +57,8 @@ const Route = z
     }
     if (route.auth === "public" && (route.resource || route.account || route.access))
       ctx.addIssue({ code: "custom", path: ["auth"], message: "public routes take no credential, so no resource, account or access" });
+    if (route.auth !== "public" && route.forwardAuthorization)
+      ctx.addIssue({ code: "custom", path: ["forwardAuthorization"], message: "only public routes pass Authorization on" });
   });
 
 export type GatewayRoute = z.output<typeof Route>;

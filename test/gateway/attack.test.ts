@@ -137,6 +137,26 @@ describe("attack: paths an upstream decodes twice or normalises", () => {
     // Text that normalisation leaves as it is goes on.
     expect(((await (await gw("/v1/caf%C3%A9/%E6%97%A5", { key: key.key })).json()) as Echo).url).toBe("/v1/caf%C3%A9/%E6%97%A5");
   });
+
+  // IIS, Symfony and Zend route by X-Original-URL / X-Rewrite-URL, and Rails, Laravel and Express's method-override by
+  // `?_method=`: each would make the upstream act on another path or method than the one the table judged.
+  it("drops path and method overrides on every route", async () => {
+    const { account, key } = await provision();
+    await own(account.id, "process:p1");
+    const scoped = await createKey(key.key, { processIds: ["p1"] });
+    const headers = { "X-Original-URL": "/v1/processes/p1/runs", X_Rewrite_URL: "/admin", "X-HTTP-Method-Override": "DELETE" };
+    for (const [path, init] of [
+      ["/v1/processes/p1/x?_method=DELETE&_METHOD=PUT&a=1", { key: scoped.key, method: "POST", headers }],
+      ["/v1/status?_method=DELETE&a=1", { headers }],
+    ] as const) {
+      const seen = (await (await gw(path, init)).json()) as Echo;
+      expect(seen.url, path).toMatch(/\?a=1$/);
+      expect(
+        Object.keys(seen.headers).filter((h) => /^x-(original-url|rewrite-url|http-method-override)$/.test(h.replaceAll("_", "-"))),
+        path,
+      ).toEqual([]);
+    }
+  });
 });
 
 describe("attack: credentials and identity headers that reach the upstream", () => {
