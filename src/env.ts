@@ -29,7 +29,8 @@ export type Bindings = Env &
       | "GATEWAY_ROUTES"
       | "UPSTREAM_TIMEOUT_MS"
       | "ASSERTION_SIGNING_KEYS"
-      | "PUBLIC_ORIGIN",
+      | "PUBLIC_ORIGIN"
+      | "DASHBOARD_HOST",
       string
     >
   >;

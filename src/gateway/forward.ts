@@ -114,6 +114,32 @@ function withoutKeygateCookies(header: string | null, tokens: readonly string[])
   return out === "" ? null : out;
 }
 
+/** The session cookie's name without its prefix, in lower case: how a browser may be made to store a look-alike. */
+const SESSION_NAME = SESSION_COOKIE.toLowerCase().replace(/^__host-/, "");
+
+/**
+ * Whether an upstream's `Set-Cookie` would give the browser a cookie it sends back under the name of Keygate's session
+ * cookie (any case, with a `__Host-` or `__Secure-` prefix or none, blanks around it, or nameless: `=name=value` goes
+ * back as `name=value`). Where the upstream shares the dashboard's host, such a cookie would sign the browser in as a
+ * session of the upstream's choosing.
+ */
+function setsKeygateCookie(setCookie: string): boolean {
+  const pair = setCookie.split(";", 1)[0] ?? "";
+  const eq = pair.indexOf("=");
+  const sent = eq === -1 || pair.slice(0, eq).trim() === "" ? pair.slice(eq + 1) : pair;
+  const name = (sent.split("=", 1)[0] ?? "").trim().toLowerCase();
+  return name.replace(/^__(host|secure)-/, "") === SESSION_NAME;
+}
+
+/** The upstream's answer headers as the client gets them: end-to-end ones only, and no cookie of Keygate's. */
+function answerHeaders(incoming: Headers): Headers {
+  const headers = endToEnd(incoming);
+  const cookies = headers.getSetCookie();
+  headers.delete("Set-Cookie");
+  for (const cookie of cookies) if (!setsKeygateCookie(cookie)) headers.append("Set-Cookie", cookie);
+  return headers;
+}
+
 export type Outcome = { ok: true; response: Response } | { ok: false; reason: "unavailable" | "timeout" };
 
 /**
@@ -138,7 +164,7 @@ export async function send(url: URL, method: string, headers: Headers, body: Rea
     });
     return {
       ok: true,
-      response: new Response(res.body, { status: res.status, statusText: res.statusText, headers: endToEnd(res.headers) }),
+      response: new Response(res.body, { status: res.status, statusText: res.statusText, headers: answerHeaders(res.headers) }),
     };
   } catch {
     return { ok: false, reason: timedOut ? "timeout" : "unavailable" };

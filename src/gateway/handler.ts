@@ -43,7 +43,7 @@ export function isOwnPath(path: string): boolean {
 /**
  * The gateway: a request outside Keygate's own paths that a GATEWAY_ROUTES route takes is authenticated and limited as
  * that route says, then forwarded to UPSTREAM_URL. Anything else goes on to Keygate's routes (the built-in chat among
- * them), and from there to 404: without UPSTREAM_URL nothing is forwarded.
+ * them), and from there to 404: without UPSTREAM_URL nothing is forwarded, and nothing on DASHBOARD_HOST.
  */
 export const gateway = createMiddleware<AppEnv>(async (c, next) => {
   const url = new URL(c.req.url);
@@ -53,7 +53,8 @@ export const gateway = createMiddleware<AppEnv>(async (c, next) => {
   const config = c.get("config");
   const base = config.upstreamUrl;
   const match = base ? config.gatewayRoutes.match(c.req.method, path) : null;
-  if (!base || !match) return next();
+  // The dashboard's own host serves no upstream: its pages would share the dashboard's origin.
+  if (!base || !match || (config.dashboardHost !== undefined && url.host === config.dashboardHost)) return next();
   const tokens = serviceTokens(c.env);
   if (carriesSecret(path, tokens)) throw new ApiError("not_found", "Keygate forwards no path that holds one of its secrets.");
   const { route, params } = match;

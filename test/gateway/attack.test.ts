@@ -159,6 +159,30 @@ describe("attack: paths an upstream decodes twice or normalises", () => {
   });
 });
 
+describe("attack: the upstream's answer in the dashboard's origin", () => {
+  // Without DASHBOARD_HOST the upstream's answers come from the dashboard's origin: a Set-Cookie of Keygate's session
+  // cookie would sign the browser in as whoever the upstream chose (session fixation).
+  it("strips every Set-Cookie a browser would send back as one of Keygate's cookies, and keeps the others", async () => {
+    const { key } = await provision();
+    const sets = [
+      "theme=dark; Path=/",
+      "__Host-keygate_session=ses_000000000000000000000000.cs_0; Path=/; Secure; HttpOnly",
+      "__host-keygate_session=x; Path=/; Secure",
+      "__HOST-Keygate_Session=x; Path=/; Secure",
+      " __Host-keygate_session =x; Path=/; Secure",
+      "=__Host-keygate_session=x; Path=/; Secure",
+      "__Secure-keygate_session=x; Secure",
+      "keygate_session=x",
+      "keygate_sessions=1",
+    ];
+    const res = await gw("/v1/anything", { key: key.key, headers: { "X-Test-Set-Cookie": JSON.stringify(sets) } });
+    expect(res.headers.get("X-Upstream")).toBe("yes");
+    expect(res.headers.getSetCookie()).toEqual(["theme=dark; Path=/", "keygate_sessions=1"]);
+    const open = await gw("/v1/status", { headers: { "X-Test-Set-Cookie": JSON.stringify(sets.slice(1, 2)) } });
+    expect(open.headers.getSetCookie()).toEqual([]);
+  });
+});
+
 describe("attack: credentials and identity headers that reach the upstream", () => {
   // On public routes a Keygate key is removed however the header is written: repeated (`<key>, <key>` once joined) or
   // `Bearer<TAB><key>`.

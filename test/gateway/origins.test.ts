@@ -1,4 +1,5 @@
-// Where Keygate names itself: the assertion's issuer (PUBLIC_ORIGIN, never the request's Host).
+// Where Keygate names itself: the assertion's issuer (PUBLIC_ORIGIN, never the request's Host) and the dashboard's
+// own hostname (DASHBOARD_HOST).
 import { decodeJwt } from "jose";
 import { describe, expect, it } from "vitest";
 import { expectProblem, provision, through } from "../helpers";
@@ -50,6 +51,50 @@ describe("the assertion's issuer", () => {
       await expectProblem(await gw("/v1/anything", { key: key.key }, { PUBLIC_ORIGIN }), 500, "configuration_error");
       const health = await through({ ...GATEWAY, PUBLIC_ORIGIN }, "/health");
       expect((await expectProblem(health, 500, "configuration_error")).variables, PUBLIC_ORIGIN).toEqual(["PUBLIC_ORIGIN"]);
+    }
+  });
+});
+
+describe("DASHBOARD_HOST", () => {
+  const DASHBOARD_HOST = "dash.keygate.test";
+
+  it("serves the dashboard on its own host only, and no gateway traffic there", async () => {
+    const { key } = await provision();
+    for (const path of ["/dashboard", "/dashboard/login", "/dashboard/dashboard.css"]) {
+      await expectProblem(await gw(path, {}, { DASHBOARD_HOST }), 404, "not_found");
+      const own = await gw(`https://${DASHBOARD_HOST}${path}`, {}, { DASHBOARD_HOST });
+      expect(own.status, path).toBeLessThan(400);
+    }
+    // On the dashboard's host nothing is forwarded: the upstream's pages never share its origin.
+    for (const path of ["/v1/status", "/v1/anything"]) {
+      const res = await gw(`https://${DASHBOARD_HOST}${path}`, { key: key.key }, { DASHBOARD_HOST });
+      expect(res.headers.get("X-Upstream"), path).toBeNull();
+      await expectProblem(res, 404, "not_found");
+      expect((await gw(path, { key: key.key }, { DASHBOARD_HOST })).headers.get("X-Upstream"), path).toBe("yes");
+    }
+    // Unset, the dashboard answers on every host, as before.
+    expect((await gw("/dashboard/login", {})).status).toBe(200);
+  });
+
+  it("is where invitation links point", async () => {
+    const { key } = await provision();
+    const res = await gw(
+      "/v1/users",
+      { key: key.key, body: { email: `i${crypto.randomUUID().slice(0, 8)}@example.com`, role: "member" } },
+      {
+        DASHBOARD_HOST,
+      },
+    );
+    expect(res.status, await res.clone().text()).toBe(201);
+    const { invitation } = await res.json<{ invitation: { url: string } }>();
+    expect(invitation.url).toMatch(new RegExp(`^https://${DASHBOARD_HOST}/dashboard/accept-invitation#token=`));
+  });
+
+  it("refuses a DASHBOARD_HOST that is not a host", async () => {
+    for (const value of ["https://dash.example", "dash.example/", "dash example", "dash.example:99999"]) {
+      const health = await through({ ...GATEWAY, DASHBOARD_HOST: value }, "/health");
+      expect((await expectProblem(health, 500, "configuration_error")).variables, value).toEqual(["DASHBOARD_HOST"]);
+      await expectProblem(await through({ DASHBOARD_HOST: value }, "/dashboard/login"), 500, "configuration_error");
     }
   });
 });
