@@ -1,5 +1,10 @@
+import { type ChildProcess, spawn } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
 import { request } from "node:http";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { decodeJwt } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startKeygate } from "../../scripts/keygate-server.mjs";
@@ -57,12 +62,31 @@ function echoed(res: Answer): { url: string; headers: Record<string, string> } {
   return JSON.parse(res.body);
 }
 
+/** Headers a client names in Connection, and others it hopes naming them would let through or take away. */
+const NAMING = {
+  Connection: "keep-alive, X-Test-Hop, Keygate-Auth-Method, X-API-Key",
+  "X-Test-Hop": "1",
+  "X-Kept": "1",
+  "Keygate-Auth-Method": "forged",
+  "X-API-Key": `sk_${"a".repeat(64)}`,
+};
+
 describe("requests fetch() cannot send", () => {
   it("answers a GET or HEAD with a chunked body as it answers one without (never a 500)", async () => {
     for (const method of ["GET", "HEAD"]) {
       const res = await raw(keygate.url, method, "/v1/whoami", { "Transfer-Encoding": "chunked" }, "hello");
       expect(res.status, res.body).toBe(401);
     }
+  });
+
+  // workerd (behind Miniflare here) passes the request's Connection on to Keygate, which drops what it names.
+  it("drops the headers a request's Connection names, and nothing it names slips through", async () => {
+    const seen = echoed(await raw(keygate.url, "GET", "/v1/status", NAMING));
+    expect(seen.headers["x-test-hop"]).toBeUndefined();
+    expect(seen.headers["x-kept"]).toBe("1");
+    expect(seen.headers["keygate-auth-method"]).toBe("none");
+    expect(seen.headers["x-api-key"]).toBeUndefined();
+    expect(seen.headers.connection ?? "").not.toMatch(/x-test-hop|keygate|x-api-key/i);
   });
 
   // `Host: 127.0.0.1:8822@evil.example` is a URL whose host is evil.example: it never becomes the assertion's issuer.
@@ -83,5 +107,58 @@ describe("requests fetch() cannot send", () => {
       expect(res.status, `${host}: ${res.body}`).toBe(500);
       expect(JSON.parse(res.body).code).toBe("configuration_error");
     }
+  });
+});
+
+/** A free port on 127.0.0.1, for wrangler dev's inspector (so it never contends for the default one). */
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const server = createServer().listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+describe("under wrangler dev", () => {
+  const PORT = 8798;
+  const origin = `http://127.0.0.1:${PORT}`;
+  let dev: ChildProcess | null = null;
+  let state = "";
+
+  beforeAll(async () => {
+    state = mkdtempSync(join(tmpdir(), "keygate-wrangler-dev-"));
+    const vars = { ALLOW_HTTP: "true", UPSTREAM_URL: upstream, GATEWAY_ROUTES: ROUTES };
+    const args = ["dev", "--ip", "127.0.0.1", "--port", String(PORT), "--inspector-port", String(await freePort())];
+    args.push("--persist-to", state, "--env-file", "/dev/null", "--log-level", "warn", "--show-interactive-dev-session=false");
+    for (const [name, value] of Object.entries(vars)) args.push("--var", `${name}:${value}`);
+    // Its own process group, so that wrangler and the runtime it starts stop together.
+    dev = spawn("sh", ["scripts/wrangler.sh", ...args], { detached: true, stdio: "ignore" });
+    for (let started = Date.now(); Date.now() - started < 90_000; await new Promise((r) => setTimeout(r, 500))) {
+      if (
+        await raw(origin, "GET", "/health", {}).then(
+          () => true,
+          () => false,
+        )
+      )
+        return;
+    }
+    throw new Error("wrangler dev did not answer within 90 s");
+  });
+
+  afterAll(() => {
+    if (dev?.pid) process.kill(-dev.pid, "SIGTERM");
+    rmSync(state, { recursive: true, force: true });
+  });
+
+  // wrangler dev's local proxy removes Connection before Keygate reads the request: what it named goes on like any other
+  // header (README, Gateway), and naming a header still changes nothing else.
+  it("forwards the headers a consumed Connection named, and nothing else changes", async () => {
+    const seen = echoed(await raw(origin, "GET", "/v1/status", NAMING));
+    expect(seen.headers["x-test-hop"]).toBe("1");
+    expect(seen.headers["x-kept"]).toBe("1");
+    expect(seen.headers["keygate-auth-method"]).toBe("none");
+    expect(seen.headers["x-api-key"]).toBeUndefined();
+    expect(seen.headers.connection ?? "").not.toMatch(/x-test-hop|keygate|x-api-key/i);
   });
 });

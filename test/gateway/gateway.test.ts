@@ -170,6 +170,10 @@ describe("gateway: what the upstream receives", () => {
     expect(res.headers.get("X-RateLimit-Limit")).toBe("60");
     expect(res.headers.get("X-Frame-Options")).toBeNull();
     expect(res.headers.get("Keep-Alive")).toBeNull();
+    // Nor a header the upstream's Connection names.
+    const hop = await gw("/v1/anything", { key: key.key, headers: { "X-Test-Hop": "1" } });
+    expect(hop.headers.get("X-Upstream")).toBe("yes");
+    expect(hop.headers.get("X-Upstream-Hop")).toBeNull();
 
     const jwks = await call("/.well-known/jwks.json");
     expect(jwks.headers.get("Cache-Control")).toBe("public, max-age=300");
