@@ -72,22 +72,27 @@ describe("DASHBOARD_HOST", () => {
       await expectProblem(res, 404, "not_found");
       expect((await gw(path, { key: key.key }, { DASHBOARD_HOST })).headers.get("X-Upstream"), path).toBe("yes");
     }
+    // Keygate's own API answers on both hosts.
+    for (const host of [`https://${DASHBOARD_HOST}`, "https://keygate.test"])
+      expect((await gw(`${host}/v1/whoami`, { key: key.key }, { DASHBOARD_HOST })).status, host).toBe(200);
     // Unset, the dashboard answers on every host, as before.
     expect((await gw("/dashboard/login", {})).status).toBe(200);
   });
 
-  it("is where invitation links point", async () => {
+  it("is where invitation links point; without it PUBLIC_ORIGIN is, and without both the host the request named", async () => {
     const { key } = await provision();
-    const res = await gw(
-      "/v1/users",
-      { key: key.key, body: { email: `i${crypto.randomUUID().slice(0, 8)}@example.com`, role: "member" } },
-      {
-        DASHBOARD_HOST,
-      },
+    const link = async (host: string, overrides: Partial<Cloudflare.Env>) => {
+      const body = { email: `i${crypto.randomUUID().slice(0, 8)}@example.com`, role: "member" };
+      const res = await gw(`${host}/v1/users`, { key: key.key, body }, overrides);
+      expect(res.status, await res.clone().text()).toBe(201);
+      return (await res.json<{ invitation: { url: string } }>()).invitation.url;
+    };
+    const path = "/dashboard/accept-invitation#token=";
+    expect(await link("https://keygate.test", { DASHBOARD_HOST })).toMatch(new RegExp(`^https://${DASHBOARD_HOST}${path}`));
+    expect(await link("https://other.example", { PUBLIC_ORIGIN: "https://api.keygate.example" })).toMatch(
+      new RegExp(`^https://api\\.keygate\\.example${path}`),
     );
-    expect(res.status, await res.clone().text()).toBe(201);
-    const { invitation } = await res.json<{ invitation: { url: string } }>();
-    expect(invitation.url).toMatch(new RegExp(`^https://${DASHBOARD_HOST}/dashboard/accept-invitation#token=`));
+    expect(await link("https://other.example", { PUBLIC_ORIGIN: undefined })).toMatch(new RegExp(`^https://other\\.example${path}`));
   });
 
   it("refuses a DASHBOARD_HOST that is not a host", async () => {
