@@ -5,18 +5,23 @@
 // it, a GATEWAY_ROUTES table like wrangler.toml's (mailbox, project-with-account and process resource routes, a
 // full-access DELETE, a route with cost, a key-or-token chat route, public routes, a full-access catch-all) and a
 // generated ASSERTION_SIGNING_KEYS. It seeds two accounts with full-access, scoped, member, revoked, expiring and
-// low-limit keys and handshake tokens, registers which account owns which mailbox and process, then sends seeded requests: odd paths (encoded characters, `//`, `%2F`, `%2e`,
-// `;`, unicode, very long paths, case variants, trailing slashes), odd headers (forged Keygate-* / X-Keygate-* in any
-// spelling, method overrides, repeated X-API-Key, headers a Connection header names, other hop-by-hop headers), every
-// way of presenting a valid, scoped, revoked or garbage credential, every method, and bodies.
+// low-limit keys, handshake tokens and a person's access and refresh tokens and dashboard cookie, registers which account
+// owns which mailbox and process, then sends seeded requests: odd paths (encoded characters, `//`, `%2F`, `%2e`, `%25`
+// that decodes twice, `;`, text NFKC changes, unicode, very long paths, case variants, trailing slashes), odd headers
+// (forged Keygate-* / X-Keygate-* in any spelling, method and path overrides, repeated X-API-Key, headers a Connection
+// header names, other hop-by-hop headers, a hostile Host, the dashboard's host), every way of presenting a valid,
+// scoped, revoked or garbage credential or any other secret of Keygate's (in Basic, with a character stuck to it),
+// every method, and bodies.
 //
 // Answers Keygate gives itself get the checks of the rest of the fuzzer (no 5xx, problem+json, no secret). Because the
 // upstream is up, fast and never answers 5xx, any 5xx (502 and 504 included) is Keygate's. What the upstream received
-// is checked against the table: the client's raw key or token never reaches it, nor a Keygate-* header or a hop-by-hop
-// header the client sent, nor a method override on an authenticated route; the identity headers and the signed
-// assertion describe the request and a credential the client actually presented; and the path it received, read as a
-// strict or as a lax upstream reads paths, is one the table allows for that credential (a scoped key never reaches
-// the full-access catch-all, another account's organization or resource, or a resource it has no grant for).
+// is checked against the table: no secret of Keygate's reaches it in any case or base64, on any route, nor a Keygate-*
+// header or a hop-by-hop header the client sent, nor a method or path override; the identity headers and the signed
+// assertion (issued by PUBLIC_ORIGIN, whatever the Host) describe the request and a credential the client actually
+// presented; nothing is forwarded on the dashboard's host; the upstream's Set-Cookie of the dashboard's session cookie
+// never reaches the client; and the path it received, read as a strict, a lax (decoding to a fixpoint) or a normalising
+// (NFKC) upstream reads paths, is one the table allows for that credential (a scoped key never reaches the full-access
+// catch-all, another account's organization or resource, or a resource it has no grant for).
 import { createHash, generateKeyPairSync, verify } from "node:crypto";
 import http from "node:http";
 import { startKeygate } from "./keygate-server.mjs";
@@ -31,6 +36,7 @@ export const GATEWAY_ROUTES = [
   { pattern: "/v1/chat/*", auth: "key-or-token" },
   { pattern: "/v1/status", auth: "public" },
   { pattern: "/public/*", auth: "public" },
+  { pattern: "/open/*", auth: "public", forwardAuthorization: true },
   { pattern: "/*", access: "full" },
 ];
 
@@ -66,7 +72,12 @@ const IDENTITY_HEADERS = new Set([
   "keygate-request-id",
   "keygate-assertion",
 ]);
-const METHOD_OVERRIDES = new Set(["x-http-method-override", "x-http-method", "x-method-override"]);
+/** Headers that would make an upstream act on another method or path than the table judged: never forwarded. */
+const OVERRIDES = new Set(["x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url"]);
+/** The issuer every assertion must name, and the dashboard's host (where nothing is forwarded). */
+const PUBLIC_ORIGIN = "https://keygate.fuzz.example";
+const SESSION_FIXATION = `__Host-keygate_session=ses_${"0".repeat(24)}.cs_${"0".repeat(64)}; Path=/; Secure; HttpOnly`;
+const DASHBOARD_HOST = "dashboard.fuzz.example";
 /** Markers in header values the client sends that must never reach the upstream. */
 const FORGED = "forged";
 const HOP = "fuzzhop";
@@ -100,7 +111,13 @@ export async function startUpstream() {
       if (typeof id === "string" && /^g\d+$/.test(id)) received.set(id, [...(received.get(id) ?? []), record]);
       else strays.push(record);
       const body = JSON.stringify({ method: req.method, url: req.url, headers: req.headers, bytes });
-      res.writeHead(200, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(body), "X-Fuzz-Upstream": "1" });
+      res.writeHead(200, {
+        "Content-Type": "application/json",
+        "Content-Length": Buffer.byteLength(body),
+        "X-Fuzz-Upstream": "1",
+        // An upstream that tries to sign the browser in to a dashboard session of its choosing, and one cookie of its own.
+        "Set-Cookie": [SESSION_FIXATION, "upstream=1; Path=/"],
+      });
       res.end(body);
     });
   });
@@ -173,16 +190,22 @@ function decode(segment) {
 function readings(pathname) {
   const strict = pathname.slice(1).split("/");
   if (strict.length > 1 && strict[strict.length - 1] === "") strict.pop();
-  const lax = [];
-  for (const segment of decode(pathname).split(/[/\\]/)) {
-    const s = segment.split(";")[0];
-    if (s === "" || s === ".") continue;
-    if (s === "..") lax.pop();
-    else lax.push(s);
-  }
+  let decoded = pathname;
+  for (let i = 0; i < 4 && decode(decoded) !== decoded; i++) decoded = decode(decoded);
+  const resolve = (text) => {
+    const parts = [];
+    for (const segment of text.split(/[/\\]/)) {
+      const s = segment.split(";")[0];
+      if (s === "" || s === ".") continue;
+      if (s === "..") parts.pop();
+      else parts.push(s);
+    }
+    return parts;
+  };
   return {
     strict: pathname === "/" ? [] : strict.map(decode),
-    lax,
+    lax: resolve(decoded),
+    normalising: resolve(decoded.normalize("NFKC")),
   };
 }
 
@@ -216,7 +239,7 @@ function isOwnPath(path) {
 }
 
 /** A path an upstream could read two ways, which README says is never forwarded. */
-const AMBIGUOUS = [/\/\//, /%2f/i, /%5c/i, /%2e/i, /;/, /\\/, /(^|\/)\.\.?(\/|$)/];
+const AMBIGUOUS = [/\/\//, /%2f/i, /%5c/i, /%2e/i, /%25/, /;/, /\\/, /(^|\/)\.\.?(\/|$)/];
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Assertions: ES256 JWTs the upstream can verify with the public half of the generated key.
@@ -273,7 +296,7 @@ function assertionDefect(token, { publicKey, keygateOrigin, upstreamOrigin, meth
  * Keygate. Each principal records what it may reach: `{kind: "key", keyId, accountId, slug, scopes}` (scopes as the key
  * holds them effectively) or `{kind: "token", accountId, agentId}`.
  */
-async function seedWorld(call, kit) {
+async function seedWorld(call, send, kit) {
   const { OPERATOR_TOKEN, WIDGET } = kit;
   const provision = (body) => call("POST", "/v1/accounts", { key: OPERATOR_TOKEN, body });
   const a = await provision({ name: "Acme", slug: "acme-corp", keyPrefix: "acme", rateLimit: WIDE, admin: { email: "ops@acme.example" } });
@@ -327,6 +350,22 @@ async function seedWorld(call, kit) {
     origin: WIDGET,
   };
   principals.serverToken = { raw: await handshake({ agentId: agent.id, userId: "user-7" }, { key: rootA }), who: token(agent.id, A) };
+
+  // A person of account A (an admin): their access token is a credential of its own, their refresh token and dashboard
+  // cookie are secrets that authenticate nothing at the gateway.
+  const password = "fuzz person password 0123";
+  const person = await call("POST", "/v1/users", { key: rootA, body: { email: "person@acme.example", role: "admin" } });
+  await call("POST", "/v1/auth/accept-invitation", { body: { token: person.invitation.token, password } });
+  const pair = await call("POST", "/v1/auth/login", { body: { email: "person@acme.example", password } });
+  principals.person = { raw: pair.access_token, who: { kind: "session", userId: person.id, ...A, scopes: ["*"] } };
+  const form = await send({
+    method: "POST",
+    path: "/dashboard/login",
+    headers: { "Content-Type": "application/x-www-form-urlencoded", Origin: `http://${DASHBOARD_HOST}`, Host: DASHBOARD_HOST },
+    body: new URLSearchParams({ email: "person@acme.example", password }).toString(),
+  });
+  const cookie = /__Host-keygate_session=([^;]+)/.exec([form.headers?.["set-cookie"] ?? []].flat().join("\n"))?.[1];
+  if (!cookie) throw new Error(`seeding the dashboard cookie: ${form.error ?? `${form.status} ${form.text?.slice(0, 200)}`}`);
   principals.otherToken = { raw: await handshake({ agentId: agentB.id, userId: "u" }, { key: rootB }), who: token(agentB.id, B) };
 
   const keys = [rootA, rootB, ...Object.values(principals).map((p) => p.raw)].filter((raw) => !raw.includes("."));
@@ -339,6 +378,7 @@ async function seedWorld(call, kit) {
     keys,
     tokens,
     identitySecrets: [agent.identitySecret, agentB.identitySecret],
+    personSecrets: { refresh: pair.refresh_token, cookie },
     agentIds: [agent.id, agentB.id],
   };
 }
@@ -413,6 +453,7 @@ function pathKinds(w, d) {
     chat: () => pick(["/v1/chat/messages", "/v1/chat/messages", "/v1/chat", "/V1/CHAT/messages", "/v1/chat/messages/", "/v1/%63hat/x"]),
     status: () => pick(["/v1/status", "/v1/status/", "/V1/STATUS", "/v1/%73tatus", "/v1/status/x", "/v1/statuses"]),
     public: () => `/public${rest()}`,
+    open: () => `/open${rest()}`,
     catchAll: () =>
       pick([
         "/",
@@ -498,6 +539,20 @@ function pathKinds(w, d) {
         "/%ZZ/x",
         "/v1/mailboxes/mbx_123/%ZZ",
         "/v1/mailboxes/mbx_123/%E0%A4%A",
+        // Decoded twice, `%25` reads as another escape.
+        "/v1/mailboxes/mbx_123/%252e%252e/mbx_2/x",
+        "/v1/mailboxes/mbx_123/%25%32%65%25%32%65/mbx_2/x",
+        "/v1/mailboxes/mbx_123/%252F..%252Fmbx_2",
+        "/public/%252e%252e/admin",
+        "/open/%25%32%65%25%32%65/admin",
+        // Text NFKC normalisation or case mapping changes: `ｒ`, `‥`, `．`, `ſ`, `ı`.
+        "/v1/processes/p1/%EF%BD%92uns",
+        "/v1/mailboxes/mbx_123/%E2%80%A5/mbx_2/x",
+        "/v1/mailboxes/mbx_123/%EF%BC%8E%EF%BC%8E/mbx_2",
+        "/public/%E2%80%A5/admin",
+        "/v1/%C5%BFtatus",
+        "/v1/processes/p1/run%C5%BF",
+        "/v1/%C4%B1d",
       ]),
   };
   /** A path to something `who` holds a grant for (its own resources, its own organization), so scoped keys get through. */
@@ -558,10 +613,52 @@ function credential(w, d, kit) {
     [3, "browserToken"],
     [2, "serverToken"],
     [1, "otherToken"],
+    [3, "person"],
+    [3, "secret"],
     [3, "none"],
     [3, "garbage"],
   ]);
   if (name === "none") return { label: "none", headers: {}, who: [] };
+  const basic = (user, password = "") => `Basic ${Buffer.from(`${user}:${password}`).toString("base64")}`;
+  if (name === "person") {
+    // A person's access token authenticates as them where it is a bearer token or the X-API-Key; nowhere else.
+    const { raw, who } = w.principals.person;
+    const [form, headers, proves] = pick([
+      ["bearer", { Authorization: `Bearer ${raw}` }, true],
+      ["x-api-key", { "X-API-Key": raw }, true],
+      ["basic", { Authorization: basic(raw) }, false],
+      ["stuck dot", { Authorization: `Bearer ${raw}.` }, false],
+      ["custom header", { "X-Auth-Token": raw }, false],
+      ["cookie", { Cookie: `token=${raw}; theme=dark` }, false],
+    ]);
+    return { label: `person/${form}`, headers, who: proves ? [who] : [], raw };
+  }
+  if (name === "secret") {
+    // Every other secret of Keygate's, written where and how a client might: none of them authenticates here.
+    const { refresh, cookie } = w.personSecrets;
+    const key = w.principals.mailbox.raw;
+    const [what, secret] = pick([
+      ["refresh token", refresh],
+      ["dashboard cookie", cookie],
+      ["verify token", VERIFY_TOKEN],
+      ["operator token", kit.OPERATOR_TOKEN],
+      ["handshake token", w.principals.serverToken.raw],
+      ["key", key],
+    ]);
+    const [where, headers, query] = pick([
+      ["bearer", { Authorization: `Bearer ${secret}` }],
+      ["x-api-key", { "X-API-Key": secret }],
+      ["basic user", { Authorization: basic(secret) }],
+      ["basic password", { Authorization: basic("user", secret) }],
+      ["stuck dot", { "X-API-Key": `${secret}.` }],
+      // A JWT in upper case is no token any more (base64 is case-sensitive); every other secret still is one.
+      ["upper case", { Authorization: `Bearer ${/^eyJ/.test(secret) ? secret : secret.toUpperCase()}` }],
+      ["custom header", { "X-Upstream-Token": secret }],
+      ["cookie", { Cookie: `sid=${secret}` }],
+      ["query", {}, `token=${encodeURIComponent(secret)}`],
+    ]);
+    return { label: `secret: ${what} (${where})`, headers, query, who: [], raw: secret };
+  }
   if (name === "garbage") {
     const key = w.principals.admin.raw;
     const [label, headers] = pick([
@@ -667,8 +764,11 @@ function oddHeaders(d, n) {
       "x_http_method_override",
       "X_HTTP_METHOD",
       "X_Method_Override",
+      "X-Original-URL",
+      "X_Rewrite_URL",
+      "x-rewrite-url",
     ]);
-    headers[name] = pick(["DELETE", "PUT", "PATCH", "GET", "delete"]);
+    headers[name] = /url/i.test(name) ? pick(["/admin", "/v1/processes/p1/runs"]) : pick(["DELETE", "PUT", "PATCH", "GET", "delete"]);
     tags.push(`override ${name}`);
   }
   if (chance(0.15)) {
@@ -688,8 +788,11 @@ function oddHeaders(d, n) {
       ["X-Forwarded-For", "203.0.113.9, 10.0.0.1"],
       ["Forwarded", "for=203.0.113.9;host=evil.example"],
       ["X-Forwarded-Host", "evil.example"],
-      ["X-Original-URL", "/admin"],
-      ["X-Rewrite-URL", "/admin"],
+      // Hosts a client chooses: never the assertion's issuer; on the dashboard's host nothing is forwarded.
+      ["Host", "127.0.0.1:1@evil.example"],
+      ["Host", "evil.example"],
+      ["Host", DASHBOARD_HOST],
+      ["Host", DASHBOARD_HOST.toUpperCase()],
       ["Cookie", "session=abc; other=1"],
       // Not gzip or br: the runtime would compress answers, and the fuzzer reads them as they come.
       ["Accept-Encoding", "x-unknown;q=1, identity;q=0.5"],
@@ -750,6 +853,7 @@ function nextRequest(w, d, kit, n, paths) {
     [4, "chat"],
     [2, "status"],
     [2, "public"],
+    [2, "open"],
     [3, "catchAll"],
     [2, "own"],
     [6, "escape"],
@@ -805,8 +909,18 @@ function nextRequest(w, d, kit, n, paths) {
 // ---------------------------------------------------------------------------------------------------------------------
 // Checks of what the upstream received.
 
-/** A secret standing on its own: not touching a character keys and tokens are made of (else it is part of a longer string). */
-const boundedBy = (secret) => new RegExp(`(?<![A-Za-z0-9_.-])${secret.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}(?![A-Za-z0-9_.-])`);
+/** A text as an upstream may read it: as it is, percent-decoded, and every base64 run in it decoded (`Basic ...`). */
+function decodings(text) {
+  const out = [text];
+  try {
+    out.push(decodeURIComponent(text));
+  } catch {
+    // not percent-encoding
+  }
+  for (const view of [...out])
+    for (const [run] of view.matchAll(/[A-Za-z0-9+/_-]{20,}={0,2}/g)) out.push(Buffer.from(run, "base64").toString("latin1"));
+  return out.map((view) => view.toLowerCase());
+}
 
 /** Every failure the upstream's record of one forwarded request shows: [{kind, code}]. */
 function checkForwarded(req, record, ctx) {
@@ -826,16 +940,16 @@ function checkForwarded(req, record, ctx) {
 
   if (record.method !== req.method) fail("upstream received another method", `${req.method} -> ${record.method}`);
 
-  // Secrets: no key, token, hash or Keygate secret reaches the upstream. The key the client presented is removed with the
-  // Authorization and X-API-Key headers on authenticated routes, so any trace of it is a leak; on public routes those
-  // headers go on unless they hold a key, so there it must not appear as a string of its own (`"<key>"`, `<key>;`).
+  // Secrets: no key, token, hash or other secret of Keygate's reaches the upstream, on any route, in any case, percent- or
+  // base64-encoded, whoever presented it and however.
+  const readable = decodings(everything);
   for (const [secret, what] of ctx.secrets) {
+    if (!readable.some((view) => view.includes(secret.toLowerCase()))) continue;
     const presented = secret === req.presented;
-    const leaked = presented && !authenticated ? boundedBy(secret).test(everything) : everything.includes(secret);
-    if (leaked)
-      fail(`${presented ? `the client's ${what}` : what} reached the upstream`, `${authenticated ? "authenticated" : "public"} route`);
+    fail(`${presented ? `the client's ${what}` : what} reached the upstream`, `${authenticated ? "authenticated" : "public"} route`);
   }
   if (/[?&]userApiToken=/.test(record.url)) fail("?userApiToken= reached the upstream", record.url.slice(0, 80));
+  if (/[?&]_method=/i.test(record.url)) fail("a _method override reached the upstream", record.url.slice(0, 80));
 
   for (const name of names) {
     const normal = name.toLowerCase().replaceAll("_", "-");
@@ -846,7 +960,7 @@ function checkForwarded(req, record, ctx) {
     }
     if (value.includes(HOP)) fail("a hop-by-hop header reached the upstream", name);
     // `_` and `-` are one to CGI-style servers (WSGI, Rack: HTTP_X_HTTP_METHOD_OVERRIDE), as README says of Keygate_Role.
-    if (authenticated && METHOD_OVERRIDES.has(normal)) fail("a method override reached the upstream on an authenticated route", name);
+    if (OVERRIDES.has(normal)) fail("a method or path override reached the upstream", name);
   }
   for (const name of IDENTITY_HEADERS) {
     const count = names.filter((n) => n.toLowerCase() === name).length;
@@ -860,13 +974,13 @@ function checkForwarded(req, record, ctx) {
     for (const name of ["keygate-account-id", "keygate-key-id", "keygate-user-id", "keygate-assertion", "keygate-role"]) {
       if (name in headers) fail("a public request reached the upstream with an identity", name);
     }
-  } else if (method === "key" || method === "token") {
-    who =
-      req.who.find((p) =>
-        p.kind === "key"
-          ? method === "key" && headers["keygate-key-id"] === p.keyId && headers["keygate-account-id"] === p.accountId
-          : method === "token" && headers["keygate-agent-id"] === p.agentId && headers["keygate-account-id"] === p.accountId,
-      ) ?? null;
+  } else if (method === "key" || method === "token" || method === "session") {
+    const told = {
+      key: (p) => headers["keygate-key-id"] === p.keyId,
+      token: (p) => headers["keygate-agent-id"] === p.agentId,
+      session: (p) => headers["keygate-user-id"] === p.userId && headers["keygate-key-id"] === undefined,
+    };
+    who = req.who.find((p) => p.kind === method && told[method](p) && headers["keygate-account-id"] === p.accountId) ?? null;
     if (!who) fail("the upstream was told of an identity the client did not present", `${method} for ${req.credential.split(" + ")[0]}`);
     const defect = assertionDefect(headers["keygate-assertion"], { ...ctx, method: record.method, pathname, headers });
     if (defect) fail("the assertion does not prove the forwarded request", defect);
@@ -884,7 +998,7 @@ function checkForwarded(req, record, ctx) {
     const match = modelMatch(record.method, parts);
     const allowed = match && (who ? allows(match.route, match.params, who) : match.route.auth === "public");
     if (!allowed) {
-      const principal = who ? (who.kind === "key" ? `key [${who.scopes.join(",")}]` : "token") : "no credential";
+      const principal = who ? (who.kind === "token" ? "token" : `${who.kind} [${who.scopes.join(",")}]`) : "no credential";
       fail("forwarded outside what the table allows", `${reading} reading: ${match?.name ?? "no route"} for ${principal}`);
     }
   }
@@ -920,6 +1034,8 @@ export async function fuzzGateway({ seed, requests, parallel, kit }) {
       UPSTREAM_URL: upstream.origin,
       GATEWAY_ROUTES: JSON.stringify(GATEWAY_ROUTES),
       ASSERTION_SIGNING_KEYS: JSON.stringify([assertion.jwk]),
+      PUBLIC_ORIGIN,
+      DASHBOARD_HOST,
       // Well above anything this upstream takes, so a 504 can only be Keygate's own.
       UPSTREAM_TIMEOUT_MS: "10000",
     },
@@ -930,7 +1046,7 @@ export async function fuzzGateway({ seed, requests, parallel, kit }) {
   const perRoute = {};
   let forwarded = 0;
   try {
-    const world = await seedWorld((method, path, options) => kit.call(method, path, { ...options, port }), kit);
+    const world = await seedWorld((method, path, options) => kit.call(method, path, { ...options, port }), send, kit);
     world.upstreamPort = new URL(upstream.origin).port;
     const secrets = new Map([
       [kit.OPERATOR_TOKEN, "operator token"],
@@ -942,12 +1058,14 @@ export async function fuzzGateway({ seed, requests, parallel, kit }) {
       secrets.set(raw, "raw key");
       secrets.set(createHash("sha256").update(raw).digest("hex"), "key hash (SHA-256)");
     }
-    for (const token of world.tokens) secrets.set(token, "handshake token");
+    for (const token of world.tokens) secrets.set(token, "handshake or access token");
+    secrets.set(world.personSecrets.refresh, "refresh token");
+    secrets.set(world.personSecrets.cookie, "dashboard cookie");
     for (const secret of world.identitySecrets) secrets.set(secret, "identity secret");
     const ctx = {
       secrets: [...secrets],
       publicKey: assertion.publicKey,
-      keygateOrigin: new URL(url).origin,
+      keygateOrigin: PUBLIC_ORIGIN,
       upstreamOrigin: upstream.origin,
     };
     // Keygate's own answers are checked as the rest of the fuzzer checks them; the secrets it knows are these.
@@ -976,6 +1094,13 @@ export async function fuzzGateway({ seed, requests, parallel, kit }) {
           if (res.status !== 200 || res.headers["x-fuzz-upstream"] !== "1") {
             failures.push({ kind: "a forwarded request answered otherwise than the upstream did", code: String(res.status) });
           }
+          const cookies = [res.headers["set-cookie"] ?? []].flat();
+          if (cookies.some((c) => /keygate_session/i.test(c)))
+            failures.push({ kind: "the upstream set Keygate's session cookie", code: "" });
+          if (!cookies.includes("upstream=1; Path=/"))
+            failures.push({ kind: "the upstream's own cookie did not reach the client", code: "" });
+          if (String(req.headers.Host ?? "").toLowerCase() === DASHBOARD_HOST)
+            failures.push({ kind: "forwarded a request on the dashboard's host", code: req.path.slice(0, 80) });
           if (req.method !== "HEAD" && records.length === 1 && echoed(res.text)?.url !== records[0].url) {
             failures.push({ kind: "a forwarded request answered otherwise than the upstream did", code: "body" });
           }

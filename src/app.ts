@@ -89,6 +89,13 @@ app.route("/.well-known", wellKnownRoutes);
 app.route("/v1/keys/verify", verifyRoutes);
 app.route("/v1/resource-owners", resourceOwnersRoutes);
 app.route("/v1/auth", authRoutes);
+// With DASHBOARD_HOST, the dashboard is that host's alone: elsewhere its paths are 404, so no page of the gateway's
+// upstream shares its origin (the gateway forwards nothing on that host).
+app.use("/dashboard/*", async (c, next) => {
+  const host = c.get("config").dashboardHost;
+  if (host !== undefined && new URL(c.req.url).host !== host) throw new ApiError("not_found", "There is no dashboard on this host.");
+  await next();
+});
 app.route("/dashboard", dashboardRoutes);
 documentDashboard(app.openAPIRegistry, app.routes);
 

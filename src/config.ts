@@ -91,6 +91,34 @@ const upstream = z
     return url;
   });
 
+/** PUBLIC_ORIGIN: the origin clients reach Keygate at, e.g. `https://keygate.example.com`. */
+const publicOrigin = z
+  .string()
+  .optional()
+  .transform((v, ctx) => {
+    if (!v) return undefined;
+    const url = URL.canParse(v) ? new URL(v) : null;
+    if (!url || !["http:", "https:"].includes(url.protocol) || url.origin !== v.toLowerCase().replace(/\/$/, "")) {
+      ctx.addIssue({ code: "custom", message: "must be an origin: http(s)://host[:port], nothing before or after it" });
+      return z.NEVER;
+    }
+    return url.origin;
+  });
+
+/** DASHBOARD_HOST: the hostname (and port, if not the default) the dashboard alone is served on. */
+const dashboardHost = z
+  .string()
+  .optional()
+  .transform((v, ctx) => {
+    if (!v) return undefined;
+    const url = URL.canParse(`https://${v}`) ? new URL(`https://${v}`) : null;
+    if (!url || url.host !== v.toLowerCase()) {
+      ctx.addIssue({ code: "custom", message: "must be a hostname with an optional port, such as dashboard.example.com" });
+      return z.NEVER;
+    }
+    return url.host;
+  });
+
 /** A P-256 key component: 32 bytes, base64url without padding (43 characters). */
 const coordinate = z.string().regex(/^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$/, "holds a key that is not a P-256 JWK");
 
@@ -117,6 +145,8 @@ const ConfigSchema = z.object({
   GATEWAY_ROUTES: RouteTable,
   UPSTREAM_TIMEOUT_MS: int(30_000, 1, 300_000),
   ASSERTION_SIGNING_KEYS: assertionKeys,
+  PUBLIC_ORIGIN: publicOrigin,
+  DASHBOARD_HOST: dashboardHost,
   RESOURCE_TYPES: list(z.string().regex(/^[a-z][a-z0-9]{0,31}$/, "holds a name that is not a resource type name")),
   QUERY_TOKEN_SUNSET: instant("2026-07-01T00:00:00Z"),
   QUERY_TOKEN_DEPRECATED_AT: instant("2026-01-01T00:00:00Z"),
@@ -171,6 +201,10 @@ const FIELDS = {
   upstreamTimeoutMs: "UPSTREAM_TIMEOUT_MS",
   /** Private JWKs signing the identity assertion sent upstream; the first signs, all are in /.well-known/jwks.json. */
   assertionKeys: "ASSERTION_SIGNING_KEYS",
+  /** The assertion's issuer; unset, local development's request origin (see `localOrigin`), else a configuration error. */
+  publicOrigin: "PUBLIC_ORIGIN",
+  /** The one host the dashboard is served on (and no gateway traffic); unset, every host serves it. */
+  dashboardHost: "DASHBOARD_HOST",
 } as const satisfies Record<string, keyof typeof ConfigSchema.shape>;
 
 type Shape = typeof ConfigSchema.shape;
@@ -215,9 +249,32 @@ export function misconfiguredVariables(env: Bindings): string[] {
     const upstream = ConfigSchema.shape.UPSTREAM_URL.safeParse(env.UPSTREAM_URL);
     const keys = ConfigSchema.shape.ASSERTION_SIGNING_KEYS.safeParse(env.ASSERTION_SIGNING_KEYS);
     if (upstream.data && keys.success && keys.data.length === 0) names.push("ASSERTION_SIGNING_KEYS");
+    // Nor name itself in its assertions, outside local development.
+    const origin = ConfigSchema.shape.PUBLIC_ORIGIN.safeParse(env.PUBLIC_ORIGIN);
+    if (upstream.data && origin.success && origin.data === undefined && env.ALLOW_HTTP !== "true") names.push("PUBLIC_ORIGIN");
     checked.set(env, names);
   }
   return names;
+}
+
+/**
+ * The origin a request was sent to when Keygate runs in local development: plain http allowed (ALLOW_HTTP, which only
+ * `.dev.vars` sets) and a loopback host. Null anywhere else, where the request's Host is the client's to choose.
+ */
+export function localOrigin(env: Bindings, url: URL): string | null {
+  const loopback = url.hostname === "localhost" || url.hostname === "[::1]" || /^127(\.\d{1,3}){3}$/.test(url.hostname);
+  return env.ALLOW_HTTP === "true" && loopback ? url.origin : null;
+}
+
+/** Where people open the dashboard: DASHBOARD_HOST (on the request's scheme), else PUBLIC_ORIGIN, else the request's origin. */
+export function dashboardOrigin(config: Config, url: URL): string {
+  if (config.dashboardHost) return `${url.protocol}//${config.dashboardHost}`;
+  return config.publicOrigin ?? url.origin;
+}
+
+/** The operator and verify tokens, where set and valid: secrets that never leave Keygate. */
+export function serviceTokens(env: Bindings): string[] {
+  return (["OPERATOR_TOKEN", "VERIFY_TOKEN"] as const).flatMap((name) => ConfigSchema.shape[name].safeParse(env[name]).data ?? []);
 }
 
 /** Logs which variable is wrong (never its value) and answers 500 `configuration_error`, without telling the caller more. */

@@ -28,7 +28,9 @@ export type Bindings = Env &
       | "UPSTREAM_URL"
       | "GATEWAY_ROUTES"
       | "UPSTREAM_TIMEOUT_MS"
-      | "ASSERTION_SIGNING_KEYS",
+      | "ASSERTION_SIGNING_KEYS"
+      | "PUBLIC_ORIGIN"
+      | "DASHBOARD_HOST",
       string
     >
   >;

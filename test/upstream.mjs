@@ -58,16 +58,20 @@ async function answer(req, res) {
     if (kind === "upload") uploads.set(id, bytes);
     chunks.push(chunk);
   }
-  // What a provider's API says of the resources a request created or deleted, as the test asks it to.
-  const ownership = {};
-  if (req.headers["x-test-created"]) ownership["Keygate-Resource-Created"] = req.headers["x-test-created"];
-  if (req.headers["x-test-deleted"]) ownership["Keygate-Resource-Deleted"] = req.headers["x-test-deleted"];
+  // What a provider's API says of the resources a request created or deleted, cookies it sets (a JSON list of
+  // Set-Cookie values) and a header its Connection names, as the test asks it to.
+  const asked = {};
+  if (req.headers["x-test-created"]) asked["Keygate-Resource-Created"] = req.headers["x-test-created"];
+  if (req.headers["x-test-deleted"]) asked["Keygate-Resource-Deleted"] = req.headers["x-test-deleted"];
+  if (req.headers["x-test-set-cookie"]) asked["Set-Cookie"] = JSON.parse(req.headers["x-test-set-cookie"]);
+  // A header of the answer its Connection names: for this hop only.
+  if (req.headers["x-test-hop"]) Object.assign(asked, { Connection: "keep-alive, X-Upstream-Hop", "X-Upstream-Hop": "1" });
   res.writeHead(Number(req.headers["x-test-status"] ?? 200), {
     "Content-Type": "application/json",
     "X-Upstream": "yes",
     Connection: "keep-alive",
     "Keep-Alive": "timeout=5",
-    ...ownership,
+    ...asked,
   });
   res.end(
     JSON.stringify({

@@ -1,6 +1,7 @@
 import type { z } from "@hono/zod-openapi";
 import { and, asc, eq } from "drizzle-orm";
 import { FULL_ACCESS, type Principal } from "../auth/principal";
+import { dashboardOrigin } from "../config";
 import { auditInsert } from "../db/audit";
 import { batch, db, violates } from "../db/client";
 import { type Account, accounts, apiKeys, users } from "../db/schema";
@@ -44,7 +45,7 @@ export async function provisionAccount(
     createdAt: account.createdAt,
   };
   const { raw, row } = await mintAdminKey(account, user.id, user.id, "default", now);
-  const { invitation, statements } = await newInvitation(c.env.DB, new URL(c.req.url).origin, user.id, now);
+  const { invitation, statements } = await newInvitation(c.env.DB, dashboardOrigin(c.get("config"), new URL(c.req.url)), user.id, now);
   const audit = { accountId: account.id, actor: "operator", requestId: c.get("requestId") };
   const d = db(c.env.DB);
   try {

@@ -1,8 +1,6 @@
-import { decodeProtectedHeader } from "jose";
 import { QUERY_PARAM } from "../auth/credentials";
-import { parseKey } from "../keys/format";
+import { carriesSecret } from "../auth/secret";
 import { SESSION_COOKIE } from "../people/sessions";
-import { TOKEN_TYPE } from "../tokens/handshake";
 
 /** Headers that describe one connection, not the message (RFC 9110 §7.6.1): never forwarded either way. */
 const HOP_BY_HOP = new Set([
@@ -32,27 +30,13 @@ function canonicalName(name: string): string {
 }
 
 /**
- * Headers that make an upstream act on another method than the one the route table judged: never forwarded on
- * authenticated routes, where the method decides what a key may do.
+ * Headers that make an upstream act on another method or path than the ones the route table judged (IIS, Symfony and
+ * Zend route by X-Original-URL and X-Rewrite-URL): never forwarded.
  */
-const METHOD_OVERRIDES = ["x-http-method-override", "x-http-method", "x-method-override"];
+const OVERRIDES = ["x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url"];
+/** The query parameter Rails, Laravel and Express's method-override take a method from (in any case): never forwarded. */
+const METHOD_PARAM = "_method";
 const CREDENTIAL_HEADERS = ["authorization", "x-api-key"];
-
-/**
- * Whether any part of a header value is Keygate's key or token: split at every character neither can hold, so quotes,
- * `;` or a repeated header's `, ` around it change nothing.
- */
-function carriesCredential(value: string): boolean {
-  return value.split(/[^A-Za-z0-9_.-]+/).some((part) => parseKey(part) !== null || isHandshakeToken(part));
-}
-
-function isHandshakeToken(part: string): boolean {
-  try {
-    return decodeProtectedHeader(part).typ === TOKEN_TYPE;
-  } catch {
-    return false;
-  }
-}
 
 /** The headers of a message without its hop-by-hop ones (those listed and those its `Connection` names). */
 function endToEnd(headers: Headers): Headers {
@@ -67,34 +51,43 @@ function endToEnd(headers: Headers): Headers {
 
 /**
  * The upstream URL of a request: the upstream's origin and base path, then the request's (canonical) path and its
- * query without Keygate's credential. Only the path is set on a copy of the base, so no path can name another host.
+ * query without Keygate's credential, a method override or a parameter holding a secret of Keygate's (`tokens`: see
+ * `carriesSecret`). Only the path is set on a copy of the base, so no path can name another host.
  */
-export function upstreamUrl(base: URL, path: string, query: URLSearchParams): URL {
+export function upstreamUrl(base: URL, path: string, query: URLSearchParams, tokens: readonly string[]): URL {
   const url = new URL(base);
   url.pathname = base.pathname.replace(/\/$/, "") + path;
-  for (const [name, value] of query) if (name !== QUERY_PARAM) url.searchParams.append(name, value);
+  for (const [name, value] of query) {
+    if (name === QUERY_PARAM || name.toLowerCase() === METHOD_PARAM || carriesSecret(`${name}=${value}`, tokens)) continue;
+    url.searchParams.append(name, value);
+  }
   return url;
 }
 
 /**
  * The request's headers as the upstream gets them: no hop-by-hop headers, no Host, no identity header the client
- * wrote, and no Keygate credential (`authenticated`: the request's Authorization and X-API-Key carried it; else those
- * headers go on only when they hold something that is not a Keygate key or token). Then `identity`, Keygate's own.
+ * wrote, no method or path override, no Authorization or X-API-Key unless `authorization` says the route passes them
+ * on, and no header or cookie holding a secret of Keygate's (see `carriesSecret`). Then `identity`, Keygate's own.
  */
-export function upstreamHeaders(incoming: Headers, authenticated: boolean, identity: Record<string, string>): Headers {
+export function upstreamHeaders(
+  incoming: Headers,
+  { authorization, tokens }: { authorization: boolean; tokens: readonly string[] },
+  identity: Record<string, string>,
+): Headers {
   const headers = endToEnd(incoming);
   headers.delete("Host");
   for (const name of [...headers.keys()]) {
     const n = canonicalName(name);
-    const value = headers.get(name) ?? "";
+    if (n === "cookie") continue;
     if (
       isIdentityHeader(name) ||
-      (CREDENTIAL_HEADERS.includes(n) && (authenticated || carriesCredential(value))) ||
-      (authenticated && METHOD_OVERRIDES.includes(n))
+      OVERRIDES.includes(n) ||
+      (CREDENTIAL_HEADERS.includes(n) && !authorization) ||
+      carriesSecret(headers.get(name) ?? "", tokens)
     )
       headers.delete(name);
   }
-  const cookies = withoutSessionCookie(headers.get("Cookie"));
+  const cookies = withoutKeygateCookies(headers.get("Cookie"), tokens);
   if (cookies === null) headers.delete("Cookie");
   else headers.set("Cookie", cookies);
   for (const [name, value] of Object.entries(identity)) headers.set(name, value);
@@ -102,22 +95,49 @@ export function upstreamHeaders(incoming: Headers, authenticated: boolean, ident
 }
 
 /**
- * A `Cookie` header without the dashboard's session cookie (null when nothing else is left): browsers send it to every
- * path of the host, gateway routes included, and it is a person's full access to Keygate, no upstream's business. Every other cookie goes on as the client sent it. Pairs are separated by
- * `;`, and by `,` where repeated headers were joined (a cookie's value holds neither, RFC 6265).
+ * A `Cookie` header without the dashboard's session cookie and any cookie holding a secret of Keygate's (null when
+ * nothing else is left): browsers send the session cookie to every path of the host, gateway routes included, and it
+ * is a person's full access to Keygate, no upstream's business. Every other cookie goes on as the client sent it.
+ * Pairs are separated by `;`, and by `,` where repeated headers were joined (a cookie's value holds neither, RFC 6265).
  */
-function withoutSessionCookie(header: string | null): string | null {
-  if (header === null || !header.includes(SESSION_COOKIE)) return header;
-  const isSession = (pair: string) => pair.split("=", 1)[0]?.trim() === SESSION_COOKIE;
+function withoutKeygateCookies(header: string | null, tokens: readonly string[]): string | null {
+  const dropped = (pair: string) => pair.split("=", 1)[0]?.trim() === SESSION_COOKIE || carriesSecret(pair, tokens);
+  if (header === null || !header.split(/[;,]/).some(dropped)) return header;
   const kept = header.split(";").flatMap((piece) => {
     const pairs = piece.split(",");
-    // A piece without the session cookie goes on untouched, a non-standard comma in a value included.
-    if (!pairs.some(isSession)) return [piece.trim()];
-    const rest = pairs.filter((pair) => !isSession(pair)).map((pair) => pair.trim());
+    // A piece without a dropped cookie goes on untouched, a non-standard comma in a value included.
+    if (!pairs.some(dropped)) return [piece.trim()];
+    const rest = pairs.filter((pair) => !dropped(pair)).map((pair) => pair.trim());
     return rest.length === 0 ? [] : [rest.join(", ")];
   });
   const out = kept.filter((piece) => piece !== "").join("; ");
   return out === "" ? null : out;
+}
+
+/** The session cookie's name without its prefix, in lower case: how a browser may be made to store a look-alike. */
+const SESSION_NAME = SESSION_COOKIE.toLowerCase().replace(/^__host-/, "");
+
+/**
+ * Whether an upstream's `Set-Cookie` would give the browser a cookie it sends back under the name of Keygate's session
+ * cookie (any case, with a `__Host-` or `__Secure-` prefix or none, blanks around it, or nameless: `=name=value` goes
+ * back as `name=value`). Where the upstream shares the dashboard's host, such a cookie would sign the browser in as a
+ * session of the upstream's choosing.
+ */
+function setsKeygateCookie(setCookie: string): boolean {
+  const pair = setCookie.split(";", 1)[0] ?? "";
+  const eq = pair.indexOf("=");
+  const sent = eq === -1 || pair.slice(0, eq).trim() === "" ? pair.slice(eq + 1) : pair;
+  const name = (sent.split("=", 1)[0] ?? "").trim().toLowerCase();
+  return name.replace(/^__(host|secure)-/, "") === SESSION_NAME;
+}
+
+/** The upstream's answer headers as the client gets them: end-to-end ones only, and no cookie of Keygate's. */
+function answerHeaders(incoming: Headers): Headers {
+  const headers = endToEnd(incoming);
+  const cookies = headers.getSetCookie();
+  headers.delete("Set-Cookie");
+  for (const cookie of cookies) if (!setsKeygateCookie(cookie)) headers.append("Set-Cookie", cookie);
+  return headers;
 }
 
 export type Outcome = { ok: true; response: Response } | { ok: false; reason: "unavailable" | "timeout" };
@@ -144,7 +164,7 @@ export async function send(url: URL, method: string, headers: Headers, body: Rea
     });
     return {
       ok: true,
-      response: new Response(res.body, { status: res.status, statusText: res.statusText, headers: endToEnd(res.headers) }),
+      response: new Response(res.body, { status: res.status, statusText: res.statusText, headers: answerHeaders(res.headers) }),
     };
   } catch {
     return { ok: false, reason: timedOut ? "timeout" : "unavailable" };

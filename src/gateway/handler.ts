@@ -4,7 +4,8 @@ import type { ContentfulStatusCode, StatusCode } from "hono/utils/http-status";
 import { cors } from "../auth/cors";
 import { guard, type Identified } from "../auth/middleware";
 import { type Need, NO_ACCOUNT } from "../auth/principal";
-import { misconfigured } from "../config";
+import { carriesSecret } from "../auth/secret";
+import { localOrigin, misconfigured, serviceTokens } from "../config";
 import type { AppEnv } from "../env";
 import { ApiError, problem } from "../errors";
 import { log, safeError } from "../log";
@@ -42,29 +43,35 @@ export function isOwnPath(path: string): boolean {
 /**
  * The gateway: a request outside Keygate's own paths that a GATEWAY_ROUTES route takes is authenticated and limited as
  * that route says, then forwarded to UPSTREAM_URL. Anything else goes on to Keygate's routes (the built-in chat among
- * them), and from there to 404: without UPSTREAM_URL nothing is forwarded.
+ * them), and from there to 404: without UPSTREAM_URL nothing is forwarded, and nothing on DASHBOARD_HOST.
  */
 export const gateway = createMiddleware<AppEnv>(async (c, next) => {
+  const url = new URL(c.req.url);
   // A path with a spelling an upstream could read two ways is never forwarded (Keygate's own routes then 404 it).
-  const path = canonicalPath(new URL(c.req.url).pathname);
+  const path = canonicalPath(url.pathname);
   if (path === null || isOwnPath(path)) return next();
   const config = c.get("config");
   const base = config.upstreamUrl;
   const match = base ? config.gatewayRoutes.match(c.req.method, path) : null;
-  if (!base || !match) return next();
+  // The dashboard's own host serves no upstream: its pages would share the dashboard's origin.
+  if (!base || !match || (config.dashboardHost !== undefined && url.host === config.dashboardHost)) return next();
+  const tokens = serviceTokens(c.env);
+  if (carriesSecret(path, tokens)) throw new ApiError("not_found", "Keygate forwards no path that holds one of its secrets.");
   const { route, params } = match;
   if (route.auth === "public") {
-    c.res = await forward(c, base, path, null);
+    c.res = await forward(c, { base, path, tokens, route }, null);
     return;
   }
   if (config.assertionKeys.length === 0) misconfigured("ASSERTION_SIGNING_KEYS", "is not set; the gateway cannot vouch for its requests");
+  const issuer = config.publicOrigin ?? localOrigin(c.env, url);
+  if (issuer === null) misconfigured("PUBLIC_ORIGIN", "is not set; the gateway cannot name itself in its assertions");
   let identity: Identity | null = null;
   const authenticated = () =>
     guard(
       c,
       async () => {
         try {
-          c.res = await forward(c, base, path, identity);
+          c.res = await forward(c, { base, path, tokens, route }, identity && { identity, issuer });
         } catch (err) {
           if (!(err instanceof ApiError)) throw err;
           c.res = problem(c, err);
@@ -106,8 +113,8 @@ function identityOf(id: Identified): Identity {
   return { accountId: p.accountId, userId: p.userId, ...by, role: p.role, scopes: p.scopes };
 }
 
-/** The identity headers the upstream gets, the assertion that proves them among them. */
-async function identityHeaders(c: Context<AppEnv>, identity: Identity, url: URL): Promise<Record<string, string>> {
+/** The identity headers the upstream gets, the assertion that proves them (issued by `issuer`) among them. */
+async function identityHeaders(c: Context<AppEnv>, { identity, issuer }: Vouched, url: URL): Promise<Record<string, string>> {
   const config = c.get("config");
   const headers: Record<string, string> = {
     "Keygate-Account-Id": identity.accountId,
@@ -119,7 +126,7 @@ async function identityHeaders(c: Context<AppEnv>, identity: Identity, url: URL)
   if (identity.scopes !== undefined) headers["Keygate-Scopes"] = identity.scopes.join(",");
   if (identity.agentId !== undefined) headers["Keygate-Agent-Id"] = identity.agentId;
   const assertion = await signAssertion(config.assertionKeys, identity, {
-    issuer: new URL(c.req.url).origin,
+    issuer,
     audience: url.origin,
     method: c.req.method,
     url,
@@ -129,12 +136,22 @@ async function identityHeaders(c: Context<AppEnv>, identity: Identity, url: URL)
   return headers;
 }
 
-/** Sends the request upstream as `identity` (null: a public route) and answers what the upstream answers. */
-async function forward(c: Context<AppEnv>, base: URL, path: string, identity: Identity | null): Promise<Response> {
+/** Who the gateway vouches for, and as which Keygate (the assertion's `iss`). */
+type Vouched = { identity: Identity; issuer: string };
+/** Where a request goes: the upstream's base URL, the canonical path, the route that took it, and the tokens it must not carry. */
+type Target = { base: URL; path: string; route: GatewayRoute; tokens: readonly string[] };
+
+/** Sends the request upstream as `vouched` (null: a public route) and answers what the upstream answers. */
+async function forward(c: Context<AppEnv>, { base, path, route, tokens }: Target, vouched: Vouched | null): Promise<Response> {
   const config = c.get("config");
-  const url = upstreamUrl(base, path, new URL(c.req.url).searchParams);
-  const own = identity ? await identityHeaders(c, identity, url) : { "Keygate-Auth-Method": "none" };
-  const headers = upstreamHeaders(c.req.raw.headers, identity !== null, { ...own, "Keygate-Request-Id": c.get("requestId") });
+  const identity = vouched?.identity ?? null;
+  const url = upstreamUrl(base, path, new URL(c.req.url).searchParams, tokens);
+  const own = vouched ? await identityHeaders(c, vouched, url) : { "Keygate-Auth-Method": "none" };
+  const headers = upstreamHeaders(
+    c.req.raw.headers,
+    { authorization: route.forwardAuthorization, tokens },
+    { ...own, "Keygate-Request-Id": c.get("requestId") },
+  );
   const outcome = await send(url, c.req.method, headers, c.req.raw.body, config.upstreamTimeoutMs);
   if (!outcome.ok) {
     if (outcome.reason === "timeout") {

@@ -29,6 +29,8 @@ function patternProblem(pattern: string): string | null {
  * the rest. `auth` is `key` (default), `key-or-token` (handshake tokens too) or `public`; `access: "full"` needs a
  * full-access key; `resource` names the path parameter whose value must be one of the key's grants; `account` names
  * the path parameter that must be the caller's own account (id or slug); `cost` is what a request spends.
+ * `forwardAuthorization: true` lets a public route pass the client's Authorization and X-API-Key on (the provider's
+ * own credentials; never one of Keygate's secrets).
  */
 const Route = z
   .strictObject({
@@ -42,6 +44,7 @@ const Route = z
     resource: z.strictObject({ type: z.string().regex(/^[a-z][a-z0-9]{0,31}$/), param: z.string() }).optional(),
     account: z.string().optional(),
     cost: z.number().int().min(1).max(1000).default(1),
+    forwardAuthorization: z.boolean().default(false),
   })
   .superRefine((route, ctx) => {
     const params = route.pattern.split("/").flatMap((s) => PARAM.exec(s)?.[1] ?? []);
@@ -54,6 +57,8 @@ const Route = z
     }
     if (route.auth === "public" && (route.resource || route.account || route.access))
       ctx.addIssue({ code: "custom", path: ["auth"], message: "public routes take no credential, so no resource, account or access" });
+    if (route.auth !== "public" && route.forwardAuthorization)
+      ctx.addIssue({ code: "custom", path: ["forwardAuthorization"], message: "only public routes pass Authorization on" });
   });
 
 export type GatewayRoute = z.output<typeof Route>;
@@ -63,8 +68,10 @@ export const RouteTable = jsonText(z.array(Route).max(500), "[]").transform((rou
 
 /**
  * The path as the gateway matches and forwards it, or null when an upstream could read it otherwise than the gateway
- * does: an empty segment (`//`), an encoded `/`, `\` or `.`, a `;`, a malformed escape, or bytes that are not UTF-8. Encoded unreserved
- * characters are decoded (`%72uns` is `runs`), so every spelling of a path meets the same route.
+ * does: an empty segment (`//`), an encoded `/`, `\`, `.` or `%` (which a second decoding would read again), a `;`, a
+ * malformed escape, bytes that are not UTF-8, or text that Unicode NFKC normalisation or case mapping would change
+ * into other text (`ſ` to `s`, `ｒ` to `r`, `‥` to `..`, `ı` upper-cased to `I`). Encoded unreserved characters are
+ * decoded (`%72uns` is `runs`), so every spelling of a path meets the same route.
  */
 export function canonicalPath(raw: string): string | null {
   const segments = raw.slice(1).split("/");
@@ -82,20 +89,29 @@ export function canonicalPath(raw: string): string | null {
       const hex = segment.slice(j + 1, j + 3);
       if (!/^[0-9A-Fa-f]{2}$/.test(hex)) return null;
       const char = String.fromCharCode(Number.parseInt(hex, 16));
-      if (/[./\\;]/.test(char)) return null;
+      if (/[./\\;%]/.test(char)) return null;
       s += /[A-Za-z0-9_~-]/.test(char) ? char : `%${hex.toUpperCase()}`;
       j += 2;
     }
     if (s === "." || s === "..") return null;
     // Bytes that are not UTF-8 are read differently by every upstream (dropped, replaced, cut at): never forwarded.
+    let text: string;
     try {
-      decodeURIComponent(s);
+      text = decodeURIComponent(s);
     } catch {
       return null;
     }
+    if (!isStable(text)) return null;
     out.push(s);
   }
   return `/${out.join("/")}`;
+}
+
+/** Text no upstream reads as other text: NFKC leaves it as it is, and no character outside ASCII maps into ASCII by case. */
+function isStable(text: string): boolean {
+  if (text.normalize("NFKC") !== text) return false;
+  const ascii = (c: string) => (c.codePointAt(0) as number) < 0x80;
+  return [...text].every((char) => ascii(char) || ![...(char.toLowerCase() + char.toUpperCase())].some(ascii));
 }
 
 type Compiled = { route: GatewayRoute; segments: string[]; rest: boolean };

@@ -3,6 +3,11 @@ export const PREFIX = /^[a-z][a-z0-9]{1,11}$/;
 export const DEFAULT_PREFIX = "sk";
 
 const KEY = /^([a-z][a-z0-9]{1,11})_([0-9a-f]{64})$/;
+/**
+ * Anywhere in a text, in any case: the shape of every random secret this file makes (keys, and `generateSecret`'s
+ * refresh, cookie and identity secrets).
+ */
+export const SECRET_SHAPE = /[a-z][a-z0-9]{1,11}_[0-9a-f]{64}/i;
 
 /** A new key: `<prefix>_` then 32 random bytes as 64 lowercase hex characters (256 bits). */
 export function generateKey(prefix: string): string {

@@ -1,6 +1,7 @@
 import type { z } from "@hono/zod-openapi";
 import { and, eq, sql } from "drizzle-orm";
 import { FULL_ACCESS, type Principal } from "../auth/principal";
+import { dashboardOrigin } from "../config";
 import { auditIfChanged, auditInsert } from "../db/audit";
 import { batch, db } from "../db/client";
 import { type User, users } from "../db/schema";
@@ -38,7 +39,7 @@ export async function createUser(
     createdAt: now.toISOString(),
   };
   const d = db(c.env.DB);
-  const { invitation, statements } = await newInvitation(c.env.DB, new URL(c.req.url).origin, user.id, now);
+  const { invitation, statements } = await newInvitation(c.env.DB, dashboardOrigin(c.get("config"), new URL(c.req.url)), user.id, now);
   // INSERT OR IGNORE plus a guarded audit event: a taken email writes nothing at all.
   const [inserted] = await batch(c.env.DB, [
     d.insert(users).values(user).onConflictDoNothing(),
@@ -169,7 +170,7 @@ export async function findUser(d1: D1Database, accountId: string, id: string): P
 export async function reinvite(c: RequestContext, p: Principal, userId: string): Promise<Invitation> {
   const { id } = await findUser(c.env.DB, p.accountId, userId);
   const now = new Date();
-  const { invitation, statements } = await newInvitation(c.env.DB, new URL(c.req.url).origin, id, now);
+  const { invitation, statements } = await newInvitation(c.env.DB, dashboardOrigin(c.get("config"), new URL(c.req.url)), id, now);
   await batch(c.env.DB, [
     ...statements,
     auditInsert(

@@ -100,6 +100,89 @@ describe("attack: path encodings that the route table and the upstream read diff
   });
 });
 
+describe("attack: paths an upstream decodes twice or normalises", () => {
+  // An upstream that decodes twice reads `%252e%252e` as `..`: B's key, granted B's mailbox, would reach A's.
+  it("never forwards an encoded `%`, however it is spelt", async () => {
+    const a = await provision();
+    const b = await provision();
+    await own(a.account.id, "mailbox:mbx_victim");
+    await own(b.account.id, "mailbox:mbx_mine");
+    const scoped = await createKey(b.key.key, { mailboxIds: ["mbx_mine"] });
+    const through: string[] = [];
+    for (const tail of ["%252e%252e/mbx_victim", "%25%32%65%25%32%65/mbx_victim", "%252F..%252Fmbx_victim", "%25", "a%25b"]) {
+      const res = await gw(`/v1/mailboxes/mbx_mine/${tail}/messages`, { key: scoped.key });
+      if (forwarded(res)) through.push(`${tail} -> ${((await res.json()) as Echo).url}`);
+      else await expectProblem(res, 404, "not_found");
+    }
+    expect(through, "paths holding an encoded % were forwarded").toEqual([]);
+  });
+
+  // NFKC folds `ſ` into `s`, fullwidth `ｒ` into `r` and `‥` into `..`; `ı` upper-cases to `I`: an upstream that
+  // normalises or folds case would read another route, or a dot segment, than the table judged.
+  it("never forwards a segment that changes under NFKC normalisation or case folding into ASCII", async () => {
+    const { account, key } = await provision();
+    await own(account.id, "process:p1");
+    const scoped = await createKey(key.key, { processIds: ["p1"] });
+    const through: string[] = [];
+    for (const tail of ["%EF%BD%92uns", "run%C5%BF", "%E2%80%A5/runs", "%EF%BC%8E%EF%BC%8E/runs"]) {
+      const res = await gw(`/v1/processes/p1/${tail}`, { key: scoped.key, method: "DELETE" });
+      if (forwarded(res)) through.push(tail);
+    }
+    for (const path of ["/v1/%C5%BFtatus", "/v1/%C4%B1d", "/v1/%E2%84%AAelvin"]) {
+      const res = await gw(path, { key: key.key });
+      if (forwarded(res)) through.push(path);
+      else await expectProblem(res, 404, "not_found");
+    }
+    expect(through, "segments an upstream may normalise were forwarded").toEqual([]);
+    // Text that normalisation leaves as it is goes on.
+    expect(((await (await gw("/v1/caf%C3%A9/%E6%97%A5", { key: key.key })).json()) as Echo).url).toBe("/v1/caf%C3%A9/%E6%97%A5");
+  });
+
+  // IIS, Symfony and Zend route by X-Original-URL / X-Rewrite-URL, and Rails, Laravel and Express's method-override by
+  // `?_method=`: each would make the upstream act on another path or method than the one the table judged.
+  it("drops path and method overrides on every route", async () => {
+    const { account, key } = await provision();
+    await own(account.id, "process:p1");
+    const scoped = await createKey(key.key, { processIds: ["p1"] });
+    const headers = { "X-Original-URL": "/v1/processes/p1/runs", X_Rewrite_URL: "/admin", "X-HTTP-Method-Override": "DELETE" };
+    for (const [path, init] of [
+      ["/v1/processes/p1/x?_method=DELETE&_METHOD=PUT&a=1", { key: scoped.key, method: "POST", headers }],
+      ["/v1/status?_method=DELETE&a=1", { headers }],
+    ] as const) {
+      const seen = (await (await gw(path, init)).json()) as Echo;
+      expect(seen.url, path).toMatch(/\?a=1$/);
+      expect(
+        Object.keys(seen.headers).filter((h) => /^x-(original-url|rewrite-url|http-method-override)$/.test(h.replaceAll("_", "-"))),
+        path,
+      ).toEqual([]);
+    }
+  });
+});
+
+describe("attack: the upstream's answer in the dashboard's origin", () => {
+  // Without DASHBOARD_HOST the upstream's answers come from the dashboard's origin: a Set-Cookie of Keygate's session
+  // cookie would sign the browser in as whoever the upstream chose (session fixation).
+  it("strips every Set-Cookie a browser would send back as one of Keygate's cookies, and keeps the others", async () => {
+    const { key } = await provision();
+    const sets = [
+      "theme=dark; Path=/",
+      "__Host-keygate_session=ses_000000000000000000000000.cs_0; Path=/; Secure; HttpOnly",
+      "__host-keygate_session=x; Path=/; Secure",
+      "__HOST-Keygate_Session=x; Path=/; Secure",
+      " __Host-keygate_session =x; Path=/; Secure",
+      "=__Host-keygate_session=x; Path=/; Secure",
+      "__Secure-keygate_session=x; Secure",
+      "keygate_session=x",
+      "keygate_sessions=1",
+    ];
+    const res = await gw("/v1/anything", { key: key.key, headers: { "X-Test-Set-Cookie": JSON.stringify(sets) } });
+    expect(res.headers.get("X-Upstream")).toBe("yes");
+    expect(res.headers.getSetCookie()).toEqual(["theme=dark; Path=/", "keygate_sessions=1"]);
+    const open = await gw("/v1/status", { headers: { "X-Test-Set-Cookie": JSON.stringify(sets.slice(1, 2)) } });
+    expect(open.headers.getSetCookie()).toEqual([]);
+  });
+});
+
 describe("attack: credentials and identity headers that reach the upstream", () => {
   // On public routes a Keygate key is removed however the header is written: repeated (`<key>, <key>` once joined) or
   // `Bearer<TAB><key>`.

@@ -14,7 +14,7 @@ import { type Echo, UPSTREAM } from "./table";
 
 const TOKEN = "test-verify-token-0123456789abcdef0123";
 // Only a full-access catch-all: these tests are about failures, not about resource routes.
-const TABLE = { UPSTREAM_URL: UPSTREAM, GATEWAY_ROUTES: JSON.stringify([{ pattern: "/*", access: "full" }]) };
+const TABLE = { UPSTREAM_URL: UPSTREAM, GATEWAY_ROUTES: JSON.stringify([{ pattern: "/*", access: "full" }]), PUBLIC_ORIGIN: ORIGIN };
 const OPEN = { RATE_LIMIT_FAILURE_MODE: "open" };
 const D1_ERROR = () => new Error("D1_ERROR: Network connection lost.");
 

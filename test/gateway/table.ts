@@ -1,5 +1,5 @@
 import { env } from "cloudflare:workers";
-import { through } from "../helpers";
+import { ORIGIN, through } from "../helpers";
 
 export const UPSTREAM = env.TEST_UPSTREAM_URL;
 
@@ -19,7 +19,7 @@ export const ROUTES = [
   { pattern: "/*", access: "full" },
 ];
 
-export const GATEWAY = { UPSTREAM_URL: UPSTREAM, GATEWAY_ROUTES: JSON.stringify(ROUTES) };
+export const GATEWAY = { UPSTREAM_URL: UPSTREAM, GATEWAY_ROUTES: JSON.stringify(ROUTES), PUBLIC_ORIGIN: ORIGIN };
 
 /** What the test upstream (test/upstream.mjs) answers: what it received. */
 export type Echo = { method: string; url: string; headers: Record<string, string>; body: string | null; bytes: number };
