@@ -6,6 +6,7 @@ import type { Authorization } from "../objects/key";
 import { type Holdings, holdings } from "../ratelimit/held";
 import { type Admission, callCounter, counterContext } from "../ratelimit/limiter";
 import { hashKey } from "./format";
+import { mustReload, reloaded } from "./reload";
 import { evaluateKey, keyIdByHash, loadKey, type VerifyResult } from "./store";
 
 /** Key hash -> key id. Immutable facts, so safe to keep; everything that can change is checked by the key's object. */
@@ -51,13 +52,21 @@ export async function authorizeKey(
   }
   const askedAt = isolate.now();
   const returned = isolate.unspent(name);
+  const reload = mustReload(keyId);
   const authorization = await isolate.track(
     name,
     callCounter(
       c,
       c.env.KEYS.getByName(name),
       name,
-      (stub, tag) => stub.authorize(keyId, method, need, tag, cost, true, returned) as Promise<Authorization>,
+      async (stub, tag) => {
+        // A change made here is not known to be in force in the object yet: it reloads first, or the call fails.
+        if (reload) {
+          await stub.reload();
+          reloaded(keyId);
+        }
+        return stub.authorize(keyId, method, need, tag, cost, true, returned) as Promise<Authorization>;
+      },
       returned,
     ),
     (answer) => answer?.ok === true && answer.lease !== null,

@@ -151,24 +151,6 @@ export function rateLimitHeaders(a: Admission): Record<string, string> {
 }
 
 /**
- * Makes the counters of these keys read their key, owner and account again, before the change that called it is
- * answered: a revocation, a disabled or demoted owner takes effect on the very next request. A counter that fails or
- * does not answer in time makes the call 503 `change_pending`: the change is stored, and repeating the request
- * completes it (every caller reloads again on a repeat, even when there is nothing left to store).
- */
-export async function reloadKeys(c: RequestContext, keyIds: string[]): Promise<void> {
-  holdings.drop(keyIds.map((id) => `key:${id}`));
-  const ms = c.get("config").rateLimitTimeoutMs;
-  const results = await Promise.allSettled(keyIds.map((id) => deadline(c.env.KEYS.getByName(`key:${id}`).reload(), ms, timedOut)));
-  const failed = results.flatMap((r, i) => (r.status === "rejected" ? [{ keyId: keyIds[i], error: safeError(r.reason) }] : []));
-  if (failed.length === 0) return;
-  for (const f of failed) log("error", "key_reload_failed", { ...f, requestId: c.get("requestId") });
-  throw new ApiError("change_pending", "The change is saved but not yet in force everywhere; repeat the request to complete it.", {
-    headers: { "Retry-After": "1" },
-  });
-}
-
-/**
  * A context for calls made outside a request's own (a background renewal, the verify entrypoint): its bindings, its
  * configuration and an id of its own; there is no response to mark.
  */
