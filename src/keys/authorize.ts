@@ -6,7 +6,7 @@ import type { Authorization } from "../objects/key";
 import { type Holdings, holdings } from "../ratelimit/held";
 import { type Admission, callCounter, counterContext } from "../ratelimit/limiter";
 import { hashKey } from "./format";
-import { mustReload, reloaded } from "./reload";
+import { catchUp } from "./reload";
 import { evaluateKey, keyIdByHash, loadKey, type VerifyResult } from "./store";
 
 /** Key hash -> key id. Immutable facts, so safe to keep; everything that can change is checked by the key's object. */
@@ -52,7 +52,6 @@ export async function authorizeKey(
   }
   const askedAt = isolate.now();
   const returned = isolate.unspent(name);
-  const reload = mustReload(keyId);
   const authorization = await isolate.track(
     name,
     callCounter(
@@ -60,11 +59,7 @@ export async function authorizeKey(
       c.env.KEYS.getByName(name),
       name,
       async (stub, tag) => {
-        // A change made here is not known to be in force in the object yet: it reloads first, or the call fails.
-        if (reload) {
-          await stub.reload();
-          reloaded(keyId);
-        }
+        await catchUp(stub, keyId);
         return stub.authorize(keyId, method, need, tag, cost, true, returned) as Promise<Authorization>;
       },
       returned,

@@ -1,9 +1,8 @@
-import { deadline } from "../deadline";
+import { deadline, retryFor } from "../deadline";
 import type { RequestContext } from "../env";
 import { ApiError } from "../errors";
 import { log, safeError } from "../log";
-import type { KeyObject } from "../objects/key";
-import { RECORD_TTL_MS } from "../objects/key";
+import { type KeyObject, RECORD_TTL_MS } from "../objects/key";
 import { holdings } from "../ratelimit/held";
 import { LEASE_MS } from "../ratelimit/lease";
 
@@ -21,7 +20,7 @@ const MAX_PENDING = 10_000;
 
 /**
  * Keys whose change this isolate could not put in force yet, and until when that matters (after RECORD_TTL_MS no
- * object trusts a record read before the change): their next use here reloads them first.
+ * object trusts a record read before the change): their next use here tells their object first (`catchUp`).
  */
 const pending = new Map<string, number>();
 
@@ -62,24 +61,21 @@ export async function writeChange<T>(c: RequestContext, keyIds: string[], write:
   }
 }
 
-/** Whether this isolate must reload the key before using it: a change made here is not known to be in force yet. */
-export function mustReload(keyId: string): boolean {
+/**
+ * Before this isolate calls a key's object: if a change made here is not known to be in force there yet, tells the
+ * object first, as the background does; when that fails, the call fails (and is answered as when the object is down).
+ */
+export async function catchUp(stub: DurableObjectStub<KeyObject>, keyId: string): Promise<void> {
   const until = pending.get(keyId);
-  if (until === undefined) return false;
-  if (Date.now() < until) return true;
-  pending.delete(keyId);
-  return false;
-}
-
-/** The key's object has heard of every change this isolate made. */
-export function reloaded(keyId: string): void {
+  if (until === undefined) return;
+  if (Date.now() < until) await stub.distrust(UNSETTLED_MS);
   pending.delete(keyId);
 }
 
 /**
  * Puts a change in force that its answer could not: this isolate reloads the keys before their next use here, and
  * keeps telling their objects, in the background for RETRY_FOR_MS, to drop their records and trust what they read
- * for at most UNSETTLED_TRUST_MS while the change may still land in D1.
+ * for at most UNSETTLED_TRUST_MS while the change may still land in D1 (`KeyObject.distrust`).
  */
 function completeLater(c: RequestContext, keyIds: string[]): void {
   const until = Date.now() + RECORD_TTL_MS;
@@ -91,14 +87,13 @@ function completeLater(c: RequestContext, keyIds: string[]): void {
 }
 
 async function retry(c: RequestContext, keyIds: string[]): Promise<void> {
-  const stop = Date.now() + RETRY_FOR_MS;
   let left = keyIds;
-  for (let pause = 100; left.length > 0 && Date.now() < stop; pause = Math.min(pause * 2, 1_000)) {
-    await new Promise((resolve) => setTimeout(resolve, Math.min(pause, stop - Date.now())));
+  await retryFor(RETRY_FOR_MS, async (stop) => {
     const failed = await reach(c, left, (stub) => stub.distrust(UNSETTLED_MS), stop);
-    for (const id of left) if (!failed.includes(id)) reloaded(id);
+    for (const id of left) if (!failed.includes(id)) pending.delete(id);
     left = failed;
-  }
+    return left.length === 0;
+  });
   for (const keyId of left) log("error", "key_change_not_in_force", { keyId, requestId: c.get("requestId") });
 }
 
