@@ -119,8 +119,15 @@ export class KeyObject extends DurableObject<Bindings> {
     for (const { id, left } of this.calls.returns(tag, unspent)) this.giveBack(id, left);
   }
 
-  /** Gives back a request that was admitted at `at` but refused afterwards. */
-  refund(at: number, cost = 1): void {
+  /**
+   * Gives back a request that was admitted at `at` but refused afterwards: once per `tag`, however many of its attempts
+   * arrive, and not at all past the attempt's deadline.
+   */
+  refund(at: number, cost = 1, tag?: CallTag): void {
+    if (tag) {
+      if (this.calls.recall(tag)) return;
+      this.calls.remember(tag, true, []);
+    }
     this.giveBack(at, cost);
   }
 

@@ -25,6 +25,22 @@ const stored = (stub: DurableObjectStub<import("../../src/objects/counter").Coun
   });
 
 describe("Counter Durable Object", () => {
+  it("gives back once per refund id, however many attempts arrive, and nothing for an attempt past its deadline", async () => {
+    const stub = env.COUNTERS.getByName("test:refund-once");
+    const now = Date.now();
+    await runInDurableObject(stub, (instance) => {
+      instance.clock = () => now;
+    });
+    // Three admissions of one instant: a refund given twice would take back another request's admission.
+    for (let i = 0; i < 3; i++) await stub.consume(policy, tag());
+    const refund = tag();
+    await stub.refund(now, 1, refund);
+    await stub.refund(now, 1, { ...refund, deadline: Date.now() + 60_000 });
+    expect(await stored(stub)).toBe(2);
+    expect(await outcome(stub.refund(now, 1, { id: crypto.randomUUID(), deadline: Date.now() - 1 }))).toContain("no longer waits");
+    expect(await stored(stub)).toBe(2);
+  });
+
   it("counts in its own storage, so a new instance keeps the count", async () => {
     const stub = env.COUNTERS.getByName("test:persist");
     expect((await stub.consume(policy, tag())).remaining).toBe(2);
