@@ -59,7 +59,7 @@ describe("a change that removes rights, when the key's counter cannot be reached
       const old = await createKey(key.key, { name: "ci" });
       const broken = { KEYS: faultyObjects(env.KEYS, { reload: fault }), RATE_LIMIT_TIMEOUT_MS: "100" };
       const res = await callWith(broken, `/v1/api-keys/${old.id}/rotate`, { key: key.key, body: {} });
-      await expectProblem(res, 503, "change_pending");
+      expect((await expectProblem(res, 503, "change_pending")).detail).toContain("undone");
       // Undone: the old key is untouched and still works; the new one (never shown) is dead and replaces nothing.
       expect(await rows("SELECT revoked_at FROM api_keys WHERE id = ?", old.id)).toEqual([{ revoked_at: null }]);
       expect(await rows("SELECT id FROM api_keys WHERE rotated_from = ?", old.id)).toEqual([]);

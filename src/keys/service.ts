@@ -144,6 +144,14 @@ export async function rotateKey(c: RequestContext, p: Principal, id: string, rot
     // the rotation is not known to be in force. Undo it, unless someone revoked the old key meanwhile.
     if (!(await undoRotation(c.env.DB, old, row, revokeAt, now, audit))) {
       await reloadKeys(c, [old.id]).catch(() => {});
+      if (err instanceof ApiError && err.code === "change_pending")
+        throw new ApiError(
+          "change_pending",
+          "The rotation could not be put in force and was undone: the old key works as before. Repeat the request.",
+          {
+            headers: { "Retry-After": "1" },
+          },
+        );
       throw err;
     }
   }
