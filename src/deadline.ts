@@ -6,3 +6,17 @@ export function deadline<T>(promise: Promise<T>, ms: number, onTimeout: () => Er
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
+
+/**
+ * Work after the answer that must happen even though its first try failed: calls `attempt` (given the instant it must
+ * be done by) 100 ms from now, then pausing twice as long each time up to a second, until it answers true or `ms` have
+ * passed. Answers whether it succeeded.
+ */
+export async function retryFor(ms: number, attempt: (stop: number) => Promise<boolean>): Promise<boolean> {
+  const stop = Date.now() + ms;
+  for (let pause = 100; Date.now() < stop; pause = Math.min(pause * 2, 1_000)) {
+    await new Promise((resolve) => setTimeout(resolve, Math.min(pause, stop - Date.now())));
+    if (await attempt(stop)) return true;
+  }
+  return false;
+}

@@ -9,18 +9,18 @@ export type Fault =
   | { kind: "throw"; error?: Error; times?: number }
   /** Never answers. */
   | { kind: "stall" }
-  /** Reaches the real object only after `ms` (a call stuck in a queue). */
-  | { kind: "late-call"; ms: number }
-  /** Reaches the real object at once, but its answer comes back only after `ms`. */
-  | { kind: "late-answer"; ms: number };
+  /** Reaches the real object only after `ms` (a call stuck in a queue); `times` limits it to the first calls. */
+  | { kind: "late-call"; ms: number; times?: number }
+  /** Reaches the real object at once, but its answer comes back only after `ms`; `times` limits it to the first calls. */
+  | { kind: "late-answer"; ms: number; times?: number };
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Settles `real()` the way the fault says. `count` is how many calls this fault has seen before this one. */
 async function apply<T>(fault: Fault, count: number, real: () => Promise<T>): Promise<T> {
+  if ("times" in fault && fault.times !== undefined && count >= fault.times) return real();
   switch (fault.kind) {
     case "throw":
-      if (fault.times !== undefined && count >= fault.times) return real();
       throw fault.error ?? new Error("injected fault");
     case "stall":
       return new Promise<T>(() => {});

@@ -1,5 +1,7 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
+import { CHANGE_IN_FORCE_MS } from "../src/keys/reload";
+import { UNSETTLED_TRUST_MS } from "../src/objects/key";
 import { type Fault, faultyDatabase, faultyObjects } from "./faults";
 import { call, callWith, createKey, expectProblem, memberWithKey, provision, rows } from "./helpers";
 
@@ -57,7 +59,7 @@ describe("a change that removes rights, when the key's counter cannot be reached
       const old = await createKey(key.key, { name: "ci" });
       const broken = { KEYS: faultyObjects(env.KEYS, { reload: fault }), RATE_LIMIT_TIMEOUT_MS: "100" };
       const res = await callWith(broken, `/v1/api-keys/${old.id}/rotate`, { key: key.key, body: {} });
-      await expectProblem(res, 503, "change_pending");
+      expect((await expectProblem(res, 503, "change_pending")).detail).toContain("undone");
       // Undone: the old key is untouched and still works; the new one (never shown) is dead and replaces nothing.
       expect(await rows("SELECT revoked_at FROM api_keys WHERE id = ?", old.id)).toEqual([{ revoked_at: null }]);
       expect(await rows("SELECT id FROM api_keys WHERE rotated_from = ?", old.id)).toEqual([]);
@@ -146,5 +148,102 @@ describe("a change that removes rights, when the key's counter cannot be reached
     const broken = { KEYS: faultyObjects(env.KEYS, { reload: { kind: "throw" } }) };
     await expectProblem(await callWith(broken, `/v1/api-keys/${victim.id}`, { method: "DELETE", key: caller.key }), 503, "change_pending");
     expect((await whoami(caller.key)).headers.get("X-RateLimit-Remaining")).toBe("4");
+  });
+});
+
+// Nothing depends on the client repeating a change answered 503: the isolate that answered keeps trying in the
+// background, and the key's object trusts its record only briefly while a write may still land.
+describe("a change answered 503 and never repeated", () => {
+  /** Polls `check` until it holds; answers how long that took, failing past `within` ms. */
+  async function inForceWithin(within: number, check: () => Promise<boolean>): Promise<number> {
+    const started = Date.now();
+    while (!(await check())) {
+      expect(Date.now() - started, "still not in force").toBeLessThan(within);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    return Date.now() - started;
+  }
+  const refused = (key: string, code: string) => async () => {
+    const res = await whoami(key);
+    // Still admitted, or over its limit (only a key that is still accepted gets that far).
+    if (res.status === 200 || res.status === 429) return false;
+    await expectProblem(res, 401, code);
+    return true;
+  };
+
+  it("a revocation whose reload never reaches the object is in force everywhere within the bound", async () => {
+    const { key } = await provision();
+    const victim = await createKey(key.key, { name: "leaked" });
+    expect((await whoami(victim.key)).status).toBe(200);
+    const broken = { KEYS: faultyObjects(env.KEYS, { reload: { kind: "throw" } }), RATE_LIMIT_TIMEOUT_MS: "100" };
+    await expectProblem(await callWith(broken, `/v1/api-keys/${victim.id}`, { method: "DELETE", key: key.key }), 503, "change_pending");
+    const answered = Date.now();
+    await inForceWithin(CHANGE_IN_FORCE_MS, refused(victim.key, "key_revoked"));
+    // In the isolate that answered too, through the same broken binding.
+    await expectProblem(await callWith(broken, "/v1/whoami", { key: victim.key }), 401, "key_revoked");
+    expect(Date.now() - answered).toBeLessThan(CHANGE_IN_FORCE_MS);
+  });
+
+  it("disabling a user whose keys' objects miss the reload is in force everywhere within the bound", async () => {
+    const { key } = await provision();
+    const member = await memberWithKey(key.key);
+    expect((await whoami(member.key.key)).status).toBe(200);
+    const broken = { KEYS: faultyObjects(env.KEYS, { reload: { kind: "stall" } }), RATE_LIMIT_TIMEOUT_MS: "100" };
+    const res = await callWith(broken, `/v1/users/${member.user.id}`, { method: "PATCH", key: key.key, body: { disabled: true } });
+    await expectProblem(res, 503, "change_pending");
+    await inForceWithin(CHANGE_IN_FORCE_MS, refused(member.key.key, "key_owner_disabled"));
+  });
+
+  it("when nothing reaches the object from the isolate that answered, that isolate still refuses the key", async () => {
+    const { key } = await provision();
+    const victim = await createKey(key.key, { name: "leaked" });
+    expect((await whoami(victim.key)).status).toBe(200);
+    const cut = { KEYS: faultyObjects(env.KEYS, { reload: { kind: "throw" }, distrust: { kind: "throw" } }), RATE_LIMIT_TIMEOUT_MS: "100" };
+    await expectProblem(await callWith(cut, `/v1/api-keys/${victim.id}`, { method: "DELETE", key: key.key }), 503, "change_pending");
+    // Its next request for the key reloads it first; that fails too, so the key is judged as when its object is down.
+    await expectProblem(await callWith(cut, "/v1/whoami", { key: victim.key }), 503, "rate_limiter_unavailable");
+    const open = { ...cut, RATE_LIMIT_FAILURE_MODE: "open" };
+    await expectProblem(await callWith(open, "/v1/whoami", { key: victim.key }), 401, "key_revoked");
+  });
+
+  it("a revocation whose D1 write landed but answered late is in force everywhere within the bound", async () => {
+    const { key } = await provision();
+    const victim = await createKey(key.key, { name: "leaked" });
+    expect((await whoami(victim.key)).status).toBe(200);
+    const late = faultyDatabase(env.DB, { kind: "late-answer", ms: 300 }, (sql) => sql.includes('update "api_keys"'));
+    const res = await callWith({ DB: late, D1_TIMEOUT_MS: "100" }, `/v1/api-keys/${victim.id}`, { method: "DELETE", key: key.key });
+    await expectProblem(res, 503, "database_unavailable");
+    await inForceWithin(CHANGE_IN_FORCE_MS, refused(victim.key, "key_revoked"));
+  });
+
+  it("a disable whose D1 write landed but answered late is in force everywhere within the bound", async () => {
+    const { key } = await provision();
+    const member = await memberWithKey(key.key);
+    expect((await whoami(member.key.key)).status).toBe(200);
+    const late = faultyDatabase(env.DB, { kind: "late-answer", ms: 300 }, (sql) => sql.includes('update "users"'));
+    const res = await callWith({ DB: late, D1_TIMEOUT_MS: "100" }, `/v1/users/${member.user.id}`, {
+      method: "PATCH",
+      key: key.key,
+      body: { disabled: true },
+    });
+    await expectProblem(res, 503, "database_unavailable");
+    await inForceWithin(CHANGE_IN_FORCE_MS, refused(member.key.key, "key_owner_disabled"));
+  });
+
+  it("a revocation that lands in D1 after its answer is in force within the short trust of its landing", async () => {
+    const { key } = await provision();
+    const victim = await createKey(key.key, { name: "leaked" });
+    expect((await whoami(victim.key)).status).toBe(200);
+    const late = faultyDatabase(env.DB, { kind: "late-call", ms: 1_000 }, (sql) => sql.includes('update "api_keys"'));
+    const res = await callWith({ DB: late, D1_TIMEOUT_MS: "100" }, `/v1/api-keys/${victim.id}`, { method: "DELETE", key: key.key });
+    await expectProblem(res, 503, "database_unavailable");
+    // The objects heard of it before it landed, and read what is stored again at least every UNSETTLED_TRUST_MS.
+    const landing = async () => {
+      // Meanwhile the key is used: its object reads the row as it is before the write lands.
+      await whoami(victim.key);
+      return (await rows<{ r: string | null }>("SELECT revoked_at AS r FROM api_keys WHERE id = ?", victim.id))[0]?.r != null;
+    };
+    await inForceWithin(CHANGE_IN_FORCE_MS, landing);
+    await inForceWithin(UNSETTLED_TRUST_MS + 500, refused(victim.key, "key_revoked"));
   });
 });

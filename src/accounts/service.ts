@@ -8,10 +8,10 @@ import { type Account, accounts, apiKeys, users } from "../db/schema";
 import type { RequestContext } from "../env";
 import { ApiError } from "../errors";
 import { newId } from "../keys/format";
+import { reloadKeys } from "../keys/reload";
 import { liveKeyIds, mintKey } from "../keys/store";
 import { invalidRequest } from "../openapi";
 import { newInvitation } from "../people/invitations";
-import { reloadKeys } from "../ratelimit/limiter";
 import type { AccountChange, NewAccount } from "./schemas";
 
 // The account aggregate's writes, each with its audit events in one batch.

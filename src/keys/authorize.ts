@@ -6,6 +6,7 @@ import type { Authorization } from "../objects/key";
 import { type Holdings, holdings } from "../ratelimit/held";
 import { type Admission, callCounter, counterContext } from "../ratelimit/limiter";
 import { hashKey } from "./format";
+import { catchUp } from "./reload";
 import { evaluateKey, keyIdByHash, loadKey, type VerifyResult } from "./store";
 
 /** Key hash -> key id. Immutable facts, so safe to keep; everything that can change is checked by the key's object. */
@@ -57,7 +58,10 @@ export async function authorizeKey(
       c,
       c.env.KEYS.getByName(name),
       name,
-      (stub, tag) => stub.authorize(keyId, method, need, tag, cost, true, returned) as Promise<Authorization>,
+      async (stub, tag) => {
+        await catchUp(stub, keyId);
+        return stub.authorize(keyId, method, need, tag, cost, true, returned) as Promise<Authorization>;
+      },
       returned,
     ),
     (answer) => answer?.ok === true && answer.lease !== null,

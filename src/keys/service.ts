@@ -8,8 +8,8 @@ import { type ApiKey, accounts, apiKeys, users } from "../db/schema";
 import type { RequestContext } from "../env";
 import { ApiError, type FieldError } from "../errors";
 import { invalidRequest } from "../openapi";
-import { reloadKeys } from "../ratelimit/limiter";
 import type { Policy } from "../ratelimit/window";
+import { reloadKeys, writeChange } from "./reload";
 import { grants, type NewKey, type Rotation } from "./schemas";
 import { findKey, keyPolicy, keyStatus, mintKey, revokeStatement } from "./store";
 
@@ -54,7 +54,8 @@ export async function createKey(c: RequestContext, p: Principal, body: z.infer<t
 
 /**
  * Revokes a key for good, guarded in D1 so the account keeps a lasting key, and puts the revocation in force in the
- * key's object before answering (503 `change_pending` otherwise; a repeat completes it, even with nothing to store).
+ * key's object before answering (503 `change_pending` otherwise, in force soon after all the same; a repeat completes
+ * it at once, even with nothing to store).
  */
 export async function revokeKey(c: RequestContext, p: Principal, id: string): Promise<{ key: ApiKey; now: Date }> {
   const key = await findManagedKey(c.env.DB, p, id);
@@ -66,14 +67,16 @@ export async function revokeKey(c: RequestContext, p: Principal, id: string): Pr
     return { key, now };
   }
   const d = db(c.env.DB);
-  const [revoked] = await batch(c.env.DB, [
-    revokeStatement(d, key, p.userId, now, now),
-    auditIfChanged(
-      c.env.DB,
-      { accountId: p.accountId, actor: p.userId, action: "key.revoked", target: key.id, requestId: c.get("requestId") },
-      now,
-    ),
-  ]);
+  const [revoked] = await writeChange(c, [key.id], () =>
+    batch(c.env.DB, [
+      revokeStatement(d, key, p.userId, now, now),
+      auditIfChanged(
+        c.env.DB,
+        { accountId: p.accountId, actor: p.userId, action: "key.revoked", target: key.id, requestId: c.get("requestId") },
+        now,
+      ),
+    ]),
+  );
   const current =
     revoked?.meta.changes === 1 ? { ...key, revokedAt: now.toISOString(), revokedBy: p.userId } : await findManagedKey(c.env.DB, p, key.id);
   if (keyStatus(current, now) !== "revoked") {
@@ -125,12 +128,14 @@ export async function rotateKey(c: RequestContext, p: Principal, id: string, rot
   const audit = { accountId: p.accountId, actor: p.userId, requestId: c.get("requestId") };
   const d = db(c.env.DB);
   try {
-    await batch(c.env.DB, [
-      d.insert(apiKeys).values(row),
-      revokeStatement(d, old, p.userId, revokeAt, now),
-      auditInsert(d, { ...audit, action: "key.rotated", target: old.id }, now),
-      auditInsert(d, { ...audit, action: "key.created", target: row.id }, now),
-    ]);
+    await writeChange(c, [old.id], () =>
+      batch(c.env.DB, [
+        d.insert(apiKeys).values(row),
+        revokeStatement(d, old, p.userId, revokeAt, now),
+        auditInsert(d, { ...audit, action: "key.rotated", target: old.id }, now),
+        auditInsert(d, { ...audit, action: "key.created", target: row.id }, now),
+      ]),
+    );
     await reloadKeys(c, [old.id]);
   } catch (err) {
     // The unique index on rotated_from: another request rotated this key first. Nothing was written.
@@ -139,6 +144,14 @@ export async function rotateKey(c: RequestContext, p: Principal, id: string, rot
     // the rotation is not known to be in force. Undo it, unless someone revoked the old key meanwhile.
     if (!(await undoRotation(c.env.DB, old, row, revokeAt, now, audit))) {
       await reloadKeys(c, [old.id]).catch(() => {});
+      if (err instanceof ApiError && err.code === "change_pending")
+        throw new ApiError(
+          "change_pending",
+          "The rotation could not be put in force and was undone: the old key works as before. Repeat the request.",
+          {
+            headers: { "Retry-After": "1" },
+          },
+        );
       throw err;
     }
   }

@@ -43,8 +43,15 @@ export class Counter extends DurableObject<Bindings> {
     return answer;
   }
 
-  /** Gives back `cost` requests admitted at `at` but refused afterwards. */
-  refund(at: number, cost = 1): void {
+  /**
+   * Gives back `cost` requests admitted at `at` but refused afterwards: once per `tag`, however many of its attempts
+   * arrive, and not at all past the attempt's deadline.
+   */
+  refund(at: number, cost = 1, tag?: CallTag): void {
+    if (tag) {
+      if (this.calls.recall(tag)) return;
+      this.calls.remember(tag, true, []);
+    }
     this.log.refund(at, cost);
   }
 

@@ -35,9 +35,12 @@ export type Authorization =
 
 /**
  * Longest time a cached key record is trusted without a reload. Revocation and changes to the key's owner reload it
- * before they are answered; this bounds how long other changes (such as the account's default limit) take.
+ * before they are answered (or, failing that, soon after: keys/reload.ts); this bounds how long other changes (such
+ * as the account's default limit) take.
  */
 export const RECORD_TTL_MS = 60_000;
+/** Longest time a record is trusted while a change to it may still land in D1 (see `distrust`). */
+export const UNSETTLED_TRUST_MS = 1_000;
 
 /**
  * One API key (`key:<id>`): its record and the verdict on it, its last use, and the sliding log of its own budget, so
@@ -51,6 +54,8 @@ export class KeyObject extends DurableObject<Bindings> {
   private key: KeyState | undefined;
   private loading: Promise<KeyState> | null = null;
   private generation = 0;
+  /** Until when a change to the key's rights may still land in D1: records read before then are trusted briefly. */
+  private distrustUntil: number;
   /** The key whose usage waits for the alarm, or null when none is set by this instance. */
   private flushing: string | null = null;
   private readonly database: D1Database;
@@ -61,6 +66,7 @@ export class KeyObject extends DurableObject<Bindings> {
     this.database = withDeadline(env.DB, () => getConfig(env).d1TimeoutMs);
     this.log = new SlidingLog(ctx.storage.sql, () => this.clock());
     this.usage = new UsageTally(ctx.storage.sql);
+    this.distrustUntil = ctx.storage.kv.get<number>("distrust-until") ?? 0;
   }
 
   /**
@@ -111,8 +117,15 @@ export class KeyObject extends DurableObject<Bindings> {
     for (const { id, left } of this.calls.returns(tag, unspent)) this.giveBack(id, left);
   }
 
-  /** Gives back a request that was admitted at `at` but refused afterwards. */
-  refund(at: number, cost = 1): void {
+  /**
+   * Gives back a request that was admitted at `at` but refused afterwards: once per `tag`, however many of its attempts
+   * arrive, and not at all past the attempt's deadline.
+   */
+  refund(at: number, cost = 1, tag?: CallTag): void {
+    if (tag) {
+      if (this.calls.recall(tag)) return;
+      this.calls.remember(tag, true, []);
+    }
     this.giveBack(at, cost);
   }
 
@@ -160,6 +173,18 @@ export class KeyObject extends DurableObject<Bindings> {
     this.loading = null;
   }
 
+  /**
+   * A change to the key's rights was made but not known to be in force here (its reload failed, or D1 did not answer
+   * its write in time, which may still land): drops the cached key, and trusts a record read in the next `ms` for
+   * UNSETTLED_TRUST_MS at most, so the change is in force soon after it lands. Kept in storage, so eviction forgets
+   * nothing.
+   */
+  distrust(ms: number): void {
+    this.distrustUntil = Math.max(this.distrustUntil, this.clock() + ms);
+    this.ctx.storage.kv.put("distrust-until", this.distrustUntil);
+    this.reload();
+  }
+
   /** Records the key's last use in D1 at most once per LAST_USED_INTERVAL_MS (or when the method changes), off the answer's path. */
   private noteUse(keyId: string, key: KeyState, method: AuthMethod, now: number): void {
     if (now - key.lastUsed < LAST_USED_INTERVAL_MS && key.lastMethod === method) return;
@@ -173,7 +198,8 @@ export class KeyObject extends DurableObject<Bindings> {
   }
 
   private async keyState(keyId: string): Promise<KeyState> {
-    if (this.key && this.clock() - this.key.loadedAt < RECORD_TTL_MS) return this.key;
+    if (this.key && this.clock() - this.key.loadedAt < (this.key.loadedAt < this.distrustUntil ? UNSETTLED_TRUST_MS : RECORD_TTL_MS))
+      return this.key;
     if (!this.loading) {
       // Concurrent requests share one read; a reload during the read discards its result.
       const generation = this.generation;

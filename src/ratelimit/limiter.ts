@@ -1,5 +1,5 @@
 import type { Config } from "../config";
-import { deadline } from "../deadline";
+import { deadline, retryFor } from "../deadline";
 import type { Bindings, CounterContext, RequestContext, Variables } from "../env";
 import { ApiError } from "../errors";
 import { log, safeError } from "../log";
@@ -126,16 +126,30 @@ async function retriedOnce<T>(call: () => Promise<T>, until: number): Promise<T>
   }
 }
 
+/** How long after the answer a refund that failed is tried again. */
+const REFUND_RETRY_MS = 5_000;
+
 /**
  * Gives the request back before the answer leaves (401/403 answers spend nothing), so a burst of refused requests
- * never borrows the budget of the requests beside it. A failed refund is logged; the answer is not held up past the deadline.
+ * never borrows the budget of the requests beside it. The answer is not held up past the deadline: a refund that
+ * failed is tried again after it, for REFUND_RETRY_MS. Every attempt carries one id and its own deadline, so the
+ * counter gives back once however many attempts reach it, and an attempt that arrives too late gives back nothing.
  */
 export async function refund(c: RequestContext, admission: Admission): Promise<void> {
   if (admission.leased && holdings.giveBack(admission.name, admission.at, admission.cost)) return;
   const stub = admission.name.startsWith("key:") ? c.env.KEYS.getByName(admission.name) : c.env.COUNTERS.getByName(admission.name);
-  await deadline(stub.refund(admission.at, admission.cost), c.get("config").rateLimitTimeoutMs, timedOut).catch((err: unknown) =>
-    log("warn", "refund_failed", { counter: counterKind(admission.name), error: safeError(err) }),
-  );
+  const id = `${c.get("requestId")}-refund-${admission.at}`;
+  const attempt = (ms: number) =>
+    deadline(stub.refund(admission.at, admission.cost, { id, deadline: Date.now() + ms }), ms, timedOut).then(
+      () => true,
+      (err: unknown) => {
+        log("warn", "refund_failed", { counter: counterKind(admission.name), error: safeError(err) });
+        return false;
+      },
+    );
+  const timeout = c.get("config").rateLimitTimeoutMs;
+  if (await attempt(timeout)) return;
+  c.executionCtx.waitUntil(retryFor(REFUND_RETRY_MS, (stop) => attempt(Math.min(timeout, stop - Date.now()))));
 }
 
 /** X-RateLimit-* (as Roboticks documents them) and the IETF draft's RateLimit-Policy / RateLimit headers. */
@@ -148,24 +162,6 @@ export function rateLimitHeaders(a: Admission): Record<string, string> {
     "RateLimit-Policy": `"default";q=${a.policy.limit};w=${a.policy.windowSeconds}`,
     RateLimit: `"default";r=${a.remaining};t=${secondsToReset}`,
   };
-}
-
-/**
- * Makes the counters of these keys read their key, owner and account again, before the change that called it is
- * answered: a revocation, a disabled or demoted owner takes effect on the very next request. A counter that fails or
- * does not answer in time makes the call 503 `change_pending`: the change is stored, and repeating the request
- * completes it (every caller reloads again on a repeat, even when there is nothing left to store).
- */
-export async function reloadKeys(c: RequestContext, keyIds: string[]): Promise<void> {
-  holdings.drop(keyIds.map((id) => `key:${id}`));
-  const ms = c.get("config").rateLimitTimeoutMs;
-  const results = await Promise.allSettled(keyIds.map((id) => deadline(c.env.KEYS.getByName(`key:${id}`).reload(), ms, timedOut)));
-  const failed = results.flatMap((r, i) => (r.status === "rejected" ? [{ keyId: keyIds[i], error: safeError(r.reason) }] : []));
-  if (failed.length === 0) return;
-  for (const f of failed) log("error", "key_reload_failed", { ...f, requestId: c.get("requestId") });
-  throw new ApiError("change_pending", "The change is saved but not yet in force everywhere; repeat the request to complete it.", {
-    headers: { "Retry-After": "1" },
-  });
 }
 
 /**

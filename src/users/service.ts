@@ -8,11 +8,11 @@ import { type User, users } from "../db/schema";
 import type { RequestContext } from "../env";
 import { ApiError } from "../errors";
 import { newId } from "../keys/format";
+import { reloadKeys, writeChange } from "../keys/reload";
 import { grantErrors } from "../keys/schemas";
 import { lastingKey, liveKeyIds } from "../keys/store";
 import { invalidRequest } from "../openapi";
 import { type Invitation, newInvitation } from "../people/invitations";
-import { reloadKeys } from "../ratelimit/limiter";
 import type { NewUser, UserChange } from "./schemas";
 
 // The user aggregate's writes: guarded in D1, written with their audit event in one batch, and in force in the objects
@@ -56,7 +56,8 @@ export async function createUser(
 
 /**
  * Changes a user's role or state, never leaving the account without an enabled admin or a lasting key, and puts the
- * change in force in the user's keys before answering (503 `change_pending` otherwise; a repeat completes it).
+ * change in force in the user's keys before answering (503 `change_pending` otherwise, in force soon after all the
+ * same; a repeat completes it at once).
  */
 export async function updateUser(
   c: RequestContext,
@@ -73,40 +74,44 @@ export async function updateUser(
   const { id } = await findUser(c.env.DB, p.accountId, userId);
   const d = db(c.env.DB);
   const now = new Date();
+  // The user's keys act with the user's rights: their objects see the change before the answer.
+  const keyIds = await liveKeyIds(d, { ownerId: id }, now);
   if (role !== undefined || disabled !== undefined || granted !== null) {
-    const [updated] = await batch(c.env.DB, [
-      // Only the fields this request changes, guarded on the row as it is when the statement runs: two concurrent
-      // edits (one disabling, one promoting) both land, and neither brings back what the other changed.
-      d
-        .update(users)
-        .set({
-          ...(role === undefined ? {} : { role }),
-          ...(disabled === undefined ? {} : { disabled }),
-          ...(granted === null ? {} : { grants: granted }),
-        })
-        .where(
-          and(
-            eq(users.accountId, p.accountId),
-            eq(users.id, id),
-            changes(role, disabled, granted),
-            keepsAccountReachable(p.accountId, role, disabled),
+    const [updated] = await writeChange(c, keyIds, () =>
+      batch(c.env.DB, [
+        // Only the fields this request changes, guarded on the row as it is when the statement runs: two concurrent
+        // edits (one disabling, one promoting) both land, and neither brings back what the other changed.
+        d
+          .update(users)
+          .set({
+            ...(role === undefined ? {} : { role }),
+            ...(disabled === undefined ? {} : { disabled }),
+            ...(granted === null ? {} : { grants: granted }),
+          })
+          .where(
+            and(
+              eq(users.accountId, p.accountId),
+              eq(users.id, id),
+              changes(role, disabled, granted),
+              keepsAccountReachable(p.accountId, role, disabled),
+            ),
           ),
+        auditIfChanged(
+          c.env.DB,
+          { accountId: p.accountId, actor: p.userId, action: "user.updated", target: id, requestId: c.get("requestId") },
+          now,
         ),
-      auditIfChanged(
-        c.env.DB,
-        { accountId: p.accountId, actor: p.userId, action: "user.updated", target: id, requestId: c.get("requestId") },
-        now,
-      ),
-      // A disabled user's sessions end with the change (re-enabling them brings none back).
-      c.env.DB.prepare(
-        "UPDATE sessions SET ended_at = ?, end_reason = 'user_disabled' WHERE user_id = ? AND ended_at IS NULL AND (SELECT disabled FROM users WHERE id = ?) = 1",
-      ).bind(now.toISOString(), id, id),
-    ]);
+        // A disabled user's sessions end with the change (re-enabling them brings none back).
+        c.env.DB.prepare(
+          "UPDATE sessions SET ended_at = ?, end_reason = 'user_disabled' WHERE user_id = ? AND ended_at IS NULL AND (SELECT disabled FROM users WHERE id = ?) = 1",
+        ).bind(now.toISOString(), id, id),
+      ]),
+    );
     if (updated?.meta.changes !== 1) await explainUnchanged(c.env.DB, p.accountId, id, role, disabled, granted);
   }
-  // The user's keys act with the user's rights: their counters see the change before the answer. A repeat of a
-  // request whose change is already stored reloads too, so it completes a change a failed reload left pending.
-  await reloadKeys(c, await liveKeyIds(d, { ownerId: id }, now));
+  // A repeat of a request whose change is already stored reloads too, so it completes a change a failed reload left
+  // pending at once.
+  await reloadKeys(c, keyIds);
   return findUser(c.env.DB, p.accountId, id);
 }
 

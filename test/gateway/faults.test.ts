@@ -362,3 +362,33 @@ describe("the verify entrypoint when the key's object or D1 fails", () => {
     expect(message).not.toMatch(/select|params|Failed query|[0-9a-f]{64}/i);
   });
 });
+
+describe("a request its handler refuses 403 after the key spent, when the refund fails", () => {
+  /** A member's key (5 a minute) in an account where members may not create keys: its handler answers 403. */
+  async function refusedByHandler(refund: Fault): Promise<string> {
+    const { key } = await provision();
+    const member = await memberWithKey(key.key);
+    const limited = await createKey(key.key, { ownerId: member.user.id, name: "limited", rateLimit: { limit: 5, windowSeconds: 60 } });
+    const broken = { KEYS: faultyObjects(env.KEYS, { refund }), RATE_LIMIT_TIMEOUT_MS: "100" };
+    const res = await callWith(broken, "/v1/api-keys", { key: limited.key, body: { name: "not allowed" } });
+    await expectProblem(res, 403, "insufficient_role");
+    return limited.key;
+  }
+  const remaining = async (key: string) => (await call("/v1/whoami", { key })).headers.get("X-RateLimit-Remaining");
+
+  it("gives the request back all the same when the first refund call fails", async () => {
+    const key = await refusedByHandler({ kind: "throw", times: 1 });
+    expect(await remaining(key)).toBe("4");
+  });
+
+  it("gives it back once when the first refund call lands but answers late", async () => {
+    const key = await refusedByHandler({ kind: "late-answer", ms: 300, times: 1 });
+    expect(await remaining(key)).toBe("4");
+  });
+
+  it("gives it back once when the first refund call arrives after its deadline", async () => {
+    const key = await refusedByHandler({ kind: "late-call", ms: 300, times: 1 });
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    expect(await remaining(key)).toBe("4");
+  });
+});

@@ -1,7 +1,7 @@
 import { evictDurableObject, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { RECORD_TTL_MS } from "../../src/objects/key";
+import { RECORD_TTL_MS, UNSETTLED_TRUST_MS } from "../../src/objects/key";
 import { faultyDatabase } from "../faults";
 import { call, createKey, expectProblem, provision } from "../helpers";
 
@@ -25,6 +25,22 @@ const stored = (stub: DurableObjectStub<import("../../src/objects/counter").Coun
   });
 
 describe("Counter Durable Object", () => {
+  it("gives back once per refund id, however many attempts arrive, and nothing for an attempt past its deadline", async () => {
+    const stub = env.COUNTERS.getByName("test:refund-once");
+    const now = Date.now();
+    await runInDurableObject(stub, (instance) => {
+      instance.clock = () => now;
+    });
+    // Three admissions of one instant: a refund given twice would take back another request's admission.
+    for (let i = 0; i < 3; i++) await stub.consume(policy, tag());
+    const refund = tag();
+    await stub.refund(now, 1, refund);
+    await stub.refund(now, 1, { ...refund, deadline: Date.now() + 60_000 });
+    expect(await stored(stub)).toBe(2);
+    expect(await outcome(stub.refund(now, 1, { id: crypto.randomUUID(), deadline: Date.now() - 1 }))).toContain("no longer waits");
+    expect(await stored(stub)).toBe(2);
+  });
+
   it("counts in its own storage, so a new instance keeps the count", async () => {
     const stub = env.COUNTERS.getByName("test:persist");
     expect((await stub.consume(policy, tag())).remaining).toBe(2);
@@ -135,6 +151,30 @@ describe("the key's record in its object", () => {
       .bind(new Date(now - 1000).toISOString(), k.id)
       .run();
     now += RECORD_TTL_MS - 1;
+    expect((await whoami(k.key)).status).toBe(200);
+    now += 1;
+    await expectProblem(await whoami(k.key), 401, "key_revoked");
+  });
+
+  it("trusts a record UNSETTLED_TRUST_MS at most while a change may still land, even after eviction (injected clock)", async () => {
+    const { key } = await provision();
+    const k = await createKey(key.key, { name: "unsettled" });
+    const stub = env.KEYS.getByName(`key:${k.id}`);
+    let now = Date.now();
+    const useClock = () =>
+      runInDurableObject(stub, (instance) => {
+        instance.clock = () => now;
+      });
+    await useClock();
+    await stub.distrust(30_000);
+    await evictDurableObject(stub);
+    await useClock();
+    expect((await whoami(k.key)).status).toBe(200);
+    // The change lands behind the object's back after it read the record.
+    await env.DB.prepare("UPDATE api_keys SET revoked_at = ? WHERE id = ?")
+      .bind(new Date(now - 1000).toISOString(), k.id)
+      .run();
+    now += UNSETTLED_TRUST_MS - 1;
     expect((await whoami(k.key)).status).toBe(200);
     now += 1;
     await expectProblem(await whoami(k.key), 401, "key_revoked");
