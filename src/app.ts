@@ -18,6 +18,7 @@ import { authRoutes } from "./routes/auth";
 import { chatRoutes } from "./routes/chat";
 import { demoRoutes } from "./routes/demo";
 import { handshakeRoutes } from "./routes/handshake";
+import { unmatched } from "./routes/method-not-allowed";
 import { resourceOwnersRoutes } from "./routes/resource-owners";
 import { usersRoutes } from "./routes/users";
 import { verifyRoutes } from "./routes/verify";
@@ -131,7 +132,7 @@ app.openapi(
   },
 );
 
-app.notFound((c) => problem(c, new ApiError("not_found", `No route for ${c.req.method} ${new URL(c.req.url).pathname}.`)));
+app.notFound((c) => problem(c, unmatched(app.routes, c.req.method, new URL(c.req.url).pathname)));
 
 app.onError((err, c) => {
   // drizzle wraps what the database layer throws (a deadline's 503 among it) in an error of its own.

@@ -5,6 +5,7 @@ import { ApiError, ERRORS, type ErrorCode } from "../errors";
 import { log, safeError } from "../log";
 import { MAX_BODY_BYTES, problems } from "../openapi";
 import { SESSION_COOKIE } from "../people/sessions";
+import { allowedMethods, methodNotAllowed } from "../routes/method-not-allowed";
 import { activityPages } from "./activity";
 import { agentPages } from "./agents";
 import { authPages } from "./auth";
@@ -30,12 +31,19 @@ async function asset(c: Context<DashEnv>, file: string): Promise<Response> {
  * Every page gets the strict policy and `no-store` (a page may show a secret once); every form post must come from this
  * origin (see `sameOrigin`).
  */
-export const dashboardRoutes = new Hono<DashEnv>()
+export const dashboardRoutes: Hono<DashEnv> = new Hono<DashEnv>()
   .use(async (c, next) => {
     await next();
     if (FILES.some((f) => c.req.path === `/dashboard/${f}`)) return;
     c.res.headers.set("Content-Security-Policy", POLICY);
     c.res.headers.set("Cache-Control", "no-store");
+  })
+  .use(async (c, next) => {
+    // A method the page does not take is 405, decided before the session is read. The router's paths are relative.
+    const allowed = allowedMethods(dashboardRoutes.routes, c.req.path.slice("/dashboard".length) || "/");
+    const method = c.req.method === "HEAD" ? "GET" : c.req.method;
+    if (allowed.length > 0 && !allowed.includes(method)) throw methodNotAllowed(allowed);
+    await next();
   })
   .use(sameOrigin)
   .use(
