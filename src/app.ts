@@ -95,10 +95,8 @@ documentDashboard(app.openAPIRegistry, app.routes);
 
 const DOCUMENT = {
   openapi: "3.1.0",
-  info: {
-    title: "Keygate",
-    version: "0.1.0",
-  },
+  info: { title: "Keygate", version: "0.1.0" },
+  servers: [{ url: "/", description: "The Keygate that serves this document" }],
 };
 /** The contract as served: generated from the routes, completed for this deployment's resource types. */
 const contract = (config: Config) => completeDocument(app.getOpenAPI31Document(DOCUMENT), config.resourceTypes);

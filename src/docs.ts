@@ -26,6 +26,25 @@ function prose(s: string | undefined): string {
   return escapeHtml(s ?? "").replace(/`([^`]+)`/g, "<code>$1</code>");
 }
 
+/** The document's introduction: its `## ` headings, `- ` lists, **bold** and code spans; everything else escaped. */
+function markdown(s: string | undefined): string {
+  return (s ?? "")
+    .split("\n\n")
+    .map((block) => {
+      const inline = (t: string) => prose(t).replace(/\*\*([^*]+)\*\*/g, "<b>$1</b>");
+      if (block.startsWith("## ")) {
+        const [heading, ...rest] = block.split("\n");
+        return `<h2>${inline((heading as string).slice(3))}</h2>${rest.length ? markdown(rest.join("\n")) : ""}`;
+      }
+      const lines = block.split("\n");
+      if (lines.every((l) => l.startsWith("- "))) return `<ul>${lines.map((l) => `<li>${inline(l.slice(2))}</li>`).join("")}</ul>`;
+      const first = lines.findIndex((l) => l.startsWith("- "));
+      if (first > 0) return `<p>${inline(lines.slice(0, first).join(" "))}</p>${markdown(lines.slice(first).join("\n"))}`;
+      return `<p>${inline(block)}</p>`;
+    })
+    .join("");
+}
+
 function schemaName(schema: Schema | undefined): string {
   if (!schema) return "";
   if (schema.$ref) return schema.$ref.replace("#/components/schemas/", "");
@@ -68,7 +87,7 @@ export function reference(generated: object): string {
 body { font: 15px/1.5 system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #1d1d1f; }
 section { border-top: 1px solid #ddd; padding: .5rem 0; } .m { font-family: monospace; background: #eef; padding: 0 .3rem; }
 pre { background: #f6f6f6; padding: .5rem; overflow-x: auto; font-size: 13px; } code { background: #f3f3f3; padding: 0 .2rem; }
-</style></head><body><h1>${escapeHtml(doc.info.title)} API reference</h1><p>${prose(doc.info.description)}</p>
+</style></head><body><h1>${escapeHtml(doc.info.title)} API reference</h1>${markdown(doc.info.description)}
 <p>The machine-readable contract: <a href="/openapi.json">/openapi.json</a> (OpenAPI ${escapeHtml(doc.openapi)}).</p>
 <h2>Endpoints</h2>${operations.join("")}<h2>Schemas</h2>${schemas}</body></html>`;
 }

@@ -116,5 +116,6 @@ describe("GET /docs", () => {
     const html = await res.text();
     for (const path of Object.keys((await served()).paths)) expect(html).toContain(`${path}</h3>`);
     expect(html).not.toMatch(/<script|src=|href="(https?:)?\/\//);
+    for (const section of ["Authentication", "Errors", "Paging"]) expect(html).toContain(`<h2>${section}</h2>`);
   });
 });
