@@ -1,12 +1,6 @@
 import { ApiError } from "../errors";
 
-/** A handler for the other methods of a path: 405 naming the allowed ones. */
-export function allow(...methods: string[]) {
-  return (): never => {
-    throw methodNotAllowed(methods);
-  };
-}
-
+/** 405 naming the methods the path takes. */
 export function methodNotAllowed(methods: readonly string[]): ApiError {
   return new ApiError("method_not_allowed", `Use ${methods.join(" or ")} on this path.`, { headers: { Allow: methods.join(", ") } });
 }
@@ -23,9 +17,12 @@ function pattern(path: string): RegExp {
 
 type Route = { method: string; path: string };
 
-/** The methods the handlers (not middleware) of `routes` take on `path`. */
+const ORDER = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+/** The methods the handlers (not middleware) of `routes` take on `path`, in one order whatever the routes' order. */
 export function allowedMethods(routes: readonly Route[], path: string): string[] {
-  return [...new Set(routes.filter((r) => r.method !== "ALL" && pattern(r.path).test(path)).map((r) => r.method))];
+  const methods = new Set(routes.filter((r) => r.method !== "ALL" && pattern(r.path).test(path)).map((r) => r.method));
+  return [...methods].sort((a, b) => ORDER.indexOf(a) - ORDER.indexOf(b));
 }
 
 /**
