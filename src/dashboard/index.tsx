@@ -1,10 +1,11 @@
 import { type OpenAPIHono, z } from "@hono/zod-openapi";
-import { type Context, Hono } from "hono";
+import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { ApiError, ERRORS, type ErrorCode } from "../errors";
 import { log, safeError } from "../log";
 import { MAX_BODY_BYTES, problems } from "../openapi";
 import { SESSION_COOKIE } from "../people/sessions";
+import { asset } from "../routes/assets";
 import { allowedMethods, methodNotAllowed } from "../routes/method-not-allowed";
 import { activityPages } from "./activity";
 import { agentPages } from "./agents";
@@ -18,13 +19,6 @@ import { userPages } from "./users";
 
 /** The static files the pages load, from public/dashboard through the ASSETS binding. */
 const FILES = ["dashboard.css", "dashboard.js"];
-
-async function asset(c: Context<DashEnv>, file: string): Promise<Response> {
-  const res = await c.env.ASSETS.fetch(new URL(`/dashboard/${file}`, c.req.url));
-  if (!res.ok) throw new ApiError("not_found", "No such file.");
-  // A copy, so the app's middleware can add its headers.
-  return new Response(res.body, res);
-}
 
 /**
  * The dashboard: server-rendered pages over the same services and rights as the API, signed in with a cookie session.
@@ -55,8 +49,8 @@ export const dashboardRoutes: Hono<DashEnv> = new Hono<DashEnv>()
     }),
   )
   .get("/", (c) => c.redirect("/dashboard/keys", 303))
-  .get("/dashboard.css", (c) => asset(c, "dashboard.css"))
-  .get("/dashboard.js", (c) => asset(c, "dashboard.js"))
+  .get("/dashboard.css", (c) => asset(c, "/dashboard/dashboard.css"))
+  .get("/dashboard.js", (c) => asset(c, "/dashboard/dashboard.js"))
   .route("/", authPages)
   .route("/keys", keyPages)
   .route("/usage", usagePages)
