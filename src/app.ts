@@ -5,7 +5,7 @@ import { secureHeaders } from "hono/secure-headers";
 import { type Config, getConfig, misconfiguredVariables } from "./config";
 import { dashboardRoutes, documentDashboard } from "./dashboard";
 import { withDatabaseDeadline } from "./db/client";
-import { reference } from "./docs";
+import { REFERENCE_PAGE, REFERENCE_POLICY, RENDERER } from "./docs";
 import { ApiError, problem } from "./errors";
 import { gateway } from "./gateway/handler";
 import { log, safeError } from "./log";
@@ -14,10 +14,12 @@ import { accountRoutes, whoamiRoutes } from "./routes/account";
 import { accountsRoutes } from "./routes/accounts";
 import { agentsRoutes } from "./routes/agents";
 import { apiKeysRoutes } from "./routes/api-keys";
+import { asset } from "./routes/assets";
 import { authRoutes } from "./routes/auth";
 import { chatRoutes } from "./routes/chat";
 import { demoRoutes } from "./routes/demo";
 import { handshakeRoutes } from "./routes/handshake";
+import { unmatched } from "./routes/method-not-allowed";
 import { resourceOwnersRoutes } from "./routes/resource-owners";
 import { usersRoutes } from "./routes/users";
 import { verifyRoutes } from "./routes/verify";
@@ -101,10 +103,8 @@ documentDashboard(app.openAPIRegistry, app.routes);
 
 const DOCUMENT = {
   openapi: "3.1.0",
-  info: {
-    title: "Keygate",
-    version: "0.1.0",
-  },
+  info: { title: "Keygate", version: "0.1.0" },
+  servers: [{ url: "/", description: "The Keygate that serves this document" }],
 };
 /** The contract as served: generated from the routes, completed for this deployment's resource types. */
 const contract = (config: Config) => completeDocument(app.getOpenAPI31Document(DOCUMENT), config.resourceTypes);
@@ -126,19 +126,26 @@ app.openapi(
   createRoute({
     method: "get",
     path: "/docs",
-    summary: "A readable reference of this API, served by Keygate with nothing fetched from elsewhere",
+    summary: "The reference of this API, rendered from this document by Redoc, all served by this Keygate",
     responses: { 200: { description: "The reference page", content: { "text/html": { schema: z.string() } } }, ...problems() },
   }),
   (c) => {
-    c.header(
-      "Content-Security-Policy",
-      "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-    );
-    return c.html(reference(contract(c.get("config"))), 200);
+    c.header("Content-Security-Policy", REFERENCE_POLICY);
+    return c.html(REFERENCE_PAGE, 200);
   },
 );
 
-app.notFound((c) => problem(c, new ApiError("not_found", `No route for ${c.req.method} ${new URL(c.req.url).pathname}.`)));
+app.openapi(
+  createRoute({
+    method: "get",
+    path: RENDERER,
+    summary: "The reference page's renderer (Redoc's standalone bundle)",
+    responses: { 200: { description: "The script", content: { "text/javascript": { schema: z.string() } } }, ...problems("not_found") },
+  }),
+  (c) => asset(c, RENDERER),
+);
+
+app.notFound((c) => problem(c, unmatched(app.routes, c.req.method, new URL(c.req.url).pathname)));
 
 app.onError((err, c) => {
   // drizzle wraps what the database layer throws (a deadline's 503 among it) in an error of its own.

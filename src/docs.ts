@@ -1,74 +1,36 @@
-const METHODS = ["get", "post", "patch", "put", "delete"] as const;
+/** Where Keygate serves the reference renderer: Redoc's standalone bundle, copied from the `redoc` package into public/. */
+export const RENDERER = "/docs/redoc.standalone.js";
 
-/** The parts of an OpenAPI document the reference page shows. */
-type Schema = { $ref?: string; type?: unknown; items?: Schema };
-type Content = Record<string, { schema?: Schema }>;
-type Operation = {
-  summary?: string;
-  description?: string;
-  security?: Record<string, string[]>[];
-  requestBody?: { content?: Content };
-  responses?: Record<string, { description?: string; content?: Content }>;
-};
-type Document = {
-  openapi: string;
-  info: { title: string; description?: string };
-  paths?: Record<string, Partial<Record<(typeof METHODS)[number], Operation>>>;
-  components?: { schemas?: Record<string, unknown> };
-};
+/**
+ * The reference page: Redoc renders /openapi.json (navigation, search, parameters, example requests and answers, and
+ * the document's introduction to authentication, errors and paging). Everything comes from this Keygate.
+ */
+export const REFERENCE_PAGE = `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Keygate API reference</title>
+</head>
+<body>
+<noscript>The reference needs JavaScript. The contract itself: <a href="/openapi.json">/openapi.json</a> (OpenAPI 3.1).</noscript>
+<redoc spec-url="/openapi.json"></redoc>
+<script src="${RENDERER}"></script>
+</body>
+</html>`;
 
-function escapeHtml(s: string): string {
-  return s.replace(/[&<>"']/g, (ch) => `&#${ch.charCodeAt(0)};`);
-}
-
-/** Inline code spans of the descriptions (`code`), everything else escaped. */
-function prose(s: string | undefined): string {
-  return escapeHtml(s ?? "").replace(/`([^`]+)`/g, "<code>$1</code>");
-}
-
-function schemaName(schema: Schema | undefined): string {
-  if (!schema) return "";
-  if (schema.$ref) return schema.$ref.replace("#/components/schemas/", "");
-  return schema.type === "array" && schema.items ? `${schemaName(schema.items)}[]` : String(schema.type ?? "object");
-}
-
-function operation(method: string, path: string, op: Operation): string {
-  const body = Object.values(op.requestBody?.content ?? {})[0]?.schema;
-  const security = (op.security ?? []).map((s) => Object.keys(s)[0] ?? "none").join(" or ") || "none";
-  const responses = Object.entries(op.responses ?? {})
-    .map(([status, r]) => {
-      const schema = Object.values(r.content ?? {})[0]?.schema;
-      return `<li><b>${status}</b> ${prose(r.description)}${schema ? ` <i>${escapeHtml(schemaName(schema))}</i>` : ""}</li>`;
-    })
-    .join("");
-  return `<section id="${escapeHtml(`${method}-${path}`)}"><h3><span class="m">${method.toUpperCase()}</span> ${escapeHtml(path)}</h3>
-<p>${prose(op.summary)}</p>${op.description ? `<p>${prose(op.description)}</p>` : ""}
-<p>Credentials: ${escapeHtml(security)}${body ? ` · Body: <a href="#schema-${escapeHtml(schemaName(body))}">${escapeHtml(schemaName(body))}</a>` : ""}</p>
-<ul>${responses}</ul></section>`;
-}
-
-/** A readable reference page of the OpenAPI document, all on one page, with no script and nothing fetched from elsewhere. */
-export function reference(generated: object): string {
-  // The document this app generates: its request bodies and responses are objects, never references.
-  const doc = generated as Document;
-  const operations = Object.entries(doc.paths ?? {}).flatMap(([path, item]) =>
-    METHODS.flatMap((m) => {
-      const op = item[m];
-      return op ? [operation(m, path, op)] : [];
-    }),
-  );
-  const schemas = Object.entries(doc.components?.schemas ?? {})
-    .map(
-      ([name, s]) =>
-        `<section id="schema-${escapeHtml(name)}"><h3>${escapeHtml(name)}</h3><pre>${escapeHtml(JSON.stringify(s, null, 2))}</pre></section>`,
-    )
-    .join("");
-  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>${escapeHtml(doc.info.title)} API reference</title><style>
-body { font: 15px/1.5 system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #1d1d1f; }
-section { border-top: 1px solid #ddd; padding: .5rem 0; } .m { font-family: monospace; background: #eef; padding: 0 .3rem; }
-pre { background: #f6f6f6; padding: .5rem; overflow-x: auto; font-size: 13px; } code { background: #f3f3f3; padding: 0 .2rem; }
-</style></head><body><h1>${escapeHtml(doc.info.title)} API reference</h1><p>${prose(doc.info.description)}</p>
-<p>The machine-readable contract: <a href="/openapi.json">/openapi.json</a> (OpenAPI ${escapeHtml(doc.openapi)}).</p>
-<h2>Endpoints</h2>${operations.join("")}<h2>Schemas</h2>${schemas}</body></html>`;
-}
+/**
+ * Only this origin: its script and its document. Redoc writes its styles into the page (inline styles), draws icons
+ * as data: images and runs its search index in a blob: worker.
+ */
+export const REFERENCE_POLICY = [
+  "default-src 'none'",
+  "script-src 'self'",
+  "style-src 'unsafe-inline'",
+  "img-src 'self' data:",
+  "connect-src 'self'",
+  "worker-src blob:",
+  "base-uri 'none'",
+  "form-action 'none'",
+  "frame-ancestors 'none'",
+].join("; ");

@@ -20,8 +20,30 @@ describe("the error shape", () => {
     for (let i = 0; i < 40; i++)
       await expectProblem(await call("/v1/users", { method: "PUT", headers: ip, body: {} }), 405, "method_not_allowed");
     await expectProblem(await call("/v1/whoami", { headers: ip }), 401, "malformed_credentials");
-    const health = await call("/health", { method: "POST", body: {} });
-    await expectProblem(health, 404, "not_found");
+  });
+
+  it("answers a wrong method with 405 and Allow on every path of Keygate's own, not only the API's", async () => {
+    for (const [method, path, allowed] of [
+      ["POST", "/health", "GET"],
+      ["DELETE", "/docs", "GET"],
+      ["PUT", "/openapi.json", "GET"],
+      ["POST", "/.well-known/jwks.json", "GET"],
+      ["POST", "/demo/widget", "GET"],
+      ["DELETE", "/demo/widget.js", "GET"],
+      ["PUT", "/dashboard/login", "GET, POST"],
+      ["DELETE", "/dashboard/keys/key_1/revoke", "GET, POST"],
+      ["PATCH", "/dashboard/users/usr_1/disable", "POST"],
+      ["POST", "/dashboard/usage", "GET"],
+    ] as const) {
+      const res = await call(path, { method, headers: { Accept: "application/json", Origin: "https://keygate.test" } });
+      await expectProblem(res, 405, "method_not_allowed");
+      expect(res.headers.get("Allow"), `${method} ${path}`).toBe(allowed);
+    }
+    // A browser asking for HTML gets the dashboard's page, with the same status and Allow.
+    const page = await call("/dashboard/activity", { method: "POST", headers: { Accept: "text/html", Origin: "https://keygate.test" } });
+    expect(page.status).toBe(405);
+    expect(page.headers.get("Allow")).toBe("GET");
+    await expectProblem(await call("/health/nothing", { method: "POST" }), 404, "not_found");
   });
 
   it("refuses bodies over the limit with 413, before reading them", async () => {

@@ -109,12 +109,25 @@ describe("the OpenAPI document", () => {
 });
 
 describe("GET /docs", () => {
-  it("is a readable reference of every route, served by Keygate with nothing fetched from elsewhere", async () => {
+  it("is the reference rendered from the served document by a renderer Keygate serves itself, nothing from elsewhere", async () => {
     const res = await call("/docs");
     expect(res.status).toBe(200);
-    expect(res.headers.get("Content-Security-Policy")).toContain("default-src 'none'");
+    const policy = res.headers.get("Content-Security-Policy") ?? "";
+    expect(policy).toContain("default-src 'none'");
+    expect(policy).toContain("script-src 'self'");
+    expect(policy).not.toMatch(/https?:|\*/);
     const html = await res.text();
-    for (const path of Object.keys((await served()).paths)) expect(html).toContain(`${path}</h3>`);
-    expect(html).not.toMatch(/<script|src=|href="(https?:)?\/\//);
+    expect([...html.matchAll(/<script[^>]*>/g)].map((m) => m[0])).toEqual(['<script src="/docs/redoc.standalone.js">']);
+    expect(html).toContain('<redoc spec-url="/openapi.json">');
+    expect(html).not.toMatch(/(src|href)="(https?:)?\/\//);
+    const renderer = await call("/docs/redoc.standalone.js");
+    expect(renderer.status).toBe(200);
+    expect(renderer.headers.get("Content-Type")).toContain("javascript");
+    expect((await renderer.text()).length).toBeGreaterThan(500_000);
+  });
+
+  it("opens with an introduction to authentication, errors and paging", async () => {
+    const { info } = (await served()) as unknown as { info: { description: string } };
+    for (const section of ["Authentication", "Errors", "Paging"]) expect(info.description).toContain(`## ${section}\n`);
   });
 });

@@ -1,10 +1,12 @@
 import { type OpenAPIHono, z } from "@hono/zod-openapi";
-import { type Context, Hono } from "hono";
+import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { ApiError, ERRORS, type ErrorCode } from "../errors";
 import { log, safeError } from "../log";
 import { MAX_BODY_BYTES, problems } from "../openapi";
 import { SESSION_COOKIE } from "../people/sessions";
+import { asset } from "../routes/assets";
+import { allowedMethods, methodNotAllowed } from "../routes/method-not-allowed";
 import { activityPages } from "./activity";
 import { agentPages } from "./agents";
 import { authPages } from "./auth";
@@ -18,24 +20,24 @@ import { userPages } from "./users";
 /** The static files the pages load, from public/dashboard through the ASSETS binding. */
 const FILES = ["dashboard.css", "dashboard.js"];
 
-async function asset(c: Context<DashEnv>, file: string): Promise<Response> {
-  const res = await c.env.ASSETS.fetch(new URL(`/dashboard/${file}`, c.req.url));
-  if (!res.ok) throw new ApiError("not_found", "No such file.");
-  // A copy, so the app's middleware can add its headers.
-  return new Response(res.body, res);
-}
-
 /**
  * The dashboard: server-rendered pages over the same services and rights as the API, signed in with a cookie session.
  * Every page gets the strict policy and `no-store` (a page may show a secret once); every form post must come from this
  * origin (see `sameOrigin`).
  */
-export const dashboardRoutes = new Hono<DashEnv>()
+export const dashboardRoutes: Hono<DashEnv> = new Hono<DashEnv>()
   .use(async (c, next) => {
     await next();
     if (FILES.some((f) => c.req.path === `/dashboard/${f}`)) return;
     c.res.headers.set("Content-Security-Policy", POLICY);
     c.res.headers.set("Cache-Control", "no-store");
+  })
+  .use(async (c, next) => {
+    // A method the page does not take is 405, decided before the session is read. The router's paths are relative.
+    const allowed = allowedMethods(dashboardRoutes.routes, c.req.path.slice("/dashboard".length) || "/");
+    const method = c.req.method === "HEAD" ? "GET" : c.req.method;
+    if (allowed.length > 0 && !allowed.includes(method)) throw methodNotAllowed(allowed);
+    await next();
   })
   .use(sameOrigin)
   .use(
@@ -47,8 +49,8 @@ export const dashboardRoutes = new Hono<DashEnv>()
     }),
   )
   .get("/", (c) => c.redirect("/dashboard/keys", 303))
-  .get("/dashboard.css", (c) => asset(c, "dashboard.css"))
-  .get("/dashboard.js", (c) => asset(c, "dashboard.js"))
+  .get("/dashboard.css", (c) => asset(c, "/dashboard/dashboard.css"))
+  .get("/dashboard.js", (c) => asset(c, "/dashboard/dashboard.js"))
   .route("/", authPages)
   .route("/keys", keyPages)
   .route("/usage", usagePages)

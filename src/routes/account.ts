@@ -12,7 +12,6 @@ import { RateLimit } from "../schemas";
 import { AccountUsage, UsageQuery } from "../usage/schemas";
 import { accountUsage } from "../usage/service";
 import { Role } from "../users/schemas";
-import { allow } from "./method-not-allowed";
 
 const RECENT_EVENTS = 50;
 
@@ -82,9 +81,7 @@ export const accountRoutes = routes()
       const usage = await accountUsage(c.env.DB, p.accountId, from, to, p.role === "admin" ? null : p.userId);
       return c.json({ from, to, ...usage }, 200);
     },
-  )
-  .all("/", allow("GET", "PATCH"))
-  .all("/usage", allow("GET"));
+  );
 
 const Whoami = z
   .strictObject({
@@ -98,19 +95,17 @@ const Whoami = z
   .openapi("Whoami");
 
 /** What a key is: its account, owner, role, scopes and rate limit. Any valid key may ask, including resource-scoped ones. */
-export const whoamiRoutes = routes()
-  .openapi(
-    createRoute({
-      method: "get",
-      path: "/",
-      summary: "What the calling key is",
-      security: KEY_SECURITY,
-      middleware: authenticate("any"),
-      responses: { 200: json(Whoami, "The key's account, owner, role, scopes and limit"), ...problems(...KEY_PROBLEMS) },
-    }),
-    (c) => {
-      const { accountId, keyId, userId, role, scopes, rateLimit } = c.get("principal");
-      return c.json({ accountId, keyId, userId, role, scopes, rateLimit }, 200);
-    },
-  )
-  .all("/", allow("GET"));
+export const whoamiRoutes = routes().openapi(
+  createRoute({
+    method: "get",
+    path: "/",
+    summary: "What the calling key is",
+    security: KEY_SECURITY,
+    middleware: authenticate("any"),
+    responses: { 200: json(Whoami, "The key's account, owner, role, scopes and limit"), ...problems(...KEY_PROBLEMS) },
+  }),
+  (c) => {
+    const { accountId, keyId, userId, role, scopes, rateLimit } = c.get("principal");
+    return c.json({ accountId, keyId, userId, role, scopes, rateLimit }, 200);
+  },
+);

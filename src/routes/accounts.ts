@@ -12,7 +12,6 @@ import { BODY_PROBLEMS, json, jsonBody, OPERATOR_SECURITY, problems, routes, wit
 import { spendPerAddress } from "../ratelimit/limiter";
 import { IdParam } from "../schemas";
 import { userView } from "../users/schemas";
-import { allow } from "./method-not-allowed";
 
 const OPERATOR_PROBLEMS: ErrorCode[] = [
   "missing_credentials",
@@ -76,9 +75,7 @@ export const accountsRoutes = routes()
       c.header("Cache-Control", "no-store");
       return c.json({ ...keyView(row, now), key: raw }, 201);
     },
-  )
-  .all("/", allow("POST"))
-  .all("/:id/recovery-key", allow("POST"));
+  );
 
 async function requireOperator(authorization: string | undefined, token: string | undefined): Promise<void> {
   if (token === undefined) misconfigured("OPERATOR_TOKEN", "is not set; provisioning is disabled");

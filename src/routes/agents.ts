@@ -9,7 +9,6 @@ import { listPage, pageOf } from "../db/pagination";
 import { agents } from "../db/schema";
 import { BODY_PROBLEMS, json, jsonBody, KEY_PROBLEMS, KEY_SECURITY, problems, routes, withBody } from "../openapi";
 import { IdParam, PageQuery, page } from "../schemas";
-import { allow } from "./method-not-allowed";
 
 const admin = authenticate("admin");
 
@@ -92,7 +91,4 @@ export const agentsRoutes = routes()
       c.header("Cache-Control", "no-store");
       return c.json({ ...agentView(agent), identitySecret }, 200);
     },
-  )
-  .all("/", allow("GET", "POST"))
-  .all("/:id", allow("GET", "PATCH"))
-  .all("/:id/identity-secret", allow("POST"));
+  );

@@ -9,7 +9,6 @@ import { BODY_PROBLEMS, json, jsonBody, KEY_PROBLEMS, KEY_SECURITY, problems, ro
 import { IdParam, PageQuery, page } from "../schemas";
 import { KeyUsage, UsageQuery } from "../usage/schemas";
 import { keyUsageSeries } from "../usage/service";
-import { allow } from "./method-not-allowed";
 
 const fullAccess = authenticate("full");
 const security = KEY_SECURITY;
@@ -128,8 +127,4 @@ export const apiKeysRoutes = routes()
       const { from, to } = c.req.valid("query");
       return c.json({ keyId: key.id, from, to, series: await keyUsageSeries(c.env.DB, p.accountId, key.id, from, to) }, 200);
     },
-  )
-  .all("/", allow("GET", "POST"))
-  .all("/:id", allow("GET", "DELETE"))
-  .all("/:id/usage", allow("GET"))
-  .all("/:id/rotate", allow("POST"));
+  );

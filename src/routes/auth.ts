@@ -8,7 +8,6 @@ import { changePassword, endSessions, listSessions, login, refresh } from "../pe
 import { spendPerAddress } from "../ratelimit/limiter";
 import { IdParam } from "../schemas";
 import { verifyAccessToken } from "../tokens/access";
-import { allow } from "./method-not-allowed";
 
 const person = authenticate("full");
 const LOGIN_PROBLEMS = [
@@ -173,11 +172,4 @@ export const authRoutes = routes()
       if (ended === 0) throw new ApiError("not_found", "You have no such session that still works.");
       return c.body(null, 204);
     },
-  )
-  .all("/login", allow("POST"))
-  .all("/refresh", allow("POST"))
-  .all("/logout", allow("POST"))
-  .all("/accept-invitation", allow("POST"))
-  .all("/password", allow("POST"))
-  .all("/sessions", allow("GET"))
-  .all("/sessions/:id", allow("DELETE"));
+  );

@@ -4,7 +4,6 @@ import { cors } from "../auth/cors";
 import { authenticateChat } from "../auth/middleware";
 import { BODY_PROBLEMS, CHAT_SECURITY, jsonBody, KEY_PROBLEMS, problems, routes, withBody } from "../openapi";
 import { text } from "../schemas";
-import { allow } from "./method-not-allowed";
 
 /** Pause between streamed words, so the reply arrives as a stream and not as one chunk. */
 const WORD_DELAY_MS = 15;
@@ -16,42 +15,40 @@ const WORD_DELAY_MS = 15;
 export const chatRoutes = routes();
 // Every answer of these paths speaks CORS (preflights included), not only the documented POST.
 chatRoutes.use(cors);
-chatRoutes
-  .openapi(
-    createRoute({
-      method: "post",
-      path: "/messages",
-      summary: "Send a message; the reply streams back as Server-Sent Events",
-      description: "Takes a handshake token (browsers), any valid API key or a person's access token (servers).",
-      security: CHAT_SECURITY,
-      middleware: withBody(authenticateChat),
-      request: { body: jsonBody(z.strictObject({ message: text(4000) }).openapi("ChatMessage")) },
-      responses: {
-        200: {
-          description:
-            'The reply as Server-Sent Events: any number of `event: delta` whose `data` is `{"text": string}` (the next words, to append), then one `event: done` whose `data` is `{"words": integer}`.',
-          content: {
-            "text/event-stream": {
-              schema: z.string().openapi({
-                example:
-                  'event: delta\ndata: {"text":"You"}\n\nevent: delta\ndata: {"text":" said: hi"}\n\nevent: done\ndata: {"words":3}\n\n',
-              }),
-            },
+chatRoutes.openapi(
+  createRoute({
+    method: "post",
+    path: "/messages",
+    summary: "Send a message; the reply streams back as Server-Sent Events",
+    description: "Takes a handshake token (browsers), any valid API key or a person's access token (servers).",
+    security: CHAT_SECURITY,
+    middleware: withBody(authenticateChat),
+    request: { body: jsonBody(z.strictObject({ message: text(4000) }).openapi("ChatMessage")) },
+    responses: {
+      200: {
+        description:
+          'The reply as Server-Sent Events: any number of `event: delta` whose `data` is `{"text": string}` (the next words, to append), then one `event: done` whose `data` is `{"words": integer}`.',
+        content: {
+          "text/event-stream": {
+            schema: z.string().openapi({
+              example:
+                'event: delta\ndata: {"text":"You"}\n\nevent: delta\ndata: {"text":" said: hi"}\n\nevent: done\ndata: {"words":3}\n\n',
+            }),
           },
         },
-        ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS, "invalid_token", "token_expired", "agent_disabled"),
       },
-    }),
-    async (c) => {
-      const { message } = c.req.valid("json");
-      const words = `You said: ${message}`.split(" ");
-      return streamSSE(c, async (stream) => {
-        for (const [i, word] of words.entries()) {
-          await stream.writeSSE({ event: "delta", data: JSON.stringify({ text: i === 0 ? word : ` ${word}` }) });
-          await stream.sleep(WORD_DELAY_MS);
-        }
-        await stream.writeSSE({ event: "done", data: JSON.stringify({ words: words.length }) });
-      });
+      ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS, "invalid_token", "token_expired", "agent_disabled"),
     },
-  )
-  .all("/messages", allow("POST"));
+  }),
+  async (c) => {
+    const { message } = c.req.valid("json");
+    const words = `You said: ${message}`.split(" ");
+    return streamSSE(c, async (stream) => {
+      for (const [i, word] of words.entries()) {
+        await stream.writeSSE({ event: "delta", data: JSON.stringify({ text: i === 0 ? word : ` ${word}` }) });
+        await stream.sleep(WORD_DELAY_MS);
+      }
+      await stream.writeSSE({ event: "done", data: JSON.stringify({ words: words.length }) });
+    });
+  },
+);

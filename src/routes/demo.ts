@@ -1,8 +1,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
-import type { Context } from "hono";
-import type { AppEnv } from "../env";
 import { ApiError } from "../errors";
 import { problems, routes } from "../openapi";
+import { asset } from "./assets";
 
 /**
  * GET /demo/widget?agent=agt_...: a minimal chat widget page, served from the static assets (public/demo). Its script
@@ -67,11 +66,4 @@ function pagePolicy(others: readonly string[]): string {
     "form-action 'none'",
     "frame-ancestors 'none'",
   ].join("; ");
-}
-
-/** A file of public/, answered with a copy of its headers so the app's middleware can add its own. */
-async function asset(c: Context<AppEnv>, path: string): Promise<Response> {
-  const res = await c.env.ASSETS.fetch(new URL(path, c.req.url));
-  if (!res.ok) throw new ApiError("not_found", "No such file.");
-  return new Response(res.body, res);
 }

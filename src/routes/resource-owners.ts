@@ -8,7 +8,6 @@ import { ApiError } from "../errors";
 import { getOwnership, RESOURCE_ID, RESOURCE_TYPE, removeOwner, setOwner } from "../gateway/owners";
 import { BODY_PROBLEMS, invalidRequest, json, jsonBody, problems, routes, VERIFY_SECURITY, withBody } from "../openapi";
 import { matching } from "../schemas";
-import { allow } from "./method-not-allowed";
 
 const OwnerParams = z.object({
   type: matching(RESOURCE_TYPE, "must be a resource type: lowercase letters and digits").openapi({
@@ -101,5 +100,4 @@ export const resourceOwnersRoutes = routes()
       if (!(await removeOwner(c.env.DB, type, id))) throw notFound();
       return c.body(null, 204);
     },
-  )
-  .all("/:type/:id", allow("GET", "PUT", "DELETE"));
+  );

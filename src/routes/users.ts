@@ -8,7 +8,6 @@ import { BODY_PROBLEMS, json, jsonBody, KEY_PROBLEMS, KEY_SECURITY, problems, ro
 import { IdParam, PageQuery, page } from "../schemas";
 import { InvitationView, InvitedUser, NewUser, UserChange, UserView, userView } from "../users/schemas";
 import { createUser, findUser, reinvite, updateUser } from "../users/service";
-import { allow } from "./method-not-allowed";
 
 const admin = authenticate("admin");
 
@@ -95,7 +94,4 @@ export const usersRoutes = routes()
       c.header("Cache-Control", "no-store");
       return c.json(await reinvite(c, c.get("principal"), c.req.valid("param").id), 201);
     },
-  )
-  .all("/", allow("GET", "POST"))
-  .all("/:id", allow("GET", "PATCH"))
-  .all("/:id/invitation", allow("POST"));
+  );
