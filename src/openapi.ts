@@ -251,6 +251,7 @@ type Operation = {
   operationId?: string;
   tags?: string[];
   security?: Security;
+  parameters?: { name: string; in: string; schema?: Record<string, unknown> }[];
   responses: Record<string, { headers?: Record<string, unknown> }>;
 };
 type Generated = {
@@ -276,8 +277,8 @@ function operationId(method: string, path: string): string {
 /**
  * The document as served: what the routes declare, completed where one rule covers every route: an `operationId` and
  * a tag, `security: []` where a route takes no credential, the headers every answer carries (request id, rate limits,
- * deprecation, `Retry-After`, `WWW-Authenticate`), the security schemes, and the `<type>Ids` fields of a new key for
- * the resource types this deployment configures (`resourceTypes`).
+ * deprecation, `Retry-After`, `WWW-Authenticate`), the security schemes, and, for the resource types this deployment
+ * configures (`resourceTypes`), the `<type>Ids` fields of a new key and the values of a `{type}` path parameter.
  */
 export function completeDocument<T extends object>(generated: T, resourceTypes: readonly string[]): T {
   const doc = generated as Generated;
@@ -290,6 +291,8 @@ export function completeDocument<T extends object>(generated: T, resourceTypes: 
       op.tags ??= tag ? [tag.name] : [];
       for (const name of op.tags) used.add(name);
       op.security ??= [];
+      // A path's resource type is one this deployment configures (the resource registry refuses any other).
+      for (const p of op.parameters ?? []) if (p.in === "path" && p.name === "type") p.schema = { ...p.schema, enum: [...resourceTypes] };
       const schemes = new Set(op.security.flatMap((s) => Object.keys(s)));
       const limited = ["ApiKey", "AccessToken", "HandshakeToken", "DashboardCookie"].some((s) => schemes.has(s));
       for (const [status, response] of Object.entries(op.responses)) {

@@ -92,6 +92,19 @@ describe("the OpenAPI document", () => {
     expect(limit.parameters.find((p) => p.name === "limit")?.schema).toMatchObject({ type: "integer", minimum: 1, maximum: 100 });
   });
 
+  it("names only the configured resource types in the registry's paths, as the registry enforces", async () => {
+    const doc = (await served()) as unknown as {
+      paths: Record<string, Record<string, { parameters?: { name: string; in: string; schema: { enum?: string[] } }[] }>>;
+    };
+    const registry = Object.entries(doc.paths).filter(([path]) => path.startsWith("/v1/resource-owners/"));
+    expect(registry.length).toBeGreaterThan(0);
+    for (const [, item] of registry)
+      for (const op of Object.values(item)) {
+        const type = op.parameters?.find((p) => p.in === "path" && p.name === "type");
+        expect(type?.schema.enum).toEqual(["mailbox", "process", "project"]);
+      }
+  });
+
   it("gives every problem the status the ERRORS table gives it", async () => {
     const doc = await served();
     for (const [path, item] of Object.entries(doc.paths)) {
