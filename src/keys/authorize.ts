@@ -65,6 +65,7 @@ export async function authorizeKey(
       returned,
     ),
     (answer) => answer?.ok === true && answer.lease !== null,
+    c.get("config").rateLimitTimeoutMs,
   );
   if (authorization === null) {
     // Open mode with the object down: the key is checked in D1 and the request goes through unlimited.
@@ -107,6 +108,7 @@ async function renew(c: CounterContext, isolate: Holdings, keyId: string, name: 
         returned,
       ),
       (a) => a?.ok === true && a.lease !== null,
+      c.get("config").rateLimitTimeoutMs,
     );
     if (answer?.ok && answer.lease)
       isolate.hold(name, askedAt, answer.principal, answer.lease, answer.admission.remaining, answer.admission.resetAt);

@@ -1,4 +1,5 @@
 import type { Principal } from "../auth/principal";
+import { deadline } from "../deadline";
 import { HeldLeases, LEASE_MS, type Lease } from "./lease";
 import type { Admission } from "./limiter";
 import type { Policy } from "./window";
@@ -18,7 +19,7 @@ export class Holdings {
   /** When this isolate last stopped trusting each key's record (`drop`): an answer asked for before then is stale. */
   private readonly dropped = new Map<string, number>();
   /** This isolate's call in flight for each hot name: the one renewal a run-out lease needs, shared. */
-  private readonly asking = new Map<string, Promise<boolean>>();
+  private readonly asking = new Map<string, { settled: Promise<boolean>; until: number }>();
 
   /** `now` is replaceable in tests to move this isolate's time. */
   constructor(public now: () => number = Date.now) {}
@@ -70,7 +71,7 @@ export class Holdings {
   /** Whether `name`'s leases are down to half of the last one and no renewal is under way: time to ask for the next. */
   runningLow(name: string): boolean {
     const h = this.get(name);
-    return h !== undefined && !this.asking.has(name) && h.leases.available(this.now()) * 2 <= h.lastLease;
+    return h !== undefined && !this.calling(name) && h.leases.available(this.now()) * 2 <= h.lastLease;
   }
 
   /** What this isolate holds unspent of `name`'s leases, to add to what the object says is left. */
@@ -82,17 +83,33 @@ export class Holdings {
    * The call this isolate has in flight for a hot `name` (one that held a lease), for a request that found no lease
    * to wait for instead of calling too: one renewal per isolate, not one per request in flight. It resolves to
    * whether it brought a lease; after one that did not (the key is out of budget), every request asks for itself.
+   * The wait ends at the call's deadline on the waiting request's own timer: a call whose request the runtime
+   * cancelled (its client went away) never settles, and a request waiting on it without a timer of its own would be
+   * found hung; past its deadline the call is forgotten, so later requests ask for themselves at once.
    */
   inFlight(name: string): Promise<boolean> | undefined {
-    return this.asking.get(name);
+    const asking = this.calling(name);
+    return asking && deadline(asking.settled, asking.until - this.now(), () => new Error("past its deadline")).catch(() => false);
   }
 
-  /** Marks `call` as this isolate's call for `name` while it runs, if `name` is hot; `leased` reads its answer. */
-  track<T>(name: string, call: Promise<T>, leased: (answer: T) => boolean): Promise<T> {
-    if (!this.held.has(name) || this.asking.has(name)) return call;
-    const settled = call.then(leased, () => false);
-    this.asking.set(name, settled);
-    void settled.then(() => this.asking.delete(name));
+  /** This isolate's call in flight for `name`, until its deadline. */
+  private calling(name: string): { settled: Promise<boolean>; until: number } | undefined {
+    const asking = this.asking.get(name);
+    if (asking && asking.until <= this.now()) this.asking.delete(name);
+    else return asking;
+  }
+
+  /**
+   * Marks `call` as this isolate's call for `name` while it runs, at most `ms` (its deadline), if `name` is hot;
+   * `leased` reads its answer.
+   */
+  track<T>(name: string, call: Promise<T>, leased: (answer: T) => boolean, ms: number): Promise<T> {
+    if (!this.held.has(name) || this.calling(name)) return call;
+    const asking = { settled: call.then(leased, () => false), until: this.now() + ms };
+    this.asking.set(name, asking);
+    void asking.settled.then(() => {
+      if (this.asking.get(name) === asking) this.asking.delete(name);
+    });
     return call;
   }
 

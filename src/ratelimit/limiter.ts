@@ -29,6 +29,7 @@ export async function spend(c: RequestContext, name: string, policy: Policy, cos
     name,
     callCounter(c, c.env.COUNTERS.getByName(name), name, (stub, tag) => stub.consume(policy, tag, cost, returned), returned),
     (answer) => answer?.lease != null,
+    c.get("config").rateLimitTimeoutMs,
   );
   if (counted === null) return null;
   const { lease, ...admission } = counted;

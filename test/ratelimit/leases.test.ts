@@ -190,6 +190,28 @@ describe("leases", () => {
     expect(observed.calls("authorize") - before).toBeLessThan(30);
   });
 
+  it("never keep a request waiting on another request's call past that call's deadline, even when it never settles", async () => {
+    const { key } = await provision();
+    const hot = await createKey(key.key, { rateLimit: { limit: 100_000, windowSeconds: 60 } });
+    const clock = { now: Date.now() };
+    const isolate = new Holdings(() => clock.now);
+    const name = `key:${hot.id}`;
+    while (isolate.available(name) === 0) expect(await outcome(hot.key, isolate)).toMatch(/leased|counted/);
+    // The lease has ended: the next request must call, or wait for a call of this isolate in flight.
+    clock.now += LEASE_MS;
+    const start = Date.now();
+    // The call of a request the runtime cancelled (its client went away) never settles; its deadline was 100 ms away.
+    isolate.track(name, new Promise<never>(() => {}), () => true, 100);
+    expect(isolate.inFlight(name)).toBeDefined();
+    // The next requests wait for it at most until then, then ask for themselves; later ones do not wait at all.
+    const waiting = outcome(hot.key, isolate);
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    clock.now += 150;
+    expect(await waiting).toMatch(/leased|counted/);
+    expect(Date.now() - start).toBeLessThan(2_000);
+    expect(isolate.inFlight(name)).toBeUndefined();
+  });
+
   it("ask for a hot key's next lease before the current one runs out, so no request waits for the object", async () => {
     const { key } = await provision();
     const hot = await createKey(key.key, { rateLimit: { limit: 100_000, windowSeconds: 60 } });
