@@ -92,7 +92,7 @@ export function upstreamHeaders(
       isIdentityHeader(name) ||
       OVERRIDES.includes(n) ||
       (CREDENTIAL_HEADERS.includes(n) && !authorization) ||
-      carriesSecret(headers.get(name) ?? "", tokens)
+      carriesSecret(`${name}: ${headers.get(name) ?? ""}`, tokens)
     )
       headers.delete(name);
   }
