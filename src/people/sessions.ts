@@ -1,6 +1,7 @@
 import { and, desc, eq, isNull, lt, sql } from "drizzle-orm";
 import { hashPassword, needsRehash, passwordProblem, verifyPassword } from "../auth/password";
 import { effectiveScopes, FULL_ACCESS, type Need, type Principal, refusal, refused } from "../auth/principal";
+import { misconfigured } from "../config";
 import { batch, db } from "../db/client";
 import { accounts, sessions, users } from "../db/schema";
 import type { RequestContext } from "../env";
@@ -32,6 +33,7 @@ const INVALID = () => new ApiError("invalid_credentials", "The email or password
  * address's login budgets first; a successful one gives its spend back, so only failures count.
  */
 export async function login(c: RequestContext, credentials: Credentials, userAgent: string | null): Promise<TokenPair> {
+  signingKey(c);
   const refresh = generateSecret("rt");
   const { id, userId, accountId, now } = await openSession(c, credentials, userAgent, refresh);
   return pair(c, { sub: userId, acc: accountId, sid: id }, refresh, now);
@@ -143,12 +145,16 @@ async function pair(c: RequestContext, claims: { sub: string; acc: string; sid: 
   return { access_token: access, token_type: "bearer", expires_in: ACCESS_TTL_SECONDS, refresh_token: `${claims.sid}.${refresh}` };
 }
 
+/** The key that signs tokens: checked before anything is stored, so a missing one leaves no session without tokens. */
+function signingKey(c: RequestContext): SigningKey {
+  return c.get("config").signingKeys[0] ?? misconfigured("JWT_SIGNING_KEYS", "is not set; no access token can be signed");
+}
+
 /**
  * The refresh secret that replaces `secret`, derived from it with a signing key: a refresh repeated (its answer lost,
  * or racing itself) makes the same one, and no one without the key can tell it from the used one.
  */
-async function successor(key: SigningKey | undefined, secret: string): Promise<string> {
-  if (!key) throw new Error("no signing key");
+async function successor(key: SigningKey, secret: string): Promise<string> {
   const hmac = await crypto.subtle.importKey("raw", key.secret, { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
   return `rt_${toHex(new Uint8Array(await crypto.subtle.sign("HMAC", hmac, new TextEncoder().encode(`refresh:${secret}`))))}`;
 }
@@ -200,7 +206,7 @@ export async function refresh(c: RequestContext, by: { refreshToken: string } | 
   if (!session) throw "claims" in by ? ENDED() : INVALID_REFRESH();
   const d = db(c.env.DB);
   const presented = secret === null ? null : await hashKey(secret);
-  const next = secret === null ? generateSecret("rt") : await successor(c.get("config").signingKeys[0], secret);
+  const next = secret === null ? generateSecret("rt") : await successor(signingKey(c), secret);
   const [rotated] = await batch(c.env.DB, [
     d
       .update(sessions)

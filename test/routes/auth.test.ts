@@ -115,6 +115,26 @@ describe("invitations and passwords", () => {
 });
 
 describe("login", () => {
+  it("answers configuration_error without JWT_SIGNING_KEYS, before a session is stored or a refresh token spent", async () => {
+    const { key } = await provision();
+    const user = await person(key.key);
+    const pair = await tokens(user.email);
+    const before = await rows("SELECT id FROM sessions WHERE user_id = ?", user.id);
+    await expectProblem(
+      await callWith({ JWT_SIGNING_KEYS: undefined }, "/v1/auth/login", { body: { email: user.email, password: PASSWORD } }),
+      500,
+      "configuration_error",
+    );
+    expect(await rows("SELECT id FROM sessions WHERE user_id = ?", user.id)).toEqual(before);
+    await expectProblem(
+      await callWith({ JWT_SIGNING_KEYS: undefined }, "/v1/auth/refresh", { body: { refresh_token: pair.refresh_token } }),
+      500,
+      "configuration_error",
+    );
+    // The refresh token was not spent: it still answers a new pair.
+    expect((await call("/v1/auth/refresh", { body: { refresh_token: pair.refresh_token } })).status).toBe(200);
+  });
+
   it("replaces a hash made with a lower cost by one at today's at the next login", async () => {
     const { key } = await provision();
     const user = await person(key.key);
