@@ -328,6 +328,29 @@ describe("access and refresh tokens", () => {
     expect((await after.json<Pair>()).refresh_token).not.toBe(next.refresh_token);
   });
 
+  // A thief who refreshes a stolen token twice leaves the owner's token older than the previous one: it must still be
+  // known as used, or the owner is refused while the thief keeps the session for its 30 days.
+  it("ends the session when a token used two or more refreshes ago comes back, however the thief refreshed", async () => {
+    const { key } = await provision();
+    const user = await person(key.key);
+    for (const by of ["refresh token", "access token"] as const) {
+      const owner = await tokens(user.email);
+      let thief = owner;
+      for (let i = 0; i < 2; i++) {
+        const res =
+          by === "refresh token"
+            ? await call("/v1/auth/refresh", { body: { refresh_token: thief.refresh_token } })
+            : await call("/v1/auth/refresh", { method: "POST", key: thief.access_token });
+        expect(res.status, by).toBe(200);
+        thief = await res.json<Pair>();
+      }
+      await expectProblem(await call("/v1/auth/refresh", { body: { refresh_token: owner.refresh_token } }), 401, "invalid_refresh_token");
+      expect(await sessionRow(sid(owner)), by).toEqual({ ended_at: expect.any(String), end_reason: "refresh_reused" });
+      await expectProblem(await call("/v1/auth/refresh", { body: { refresh_token: thief.refresh_token } }), 401, "invalid_refresh_token");
+      await expectProblem(await call("/v1/whoami", { key: thief.access_token }), 401, "session_ended");
+    }
+  });
+
   it("never ends a session for a refresh secret it never issued, even with the session's id", async () => {
     const { key } = await provision();
     const user = await person(key.key);
