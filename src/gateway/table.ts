@@ -69,7 +69,8 @@ export const RouteTable = jsonText(z.array(Route).max(500), "[]").transform((rou
 /**
  * The path as the gateway matches and forwards it, or null when an upstream could read it otherwise than the gateway
  * does: an empty segment (`//`), an encoded `/`, `\`, `.` or `%` (which a second decoding would read again), a `;`, a
- * malformed escape, bytes that are not UTF-8, or text that Unicode NFKC normalisation or case mapping would change
+ * malformed escape, bytes that are not UTF-8, a control character or a blank at a segment's end (cut or trimmed by
+ * some servers), or text that Unicode NFKC normalisation or case mapping would change
  * into other text (`ſ` to `s`, `ｒ` to `r`, `‥` to `..`, `ı` upper-cased to `I`). Encoded unreserved characters are
  * decoded (`%72uns` is `runs`), so every spelling of a path meets the same route.
  */
@@ -101,7 +102,7 @@ export function canonicalPath(raw: string): string | null {
     } catch {
       return null;
     }
-    if (!isStable(text)) return null;
+    if (!isStable(text) || !isWhole(text)) return null;
     out.push(s);
   }
   return `/${out.join("/")}`;
@@ -112,6 +113,14 @@ function isStable(text: string): boolean {
   if (text.normalize("NFKC") !== text) return false;
   const ascii = (c: string) => (c.codePointAt(0) as number) < 0x80;
   return [...text].every((char) => ascii(char) || ![...(char.toLowerCase() + char.toUpperCase())].some(ascii));
+}
+
+/**
+ * Text no upstream cuts or trims: no control character (a server that keeps the path as a C string ends it at `%00`)
+ * and no blank at either end (Spring's path matcher trimmed segments: `runs%20` was `runs`).
+ */
+function isWhole(text: string): boolean {
+  return [...text].every((char) => char >= " " && char !== "\u007f") && text.trim() === text;
 }
 
 type Compiled = { route: GatewayRoute; segments: string[]; rest: boolean };

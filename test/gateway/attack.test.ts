@@ -117,6 +117,23 @@ describe("attack: paths an upstream decodes twice or normalises", () => {
     expect(through, "paths holding an encoded % were forwarded").toEqual([]);
   });
 
+  // A server that keeps paths as C strings reads `runs%00` as `runs`, and one that trims reads `runs%20` or `runs%09`
+  // so: DELETE on runs is for full-access keys, and a scoped key must not reach it by a byte the table reads as text.
+  it("never forwards a segment with a control character or ending in a blank", async () => {
+    const { account, key } = await provision();
+    await own(account.id, "process:p1");
+    const scoped = await createKey(key.key, { processIds: ["p1"] });
+    const through: string[] = [];
+    for (const tail of ["runs%00", "runs%00.json", "runs%0A", "runs%09", "runs%7F", "runs%20", "%20runs", "runs%C2%A0"]) {
+      const res = await gw(`/v1/processes/p1/${tail}`, { key: scoped.key, method: "DELETE" });
+      if (forwarded(res)) through.push(tail);
+      else await expectProblem(res, 404, "not_found");
+    }
+    expect(through, "segments an upstream may cut or trim were forwarded").toEqual([]);
+    // A blank inside a segment is text like any other.
+    expect(((await (await gw("/v1/my%20reports", { key: key.key })).json()) as Echo).url).toBe("/v1/my%20reports");
+  });
+
   // NFKC folds `ſ` into `s`, fullwidth `ｒ` into `r` and `‥` into `..`; `ı` upper-cases to `I`: an upstream that
   // normalises or folds case would read another route, or a dot segment, than the table judged.
   it("never forwards a segment that changes under NFKC normalisation or case folding into ASCII", async () => {
