@@ -142,9 +142,23 @@ export class Table {
     });
   }
 
-  /** The first route that takes this method and canonical path, with its parameters (decoded), or null. */
+  /**
+   * The first route that takes this method and canonical path, with its parameters (decoded), or null. Null too when
+   * the last segment has an extension and, without it, meets another route (unless the route names the extension):
+   * Rails (`.:format`) and Spring's suffix patterns route `runs.json` as `runs`, so either route could be the one the
+   * upstream runs.
+   */
   match(method: string, path: string): { route: GatewayRoute; params: Record<string, string> } | null {
     const parts = path === "/" ? [] : path.replace(/\/$/, "").slice(1).split("/");
+    const found = this.first(method, parts);
+    const last = parts.at(-1) ?? "";
+    const dot = last.indexOf(".");
+    if (dot <= 0 || (found && namesLast(found.route, last))) return found;
+    const bare = this.first(method, [...parts.slice(0, -1), last.slice(0, dot)]);
+    return bare && bare.route !== found?.route ? null : found;
+  }
+
+  private first(method: string, parts: string[]): { route: GatewayRoute; params: Record<string, string> } | null {
     for (const { route, segments, rest } of this.compiled) {
       // A browser's preflight for a route that takes tokens belongs to that route, whatever methods it lists.
       const preflight = method === "OPTIONS" && route.auth === "key-or-token";
@@ -155,6 +169,11 @@ export class Table {
     }
     return null;
   }
+}
+
+/** Whether the route's pattern ends in this literal segment (any case): it names the extension itself. */
+function namesLast(route: GatewayRoute, last: string): boolean {
+  return route.pattern.split("/").at(-1)?.toLowerCase() === last.toLowerCase();
 }
 
 function bind(segments: string[], parts: string[]): Record<string, string> | null {

@@ -2,7 +2,7 @@
 import { Hono } from "hono";
 import { describe, expect, it } from "vitest";
 import { createKey, expectProblem, ORIGIN, own, provision, through } from "../helpers";
-import { type Echo, GATEWAY, gw, UPSTREAM } from "./table";
+import { type Echo, GATEWAY, gw, ROUTES, UPSTREAM } from "./table";
 
 const PORT = new URL(UPSTREAM).port;
 
@@ -132,6 +132,31 @@ describe("attack: paths an upstream decodes twice or normalises", () => {
     expect(through, "segments an upstream may cut or trim were forwarded").toEqual([]);
     // A blank inside a segment is text like any other.
     expect(((await (await gw("/v1/my%20reports", { key: key.key })).json()) as Echo).url).toBe("/v1/my%20reports");
+  });
+
+  // Rails routes `runs.json` to `runs` (`.:format`), as Spring's suffix patterns did: the table must not judge it as
+  // another route than `runs`, or a scoped key deletes runs through the route after the one kept for full access.
+  it("never forwards a last segment whose extension takes it past the route its bare name meets", async () => {
+    const { account, key } = await provision();
+    await own(account.id, "process:p1");
+    const scoped = await createKey(key.key, { processIds: ["p1"] });
+    for (const tail of ["runs.json", "RUNS.xml", "runs.tar.gz"]) {
+      const res = await gw(`/v1/processes/p1/${tail}`, { key: scoped.key, method: "DELETE" });
+      expect(forwarded(res), tail).toBe(false);
+      await expectProblem(res, 404, "not_found");
+    }
+    await expectProblem(await gw("/v1/status.json", { key: key.key }), 404, "not_found");
+    // Where the bare name meets the same route, the extension is the upstream's to read.
+    for (const [path, init] of [
+      ["/v1/processes/p1/runs.json", { key: scoped.key }],
+      ["/v1/processes/p1/report.pdf", { key: scoped.key, method: "DELETE" }],
+      ["/v1/anything.json", { key: key.key }],
+    ] as const) {
+      expect(((await (await gw(path, init)).json()) as Echo).url, path).toBe(path);
+    }
+    // A route that names the extension takes it.
+    const GATEWAY_ROUTES = JSON.stringify([{ pattern: "/v1/status.json", auth: "public" }, ...ROUTES]);
+    expect(((await (await gw("/v1/status.json", {}, { GATEWAY_ROUTES })).json()) as Echo).url).toBe("/v1/status.json");
   });
 
   // NFKC folds `ſ` into `s`, fullwidth `ｒ` into `r` and `‥` into `..`; `ı` upper-cases to `I`: an upstream that
