@@ -18,8 +18,17 @@ async function constantTimeEqual(a: string, b: string): Promise<boolean> {
 
 /** Types of the tokens Keygate issues: a person's access token and a handshake token. */
 const TOKEN_TYPES = new Set([ACCESS_TYPE, TOKEN_TYPE]);
-/** A compact JWS as Keygate's start (`eyJ`: the header is signed, so it is exactly the JSON jose wrote). */
-const JWS = /eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*/g;
+/**
+ * How every token Keygate signs starts: the protected header as jose writes it, `{"alg":"HS256",` base64url-encoded
+ * (the header is signed, so a token of Keygate's has exactly this one).
+ */
+const TOKEN_START = "eyJhbGciOiJIUzI1NiIs";
+/** A run of base64url characters: a JWS's header is one, followed by `.`. Matched whole, so scanning stays linear. */
+const BASE64URL_RUN = /[A-Za-z0-9_-]+/g;
+/** A percent-escape; decoded one byte at a time, so one malformed escape elsewhere in the text hides nothing. */
+const ESCAPE = /%[0-9A-Fa-f]{2}/g;
+/** How many times a text is percent-decoded (an upstream may decode twice: `%255F` is `_`). */
+const DECODINGS = 3;
 /** A run long enough to be base64 of a secret (the shortest, a 32-character token, takes 44). */
 const BASE64 = /[A-Za-z0-9+/_-]{44,}={0,2}/g;
 
@@ -34,20 +43,22 @@ export function carriesSecret(text: string, tokens: readonly string[]): boolean 
     if (SECRET_SHAPE.test(view)) return true;
     const lower = view.toLowerCase();
     if (tokens.some((token) => lower.includes(token.toLowerCase()))) return true;
-    for (const [jws] of view.matchAll(JWS)) if (isKeygateToken(jws)) return true;
-    return false;
+    return holdsToken(view);
   });
 }
 
-/** The text, percent-decoded, and every long base64 run in either decoded (at each of the 4 alignments). */
+/**
+ * The text, percent-decoded once, twice and three times (escapes byte by byte: a secret is ASCII), and every long
+ * base64 run in any of these decoded (at each of the 4 alignments).
+ */
 function readings(text: string): string[] {
   const views = [text];
-  if (text.includes("%")) {
-    try {
-      views.push(decodeURIComponent(text));
-    } catch {
-      // Not percent-encoding after all: the text as it is.
-    }
+  let view = text;
+  for (let i = 0; i < DECODINGS; i++) {
+    const decoded = view.replace(ESCAPE, (hex) => String.fromCharCode(Number.parseInt(hex.slice(1), 16)));
+    if (decoded === view) break;
+    view = decoded;
+    views.push(view);
   }
   for (const view of [...views]) {
     for (const [run] of view.matchAll(BASE64)) {
@@ -65,6 +76,19 @@ function readings(text: string): string[] {
     }
   }
   return views;
+}
+
+/**
+ * Whether a text holds a handshake or access token: a header of Keygate's followed by `.`, with anything stuck before
+ * it (`eyJ` or another token's start included: the header is read from the last start in its run).
+ */
+function holdsToken(text: string): boolean {
+  for (const match of text.matchAll(BASE64URL_RUN)) {
+    const [run] = match;
+    const start = run.lastIndexOf(TOKEN_START);
+    if (start !== -1 && text[match.index + run.length] === "." && isKeygateToken(`${run.slice(start)}..`)) return true;
+  }
+  return false;
 }
 
 function isKeygateToken(jws: string): boolean {

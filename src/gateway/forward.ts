@@ -36,6 +36,15 @@ function canonicalName(name: string): string {
 const OVERRIDES = ["x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url"];
 /** The query parameter Rails, Laravel and Express's method-override take a method from (in any case): never forwarded. */
 const METHOD_PARAM = "_method";
+
+/**
+ * Whether a query parameter is `_method` as an upstream reads it, in any case: PHP (under Laravel and Symfony) drops
+ * leading blanks from a name, stores `.` and ` ` as `_` (`.method` is `_method`), and `_method[]` as an array of it.
+ */
+function isMethodParam(name: string): boolean {
+  const php = name.replace(/^ +/, "").replaceAll(/[ .]/g, "_").toLowerCase();
+  return php === METHOD_PARAM || php.startsWith(`${METHOD_PARAM}[`);
+}
 const CREDENTIAL_HEADERS = ["authorization", "x-api-key"];
 
 /** The headers of a message without its hop-by-hop ones (those listed and those its `Connection` names). */
@@ -58,7 +67,7 @@ export function upstreamUrl(base: URL, path: string, query: URLSearchParams, tok
   const url = new URL(base);
   url.pathname = base.pathname.replace(/\/$/, "") + path;
   for (const [name, value] of query) {
-    if (name === QUERY_PARAM || name.toLowerCase() === METHOD_PARAM || carriesSecret(`${name}=${value}`, tokens)) continue;
+    if (name === QUERY_PARAM || isMethodParam(name) || carriesSecret(`${name}=${value}`, tokens)) continue;
     url.searchParams.append(name, value);
   }
   return url;
@@ -83,7 +92,7 @@ export function upstreamHeaders(
       isIdentityHeader(name) ||
       OVERRIDES.includes(n) ||
       (CREDENTIAL_HEADERS.includes(n) && !authorization) ||
-      carriesSecret(headers.get(name) ?? "", tokens)
+      carriesSecret(`${name}: ${headers.get(name) ?? ""}`, tokens)
     )
       headers.delete(name);
   }

@@ -69,7 +69,8 @@ export const RouteTable = jsonText(z.array(Route).max(500), "[]").transform((rou
 /**
  * The path as the gateway matches and forwards it, or null when an upstream could read it otherwise than the gateway
  * does: an empty segment (`//`), an encoded `/`, `\`, `.` or `%` (which a second decoding would read again), a `;`, a
- * malformed escape, bytes that are not UTF-8, or text that Unicode NFKC normalisation or case mapping would change
+ * malformed escape, bytes that are not UTF-8, a control character or a blank at a segment's end (cut or trimmed by
+ * some servers), or text that Unicode NFKC normalisation or case mapping would change
  * into other text (`ſ` to `s`, `ｒ` to `r`, `‥` to `..`, `ı` upper-cased to `I`). Encoded unreserved characters are
  * decoded (`%72uns` is `runs`), so every spelling of a path meets the same route.
  */
@@ -101,7 +102,7 @@ export function canonicalPath(raw: string): string | null {
     } catch {
       return null;
     }
-    if (!isStable(text)) return null;
+    if (!isStable(text) || !isWhole(text)) return null;
     out.push(s);
   }
   return `/${out.join("/")}`;
@@ -112,6 +113,14 @@ function isStable(text: string): boolean {
   if (text.normalize("NFKC") !== text) return false;
   const ascii = (c: string) => (c.codePointAt(0) as number) < 0x80;
   return [...text].every((char) => ascii(char) || ![...(char.toLowerCase() + char.toUpperCase())].some(ascii));
+}
+
+/**
+ * Text no upstream cuts or trims: no control character (a server that keeps the path as a C string ends it at `%00`)
+ * and no blank at either end (Spring's path matcher trimmed segments: `runs%20` was `runs`).
+ */
+function isWhole(text: string): boolean {
+  return [...text].every((char) => char >= " " && char !== "\u007f") && text.trim() === text;
 }
 
 type Compiled = { route: GatewayRoute; segments: string[]; rest: boolean };
@@ -133,9 +142,23 @@ export class Table {
     });
   }
 
-  /** The first route that takes this method and canonical path, with its parameters (decoded), or null. */
+  /**
+   * The first route that takes this method and canonical path, with its parameters (decoded), or null. Null too when
+   * the last segment has an extension and, without it, meets another route (unless the route names the extension):
+   * Rails (`.:format`) and Spring's suffix patterns route `runs.json` as `runs`, so either route could be the one the
+   * upstream runs.
+   */
   match(method: string, path: string): { route: GatewayRoute; params: Record<string, string> } | null {
     const parts = path === "/" ? [] : path.replace(/\/$/, "").slice(1).split("/");
+    const found = this.first(method, parts);
+    const last = parts.at(-1) ?? "";
+    const dot = last.indexOf(".");
+    if (dot <= 0 || (found && namesLast(found.route, last))) return found;
+    const bare = this.first(method, [...parts.slice(0, -1), last.slice(0, dot)]);
+    return bare && bare.route !== found?.route ? null : found;
+  }
+
+  private first(method: string, parts: string[]): { route: GatewayRoute; params: Record<string, string> } | null {
     for (const { route, segments, rest } of this.compiled) {
       // A browser's preflight for a route that takes tokens belongs to that route, whatever methods it lists.
       const preflight = method === "OPTIONS" && route.auth === "key-or-token";
@@ -146,6 +169,11 @@ export class Table {
     }
     return null;
   }
+}
+
+/** Whether the route's pattern ends in this literal segment (any case): it names the extension itself. */
+function namesLast(route: GatewayRoute, last: string): boolean {
+  return route.pattern.split("/").at(-1)?.toLowerCase() === last.toLowerCase();
 }
 
 function bind(segments: string[], parts: string[]): Record<string, string> | null {

@@ -1,6 +1,7 @@
 import { and, desc, eq, isNull, lt, sql } from "drizzle-orm";
 import { hashPassword, needsRehash, passwordProblem, verifyPassword } from "../auth/password";
 import { effectiveScopes, FULL_ACCESS, type Need, type Principal, refusal, refused } from "../auth/principal";
+import { misconfigured } from "../config";
 import { batch, db } from "../db/client";
 import { accounts, sessions, users } from "../db/schema";
 import type { RequestContext } from "../env";
@@ -32,8 +33,10 @@ const INVALID = () => new ApiError("invalid_credentials", "The email or password
  * address's login budgets first; a successful one gives its spend back, so only failures count.
  */
 export async function login(c: RequestContext, credentials: Credentials, userAgent: string | null): Promise<TokenPair> {
-  const refresh = generateSecret("rt");
-  const { id, userId, accountId, now } = await openSession(c, credentials, userAgent, refresh);
+  const key = signingKey(c);
+  const id = newId("ses");
+  const refresh = await refreshSecret(key, id, randomHex());
+  const { userId, accountId, now } = await openSession(c, credentials, userAgent, id, refresh);
   return pair(c, { sub: userId, acc: accountId, sid: id }, refresh, now);
 }
 
@@ -48,7 +51,8 @@ const COOKIE_VALUE = /^(ses_[0-9a-f]{24})\.(cs_[0-9a-f]{64})$/;
  */
 export async function cookieLogin(c: RequestContext, credentials: Credentials, userAgent: string | null): Promise<string> {
   const secret = generateSecret("cs");
-  const { id } = await openSession(c, credentials, userAgent, secret);
+  const id = newId("ses");
+  await openSession(c, credentials, userAgent, id, secret);
   return `${id}.${secret}`;
 }
 
@@ -68,13 +72,14 @@ export async function cookiePrincipal(c: RequestContext, cookie: string): Promis
 
 type Credentials = { email: string; password: string; accountId?: string | undefined };
 
-/** Checks the credentials (see `login`) and stores a new session whose `refreshHash` is the hash of `secret`. */
+/** Checks the credentials (see `login`) and stores a new session `id` whose `refreshHash` is the hash of `secret`. */
 async function openSession(
   c: RequestContext,
   { email, password, accountId }: Credentials,
   userAgent: string | null,
+  id: string,
   secret: string,
-): Promise<{ id: string; userId: string; accountId: string; now: Date }> {
+): Promise<{ userId: string; accountId: string; now: Date }> {
   const spent = await spendAttempt(c, email);
   const d = db(c.env.DB);
   const candidates = await d
@@ -95,7 +100,6 @@ async function openSession(
   for (const s of spent) await refund(c, s);
   const now = new Date();
   const rehash = user.passwordHash && needsRehash(user.passwordHash) ? await hashPassword(password) : null;
-  const id = newId("ses");
   await batch(c.env.DB, [
     d.insert(sessions).values({
       id,
@@ -109,7 +113,7 @@ async function openSession(
     }),
     ...(rehash ? [d.update(users).set({ passwordHash: rehash }).where(eq(users.id, user.id))] : []),
   ]);
-  return { id, userId: user.id, accountId: user.accountId, now };
+  return { userId: user.id, accountId: user.accountId, now };
 }
 
 /**
@@ -143,14 +147,46 @@ async function pair(c: RequestContext, claims: { sub: string; acc: string; sid: 
   return { access_token: access, token_type: "bearer", expires_in: ACCESS_TTL_SECONDS, refresh_token: `${claims.sid}.${refresh}` };
 }
 
+/** The key that signs tokens: checked before anything is stored, so a missing one leaves no session without tokens. */
+function signingKey(c: RequestContext): SigningKey {
+  return c.get("config").signingKeys[0] ?? misconfigured("JWT_SIGNING_KEYS", "is not set; no access token can be signed");
+}
+
 /**
- * The refresh secret that replaces `secret`, derived from it with a signing key: a refresh repeated (its answer lost,
- * or racing itself) makes the same one, and no one without the key can tell it from the used one.
+ * A refresh secret of session `sessionId`: `rt_`, a 128-bit `nonce`, and a 128-bit tag that signs both with a signing
+ * key. The tag tells a secret this session was issued (and has used since) from one made up with its id.
  */
-async function successor(key: SigningKey | undefined, secret: string): Promise<string> {
-  if (!key) throw new Error("no signing key");
-  const hmac = await crypto.subtle.importKey("raw", key.secret, { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
-  return `rt_${toHex(new Uint8Array(await crypto.subtle.sign("HMAC", hmac, new TextEncoder().encode(`refresh:${secret}`))))}`;
+async function refreshSecret(key: SigningKey, sessionId: string, nonce: string): Promise<string> {
+  return `rt_${nonce}${(await hmac(key, `refresh-tag:${sessionId}:${nonce}`)).slice(0, 32)}`;
+}
+
+/**
+ * The refresh secret that replaces `secret`, its nonce derived from it with a signing key: a refresh repeated (its
+ * answer lost, or racing itself) makes the same one, and no one without the key can tell it from the used one.
+ */
+async function successor(key: SigningKey, sessionId: string, secret: string): Promise<string> {
+  return refreshSecret(key, sessionId, (await hmac(key, `refresh:${secret}`)).slice(0, 32));
+}
+
+/** Whether this session issued `secret` (its tag is right under one of the signing keys), compared in constant time. */
+async function issued(keys: readonly SigningKey[], sessionId: string, secret: string): Promise<boolean> {
+  const enc = new TextEncoder();
+  for (const key of keys) {
+    const expected = enc.encode(await refreshSecret(key, sessionId, secret.slice(3, 35)));
+    const sent = enc.encode(secret);
+    if (expected.length === sent.length && crypto.subtle.timingSafeEqual(expected, sent)) return true;
+  }
+  return false;
+}
+
+async function hmac(key: SigningKey, text: string): Promise<string> {
+  const k = await crypto.subtle.importKey("raw", key.secret, { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+  return toHex(new Uint8Array(await crypto.subtle.sign("HMAC", k, new TextEncoder().encode(text))));
+}
+
+/** 128 random bits as hex. */
+function randomHex(): string {
+  return toHex(crypto.getRandomValues(new Uint8Array(16)));
 }
 
 /** A session that works: not ended, not past its 30 days, its user enabled. */
@@ -200,7 +236,8 @@ export async function refresh(c: RequestContext, by: { refreshToken: string } | 
   if (!session) throw "claims" in by ? ENDED() : INVALID_REFRESH();
   const d = db(c.env.DB);
   const presented = secret === null ? null : await hashKey(secret);
-  const next = secret === null ? generateSecret("rt") : await successor(c.get("config").signingKeys[0], secret);
+  const key = signingKey(c);
+  const next = secret === null ? await refreshSecret(key, sid, randomHex()) : await successor(key, sid, secret);
   const [rotated] = await batch(c.env.DB, [
     d
       .update(sessions)
@@ -221,8 +258,8 @@ export async function refresh(c: RequestContext, by: { refreshToken: string } | 
 /**
  * A refresh token that is not the session's current one. The one just replaced, within REFRESH_GRACE_SECONDS, answers
  * the pair its refresh made (that answer may have been lost); later, it ends the session, as OAuth 2.1 advises for a
- * token that may have leaked. Any other secret was never issued to this session as far as it knows (made up, or
- * older than the previous one): refused, and the session goes on.
+ * token that may have leaked, and so does any older one the session issued (a thief who refreshed twice does not hide
+ * the owner's). A secret the session never issued (made up with its id) is refused, and the session goes on.
  */
 async function repeated(
   c: RequestContext,
@@ -232,16 +269,19 @@ async function repeated(
   now: Date,
 ): Promise<TokenPair> {
   const session = await liveSession(c, claims.sid, now);
-  if (!session || session.previousRefreshHash !== presented || session.refreshedAt === null) throw INVALID_REFRESH();
-  const refreshedAt = new Date(session.refreshedAt);
-  if (now.getTime() - refreshedAt.getTime() <= REFRESH_GRACE_SECONDS * 1000) {
-    // Made with whichever signing key signed then (the list may have changed since). None did when an access token
-    // made the refresh: that pair was never this token's to answer, so it counts as reuse.
-    for (const key of c.get("config").signingKeys) {
-      const next = await successor(key, secret);
-      if ((await hashKey(next)) === session.refreshHash) return pair(c, claims, next, refreshedAt);
+  if (!session) throw INVALID_REFRESH();
+  const keys = c.get("config").signingKeys;
+  if (session.previousRefreshHash === presented && session.refreshedAt !== null) {
+    const refreshedAt = new Date(session.refreshedAt);
+    if (now.getTime() - refreshedAt.getTime() <= REFRESH_GRACE_SECONDS * 1000) {
+      // Made with whichever signing key signed then (the list may have changed since). None did when an access token
+      // made the refresh: that pair was never this token's to answer, so it counts as reuse.
+      for (const key of keys) {
+        const next = await successor(key, claims.sid, secret);
+        if ((await hashKey(next)) === session.refreshHash) return pair(c, claims, next, refreshedAt);
+      }
     }
-  }
+  } else if (!(await issued(keys, claims.sid, secret))) throw INVALID_REFRESH();
   await endSessions(c, { sessionId: claims.sid }, "refresh_reused");
   throw new ApiError("invalid_refresh_token", "The refresh token was already used; the session has ended. Log in again.");
 }

@@ -2,7 +2,7 @@
 import { Hono } from "hono";
 import { describe, expect, it } from "vitest";
 import { createKey, expectProblem, ORIGIN, own, provision, through } from "../helpers";
-import { type Echo, GATEWAY, gw, UPSTREAM } from "./table";
+import { type Echo, GATEWAY, gw, ROUTES, UPSTREAM } from "./table";
 
 const PORT = new URL(UPSTREAM).port;
 
@@ -117,6 +117,48 @@ describe("attack: paths an upstream decodes twice or normalises", () => {
     expect(through, "paths holding an encoded % were forwarded").toEqual([]);
   });
 
+  // A server that keeps paths as C strings reads `runs%00` as `runs`, and one that trims reads `runs%20` or `runs%09`
+  // so: DELETE on runs is for full-access keys, and a scoped key must not reach it by a byte the table reads as text.
+  it("never forwards a segment with a control character or ending in a blank", async () => {
+    const { account, key } = await provision();
+    await own(account.id, "process:p1");
+    const scoped = await createKey(key.key, { processIds: ["p1"] });
+    const through: string[] = [];
+    for (const tail of ["runs%00", "runs%00.json", "runs%0A", "runs%09", "runs%7F", "runs%20", "%20runs", "runs%C2%A0"]) {
+      const res = await gw(`/v1/processes/p1/${tail}`, { key: scoped.key, method: "DELETE" });
+      if (forwarded(res)) through.push(tail);
+      else await expectProblem(res, 404, "not_found");
+    }
+    expect(through, "segments an upstream may cut or trim were forwarded").toEqual([]);
+    // A blank inside a segment is text like any other.
+    expect(((await (await gw("/v1/my%20reports", { key: key.key })).json()) as Echo).url).toBe("/v1/my%20reports");
+  });
+
+  // Rails routes `runs.json` to `runs` (`.:format`), as Spring's suffix patterns did: the table must not judge it as
+  // another route than `runs`, or a scoped key deletes runs through the route after the one kept for full access.
+  it("never forwards a last segment whose extension takes it past the route its bare name meets", async () => {
+    const { account, key } = await provision();
+    await own(account.id, "process:p1");
+    const scoped = await createKey(key.key, { processIds: ["p1"] });
+    for (const tail of ["runs.json", "RUNS.xml", "runs.tar.gz"]) {
+      const res = await gw(`/v1/processes/p1/${tail}`, { key: scoped.key, method: "DELETE" });
+      expect(forwarded(res), tail).toBe(false);
+      await expectProblem(res, 404, "not_found");
+    }
+    await expectProblem(await gw("/v1/status.json", { key: key.key }), 404, "not_found");
+    // Where the bare name meets the same route, the extension is the upstream's to read.
+    for (const [path, init] of [
+      ["/v1/processes/p1/runs.json", { key: scoped.key }],
+      ["/v1/processes/p1/report.pdf", { key: scoped.key, method: "DELETE" }],
+      ["/v1/anything.json", { key: key.key }],
+    ] as const) {
+      expect(((await (await gw(path, init)).json()) as Echo).url, path).toBe(path);
+    }
+    // A route that names the extension takes it.
+    const GATEWAY_ROUTES = JSON.stringify([{ pattern: "/v1/status.json", auth: "public" }, ...ROUTES]);
+    expect(((await (await gw("/v1/status.json", {}, { GATEWAY_ROUTES })).json()) as Echo).url).toBe("/v1/status.json");
+  });
+
   // NFKC folds `ſ` into `s`, fullwidth `ｒ` into `r` and `‥` into `..`; `ı` upper-cases to `I`: an upstream that
   // normalises or folds case would read another route, or a dot segment, than the table judged.
   it("never forwards a segment that changes under NFKC normalisation or case folding into ASCII", async () => {
@@ -156,6 +198,20 @@ describe("attack: paths an upstream decodes twice or normalises", () => {
         path,
       ).toEqual([]);
     }
+  });
+  // PHP, which Laravel and Symfony run on, stores a query parameter named `.method` or ` _method` as `_method` (and `_method[]` as an array of it):
+  // a scoped key could then POST to runs and have Laravel delete them, which the table keeps for full-access keys.
+  it("drops a method override in the spellings PHP reads as _method", async () => {
+    const { account, key } = await provision();
+    await own(account.id, "process:p1");
+    const scoped = await createKey(key.key, { processIds: ["p1"] });
+    for (const name of [".method", "+_method", "%20.method", "_Method", "_method[]", "_METHOD[x]"]) {
+      const seen = (await (await gw(`/v1/processes/p1/runs?${name}=DELETE&a=1`, { key: scoped.key, method: "POST" })).json()) as Echo;
+      expect(seen.url, name).toBe("/v1/processes/p1/runs?a=1");
+    }
+    // Names that only contain it are the provider's own.
+    const seen = (await (await gw("/v1/status?http_method=GET&_methods=1&a.method=2", {})).json()) as Echo;
+    expect(seen.url).toBe("/v1/status?http_method=GET&_methods=1&a.method=2");
   });
 });
 

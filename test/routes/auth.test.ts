@@ -115,6 +115,26 @@ describe("invitations and passwords", () => {
 });
 
 describe("login", () => {
+  it("answers configuration_error without JWT_SIGNING_KEYS, before a session is stored or a refresh token spent", async () => {
+    const { key } = await provision();
+    const user = await person(key.key);
+    const pair = await tokens(user.email);
+    const before = await rows("SELECT id FROM sessions WHERE user_id = ?", user.id);
+    await expectProblem(
+      await callWith({ JWT_SIGNING_KEYS: undefined }, "/v1/auth/login", { body: { email: user.email, password: PASSWORD } }),
+      500,
+      "configuration_error",
+    );
+    expect(await rows("SELECT id FROM sessions WHERE user_id = ?", user.id)).toEqual(before);
+    await expectProblem(
+      await callWith({ JWT_SIGNING_KEYS: undefined }, "/v1/auth/refresh", { body: { refresh_token: pair.refresh_token } }),
+      500,
+      "configuration_error",
+    );
+    // The refresh token was not spent: it still answers a new pair.
+    expect((await call("/v1/auth/refresh", { body: { refresh_token: pair.refresh_token } })).status).toBe(200);
+  });
+
   it("replaces a hash made with a lower cost by one at today's at the next login", async () => {
     const { key } = await provision();
     const user = await person(key.key);
@@ -306,6 +326,29 @@ describe("access and refresh tokens", () => {
     const after = await call("/v1/auth/refresh", { body: { refresh_token: next.refresh_token } });
     expect(after.status).toBe(200);
     expect((await after.json<Pair>()).refresh_token).not.toBe(next.refresh_token);
+  });
+
+  // A thief who refreshes a stolen token twice leaves the owner's token older than the previous one: it must still be
+  // known as used, or the owner is refused while the thief keeps the session for its 30 days.
+  it("ends the session when a token used two or more refreshes ago comes back, however the thief refreshed", async () => {
+    const { key } = await provision();
+    const user = await person(key.key);
+    for (const by of ["refresh token", "access token"] as const) {
+      const owner = await tokens(user.email);
+      let thief = owner;
+      for (let i = 0; i < 2; i++) {
+        const res =
+          by === "refresh token"
+            ? await call("/v1/auth/refresh", { body: { refresh_token: thief.refresh_token } })
+            : await call("/v1/auth/refresh", { method: "POST", key: thief.access_token });
+        expect(res.status, by).toBe(200);
+        thief = await res.json<Pair>();
+      }
+      await expectProblem(await call("/v1/auth/refresh", { body: { refresh_token: owner.refresh_token } }), 401, "invalid_refresh_token");
+      expect(await sessionRow(sid(owner)), by).toEqual({ ended_at: expect.any(String), end_reason: "refresh_reused" });
+      await expectProblem(await call("/v1/auth/refresh", { body: { refresh_token: thief.refresh_token } }), 401, "invalid_refresh_token");
+      await expectProblem(await call("/v1/whoami", { key: thief.access_token }), 401, "session_ended");
+    }
   });
 
   it("never ends a session for a refresh secret it never issued, even with the session's id", async () => {
