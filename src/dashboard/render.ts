@@ -7,7 +7,7 @@ import { ApiError, problem as renderProblem } from "../errors";
 export type Answer = ContentfulStatusCode | ApiError;
 
 /** Whether the client asked for HTML (a browser does); any other client (a script, curl) gets problem+json. */
-export const wantsHtml = (c: Context) => (c.req.header("Accept") ?? "").includes("text/html");
+const wantsHtml = (c: Context) => (c.req.header("Accept") ?? "").includes("text/html");
 
 /**
  * A whole page: the doctype, then the rendered JSX. A page showing a problem is that problem's status and headers, and

@@ -41,7 +41,7 @@ export function leaseSize(recentPerSecond: number, remaining: number, ms: number
 }
 
 /** Admissions logged in the last second (leases count at their grant's share: their entries lie ahead of now). */
-export function recentRate(log: readonly number[], now: number): number {
+function recentRate(log: readonly number[], now: number): number {
   return log.length - firstInWindow(log, now - 1000);
 }
 
@@ -70,7 +70,7 @@ export function admitWithLease(
 }
 
 /** Inserts `count` entries at `at`, keeping the log ascending (leases end after admissions made since). */
-export function insertSorted(log: number[], at: number, count: number): void {
+function insertSorted(log: number[], at: number, count: number): void {
   const i = firstInWindow(log, at);
   log.splice(i, 0, ...new Array<number>(count).fill(at));
 }
