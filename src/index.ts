@@ -1,7 +1,7 @@
-import { app } from "./app";
+import { app } from "./http/app";
 
-export { Counter } from "./objects/counter";
-export { KeyObject } from "./objects/key";
+export { Counter } from "./counters/counter-object";
+export { KeyObject } from "./keys/object";
 export { KeygateVerifier } from "./verifier";
 
 export default app;

@@ -1,13 +1,11 @@
 import { WorkerEntrypoint } from "cloudflare:workers";
 import type { z } from "@hono/zod-openapi";
-import { getConfig } from "./config";
-import { withDatabaseDeadline } from "./db/client";
-import type { Bindings } from "./env";
-import { ApiError } from "./errors";
+import { counterContext } from "./counters/limiter";
 import { type Verdict, VerifyRequest, verifyKey } from "./keys/verify";
-import { log, safeError } from "./log";
-import { fieldErrors } from "./openapi";
-import { counterContext } from "./ratelimit/limiter";
+import { makeDeps } from "./platform/deps";
+import type { Bindings } from "./platform/env";
+import { ApiError, fieldErrors } from "./platform/errors";
+import { log, safeError } from "./platform/log";
 
 /**
  * The verify call for Workers of the same Cloudflare account, through a service binding (no HTTP hop, no token: the
@@ -25,8 +23,9 @@ export class KeygateVerifier extends WorkerEntrypoint<Bindings> {
       );
     }
     // No response to mark: a caller in open mode sees `rateLimit: null`.
-    const requestId = `req_${crypto.randomUUID().replaceAll("-", "")}`;
-    const c = counterContext(withDatabaseDeadline(this.env), this.ctx, getConfig(this.env), requestId);
+    const deps = makeDeps(this.env, this.ctx);
+    const requestId = deps.requestId;
+    const c = counterContext(deps, this.ctx);
     try {
       return await verifyKey(c, parsed.data);
     } catch (err) {

@@ -1,6 +1,6 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { MAX_BODY_BYTES } from "../src/openapi";
+import { MAX_BODY_BYTES } from "../src/http/openapi";
 import { call, callWith, expectProblem, provision } from "./helpers";
 
 describe("the error shape", () => {

@@ -1,7 +1,7 @@
 import { type Schema, validate } from "@cfworker/json-schema";
 import { describe, expect, it } from "vitest";
-import { app } from "../src/app";
-import { ERRORS } from "../src/errors";
+import { app } from "../src/http/app";
+import { ERRORS } from "../src/platform/errors";
 import { contract } from "./contract";
 import { call } from "./helpers";
 

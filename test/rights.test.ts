@@ -1,7 +1,7 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
+import { UNSETTLED_TRUST_MS } from "../src/keys/object";
 import { CHANGE_IN_FORCE_MS } from "../src/keys/reload";
-import { UNSETTLED_TRUST_MS } from "../src/objects/key";
 import { type Fault, faultyDatabase, faultyObjects } from "./faults";
 import { call, callWith, createKey, expectProblem, memberWithKey, provision, rows } from "./helpers";
 

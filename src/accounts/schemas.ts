@@ -1,9 +1,9 @@
 import { z } from "@hono/zod-openapi";
-import type { Account } from "../db/schema";
-import { DEFAULT_PREFIX, PREFIX } from "../keys/format";
+import { DEFAULT_PREFIX, PREFIX } from "../core/ids";
+import { extend, matching, orNull, RateLimit, Timestamp, text } from "../core/schemas";
+import { DEFAULT_POLICY } from "../core/window";
 import { KeyWithSecret } from "../keys/schemas";
-import { DEFAULT_POLICY } from "../ratelimit/window";
-import { extend, matching, orNull, RateLimit, Timestamp, text } from "../schemas";
+import type { Account } from "../platform/db/schema";
 import { Email, InvitedUser } from "../users/schemas";
 
 const SLUG = /^[a-z0-9][a-z0-9-]{1,62}$/;

@@ -1,17 +1,16 @@
 import type { z } from "@hono/zod-openapi";
 import { and, asc, eq } from "drizzle-orm";
-import { FULL_ACCESS, type Principal } from "../auth/principal";
-import { dashboardOrigin } from "../config";
-import { auditInsert } from "../db/audit";
-import { batch, db, violates } from "../db/client";
-import { type Account, accounts, apiKeys, users } from "../db/schema";
-import type { RequestContext } from "../env";
-import { ApiError } from "../errors";
-import { newId } from "../keys/format";
+import { newId } from "../core/ids";
+import { FULL_ACCESS, type Principal } from "../core/principal";
+import type { RequestContext } from "../guards/context";
 import { reloadKeys } from "../keys/reload";
 import { liveKeyIds, mintKey } from "../keys/store";
-import { invalidRequest } from "../openapi";
 import { newInvitation } from "../people/invitations";
+import { dashboardOrigin } from "../platform/config";
+import { auditInsert } from "../platform/db/audit";
+import { batch, db, violates } from "../platform/db/client";
+import { type Account, accounts, apiKeys, users } from "../platform/db/schema";
+import { ApiError, invalidRequest } from "../platform/errors";
 import type { AccountChange, NewAccount } from "./schemas";
 
 // The account aggregate's writes, each with its audit events in one batch.

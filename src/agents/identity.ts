@@ -1,4 +1,4 @@
-import { generateSecret } from "../keys/format";
+import { generateSecret } from "../core/ids";
 
 const enc = new TextEncoder();
 

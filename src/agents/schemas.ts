@@ -1,7 +1,8 @@
 import { z } from "@hono/zod-openapi";
-import { extend, integer, Timestamp, text } from "../schemas";
+import { originProblem } from "../core/origins";
+import { extend, integer, Timestamp, text } from "../core/schemas";
 import { MAX_TOKEN_TTL_SECONDS } from "../tokens/handshake";
-import { DEFAULT_TOKEN_TTL_SECONDS, MAX_ORIGINS, originProblem } from "./store";
+import { DEFAULT_TOKEN_TTL_SECONDS, MAX_ORIGINS } from "./store";
 
 /** An exact origin as browsers send it in `Origin`. */
 export const Origin = z

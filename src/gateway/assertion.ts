@@ -1,5 +1,5 @@
 import { type CryptoKey, importJWK, SignJWT } from "jose";
-import { type Config, misconfigured } from "../config";
+import { type Config, misconfigured } from "../platform/config";
 
 export const ASSERTION_TYP = "keygate-assertion+jwt";
 /** How long an assertion is valid: it is meant for the one request it travels with. */

@@ -1,5 +1,5 @@
-import { QUERY_PARAM } from "../auth/credentials";
-import { carriesSecret } from "../auth/secret";
+import { QUERY_PARAM } from "../guards/credentials";
+import { carriesSecret } from "../guards/secret";
 import { SESSION_COOKIE } from "../people/sessions";
 
 /** Headers that describe one connection, not the message (RFC 9110 §7.6.1): never forwarded either way. */

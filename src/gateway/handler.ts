@@ -1,18 +1,19 @@
 import type { Context } from "hono";
 import { createMiddleware } from "hono/factory";
 import type { ContentfulStatusCode, StatusCode } from "hono/utils/http-status";
-import { cors } from "../auth/cors";
-import { guard, type Identified } from "../auth/middleware";
-import { type Need, NO_ACCOUNT } from "../auth/principal";
-import { carriesSecret } from "../auth/secret";
-import { localOrigin, misconfigured, serviceTokens } from "../config";
-import type { AppEnv } from "../env";
-import { ApiError, problem } from "../errors";
-import { log, safeError } from "../log";
+import { type Need, NO_ACCOUNT } from "../core/principal";
+import { canonicalPath, type GatewayRoute } from "../core/route-table";
+import { guard, type Identified } from "../guards/authenticate";
+import type { AppEnv } from "../guards/context";
+import { cors } from "../guards/cors";
+import { problem } from "../guards/problem";
+import { carriesSecret } from "../guards/secret";
+import { localOrigin, misconfigured, serviceTokens } from "../platform/config";
+import { ApiError } from "../platform/errors";
+import { log, safeError } from "../platform/log";
+import { claim, ownerOf, parseGrant, release } from "../resources/owners";
 import { type Identity, signAssertion } from "./assertion";
 import { send, upstreamHeaders, upstreamUrl } from "./forward";
-import { claim, ownerOf, parseGrant, release } from "./owners";
-import { canonicalPath, type GatewayRoute } from "./table";
 
 /** Keygate's own paths: never forwarded, whatever the route table says. */
 const OWN = [

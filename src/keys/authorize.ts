@@ -1,11 +1,11 @@
-import type { AuthMethod } from "../auth/credentials";
-import { type Need, type Principal, type Refusal, refusal } from "../auth/principal";
-import { db } from "../db/client";
-import type { CounterContext } from "../env";
-import type { Authorization } from "../objects/key";
-import { type Holdings, holdings } from "../ratelimit/held";
-import { type Admission, callCounter, counterContext } from "../ratelimit/limiter";
-import { hashKey } from "./format";
+import { hashKey } from "../core/ids";
+import type { AuthMethod } from "../core/principal";
+import { type Need, type Principal, type Refusal, refusal } from "../core/principal";
+import { type Holdings, holdings } from "../counters/held";
+import { type Admission, callCounter, counterContext } from "../counters/limiter";
+import type { CounterContext } from "../guards/context";
+import { db } from "../platform/db/client";
+import type { Authorization } from "./object";
 import { catchUp } from "./reload";
 import { evaluateKey, keyIdByHash, loadKey, type VerifyResult } from "./store";
 
@@ -94,7 +94,7 @@ export async function authorizeKey(
 async function renew(c: CounterContext, isolate: Holdings, keyId: string, name: string, method: AuthMethod): Promise<void> {
   // A call of its own: not the request's (which spent from its lease), so not the request's id either.
   const id = `${c.get("requestId")}-renewal`;
-  const own = counterContext(c.env, c.executionCtx, c.get("config"), id);
+  const own = counterContext({ ...c.get("deps"), requestId: id }, c.executionCtx);
   const askedAt = isolate.now();
   const returned = isolate.unspent(name);
   try {

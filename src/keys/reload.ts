@@ -1,10 +1,10 @@
-import { deadline, retryFor } from "../deadline";
-import type { RequestContext } from "../env";
-import { ApiError } from "../errors";
-import { log, safeError } from "../log";
-import { type KeyObject, RECORD_TTL_MS } from "../objects/key";
-import { holdings } from "../ratelimit/held";
-import { LEASE_MS } from "../ratelimit/lease";
+import { LEASE_MS } from "../core/lease";
+import { holdings } from "../counters/held";
+import type { RequestContext } from "../guards/context";
+import { deadline, retryFor } from "../platform/deadline";
+import { ApiError } from "../platform/errors";
+import { log, safeError } from "../platform/log";
+import { type KeyObject, RECORD_TTL_MS } from "./object";
 
 // How a change that removes rights (revoking or rotating a key, disabling or demoting its owner, narrowing grants)
 // comes into force in the keys' objects: before its answer, or, when that fails, within CHANGE_IN_FORCE_MS of it with

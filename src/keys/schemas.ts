@@ -1,8 +1,8 @@
 import { z } from "@hono/zod-openapi";
-import { FULL_ACCESS } from "../auth/principal";
-import type { ApiKey } from "../db/schema";
-import type { FieldError } from "../errors";
-import { extend, FutureInstant, integer, matching, orNull, RateLimit, Timestamp, text } from "../schemas";
+import { FULL_ACCESS } from "../core/principal";
+import { extend, FutureInstant, integer, matching, orNull, RateLimit, Timestamp, text } from "../core/schemas";
+import type { ApiKey } from "../platform/db/schema";
+import type { FieldError } from "../platform/errors";
 import { keyPolicy, keyStatus } from "./store";
 
 const GRANT = /^([a-z][a-z0-9]{0,31}):([A-Za-z0-9][A-Za-z0-9_.-]{0,127})$/;

@@ -1,12 +1,12 @@
 import { and, eq, sql } from "drizzle-orm";
-import { rateLimitCeiling, withinCeiling } from "../accounts/limits";
-import type { AuthMethod } from "../auth/credentials";
-import { effectiveScopes, type Principal } from "../auth/principal";
-import type { Db } from "../db/client";
-import { listPage, type Page } from "../db/pagination";
-import { type Account, type ApiKey, accounts, apiKeys, users } from "../db/schema";
-import type { Policy } from "../ratelimit/window";
-import { generateKey, hashKey, newId } from "./format";
+import { rateLimitCeiling, withinCeiling } from "../core/ceilings";
+import { generateKey, hashKey, newId } from "../core/ids";
+import type { AuthMethod } from "../core/principal";
+import { effectiveScopes, type Principal } from "../core/principal";
+import type { Policy } from "../core/window";
+import type { Db } from "../platform/db/client";
+import { listPage, type Page } from "../platform/db/pagination";
+import { type Account, type ApiKey, accounts, apiKeys, users } from "../platform/db/schema";
 
 export type KeyStatus = "active" | "revoked" | "expired";
 

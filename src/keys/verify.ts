@@ -1,10 +1,10 @@
 import { z } from "@hono/zod-openapi";
-import { type Need, NO_ACCOUNT } from "../auth/principal";
-import type { CounterContext } from "../env";
-import { GRANT, ownerOf, parseGrant } from "../gateway/owners";
-import { integer, matching } from "../schemas";
+import { parseKey } from "../core/ids";
+import { type Need, NO_ACCOUNT } from "../core/principal";
+import { integer, matching } from "../core/schemas";
+import type { CounterContext } from "../guards/context";
+import { GRANT, ownerOf, parseGrant } from "../resources/owners";
 import { authorizeKey } from "./authorize";
-import { parseKey } from "./format";
 
 export const VerifyRequest = z
   .strictObject({

@@ -1,12 +1,11 @@
 import { and, eq, gt, isNull, sql } from "drizzle-orm";
-import { hashPassword, passwordProblem } from "../auth/password";
-import { auditIfChanged } from "../db/audit";
-import { batch, db } from "../db/client";
-import { invitations, sessions, users } from "../db/schema";
-import type { RequestContext } from "../env";
-import { ApiError } from "../errors";
-import { generateSecret, hashKey, newId } from "../keys/format";
-import { invalidRequest } from "../openapi";
+import { generateSecret, hashKey, newId } from "../core/ids";
+import { hashPassword, passwordProblem } from "../core/password";
+import type { RequestContext } from "../guards/context";
+import { auditIfChanged } from "../platform/db/audit";
+import { batch, db } from "../platform/db/client";
+import { invitations, sessions, users } from "../platform/db/schema";
+import { ApiError, invalidRequest } from "../platform/errors";
 
 export const INVITATION_DAYS = 7;
 

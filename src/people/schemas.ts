@@ -1,6 +1,6 @@
 import { z } from "@hono/zod-openapi";
-import { MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH } from "../auth/password";
-import { Timestamp } from "../schemas";
+import { MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH } from "../core/password";
+import { Timestamp } from "../core/schemas";
 import { Email } from "../users/schemas";
 
 // Length and strength are judged by auth/password.ts (it knows the email); the schema only bounds the input.

@@ -1,14 +1,13 @@
 import { and, desc, eq, isNull, lt, sql } from "drizzle-orm";
-import { hashPassword, needsRehash, passwordProblem, verifyPassword } from "../auth/password";
-import { effectiveScopes, FULL_ACCESS, type Need, type Principal, refusal, refused } from "../auth/principal";
-import { misconfigured } from "../config";
-import { batch, db } from "../db/client";
-import { accounts, sessions, users } from "../db/schema";
-import type { RequestContext } from "../env";
-import { ApiError } from "../errors";
-import { generateSecret, hashKey, newId, toHex } from "../keys/format";
-import { invalidRequest } from "../openapi";
-import { type Admission, refund, spend, spendPerAddress } from "../ratelimit/limiter";
+import { generateSecret, hashKey, newId, toHex } from "../core/ids";
+import { hashPassword, needsRehash, passwordProblem, verifyPassword } from "../core/password";
+import { effectiveScopes, FULL_ACCESS, type Need, type Principal, refusal } from "../core/principal";
+import { type Admission, refund, spend, spendPerAddress } from "../counters/limiter";
+import type { RequestContext } from "../guards/context";
+import { misconfigured } from "../platform/config";
+import { batch, db } from "../platform/db/client";
+import { accounts, sessions, users } from "../platform/db/schema";
+import { ApiError, invalidRequest, refused } from "../platform/errors";
 import { ACCESS_TTL_SECONDS, type AccessClaims, signAccessToken } from "../tokens/access";
 import type { SigningKey } from "../tokens/jwt";
 

@@ -1,5 +1,5 @@
 import { z } from "@hono/zod-openapi";
-import { Instant, Timestamp } from "../schemas";
+import { Instant, Timestamp } from "../core/schemas";
 
 const MAX_RANGE_MS = 31 * 86_400_000;
 

@@ -1,6 +1,6 @@
 import { and, eq, gte, inArray, lt, sql } from "drizzle-orm";
-import { db } from "../db/client";
-import { apiKeys, keyUsage } from "../db/schema";
+import { db } from "../platform/db/client";
+import { apiKeys, keyUsage } from "../platform/db/schema";
 
 /** One hour of a key's (or an account's) requests: admitted, and refused by the rate limit. */
 export type UsageHour = { hour: string; admitted: number; rateLimited: number };

@@ -1,8 +1,8 @@
 import { z } from "@hono/zod-openapi";
-import { FULL_ACCESS } from "../auth/principal";
-import type { User } from "../db/schema";
+import { FULL_ACCESS } from "../core/principal";
+import { extend, matching, Timestamp } from "../core/schemas";
 import { Grants } from "../keys/schemas";
-import { extend, matching, Timestamp } from "../schemas";
+import type { User } from "../platform/db/schema";
 
 /** Deliberately loose: one @, no spaces, a dot in the domain. Delivery is the proof of an address. */
 const EMAIL = /^[^\s@]+@[^\s@]+\.[^\s@]+$/;

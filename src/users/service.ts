@@ -1,18 +1,17 @@
 import type { z } from "@hono/zod-openapi";
 import { and, eq, sql } from "drizzle-orm";
-import { FULL_ACCESS, type Principal } from "../auth/principal";
-import { dashboardOrigin } from "../config";
-import { auditIfChanged, auditInsert } from "../db/audit";
-import { batch, db } from "../db/client";
-import { type User, users } from "../db/schema";
-import type { RequestContext } from "../env";
-import { ApiError } from "../errors";
-import { newId } from "../keys/format";
+import { newId } from "../core/ids";
+import { FULL_ACCESS, type Principal } from "../core/principal";
+import type { RequestContext } from "../guards/context";
 import { reloadKeys, writeChange } from "../keys/reload";
 import { grantErrors } from "../keys/schemas";
 import { lastingKey, liveKeyIds } from "../keys/store";
-import { invalidRequest } from "../openapi";
 import { type Invitation, newInvitation } from "../people/invitations";
+import { dashboardOrigin } from "../platform/config";
+import { auditIfChanged, auditInsert } from "../platform/db/audit";
+import { batch, db } from "../platform/db/client";
+import { type User, users } from "../platform/db/schema";
+import { ApiError, invalidRequest } from "../platform/errors";
 import type { NewUser, UserChange } from "./schemas";
 
 // The user aggregate's writes: guarded in D1, written with their audit event in one batch, and in force in the objects

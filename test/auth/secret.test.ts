@@ -1,7 +1,7 @@
 // The recogniser runs on every header, cookie, query parameter and path the gateway forwards, before any credential
 // is checked on a public route: its cost must not grow faster than the text a client sends.
 import { expect, it } from "vitest";
-import { carriesSecret } from "../../src/auth/secret";
+import { carriesSecret } from "../../src/guards/secret";
 
 it("reads 64 KB of text that looks like the start of many tokens in linear time", () => {
   const text = "eyJ".repeat(64_000 / 3);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { POLICY } from "../../src/dashboard/layout";
-import { hashKey } from "../../src/keys/format";
+import { hashKey } from "../../src/core/ids";
+import { POLICY } from "../../src/http/dashboard/layout";
 import { call, expectProblem, provision, rows } from "../helpers";
 import { COOKIE, html, PASSWORD, page, person, signIn } from "./helpers";
 

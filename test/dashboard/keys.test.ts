@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { hashKey } from "../../src/keys/format";
+import { hashKey } from "../../src/core/ids";
 import { call, createKey, provision, rows } from "../helpers";
 import { html, page, person, signIn } from "./helpers";
 

@@ -1,6 +1,6 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { hashKey } from "../../src/keys/format";
+import { hashKey } from "../../src/core/ids";
 import { addUsage, hourOf } from "../../src/usage/service";
 import { call, createAgent, createKey, provision, rows } from "../helpers";
 import { html, page, person, signIn } from "./helpers";

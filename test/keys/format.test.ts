@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { generateKey, hashKey, parseKey } from "../../src/keys/format";
+import { generateKey, hashKey, parseKey } from "../../src/core/ids";
 
 describe("key format", () => {
   it("is the prefix, an underscore and 64 lowercase hex characters, unique over many draws", () => {

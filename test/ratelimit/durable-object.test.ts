@@ -1,7 +1,7 @@
 import { evictDurableObject, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { RECORD_TTL_MS, UNSETTLED_TRUST_MS } from "../../src/objects/key";
+import { RECORD_TTL_MS, UNSETTLED_TRUST_MS } from "../../src/keys/object";
 import { faultyDatabase } from "../faults";
 import { call, createKey, expectProblem, provision } from "../helpers";
 
@@ -17,7 +17,7 @@ const outcome = (call: Promise<unknown>) =>
 /** A call from a request that waits up to a minute. */
 const tag = (id = crypto.randomUUID()) => ({ id, deadline: Date.now() + 60_000 });
 /** Admissions in the counter's storage (a counter that never counted has no table yet). */
-const stored = (stub: DurableObjectStub<import("../../src/objects/counter").Counter>) =>
+const stored = (stub: DurableObjectStub<import("../../src/counters/counter-object").Counter>) =>
   runInDurableObject(stub, (_, state) => {
     const sql = state.storage.sql;
     if (sql.exec("SELECT name FROM sqlite_master WHERE name = 'hits'").toArray().length === 0) return 0;

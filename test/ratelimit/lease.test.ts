@@ -1,8 +1,8 @@
 import { describe, expect, it } from "vitest";
-import type { Principal } from "../../src/auth/principal";
-import { Holdings } from "../../src/ratelimit/held";
-import { admitWithLease, LEASE_MIN_RATE, LEASE_MS, leaseMs, leaseSize } from "../../src/ratelimit/lease";
-import { decide, type Policy } from "../../src/ratelimit/window";
+import { admitWithLease, LEASE_MIN_RATE, LEASE_MS, leaseMs, leaseSize } from "../../src/core/lease";
+import type { Principal } from "../../src/core/principal";
+import { decide, type Policy } from "../../src/core/window";
+import { Holdings } from "../../src/counters/held";
 
 /** A seeded generator, so every run tests the same arrival patterns. */
 function random(seed: number): () => number {

@@ -1,22 +1,23 @@
 import { createExecutionContext, runInDurableObject, waitOnExecutionContext } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { getConfig } from "../../src/config";
-import type { CounterContext, Variables } from "../../src/env";
-import { ApiError } from "../../src/errors";
+import { LEASE_MS } from "../../src/core/lease";
+import type { Counter } from "../../src/counters/counter-object";
+import { Holdings, holdings } from "../../src/counters/held";
+import { counterContext } from "../../src/counters/limiter";
+import { SlidingLog } from "../../src/counters/sliding-log";
+import type { CounterContext } from "../../src/guards/context";
 import { authorizeKey } from "../../src/keys/authorize";
-import type { Counter } from "../../src/objects/counter";
-import { SlidingLog } from "../../src/objects/sliding-log";
-import { Holdings, holdings } from "../../src/ratelimit/held";
-import { LEASE_MS } from "../../src/ratelimit/lease";
+import { makeDeps } from "../../src/platform/deps";
+import { ApiError } from "../../src/platform/errors";
 import { faultyObjects } from "../faults";
 import { call, callWith, createAgent, createKey, expectProblem, memberWithKey, provision, WIDGET_ORIGIN } from "../helpers";
 
 /** A context for calling the key path directly, as one request of an isolate would (on these bindings, if given). */
 function context(overrides: Partial<Cloudflare.Env> = {}): CounterContext {
   const bindings = { ...env, ...overrides };
-  const vars: Variables = { requestId: `req_${crypto.randomUUID().replaceAll("-", "")}`, config: getConfig(bindings), corsOrigin: null };
-  return { env: bindings, executionCtx: createExecutionContext(), get: (key) => vars[key], header: () => {} };
+  const ctx = createExecutionContext();
+  return counterContext(makeDeps(bindings, ctx), ctx);
 }
 
 /**

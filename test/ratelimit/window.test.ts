@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { decide, type Policy } from "../../src/ratelimit/window";
+import { decide, type Policy } from "../../src/core/window";
 
 /** Drives the pure decision with an injected clock, keeping the log as the Durable Object does. */
 function limiter(policy: Policy) {

@@ -1,7 +1,7 @@
 import { env } from "cloudflare:workers";
 import { createLocalJWKSet, jwtVerify } from "jose";
 import { describe, expect, it, vi } from "vitest";
-import { hashPassword } from "../../src/auth/password";
+import { hashPassword } from "../../src/core/password";
 import { REFRESH_GRACE_SECONDS } from "../../src/people/sessions";
 import { faultyDatabase } from "../faults";
 import { gw } from "../gateway/table";

@@ -1,6 +1,6 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { holdings } from "../../src/ratelimit/held";
+import { holdings } from "../../src/counters/held";
 import { faultyDatabase, faultyObjects } from "../faults";
 import { call, callWith, createAgent, createKey, createUser, expectProblem, memberWithKey, provision, rows } from "../helpers";
 

@@ -1,0 +1,18 @@
+import type { Policy } from "./window";
+
+/** The highest limit members may give their keys: the account's `maxRateLimit`, else its default limit. */
+export function rateLimitCeiling(a: {
+  rateLimit: number;
+  rateLimitWindowSeconds: number;
+  maxRateLimit: number | null;
+  maxRateLimitWindowSeconds: number | null;
+}): Policy {
+  return a.maxRateLimit !== null && a.maxRateLimitWindowSeconds !== null
+    ? { limit: a.maxRateLimit, windowSeconds: a.maxRateLimitWindowSeconds }
+    : { limit: a.rateLimit, windowSeconds: a.rateLimitWindowSeconds };
+}
+
+/** Whether `p` admits no more requests than `ceiling` in one window, nor at a higher rate over a longer one. */
+export function withinCeiling(p: Policy, ceiling: Policy): boolean {
+  return p.limit <= ceiling.limit && p.limit * ceiling.windowSeconds <= ceiling.limit * p.windowSeconds;
+}

@@ -1,0 +1,71 @@
+import type { Policy } from "./window";
+
+/** How a key came: `Authorization: Bearer`, `X-API-Key`, the deprecated query parameter, or the verify API. */
+export type AuthMethod = "bearer" | "header" | "query" | "verify";
+
+/** Who is calling: an API key, acting with the rights of its owner inside one account, or that owner in a session. */
+export type Principal = {
+  accountId: string;
+  /** The key the request came with; null for a person's session (access token or dashboard cookie). */
+  keyId: string | null;
+  /** The session of a person's request (`Keygate-Auth-Method: session`). */
+  sessionId?: string;
+  userId: string;
+  role: "admin" | "member";
+  /**
+   * What the key may reach: `["*"]` for full access, else resource grants such as `mailbox:mbx_123`. The key's own
+   * scopes intersected with its owner's grants (see `effectiveScopes`).
+   */
+  scopes: string[];
+  /** The account's optional slug, which gateway routes accept in place of its id. */
+  accountSlug: string | null;
+  /** The account's key prefix (it never changes). */
+  keyPrefix: string;
+  /** The key's own limit, else the account's default. */
+  rateLimit: Policy;
+};
+
+export const FULL_ACCESS = "*";
+
+/**
+ * What a route asks of a key: any valid key, a full-access key, or a full-access key of an admin. A gateway route
+ * asks for a grant of one `resource` (`mailbox:mbx_1`), or full access when it names none, and with `account` for a
+ * path parameter that must name the key's own account (by id or slug).
+ */
+export type Need = "any" | "full" | "admin" | { resource?: string; account?: string };
+
+/** The `account` of a resource no account owns: it names no account, so no key reaches it. */
+export const NO_ACCOUNT = "";
+
+/** Why a principal falls short of what a route needs. */
+export type Refusal = "insufficient_scope" | "insufficient_role" | "not_granted" | "other_account";
+
+/** Why the principal falls short of `need`, or null. Pure, so the key's object (or an isolate's lease of it) can decide it before spending. */
+export function refusal(p: Principal, need: Need): Refusal | null {
+  if (need === "any") return null;
+  if (typeof need === "object") {
+    // Another tenant's URL is not found, whatever the key's rights: nothing says it exists.
+    if (need.account !== undefined && need.account !== p.accountId && need.account !== p.accountSlug) return "other_account";
+    if (p.scopes.includes(FULL_ACCESS)) return null;
+    if (need.resource === undefined) return "insufficient_scope";
+    return p.scopes.includes(need.resource) ? null : "not_granted";
+  }
+  if (!p.scopes.includes(FULL_ACCESS)) return "insufficient_scope";
+  if (need === "admin" && p.role !== "admin") return "insufficient_role";
+  return null;
+}
+
+/**
+ * A key's rights: its own scopes within its owner's grants (keys inherit the rights of the user they belong to).
+ * Admins hold every grant. A full-access key of a member limited to `project:warehouse` reaches only that project.
+ */
+export function effectiveScopes(keyScopes: readonly string[], ownerGrants: readonly string[], role: Principal["role"]): string[] {
+  if (role === "admin" || ownerGrants.includes(FULL_ACCESS)) return [...keyScopes];
+  if (keyScopes.includes(FULL_ACCESS)) return [...ownerGrants];
+  return keyScopes.filter((s) => ownerGrants.includes(s));
+}
+
+/** Admins act on every key of the account; members only on keys they own. */
+export function canManageKey(p: Principal, ownerId: string): boolean {
+  return p.role === "admin" || p.userId === ownerId;
+}

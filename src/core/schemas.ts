@@ -1,0 +1,158 @@
+import { z } from "@hono/zod-openapi";
+import { MAX_LIMIT, MAX_WINDOW_SECONDS } from "./window";
+
+const EXPECTED: Record<string, string> = {
+  string: "a string",
+  number: "a number",
+  boolean: "true or false",
+  object: "an object",
+  array: "an array",
+};
+
+// One wording for every field of every request. Workers refuse code generation from strings, so zod runs jitless.
+z.config({
+  jitless: true,
+  customError: (issue) => {
+    switch (issue.code) {
+      case "invalid_type":
+        return issue.input === undefined ? "is required" : `must be ${EXPECTED[issue.expected] ?? issue.expected}`;
+      case "invalid_value":
+        return `must be one of: ${issue.values.join(", ")}`;
+      case "too_small":
+        return issue.origin === "string" || issue.origin === "array" ? "must not be empty" : undefined;
+      case "too_big":
+        if (issue.origin === "string") return `must be at most ${issue.maximum} characters`;
+        return issue.origin === "array" ? `must have at most ${issue.maximum} items` : undefined;
+      default:
+        return undefined;
+    }
+  },
+});
+
+/**
+ * `base` with more fields, as one closed object. (zod's `.extend` of a named schema is documented as an `allOf` of the
+ * base and a closed branch, which a JSON Schema validator reads as forbidding the base's own fields.)
+ */
+export const extend = <B extends z.ZodObject, S extends z.ZodRawShape>(base: B, shape: S) =>
+  z.strictObject({ ...(base.shape as B["shape"]), ...shape });
+
+/**
+ * `schema` or `null`, documented as exactly that (`anyOf` of the two); `.nullable()` of a named schema is documented
+ * as an `allOf` with the named schema, which `null` never matches.
+ */
+export const orNull = <T extends z.ZodType>(schema: T) => z.union([schema, z.null()]);
+
+/** Trimmed, non-empty text of at most `max` characters. */
+export const text = (max: number) => z.string().trim().min(1).max(max);
+
+/**
+ * A string matching `pattern` (anchored with `^` and `$`) once trimmed, with `hint` saying what is expected; the
+ * document's pattern allows the surrounding spaces the trim takes away.
+ */
+export const matching = (pattern: RegExp, hint: string) =>
+  z
+    .string()
+    .trim()
+    .regex(pattern, hint)
+    .openapi({ pattern: `^\\s*(?:${pattern.source.slice(1, -1)})\\s*$` });
+
+/** An integer from `min` to `max`, with one message for every way to miss. */
+export const integer = (min: number, max: number) => {
+  const error = `must be an integer from ${min} to ${max}`;
+  return z.number({ error }).int({ error }).min(min, { error }).max(max, { error });
+};
+
+/** A `{limit, windowSeconds}` policy: at most `limit` requests in any window of `windowSeconds`. */
+export const RateLimit = z
+  .strictObject({ limit: integer(1, MAX_LIMIT), windowSeconds: integer(1, MAX_WINDOW_SECONDS) })
+  .openapi("RateLimit", { example: { limit: 60, windowSeconds: 60 } });
+
+const ISO_INSTANT = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?(Z|([+-])(\d{2}):(\d{2}))$/;
+/** The last instant whose `toISOString()` has four year digits. */
+const LATEST_INSTANT = Date.parse("9999-12-31T23:59:59.999Z");
+
+/**
+ * An ISO-8601 date-time with a timezone, answered in UTC; `future`: only instants after now. Only real calendar dates
+ * and times (no 30 February, no hour 24, offsets up to ±23:59) up to the end of year 9999 UTC, so that every stored
+ * instant has the fixed-width form of `toISOString()` and instants compare correctly as text in SQL.
+ */
+const instant = (future: boolean) =>
+  z
+    .string()
+    .transform((value, ctx) => {
+      const m = ISO_INSTANT.exec(value);
+      if (!m) {
+        ctx.addIssue({ code: "custom", message: "must be an ISO-8601 date-time with a timezone, e.g. 2027-01-01T00:00:00Z" });
+        return z.NEVER;
+      }
+      type Parts = [number, number, number, number, number, number, number, number];
+      const [y, mo, d, h, mi, sec, oh, om] = [1, 2, 3, 4, 5, 6, 10, 11].map((i) => Number(m[i] ?? 0)) as Parts;
+      const calendar = new Date(Date.UTC(y, mo - 1, d));
+      const real = calendar.getUTCFullYear() === y && calendar.getUTCMonth() === mo - 1 && calendar.getUTCDate() === d;
+      const at = Date.parse(value);
+      const problem =
+        !real || h > 23 || mi > 59 || sec > 59 || oh > 23 || om > 59
+          ? "is not a real date and time"
+          : Number.isNaN(at) || at > LATEST_INSTANT
+            ? "must be no later than 9999-12-31T23:59:59Z"
+            : future && at <= Date.now()
+              ? "must be in the future"
+              : null;
+      if (problem) {
+        ctx.addIssue({ code: "custom", message: problem });
+        return z.NEVER;
+      }
+      return new Date(at).toISOString();
+    })
+    .openapi({ type: "string", format: "date-time", example: "2027-01-01T00:00:00Z" });
+
+/** An instant up to the end of year 9999 UTC (see `instant`). */
+export const Instant = instant(false);
+
+/** An instant after now and up to the end of year 9999 UTC (see `instant`). */
+export const FutureInstant = instant(true);
+
+/** An ISO-8601 UTC timestamp as the API writes them. */
+export const Timestamp = z.string().openapi({ format: "date-time", example: "2026-11-23T08:00:00.000Z" });
+
+/** `?limit=&cursor=` of every list (other parameters pass: the deprecated `userApiToken` travels in the query). */
+/** A page holds DEFAULT_PAGE items unless `limit` asks for up to MAX_PAGE. */
+export const DEFAULT_PAGE = 20;
+export const MAX_PAGE = 100;
+
+export const PageQuery = z.object({
+  limit: z.coerce
+    .number()
+    .pipe(integer(1, MAX_PAGE))
+    .optional()
+    .openapi({ param: { name: "limit", in: "query" }, type: "integer", minimum: 1, maximum: MAX_PAGE, default: DEFAULT_PAGE }),
+  cursor: z
+    .string()
+    .optional()
+    .openapi({ param: { name: "cursor", in: "query" }, description: "`nextCursor` of the previous page" }),
+});
+
+/** A page of a list, newest first. */
+export const page = <T extends z.ZodType>(item: T) => z.strictObject({ data: z.array(item), nextCursor: z.string().nullable() });
+
+/** An id in a path; anything not of this account is 404, never 400, so a probe learns nothing. */
+export const IdParam = z.object({ id: z.string().openapi({ param: { name: "id", in: "path" }, example: "key_5f0c9a1e2b7d43a8c6e1f0b2" }) });
+
+/** A variable holding JSON: parsed, then checked by `schema`; unset or empty is `empty`. */
+export const jsonText = <T extends z.ZodType>(schema: T, empty: string) =>
+  z
+    .string()
+    .optional()
+    .transform((v, ctx) => {
+      try {
+        return JSON.parse(v || empty) as unknown;
+      } catch {
+        ctx.addIssue({ code: "custom", message: "is not JSON" });
+        return z.NEVER;
+      }
+    })
+    .pipe(schema);
+
+/** Signing keys: a list whose `kid`s are unique (the first signs, all verify). */
+export const keyList = <T extends z.ZodType<{ kid: string }>>(key: T) =>
+  z.array(key).refine((keys) => new Set(keys.map((k) => k.kid)).size === keys.length, "kids must be unique");

@@ -1,0 +1,139 @@
+import { HeldLeases, LEASE_MS, type Lease } from "../core/lease";
+import type { Principal } from "../core/principal";
+import type { Policy } from "../core/window";
+import { deadline } from "../platform/deadline";
+import type { Admission } from "./limiter";
+
+/** `principal`: for a key, the record its object answered with the lease; null for a plain counter. */
+type Held = { principal: Principal | null; until: number; remaining: number; resetAt: number; lastLease: number; leases: HeldLeases };
+
+const MAX_HELD_KEYS = 10_000;
+
+/**
+ * What one isolate holds of each hot counter (`key:<id>`, or a plain counter's name): its leases and, for a key, the
+ * record its object last answered (trusted until the isolate's leases of it end, at most LEASE_MS after it asked).
+ * Nothing is held without a lease, so a counter that is not hot is asked on every request, exactly as without leases.
+ */
+export class Holdings {
+  private readonly held = new Map<string, Held>();
+  /** When this isolate last stopped trusting each key's record (`drop`): an answer asked for before then is stale. */
+  private readonly dropped = new Map<string, number>();
+  /** This isolate's call in flight for each hot name: the one renewal a run-out lease needs, shared. */
+  private readonly asking = new Map<string, { settled: Promise<boolean>; until: number }>();
+
+  /** `now` is replaceable in tests to move this isolate's time. */
+  constructor(public now: () => number = Date.now) {}
+
+  /** What is held of `name`, while it may be trusted. */
+  get(name: string): Held | undefined {
+    const h = this.held.get(name);
+    return h && h.until > this.now() ? h : undefined;
+  }
+
+  /** What ended leases of `name` left unspent, removed from what is held (its object takes it back). */
+  unspent(name: string): { id: number; left: number }[] {
+    return this.held.get(name)?.leases.ended(this.now()) ?? [];
+  }
+
+  /** Keeps a lease the object granted (for a key, with the record it was granted for) until `askedAt + lease.ms`. */
+  hold(name: string, askedAt: number, principal: Principal | null, lease: Lease, remaining: number, resetAt: number): void {
+    const until = askedAt + lease.ms;
+    // Asked before a change made here dropped the key: its record may predate the change, so it is not trusted (the
+    // lease is kept only to be given back when it ends).
+    const stale = askedAt <= (this.dropped.get(name) ?? Number.NEGATIVE_INFINITY);
+    let h = this.held.get(name);
+    if (h)
+      Object.assign(
+        h,
+        stale ? { remaining, resetAt } : { principal, until: Math.max(h.until, until), remaining, resetAt, lastLease: lease.units },
+      );
+    else {
+      if (this.held.size >= MAX_HELD_KEYS) this.held.delete(this.held.keys().next().value as string);
+      h = { principal, until: stale ? 0 : until, remaining, resetAt, lastLease: lease.units, leases: new HeldLeases() };
+      this.held.set(name, h);
+    }
+    h.leases.add(until, lease.id, lease.units);
+  }
+
+  /**
+   * An admission of `cost` from a held lease of `name`, with no call; null when none is held that covers it.
+   * `remaining` is what the object had left less what this isolate has spent.
+   */
+  take(name: string, cost: number, policy: Policy): Admission | null {
+    const h = this.get(name);
+    const now = this.now();
+    const id = h?.leases.take(now, cost) ?? null;
+    if (!h || id === null) return null;
+    const remaining = h.remaining + h.leases.available(now);
+    return { allowed: true, limit: policy.limit, remaining, resetAt: h.resetAt, retryAfter: 0, at: id, cost, name, policy, leased: true };
+  }
+
+  /** Whether `name`'s leases are down to half of the last one and no renewal is under way: time to ask for the next. */
+  runningLow(name: string): boolean {
+    const h = this.get(name);
+    return h !== undefined && !this.calling(name) && h.leases.available(this.now()) * 2 <= h.lastLease;
+  }
+
+  /** What this isolate holds unspent of `name`'s leases, to add to what the object says is left. */
+  available(name: string): number {
+    return this.get(name)?.leases.available(this.now()) ?? 0;
+  }
+
+  /**
+   * The call this isolate has in flight for a hot `name` (one that held a lease), for a request that found no lease
+   * to wait for instead of calling too: one renewal per isolate, not one per request in flight. It resolves to
+   * whether it brought a lease; after one that did not (the key is out of budget), every request asks for itself.
+   * The wait ends at the call's deadline on the waiting request's own timer: a call whose request the runtime
+   * cancelled (its client went away) never settles, and a request waiting on it without a timer of its own would be
+   * found hung; past its deadline the call is forgotten, so later requests ask for themselves at once.
+   */
+  inFlight(name: string): Promise<boolean> | undefined {
+    const asking = this.calling(name);
+    return asking && deadline(asking.settled, asking.until - this.now(), () => new Error("past its deadline")).catch(() => false);
+  }
+
+  /** This isolate's call in flight for `name`, until its deadline. */
+  private calling(name: string): { settled: Promise<boolean>; until: number } | undefined {
+    const asking = this.asking.get(name);
+    if (asking && asking.until <= this.now()) this.asking.delete(name);
+    else return asking;
+  }
+
+  /**
+   * Marks `call` as this isolate's call for `name` while it runs, at most `ms` (its deadline), if `name` is hot;
+   * `leased` reads its answer.
+   */
+  track<T>(name: string, call: Promise<T>, leased: (answer: T) => boolean, ms: number): Promise<T> {
+    if (!this.held.has(name) || this.calling(name)) return call;
+    const asking = { settled: call.then(leased, () => false), until: this.now() + ms };
+    this.asking.set(name, asking);
+    void asking.settled.then(() => {
+      if (this.asking.get(name) === asking) this.asking.delete(name);
+    });
+    return call;
+  }
+
+  /** Gives admissions spent from a lease back to it while it lasts; false when the object must take them back. */
+  giveBack(name: string, id: number, cost: number): boolean {
+    return this.held.get(name)?.leases.giveBack(this.now(), id, cost) ?? false;
+  }
+
+  /**
+   * Stops trusting what is held of these keys, so a change made in this isolate is in force here at once; their
+   * leases are only spent again under a record the object answers anew.
+   */
+  drop(names: readonly string[]): void {
+    const now = this.now();
+    for (const name of names) {
+      // An answer asked for more than a lease ago could not be trusted anyway: older marks can go.
+      if (this.dropped.size >= MAX_HELD_KEYS) for (const [n, at] of this.dropped) if (at < now - LEASE_MS) this.dropped.delete(n);
+      this.dropped.delete(name);
+      this.dropped.set(name, now);
+      const h = this.held.get(name);
+      if (h) h.until = 0;
+    }
+  }
+}
+
+/** This isolate's holdings. */
+export const holdings = new Holdings();

@@ -1,0 +1,307 @@
+import { and, eq, inArray } from "drizzle-orm";
+import { Hono } from "hono";
+import { FULL_ACCESS } from "../../core/principal";
+import { MAX_GRACE_SECONDS, NewKey, Rotation } from "../../keys/schemas";
+import { createKey, findManagedKey, revokeKey, rotateKey } from "../../keys/service";
+import { keyStatus, listKeys } from "../../keys/store";
+import { db } from "../../platform/db/client";
+import { pageOf } from "../../platform/db/pagination";
+import { type ApiKey, accounts, users } from "../../platform/db/schema";
+import type { ApiError } from "../../platform/errors";
+import { fieldErrors, invalidRequest } from "../../platform/errors";
+import { field, Layout, Notice, Pager, ProblemBox, problemOf, Secret, Table, Time } from "./layout";
+import { type Answer, render } from "./render";
+import { type DashContext, type DashEnv, signedIn } from "./session";
+
+const PATH = "/dashboard/keys";
+const GRACE_CHOICES = [
+  { seconds: 0, label: "No grace: the old key stops now" },
+  { seconds: 3600, label: "1 hour" },
+  { seconds: 86_400, label: "24 hours" },
+  { seconds: MAX_GRACE_SECONDS, label: "7 days" },
+];
+const NOTICES: Record<string, string> = { revoked: "The key is revoked: requests with it are refused from now on." };
+
+type Shown = { title: string; raw: string; note?: string };
+
+/** API keys: the list (members: their own), create, rotate with grace, revoke after a confirmation. */
+export const keyPages = new Hono<DashEnv>()
+  .use(signedIn("full"))
+  .get("/", (c) => keysPage(c, { notice: NOTICES[c.req.query("done") ?? ""] ?? null }))
+  .post("/", async (c) => {
+    const form = await c.req.parseBody();
+    const types = c.get("config").resourceTypes;
+    const body = newKeyBody(form, types);
+    try {
+      if (field(form, "access") === "resources" && !types.some((t) => `${t}Ids` in body)) {
+        throw invalidRequest([{ field: "resources", message: "name at least one resource id, or choose full access" }]);
+      }
+      const parsed = NewKey.safeParse(body);
+      if (!parsed.success) throw invalidRequest(fieldErrors(parsed.error));
+      const { raw, row } = await createKey(c, c.get("principal"), parsed.data, Object.keys(body));
+      return keysPage(c, { shown: { title: `Your new key "${row.name}"`, raw } }, 201);
+    } catch (err) {
+      const problem = problemOf(err);
+      return keysPage(c, { problem, form }, problem);
+    }
+  })
+  .get("/:id/revoke", async (c) => {
+    const key = await findManagedKey(c.env.DB, c.get("principal"), c.req.param("id"));
+    return confirmPage(c, key, "revoke");
+  })
+  .post("/:id/revoke", async (c) => {
+    const p = c.get("principal");
+    const key = await findManagedKey(c.env.DB, p, c.req.param("id"));
+    try {
+      await revokeKey(c, p, key.id);
+    } catch (err) {
+      return confirmPage(c, key, "revoke", problemOf(err));
+    }
+    return c.redirect(`${PATH}?done=revoked`, 303);
+  })
+  .get("/:id/rotate", async (c) => {
+    const key = await findManagedKey(c.env.DB, c.get("principal"), c.req.param("id"));
+    return confirmPage(c, key, "rotate");
+  })
+  .post("/:id/rotate", async (c) => {
+    const p = c.get("principal");
+    const key = await findManagedKey(c.env.DB, p, c.req.param("id"));
+    const form = await c.req.parseBody();
+    try {
+      const parsed = Rotation.safeParse({ gracePeriodSeconds: Number(field(form, "gracePeriodSeconds") || "0") });
+      if (!parsed.success) throw invalidRequest(fieldErrors(parsed.error));
+      const { raw, row } = await rotateKey(c, p, key.id, parsed.data);
+      const grace = parsed.data.gracePeriodSeconds;
+      const note =
+        grace === 0
+          ? "The old key no longer works."
+          : `The old key keeps working until ${new Date(Date.parse(row.createdAt) + grace * 1000).toISOString().slice(0, 16).replace("T", " ")} UTC.`;
+      return keysPage(c, { shown: { title: `The new key replacing "${row.name}"`, raw, note } }, 201);
+    } catch (err) {
+      return confirmPage(c, key, "rotate", problemOf(err));
+    }
+  });
+
+/**
+ * The API's body for a new key from the form: name, full access or `<type>Ids` (ids separated by commas or spaces), an
+ * expiry in UTC, a limit. Fields left empty are left out, so the API's defaults apply.
+ */
+function newKeyBody(form: Record<string, unknown>, types: readonly string[]): Record<string, unknown> {
+  const body: Record<string, unknown> = { name: field(form, "name") };
+  if (field(form, "access") === "resources") {
+    for (const type of types) {
+      const ids = field(form, `${type}Ids`)
+        .split(/[\s,]+/)
+        .filter(Boolean);
+      if (ids.length > 0) body[`${type}Ids`] = ids;
+    }
+  }
+  // A datetime-local field has no zone: the form says it is UTC.
+  const expires = field(form, "expiresAt");
+  if (expires) body.expiresAt = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}$/.test(expires) ? `${expires}:00Z` : expires;
+  const limit = field(form, "limit");
+  const windowSeconds = field(form, "windowSeconds");
+  if (limit || windowSeconds) body.rateLimit = { limit: Number(limit), windowSeconds: Number(windowSeconds || "60") };
+  return body;
+}
+
+type KeysState = { shown?: Shown; problem?: ApiError | null; notice?: string | null; form?: Record<string, unknown> };
+
+async function keysPage(c: DashContext, state: KeysState, status: Answer = 200) {
+  const p = c.get("principal");
+  const d = db(c.env.DB);
+  const { rows, nextCursor } = await listKeys(
+    d,
+    p.accountId,
+    p.role === "admin" ? null : p.userId,
+    pageOf({ cursor: c.req.query("cursor") }),
+  );
+  const [account] = await d
+    .select({ membersCanCreateKeys: accounts.membersCanCreateKeys })
+    .from(accounts)
+    .where(eq(accounts.id, p.accountId));
+  const canCreate = p.role === "admin" || account?.membersCanCreateKeys === true;
+  const owners = await ownerEmails(c, rows);
+  const now = new Date();
+  const form = state.form ?? {};
+  const types = c.get("config").resourceTypes;
+  return render(
+    c,
+    <Layout title="API keys" who={{ principal: p, email: c.get("email") }} current={PATH}>
+      <Notice text={state.notice} />
+      {state.shown && (
+        <Secret id="new-key" title={state.shown.title} value={state.shown.raw}>
+          {state.shown.note && <p>{state.shown.note}</p>}
+        </Secret>
+      )}
+      <section aria-labelledby="keys-title">
+        <h2 id="keys-title">{p.role === "admin" ? "Keys of this account" : "Your keys"}</h2>
+        {rows.length === 0 ? (
+          <p class="muted">No keys yet.</p>
+        ) : (
+          <Table columns={["Name", "Key", "Scope", "Status", p.role === "admin" && "Owner", "Created", "Last used", ""]}>
+            {rows.map((k) => {
+              const status = keyStatus(k, now);
+              const scheduled = status === "active" && k.revokedAt !== null;
+              return (
+                <tr>
+                  <td>{k.name}</td>
+                  <td>
+                    <code>{`${k.prefix}_${k.start}…`}</code>
+                  </td>
+                  <td>
+                    <Scope scopes={JSON.parse(k.scopes) as string[]} />
+                  </td>
+                  <td>
+                    <span class={`status ${status}`}>{status}</span>
+                    {scheduled && (
+                      <span class="hint">
+                        {" "}
+                        until <Time at={k.revokedAt} />
+                      </span>
+                    )}
+                    {status === "active" && k.expiresAt !== null && !scheduled && (
+                      <span class="hint">
+                        {" "}
+                        expires <Time at={k.expiresAt} />
+                      </span>
+                    )}
+                  </td>
+                  {p.role === "admin" && <td>{owners.get(k.ownerId) ?? k.ownerId}</td>}
+                  <td>
+                    <Time at={k.createdAt} />
+                  </td>
+                  <td>
+                    <Time at={k.lastUsedAt} />
+                  </td>
+                  <td class="actions">
+                    {status === "active" && !scheduled && (
+                      <a href={`${PATH}/${k.id}/rotate`} aria-label={`Rotate ${k.name}`}>
+                        Rotate
+                      </a>
+                    )}
+                    {status === "active" && (
+                      <a class="danger" href={`${PATH}/${k.id}/revoke`} aria-label={`Revoke ${k.name}`}>
+                        Revoke
+                      </a>
+                    )}
+                  </td>
+                </tr>
+              );
+            })}
+          </Table>
+        )}
+        <Pager path={PATH} next={nextCursor} />
+      </section>
+      <section aria-labelledby="create-title">
+        <h2 id="create-title">Create a key</h2>
+        <ProblemBox problem={state.problem} />
+        {canCreate ? (
+          <form class="card" method="post" action={PATH}>
+            <label for="name">Name</label>
+            <input id="name" name="name" required maxlength={100} value={field(form, "name")} />
+            <fieldset>
+              <legend>Access</legend>
+              <label class="choice">
+                <input type="radio" name="access" value="full" checked={field(form, "access") !== "resources"} /> Full access
+                {p.role === "member" && " (within your grants)"}
+              </label>
+              <label class="choice">
+                <input type="radio" name="access" value="resources" checked={field(form, "access") === "resources"} /> Only these resources
+              </label>
+              {types.map((t) => (
+                <>
+                  <label for={`${t}Ids`}>{`${t[0]?.toUpperCase()}${t.slice(1)} ids`}</label>
+                  <input id={`${t}Ids`} name={`${t}Ids`} placeholder="ids, separated by commas" value={field(form, `${t}Ids`)} />
+                </>
+              ))}
+            </fieldset>
+            <label for="expiresAt">Expires (UTC, optional)</label>
+            <input id="expiresAt" name="expiresAt" type="datetime-local" value={field(form, "expiresAt")} />
+            <fieldset>
+              <legend>Rate limit (optional; the account's default otherwise)</legend>
+              <div class="row">
+                <div>
+                  <label for="limit">Requests</label>
+                  <input id="limit" name="limit" type="number" min={1} value={field(form, "limit")} />
+                </div>
+                <div>
+                  <label for="windowSeconds">Per seconds</label>
+                  <input id="windowSeconds" name="windowSeconds" type="number" min={1} value={field(form, "windowSeconds")} />
+                </div>
+              </div>
+            </fieldset>
+            <button type="submit">Create key</button>
+          </form>
+        ) : (
+          <p class="muted">Only account admins can create API keys in this account.</p>
+        )}
+      </section>
+    </Layout>,
+    status,
+  );
+}
+
+const Scope = ({ scopes }: { scopes: string[] }) =>
+  scopes.includes(FULL_ACCESS) ? (
+    <span>Full access</span>
+  ) : (
+    <ul class="plain">
+      {scopes.map((s) => (
+        <li>
+          <code>{s}</code>
+        </li>
+      ))}
+    </ul>
+  );
+
+/** The owners' emails of a page of keys (admins see every owner), in one read. */
+async function ownerEmails(c: DashContext, rows: ApiKey[]): Promise<Map<string, string>> {
+  const ids = [...new Set(rows.map((k) => k.ownerId))];
+  if (c.get("principal").role !== "admin" || ids.length === 0) return new Map();
+  const found = await db(c.env.DB)
+    .select({ id: users.id, email: users.email })
+    .from(users)
+    .where(and(eq(users.accountId, c.get("principal").accountId), inArray(users.id, ids)));
+  return new Map(found.map((u) => [u.id, u.email]));
+}
+
+/** The confirmation step of a revocation or a rotation: what happens, and the one button that does it. */
+function confirmPage(c: DashContext, key: ApiKey, action: "revoke" | "rotate", problem?: ApiError) {
+  const label = `${key.prefix}_${key.start}…`;
+  return render(
+    c,
+    <Layout
+      title={action === "revoke" ? "Revoke a key" : "Rotate a key"}
+      who={{ principal: c.get("principal"), email: c.get("email") }}
+      current={PATH}
+    >
+      <ProblemBox problem={problem} />
+      <form class="card narrow" method="post" action={`${PATH}/${key.id}/${action}`}>
+        <p>
+          {action === "revoke" ? "Revoke" : "Rotate"} <strong>{key.name}</strong> (<code>{label}</code>)?
+        </p>
+        {action === "revoke" ? (
+          <p>Requests with this key are refused from now on. A revoked key never works again.</p>
+        ) : (
+          <>
+            <p>A new key with the same name, scope, owner, expiry and limit replaces it; it is shown once.</p>
+            <label for="gracePeriodSeconds">The old key keeps working for</label>
+            <select id="gracePeriodSeconds" name="gracePeriodSeconds">
+              {GRACE_CHOICES.map((g) => (
+                <option value={String(g.seconds)}>{g.label}</option>
+              ))}
+            </select>
+          </>
+        )}
+        <div class="buttons">
+          <button type="submit" class={action === "revoke" ? "danger" : undefined}>
+            {action === "revoke" ? "Revoke key" : "Rotate key"}
+          </button>
+          <a href={PATH}>Cancel</a>
+        </div>
+      </form>
+    </Layout>,
+    problem ?? 200,
+  );
+}

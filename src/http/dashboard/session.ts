@@ -1,0 +1,63 @@
+import type { Context } from "hono";
+import { deleteCookie, getCookie, setCookie } from "hono/cookie";
+import { createMiddleware } from "hono/factory";
+import type { Need, Principal } from "../../core/principal";
+import { admit } from "../../counters/limiter";
+import type { Variables } from "../../guards/context";
+import { admitPerson, cookiePrincipal, SESSION_COOKIE } from "../../people/sessions";
+import type { Bindings } from "../../platform/env";
+import { ApiError } from "../../platform/errors";
+
+/** The dashboard's requests: once signed in, the person's principal and email (shown in the header). */
+export type DashEnv = { Bindings: Bindings; Variables: Variables & { principal: Principal; email: string } };
+export type DashContext = Context<DashEnv>;
+
+/** Exactly these attributes: `__Host-` demands Secure and Path=/ with no Domain; Lax keeps it off cross-site posts. */
+const COOKIE_OPTIONS = { httpOnly: true, secure: true, sameSite: "Lax", path: "/" } as const;
+
+export function setSessionCookie(c: Context, value: string): void {
+  setCookie(c, SESSION_COOKIE, value, COOKIE_OPTIONS);
+}
+
+export function clearSessionCookie(c: Context): void {
+  deleteCookie(c, SESSION_COOKIE, COOKIE_OPTIONS);
+}
+
+export function sessionCookie(c: Context): string | undefined {
+  return getCookie(c, SESSION_COOKIE);
+}
+
+/**
+ * The signed-in person, with what the page needs of them (the API's rules: key pages need full access, people and
+ * agents need an admin); anyone else goes to the login form. A cookie that no longer works is cleared.
+ */
+export const signedIn = (need: Need) =>
+  createMiddleware<DashEnv>(async (c, next) => {
+    const cookie = sessionCookie(c);
+    const person = cookie === undefined ? null : await cookiePrincipal(c, cookie);
+    if (!person) {
+      if (cookie !== undefined) clearSessionCookie(c);
+      return c.redirect("/dashboard/login", 303);
+    }
+    c.set("principal", person.principal);
+    c.set("email", person.email);
+    const admission = await admitPerson(c, person.principal, need);
+    if (admission) admit(admission);
+    await next();
+  });
+
+/**
+ * CSRF: a request that changes anything must come from a page of this Keygate. Browsers send `Origin` with every form
+ * post; one from another site, or none at all, is refused before anything is read or stored. SameSite=Lax already keeps
+ * the cookie off other sites' posts; this holds even where a browser does not.
+ */
+export const sameOrigin = createMiddleware<DashEnv>(async (c, next) => {
+  if (c.req.method === "GET" || c.req.method === "HEAD") return next();
+  if (c.req.header("Origin") !== new URL(c.req.url).origin) {
+    throw new ApiError(
+      "origin_not_allowed",
+      "This form was not sent from a page of this dashboard, so nothing was changed. Go back, reload the page and try again.",
+    );
+  }
+  await next();
+});

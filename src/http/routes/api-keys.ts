@@ -1,0 +1,130 @@
+import { createRoute } from "@hono/zod-openapi";
+import { IdParam, PageQuery, page } from "../../core/schemas";
+import { authenticate } from "../../guards/authenticate";
+import { KeyView, KeyWithSecret, keyView, NewKey, Rotation } from "../../keys/schemas";
+import { createKey, findManagedKey, revokeKey, rotateKey } from "../../keys/service";
+import { listKeys } from "../../keys/store";
+import { db } from "../../platform/db/client";
+import { pageOf } from "../../platform/db/pagination";
+import { KeyUsage, UsageQuery } from "../../usage/schemas";
+import { keyUsageSeries } from "../../usage/service";
+import { BODY_PROBLEMS, json, jsonBody, KEY_PROBLEMS, KEY_SECURITY, problems, routes, withBody } from "../openapi";
+
+const fullAccess = authenticate("full");
+const security = KEY_SECURITY;
+
+/** API keys of the caller's account. Admins manage every key; members only their own. */
+export const apiKeysRoutes = routes()
+  .openapi(
+    createRoute({
+      method: "post",
+      path: "/",
+      summary: "Create a key",
+      description:
+        "The answer carries the raw key, this once. Members create keys only where the account allows it, up to its `maxRateLimit`.",
+      security,
+      middleware: withBody(fullAccess),
+      request: { body: jsonBody(NewKey) },
+      responses: { 201: json(KeyWithSecret, "The new key, with its raw value"), ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS) },
+    }),
+    async (c) => {
+      const p = c.get("principal");
+      const sent = Object.keys(await c.req.json<Record<string, unknown>>());
+      const { raw, row, now } = await createKey(c, p, c.req.valid("json"), sent);
+      c.header("Cache-Control", "no-store");
+      return c.json({ ...keyView(row, now), key: raw }, 201);
+    },
+  )
+  .openapi(
+    createRoute({
+      method: "get",
+      path: "/",
+      summary: "List keys, newest first (members: their own)",
+      security,
+      middleware: fullAccess,
+      request: { query: PageQuery },
+      responses: { 200: json(page(KeyView), "A page of keys"), ...problems(...KEY_PROBLEMS, "invalid_request") },
+    }),
+    async (c) => {
+      const p = c.get("principal");
+      const { rows, nextCursor } = await listKeys(
+        db(c.env.DB),
+        p.accountId,
+        p.role === "admin" ? null : p.userId,
+        pageOf(c.req.valid("query")),
+      );
+      const now = new Date();
+      return c.json({ data: rows.map((k) => keyView(k, now)), nextCursor }, 200);
+    },
+  )
+  .openapi(
+    createRoute({
+      method: "get",
+      path: "/{id}",
+      summary: "Read a key",
+      security,
+      middleware: fullAccess,
+      request: { params: IdParam },
+      responses: { 200: json(KeyView, "The key"), ...problems(...KEY_PROBLEMS, "not_found") },
+    }),
+    async (c) => {
+      const key = await findManagedKey(c.env.DB, c.get("principal"), c.req.valid("param").id);
+      return c.json(keyView(key, new Date()), 200);
+    },
+  )
+  .openapi(
+    createRoute({
+      method: "delete",
+      path: "/{id}",
+      summary: "Revoke a key for good",
+      description: "In force before the answer; 503 `change_pending` when it could not be, and a repeat completes it.",
+      security,
+      middleware: fullAccess,
+      request: { params: IdParam },
+      responses: {
+        200: json(KeyView, "The key, now revoked"),
+        ...problems(...KEY_PROBLEMS, "not_found", "last_active_key", "change_pending"),
+      },
+    }),
+    async (c) => {
+      const { key, now } = await revokeKey(c, c.get("principal"), c.req.valid("param").id);
+      return c.json(keyView(key, now), 200);
+    },
+  )
+  .openapi(
+    createRoute({
+      method: "post",
+      path: "/{id}/rotate",
+      summary: "Replace a key with a new one; the old one works until the grace period ends",
+      security,
+      middleware: withBody(fullAccess),
+      request: { params: IdParam, body: jsonBody(Rotation) },
+      responses: {
+        201: json(KeyWithSecret, "The new key, with its raw value"),
+        ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS, "not_found", "key_not_active", "change_pending"),
+      },
+    }),
+    async (c) => {
+      const { raw, row, now } = await rotateKey(c, c.get("principal"), c.req.valid("param").id, c.req.valid("json"));
+      c.header("Cache-Control", "no-store");
+      return c.json({ ...keyView(row, now), key: raw }, 201);
+    },
+  )
+  .openapi(
+    createRoute({
+      method: "get",
+      path: "/{id}/usage",
+      summary: "A key's requests per hour",
+      description: "Admitted and rate-limited requests per hour in [from, to); counts reach D1 within a minute or so of the requests.",
+      security,
+      middleware: fullAccess,
+      request: { params: IdParam, query: UsageQuery },
+      responses: { 200: json(KeyUsage, "The key's hours, without gaps"), ...problems(...KEY_PROBLEMS, "invalid_request", "not_found") },
+    }),
+    async (c) => {
+      const p = c.get("principal");
+      const key = await findManagedKey(c.env.DB, p, c.req.valid("param").id);
+      const { from, to } = c.req.valid("query");
+      return c.json({ keyId: key.id, from, to, series: await keyUsageSeries(c.env.DB, p.accountId, key.id, from, to) }, 200);
+    },
+  );

@@ -1,0 +1,33 @@
+import { createRoute } from "@hono/zod-openapi";
+import { backend } from "../../guards/backend";
+import { Verdict, VerifyRequest, verifyKey } from "../../keys/verify";
+import { BODY_PROBLEMS, json, jsonBody, problems, routes, VERIFY_SECURITY, withBody } from "../openapi";
+
+export const verifyRoutes = routes().openapi(
+  createRoute({
+    method: "post",
+    path: "/",
+    summary: "Verify a key for a backend that cannot sit behind the gateway",
+    description:
+      "Authorised by `VERIFY_TOKEN`. Judges the key (and its grant of `resource`) and spends `cost` of its rate limit exactly as a gateway request would. A refused key is a 200 with `valid: false` and the code a request would get.",
+    security: VERIFY_SECURITY,
+    middleware: withBody(backend),
+    request: { body: jsonBody(VerifyRequest) },
+    responses: {
+      200: json(Verdict, "The verdict"),
+      ...problems(
+        ...BODY_PROBLEMS,
+        "missing_credentials",
+        "invalid_verify_token",
+        "rate_limited",
+        "rate_limiter_unavailable",
+        "database_unavailable",
+        "configuration_error",
+      ),
+    },
+  }),
+  async (c) => {
+    c.header("Cache-Control", "no-store");
+    return c.json(await verifyKey(c, c.req.valid("json")), 200);
+  },
+);

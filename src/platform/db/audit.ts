@@ -1,0 +1,42 @@
+import { and, desc, eq, inArray, or } from "drizzle-orm";
+import { newId } from "../../core/ids";
+import type { Db } from "./client";
+import { apiKeys, auditEvents } from "./schema";
+
+export type AuditInput = { accountId: string; actor: string; action: string; target: string; requestId: string };
+
+/** An audit event; write it in the same batch as the change it records. */
+export function auditInsert(d: Db, e: AuditInput, now: Date) {
+  return d.insert(auditEvents).values({ id: newId("evt"), createdAt: now.toISOString(), ...e });
+}
+
+/**
+ * An audit event written only when the statement just before it in the same batch changed a row:
+ * a guarded update and its event land together or not at all.
+ */
+export function auditIfChanged(d1: D1Database, e: AuditInput, now: Date): D1PreparedStatement {
+  return d1
+    .prepare(
+      `INSERT INTO audit_events (id, account_id, actor, action, target, created_at, request_id)
+       SELECT ?, ?, ?, ?, ?, ?, ? WHERE changes() = 1`,
+    )
+    .bind(newId("evt"), e.accountId, e.actor, e.action, e.target, now.toISOString(), e.requestId);
+}
+
+/** The latest events of an account; for a member (`memberId`), only their own actions and their own keys' events. */
+export async function recentEvents(d: Db, accountId: string, limit: number, memberId: string | null) {
+  const own =
+    memberId === null
+      ? undefined
+      : or(
+          eq(auditEvents.actor, memberId),
+          inArray(auditEvents.target, d.select({ id: apiKeys.id }).from(apiKeys).where(eq(apiKeys.ownerId, memberId))),
+        );
+  const rows = await d
+    .select()
+    .from(auditEvents)
+    .where(and(eq(auditEvents.accountId, accountId), own))
+    .orderBy(desc(auditEvents.createdAt), desc(auditEvents.id))
+    .limit(limit);
+  return rows.map(({ accountId: _, ...event }) => event);
+}
