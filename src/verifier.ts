@@ -1,6 +1,5 @@
 import { WorkerEntrypoint } from "cloudflare:workers";
 import type { z } from "@hono/zod-openapi";
-import { counterContext } from "./counters/limiter";
 import { type Verdict, VerifyRequest, verifyKey } from "./keys/verify";
 import { makeDeps } from "./platform/deps";
 import type { Bindings } from "./platform/env";
@@ -24,12 +23,10 @@ export class KeygateVerifier extends WorkerEntrypoint<Bindings> {
     }
     // No response to mark: a caller in open mode sees `rateLimit: null`.
     const deps = makeDeps(this.env, this.ctx);
-    const requestId = deps.requestId;
-    const c = counterContext(deps, this.ctx);
     try {
-      return await verifyKey(c, parsed.data);
+      return await verifyKey(deps, parsed.data);
     } catch (err) {
-      throw callerError(err, requestId);
+      throw callerError(err, deps.requestId);
     }
   }
 }

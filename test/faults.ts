@@ -1,8 +1,11 @@
 /**
  * The one fault-injection seam of the tests: wraps a real Durable Object namespace or a real D1 database so that chosen
  * calls throw, stall, arrive late or answer late, while every other call reaches the real thing. Tests pass the
- * wrapped binding to `callWith`, so the worker under test is the real one and only the fault is made up.
+ * wrapped binding to `callWith`, so the worker under test is the real one and only the fault is made up. A key's object
+ * reads D1 through its own handle: `objectDatabase` replaces that one.
  */
+import { runInDurableObject } from "cloudflare:test";
+import type { KeyObject } from "../src/keys/object";
 
 export type Fault =
   /** Fails at once (like a reset or a lost connection); `times` limits it to the first calls. */
@@ -134,4 +137,23 @@ export function faultyDatabase(
       return typeof value === "function" ? value.bind(target) : value;
     },
   }) as D1Database & { reached: () => Promise<void> };
+}
+
+/**
+ * Makes a key's object use `make()` as its D1 (a `faultyDatabase`, made inside the object: what the object uses must
+ * belong to its own context) through its documented seam, `KeyObject.database`, and drops its record so its next call
+ * reads D1 again. Answers the undo, which gives the object its own handle back (and drops its record again).
+ */
+export async function objectDatabase(stub: DurableObjectStub<KeyObject>, make: () => D1Database): Promise<() => Promise<void>> {
+  let own: D1Database | undefined;
+  await runInDurableObject(stub, (instance) => {
+    own = instance.database;
+    instance.database = make();
+    instance.reload();
+  });
+  return () =>
+    runInDurableObject(stub, (instance) => {
+      instance.database = own as D1Database;
+      instance.reload();
+    });
 }

@@ -125,7 +125,7 @@ export async function updateAccount(
     if (rateLimit || maxRateLimit !== undefined) {
       c.executionCtx.waitUntil(
         liveKeyIds(d, { accountId: p.accountId }, now)
-          .then((ids) => reloadKeys(c, ids))
+          .then((ids) => reloadKeys(c.get("deps"), ids))
           .catch(() => {}),
       );
     }

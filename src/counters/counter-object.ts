@@ -1,7 +1,8 @@
 import { DurableObject } from "cloudflare:workers";
 import type { Policy } from "../core/window";
 import type { Bindings } from "../platform/env";
-import { CallMemory, type CallTag, type Granted, SlidingLog, spentBy, type Unspent } from "./sliding-log";
+import { Budget } from "./budget";
+import type { CallTag, Granted, Spending, Unspent } from "./protocol";
 
 /** How long after its last admission has left its window an idle counter keeps its storage. */
 const IDLE_GRACE_MS = 60_000;
@@ -14,54 +15,30 @@ const IDLE_GRACE_MS = 60_000;
 export class Counter extends DurableObject<Bindings> {
   /** Replaceable in tests to move time. */
   clock: () => number = Date.now;
-  /** Null once an idle counter has deleted its storage, until it counts again. */
-  private opened: SlidingLog | null = null;
-  private readonly calls = new CallMemory();
+  private readonly budget = new Budget(this.ctx.storage.sql, () => this.clock());
   /** When the alarm that deletes an idle counter is set for, as far as this instance knows. */
   private alarmAt: number | null = null;
 
-  private get log(): SlidingLog {
-    this.opened ??= new SlidingLog(this.ctx.storage.sql, () => this.clock());
-    return this.opened;
+  /**
+   * Admits `cost` requests if the policy allows it, and records them (the admit step, counters/budget.ts). A hot
+   * counter's caller gets a lease beside it and gives back what its ended leases did not spend (`returned`).
+   */
+  consume({ policy, ...call }: Spending & { policy: Policy }): Promise<Granted> {
+    return this.budget.admit(call, {
+      judge: () => ({ spend: policy }),
+      answer: (granted) => granted,
+      admitted: (granted) => this.idleAfter((granted.lease?.id ?? granted.at) + policy.windowSeconds * 1000),
+    });
   }
 
-  /**
-   * Admits `cost` requests if the policy allows it, and records them; `at` identifies the admission for a refund. A
-   * hot counter's caller gets a lease beside it and gives back what its ended leases did not spend (`unspent`). The
-   * answer leaves only once the admission is stored (group commit: one write for all admissions of a moment).
-   */
-  async consume(policy: Policy, tag: CallTag, cost = 1, unspent: Unspent[] = []): Promise<Granted> {
-    const known = this.calls.recall(tag);
-    if (known) return known.answer as Granted;
-    for (const { id, left } of this.calls.returns(tag, unspent)) this.log.refund(id, left);
-    const answer = this.log.admit(policy, cost, true);
-    this.calls.remember(tag, answer, spentBy(answer));
-    if (answer.allowed) {
-      await this.idleAfter((answer.lease?.id ?? answer.at) + policy.windowSeconds * 1000);
-      await this.log.saved();
-    } else await this.log.settled();
-    return answer;
+  /** See Budget.refund. */
+  refund(call: { at: number; cost: number; tag: CallTag }): void {
+    this.budget.refund(call);
   }
 
-  /**
-   * Gives back `cost` requests admitted at `at` but refused afterwards: once per `tag`, however many of its attempts
-   * arrive, and not at all past the attempt's deadline.
-   */
-  refund(at: number, cost = 1, tag?: CallTag): void {
-    if (tag) {
-      if (this.calls.recall(tag)) return;
-      this.calls.remember(tag, true, []);
-    }
-    this.log.refund(at, cost);
-  }
-
-  /**
-   * The caller gave up on this call: whatever it spent goes back (the lease too: the caller never holds it), and it
-   * never spends later. `unspent` is what the call was returning, taken back here if the call never brought it.
-   */
-  cancel(tag: CallTag, unspent: Unspent[] = []): void {
-    for (const { at, cost } of this.calls.cancel(tag)) this.log.refund(at, cost);
-    for (const { id, left } of this.calls.returns(tag, unspent)) this.log.refund(id, left);
+  /** See Budget.cancel. */
+  cancel(call: { tag: CallTag; returned?: Unspent[] }): void {
+    this.budget.cancel(call);
   }
 
   /**
@@ -76,7 +53,7 @@ export class Counter extends DurableObject<Bindings> {
       return;
     }
     await this.ctx.storage.deleteAll();
-    this.opened = null;
+    this.budget.close();
   }
 
   /** Makes sure the idle alarm fires no earlier than the end of a window that ends at `until`. */

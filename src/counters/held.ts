@@ -1,11 +1,10 @@
 import { HeldLeases, LEASE_MS, type Lease } from "../core/lease";
-import type { Principal } from "../core/principal";
 import type { Policy } from "../core/window";
 import { deadline } from "../platform/deadline";
-import type { Admission } from "./limiter";
+import type { Spent, Unspent } from "./protocol";
 
-/** `principal`: for a key, the record its object answered with the lease; null for a plain counter. */
-type Held = { principal: Principal | null; until: number; remaining: number; resetAt: number; lastLease: number; leases: HeldLeases };
+/** `record`: what the object judged the lease's requests by (a key's principal); null for a plain counter. */
+type Held = { record: unknown; until: number; remaining: number; resetAt: number; lastLease: number; leases: HeldLeases };
 
 const MAX_HELD_KEYS = 10_000;
 
@@ -31,12 +30,12 @@ export class Holdings {
   }
 
   /** What ended leases of `name` left unspent, removed from what is held (its object takes it back). */
-  unspent(name: string): { id: number; left: number }[] {
+  unspent(name: string): Unspent[] {
     return this.held.get(name)?.leases.ended(this.now()) ?? [];
   }
 
   /** Keeps a lease the object granted (for a key, with the record it was granted for) until `askedAt + lease.ms`. */
-  hold(name: string, askedAt: number, principal: Principal | null, lease: Lease, remaining: number, resetAt: number): void {
+  hold(name: string, askedAt: number, record: unknown, lease: Lease, remaining: number, resetAt: number): void {
     const until = askedAt + lease.ms;
     // Asked before a change made here dropped the key: its record may predate the change, so it is not trusted (the
     // lease is kept only to be given back when it ends).
@@ -45,11 +44,11 @@ export class Holdings {
     if (h)
       Object.assign(
         h,
-        stale ? { remaining, resetAt } : { principal, until: Math.max(h.until, until), remaining, resetAt, lastLease: lease.units },
+        stale ? { remaining, resetAt } : { record, until: Math.max(h.until, until), remaining, resetAt, lastLease: lease.units },
       );
     else {
       if (this.held.size >= MAX_HELD_KEYS) this.held.delete(this.held.keys().next().value as string);
-      h = { principal, until: stale ? 0 : until, remaining, resetAt, lastLease: lease.units, leases: new HeldLeases() };
+      h = { record, until: stale ? 0 : until, remaining, resetAt, lastLease: lease.units, leases: new HeldLeases() };
       this.held.set(name, h);
     }
     h.leases.add(until, lease.id, lease.units);
@@ -59,7 +58,7 @@ export class Holdings {
    * An admission of `cost` from a held lease of `name`, with no call; null when none is held that covers it.
    * `remaining` is what the object had left less what this isolate has spent.
    */
-  take(name: string, cost: number, policy: Policy): Admission | null {
+  take(name: string, cost: number, policy: Policy): Spent | null {
     const h = this.get(name);
     const now = this.now();
     const id = h?.leases.take(now, cost) ?? null;

@@ -5,7 +5,7 @@ import { decodeProtectedHeader } from "jose";
 import { findAgent } from "../agents/store";
 import { parseKey } from "../core/ids";
 import type { Need, Principal } from "../core/principal";
-import { type Admission, admit, rateLimitHeaders, refund, spend, spendPerAddress } from "../counters/limiter";
+import { admit, rateLimitHeaders, refund, type Spent, spend, spendPerAddress } from "../counters/limiter";
 import { authorizeKey } from "../keys/authorize";
 import { sessionPrincipal } from "../people/sessions";
 import { db } from "../platform/db/client";
@@ -32,18 +32,19 @@ const REFUSED = {
  */
 export async function guard(c: RequestContext, next: Next, options: Options, onIdentity: (identity: Identified) => void) {
   const admission = await identify(c, options, onIdentity).catch((err: unknown) => countFailure(c, err));
+  if (admission === null) c.header("X-RateLimit-Status", "unavailable");
   try {
     await next();
   } catch (err) {
     // Whatever failed after admission was not served: it spends nothing either.
-    if (admission && !c.get("forwarded")) await refund(c, admission);
+    if (admission && !c.get("forwarded")) await refund(c.get("deps"), admission);
     throw err;
   }
   if (admission) {
     // Refused (401/403) or not served (5xx) by Keygate: the request spends nothing. What the upstream answers a
     // forwarded request is the upstream's business: that request was served.
     const status = c.res.status;
-    if (!c.get("forwarded") && (status === 401 || status === 403 || status >= 500)) await refund(c, admission);
+    if (!c.get("forwarded") && (status === 401 || status === 403 || status >= 500)) await refund(c.get("deps"), admission);
     for (const [name, value] of Object.entries(rateLimitHeaders(admission))) c.res.headers.set(name, value);
   }
 }
@@ -82,7 +83,7 @@ async function identify(
   c: RequestContext,
   { tokens, need, cost = 1 }: Options,
   onIdentity: (identity: Identified) => void,
-): Promise<Admission | null> {
+): Promise<Spent | null> {
   const config = c.get("config");
   const found = extractCredential(c.req.raw, new URL(c.req.url), config, new Date());
   if (!found) {
@@ -102,7 +103,7 @@ async function identify(
     if (typeof need === "object" && need.account !== undefined && !(await isAccount(c, claims.acc, need.account)))
       throw refused("other_account");
     onIdentity({ claims });
-    return spend(c, `chat:${claims.agt}:${claims.sub}`, config.chatPolicy, cost);
+    return spend(c.get("deps"), `chat:${claims.agt}:${claims.sub}`, config.chatPolicy, cost);
   }
   if (!parseKey(found.credential)) {
     throw new ApiError(
@@ -113,10 +114,10 @@ async function identify(
       },
     );
   }
-  const verdict = await authorizeKey(c, found.credential, found.method, need, cost);
+  const verdict = await authorizeKey(c.get("deps"), { key: found.credential, method: found.method, need, cost });
   if (!verdict.ok) throw "refusal" in verdict ? refused(verdict.refusal) : refusedKey(verdict.code);
   onIdentity({ principal: verdict.principal });
-  return verdict.admission && admit(verdict.admission);
+  return verdict.spent && admit(verdict.spent);
 }
 
 function isAccessToken(token: string): boolean {
@@ -135,7 +136,7 @@ async function checkAccessToken(
   c: RequestContext,
   token: string,
   need: Options["need"],
-): Promise<{ principal: Principal; admission: Admission | null }> {
+): Promise<{ principal: Principal; admission: Spent | null }> {
   const result = await verifyAccessToken(c.get("config").signingKeys, token, new Date());
   if (!result.ok) {
     const detail =
@@ -188,7 +189,8 @@ function refusedKey(code: keyof typeof REFUSED): ApiError {
 async function countFailure(c: RequestContext, err: unknown): Promise<never> {
   if (err instanceof ApiError && err.status === 401) {
     try {
-      await spendPerAddress(c, "ip", c.get("config").ipPolicy);
+      if (!(await spendPerAddress(c.get("deps"), c.req.header("CF-Connecting-IP"), "ip", c.get("config").ipPolicy)))
+        c.header("X-RateLimit-Status", "unavailable");
     } catch (limited) {
       // Only the verdict matters here; an unavailable counter must not turn a 401 into a 503.
       if (limited instanceof ApiError && limited.code === "rate_limited") throw limited;

@@ -16,7 +16,8 @@ export const backend = createMiddleware<AppEnv>(async (c, next) => {
   if (token === undefined) misconfigured("VERIFY_TOKEN", "is not set; the backend API is off");
   const authorization = c.req.header("Authorization");
   if (!(await bearerMatches(authorization, token))) {
-    await spendPerAddress(c, "ip", c.get("config").ipPolicy);
+    if (!(await spendPerAddress(c.get("deps"), c.req.header("CF-Connecting-IP"), "ip", c.get("config").ipPolicy)))
+      c.header("X-RateLimit-Status", "unavailable");
     if (authorization === undefined) throw new ApiError("missing_credentials", "Send the verify token as `Authorization: Bearer <token>`.");
     throw new ApiError("invalid_verify_token", "The verify token is not valid.", { headers: invalidToken });
   }

@@ -1,8 +1,8 @@
 import { DurableObject } from "cloudflare:workers";
-import type { Lease } from "../core/lease";
 import type { AuthMethod } from "../core/principal";
 import { type Need, type Principal, type Refusal, refusal } from "../core/principal";
-import { type Admission, CallMemory, type CallTag, SlidingLog, spentBy, type Unspent } from "../counters/sliding-log";
+import { Budget } from "../counters/budget";
+import type { CallTag, Granted, Spending, Unspent } from "../counters/protocol";
 import { getConfig } from "../platform/config";
 import { db, withDeadline } from "../platform/db/client";
 import type { Bindings } from "../platform/env";
@@ -28,10 +28,8 @@ function judge(record: KeyRecord | undefined, now: number): Pick<KeyState, "verd
 }
 
 export type Authorization =
-  /** `lease`: admissions granted beside this one, logged at `id` (the object's lease end), for the caller to spend. */
-  | { ok: true; principal: Principal; admission: Admission; lease: Lease | null }
-  | Extract<VerifyResult, { ok: false }>
-  | { ok: false; refusal: Refusal };
+  /** `granted`: what the key's budget counted, and the lease beside it for the caller to spend. */
+  { ok: true; principal: Principal; granted: Granted } | Extract<VerifyResult, { ok: false }> | { ok: false; refusal: Refusal };
 
 /**
  * Longest time a cached key record is trusted without a reload. Revocation and changes to the key's owner reload it
@@ -49,8 +47,7 @@ export const UNSETTLED_TRUST_MS = 1_000;
 export class KeyObject extends DurableObject<Bindings> {
   /** Replaceable in tests to move time. */
   clock: () => number = Date.now;
-  private readonly log: SlidingLog;
-  private readonly calls = new CallMemory();
+  private readonly budget: Budget;
   private key: KeyState | undefined;
   private loading: Promise<KeyState> | null = null;
   private generation = 0;
@@ -58,81 +55,63 @@ export class KeyObject extends DurableObject<Bindings> {
   private distrustUntil: number;
   /** The key whose usage waits for the alarm, or null when none is set by this instance. */
   private flushing: string | null = null;
-  private readonly database: D1Database;
+  /** The object's own D1 handle (deadline-wrapped); tests make it fail through test/faults.ts (`objectDatabase`). */
+  database: D1Database;
   private readonly usage: UsageTally;
 
   constructor(ctx: DurableObjectState, env: Bindings) {
     super(ctx, env);
     this.database = withDeadline(env.DB, () => getConfig(env).d1TimeoutMs);
-    this.log = new SlidingLog(ctx.storage.sql, () => this.clock());
     this.usage = new UsageTally(ctx.storage.sql);
+    // Admissions given back come off the usage of the hour they were counted in.
+    this.budget = new Budget(
+      ctx.storage.sql,
+      () => this.clock(),
+      (at, cost) => this.usage.count(at, -cost, 0),
+    );
     this.distrustUntil = ctx.storage.kv.get<number>("distrust-until") ?? 0;
   }
 
   /**
-   * Checks the key and what the route needs of it, then spends `cost` requests of its limit. A key that is refused
-   * (401) or falls short of the route (403) spends nothing. A caller that can hold a lease (`leasing`) gets one when
-   * the key is hot (ratelimit/lease.ts), and gives back what its ended leases did not spend (`unspent`).
+   * Checks the key and what the route needs of it, then spends `cost` requests of its limit (the admit step,
+   * counters/budget.ts). A key that is refused (401) or falls short of the route (403) spends nothing. A caller that
+   * can hold a lease (`lease`) gets one when the key is hot (core/lease.ts), and gives back what its ended leases did
+   * not spend (`returned`).
    */
-  async authorize(
-    keyId: string,
-    method: AuthMethod,
-    need: Need,
-    tag: CallTag,
-    cost = 1,
-    leasing = false,
-    unspent: Unspent[] = [],
-  ): Promise<Authorization> {
-    const known = this.calls.recall(tag);
-    if (known) return known.answer as Authorization;
-    for (const { id, left } of this.calls.returns(tag, unspent)) this.giveBack(id, left);
-    const key = await this.keyState(keyId);
-    // Reading the key may have taken a while: decide only if the caller still waits.
-    if (this.calls.recall(tag)) throw new Error("call already answered or cancelled");
-    const now = this.clock();
-    if (now >= key.until) Object.assign(key, judge(key.record, now));
-    if (!key.verdict.ok) return this.calls.remember(tag, key.verdict, []);
-    const { principal } = key.verdict;
-    const code = refusal(principal, need);
-    if (code) return this.calls.remember(tag, { ok: false, refusal: code }, []);
-    this.noteUse(keyId, key, method, now);
-    const granted = this.log.admit(principal.rateLimit, cost, leasing);
-    const spent = spentBy(granted);
-    const { lease, ...admission } = granted;
-    for (const { at, cost: n } of spent) this.usage.count(at, n, 0);
-    if (!admission.allowed) this.usage.count(now, 0, 1);
-    this.flushLater(keyId);
-    const answer = this.calls.remember<Authorization>(tag, { ok: true, principal, admission, lease }, spent);
-    // A refusal waits for the admissions decided before it, so a caller never sees it before a lease granted earlier.
-    await (admission.allowed ? this.log.saved() : this.log.settled());
-    return answer;
+  authorize({ keyId, method, need, ...call }: Spending & { keyId: string; method: AuthMethod; need: Need }): Promise<Authorization> {
+    // What the judgement found, for the answer: the call spends only when it passed.
+    let passed: { key: KeyState; principal: Principal; now: number } | undefined;
+    return this.budget.admit<Authorization>(call, {
+      judge: async () => {
+        const key = await this.keyState(keyId);
+        const now = this.clock();
+        if (now >= key.until) Object.assign(key, judge(key.record, now));
+        if (!key.verdict.ok) return { refuse: key.verdict };
+        const { principal } = key.verdict;
+        const code = refusal(principal, need);
+        if (code) return { refuse: { ok: false, refusal: code } };
+        passed = { key, principal, now };
+        return { spend: principal.rateLimit };
+      },
+      answer: (granted, logged) => {
+        const { key, principal, now } = passed as NonNullable<typeof passed>;
+        this.noteUse(keyId, key, method, now);
+        for (const { at, cost } of logged) this.usage.count(at, cost, 0);
+        if (!granted.allowed) this.usage.count(now, 0, 1);
+        this.flushLater(keyId);
+        return { ok: true, principal, granted };
+      },
+    });
   }
 
-  /**
-   * The caller gave up on this call: whatever it spent goes back (the lease too: the caller never holds it), and it
-   * never spends later. `unspent` is what the call was returning, taken back here if the call never brought it.
-   */
-  cancel(tag: CallTag, unspent: Unspent[] = []): void {
-    for (const { at, cost } of this.calls.cancel(tag)) this.giveBack(at, cost);
-    for (const { id, left } of this.calls.returns(tag, unspent)) this.giveBack(id, left);
+  /** See Budget.cancel. */
+  cancel(call: { tag: CallTag; returned?: Unspent[] }): void {
+    this.budget.cancel(call);
   }
 
-  /**
-   * Gives back a request that was admitted at `at` but refused afterwards: once per `tag`, however many of its attempts
-   * arrive, and not at all past the attempt's deadline.
-   */
-  refund(at: number, cost = 1, tag?: CallTag): void {
-    if (tag) {
-      if (this.calls.recall(tag)) return;
-      this.calls.remember(tag, true, []);
-    }
-    this.giveBack(at, cost);
-  }
-
-  /** Admissions that were not used: back to the budget, and off the usage of the hour they were counted in. */
-  private giveBack(at: number, cost: number): void {
-    this.log.refund(at, cost);
-    this.usage.count(at, -cost, 0);
+  /** See Budget.refund: the request was admitted but refused afterwards. */
+  refund(call: { at: number; cost: number; tag: CallTag }): void {
+    this.budget.refund(call);
   }
 
   /** Writes the usage counted since the last write to D1, at most once per FLUSH_INTERVAL_MS (the alarm). */
@@ -164,6 +143,11 @@ export class KeyObject extends DurableObject<Bindings> {
       log("error", "usage_flush_failed", { keyId, error: safeError(err) });
       await this.ctx.storage.setAlarm(this.clock() + FLUSH_INTERVAL_MS);
     }
+  }
+
+  /** When the key's last use was last recorded (ms since epoch), for tests: what `noteUse` goes by. */
+  get lastUseRecorded(): number | undefined {
+    return this.key?.lastUsed;
   }
 
   /** Drops the cached key: the next request reads the key, its owner and its account again. */

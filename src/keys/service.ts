@@ -3,10 +3,10 @@ import { and, eq, sql } from "drizzle-orm";
 import { rateLimitCeiling, withinCeiling } from "../core/ceilings";
 import { canManageKey, type Principal } from "../core/principal";
 import type { Policy } from "../core/window";
-import type { RequestContext } from "../guards/context";
 import { auditIfChanged, auditInsert } from "../platform/db/audit";
 import { batch, db, violates } from "../platform/db/client";
 import { type ApiKey, accounts, apiKeys, users } from "../platform/db/schema";
+import type { Deps } from "../platform/deps";
 import { ApiError, type FieldError, invalidRequest } from "../platform/errors";
 import { reloadKeys, writeChange } from "./reload";
 import { grants, type NewKey, type Rotation } from "./schemas";
@@ -19,17 +19,17 @@ import { findKey, keyPolicy, keyStatus, mintKey, revokeStatement } from "./store
  * Creates a key for the caller (or, for admins, another user of the account): its grants checked against the configured
  * resource types, a member's limit against the ceiling, the key and its audit event in one batch.
  */
-export async function createKey(c: RequestContext, p: Principal, body: z.infer<typeof NewKey>, sent: readonly string[]) {
-  const ceiling = await memberCeiling(c.env.DB, p);
+export async function createKey(deps: Deps, p: Principal, body: z.infer<typeof NewKey>, sent: readonly string[]) {
+  const ceiling = await memberCeiling(deps.env.DB, p);
   const now = new Date();
-  const { scopes, errors } = grants(body, sent, c.get("config").resourceTypes);
+  const { scopes, errors } = grants(body, sent, deps.config.resourceTypes);
   const { name, ownerId } = body;
   const expiresAt = body.expiresAt ?? null;
   const rateLimit = body.rateLimit ?? null;
   if (rateLimit) errors.push(...overCeiling(ceiling, rateLimit));
   if (errors.length > 0) throw invalidRequest(errors);
 
-  if (ownerId !== undefined && ownerId !== p.userId) await checkOwner(c.env.DB, p, ownerId);
+  if (ownerId !== undefined && ownerId !== p.userId) await checkOwner(deps.env.DB, p, ownerId);
   const { raw, row } = await mintKey(
     {
       accountId: p.accountId,
@@ -43,10 +43,10 @@ export async function createKey(c: RequestContext, p: Principal, body: z.infer<t
     },
     now,
   );
-  const d = db(c.env.DB);
-  await batch(c.env.DB, [
+  const d = db(deps.env.DB);
+  await batch(deps.env.DB, [
     d.insert(apiKeys).values(row),
-    auditInsert(d, { accountId: p.accountId, actor: p.userId, action: "key.created", target: row.id, requestId: c.get("requestId") }, now),
+    auditInsert(d, { accountId: p.accountId, actor: p.userId, action: "key.created", target: row.id, requestId: deps.requestId }, now),
   ]);
   return { raw, row, now };
 }
@@ -56,35 +56,37 @@ export async function createKey(c: RequestContext, p: Principal, body: z.infer<t
  * key's object before answering (503 `change_pending` otherwise, in force soon after all the same; a repeat completes
  * it at once, even with nothing to store).
  */
-export async function revokeKey(c: RequestContext, p: Principal, id: string): Promise<{ key: ApiKey; now: Date }> {
-  const key = await findManagedKey(c.env.DB, p, id);
+export async function revokeKey(deps: Deps, p: Principal, id: string): Promise<{ key: ApiKey; now: Date }> {
+  const key = await findManagedKey(deps.env.DB, p, id);
   const now = new Date();
   // Deactivation is permanent and idempotent: deleting a revoked key answers with it unchanged, after making sure
   // its counter knows (a repeat completes a revocation whose reload failed).
   if (keyStatus(key, now) === "revoked") {
-    await reloadKeys(c, [key.id]);
+    await reloadKeys(deps, [key.id]);
     return { key, now };
   }
-  const d = db(c.env.DB);
-  const [revoked] = await writeChange(c, [key.id], () =>
-    batch(c.env.DB, [
+  const d = db(deps.env.DB);
+  const [revoked] = await writeChange(deps, [key.id], () =>
+    batch(deps.env.DB, [
       revokeStatement(d, key, p.userId, now, now),
       auditIfChanged(
-        c.env.DB,
-        { accountId: p.accountId, actor: p.userId, action: "key.revoked", target: key.id, requestId: c.get("requestId") },
+        deps.env.DB,
+        { accountId: p.accountId, actor: p.userId, action: "key.revoked", target: key.id, requestId: deps.requestId },
         now,
       ),
     ]),
   );
   const current =
-    revoked?.meta.changes === 1 ? { ...key, revokedAt: now.toISOString(), revokedBy: p.userId } : await findManagedKey(c.env.DB, p, key.id);
+    revoked?.meta.changes === 1
+      ? { ...key, revokedAt: now.toISOString(), revokedBy: p.userId }
+      : await findManagedKey(deps.env.DB, p, key.id);
   if (keyStatus(current, now) !== "revoked") {
     throw new ApiError(
       "last_active_key",
       "This is the account's last lasting admin key (full access, an enabled admin's, no expiry, no grace period); create another before revoking it.",
     );
   }
-  await reloadKeys(c, [key.id]);
+  await reloadKeys(deps, [key.id]);
   return { key: current, now };
 }
 
@@ -93,9 +95,9 @@ export async function revokeKey(c: RequestContext, p: Principal, id: string): Pr
  * revoked at the end of the grace period, in force in its object before the answer. A rotation whose outcome is
  * unknown is undone (see undoRotation).
  */
-export async function rotateKey(c: RequestContext, p: Principal, id: string, rotation: z.infer<typeof Rotation>) {
-  const ceiling = await memberCeiling(c.env.DB, p);
-  const old = await findManagedKey(c.env.DB, p, id);
+export async function rotateKey(deps: Deps, p: Principal, id: string, rotation: z.infer<typeof Rotation>) {
+  const ceiling = await memberCeiling(deps.env.DB, p);
+  const old = await findManagedKey(deps.env.DB, p, id);
   const { gracePeriodSeconds: grace, rateLimit } = rotation;
   if (rateLimit) {
     const errors = overCeiling(ceiling, rateLimit);
@@ -124,25 +126,25 @@ export async function rotateKey(c: RequestContext, p: Principal, id: string, rot
     now,
   );
   const revokeAt = new Date(now.getTime() + grace * 1000);
-  const audit = { accountId: p.accountId, actor: p.userId, requestId: c.get("requestId") };
-  const d = db(c.env.DB);
+  const audit = { accountId: p.accountId, actor: p.userId, requestId: deps.requestId };
+  const d = db(deps.env.DB);
   try {
-    await writeChange(c, [old.id], () =>
-      batch(c.env.DB, [
+    await writeChange(deps, [old.id], () =>
+      batch(deps.env.DB, [
         d.insert(apiKeys).values(row),
         revokeStatement(d, old, p.userId, revokeAt, now),
         auditInsert(d, { ...audit, action: "key.rotated", target: old.id }, now),
         auditInsert(d, { ...audit, action: "key.created", target: row.id }, now),
       ]),
     );
-    await reloadKeys(c, [old.id]);
+    await reloadKeys(deps, [old.id]);
   } catch (err) {
     // The unique index on rotated_from: another request rotated this key first. Nothing was written.
     if (violates(err, "api_keys.rotated_from")) throw new ApiError("key_not_active", `Key ${old.id} has already been rotated.`);
     // D1 did not answer in time (the batch may still land) or the old key's counter did not hear of its revocation:
     // the rotation is not known to be in force. Undo it, unless someone revoked the old key meanwhile.
-    if (!(await undoRotation(c.env.DB, old, row, revokeAt, now, audit))) {
-      await reloadKeys(c, [old.id]).catch(() => {});
+    if (!(await undoRotation(deps.env.DB, old, row, revokeAt, now, audit))) {
+      await reloadKeys(deps, [old.id]).catch(() => {});
       if (err instanceof ApiError && err.code === "change_pending")
         throw new ApiError(
           "change_pending",

@@ -2,7 +2,7 @@ import { z } from "@hono/zod-openapi";
 import { parseKey } from "../core/ids";
 import { type Need, NO_ACCOUNT } from "../core/principal";
 import { integer, matching } from "../core/schemas";
-import type { CounterContext } from "../guards/context";
+import type { Deps } from "../platform/deps";
 import { GRANT, ownerOf, parseGrant } from "../resources/owners";
 import { authorizeKey } from "./authorize";
 
@@ -41,26 +41,26 @@ export const Verdict = z.union([Valid, Invalid]).openapi("Verdict");
 export type Verdict = z.infer<typeof Verdict>;
 
 /** Any valid key, or a grant of `resource` held by a key of the account that owns it. */
-async function needOf(c: CounterContext, resource: string | undefined): Promise<Need> {
+async function needOf(deps: Deps, resource: string | undefined): Promise<Need> {
   const parsed = resource === undefined ? null : parseGrant(resource);
   if (!parsed) return "any";
-  return { resource, account: (await ownerOf(c.env.DB, parsed.type, parsed.id)) ?? NO_ACCOUNT };
+  return { resource, account: (await ownerOf(deps.env.DB, parsed.type, parsed.id)) ?? NO_ACCOUNT };
 }
 
 /**
  * Verifies a key for a backend that cannot sit behind the gateway: the same judgement and the same spend as a gateway
  * request (its object decides, `cost` is spent only when the key passes), so a key is never cheaper to use here.
  */
-export async function verifyKey(c: CounterContext, { key, resource, cost }: z.output<typeof VerifyRequest>): Promise<Verdict> {
+export async function verifyKey(deps: Deps, { key, resource, cost }: z.output<typeof VerifyRequest>): Promise<Verdict> {
   if (!parseKey(key)) return { valid: false, code: "invalid_key" };
-  const verdict = await authorizeKey(c, key, "verify", () => needOf(c, resource), cost);
+  const verdict = await authorizeKey(deps, { key, method: "verify", need: () => needOf(deps, resource), cost });
   if (!verdict.ok) {
     // A verify asks for no role: its refusals are a missing grant (403 on the gateway) and another account's resource
     // (404 there).
     if (!("refusal" in verdict)) return { valid: false, code: verdict.code };
     return { valid: false, code: verdict.refusal === "other_account" ? "not_found" : "insufficient_scope" };
   }
-  const { principal: p, admission: a } = verdict;
+  const { principal: p, spent: a } = verdict;
   if (a && !a.allowed) return { valid: false, code: "rate_limited", retryAfter: a.retryAfter };
   return {
     valid: true,

@@ -2,7 +2,7 @@ import { and, desc, eq, isNull, lt, sql } from "drizzle-orm";
 import { generateSecret, hashKey, newId, toHex } from "../core/ids";
 import { hashPassword, needsRehash, passwordProblem, verifyPassword } from "../core/password";
 import { effectiveScopes, FULL_ACCESS, type Need, type Principal, refusal } from "../core/principal";
-import { type Admission, refund, spend, spendPerAddress } from "../counters/limiter";
+import { refund, type Spent, spend, spendPerAddress } from "../counters/limiter";
 import type { RequestContext } from "../guards/context";
 import { misconfigured } from "../platform/config";
 import { batch, db } from "../platform/db/client";
@@ -96,7 +96,7 @@ async function openSession(
   if (matched.length > 1)
     throw new ApiError("account_required", "This email belongs to users of several accounts: send `accountId` to choose one.");
   const user = matched[0] as (typeof matched)[number];
-  for (const s of spent) await refund(c, s);
+  for (const s of spent) await refund(c.get("deps"), s);
   const now = new Date();
   const rehash = user.passwordHash && needsRehash(user.passwordHash) ? await hashPassword(password) : null;
   await batch(c.env.DB, [
@@ -120,15 +120,18 @@ async function openSession(
  * 429. Logins and password changes share them, so guesses cost the same whichever way they come. The caller gives the
  * spend back when the password was right, so only failures count.
  */
-async function spendAttempt(c: RequestContext, email: string): Promise<Admission[]> {
-  const spent: Admission[] = [];
+async function spendAttempt(c: RequestContext, email: string): Promise<Spent[]> {
+  const spent: Spent[] = [];
   for (const admission of [
-    await spend(c, `login:${await hashKey(email)}`, LOGIN_EMAIL_POLICY),
-    await spendPerAddress(c, "ip", c.get("config").ipPolicy),
+    await spend(c.get("deps"), `login:${await hashKey(email)}`, LOGIN_EMAIL_POLICY),
+    await spendPerAddress(c.get("deps"), c.req.header("CF-Connecting-IP"), "ip", c.get("config").ipPolicy),
   ]) {
-    if (!admission) continue;
+    if (!admission) {
+      c.header("X-RateLimit-Status", "unavailable");
+      continue;
+    }
     if (!admission.allowed) {
-      for (const s of spent) await refund(c, s);
+      for (const s of spent) await refund(c.get("deps"), s);
       throw new ApiError("rate_limited", `Too many password attempts. Try again in ${admission.retryAfter} seconds.`, {
         headers: { "Retry-After": String(admission.retryAfter) },
         body: { retry_after: admission.retryAfter },
@@ -319,7 +322,7 @@ export async function sessionPrincipal(
   c: RequestContext,
   claims: AccessClaims,
   need: Need,
-): Promise<{ principal: Principal; admission: Admission | null }> {
+): Promise<{ principal: Principal; admission: Spent | null }> {
   const now = new Date();
   const s = await liveSession(c, claims.sid, now);
   if (!s || s.userId !== claims.sub || s.accountId !== claims.acc) throw ENDED();
@@ -332,10 +335,10 @@ export async function sessionPrincipal(
  * What a person's request (access token or dashboard cookie) must pass once their session is live: their rights as
  * `need` asks, then their own limit (one per user, whichever way they come), of which it spends one.
  */
-export async function admitPerson(c: RequestContext, principal: Principal, need: Need): Promise<Admission | null> {
+export async function admitPerson(c: RequestContext, principal: Principal, need: Need): Promise<Spent | null> {
   const refusedFor = refusal(principal, need);
   if (refusedFor) throw refused(refusedFor);
-  return spend(c, `user:${principal.userId}`, principal.rateLimit);
+  return spend(c.get("deps"), `user:${principal.userId}`, principal.rateLimit);
 }
 
 type LiveSession = NonNullable<Awaited<ReturnType<typeof liveSession>>>;
@@ -409,7 +412,7 @@ export async function changePassword(c: RequestContext, p: Principal, currentPas
   if (!u) throw INVALID();
   const spent = await spendAttempt(c, u.email);
   if (!(await verifyPassword(currentPassword, u.passwordHash))) throw INVALID();
-  for (const s of spent) await refund(c, s);
+  for (const s of spent) await refund(c.get("deps"), s);
   const reason = passwordProblem(newPassword, u.email);
   if (reason) throw invalidRequest([{ field: "newPassword", message: reason }]);
   const hash = await hashPassword(newPassword);

@@ -76,7 +76,7 @@ export async function updateUser(
   // The user's keys act with the user's rights: their objects see the change before the answer.
   const keyIds = await liveKeyIds(d, { ownerId: id }, now);
   if (role !== undefined || disabled !== undefined || granted !== null) {
-    const [updated] = await writeChange(c, keyIds, () =>
+    const [updated] = await writeChange(c.get("deps"), keyIds, () =>
       batch(c.env.DB, [
         // Only the fields this request changes, guarded on the row as it is when the statement runs: two concurrent
         // edits (one disabling, one promoting) both land, and neither brings back what the other changed.
@@ -110,7 +110,7 @@ export async function updateUser(
   }
   // A repeat of a request whose change is already stored reloads too, so it completes a change a failed reload left
   // pending at once.
-  await reloadKeys(c, keyIds);
+  await reloadKeys(c.get("deps"), keyIds);
   return findUser(c.env.DB, p.accountId, id);
 }
 

@@ -1,7 +1,7 @@
 import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it, vi } from "vitest";
-import { faultyDatabase } from "../faults";
+import { faultyDatabase, objectDatabase } from "../faults";
 import { call, callWith, createKey, expectProblem, provision, rows } from "../helpers";
 
 const BEFORE_SUNSET = { QUERY_TOKEN_SUNSET: "2999-01-01T00:00:00Z" };
@@ -119,13 +119,10 @@ describe("the key's counter when its database fails", () => {
   it("answers 503 and logs neither the query nor its parameters", async () => {
     const { key } = await provision();
     const k = await createKey(key.key, { name: "l" });
-    await runInDurableObject(env.KEYS.getByName(`key:${k.id}`), (instance) => {
-      // The object's own D1 handle, replaced through the shared fault seam: its next read of the key fails.
-      Object.assign(instance, {
-        database: faultyDatabase(env.DB, { kind: "throw", error: new Error("D1_ERROR: Network connection lost.") }),
-      });
-      instance.reload();
-    });
+    // The object's own D1 handle, replaced through the shared fault seam: its next read of the key fails.
+    await objectDatabase(env.KEYS.getByName(`key:${k.id}`), () =>
+      faultyDatabase(env.DB, { kind: "throw", error: new Error("D1_ERROR: Network connection lost.") }),
+    );
     let res: Response | undefined;
     const lines = await logged(async () => {
       res = await call("/v1/whoami", { key: k.key });
@@ -179,7 +176,7 @@ describe("lastUsedAt", () => {
     for (let i = 0; i < 5; i++) await call("/v1/whoami", { key: k.key });
     // No write was even started: the object decides synchronously, and its last recorded use is still the first.
     await runInDurableObject(env.KEYS.getByName(`key:${k.id}`), (instance) => {
-      expect(instance["key"]?.lastUsed).toBe(firstUse);
+      expect(instance.lastUseRecorded).toBe(firstUse);
     });
     expect(await lastUse(k.id)).toEqual(first);
 

@@ -1,9 +1,9 @@
-import { createExecutionContext, runInDurableObject, waitOnExecutionContext } from "cloudflare:test";
+import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { createLocalJWKSet, jwtVerify } from "jose";
 import { describe, expect, it } from "vitest";
 import { KeygateVerifier } from "../../src/verifier";
-import { type Fault, faultyDatabase, faultyObjects } from "../faults";
+import { type Fault, faultyDatabase, faultyObjects, objectDatabase } from "../faults";
 import { call, callWith, createKey, expectProblem, type KeyBody, memberWithKey, ORIGIN, provision, through } from "../helpers";
 import { type Echo, UPSTREAM } from "./table";
 
@@ -272,18 +272,7 @@ async function verifyThroughBinding(body: unknown): Promise<{ status: number; an
  * dropped, so its next `authorize` has to read D1 and meets the fault. Answers the undo.
  */
 async function breakObject(keyId: string, fault: Fault): Promise<() => Promise<void>> {
-  const stub = env.KEYS.getByName(`key:${keyId}`);
-  let own: unknown;
-  await runInDurableObject(stub, (instance) => {
-    own = Reflect.get(instance, "database");
-    Object.assign(instance, { database: faultyDatabase(env.DB, fault) });
-    instance.reload();
-  });
-  return () =>
-    runInDurableObject(stub, (instance) => {
-      Object.assign(instance, { database: own });
-      instance.reload();
-    });
+  return objectDatabase(env.KEYS.getByName(`key:${keyId}`), () => faultyDatabase(env.DB, fault));
 }
 
 describe("the verify service binding when the key's object fails (fail-closed, the deployment's mode)", () => {

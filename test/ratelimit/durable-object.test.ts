@@ -2,7 +2,7 @@ import { evictDurableObject, runDurableObjectAlarm, runInDurableObject } from "c
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { RECORD_TTL_MS, UNSETTLED_TRUST_MS } from "../../src/keys/object";
-import { faultyDatabase } from "../faults";
+import { faultyDatabase, objectDatabase } from "../faults";
 import { call, createKey, expectProblem, provision } from "../helpers";
 
 const whoami = (key: string) => call("/v1/whoami", { key });
@@ -32,23 +32,25 @@ describe("Counter Durable Object", () => {
       instance.clock = () => now;
     });
     // Three admissions of one instant: a refund given twice would take back another request's admission.
-    for (let i = 0; i < 3; i++) await stub.consume(policy, tag());
+    for (let i = 0; i < 3; i++) await stub.consume({ policy, tag: tag() });
     const refund = tag();
-    await stub.refund(now, 1, refund);
-    await stub.refund(now, 1, { ...refund, deadline: Date.now() + 60_000 });
+    await stub.refund({ at: now, cost: 1, tag: refund });
+    await stub.refund({ at: now, cost: 1, tag: { ...refund, deadline: Date.now() + 60_000 } });
     expect(await stored(stub)).toBe(2);
-    expect(await outcome(stub.refund(now, 1, { id: crypto.randomUUID(), deadline: Date.now() - 1 }))).toContain("no longer waits");
+    expect(await outcome(stub.refund({ at: now, cost: 1, tag: { id: crypto.randomUUID(), deadline: Date.now() - 1 } }))).toContain(
+      "no longer waits",
+    );
     expect(await stored(stub)).toBe(2);
   });
 
   it("counts in its own storage, so a new instance keeps the count", async () => {
     const stub = env.COUNTERS.getByName("test:persist");
-    expect((await stub.consume(policy, tag())).remaining).toBe(2);
-    expect((await stub.consume(policy, tag())).remaining).toBe(1);
+    expect((await stub.consume({ policy, tag: tag() })).remaining).toBe(2);
+    expect((await stub.consume({ policy, tag: tag() })).remaining).toBe(1);
     await evictDurableObject(stub);
     const again = env.COUNTERS.getByName("test:persist");
-    expect(await again.consume(policy, tag())).toMatchObject({ allowed: true, remaining: 0 });
-    expect(await again.consume(policy, tag())).toMatchObject({ allowed: false, remaining: 0 });
+    expect(await again.consume({ policy, tag: tag() })).toMatchObject({ allowed: true, remaining: 0 });
+    expect(await again.consume({ policy, tag: tag() })).toMatchObject({ allowed: false, remaining: 0 });
     const stored = await runInDurableObject(again, (_, state) => state.storage.sql.exec("SELECT count(*) AS n FROM hits").one());
     expect(stored.n).toBe(3);
   });
@@ -59,55 +61,55 @@ describe("Counter Durable Object", () => {
     await runInDurableObject(stub, (instance) => {
       instance.clock = () => now;
     });
-    for (let i = 0; i < 3; i++) expect((await stub.consume(policy, tag())).allowed).toBe(true);
-    const refused = await stub.consume(policy, tag());
+    for (let i = 0; i < 3; i++) expect((await stub.consume({ policy, tag: tag() })).allowed).toBe(true);
+    const refused = await stub.consume({ policy, tag: tag() });
     expect(refused).toMatchObject({ allowed: false, retryAfter: 10 });
     now += 9_999;
-    expect((await stub.consume(policy, tag())).allowed).toBe(false);
+    expect((await stub.consume({ policy, tag: tag() })).allowed).toBe(false);
     now += 1;
     // All three were admitted at the same instant, so all three left the window together.
-    expect(await stub.consume(policy, tag())).toMatchObject({ allowed: true, remaining: 2 });
+    expect(await stub.consume({ policy, tag: tag() })).toMatchObject({ allowed: true, remaining: 2 });
     const stored = await runInDurableObject(stub, (_, state) => state.storage.sql.exec("SELECT count(*) AS n FROM hits").one());
     expect(stored.n).toBe(1);
   });
 
   it("gives back a refunded request", async () => {
     const stub = env.COUNTERS.getByName("test:refund");
-    const first = await stub.consume(policy, tag());
-    await stub.consume(policy, tag());
-    await stub.consume(policy, tag());
-    await stub.refund(first.at);
-    expect((await stub.consume(policy, tag())).remaining).toBe(0);
-    expect((await stub.consume(policy, tag())).allowed).toBe(false);
+    const first = await stub.consume({ policy, tag: tag() });
+    await stub.consume({ policy, tag: tag() });
+    await stub.consume({ policy, tag: tag() });
+    await stub.refund({ at: first.at, cost: 1, tag: tag() });
+    expect((await stub.consume({ policy, tag: tag() })).remaining).toBe(0);
+    expect((await stub.consume({ policy, tag: tag() })).allowed).toBe(false);
   });
 
   it("spends once for a call and its retry (same id)", async () => {
     const stub = env.COUNTERS.getByName("test:retry");
     const call = tag();
-    const first = await stub.consume(policy, call);
-    const retry = await stub.consume(policy, call);
+    const first = await stub.consume({ policy, tag: call });
+    const retry = await stub.consume({ policy, tag: call });
     expect(retry).toEqual(first);
-    expect((await stub.consume(policy, tag())).remaining).toBe(1);
+    expect((await stub.consume({ policy, tag: tag() })).remaining).toBe(1);
     expect(await stored(stub)).toBe(2);
   });
 
   it("spends nothing for a call that arrives after its deadline", async () => {
     const stub = env.COUNTERS.getByName("test:late");
-    expect(await outcome(stub.consume(policy, { id: "late", deadline: Date.now() - 1 }))).toMatch(/no longer waits/);
+    expect(await outcome(stub.consume({ policy, tag: { id: "late", deadline: Date.now() - 1 } }))).toMatch(/no longer waits/);
     expect(await stored(stub)).toBe(0);
-    expect((await stub.consume(policy, tag())).remaining).toBe(2);
+    expect((await stub.consume({ policy, tag: tag() })).remaining).toBe(2);
   });
 
   it("gives back what a cancelled call spent, and never spends for it later", async () => {
     const stub = env.COUNTERS.getByName("test:cancel");
     const answered = tag();
-    await stub.consume(policy, answered);
-    await stub.cancel(answered);
+    await stub.consume({ policy, tag: answered });
+    await stub.cancel({ tag: answered });
     const never = tag();
-    await stub.cancel(never);
-    expect(await outcome(stub.consume(policy, never))).toMatch(/no longer waits/);
+    await stub.cancel({ tag: never });
+    expect(await outcome(stub.consume({ policy, tag: never }))).toMatch(/no longer waits/);
     expect(await stored(stub)).toBe(0);
-    expect((await stub.consume(policy, tag())).remaining).toBe(2);
+    expect((await stub.consume({ policy, tag: tag() })).remaining).toBe(2);
   });
 });
 
@@ -118,8 +120,8 @@ describe("idle counters", () => {
     await runInDurableObject(stub, (instance) => {
       instance.clock = () => now;
     });
-    await stub.consume(policy, tag());
-    await stub.consume(policy, tag());
+    await stub.consume({ policy, tag: tag() });
+    await stub.consume({ policy, tag: tag() });
     // Still inside the window and its grace: the alarm keeps everything and looks again later.
     expect(await runDurableObjectAlarm(stub)).toBe(true);
     expect(await stored(stub)).toBe(2);
@@ -131,7 +133,7 @@ describe("idle counters", () => {
       alarm: await state.storage.getAlarm(),
     }));
     expect(left).toEqual({ tables: 0, deleteAt: undefined, alarm: null });
-    expect((await stub.consume(policy, tag())).remaining).toBe(2);
+    expect((await stub.consume({ policy, tag: tag() })).remaining).toBe(2);
     expect(await stored(stub)).toBe(1);
   });
 });
@@ -187,32 +189,28 @@ describe("the key's record in its object", () => {
     // The next read of the key answers late, with the row as it was when the read began. Made inside the object:
     // what the object uses must belong to its own context.
     let slow: ReturnType<typeof faultyDatabase> | undefined;
-    await runInDurableObject(stub, (instance) => {
+    const restore = await objectDatabase(stub, () => {
       slow = faultyDatabase(env.DB, { kind: "late-answer", ms: 200 });
-      Object.assign(instance, { database: slow });
-      instance.reload();
+      return slow;
     });
     const first = whoami(k.key);
     await slow?.reached();
     await env.DB.prepare("UPDATE api_keys SET revoked_at = ? WHERE id = ?")
       .bind(new Date(Date.now() - 1000).toISOString(), k.id)
       .run();
-    await runInDurableObject(stub, (instance) => {
-      Object.assign(instance, { database: env.DB });
-      instance.reload();
-    });
+    await restore();
     await first;
     await expectProblem(await whoami(k.key), 401, "key_revoked");
   });
 
   it("gives back a stored admission after the object was evicted", async () => {
     const stub = env.COUNTERS.getByName("test:evicted-refund");
-    const first = await stub.consume(policy, tag());
-    await stub.consume(policy, tag());
+    const first = await stub.consume({ policy, tag: tag() });
+    await stub.consume({ policy, tag: tag() });
     await evictDurableObject(stub);
     const again = env.COUNTERS.getByName("test:evicted-refund");
-    await again.refund(first.at);
+    await again.refund({ at: first.at, cost: 1, tag: tag() });
     expect(await stored(again)).toBe(1);
-    expect((await again.consume(policy, tag())).remaining).toBe(1);
+    expect((await again.consume({ policy, tag: tag() })).remaining).toBe(1);
   });
 });

@@ -4,20 +4,17 @@ import { describe, expect, it } from "vitest";
 import { LEASE_MS } from "../../src/core/lease";
 import type { Counter } from "../../src/counters/counter-object";
 import { Holdings, holdings } from "../../src/counters/held";
-import { counterContext } from "../../src/counters/limiter";
 import { SlidingLog } from "../../src/counters/sliding-log";
-import type { CounterContext } from "../../src/guards/context";
 import { authorizeKey } from "../../src/keys/authorize";
 import { makeDeps } from "../../src/platform/deps";
 import { ApiError } from "../../src/platform/errors";
 import { faultyObjects } from "../faults";
 import { call, callWith, createAgent, createKey, expectProblem, memberWithKey, provision, WIDGET_ORIGIN } from "../helpers";
 
-/** A context for calling the key path directly, as one request of an isolate would (on these bindings, if given). */
-function context(overrides: Partial<Cloudflare.Env> = {}): CounterContext {
-  const bindings = { ...env, ...overrides };
+/** One request's Deps for calling the key path directly, as an isolate would (on these bindings, if given), and its context. */
+function request(overrides: Partial<Cloudflare.Env> = {}) {
   const ctx = createExecutionContext();
-  return counterContext(makeDeps(bindings, ctx), ctx);
+  return { deps: makeDeps({ ...env, ...overrides }, ctx), ctx };
 }
 
 /**
@@ -26,17 +23,17 @@ function context(overrides: Partial<Cloudflare.Env> = {}): CounterContext {
  * status the app answers (429 over the limit, an ApiError's own; anything else thrown is a 500).
  */
 async function outcome(key: string, isolate: Holdings, overrides: Partial<Cloudflare.Env> = {}, cost = 1) {
-  const c = context(overrides);
+  const { deps, ctx } = request(overrides);
   try {
-    const verdict = await authorizeKey(c, key, "bearer", "any", cost, isolate);
+    const verdict = await authorizeKey(deps, { key, method: "bearer", need: "any", cost }, isolate);
     if (!verdict.ok) return "refused";
-    if (verdict.admission === null) return "unlimited";
-    if (!verdict.admission.allowed) return 429;
-    return verdict.admission.leased ? "leased" : "counted";
+    if (verdict.spent === null) return "unlimited";
+    if (!verdict.spent.allowed) return 429;
+    return verdict.spent.leased ? "leased" : "counted";
   } catch (err) {
     return err instanceof ApiError ? err.status : 500;
   } finally {
-    await waitOnExecutionContext(c.executionCtx as ExecutionContext);
+    await waitOnExecutionContext(ctx);
   }
 }
 
@@ -79,9 +76,9 @@ async function partlySpentLease() {
 /** What the key's object counts as spent: its limit less what it has left, asked by a call that spends and leases nothing. */
 async function countedByObject(keyId: string): Promise<number> {
   const tag = { id: crypto.randomUUID(), deadline: Date.now() + 10_000 };
-  const answer = await env.KEYS.getByName(`key:${keyId}`).authorize(keyId, "bearer", "any", tag, 0, false);
+  const answer = await env.KEYS.getByName(`key:${keyId}`).authorize({ keyId, method: "bearer", need: "any", tag, cost: 0 });
   if (!answer.ok) throw new Error("the object refused the key");
-  return answer.admission.limit - answer.admission.remaining;
+  return answer.granted.limit - answer.granted.remaining;
 }
 
 describe("leases", () => {
@@ -105,16 +102,19 @@ describe("leases", () => {
     const other = new Holdings();
     for (let i = 0; i < 50; i++) {
       expect((await call("/v1/whoami", { key: hot.key })).status).toBe(200);
-      expect((await authorizeKey(context(), hot.key, "bearer", "any", 1, other)).ok).toBe(true);
+      expect((await authorizeKey(request().deps, { key: hot.key, method: "bearer", need: "any" }, other)).ok).toBe(true);
     }
     expect(other.get(`key:${hot.id}`)?.leases.available(Date.now())).toBeGreaterThan(0);
     expect((await call(`/v1/api-keys/${hot.id}`, { method: "DELETE", key: key.key })).status).toBe(200);
     await expectProblem(await call("/v1/whoami", { key: hot.key }), 401, "key_revoked");
     // The other isolate holds a lease: it may spend it until the lease ends (at most a second), never after.
     const now = Date.now();
-    expect((await authorizeKey(context(), hot.key, "bearer", "any", 1, other)).ok).toBe(true);
+    expect((await authorizeKey(request().deps, { key: hot.key, method: "bearer", need: "any" }, other)).ok).toBe(true);
     other.now = () => now + 1000;
-    expect(await authorizeKey(context(), hot.key, "bearer", "any", 1, other)).toEqual({ ok: false, code: "key_revoked" });
+    expect(await authorizeKey(request().deps, { key: hot.key, method: "bearer", need: "any" }, other)).toEqual({
+      ok: false,
+      code: "key_revoked",
+    });
   });
 
   it("let two isolates sharing one object admit no more than the limit between them, holding the rest", async () => {
@@ -122,9 +122,11 @@ describe("leases", () => {
     const limited = await createKey(key.key, { rateLimit: { limit: 50, windowSeconds: 60 } });
     const isolates = [new Holdings(), new Holdings()];
     const verdicts = await Promise.all(
-      Array.from({ length: 300 }, (_, i) => authorizeKey(context(), limited.key, "bearer", "any", 1, isolates[i % 2])),
+      Array.from({ length: 300 }, (_, i) =>
+        authorizeKey(request().deps, { key: limited.key, method: "bearer", need: "any" }, isolates[i % 2]),
+      ),
     );
-    const admitted = verdicts.filter((v) => v.ok && (v.admission === null || v.admission.allowed)).length;
+    const admitted = verdicts.filter((v) => v.ok && (v.spent === null || v.spent.allowed)).length;
     expect(admitted).toBeLessThanOrEqual(50);
     // Under-admission is bounded by what the isolates still hold unspent.
     const held = isolates.reduce((n, h) => n + (h.get(`key:${limited.id}`)?.leases.available(Date.now()) ?? 0), 0);
@@ -166,8 +168,8 @@ describe("leases", () => {
       const log = new SlidingLog(state.storage.sql, () => 1_000_000);
       const policy = { limit: 1000, windowSeconds: 60 };
       // A hot log (60 admissions in its last second) leases half a second's worth beside the next one.
-      for (let i = 0; i < 60; i++) log.admit(policy, 1);
-      const leased = log.admit(policy, 1, true);
+      for (let i = 0; i < 60; i++) log.admit({ policy });
+      const leased = log.admit({ policy, lease: true });
       expect(leased).toMatchObject({ allowed: true, lease: { id: 1_001_000, units: 30, ms: 1000 }, remaining: 909 });
       await log.saved();
       const rows = () => state.storage.sql.exec<{ n: number }>("SELECT count(*) AS n FROM hits WHERE at = 1001000").one().n;
@@ -176,7 +178,7 @@ describe("leases", () => {
       expect(rows()).toBe(15);
       log.refund(1_001_000, 50);
       expect(rows()).toBe(0);
-      expect(log.admit(policy, 1)).toMatchObject({ allowed: true, remaining: 938 });
+      expect(log.admit({ policy })).toMatchObject({ allowed: true, remaining: 938 });
     });
   });
 
@@ -219,10 +221,10 @@ describe("leases", () => {
     const isolate = new Holdings();
     const served: boolean[] = [];
     for (let i = 0; i < 300; i++) {
-      const c = context();
-      const verdict = await authorizeKey(c, hot.key, "bearer", "any", 1, isolate);
-      await waitOnExecutionContext(c.executionCtx as ExecutionContext);
-      served.push(verdict.ok && verdict.admission?.leased === true);
+      const { deps, ctx } = request();
+      const verdict = await authorizeKey(deps, { key: hot.key, method: "bearer", need: "any" }, isolate);
+      await waitOnExecutionContext(ctx);
+      served.push(verdict.ok && verdict.spent?.leased === true);
     }
     // Once the key is hot (the first lease), every request is served from a lease, however many leases it takes.
     const first = served.indexOf(true);

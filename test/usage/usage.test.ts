@@ -1,7 +1,7 @@
-import { evictDurableObject, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
+import { evictDurableObject, runDurableObjectAlarm } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { faultyDatabase } from "../faults";
+import { faultyDatabase, objectDatabase } from "../faults";
 import { call, createKey, expectProblem, memberWithKey, provision, rows } from "../helpers";
 
 const hourOf = (ms: number) => new Date(Math.floor(ms / 3_600_000) * 3_600_000).toISOString();
@@ -55,18 +55,12 @@ describe("usage per key and hour", () => {
     const k = await createKey(key.key);
     await send(k.key, 2);
     const stub = env.KEYS.getByName(`key:${k.id}`);
-    let real: unknown;
-    await runInDurableObject(stub, (instance) => {
-      real = (instance as unknown as { database: unknown }).database;
-      Object.assign(instance, {
-        database: faultyDatabase(env.DB, { kind: "throw", error: new Error("D1_ERROR: Network connection lost.") }),
-      });
-    });
+    const restore = await objectDatabase(stub, () =>
+      faultyDatabase(env.DB, { kind: "throw", error: new Error("D1_ERROR: Network connection lost.") }),
+    );
     await flush(k.id);
     expect(await stored(k.id)).toEqual([]);
-    await runInDurableObject(stub, (instance) => {
-      Object.assign(instance, { database: real });
-    });
+    await restore();
     // The failed flush set the next alarm itself.
     expect(await flush(k.id)).toBe(true);
     expect(await stored(k.id)).toEqual([{ hour: hourOf(Date.now()), admitted: 2, rate_limited: 0 }]);

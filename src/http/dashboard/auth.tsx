@@ -130,7 +130,11 @@ async function acceptForm(c: DashContext): Promise<Response> {
   } catch (err) {
     const problem = problemOf(err);
     // Guessing invitations spends the address's failure budget, as on the API.
-    if (problem.code === "invalid_invitation") await spendPerAddress(c, "ip", c.get("config").ipPolicy);
+    if (
+      problem.code === "invalid_invitation" &&
+      !(await spendPerAddress(c.get("deps"), c.req.header("CF-Connecting-IP"), "ip", c.get("config").ipPolicy))
+    )
+      c.header("X-RateLimit-Status", "unavailable");
     return again(problem);
   }
 }

@@ -38,7 +38,7 @@ export const keyPages = new Hono<DashEnv>()
       }
       const parsed = NewKey.safeParse(body);
       if (!parsed.success) throw invalidRequest(fieldErrors(parsed.error));
-      const { raw, row } = await createKey(c, c.get("principal"), parsed.data, Object.keys(body));
+      const { raw, row } = await createKey(c.get("deps"), c.get("principal"), parsed.data, Object.keys(body));
       return keysPage(c, { shown: { title: `Your new key "${row.name}"`, raw } }, 201);
     } catch (err) {
       const problem = problemOf(err);
@@ -53,7 +53,7 @@ export const keyPages = new Hono<DashEnv>()
     const p = c.get("principal");
     const key = await findManagedKey(c.env.DB, p, c.req.param("id"));
     try {
-      await revokeKey(c, p, key.id);
+      await revokeKey(c.get("deps"), p, key.id);
     } catch (err) {
       return confirmPage(c, key, "revoke", problemOf(err));
     }
@@ -70,7 +70,7 @@ export const keyPages = new Hono<DashEnv>()
     try {
       const parsed = Rotation.safeParse({ gracePeriodSeconds: Number(field(form, "gracePeriodSeconds") || "0") });
       if (!parsed.success) throw invalidRequest(fieldErrors(parsed.error));
-      const { raw, row } = await rotateKey(c, p, key.id, parsed.data);
+      const { raw, row } = await rotateKey(c.get("deps"), p, key.id, parsed.data);
       const grace = parsed.data.gracePeriodSeconds;
       const note =
         grace === 0

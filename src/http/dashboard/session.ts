@@ -43,6 +43,7 @@ export const signedIn = (need: Need) =>
     c.set("email", person.email);
     const admission = await admitPerson(c, person.principal, need);
     if (admission) admit(admission);
+    else c.header("X-RateLimit-Status", "unavailable");
     await next();
   });
 

@@ -24,7 +24,8 @@ const OPERATOR_PROBLEMS: ErrorCode[] = [
 
 /** Operator calls spend their address's budget (so a guessed token gets few tries), then need the operator token. */
 const operator = createMiddleware<AppEnv>(async (c, next) => {
-  await spendPerAddress(c, "provision", c.get("config").ipPolicy);
+  if (!(await spendPerAddress(c.get("deps"), c.req.header("CF-Connecting-IP"), "provision", c.get("config").ipPolicy)))
+    c.header("X-RateLimit-Status", "unavailable");
   await requireOperator(c.req.header("Authorization"), c.get("config").operatorToken);
   await next();
 });

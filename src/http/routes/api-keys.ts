@@ -30,7 +30,7 @@ export const apiKeysRoutes = routes()
     async (c) => {
       const p = c.get("principal");
       const sent = Object.keys(await c.req.json<Record<string, unknown>>());
-      const { raw, row, now } = await createKey(c, p, c.req.valid("json"), sent);
+      const { raw, row, now } = await createKey(c.get("deps"), p, c.req.valid("json"), sent);
       c.header("Cache-Control", "no-store");
       return c.json({ ...keyView(row, now), key: raw }, 201);
     },
@@ -87,7 +87,7 @@ export const apiKeysRoutes = routes()
       },
     }),
     async (c) => {
-      const { key, now } = await revokeKey(c, c.get("principal"), c.req.valid("param").id);
+      const { key, now } = await revokeKey(c.get("deps"), c.get("principal"), c.req.valid("param").id);
       return c.json(keyView(key, now), 200);
     },
   )
@@ -105,7 +105,7 @@ export const apiKeysRoutes = routes()
       },
     }),
     async (c) => {
-      const { raw, row, now } = await rotateKey(c, c.get("principal"), c.req.valid("param").id, c.req.valid("json"));
+      const { raw, row, now } = await rotateKey(c.get("deps"), c.get("principal"), c.req.valid("param").id, c.req.valid("json"));
       c.header("Cache-Control", "no-store");
       return c.json({ ...keyView(row, now), key: raw }, 201);
     },

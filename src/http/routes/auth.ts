@@ -80,7 +80,12 @@ export const authRoutes = routes()
         return c.json(await refresh(c, { refreshToken: body.data.refresh_token }), 200);
       } catch (err) {
         // A wrong token spends the address's failure budget, as a wrong key does.
-        if (err instanceof ApiError && err.status === 401) await spendPerAddress(c, "ip", c.get("config").ipPolicy);
+        if (
+          err instanceof ApiError &&
+          err.status === 401 &&
+          !(await spendPerAddress(c.get("deps"), c.req.header("CF-Connecting-IP"), "ip", c.get("config").ipPolicy))
+        )
+          c.header("X-RateLimit-Status", "unavailable");
         throw err;
       }
     },
@@ -117,7 +122,12 @@ export const authRoutes = routes()
         return c.json(await acceptInvitation(c, token, password), 200);
       } catch (err) {
         // Guessing invitations spends the address's failure budget.
-        if (err instanceof ApiError && err.code === "invalid_invitation") await spendPerAddress(c, "ip", c.get("config").ipPolicy);
+        if (
+          err instanceof ApiError &&
+          err.code === "invalid_invitation" &&
+          !(await spendPerAddress(c.get("deps"), c.req.header("CF-Connecting-IP"), "ip", c.get("config").ipPolicy))
+        )
+          c.header("X-RateLimit-Status", "unavailable");
         throw err;
       }
     },

@@ -92,14 +92,17 @@ handshakeRoutes.openapi(
     }
     if (agent.disabled) throw new ApiError("agent_disabled", "This agent is disabled.");
     if (!server) {
-      await spendPerAddress(c, "handshake-ip", config.handshakeIpPolicy);
+      if (!(await spendPerAddress(c.get("deps"), c.req.header("CF-Connecting-IP"), "handshake-ip", config.handshakeIpPolicy)))
+        c.header("X-RateLimit-Status", "unavailable");
       if (userId === undefined) {
-        await spend(c, `handshake-anon:${agent.id}`, config.handshakeAgentPolicy);
+        if (!(await spend(c.get("deps"), `handshake-anon:${agent.id}`, config.handshakeAgentPolicy)))
+          c.header("X-RateLimit-Status", "unavailable");
       } else {
         if (!(await verifyIdentity(agent.identitySecret, userId, userHash as string))) {
           throw new ApiError("identity_unverified", "userHash is not the proof for this userId under the agent's identity secret.");
         }
-        await spend(c, `handshake-user:${agent.id}:${userId}`, config.handshakeUserPolicy);
+        if (!(await spend(c.get("deps"), `handshake-user:${agent.id}:${userId}`, config.handshakeUserPolicy)))
+          c.header("X-RateLimit-Status", "unavailable");
       }
     }
 

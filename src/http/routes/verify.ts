@@ -28,6 +28,8 @@ export const verifyRoutes = routes().openapi(
   }),
   async (c) => {
     c.header("Cache-Control", "no-store");
-    return c.json(await verifyKey(c, c.req.valid("json")), 200);
+    const verdict = await verifyKey(c.get("deps"), c.req.valid("json"));
+    if (verdict.valid && verdict.rateLimit === null) c.header("X-RateLimit-Status", "unavailable");
+    return c.json(verdict, 200);
   },
 );

@@ -1,0 +1,182 @@
+import type { Policy } from "../core/window";
+import { deadline } from "../platform/deadline";
+import type { Deps } from "../platform/deps";
+import { ApiError } from "../platform/errors";
+import { safeError } from "../platform/log";
+import { type Holdings, holdings } from "./held";
+import type { CallTag, CounterStub, Granted, Spending, Spent, Unspent } from "./protocol";
+
+/** An object's answer to a spending call: what it granted under the record it judged, or its refusal `F` (nothing spent). */
+export type Answer<R, F> = { ok: true; record: R; granted: Granted } | F;
+
+/** A request admitted or refused by the budget (`spent.allowed`), under the record its object judged. */
+export type Leased<R> = { ok: true; record: R; spent: Spent };
+
+/** One request's call on a counting object that leases (a key's, or a plain counter), as `leasedCall` makes it. */
+export type LeasedCall<S extends CounterStub, R, F extends { ok: false } = never> = {
+  /** The counter's name (`key:<id>`, or a plain counter's): what this isolate holds its leases under. */
+  name: string;
+  stub: S;
+  cost: number;
+  /** The spending call: asks the object to spend (with a lease beside it), giving back what ended leases left. */
+  ask: (stub: S, spending: Spending) => Promise<Answer<R, F>>;
+  /**
+   * The renewal a hot counter's lease gets in the background when it runs low (the same call spending nothing, with
+   * nothing needed of the record); without it, the request that finds the lease spent asks for the next one.
+   */
+  renew?: (stub: S, spending: Spending) => Promise<Answer<R, F>>;
+  /** A held record's refusal of this request (answered with no call, nothing spent), or null when it may spend. */
+  check?: (record: R) => F | null;
+  /** The policy a request spends under, given the record. */
+  policy: (record: R) => Policy;
+};
+
+/**
+ * The isolate's side of the counter protocol, for one request: spends `cost` from a lease this isolate holds (no call
+ * and no await), or waits for this isolate's call in flight that may bring one, or calls the object with a deadline
+ * and holds the lease it brings; refused because a concurrent call of this isolate took the budget as a lease, it
+ * spends from that lease instead. A lease running low is renewed in the background. Null when the object failed and
+ * the deployment fails open (the caller marks its answer unlimited); closed, that is 503 `rate_limiter_unavailable`.
+ * `isolate` is replaceable in tests.
+ */
+export async function leasedCall<S extends CounterStub, R, F extends { ok: false } = never>(
+  deps: Deps,
+  c: LeasedCall<S, R, F>,
+  isolate: Holdings = holdings,
+): Promise<Leased<R> | F | null> {
+  const { name } = c;
+  // A hot counter's lease ran out: one call of this isolate renews it at a time; the requests beside it wait and spend
+  // from what it brings (a renewal that brings nothing leaves each to ask for itself).
+  // No await unless a renewal is in flight: a request that must call has to claim the renewal before any other looks.
+  for (let renewal = isolate.inFlight(name); ; renewal = isolate.inFlight(name)) {
+    const local = fromLease(isolate, c);
+    if (local) {
+      if (c.renew && isolate.runningLow(name)) deps.waitUntil(renew(deps, isolate, c, c.renew));
+      return local;
+    }
+    if (!renewal || !(await renewal)) break;
+  }
+  const askedAt = isolate.now();
+  const returned = isolate.unspent(name);
+  const answer = await isolate.track(
+    name,
+    callCounter(deps, c.stub, name, (stub, tag) => c.ask(stub, { tag, cost: c.cost, lease: true, returned }), returned),
+    bringsLease,
+    deps.config.rateLimitTimeoutMs,
+  );
+  if (answer === null || !answer.ok) return answer;
+  const { record, granted } = answer;
+  const { lease, ...counted } = granted;
+  if (lease) isolate.hold(name, askedAt, record, lease, counted.remaining, counted.resetAt);
+  // Refused because a concurrent call of this isolate took the budget as a lease: spend from that lease instead.
+  if (!counted.allowed) {
+    const leased = fromLease(isolate, c);
+    if (leased) return leased;
+  }
+  // What is left as the object sees it, less what this isolate has spent: its unspent leases are still budget.
+  const remaining = counted.remaining + isolate.available(name);
+  return { ok: true, record, spent: { ...counted, remaining, name, policy: c.policy(record) } };
+}
+
+const bringsLease = (answer: Answer<unknown, { ok: false }> | null) => answer?.ok === true && answer.granted.lease !== null;
+
+/**
+ * A request decided in this isolate, with no call: the record the object answered under a lease that has not ended,
+ * and an admission of that lease. Null when the isolate holds no such lease (the object decides).
+ */
+function fromLease<S extends CounterStub, R, F extends { ok: false }>(isolate: Holdings, c: LeasedCall<S, R, F>): Leased<R> | F | null {
+  const held = isolate.get(c.name);
+  if (!held) return null;
+  // A name's record is only ever held by its own calls: the type they answered.
+  const record = held.record as R;
+  const refused = c.check?.(record);
+  if (refused) return refused;
+  const spent = isolate.take(c.name, c.cost, c.policy(record));
+  return spent && { ok: true, record, spent };
+}
+
+/**
+ * Asks for a hot counter's next lease while the current one still serves the requests in flight, so they never wait
+ * for a renewal. It spends nothing itself (cost 0); a record its object now refuses is dropped from the isolate at once.
+ */
+async function renew<S extends CounterStub, R, F extends { ok: false }>(
+  deps: Deps,
+  isolate: Holdings,
+  c: LeasedCall<S, R, F>,
+  call: NonNullable<LeasedCall<S, R, F>["renew"]>,
+): Promise<void> {
+  // A call of its own: not the request's (which spent from its lease), so not the request's id either.
+  const own = { ...deps, requestId: `${deps.requestId}-renewal` };
+  const askedAt = isolate.now();
+  const returned = isolate.unspent(c.name);
+  try {
+    const answer = await isolate.track(
+      c.name,
+      callCounter(own, c.stub, c.name, (stub, tag) => call(stub, { tag, cost: 0, lease: true, returned }), returned),
+      bringsLease,
+      deps.config.rateLimitTimeoutMs,
+    );
+    if (answer?.ok && answer.granted.lease)
+      isolate.hold(c.name, askedAt, answer.record, answer.granted.lease, answer.granted.remaining, answer.granted.resetAt);
+    else if (answer && !answer.ok) isolate.drop([c.name]);
+  } catch {
+    // The next request that finds no lease asks for itself.
+  }
+}
+
+/** The retry hint when the counter is down: long enough for a retried call to find it back. */
+const UNAVAILABLE_RETRY_SECONDS = 5;
+
+/** The kind of a counter for logs (`key:<id>` keeps its id; addresses and end-user ids are not logged). */
+export function counterKind(name: string): string {
+  return name.startsWith("key:") ? name : (name.split(":", 1)[0] ?? "");
+}
+
+export const timedOut = () => new Error("no answer before the deadline");
+
+/**
+ * Calls the named counter with a deadline (RATE_LIMIT_TIMEOUT_MS). The call carries the request id and the deadline,
+ * so a retry spends once and a call that arrives too late spends nothing; when the call fails or times out, the
+ * counter is told to give back whatever it spent for it, and takes `returned` (what the isolate's ended leases left
+ * unspent, which the call carried) unless the call already brought it. Then: 503 in closed mode; null in open mode.
+ */
+async function callCounter<S extends CounterStub, T>(
+  deps: Deps,
+  stub: S,
+  name: string,
+  call: (stub: S, tag: CallTag) => Promise<T>,
+  returned: Unspent[],
+): Promise<T | null> {
+  const { rateLimitFailureMode, rateLimitTimeoutMs } = deps.config;
+  const tag = { id: deps.requestId, deadline: Date.now() + rateLimitTimeoutMs };
+  try {
+    return await retriedOnce(() => call(stub, tag), tag.deadline);
+  } catch (err) {
+    deps.waitUntil(
+      deadline(stub.cancel({ tag, returned }), rateLimitTimeoutMs, timedOut).catch((e: unknown) =>
+        deps.log("warn", "counter_cancel_failed", { counter: counterKind(name), error: safeError(e) }),
+      ),
+    );
+    const fields = { counter: counterKind(name), error: safeError(err), requestId: tag.id };
+    if (rateLimitFailureMode === "closed") {
+      deps.log("error", "counter_unavailable_refused", fields);
+      throw new ApiError("rate_limiter_unavailable", "The rate limiter is unavailable; retry shortly.", {
+        headers: { "Retry-After": String(UNAVAILABLE_RETRY_SECONDS) },
+      });
+    }
+    deps.log("warn", "counter_unavailable_admitted", fields);
+    return null;
+  }
+}
+
+/** One call with a deadline; retried once only when the platform marks the error retryable (and not overload). */
+async function retriedOnce<T>(call: () => Promise<T>, until: number): Promise<T> {
+  const attempt = () => deadline(call(), until - Date.now(), timedOut);
+  try {
+    return await attempt();
+  } catch (err) {
+    const e = err as { retryable?: boolean; overloaded?: boolean };
+    if (e.retryable === true && e.overloaded !== true && Date.now() < until) return attempt();
+    throw err;
+  }
+}

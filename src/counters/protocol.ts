@@ -1,0 +1,40 @@
+import type { Lease } from "../core/lease";
+import type { Decision, Policy } from "../core/window";
+
+// What crosses between an isolate and a counting object (a key's, or a plain counter): the two sides of one protocol,
+// each written once (object side: budget.ts; isolate side: leased-call.ts).
+
+/**
+ * What identifies and bounds one call from a request: its id (a retry of the same call reuses it, so it spends once)
+ * and the instant (ms since epoch) after which the caller no longer waits, so the call must not spend anything.
+ */
+export type CallTag = { id: string; deadline: number };
+
+/** What a caller's ended lease left unspent: `left` admissions logged at the lease's end `id`. */
+export type Unspent = { id: number; left: number };
+
+/**
+ * What a call asks an object to spend: `cost` requests (0: only a lease, as a renewal asks), a lease beside them when
+ * the caller can hold one (`lease`), and what the caller's ended leases left unspent, given back (`returned`).
+ */
+export type Spending = { tag: CallTag; cost?: number; lease?: boolean; returned?: Unspent[] };
+
+/** The object's answer on a budget: its decision, and the instant and number of requests it logged when admitted. */
+export type Counted = Decision & { at: number; cost: number };
+
+/** What the object counted, and the lease it granted beside it (core/lease.ts). */
+export type Granted = Counted & { lease: Lease | null };
+
+/**
+ * The admission a request spent, wherever it was decided (by the object, or from this isolate's lease: `leased`): what
+ * its rate-limit headers show and what a refund gives back. `name` is the counter it was spent on.
+ */
+export type Spent = Counted & { name: string; policy: Policy; leased?: true };
+
+/** The isolate's view of a counting object (a key's or a plain counter): what it calls besides the spending call. */
+export type CounterStub = {
+  /** The caller gave up on the call `tag`: what it spent goes back, and `returned` if the call never brought it. */
+  cancel(call: { tag: CallTag; returned: Unspent[] }): Promise<void>;
+  /** Gives back `cost` requests admitted at `at`: once per `tag`, and not at all past its deadline. */
+  refund(call: { at: number; cost: number; tag: CallTag }): Promise<void>;
+};
