@@ -1,4 +1,7 @@
+import { FULL_ACCESS, isFullAccess, reaches } from "./grants";
 import type { Policy } from "./window";
+
+export { FULL_ACCESS };
 
 /** How a key came: `Authorization: Bearer`, `X-API-Key`, the deprecated query parameter, or the verify API. */
 export type AuthMethod = "bearer" | "header" | "query" | "verify";
@@ -25,8 +28,6 @@ export type Principal = {
   rateLimit: Policy;
 };
 
-export const FULL_ACCESS = "*";
-
 /**
  * What a route asks of a key: any valid key, a full-access key, or a full-access key of an admin. A gateway route
  * asks for a grant of one `resource` (`mailbox:mbx_1`), or full access when it names none, and with `account` for a
@@ -46,11 +47,11 @@ export function refusal(p: Principal, need: Need): Refusal | null {
   if (typeof need === "object") {
     // Another tenant's URL is not found, whatever the key's rights: nothing says it exists.
     if (need.account !== undefined && need.account !== p.accountId && need.account !== p.accountSlug) return "other_account";
-    if (p.scopes.includes(FULL_ACCESS)) return null;
+    if (isFullAccess(p.scopes)) return null;
     if (need.resource === undefined) return "insufficient_scope";
-    return p.scopes.includes(need.resource) ? null : "not_granted";
+    return reaches(p.scopes, need.resource) ? null : "not_granted";
   }
-  if (!p.scopes.includes(FULL_ACCESS)) return "insufficient_scope";
+  if (!isFullAccess(p.scopes)) return "insufficient_scope";
   if (need === "admin" && p.role !== "admin") return "insufficient_role";
   return null;
 }
@@ -60,8 +61,8 @@ export function refusal(p: Principal, need: Need): Refusal | null {
  * Admins hold every grant. A full-access key of a member limited to `project:warehouse` reaches only that project.
  */
 export function effectiveScopes(keyScopes: readonly string[], ownerGrants: readonly string[], role: Principal["role"]): string[] {
-  if (role === "admin" || ownerGrants.includes(FULL_ACCESS)) return [...keyScopes];
-  if (keyScopes.includes(FULL_ACCESS)) return [...ownerGrants];
+  if (role === "admin" || isFullAccess(ownerGrants)) return [...keyScopes];
+  if (isFullAccess(keyScopes)) return [...ownerGrants];
   return keyScopes.filter((s) => ownerGrants.includes(s));
 }
 

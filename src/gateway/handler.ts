@@ -1,6 +1,7 @@
 import type { Context } from "hono";
 import { createMiddleware } from "hono/factory";
 import type { ContentfulStatusCode, StatusCode } from "hono/utils/http-status";
+import { grantOf, parseGrant } from "../core/grants";
 import { type Need, NO_ACCOUNT } from "../core/principal";
 import { canonicalPath, type GatewayRoute } from "../core/route-table";
 import { guard, type Identified } from "../guards/authenticate";
@@ -11,7 +12,7 @@ import { carriesSecret } from "../guards/secret";
 import { localOrigin, misconfigured, serviceTokens } from "../platform/config";
 import { ApiError } from "../platform/errors";
 import { log, safeError } from "../platform/log";
-import { claim, ownerOf, parseGrant, release } from "../resources/owners";
+import { claim, ownerOf, release } from "../resources/owners";
 import { type Identity, signAssertion } from "./assertion";
 import { send, upstreamHeaders, upstreamUrl } from "./forward";
 
@@ -100,7 +101,8 @@ function takesTokens(route: GatewayRoute): boolean {
  */
 function need(c: Context<AppEnv>, route: GatewayRoute, params: Record<string, string>): Need | (() => Promise<Need>) {
   const resourceId = route.resource === undefined ? undefined : params[route.resource.param];
-  const resource = route.access === "full" || route.resource === undefined ? undefined : `${route.resource.type}:${resourceId}`;
+  // The route table names only parameters its pattern has, so a resource route always has its id.
+  const resource = route.access === "full" || route.resource === undefined ? undefined : grantOf(route.resource.type, resourceId ?? "");
   if (route.account !== undefined) return { account: params[route.account], resource };
   if (route.resource === undefined || resourceId === undefined) return { resource };
   const { type } = route.resource;
