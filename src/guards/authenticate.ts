@@ -7,7 +7,7 @@ import { parseKey } from "../core/ids";
 import type { Need, Principal } from "../core/principal";
 import { type Admission, admit, rateLimitHeaders, refund, spend, spendPerAddress } from "../counters/limiter";
 import { authorizeKey } from "../keys/authorize";
-import { sessionPrincipal } from "../people/sessions";
+import { accessTokenPrincipal } from "../people/sessions";
 import { db } from "../platform/db/client";
 import { accounts } from "../platform/db/schema";
 import { ApiError, refused } from "../platform/errors";
@@ -142,7 +142,7 @@ async function checkAccessToken(
       result.code === "token_expired" ? "The access token has expired; refresh it or log in again." : "The token is not valid.";
     throw new ApiError(result.code, detail, { headers: invalidToken });
   }
-  const { principal, admission } = await sessionPrincipal(c, result.claims, typeof need === "function" ? await need() : need);
+  const { principal, admission } = await accessTokenPrincipal(c, result.claims, typeof need === "function" ? await need() : need);
   return { principal, admission };
 }
 

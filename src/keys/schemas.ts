@@ -1,9 +1,10 @@
 import { z } from "@hono/zod-openapi";
 import { FULL_ACCESS, GRANTS_HINT, grantOf, isFullAccess, MIXED, RESOURCE_ID, rightsProblems, SCOPE } from "../core/grants";
+import { keyPolicy } from "../core/principal";
 import { extend, FutureInstant, integer, matching, orNull, RateLimit, Timestamp, text } from "../core/schemas";
+import { keyStatus } from "../core/verdict";
 import type { ApiKey } from "../platform/db/schema";
 import type { FieldError } from "../platform/errors";
-import { keyPolicy, keyStatus } from "./store";
 
 const MAX_GRANTS = 100;
 /** The longest grace period a rotated key may keep working: seven days. */

@@ -1,7 +1,7 @@
 import { and, desc, eq, isNull, lt, sql } from "drizzle-orm";
 import { generateSecret, hashKey, newId, toHex } from "../core/ids";
 import { hashPassword, needsRehash, passwordProblem, verifyPassword } from "../core/password";
-import { effectiveScopes, FULL_ACCESS, type Need, type Principal, refusal } from "../core/principal";
+import { type Need, type Principal, refusal, sessionPrincipal } from "../core/principal";
 import { type Admission, refund, spend, spendPerAddress } from "../counters/limiter";
 import type { RequestContext } from "../guards/context";
 import { misconfigured } from "../platform/config";
@@ -66,7 +66,7 @@ export async function cookiePrincipal(c: RequestContext, cookie: string): Promis
   const s = await liveSession(c, m[1] as string, now);
   if (!s || s.refreshHash !== (await hashKey(m[2] as string))) return null;
   touch(c, s, now);
-  return { principal: principalOf(s), email: s.email };
+  return { principal: sessionPrincipal(s), email: s.email };
 }
 
 type Credentials = { email: string; password: string; accountId?: string | undefined };
@@ -205,10 +205,14 @@ async function liveSession(c: RequestContext, sessionId: string, now: Date) {
       role: users.role,
       grants: users.grants,
       email: users.email,
-      slug: accounts.slug,
+      accountSlug: accounts.slug,
       keyPrefix: accounts.keyPrefix,
-      rateLimit: accounts.rateLimit,
-      rateLimitWindowSeconds: accounts.rateLimitWindowSeconds,
+      account: {
+        rateLimit: accounts.rateLimit,
+        rateLimitWindowSeconds: accounts.rateLimitWindowSeconds,
+        maxRateLimit: accounts.maxRateLimit,
+        maxRateLimitWindowSeconds: accounts.maxRateLimitWindowSeconds,
+      },
     })
     .from(sessions)
     .innerJoin(users, eq(users.id, sessions.userId))
@@ -311,11 +315,11 @@ export async function endSessions(
 }
 
 /**
- * The principal of a request made with an access token: the user's rights as they are now (a full-access key of that
- * user), re-read on every request, so an ended session, a disabled user or a changed grant takes effect at once.
- * Limited per user at the account's default rate.
+ * The principal of a request made with an access token: the user's rights as they are now (core's `sessionPrincipal`),
+ * re-read on every request, so an ended session, a disabled user or a changed grant takes effect at once. Limited per
+ * user as their keys are.
  */
-export async function sessionPrincipal(
+export async function accessTokenPrincipal(
   c: RequestContext,
   claims: AccessClaims,
   need: Need,
@@ -324,7 +328,7 @@ export async function sessionPrincipal(
   const s = await liveSession(c, claims.sid, now);
   if (!s || s.userId !== claims.sub || s.accountId !== claims.acc) throw ENDED();
   touch(c, s, now);
-  const principal = principalOf(s);
+  const principal = sessionPrincipal(s);
   return { principal, admission: await admitPerson(c, principal, need) };
 }
 
@@ -354,21 +358,6 @@ function touch(c: RequestContext, s: LiveSession, now: Date): void {
         ),
     );
   }
-}
-
-/** A session's user as a full-access key of theirs: their role and grants, the account's default limit. */
-function principalOf(s: LiveSession): Principal {
-  return {
-    accountId: s.accountId,
-    keyId: null,
-    sessionId: s.id,
-    userId: s.userId,
-    role: s.role,
-    scopes: effectiveScopes([FULL_ACCESS], JSON.parse(s.grants) as string[], s.role),
-    accountSlug: s.slug,
-    keyPrefix: s.keyPrefix,
-    rateLimit: { limit: s.rateLimit, windowSeconds: s.rateLimitWindowSeconds },
-  };
 }
 
 export type SessionView = {
