@@ -315,21 +315,16 @@ export async function endSessions(
 }
 
 /**
- * The principal of a request made with an access token: the user's rights as they are now (core's `sessionPrincipal`),
- * re-read on every request, so an ended session, a disabled user or a changed grant takes effect at once. Limited per
- * user as their keys are.
+ * The principal of a request made with an access token, or null when its session has ended: the user's rights as they
+ * are now (core's `sessionPrincipal`), re-read on every request, so an ended session, a disabled user or a changed
+ * grant takes effect at once.
  */
-export async function accessTokenPrincipal(
-  c: RequestContext,
-  claims: AccessClaims,
-  need: Need,
-): Promise<{ principal: Principal; admission: Admission | null }> {
+export async function accessTokenPrincipal(c: RequestContext, claims: AccessClaims): Promise<Principal | null> {
   const now = new Date();
   const s = await liveSession(c, claims.sid, now);
-  if (!s || s.userId !== claims.sub || s.accountId !== claims.acc) throw ENDED();
+  if (!s || s.userId !== claims.sub || s.accountId !== claims.acc) return null;
   touch(c, s, now);
-  const principal = sessionPrincipal(s);
-  return { principal, admission: await admitPerson(c, principal, need) };
+  return sessionPrincipal(s);
 }
 
 /**
