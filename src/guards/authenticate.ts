@@ -149,9 +149,9 @@ function isAccessToken(token: string): boolean {
 
 /**
  * A person's access token: valid, its session live, and the person's rights (as they are now) enough for `need`; then
- * the person's own limit is spent (one per user, whichever way they come).
+ * `cost` is spent of the person's own limit (one per user, whichever way they come).
  */
-async function verifyPerson(c: RequestContext, token: string, { need }: Options): Promise<Verified> {
+async function verifyPerson(c: RequestContext, token: string, { need, cost = 1 }: Options): Promise<Verified> {
   const result = await verifyAccessToken(c.get("config").signingKeys, token, new Date());
   if (!result.ok) {
     const detail =
@@ -162,7 +162,7 @@ async function verifyPerson(c: RequestContext, token: string, { need }: Options)
   if (!principal) return { ok: false, refusal: new ApiError("session_ended", "This session has ended; log in again.") };
   const short = refusal(principal, typeof need === "function" ? await need() : need);
   if (short) return { ok: false, refusal: refused(short) };
-  return { ok: true, identity: { principal }, spent: await spendOn(c, `user:${principal.userId}`, principal.rateLimit, 1) };
+  return { ok: true, identity: { principal }, spent: await spendOn(c, `user:${principal.userId}`, principal.rateLimit, cost) };
 }
 
 /**

@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { PASSWORD, person } from "../dashboard/helpers";
 import { gw } from "../gateway/table";
 import { call, createKey, expectProblem, memberWithKey, provision } from "../helpers";
 
@@ -29,5 +30,19 @@ describe("what an authenticated request spends, by its answer", () => {
       expect(remaining(res)).toBe(String(left - 1));
     }
     expect(remaining(await call("/v1/whoami", { key: memberKey.key }))).toBe(String(left - 1));
+  });
+});
+
+describe("what a gateway route costs", () => {
+  it("a person's access token spends the route's cost, as a key does", async () => {
+    const { key } = await provision({ rateLimit: { limit: 12, windowSeconds: 60 } });
+    const { email } = await person(key.key);
+    const login = await call("/v1/auth/login", { body: { email, password: PASSWORD } });
+    const { access_token } = await login.json<{ access_token: string }>();
+    expect(remaining(await gw("/v1/reports/monthly", { key: access_token }))).toBe("7");
+    expect(remaining(await gw("/v1/reports/monthly", { key: access_token }))).toBe("2");
+    await expectProblem(await gw("/v1/reports/monthly", { key: access_token }), 429, "rate_limited");
+    // The admin's key spent one inviting the person: it spends the same 5 of its own budget.
+    expect(remaining(await gw("/v1/reports/monthly", { key: key.key }))).toBe("6");
   });
 });
