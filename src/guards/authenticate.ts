@@ -20,7 +20,7 @@ import { type Admission, admitted, authorize, giveBack, limitHeaders, spendFailu
  * the credential proved to be a key or session that exists: a gateway route asks D1 who owns the resource in its
  * URL), and what a request spends.
  */
-export type Options = { tokens: boolean; need: Need | (() => Promise<Need>); cost?: number };
+type Options = { tokens: boolean; need: Need | (() => Promise<Need>); cost?: number };
 /** Who the request proved to be: a key's or a person's principal, or a handshake token's claims. */
 export type Identified = { principal: Principal } | { claims: ChatClaims };
 

@@ -3,7 +3,7 @@ import { grantOf, RESOURCE_ID, RESOURCE_TYPE } from "../core/grants";
 import { db } from "../platform/db/client";
 import { resourceOwners } from "../platform/db/schema";
 
-// The registry's routes and the verify API read the grammar from here for now; it is core/grants.ts's.
+// Re-exported for the registry's routes and the verify API, which import the grammar from here.
 export { GRANT, parseGrant, RESOURCE_ID, RESOURCE_TYPE } from "../core/grants";
 
 /**
