@@ -5,7 +5,7 @@ import { decodeProtectedHeader } from "jose";
 import { findAgent } from "../agents/store";
 import { parseKey } from "../core/ids";
 import { type AuthMethod, type Need, type Principal, refusal } from "../core/principal";
-import { accessTokenPrincipal } from "../people/sessions";
+import { accessTokenPrincipal, ENDED } from "../people/sessions";
 import { db } from "../platform/db/client";
 import { accounts } from "../platform/db/schema";
 import { ApiError, refused } from "../platform/errors";
@@ -159,7 +159,7 @@ async function verifyPerson(c: RequestContext, token: string, { need, cost = 1 }
     return { ok: false, refusal: new ApiError(result.code, detail, { headers: invalidToken }) };
   }
   const principal = await accessTokenPrincipal(c, result.claims);
-  if (!principal) return { ok: false, refusal: new ApiError("session_ended", "This session has ended; log in again.") };
+  if (!principal) return { ok: false, refusal: ENDED() };
   const short = refusal(principal, typeof need === "function" ? await need() : need);
   if (short) return { ok: false, refusal: refused(short) };
   return { ok: true, identity: { principal }, spent: await spendOn(c, `user:${principal.userId}`, principal.rateLimit, cost) };

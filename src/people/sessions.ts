@@ -223,7 +223,7 @@ async function liveSession(c: RequestContext, sessionId: string, now: Date) {
   return row;
 }
 
-const ENDED = () => new ApiError("session_ended", "This session has ended; log in again.");
+export const ENDED = () => new ApiError("session_ended", "This session has ended; log in again.");
 
 const INVALID_REFRESH = () => new ApiError("invalid_refresh_token", "The refresh token is not valid.");
 
