@@ -1,12 +1,15 @@
 import type { Policy } from "./window";
 
-/** The highest limit members may give their keys: the account's `maxRateLimit`, else its default limit. */
-export function rateLimitCeiling(a: {
+/** An account's limits: its default, and the ceiling on its members' (null: the default is the ceiling). */
+export type AccountLimits = {
   rateLimit: number;
   rateLimitWindowSeconds: number;
   maxRateLimit: number | null;
   maxRateLimitWindowSeconds: number | null;
-}): Policy {
+};
+
+/** The highest limit members may give their keys: the account's `maxRateLimit`, else its default limit. */
+export function rateLimitCeiling(a: AccountLimits): Policy {
   return a.maxRateLimit !== null && a.maxRateLimitWindowSeconds !== null
     ? { limit: a.maxRateLimit, windowSeconds: a.maxRateLimitWindowSeconds }
     : { limit: a.rateLimit, windowSeconds: a.rateLimitWindowSeconds };

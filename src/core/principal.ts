@@ -1,4 +1,8 @@
+import { type AccountLimits, rateLimitCeiling, withinCeiling } from "./ceilings";
+import { FULL_ACCESS, isFullAccess, reaches } from "./grants";
 import type { Policy } from "./window";
+
+export { FULL_ACCESS };
 
 /** How a key came: `Authorization: Bearer`, `X-API-Key`, the deprecated query parameter, or the verify API. */
 export type AuthMethod = "bearer" | "header" | "query" | "verify";
@@ -25,8 +29,6 @@ export type Principal = {
   rateLimit: Policy;
 };
 
-export const FULL_ACCESS = "*";
-
 /**
  * What a route asks of a key: any valid key, a full-access key, or a full-access key of an admin. A gateway route
  * asks for a grant of one `resource` (`mailbox:mbx_1`), or full access when it names none, and with `account` for a
@@ -46,11 +48,11 @@ export function refusal(p: Principal, need: Need): Refusal | null {
   if (typeof need === "object") {
     // Another tenant's URL is not found, whatever the key's rights: nothing says it exists.
     if (need.account !== undefined && need.account !== p.accountId && need.account !== p.accountSlug) return "other_account";
-    if (p.scopes.includes(FULL_ACCESS)) return null;
+    if (isFullAccess(p.scopes)) return null;
     if (need.resource === undefined) return "insufficient_scope";
-    return p.scopes.includes(need.resource) ? null : "not_granted";
+    return reaches(p.scopes, need.resource) ? null : "not_granted";
   }
-  if (!p.scopes.includes(FULL_ACCESS)) return "insufficient_scope";
+  if (!isFullAccess(p.scopes)) return "insufficient_scope";
   if (need === "admin" && p.role !== "admin") return "insufficient_role";
   return null;
 }
@@ -60,12 +62,96 @@ export function refusal(p: Principal, need: Need): Refusal | null {
  * Admins hold every grant. A full-access key of a member limited to `project:warehouse` reaches only that project.
  */
 export function effectiveScopes(keyScopes: readonly string[], ownerGrants: readonly string[], role: Principal["role"]): string[] {
-  if (role === "admin" || ownerGrants.includes(FULL_ACCESS)) return [...keyScopes];
-  if (keyScopes.includes(FULL_ACCESS)) return [...ownerGrants];
+  if (role === "admin" || isFullAccess(ownerGrants)) return [...keyScopes];
+  if (isFullAccess(keyScopes)) return [...ownerGrants];
   return keyScopes.filter((s) => ownerGrants.includes(s));
 }
 
 /** Admins act on every key of the account; members only on keys they own. */
 export function canManageKey(p: Principal, ownerId: string): boolean {
   return p.role === "admin" || p.userId === ownerId;
+}
+
+/** A key as its principal is built from it (its row's columns; `scopes` as stored, JSON). */
+export type KeyRow = {
+  id: string;
+  accountId: string;
+  ownerId: string;
+  scopes: string;
+  rateLimit: number | null;
+  rateLimitWindowSeconds: number | null;
+  revokedAt: string | null;
+  expiresAt: string | null;
+};
+
+/** A key with what decides its rights: its owner's role, state and grants (JSON, as stored), and its account. */
+export type KeyRecord = {
+  key: KeyRow;
+  role: Principal["role"];
+  disabled: boolean;
+  grants: string;
+  keyPrefix: string;
+  accountSlug: string | null;
+  account: AccountLimits;
+};
+
+/** A live session with what decides its person's rights: their role and grants (JSON, as stored), and their account. */
+export type SessionRecord = {
+  id: string;
+  userId: string;
+  accountId: string;
+  role: Principal["role"];
+  grants: string;
+  keyPrefix: string;
+  accountSlug: string | null;
+  account: AccountLimits;
+};
+
+/** The key's own rate limit, or null when the account's applies. */
+export function keyPolicy(key: Pick<KeyRow, "rateLimit" | "rateLimitWindowSeconds">): Policy | null {
+  return key.rateLimit === null || key.rateLimitWindowSeconds === null
+    ? null
+    : { limit: key.rateLimit, windowSeconds: key.rateLimitWindowSeconds };
+}
+
+/**
+ * The limit of a key or session that has none of its own: the account's default, except that a member never gets
+ * more than the members' ceiling (`maxRateLimit`), which may be set below the default.
+ */
+function accountLimit(role: Principal["role"], account: AccountLimits): Policy {
+  const fallback = { limit: account.rateLimit, windowSeconds: account.rateLimitWindowSeconds };
+  const ceiling = rateLimitCeiling(account);
+  return role === "admin" || withinCeiling(fallback, ceiling) ? fallback : ceiling;
+}
+
+/** A key's principal: its scopes within its owner's grants, its own limit or else the account's (`accountLimit`). */
+export function keyPrincipal(r: KeyRecord): Principal {
+  return {
+    accountId: r.key.accountId,
+    keyId: r.key.id,
+    userId: r.key.ownerId,
+    role: r.role,
+    scopes: effectiveScopes(JSON.parse(r.key.scopes) as string[], JSON.parse(r.grants) as string[], r.role),
+    accountSlug: r.accountSlug,
+    keyPrefix: r.keyPrefix,
+    rateLimit: keyPolicy(r.key) ?? accountLimit(r.role, r.account),
+  };
+}
+
+/**
+ * A session's principal: its person as a full-access key of theirs on the account's limit, so a member's session gets
+ * no more than a member's key (`accountLimit`).
+ */
+export function sessionPrincipal(s: SessionRecord): Principal {
+  return {
+    accountId: s.accountId,
+    keyId: null,
+    sessionId: s.id,
+    userId: s.userId,
+    role: s.role,
+    scopes: effectiveScopes([FULL_ACCESS], JSON.parse(s.grants) as string[], s.role),
+    accountSlug: s.accountSlug,
+    keyPrefix: s.keyPrefix,
+    rateLimit: accountLimit(s.role, s.account),
+  };
 }

@@ -1,4 +1,5 @@
 import { z } from "@hono/zod-openapi";
+import { RESOURCE_TYPE } from "./grants";
 import { jsonText } from "./schemas";
 
 const METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] as const;
@@ -41,7 +42,7 @@ const Route = z
     methods: z.array(z.enum(METHODS)).min(1).optional(),
     auth: z.enum(["key", "key-or-token", "public"]).default("key"),
     access: z.literal("full").optional(),
-    resource: z.strictObject({ type: z.string().regex(/^[a-z][a-z0-9]{0,31}$/), param: z.string() }).optional(),
+    resource: z.strictObject({ type: z.string().regex(RESOURCE_TYPE), param: z.string() }).optional(),
     account: z.string().optional(),
     cost: z.number().int().min(1).max(1000).default(1),
     forwardAuthorization: z.boolean().default(false),

@@ -1,9 +1,10 @@
 import type { Context } from "hono";
 import { createMiddleware } from "hono/factory";
 import type { ContentfulStatusCode, StatusCode } from "hono/utils/http-status";
+import { grantOf, parseGrant } from "../core/grants";
 import { type Need, NO_ACCOUNT } from "../core/principal";
 import { canonicalPath, type GatewayRoute } from "../core/route-table";
-import { guard, type Identified } from "../guards/authenticate";
+import { authenticateRequest, type Identified } from "../guards/authenticate";
 import type { AppEnv } from "../guards/context";
 import { cors } from "../guards/cors";
 import { problem } from "../guards/problem";
@@ -11,7 +12,7 @@ import { carriesSecret } from "../guards/secret";
 import { localOrigin, misconfigured, serviceTokens } from "../platform/config";
 import { ApiError } from "../platform/errors";
 import { log, safeError } from "../platform/log";
-import { claim, ownerOf, parseGrant, release } from "../resources/owners";
+import { claim, ownerOf, release } from "../resources/owners";
 import { type Identity, signAssertion } from "./assertion";
 import { send, upstreamHeaders, upstreamUrl } from "./forward";
 
@@ -60,29 +61,30 @@ export const gateway = createMiddleware<AppEnv>(async (c, next) => {
   if (carriesSecret(path, tokens)) throw new ApiError("not_found", "Keygate forwards no path that holds one of its secrets.");
   const { route, params } = match;
   if (route.auth === "public") {
-    c.res = await forward(c, { base, path, tokens, route }, null);
+    const sent = await forward(c, { base, path, tokens, route }, null);
+    if ("error" in sent) throw sent.error;
+    c.res = sent.res;
     return;
   }
   if (config.assertionKeys.length === 0) misconfigured("ASSERTION_SIGNING_KEYS", "is not set; the gateway cannot vouch for its requests");
   const issuer = config.publicOrigin ?? localOrigin(c.env, url);
   if (issuer === null) misconfigured("PUBLIC_ORIGIN", "is not set; the gateway cannot name itself in its assertions");
-  let identity: Identity | null = null;
-  const authenticated = () =>
-    guard(
-      c,
-      async () => {
-        try {
-          c.res = await forward(c, { base, path, tokens, route }, identity && { identity, issuer });
-        } catch (err) {
-          if (!(err instanceof ApiError)) throw err;
-          c.res = problem(c, err);
-        }
-      },
-      { tokens: takesTokens(route), need: need(c, route, params), cost: route.cost },
-      (id) => {
-        identity = identityOf(id);
-      },
-    );
+  const target = { base, path, tokens, route };
+  const authenticated = async () => {
+    const admission = await authenticateRequest(c, { tokens: takesTokens(route), need: need(c, route, params), cost: route.cost });
+    let sent: Sent;
+    try {
+      sent = await forward(c, target, { identity: identityOf(admission.identity), issuer });
+    } catch (err) {
+      if (!(err instanceof ApiError)) {
+        await admission.settle(500);
+        throw err;
+      }
+      sent = { error: err, forwarded: false };
+    }
+    c.res = "error" in sent ? problem(c, sent.error) : sent.res;
+    for (const [name, value] of Object.entries(await admission.settle(c.res.status, sent))) c.res.headers.set(name, value);
+  };
   // Routes that take handshake tokens serve browsers: their preflights and answers speak CORS, as the chat does.
   const early = route.auth === "key-or-token" ? await cors(c, authenticated) : await authenticated();
   return early ?? c.res;
@@ -100,7 +102,8 @@ function takesTokens(route: GatewayRoute): boolean {
  */
 function need(c: Context<AppEnv>, route: GatewayRoute, params: Record<string, string>): Need | (() => Promise<Need>) {
   const resourceId = route.resource === undefined ? undefined : params[route.resource.param];
-  const resource = route.access === "full" || route.resource === undefined ? undefined : `${route.resource.type}:${resourceId}`;
+  // The route table names only parameters its pattern has, so a resource route always has its id.
+  const resource = route.access === "full" || route.resource === undefined ? undefined : grantOf(route.resource.type, resourceId ?? "");
   if (route.account !== undefined) return { account: params[route.account], resource };
   if (route.resource === undefined || resourceId === undefined) return { resource };
   const { type } = route.resource;
@@ -142,8 +145,14 @@ type Vouched = { identity: Identity; issuer: string };
 /** Where a request goes: the upstream's base URL, the canonical path, the route that took it, and the tokens it must not carry. */
 type Target = { base: URL; path: string; route: GatewayRoute; tokens: readonly string[] };
 
+/**
+ * The upstream's answer, or why there is none; `forwarded` once the upstream got the request (it may have done the
+ * work, answer or not).
+ */
+type Sent = { res: Response; forwarded: true } | { error: ApiError; forwarded: boolean };
+
 /** Sends the request upstream as `vouched` (null: a public route) and answers what the upstream answers. */
-async function forward(c: Context<AppEnv>, { base, path, route, tokens }: Target, vouched: Vouched | null): Promise<Response> {
+async function forward(c: Context<AppEnv>, { base, path, route, tokens }: Target, vouched: Vouched | null): Promise<Sent> {
   const config = c.get("config");
   const identity = vouched?.identity ?? null;
   const url = upstreamUrl(base, path, new URL(c.req.url).searchParams, tokens);
@@ -155,21 +164,22 @@ async function forward(c: Context<AppEnv>, { base, path, route, tokens }: Target
   );
   const outcome = await send(url, c.req.method, headers, c.req.raw.body, config.upstreamTimeoutMs);
   if (!outcome.ok) {
-    if (outcome.reason === "timeout") {
-      // The upstream got the request and may have done the work: it spends, as an answered request does.
-      c.set("forwarded", true);
-      throw new ApiError("upstream_timeout", `The upstream did not answer within ${config.upstreamTimeoutMs} ms.`);
-    }
-    throw new ApiError("upstream_unavailable", "The upstream could not be reached.");
+    // Timed out, the upstream got the request and may have done the work: it spends, as an answered request does.
+    const forwarded = outcome.reason === "timeout";
+    const error = forwarded
+      ? new ApiError("upstream_timeout", `The upstream did not answer within ${config.upstreamTimeoutMs} ms.`)
+      : new ApiError("upstream_unavailable", "The upstream could not be reached.");
+    return { error, forwarded };
   }
-  c.set("forwarded", true);
   if (identity) await recordOwnership(c, identity, outcome.response);
   else for (const name of OWNERSHIP_HEADERS) outcome.response.headers.delete(name);
   // Through the context, so the headers Keygate set on the way (`X-RateLimit-Status`, a deprecation) come along.
   const answer = outcome.response;
-  return answer.body === null
-    ? c.body(null, { status: answer.status as StatusCode, headers: answer.headers })
-    : c.body(answer.body, { status: answer.status as ContentfulStatusCode, headers: answer.headers });
+  const res =
+    answer.body === null
+      ? c.body(null, { status: answer.status as StatusCode, headers: answer.headers })
+      : c.body(answer.body, { status: answer.status as ContentfulStatusCode, headers: answer.headers });
+  return { res, forwarded: true };
 }
 
 const CREATED = "Keygate-Resource-Created";

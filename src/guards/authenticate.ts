@@ -4,10 +4,9 @@ import { createMiddleware } from "hono/factory";
 import { decodeProtectedHeader } from "jose";
 import { findAgent } from "../agents/store";
 import { parseKey } from "../core/ids";
-import type { Need, Principal } from "../core/principal";
-import { admit, rateLimitHeaders, refund, type Spent, spend, spendPerAddress } from "../counters/limiter";
-import { authorizeKey } from "../keys/authorize";
-import { sessionPrincipal } from "../people/sessions";
+import { type AuthMethod, type Need, type Principal, refusal } from "../core/principal";
+import { admit, rateLimitHeaders, refund, type Spent } from "../counters/limiter";
+import { accessTokenPrincipal, ENDED } from "../people/sessions";
 import { db } from "../platform/db/client";
 import { accounts } from "../platform/db/schema";
 import { ApiError, refused } from "../platform/errors";
@@ -15,39 +14,7 @@ import { ACCESS_TYPE, verifyAccessToken } from "../tokens/access";
 import { type ChatClaims, looksLikeToken, verifyToken } from "../tokens/handshake";
 import type { KeyEnv, MaybeKeyEnv, RequestContext } from "./context";
 import { deprecationHeaders, extractCredential, invalidToken } from "./credentials";
-
-const REFUSED = {
-  invalid_key: "The API key is not valid.",
-  key_revoked: "The API key has been revoked.",
-  key_expired: "The API key has expired.",
-  key_owner_disabled: "The user who owns this API key is disabled.",
-} as const;
-
-/**
- * Authenticates the request, checks what the route needs of the key, and spends `cost` requests of its rate limit: an
- * API key (reported through `onIdentity` with its principal) or, where `tokens` is true, a handshake token (limited
- * per agent user). A valid handshake token anywhere else is 403. The key's object (or this isolate's lease of it)
- * decides 401 and 403 before spending; a 401, 403 or 5xx Keygate answers later is refunded before the answer leaves
- * (what a forwarded request's upstream answers is not). Failed attempts count against the client IP's failures.
- */
-export async function guard(c: RequestContext, next: Next, options: Options, onIdentity: (identity: Identified) => void) {
-  const admission = await identify(c, options, onIdentity).catch((err: unknown) => countFailure(c, err));
-  if (admission === null) c.header("X-RateLimit-Status", "unavailable");
-  try {
-    await next();
-  } catch (err) {
-    // Whatever failed after admission was not served: it spends nothing either.
-    if (admission && !c.get("forwarded")) await refund(c.get("deps"), admission);
-    throw err;
-  }
-  if (admission) {
-    // Refused (401/403) or not served (5xx) by Keygate: the request spends nothing. What the upstream answers a
-    // forwarded request is the upstream's business: that request was served.
-    const status = c.res.status;
-    if (!c.get("forwarded") && (status === 401 || status === 403 || status >= 500)) await refund(c.get("deps"), admission);
-    for (const [name, value] of Object.entries(rateLimitHeaders(admission))) c.res.headers.set(name, value);
-  }
-}
+import { authorize, spendFailure, spendOn } from "./spending";
 
 /**
  * What a route takes: handshake tokens too or keys only, what it needs of a key (or how to find out, asked only once
@@ -55,12 +22,47 @@ export async function guard(c: RequestContext, next: Next, options: Options, onI
  * URL), and what a request spends.
  */
 type Options = { tokens: boolean; need: Need | (() => Promise<Need>); cost?: number };
-/** Who the request proved to be: a key's principal, or a handshake token's claims. */
+/** Who the request proved to be: a key's or a person's principal, or a handshake token's claims. */
 export type Identified = { principal: Principal } | { claims: ChatClaims };
 
-/** API keys only (the management API), with what the route needs of them; the handler gets the key's `principal`. */
-export const authenticate = (need: Need) =>
-  createMiddleware<KeyEnv>((c, next) => guard(c, next, { tokens: false, need }, (id) => setPrincipal(c, id)));
+/** A credential's verdict: who it proved to be and what it spent (null: unlimited), or why it is refused. */
+type Verified = { ok: true; identity: Identified; spent: Spent | null } | { ok: false; refusal: ApiError };
+
+/** An authenticated request, to settle once it has its answer. */
+export type Admitted = {
+  identity: Identified;
+  /**
+   * Settles the spend by the answer's status and answers the rate-limit headers it carries. Refused (401/403) or not
+   * served (5xx) by Keygate, the request spends nothing; what the upstream answered a `forwarded` request is the
+   * upstream's business: that request was served.
+   */
+  settle(status: number, how?: { forwarded?: boolean }): Promise<Record<string, string>>;
+};
+
+/**
+ * Authenticates the request, checks what the route needs of the credential, and spends `cost` of its rate limit: an
+ * API key, a person's access token, or where `tokens` is true a handshake token (limited per agent user; a valid one
+ * anywhere else is 403). A refused credential spends the client address's failure budget (`refuse`).
+ */
+export async function authenticateRequest(c: RequestContext, options: Options): Promise<Admitted> {
+  const verified = await verify(c, options);
+  if (!verified.ok) throw await refuse(c, verified.refusal);
+  const { identity, spent } = verified;
+  if (spent) admit(spent);
+  let settled = false;
+  return {
+    identity,
+    async settle(status, { forwarded = false } = {}) {
+      if (!spent) return {};
+      if (!settled && !forwarded && (status === 401 || status === 403 || status >= 500)) await refund(c.get("deps"), spent);
+      settled = true;
+      return rateLimitHeaders(spent);
+    },
+  };
+}
+
+/** API keys and access tokens only (the management API), with what the route needs; the handler gets the `principal`. */
+export const authenticate = (need: Need) => createMiddleware<KeyEnv>((c, next) => guarded(c, next, { tokens: false, need }));
 /**
  * The handshake: a backend sends a full-access key (then `principal` is set), a browser sends nothing secret and goes
  * on unauthenticated.
@@ -68,56 +70,74 @@ export const authenticate = (need: Need) =>
 export const authenticateIfSent = (need: Need) =>
   createMiddleware<MaybeKeyEnv>(async (c, next) => {
     if (c.req.header("Authorization") === undefined && c.req.header("X-API-Key") === undefined) return next();
-    return guard(c, next, { tokens: false, need }, (id) => setPrincipal(c, id));
+    return guarded(c, next, { tokens: false, need });
   });
-/** API keys or handshake tokens: the chat endpoints. `principal` is set when the credential was a key. */
-export const authenticateChat = createMiddleware<MaybeKeyEnv>((c, next) =>
-  guard(c, next, { tokens: true, need: "any" }, (id) => setPrincipal(c, id)),
-);
+/** API keys, access tokens or handshake tokens: the chat endpoints. `principal` is set unless it was a handshake token. */
+export const authenticateChat = createMiddleware<MaybeKeyEnv>((c, next) => guarded(c, next, { tokens: true, need: "any" }));
 
-function setPrincipal(c: { set(key: "principal", value: Principal): void }, identity: Identified): void {
-  if ("principal" in identity) c.set("principal", identity.principal);
+/** A route of Keygate's own behind the guard: its answer settles the spend. */
+async function guarded(c: RequestContext & { set(key: "principal", value: Principal): void }, next: Next, options: Options) {
+  const admission = await authenticateRequest(c, options);
+  if ("principal" in admission.identity) c.set("principal", admission.identity.principal);
+  try {
+    await next();
+  } catch (err) {
+    // Whatever failed after admission was not served.
+    await admission.settle(500);
+    throw err;
+  }
+  for (const [name, value] of Object.entries(await admission.settle(c.res.status))) c.res.headers.set(name, value);
 }
 
-async function identify(
-  c: RequestContext,
-  { tokens, need, cost = 1 }: Options,
-  onIdentity: (identity: Identified) => void,
-): Promise<Spent | null> {
+/**
+ * A refused credential spends the client address's failure budget: past it, the answer is 429 instead of 401. Only
+ * the verdict matters here: an unavailable counter never turns a 401 into a 503.
+ */
+async function refuse(c: RequestContext, refusal: ApiError): Promise<ApiError> {
+  if (refusal.status !== 401) return refusal;
+  try {
+    const spent = await spendFailure(c);
+    if (spent) admit(spent);
+  } catch (limited) {
+    if (limited instanceof ApiError && limited.code === "rate_limited") return limited;
+  }
+  return refusal;
+}
+
+/** Which kind of credential the request carries, and that kind's verdict on it. */
+async function verify(c: RequestContext, options: Options): Promise<Verified> {
   const config = c.get("config");
   const found = extractCredential(c.req.raw, new URL(c.req.url), config, new Date());
-  if (!found) {
-    throw new ApiError("missing_credentials", "Send your API key in the `X-API-Key` header or as `Authorization: Bearer <key>`.");
-  }
+  if (!found.ok) return found;
   // Set now, so that every answer to a query-parameter request says it is deprecated, refusals included.
   if (found.method === "query") for (const [name, value] of Object.entries(deprecationHeaders(config))) c.header(name, value);
-  if (looksLikeToken(found.credential) && isAccessToken(found.credential)) {
-    const principal = await checkAccessToken(c, found.credential, need);
-    onIdentity({ principal: principal.principal });
-    return principal.admission && admit(principal.admission);
+  const { credential, method } = found;
+  if (looksLikeToken(credential)) {
+    return isAccessToken(credential) ? verifyPerson(c, credential, options) : verifyHandshakeToken(c, credential, options);
   }
-  if (looksLikeToken(found.credential)) {
-    const claims = await checkToken(c, found.credential);
-    if (!tokens) throw new ApiError("insufficient_scope", "Handshake tokens work only on chat routes; use an API key here.");
-    // Routes that take tokens name no resource, so their need is known without asking anyone.
-    if (typeof need === "object" && need.account !== undefined && !(await isAccount(c, claims.acc, need.account)))
-      throw refused("other_account");
-    onIdentity({ claims });
-    return spend(c.get("deps"), `chat:${claims.agt}:${claims.sub}`, config.chatPolicy, cost);
+  return verifyKey(c, credential, method, options);
+}
+
+const KEY_REFUSED = {
+  invalid_key: "The API key is not valid.",
+  key_revoked: "The API key has been revoked.",
+  key_expired: "The API key has expired.",
+  key_owner_disabled: "The user who owns this API key is disabled.",
+} as const;
+
+/**
+ * An API key: its object (or this isolate's lease of it) decides 401 and 403 before it spends. A credential that
+ * cannot be a key is refused before any read.
+ */
+async function verifyKey(c: RequestContext, key: string, method: AuthMethod, { need, cost = 1 }: Options): Promise<Verified> {
+  if (!parseKey(key)) {
+    const detail = "The credential is not an API key: keys look like `<prefix>_` followed by 64 hex characters.";
+    return { ok: false, refusal: new ApiError("malformed_credentials", detail, { headers: invalidToken }) };
   }
-  if (!parseKey(found.credential)) {
-    throw new ApiError(
-      "malformed_credentials",
-      "The credential is not an API key: keys look like `<prefix>_` followed by 64 hex characters.",
-      {
-        headers: invalidToken,
-      },
-    );
-  }
-  const verdict = await authorizeKey(c.get("deps"), { key: found.credential, method: found.method, need, cost });
-  if (!verdict.ok) throw "refusal" in verdict ? refused(verdict.refusal) : refusedKey(verdict.code);
-  onIdentity({ principal: verdict.principal });
-  return verdict.spent && admit(verdict.spent);
+  const verdict = await authorize(c, { key, method, need, cost });
+  if (verdict.ok) return { ok: true, identity: { principal: verdict.principal }, spent: verdict.spent };
+  if ("refusal" in verdict) return { ok: false, refusal: refused(verdict.refusal) };
+  return { ok: false, refusal: new ApiError(verdict.code, KEY_REFUSED[verdict.code], { headers: invalidToken }) };
 }
 
 function isAccessToken(token: string): boolean {
@@ -129,49 +149,58 @@ function isAccessToken(token: string): boolean {
 }
 
 /**
- * A person's access token: valid, its session live, and the user's rights (as they are now) enough for `need`; then
- * the user's own limit is spent.
+ * A person's access token: valid, its session live, and the person's rights (as they are now) enough for `need`; then
+ * `cost` is spent of the person's own limit (one per user, whichever way they come).
  */
-async function checkAccessToken(
-  c: RequestContext,
-  token: string,
-  need: Options["need"],
-): Promise<{ principal: Principal; admission: Spent | null }> {
+async function verifyPerson(c: RequestContext, token: string, { need, cost = 1 }: Options): Promise<Verified> {
   const result = await verifyAccessToken(c.get("config").signingKeys, token, new Date());
   if (!result.ok) {
     const detail =
       result.code === "token_expired" ? "The access token has expired; refresh it or log in again." : "The token is not valid.";
-    throw new ApiError(result.code, detail, { headers: invalidToken });
+    return { ok: false, refusal: new ApiError(result.code, detail, { headers: invalidToken }) };
   }
-  const { principal, admission } = await sessionPrincipal(c, result.claims, typeof need === "function" ? await need() : need);
-  return { principal, admission };
+  const principal = await accessTokenPrincipal(c, result.claims);
+  if (!principal) return { ok: false, refusal: ENDED() };
+  const short = refusal(principal, typeof need === "function" ? await need() : need);
+  if (short) return { ok: false, refusal: refused(short) };
+  return { ok: true, identity: { principal }, spent: await spendOn(c, `user:${principal.userId}`, principal.rateLimit, cost) };
 }
 
 /**
  * A handshake token is valid, bound to the origin the request comes from (when a browser minted it) and issued by an
- * agent that is still enabled: disabling an agent stops its tokens on their next request.
+ * agent that is still enabled: disabling an agent stops its tokens on their next request. It works only where the
+ * route takes tokens, and spends from its agent user's budget.
  */
-async function checkToken(c: RequestContext, token: string): Promise<ChatClaims> {
+async function verifyHandshakeToken(c: RequestContext, token: string, { tokens, need, cost = 1 }: Options): Promise<Verified> {
+  const invalid = (detail: string): Verified => ({ ok: false, refusal: new ApiError("invalid_token", detail, { headers: invalidToken }) });
   const result = await verifyToken(c.get("config").signingKeys, token, new Date());
   if (!result.ok) {
-    if (result.code === "invalid_token") throw new ApiError("invalid_token", "The token is not valid.", { headers: invalidToken });
+    if (result.code === "invalid_token") return invalid("The token is not valid.");
     // The widget must read this answer to renew its token: readable from the origin the token was minted for.
     if (result.origin !== undefined && result.origin === c.req.header("Origin")) c.set("corsOrigin", result.origin);
-    throw new ApiError("token_expired", "The token has expired; call the handshake endpoint for a new one.", { headers: invalidToken });
+    const detail = "The token has expired; call the handshake endpoint for a new one.";
+    return { ok: false, refusal: new ApiError("token_expired", detail, { headers: invalidToken }) };
   }
   const { claims } = result;
-  if (claims.origin !== undefined && claims.origin !== (c.req.header("Origin") ?? null)) {
-    throw new ApiError("invalid_token", "The token was issued for another origin.", { headers: invalidToken });
-  }
+  if (claims.origin !== undefined && claims.origin !== (c.req.header("Origin") ?? null))
+    return invalid("The token was issued for another origin.");
   const agent = await findAgent(db(c.env.DB), claims.agt);
-  if (!agent || agent.accountId !== claims.acc) throw new ApiError("invalid_token", "The token is not valid.", { headers: invalidToken });
-  if (agent.disabled) throw new ApiError("agent_disabled", "The agent that issued this token is disabled.");
+  if (!agent || agent.accountId !== claims.acc) return invalid("The token is not valid.");
+  if (agent.disabled) return { ok: false, refusal: new ApiError("agent_disabled", "The agent that issued this token is disabled.") };
   // Removing an origin from the agent ends the tokens minted for it, as disabling the agent ends all of them.
   if (claims.origin !== undefined && !(JSON.parse(agent.allowedOrigins) as string[]).includes(claims.origin)) {
-    throw new ApiError("invalid_token", "The token was issued for an origin the agent no longer allows.", { headers: invalidToken });
+    return invalid("The token was issued for an origin the agent no longer allows.");
   }
   if (claims.origin !== undefined) c.set("corsOrigin", claims.origin);
-  return claims;
+  if (!tokens) {
+    const detail = "Handshake tokens work only on chat routes; use an API key here.";
+    return { ok: false, refusal: new ApiError("insufficient_scope", detail) };
+  }
+  // Routes that take tokens name no resource, so their need is known without asking anyone.
+  if (typeof need === "object" && need.account !== undefined && !(await isAccount(c, claims.acc, need.account)))
+    return { ok: false, refusal: refused("other_account") };
+  const spent = await spendOn(c, `chat:${claims.agt}:${claims.sub}`, c.get("config").chatPolicy, cost);
+  return { ok: true, identity: { claims }, spent };
 }
 
 /** Whether `idOrSlug` names this account (a handshake token carries the id; a URL may carry the slug). */
@@ -179,22 +208,4 @@ async function isAccount(c: RequestContext, accountId: string, idOrSlug: string)
   if (idOrSlug === accountId) return true;
   const [found] = await db(c.env.DB).select({ slug: accounts.slug }).from(accounts).where(eq(accounts.id, accountId)).limit(1);
   return found?.slug === idOrSlug;
-}
-
-function refusedKey(code: keyof typeof REFUSED): ApiError {
-  return new ApiError(code, REFUSED[code], { headers: invalidToken });
-}
-
-/** A refused credential spends the client IP's failure budget; past it, the answer is 429 instead of 401. */
-async function countFailure(c: RequestContext, err: unknown): Promise<never> {
-  if (err instanceof ApiError && err.status === 401) {
-    try {
-      if (!(await spendPerAddress(c.get("deps"), c.req.header("CF-Connecting-IP"), "ip", c.get("config").ipPolicy)))
-        c.header("X-RateLimit-Status", "unavailable");
-    } catch (limited) {
-      // Only the verdict matters here; an unavailable counter must not turn a 401 into a 503.
-      if (limited instanceof ApiError && limited.code === "rate_limited") throw limited;
-    }
-  }
-  throw err;
 }

@@ -1,10 +1,10 @@
 import { createMiddleware } from "hono/factory";
-import { spendPerAddress } from "../counters/limiter";
 import { misconfigured } from "../platform/config";
 import { ApiError } from "../platform/errors";
 import type { AppEnv } from "./context";
 import { invalidToken } from "./credentials";
 import { bearerMatches } from "./secret";
+import { spendFailure } from "./spending";
 
 /**
  * The provider's backends (the verify API, the resource registry) call with VERIFY_TOKEN. A wrong token spends the
@@ -16,8 +16,7 @@ export const backend = createMiddleware<AppEnv>(async (c, next) => {
   if (token === undefined) misconfigured("VERIFY_TOKEN", "is not set; the backend API is off");
   const authorization = c.req.header("Authorization");
   if (!(await bearerMatches(authorization, token))) {
-    if (!(await spendPerAddress(c.get("deps"), c.req.header("CF-Connecting-IP"), "ip", c.get("config").ipPolicy)))
-      c.header("X-RateLimit-Status", "unavailable");
+    await spendFailure(c);
     if (authorization === undefined) throw new ApiError("missing_credentials", "Send the verify token as `Authorization: Bearer <token>`.");
     throw new ApiError("invalid_verify_token", "The verify token is not valid.", { headers: invalidToken });
   }

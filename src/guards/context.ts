@@ -12,8 +12,6 @@ export type Variables = {
   config: Config;
   /** An origin this response may be read from (CORS), once the request proved it is allowed. */
   corsOrigin: string | null;
-  /** Set once the gateway has the upstream's answer: that answer is not Keygate's to refund. */
-  forwarded?: true;
 };
 
 export type AppEnv = { Bindings: Bindings; Variables: Variables };

@@ -1,37 +1,25 @@
 import { z } from "@hono/zod-openapi";
-import { FULL_ACCESS } from "../core/principal";
+import { FULL_ACCESS, GRANTS_HINT, grantOf, isFullAccess, MIXED, RESOURCE_ID, rightsProblems, SCOPE } from "../core/grants";
+import { keyPolicy } from "../core/principal";
 import { extend, FutureInstant, integer, matching, orNull, RateLimit, Timestamp, text } from "../core/schemas";
+import { keyStatus } from "../core/verdict";
 import type { ApiKey } from "../platform/db/schema";
 import type { FieldError } from "../platform/errors";
-import { keyPolicy, keyStatus } from "./store";
 
-const GRANT = /^([a-z][a-z0-9]{0,31}):([A-Za-z0-9][A-Za-z0-9_.-]{0,127})$/;
-const SCOPE = /^(\*|[a-z][a-z0-9]{0,31}:[A-Za-z0-9][A-Za-z0-9_.-]{0,127})$/;
-const RESOURCE_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 const MAX_GRANTS = 100;
 /** The longest grace period a rotated key may keep working: seven days. */
 export const MAX_GRACE_SECONDS = 7 * 24 * 3600;
 
-const grantHint = 'must be "*" or grants of the form <type>:<id>';
-
 /** A list of grants, `["*"]` or `<type>:<id>` entries (a user's grants; a key's scopes). */
 export const Grants = z
-  .array(matching(SCOPE, grantHint))
+  .array(matching(SCOPE, GRANTS_HINT))
   .min(1)
   .max(MAX_GRANTS)
   .openapi("Grants", { example: ["mailbox:mbx_8a1c"] });
 
 /** What is wrong with a list of grants against the configured resource types: unknown types, `*` mixed with grants. */
 export function grantErrors(list: readonly string[], types: readonly string[], field: string): FieldError[] {
-  const errors: FieldError[] = [];
-  const hint = `${grantHint} with a type among: ${types.join(", ") || "(none configured)"}`;
-  list.forEach((s, i) => {
-    const type = GRANT.exec(s)?.[1];
-    if (type !== undefined && !types.includes(type)) errors.push({ field: `${field}[${i}]`, message: hint });
-  });
-  if (list.includes(FULL_ACCESS) && list.length > 1)
-    errors.push({ field, message: `"*" (full access) cannot be combined with resource grants` });
-  return errors;
+  return rightsProblems(list, types).map(({ index, message }) => ({ field: index === null ? field : `${field}[${index}]`, message }));
 }
 
 /**
@@ -76,11 +64,10 @@ export function grants(
     const type = field.endsWith("Ids") ? field.slice(0, -3) : "";
     const ids = Object.hasOwn(body, field) ? (body as Record<string, unknown>)[field] : undefined;
     if (!types.includes(type) || !Array.isArray(ids)) errors.push({ field, message: "is not a known field" });
-    else fromIds.push(...ids.map((id) => `${type}:${id}`));
+    else fromIds.push(...ids.map((id) => grantOf(type, id)));
   }
   const all = [...new Set([...fromScopes, ...fromIds])];
-  if (all.includes(FULL_ACCESS) && all.length > 1)
-    errors.push({ field: "scopes", message: `"*" (full access) cannot be combined with resource grants` });
+  if (isFullAccess(all) && all.length > 1) errors.push({ field: "scopes", message: MIXED });
   if (all.length > MAX_GRANTS) errors.push({ field: "scopes", message: `a key may carry at most ${MAX_GRANTS} grants` });
   return { scopes: all.length === 0 ? [FULL_ACCESS] : all, errors };
 }

@@ -1,22 +1,14 @@
 import { and, eq, sql } from "drizzle-orm";
-import { rateLimitCeiling, withinCeiling } from "../core/ceilings";
 import { generateKey, hashKey, newId } from "../core/ids";
-import type { AuthMethod } from "../core/principal";
-import { effectiveScopes, type Principal } from "../core/principal";
+import type { AuthMethod, KeyRecord as CoreKeyRecord } from "../core/principal";
 import type { Policy } from "../core/window";
 import type { Db } from "../platform/db/client";
 import { listPage, type Page } from "../platform/db/pagination";
-import { type Account, type ApiKey, accounts, apiKeys, users } from "../platform/db/schema";
+import { type ApiKey, accounts, apiKeys, users } from "../platform/db/schema";
 
-export type KeyStatus = "active" | "revoked" | "expired";
-
-/** A revocation may be scheduled (rotation grace), so status is computed against the clock, as instants. */
-export function keyStatus(key: Pick<ApiKey, "revokedAt" | "expiresAt">, now: Date): KeyStatus {
-  const t = now.getTime();
-  if (key.revokedAt !== null && Date.parse(key.revokedAt) <= t) return "revoked";
-  if (key.expiresAt !== null && Date.parse(key.expiresAt) <= t) return "expired";
-  return "active";
-}
+// The keys' rules are core's; the key's object, its authorization and its service reach them through here.
+export { keyPolicy } from "../core/principal";
+export { evaluateKey, type KeyStatus, keyStatus, type VerifyResult } from "../core/verdict";
 
 /**
  * SQL condition for keys that authenticate at `iso`. SQL compares the stored instants as text, which is exact because
@@ -24,13 +16,6 @@ export function keyStatus(key: Pick<ApiKey, "revokedAt" | "expiresAt">, now: Dat
  */
 function activeAt(iso: string) {
   return sql`(${apiKeys.revokedAt} IS NULL OR ${apiKeys.revokedAt} > ${iso}) AND (${apiKeys.expiresAt} IS NULL OR ${apiKeys.expiresAt} > ${iso})`;
-}
-
-/** The key's own rate limit, or null when the account's default applies. */
-export function keyPolicy(key: Pick<ApiKey, "rateLimit" | "rateLimitWindowSeconds">): Policy | null {
-  return key.rateLimit === null || key.rateLimitWindowSeconds === null
-    ? null
-    : { limit: key.rateLimit, windowSeconds: key.rateLimitWindowSeconds };
 }
 
 export type NewKey = {
@@ -71,21 +56,8 @@ export async function mintKey(input: NewKey, now: Date): Promise<{ raw: string; 
   return { raw, row };
 }
 
-export type VerifyResult =
-  | { ok: true; principal: Principal; key: ApiKey }
-  | { ok: false; code: "invalid_key" | "key_revoked" | "key_expired" | "key_owner_disabled" };
-
-/** A key with what decides its rights: its owner's role and state, and its account's policy. */
-export type KeyRecord = {
-  key: ApiKey;
-  role: "admin" | "member";
-  disabled: boolean;
-  /** The owner's grants, as stored (JSON). */
-  grants: string;
-  keyPrefix: string;
-  accountSlug: string | null;
-  account: Pick<Account, "rateLimit" | "rateLimitWindowSeconds" | "maxRateLimit" | "maxRateLimitWindowSeconds">;
-};
+/** A key record as D1 holds it: the row the verdict (core/verdict.ts) and the principal are drawn from. */
+export type KeyRecord = Omit<CoreKeyRecord, "key"> & { key: ApiKey };
 
 /** Reads a key record by id or by hash, in one D1 read. */
 export async function loadKey(d: Db, by: { id: string } | { hash: string }): Promise<KeyRecord | undefined> {
@@ -110,41 +82,6 @@ export async function loadKey(d: Db, by: { id: string } | { hash: string }): Pro
     .where("id" in by ? eq(apiKeys.id, by.id) : eq(apiKeys.hash, by.hash))
     .limit(1);
   return found;
-}
-
-/**
- * The key's own limit, else the account's default; a member's key on the default never gets more than the members'
- * ceiling (`maxRateLimit`), which may be set below the default.
- */
-function effectiveLimit(found: KeyRecord): Policy {
-  const own = keyPolicy(found.key);
-  if (own) return own;
-  const fallback = { limit: found.account.rateLimit, windowSeconds: found.account.rateLimitWindowSeconds };
-  const ceiling = rateLimitCeiling(found.account);
-  return found.role === "admin" || withinCeiling(fallback, ceiling) ? fallback : ceiling;
-}
-
-/** Whether a key may be used at `now`, and with which rights. An unusable key is a result, not an exception. */
-export function evaluateKey(found: KeyRecord | undefined, now: Date): VerifyResult {
-  if (!found) return { ok: false, code: "invalid_key" };
-  const status = keyStatus(found.key, now);
-  if (status === "revoked") return { ok: false, code: "key_revoked" };
-  if (status === "expired") return { ok: false, code: "key_expired" };
-  if (found.disabled) return { ok: false, code: "key_owner_disabled" };
-  return {
-    ok: true,
-    key: found.key,
-    principal: {
-      accountId: found.key.accountId,
-      keyId: found.key.id,
-      userId: found.key.ownerId,
-      role: found.role,
-      scopes: effectiveScopes(JSON.parse(found.key.scopes) as string[], JSON.parse(found.grants) as string[], found.role),
-      accountSlug: found.accountSlug,
-      keyPrefix: found.keyPrefix,
-      rateLimit: effectiveLimit(found),
-    },
-  };
 }
 
 /** The id of the key with this hash. A hash always names the same key, so callers may cache the answer. */

@@ -1,7 +1,7 @@
 import { and, desc, eq, isNull, lt, sql } from "drizzle-orm";
 import { generateSecret, hashKey, newId, toHex } from "../core/ids";
 import { hashPassword, needsRehash, passwordProblem, verifyPassword } from "../core/password";
-import { effectiveScopes, FULL_ACCESS, type Need, type Principal, refusal } from "../core/principal";
+import { type Need, type Principal, refusal, sessionPrincipal } from "../core/principal";
 import { refund, type Spent, spend, spendPerAddress } from "../counters/limiter";
 import type { RequestContext } from "../guards/context";
 import { misconfigured } from "../platform/config";
@@ -66,7 +66,7 @@ export async function cookiePrincipal(c: RequestContext, cookie: string): Promis
   const s = await liveSession(c, m[1] as string, now);
   if (!s || s.refreshHash !== (await hashKey(m[2] as string))) return null;
   touch(c, s, now);
-  return { principal: principalOf(s), email: s.email };
+  return { principal: sessionPrincipal(s), email: s.email };
 }
 
 type Credentials = { email: string; password: string; accountId?: string | undefined };
@@ -208,10 +208,14 @@ async function liveSession(c: RequestContext, sessionId: string, now: Date) {
       role: users.role,
       grants: users.grants,
       email: users.email,
-      slug: accounts.slug,
+      accountSlug: accounts.slug,
       keyPrefix: accounts.keyPrefix,
-      rateLimit: accounts.rateLimit,
-      rateLimitWindowSeconds: accounts.rateLimitWindowSeconds,
+      account: {
+        rateLimit: accounts.rateLimit,
+        rateLimitWindowSeconds: accounts.rateLimitWindowSeconds,
+        maxRateLimit: accounts.maxRateLimit,
+        maxRateLimitWindowSeconds: accounts.maxRateLimitWindowSeconds,
+      },
     })
     .from(sessions)
     .innerJoin(users, eq(users.id, sessions.userId))
@@ -222,7 +226,7 @@ async function liveSession(c: RequestContext, sessionId: string, now: Date) {
   return row;
 }
 
-const ENDED = () => new ApiError("session_ended", "This session has ended; log in again.");
+export const ENDED = () => new ApiError("session_ended", "This session has ended; log in again.");
 
 const INVALID_REFRESH = () => new ApiError("invalid_refresh_token", "The refresh token is not valid.");
 
@@ -314,21 +318,16 @@ export async function endSessions(
 }
 
 /**
- * The principal of a request made with an access token: the user's rights as they are now (a full-access key of that
- * user), re-read on every request, so an ended session, a disabled user or a changed grant takes effect at once.
- * Limited per user at the account's default rate.
+ * The principal of a request made with an access token, or null when its session has ended: the user's rights as they
+ * are now (core's `sessionPrincipal`), re-read on every request, so an ended session, a disabled user or a changed
+ * grant takes effect at once.
  */
-export async function sessionPrincipal(
-  c: RequestContext,
-  claims: AccessClaims,
-  need: Need,
-): Promise<{ principal: Principal; admission: Spent | null }> {
+export async function accessTokenPrincipal(c: RequestContext, claims: AccessClaims): Promise<Principal | null> {
   const now = new Date();
   const s = await liveSession(c, claims.sid, now);
-  if (!s || s.userId !== claims.sub || s.accountId !== claims.acc) throw ENDED();
+  if (!s || s.userId !== claims.sub || s.accountId !== claims.acc) return null;
   touch(c, s, now);
-  const principal = principalOf(s);
-  return { principal, admission: await admitPerson(c, principal, need) };
+  return sessionPrincipal(s);
 }
 
 /**
@@ -357,21 +356,6 @@ function touch(c: RequestContext, s: LiveSession, now: Date): void {
         ),
     );
   }
-}
-
-/** A session's user as a full-access key of theirs: their role and grants, the account's default limit. */
-function principalOf(s: LiveSession): Principal {
-  return {
-    accountId: s.accountId,
-    keyId: null,
-    sessionId: s.id,
-    userId: s.userId,
-    role: s.role,
-    scopes: effectiveScopes([FULL_ACCESS], JSON.parse(s.grants) as string[], s.role),
-    accountSlug: s.slug,
-    keyPrefix: s.keyPrefix,
-    rateLimit: { limit: s.rateLimit, windowSeconds: s.rateLimitWindowSeconds },
-  };
 }
 
 export type SessionView = {

@@ -1,4 +1,5 @@
 import { z } from "@hono/zod-openapi";
+import { RESOURCE_TYPE } from "../core/grants";
 import { originProblem } from "../core/origins";
 import { RouteTable } from "../core/route-table";
 import { jsonText, keyList } from "../core/schemas";
@@ -147,7 +148,7 @@ const ConfigSchema = z.object({
   ASSERTION_SIGNING_KEYS: assertionKeys,
   PUBLIC_ORIGIN: publicOrigin,
   DASHBOARD_HOST: dashboardHost,
-  RESOURCE_TYPES: list(z.string().regex(/^[a-z][a-z0-9]{0,31}$/, "holds a name that is not a resource type name")),
+  RESOURCE_TYPES: list(z.string().regex(RESOURCE_TYPE, "holds a name that is not a resource type name")),
   QUERY_TOKEN_SUNSET: instant("2026-07-01T00:00:00Z"),
   QUERY_TOKEN_DEPRECATED_AT: instant("2026-01-01T00:00:00Z"),
   AUTH_DOCS_URL: z.string().default("https://github.com/keygate/keygate#authentication"),

@@ -1,18 +1,10 @@
 import { and, eq } from "drizzle-orm";
+import { grantOf, RESOURCE_ID, RESOURCE_TYPE } from "../core/grants";
 import { db } from "../platform/db/client";
 import { resourceOwners } from "../platform/db/schema";
 
-/** A resource type (`mailbox`) and id (`mbx_1`) as grants, routes and the registry spell them. */
-export const RESOURCE_TYPE = /^[a-z][a-z0-9]{0,31}$/;
-export const RESOURCE_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
-
-export const GRANT = /^([a-z][a-z0-9]{0,31}):([A-Za-z0-9][A-Za-z0-9_.-]{0,127})$/;
-
-/** `mailbox:mbx_1` as its type and id, or null when it is not a grant. */
-export function parseGrant(grant: string): { type: string; id: string } | null {
-  const [, type, id] = GRANT.exec(grant) ?? [];
-  return type !== undefined && id !== undefined ? { type, id } : null;
-}
+// Re-exported for the registry's routes and the verify API, which import the grammar from here.
+export { GRANT, parseGrant, RESOURCE_ID, RESOURCE_TYPE } from "../core/grants";
 
 /**
  * Owners this isolate has read, for at most a second (the same bound as a key's record under a lease): a hot resource
@@ -27,7 +19,7 @@ let changes = 0;
 
 /** Keeps what a read or a change found, until a second after `at` (when the read was asked, or now for a change). */
 function remember(type: string, id: string, accountId: string | null, at = Date.now()): void {
-  const name = `${type}:${id}`;
+  const name = grantOf(type, id);
   known.delete(name);
   if (accountId === null) return;
   if (known.size >= MAX_KNOWN) known.delete(known.keys().next().value as string);
@@ -41,7 +33,7 @@ function changed(type: string, id: string, accountId: string | null): void {
 
 /** The account that owns a resource, or null when no account does (then no key reaches it). */
 export async function ownerOf(d1: D1Database, type: string, id: string): Promise<string | null> {
-  const cached = known.get(`${type}:${id}`);
+  const cached = known.get(grantOf(type, id));
   if (cached && cached.until > Date.now()) return cached.accountId;
   if (!RESOURCE_TYPE.test(type) || !RESOURCE_ID.test(id)) return null;
   const [askedAt, before] = [Date.now(), changes];

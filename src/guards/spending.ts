@@ -1,0 +1,32 @@
+import type { AuthMethod, Need } from "../core/principal";
+import type { Policy } from "../core/window";
+import { type Spent, spend, spendPerAddress } from "../counters/limiter";
+import { authorizeKey, type KeyVerdict } from "../keys/authorize";
+import type { RequestContext } from "./context";
+
+// The guards' spends, each marking an answer that went unlimited because its counter was down (open mode).
+
+/** Spends `cost` of the named budget: the spend (which may be a refusal, see `admit`), or null when it went unlimited. */
+export async function spendOn(c: RequestContext, name: string, policy: Policy, cost: number): Promise<Spent | null> {
+  return unlimitedIfNull(c, await spend(c.get("deps"), name, policy, cost));
+}
+
+/** Spends one attempt of the client address's failure budget (IP_FAILURE_RATE_LIMIT). */
+export async function spendFailure(c: RequestContext): Promise<Spent | null> {
+  return unlimitedIfNull(c, await spendPerAddress(c.get("deps"), c.req.header("CF-Connecting-IP"), "ip", c.get("config").ipPolicy));
+}
+
+/** A key's verdict from its object (or this isolate's lease of it), which spends `cost` only when the key passes. */
+export async function authorize(
+  c: RequestContext,
+  input: { key: string; method: AuthMethod; need: Need | (() => Promise<Need>); cost: number },
+): Promise<KeyVerdict> {
+  const verdict = await authorizeKey(c.get("deps"), input);
+  if (verdict.ok) unlimitedIfNull(c, verdict.spent);
+  return verdict;
+}
+
+function unlimitedIfNull(c: RequestContext, spent: Spent | null): Spent | null {
+  if (spent === null) c.header("X-RateLimit-Status", "unavailable");
+  return spent;
+}
