@@ -1,7 +1,7 @@
 import { LEASE_MS } from "../core/lease";
 import { holdings } from "../counters/held";
-import type { RequestContext } from "../guards/context";
 import { deadline, retryFor } from "../platform/deadline";
+import type { Deps } from "../platform/deps";
 import { ApiError } from "../platform/errors";
 import { log, safeError } from "../platform/log";
 import { type KeyObject, RECORD_TTL_MS } from "./object";
@@ -33,11 +33,11 @@ const timedOut = () => new Error("no answer before the deadline");
  * repeat (see `completeLater`); a repeat completes it at once (every caller reloads again on a repeat, even when there
  * is nothing left to store).
  */
-export async function reloadKeys(c: RequestContext, keyIds: string[]): Promise<void> {
+export async function reloadKeys(deps: Deps, keyIds: string[]): Promise<void> {
   holdings.drop(keyIds.map((id) => `key:${id}`));
-  const failed = await reach(c, keyIds, (stub) => stub.reload());
+  const failed = await reach(deps, keyIds, (stub) => stub.reload());
   if (failed.length === 0) return;
-  completeLater(c, failed);
+  completeLater(deps, failed);
   throw new ApiError(
     "change_pending",
     `The change is saved; it is in force everywhere within ${CHANGE_IN_FORCE_MS / 1000} seconds, or at once when the request is repeated.`,
@@ -49,13 +49,13 @@ export async function reloadKeys(c: RequestContext, keyIds: string[]): Promise<v
  * Runs `write`, a change that removes rights from these keys. When D1 fails or does not answer in time, the write may
  * have landed or may still land: the keys' objects are told so in the background, as after a failed reload.
  */
-export async function writeChange<T>(c: RequestContext, keyIds: string[], write: () => Promise<T>): Promise<T> {
+export async function writeChange<T>(deps: Deps, keyIds: string[], write: () => Promise<T>): Promise<T> {
   try {
     return await write();
   } catch (err) {
     if (err instanceof ApiError && err.code === "database_unavailable") {
       holdings.drop(keyIds.map((id) => `key:${id}`));
-      completeLater(c, keyIds);
+      completeLater(deps, keyIds);
     }
     throw err;
   }
@@ -77,39 +77,39 @@ export async function catchUp(stub: DurableObjectStub<KeyObject>, keyId: string)
  * keeps telling their objects, in the background for RETRY_FOR_MS, to drop their records and trust what they read
  * for at most UNSETTLED_TRUST_MS while the change may still land in D1 (`KeyObject.distrust`).
  */
-function completeLater(c: RequestContext, keyIds: string[]): void {
+function completeLater(deps: Deps, keyIds: string[]): void {
   const until = Date.now() + RECORD_TTL_MS;
   for (const id of keyIds) {
     if (pending.size >= MAX_PENDING) pending.delete(pending.keys().next().value as string);
     pending.set(id, until);
   }
-  c.executionCtx.waitUntil(retry(c, keyIds));
+  deps.waitUntil(retry(deps, keyIds));
 }
 
-async function retry(c: RequestContext, keyIds: string[]): Promise<void> {
+async function retry(deps: Deps, keyIds: string[]): Promise<void> {
   let left = keyIds;
   await retryFor(RETRY_FOR_MS, async (stop) => {
-    const failed = await reach(c, left, (stub) => stub.distrust(UNSETTLED_MS), stop);
+    const failed = await reach(deps, left, (stub) => stub.distrust(UNSETTLED_MS), stop);
     for (const id of left) if (!failed.includes(id)) pending.delete(id);
     left = failed;
     return left.length === 0;
   });
-  for (const keyId of left) log("error", "key_change_not_in_force", { keyId, requestId: c.get("requestId") });
+  for (const keyId of left) log("error", "key_change_not_in_force", { keyId, requestId: deps.requestId });
 }
 
 /** Calls each key's object under the counters' deadline (and before `stop`); answers the keys it could not reach, logged. */
 async function reach(
-  c: RequestContext,
+  deps: Deps,
   keyIds: string[],
   call: (stub: DurableObjectStub<KeyObject>) => Promise<void>,
   stop = Number.POSITIVE_INFINITY,
 ): Promise<string[]> {
-  const ms = Math.min(c.get("config").rateLimitTimeoutMs, stop - Date.now());
-  const results = await Promise.allSettled(keyIds.map((id) => deadline(call(c.env.KEYS.getByName(`key:${id}`)), ms, timedOut)));
+  const ms = Math.min(deps.config.rateLimitTimeoutMs, stop - Date.now());
+  const results = await Promise.allSettled(keyIds.map((id) => deadline(call(deps.env.KEYS.getByName(`key:${id}`)), ms, timedOut)));
   return results.flatMap((r, i) => {
     if (r.status === "fulfilled") return [];
     const keyId = keyIds[i] as string;
-    log("error", "key_reload_failed", { keyId, error: safeError(r.reason), requestId: c.get("requestId") });
+    log("error", "key_reload_failed", { keyId, error: safeError(r.reason), requestId: deps.requestId });
     return [keyId];
   });
 }

@@ -1,16 +1,17 @@
 import type { z } from "@hono/zod-openapi";
 import { and, eq, sql } from "drizzle-orm";
 import { rateLimitCeiling, withinCeiling } from "../core/ceilings";
-import { canManageKey, type Principal } from "../core/principal";
+import type { Principal } from "../core/principal";
 import type { Policy } from "../core/window";
-import type { RequestContext } from "../guards/context";
 import { auditIfChanged, auditInsert } from "../platform/db/audit";
-import { batch, db, violates } from "../platform/db/client";
+import { batch, type Db, violates } from "../platform/db/client";
+import type { Page } from "../platform/db/pagination";
 import { type ApiKey, accounts, apiKeys, users } from "../platform/db/schema";
+import type { Deps } from "../platform/deps";
 import { ApiError, type FieldError, invalidRequest } from "../platform/errors";
 import { reloadKeys, writeChange } from "./reload";
 import { grants, type NewKey, type Rotation } from "./schemas";
-import { findKey, keyPolicy, keyStatus, mintKey, revokeStatement } from "./store";
+import { findKey, findKeys, keyPolicy, keyStatus, listKeys as listPage, mintKey, revokeStatement } from "./store";
 
 // The key aggregate's writes: each guarded in D1, written with its audit event in one batch, and in force in the
 // key's object before it is answered. Routes call these; none writes keys by hand.
@@ -19,17 +20,17 @@ import { findKey, keyPolicy, keyStatus, mintKey, revokeStatement } from "./store
  * Creates a key for the caller (or, for admins, another user of the account): its grants checked against the configured
  * resource types, a member's limit against the ceiling, the key and its audit event in one batch.
  */
-export async function createKey(c: RequestContext, p: Principal, body: z.infer<typeof NewKey>, sent: readonly string[]) {
-  const ceiling = await memberCeiling(c.env.DB, p);
-  const now = new Date();
-  const { scopes, errors } = grants(body, sent, c.get("config").resourceTypes);
+export async function createKey(deps: Deps, p: Principal, body: z.infer<typeof NewKey>, sent: readonly string[]) {
+  const ceiling = await memberCeiling(deps.db, p);
+  const now = deps.now();
+  const { scopes, errors } = grants(body, sent, deps.config.resourceTypes);
   const { name, ownerId } = body;
   const expiresAt = body.expiresAt ?? null;
   const rateLimit = body.rateLimit ?? null;
   if (rateLimit) errors.push(...overCeiling(ceiling, rateLimit));
   if (errors.length > 0) throw invalidRequest(errors);
 
-  if (ownerId !== undefined && ownerId !== p.userId) await checkOwner(c.env.DB, p, ownerId);
+  if (ownerId !== undefined && ownerId !== p.userId) await checkOwner(deps.db, p, ownerId);
   const { raw, row } = await mintKey(
     {
       accountId: p.accountId,
@@ -43,10 +44,10 @@ export async function createKey(c: RequestContext, p: Principal, body: z.infer<t
     },
     now,
   );
-  const d = db(c.env.DB);
-  await batch(c.env.DB, [
+  const d = deps.db;
+  await batch(deps.env.DB, [
     d.insert(apiKeys).values(row),
-    auditInsert(d, { accountId: p.accountId, actor: p.userId, action: "key.created", target: row.id, requestId: c.get("requestId") }, now),
+    auditInsert(d, { accountId: p.accountId, actor: p.userId, action: "key.created", target: row.id, requestId: deps.requestId }, now),
   ]);
   return { raw, row, now };
 }
@@ -56,35 +57,35 @@ export async function createKey(c: RequestContext, p: Principal, body: z.infer<t
  * key's object before answering (503 `change_pending` otherwise, in force soon after all the same; a repeat completes
  * it at once, even with nothing to store).
  */
-export async function revokeKey(c: RequestContext, p: Principal, id: string): Promise<{ key: ApiKey; now: Date }> {
-  const key = await findManagedKey(c.env.DB, p, id);
-  const now = new Date();
+export async function revokeKey(deps: Deps, p: Principal, id: string): Promise<{ key: ApiKey; now: Date }> {
+  const key = await getKey(deps, p, id);
+  const now = deps.now();
   // Deactivation is permanent and idempotent: deleting a revoked key answers with it unchanged, after making sure
   // its counter knows (a repeat completes a revocation whose reload failed).
   if (keyStatus(key, now) === "revoked") {
-    await reloadKeys(c, [key.id]);
+    await reloadKeys(deps, [key.id]);
     return { key, now };
   }
-  const d = db(c.env.DB);
-  const [revoked] = await writeChange(c, [key.id], () =>
-    batch(c.env.DB, [
+  const d = deps.db;
+  const [revoked] = await writeChange(deps, [key.id], () =>
+    batch(deps.env.DB, [
       revokeStatement(d, key, p.userId, now, now),
       auditIfChanged(
-        c.env.DB,
-        { accountId: p.accountId, actor: p.userId, action: "key.revoked", target: key.id, requestId: c.get("requestId") },
+        deps.env.DB,
+        { accountId: p.accountId, actor: p.userId, action: "key.revoked", target: key.id, requestId: deps.requestId },
         now,
       ),
     ]),
   );
   const current =
-    revoked?.meta.changes === 1 ? { ...key, revokedAt: now.toISOString(), revokedBy: p.userId } : await findManagedKey(c.env.DB, p, key.id);
+    revoked?.meta.changes === 1 ? { ...key, revokedAt: now.toISOString(), revokedBy: p.userId } : await getKey(deps, p, key.id);
   if (keyStatus(current, now) !== "revoked") {
     throw new ApiError(
       "last_active_key",
       "This is the account's last lasting admin key (full access, an enabled admin's, no expiry, no grace period); create another before revoking it.",
     );
   }
-  await reloadKeys(c, [key.id]);
+  await reloadKeys(deps, [key.id]);
   return { key: current, now };
 }
 
@@ -93,16 +94,16 @@ export async function revokeKey(c: RequestContext, p: Principal, id: string): Pr
  * revoked at the end of the grace period, in force in its object before the answer. A rotation whose outcome is
  * unknown is undone (see undoRotation).
  */
-export async function rotateKey(c: RequestContext, p: Principal, id: string, rotation: z.infer<typeof Rotation>) {
-  const ceiling = await memberCeiling(c.env.DB, p);
-  const old = await findManagedKey(c.env.DB, p, id);
+export async function rotateKey(deps: Deps, p: Principal, id: string, rotation: z.infer<typeof Rotation>) {
+  const ceiling = await memberCeiling(deps.db, p);
+  const old = await getKey(deps, p, id);
   const { gracePeriodSeconds: grace, rateLimit } = rotation;
   if (rateLimit) {
     const errors = overCeiling(ceiling, rateLimit);
     if (errors.length > 0) throw invalidRequest(errors);
   }
 
-  const now = new Date();
+  const now = deps.now();
   if (old.revokedAt !== null || keyStatus(old, now) !== "active") {
     throw new ApiError(
       "key_not_active",
@@ -124,25 +125,25 @@ export async function rotateKey(c: RequestContext, p: Principal, id: string, rot
     now,
   );
   const revokeAt = new Date(now.getTime() + grace * 1000);
-  const audit = { accountId: p.accountId, actor: p.userId, requestId: c.get("requestId") };
-  const d = db(c.env.DB);
+  const audit = { accountId: p.accountId, actor: p.userId, requestId: deps.requestId };
+  const d = deps.db;
   try {
-    await writeChange(c, [old.id], () =>
-      batch(c.env.DB, [
+    await writeChange(deps, [old.id], () =>
+      batch(deps.env.DB, [
         d.insert(apiKeys).values(row),
         revokeStatement(d, old, p.userId, revokeAt, now),
         auditInsert(d, { ...audit, action: "key.rotated", target: old.id }, now),
         auditInsert(d, { ...audit, action: "key.created", target: row.id }, now),
       ]),
     );
-    await reloadKeys(c, [old.id]);
+    await reloadKeys(deps, [old.id]);
   } catch (err) {
     // The unique index on rotated_from: another request rotated this key first. Nothing was written.
     if (violates(err, "api_keys.rotated_from")) throw new ApiError("key_not_active", `Key ${old.id} has already been rotated.`);
     // D1 did not answer in time (the batch may still land) or the old key's counter did not hear of its revocation:
     // the rotation is not known to be in force. Undo it, unless someone revoked the old key meanwhile.
-    if (!(await undoRotation(c.env.DB, old, row, revokeAt, now, audit))) {
-      await reloadKeys(c, [old.id]).catch(() => {});
+    if (!(await undoRotation(deps, old, row, revokeAt, now, audit))) {
+      await reloadKeys(deps, [old.id]).catch(() => {});
       if (err instanceof ApiError && err.code === "change_pending")
         throw new ApiError(
           "change_pending",
@@ -164,16 +165,16 @@ export async function rotateKey(c: RequestContext, p: Principal, id: string, rot
  * revoked by another request meanwhile: then the rotation must stand, or the account would lose both keys.
  */
 async function undoRotation(
-  d1: D1Database,
+  deps: Deps,
   old: ApiKey,
   row: ApiKey,
   revokeAt: Date,
   now: Date,
   audit: { accountId: string; actor: string; requestId: string },
 ): Promise<boolean> {
-  const d = db(d1);
+  const d = deps.db;
   const dead = { revokedAt: now.toISOString(), revokedBy: audit.actor, rotatedFrom: null };
-  await batch(d1, [
+  await batch(deps.env.DB, [
     d
       .update(apiKeys)
       .set({ revokedAt: null, revokedBy: null })
@@ -196,9 +197,9 @@ async function undoRotation(
  * Who may create keys and with which limit, read from the account now (it can change at any time): admins always, with
  * any limit (null: no ceiling, and no read); members only where the account allows it, up to its `maxRateLimit`.
  */
-async function memberCeiling(d1: D1Database, p: Principal): Promise<Policy | null> {
+async function memberCeiling(d: Db, p: Principal): Promise<Policy | null> {
   if (p.role === "admin") return null;
-  const [account] = await db(d1).select().from(accounts).where(eq(accounts.id, p.accountId)).limit(1);
+  const account = await accountOf(d, p);
   if (!account?.membersCanCreateKeys) throw new ApiError("insufficient_role", "Only account admins can create API keys in this account.");
   return rateLimitCeiling(account);
 }
@@ -211,9 +212,9 @@ function overCeiling(ceiling: Policy | null, limit: Policy): FieldError[] {
 }
 
 /** Only admins create keys for other users, and only for enabled users of their own account. */
-async function checkOwner(d1: D1Database, p: Principal, ownerId: string): Promise<void> {
+async function checkOwner(d: Db, p: Principal, ownerId: string): Promise<void> {
   if (p.role !== "admin") throw new ApiError("insufficient_role", "Only account admins can create keys for other users.");
-  const [owner] = await db(d1)
+  const [owner] = await d
     .select({ disabled: users.disabled })
     .from(users)
     .where(and(eq(users.accountId, p.accountId), eq(users.id, ownerId)))
@@ -222,9 +223,29 @@ async function checkOwner(d1: D1Database, p: Principal, ownerId: string): Promis
   if (problem) throw invalidRequest([{ field: "ownerId", message: problem }]);
 }
 
-/** A key of the caller's account that the caller may manage; anything else is 404, whoever owns it. */
-export async function findManagedKey(d1: D1Database, p: Principal, id: string): Promise<ApiKey> {
-  const key = await findKey(db(d1), p.accountId, id);
-  if (!key || !canManageKey(p, key.ownerId)) throw new ApiError("not_found", "No API key with this id in this account.");
+/** A key the caller may see and manage; anything else is 404, whoever owns it. */
+export async function getKey(deps: Deps, p: Principal, id: string): Promise<ApiKey> {
+  const key = await findKey(deps.db, p, id);
+  if (!key) throw new ApiError("not_found", "No API key with this id in this account.");
   return key;
+}
+
+/** A page of the keys the caller may see (members: their own), newest first. */
+export function listKeys(deps: Deps, p: Principal, page: Page) {
+  return listPage(deps.db, p, page);
+}
+
+/** The keys among `ids` the caller may see, in one read (a page naming several keys at once). */
+export function keysByIds(deps: Deps, p: Principal, ids: string[]): Promise<ApiKey[]> {
+  return findKeys(deps.db, p, ids);
+}
+
+/** Whether the caller may create keys: an admin always, a member where the account allows it now. */
+export async function mayCreateKeys(deps: Deps, p: Principal): Promise<boolean> {
+  return p.role === "admin" || (await accountOf(deps.db, p))?.membersCanCreateKeys === true;
+}
+
+async function accountOf(d: Db, p: Principal) {
+  const [account] = await d.select().from(accounts).where(eq(accounts.id, p.accountId)).limit(1);
+  return account;
 }

@@ -34,7 +34,7 @@ export function sessionCookie(c: Context): string | undefined {
 export const signedIn = (need: Need) =>
   createMiddleware<DashEnv>(async (c, next) => {
     const cookie = sessionCookie(c);
-    const person = cookie === undefined ? null : await cookiePrincipal(c, cookie);
+    const person = cookie === undefined ? null : await cookiePrincipal(c.get("deps"), cookie);
     if (!person) {
       if (cookie !== undefined) clearSessionCookie(c);
       return c.redirect("/dashboard/login", 303);

@@ -72,12 +72,12 @@ export const authRoutes = routes()
           const result = await verifyAccessToken(c.get("config").signingKeys, bearer, new Date());
           if (!result.ok)
             throw new ApiError(result.code, "The access token is not valid or has expired; use the refresh token or log in again.");
-          return c.json(await refresh(c, { claims: result.claims }), 200);
+          return c.json(await refresh(c.get("deps"), { claims: result.claims }), 200);
         }
         const text = await c.req.text();
         const body = RefreshRequest.safeParse(text === "" ? {} : JSON.parse(text));
         if (!body.success) throw new ApiError("missing_credentials", "Send `{refresh_token}` or `Authorization: Bearer <access token>`.");
-        return c.json(await refresh(c, { refreshToken: body.data.refresh_token }), 200);
+        return c.json(await refresh(c.get("deps"), { refreshToken: body.data.refresh_token }), 200);
       } catch (err) {
         // A wrong token spends the address's failure budget, as a wrong key does.
         if (err instanceof ApiError && err.status === 401) await spendPerAddress(c, "ip", c.get("config").ipPolicy);
@@ -95,7 +95,7 @@ export const authRoutes = routes()
       responses: { 204: { description: "Ended; its access and refresh tokens stop working" }, ...problems(...KEY_PROBLEMS) },
     }),
     async (c) => {
-      await endSessions(c, { sessionId: sessionOf(c.get("principal")) }, "logout");
+      await endSessions(c.get("deps"), { sessionId: sessionOf(c.get("principal")) }, "logout");
       return c.body(null, 204);
     },
   )
@@ -114,7 +114,7 @@ export const authRoutes = routes()
     async (c) => {
       const { token, password } = c.req.valid("json");
       try {
-        return c.json(await acceptInvitation(c, token, password), 200);
+        return c.json(await acceptInvitation(c.get("deps"), token, password), 200);
       } catch (err) {
         // Guessing invitations spends the address's failure budget.
         if (err instanceof ApiError && err.code === "invalid_invitation") await spendPerAddress(c, "ip", c.get("config").ipPolicy);
@@ -152,8 +152,7 @@ export const authRoutes = routes()
       responses: { 200: json(z.strictObject({ data: z.array(SessionView) }), "Newest first"), ...problems(...KEY_PROBLEMS) },
     }),
     async (c) => {
-      const p = c.get("principal");
-      return c.json({ data: await listSessions(c, p.userId, p.sessionId ?? null) }, 200);
+      return c.json({ data: await listSessions(c.get("deps"), c.get("principal")) }, 200);
     },
   )
   .openapi(
@@ -168,7 +167,7 @@ export const authRoutes = routes()
     }),
     async (c) => {
       const p = c.get("principal");
-      const ended = await endSessions(c, { sessionId: c.req.valid("param").id, userId: p.userId }, "ended_by_user");
+      const ended = await endSessions(c.get("deps"), { sessionId: c.req.valid("param").id, userId: p.userId }, "ended_by_user");
       if (ended === 0) throw new ApiError("not_found", "You have no such session that still works.");
       return c.body(null, 204);
     },
