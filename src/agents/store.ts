@@ -7,17 +7,6 @@ import { type Agent, agentOrigins, agents } from "../platform/db/schema";
 export const DEFAULT_TOKEN_TTL_SECONDS = 3600;
 export const MAX_ORIGINS = 20;
 
-export function agentView(a: Agent) {
-  return {
-    id: a.id,
-    name: a.name,
-    allowedOrigins: JSON.parse(a.allowedOrigins) as string[],
-    tokenTtlSeconds: a.tokenTtlSeconds,
-    disabled: a.disabled,
-    createdAt: a.createdAt,
-  };
-}
-
 /** SQL: the agents `p` may see: those of their account (what each may do with them is the route's need). */
 export function visibleTo(p: Principal) {
   return eq(agents.accountId, p.accountId);

@@ -1,7 +1,7 @@
 import { Hono } from "hono";
-import { AgentChange, NewAgent } from "../../agents/schemas";
+import { AgentChange, agentView, NewAgent } from "../../agents/schemas";
 import { createAgent, getAgent, listAgents, updateAgent } from "../../agents/service";
-import { agentView, DEFAULT_TOKEN_TTL_SECONDS } from "../../agents/store";
+import { DEFAULT_TOKEN_TTL_SECONDS } from "../../agents/store";
 import { pageOf } from "../../platform/db/pagination";
 import type { Agent } from "../../platform/db/schema";
 import type { ApiError } from "../../platform/errors";

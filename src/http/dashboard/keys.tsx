@@ -1,8 +1,7 @@
 import { Hono } from "hono";
 import { FULL_ACCESS } from "../../core/principal";
-import { MAX_GRACE_SECONDS, NewKey, Rotation } from "../../keys/schemas";
+import { keyView, MAX_GRACE_SECONDS, NewKey, Rotation } from "../../keys/schemas";
 import { createKey, getKey, listKeys, mayCreateKeys, revokeKey, rotateKey } from "../../keys/service";
-import { keyStatus } from "../../keys/store";
 import { pageOf } from "../../platform/db/pagination";
 import type { ApiKey } from "../../platform/db/schema";
 import type { ApiError } from "../../platform/errors";
@@ -139,7 +138,7 @@ async function keysPage(c: DashContext, state: KeysState, status: Answer = 200) 
         ) : (
           <Table columns={["Name", "Key", "Scope", "Status", p.role === "admin" && "Owner", "Created", "Last used", ""]}>
             {rows.map((k) => {
-              const status = keyStatus(k, now);
+              const { status } = keyView(k, now);
               const scheduled = status === "active" && k.revokedAt !== null;
               return (
                 <tr>

@@ -1,7 +1,6 @@
 import { createRoute } from "@hono/zod-openapi";
-import { AgentChange, AgentView, AgentWithSecret, NewAgent } from "../../agents/schemas";
+import { AgentChange, AgentView, AgentWithSecret, agentView, NewAgent } from "../../agents/schemas";
 import { createAgent, getAgent, listAgents, rotateIdentitySecret, updateAgent } from "../../agents/service";
-import { agentView } from "../../agents/store";
 import { IdParam, PageQuery, page } from "../../core/schemas";
 import { authenticate } from "../../guards/authenticate";
 import { pageOf } from "../../platform/db/pagination";
