@@ -15,7 +15,8 @@ import { ApiError, invalidRequest } from "../platform/errors";
 import type { AccountChange, NewAccount } from "./schemas";
 import { findAccount, listEvents } from "./store";
 
-// The account aggregate's writes, each with its audit events in one batch.
+// The account aggregate on Deps: its writes, each with its audit events in one batch, and its reads (the account, and
+// the activity the principal may see: store.ts, visibleTo).
 
 /**
  * An account, its first admin and that admin's first full-access key (the caller shows it once); the admin's

@@ -10,10 +10,11 @@ import type { Deps } from "../platform/deps";
 import { ApiError } from "../platform/errors";
 import { newIdentitySecret } from "./identity";
 import type { AgentChange, NewAgent } from "./schemas";
-import { findAgent, listAgents as listPage } from "./store";
+import { listAgents as agentsPage, findAgent } from "./store";
 
-// The agent aggregate's writes, each with its audit event and its origin index in one batch. Nothing caches an agent:
-// chat requests read it, so a change is in force on the next request.
+// The agent aggregate on Deps: its reads (store.ts, visibleTo) and its writes, each with its audit event and its
+// origin index in one batch. Nothing caches an agent: chat requests read it, so a change is in force on the next
+// request.
 
 /** Registers an agent with a new identity secret (the caller shows it once). */
 export async function createAgent(
@@ -109,7 +110,7 @@ export async function getAgent(deps: Deps, p: Principal, id: string): Promise<Ag
 
 /** A page of the agents the caller may see, newest first. */
 export function listAgents(deps: Deps, p: Principal, page: Page) {
-  return listPage(deps.db, p, page);
+  return agentsPage(deps.db, p, page);
 }
 
 /**

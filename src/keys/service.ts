@@ -11,10 +11,11 @@ import type { Deps } from "../platform/deps";
 import { ApiError, type FieldError, invalidRequest } from "../platform/errors";
 import { reloadKeys, writeChange } from "./reload";
 import { grants, type NewKey, type Rotation } from "./schemas";
-import { findKey, findKeys, keyPolicy, keyStatus, listKeys as listPage, mintKey, revokeStatement } from "./store";
+import { findKey, findKeys, keyPolicy, keyStatus, listKeys as keysPage, mintKey, revokeStatement } from "./store";
 
-// The key aggregate's writes: each guarded in D1, written with its audit event in one batch, and in force in the
-// key's object before it is answered. Routes call these; none writes keys by hand.
+// The key aggregate's reads and writes, on Deps: the reads see what the principal may (store.ts, visibleTo); each write
+// is guarded in D1, written with its audit event in one batch, and in force in the key's object before it is answered.
+// Routes and dashboard pages call these; none reads or writes keys by hand.
 
 /**
  * Creates a key for the caller (or, for admins, another user of the account): its grants checked against the configured
@@ -232,7 +233,7 @@ export async function getKey(deps: Deps, p: Principal, id: string): Promise<ApiK
 
 /** A page of the keys the caller may see (members: their own), newest first. */
 export function listKeys(deps: Deps, p: Principal, page: Page) {
-  return listPage(deps.db, p, page);
+  return keysPage(deps.db, p, page);
 }
 
 /** The keys among `ids` the caller may see, in one read (a page naming several keys at once). */

@@ -14,10 +14,11 @@ import { type User, users } from "../platform/db/schema";
 import type { Deps } from "../platform/deps";
 import { ApiError, invalidRequest } from "../platform/errors";
 import type { NewUser, UserChange } from "./schemas";
-import { emails, findUser, listUsers as listPage } from "./store";
+import { emails, findUser, listUsers as usersPage } from "./store";
 
-// The user aggregate's writes: guarded in D1, written with their audit event in one batch, and in force in the objects
-// of the user's keys before they are answered.
+// The user aggregate's reads and writes, on Deps: the reads see what the principal may (store.ts, visibleTo); the writes
+// are guarded in D1, written with their audit event in one batch, and in force in the objects of the user's keys
+// before they are answered.
 
 /**
  * Creates a user with an invitation to set a password (shown once; its link on the dashboard's origin, or on
@@ -172,7 +173,7 @@ export async function getUser(deps: Deps, p: Principal, id: string): Promise<Use
 
 /** A page of the users the caller may see, newest first. */
 export function listUsers(deps: Deps, p: Principal, page: Page) {
-  return listPage(deps.db, p, page);
+  return usersPage(deps.db, p, page);
 }
 
 /** The emails of the users among `ids` the caller may see, in one read. */
