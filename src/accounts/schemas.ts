@@ -3,8 +3,9 @@ import { DEFAULT_PREFIX, PREFIX } from "../core/ids";
 import { extend, matching, orNull, RateLimit, Timestamp, text } from "../core/schemas";
 import { DEFAULT_POLICY } from "../core/window";
 import { KeyWithSecret } from "../keys/schemas";
+import { Email } from "../people/schemas";
 import type { Account } from "../platform/db/schema";
-import { Email, InvitedUser } from "../users/schemas";
+import { InvitedUser } from "../users/schemas";
 
 const SLUG = /^[a-z0-9][a-z0-9-]{1,62}$/;
 

@@ -2,25 +2,32 @@ import type { z } from "@hono/zod-openapi";
 import { and, asc, eq } from "drizzle-orm";
 import { newId } from "../core/ids";
 import { FULL_ACCESS, type Principal } from "../core/principal";
-import type { RequestContext } from "../guards/context";
 import { reloadKeys } from "../keys/reload";
-import { liveKeyIds, mintKey } from "../keys/store";
+import { keyUsage, liveKeyIds, mintKey } from "../keys/store";
 import { newInvitation } from "../people/invitations";
 import { dashboardOrigin } from "../platform/config";
 import { auditInsert } from "../platform/db/audit";
-import { batch, db, violates } from "../platform/db/client";
+import { batch, violates } from "../platform/db/client";
+import type { Page } from "../platform/db/pagination";
 import { type Account, accounts, apiKeys, users } from "../platform/db/schema";
+import type { Deps } from "../platform/deps";
 import { ApiError, invalidRequest } from "../platform/errors";
 import type { AccountChange, NewAccount } from "./schemas";
+import { findAccount, listEvents } from "./store";
 
-// The account aggregate's writes, each with its audit events in one batch.
+// The account aggregate on Deps: its writes, each with its audit events in one batch, and its reads (the account, and
+// the activity the principal may see: store.ts, visibleTo).
 
-/** An account, its first admin and that admin's first full-access key (the caller shows it once). */
+/**
+ * An account, its first admin and that admin's first full-access key (the caller shows it once); the admin's
+ * invitation links to the dashboard's origin, or to `reachedAt`'s (the URL Keygate was reached at).
+ */
 export async function provisionAccount(
-  c: RequestContext,
+  deps: Deps,
   { name, slug, keyPrefix, membersCanCreateKeys, rateLimit, maxRateLimit, admin }: z.infer<typeof NewAccount>,
+  reachedAt: URL,
 ) {
-  const now = new Date();
+  const now = deps.now();
   const account: Account = {
     id: newId("acc"),
     name,
@@ -44,11 +51,11 @@ export async function provisionAccount(
     createdAt: account.createdAt,
   };
   const { raw, row } = await mintAdminKey(account, user.id, user.id, "default", now);
-  const { invitation, statements } = await newInvitation(c.env.DB, dashboardOrigin(c.get("config"), new URL(c.req.url)), user.id, now);
-  const audit = { accountId: account.id, actor: "operator", requestId: c.get("requestId") };
-  const d = db(c.env.DB);
+  const { invitation, statements } = await newInvitation(deps.env.DB, dashboardOrigin(deps.config, reachedAt), user.id, now);
+  const audit = { accountId: account.id, actor: "operator", requestId: deps.requestId };
+  const d = deps.db;
   try {
-    await batch(c.env.DB, [
+    await batch(deps.env.DB, [
       d.insert(accounts).values(account),
       d.insert(users).values(user),
       d.insert(apiKeys).values(row),
@@ -69,9 +76,9 @@ export async function provisionAccount(
  * The way back for an account that lost every admin key: a full-access key for one of its enabled admins (`userId`,
  * by default the longest-standing one), audited as the operator's act.
  */
-export async function recoverAccount(c: RequestContext, accountId: string, userId: string | undefined) {
-  const d = db(c.env.DB);
-  const [account] = await d.select().from(accounts).where(eq(accounts.id, accountId)).limit(1);
+export async function recoverAccount(deps: Deps, accountId: string, userId: string | undefined) {
+  const d = deps.db;
+  const account = await findAccount(d, accountId);
   if (!account) throw new ApiError("not_found", "No account with this id.");
   const [admin] = await d
     .select()
@@ -85,10 +92,10 @@ export async function recoverAccount(c: RequestContext, accountId: string, userI
     throw invalidRequest([
       { field: "userId", message: userId ? "is not an enabled admin of this account" : "the account has no enabled admin" },
     ]);
-  const now = new Date();
+  const now = deps.now();
   const { raw, row } = await mintAdminKey(account, admin.id, "operator", "recovery", now);
-  const audit = { accountId: account.id, actor: "operator", requestId: c.get("requestId") };
-  await batch(c.env.DB, [
+  const audit = { accountId: account.id, actor: "operator", requestId: deps.requestId };
+  await batch(deps.env.DB, [
     d.insert(apiKeys).values(row),
     auditInsert(d, { ...audit, action: "account.recovered", target: admin.id }, now),
     auditInsert(d, { ...audit, action: "key.created", target: row.id }, now),
@@ -96,12 +103,15 @@ export async function recoverAccount(c: RequestContext, accountId: string, userI
   return { raw, row, now };
 }
 
-/** Changes the account's default limit, members' ceiling or key-creation policy; keys pick up a new limit right after. */
+/**
+ * Changes the account's default limit, members' ceiling or key-creation policy, and answers the account as stored; keys
+ * pick up a new limit right after.
+ */
 export async function updateAccount(
-  c: RequestContext,
+  deps: Deps,
   p: Principal,
   { rateLimit, maxRateLimit, membersCanCreateKeys }: z.infer<typeof AccountChange>,
-): Promise<void> {
+): Promise<Account> {
   const change = {
     ...(rateLimit ? { rateLimit: rateLimit.limit, rateLimitWindowSeconds: rateLimit.windowSeconds } : {}),
     ...(maxRateLimit === undefined
@@ -110,26 +120,54 @@ export async function updateAccount(
     ...(membersCanCreateKeys === undefined ? {} : { membersCanCreateKeys }),
   };
   if (Object.keys(change).length > 0) {
-    const d = db(c.env.DB);
-    const now = new Date();
-    await batch(c.env.DB, [
+    const d = deps.db;
+    const now = deps.now();
+    await batch(deps.env.DB, [
       d.update(accounts).set(change).where(eq(accounts.id, p.accountId)),
       auditInsert(
         d,
-        { accountId: p.accountId, actor: p.userId, action: "account.updated", target: p.accountId, requestId: c.get("requestId") },
+        { accountId: p.accountId, actor: p.userId, action: "account.updated", target: p.accountId, requestId: deps.requestId },
         now,
       ),
     ]);
     // Every key of the account carries its limit (the default, or members' ceiling); an account may have many keys,
     // so this finishes after the answer (a limit is not a right: a key that misses it catches up within RECORD_TTL_MS).
     if (rateLimit || maxRateLimit !== undefined) {
-      c.executionCtx.waitUntil(
+      deps.waitUntil(
         liveKeyIds(d, { accountId: p.accountId }, now)
-          .then((ids) => reloadKeys(c.get("deps"), ids))
+          .then((ids) => reloadKeys(deps, ids))
           .catch(() => {}),
       );
     }
   }
+  return getAccount(deps, p);
+}
+
+/** The caller's account. */
+export async function getAccount(deps: Deps, p: Principal): Promise<Account> {
+  // The principal was read with its account a moment ago; accounts are never deleted.
+  return (await findAccount(deps.db, p.accountId)) as Account;
+}
+
+/** How many events `accountActivity` shows. */
+const RECENT_EVENTS = 50;
+
+/**
+ * The caller's account with its keys' activity (how many are active, the last use of any) and the latest events the
+ * caller may see.
+ */
+export async function accountActivity(deps: Deps, p: Principal) {
+  const [account, keys, events] = await Promise.all([
+    getAccount(deps, p),
+    keyUsage(deps.db, p.accountId, deps.now()),
+    activity(deps, p, { limit: RECENT_EVENTS, after: null }),
+  ]);
+  return { account, ...keys, recentEvents: events.rows };
+}
+
+/** A page of the account's events the caller may see (a member: their own actions and their keys' events), newest first. */
+export function activity(deps: Deps, p: Principal, page: Page) {
+  return listEvents(deps.db, p, page);
 }
 
 /** A full-access key without expiry or limit of its own, for an admin of the account: the way into an account. */

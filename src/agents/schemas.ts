@@ -1,6 +1,7 @@
 import { z } from "@hono/zod-openapi";
 import { originProblem } from "../core/origins";
 import { extend, integer, Timestamp, text } from "../core/schemas";
+import type { Agent } from "../platform/db/schema";
 import { MAX_TOKEN_TTL_SECONDS } from "../tokens/handshake";
 import { DEFAULT_TOKEN_TTL_SECONDS, MAX_ORIGINS } from "./store";
 
@@ -52,3 +53,15 @@ export const AgentView = z
 export const AgentWithSecret = extend(AgentView, { identitySecret: z.string().openapi({ example: "idsec_5f0c…" }) }).openapi(
   "AgentWithSecret",
 );
+
+/** The API view of an agent: never its identity secret. */
+export function agentView(a: Agent) {
+  return {
+    id: a.id,
+    name: a.name,
+    allowedOrigins: JSON.parse(a.allowedOrigins) as string[],
+    tokenTtlSeconds: a.tokenTtlSeconds,
+    disabled: a.disabled,
+    createdAt: a.createdAt,
+  };
+}

@@ -1,26 +1,27 @@
 import { and, eq } from "drizzle-orm";
+import type { Principal } from "../core/principal";
 import type { Db } from "../platform/db/client";
+import { listPage, type Page } from "../platform/db/pagination";
 import { type Agent, agentOrigins, agents } from "../platform/db/schema";
 
 export const DEFAULT_TOKEN_TTL_SECONDS = 3600;
 export const MAX_ORIGINS = 20;
 
-export function agentView(a: Agent) {
-  return {
-    id: a.id,
-    name: a.name,
-    allowedOrigins: JSON.parse(a.allowedOrigins) as string[],
-    tokenTtlSeconds: a.tokenTtlSeconds,
-    disabled: a.disabled,
-    createdAt: a.createdAt,
-  };
+/** SQL: the agents `p` may see: those of their account (what each may do with them is the route's need). */
+export function visibleTo(p: Principal) {
+  return eq(agents.accountId, p.accountId);
 }
 
-export async function findAgent(d: Db, id: string, accountId?: string): Promise<Agent | undefined> {
+export function listAgents(d: Db, p: Principal, page: Page) {
+  return listPage(d, agents, visibleTo(p), page);
+}
+
+/** An agent by id alone (its id is public: a browser names it), or among those `p` may see. */
+export async function findAgent(d: Db, id: string, p?: Principal): Promise<Agent | undefined> {
   const [agent] = await d
     .select()
     .from(agents)
-    .where(and(eq(agents.id, id), accountId === undefined ? undefined : eq(agents.accountId, accountId)))
+    .where(and(eq(agents.id, id), p === undefined ? undefined : visibleTo(p)))
     .limit(1);
   return agent;
 }

@@ -159,7 +159,7 @@ async function verifyPerson(c: RequestContext, token: string, { need, cost = 1 }
       result.code === "token_expired" ? "The access token has expired; refresh it or log in again." : "The token is not valid.";
     return { ok: false, refusal: new ApiError(result.code, detail, { headers: invalidToken }) };
   }
-  const principal = await accessTokenPrincipal(c, result.claims);
+  const principal = await accessTokenPrincipal(c.get("deps"), result.claims);
   if (!principal) return { ok: false, refusal: ENDED() };
   const short = refusal(principal, typeof need === "function" ? await need() : need);
   if (short) return { ok: false, refusal: refused(short) };

@@ -1,7 +1,10 @@
+import { hashKey } from "../core/ids";
 import type { AuthMethod, Need } from "../core/principal";
 import type { Policy } from "../core/window";
-import { type Spent, spend, spendPerAddress } from "../counters/limiter";
+import { refund, type Spent, spend, spendPerAddress } from "../counters/limiter";
 import { authorizeKey, type KeyVerdict } from "../keys/authorize";
+import { LOGIN_EMAIL_POLICY } from "../people/sessions";
+import { ApiError } from "../platform/errors";
 import type { RequestContext } from "./context";
 
 // The guards' spends, each marking an answer that went unlimited because its counter was down (open mode).
@@ -29,4 +32,31 @@ export async function authorize(
 function unlimitedIfNull(c: RequestContext, spent: Spent | null): Spent | null {
   if (spent === null) c.header("X-RateLimit-Status", "unavailable");
   return spent;
+}
+
+/**
+ * The password attempts of this request's client: each spends from the email's budget (LOGIN_EMAIL_POLICY) and the
+ * client address's; past either, 429 (what the first had spent given back).
+ */
+export function passwordAttempts(c: RequestContext): (email: string) => Promise<Spent[]> {
+  return async (email) => {
+    const spent: Spent[] = [];
+    for (const admission of [
+      await spendOn(c, `login:${await hashKey(email)}`, LOGIN_EMAIL_POLICY, 1),
+      await spendPerAddress(c.get("deps"), c.req.header("CF-Connecting-IP"), "ip", c.get("config").ipPolicy).then((a) =>
+        unlimitedIfNull(c, a),
+      ),
+    ]) {
+      if (!admission) continue;
+      if (!admission.allowed) {
+        for (const s of spent) await refund(c.get("deps"), s);
+        throw new ApiError("rate_limited", `Too many password attempts. Try again in ${admission.retryAfter} seconds.`, {
+          headers: { "Retry-After": String(admission.retryAfter) },
+          body: { retry_after: admission.retryAfter },
+        });
+      }
+      spent.push(admission);
+    }
+    return spent;
+  };
 }

@@ -1,27 +1,29 @@
 import type { z } from "@hono/zod-openapi";
 import { and, eq, sql } from "drizzle-orm";
 import { rateLimitCeiling, withinCeiling } from "../core/ceilings";
-import { canManageKey, type Principal } from "../core/principal";
+import type { Principal } from "../core/principal";
 import type { Policy } from "../core/window";
 import { auditIfChanged, auditInsert } from "../platform/db/audit";
-import { batch, db, violates } from "../platform/db/client";
+import { batch, type Db, violates } from "../platform/db/client";
+import type { Page } from "../platform/db/pagination";
 import { type ApiKey, accounts, apiKeys, users } from "../platform/db/schema";
 import type { Deps } from "../platform/deps";
 import { ApiError, type FieldError, invalidRequest } from "../platform/errors";
 import { reloadKeys, writeChange } from "./reload";
 import { grants, type NewKey, type Rotation } from "./schemas";
-import { findKey, keyPolicy, keyStatus, mintKey, revokeStatement } from "./store";
+import { findKey, findKeys, keyPolicy, keyStatus, listKeys as keysPage, mintKey, revokeStatement } from "./store";
 
-// The key aggregate's writes: each guarded in D1, written with its audit event in one batch, and in force in the
-// key's object before it is answered. Routes call these; none writes keys by hand.
+// The key aggregate's reads and writes, on Deps: the reads see what the principal may (store.ts, visibleTo); each write
+// is guarded in D1, written with its audit event in one batch, and in force in the key's object before it is answered.
+// Routes and dashboard pages call these; none reads or writes keys by hand.
 
 /**
  * Creates a key for the caller (or, for admins, another user of the account): its grants checked against the configured
  * resource types, a member's limit against the ceiling, the key and its audit event in one batch.
  */
 export async function createKey(deps: Deps, p: Principal, body: z.infer<typeof NewKey>, sent: readonly string[]) {
-  const ceiling = await memberCeiling(deps.env.DB, p);
-  const now = new Date();
+  const ceiling = await memberCeiling(deps.db, p);
+  const now = deps.now();
   const { scopes, errors } = grants(body, sent, deps.config.resourceTypes);
   const { name, ownerId } = body;
   const expiresAt = body.expiresAt ?? null;
@@ -29,7 +31,7 @@ export async function createKey(deps: Deps, p: Principal, body: z.infer<typeof N
   if (rateLimit) errors.push(...overCeiling(ceiling, rateLimit));
   if (errors.length > 0) throw invalidRequest(errors);
 
-  if (ownerId !== undefined && ownerId !== p.userId) await checkOwner(deps.env.DB, p, ownerId);
+  if (ownerId !== undefined && ownerId !== p.userId) await checkOwner(deps.db, p, ownerId);
   const { raw, row } = await mintKey(
     {
       accountId: p.accountId,
@@ -43,7 +45,7 @@ export async function createKey(deps: Deps, p: Principal, body: z.infer<typeof N
     },
     now,
   );
-  const d = db(deps.env.DB);
+  const d = deps.db;
   await batch(deps.env.DB, [
     d.insert(apiKeys).values(row),
     auditInsert(d, { accountId: p.accountId, actor: p.userId, action: "key.created", target: row.id, requestId: deps.requestId }, now),
@@ -57,15 +59,15 @@ export async function createKey(deps: Deps, p: Principal, body: z.infer<typeof N
  * it at once, even with nothing to store).
  */
 export async function revokeKey(deps: Deps, p: Principal, id: string): Promise<{ key: ApiKey; now: Date }> {
-  const key = await findManagedKey(deps.env.DB, p, id);
-  const now = new Date();
+  const key = await getKey(deps, p, id);
+  const now = deps.now();
   // Deactivation is permanent and idempotent: deleting a revoked key answers with it unchanged, after making sure
   // its counter knows (a repeat completes a revocation whose reload failed).
   if (keyStatus(key, now) === "revoked") {
     await reloadKeys(deps, [key.id]);
     return { key, now };
   }
-  const d = db(deps.env.DB);
+  const d = deps.db;
   const [revoked] = await writeChange(deps, [key.id], () =>
     batch(deps.env.DB, [
       revokeStatement(d, key, p.userId, now, now),
@@ -77,9 +79,7 @@ export async function revokeKey(deps: Deps, p: Principal, id: string): Promise<{
     ]),
   );
   const current =
-    revoked?.meta.changes === 1
-      ? { ...key, revokedAt: now.toISOString(), revokedBy: p.userId }
-      : await findManagedKey(deps.env.DB, p, key.id);
+    revoked?.meta.changes === 1 ? { ...key, revokedAt: now.toISOString(), revokedBy: p.userId } : await getKey(deps, p, key.id);
   if (keyStatus(current, now) !== "revoked") {
     throw new ApiError(
       "last_active_key",
@@ -96,15 +96,15 @@ export async function revokeKey(deps: Deps, p: Principal, id: string): Promise<{
  * unknown is undone (see undoRotation).
  */
 export async function rotateKey(deps: Deps, p: Principal, id: string, rotation: z.infer<typeof Rotation>) {
-  const ceiling = await memberCeiling(deps.env.DB, p);
-  const old = await findManagedKey(deps.env.DB, p, id);
+  const ceiling = await memberCeiling(deps.db, p);
+  const old = await getKey(deps, p, id);
   const { gracePeriodSeconds: grace, rateLimit } = rotation;
   if (rateLimit) {
     const errors = overCeiling(ceiling, rateLimit);
     if (errors.length > 0) throw invalidRequest(errors);
   }
 
-  const now = new Date();
+  const now = deps.now();
   if (old.revokedAt !== null || keyStatus(old, now) !== "active") {
     throw new ApiError(
       "key_not_active",
@@ -127,7 +127,7 @@ export async function rotateKey(deps: Deps, p: Principal, id: string, rotation: 
   );
   const revokeAt = new Date(now.getTime() + grace * 1000);
   const audit = { accountId: p.accountId, actor: p.userId, requestId: deps.requestId };
-  const d = db(deps.env.DB);
+  const d = deps.db;
   try {
     await writeChange(deps, [old.id], () =>
       batch(deps.env.DB, [
@@ -143,7 +143,7 @@ export async function rotateKey(deps: Deps, p: Principal, id: string, rotation: 
     if (violates(err, "api_keys.rotated_from")) throw new ApiError("key_not_active", `Key ${old.id} has already been rotated.`);
     // D1 did not answer in time (the batch may still land) or the old key's counter did not hear of its revocation:
     // the rotation is not known to be in force. Undo it, unless someone revoked the old key meanwhile.
-    if (!(await undoRotation(deps.env.DB, old, row, revokeAt, now, audit))) {
+    if (!(await undoRotation(deps, old, row, revokeAt, now, audit))) {
       await reloadKeys(deps, [old.id]).catch(() => {});
       if (err instanceof ApiError && err.code === "change_pending")
         throw new ApiError(
@@ -166,16 +166,16 @@ export async function rotateKey(deps: Deps, p: Principal, id: string, rotation: 
  * revoked by another request meanwhile: then the rotation must stand, or the account would lose both keys.
  */
 async function undoRotation(
-  d1: D1Database,
+  deps: Deps,
   old: ApiKey,
   row: ApiKey,
   revokeAt: Date,
   now: Date,
   audit: { accountId: string; actor: string; requestId: string },
 ): Promise<boolean> {
-  const d = db(d1);
+  const d = deps.db;
   const dead = { revokedAt: now.toISOString(), revokedBy: audit.actor, rotatedFrom: null };
-  await batch(d1, [
+  await batch(deps.env.DB, [
     d
       .update(apiKeys)
       .set({ revokedAt: null, revokedBy: null })
@@ -198,9 +198,9 @@ async function undoRotation(
  * Who may create keys and with which limit, read from the account now (it can change at any time): admins always, with
  * any limit (null: no ceiling, and no read); members only where the account allows it, up to its `maxRateLimit`.
  */
-async function memberCeiling(d1: D1Database, p: Principal): Promise<Policy | null> {
+async function memberCeiling(d: Db, p: Principal): Promise<Policy | null> {
   if (p.role === "admin") return null;
-  const [account] = await db(d1).select().from(accounts).where(eq(accounts.id, p.accountId)).limit(1);
+  const account = await accountOf(d, p);
   if (!account?.membersCanCreateKeys) throw new ApiError("insufficient_role", "Only account admins can create API keys in this account.");
   return rateLimitCeiling(account);
 }
@@ -213,9 +213,9 @@ function overCeiling(ceiling: Policy | null, limit: Policy): FieldError[] {
 }
 
 /** Only admins create keys for other users, and only for enabled users of their own account. */
-async function checkOwner(d1: D1Database, p: Principal, ownerId: string): Promise<void> {
+async function checkOwner(d: Db, p: Principal, ownerId: string): Promise<void> {
   if (p.role !== "admin") throw new ApiError("insufficient_role", "Only account admins can create keys for other users.");
-  const [owner] = await db(d1)
+  const [owner] = await d
     .select({ disabled: users.disabled })
     .from(users)
     .where(and(eq(users.accountId, p.accountId), eq(users.id, ownerId)))
@@ -224,9 +224,29 @@ async function checkOwner(d1: D1Database, p: Principal, ownerId: string): Promis
   if (problem) throw invalidRequest([{ field: "ownerId", message: problem }]);
 }
 
-/** A key of the caller's account that the caller may manage; anything else is 404, whoever owns it. */
-export async function findManagedKey(d1: D1Database, p: Principal, id: string): Promise<ApiKey> {
-  const key = await findKey(db(d1), p.accountId, id);
-  if (!key || !canManageKey(p, key.ownerId)) throw new ApiError("not_found", "No API key with this id in this account.");
+/** A key the caller may see and manage; anything else is 404, whoever owns it. */
+export async function getKey(deps: Deps, p: Principal, id: string): Promise<ApiKey> {
+  const key = await findKey(deps.db, p, id);
+  if (!key) throw new ApiError("not_found", "No API key with this id in this account.");
   return key;
+}
+
+/** A page of the keys the caller may see (members: their own), newest first. */
+export function listKeys(deps: Deps, p: Principal, page: Page) {
+  return keysPage(deps.db, p, page);
+}
+
+/** The keys among `ids` the caller may see, in one read (a page naming several keys at once). */
+export function keysByIds(deps: Deps, p: Principal, ids: string[]): Promise<ApiKey[]> {
+  return findKeys(deps.db, p, ids);
+}
+
+/** Whether the caller may create keys: an admin always, a member where the account allows it now. */
+export async function mayCreateKeys(deps: Deps, p: Principal): Promise<boolean> {
+  return p.role === "admin" || (await accountOf(deps.db, p))?.membersCanCreateKeys === true;
+}
+
+async function accountOf(d: Db, p: Principal) {
+  const [account] = await d.select().from(accounts).where(eq(accounts.id, p.accountId)).limit(1);
+  return account;
 }

@@ -1,6 +1,6 @@
-import { and, eq, sql } from "drizzle-orm";
+import { and, eq, inArray, sql } from "drizzle-orm";
 import { generateKey, hashKey, newId } from "../core/ids";
-import type { AuthMethod, KeyRecord as CoreKeyRecord } from "../core/principal";
+import type { AuthMethod, KeyRecord as CoreKeyRecord, Principal } from "../core/principal";
 import type { Policy } from "../core/window";
 import type { Db } from "../platform/db/client";
 import { listPage, type Page } from "../platform/db/pagination";
@@ -112,17 +112,31 @@ export function recordUse(d: Db, keyId: string, method: AuthMethod, now: Date) {
   return d.update(apiKeys).set({ lastUsedAt: now.toISOString(), lastAuthMethod: method }).where(eq(apiKeys.id, keyId));
 }
 
-export async function findKey(d: Db, accountId: string, id: string): Promise<ApiKey | undefined> {
+/** SQL: the keys `p` may see and manage: every key of the account for an admin, a member's own keys for a member. */
+export function visibleTo(p: Principal) {
+  return and(eq(apiKeys.accountId, p.accountId), p.role === "admin" ? undefined : eq(apiKeys.ownerId, p.userId));
+}
+
+export async function findKey(d: Db, p: Principal, id: string): Promise<ApiKey | undefined> {
   const [key] = await d
     .select()
     .from(apiKeys)
-    .where(and(eq(apiKeys.accountId, accountId), eq(apiKeys.id, id)))
+    .where(and(visibleTo(p), eq(apiKeys.id, id)))
     .limit(1);
   return key;
 }
 
-export function listKeys(d: Db, accountId: string, ownerId: string | null, page: Page) {
-  return listPage(d, apiKeys, and(eq(apiKeys.accountId, accountId), ownerId === null ? undefined : eq(apiKeys.ownerId, ownerId)), page);
+/** The keys among `ids` that `p` may see, in one read. */
+export function findKeys(d: Db, p: Principal, ids: string[]): Promise<ApiKey[]> {
+  if (ids.length === 0) return Promise.resolve([]);
+  return d
+    .select()
+    .from(apiKeys)
+    .where(and(visibleTo(p), inArray(apiKeys.id, ids)));
+}
+
+export function listKeys(d: Db, p: Principal, page: Page) {
+  return listPage(d, apiKeys, visibleTo(p), page);
 }
 
 /**

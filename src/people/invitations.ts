@@ -1,10 +1,10 @@
 import { and, eq, gt, isNull, sql } from "drizzle-orm";
 import { generateSecret, hashKey, newId } from "../core/ids";
 import { hashPassword, passwordProblem } from "../core/password";
-import type { RequestContext } from "../guards/context";
 import { auditIfChanged } from "../platform/db/audit";
-import { batch, db } from "../platform/db/client";
+import { batch } from "../platform/db/client";
 import { invitations, sessions, users } from "../platform/db/schema";
+import type { Deps } from "../platform/deps";
 import { ApiError, invalidRequest } from "../platform/errors";
 
 export const INVITATION_DAYS = 7;
@@ -48,12 +48,12 @@ export async function newInvitation(
  * locks out whoever had the old password).
  */
 export async function acceptInvitation(
-  c: RequestContext,
+  deps: Deps,
   token: string,
   password: string,
 ): Promise<{ userId: string; accountId: string; email: string }> {
-  const d = db(c.env.DB);
-  const now = new Date();
+  const d = deps.db;
+  const now = deps.now();
   const [found] = await d
     .select({
       id: invitations.id,
@@ -76,15 +76,15 @@ export async function acceptInvitation(
   if (problem) throw invalidRequest([{ field: "password", message: problem }]);
   const hash = await hashPassword(password);
   const at = now.toISOString();
-  const [spent] = await batch(c.env.DB, [
+  const [spent] = await batch(deps.env.DB, [
     d
       .update(invitations)
       .set({ usedAt: at })
       .where(and(eq(invitations.id, found.id), isNull(invitations.usedAt), gt(invitations.expiresAt, at))),
-    c.env.DB.prepare("UPDATE users SET password_hash = ? WHERE id = ? AND changes() = 1").bind(hash, found.userId),
+    deps.env.DB.prepare("UPDATE users SET password_hash = ? WHERE id = ? AND changes() = 1").bind(hash, found.userId),
     auditIfChanged(
-      c.env.DB,
-      { accountId: found.accountId, actor: found.userId, action: "user.password_set", target: found.userId, requestId: c.get("requestId") },
+      deps.env.DB,
+      { accountId: found.accountId, actor: found.userId, action: "user.password_set", target: found.userId, requestId: deps.requestId },
       now,
     ),
     // Only if this request spent the invitation (its used_at is this request's instant).

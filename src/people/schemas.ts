@@ -1,7 +1,15 @@
 import { z } from "@hono/zod-openapi";
 import { MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH } from "../core/password";
-import { Timestamp } from "../core/schemas";
-import { Email } from "../users/schemas";
+import { matching, Timestamp } from "../core/schemas";
+
+/** Deliberately loose: one @, no spaces, a dot in the domain. Delivery is the proof of an address. */
+const EMAIL = /^[^\s@]+@[^\s@]+\.[^\s@]+$/;
+
+/** A person's email, as they log in with it (lower case). */
+export const Email = matching(EMAIL, "must be an email address")
+  .max(254)
+  .transform((e) => e.toLowerCase())
+  .openapi({ example: "dev@example.com" });
 
 // Length and strength are judged by auth/password.ts (it knows the email); the schema only bounds the input.
 const Password = z

@@ -2,11 +2,11 @@ import { and, desc, eq, isNull, lt, sql } from "drizzle-orm";
 import { generateSecret, hashKey, newId, toHex } from "../core/ids";
 import { hashPassword, needsRehash, passwordProblem, verifyPassword } from "../core/password";
 import { type Need, type Principal, refusal, sessionPrincipal } from "../core/principal";
-import { refund, type Spent, spend, spendPerAddress } from "../counters/limiter";
-import type { RequestContext } from "../guards/context";
+import { refund, type Spent, spend } from "../counters/limiter";
 import { misconfigured } from "../platform/config";
-import { batch, db } from "../platform/db/client";
+import { batch } from "../platform/db/client";
 import { accounts, sessions, users } from "../platform/db/schema";
+import type { Deps } from "../platform/deps";
 import { ApiError, invalidRequest, refused } from "../platform/errors";
 import { ACCESS_TTL_SECONDS, type AccessClaims, signAccessToken } from "../tokens/access";
 import type { SigningKey } from "../tokens/jwt";
@@ -31,12 +31,12 @@ const INVALID = () => new ApiError("invalid_credentials", "The email or password
  * same 401 after the same work (one password hash each). Every attempt spends from the email's and the client
  * address's login budgets first; a successful one gives its spend back, so only failures count.
  */
-export async function login(c: RequestContext, credentials: Credentials, userAgent: string | null): Promise<TokenPair> {
-  const key = signingKey(c);
+export async function login(deps: Deps, attempts: Attempts, credentials: Credentials, userAgent: string | null): Promise<TokenPair> {
+  const key = signingKey(deps);
   const id = newId("ses");
   const refresh = await refreshSecret(key, id, randomHex());
-  const { userId, accountId, now } = await openSession(c, credentials, userAgent, id, refresh);
-  return pair(c, { sub: userId, acc: accountId, sid: id }, refresh, now);
+  const { userId, accountId, now } = await openSession(deps, attempts, credentials, userAgent, id, refresh);
+  return pair(deps, { sub: userId, acc: accountId, sid: id }, refresh, now);
 }
 
 /** The dashboard's session cookie (HttpOnly, Secure, SameSite=Lax, Path=/): `<session id>.<cookie secret>`. */
@@ -48,10 +48,10 @@ const COOKIE_VALUE = /^(ses_[0-9a-f]{24})\.(cs_[0-9a-f]{64})$/;
  * value. The session's `refreshHash` holds the cookie secret's hash: it is never rotated, and its `cs_` form is never
  * taken as a refresh token (nor a refresh token as a cookie).
  */
-export async function cookieLogin(c: RequestContext, credentials: Credentials, userAgent: string | null): Promise<string> {
+export async function cookieLogin(deps: Deps, attempts: Attempts, credentials: Credentials, userAgent: string | null): Promise<string> {
   const secret = generateSecret("cs");
   const id = newId("ses");
-  await openSession(c, credentials, userAgent, id, secret);
+  await openSession(deps, attempts, credentials, userAgent, id, secret);
   return `${id}.${secret}`;
 }
 
@@ -59,28 +59,37 @@ export async function cookieLogin(c: RequestContext, credentials: Credentials, u
  * The principal of a dashboard request's cookie, or null: the session live and the user's rights as they are now,
  * exactly as for an access token (`sessionPrincipal`), so logout, disabling or a password change end it at once.
  */
-export async function cookiePrincipal(c: RequestContext, cookie: string): Promise<{ principal: Principal; email: string } | null> {
+export async function cookiePrincipal(deps: Deps, cookie: string): Promise<{ principal: Principal; email: string } | null> {
   const m = COOKIE_VALUE.exec(cookie);
   if (!m) return null;
-  const now = new Date();
-  const s = await liveSession(c, m[1] as string, now);
+  const now = deps.now();
+  const s = await liveSession(deps, m[1] as string, now);
   if (!s || s.refreshHash !== (await hashKey(m[2] as string))) return null;
-  touch(c, s, now);
+  touch(deps, s, now);
   return { principal: sessionPrincipal(s), email: s.email };
 }
 
 type Credentials = { email: string; password: string; accountId?: string | undefined };
 
+/**
+ * Spends one password attempt for an email from its budgets (the email's and the client address's; past either, 429)
+ * and answers what it spent: the caller's, since the client's address is the request's. Logins and password changes
+ * share them, so guesses cost the same whichever way they come; a right password gives the spend back, so only
+ * failures count.
+ */
+export type Attempts = (email: string) => Promise<Spent[]>;
+
 /** Checks the credentials (see `login`) and stores a new session `id` whose `refreshHash` is the hash of `secret`. */
 async function openSession(
-  c: RequestContext,
+  deps: Deps,
+  attempts: Attempts,
   { email, password, accountId }: Credentials,
   userAgent: string | null,
   id: string,
   secret: string,
 ): Promise<{ userId: string; accountId: string; now: Date }> {
-  const spent = await spendAttempt(c, email);
-  const d = db(c.env.DB);
+  const spent = await attempts(email);
+  const d = deps.db;
   const candidates = await d
     .select({ id: users.id, accountId: users.accountId, passwordHash: users.passwordHash, disabled: users.disabled })
     .from(users)
@@ -96,10 +105,10 @@ async function openSession(
   if (matched.length > 1)
     throw new ApiError("account_required", "This email belongs to users of several accounts: send `accountId` to choose one.");
   const user = matched[0] as (typeof matched)[number];
-  for (const s of spent) await refund(c.get("deps"), s);
-  const now = new Date();
+  for (const s of spent) await refund(deps, s);
+  const now = deps.now();
   const rehash = user.passwordHash && needsRehash(user.passwordHash) ? await hashPassword(password) : null;
-  await batch(c.env.DB, [
+  await batch(deps.env.DB, [
     d.insert(sessions).values({
       id,
       userId: user.id,
@@ -115,43 +124,16 @@ async function openSession(
   return { userId: user.id, accountId: user.accountId, now };
 }
 
-/**
- * Spends one password attempt from the email's budget (LOGIN_EMAIL_POLICY) and the client address's; past either,
- * 429. Logins and password changes share them, so guesses cost the same whichever way they come. The caller gives the
- * spend back when the password was right, so only failures count.
- */
-async function spendAttempt(c: RequestContext, email: string): Promise<Spent[]> {
-  const spent: Spent[] = [];
-  for (const admission of [
-    await spend(c.get("deps"), `login:${await hashKey(email)}`, LOGIN_EMAIL_POLICY),
-    await spendPerAddress(c.get("deps"), c.req.header("CF-Connecting-IP"), "ip", c.get("config").ipPolicy),
-  ]) {
-    if (!admission) {
-      c.header("X-RateLimit-Status", "unavailable");
-      continue;
-    }
-    if (!admission.allowed) {
-      for (const s of spent) await refund(c.get("deps"), s);
-      throw new ApiError("rate_limited", `Too many password attempts. Try again in ${admission.retryAfter} seconds.`, {
-        headers: { "Retry-After": String(admission.retryAfter) },
-        body: { retry_after: admission.retryAfter },
-      });
-    }
-    spent.push(admission);
-  }
-  return spent;
-}
-
 /** The pair for a refresh secret issued at `now`: the same secret and instant make the same pair. */
-async function pair(c: RequestContext, claims: { sub: string; acc: string; sid: string }, refresh: string, now: Date): Promise<TokenPair> {
+async function pair(deps: Deps, claims: { sub: string; acc: string; sid: string }, refresh: string, now: Date): Promise<TokenPair> {
   const jti = (await hashKey(`jti:${refresh}`)).slice(0, 32);
-  const access = await signAccessToken(c.get("config").signingKeys, claims, now, jti);
+  const access = await signAccessToken(deps.config.signingKeys, claims, now, jti);
   return { access_token: access, token_type: "bearer", expires_in: ACCESS_TTL_SECONDS, refresh_token: `${claims.sid}.${refresh}` };
 }
 
 /** The key that signs tokens: checked before anything is stored, so a missing one leaves no session without tokens. */
-function signingKey(c: RequestContext): SigningKey {
-  return c.get("config").signingKeys[0] ?? misconfigured("JWT_SIGNING_KEYS", "is not set; no access token can be signed");
+function signingKey(deps: Deps): SigningKey {
+  return deps.config.signingKeys[0] ?? misconfigured("JWT_SIGNING_KEYS", "is not set; no access token can be signed");
 }
 
 /**
@@ -192,8 +174,8 @@ function randomHex(): string {
 }
 
 /** A session that works: not ended, not past its 30 days, its user enabled. */
-async function liveSession(c: RequestContext, sessionId: string, now: Date) {
-  const [row] = await db(c.env.DB)
+async function liveSession(deps: Deps, sessionId: string, now: Date) {
+  const [row] = await deps.db
     .select({
       id: sessions.id,
       userId: sessions.userId,
@@ -234,17 +216,17 @@ const INVALID_REFRESH = () => new ApiError("invalid_refresh_token", "The refresh
  * New tokens for a session. With the refresh token (rotating: each works once; see `repeated` for one presented
  * again) or with a current access token (seed 003's flow).
  */
-export async function refresh(c: RequestContext, by: { refreshToken: string } | { claims: AccessClaims }): Promise<TokenPair> {
-  const now = new Date();
+export async function refresh(deps: Deps, by: { refreshToken: string } | { claims: AccessClaims }): Promise<TokenPair> {
+  const now = deps.now();
   const [sid, secret] = "claims" in by ? [by.claims.sid, null] : splitRefresh(by.refreshToken);
   if (!sid) throw INVALID_REFRESH();
-  const session = await liveSession(c, sid, now);
+  const session = await liveSession(deps, sid, now);
   if (!session) throw "claims" in by ? ENDED() : INVALID_REFRESH();
-  const d = db(c.env.DB);
+  const d = deps.db;
   const presented = secret === null ? null : await hashKey(secret);
-  const key = signingKey(c);
+  const key = signingKey(deps);
   const next = secret === null ? await refreshSecret(key, sid, randomHex()) : await successor(key, sid, secret);
-  const [rotated] = await batch(c.env.DB, [
+  const [rotated] = await batch(deps.env.DB, [
     d
       .update(sessions)
       .set({
@@ -256,9 +238,9 @@ export async function refresh(c: RequestContext, by: { refreshToken: string } | 
       .where(and(eq(sessions.id, sid), isNull(sessions.endedAt), presented === null ? undefined : eq(sessions.refreshHash, presented))),
   ]);
   const claims = { sub: session.userId, acc: session.accountId, sid };
-  if (rotated?.meta.changes === 1) return pair(c, claims, next, now);
+  if (rotated?.meta.changes === 1) return pair(deps, claims, next, now);
   if (secret === null || presented === null) throw ENDED();
-  return repeated(c, claims, secret, presented, now);
+  return repeated(deps, claims, secret, presented, now);
 }
 
 /**
@@ -268,15 +250,15 @@ export async function refresh(c: RequestContext, by: { refreshToken: string } | 
  * the owner's). A secret the session never issued (made up with its id) is refused, and the session goes on.
  */
 async function repeated(
-  c: RequestContext,
+  deps: Deps,
   claims: { sub: string; acc: string; sid: string },
   secret: string,
   presented: string,
   now: Date,
 ): Promise<TokenPair> {
-  const session = await liveSession(c, claims.sid, now);
+  const session = await liveSession(deps, claims.sid, now);
   if (!session) throw INVALID_REFRESH();
-  const keys = c.get("config").signingKeys;
+  const keys = deps.config.signingKeys;
   if (session.previousRefreshHash === presented && session.refreshedAt !== null) {
     const refreshedAt = new Date(session.refreshedAt);
     if (now.getTime() - refreshedAt.getTime() <= REFRESH_GRACE_SECONDS * 1000) {
@@ -284,11 +266,11 @@ async function repeated(
       // made the refresh: that pair was never this token's to answer, so it counts as reuse.
       for (const key of keys) {
         const next = await successor(key, claims.sid, secret);
-        if ((await hashKey(next)) === session.refreshHash) return pair(c, claims, next, refreshedAt);
+        if ((await hashKey(next)) === session.refreshHash) return pair(deps, claims, next, refreshedAt);
       }
     }
   } else if (!(await issued(keys, claims.sid, secret))) throw INVALID_REFRESH();
-  await endSessions(c, { sessionId: claims.sid }, "refresh_reused");
+  await endSessions(deps, { sessionId: claims.sid }, "refresh_reused");
   throw new ApiError("invalid_refresh_token", "The refresh token was already used; the session has ended. Log in again.");
 }
 
@@ -299,17 +281,17 @@ function splitRefresh(token: string): [string | null, string | null] {
 
 /** Ends sessions: one, or all of a user's but `except`. */
 export async function endSessions(
-  c: RequestContext,
+  deps: Deps,
   which: { sessionId: string; userId?: string } | { userId: string },
   reason: string,
 ): Promise<number> {
-  const at = new Date().toISOString();
+  const at = deps.now().toISOString();
   const where = and(
     "sessionId" in which ? eq(sessions.id, which.sessionId) : undefined,
     which.userId === undefined ? undefined : eq(sessions.userId, which.userId),
   );
-  const [ended] = await batch(c.env.DB, [
-    db(c.env.DB)
+  const [ended] = await batch(deps.env.DB, [
+    deps.db
       .update(sessions)
       .set({ endedAt: at, endReason: reason })
       .where(and(where, isNull(sessions.endedAt))),
@@ -322,11 +304,11 @@ export async function endSessions(
  * are now (core's `sessionPrincipal`), re-read on every request, so an ended session, a disabled user or a changed
  * grant takes effect at once.
  */
-export async function accessTokenPrincipal(c: RequestContext, claims: AccessClaims): Promise<Principal | null> {
-  const now = new Date();
-  const s = await liveSession(c, claims.sid, now);
+export async function accessTokenPrincipal(deps: Deps, claims: AccessClaims): Promise<Principal | null> {
+  const now = deps.now();
+  const s = await liveSession(deps, claims.sid, now);
   if (!s || s.userId !== claims.sub || s.accountId !== claims.acc) return null;
-  touch(c, s, now);
+  touch(deps, s, now);
   return sessionPrincipal(s);
 }
 
@@ -334,19 +316,19 @@ export async function accessTokenPrincipal(c: RequestContext, claims: AccessClai
  * What a person's request (access token or dashboard cookie) must pass once their session is live: their rights as
  * `need` asks, then their own limit (one per user, whichever way they come), of which it spends one.
  */
-export async function admitPerson(c: RequestContext, principal: Principal, need: Need): Promise<Spent | null> {
+export async function admitPerson(deps: Deps, principal: Principal, need: Need): Promise<Spent | null> {
   const refusedFor = refusal(principal, need);
   if (refusedFor) throw refused(refusedFor);
-  return spend(c.get("deps"), `user:${principal.userId}`, principal.rateLimit);
+  return spend(deps, `user:${principal.userId}`, principal.rateLimit);
 }
 
 type LiveSession = NonNullable<Awaited<ReturnType<typeof liveSession>>>;
 
 /** Writes the session's `lastUsedAt` after the answer, at most once a minute. */
-function touch(c: RequestContext, s: LiveSession, now: Date): void {
+function touch(deps: Deps, s: LiveSession, now: Date): void {
   if (now.getTime() - Date.parse(s.lastUsedAt) > LAST_USED_GRANULARITY_MS) {
-    c.executionCtx.waitUntil(
-      db(c.env.DB)
+    deps.waitUntil(
+      deps.db
         .update(sessions)
         .set({ lastUsedAt: now.toISOString() })
         .where(and(eq(sessions.id, s.id), lt(sessions.lastUsedAt, now.toISOString())))
@@ -368,12 +350,12 @@ export type SessionView = {
 };
 
 /** A user's sessions that still work, newest first. */
-export async function listSessions(c: RequestContext, userId: string, current: string | null): Promise<SessionView[]> {
-  const now = new Date().toISOString();
-  const rows = await db(c.env.DB)
+export async function listSessions(deps: Deps, p: Principal): Promise<SessionView[]> {
+  const now = deps.now().toISOString();
+  const rows = await deps.db
     .select()
     .from(sessions)
-    .where(and(eq(sessions.userId, userId), isNull(sessions.endedAt), sql`${sessions.expiresAt} > ${now}`))
+    .where(and(eq(sessions.userId, p.userId), isNull(sessions.endedAt), sql`${sessions.expiresAt} > ${now}`))
     .orderBy(desc(sessions.createdAt), desc(sessions.id))
     .limit(100);
   return rows.map((s) => ({
@@ -382,7 +364,7 @@ export async function listSessions(c: RequestContext, userId: string, current: s
     lastUsedAt: s.lastUsedAt,
     expiresAt: s.expiresAt,
     userAgent: s.userAgent,
-    current: s.id === current,
+    current: s.id === p.sessionId,
   }));
 }
 
@@ -390,18 +372,24 @@ export async function listSessions(c: RequestContext, userId: string, current: s
  * Changes a person's password (they prove the current one, an attempt spent as a login's is) and ends their other
  * sessions.
  */
-export async function changePassword(c: RequestContext, p: Principal, currentPassword: string, newPassword: string): Promise<void> {
-  const d = db(c.env.DB);
+export async function changePassword(
+  deps: Deps,
+  attempts: Attempts,
+  p: Principal,
+  currentPassword: string,
+  newPassword: string,
+): Promise<void> {
+  const d = deps.db;
   const [u] = await d.select({ passwordHash: users.passwordHash, email: users.email }).from(users).where(eq(users.id, p.userId)).limit(1);
   if (!u) throw INVALID();
-  const spent = await spendAttempt(c, u.email);
+  const spent = await attempts(u.email);
   if (!(await verifyPassword(currentPassword, u.passwordHash))) throw INVALID();
-  for (const s of spent) await refund(c.get("deps"), s);
+  for (const s of spent) await refund(deps, s);
   const reason = passwordProblem(newPassword, u.email);
   if (reason) throw invalidRequest([{ field: "newPassword", message: reason }]);
   const hash = await hashPassword(newPassword);
-  const at = new Date().toISOString();
-  await batch(c.env.DB, [
+  const at = deps.now().toISOString();
+  await batch(deps.env.DB, [
     d.update(users).set({ passwordHash: hash }).where(eq(users.id, p.userId)),
     d
       .update(sessions)

@@ -1,7 +1,7 @@
 import { and, eq } from "drizzle-orm";
 import { grantOf, RESOURCE_ID, RESOURCE_TYPE } from "../core/grants";
-import { db } from "../platform/db/client";
-import { resourceOwners } from "../platform/db/schema";
+import { type Db, db } from "../platform/db/client";
+import { accounts, resourceOwners } from "../platform/db/schema";
 
 // Re-exported for the registry's routes and the verify API, which import the grammar from here.
 export { GRANT, parseGrant, RESOURCE_ID, RESOURCE_TYPE } from "../core/grants";
@@ -74,9 +74,9 @@ export async function release(d1: D1Database, type: string, id: string, accountI
 }
 
 /** The provider's backend says who owns a resource (created before Keygate, or moved): it replaces any owner. */
-export async function setOwner(d1: D1Database, type: string, id: string, accountId: string): Promise<Ownership> {
-  const createdAt = new Date().toISOString();
-  const [row] = await db(d1)
+export async function setOwner(d: Db, type: string, id: string, accountId: string, now: Date): Promise<Ownership> {
+  const createdAt = now.toISOString();
+  const [row] = await d
     .insert(resourceOwners)
     .values({ type, resourceId: id, accountId, createdAt })
     .onConflictDoUpdate({ target: [resourceOwners.type, resourceOwners.resourceId], set: { accountId, createdAt } })
@@ -85,8 +85,8 @@ export async function setOwner(d1: D1Database, type: string, id: string, account
   return { type, id, accountId, createdAt: row?.createdAt ?? createdAt };
 }
 
-export async function getOwnership(d1: D1Database, type: string, id: string): Promise<Ownership | null> {
-  const [row] = await db(d1)
+export async function getOwnership(d: Db, type: string, id: string): Promise<Ownership | null> {
+  const [row] = await d
     .select()
     .from(resourceOwners)
     .where(and(eq(resourceOwners.type, type), eq(resourceOwners.resourceId, id)))
@@ -95,11 +95,17 @@ export async function getOwnership(d1: D1Database, type: string, id: string): Pr
 }
 
 /** Removes a resource's owner, whoever it is; false when it had none. */
-export async function removeOwner(d1: D1Database, type: string, id: string): Promise<boolean> {
-  const gone = await db(d1)
+export async function removeOwner(d: Db, type: string, id: string): Promise<boolean> {
+  const gone = await d
     .delete(resourceOwners)
     .where(and(eq(resourceOwners.type, type), eq(resourceOwners.resourceId, id)))
     .returning({ type: resourceOwners.type });
   changed(type, id, null);
   return gone.length > 0;
+}
+
+/** Whether an account has this id. */
+export async function accountExists(d: Db, accountId: string): Promise<boolean> {
+  const [account] = await d.select({ id: accounts.id }).from(accounts).where(eq(accounts.id, accountId)).limit(1);
+  return account !== undefined;
 }

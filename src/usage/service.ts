@@ -1,14 +1,17 @@
-import { and, eq, gte, inArray, lt, sql } from "drizzle-orm";
-import { db } from "../platform/db/client";
-import { apiKeys, keyUsage } from "../platform/db/schema";
+import type { Principal } from "../core/principal";
+import type { Deps } from "../platform/deps";
+import { type Hours, hourTotals, type KeyTotal, keyHours, keyTotals, type UsageHour } from "./store";
 
-/** One hour of a key's (or an account's) requests: admitted, and refused by the rate limit. */
-export type UsageHour = { hour: string; admitted: number; rateLimited: number };
-export type KeyTotal = { keyId: string; admitted: number; rateLimited: number };
+export type { KeyTotal, UsageHour };
 
 /** The hour an instant falls in, as stored: `2026-11-23T14:00:00.000Z`. */
 export function hourOf(ms: number): string {
   return new Date(Math.floor(ms / 3_600_000) * 3_600_000).toISOString();
+}
+
+/** A range as asked (`?from=&to=`) in stored hours: from the hour `from` falls in, up to `to`. */
+function hoursOf({ from, to }: { from: string; to: string }): Hours {
+  return { from: hourOf(Date.parse(from)), to };
 }
 
 /** Every hour from `from` up to (not including) `to`, the hours without requests at zero, so a chart has no gaps. */
@@ -17,59 +20,44 @@ function filled(from: string, to: string, rows: UsageHour[]): UsageHour[] {
   const out: UsageHour[] = [];
   for (let t = Date.parse(hourOf(Date.parse(from))); t < Date.parse(to); t += 3_600_000) {
     const hour = new Date(t).toISOString();
-    out.push(byHour.get(hour) ?? { hour, admitted: 0, rateLimited: 0 });
+    const found = byHour.get(hour);
+    out.push(found ? { hour, admitted: found.admitted, rateLimited: found.rateLimited } : { hour, admitted: 0, rateLimited: 0 });
   }
   return out;
 }
 
-/** One key's hours in [from, to). */
-export async function keyUsageSeries(d1: D1Database, accountId: string, keyId: string, from: string, to: string): Promise<UsageHour[]> {
-  const rows = await db(d1)
-    .select({ hour: keyUsage.hour, admitted: keyUsage.admitted, rateLimited: keyUsage.rateLimited })
-    .from(keyUsage)
-    .where(
-      and(
-        eq(keyUsage.accountId, accountId),
-        eq(keyUsage.keyId, keyId),
-        gte(keyUsage.hour, hourOf(Date.parse(from))),
-        lt(keyUsage.hour, to),
-      ),
-    )
-    .orderBy(keyUsage.hour);
-  return filled(from, to, rows);
-}
-
-const SUMS = { admitted: sql<number>`sum(${keyUsage.admitted})`, rateLimited: sql<number>`sum(${keyUsage.rateLimited})` };
-
 /**
- * The account's hours in [from, to), and each key's totals over them: two reads, whatever the number of keys. With
- * `ownerId` (a member), only the keys that user owns.
+ * The account's hours in [from, to), and each key's totals over them, as `p` may see them (a member: their own keys):
+ * two reads, whatever the number of keys.
  */
 export async function accountUsage(
-  d1: D1Database,
-  accountId: string,
-  from: string,
-  to: string,
-  ownerId: string | null = null,
+  deps: Deps,
+  p: Principal,
+  range: { from: string; to: string },
 ): Promise<{ series: UsageHour[]; keys: KeyTotal[] }> {
-  const d = db(d1);
-  const owned =
-    ownerId === null ? undefined : inArray(keyUsage.keyId, d.select({ id: apiKeys.id }).from(apiKeys).where(eq(apiKeys.ownerId, ownerId)));
-  const inRange = and(eq(keyUsage.accountId, accountId), gte(keyUsage.hour, hourOf(Date.parse(from))), lt(keyUsage.hour, to), owned);
-  const [hours, keys] = await Promise.all([
-    d
-      .select({ hour: keyUsage.hour, ...SUMS })
-      .from(keyUsage)
-      .where(inRange)
-      .groupBy(keyUsage.hour)
-      .orderBy(keyUsage.hour),
-    d
-      .select({ keyId: keyUsage.keyId, ...SUMS })
-      .from(keyUsage)
-      .where(inRange)
-      .groupBy(keyUsage.keyId),
-  ]);
-  return { series: filled(from, to, hours), keys };
+  const hours = hoursOf(range);
+  const [series, keys] = await Promise.all([hourTotals(deps.db, p, hours), keyTotals(deps.db, p, hours)]);
+  return { series: filled(range.from, range.to, series), keys };
+}
+
+/** The hours in [from, to) of each of these keys that `p` may see, in one read, whatever their number. */
+export async function keysUsage(
+  deps: Deps,
+  p: Principal,
+  keyIds: string[],
+  range: { from: string; to: string },
+): Promise<Map<string, UsageHour[]>> {
+  const rows = keyIds.length === 0 ? [] : await keyHours(deps.db, p, keyIds, hoursOf(range));
+  return new Map(
+    keyIds.map((id) => [
+      id,
+      filled(
+        range.from,
+        range.to,
+        rows.filter((r) => r.keyId === id),
+      ),
+    ]),
+  );
 }
 
 /**

@@ -1,16 +1,10 @@
 import { z } from "@hono/zod-openapi";
 import { FULL_ACCESS } from "../core/principal";
-import { extend, matching, Timestamp } from "../core/schemas";
+import { extend, Timestamp } from "../core/schemas";
 import { Grants } from "../keys/schemas";
+import { Email } from "../people/schemas";
 import type { User } from "../platform/db/schema";
 
-/** Deliberately loose: one @, no spaces, a dot in the domain. Delivery is the proof of an address. */
-const EMAIL = /^[^\s@]+@[^\s@]+\.[^\s@]+$/;
-
-export const Email = matching(EMAIL, "must be an email address")
-  .max(254)
-  .transform((e) => e.toLowerCase())
-  .openapi({ example: "dev@example.com" });
 export const Role = z.enum(["admin", "member"]);
 
 export const NewUser = z.strictObject({ email: Email, role: Role }).openapi("NewUser");

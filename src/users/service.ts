@@ -2,31 +2,35 @@ import type { z } from "@hono/zod-openapi";
 import { and, eq, sql } from "drizzle-orm";
 import { newId } from "../core/ids";
 import { FULL_ACCESS, type Principal } from "../core/principal";
-import type { RequestContext } from "../guards/context";
 import { reloadKeys, writeChange } from "../keys/reload";
 import { grantErrors } from "../keys/schemas";
 import { lastingKey, liveKeyIds } from "../keys/store";
 import { type Invitation, newInvitation } from "../people/invitations";
 import { dashboardOrigin } from "../platform/config";
 import { auditIfChanged, auditInsert } from "../platform/db/audit";
-import { batch, db } from "../platform/db/client";
+import { batch } from "../platform/db/client";
+import type { Page } from "../platform/db/pagination";
 import { type User, users } from "../platform/db/schema";
+import type { Deps } from "../platform/deps";
 import { ApiError, invalidRequest } from "../platform/errors";
 import type { NewUser, UserChange } from "./schemas";
+import { emails, findUser, listUsers as usersPage } from "./store";
 
-// The user aggregate's writes: guarded in D1, written with their audit event in one batch, and in force in the objects
-// of the user's keys before they are answered.
+// The user aggregate's reads and writes, on Deps: the reads see what the principal may (store.ts, visibleTo); the writes
+// are guarded in D1, written with their audit event in one batch, and in force in the objects of the user's keys
+// before they are answered.
 
 /**
- * Creates a user with an invitation to set a password (shown once); a taken email writes nothing at all (409
- * `email_taken`).
+ * Creates a user with an invitation to set a password (shown once; its link on the dashboard's origin, or on
+ * `reachedAt`'s, the URL Keygate was reached at); a taken email writes nothing at all (409 `email_taken`).
  */
 export async function createUser(
-  c: RequestContext,
+  deps: Deps,
   p: Principal,
   { email, role }: z.infer<typeof NewUser>,
+  reachedAt: URL,
 ): Promise<{ user: User; invitation: Invitation }> {
-  const now = new Date();
+  const now = deps.now();
   const user: User = {
     id: newId("usr"),
     accountId: p.accountId,
@@ -37,14 +41,14 @@ export async function createUser(
     passwordHash: null,
     createdAt: now.toISOString(),
   };
-  const d = db(c.env.DB);
-  const { invitation, statements } = await newInvitation(c.env.DB, dashboardOrigin(c.get("config"), new URL(c.req.url)), user.id, now);
+  const d = deps.db;
+  const { invitation, statements } = await newInvitation(deps.env.DB, dashboardOrigin(deps.config, reachedAt), user.id, now);
   // INSERT OR IGNORE plus a guarded audit event: a taken email writes nothing at all.
-  const [inserted] = await batch(c.env.DB, [
+  const [inserted] = await batch(deps.env.DB, [
     d.insert(users).values(user).onConflictDoNothing(),
     auditIfChanged(
-      c.env.DB,
-      { accountId: p.accountId, actor: p.userId, action: "user.created", target: user.id, requestId: c.get("requestId") },
+      deps.env.DB,
+      { accountId: p.accountId, actor: p.userId, action: "user.created", target: user.id, requestId: deps.requestId },
       now,
     ),
     ...statements,
@@ -59,25 +63,25 @@ export async function createUser(
  * same; a repeat completes it at once).
  */
 export async function updateUser(
-  c: RequestContext,
+  deps: Deps,
   p: Principal,
   userId: string,
   { role, disabled, grants }: z.infer<typeof UserChange>,
 ): Promise<User> {
   if (grants) {
-    const errors = grantErrors(grants, c.get("config").resourceTypes, "grants");
+    const errors = grantErrors(grants, deps.config.resourceTypes, "grants");
     if (errors.length > 0) throw invalidRequest(errors);
   }
   const granted = grants === undefined ? null : JSON.stringify(grants);
   // A user of the caller's account, or 404 before anything is written or reloaded.
-  const { id } = await findUser(c.env.DB, p.accountId, userId);
-  const d = db(c.env.DB);
-  const now = new Date();
+  const { id } = await getUser(deps, p, userId);
+  const d = deps.db;
+  const now = deps.now();
   // The user's keys act with the user's rights: their objects see the change before the answer.
   const keyIds = await liveKeyIds(d, { ownerId: id }, now);
   if (role !== undefined || disabled !== undefined || granted !== null) {
-    const [updated] = await writeChange(c.get("deps"), keyIds, () =>
-      batch(c.env.DB, [
+    const [updated] = await writeChange(deps, keyIds, () =>
+      batch(deps.env.DB, [
         // Only the fields this request changes, guarded on the row as it is when the statement runs: two concurrent
         // edits (one disabling, one promoting) both land, and neither brings back what the other changed.
         d
@@ -96,22 +100,22 @@ export async function updateUser(
             ),
           ),
         auditIfChanged(
-          c.env.DB,
-          { accountId: p.accountId, actor: p.userId, action: "user.updated", target: id, requestId: c.get("requestId") },
+          deps.env.DB,
+          { accountId: p.accountId, actor: p.userId, action: "user.updated", target: id, requestId: deps.requestId },
           now,
         ),
         // A disabled user's sessions end with the change (re-enabling them brings none back).
-        c.env.DB.prepare(
+        deps.env.DB.prepare(
           "UPDATE sessions SET ended_at = ?, end_reason = 'user_disabled' WHERE user_id = ? AND ended_at IS NULL AND (SELECT disabled FROM users WHERE id = ?) = 1",
         ).bind(now.toISOString(), id, id),
       ]),
     );
-    if (updated?.meta.changes !== 1) await explainUnchanged(c.env.DB, p.accountId, id, role, disabled, granted);
+    if (updated?.meta.changes !== 1) await explainUnchanged(deps, p, id, role, disabled, granted);
   }
   // A repeat of a request whose change is already stored reloads too, so it completes a change a failed reload left
   // pending at once.
-  await reloadKeys(c.get("deps"), keyIds);
-  return findUser(c.env.DB, p.accountId, id);
+  await reloadKeys(deps, keyIds);
+  return getUser(deps, p, id);
 }
 
 /** SQL: the update would change the row (a repeat of a stored change writes nothing, not even an audit event). */
@@ -139,19 +143,19 @@ function bit(b: boolean | undefined): number | null {
 
 /** Why a guarded update changed nothing: no such user (404), nothing to change (fine), or a guard refused it (409). */
 async function explainUnchanged(
-  d1: D1Database,
-  accountId: string,
+  deps: Deps,
+  p: Principal,
   id: string,
   role: User["role"] | undefined,
   disabled: boolean | undefined,
   grants: string | null,
 ) {
-  const user = await findUser(d1, accountId, id);
+  const user = await getUser(deps, p, id);
   if ((role ?? user.role) === user.role && (disabled ?? user.disabled) === user.disabled && (grants ?? user.grants) === user.grants) return;
-  const [other] = await db(d1)
+  const [other] = await deps.db
     .select({ id: users.id })
     .from(users)
-    .where(and(eq(users.accountId, accountId), sql`${users.id} <> ${id}`, eq(users.role, "admin"), eq(users.disabled, false)))
+    .where(and(eq(users.accountId, p.accountId), sql`${users.id} <> ${id}`, eq(users.role, "admin"), eq(users.disabled, false)))
     .limit(1);
   if (!other) throw new ApiError("last_admin", "This is the account's last enabled admin; make another user admin first.");
   throw new ApiError(
@@ -160,28 +164,31 @@ async function explainUnchanged(
   );
 }
 
-export async function findUser(d1: D1Database, accountId: string, id: string): Promise<User> {
-  const [user] = await db(d1)
-    .select()
-    .from(users)
-    .where(and(eq(users.accountId, accountId), eq(users.id, id)))
-    .limit(1);
+/** A user the caller may see; anything else is 404. */
+export async function getUser(deps: Deps, p: Principal, id: string): Promise<User> {
+  const user = await findUser(deps.db, p, id);
   if (!user) throw new ApiError("not_found", "No user with this id in this account.");
   return user;
 }
 
+/** A page of the users the caller may see, newest first. */
+export function listUsers(deps: Deps, p: Principal, page: Page) {
+  return usersPage(deps.db, p, page);
+}
+
+/** The emails of the users among `ids` the caller may see, in one read. */
+export function emailsOf(deps: Deps, p: Principal, ids: string[]): Promise<Map<string, string>> {
+  return emails(deps.db, p, ids);
+}
+
 /** A new invitation for a user of the account (a first password, or a reset), replacing any unused one. */
-export async function reinvite(c: RequestContext, p: Principal, userId: string): Promise<Invitation> {
-  const { id } = await findUser(c.env.DB, p.accountId, userId);
-  const now = new Date();
-  const { invitation, statements } = await newInvitation(c.env.DB, dashboardOrigin(c.get("config"), new URL(c.req.url)), id, now);
-  await batch(c.env.DB, [
+export async function reinvite(deps: Deps, p: Principal, userId: string, reachedAt: URL): Promise<Invitation> {
+  const { id } = await getUser(deps, p, userId);
+  const now = deps.now();
+  const { invitation, statements } = await newInvitation(deps.env.DB, dashboardOrigin(deps.config, reachedAt), id, now);
+  await batch(deps.env.DB, [
     ...statements,
-    auditInsert(
-      db(c.env.DB),
-      { accountId: p.accountId, actor: p.userId, action: "user.invited", target: id, requestId: c.get("requestId") },
-      now,
-    ),
+    auditInsert(deps.db, { accountId: p.accountId, actor: p.userId, action: "user.invited", target: id, requestId: deps.requestId }, now),
   ]);
   return invitation;
 }

@@ -1,18 +1,27 @@
-import { exports } from "cloudflare:workers";
+import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
+import { env, exports } from "cloudflare:workers";
 import { expect } from "vitest";
+import worker from "../../src/index";
 import { checkContract } from "../contract";
 import { call, ORIGIN } from "../helpers";
 
 export const PASSWORD = "correct horse battery";
 export const COOKIE = "__Host-keygate_session";
 
-type PageInit = { cookie?: string; form?: Record<string, string>; origin?: string | null; headers?: Record<string, string> };
+type PageInit = {
+  cookie?: string;
+  form?: Record<string, string>;
+  origin?: string | null;
+  headers?: Record<string, string>;
+  /** Bindings replaced for this request (a D1 that counts its statements, say). */
+  bindings?: Partial<Cloudflare.Env>;
+};
 
 /**
  * A browser's request to the dashboard: a GET, or a form post (from the dashboard's own origin unless `origin` says
  * otherwise; null sends none). Redirects are answered, not followed.
  */
-export async function page(path: string, { cookie, form, origin = ORIGIN, headers = {} }: PageInit = {}): Promise<Response> {
+export async function page(path: string, { cookie, form, origin = ORIGIN, headers = {}, bindings }: PageInit = {}): Promise<Response> {
   const h = new Headers(headers);
   if (!h.has("CF-Connecting-IP")) h.set("CF-Connecting-IP", `10.250.${Math.floor(Math.random() * 256)}.${Math.floor(Math.random() * 256)}`);
   // What a browser asks for when it navigates or posts a form.
@@ -25,8 +34,15 @@ export async function page(path: string, { cookie, form, origin = ORIGIN, header
     body = new URLSearchParams(form).toString();
   }
   const req = new Request(ORIGIN + path, { method: form ? "POST" : "GET", headers: h, body, redirect: "manual" });
-  const res = await exports.default.fetch(req.clone());
+  const res = bindings === undefined ? await exports.default.fetch(req.clone()) : await withBindings(req.clone(), bindings);
   await checkContract(req, res);
+  return res;
+}
+
+async function withBindings(req: Request, bindings: Partial<Cloudflare.Env>): Promise<Response> {
+  const ctx = createExecutionContext();
+  const res = await worker.fetch(req, { ...env, ...bindings }, ctx);
+  await waitOnExecutionContext(ctx);
   return res;
 }
 

@@ -2,6 +2,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { hashKey } from "../../src/core/ids";
 import { addUsage, hourOf } from "../../src/usage/service";
+import { faultyDatabase } from "../faults";
 import { call, createAgent, createKey, provision, rows } from "../helpers";
 import { html, page, person, signIn } from "./helpers";
 
@@ -186,6 +187,60 @@ describe("dashboard: usage", () => {
     expect(mine).toContain(`data-series="${memberKey.id}"`);
     expect(mine).not.toContain(`data-series="${key.id}"`);
     expect(mine).not.toContain("55 admitted");
+  });
+});
+
+describe("dashboard: usage reads", () => {
+  /** The usage page as `cookie` sees it, and how many D1 statements (and batches) it took to answer. */
+  async function usagePage(cookie: string): Promise<{ statements: number; body: string }> {
+    let statements = 0;
+    // No statement suffers the fault: `when` only counts them on their way to the real D1.
+    const counting = faultyDatabase(env.DB, { kind: "throw" }, () => {
+      statements += 1;
+      return false;
+    });
+    const body = await html(await page("/dashboard/usage", { cookie, bindings: { DB: counting } }));
+    return { statements, body };
+  }
+
+  /** GET /v1/account/usage with `key` over the page's hours (the 24 up to the end of the current one), summed. */
+  async function apiTotals(key: string): Promise<string> {
+    const to = new Date(Date.parse(hourOf(Date.now())) + 3_600_000).toISOString();
+    const from = new Date(Date.parse(to) - 24 * 3_600_000).toISOString();
+    const res = await call(`/v1/account/usage?from=${from}&to=${to}`, { key });
+    const { series } = await res.json<{ series: { admitted: number; rateLimited: number }[] }>();
+    const sum = (f: "admitted" | "rateLimited") => String(series.reduce((n, h) => n + h[f], 0));
+    return `${sum("admitted")} admitted, ${sum("rateLimited")} rate limited`;
+  }
+
+  it("takes as many D1 reads for twelve busy keys as for one, and shows GET /v1/account/usage's totals (members: theirs)", async () => {
+    const { account, key, cookie } = await admin();
+    const member = await person(key.key, "member");
+    const memberCookie = await signIn(member.email);
+    const hour = hourOf(Date.now());
+    const busy = async (owner: string | undefined, admitted: number) => {
+      const k = await createKey(key.key, owner === undefined ? {} : { ownerId: owner });
+      await env.DB.batch(addUsage(env.DB, k.id, account.id, [{ hour, admitted, rateLimited: 1 }]));
+      return k;
+    };
+
+    await busy(undefined, 5);
+    const one = await usagePage(cookie);
+    for (let i = 0; i < 11; i++) await busy(undefined, 10 + i);
+    const twelve = await usagePage(cookie);
+    expect(twelve.body.match(/data-series="key_/g)?.length).toBe(10);
+    expect(twelve.statements).toBe(one.statements);
+    expect(twelve.body).toContain(`All keys of the account: ${await apiTotals(key.key)}"`);
+
+    const memberKey = await busy(member.id, 3);
+    const mineOne = await usagePage(memberCookie);
+    await busy(member.id, 4);
+    await busy(member.id, 6);
+    const mineThree = await usagePage(memberCookie);
+    expect(mineThree.body.match(/data-series="key_/g)?.length).toBe(3);
+    expect(mineThree.statements).toBe(mineOne.statements);
+    expect(mineThree.body).toContain(`All your keys: ${await apiTotals(memberKey.key)}"`);
+    expect(mineThree.body).toContain("All your keys: 13 admitted, 3 rate limited");
   });
 });
 

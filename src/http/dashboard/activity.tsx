@@ -1,41 +1,16 @@
-import { and, eq, inArray, or } from "drizzle-orm";
 import { Hono } from "hono";
-import { db } from "../../platform/db/client";
-import { listPage, pageOf } from "../../platform/db/pagination";
-import { apiKeys, auditEvents, users } from "../../platform/db/schema";
+import { activity } from "../../accounts/service";
+import { pageOf } from "../../platform/db/pagination";
 import { Layout, Pager, Table, Time } from "./layout";
 import { render } from "./render";
 import { type DashEnv, signedIn } from "./session";
 
 const PATH = "/dashboard/activity";
 
-/** The account's audit events, newest first and paged; a member sees what GET /v1/account shows them (see recentEvents). */
+/** The account's audit events, newest first and paged; a member sees what GET /v1/account shows them. */
 export const activityPages = new Hono<DashEnv>().use(signedIn("full")).get("/", async (c) => {
   const p = c.get("principal");
-  const d = db(c.env.DB);
-  const own =
-    p.role === "admin"
-      ? undefined
-      : or(
-          eq(auditEvents.actor, p.userId),
-          inArray(auditEvents.target, d.select({ id: apiKeys.id }).from(apiKeys).where(eq(apiKeys.ownerId, p.userId))),
-        );
-  const { rows, nextCursor } = await listPage(
-    d,
-    auditEvents,
-    and(eq(auditEvents.accountId, p.accountId), own),
-    pageOf({ cursor: c.req.query("cursor") }),
-  );
-  // Actors by email where they are users of this account (`operator` is the provisioning operator).
-  const ids = [...new Set(rows.map((e) => e.actor))];
-  const people =
-    ids.length === 0
-      ? []
-      : await d
-          .select({ id: users.id, email: users.email })
-          .from(users)
-          .where(and(eq(users.accountId, p.accountId), inArray(users.id, ids)));
-  const emails = new Map(people.map((u) => [u.id, u.email]));
+  const { rows, nextCursor } = await activity(c.get("deps"), p, pageOf({ cursor: c.req.query("cursor") }));
   return render(
     c,
     <Layout title="Activity" who={{ principal: p, email: c.get("email") }} current={PATH}>
@@ -49,7 +24,7 @@ export const activityPages = new Hono<DashEnv>().use(signedIn("full")).get("/", 
               <td>
                 <Time at={e.createdAt} />
               </td>
-              <td>{emails.get(e.actor) ?? e.actor}</td>
+              <td>{e.actorEmail ?? e.actor}</td>
               <td>
                 <code>{e.action}</code>
               </td>

@@ -1,11 +1,9 @@
-import { eq } from "drizzle-orm";
 import { Hono } from "hono";
-import { AgentChange, NewAgent } from "../../agents/schemas";
-import { accountAgent, createAgent, updateAgent } from "../../agents/service";
-import { agentView, DEFAULT_TOKEN_TTL_SECONDS } from "../../agents/store";
-import { db } from "../../platform/db/client";
-import { listPage, pageOf } from "../../platform/db/pagination";
-import { type Agent, agents } from "../../platform/db/schema";
+import { AgentChange, agentView, NewAgent } from "../../agents/schemas";
+import { createAgent, getAgent, listAgents, updateAgent } from "../../agents/service";
+import { DEFAULT_TOKEN_TTL_SECONDS } from "../../agents/store";
+import { pageOf } from "../../platform/db/pagination";
+import type { Agent } from "../../platform/db/schema";
 import type { ApiError } from "../../platform/errors";
 import { fieldErrors, invalidRequest } from "../../platform/errors";
 import { Enabled, field, Layout, Notice, Pager, ProblemBox, problemOf, Secret, Table, Time } from "./layout";
@@ -32,16 +30,16 @@ export const agentPages = new Hono<DashEnv>()
         tokenTtlSeconds: Number(field(form, "tokenTtlSeconds") || DEFAULT_TOKEN_TTL_SECONDS),
       });
       if (!parsed.success) throw invalidRequest(fieldErrors(parsed.error));
-      const agent = await createAgent(c, c.get("principal"), parsed.data);
+      const agent = await createAgent(c.get("deps"), c.get("principal"), parsed.data);
       return agentsPage(c, { created: agent }, 201);
     } catch (err) {
       const problem = problemOf(err);
       return agentsPage(c, { problem, form }, problem);
     }
   })
-  .get("/:id", async (c) => agentPage(c, await accountAgent(c.env.DB, c.get("principal").accountId, c.req.param("id"))))
+  .get("/:id", async (c) => agentPage(c, await getAgent(c.get("deps"), c.get("principal"), c.req.param("id"))))
   .post("/:id", async (c) => {
-    const agent = await accountAgent(c.env.DB, c.get("principal").accountId, c.req.param("id"));
+    const agent = await getAgent(c.get("deps"), c.get("principal"), c.req.param("id"));
     const form = await c.req.parseBody();
     return changeAgent(
       c,
@@ -55,11 +53,11 @@ export const agentPages = new Hono<DashEnv>()
     );
   })
   .post("/:id/disable", async (c) => {
-    const agent = await accountAgent(c.env.DB, c.get("principal").accountId, c.req.param("id"));
+    const agent = await getAgent(c.get("deps"), c.get("principal"), c.req.param("id"));
     return changeAgent(c, agent, { disabled: true }, "disabled");
   })
   .post("/:id/enable", async (c) => {
-    const agent = await accountAgent(c.env.DB, c.get("principal").accountId, c.req.param("id"));
+    const agent = await getAgent(c.get("deps"), c.get("principal"), c.req.param("id"));
     return changeAgent(c, agent, { disabled: false }, "enabled");
   });
 
@@ -72,7 +70,7 @@ async function changeAgent(c: DashContext, agent: Agent, change: Record<string, 
   try {
     const parsed = AgentChange.safeParse(change);
     if (!parsed.success) throw invalidRequest(fieldErrors(parsed.error));
-    await updateAgent(c, c.get("principal"), agent.id, parsed.data);
+    await updateAgent(c.get("deps"), c.get("principal"), agent.id, parsed.data);
   } catch (err) {
     const problem = problemOf(err);
     return agentPage(c, agent, problem, problem);
@@ -84,12 +82,7 @@ type AgentsState = { created?: Agent; problem?: ApiError | null; notice?: string
 
 async function agentsPage(c: DashContext, state: AgentsState, status: Answer = 200) {
   const p = c.get("principal");
-  const { rows, nextCursor } = await listPage(
-    db(c.env.DB),
-    agents,
-    eq(agents.accountId, p.accountId),
-    pageOf({ cursor: c.req.query("cursor") }),
-  );
+  const { rows, nextCursor } = await listAgents(c.get("deps"), p, pageOf({ cursor: c.req.query("cursor") }));
   const form = state.form ?? {};
   return render(
     c,

@@ -1,5 +1,6 @@
 import { Hono } from "hono";
 import { spendPerAddress } from "../../counters/limiter";
+import { passwordAttempts } from "../../guards/spending";
 import { acceptInvitation } from "../../people/invitations";
 import { AcceptInvitation, LoginRequest } from "../../people/schemas";
 import { cookieLogin, cookiePrincipal, endSessions } from "../../people/sessions";
@@ -41,7 +42,7 @@ export const authPages = new Hono<DashEnv>()
   .get("/login", async (c) => {
     // Already signed in: straight to the keys.
     const cookie = sessionCookie(c);
-    if (cookie !== undefined && (await cookiePrincipal(c, cookie))) return c.redirect("/dashboard/keys", 303);
+    if (cookie !== undefined && (await cookiePrincipal(c.get("deps"), cookie))) return c.redirect("/dashboard/keys", 303);
     return render(c, <LoginPage notice={NOTICES[c.req.query("done") ?? ""]} />);
   })
   .post("/login", async (c) => {
@@ -63,7 +64,7 @@ export const authPages = new Hono<DashEnv>()
     const parsed = LoginRequest.safeParse(input);
     if (!parsed.success) return again(invalidRequest(fieldErrors(parsed.error)));
     try {
-      setSessionCookie(c, await cookieLogin(c, parsed.data, c.req.header("User-Agent") ?? null));
+      setSessionCookie(c, await cookieLogin(c.get("deps"), passwordAttempts(c), parsed.data, c.req.header("User-Agent") ?? null));
     } catch (err) {
       return again(problemOf(err));
     }
@@ -71,8 +72,8 @@ export const authPages = new Hono<DashEnv>()
   })
   .post("/logout", async (c) => {
     const cookie = sessionCookie(c);
-    const sessionId = cookie === undefined ? undefined : (await cookiePrincipal(c, cookie))?.principal.sessionId;
-    if (sessionId) await endSessions(c, { sessionId }, "logout");
+    const sessionId = cookie === undefined ? undefined : (await cookiePrincipal(c.get("deps"), cookie))?.principal.sessionId;
+    if (sessionId) await endSessions(c.get("deps"), { sessionId }, "logout");
     clearSessionCookie(c);
     return c.redirect("/dashboard/login?done=logout", 303);
   })
@@ -125,7 +126,7 @@ async function acceptForm(c: DashContext): Promise<Response> {
   const parsed = AcceptInvitation.safeParse({ token: field(form, "token"), password });
   if (!parsed.success) return again(invalidRequest(fieldErrors(parsed.error)));
   try {
-    const { email } = await acceptInvitation(c, parsed.data.token, parsed.data.password);
+    const { email } = await acceptInvitation(c.get("deps"), parsed.data.token, parsed.data.password);
     return render(c, <InvitationPage done={email} />);
   } catch (err) {
     const problem = problemOf(err);

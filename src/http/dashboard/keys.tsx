@@ -1,14 +1,12 @@
-import { and, eq, inArray } from "drizzle-orm";
 import { Hono } from "hono";
 import { FULL_ACCESS } from "../../core/principal";
-import { MAX_GRACE_SECONDS, NewKey, Rotation } from "../../keys/schemas";
-import { createKey, findManagedKey, revokeKey, rotateKey } from "../../keys/service";
-import { keyStatus, listKeys } from "../../keys/store";
-import { db } from "../../platform/db/client";
+import { keyView, MAX_GRACE_SECONDS, NewKey, Rotation } from "../../keys/schemas";
+import { createKey, getKey, listKeys, mayCreateKeys, revokeKey, rotateKey } from "../../keys/service";
 import { pageOf } from "../../platform/db/pagination";
-import { type ApiKey, accounts, users } from "../../platform/db/schema";
+import type { ApiKey } from "../../platform/db/schema";
 import type { ApiError } from "../../platform/errors";
 import { fieldErrors, invalidRequest } from "../../platform/errors";
+import { emailsOf } from "../../users/service";
 import { field, Layout, Notice, Pager, ProblemBox, problemOf, Secret, Table, Time } from "./layout";
 import { type Answer, render } from "./render";
 import { type DashContext, type DashEnv, signedIn } from "./session";
@@ -46,31 +44,31 @@ export const keyPages = new Hono<DashEnv>()
     }
   })
   .get("/:id/revoke", async (c) => {
-    const key = await findManagedKey(c.env.DB, c.get("principal"), c.req.param("id"));
+    const key = await getKey(c.get("deps"), c.get("principal"), c.req.param("id"));
     return confirmPage(c, key, "revoke");
   })
   .post("/:id/revoke", async (c) => {
-    const p = c.get("principal");
-    const key = await findManagedKey(c.env.DB, p, c.req.param("id"));
+    const [deps, p] = [c.get("deps"), c.get("principal")];
+    const key = await getKey(deps, p, c.req.param("id"));
     try {
-      await revokeKey(c.get("deps"), p, key.id);
+      await revokeKey(deps, p, key.id);
     } catch (err) {
       return confirmPage(c, key, "revoke", problemOf(err));
     }
     return c.redirect(`${PATH}?done=revoked`, 303);
   })
   .get("/:id/rotate", async (c) => {
-    const key = await findManagedKey(c.env.DB, c.get("principal"), c.req.param("id"));
+    const key = await getKey(c.get("deps"), c.get("principal"), c.req.param("id"));
     return confirmPage(c, key, "rotate");
   })
   .post("/:id/rotate", async (c) => {
-    const p = c.get("principal");
-    const key = await findManagedKey(c.env.DB, p, c.req.param("id"));
+    const [deps, p] = [c.get("deps"), c.get("principal")];
+    const key = await getKey(deps, p, c.req.param("id"));
     const form = await c.req.parseBody();
     try {
       const parsed = Rotation.safeParse({ gracePeriodSeconds: Number(field(form, "gracePeriodSeconds") || "0") });
       if (!parsed.success) throw invalidRequest(fieldErrors(parsed.error));
-      const { raw, row } = await rotateKey(c.get("deps"), p, key.id, parsed.data);
+      const { raw, row } = await rotateKey(deps, p, key.id, parsed.data);
       const grace = parsed.data.gracePeriodSeconds;
       const note =
         grace === 0
@@ -108,21 +106,20 @@ function newKeyBody(form: Record<string, unknown>, types: readonly string[]): Re
 type KeysState = { shown?: Shown; problem?: ApiError | null; notice?: string | null; form?: Record<string, unknown> };
 
 async function keysPage(c: DashContext, state: KeysState, status: Answer = 200) {
-  const p = c.get("principal");
-  const d = db(c.env.DB);
-  const { rows, nextCursor } = await listKeys(
-    d,
-    p.accountId,
-    p.role === "admin" ? null : p.userId,
-    pageOf({ cursor: c.req.query("cursor") }),
-  );
-  const [account] = await d
-    .select({ membersCanCreateKeys: accounts.membersCanCreateKeys })
-    .from(accounts)
-    .where(eq(accounts.id, p.accountId));
-  const canCreate = p.role === "admin" || account?.membersCanCreateKeys === true;
-  const owners = await ownerEmails(c, rows);
-  const now = new Date();
+  const [deps, p] = [c.get("deps"), c.get("principal")];
+  const { rows, nextCursor } = await listKeys(deps, p, pageOf({ cursor: c.req.query("cursor") }));
+  // Admins see every owner; a member's keys are all their own.
+  const [canCreate, owners] = await Promise.all([
+    mayCreateKeys(deps, p),
+    p.role === "admin"
+      ? emailsOf(
+          deps,
+          p,
+          rows.map((k) => k.ownerId),
+        )
+      : new Map<string, string>(),
+  ]);
+  const now = deps.now();
   const form = state.form ?? {};
   const types = c.get("config").resourceTypes;
   return render(
@@ -141,7 +138,7 @@ async function keysPage(c: DashContext, state: KeysState, status: Answer = 200) 
         ) : (
           <Table columns={["Name", "Key", "Scope", "Status", p.role === "admin" && "Owner", "Created", "Last used", ""]}>
             {rows.map((k) => {
-              const status = keyStatus(k, now);
+              const { status } = keyView(k, now);
               const scheduled = status === "active" && k.revokedAt !== null;
               return (
                 <tr>
@@ -254,17 +251,6 @@ const Scope = ({ scopes }: { scopes: string[] }) =>
       ))}
     </ul>
   );
-
-/** The owners' emails of a page of keys (admins see every owner), in one read. */
-async function ownerEmails(c: DashContext, rows: ApiKey[]): Promise<Map<string, string>> {
-  const ids = [...new Set(rows.map((k) => k.ownerId))];
-  if (c.get("principal").role !== "admin" || ids.length === 0) return new Map();
-  const found = await db(c.env.DB)
-    .select({ id: users.id, email: users.email })
-    .from(users)
-    .where(and(eq(users.accountId, c.get("principal").accountId), inArray(users.id, ids)));
-  return new Map(found.map((u) => [u.id, u.email]));
-}
 
 /** The confirmation step of a revocation or a rotation: what happens, and the one button that does it. */
 function confirmPage(c: DashContext, key: ApiKey, action: "revoke" | "rotate", problem?: ApiError) {

@@ -34,14 +34,14 @@ export function sessionCookie(c: Context): string | undefined {
 export const signedIn = (need: Need) =>
   createMiddleware<DashEnv>(async (c, next) => {
     const cookie = sessionCookie(c);
-    const person = cookie === undefined ? null : await cookiePrincipal(c, cookie);
+    const person = cookie === undefined ? null : await cookiePrincipal(c.get("deps"), cookie);
     if (!person) {
       if (cookie !== undefined) clearSessionCookie(c);
       return c.redirect("/dashboard/login", 303);
     }
     c.set("principal", person.principal);
     c.set("email", person.email);
-    const admission = await admitPerson(c, person.principal, need);
+    const admission = await admitPerson(c.get("deps"), person.principal, need);
     if (admission) admit(admission);
     else c.header("X-RateLimit-Status", "unavailable");
     await next();

@@ -1,14 +1,12 @@
-import { eq } from "drizzle-orm";
 import { Hono } from "hono";
 import { FULL_ACCESS } from "../../core/principal";
 import type { Invitation } from "../../people/invitations";
-import { db } from "../../platform/db/client";
-import { listPage, pageOf } from "../../platform/db/pagination";
-import { type User, users } from "../../platform/db/schema";
+import { pageOf } from "../../platform/db/pagination";
+import type { User } from "../../platform/db/schema";
 import type { ApiError } from "../../platform/errors";
 import { fieldErrors, invalidRequest } from "../../platform/errors";
 import { NewUser, UserChange, userView } from "../../users/schemas";
-import { createUser, findUser, reinvite, updateUser } from "../../users/service";
+import { createUser, getUser, listUsers, reinvite, updateUser } from "../../users/service";
 import { Enabled, field, Layout, Notice, Pager, ProblemBox, problemOf, Secret, Table, Time } from "./layout";
 import { type Answer, render } from "./render";
 import { type DashContext, type DashEnv, signedIn } from "./session";
@@ -29,17 +27,16 @@ export const userPages = new Hono<DashEnv>()
     try {
       const parsed = NewUser.safeParse({ email: field(form, "email"), role: field(form, "role") });
       if (!parsed.success) throw invalidRequest(fieldErrors(parsed.error));
-      const { user, invitation } = await createUser(c, c.get("principal"), parsed.data);
+      const { user, invitation } = await createUser(c.get("deps"), c.get("principal"), parsed.data, new URL(c.req.url));
       return usersPage(c, { invited: { email: user.email, invitation } }, 201);
     } catch (err) {
       const problem = problemOf(err);
       return usersPage(c, { problem, form }, problem);
     }
   })
-  .get("/:id", async (c) => userPage(c, await findUser(c.env.DB, c.get("principal").accountId, c.req.param("id")), {}))
+  .get("/:id", async (c) => userPage(c, await getUser(c.get("deps"), c.get("principal"), c.req.param("id")), {}))
   .post("/:id", async (c) => {
-    const p = c.get("principal");
-    const user = await findUser(c.env.DB, p.accountId, c.req.param("id"));
+    const user = await getUser(c.get("deps"), c.get("principal"), c.req.param("id"));
     const form = await c.req.parseBody();
     const grants = field(form, "grants")
       .split(/[\s,]+/)
@@ -49,16 +46,16 @@ export const userPages = new Hono<DashEnv>()
     return changeUser(c, user, change, "saved");
   })
   .post("/:id/disable", async (c) => {
-    const user = await findUser(c.env.DB, c.get("principal").accountId, c.req.param("id"));
+    const user = await getUser(c.get("deps"), c.get("principal"), c.req.param("id"));
     return changeUser(c, user, { disabled: true }, "disabled");
   })
   .post("/:id/enable", async (c) => {
-    const user = await findUser(c.env.DB, c.get("principal").accountId, c.req.param("id"));
+    const user = await getUser(c.get("deps"), c.get("principal"), c.req.param("id"));
     return changeUser(c, user, { disabled: false }, "enabled");
   })
   .post("/:id/invitation", async (c) => {
-    const user = await findUser(c.env.DB, c.get("principal").accountId, c.req.param("id"));
-    const invitation = await reinvite(c, c.get("principal"), user.id);
+    const user = await getUser(c.get("deps"), c.get("principal"), c.req.param("id"));
+    const invitation = await reinvite(c.get("deps"), c.get("principal"), user.id, new URL(c.req.url));
     return userPage(c, user, { invitation }, 201);
   });
 
@@ -67,7 +64,7 @@ async function changeUser(c: DashContext, user: User, change: Record<string, unk
   try {
     const parsed = UserChange.safeParse(change);
     if (!parsed.success) throw invalidRequest(fieldErrors(parsed.error));
-    await updateUser(c, c.get("principal"), user.id, parsed.data);
+    await updateUser(c.get("deps"), c.get("principal"), user.id, parsed.data);
   } catch (err) {
     const problem = problemOf(err);
     return userPage(c, user, { problem }, problem);
@@ -93,12 +90,7 @@ type UsersState = {
 
 async function usersPage(c: DashContext, state: UsersState, status: Answer = 200) {
   const p = c.get("principal");
-  const { rows, nextCursor } = await listPage(
-    db(c.env.DB),
-    users,
-    eq(users.accountId, p.accountId),
-    pageOf({ cursor: c.req.query("cursor") }),
-  );
+  const { rows, nextCursor } = await listUsers(c.get("deps"), p, pageOf({ cursor: c.req.query("cursor") }));
   const form = state.form ?? {};
   return render(
     c,

@@ -1,25 +1,12 @@
 import { createRoute, z } from "@hono/zod-openapi";
-import { eq } from "drizzle-orm";
 import { AccountActivity, AccountChange, AccountView, accountView } from "../../accounts/schemas";
-import { updateAccount } from "../../accounts/service";
+import { accountActivity, updateAccount } from "../../accounts/service";
 import { RateLimit } from "../../core/schemas";
 import { authenticate } from "../../guards/authenticate";
-import { keyUsage } from "../../keys/store";
-import { recentEvents } from "../../platform/db/audit";
-import { db } from "../../platform/db/client";
-import { type Account, accounts } from "../../platform/db/schema";
 import { AccountUsage, UsageQuery } from "../../usage/schemas";
 import { accountUsage } from "../../usage/service";
 import { Role } from "../../users/schemas";
 import { BODY_PROBLEMS, json, jsonBody, KEY_PROBLEMS, KEY_SECURITY, problems, routes, withBody } from "../openapi";
-
-const RECENT_EVENTS = 50;
-
-async function findAccount(d1: D1Database, id: string): Promise<Account> {
-  const [account] = await db(d1).select().from(accounts).where(eq(accounts.id, id)).limit(1);
-  // The principal was read with its account a moment ago; accounts are never deleted.
-  return account as Account;
-}
 
 /** The caller's account with its key activity, for monitoring ("Monitor your account activity", as Robotomail says). */
 export const accountRoutes = routes()
@@ -34,15 +21,9 @@ export const accountRoutes = routes()
       responses: { 200: json(AccountActivity, "The account"), ...problems(...KEY_PROBLEMS) },
     }),
     async (c) => {
-      const p = c.get("principal");
-      const d = db(c.env.DB);
-      const now = new Date();
-      const [account, usage, events] = await Promise.all([
-        findAccount(c.env.DB, p.accountId),
-        keyUsage(d, p.accountId, now),
-        recentEvents(d, p.accountId, RECENT_EVENTS, p.role === "admin" ? null : p.userId),
-      ]);
-      return c.json({ ...accountView(account), activeKeys: usage.activeKeys, lastUsedAt: usage.lastUsedAt, recentEvents: events }, 200);
+      const { account, activeKeys, lastUsedAt, recentEvents } = await accountActivity(c.get("deps"), c.get("principal"));
+      const events = recentEvents.map(({ actorEmail: _, ...event }) => event);
+      return c.json({ ...accountView(account), activeKeys, lastUsedAt, recentEvents: events }, 200);
     },
   )
   .openapi(
@@ -56,9 +37,7 @@ export const accountRoutes = routes()
       responses: { 200: json(AccountView, "The account as stored"), ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS) },
     }),
     async (c) => {
-      const p = c.get("principal");
-      await updateAccount(c, p, c.req.valid("json"));
-      return c.json(accountView(await findAccount(c.env.DB, p.accountId)), 200);
+      return c.json(accountView(await updateAccount(c.get("deps"), c.get("principal"), c.req.valid("json"))), 200);
     },
   )
   .openapi(
@@ -76,9 +55,8 @@ export const accountRoutes = routes()
       },
     }),
     async (c) => {
-      const p = c.get("principal");
       const { from, to } = c.req.valid("query");
-      const usage = await accountUsage(c.env.DB, p.accountId, from, to, p.role === "admin" ? null : p.userId);
+      const usage = await accountUsage(c.get("deps"), c.get("principal"), { from, to });
       return c.json({ from, to, ...usage }, 200);
     },
   );

@@ -46,7 +46,7 @@ export const accountsRoutes = routes()
       },
     }),
     async (c) => {
-      const { account, user, raw, row, now, invitation } = await provisionAccount(c, c.req.valid("json"));
+      const { account, user, raw, row, now, invitation } = await provisionAccount(c.get("deps"), c.req.valid("json"), new URL(c.req.url));
       c.header("Cache-Control", "no-store");
       return c.json(
         { account: accountView(account), admin: { ...userView(user), invitation }, key: { ...keyView(row, now), key: raw } },
@@ -72,7 +72,7 @@ export const accountsRoutes = routes()
       },
     }),
     async (c) => {
-      const { raw, row, now } = await recoverAccount(c, c.req.valid("param").id, c.req.valid("json").userId);
+      const { raw, row, now } = await recoverAccount(c.get("deps"), c.req.valid("param").id, c.req.valid("json").userId);
       c.header("Cache-Control", "no-store");
       return c.json({ ...keyView(row, now), key: raw }, 201);
     },

@@ -1,13 +1,9 @@
 import { createRoute } from "@hono/zod-openapi";
-import { eq } from "drizzle-orm";
-import { AgentChange, AgentView, AgentWithSecret, NewAgent } from "../../agents/schemas";
-import { accountAgent, createAgent, rotateIdentitySecret, updateAgent } from "../../agents/service";
-import { agentView } from "../../agents/store";
+import { AgentChange, AgentView, AgentWithSecret, agentView, NewAgent } from "../../agents/schemas";
+import { createAgent, getAgent, listAgents, rotateIdentitySecret, updateAgent } from "../../agents/service";
 import { IdParam, PageQuery, page } from "../../core/schemas";
 import { authenticate } from "../../guards/authenticate";
-import { db } from "../../platform/db/client";
-import { listPage, pageOf } from "../../platform/db/pagination";
-import { agents } from "../../platform/db/schema";
+import { pageOf } from "../../platform/db/pagination";
 import { BODY_PROBLEMS, json, jsonBody, KEY_PROBLEMS, KEY_SECURITY, problems, routes, withBody } from "../openapi";
 
 const admin = authenticate("admin");
@@ -26,7 +22,7 @@ export const agentsRoutes = routes()
       responses: { 201: json(AgentWithSecret, "The new agent and its identity secret"), ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS) },
     }),
     async (c) => {
-      const agent = await createAgent(c, c.get("principal"), c.req.valid("json"));
+      const agent = await createAgent(c.get("deps"), c.get("principal"), c.req.valid("json"));
       // The identity secret is shown this once; POST /v1/agents/:id/identity-secret replaces it.
       c.header("Cache-Control", "no-store");
       return c.json({ ...agentView(agent), identitySecret: agent.identitySecret as string }, 201);
@@ -43,8 +39,7 @@ export const agentsRoutes = routes()
       responses: { 200: json(page(AgentView), "A page of agents"), ...problems(...KEY_PROBLEMS, "invalid_request") },
     }),
     async (c) => {
-      const p = c.get("principal");
-      const { rows, nextCursor } = await listPage(db(c.env.DB), agents, eq(agents.accountId, p.accountId), pageOf(c.req.valid("query")));
+      const { rows, nextCursor } = await listAgents(c.get("deps"), c.get("principal"), pageOf(c.req.valid("query")));
       return c.json({ data: rows.map(agentView), nextCursor }, 200);
     },
   )
@@ -58,7 +53,7 @@ export const agentsRoutes = routes()
       request: { params: IdParam },
       responses: { 200: json(AgentView, "The agent"), ...problems(...KEY_PROBLEMS, "not_found") },
     }),
-    async (c) => c.json(agentView(await accountAgent(c.env.DB, c.get("principal").accountId, c.req.valid("param").id)), 200),
+    async (c) => c.json(agentView(await getAgent(c.get("deps"), c.get("principal"), c.req.valid("param").id)), 200),
   )
   .openapi(
     createRoute({
@@ -71,7 +66,7 @@ export const agentsRoutes = routes()
       responses: { 200: json(AgentView, "The agent as stored"), ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS, "not_found") },
     }),
     async (c) => {
-      const agent = await updateAgent(c, c.get("principal"), c.req.valid("param").id, c.req.valid("json"));
+      const agent = await updateAgent(c.get("deps"), c.get("principal"), c.req.valid("param").id, c.req.valid("json"));
       return c.json(agentView(agent), 200);
     },
   )
@@ -87,7 +82,7 @@ export const agentsRoutes = routes()
       responses: { 200: json(AgentWithSecret, "The agent and its new identity secret"), ...problems(...KEY_PROBLEMS, "not_found") },
     }),
     async (c) => {
-      const { agent, identitySecret } = await rotateIdentitySecret(c, c.get("principal"), c.req.valid("param").id);
+      const { agent, identitySecret } = await rotateIdentitySecret(c.get("deps"), c.get("principal"), c.req.valid("param").id);
       c.header("Cache-Control", "no-store");
       return c.json({ ...agentView(agent), identitySecret }, 200);
     },

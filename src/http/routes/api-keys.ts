@@ -2,12 +2,10 @@ import { createRoute } from "@hono/zod-openapi";
 import { IdParam, PageQuery, page } from "../../core/schemas";
 import { authenticate } from "../../guards/authenticate";
 import { KeyView, KeyWithSecret, keyView, NewKey, Rotation } from "../../keys/schemas";
-import { createKey, findManagedKey, revokeKey, rotateKey } from "../../keys/service";
-import { listKeys } from "../../keys/store";
-import { db } from "../../platform/db/client";
+import { createKey, getKey, listKeys, revokeKey, rotateKey } from "../../keys/service";
 import { pageOf } from "../../platform/db/pagination";
 import { KeyUsage, UsageQuery } from "../../usage/schemas";
-import { keyUsageSeries } from "../../usage/service";
+import { keysUsage } from "../../usage/service";
 import { BODY_PROBLEMS, json, jsonBody, KEY_PROBLEMS, KEY_SECURITY, problems, routes, withBody } from "../openapi";
 
 const fullAccess = authenticate("full");
@@ -46,14 +44,9 @@ export const apiKeysRoutes = routes()
       responses: { 200: json(page(KeyView), "A page of keys"), ...problems(...KEY_PROBLEMS, "invalid_request") },
     }),
     async (c) => {
-      const p = c.get("principal");
-      const { rows, nextCursor } = await listKeys(
-        db(c.env.DB),
-        p.accountId,
-        p.role === "admin" ? null : p.userId,
-        pageOf(c.req.valid("query")),
-      );
-      const now = new Date();
+      const deps = c.get("deps");
+      const { rows, nextCursor } = await listKeys(deps, c.get("principal"), pageOf(c.req.valid("query")));
+      const now = deps.now();
       return c.json({ data: rows.map((k) => keyView(k, now)), nextCursor }, 200);
     },
   )
@@ -68,8 +61,9 @@ export const apiKeysRoutes = routes()
       responses: { 200: json(KeyView, "The key"), ...problems(...KEY_PROBLEMS, "not_found") },
     }),
     async (c) => {
-      const key = await findManagedKey(c.env.DB, c.get("principal"), c.req.valid("param").id);
-      return c.json(keyView(key, new Date()), 200);
+      const deps = c.get("deps");
+      const key = await getKey(deps, c.get("principal"), c.req.valid("param").id);
+      return c.json(keyView(key, deps.now()), 200);
     },
   )
   .openapi(
@@ -122,9 +116,10 @@ export const apiKeysRoutes = routes()
       responses: { 200: json(KeyUsage, "The key's hours, without gaps"), ...problems(...KEY_PROBLEMS, "invalid_request", "not_found") },
     }),
     async (c) => {
-      const p = c.get("principal");
-      const key = await findManagedKey(c.env.DB, p, c.req.valid("param").id);
+      const [deps, p] = [c.get("deps"), c.get("principal")];
+      const key = await getKey(deps, p, c.req.valid("param").id);
       const { from, to } = c.req.valid("query");
-      return c.json({ keyId: key.id, from, to, series: await keyUsageSeries(c.env.DB, p.accountId, key.id, from, to) }, 200);
+      const series = (await keysUsage(deps, p, [key.id], { from, to })).get(key.id) ?? [];
+      return c.json({ keyId: key.id, from, to, series }, 200);
     },
   );

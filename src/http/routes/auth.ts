@@ -2,6 +2,7 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { IdParam } from "../../core/schemas";
 import { spendPerAddress } from "../../counters/limiter";
 import { authenticate } from "../../guards/authenticate";
+import { passwordAttempts } from "../../guards/spending";
 import { acceptInvitation } from "../../people/invitations";
 import { AcceptInvitation, LoginRequest, PasswordChange, RefreshRequest, SessionView, TokenPair, Welcome } from "../../people/schemas";
 import { changePassword, endSessions, listSessions, login, refresh } from "../../people/sessions";
@@ -38,7 +39,7 @@ export const authRoutes = routes()
     }),
     async (c) => {
       c.header("Cache-Control", "no-store");
-      return c.json(await login(c, c.req.valid("json"), c.req.header("User-Agent") ?? null), 200);
+      return c.json(await login(c.get("deps"), passwordAttempts(c), c.req.valid("json"), c.req.header("User-Agent") ?? null), 200);
     },
   )
   .openapi(
@@ -72,12 +73,12 @@ export const authRoutes = routes()
           const result = await verifyAccessToken(c.get("config").signingKeys, bearer, new Date());
           if (!result.ok)
             throw new ApiError(result.code, "The access token is not valid or has expired; use the refresh token or log in again.");
-          return c.json(await refresh(c, { claims: result.claims }), 200);
+          return c.json(await refresh(c.get("deps"), { claims: result.claims }), 200);
         }
         const text = await c.req.text();
         const body = RefreshRequest.safeParse(text === "" ? {} : JSON.parse(text));
         if (!body.success) throw new ApiError("missing_credentials", "Send `{refresh_token}` or `Authorization: Bearer <access token>`.");
-        return c.json(await refresh(c, { refreshToken: body.data.refresh_token }), 200);
+        return c.json(await refresh(c.get("deps"), { refreshToken: body.data.refresh_token }), 200);
       } catch (err) {
         // A wrong token spends the address's failure budget, as a wrong key does.
         if (
@@ -100,7 +101,7 @@ export const authRoutes = routes()
       responses: { 204: { description: "Ended; its access and refresh tokens stop working" }, ...problems(...KEY_PROBLEMS) },
     }),
     async (c) => {
-      await endSessions(c, { sessionId: sessionOf(c.get("principal")) }, "logout");
+      await endSessions(c.get("deps"), { sessionId: sessionOf(c.get("principal")) }, "logout");
       return c.body(null, 204);
     },
   )
@@ -119,7 +120,7 @@ export const authRoutes = routes()
     async (c) => {
       const { token, password } = c.req.valid("json");
       try {
-        return c.json(await acceptInvitation(c, token, password), 200);
+        return c.json(await acceptInvitation(c.get("deps"), token, password), 200);
       } catch (err) {
         // Guessing invitations spends the address's failure budget.
         if (
@@ -148,7 +149,7 @@ export const authRoutes = routes()
       const p = c.get("principal");
       sessionOf(p);
       const { currentPassword, newPassword } = c.req.valid("json");
-      await changePassword(c, p, currentPassword, newPassword);
+      await changePassword(c.get("deps"), passwordAttempts(c), p, currentPassword, newPassword);
       return c.body(null, 204);
     },
   )
@@ -162,8 +163,7 @@ export const authRoutes = routes()
       responses: { 200: json(z.strictObject({ data: z.array(SessionView) }), "Newest first"), ...problems(...KEY_PROBLEMS) },
     }),
     async (c) => {
-      const p = c.get("principal");
-      return c.json({ data: await listSessions(c, p.userId, p.sessionId ?? null) }, 200);
+      return c.json({ data: await listSessions(c.get("deps"), c.get("principal")) }, 200);
     },
   )
   .openapi(
@@ -178,7 +178,7 @@ export const authRoutes = routes()
     }),
     async (c) => {
       const p = c.get("principal");
-      const ended = await endSessions(c, { sessionId: c.req.valid("param").id, userId: p.userId }, "ended_by_user");
+      const ended = await endSessions(c.get("deps"), { sessionId: c.req.valid("param").id, userId: p.userId }, "ended_by_user");
       if (ended === 0) throw new ApiError("not_found", "You have no such session that still works.");
       return c.body(null, 204);
     },

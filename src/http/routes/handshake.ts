@@ -1,13 +1,12 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { verifyIdentity } from "../../agents/identity";
-import { findAgent } from "../../agents/store";
+import { handshakeAgent } from "../../agents/service";
 import { newId } from "../../core/ids";
 import { matching } from "../../core/schemas";
 import { spend, spendPerAddress } from "../../counters/limiter";
 import { authenticateIfSent } from "../../guards/authenticate";
 import { cors } from "../../guards/cors";
 import { misconfigured } from "../../platform/config";
-import { db } from "../../platform/db/client";
 import { ApiError, type FieldError, invalidRequest } from "../../platform/errors";
 import { signToken } from "../../tokens/handshake";
 import { BODY_PROBLEMS, json, jsonBody, KEY_PROBLEMS, KEY_SECURITY, problems, routes, withBody } from "../openapi";
@@ -80,8 +79,7 @@ handshakeRoutes.openapi(
     if (errors.length > 0) throw invalidRequest(errors);
     if (config.signingKeys.length === 0) misconfigured("JWT_SIGNING_KEYS", "is not set; handshakes are disabled");
 
-    const agent = await findAgent(db(c.env.DB), agentId, server?.accountId);
-    if (!agent) throw new ApiError("not_found", "No such agent.");
+    const agent = await handshakeAgent(c.get("deps"), agentId, server);
     let origin: string | undefined;
     if (!server) {
       origin = c.req.header("Origin");

@@ -1,12 +1,9 @@
 import { createRoute } from "@hono/zod-openapi";
-import { eq } from "drizzle-orm";
 import { IdParam, PageQuery, page } from "../../core/schemas";
 import { authenticate } from "../../guards/authenticate";
-import { db } from "../../platform/db/client";
-import { listPage, pageOf } from "../../platform/db/pagination";
-import { users } from "../../platform/db/schema";
+import { pageOf } from "../../platform/db/pagination";
 import { InvitationView, InvitedUser, NewUser, UserChange, UserView, userView } from "../../users/schemas";
-import { createUser, findUser, reinvite, updateUser } from "../../users/service";
+import { createUser, getUser, listUsers, reinvite, updateUser } from "../../users/service";
 import { BODY_PROBLEMS, json, jsonBody, KEY_PROBLEMS, KEY_SECURITY, problems, routes, withBody } from "../openapi";
 
 const admin = authenticate("admin");
@@ -27,7 +24,7 @@ export const usersRoutes = routes()
       },
     }),
     async (c) => {
-      const { user, invitation } = await createUser(c, c.get("principal"), c.req.valid("json"));
+      const { user, invitation } = await createUser(c.get("deps"), c.get("principal"), c.req.valid("json"), new URL(c.req.url));
       c.header("Cache-Control", "no-store");
       return c.json({ ...userView(user), invitation }, 201);
     },
@@ -43,8 +40,7 @@ export const usersRoutes = routes()
       responses: { 200: json(page(UserView), "A page of users"), ...problems(...KEY_PROBLEMS, "invalid_request") },
     }),
     async (c) => {
-      const p = c.get("principal");
-      const { rows, nextCursor } = await listPage(db(c.env.DB), users, eq(users.accountId, p.accountId), pageOf(c.req.valid("query")));
+      const { rows, nextCursor } = await listUsers(c.get("deps"), c.get("principal"), pageOf(c.req.valid("query")));
       return c.json({ data: rows.map(userView), nextCursor }, 200);
     },
   )
@@ -58,7 +54,7 @@ export const usersRoutes = routes()
       request: { params: IdParam },
       responses: { 200: json(UserView, "The user"), ...problems(...KEY_PROBLEMS, "not_found") },
     }),
-    async (c) => c.json(userView(await findUser(c.env.DB, c.get("principal").accountId, c.req.valid("param").id)), 200),
+    async (c) => c.json(userView(await getUser(c.get("deps"), c.get("principal"), c.req.valid("param").id)), 200),
   )
   .openapi(
     createRoute({
@@ -75,7 +71,7 @@ export const usersRoutes = routes()
       },
     }),
     async (c) => {
-      const user = await updateUser(c, c.get("principal"), c.req.valid("param").id, c.req.valid("json"));
+      const user = await updateUser(c.get("deps"), c.get("principal"), c.req.valid("param").id, c.req.valid("json"));
       return c.json(userView(user), 200);
     },
   )
@@ -92,6 +88,6 @@ export const usersRoutes = routes()
     }),
     async (c) => {
       c.header("Cache-Control", "no-store");
-      return c.json(await reinvite(c, c.get("principal"), c.req.valid("param").id), 201);
+      return c.json(await reinvite(c.get("deps"), c.get("principal"), c.req.valid("param").id, new URL(c.req.url)), 201);
     },
   );

@@ -1,7 +1,6 @@
-import { and, desc, eq, inArray, or } from "drizzle-orm";
 import { newId } from "../../core/ids";
 import type { Db } from "./client";
-import { apiKeys, auditEvents } from "./schema";
+import { auditEvents } from "./schema";
 
 export type AuditInput = { accountId: string; actor: string; action: string; target: string; requestId: string };
 
@@ -21,22 +20,4 @@ export function auditIfChanged(d1: D1Database, e: AuditInput, now: Date): D1Prep
        SELECT ?, ?, ?, ?, ?, ?, ? WHERE changes() = 1`,
     )
     .bind(newId("evt"), e.accountId, e.actor, e.action, e.target, now.toISOString(), e.requestId);
-}
-
-/** The latest events of an account; for a member (`memberId`), only their own actions and their own keys' events. */
-export async function recentEvents(d: Db, accountId: string, limit: number, memberId: string | null) {
-  const own =
-    memberId === null
-      ? undefined
-      : or(
-          eq(auditEvents.actor, memberId),
-          inArray(auditEvents.target, d.select({ id: apiKeys.id }).from(apiKeys).where(eq(apiKeys.ownerId, memberId))),
-        );
-  const rows = await d
-    .select()
-    .from(auditEvents)
-    .where(and(eq(auditEvents.accountId, accountId), own))
-    .orderBy(desc(auditEvents.createdAt), desc(auditEvents.id))
-    .limit(limit);
-  return rows.map(({ accountId: _, ...event }) => event);
 }

@@ -35,14 +35,14 @@ function encodeCursor(row: { createdAt: string; id: string }): string {
 }
 
 /** The condition that starts a page after its cursor. */
-function pageWhere(table: { createdAt: SQLiteColumn; id: SQLiteColumn }, page: Page): SQL | undefined {
+export function pageWhere(table: { createdAt: SQLiteColumn; id: SQLiteColumn }, page: Page): SQL | undefined {
   if (!page.after) return undefined;
   const { createdAt, id } = page.after;
   return sql`(${table.createdAt} < ${createdAt} OR (${table.createdAt} = ${createdAt} AND ${table.id} < ${id}))`;
 }
 
 /** Cuts the one extra row fetched to learn whether another page follows. */
-function toPage<T extends { createdAt: string; id: string }>(rows: T[], page: Page): { rows: T[]; nextCursor: string | null } {
+export function toPage<T extends { createdAt: string; id: string }>(rows: T[], page: Page): { rows: T[]; nextCursor: string | null } {
   if (rows.length <= page.limit) return { rows, nextCursor: null };
   const kept = rows.slice(0, page.limit);
   return { rows: kept, nextCursor: encodeCursor(kept[kept.length - 1] as T) };
