@@ -6,7 +6,7 @@ let keygate: Awaited<ReturnType<typeof startKeygate>>;
 
 beforeAll(async () => {
   // Two isolates of one deployment: two Workers running the same bundle, sharing D1 and the Durable Objects.
-  keygate = await startKeygate({ port: 8790, bindings: { OPERATOR_TOKEN, ALLOW_HTTP: "true" }, isolates: 2 });
+  keygate = await startKeygate({ port: 0, bindings: { OPERATOR_TOKEN, ALLOW_HTTP: "true" }, isolates: 2 });
 });
 
 afterAll(async () => {
@@ -42,7 +42,7 @@ describe("two isolates sharing one key's object", () => {
       ),
     );
     const admitted = statuses.filter((s) => s === 200).length;
-    expect(statuses.every((s) => s === 200 || s === 429)).toBe(true);
+    expect(statuses.filter((s) => s !== 200 && s !== 429)).toEqual([]);
     expect(admitted).toBeLessThanOrEqual(50);
     // What is not admitted is at most what the isolates still hold in leases.
     expect(admitted).toBeGreaterThanOrEqual(25);
