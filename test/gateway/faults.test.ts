@@ -325,7 +325,7 @@ describe("the verify service binding when the key's object fails (fail-closed, t
     }
     await restore();
     expect((await verifyThroughBinding({ key: limited.key })).answer).toMatchObject({ valid: true, rateLimit: { remaining: 4 } });
-  }, 15_000);
+  });
 });
 
 /**
