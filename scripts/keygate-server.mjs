@@ -1,15 +1,17 @@
 // Serves the built worker with Miniflare on 127.0.0.1, with a fresh in-memory D1 (migrated) and Durable Objects.
 // Used by the benchmark, the fuzzers and the browser test; `wrangler dev` puts a proxy in front that caps throughput.
 import { execFileSync } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
-import { resolve } from "node:path";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
 import { convertV4MiniflareOptions, Miniflare } from "miniflare";
 
 /** The name of isolate `i` (0-based) when Keygate runs in several: the first one holds the Durable Object classes. */
 const isolateName = (i) => (i === 0 ? "keygate" : `keygate-${i + 1}`);
 
 /**
- * Builds (`wrangler deploy --dry-run --outdir dist`) and starts Keygate on `port`. `entry`, when given, is the source
+ * Builds (`wrangler deploy --dry-run`, into a directory of its own, so servers started side by side never read a
+ * half-written bundle of another's build) and starts Keygate on `port`. `entry`, when given, is the source
  * of a module that wraps `./index.js` and becomes the main module.
  * `assets: false` leaves out the static assets (the demo page).
  *
@@ -26,18 +28,19 @@ const isolateName = (i) => (i === 0 ? "keygate" : `keygate-${i + 1}`);
  * @returns {Promise<{ mf: Miniflare, url: string, urls: string[], names: string[] }>}
  */
 export async function startKeygate({ port, bindings, entry, assets = true, isolates = 1, inspectorPort }) {
-  execFileSync("sh", ["scripts/wrangler.sh", "deploy", "--dry-run", "--outdir", "dist"], { stdio: "ignore" });
+  const dist = mkdtempSync(join(tmpdir(), "keygate-build-"));
+  execFileSync("sh", ["scripts/wrangler.sh", "deploy", "--dry-run", "--outdir", dist], { stdio: "ignore" });
   const toml = readFileSync("wrangler.toml", "utf8");
   const compatibilityDate = /compatibility_date\s*=\s*"([^"]+)"/.exec(toml)?.[1];
-  const modules = [{ type: "ESModule", path: resolve("dist/index.js") }];
-  if (entry) modules.unshift({ type: "ESModule", path: resolve("dist/entry.mjs"), contents: entry });
+  const modules = [{ type: "ESModule", path: join(dist, "index.js") }];
+  if (entry) modules.unshift({ type: "ESModule", path: join(dist, "entry.mjs"), contents: entry });
   const extra = typeof isolates === "number" ? Array.from({ length: Math.max(1, isolates) }, () => ({})) : isolates;
   const several = extra.length > 1;
   /** @param {string} className @param {number} i */
   const durableObject = (className, i) => ({ className, useSQLite: true, ...(i > 0 ? { scriptName: isolateName(0) } : {}) });
   const worker = (i) => ({
     ...(several ? { name: isolateName(i), unsafeDirectSockets: [{ host: "127.0.0.1", port: 0 }] } : {}),
-    modulesRoot: resolve("dist"),
+    modulesRoot: dist,
     modules,
     compatibilityDate,
     d1Databases: ["DB"],
@@ -60,7 +63,8 @@ export async function startKeygate({ port, bindings, entry, assets = true, isola
   const mf = new Miniflare(
     convertV4MiniflareOptions(several ? { ...shared, workers: extra.map((_, i) => worker(i)) } : { ...shared, ...worker(0) }),
   );
-  const url = (await mf.ready).origin;
+  // Miniflare has read the bundle once it is ready.
+  const url = (await mf.ready.finally(() => rmSync(dist, { recursive: true, force: true }))).origin;
   const db = await mf.getD1Database("DB");
   for (const file of readdirSync("migrations")
     .filter((f) => f.endsWith(".sql"))

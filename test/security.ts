@@ -1,5 +1,18 @@
 import { beforeAll, describe, expect, it } from "vitest";
-import { call, createAgent, createKey, expectProblem, expire, handshake, memberWithKey, provision, WIDGET_ORIGIN } from "./helpers";
+import { page } from "./dashboard/helpers";
+import {
+  call,
+  createAgent,
+  createKey,
+  expectProblem,
+  expire,
+  handshake,
+  memberWithKey,
+  OPERATOR_TOKEN,
+  provision,
+  VERIFY_TOKEN,
+  WIDGET_ORIGIN,
+} from "./helpers";
 
 /** An account to attack: its admin key, a second key and a member user, whose ids routes can put in their path. */
 export type Target = { adminKey: string; keyId: string; userId: string; agentId: string; accountId: string; token: string };
@@ -8,8 +21,11 @@ export type ProtectedRoute = {
   method: string;
   path: (t: Target) => string;
   body?: unknown;
-  /** `any`: every valid key; `full`: full-access keys; `admin`: full-access keys of admins. */
-  needs: "any" | "full" | "admin";
+  /**
+   * `any`: every valid key; `full`: full-access keys; `admin`: full-access keys of admins; `person`: a person's access
+   * token only (no API key).
+   */
+  needs: "any" | "full" | "admin" | "person";
 };
 
 async function newTarget(): Promise<Target> {
@@ -96,6 +112,13 @@ export function securityChecks(route: ProtectedRoute): void {
       });
     }
 
+    if (route.needs === "person") {
+      it("refuses an API key, even an admin's full-access one: the act is a person's", async () => {
+        const t = await target();
+        await expectProblem(await send(t, { Authorization: `Bearer ${t.adminKey}` }), 403, "insufficient_scope");
+      });
+    }
+
     if (route.needs === "admin") {
       it("refuses a member", async () => {
         const t = await target();
@@ -103,5 +126,53 @@ export function securityChecks(route: ProtectedRoute): void {
         await expectProblem(await send(t, { Authorization: `Bearer ${member.key.key}` }), 403, "insufficient_role");
       });
     }
+  });
+}
+
+/** A route of the deployment's own secrets: the operator token or the verify token (a Hono path; `:params` filled). */
+export type TokenRoute = { method: string; path: string; body?: unknown; token: "operator" | "verify" };
+
+const fill = (path: string) => path.replace(/:\w+/g, (p) => (p === ":type" ? "mailbox" : "sec_0123456789abcdef01234567"));
+
+/** The checks a route of the operator or the verify token must pass: nothing else, a key of an admin's included, opens it. */
+export function tokenChecks(route: TokenRoute): void {
+  const wrong = route.token === "operator" ? "invalid_operator_token" : "invalid_verify_token";
+  const send = (headers: Record<string, string>) =>
+    call(fill(route.path), { method: route.method, headers, ...(route.body === undefined ? {} : { body: route.body }) });
+  describe(`${route.method} ${route.path} security`, () => {
+    it("refuses a request without a credential", async () => {
+      await expectProblem(await send({}), 401, "missing_credentials");
+    });
+
+    it("refuses any other secret: a wrong token, the other token, an admin's full-access key", async () => {
+      const { key } = await provision();
+      const other = route.token === "operator" ? VERIFY_TOKEN : OPERATOR_TOKEN;
+      for (const credential of ["nope", other, key.key, `${route.token === "operator" ? OPERATOR_TOKEN : VERIFY_TOKEN}x`]) {
+        await expectProblem(await send({ Authorization: `Bearer ${credential}` }), 401, wrong);
+      }
+    });
+  });
+}
+
+/** A page of the dashboard behind its sign-in (a Hono path; `:params` filled). */
+export type DashboardRoute = { method: "GET" | "POST"; path: string };
+
+/** The checks a signed-in page of the dashboard must pass: no session cookie, no page, whatever else the request has. */
+export function dashboardChecks(route: DashboardRoute): void {
+  const send = (cookie?: string, headers: Record<string, string> = {}) =>
+    page(fill(route.path), { cookie, headers, ...(route.method === "POST" ? { form: {} } : {}) });
+  describe(`${route.method} ${route.path} security`, () => {
+    it("sends a request without a working session cookie to the login form, an API key or a made-up cookie in hand", async () => {
+      const { key } = await provision();
+      for (const [cookie, headers] of [
+        [undefined, {}],
+        [undefined, { Authorization: `Bearer ${key.key}` }],
+        [`ses_000000000000000000000000.cs_${"0".repeat(64)}`, {}],
+      ] as const) {
+        const res = await send(cookie, headers);
+        expect(res.status).toBe(303);
+        expect(res.headers.get("Location")).toBe("/dashboard/login");
+      }
+    });
   });
 }

@@ -1,5 +1,4 @@
-import type { Context } from "hono";
-import { createMiddleware } from "hono/factory";
+import type { Context, MiddlewareHandler, Next } from "hono";
 import type { ContentfulStatusCode, StatusCode } from "hono/utils/http-status";
 import { grantOf, parseGrant } from "../core/grants";
 import { type Need, NO_ACCOUNT } from "../core/principal";
@@ -16,30 +15,19 @@ import { claim, ownerOf, release } from "../resources/owners";
 import { type Identity, signAssertion } from "./assertion";
 import { send, upstreamHeaders, upstreamUrl } from "./forward";
 
-/** Keygate's own paths: never forwarded, whatever the route table says. */
-const OWN = [
-  "/health",
-  "/openapi.json",
-  "/docs",
-  "/v1/accounts",
-  "/v1/account",
-  "/v1/api-keys",
-  "/v1/users",
-  "/v1/whoami",
-  "/v1/agents",
-  "/v1/handshake",
-  "/v1/keys/verify",
-  "/v1/resource-owners",
-  "/.well-known",
-  "/demo",
-  "/v1/auth",
-  "/dashboard",
-];
-
-/** Whether a path is one of Keygate's own, in any case (an upstream may route without regard to case). */
-export function isOwnPath(path: string): boolean {
-  const p = path.toLowerCase();
-  return OWN.some((own) => p === own || p.startsWith(`${own}/`));
+/**
+ * The gateway, in front of an app whose own paths are `ownPaths()` (read on the first request, once every route is
+ * mounted): those, in any case (an upstream may route without regard to case), and every path under one, are never
+ * forwarded, whatever the route table says.
+ */
+export function gateway(ownPaths: () => readonly string[]): MiddlewareHandler<AppEnv> {
+  let own: readonly string[] | undefined;
+  const isOwn = (path: string) => {
+    own ??= ownPaths().map((o) => o.toLowerCase());
+    const p = path.toLowerCase();
+    return own.some((o) => p === o || p.startsWith(`${o}/`));
+  };
+  return (c, next) => pass(c, next, isOwn);
 }
 
 /**
@@ -47,11 +35,11 @@ export function isOwnPath(path: string): boolean {
  * that route says, then forwarded to UPSTREAM_URL. Anything else goes on to Keygate's routes (the built-in chat among
  * them), and from there to 404: without UPSTREAM_URL nothing is forwarded, and nothing on DASHBOARD_HOST.
  */
-export const gateway = createMiddleware<AppEnv>(async (c, next) => {
+async function pass(c: Context<AppEnv>, next: Next, isOwn: (path: string) => boolean) {
   const url = new URL(c.req.url);
   // A path with a spelling an upstream could read two ways is never forwarded (Keygate's own routes then 404 it).
   const path = canonicalPath(url.pathname);
-  if (path === null || isOwnPath(path)) return next();
+  if (path === null || isOwn(path)) return next();
   const config = c.get("config");
   const base = config.upstreamUrl;
   const match = base ? config.gatewayRoutes.match(c.req.method, path) : null;
@@ -88,7 +76,7 @@ export const gateway = createMiddleware<AppEnv>(async (c, next) => {
   // Routes that take handshake tokens serve browsers: their preflights and answers speak CORS, as the chat does.
   const early = route.auth === "key-or-token" ? await cors(c, authenticated) : await authenticated();
   return early ?? c.res;
-});
+}
 
 /** Tokens carry no grants: they pass only routes that take them and ask for no resource and no full access. */
 function takesTokens(route: GatewayRoute): boolean {

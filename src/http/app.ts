@@ -28,6 +28,8 @@ import { wellKnownRoutes } from "./routes/well-known";
 
 export const app = routes();
 
+const CHAT = "/v1/chat";
+
 app.use(async (c, next) => {
   c.set("requestId", newRequestId());
   await next();
@@ -48,8 +50,8 @@ app.use(async (c, next) => {
 });
 
 // Requests the route table forwards leave here; what the upstream answers is its own (no headers added but the request
-// id and rate limits). Everything else is Keygate's.
-app.use(gateway);
+// id and rate limits). Everything else is Keygate's: every path its routes serve, read once all are mounted.
+app.use(gateway(() => ownPaths(app.routes)));
 
 // Secure headers on every answer of Keygate's own. No Cross-Origin-Resource-Policy: widgets on other origins read the
 // chat endpoints.
@@ -80,19 +82,27 @@ app.openapi(
     return c.json({ status: "ok" as const }, 200);
   },
 );
-app.route("/v1/accounts", accountsRoutes);
-app.route("/v1/account", accountRoutes);
-app.route("/v1/api-keys", apiKeysRoutes);
-app.route("/v1/users", usersRoutes);
-app.route("/v1/whoami", whoamiRoutes);
-app.route("/v1/agents", agentsRoutes);
-app.route("/v1/handshake", handshakeRoutes);
-app.route("/v1/chat", chatRoutes);
-app.route("/demo", demoRoutes);
-app.route("/.well-known", wellKnownRoutes);
-app.route("/v1/keys/verify", verifyRoutes);
-app.route("/v1/resource-owners", resourceOwnersRoutes);
-app.route("/v1/auth", authRoutes);
+/** Keygate's resources' prefixes: the gateway forwards no path under one, served or not. */
+const resources: string[] = [];
+const resource = (prefix: string) => {
+  resources.push(prefix);
+  return prefix;
+};
+app.route(resource("/v1/accounts"), accountsRoutes);
+app.route(resource("/v1/account"), accountRoutes);
+app.route(resource("/v1/api-keys"), apiKeysRoutes);
+app.route(resource("/v1/users"), usersRoutes);
+app.route(resource("/v1/whoami"), whoamiRoutes);
+app.route(resource("/v1/agents"), agentsRoutes);
+app.route(resource("/v1/handshake"), handshakeRoutes);
+// Not a resource of Keygate's: a gateway route may take the chat's paths for the provider's own chat; Keygate's echo
+// answers where none does.
+app.route(CHAT, chatRoutes);
+app.route(resource("/demo"), demoRoutes);
+app.route(resource("/.well-known"), wellKnownRoutes);
+app.route(resource("/v1/keys/verify"), verifyRoutes);
+app.route(resource("/v1/resource-owners"), resourceOwnersRoutes);
+app.route(resource("/v1/auth"), authRoutes);
 // With DASHBOARD_HOST, the dashboard is that host's alone: elsewhere its paths are 404, so no page of the gateway's
 // upstream shares its origin (the gateway forwards nothing on that host).
 app.use("/dashboard/*", async (c, next) => {
@@ -100,7 +110,7 @@ app.use("/dashboard/*", async (c, next) => {
   if (host !== undefined && new URL(c.req.url).host !== host) throw new ApiError("not_found", "There is no dashboard on this host.");
   await next();
 });
-app.route("/dashboard", dashboardRoutes);
+app.route(resource("/dashboard"), dashboardRoutes);
 documentDashboard(app.openAPIRegistry, app.routes);
 
 const DOCUMENT = {
@@ -146,6 +156,16 @@ app.openapi(
   }),
   (c) => asset(c, RENDERER),
 );
+
+/**
+ * Keygate's own paths, which the gateway never forwards, nor any path under one: its resources' prefixes, and the fixed
+ * start (`/v1/api-keys` of `/v1/api-keys/:id`) of every route it serves, the chat's excepted. Middleware (method `ALL`)
+ * serves nothing.
+ */
+function ownPaths(mounted: readonly { method: string; path: string }[]): string[] {
+  const served = mounted.filter((r) => r.method !== "ALL").map((r) => r.path.split(/\/[:*]/)[0] as string);
+  return [...new Set([...resources, ...served])].filter((p) => p !== CHAT && !p.startsWith(`${CHAT}/`));
+}
 
 app.notFound((c) => problem(c, unmatched(app.routes, c.req.method, new URL(c.req.url).pathname)));
 

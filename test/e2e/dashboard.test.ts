@@ -5,7 +5,6 @@ import { startKeygate } from "../../scripts/keygate-server.mjs";
 import { launchChromium } from "./browser";
 
 const OPERATOR_TOKEN = "e2e-operator-token-0123456789abcdef0123";
-const PORT = 8797;
 const PASSWORD = "a dashboard password";
 /** How long a wait for the page may take before the test fails (setting a password costs a PBKDF2 derivation). */
 const POLL = { timeout: 10_000 };
@@ -32,7 +31,7 @@ let browser: Browser;
 
 beforeAll(async () => {
   keygate = await startKeygate({
-    port: PORT,
+    port: 0,
     entry: ENTRY,
     bindings: {
       OPERATOR_TOKEN,

@@ -7,7 +7,7 @@ let keygate: Awaited<ReturnType<typeof startKeygate>>;
 let browser: Browser;
 
 beforeAll(async () => {
-  keygate = await startKeygate({ port: 8795, bindings: { ALLOW_HTTP: "true" } });
+  keygate = await startKeygate({ port: 0, bindings: { ALLOW_HTTP: "true" } });
   browser = await launchChromium();
 });
 

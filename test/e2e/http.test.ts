@@ -22,7 +22,7 @@ let upstream = "";
 beforeAll(async () => {
   upstream = await startUpstream();
   keygate = await startKeygate({
-    port: 8796,
+    port: 0,
     bindings: {
       ALLOW_HTTP: "true",
       OPERATOR_TOKEN,
@@ -110,7 +110,7 @@ describe("requests fetch() cannot send", () => {
   });
 });
 
-/** A free port on 127.0.0.1, for wrangler dev's inspector (so it never contends for the default one). */
+/** A free port on 127.0.0.1, for wrangler dev and its inspector (so they never contend with another run's). */
 function freePort(): Promise<number> {
   return new Promise((resolve) => {
     const server = createServer().listen(0, "127.0.0.1", () => {
@@ -121,15 +121,16 @@ function freePort(): Promise<number> {
 }
 
 describe("under wrangler dev", () => {
-  const PORT = 8798;
-  const origin = `http://127.0.0.1:${PORT}`;
+  let origin = "";
   let dev: ChildProcess | null = null;
   let state = "";
 
   beforeAll(async () => {
     state = mkdtempSync(join(tmpdir(), "keygate-wrangler-dev-"));
     const vars = { ALLOW_HTTP: "true", UPSTREAM_URL: upstream, GATEWAY_ROUTES: ROUTES };
-    const args = ["dev", "--ip", "127.0.0.1", "--port", String(PORT), "--inspector-port", String(await freePort())];
+    const port = await freePort();
+    origin = `http://127.0.0.1:${port}`;
+    const args = ["dev", "--ip", "127.0.0.1", "--port", String(port), "--inspector-port", String(await freePort())];
     args.push("--persist-to", state, "--env-file", "/dev/null", "--log-level", "warn", "--show-interactive-dev-session=false");
     for (const [name, value] of Object.entries(vars)) args.push("--var", `${name}:${value}`);
     // Its own process group, so that wrangler and the runtime it starts stop together.

@@ -5,8 +5,13 @@ const OPERATOR_TOKEN = "e2e-operator-token-0123456789abcdef0123";
 let keygate: Awaited<ReturnType<typeof startKeygate>>;
 
 beforeAll(async () => {
-  // Two isolates of one deployment: two Workers running the same bundle, sharing D1 and the Durable Objects.
-  keygate = await startKeygate({ port: 8790, bindings: { OPERATOR_TOKEN, ALLOW_HTTP: "true" }, isolates: 2 });
+  // Two isolates of one deployment: two Workers running the same bundle, sharing D1 and the Durable Objects. What is
+  // measured is the limit, not the deadline: 400 requests at once on a busy machine would otherwise meet it.
+  keygate = await startKeygate({
+    port: 0,
+    bindings: { OPERATOR_TOKEN, ALLOW_HTTP: "true", RATE_LIMIT_TIMEOUT_MS: "30000" },
+    isolates: 2,
+  });
 });
 
 afterAll(async () => {
@@ -42,7 +47,7 @@ describe("two isolates sharing one key's object", () => {
       ),
     );
     const admitted = statuses.filter((s) => s === 200).length;
-    expect(statuses.every((s) => s === 200 || s === 429)).toBe(true);
+    expect(statuses.filter((s) => s !== 200 && s !== 429)).toEqual([]);
     expect(admitted).toBeLessThanOrEqual(50);
     // What is not admitted is at most what the isolates still hold in leases.
     expect(admitted).toBeGreaterThanOrEqual(25);

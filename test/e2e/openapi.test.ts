@@ -6,7 +6,7 @@ import { startKeygate } from "../../scripts/keygate-server.mjs";
 let keygate: Awaited<ReturnType<typeof startKeygate>>;
 
 beforeAll(async () => {
-  keygate = await startKeygate({ port: 8793, bindings: { ALLOW_HTTP: "true" } });
+  keygate = await startKeygate({ port: 0, bindings: { ALLOW_HTTP: "true" } });
 });
 
 afterAll(async () => {

@@ -12,7 +12,7 @@ const DIR = "node_modules/.cache/keygate-typed-client";
 let keygate: Awaited<ReturnType<typeof startKeygate>>;
 
 beforeAll(async () => {
-  keygate = await startKeygate({ port: 8796, bindings: { ALLOW_HTTP: "true", OPERATOR_TOKEN } });
+  keygate = await startKeygate({ port: 0, bindings: { ALLOW_HTTP: "true", OPERATOR_TOKEN } });
 });
 
 afterAll(async () => {

@@ -7,7 +7,6 @@ import { startKeygate } from "../../scripts/keygate-server.mjs";
 import { launchChromium } from "./browser";
 
 const OPERATOR_TOKEN = "e2e-operator-token-0123456789abcdef0123";
-const API_PORT = 8791;
 
 let keygate: Awaited<ReturnType<typeof startKeygate>>;
 let browser: Browser;
@@ -33,7 +32,7 @@ async function post<T>(path: string, key: string, body: unknown): Promise<T> {
 
 beforeAll(async () => {
   keygate = await startKeygate({
-    port: API_PORT,
+    port: 0,
     bindings: {
       OPERATOR_TOKEN,
       ALLOW_HTTP: "true",

@@ -314,7 +314,12 @@ describe("attack: an owner remembered past a move", () => {
     await own(b.account.id, `mailbox:${mailbox}`);
     const movedAt = Date.now();
     expect((await inFlight).status).toBe(200);
-    expect(Date.now() - movedAt).toBeGreaterThan(1000);
-    expect(await reaches(a.key.key, `/v1/mailboxes/${mailbox}/messages`), "the former owner, after the move").toBe(404);
+    // Out within a second of the move, measured on the runtime's clock: asked until then, once at least.
+    for (;;) {
+      const status = await reaches(a.key.key, `/v1/mailboxes/${mailbox}/messages`);
+      if (status === 404) break;
+      expect(Date.now() - movedAt, "the former owner, a second after the move").toBeLessThan(1000);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
   });
 });

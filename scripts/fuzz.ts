@@ -2,23 +2,24 @@
 //
 // It builds the worker and serves it with Miniflare on 127.0.0.1 (scripts/keygate-server.mjs), seeds a realistic world
 // through the public API (two accounts, admin, member, scoped, revoked, expiring and low-limit keys, agents, handshake
-// tokens), then sends FUZZ_REQUESTS requests (default 3000) in small parallel batches across every route of README's
-// endpoint table, unknown paths, wrong methods and CORS preflights, with every kind of credential, path id, body, query,
-// Origin and client address. What is sent is chosen by a PRNG seeded with FUZZ_SEED (default 1), so a run can be
+// tokens), then sends FUZZ_REQUESTS requests (default 3000) in small parallel batches across every operation of the
+// served /openapi.json (Keygate's inventory; the fuzzer knows how to fill most of them well), unknown paths, wrong methods
+// and CORS preflights, with every kind of credential, path id, body, query, Origin and client address. What is sent is chosen by a PRNG seeded with FUZZ_SEED (default 1), so a run can be
 // repeated: the same seed sends the same sequence of requests (the ids and keys in them are minted anew each run).
 //
 // Every answer is checked: no 5xx of any kind, every error an RFC 9457 problem (application/problem+json with code,
 // status, type, title, detail, requestId), no stack trace, and no secret (a raw key, a key's SHA-256, an identity
 // secret, the operator token or the signing secret) anywhere, except a new key or secret in the very answer that
-// creates it.
+// creates it; and a success only for a credential the operation takes, as the fuzzer's own rules (RIGHTS) say, never as
+// the document says.
 //
-// Then the gateway (scripts/fuzz-gateway.mjs): a second Keygate with UPSTREAM_URL pointing at a local echo upstream and
+// Then the gateway (scripts/fuzz-gateway.ts): a second Keygate with UPSTREAM_URL pointing at a local echo upstream and
 // a route table like wrangler.toml's, and FUZZ_GATEWAY_REQUESTS (default 1500) seeded requests with odd paths, odd
 // headers and every kind of credential, checked both in Keygate's answers and in what the upstream received. Exits 1
 // listing each distinct failure, or 0 with a one-line summary per half.
 import { createHash, createHmac } from "node:crypto";
-import http from "node:http";
-import { fuzzGateway } from "./fuzz-gateway.mjs";
+import http, { type IncomingHttpHeaders } from "node:http";
+import { fuzzGateway } from "./fuzz-gateway.ts";
 import { startKeygate } from "./keygate-server.mjs";
 
 const REQUESTS = Number.parseInt(process.env.FUZZ_REQUESTS ?? "3000", 10);
@@ -31,8 +32,10 @@ const VERBOSE = process.env.FUZZ_VERBOSE === "1";
 const PARALLEL = 8;
 /** A request that gets no complete answer in this time counts as a failure (Keygate promises never to hang). */
 const REQUEST_TIMEOUT_MS = 15_000;
-const PORT = 8797;
+/** The API half's Keygate: on a port the system picks, so runs side by side on one machine never collide. */
+let apiPort = 0;
 const OPERATOR_TOKEN = "fuzz-operator-token-0123456789abcdef0123";
+const VERIFY_TOKEN = "fuzz-verify-token-0123456789abcdefghijkl";
 const SIGNING_SECRET = "fuzz-signing-secret-0123456789abcdefghij";
 const WIDGET = "https://widget.example";
 const LOCAL_WIDGET = "http://localhost:8080";
@@ -49,7 +52,7 @@ if (!Number.isInteger(REQUESTS) || REQUESTS < 1 || !Number.isInteger(SEED) || !N
 // ---------------------------------------------------------------------------------------------------------------------
 // Randomness: mulberry32, small and the same sequence for the same seed on every machine.
 
-function mulberry32(seed) {
+export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
@@ -60,18 +63,18 @@ function mulberry32(seed) {
   };
 }
 const random = mulberry32(SEED);
-const int = (n) => Math.floor(random() * n);
-const pick = (list) => list[int(list.length)];
-const chance = (p) => random() < p;
-const hex = (n) => Array.from({ length: n }, () => "0123456789abcdef"[int(16)]).join("");
+const int = (n: number) => Math.floor(random() * n);
+const pick = <T>(list: readonly T[]): T => list[int(list.length)] as T;
+const chance = (p: number) => random() < p;
+const hex = (n: number) => Array.from({ length: n }, () => "0123456789abcdef"[int(16)]).join("");
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Small helpers.
 
-const sha256 = (text) => createHash("sha256").update(text).digest("hex");
-const base64url = (value) => Buffer.from(typeof value === "string" ? value : JSON.stringify(value)).toString("base64url");
+const sha256 = (text: string) => createHash("sha256").update(text).digest("hex");
+export const base64url = (value: unknown) => Buffer.from(typeof value === "string" ? value : JSON.stringify(value)).toString("base64url");
 /** Header values travel as bytes; this sends the UTF-8 bytes of any text (node:http only takes Latin-1 strings). */
-const utf8Bytes = (text) => Buffer.from(text, "utf8").toString("latin1");
+export const utf8Bytes = (text: string) => Buffer.from(text, "utf8").toString("latin1");
 /** A raw key as Keygate writes them: `<prefix>_` and 64 lowercase hex characters. */
 const KEY_SHAPE = /[a-z][a-z0-9]{1,11}_[0-9a-f]{64}/;
 const HASH_SHAPE = /(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])/;
@@ -79,14 +82,14 @@ const HASH_SHAPE = /(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])/;
 const STACK_LINE = /\bat [^\n]{0,200}?\.(?:[cm]?js|ts):\d+/;
 
 /** An HS256 JWT signed with `secret`, so tokens with odd claims reach Keygate's checks past the signature. */
-function jwt(header, payload, secret = SIGNING_SECRET) {
+export function jwt(header: object, payload: object, secret = SIGNING_SECRET): string {
   const unsigned = `${base64url(header)}.${base64url(payload)}`;
   return `${unsigned}.${createHmac("sha256", secret).update(unsigned).digest("base64url")}`;
 }
 
 /** Changes one character of `text` (at `index`, default random) to another of the same alphabet. */
-function flip(text, index = int(text.length)) {
-  const c = text[index];
+function flip(text: string, index = int(text.length)): string {
+  const c = text[index] as string;
   const alphabet = /[0-9a-f]/.test(c) ? "0123456789abcdef" : "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
   const other = alphabet[(alphabet.indexOf(c) + 1 + int(alphabet.length - 1)) % alphabet.length];
   return text.slice(0, index) + other + text.slice(index + 1);
@@ -101,29 +104,37 @@ function flip(text, index = int(text.length)) {
 // "Unrecognized request method") on an innocent neighbour.
 const agent = new http.Agent({ keepAlive: false, maxSockets: PARALLEL });
 
+/** Headers as sent: each a string of bytes (`utf8Bytes` for any text). */
+export type Headers = Record<string, string | string[]>;
+export type Outgoing = { method: string; path: string; headers?: Headers; body?: string | Buffer; chunked?: boolean; port?: number };
+/** What came back: an answer, or why none did. */
+export type Answer =
+  | { error?: undefined; status: number; headers: IncomingHttpHeaders; text: string }
+  | { error: string; status?: undefined; headers?: undefined; text?: undefined };
+
 /** Sends one request (to Keygate on `port`); resolves with {status, headers, text} or {error} (never rejects). */
-function send({ method, path, headers = {}, body, chunked = false, port = PORT }) {
+export function send({ method, path, headers = {}, body, chunked = false, port = apiPort }: Outgoing): Promise<Answer> {
   return new Promise((resolve) => {
     let settled = false;
-    let timer;
-    const done = (result) => {
+    let timer: NodeJS.Timeout | undefined;
+    const done = (result: Answer) => {
       if (!settled) {
         settled = true;
         clearTimeout(timer);
         resolve(result);
       }
     };
-    let req;
+    let req: http.ClientRequest;
     try {
       req = http.request({ host: "127.0.0.1", port, method, path, headers, agent }, (res) => {
-        const chunks = [];
-        res.on("data", (chunk) => chunks.push(chunk));
-        res.on("end", () => done({ status: res.statusCode, headers: res.headers, text: Buffer.concat(chunks).toString("utf8") }));
+        const chunks: Buffer[] = [];
+        res.on("data", (chunk: Buffer) => chunks.push(chunk));
+        res.on("end", () => done({ status: res.statusCode ?? 0, headers: res.headers, text: Buffer.concat(chunks).toString("utf8") }));
         res.on("error", (err) => done({ error: String(err) }));
       });
     } catch (err) {
       // node:http refuses some header values itself; that is a bug in this script, not an answer of Keygate.
-      done({ error: `not sent: ${err.message}` });
+      done({ error: `not sent: ${(err as Error).message}` });
       return;
     }
     // A deadline for the whole exchange, not an idle timeout: a stream that trickles forever must fail too.
@@ -139,14 +150,25 @@ function send({ method, path, headers = {}, body, chunked = false, port = PORT }
   });
 }
 
+export type CallOptions = { key?: string; body?: unknown; origin?: string; expect?: number[]; port?: number };
+/**
+ * What a seeding call answered, read as README documents it.
+ */
+// biome-ignore lint/suspicious/noExplicitAny: each seeding call reads the fields README documents for its answer
+export type Seeded = any;
+
 /** A seeding call that must succeed: through the public API, with the status it must answer. */
-async function call(method, path, { key, body, origin, expect = [200, 201], port = PORT } = {}) {
-  const headers = { "CF-Connecting-IP": "192.0.2.1" };
+export async function call(
+  method: string,
+  path: string,
+  { key, body, origin, expect = [200, 201], port = apiPort }: CallOptions = {},
+): Promise<Seeded> {
+  const headers: Headers = { "CF-Connecting-IP": "192.0.2.1" };
   if (key) headers.Authorization = `Bearer ${key}`;
   if (origin) headers.Origin = origin;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const res = await send({ method, path, headers, body: body === undefined ? undefined : JSON.stringify(body), port });
-  if (res.error || !expect.includes(res.status)) {
+  if (res.error !== undefined || !expect.includes(res.status)) {
     throw new Error(`seeding ${method} ${path}: ${res.error ?? `${res.status} ${res.text.slice(0, 300)}`}`);
   }
   return JSON.parse(res.text);
@@ -157,7 +179,7 @@ async function call(method, path, { key, body, origin, expect = [200, 201], port
 
 /** Two accounts with keys of every kind, users, agents and handshake tokens. */
 async function seed() {
-  const provision = (body) => call("POST", "/v1/accounts", { key: OPERATOR_TOKEN, body });
+  const provision = (body: object) => call("POST", "/v1/accounts", { key: OPERATOR_TOKEN, body });
   const a = await provision({
     name: "Acme",
     keyPrefix: "acme",
@@ -168,7 +190,7 @@ async function seed() {
   const b = await provision({ name: "Globex", rateLimit: WIDE, admin: { email: "ops@globex.example" } });
   const rootA = a.key.key;
   const rootB = b.key.key;
-  const newKey = (root, body) => call("POST", "/v1/api-keys", { key: root, body });
+  const newKey = (root: string, body: object) => call("POST", "/v1/api-keys", { key: root, body });
 
   // The keys most requests use carry their own limit: a fuzzed PATCH /v1/account can lower the account's default, and
   // the run should keep reaching the handlers rather than stall on 429s.
@@ -197,7 +219,8 @@ async function seed() {
   const spareAgent = await call("POST", "/v1/agents", { key: rootA, body: { name: "Spare", allowedOrigins: [WIDGET] } });
   const agentB = await call("POST", "/v1/agents", { key: rootB, body: { name: "Globex", allowedOrigins: ["https://globex.example"] } });
   const userHash = createHmac("sha256", agentA.identitySecret).update("user-42").digest("hex");
-  const handshake = (body, extra) => call("POST", "/v1/handshake", { body, ...extra }).then((r) => r.token);
+  const handshake = (body: object, extra: CallOptions): Promise<string> =>
+    call("POST", "/v1/handshake", { body, ...extra }).then((r) => r.token);
   const tokens = {
     browser: await handshake({ agentId: agentA.id }, { origin: WIDGET }),
     identified: await handshake({ agentId: agentA.id, userId: "user-42", userHash }, { origin: LOCAL_WIDGET }),
@@ -247,9 +270,13 @@ async function seed() {
 // ---------------------------------------------------------------------------------------------------------------------
 // Credentials: every way a request can present one, or fail to.
 
+/** How a request presents a credential: headers, and a query string. */
+type Presented = { headers?: Headers; query?: string };
+type Kinds = Record<string, () => Presented>;
+
 /** name -> () => {headers, query}; the functions draw fresh randomness for the kinds that vary per request. */
-function credentialKinds(w) {
-  const bearer = (value) => ({ headers: { Authorization: value } });
+function credentialKinds(w: World): Kinds {
+  const bearer = (value: string): Presented => ({ headers: { Authorization: value } });
   const now = Math.floor(Date.now() / 1000);
   const claims = {
     iss: "keygate",
@@ -307,7 +334,7 @@ function credentialKinds(w) {
     `Bearer ${"a".repeat(13)}_${"0".repeat(64)}`,
     `Bearer ${goodKey},${goodKey}`,
   ];
-  const kinds = {
+  const kinds: Kinds = {
     none: () => ({}),
     garbageAuthorization: () => bearer(pick(garbage)),
     garbageApiKey: () => ({ headers: { "X-API-Key": pick([" ", "null", "x".repeat(5000), utf8Bytes("😀"), `${goodKey}x`, "acme_"]) } }),
@@ -318,6 +345,7 @@ function credentialKinds(w) {
     flippedKey: () => bearer(`Bearer ${flip(goodKey, 5 + int(64))}`),
     operator: () => bearer(`Bearer ${OPERATOR_TOKEN}`),
     operatorFlipped: () => bearer(`Bearer ${flip(OPERATOR_TOKEN)}`),
+    verify: () => bearer(`Bearer ${VERIFY_TOKEN}`),
     browserToken: () => ({ headers: { Authorization: `Bearer ${w.tokens.browser}`, Origin: WIDGET } }),
     identifiedToken: () => ({ headers: { Authorization: `Bearer ${w.tokens.identified}`, Origin: LOCAL_WIDGET } }),
     serverToken: () => bearer(`Bearer ${w.tokens.server}`),
@@ -374,7 +402,7 @@ const ABSURD_IDS = [
 ];
 
 /** A path id: real ids of the kind (`pool`) most of the time, else other kinds, the other account's, random or absurd. */
-function pathId(w, pool) {
+function pathId(w: World, pool: readonly string[]): string {
   const roll = random();
   if (roll < 0.55) return pick(pool);
   if (roll < 0.65) return pick([...w.keyIds, ...w.agentIds, w.users.member, w.users.admin, w.accounts.a]);
@@ -485,30 +513,34 @@ const ODD_FIELDS = [
 ];
 
 const future = () => pick(["2099-01-01T00:00:00Z", "2030-06-01T12:00:00+02:00", "9999-12-31T23:59:59Z", "2031-02-28T23:59:59.5-08:00"]);
-const someOf = (fields) => Object.fromEntries(Object.entries(fields).filter(() => chance(0.5)));
+const someOf = (fields: Record<string, unknown>) => Object.fromEntries(Object.entries(fields).filter(() => chance(0.5)));
 
 /** Every path to a value in a body: [["name"], ["rateLimit"], ["rateLimit", "limit"], ...]. */
-function fieldPaths(value, prefix = []) {
+function fieldPaths(value: unknown, prefix: string[] = []): string[][] {
   if (typeof value !== "object" || value === null || Array.isArray(value)) return [];
-  return Object.keys(value).flatMap((k) => [[...prefix, k], ...fieldPaths(value[k], [...prefix, k])]);
+  return Object.entries(value).flatMap(([k, v]) => [[...prefix, k], ...fieldPaths(v, [...prefix, k])]);
 }
 
+type Body = Record<string, unknown>;
+/** The object at `path` inside `body`. */
+const at = (body: Body, path: readonly string[]): Body => path.reduce((o: Body, k) => o[k] as Body, body);
+
 /** The body with one thing wrong: a field of the wrong type or range, gone, wrapped, or an unknown field added. */
-function mutate(body) {
+function mutate(body: Body): Body {
   const paths = fieldPaths(body);
   const roll = random();
   if (paths.length === 0 || roll < 0.25) {
     // An unknown field, at the top or inside a nested object; `__proto__` as a real own property, as JSON.parse makes it.
-    const isObject = (v) => typeof v === "object" && v !== null && !Array.isArray(v);
-    const objects = [[], ...paths.filter((p) => isObject(p.reduce((o, k) => o[k], body)))];
-    const target = pick(objects).reduce((o, k) => o[k], body);
+    const isObject = (v: unknown) => typeof v === "object" && v !== null && !Array.isArray(v);
+    const objects = [[], ...paths.filter((p) => isObject(at(body, p)))];
+    const target = at(body, pick(objects));
     if (chance(0.15)) Object.defineProperty(target, "__proto__", { value: pick(ODD_VALUES), enumerable: true, writable: true });
     else target[pick(ODD_FIELDS)] = pick(ODD_VALUES);
     return body;
   }
   const path = pick(paths);
-  const parent = path.slice(0, -1).reduce((o, k) => o[k], body);
-  const last = path[path.length - 1];
+  const parent = at(body, path.slice(0, -1));
+  const last = path[path.length - 1] as string;
   if (roll < 0.75) parent[last] = pick(ODD_VALUES);
   else if (roll < 0.9) delete parent[last];
   else parent[last] = chance(0.5) ? [parent[last]] : { value: parent[last] };
@@ -517,7 +549,7 @@ function mutate(body) {
 
 const OVER_LIMIT = 16 * 1024 + 1;
 /** Bodies that are not a JSON object, or not JSON, or too large: [summary, bytes]. */
-const JUNK_BODIES = [
+const JUNK_BODIES: [string, string | Buffer][] = [
   ["truncated JSON", "{"],
   ["bad JSON", '{"name":}'],
   ["single quotes", "{'name':'x'}"],
@@ -558,14 +590,162 @@ const CONTENT_TYPES = [
 ];
 
 /**
- * The routes of README's endpoint table, plus the OpenAPI document and its reference page: method, path (ids drawn by
- * pathId), the credentials that usually reach them, page queries, and a generator of valid bodies for those that take one.
+ * Who may have a 2xx answer of an operation, by the fuzzer's own reading of README (never by what the served document
+ * says of its security): `none` anyone; `key` any valid API key or access token; `chat` those and handshake tokens;
+ * `full` full-access keys; `admin` full-access keys of admins; `person` a person's access token only; `cookie` the
+ * dashboard's session cookie only; `operator` and `verify` the deployment's tokens. The served document lists the
+ * operations; an operation it lists that has no rule here, or a rule for one it no longer lists, fails the run.
  */
-const ROUTES = [
-  { name: "health", method: "GET", path: () => "/health", auth: ["none"] },
-  { name: "docs", method: "GET", path: () => pick(["/openapi.json", "/docs"]), auth: ["none"] },
+type Needs = "none" | "key" | "chat" | "full" | "admin" | "person" | "cookie" | "operator" | "verify";
+const RIGHTS: Record<string, Needs> = {
+  "GET /health": "none",
+  "GET /openapi.json": "none",
+  "GET /docs": "none",
+  "GET /docs/redoc.standalone.js": "none",
+  "GET /.well-known/jwks.json": "none",
+  "GET /demo/widget": "none",
+  "GET /demo/{file}": "none",
+  "POST /v1/accounts": "operator",
+  "POST /v1/accounts/{id}/recovery-key": "operator",
+  "GET /v1/whoami": "key",
+  "GET /v1/account": "full",
+  "PATCH /v1/account": "admin",
+  "GET /v1/account/usage": "full",
+  "POST /v1/api-keys": "full",
+  "GET /v1/api-keys": "full",
+  "GET /v1/api-keys/{id}": "full",
+  "DELETE /v1/api-keys/{id}": "full",
+  "POST /v1/api-keys/{id}/rotate": "full",
+  "GET /v1/api-keys/{id}/usage": "full",
+  "POST /v1/users": "admin",
+  "GET /v1/users": "admin",
+  "GET /v1/users/{id}": "admin",
+  "PATCH /v1/users/{id}": "admin",
+  "POST /v1/users/{id}/invitation": "admin",
+  "POST /v1/agents": "admin",
+  "GET /v1/agents": "admin",
+  "GET /v1/agents/{id}": "admin",
+  "PATCH /v1/agents/{id}": "admin",
+  "POST /v1/agents/{id}/identity-secret": "admin",
+  "POST /v1/handshake": "none",
+  "POST /v1/chat/messages": "chat",
+  "POST /v1/keys/verify": "verify",
+  "PUT /v1/resource-owners/{type}/{id}": "verify",
+  "GET /v1/resource-owners/{type}/{id}": "verify",
+  "DELETE /v1/resource-owners/{type}/{id}": "verify",
+  // A password, a refresh token or an invitation in the body is the credential.
+  "POST /v1/auth/login": "none",
+  "POST /v1/auth/refresh": "none",
+  "POST /v1/auth/accept-invitation": "none",
+  "POST /v1/auth/logout": "person",
+  "POST /v1/auth/password": "person",
+  "GET /v1/auth/sessions": "full",
+  "DELETE /v1/auth/sessions/{id}": "full",
+  // The dashboard: its entry (a redirect), files, login and invitation forms, and logout are open; the rest needs its cookie.
+  "GET /dashboard": "none",
+  "GET /dashboard/dashboard.css": "none",
+  "GET /dashboard/dashboard.js": "none",
+  "GET /dashboard/login": "none",
+  "POST /dashboard/login": "none",
+  "POST /dashboard/logout": "none",
+  "GET /dashboard/accept-invitation": "none",
+  "POST /dashboard/accept-invitation": "none",
+  "GET /dashboard/keys": "cookie",
+  "POST /dashboard/keys": "cookie",
+  "GET /dashboard/keys/{id}/revoke": "cookie",
+  "POST /dashboard/keys/{id}/revoke": "cookie",
+  "GET /dashboard/keys/{id}/rotate": "cookie",
+  "POST /dashboard/keys/{id}/rotate": "cookie",
+  "GET /dashboard/usage": "cookie",
+  "GET /dashboard/users": "cookie",
+  "POST /dashboard/users": "cookie",
+  "GET /dashboard/users/{id}": "cookie",
+  "POST /dashboard/users/{id}": "cookie",
+  "POST /dashboard/users/{id}/disable": "cookie",
+  "POST /dashboard/users/{id}/enable": "cookie",
+  "POST /dashboard/users/{id}/invitation": "cookie",
+  "GET /dashboard/agents": "cookie",
+  "POST /dashboard/agents": "cookie",
+  "GET /dashboard/agents/{id}": "cookie",
+  "POST /dashboard/agents/{id}": "cookie",
+  "POST /dashboard/agents/{id}/disable": "cookie",
+  "POST /dashboard/agents/{id}/enable": "cookie",
+  "GET /dashboard/activity": "cookie",
+};
+
+/** What a credential kind is at most, by the fuzzer's own knowledge of what it seeded (a user it may promote counts as an admin). */
+type Holder = "nobody" | "operator" | "verify" | "token" | "scoped" | "member" | "admin";
+const HOLDERS: Record<string, Holder> = {
+  operator: "operator",
+  verify: "verify",
+  browserToken: "token",
+  identifiedToken: "token",
+  serverToken: "token",
+  // Some of these spell the admin's key in ways Keygate may read (`bearer <key>`, blanks around it): judged as that key.
+  garbageAuthorization: "admin",
+  garbageApiKey: "admin",
+  garbageQuery: "admin",
+  // Two credentials at once: judged as the stronger.
+  bothHeadersDifferent: "admin",
+  bothHeadersSame: "admin",
+  tokenAndKey: "admin",
+  headerAndQuery: "admin",
+};
+const KEY_HOLDERS: Record<string, Holder> = {
+  admin: "admin",
+  root: "admin",
+  member: "member",
+  scoped: "scoped",
+  revoked: "nobody",
+  expiring: "admin",
+  low: "admin",
+  disposable: "admin",
+  spareUser: "admin",
+  otherAccount: "admin",
+};
+function holderOf(credential: string): Holder {
+  const key = /^(\w+)Key\//.exec(credential)?.[1];
+  return (key === undefined ? HOLDERS[credential] : KEY_HOLDERS[key]) ?? "nobody";
+}
+const MAY: Record<Needs, readonly Holder[]> = {
+  none: ["nobody", "operator", "verify", "token", "scoped", "member", "admin"],
+  key: ["scoped", "member", "admin"],
+  chat: ["token", "scoped", "member", "admin"],
+  full: ["member", "admin"],
+  admin: ["admin"],
+  person: [],
+  cookie: [],
+  operator: ["operator"],
+  verify: ["verify"],
+};
+
+type World = Awaited<ReturnType<typeof seed>>;
+/** A route the fuzzer sends to: its operation in the served document (none for paths outside it) and how to fill it. */
+type Route = {
+  name: string;
+  operation?: string;
+  method: string;
+  path: (w: World) => string;
+  /** The credential kinds that usually reach it (most requests use one of these). */
+  auth?: string[];
+  query?: () => string;
+  body?: (w: World) => Body;
+  origin?: string[];
+  preflight?: boolean;
+};
+
+/**
+ * The operations of README's endpoint table, plus the OpenAPI document and its reference page: method, path (ids drawn by
+ * pathId), the credentials that usually reach them, page queries, and a generator of valid bodies for those that take one.
+ * Every other operation of the served document is sent too, with ids from every pool and no body of its own.
+ */
+const ROUTES: Route[] = [
+  { name: "health", operation: "GET /health", method: "GET", path: () => "/health", auth: ["none"] },
+  { name: "docs", operation: "GET /openapi.json", method: "GET", path: () => "/openapi.json", auth: ["none"] },
+  { name: "docs", operation: "GET /docs", method: "GET", path: () => "/docs", auth: ["none"] },
   {
     name: "provision",
+    operation: "POST /v1/accounts",
     method: "POST",
     path: () => "/v1/accounts",
     auth: ["operator"],
@@ -582,15 +762,29 @@ const ROUTES = [
   },
   {
     name: "recovery",
+    operation: "POST /v1/accounts/{id}/recovery-key",
     method: "POST",
     path: (w) => `/v1/accounts/${pathId(w, [w.accounts.a])}/recovery-key`,
     auth: ["operator"],
     body: (w) => pick([{}, { userId: w.users.admin }, { userId: w.users.member }, { userId: w.users.otherAccount }]),
   },
-  { name: "whoami", method: "GET", path: () => "/v1/whoami", auth: ["adminKey/bearer", "memberKey/x-api-key", "scopedKey/bearer"] },
-  { name: "account", method: "GET", path: () => "/v1/account", auth: ["adminKey/bearer", "memberKey/bearer", "scopedKey/x-api-key"] },
+  {
+    name: "whoami",
+    operation: "GET /v1/whoami",
+    method: "GET",
+    path: () => "/v1/whoami",
+    auth: ["adminKey/bearer", "memberKey/x-api-key", "scopedKey/bearer"],
+  },
+  {
+    name: "account",
+    operation: "GET /v1/account",
+    method: "GET",
+    path: () => "/v1/account",
+    auth: ["adminKey/bearer", "memberKey/bearer", "scopedKey/x-api-key"],
+  },
   {
     name: "account-change",
+    operation: "PATCH /v1/account",
     method: "PATCH",
     path: () => "/v1/account",
     auth: ["adminKey/bearer", "memberKey/bearer"],
@@ -603,6 +797,7 @@ const ROUTES = [
   },
   {
     name: "key-create",
+    operation: "POST /v1/api-keys",
     method: "POST",
     path: () => "/v1/api-keys",
     auth: ["adminKey/bearer", "adminKey/x-api-key", "memberKey/bearer", "scopedKey/bearer"],
@@ -614,16 +809,31 @@ const ROUTES = [
       ...someOf({ expiresAt: future(), ownerId: pick([w.users.member, w.users.admin]), rateLimit: { limit: 100, windowSeconds: 60 } }),
     }),
   },
-  { name: "key-list", method: "GET", path: () => "/v1/api-keys", query: pageQuery, auth: ["adminKey/bearer", "memberKey/x-api-key"] },
-  { name: "key-read", method: "GET", path: (w) => `/v1/api-keys/${pathId(w, w.keyIds)}`, auth: ["adminKey/bearer", "memberKey/bearer"] },
+  {
+    name: "key-list",
+    operation: "GET /v1/api-keys",
+    method: "GET",
+    path: () => "/v1/api-keys",
+    query: pageQuery,
+    auth: ["adminKey/bearer", "memberKey/x-api-key"],
+  },
+  {
+    name: "key-read",
+    operation: "GET /v1/api-keys/{id}",
+    method: "GET",
+    path: (w) => `/v1/api-keys/${pathId(w, w.keyIds)}`,
+    auth: ["adminKey/bearer", "memberKey/bearer"],
+  },
   {
     name: "key-revoke",
+    operation: "DELETE /v1/api-keys/{id}",
     method: "DELETE",
     path: (w) => `/v1/api-keys/${pathId(w, w.changeableKeyIds)}`,
     auth: ["adminKey/bearer", "memberKey/bearer"],
   },
   {
     name: "key-rotate",
+    operation: "POST /v1/api-keys/{id}/rotate",
     method: "POST",
     path: (w) => `/v1/api-keys/${pathId(w, w.changeableKeyIds)}/rotate`,
     auth: ["adminKey/bearer", "memberKey/bearer"],
@@ -631,6 +841,7 @@ const ROUTES = [
   },
   {
     name: "agent-create",
+    operation: "POST /v1/agents",
     method: "POST",
     path: () => "/v1/agents",
     auth: ["adminKey/bearer", "memberKey/bearer"],
@@ -640,10 +851,17 @@ const ROUTES = [
       ...someOf({ tokenTtlSeconds: pick([60, 3600, 86_400]) }),
     }),
   },
-  { name: "agent-list", method: "GET", path: () => "/v1/agents", query: pageQuery, auth: ["adminKey/bearer"] },
-  { name: "agent-read", method: "GET", path: (w) => `/v1/agents/${pathId(w, w.agentIds)}`, auth: ["adminKey/bearer", "memberKey/bearer"] },
+  { name: "agent-list", operation: "GET /v1/agents", method: "GET", path: () => "/v1/agents", query: pageQuery, auth: ["adminKey/bearer"] },
+  {
+    name: "agent-read",
+    operation: "GET /v1/agents/{id}",
+    method: "GET",
+    path: (w) => `/v1/agents/${pathId(w, w.agentIds)}`,
+    auth: ["adminKey/bearer", "memberKey/bearer"],
+  },
   {
     name: "agent-change",
+    operation: "PATCH /v1/agents/{id}",
     method: "PATCH",
     path: (w) => `/v1/agents/${pathId(w, w.changeableAgentIds)}`,
     auth: ["adminKey/bearer"],
@@ -657,12 +875,14 @@ const ROUTES = [
   },
   {
     name: "agent-identity-secret",
+    operation: "POST /v1/agents/{id}/identity-secret",
     method: "POST",
     path: (w) => `/v1/agents/${pathId(w, w.agentIds)}/identity-secret`,
     auth: ["adminKey/bearer"],
   },
   {
     name: "handshake",
+    operation: "POST /v1/handshake",
     method: "POST",
     path: () => "/v1/handshake",
     auth: ["none", "none", "adminKey/bearer", "memberKey/bearer"],
@@ -677,6 +897,7 @@ const ROUTES = [
   },
   {
     name: "chat",
+    operation: "POST /v1/chat/messages",
     method: "POST",
     path: () => "/v1/chat/messages",
     auth: ["browserToken", "identifiedToken", "serverToken", "adminKey/bearer", "scopedKey/x-api-key"],
@@ -692,6 +913,7 @@ const ROUTES = [
   },
   {
     name: "demo",
+    operation: "GET /demo/widget",
     method: "GET",
     path: (w) => {
       const agentId = pick([w.agentA.id, "agt_x", "%3Cb%3E", "", "%22%3E%3Cscript%3E"]);
@@ -701,6 +923,7 @@ const ROUTES = [
   },
   {
     name: "user-create",
+    operation: "POST /v1/users",
     method: "POST",
     path: () => "/v1/users",
     auth: ["adminKey/bearer", "memberKey/bearer"],
@@ -709,15 +932,17 @@ const ROUTES = [
       role: pick(["member", "admin"]),
     }),
   },
-  { name: "user-list", method: "GET", path: () => "/v1/users", query: pageQuery, auth: ["adminKey/bearer"] },
+  { name: "user-list", operation: "GET /v1/users", method: "GET", path: () => "/v1/users", query: pageQuery, auth: ["adminKey/bearer"] },
   {
     name: "user-read",
+    operation: "GET /v1/users/{id}",
     method: "GET",
     path: (w) => `/v1/users/${pathId(w, Object.values(w.users))}`,
     auth: ["adminKey/bearer", "memberKey/bearer"],
   },
   {
     name: "user-change",
+    operation: "PATCH /v1/users/{id}",
     method: "PATCH",
     path: (w) => `/v1/users/${pathId(w, w.changeableUserIds)}`,
     auth: ["adminKey/bearer", "memberKey/bearer"],
@@ -766,15 +991,25 @@ function clientAddress() {
   return undefined;
 }
 
+/** One request as sent, and what the checks need to know of it. */
+export type Sent = Outgoing & {
+  headers: Headers;
+  route: string;
+  /** The operation's rule in RIGHTS, when the request is one (its route's method). */
+  needs?: Needs;
+  credential: string;
+  bodySummary: string;
+};
+
 /** One request, drawn from the PRNG: a route, a credential, maybe another method, an origin, an address and a body. */
-function nextRequest(w, kinds) {
-  const route = pick(ROUTES);
+function nextRequest(w: World, kinds: Kinds, routes: readonly Route[]): Sent {
+  const route = pick(routes);
   const credential = route.auth && chance(0.6) ? pick(route.auth) : pick(Object.keys(kinds));
-  const { headers: credentialHeaders = {}, query: credentialQuery } = kinds[credential]();
-  const headers = { ...credentialHeaders };
+  const { headers: credentialHeaders = {}, query: credentialQuery } = (kinds[credential] as () => Presented)();
+  const headers: Headers = { ...credentialHeaders };
   const method = chance(0.07) ? pick(METHODS) : route.method;
 
-  const query = [];
+  const query: string[] = [];
   if (route.query && chance(0.6)) query.push(route.query());
   if (chance(0.08)) query.push(pick(JUNK_QUERIES));
   if (credentialQuery) query.push(credentialQuery);
@@ -795,7 +1030,7 @@ function nextRequest(w, kinds) {
   const address = clientAddress();
   if (address !== undefined) headers["CF-Connecting-IP"] = address;
 
-  let body;
+  let body: string | Buffer | undefined;
   let bodySummary = "";
   let chunked = false;
   const canHaveBody = method !== "GET" && method !== "HEAD";
@@ -817,21 +1052,23 @@ function nextRequest(w, kinds) {
     if (type !== null) headers["Content-Type"] = type;
     bodySummary += ` [${type ?? "no Content-Type"}]`;
   }
-  return { route: route.name, method, path, headers, body, chunked, credential, bodySummary };
+  const needs = route.operation !== undefined && method === route.method ? RIGHTS[route.operation] : undefined;
+  return { route: route.name, needs, method, path, headers, body, chunked, credential, bodySummary };
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Checks.
 
 const PROBLEM_FIELDS = { code: "string", type: "string", title: "string", detail: "string", requestId: "string" };
+type Answered = Extract<Answer, { status: number }>;
 
 /** Why an error answer is not an RFC 9457 problem as README promises, or null when it is one. */
-function problemDefect(req, res) {
-  const mediaType = (res.headers["content-type"] ?? "").split(";")[0].trim().toLowerCase();
+function problemDefect(req: { method: string }, res: Answered): string | null {
+  const mediaType = (res.headers["content-type"] ?? "").split(";")[0]?.trim().toLowerCase();
   if (mediaType !== "application/problem+json") return `Content-Type is ${res.headers["content-type"] ?? "missing"}`;
   // A HEAD answer has no body by definition; its headers are all there is to check.
   if (req.method === "HEAD") return null;
-  let body;
+  let body: Seeded;
   try {
     body = JSON.parse(res.text);
   } catch {
@@ -857,12 +1094,18 @@ const SHOWS_SECRETS = new Set([
   "agent-create",
   "agent-identity-secret",
   "user-create",
+  "POST /v1/users/{id}/invitation",
 ]);
 
+/** A failure one answer shows: its kind, and the code or detail that tells it apart. */
+export type Failure = { kind: string; code: string };
+/** What the checks read of a request (the gateway's half sends its own). */
+export type Checked = { method: string; route: string; needs?: Needs; credential: string };
+
 /** Every failure one answer shows: [{kind, code}]. `secrets` maps each known secret to what it is. */
-function check(req, res, secrets) {
-  if (res.error) return [{ kind: "no answer", code: res.error }];
-  const failures = [];
+export function check(req: Checked, res: Answer, secrets: Iterable<[string, string]>): Failure[] {
+  if (res.error !== undefined) return [{ kind: "no answer", code: res.error }];
+  const failures: Failure[] = [];
   let code = "";
   try {
     code = JSON.parse(res.text).code ?? "";
@@ -870,6 +1113,9 @@ function check(req, res, secrets) {
     // not JSON; the problem check below says so where it matters
   }
   if (res.status >= 500) failures.push({ kind: "5xx answer", code });
+  // The fuzzer's own rule for the operation, never the document's: who may have a successful answer.
+  if (res.status >= 200 && res.status < 300 && req.needs !== undefined && !MAY[req.needs].includes(holderOf(req.credential)))
+    failures.push({ kind: `2xx for ${holderOf(req.credential)} on an operation for ${req.needs}`, code: req.credential });
   if (res.status >= 400) {
     const defect = problemDefect(req, res);
     if (defect) failures.push({ kind: "error that is not a problem+json", code: defect });
@@ -889,9 +1135,9 @@ function check(req, res, secrets) {
 }
 
 /** After an answer is checked: the keys and secrets it created join the secrets no later answer may show. */
-function learnSecrets(res, secrets) {
-  if (res.error || res.status >= 300 || !(res.headers["content-type"] ?? "").startsWith("application/json")) return;
-  let body;
+function learnSecrets(res: Answer, secrets: Map<string, string>): void {
+  if (res.error !== undefined || res.status >= 300 || !(res.headers["content-type"] ?? "").startsWith("application/json")) return;
+  let body: Seeded;
   try {
     body = JSON.parse(res.text);
   } catch {
@@ -907,7 +1153,7 @@ function learnSecrets(res, secrets) {
   }
 }
 
-function addKey(secrets, raw) {
+function addKey(secrets: Map<string, string>, raw: string): void {
   secrets.set(raw, "raw key");
   secrets.set(sha256(raw), "key hash (SHA-256)");
 }
@@ -915,12 +1161,16 @@ function addKey(secrets, raw) {
 // ---------------------------------------------------------------------------------------------------------------------
 // The run.
 
+type Example = { request: string; credential: string; headers: Headers; body: string; answer: string };
+type Group = Failure & { id: string; count: number; example: Example | null };
+export type FailureLog = ReturnType<typeof failureLog>;
+
 /** Records failures, keeping one example per distinct failure and a count of each. */
 function failureLog() {
-  const groups = new Map();
+  const groups = new Map<string, Group>();
   return {
     groups,
-    add(req, res, failure) {
+    add(req: Checked & { path: string; headers: Headers; bodySummary: string }, res: Answer, failure: Failure) {
       const id = `${failure.kind} | ${req.method} ${req.route} | ${res.status ?? "-"} ${failure.code}`;
       const group = groups.get(id) ?? { ...failure, id, count: 0, example: null };
       group.count += 1;
@@ -928,18 +1178,24 @@ function failureLog() {
         request: `${req.method} ${req.path.length > 200 ? `${req.path.slice(0, 200)}…(${req.path.length} chars)` : req.path}`,
         credential: req.credential,
         headers: Object.fromEntries(
-          Object.entries(req.headers).map(([k, v]) => [k, v.length > 120 ? `${v.slice(0, 120)}…(${v.length} chars)` : v]),
+          Object.entries(req.headers).map(([k, value]) => {
+            const v = String(value);
+            return [k, v.length > 120 ? `${v.slice(0, 120)}…(${v.length} chars)` : v];
+          }),
         ),
         body: req.bodySummary.length > 200 ? `${req.bodySummary.slice(0, 200)}…(${req.bodySummary.length} chars)` : req.bodySummary,
-        answer: res.error ? res.error : `${res.status} ${res.headers["content-type"] ?? "(no Content-Type)"} ${res.text.slice(0, 300)}`,
+        answer:
+          res.error !== undefined
+            ? res.error
+            : `${res.status} ${res.headers["content-type"] ?? "(no Content-Type)"} ${res.text.slice(0, 300)}`,
       };
       groups.set(id, group);
     },
   };
 }
 
-function printFailures(groups) {
-  const byKind = new Map();
+function printFailures(groups: Map<string, Group>) {
+  const byKind = new Map<string, Group[]>();
   for (const group of groups.values()) byKind.set(group.kind, [...(byKind.get(group.kind) ?? []), group]);
   let printed = 0;
   for (const [kind, list] of byKind) {
@@ -952,7 +1208,7 @@ function printFailures(groups) {
         continue;
       }
       printed += 1;
-      const e = group.example;
+      const e = group.example as Example;
       console.log(`  - ${group.id} (${group.count}×)`);
       console.log(`      request:    ${e.request}`);
       console.log(`      credential: ${e.credential}`);
@@ -963,22 +1219,63 @@ function printFailures(groups) {
   }
 }
 
+const HTTP_METHODS = new Set(["get", "put", "post", "delete", "options", "head", "patch", "trace"]);
+
+/**
+ * Keygate's operations, read from the document it serves; each must have the fuzzer's own rule in RIGHTS, and each is
+ * sent: through the fuzzer's route for it where there is one, else with its parameters drawn from every pool of ids.
+ */
+async function inventory(): Promise<Route[]> {
+  const res = await send({ method: "GET", path: "/openapi.json" });
+  if (res.error !== undefined || res.status !== 200) throw new Error(`reading /openapi.json: ${res.error ?? res.status}`);
+  const doc = JSON.parse(res.text) as { paths: Record<string, Record<string, unknown>> };
+  const operations = Object.entries(doc.paths).flatMap(([path, item]) =>
+    Object.keys(item)
+      .filter((method) => HTTP_METHODS.has(method))
+      .map((method) => `${method.toUpperCase()} ${path}`),
+  );
+  const unruled = operations.filter((op) => !(op in RIGHTS));
+  const stale = Object.keys(RIGHTS).filter((op) => !operations.includes(op));
+  if (unruled.length > 0 || stale.length > 0) {
+    throw new Error(
+      `the fuzzer's rules (RIGHTS) do not match the served document: no rule for ${unruled.join(", ") || "-"}; a rule for what it no longer serves: ${stale.join(", ") || "-"}`,
+    );
+  }
+  const covered = new Set(ROUTES.map((r) => r.operation));
+  const others = operations
+    .filter((op) => !covered.has(op))
+    .map((op): Route => {
+      const [method, template] = op.split(" ") as [string, string];
+      const fill = (w: World) => (_: string, name: string) =>
+        name === "type" ? pick(["mailbox", "process", "project", "nope"]) : pathId(w, everyId(w));
+      return { name: op, operation: op, method, path: (w) => template.replace(/\{(\w+)\}/g, fill(w)), body: () => ({}) };
+    });
+  return [...ROUTES, ...others];
+}
+
+/** Every id the world holds: keys, agents, users, the account. */
+const everyId = (w: World) => [...w.keyIds, ...w.agentIds, ...Object.values(w.users), w.accounts.a];
+
 /** The management API's half: Keygate without a gateway, the seeded world, REQUESTS requests. */
-async function fuzzApi(failures) {
-  const { mf } = await startKeygate({
-    port: PORT,
+async function fuzzApi(failures: FailureLog) {
+  const { mf, url } = await startKeygate({
+    port: 0,
     bindings: {
       OPERATOR_TOKEN,
+      VERIFY_TOKEN,
       ALLOW_HTTP: "true",
       JWT_SIGNING_KEYS: JSON.stringify([{ kid: "fuzz", secret: SIGNING_SECRET }]),
     },
   });
-  const statuses = {};
-  const perRoute = {};
+  apiPort = Number(new URL(url).port);
+  const statuses: Record<string, number> = {};
+  const perRoute: Record<string, Record<string, number>> = {};
   try {
+    const routes = await inventory();
     const world = await seed();
     const secrets = new Map([
       [OPERATOR_TOKEN, "operator token"],
+      [VERIFY_TOKEN, "verify token"],
       [SIGNING_SECRET, "JWT signing secret"],
     ]);
     for (const secret of world.secrets) {
@@ -989,16 +1286,17 @@ async function fuzzApi(failures) {
 
     for (let sent = 0; sent < REQUESTS; sent += PARALLEL) {
       // Drawn before sending, so the sequence of requests depends on the seed alone, never on answers or timing.
-      const batch = Array.from({ length: Math.min(PARALLEL, REQUESTS - sent) }, () => nextRequest(world, kinds));
+      const batch = Array.from({ length: Math.min(PARALLEL, REQUESTS - sent) }, () => nextRequest(world, kinds, routes));
       const answers = await Promise.all(batch.map((req) => send(req)));
       // Checked against the secrets known before this batch, so a key created in it may appear only in its own answer.
       const known = [...secrets];
       batch.forEach((req, i) => {
-        const res = answers[i];
-        const status = res.error ? "error" : res.status;
+        const res = answers[i] as Answer;
+        const status = res.error !== undefined ? "error" : String(res.status);
         statuses[status] = (statuses[status] ?? 0) + 1;
-        perRoute[req.route] ??= {};
-        perRoute[req.route][status] = (perRoute[req.route][status] ?? 0) + 1;
+        const counts = perRoute[req.route] ?? {};
+        perRoute[req.route] = counts;
+        counts[status] = (counts[status] ?? 0) + 1;
         for (const failure of check(req, res, known)) failures.add(req, res, failure);
       });
       for (const res of answers) learnSecrets(res, secrets);
@@ -1009,14 +1307,14 @@ async function fuzzApi(failures) {
   return { statuses, perRoute };
 }
 
-const histogram = (statuses) =>
+const histogram = (statuses: Record<string, number>) =>
   Object.entries(statuses)
     .map(([status, n]) => `${status}:${n}`)
     .join(" ");
 
 async function main() {
   const failures = failureLog();
-  const lines = [];
+  const lines: string[] = [];
   try {
     let started = Date.now();
     const api = await fuzzApi(failures);

@@ -1,4 +1,4 @@
-// The gateway half of `npm run fuzz` (scripts/fuzz.mjs runs it after the management API's half).
+// The gateway half of `npm run fuzz` (scripts/fuzz.ts runs it after the management API's half).
 //
 // It starts a small upstream (node:http on 127.0.0.1, an ephemeral port) that answers every request 200 with a JSON echo
 // of what it received and records it by the request's X-Fuzz-Id, then a second Keygate with UPSTREAM_URL pointing at
@@ -22,12 +22,25 @@
 // never reaches the client; and the path it received, read as a strict, a lax (decoding to a fixpoint) or a normalising
 // (NFKC) upstream reads paths, is one the table allows for that credential (a scoped key never reaches the full-access
 // catch-all, another account's organization or resource, or a resource it has no grant for).
-import { createHash, generateKeyPairSync, verify } from "node:crypto";
+import { createHash, generateKeyPairSync, type KeyObject, verify } from "node:crypto";
 import http from "node:http";
+import type { Answer, CallOptions, check, Failure, FailureLog, Headers, Outgoing, Seeded } from "./fuzz.ts";
 import { startKeygate } from "./keygate-server.mjs";
 
+/** A route of GATEWAY_ROUTES, as README's table describes it. */
+type GatewayRoute = {
+  pattern: string;
+  methods?: string[];
+  auth?: "key" | "key-or-token" | "public";
+  access?: "full";
+  resource?: { type: string; param: string };
+  account?: string;
+  cost?: number;
+  forwardAuthorization?: boolean;
+};
+
 /** The route table: wrangler.toml's example plus a full-access-only DELETE, a route with cost and a public prefix. */
-export const GATEWAY_ROUTES = [
+export const GATEWAY_ROUTES: GatewayRoute[] = [
   { pattern: "/v1/mailboxes/:mailboxId/*", resource: { type: "mailbox", param: "mailboxId" } },
   { pattern: "/api/v1/organizations/:org/projects/:project/*", account: "org", resource: { type: "project", param: "project" } },
   { pattern: "/v1/processes/:processId/runs", methods: ["DELETE"], access: "full", resource: { type: "process", param: "processId" } },
@@ -38,26 +51,6 @@ export const GATEWAY_ROUTES = [
   { pattern: "/public/*", auth: "public" },
   { pattern: "/open/*", auth: "public", forwardAuthorization: true },
   { pattern: "/*", access: "full" },
-];
-
-/** Keygate's own paths (README, "Gateway"): never forwarded, whatever the table says. */
-const OWN = [
-  "/health",
-  "/openapi.json",
-  "/docs",
-  "/v1/accounts",
-  "/v1/account",
-  "/v1/api-keys",
-  "/v1/users",
-  "/v1/whoami",
-  "/v1/agents",
-  "/v1/handshake",
-  "/v1/keys/verify",
-  "/v1/resource-owners",
-  "/.well-known",
-  "/demo",
-  "/v1/auth",
-  "/dashboard",
 ];
 
 /** The identity headers Keygate itself sets on forwarded requests; any other keygate-ish name came from a client. */
@@ -82,7 +75,7 @@ const DASHBOARD_HOST = "dashboard.fuzz.example";
 const FORGED = "forged";
 const HOP = "fuzzhop";
 const ASSERTION_TTL_SECONDS = 60;
-/** High enough that no seeded key but the low one runs out. A copy of fuzz.mjs's WIDE: the API half mutates bodies holding that one. */
+/** High enough that no seeded key but the low one runs out. A copy of fuzz.ts's WIDE: the API half mutates bodies holding that one. */
 const WIDE = Object.freeze({ limit: 1_000_000, windowSeconds: 60 });
 /** Set so that POST /v1/keys/verify (one of Keygate's own paths) answers as deployed, not 500 configuration_error. */
 const VERIFY_TOKEN = "fuzz-verify-token-0123456789abcdefghijkl";
@@ -96,17 +89,18 @@ const UPSTREAM_MAX_HEADER_BYTES = 1024 * 1024;
  * Starts the upstream on 127.0.0.1 (an ephemeral port). It answers every request 200 with `{method, url, headers,
  * bytes}` and records it under its X-Fuzz-Id (or among the strays when it has none).
  */
+type Received = { method: string; url: string; rawHeaders: string[]; bytes: number };
 export async function startUpstream() {
-  const received = new Map();
-  const strays = [];
+  const received = new Map<string, Received[]>();
+  const strays: Received[] = [];
   const server = http.createServer({ maxHeaderSize: UPSTREAM_MAX_HEADER_BYTES }, (req, res) => {
     let bytes = 0;
-    req.on("data", (chunk) => {
+    req.on("data", (chunk: Buffer) => {
       bytes += chunk.length;
     });
     req.on("error", () => res.destroy());
     req.on("end", () => {
-      const record = { method: req.method, url: req.url, rawHeaders: req.rawHeaders, bytes };
+      const record = { method: req.method ?? "", url: req.url ?? "", rawHeaders: req.rawHeaders, bytes };
       const id = req.headers["x-fuzz-id"];
       if (typeof id === "string" && /^g\d+$/.test(id)) received.set(id, [...(received.get(id) ?? []), record]);
       else strays.push(record);
@@ -121,12 +115,12 @@ export async function startUpstream() {
       res.end(body);
     });
   });
-  await new Promise((done) => server.listen(0, "127.0.0.1", done));
-  const origin = `http://127.0.0.1:${server.address().port}`;
+  await new Promise<void>((done) => server.listen(0, "127.0.0.1", done));
+  const origin = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
   return {
     origin,
     /** What the upstream received for one request, and forgets it. */
-    take(id) {
+    take(id: string) {
       const records = received.get(id) ?? [];
       received.delete(id);
       return records;
@@ -134,7 +128,7 @@ export async function startUpstream() {
     /** Requests that carried no fuzz id (so none of the fuzzer's), and forgets them. */
     takeStrays: () => strays.splice(0),
     close: () =>
-      new Promise((done) => {
+      new Promise<void>((done) => {
         server.closeAllConnections();
         server.close(() => done());
       }),
@@ -144,28 +138,30 @@ export async function startUpstream() {
 // ---------------------------------------------------------------------------------------------------------------------
 // The route table as the fuzzer reads it: the same table, matched the way README describes, on its own code.
 
+type Segment = string | { param: string };
 const COMPILED = GATEWAY_ROUTES.map((route, index) => {
   const segments = route.pattern === "/" ? [] : route.pattern.slice(1).split("/");
   const rest = segments[segments.length - 1] === "*";
   return {
     route,
     name: route.auth === "public" ? `public ${route.pattern}` : route.pattern === "/*" ? "catch-all /*" : `${index}:${route.pattern}`,
-    segments: (rest ? segments.slice(0, -1) : segments).map((s) => (s.startsWith(":") ? { param: s.slice(1) } : s.toLowerCase())),
+    segments: (rest ? segments.slice(0, -1) : segments).map((s): Segment => (s.startsWith(":") ? { param: s.slice(1) } : s.toLowerCase())),
     rest,
   };
 });
 
 /** The first route that takes `method` and these (decoded) segments, with its parameters, or null. */
-function modelMatch(method, parts) {
+function modelMatch(method: string, parts: string[]): { route: GatewayRoute; name: string; params: Record<string, string> } | null {
   for (const { route, name, segments, rest } of COMPILED) {
     if (route.methods && !route.methods.includes(method)) continue;
     if (rest ? parts.length < segments.length : parts.length !== segments.length) continue;
-    const params = {};
+    const params: Record<string, string> = {};
     let ok = true;
     for (const [i, segment] of segments.entries()) {
-      if (typeof segment === "string") ok = segment === parts[i].toLowerCase();
-      else if (parts[i] === "") ok = false;
-      else params[segment.param] = parts[i];
+      const part = parts[i] as string;
+      if (typeof segment === "string") ok = segment === part.toLowerCase();
+      else if (part === "") ok = false;
+      else params[segment.param] = part;
       if (!ok) break;
     }
     if (ok) return { route, name, params };
@@ -173,7 +169,7 @@ function modelMatch(method, parts) {
   return null;
 }
 
-function decode(segment) {
+function decode(segment: string): string {
   try {
     return decodeURIComponent(segment);
   } catch {
@@ -187,15 +183,15 @@ function decode(segment) {
  * do: decode first and then split (so `%2F` and `%5C` separate segments), drop `;params`, merge `//`, resolve `.` and
  * `..`. The upstream may be either, so a forwarded path must be allowed under both.
  */
-function readings(pathname) {
+function readings(pathname: string) {
   const strict = pathname.slice(1).split("/");
   if (strict.length > 1 && strict[strict.length - 1] === "") strict.pop();
   let decoded = pathname;
   for (let i = 0; i < 4 && decode(decoded) !== decoded; i++) decoded = decode(decoded);
-  const resolve = (text) => {
-    const parts = [];
+  const resolve = (text: string) => {
+    const parts: string[] = [];
     for (const segment of text.split(/[/\\]/)) {
-      const s = segment.split(";")[0];
+      const s = segment.split(";")[0] as string;
       if (s === "" || s === ".") continue;
       if (s === "..") parts.pop();
       else parts.push(s);
@@ -210,18 +206,29 @@ function readings(pathname) {
 }
 
 /** The resources the provider's backend says each account owns (`a`, `b`); any other id is no account's. */
-const OWNED = {
+const OWNED: Record<"a" | "b", string[]> = {
   a: ["mailbox:mbx_123", "mailbox:mbx_1", "process:p1", "process:p2"],
   b: ["mailbox:mbx_2", "process:p3"],
 };
 /** `type:id` -> owning account id, filled in when the world is made. */
-const owners = new Map();
+const owners = new Map<string, string>();
+
+/** A principal a client may present: a key, a person's session or a handshake token (whose scopes are none). */
+type Who = {
+  kind: "key" | "session" | "token";
+  accountId: string;
+  slug?: string;
+  keyId?: string;
+  userId?: string;
+  agentId?: string;
+  scopes: string[];
+};
 
 /** Whether `who` (a principal the client presented) may reach `route` with `params`, as README's table says. */
-function allows(route, params, who) {
+function allows(route: GatewayRoute, params: Record<string, string>, who: Who | null): boolean {
   if (route.auth === "public") return true;
   if (!who) return false;
-  const ownAccount = (value) => value === who.accountId || (who.slug !== undefined && value === who.slug);
+  const ownAccount = (value: string | undefined) => value === who.accountId || (who.slug !== undefined && value === who.slug);
   if (route.account !== undefined && !ownAccount(params[route.account])) return false;
   // Where the URL names no account, the resource it names must be the caller's account's.
   if (route.account === undefined && route.resource !== undefined) {
@@ -233,9 +240,22 @@ function allows(route, params, who) {
   return who.scopes.includes(`${route.resource.type}:${params[route.resource.param]}`);
 }
 
-function isOwnPath(path) {
-  const p = path.length > 1 ? path.replace(/\/$/, "") : path;
-  return OWN.some((own) => p === own || p.startsWith(`${own}/`));
+/**
+ * Keygate's own paths, read from the document it serves: each operation's fixed start (`/v1/api-keys` of
+ * `/v1/api-keys/{id}`), which README says is never forwarded, nor anything under it; the chat's excepted (a route may
+ * take it).
+ */
+async function ownPaths(send: (req: Outgoing) => Promise<Answer>): Promise<string[]> {
+  const res = await send({ method: "GET", path: "/openapi.json" });
+  if (res.error !== undefined || res.status !== 200) throw new Error(`reading /openapi.json: ${res.error ?? res.status}`);
+  const { paths } = JSON.parse(res.text) as { paths: Record<string, unknown> };
+  const starts = Object.keys(paths).map((path) => path.split(/\/\{/)[0] as string);
+  return [...new Set(starts)].filter((p) => p !== "/v1/chat" && !p.startsWith("/v1/chat/"));
+}
+
+function isOwnPath(path: string, own: readonly string[]): boolean {
+  const p = (path.length > 1 ? path.replace(/\/$/, "") : path).toLowerCase();
+  return own.some((o) => p === o || p.startsWith(`${o}/`));
 }
 
 /** A path an upstream could read two ways, which README says is never forwarded. */
@@ -250,16 +270,28 @@ function assertionKey() {
   return { jwk: { ...privateKey.export({ format: "jwk" }), kid: "fuzz-assertion" }, publicKey };
 }
 
-function jsonPart(part) {
+function jsonPart(part: string | undefined): Seeded {
   try {
-    return JSON.parse(Buffer.from(part, "base64url").toString("utf8"));
+    return JSON.parse(Buffer.from(part ?? "", "base64url").toString("utf8"));
   } catch {
     return null;
   }
 }
 
+type Context = { secrets: [string, string][]; publicKey: KeyObject; keygateOrigin: string; upstreamOrigin: string; own: string[] };
+
 /** What is wrong with the assertion an upstream received, or null when it proves exactly this request. */
-function assertionDefect(token, { publicKey, keygateOrigin, upstreamOrigin, method, pathname, headers }) {
+function assertionDefect(
+  token: string | undefined,
+  {
+    publicKey,
+    keygateOrigin,
+    upstreamOrigin,
+    method,
+    pathname,
+    headers,
+  }: Context & { method: string; pathname: string; headers: Record<string, string | undefined> },
+): string | null {
   if (typeof token !== "string") return "missing";
   const [h, p, s, extra] = token.split(".");
   if (extra !== undefined || !s) return "not a JWS";
@@ -296,9 +328,27 @@ function assertionDefect(token, { publicKey, keygateOrigin, upstreamOrigin, meth
  * Keygate. Each principal records what it may reach: `{kind: "key", keyId, accountId, slug, scopes}` (scopes as the key
  * holds them effectively) or `{kind: "token", accountId, agentId}`.
  */
-async function seedWorld(call, send, kit) {
+/** A principal of the world: its raw secret and who presenting it proves (null: no one). */
+type Principal = { raw: string; who: Who | null; origin?: string };
+type Call = (method: string, path: string, options?: CallOptions) => Promise<Seeded>;
+/** The rest of the fuzzer, as scripts/fuzz.ts hands it over. */
+export type Kit = {
+  send: (req: Outgoing) => Promise<Answer>;
+  call: Call;
+  check: typeof check;
+  failures: FailureLog;
+  mulberry32: (seed: number) => () => number;
+  utf8Bytes: (text: string) => string;
+  base64url: (value: unknown) => string;
+  jwt: (header: object, payload: object, secret?: string) => string;
+  OPERATOR_TOKEN: string;
+  SIGNING_SECRET: string;
+  WIDGET: string;
+};
+
+async function seedWorld(call: Call, send: (req: Outgoing) => Promise<Answer>, kit: Kit) {
   const { OPERATOR_TOKEN, WIDGET } = kit;
-  const provision = (body) => call("POST", "/v1/accounts", { key: OPERATOR_TOKEN, body });
+  const provision = (body: object) => call("POST", "/v1/accounts", { key: OPERATOR_TOKEN, body });
   const a = await provision({ name: "Acme", slug: "acme-corp", keyPrefix: "acme", rateLimit: WIDE, admin: { email: "ops@acme.example" } });
   const b = await provision({ name: "Globex", slug: "globex", rateLimit: WIDE, admin: { email: "ops@globex.example" } });
   const rootA = a.key.key;
@@ -308,15 +358,15 @@ async function seedWorld(call, send, kit) {
   for (const [name, accountId] of [
     ["a", A.accountId],
     ["b", B.accountId],
-  ]) {
+  ] as const) {
     for (const grant of OWNED[name]) {
       await call("PUT", `/v1/resource-owners/${grant.replace(":", "/")}`, { key: VERIFY_TOKEN, body: { accountId } });
       owners.set(grant, accountId);
     }
   }
-  const newKey = (root, body) => call("POST", "/v1/api-keys", { key: root, body: { rateLimit: WIDE, ...body } });
-  const principals = {};
-  const add = (name, created, account, scopes) => {
+  const newKey = (root: string, body: object) => call("POST", "/v1/api-keys", { key: root, body: { rateLimit: WIDE, ...body } });
+  const principals: Record<string, Principal> = {};
+  const add = (name: string, created: Seeded, account: { accountId: string; slug: string }, scopes: string[]) => {
     principals[name] = { raw: created.key, who: { kind: "key", keyId: created.id, ...account, scopes } };
   };
 
@@ -342,8 +392,15 @@ async function seedWorld(call, send, kit) {
 
   const agent = await call("POST", "/v1/agents", { key: rootA, body: { name: "Support", allowedOrigins: [WIDGET] } });
   const agentB = await call("POST", "/v1/agents", { key: rootB, body: { name: "Globex", allowedOrigins: ["https://globex.example"] } });
-  const handshake = (body, extra) => call("POST", "/v1/handshake", { body, ...extra }).then((r) => r.token);
-  const token = (agentId, account) => ({ kind: "token", agentId, accountId: account.accountId, slug: account.slug });
+  const handshake = (body: object, extra: CallOptions): Promise<string> =>
+    call("POST", "/v1/handshake", { body, ...extra }).then((r) => r.token);
+  const token = (agentId: string, account: { accountId: string; slug: string }): Who => ({
+    kind: "token",
+    agentId,
+    accountId: account.accountId,
+    slug: account.slug,
+    scopes: [],
+  });
   principals.browserToken = {
     raw: await handshake({ agentId: agent.id }, { origin: WIDGET }),
     who: token(agent.id, A),
@@ -380,6 +437,8 @@ async function seedWorld(call, send, kit) {
     identitySecrets: [agent.identitySecret, agentB.identitySecret],
     personSecrets: { refresh: pair.refresh_token, cookie },
     agentIds: [agent.id, agentB.id],
+    /** The upstream's port, once it runs. */
+    upstreamPort: "",
   };
 }
 
@@ -387,25 +446,30 @@ async function seedWorld(call, send, kit) {
 // Requests.
 
 /** A PRNG-driven toolbox, so the gateway's sequence depends on its own seed only. */
-function dice(random) {
-  const int = (n) => Math.floor(random() * n);
-  const pick = (list) => list[int(list.length)];
-  const chance = (p) => random() < p;
-  const hex = (n) => Array.from({ length: n }, () => "0123456789abcdef"[int(16)]).join("");
+function dice(random: () => number) {
+  const int = (n: number) => Math.floor(random() * n);
+  const pick = <T>(list: readonly T[]): T => list[int(list.length)] as T;
+  const chance = (p: number) => random() < p;
+  const hex = (n: number) => Array.from({ length: n }, () => "0123456789abcdef"[int(16)]).join("");
   /** Picks by weight from [[weight, value], ...]. */
-  const weighted = (entries) => {
+  const weighted = <T>(entries: readonly (readonly [number, T])[]): T => {
     let roll = random() * entries.reduce((n, [w]) => n + w, 0);
     for (const [w, value] of entries) {
       roll -= w;
       if (roll < 0) return value;
     }
-    return entries[entries.length - 1][1];
+    return (entries[entries.length - 1] as readonly [number, T])[1];
   };
   return { int, pick, chance, hex, weighted };
 }
 
 /** Paths by kind: each a function of the world and the dice, returning a path that may carry its own query. */
-function pathKinds(w, d) {
+type Dice = ReturnType<typeof dice>;
+type World = Awaited<ReturnType<typeof seedWorld>>;
+const of = (w: World, name: string) => w.principals[name] as Principal;
+type PathKinds = Record<string, () => string> & { granted: (who: Who | undefined) => string };
+
+function pathKinds(w: World, d: Dice): PathKinds {
   const { pick, hex, int } = d;
   const rest = () =>
     pick([
@@ -443,7 +507,7 @@ function pathKinds(w, d) {
   const project = () => pick(["warehouse", "warehouse", "garage", "lab", "WAREHOUSE", "%77arehouse"]);
   const processId = () => pick(["p1", "p1", "p2", "p3", "P1", "%70%31"]);
   const processTail = () => pick(["/runs", "/runs", "/RUNS", "/%72uns", "/runs/", "/runs/1", "/logs", ""]);
-  const kinds = {
+  const kinds: Record<string, () => string> = {
     mailbox: () => `/v1/mailboxes/${mailbox()}${rest()}`,
     mailboxes: () => pick(["/v1/mailboxes", "/v1/mailboxes/", "/V1/Mailboxes"]),
     project: () => `/api/v1/organizations/${org()}/projects/${project()}${rest()}`,
@@ -556,23 +620,24 @@ function pathKinds(w, d) {
       ]),
   };
   /** A path to something `who` holds a grant for (its own resources, its own organization), so scoped keys get through. */
-  kinds.granted = (who) => {
-    if (!who) return kinds[pick(["public", "status", "mailbox"])]();
-    if (who.kind === "token") return kinds.chat();
+  const kind = (name: string) => (kinds[name] as () => string)();
+  const granted = (who: Who | undefined) => {
+    if (!who) return kind(pick(["public", "status", "mailbox"]));
+    if (who.kind === "token") return kind("chat");
     const scope = pick(who.scopes);
-    if (scope === "*") return kinds[pick(["mailbox", "project", "process", "reports", "catchAll", "mailboxes"])]();
+    if (scope === "*") return kind(pick(["mailbox", "project", "process", "reports", "catchAll", "mailboxes"]));
     const [type, id] = scope.split(":");
     if (type === "mailbox") return `/v1/mailboxes/${id}${rest()}`;
     if (type === "process") return `/v1/processes/${id}${processTail()}`;
     return `/api/v1/organizations/${pick([who.accountId, who.slug])}/projects/${id}${rest()}`;
   };
-  return kinds;
+  return Object.assign(kinds, { granted });
 }
 
 /** A spelling change that README says leaves the route alone: case, a trailing slash, an encoded unreserved character. */
-function respell(path, d) {
+function respell(path: string, d: Dice): string {
   const [pathname, query] = path.split(/\?(.*)/s);
-  let p = pathname;
+  let p = pathname as string;
   const roll = d.int(4);
   if (roll === 0) p = p.replace(/[a-z]+/g, (word) => (d.chance(0.5) ? word.toUpperCase() : word));
   else if (roll === 1) p = p.endsWith("/") ? p.slice(0, -1) || "/" : `${p}/`;
@@ -580,23 +645,25 @@ function respell(path, d) {
     // Encode one letter: `%72` for `r`, in either case of hex digits.
     const letters = [...p.matchAll(/[a-zA-Z]/g)];
     if (letters.length > 0) {
-      const { index } = d.pick(letters);
+      const { index } = d.pick(letters) as RegExpExecArray;
       const code = p.charCodeAt(index).toString(16);
       p = `${p.slice(0, index)}%${d.chance(0.5) ? code.toUpperCase() : code}${p.slice(index + 1)}`;
     }
-  } else p = p.replace(/\/([^/]*)$/, (_, last) => `/${last}${d.pick(["%7E", "~", "-", "."])}`);
+  } else p = p.replace(/\/([^/]*)$/, (_, last: string) => `/${last}${d.pick(["%7E", "~", "-", "."])}`);
   return query === undefined ? p : `${p}?${query}`;
 }
 
 /** `text` with the character at `index` (a hex digit of a key) changed to another hex digit. */
-function flip(text, index, d) {
+function flip(text: string, index: number, d: Dice): string {
   const digits = "0123456789abcdef";
-  const other = digits[(digits.indexOf(text[index]) + 1 + d.int(15)) % 16];
+  const other = digits[(digits.indexOf(text[index] as string) + 1 + d.int(15)) % 16];
   return text.slice(0, index) + other + text.slice(index + 1);
 }
 
 /** Credentials: the principal presented (null when none of the world's) and how. */
-function credential(w, d, kit) {
+type Credential = { label: string; headers: Headers; query?: string; who: Who[]; raw?: string };
+
+function credential(w: World, d: Dice, kit: Kit): Credential {
   const { pick, chance, hex, weighted } = d;
   const name = weighted([
     [5, "admin"],
@@ -619,10 +686,10 @@ function credential(w, d, kit) {
     [3, "garbage"],
   ]);
   if (name === "none") return { label: "none", headers: {}, who: [] };
-  const basic = (user, password = "") => `Basic ${Buffer.from(`${user}:${password}`).toString("base64")}`;
+  const basic = (user: string, password = "") => `Basic ${Buffer.from(`${user}:${password}`).toString("base64")}`;
   if (name === "person") {
     // A person's access token authenticates as them where it is a bearer token or the X-API-Key; nowhere else.
-    const { raw, who } = w.principals.person;
+    const { raw, who } = of(w, "person");
     const [form, headers, proves] = pick([
       ["bearer", { Authorization: `Bearer ${raw}` }, true],
       ["x-api-key", { "X-API-Key": raw }, true],
@@ -631,18 +698,18 @@ function credential(w, d, kit) {
       ["custom header", { "X-Auth-Token": raw }, false],
       ["cookie", { Cookie: `token=${raw}; theme=dark` }, false],
     ]);
-    return { label: `person/${form}`, headers, who: proves ? [who] : [], raw };
+    return { label: `person/${form}`, headers, who: proves && who ? [who] : [], raw };
   }
   if (name === "secret") {
     // Every other secret of Keygate's, written where and how a client might: none of them authenticates here.
     const { refresh, cookie } = w.personSecrets;
-    const key = w.principals.mailbox.raw;
+    const key = of(w, "mailbox").raw;
     const [what, secret] = pick([
       ["refresh token", refresh],
       ["dashboard cookie", cookie],
       ["verify token", VERIFY_TOKEN],
       ["operator token", kit.OPERATOR_TOKEN],
-      ["handshake token", w.principals.serverToken.raw],
+      ["handshake token", of(w, "serverToken").raw],
       ["key", key],
     ]);
     const [where, headers, query] = pick([
@@ -660,7 +727,7 @@ function credential(w, d, kit) {
     return { label: `secret: ${what} (${where})`, headers, query, who: [], raw: secret };
   }
   if (name === "garbage") {
-    const key = w.principals.admin.raw;
+    const key = of(w, "admin").raw;
     const [label, headers] = pick([
       ["unknown key", { "X-API-Key": `acme_${hex(64)}` }],
       ["flipped key", { Authorization: `Bearer ${flip(key, 5 + d.int(64), d)}` }],
@@ -684,18 +751,18 @@ function credential(w, d, kit) {
     // `raw`: garbage built from a real key is judged as that key's client would be (it must not leak either).
     return { label: `garbage: ${label}`, headers, who: [], raw: key };
   }
-  const principal = w.principals[name];
+  const principal = of(w, name);
   const raw = principal.raw;
   const who = principal.who ? [principal.who] : [];
   if (raw.includes(".")) {
     // A handshake token: as a browser sends it (with the Origin it was minted for) or not.
-    const headers = { Authorization: `Bearer ${raw}` };
+    const headers: Headers = { Authorization: `Bearer ${raw}` };
     if (principal.origin && chance(0.8)) headers.Origin = principal.origin;
     else if (chance(0.3)) headers.Origin = pick([kit.WIDGET, "https://evil.example"]);
     return { label: `${name}`, headers, who, raw };
   }
-  const other = w.principals.mailbox.raw === raw ? w.principals.admin : w.principals.mailbox;
-  const [form, headers, extraWho] = weighted([
+  const other = of(w, "mailbox").raw === raw ? of(w, "admin") : of(w, "mailbox");
+  const [form, headers, extraWho] = weighted<[string, Headers | null, (Who | null)?]>([
     [12, ["bearer", { Authorization: `Bearer ${raw}` }]],
     [12, ["x-api-key", { "X-API-Key": raw }]],
     [1, ["lower-case bearer", { Authorization: `bearer ${raw}` }]],
@@ -720,10 +787,10 @@ function credential(w, d, kit) {
 }
 
 /** Headers a client must not be able to pass to the upstream, or that test how Keygate reads the request. */
-function oddHeaders(d, n) {
+function oddHeaders(d: Dice, n: number) {
   const { pick, chance, int } = d;
-  const headers = {};
-  const tags = [];
+  const headers: Headers = {};
+  const tags: string[] = [];
   if (chance(0.35)) {
     for (let i = 0, count = 1 + int(3); i < count; i++) {
       const name = pick([
@@ -809,7 +876,7 @@ function oddHeaders(d, n) {
   return { headers, tags };
 }
 
-const METHODS = [
+const METHODS: [number, string][] = [
   [30, "GET"],
   [20, "POST"],
   [8, "PUT"],
@@ -822,9 +889,9 @@ const METHODS = [
 ];
 
 /** A body and its summary; framed explicitly (Content-Length or chunked), as node sends no framing for DELETE by itself. */
-function body(d) {
+function body(d: Dice) {
   const { pick, int } = d;
-  return pick([
+  return pick<[string, string | Buffer]>([
     ["small JSON", JSON.stringify({ message: "hello", n: int(100) })],
     ["JSON with keygate fields", JSON.stringify({ accountId: "acc_forged", role: "admin", _method: "DELETE" })],
     ["form", "_method=DELETE&a=1"],
@@ -839,7 +906,7 @@ function body(d) {
 }
 
 /** One gateway request, drawn from the dice alone: a path, a method, a credential, odd headers, a query and a body. */
-function nextRequest(w, d, kit, n, paths) {
+function nextRequest(w: World, d: Dice, kit: Kit, n: number, paths: PathKinds) {
   const { pick, chance, weighted } = d;
   const cred = credential(w, d, kit);
   const kind = weighted([
@@ -858,13 +925,13 @@ function nextRequest(w, d, kit, n, paths) {
     [2, "own"],
     [6, "escape"],
   ]);
-  let path = kind === "granted" ? paths.granted(cred.who[0]) : paths[kind]();
+  let path = kind === "granted" ? paths.granted(cred.who[0]) : (paths[kind] as () => string)();
   // Respelling draws as many numbers as the path has words, and paths hold this run's ids: it gets dice of its own, so
   // the main sequence never depends on them.
   if (kind !== "escape" && chance(0.2)) path = respell(path, dice(kit.mulberry32(d.int(2 ** 31))));
   const method = weighted(METHODS);
   const { headers: odd, tags } = oddHeaders(d, n);
-  const headers = { ...odd, ...cred.headers, "X-Fuzz-Id": `g${n}` };
+  const headers: Headers = { ...odd, ...cred.headers, "X-Fuzz-Id": `g${n}` };
   if (!headers.Origin && chance(0.15)) headers.Origin = pick([kit.WIDGET, "https://evil.example", "null"]);
   if (method === "OPTIONS" && chance(0.5)) {
     headers["Access-Control-Request-Method"] = pick(["POST", "DELETE"]);
@@ -878,7 +945,7 @@ function nextRequest(w, d, kit, n, paths) {
     query.push(pick(["a=1", "_method=DELETE", "q=%F0%9F%98%80", "%ZZ=1", "x=%00", "userApiToken=", "a=1&a=2", `q=${"q".repeat(2000)}`]));
   if (query.length > 0) path += (path.includes("?") ? "&" : "?") + query.join("&");
 
-  let payload;
+  let payload: string | Buffer | undefined;
   let bodySummary = "";
   let chunked = false;
   const bodyAllowed = method !== "HEAD" && method !== "TRACE";
@@ -910,7 +977,7 @@ function nextRequest(w, d, kit, n, paths) {
 // Checks of what the upstream received.
 
 /** A text as an upstream may read it: as it is, percent-decoded, and every base64 run in it decoded (`Basic ...`). */
-function decodings(text) {
+function decodings(text: string): string[] {
   const out = [text];
   try {
     out.push(decodeURIComponent(text));
@@ -923,16 +990,19 @@ function decodings(text) {
 }
 
 /** Every failure the upstream's record of one forwarded request shows: [{kind, code}]. */
-function checkForwarded(req, record, ctx) {
-  const failures = [];
-  const fail = (kind, code) => failures.push({ kind, code });
-  const headers = Object.create(null);
-  const names = [];
+type GatewayRequest = ReturnType<typeof nextRequest> & { requestId?: string };
+
+function checkForwarded(req: GatewayRequest, record: Received, ctx: Context): Failure[] {
+  const failures: Failure[] = [];
+  const fail = (kind: string, code: string) => failures.push({ kind, code });
+  const headers: Record<string, string> = Object.create(null);
+  const names: string[] = [];
   for (let i = 0; i < record.rawHeaders.length; i += 2) {
-    const name = record.rawHeaders[i];
+    const name = record.rawHeaders[i] as string;
     const lower = name.toLowerCase();
     names.push(name);
-    headers[lower] = lower in headers ? `${headers[lower]}, ${record.rawHeaders[i + 1]}` : record.rawHeaders[i + 1];
+    const value = record.rawHeaders[i + 1] ?? "";
+    headers[lower] = lower in headers ? `${headers[lower]}, ${value}` : value;
   }
   const everything = `${record.url}\n${record.rawHeaders.join("\n")}`;
   const method = headers["keygate-auth-method"];
@@ -953,7 +1023,7 @@ function checkForwarded(req, record, ctx) {
 
   for (const name of names) {
     const normal = name.toLowerCase().replaceAll("_", "-");
-    const value = headers[name.toLowerCase()];
+    const value = headers[name.toLowerCase()] as string;
     if (value.includes(FORGED) || name.toLowerCase().includes(FORGED)) fail("a client's Keygate-* header reached the upstream", name);
     else if ((normal.startsWith("keygate-") || normal.startsWith("x-keygate-")) && !IDENTITY_HEADERS.has(name.toLowerCase())) {
       fail("an identity header Keygate does not set reached the upstream", name);
@@ -969,18 +1039,19 @@ function checkForwarded(req, record, ctx) {
 
   // Who the upstream is told the caller is must be a principal the client presented.
   const { pathname } = new URL(record.url, "http://upstream");
-  let who = null;
+  let who: Who | null = null;
   if (method === "none") {
     for (const name of ["keygate-account-id", "keygate-key-id", "keygate-user-id", "keygate-assertion", "keygate-role"]) {
       if (name in headers) fail("a public request reached the upstream with an identity", name);
     }
   } else if (method === "key" || method === "token" || method === "session") {
-    const told = {
+    const told: Record<string, (p: Who) => boolean> = {
       key: (p) => headers["keygate-key-id"] === p.keyId,
       token: (p) => headers["keygate-agent-id"] === p.agentId,
       session: (p) => headers["keygate-user-id"] === p.userId && headers["keygate-key-id"] === undefined,
     };
-    who = req.who.find((p) => p.kind === method && told[method](p) && headers["keygate-account-id"] === p.accountId) ?? null;
+    const toldOf = told[method] as (p: Who) => boolean;
+    who = req.who.find((p) => p.kind === method && toldOf(p) && headers["keygate-account-id"] === p.accountId) ?? null;
     if (!who) fail("the upstream was told of an identity the client did not present", `${method} for ${req.credential.split(" + ")[0]}`);
     const defect = assertionDefect(headers["keygate-assertion"], { ...ctx, method: record.method, pathname, headers });
     if (defect) fail("the assertion does not prove the forwarded request", defect);
@@ -993,7 +1064,7 @@ function checkForwarded(req, record, ctx) {
   // allows for who the request proved to be (null: only public routes).
   if (AMBIGUOUS.some((re) => re.test(pathname))) fail("forwarded a path an upstream could read two ways", pathname.slice(0, 80));
   const views = readings(pathname);
-  if (isOwnPath(`/${views.strict.join("/")}`)) fail("forwarded one of Keygate's own paths", pathname.slice(0, 80));
+  if (isOwnPath(`/${views.strict.join("/")}`, ctx.own)) fail("forwarded one of Keygate's own paths", pathname.slice(0, 80));
   for (const [reading, parts] of Object.entries(views)) {
     const match = modelMatch(record.method, parts);
     const allowed = match && (who ? allows(match.route, match.params, who) : match.route.auth === "public");
@@ -1008,7 +1079,7 @@ function checkForwarded(req, record, ctx) {
 // ---------------------------------------------------------------------------------------------------------------------
 // The run.
 
-function echoed(text) {
+function echoed(text: string): { url?: string } | null {
   try {
     return JSON.parse(text);
   } catch {
@@ -1020,7 +1091,7 @@ function echoed(text) {
  * Runs the gateway fuzz: `kit` carries the rest of the fuzzer (send, check, failure log, constants, helpers). Returns
  * the status histogram, per-route counts and how many requests were forwarded.
  */
-export async function fuzzGateway({ seed, requests, parallel, kit }) {
+export async function fuzzGateway({ seed, requests, parallel, kit }: { seed: number; requests: number; parallel: number; kit: Kit }) {
   const d = dice(kit.mulberry32((seed ^ 0x67617465) >>> 0));
   const upstream = await startUpstream();
   const assertion = assertionKey();
@@ -1041,9 +1112,9 @@ export async function fuzzGateway({ seed, requests, parallel, kit }) {
     },
   });
   const port = Number(new URL(url).port);
-  const send = (req) => kit.send({ ...req, port });
-  const statuses = {};
-  const perRoute = {};
+  const send = (req: Outgoing) => kit.send({ ...req, port });
+  const statuses: Record<string, number> = {};
+  const perRoute: Record<string, Record<string, number>> = {};
   let forwarded = 0;
   try {
     const world = await seedWorld((method, path, options) => kit.call(method, path, { ...options, port }), send, kit);
@@ -1052,7 +1123,7 @@ export async function fuzzGateway({ seed, requests, parallel, kit }) {
       [kit.OPERATOR_TOKEN, "operator token"],
       [kit.SIGNING_SECRET, "JWT signing secret"],
       [VERIFY_TOKEN, "verify token"],
-      [assertion.jwk.d, "assertion signing key"],
+      [assertion.jwk.d as string, "assertion signing key"],
     ]);
     for (const raw of world.keys) {
       secrets.set(raw, "raw key");
@@ -1062,7 +1133,8 @@ export async function fuzzGateway({ seed, requests, parallel, kit }) {
     secrets.set(world.personSecrets.refresh, "refresh token");
     secrets.set(world.personSecrets.cookie, "dashboard cookie");
     for (const secret of world.identitySecrets) secrets.set(secret, "identity secret");
-    const ctx = {
+    const ctx: Context = {
+      own: await ownPaths(send),
       secrets: [...secrets],
       publicKey: assertion.publicKey,
       keygateOrigin: PUBLIC_ORIGIN,
@@ -1076,18 +1148,18 @@ export async function fuzzGateway({ seed, requests, parallel, kit }) {
       // Drawn before sending, so the sequence depends on the seed alone.
       const batch = Array.from({ length: Math.min(parallel, requests - sent) }, (_, i) => nextRequest(world, d, kit, sent + i, paths));
       const answers = await Promise.all(batch.map((req) => send(req)));
-      batch.forEach((req, i) => {
-        const res = answers[i];
+      batch.forEach((req: GatewayRequest, i) => {
+        const res = answers[i] as Answer;
         const records = upstream.take(req.fuzzId);
-        const status = res.error ? "error" : res.status;
         const wasForwarded = records.length > 0;
         if (wasForwarded) forwarded += 1;
-        const label = res.error ? "error" : wasForwarded ? `${status}>` : status;
+        const label = res.error !== undefined ? "error" : wasForwarded ? `${res.status}>` : String(res.status);
         statuses[label] = (statuses[label] ?? 0) + 1;
-        perRoute[req.route] ??= {};
-        perRoute[req.route][label] = (perRoute[req.route][label] ?? 0) + 1;
-        const failures = [];
-        if (!wasForwarded || res.error) failures.push(...kit.check(req, res, keygateSecrets));
+        const counts = perRoute[req.route] ?? {};
+        perRoute[req.route] = counts;
+        counts[label] = (counts[label] ?? 0) + 1;
+        const failures: Failure[] = [];
+        if (!wasForwarded || res.error !== undefined) failures.push(...kit.check(req, res, keygateSecrets));
         else {
           // The answer is the upstream's: it passes through, with Keygate's request id and rate-limit headers only.
           if (res.status >= 500) failures.push({ kind: "5xx answer", code: "forwarded" });
@@ -1101,10 +1173,10 @@ export async function fuzzGateway({ seed, requests, parallel, kit }) {
             failures.push({ kind: "the upstream's own cookie did not reach the client", code: "" });
           if (String(req.headers.Host ?? "").toLowerCase() === DASHBOARD_HOST)
             failures.push({ kind: "forwarded a request on the dashboard's host", code: req.path.slice(0, 80) });
-          if (req.method !== "HEAD" && records.length === 1 && echoed(res.text)?.url !== records[0].url) {
+          if (req.method !== "HEAD" && records.length === 1 && echoed(res.text)?.url !== records[0]?.url) {
             failures.push({ kind: "a forwarded request answered otherwise than the upstream did", code: "body" });
           }
-          req.requestId = res.headers["x-request-id"];
+          req.requestId = String(res.headers["x-request-id"]);
           if (records.length > 1) failures.push({ kind: "the upstream received one request more than once", code: String(records.length) });
           for (const record of records) failures.push(...checkForwarded(req, record, ctx));
         }
