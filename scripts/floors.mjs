@@ -111,16 +111,8 @@ for (const [file, targets] of edges) {
 for (const loop of circles(folders, (folder) => FLOORS[folder]))
   problems.push(`import circle between folders: ${[...loop, loop[0]].join(" -> ")}`);
 
-// Known debts while the floors are being reached: each must still exist (so the list only shrinks).
-const DEBT = path.resolve("scripts/floors-debt.txt");
-const debt = fs.existsSync(DEBT) ? fs.readFileSync(DEBT, "utf8").split("\n").filter(Boolean) : [];
-const fresh = problems.filter((p) => !debt.includes(p));
-const paid = debt.filter((d) => !problems.includes(d));
-if (process.argv.includes("--write-debt")) {
-  fs.writeFileSync(DEBT, `${problems.sort().join("\n")}\n`);
-  console.log(`floors: ${problems.length} known debts written`);
-} else if (fresh.length > 0 || paid.length > 0) {
-  for (const p of fresh) console.error(`floors: ${p}`);
-  for (const p of paid) console.error(`floors: no longer true, remove from scripts/floors-debt.txt: ${p}`);
+if (problems.length > 0) {
+  for (const p of problems) console.error(`floors: ${p}`);
   process.exit(1);
-} else console.log(`floors: ${files.length} files, no new violations (${debt.length} known debts)`);
+}
+console.log(`floors: ${files.length} files, every import on its floor, no circle`);

@@ -150,6 +150,11 @@ export class KeyObject extends DurableObject<Bindings> {
     return this.key?.lastUsed;
   }
 
+  /** Whether the object holds the key's record (its read of D1 has landed), for tests. */
+  get holdsRecord(): boolean {
+    return this.key !== undefined;
+  }
+
   /** Drops the cached key: the next request reads the key, its owner and its account again. */
   reload(): void {
     this.generation += 1;

@@ -1,4 +1,4 @@
-import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
+import { createExecutionContext, runInDurableObject, waitOnExecutionContext } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { createLocalJWKSet, jwtVerify } from "jose";
 import { describe, expect, it } from "vitest";
@@ -269,7 +269,7 @@ async function verifyThroughBinding(body: unknown): Promise<{ status: number; an
 
 /** Whether the key's object holds its record, read from D1 (a late read has landed). */
 function holdsRecord(keyId: string): Promise<boolean> {
-  return runInDurableObject(env.KEYS.getByName(`key:${keyId}`), (instance) => Reflect.get(instance, "key") !== undefined);
+  return runInDurableObject(env.KEYS.getByName(`key:${keyId}`), (instance) => instance.holdsRecord);
 }
 
 /**
