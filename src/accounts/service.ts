@@ -1,7 +1,8 @@
 import type { z } from "@hono/zod-openapi";
 import { and, asc, eq } from "drizzle-orm";
+import { FULL_ACCESS } from "../core/grants";
 import { newId } from "../core/ids";
-import { FULL_ACCESS, type Principal } from "../core/principal";
+import type { Principal } from "../core/principal";
 import { reloadKeys } from "../keys/reload";
 import { keyUsage, liveKeyIds, mintKey } from "../keys/store";
 import { newInvitation } from "../people/invitations";

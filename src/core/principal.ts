@@ -2,8 +2,6 @@ import { type AccountLimits, rateLimitCeiling, withinCeiling } from "./ceilings"
 import { FULL_ACCESS, isFullAccess, reaches } from "./grants";
 import type { Policy } from "./window";
 
-export { FULL_ACCESS };
-
 /** How a key came: `Authorization: Bearer`, `X-API-Key`, the deprecated query parameter, or the verify API. */
 export type AuthMethod = "bearer" | "header" | "query" | "verify";
 
@@ -65,11 +63,6 @@ export function effectiveScopes(keyScopes: readonly string[], ownerGrants: reado
   if (role === "admin" || isFullAccess(ownerGrants)) return [...keyScopes];
   if (isFullAccess(keyScopes)) return [...ownerGrants];
   return keyScopes.filter((s) => ownerGrants.includes(s));
-}
-
-/** Admins act on every key of the account; members only on keys they own. */
-export function canManageKey(p: Principal, ownerId: string): boolean {
-  return p.role === "admin" || p.userId === ownerId;
 }
 
 /** A key as its principal is built from it (its row's columns; `scopes` as stored, JSON). */

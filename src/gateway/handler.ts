@@ -95,7 +95,7 @@ function need(c: Context<AppEnv>, route: GatewayRoute, params: Record<string, st
   if (route.account !== undefined) return { account: params[route.account], resource };
   if (route.resource === undefined || resourceId === undefined) return { resource };
   const { type } = route.resource;
-  return async () => ({ account: (await ownerOf(c.env.DB, type, resourceId)) ?? NO_ACCOUNT, resource });
+  return async () => ({ account: (await ownerOf(c.get("deps").env.DB, type, resourceId)) ?? NO_ACCOUNT, resource });
 }
 
 function identityOf(id: Identified): Identity {
@@ -201,8 +201,9 @@ async function recordOwnership(c: Context<AppEnv>, identity: Identity, response:
     }
     const fields = { requestId: c.get("requestId"), resource: grant, accountId };
     try {
-      if (!created) await release(c.env.DB, parsed.type, parsed.id, accountId);
-      else if ((await claim(c.env.DB, parsed.type, parsed.id, accountId)) !== accountId) log("warn", "resource_owned_elsewhere", fields);
+      if (!created) await release(c.get("deps").env.DB, parsed.type, parsed.id, accountId);
+      else if ((await claim(c.get("deps").env.DB, parsed.type, parsed.id, accountId)) !== accountId)
+        log("warn", "resource_owned_elsewhere", fields);
     } catch (err) {
       log("error", "resource_ownership_not_recorded", { ...fields, error: safeError(err) });
     }

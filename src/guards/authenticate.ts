@@ -7,7 +7,6 @@ import { parseKey } from "../core/ids";
 import { type AuthMethod, type Need, type Principal, refusal } from "../core/principal";
 import { admit, rateLimitHeaders, refund, type Spent } from "../counters/limiter";
 import { accessTokenPrincipal, ENDED } from "../people/sessions";
-import { db } from "../platform/db/client";
 import { accounts } from "../platform/db/schema";
 import { ApiError, refused } from "../platform/errors";
 import { ACCESS_TYPE, verifyAccessToken } from "../tokens/access";
@@ -184,7 +183,7 @@ async function verifyHandshakeToken(c: RequestContext, token: string, { tokens, 
   const { claims } = result;
   if (claims.origin !== undefined && claims.origin !== (c.req.header("Origin") ?? null))
     return invalid("The token was issued for another origin.");
-  const agent = await findAgent(db(c.env.DB), claims.agt);
+  const agent = await findAgent(c.get("deps").db, claims.agt);
   if (!agent || agent.accountId !== claims.acc) return invalid("The token is not valid.");
   if (agent.disabled) return { ok: false, refusal: new ApiError("agent_disabled", "The agent that issued this token is disabled.") };
   // Removing an origin from the agent ends the tokens minted for it, as disabling the agent ends all of them.
@@ -206,6 +205,6 @@ async function verifyHandshakeToken(c: RequestContext, token: string, { tokens, 
 /** Whether `idOrSlug` names this account (a handshake token carries the id; a URL may carry the slug). */
 async function isAccount(c: RequestContext, accountId: string, idOrSlug: string): Promise<boolean> {
   if (idOrSlug === accountId) return true;
-  const [found] = await db(c.env.DB).select({ slug: accounts.slug }).from(accounts).where(eq(accounts.id, accountId)).limit(1);
+  const [found] = await c.get("deps").db.select({ slug: accounts.slug }).from(accounts).where(eq(accounts.id, accountId)).limit(1);
   return found?.slug === idOrSlug;
 }

@@ -1,6 +1,5 @@
 import { createMiddleware } from "hono/factory";
 import { originKnown } from "../agents/store";
-import { db } from "../platform/db/client";
 import { ApiError } from "../platform/errors";
 import type { AppEnv } from "./context";
 import { problem } from "./problem";
@@ -18,7 +17,7 @@ export const cors = createMiddleware<AppEnv>(async (c, next) => {
   const origin = c.req.header("Origin");
   c.set("corsOrigin", null);
   if (c.req.method === "OPTIONS") {
-    if (!origin || !(await originKnown(db(c.env.DB), origin))) {
+    if (!origin || !(await originKnown(c.get("deps").db, origin))) {
       const res = problem(c, new ApiError("origin_not_allowed", "This origin is not allowed by any agent."));
       res.headers.set("Vary", "Origin");
       return res;

@@ -40,7 +40,6 @@ app.use(async (c, next) => {
   const deps = makeDeps(c.env, c.executionCtx, c.get("requestId"));
   c.set("deps", deps);
   c.set("config", deps.config);
-  c.env = deps.env;
   // Only the exact "true" allows plain http: anything else, a malformed value included (which /health names), keeps
   // Keygate on https, so every route still answers.
   if (c.env.ALLOW_HTTP !== "true" && new URL(c.req.url).protocol !== "https:") {

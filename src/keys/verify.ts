@@ -1,9 +1,10 @@
 import { z } from "@hono/zod-openapi";
+import { GRANT, parseGrant } from "../core/grants";
 import { parseKey } from "../core/ids";
 import { type Need, NO_ACCOUNT } from "../core/principal";
 import { integer, matching } from "../core/schemas";
 import type { Deps } from "../platform/deps";
-import { GRANT, ownerOf, parseGrant } from "../resources/owners";
+import { ownerOf } from "../resources/owners";
 import { authorizeKey } from "./authorize";
 
 export const VerifyRequest = z

@@ -3,9 +3,6 @@ import { grantOf, RESOURCE_ID, RESOURCE_TYPE } from "../core/grants";
 import { type Db, db } from "../platform/db/client";
 import { accounts, resourceOwners } from "../platform/db/schema";
 
-// Re-exported for the registry's routes and the verify API, which import the grammar from here.
-export { GRANT, parseGrant, RESOURCE_ID, RESOURCE_TYPE } from "../core/grants";
-
 /**
  * Owners this isolate has read, for at most a second (the same bound as a key's record under a lease): a hot resource
  * costs one D1 read a second, and a resource the provider moves to another account leaves its old owner within a

@@ -1,6 +1,6 @@
 import { z } from "@hono/zod-openapi";
+import { RESOURCE_ID, RESOURCE_TYPE } from "../core/grants";
 import { matching } from "../core/schemas";
-import { RESOURCE_ID, RESOURCE_TYPE } from "./owners";
 
 /** A resource as a path names it: `/{type}/{id}`. */
 export const OwnerParams = z.object({

@@ -1,5 +1,5 @@
 import { z } from "@hono/zod-openapi";
-import { FULL_ACCESS } from "../core/principal";
+import { FULL_ACCESS } from "../core/grants";
 import { extend, Timestamp } from "../core/schemas";
 import { Grants } from "../keys/schemas";
 import { Email } from "../people/schemas";

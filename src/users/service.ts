@@ -1,7 +1,8 @@
 import type { z } from "@hono/zod-openapi";
 import { and, eq, sql } from "drizzle-orm";
+import { FULL_ACCESS } from "../core/grants";
 import { newId } from "../core/ids";
-import { FULL_ACCESS, type Principal } from "../core/principal";
+import type { Principal } from "../core/principal";
 import { reloadKeys, writeChange } from "../keys/reload";
 import { grantErrors } from "../keys/schemas";
 import { lastingKey, liveKeyIds } from "../keys/store";

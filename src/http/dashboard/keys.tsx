@@ -1,5 +1,5 @@
 import { Hono } from "hono";
-import { FULL_ACCESS } from "../../core/principal";
+import { FULL_ACCESS } from "../../core/grants";
 import { keyView, MAX_GRACE_SECONDS, NewKey, Rotation } from "../../keys/schemas";
 import { createKey, getKey, listKeys, mayCreateKeys, revokeKey, rotateKey } from "../../keys/service";
 import { pageOf } from "../../platform/db/pagination";

@@ -1,5 +1,5 @@
 import { Hono } from "hono";
-import { FULL_ACCESS } from "../../core/principal";
+import { FULL_ACCESS } from "../../core/grants";
 import type { Invitation } from "../../people/invitations";
 import { pageOf } from "../../platform/db/pagination";
 import type { User } from "../../platform/db/schema";
