@@ -37,24 +37,41 @@ export type LeasedCall<S extends CounterStub, R, F extends { ok: false } = never
  * and holds the lease it brings; refused because a concurrent call of this isolate took the budget as a lease, it
  * spends from that lease instead. A lease running low is renewed in the background. Null when the object failed and
  * the deployment fails open (the caller marks its answer unlimited); closed, that is 503 `rate_limiter_unavailable`.
- * `isolate` is replaceable in tests.
+ * `isolate` is replaceable in tests. A request a held lease decides is answered at once, with no promise: the leased
+ * path awaits nothing.
  */
-export async function leasedCall<S extends CounterStub, R, F extends { ok: false } = never>(
+export function leasedCall<S extends CounterStub, R, F extends { ok: false } = never>(
   deps: Deps,
   c: LeasedCall<S, R, F>,
   isolate: Holdings = holdings,
+): Leased<R> | F | Promise<Leased<R> | F | null> {
+  return fromHeld(deps, isolate, c) ?? called(deps, c, isolate);
+}
+
+/** A request a held lease decides, a renewal started when that lease runs low; null when none is held. */
+function fromHeld<S extends CounterStub, R, F extends { ok: false }>(
+  deps: Deps,
+  isolate: Holdings,
+  c: LeasedCall<S, R, F>,
+): Leased<R> | F | null {
+  const local = fromLease(isolate, c);
+  if (local && c.renew && isolate.runningLow(c.name)) deps.waitUntil(renew(deps, isolate, c, c.renew));
+  return local;
+}
+
+/** The rest of `leasedCall`: wait for this isolate's call in flight, or call. */
+async function called<S extends CounterStub, R, F extends { ok: false }>(
+  deps: Deps,
+  c: LeasedCall<S, R, F>,
+  isolate: Holdings,
 ): Promise<Leased<R> | F | null> {
   const { name } = c;
   // A hot counter's lease ran out: one call of this isolate renews it at a time; the requests beside it wait and spend
-  // from what it brings (a renewal that brings nothing leaves each to ask for itself).
-  // No await unless a renewal is in flight: a request that must call has to claim the renewal before any other looks.
-  for (let renewal = isolate.inFlight(name); ; renewal = isolate.inFlight(name)) {
-    const local = fromLease(isolate, c);
-    if (local) {
-      if (c.renew && isolate.runningLow(name)) deps.waitUntil(renew(deps, isolate, c, c.renew));
-      return local;
-    }
-    if (!renewal || !(await renewal)) break;
+  // from what it brings (a renewal that brings nothing leaves each to ask for itself). No await unless a call is in
+  // flight: a request that must call has to claim it before any other looks.
+  for (let renewal = isolate.inFlight(name); renewal && (await renewal); renewal = isolate.inFlight(name)) {
+    const local = fromHeld(deps, isolate, c);
+    if (local) return local;
   }
   const askedAt = isolate.now();
   const returned = isolate.unspent(name);

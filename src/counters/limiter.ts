@@ -17,7 +17,7 @@ export type { Spent } from "./protocol";
  * answer `X-RateLimit-Status: unavailable`). `isolate` is replaceable in tests.
  */
 export async function spend(deps: Deps, name: string, policy: Policy, cost = 1, isolate: Holdings = holdings): Promise<Spent | null> {
-  const leased = await leasedCall<DurableObjectStub<Counter>, null>(
+  const answer = leasedCall<DurableObjectStub<Counter>, null>(
     deps,
     {
       name,
@@ -28,6 +28,8 @@ export async function spend(deps: Deps, name: string, policy: Policy, cost = 1, 
     },
     isolate,
   );
+  // Spent from a lease: no await.
+  const leased = answer instanceof Promise ? await answer : answer;
   return leased && admit(leased.spent);
 }
 

@@ -36,7 +36,7 @@ export async function authorizeKey(
   // Worked out only for a key that exists: a made-up key costs no read of what the route needs (a resource's owner).
   const need = typeof needed === "function" ? await needed() : needed;
   const name = `key:${keyId}`;
-  const verdict = await leasedCall<DurableObjectStub<KeyObject>, Principal, Refused>(
+  const answer = leasedCall<DurableObjectStub<KeyObject>, Principal, Refused>(
     deps,
     {
       name,
@@ -56,6 +56,8 @@ export async function authorizeKey(
     },
     isolate,
   );
+  // Decided from a lease: no await.
+  const verdict = answer instanceof Promise ? await answer : answer;
   if (verdict === null) {
     // Open mode with the object down: the key is checked in D1 and the request goes through unlimited.
     const result = evaluateKey(await loadKey(deps.db, { hash }), deps.now());

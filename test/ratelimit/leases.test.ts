@@ -2,8 +2,10 @@ import { createExecutionContext, runInDurableObject, waitOnExecutionContext } fr
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { LEASE_MS } from "../../src/core/lease";
+import type { Principal } from "../../src/core/principal";
 import type { Counter } from "../../src/counters/counter-object";
 import { Holdings, holdings } from "../../src/counters/held";
+import { leasedCall } from "../../src/counters/leased-call";
 import { SlidingLog } from "../../src/counters/sliding-log";
 import { authorizeKey } from "../../src/keys/authorize";
 import { makeDeps } from "../../src/platform/deps";
@@ -149,6 +151,23 @@ describe("leases", () => {
     expect(statuses.filter((s) => s === 200)).toHaveLength(40);
     expect(statuses.filter((s) => s === 429)).toHaveLength(110);
   }, 30_000);
+
+  it("decide a request from a held lease at once, with no promise and no call: the leased path awaits nothing", async () => {
+    const { isolate, name } = await leasedKey();
+    const answer = leasedCall(
+      request().deps,
+      {
+        name,
+        stub: env.KEYS.getByName(name),
+        cost: 1,
+        ask: () => Promise.reject(new Error("a held lease decides without a call")),
+        policy: (principal: Principal) => principal.rateLimit,
+      },
+      isolate,
+    );
+    expect(answer).not.toBeInstanceOf(Promise);
+    expect(answer).toMatchObject({ ok: true, spent: { allowed: true, leased: true, name } });
+  });
 
   it("give a refused request's admission back to the lease it came from", async () => {
     const { key } = await provision();
