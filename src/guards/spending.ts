@@ -14,9 +14,14 @@ export async function spendOn(c: RequestContext, name: string, policy: Policy, c
   return unlimitedIfNull(c, await spend(c.get("deps"), name, policy, cost));
 }
 
+/** Spends one request of the client address's `kind` budget (over it, 429). */
+export async function spendOnAddress(c: RequestContext, kind: string, policy: Policy): Promise<Spent | null> {
+  return unlimitedIfNull(c, await spendPerAddress(c.get("deps"), c.req.header("CF-Connecting-IP"), kind, policy));
+}
+
 /** Spends one attempt of the client address's failure budget (IP_FAILURE_RATE_LIMIT). */
-export async function spendFailure(c: RequestContext): Promise<Spent | null> {
-  return unlimitedIfNull(c, await spendPerAddress(c.get("deps"), c.req.header("CF-Connecting-IP"), "ip", c.get("config").ipPolicy));
+export function spendFailure(c: RequestContext): Promise<Spent | null> {
+  return spendOnAddress(c, "ip", c.get("config").ipPolicy);
 }
 
 /** A key's verdict from its object (or this isolate's lease of it), which spends `cost` only when the key passes. */
@@ -41,12 +46,7 @@ function unlimitedIfNull(c: RequestContext, spent: Spent | null): Spent | null {
 export function passwordAttempts(c: RequestContext): (email: string) => Promise<Spent[]> {
   return async (email) => {
     const spent: Spent[] = [];
-    for (const admission of [
-      await spendOn(c, `login:${await hashKey(email)}`, LOGIN_EMAIL_POLICY, 1),
-      await spendPerAddress(c.get("deps"), c.req.header("CF-Connecting-IP"), "ip", c.get("config").ipPolicy).then((a) =>
-        unlimitedIfNull(c, a),
-      ),
-    ]) {
+    for (const admission of [await spendOn(c, `login:${await hashKey(email)}`, LOGIN_EMAIL_POLICY, 1), await spendFailure(c)]) {
       if (!admission) continue;
       if (!admission.allowed) {
         for (const s of spent) await refund(c.get("deps"), s);

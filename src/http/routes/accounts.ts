@@ -3,10 +3,10 @@ import { createMiddleware } from "hono/factory";
 import { accountView, NewAccount, Provisioned, RecoveryRequest } from "../../accounts/schemas";
 import { provisionAccount, recoverAccount } from "../../accounts/service";
 import { IdParam } from "../../core/schemas";
-import { spendPerAddress } from "../../counters/limiter";
 import type { AppEnv } from "../../guards/context";
 import { invalidToken } from "../../guards/credentials";
 import { bearerMatches } from "../../guards/secret";
+import { spendOnAddress } from "../../guards/spending";
 import { KeyWithSecret, keyView } from "../../keys/schemas";
 import { misconfigured } from "../../platform/config";
 import { ApiError, type ErrorCode } from "../../platform/errors";
@@ -24,8 +24,7 @@ const OPERATOR_PROBLEMS: ErrorCode[] = [
 
 /** Operator calls spend their address's budget (so a guessed token gets few tries), then need the operator token. */
 const operator = createMiddleware<AppEnv>(async (c, next) => {
-  if (!(await spendPerAddress(c.get("deps"), c.req.header("CF-Connecting-IP"), "provision", c.get("config").ipPolicy)))
-    c.header("X-RateLimit-Status", "unavailable");
+  await spendOnAddress(c, "provision", c.get("config").ipPolicy);
   await requireOperator(c.req.header("Authorization"), c.get("config").operatorToken);
   await next();
 });

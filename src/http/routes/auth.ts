@@ -1,8 +1,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { IdParam } from "../../core/schemas";
-import { spendPerAddress } from "../../counters/limiter";
 import { authenticate } from "../../guards/authenticate";
-import { passwordAttempts } from "../../guards/spending";
+import { passwordAttempts, spendFailure } from "../../guards/spending";
 import { acceptInvitation } from "../../people/invitations";
 import { AcceptInvitation, LoginRequest, PasswordChange, RefreshRequest, SessionView, TokenPair, Welcome } from "../../people/schemas";
 import { changePassword, endSessions, listSessions, login, refresh } from "../../people/sessions";
@@ -81,12 +80,7 @@ export const authRoutes = routes()
         return c.json(await refresh(c.get("deps"), { refreshToken: body.data.refresh_token }), 200);
       } catch (err) {
         // A wrong token spends the address's failure budget, as a wrong key does.
-        if (
-          err instanceof ApiError &&
-          err.status === 401 &&
-          !(await spendPerAddress(c.get("deps"), c.req.header("CF-Connecting-IP"), "ip", c.get("config").ipPolicy))
-        )
-          c.header("X-RateLimit-Status", "unavailable");
+        if (err instanceof ApiError && err.status === 401) await spendFailure(c);
         throw err;
       }
     },
@@ -123,12 +117,7 @@ export const authRoutes = routes()
         return c.json(await acceptInvitation(c.get("deps"), token, password), 200);
       } catch (err) {
         // Guessing invitations spends the address's failure budget.
-        if (
-          err instanceof ApiError &&
-          err.code === "invalid_invitation" &&
-          !(await spendPerAddress(c.get("deps"), c.req.header("CF-Connecting-IP"), "ip", c.get("config").ipPolicy))
-        )
-          c.header("X-RateLimit-Status", "unavailable");
+        if (err instanceof ApiError && err.code === "invalid_invitation") await spendFailure(c);
         throw err;
       }
     },

@@ -3,9 +3,10 @@ import { verifyIdentity } from "../../agents/identity";
 import { handshakeAgent } from "../../agents/service";
 import { newId } from "../../core/ids";
 import { matching } from "../../core/schemas";
-import { spend, spendPerAddress } from "../../counters/limiter";
+import { spend } from "../../counters/limiter";
 import { authenticateIfSent } from "../../guards/authenticate";
 import { cors } from "../../guards/cors";
+import { spendOnAddress } from "../../guards/spending";
 import { misconfigured } from "../../platform/config";
 import { ApiError, type FieldError, invalidRequest } from "../../platform/errors";
 import { signToken } from "../../tokens/handshake";
@@ -90,8 +91,7 @@ handshakeRoutes.openapi(
     }
     if (agent.disabled) throw new ApiError("agent_disabled", "This agent is disabled.");
     if (!server) {
-      if (!(await spendPerAddress(c.get("deps"), c.req.header("CF-Connecting-IP"), "handshake-ip", config.handshakeIpPolicy)))
-        c.header("X-RateLimit-Status", "unavailable");
+      await spendOnAddress(c, "handshake-ip", config.handshakeIpPolicy);
       if (userId === undefined) {
         if (!(await spend(c.get("deps"), `handshake-anon:${agent.id}`, config.handshakeAgentPolicy)))
           c.header("X-RateLimit-Status", "unavailable");
