@@ -40,6 +40,15 @@ export function leaseSize(recentPerSecond: number, remaining: number, ms: number
   return Math.max(0, Math.min(Math.floor((recentPerSecond * ms) / 2000), Math.floor(remaining / SHARE_OF_REMAINING), MAX_LEASE));
 }
 
+/**
+ * A lease's size: what the key's rate calls for (`sized`), or what the caller's waiting requests wanted when that is
+ * more, within the same bounds (MAX_LEASE, a quarter of what is left).
+ */
+function leaseUnits(sized: number, wanted: number, remaining: number): number {
+  const asked = Math.min(Math.max(0, Math.floor(wanted)), MAX_LEASE, Math.floor(remaining / SHARE_OF_REMAINING));
+  return Math.min(Math.max(sized, asked), remaining);
+}
+
 /** Admissions logged in the last second (leases count at their grant's share: their entries lie ahead of now). */
 function recentRate(log: readonly number[], now: number): number {
   return log.length - firstInWindow(log, now - 1000);
@@ -47,9 +56,10 @@ function recentRate(log: readonly number[], now: number): number {
 
 /**
  * Decides a request costing `cost` at `now` on an ascending log (changed in place): when admitted, its entries at
- * `now`, and beside them, for a caller that can hold one (`leasing`), a lease sized from the log's recent rate and
- * what is left (`leaseSize`), logged at its end. `remaining` is then what the window has left with the lease counted
- * as spent.
+ * `now`, and beside them, for a caller that can hold one (`leasing`), a lease logged at its end. The lease is sized
+ * from the log's recent rate and what is left (`leaseSize`), and is at least `wanted` (what the caller's requests
+ * needed while its last call was on its way) within the same bounds. `remaining` is then what the window has left
+ * with the lease counted as spent.
  */
 export function admitWithLease(
   log: number[],
@@ -57,13 +67,14 @@ export function admitWithLease(
   policy: Policy,
   cost: number,
   leasing: boolean,
+  wanted = 0,
 ): Decision & { lease: Lease | null } {
   const rate = recentRate(log, now);
   const decision = decide(log, now, policy, cost);
   if (!decision.allowed) return { ...decision, lease: null };
   insertSorted(log, now, cost);
   const ms = leaseMs(policy);
-  const units = leasing ? Math.min(leaseSize(rate, decision.remaining, ms), decision.remaining) : 0;
+  const units = leasing ? leaseUnits(leaseSize(rate, decision.remaining, ms), wanted, decision.remaining) : 0;
   if (units === 0) return { ...decision, lease: null };
   insertSorted(log, now + ms, units);
   return { ...decision, remaining: decision.remaining - units, lease: { id: now + ms, units, ms } };

@@ -52,7 +52,7 @@ export class Budget {
     // Judging may have taken a while (a key's record read from D1): decide only if the caller still waits.
     if (this.calls.recall(call.tag)) throw new Error("call already answered or cancelled");
     if ("refuse" in judged) return this.calls.remember(call.tag, judged.refuse, []);
-    const granted = this.log.admit({ policy: judged.spend, cost: call.cost ?? 1, lease: call.lease ?? false });
+    const granted = this.log.admit({ policy: judged.spend, cost: call.cost ?? 1, lease: call.lease ?? false, wanted: call.wanted });
     const logged = loggedBy(granted);
     const made = this.calls.remember(call.tag, answer(granted, logged), logged);
     // A refusal waits for the admissions decided before it, so a caller never sees it before a lease granted earlier:

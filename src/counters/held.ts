@@ -3,8 +3,14 @@ import type { Policy } from "../core/window";
 import { deadline } from "../platform/deadline";
 import type { Spent, Unspent } from "./protocol";
 
-/** `record`: what the object judged the lease's requests by (a key's principal); null for a plain counter. */
-type Held = { record: unknown; until: number; remaining: number; resetAt: number; lastLease: number; leases: HeldLeases };
+/**
+ * `record`: what the object judged the lease's requests by (a key's principal); null for a plain counter. `wanted`:
+ * what the requests that waited on this isolate's last call needed together, for its next call to ask for.
+ */
+type Held = { record: unknown; until: number; remaining: number; resetAt: number; lastLease: number; wanted: number; leases: HeldLeases };
+
+/** A call this isolate has in flight for a hot name, and what the requests waiting for it need together. */
+type Asking = { settled: Promise<boolean>; until: number; waiting: number };
 
 const MAX_HELD_KEYS = 10_000;
 
@@ -18,7 +24,7 @@ export class Holdings {
   /** When this isolate last stopped trusting each key's record (`drop`): an answer asked for before then is stale. */
   private readonly dropped = new Map<string, number>();
   /** This isolate's call in flight for each hot name: the one renewal a run-out lease needs, shared. */
-  private readonly asking = new Map<string, { settled: Promise<boolean>; until: number }>();
+  private readonly asking = new Map<string, Asking>();
 
   /** `now` is replaceable in tests to move this isolate's time. */
   constructor(public now: () => number = Date.now) {}
@@ -48,7 +54,7 @@ export class Holdings {
       );
     else {
       if (this.held.size >= MAX_HELD_KEYS) this.held.delete(this.held.keys().next().value as string);
-      h = { record, until: stale ? 0 : until, remaining, resetAt, lastLease: lease.units, leases: new HeldLeases() };
+      h = { record, until: stale ? 0 : until, remaining, resetAt, lastLease: lease.units, wanted: 0, leases: new HeldLeases() };
       this.held.set(name, h);
     }
     h.leases.add(until, lease.id, lease.units);
@@ -82,17 +88,34 @@ export class Holdings {
    * The call this isolate has in flight for a hot `name` (one that held a lease), for a request that found no lease
    * to wait for instead of calling too: one renewal per isolate, not one per request in flight. It resolves to
    * whether it brought a lease; after one that did not (the key is out of budget), every request asks for itself.
+   * A request waiting for it counts its `cost` towards what this isolate's next call asks for (`wanted`), so the
+   * leases keep up with the requests that arrive while a call is on its way, however long it takes.
    * The wait ends at the call's deadline on the waiting request's own timer: a call whose request the runtime
    * cancelled (its client went away) never settles, and a request waiting on it without a timer of its own would be
    * found hung; past its deadline the call is forgotten, so later requests ask for themselves at once.
    */
-  inFlight(name: string): Promise<boolean> | undefined {
+  inFlight(name: string, cost = 0): Promise<boolean> | undefined {
     const asking = this.calling(name);
+    if (asking) asking.waiting += cost;
     return asking && deadline(asking.settled, asking.until - this.now(), () => new Error("past its deadline")).catch(() => false);
   }
 
+  /** Whether this isolate has a call in flight for a hot `name`. */
+  busy(name: string): boolean {
+    return this.calling(name) !== undefined;
+  }
+
+  /** What the requests that waited on this isolate's last call of `name` needed, asked for once by its next call. */
+  wanted(name: string): number {
+    const h = this.held.get(name);
+    if (!h) return 0;
+    const { wanted } = h;
+    h.wanted = 0;
+    return wanted;
+  }
+
   /** This isolate's call in flight for `name`, until its deadline. */
-  private calling(name: string): { settled: Promise<boolean>; until: number } | undefined {
+  private calling(name: string): Asking | undefined {
     const asking = this.asking.get(name);
     if (asking && asking.until <= this.now()) this.asking.delete(name);
     else return asking;
@@ -104,10 +127,12 @@ export class Holdings {
    */
   track<T>(name: string, call: Promise<T>, leased: (answer: T) => boolean, ms: number): Promise<T> {
     if (!this.held.has(name) || this.calling(name)) return call;
-    const asking = { settled: call.then(leased, () => false), until: this.now() + ms };
+    const asking = { settled: call.then(leased, () => false), until: this.now() + ms, waiting: 0 };
     this.asking.set(name, asking);
     void asking.settled.then(() => {
       if (this.asking.get(name) === asking) this.asking.delete(name);
+      const h = this.held.get(name);
+      if (h) h.wanted = asking.waiting;
     });
     return call;
   }

@@ -69,16 +69,20 @@ async function called<S extends CounterStub, R, F extends { ok: false }>(
   // A hot counter's lease ran out: one call of this isolate renews it at a time; the requests beside it wait and spend
   // from what it brings (a renewal that brings nothing leaves each to ask for itself). No await unless a call is in
   // flight: a request that must call has to claim it before any other looks.
-  for (let renewal = isolate.inFlight(name); renewal && (await renewal); renewal = isolate.inFlight(name)) {
+  for (let renewal = isolate.inFlight(name, c.cost); renewal && (await renewal); renewal = isolate.inFlight(name, c.cost)) {
     const local = fromHeld(deps, isolate, c);
     if (local) return local;
   }
   const askedAt = isolate.now();
   const returned = isolate.unspent(name);
+  // One lease on its way per isolate: a call beside one in flight (that one's lease came too late for it, or will not
+  // cover it) asks for its own admission only, so calls slower than a lease do not each take one that ends unspent.
+  const leasing = !isolate.busy(name);
+  const wanted = leasing ? isolate.wanted(name) : 0;
   const answer = await isolate.track(
     name,
-    callCounter(deps, c.stub, name, (stub, tag) => c.ask(stub, { tag, cost: c.cost, lease: true, returned }), returned),
-    bringsLease,
+    callCounter(deps, c.stub, name, (stub, tag) => c.ask(stub, { tag, cost: c.cost, lease: leasing, wanted, returned }), returned),
+    bringsLease(isolate, askedAt),
     deps.config.rateLimitTimeoutMs,
   );
   if (answer === null || !answer.ok) return answer;
@@ -95,7 +99,14 @@ async function called<S extends CounterStub, R, F extends { ok: false }>(
   return { ok: true, record, spent: { ...counted, remaining, name, policy: c.policy(record) } };
 }
 
-const bringsLease = (answer: Answer<unknown, { ok: false }> | null) => answer?.ok === true && answer.granted.lease !== null;
+/**
+ * Whether a call asked at `askedAt` answered with a lease that has not yet ended when it arrives (a lease lasts from
+ * the asking: one slower than the lease brings nothing the requests waiting for it could spend).
+ */
+const bringsLease =
+  (isolate: Holdings, askedAt: number) =>
+  (answer: Answer<unknown, { ok: false }> | null): boolean =>
+    answer?.ok === true && answer.granted.lease !== null && askedAt + answer.granted.lease.ms > isolate.now();
 
 /**
  * A request decided in this isolate, with no call: the record the object answered under a lease that has not ended,
@@ -126,11 +137,12 @@ async function renew<S extends CounterStub, R, F extends { ok: false }>(
   const own = { ...deps, requestId: `${deps.requestId}-renewal` };
   const askedAt = isolate.now();
   const returned = isolate.unspent(c.name);
+  const wanted = isolate.wanted(c.name);
   try {
     const answer = await isolate.track(
       c.name,
-      callCounter(own, c.stub, c.name, (stub, tag) => call(stub, { tag, cost: 0, lease: true, returned }), returned),
-      bringsLease,
+      callCounter(own, c.stub, c.name, (stub, tag) => call(stub, { tag, cost: 0, lease: true, wanted, returned }), returned),
+      bringsLease(isolate, askedAt),
       deps.config.rateLimitTimeoutMs,
     );
     if (answer?.ok && answer.granted.lease)

@@ -15,9 +15,10 @@ export type Unspent = { id: number; left: number };
 
 /**
  * What a call asks an object to spend: `cost` requests (0: only a lease, as a renewal asks), a lease beside them when
- * the caller can hold one (`lease`), and what the caller's ended leases left unspent, given back (`returned`).
+ * the caller can hold one (`lease`) of at least `wanted` where the window allows (what the caller's requests needed
+ * while its last call was on its way), and what the caller's ended leases left unspent, given back (`returned`).
  */
-export type Spending = { tag: CallTag; cost?: number; lease?: boolean; returned?: Unspent[] };
+export type Spending = { tag: CallTag; cost?: number; lease?: boolean; wanted?: number; returned?: Unspent[] };
 
 /** The object's answer on a budget: its decision, and the instant and number of requests it logged when admitted. */
 export type Counted = Decision & { at: number; cost: number };

@@ -34,12 +34,22 @@ export class SlidingLog {
   /**
    * Decides one request costing `cost` requests and, when admitted, adds them to the log before any await, so
    * concurrent requests are exact. A caller that can hold a lease (`lease`) gets one beside it when the log is hot
-   * and the window has room for it too (core/lease.ts).
+   * or its requests waited (`wanted`), and the window has room for it too (core/lease.ts).
    */
-  admit({ policy, cost = 1, lease: leasing = false }: { policy: Policy; cost?: number; lease?: boolean }): Granted {
+  admit({
+    policy,
+    cost = 1,
+    lease: leasing = false,
+    wanted = 0,
+  }: {
+    policy: Policy;
+    cost?: number;
+    lease?: boolean;
+    wanted?: number;
+  }): Granted {
     const now = this.clock();
     this.forget(now - policy.windowSeconds * 1000);
-    const decision = admitWithLease(this.log, now, policy, cost, leasing);
+    const decision = admitWithLease(this.log, now, policy, cost, leasing, wanted);
     const { lease } = decision;
     if (decision.allowed) this.unsaved.push(...new Array<number>(cost).fill(now));
     if (lease) this.unsaved.push(...new Array<number>(lease.units).fill(lease.id));

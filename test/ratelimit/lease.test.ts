@@ -1,8 +1,11 @@
 import { describe, expect, it } from "vitest";
-import { admitWithLease, LEASE_MIN_RATE, LEASE_MS, leaseMs, leaseSize } from "../../src/core/lease";
+import { admitWithLease, LEASE_MIN_RATE, LEASE_MS, leaseMs, leaseSize, MAX_LEASE } from "../../src/core/lease";
 import type { Principal } from "../../src/core/principal";
-import { decide, type Policy } from "../../src/core/window";
+import { decide, firstInWindow, type Policy } from "../../src/core/window";
 import { Holdings } from "../../src/counters/held";
+import { type Answer, type Leased, type LeasedCall, leasedCall } from "../../src/counters/leased-call";
+import type { Spending } from "../../src/counters/protocol";
+import type { Deps } from "../../src/platform/deps";
 
 /** A seeded generator, so every run tests the same arrival patterns. */
 function random(seed: number): () => number {
@@ -44,67 +47,90 @@ const PRINCIPAL: Principal = {
   rateLimit: { limit: 1, windowSeconds: 1 },
 };
 
-type Event =
-  | { t: number; kind: "arrive"; isolate: number }
-  | { t: number; kind: "decide"; isolate: number; askedAt: number; unspent: { id: number; left: number }[] };
+/** A call in flight to the object, decided at `t`. */
+type Pending = { t: number; isolate: number; spending: Spending; answer: (a: Answer<Principal, Refused>) => void };
+type Refused = { ok: false; code: "key_revoked" };
+
+/** The isolate's continuations after an answer are a few promise steps deep; this drains them before time moves on. */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 40; i++) await Promise.resolve();
+}
 
 /**
- * Isolates sharing one key's object, driven by an injected clock: each request is served from the isolate's lease (the
- * isolates' own Holdings) or goes to the object, which decides (with the function the Durable Object uses) after a
- * random delay. Returns the
- * instants of every real admission, wherever it was spent, and how many object calls were made.
+ * Isolates sharing one key's object, driven by an injected clock. Each request takes the isolate's side of the
+ * protocol exactly as a key does (`leasedCall` over the isolate's own Holdings: its lease, the call in flight it waits
+ * for, its background renewal); only the transport is simulated: a call reaches the object after a random delay,
+ * where the object's admit step (`admitWithLease`, as in the Durable Object's sliding log) decides it. Returns the
+ * instants of every real admission, wherever it was spent, how many object calls were made, and the longest a request
+ * waited for its answer.
  */
-function simulate(s: Scenario) {
+async function simulate(s: Scenario) {
   const next = random(s.seed);
   const log: number[] = [];
   let clock = 0;
   const isolates = Array.from({ length: s.isolates }, () => new Holdings(() => clock));
   const spends: number[] = [];
   let calls = 0;
-  const arrivals: Event[] = arrivalTimes(s, next).map((t) => ({ t, kind: "arrive", isolate: Math.floor(next() * s.isolates) }));
-  // Calls in flight, ordered by when the object decides them (few at a time: kept sorted by insertion).
-  const pending: Event[] = [];
+  const arrivals = arrivalTimes(s, next).map((t) => ({ t, isolate: Math.floor(next() * s.isolates) }));
+  // Calls in flight, ordered by when the object decides them.
+  const pending: Pending[] = [];
   const dead = (isolate: number, t: number) => isolate === 0 && s.deathAt !== undefined && t >= s.deathAt;
+  // Open mode: a call the object never answers (its isolate died) ends unlimited in real time, after the run.
+  const config = { rateLimitTimeoutMs: 60_000, rateLimitFailureMode: "open" } as Deps["config"];
+  const deps = {
+    config,
+    requestId: "req_sim",
+    waitUntil: (p: Promise<unknown>) => void p.catch(() => {}),
+    log: () => {},
+  } as unknown as Deps;
+  const stub = { cancel: async () => {}, refund: async () => {} };
+  const call = (isolate: number): LeasedCall<typeof stub, Principal, Refused> => {
+    const ask = (_: typeof stub, spending: Spending) =>
+      new Promise<Answer<Principal, Refused>>((answer) => {
+        calls += 1;
+        const decision = { t: clock + next() * s.rttMs, isolate, spending, answer };
+        const i = pending.findIndex((other) => other.t > decision.t);
+        pending.splice(i < 0 ? pending.length : i, 0, decision);
+      });
+    return { name: KEY, stub, cost: 1, ask, renew: ask, policy: () => s.policy };
+  };
+  let longestWait = 0;
+  const answered = (arrivedAt: number) => (verdict: Leased<Principal> | Refused | null) => {
+    longestWait = Math.max(longestWait, clock - arrivedAt);
+    if (verdict?.ok && verdict.spent.allowed) spends.push(clock);
+  };
   let a = 0;
   while (a < arrivals.length || pending.length > 0) {
-    const e = (
-      pending.length > 0 && (a >= arrivals.length || (pending[0] as Event).t <= (arrivals[a] as Event).t) ? pending.shift() : arrivals[a++]
-    ) as Event;
-    if (dead(e.isolate, e.t)) continue;
-    clock = e.t;
-    const isolate = isolates[e.isolate] as Holdings;
-    // What the isolate spends from its lease (authorizeKey's fromLease), or null.
-    const fromLease = () => isolate.get(KEY)?.leases.take(e.t, 1) ?? null;
-    if (e.kind === "arrive") {
-      if (fromLease() !== null) {
-        spends.push(e.t);
-        continue;
-      }
-      calls += 1;
-      const decision: Event = {
-        t: e.t + next() * s.rttMs,
-        kind: "decide",
-        isolate: e.isolate,
-        askedAt: e.t,
-        unspent: isolate.unspent(KEY),
-      };
-      const i = pending.findIndex((other) => other.t > decision.t);
-      pending.splice(i < 0 ? pending.length : i, 0, decision);
+    const decision = pending.length > 0 && (a >= arrivals.length || (pending[0] as Pending).t <= (arrivals[a] as { t: number }).t);
+    if (!decision) {
+      const e = arrivals[a++] as { t: number; isolate: number };
+      if (dead(e.isolate, e.t)) continue;
+      clock = e.t;
+      const verdict = leasedCall(deps, call(e.isolate), isolates[e.isolate]);
+      if (verdict instanceof Promise) void verdict.then(answered(e.t));
+      else answered(e.t)(verdict);
+      await settle();
       continue;
     }
-    for (const { id, left } of e.unspent) {
-      for (let n = 0; n < left; n++) log.splice(log.lastIndexOf(id), 1);
+    const e = pending.shift() as Pending;
+    if (dead(e.isolate, e.t)) continue;
+    clock = e.t;
+    // What the object does with a call, as its sliding log does: takes back what ended leases left (only what is
+    // still logged), forgets what left the window, then the admit step.
+    for (const { id, left } of e.spending.returned ?? []) {
+      const at = log.indexOf(id);
+      if (at >= 0) log.splice(at, Math.min(left, log.lastIndexOf(id) - at + 1));
     }
-    if (s.revokeAt !== undefined && e.t >= s.revokeAt) continue;
-    // The object forgets what left every window, as the Durable Object does.
-    const expired = log.findIndex((t) => t > e.t - s.policy.windowSeconds * 1000);
-    log.splice(0, expired < 0 ? log.length : expired);
-    const d = admitWithLease(log, e.t, s.policy, 1, true);
-    if (d.lease) isolate.hold(KEY, e.askedAt, PRINCIPAL, d.lease, d.remaining, d.resetAt);
-    if (d.allowed) spends.push(e.t);
-    else if (fromLease() !== null) spends.push(e.t);
+    if (s.revokeAt !== undefined && e.t >= s.revokeAt) e.answer({ ok: false, code: "key_revoked" });
+    else {
+      log.splice(0, firstInWindow(log, e.t - s.policy.windowSeconds * 1000));
+      const { cost = 1, lease = false, wanted } = e.spending;
+      const d = admitWithLease(log, e.t, s.policy, cost, lease, wanted);
+      e.answer({ ok: true, record: PRINCIPAL, granted: { ...d, at: e.t, cost } });
+    }
+    await settle();
   }
-  return { spends: spends.sort((a, b) => a - b), calls, arrivals: arrivals.length };
+  return { spends: spends.sort((a, b) => a - b), calls, arrivals: arrivals.length, longestWait };
 }
 
 /** The most admissions any window of the policy holds (each window ending at an admission is the worst case). */
@@ -144,6 +170,30 @@ describe("leases (pure, injected clock)", () => {
     expect(leaseSize(50, 1000, 20)).toBe(0);
   });
 
+  it("leases at least what the caller's waiting requests wanted, within the same bounds", () => {
+    const policy = { limit: 1000, windowSeconds: 1 };
+    // A cold log calls for no lease by its rate; the caller's requests that waited want 30.
+    expect(admitWithLease([], 0, policy, 1, true, 0).lease).toBeNull();
+    expect(admitWithLease([], 0, policy, 1, true, 30).lease).toEqual({ id: 20, units: 30, ms: 20 });
+    // Never more than MAX_LEASE, nor a quarter of what is left; nothing for a caller that cannot hold a lease.
+    expect(admitWithLease([], 0, policy, 1, true, 5000).lease?.units).toBe(MAX_LEASE);
+    expect(admitWithLease([], 0, { limit: 21, windowSeconds: 1 }, 1, true, 30).lease?.units).toBe(5);
+    expect(admitWithLease([], 0, policy, 1, false, 30).lease).toBeNull();
+  });
+
+  it("counts what the requests waiting on an isolate's call need, for its next call to ask once", async () => {
+    const isolate = new Holdings(() => 0);
+    isolate.hold(KEY, 0, PRINCIPAL, { id: 20, units: 1, ms: 20 }, 100, 1000);
+    let answer = (_: boolean) => {};
+    isolate.track(KEY, new Promise<boolean>((resolve) => (answer = resolve)), (brought) => brought, 1000);
+    const waiting = [isolate.inFlight(KEY, 1), isolate.inFlight(KEY, 5)];
+    expect(isolate.wanted(KEY)).toBe(0);
+    answer(true);
+    expect(await Promise.all(waiting)).toEqual([true, true]);
+    expect(isolate.wanted(KEY)).toBe(6);
+    expect(isolate.wanted(KEY)).toBe(0);
+  });
+
   it("lasts a second, or a 50th of a shorter window", () => {
     expect(leaseMs({ limit: 10, windowSeconds: 60 })).toBe(LEASE_MS);
     expect(leaseMs({ limit: 10, windowSeconds: 50 })).toBe(1000);
@@ -168,21 +218,21 @@ describe("leases (pure, injected clock)", () => {
     });
   }
 
-  it.each(scenarios)("never lets a window hold more than the limit (seed $seed, $isolates isolates, $rate/s)", (s) => {
-    const { spends } = simulate(s);
+  it.each(scenarios)("never lets a window hold more than the limit (seed $seed, $isolates isolates, $rate/s)", async (s) => {
+    const { spends } = await simulate(s);
     expect(spends.length).toBeGreaterThan(0);
     expect(busiestWindow(spends, s.policy)).toBeLessThanOrEqual(s.policy.limit);
   });
 
-  it.each(scenarios.map((s) => ({ ...s, revokeAt: 12_345 })))("admits nothing a second after a revocation (seed $seed)", (s) => {
-    const { spends } = simulate(s);
+  it.each(scenarios.map((s) => ({ ...s, revokeAt: 12_345 })))("admits nothing a second after a revocation (seed $seed)", async (s) => {
+    const { spends } = await simulate(s);
     expect(spends.filter((t) => t >= s.revokeAt).every((t) => t < s.revokeAt + LEASE_MS)).toBe(true);
     expect(spends.some((t) => t < s.revokeAt)).toBe(true);
   });
 
-  it("makes object calls rare for a hot key, whose requests are all admitted while it stays under its limit", () => {
+  it("makes object calls rare for a hot key, whose requests are all admitted while it stays under its limit", async () => {
     const s: Scenario = { policy: { limit: 100_000, windowSeconds: 60 }, isolates: 3, seconds: 20, rate: 2000, seed: 7, rttMs: 50 };
-    const { spends, calls, arrivals } = simulate(s);
+    const { spends, calls, arrivals } = await simulate(s);
     expect(calls / arrivals).toBeLessThan(0.1);
     expect(spends.length).toBe(ideal(s));
   });
@@ -211,19 +261,36 @@ describe("leases (pure, injected clock)", () => {
           loads.push({ policy, load, isolates, even, rate, seconds, seed: loads.length + 1, rttMs: load === 1 ? 0 : 20 });
         }
 
+  // Calls as long as half a 1 s window's 20 ms lease, and calls longer than the lease (which then brings nothing the
+  // requests waiting for it could spend: each asks for itself, as without leases).
+  for (const rttMs of [40, 100])
+    for (const isolates of [1, 3])
+      loads.push({
+        policy: { limit: 1000, windowSeconds: 1 },
+        load: 0.9,
+        isolates,
+        even: false,
+        rate: 900,
+        seconds: 3,
+        seed: rttMs + isolates,
+        rttMs,
+      });
+
   it.each(loads)(
-    "refuses no more than an exact limiter would, less 1% at 0.9x and 5% above ($policy.limit per $policy.windowSeconds s, $load x, $isolates isolates, even $even)",
-    (s) => {
-      const { spends } = simulate(s);
+    "refuses no more than an exact limiter would, less 1% at 0.9x and 5% above ($policy.limit per $policy.windowSeconds s, $load x, $isolates isolates, even $even, calls up to $rttMs ms)",
+    async (s) => {
+      const { spends, longestWait } = await simulate(s);
       expect(busiestWindow(spends, s.policy)).toBeLessThanOrEqual(s.policy.limit);
       expect(spends.length).toBeGreaterThanOrEqual(Math.floor(ideal(s) * (s.load < 1 ? 0.99 : 0.95)));
+      // Under its limit, a request waits for a call or two of its isolate, never behind a queue of them.
+      if (s.load < 1) expect(longestWait).toBeLessThanOrEqual(2 * s.rttMs);
     },
   );
 
-  it("strands no more than a dead isolate's lease, and only until that lease has left the window", () => {
+  it("strands no more than a dead isolate's lease, and only until that lease has left the window", async () => {
     const s: Scenario = { policy: { limit: 100, windowSeconds: 10 }, isolates: 2, seconds: 40, rate: 200, seed: 11, rttMs: 10 };
-    const alive = simulate(s).spends;
-    const withDeath = simulate({ ...s, deathAt: 5_000 }).spends;
+    const alive = (await simulate(s)).spends;
+    const withDeath = (await simulate({ ...s, deathAt: 5_000 })).spends;
     // From one lease's end plus one window after the death on, the survivors admit what a full budget allows.
     const lateAdmissions = (spends: number[]) => spends.filter((t) => t >= 5_000 + LEASE_MS + 10_000).length;
     expect(lateAdmissions(withDeath)).toBeGreaterThanOrEqual(lateAdmissions(alive) * 0.9);
