@@ -57,8 +57,8 @@ function recentRate(log: readonly number[], now: number): number {
 /**
  * Decides a request costing `cost` at `now` on an ascending log (changed in place): when admitted, its entries at
  * `now`, and beside them, for a caller that can hold one (`leasing`), a lease logged at its end. The lease is sized
- * from the log's recent rate and what is left (`leaseSize`), and is at least `wanted` (what the caller's requests
- * needed while its last call was on its way) within the same bounds. `remaining` is then what the window has left
+ * from the log's recent rate and what is left (`leaseSize`), and for a hot log is at least `wanted` (what the caller's
+ * requests needed while its last call was on its way) within the same bounds. `remaining` is then what the window has left
  * with the lease counted as spent.
  */
 export function admitWithLease(
@@ -74,7 +74,8 @@ export function admitWithLease(
   if (!decision.allowed) return { ...decision, lease: null };
   insertSorted(log, now, cost);
   const ms = leaseMs(policy);
-  const units = leasing ? leaseUnits(leaseSize(rate, decision.remaining, ms), wanted, decision.remaining) : 0;
+  // A key below LEASE_MIN_RATE gets single admissions, however many of its requests waited together.
+  const units = leasing && rate >= LEASE_MIN_RATE ? leaseUnits(leaseSize(rate, decision.remaining, ms), wanted, decision.remaining) : 0;
   if (units === 0) return { ...decision, lease: null };
   insertSorted(log, now + ms, units);
   return { ...decision, remaining: decision.remaining - units, lease: { id: now + ms, units, ms } };

@@ -1,13 +1,22 @@
-import { HeldLeases, LEASE_MS, type Lease } from "../core/lease";
+import { HeldLeases, LEASE_MS, type Lease, MAX_LEASE } from "../core/lease";
 import type { Policy } from "../core/window";
 import { deadline } from "../platform/deadline";
 import type { Spent, Unspent } from "./protocol";
 
 /**
  * `record`: what the object judged the lease's requests by (a key's principal); null for a plain counter. `wanted`:
- * what the requests that waited on this isolate's last call needed together, for its next call to ask for.
+ * what the requests that waited on this isolate's last call needed together, and when it ended, for its next call to
+ * ask for.
  */
-type Held = { record: unknown; until: number; remaining: number; resetAt: number; lastLease: number; wanted: number; leases: HeldLeases };
+type Held = {
+  record: unknown;
+  until: number;
+  remaining: number;
+  resetAt: number;
+  lastLease: number;
+  wanted: { units: number; at: number };
+  leases: HeldLeases;
+};
 
 /** A call this isolate has in flight for a hot name, and what the requests waiting for it need together. */
 type Asking = { settled: Promise<boolean>; until: number; waiting: number };
@@ -23,8 +32,8 @@ export class Holdings {
   private readonly held = new Map<string, Held>();
   /** When this isolate last stopped trusting each key's record (`drop`): an answer asked for before then is stale. */
   private readonly dropped = new Map<string, number>();
-  /** This isolate's call in flight for each hot name: the one renewal a run-out lease needs, shared. */
-  private readonly asking = new Map<string, Asking>();
+  /** This isolate's calls in flight for each hot name, that requests finding no lease wait on (`inFlight`). */
+  private readonly asking = new Map<string, Asking[]>();
 
   /** `now` is replaceable in tests to move this isolate's time. */
   constructor(public now: () => number = Date.now) {}
@@ -54,7 +63,15 @@ export class Holdings {
       );
     else {
       if (this.held.size >= MAX_HELD_KEYS) this.held.delete(this.held.keys().next().value as string);
-      h = { record, until: stale ? 0 : until, remaining, resetAt, lastLease: lease.units, wanted: 0, leases: new HeldLeases() };
+      h = {
+        record,
+        until: stale ? 0 : until,
+        remaining,
+        resetAt,
+        lastLease: lease.units,
+        wanted: { units: 0, at: 0 },
+        leases: new HeldLeases(),
+      };
       this.held.set(name, h);
     }
     h.leases.add(until, lease.id, lease.units);
@@ -76,7 +93,7 @@ export class Holdings {
   /** Whether `name`'s leases are down to half of the last one and no renewal is under way: time to ask for the next. */
   runningLow(name: string): boolean {
     const h = this.get(name);
-    return h !== undefined && !this.calling(name) && h.leases.available(this.now()) * 2 <= h.lastLease;
+    return h !== undefined && this.calls(name).length === 0 && h.leases.available(this.now()) * 2 <= h.lastLease;
   }
 
   /** What this isolate holds unspent of `name`'s leases, to add to what the object says is left. */
@@ -85,54 +102,71 @@ export class Holdings {
   }
 
   /**
-   * The call this isolate has in flight for a hot `name` (one that held a lease), for a request that found no lease
-   * to wait for instead of calling too: one renewal per isolate, not one per request in flight. It resolves to
-   * whether it brought a lease; after one that did not (the key is out of budget), every request asks for itself.
-   * A request waiting for it counts its `cost` towards what this isolate's next call asks for (`wanted`), so the
-   * leases keep up with the requests that arrive while a call is on its way, however long it takes.
+   * A call this isolate has in flight for a hot `name` (one that held a lease) that a request which found no lease
+   * may wait for instead of calling too: one call brings a lease for all of them, not one call per request. It
+   * resolves to whether it brought a lease; after one that did not (the key is out of budget), every request asks for
+   * itself. A request waiting counts its `cost` towards the call's demand; no more wait for one call than a lease can
+   * hold (MAX_LEASE): when every call in flight is full, undefined, and the request starts the next (`wanted`), so no
+   * request queues behind calls however many arrive.
    * The wait ends at the call's deadline on the waiting request's own timer: a call whose request the runtime
    * cancelled (its client went away) never settles, and a request waiting on it without a timer of its own would be
    * found hung; past its deadline the call is forgotten, so later requests ask for themselves at once.
    */
   inFlight(name: string, cost = 0): Promise<boolean> | undefined {
-    const asking = this.calling(name);
-    if (asking) asking.waiting += cost;
-    return asking && deadline(asking.settled, asking.until - this.now(), () => new Error("past its deadline")).catch(() => false);
-  }
-
-  /** Whether this isolate has a call in flight for a hot `name`. */
-  busy(name: string): boolean {
-    return this.calling(name) !== undefined;
-  }
-
-  /** What the requests that waited on this isolate's last call of `name` needed, asked for once by its next call. */
-  wanted(name: string): number {
-    const h = this.held.get(name);
-    if (!h) return 0;
-    const { wanted } = h;
-    h.wanted = 0;
-    return wanted;
-  }
-
-  /** This isolate's call in flight for `name`, until its deadline. */
-  private calling(name: string): Asking | undefined {
-    const asking = this.asking.get(name);
-    if (asking && asking.until <= this.now()) this.asking.delete(name);
-    else return asking;
+    const open = this.calls(name).find((a) => a.waiting + cost <= MAX_LEASE);
+    if (!open) return undefined;
+    open.waiting += cost;
+    return deadline(open.settled, open.until - this.now(), () => new Error("past its deadline")).catch(() => false);
   }
 
   /**
-   * Marks `call` as this isolate's call for `name` while it runs, at most `ms` (its deadline), if `name` is hot;
-   * `leased` reads its answer.
+   * Whether a call of this isolate for `name` is in flight with room for requests to wait on it: a call made beside
+   * it asks for its own admission only, so calls slower than a lease (which then ends before it arrives) do not each
+   * take one.
+   */
+  hasRoom(name: string): boolean {
+    return this.calls(name).some((a) => a.waiting < MAX_LEASE);
+  }
+
+  /**
+   * What this isolate's next call of `name` should lease for the requests that will wait on it: a full lease when every
+   * call in flight is full, else what the requests that waited on its last call needed (asked for once).
+   */
+  wanted(name: string): number {
+    if (this.calls(name).length > 0) return MAX_LEASE;
+    const h = this.held.get(name);
+    if (!h) return 0;
+    const { wanted } = h;
+    h.wanted = { units: 0, at: 0 };
+    // A demand older than a lease says nothing of the requests to come.
+    return wanted.at > this.now() - LEASE_MS ? wanted.units : 0;
+  }
+
+  /** This isolate's calls in flight for `name`, until their deadlines. */
+  private calls(name: string): Asking[] {
+    const calls = this.asking.get(name);
+    if (!calls) return [];
+    const now = this.now();
+    const live = calls.filter((a) => a.until > now);
+    if (live.length === 0) this.asking.delete(name);
+    else if (live.length < calls.length) this.asking.set(name, live);
+    return live;
+  }
+
+  /**
+   * Marks `call` as a call of this isolate for `name` that requests may wait on while it runs, at most `ms` (its
+   * deadline), if `name` is hot; `leased` reads its answer.
    */
   track<T>(name: string, call: Promise<T>, leased: (answer: T) => boolean, ms: number): Promise<T> {
-    if (!this.held.has(name) || this.calling(name)) return call;
+    if (!this.held.has(name)) return call;
     const asking = { settled: call.then(leased, () => false), until: this.now() + ms, waiting: 0 };
-    this.asking.set(name, asking);
+    this.asking.set(name, [...this.calls(name), asking]);
     void asking.settled.then(() => {
-      if (this.asking.get(name) === asking) this.asking.delete(name);
+      const rest = (this.asking.get(name) ?? []).filter((a) => a !== asking);
+      if (rest.length === 0) this.asking.delete(name);
+      else this.asking.set(name, rest);
       const h = this.held.get(name);
-      if (h) h.wanted = asking.waiting;
+      if (h) h.wanted = { units: asking.waiting, at: this.now() };
     });
     return call;
   }

@@ -66,25 +66,27 @@ async function called<S extends CounterStub, R, F extends { ok: false }>(
   isolate: Holdings,
 ): Promise<Leased<R> | F | null> {
   const { name } = c;
-  // A hot counter's lease ran out: one call of this isolate renews it at a time; the requests beside it wait and spend
-  // from what it brings (a renewal that brings nothing leaves each to ask for itself). No await unless a call is in
-  // flight: a request that must call has to claim it before any other looks.
+  // A hot counter's lease ran out: a call of this isolate renews it; the requests beside it (as many as a lease holds)
+  // wait and spend from what it brings (a renewal that brings nothing leaves each to ask for itself). No await unless
+  // a call is in flight: a request that must call has to claim it before any other looks.
   for (let renewal = isolate.inFlight(name, c.cost); renewal && (await renewal); renewal = isolate.inFlight(name, c.cost)) {
     const local = fromHeld(deps, isolate, c);
     if (local) return local;
   }
   const askedAt = isolate.now();
   const returned = isolate.unspent(name);
-  // One lease on its way per isolate: a call beside one in flight (that one's lease came too late for it, or will not
-  // cover it) asks for its own admission only, so calls slower than a lease do not each take one that ends unspent.
-  const leasing = !isolate.busy(name);
+  // A call beside one in flight that has room for waiting requests (it came back with too little, or too late, for
+  // this one) asks for its own admission only; a call no request could wait on asks for a lease and is waited on.
+  const leasing = !isolate.hasRoom(name);
   const wanted = leasing ? isolate.wanted(name) : 0;
-  const answer = await isolate.track(
+  const calling = callCounter(
+    deps,
+    c.stub,
     name,
-    callCounter(deps, c.stub, name, (stub, tag) => c.ask(stub, { tag, cost: c.cost, lease: leasing, wanted, returned }), returned),
-    bringsLease(isolate, askedAt),
-    deps.config.rateLimitTimeoutMs,
+    (stub, tag) => c.ask(stub, { tag, cost: c.cost, lease: leasing, wanted, returned }),
+    returned,
   );
+  const answer = await (leasing ? isolate.track(name, calling, bringsLease(isolate, askedAt), deps.config.rateLimitTimeoutMs) : calling);
   if (answer === null || !answer.ok) return answer;
   const { record, granted } = answer;
   const { lease, ...counted } = granted;

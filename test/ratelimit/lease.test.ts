@@ -172,13 +172,16 @@ describe("leases (pure, injected clock)", () => {
 
   it("leases at least what the caller's waiting requests wanted, within the same bounds", () => {
     const policy = { limit: 1000, windowSeconds: 1 };
-    // A cold log calls for no lease by its rate; the caller's requests that waited want 30.
-    expect(admitWithLease([], 0, policy, 1, true, 0).lease).toBeNull();
-    expect(admitWithLease([], 0, policy, 1, true, 30).lease).toEqual({ id: 20, units: 30, ms: 20 });
+    // A log of 20 admissions in the last second is hot: by its rate alone it leases nothing in a 20 ms lease.
+    const hot = () => Array.from({ length: LEASE_MIN_RATE }, (_, i) => 1000 + i);
+    expect(admitWithLease(hot(), 1500, policy, 1, true, 0).lease).toBeNull();
+    expect(admitWithLease(hot(), 1500, policy, 1, true, 30).lease).toEqual({ id: 1520, units: 30, ms: 20 });
     // Never more than MAX_LEASE, nor a quarter of what is left; nothing for a caller that cannot hold a lease.
-    expect(admitWithLease([], 0, policy, 1, true, 5000).lease?.units).toBe(MAX_LEASE);
-    expect(admitWithLease([], 0, { limit: 21, windowSeconds: 1 }, 1, true, 30).lease?.units).toBe(5);
-    expect(admitWithLease([], 0, policy, 1, false, 30).lease).toBeNull();
+    expect(admitWithLease(hot(), 1500, policy, 1, true, 5000).lease?.units).toBe(MAX_LEASE);
+    expect(admitWithLease(hot(), 1500, { limit: 41, windowSeconds: 1 }, 1, true, 30).lease?.units).toBe(5);
+    expect(admitWithLease(hot(), 1500, policy, 1, false, 30).lease).toBeNull();
+    // A cold log gets single admissions, however many of the caller's requests waited.
+    expect(admitWithLease([1000], 1500, policy, 1, true, 30).lease).toBeNull();
   });
 
   it("counts what the requests waiting on an isolate's call need, for its next call to ask once", async () => {
@@ -187,10 +190,41 @@ describe("leases (pure, injected clock)", () => {
     let answer = (_: boolean) => {};
     isolate.track(KEY, new Promise<boolean>((resolve) => (answer = resolve)), (brought) => brought, 1000);
     const waiting = [isolate.inFlight(KEY, 1), isolate.inFlight(KEY, 5)];
-    expect(isolate.wanted(KEY)).toBe(0);
+    expect(isolate.hasRoom(KEY)).toBe(true);
     answer(true);
     expect(await Promise.all(waiting)).toEqual([true, true]);
     expect(isolate.wanted(KEY)).toBe(6);
+    expect(isolate.wanted(KEY)).toBe(0);
+  });
+
+  it("lets no more wait on one call than a lease holds: the next request starts the next call, asking a full lease", () => {
+    let now = 0;
+    const isolate = new Holdings(() => now);
+    isolate.hold(KEY, 0, PRINCIPAL, { id: 20, units: 1, ms: 20 }, 100, 1000);
+    isolate.track(KEY, new Promise<boolean>(() => {}), (brought) => brought, 1000);
+    for (let i = 0; i < MAX_LEASE; i++) expect(isolate.inFlight(KEY, 1)).toBeDefined();
+    expect(isolate.hasRoom(KEY)).toBe(false);
+    expect(isolate.inFlight(KEY, 1)).toBeUndefined();
+    expect(isolate.wanted(KEY)).toBe(MAX_LEASE);
+    // A request costing more than a lease holds never waits on one.
+    isolate.track(KEY, new Promise<boolean>(() => {}), (brought) => brought, 1000);
+    expect(isolate.inFlight(KEY, MAX_LEASE + 1)).toBeUndefined();
+    // Past their deadlines the calls are forgotten.
+    now = 1000;
+    expect(isolate.hasRoom(KEY)).toBe(false);
+    expect(isolate.inFlight(KEY, 1)).toBeUndefined();
+  });
+
+  it("forgets what waiting requests needed once a lease's time has passed", async () => {
+    let now = 0;
+    const isolate = new Holdings(() => now);
+    isolate.hold(KEY, 0, PRINCIPAL, { id: 20, units: 1, ms: 20 }, 100, 1000);
+    let answer = (_: boolean) => {};
+    isolate.track(KEY, new Promise<boolean>((resolve) => (answer = resolve)), (brought) => brought, 60_000);
+    const waiting = isolate.inFlight(KEY, 3);
+    answer(true);
+    await waiting;
+    now = LEASE_MS + 1;
     expect(isolate.wanted(KEY)).toBe(0);
   });
 
@@ -286,6 +320,14 @@ describe("leases (pure, injected clock)", () => {
       if (s.load < 1) expect(longestWait).toBeLessThanOrEqual(2 * s.rttMs);
     },
   );
+
+  it("keeps a hot key's requests from queueing in its isolate under its limit, however many arrive while a call is on its way", async () => {
+    // 0.9x of 100,000 a minute from one isolate, calls taking up to 100 ms: some 75 requests arrive per call.
+    const s: Scenario = { policy: { limit: 100_000, windowSeconds: 60 }, isolates: 1, seconds: 5, rate: 1500, seed: 5, rttMs: 100 };
+    const { spends, longestWait } = await simulate(s);
+    expect(spends.length).toBe(ideal(s));
+    expect(longestWait).toBeLessThanOrEqual(2 * s.rttMs);
+  });
 
   it("strands no more than a dead isolate's lease, and only until that lease has left the window", async () => {
     const s: Scenario = { policy: { limit: 100, windowSeconds: 10 }, isolates: 2, seconds: 40, rate: 200, seed: 11, rttMs: 10 };

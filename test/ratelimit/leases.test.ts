@@ -208,7 +208,7 @@ describe("leases", () => {
     for (let i = 0; i < 60; i++) await callWith({ KEYS: observed }, "/v1/whoami", { key: hot.key });
     const before = observed.calls("authorize");
     const burst = await Promise.all(Array.from({ length: 300 }, () => callWith({ KEYS: observed }, "/v1/whoami", { key: hot.key })));
-    expect(burst.every((r) => r.status === 200)).toBe(true);
+    expect(burst.map((r) => r.status).filter((s) => s !== 200)).toEqual([]);
     expect(observed.calls("authorize") - before).toBeLessThan(30);
   });
 
@@ -250,6 +250,36 @@ describe("leases", () => {
     expect(first).toBeGreaterThan(0);
     expect(first).toBeLessThan(40);
     expect(served.slice(first).every(Boolean)).toBe(true);
+  });
+
+  it("give a key gone cold single admissions, however many of its requests meet in one isolate: the client gets its whole limit", async () => {
+    const { key } = await provision();
+    const limited = await createKey(key.key, { rateLimit: { limit: 60, windowSeconds: 3600 } });
+    const name = `key:${limited.id}`;
+    const clock = { now: Date.now() };
+    await runInDurableObject(env.KEYS.getByName(name), (object) => {
+      object.clock = () => clock.now;
+    });
+    const isolate = new Holdings(() => clock.now);
+    let admitted = 0;
+    // A burst makes the key hot: this isolate holds a lease.
+    while (isolate.available(name) === 0) {
+      expect(await outcome(limited.key, isolate)).toMatch(/leased|counted/);
+      admitted += 1;
+    }
+    // A second later the key is cold (nothing in its last second): three requests meet in this isolate, one calling
+    // while the others wait for it. The ended lease goes back; a cold key is owed single admissions.
+    clock.now += LEASE_MS;
+    const met = await Promise.all([0, 1, 2].map(() => outcome(limited.key, isolate)));
+    expect(met.every((o) => o === "counted")).toBe(true);
+    admitted += met.length;
+    // The isolate serves the key no more; the client goes on from another, slowly (never hot there).
+    const other = new Holdings(() => clock.now);
+    for (let i = 0; i < 60; i++) {
+      clock.now += 1000;
+      if ((await outcome(limited.key, other)) === "counted") admitted += 1;
+    }
+    expect(admitted).toBe(60);
   });
 });
 
