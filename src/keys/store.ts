@@ -80,6 +80,7 @@ export async function loadKey(d: Db, by: { id: string } | { hash: string }): Pro
         maxRateLimit: accounts.maxRateLimit,
         maxRateLimitWindowSeconds: accounts.maxRateLimitWindowSeconds,
       },
+      accountExternal: { externalId: accounts.externalId, meta: accounts.meta },
     })
     .from(apiKeys)
     .innerJoin(users, eq(users.id, apiKeys.ownerId))

@@ -1,5 +1,20 @@
+import { env } from "cloudflare:workers";
+import { createLocalJWKSet, jwtVerify } from "jose";
 import { describe, expect, it } from "vitest";
-import { call, createKey, expectProblem, type KeyBody, memberWithKey, OPERATOR_TOKEN, type Provisioned, provision, rows } from "../helpers";
+import { type Echo, gw, UPSTREAM } from "../gateway/table";
+import {
+  call,
+  createKey,
+  expectProblem,
+  type KeyBody,
+  memberWithKey,
+  OPERATOR_TOKEN,
+  ORIGIN,
+  type Provisioned,
+  provision,
+  rows,
+  VERIFY_TOKEN,
+} from "../helpers";
 
 const operator = { Authorization: `Bearer ${OPERATOR_TOKEN}` };
 const unique = (label: string) => `${label}-${crypto.randomUUID()}`;
@@ -251,5 +266,103 @@ describe("externalId and meta on accounts", () => {
       "insufficient_role",
     );
     expect(await accountRow(account.id)).toEqual({ external_id: null, meta: null });
+  });
+});
+
+type Verdict = Record<string, unknown>;
+
+const ways: [string, (body: unknown) => Promise<Verdict>][] = [
+  [
+    "POST /v1/keys/verify",
+    async (body) => {
+      const res = await call("/v1/keys/verify", { headers: { Authorization: `Bearer ${VERIFY_TOKEN}` }, body });
+      expect(res.status).toBe(200);
+      return res.json();
+    },
+  ],
+  [
+    "the service binding",
+    async (body) => (await env.CALLER.fetch("http://caller/", { method: "POST", body: JSON.stringify(body) })).json(),
+  ],
+];
+
+describe.each(ways)("verify through %s", (_, verify) => {
+  it("answers the key's externalId and meta and the account's, and a change of either right after its answer", async () => {
+    const accountId = unique("cus");
+    const { account, key } = await provision({ externalId: accountId, meta: { plan: "pro" } });
+    const keyId = unique("si");
+    const created = await createKey(key.key, { externalId: keyId, meta: { seat: 1 } });
+    expect(await verify({ key: created.key })).toMatchObject({
+      valid: true,
+      accountId: account.id,
+      keyId: created.id,
+      externalId: keyId,
+      meta: { seat: 1 },
+      account: { externalId: accountId, meta: { plan: "pro" } },
+    });
+    // The key's object holds its record now: the changes must reach it before their answers.
+    expect((await patchKey(key.key, created.id, { externalId: null, meta: { seat: 2 } })).status).toBe(200);
+    expect(await verify({ key: created.key })).toMatchObject({ externalId: null, meta: { seat: 2 } });
+    const moved = unique("cus");
+    expect((await patchAccount(account.id, { externalId: moved })).status).toBe(200);
+    expect(await verify({ key: created.key })).toMatchObject({ account: { externalId: moved, meta: { plan: "pro" } } });
+    expect((await call("/v1/account", { method: "PATCH", key: key.key, body: { meta: null } })).status).toBe(200);
+    expect(await verify({ key: created.key })).toMatchObject({ account: { externalId: moved, meta: null } });
+    // A key without them: nulls, never absent.
+    expect(await verify({ key: key.key })).toMatchObject({ externalId: null, meta: null, account: { externalId: moved, meta: null } });
+  });
+});
+
+async function echo(res: Response): Promise<Echo> {
+  expect(res.status, await res.clone().text()).toBe(200);
+  return res.json();
+}
+
+async function verifiedClaims(assertion: string) {
+  const keys = createLocalJWKSet(await (await call("/.well-known/jwks.json")).json());
+  const { payload } = await jwtVerify(assertion, keys, { issuer: ORIGIN, audience: new URL(UPSTREAM).origin, algorithms: ["ES256"] });
+  return payload;
+}
+
+describe("the gateway", () => {
+  it("sends the upstream the account's and the key's externalId and both metas in the assertion, never a client's", async () => {
+    const accountId = unique("cus");
+    const { account, key } = await provision({ externalId: accountId, meta: { plan: "pro" } });
+    const keyId = unique("si");
+    const created = await createKey(key.key, { externalId: keyId, meta: { seat: 1 } });
+    const forged = { "Keygate-External-Id": "cus_forged", keygate_key_external_id: "si_forged", "X-Keygate-External-Id": "x" };
+    const seen = await echo(await gw("/v1/anything", { key: created.key, headers: forged }));
+    expect(seen.headers["keygate-external-id"]).toBe(accountId);
+    expect(seen.headers["keygate-key-external-id"]).toBe(keyId);
+    expect(JSON.stringify(seen.headers)).not.toContain("forged");
+    expect(seen.headers).not.toHaveProperty("x-keygate-external-id");
+    expect(await verifiedClaims(seen.headers["keygate-assertion"] as string)).toMatchObject({
+      acc: account.id,
+      key: created.id,
+      ext: { account: { id: accountId, meta: { plan: "pro" } }, key: { id: keyId, meta: { seat: 1 } } },
+    });
+
+    // Changed, the next request carries the change.
+    expect((await patchKey(key.key, created.id, { externalId: null })).status).toBe(200);
+    const moved = unique("cus");
+    expect((await patchAccount(account.id, { externalId: moved, meta: null })).status).toBe(200);
+    const after = await echo(await gw("/v1/anything", { key: created.key, headers: forged }));
+    expect(after.headers["keygate-external-id"]).toBe(moved);
+    // Unset: absent, whatever the client sent under its name.
+    expect(after.headers).not.toHaveProperty("keygate-key-external-id");
+    expect(JSON.stringify(after.headers)).not.toContain("forged");
+    expect(await verifiedClaims(after.headers["keygate-assertion"] as string)).toMatchObject({
+      ext: { account: { id: moved, meta: null }, key: { id: null, meta: { seat: 1 } } },
+    });
+  });
+
+  it("sends neither header for a key and an account without externalIds, and drops a client's on public routes too", async () => {
+    const { key } = await provision();
+    const forged = { "Keygate-External-Id": "cus_forged", "Keygate-Key-External-Id": "si_forged" };
+    const seen = await echo(await gw("/v1/anything", { key: key.key, headers: forged }));
+    expect(seen.headers).not.toHaveProperty("keygate-external-id");
+    expect(seen.headers).not.toHaveProperty("keygate-key-external-id");
+    const open = await echo(await gw("/v1/status", { headers: forged }));
+    expect(JSON.stringify(open.headers)).not.toContain("forged");
   });
 });
