@@ -148,6 +148,12 @@ describe("externalId and meta on keys", () => {
 
   it("takes a meta of exactly 1024 bytes and ids of 1 and 128 printable characters", async () => {
     const { key } = await provision();
+    // Stored as sent: a `__proto__` field is a field like any other.
+    const sent = '{"name":"proto","meta":{"__proto__":{"admin":true},"plan":"pro"}}';
+    const proto = await call("/v1/api-keys", { key: key.key, body: sent });
+    expect(proto.status).toBe(201);
+    const { id } = await proto.json<KeyBody>();
+    expect(await keyRow(id)).toEqual({ external_id: null, meta: '{"__proto__":{"admin":true},"plan":"pro"}' });
     expect(await createKey(key.key, { meta: metaOf(1024) })).toMatchObject({ meta: metaOf(1024) });
     expect(await createKey(key.key, { externalId: "!" })).toMatchObject({ externalId: "!" });
     const longest = `~${"Z".repeat(126)}#`;
