@@ -514,6 +514,11 @@ const ODD_FIELDS = [
 
 const future = () => pick(["2099-01-01T00:00:00Z", "2030-06-01T12:00:00+02:00", "9999-12-31T23:59:59Z", "2031-02-28T23:59:59.5-08:00"]);
 const someOf = (fields: Record<string, unknown>) => Object.fromEntries(Object.entries(fields).filter(() => chance(0.5)));
+/** `externalId` and `meta` of an account or key: new, clashing with an earlier one, or cleared. */
+const external = (prefix: string) => ({
+  externalId: pick([`${prefix}_${int(1e9)}`, `${prefix}_1`, null]),
+  meta: pick([{ plan: "pro", seats: int(100) }, { ключ: [1, null, true] }, null]),
+});
 
 /** Every path to a value in a body: [["name"], ["rateLimit"], ["rateLimit", "limit"], ...]. */
 function fieldPaths(value: unknown, prefix: string[] = []): string[][] {
@@ -606,6 +611,7 @@ const RIGHTS: Record<string, Needs> = {
   "GET /demo/widget": "none",
   "GET /demo/{file}": "none",
   "POST /v1/accounts": "operator",
+  "PATCH /v1/accounts/{id}": "operator",
   "POST /v1/accounts/{id}/recovery-key": "operator",
   "GET /v1/whoami": "key",
   "GET /v1/account": "full",
@@ -614,6 +620,7 @@ const RIGHTS: Record<string, Needs> = {
   "POST /v1/api-keys": "full",
   "GET /v1/api-keys": "full",
   "GET /v1/api-keys/{id}": "full",
+  "PATCH /v1/api-keys/{id}": "full",
   "DELETE /v1/api-keys/{id}": "full",
   "POST /v1/api-keys/{id}/rotate": "full",
   "GET /v1/api-keys/{id}/usage": "full",
@@ -756,9 +763,18 @@ const ROUTES: Route[] = [
         membersCanCreateKeys: chance(0.5),
         rateLimit: { limit: 100, windowSeconds: 60 },
         maxRateLimit: pick([null, { limit: 10, windowSeconds: 60 }]),
+        ...external("cus"),
       }),
       admin: { email: `ops${int(1e9)}@fuzz.example` },
     }),
+  },
+  {
+    name: "account-external",
+    operation: "PATCH /v1/accounts/{id}",
+    method: "PATCH",
+    path: (w) => `/v1/accounts/${pathId(w, [w.accounts.a])}`,
+    auth: ["operator"],
+    body: () => someOf(external("cus")),
   },
   {
     name: "recovery",
@@ -793,6 +809,7 @@ const ROUTES: Route[] = [
         rateLimit: pick([WIDE, { limit: 60, windowSeconds: 60 }]),
         maxRateLimit: pick([null, { limit: 1000, windowSeconds: 60 }]),
         membersCanCreateKeys: chance(0.8),
+        ...external("cus"),
       }),
   },
   {
@@ -806,8 +823,21 @@ const ROUTES: Route[] = [
       ...(chance(0.5)
         ? someOf({ scopes: pick([["*"], ["mailbox:mbx_1"], ["process:4de713a3", "project:p1"]]) })
         : someOf({ mailboxIds: ["mbx_2", "mbx_3"], processIds: ["4de713a3"] })),
-      ...someOf({ expiresAt: future(), ownerId: pick([w.users.member, w.users.admin]), rateLimit: { limit: 100, windowSeconds: 60 } }),
+      ...someOf({
+        expiresAt: future(),
+        ownerId: pick([w.users.member, w.users.admin]),
+        rateLimit: { limit: 100, windowSeconds: 60 },
+        ...external("si"),
+      }),
     }),
+  },
+  {
+    name: "key-change",
+    operation: "PATCH /v1/api-keys/{id}",
+    method: "PATCH",
+    path: (w) => `/v1/api-keys/${pathId(w, w.keyIds)}`,
+    auth: ["adminKey/bearer", "memberKey/bearer", "scopedKey/bearer"],
+    body: () => someOf(external("si")),
   },
   {
     name: "key-list",

@@ -76,7 +76,7 @@ describe("the OpenAPI document", () => {
     const { components } = await served();
     const newKey = components.schemas.NewKey as { properties: Record<string, unknown>; additionalProperties: unknown };
     expect(Object.keys(newKey.properties).sort()).toEqual(
-      ["name", "scopes", "expiresAt", "ownerId", "rateLimit", "mailboxIds", "processIds", "projectIds"].sort(),
+      ["name", "scopes", "expiresAt", "ownerId", "rateLimit", "externalId", "meta", "mailboxIds", "processIds", "projectIds"].sort(),
     );
     expect(newKey.additionalProperties).toBe(false);
     // The rules the server enforces, as a client generated from the document sees them.

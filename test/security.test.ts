@@ -12,6 +12,7 @@ const routes: ProtectedRoute[] = [
   { method: "POST", path: () => "/v1/api-keys", body: { name: "x" }, needs: "full" },
   { method: "GET", path: () => "/v1/api-keys", needs: "full" },
   { method: "GET", path: (t) => `/v1/api-keys/${t.keyId}`, needs: "full" },
+  { method: "PATCH", path: (t) => `/v1/api-keys/${t.keyId}`, body: { externalId: "ext-1" }, needs: "full" },
   { method: "DELETE", path: (t) => `/v1/api-keys/${t.keyId}`, needs: "full" },
   { method: "GET", path: (t) => `/v1/api-keys/${t.keyId}/usage`, needs: "full" },
   { method: "GET", path: () => "/v1/account/usage", needs: "full" },
@@ -42,6 +43,7 @@ const routes: ProtectedRoute[] = [
 // The deployment's own secrets: provisioning with the operator token, the provider's backends with the verify token.
 const tokenRoutes: TokenRoute[] = [
   { method: "POST", path: "/v1/accounts", body: { name: "x", adminEmail: "a@example.com" }, token: "operator" },
+  { method: "PATCH", path: "/v1/accounts/:id", body: {}, token: "operator" },
   { method: "POST", path: "/v1/accounts/:id/recovery-key", body: {}, token: "operator" },
   { method: "POST", path: "/v1/keys/verify", body: { key: `sk_${"0".repeat(64)}` }, token: "verify" },
   { method: "PUT", path: "/v1/resource-owners/:type/:id", body: { accountId: "acc_x" }, token: "verify" },

@@ -1,6 +1,6 @@
 import { z } from "@hono/zod-openapi";
 import { DEFAULT_PREFIX, PREFIX } from "../core/ids";
-import { extend, matching, orNull, RateLimit, Timestamp, text } from "../core/schemas";
+import { extend, externalFields, externalView, matching, orNull, parseMeta, RateLimit, Timestamp, text } from "../core/schemas";
 import { DEFAULT_POLICY } from "../core/window";
 import { KeyWithSecret } from "../keys/schemas";
 import { Email } from "../people/schemas";
@@ -20,6 +20,7 @@ export const NewAccount = z
     rateLimit: RateLimit.default(DEFAULT_POLICY),
     maxRateLimit: orNull(RateLimit).default(null),
     admin: z.strictObject({ email: Email }),
+    ...externalFields,
   })
   .openapi("NewAccount");
 
@@ -28,8 +29,14 @@ export const AccountChange = z
     rateLimit: RateLimit.optional(),
     maxRateLimit: orNull(RateLimit).optional().openapi({ description: "`null` makes the account's default limit the ceiling" }),
     membersCanCreateKeys: z.boolean().optional(),
+    ...externalFields,
   })
   .openapi("AccountChange");
+
+/** What the operator changes on an account; absent fields stay as they are. */
+export const OperatorAccountChange = z.strictObject({ ...externalFields }).openapi("OperatorAccountChange", {
+  description: "The account's `externalId` (unique across the deployment) and `meta`; `null` clears either.",
+});
 
 export const RecoveryRequest = z.strictObject({ userId: text(64).optional() }).openapi("RecoveryRequest");
 
@@ -43,6 +50,7 @@ export const AccountView = z
     rateLimit: RateLimit,
     maxRateLimit: orNull(RateLimit),
     createdAt: Timestamp,
+    ...externalView,
   })
   .openapi("Account");
 
@@ -71,5 +79,7 @@ export function accountView(a: Account): z.infer<typeof AccountView> {
         ? null
         : { limit: a.maxRateLimit, windowSeconds: a.maxRateLimitWindowSeconds },
     createdAt: a.createdAt,
+    externalId: a.externalId,
+    meta: parseMeta(a.meta),
   };
 }

@@ -3,6 +3,7 @@ import { and, asc, eq } from "drizzle-orm";
 import { FULL_ACCESS } from "../core/grants";
 import { newId } from "../core/ids";
 import type { Principal } from "../core/principal";
+import { externalChange, storedMeta } from "../core/schemas";
 import { reloadKeys } from "../keys/reload";
 import { keyUsage, liveKeyIds, mintKey } from "../keys/store";
 import { newInvitation } from "../people/invitations";
@@ -13,7 +14,7 @@ import type { Page } from "../platform/db/pagination";
 import { type Account, accounts, apiKeys, users } from "../platform/db/schema";
 import type { Deps } from "../platform/deps";
 import { ApiError, invalidRequest } from "../platform/errors";
-import type { AccountChange, NewAccount } from "./schemas";
+import type { AccountChange, NewAccount, OperatorAccountChange } from "./schemas";
 import { findAccount, listEvents } from "./store";
 
 // The account aggregate on Deps: its writes, each with its audit events in one batch, and its reads (the account, and
@@ -25,7 +26,7 @@ import { findAccount, listEvents } from "./store";
  */
 export async function provisionAccount(
   deps: Deps,
-  { name, slug, keyPrefix, membersCanCreateKeys, rateLimit, maxRateLimit, admin }: z.infer<typeof NewAccount>,
+  { name, slug, keyPrefix, membersCanCreateKeys, rateLimit, maxRateLimit, admin, externalId, meta }: z.infer<typeof NewAccount>,
   reachedAt: URL,
 ) {
   const now = deps.now();
@@ -40,6 +41,8 @@ export async function provisionAccount(
     maxRateLimit: maxRateLimit?.limit ?? null,
     maxRateLimitWindowSeconds: maxRateLimit?.windowSeconds ?? null,
     createdAt: now.toISOString(),
+    externalId: externalId ?? null,
+    meta: storedMeta(meta),
   };
   const user = {
     id: newId("usr"),
@@ -68,7 +71,7 @@ export async function provisionAccount(
   } catch (err) {
     // The unique index on accounts.slug: nothing of the batch was written.
     if (violates(err, "accounts.slug")) throw new ApiError("slug_taken", `The slug ${slug} belongs to another account.`);
-    throw err;
+    externalIdTaken(err, externalId);
   }
   return { account, user, raw, row, now, invitation };
 }
@@ -111,7 +114,7 @@ export async function recoverAccount(deps: Deps, accountId: string, userId: stri
 export async function updateAccount(
   deps: Deps,
   p: Principal,
-  { rateLimit, maxRateLimit, membersCanCreateKeys }: z.infer<typeof AccountChange>,
+  { rateLimit, maxRateLimit, membersCanCreateKeys, ...external }: z.infer<typeof AccountChange>,
 ): Promise<Account> {
   const change = {
     ...(rateLimit ? { rateLimit: rateLimit.limit, rateLimitWindowSeconds: rateLimit.windowSeconds } : {}),
@@ -119,6 +122,7 @@ export async function updateAccount(
       ? {}
       : { maxRateLimit: maxRateLimit?.limit ?? null, maxRateLimitWindowSeconds: maxRateLimit?.windowSeconds ?? null }),
     ...(membersCanCreateKeys === undefined ? {} : { membersCanCreateKeys }),
+    ...externalChange(external),
   };
   if (Object.keys(change).length > 0) {
     const d = deps.db;
@@ -130,7 +134,8 @@ export async function updateAccount(
         { accountId: p.accountId, actor: p.userId, action: "account.updated", target: p.accountId, requestId: deps.requestId },
         now,
       ),
-    ]);
+    ]).catch((err: unknown) => externalIdTaken(err, external.externalId));
+    await reloadExternal(deps, p.accountId, external, now);
     // Every key of the account carries its limit (the default, or members' ceiling); an account may have many keys,
     // so this finishes after the answer (a limit is not a right: a key that misses it catches up within RECORD_TTL_MS).
     if (rateLimit || maxRateLimit !== undefined) {
@@ -142,6 +147,42 @@ export async function updateAccount(
     }
   }
   return getAccount(deps, p);
+}
+
+/** The operator's change of an account's `externalId` and `meta`, audited as the operator's act; 404 for no such account. */
+export async function changeAccount(deps: Deps, id: string, external: z.infer<typeof OperatorAccountChange>): Promise<Account> {
+  const d = deps.db;
+  const account = await findAccount(d, id);
+  if (!account) throw new ApiError("not_found", "No account with this id.");
+  const change = externalChange(external);
+  if (Object.keys(change).length === 0) return account;
+  const now = deps.now();
+  await batch(deps.env.DB, [
+    d.update(accounts).set(change).where(eq(accounts.id, account.id)),
+    auditInsert(
+      d,
+      { accountId: account.id, actor: "operator", action: "account.updated", target: account.id, requestId: deps.requestId },
+      now,
+    ),
+  ]).catch((err: unknown) => externalIdTaken(err, external.externalId));
+  await reloadExternal(deps, account.id, external, now);
+  return { ...account, ...change };
+}
+
+/**
+ * Every key of the account carries the account's `externalId` and `meta` to verify and the upstream: a change of
+ * either is in the keys' objects before it is answered (503 `change_pending` otherwise, in force within seconds).
+ */
+async function reloadExternal(deps: Deps, accountId: string, external: z.infer<typeof OperatorAccountChange>, now: Date) {
+  if (external.externalId === undefined && external.meta === undefined) return;
+  await reloadKeys(deps, await liveKeyIds(deps.db, { accountId }, now));
+}
+
+/** The unique index on accounts' `externalId`: another account has it, and nothing was written. */
+function externalIdTaken(err: unknown, externalId: string | null | undefined): never {
+  if (violates(err, "accounts.external_id"))
+    throw new ApiError("external_id_taken", `The externalId ${externalId} belongs to another account.`);
+  throw err;
 }
 
 /** The caller's account. */

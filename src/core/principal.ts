@@ -12,6 +12,8 @@ export type Principal = {
   keyId: string | null;
   /** The session of a person's request (`Keygate-Auth-Method: session`). */
   sessionId?: string;
+  /** A key's principal: the provider's own id and data of the account and of the key, for verify and the upstream. */
+  external?: { account: External; key: External };
   userId: string;
   role: "admin" | "member";
   /**
@@ -26,6 +28,12 @@ export type Principal = {
   /** The key's own limit, else the account's default. */
   rateLimit: Policy;
 };
+
+/**
+ * The provider's own id and JSON object on an account or a key, null when unset. `meta` stays the JSON text D1 holds
+ * on its way through the key's object and leases (core/schemas' `parseMeta` reads it where it is answered).
+ */
+export type External = { externalId: string | null; meta: string | null };
 
 /**
  * What a route asks of a key: any valid key, a full-access key, or a full-access key of an admin. A gateway route
@@ -75,6 +83,8 @@ export type KeyRow = {
   rateLimitWindowSeconds: number | null;
   revokedAt: string | null;
   expiresAt: string | null;
+  externalId: string | null;
+  meta: string | null;
 };
 
 /** A key with what decides its rights: its owner's role, state and grants (JSON, as stored), and its account. */
@@ -86,6 +96,8 @@ export type KeyRecord = {
   keyPrefix: string;
   accountSlug: string | null;
   account: AccountLimits;
+  /** The account's `externalId` and `meta` (as stored). */
+  accountExternal: External;
 };
 
 /** A live session with what decides its person's rights: their role and grants (JSON, as stored), and their account. */
@@ -122,6 +134,7 @@ export function keyPrincipal(r: KeyRecord): Principal {
   return {
     accountId: r.key.accountId,
     keyId: r.key.id,
+    external: { account: r.accountExternal, key: { externalId: r.key.externalId, meta: r.key.meta } },
     userId: r.key.ownerId,
     role: r.role,
     scopes: effectiveScopes(JSON.parse(r.key.scopes) as string[], JSON.parse(r.grants) as string[], r.role),

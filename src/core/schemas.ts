@@ -156,3 +156,55 @@ export const jsonText = <T extends z.ZodType>(schema: T, empty: string) =>
 /** Signing keys: a list whose `kid`s are unique (the first signs, all verify). */
 export const keyList = <T extends z.ZodType<{ kid: string }>>(key: T) =>
   z.array(key).refine((keys) => new Set(keys.map((k) => k.kid)).size === keys.length, "kids must be unique");
+
+/** The provider's own id of an account or key: 1-128 printable ASCII characters, no spaces, so it travels as a header. */
+export const ExternalId = z
+  .string()
+  .min(1)
+  .max(128)
+  .regex(/^[\x21-\x7e]*$/, "must be printable ASCII characters without spaces")
+  .openapi("ExternalId", { pattern: "^[\\x21-\\x7e]{1,128}$", example: "cus_9Nq1bX" });
+
+/** The most `meta` may take, serialized as JSON, in UTF-8 bytes. */
+export const MAX_META_BYTES = 1024;
+
+/**
+ * The provider's JSON object about an account or key, at most MAX_META_BYTES as JSON. Checked as sent, never rebuilt,
+ * so what is stored is what was sent (a rebuilt object can lose a `__proto__` field).
+ */
+export const Meta = z
+  .custom<Record<string, unknown>>((v) => typeof v === "object" && v !== null && !Array.isArray(v), { error: "must be a JSON object" })
+  .refine((v) => new TextEncoder().encode(JSON.stringify(v)).length <= MAX_META_BYTES, `must be at most ${MAX_META_BYTES} bytes as JSON`)
+  .openapi("Meta", {
+    type: "object",
+    additionalProperties: true,
+    description: `Any JSON object of at most ${MAX_META_BYTES} bytes (UTF-8) as JSON`,
+    example: { plan: "pro" },
+  });
+
+/** `externalId` and `meta` as a create or change takes them: absent leaves them, `null` clears them. */
+export const externalFields = {
+  externalId: orNull(ExternalId).optional().openapi({ description: "`null` clears it" }),
+  meta: orNull(Meta).optional().openapi({ description: "`null` clears it" }),
+};
+
+/** `externalId` and `meta` as every view shows them: null when unset. */
+export const externalView = { externalId: orNull(ExternalId), meta: orNull(Meta) };
+
+/** A stored `meta`, as answers show it. */
+export function parseMeta(meta: string | null): Record<string, unknown> | null {
+  return meta === null ? null : (JSON.parse(meta) as Record<string, unknown>);
+}
+
+/** `meta` as D1 keeps it: JSON text, or null. */
+export function storedMeta(meta: Record<string, unknown> | null | undefined): string | null {
+  return meta == null ? null : JSON.stringify(meta);
+}
+
+/** The columns a change of `externalId` and `meta` sets: only the fields it names. */
+export function externalChange(change: { externalId?: string | null; meta?: Record<string, unknown> | null }) {
+  return {
+    ...(change.externalId === undefined ? {} : { externalId: change.externalId }),
+    ...(change.meta === undefined ? {} : { meta: storedMeta(change.meta) }),
+  };
+}

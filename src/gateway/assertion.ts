@@ -1,4 +1,6 @@
 import { type CryptoKey, importJWK, SignJWT } from "jose";
+import type { External } from "../core/principal";
+import { parseMeta } from "../core/schemas";
 import { type Config, misconfigured } from "../platform/config";
 
 export const ASSERTION_TYP = "keygate-assertion+jwt";
@@ -15,6 +17,8 @@ export type Identity = {
   role?: "admin" | "member";
   scopes?: string[];
   agentId?: string;
+  /** A key's: the provider's own id and `meta` of the account and of the key. */
+  external?: { account: External; key: External };
 };
 
 /** The public half of an assertion key, as /.well-known/jwks.json publishes it. */
@@ -70,6 +74,9 @@ export async function signAssertion(
     ...(identity.role === undefined ? {} : { role: identity.role }),
     ...(identity.scopes === undefined ? {} : { scopes: identity.scopes }),
     ...(identity.agentId === undefined ? {} : { agt: identity.agentId }),
+    ...(identity.external === undefined
+      ? {}
+      : { ext: { account: claimed(identity.external.account), key: claimed(identity.external.key) } }),
     htm: request.method,
     htu,
   })
@@ -81,4 +88,9 @@ export async function signAssertion(
     .setIssuedAt()
     .setExpirationTime(`${ASSERTION_TTL_SECONDS}s`)
     .sign(signing.key);
+}
+
+/** An `External` as the assertion's `ext` claim names it: `{id, meta}`, each null when unset. */
+function claimed({ externalId, meta }: External) {
+  return { id: externalId, meta: parseMeta(meta) };
 }

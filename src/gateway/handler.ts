@@ -101,7 +101,7 @@ function need(c: Context<AppEnv>, route: GatewayRoute, params: Record<string, st
 function identityOf(id: Identified): Identity {
   if ("claims" in id) return { accountId: id.claims.acc, userId: id.claims.sub, method: "token", agentId: id.claims.agt };
   const p = id.principal;
-  const by = p.keyId === null ? { method: "session" as const } : { method: "key" as const, keyId: p.keyId };
+  const by = p.keyId === null ? { method: "session" as const } : { method: "key" as const, keyId: p.keyId, external: p.external };
   return { accountId: p.accountId, userId: p.userId, ...by, role: p.role, scopes: p.scopes };
 }
 
@@ -117,6 +117,9 @@ async function identityHeaders(c: Context<AppEnv>, { identity, issuer }: Vouched
   if (identity.role !== undefined) headers["Keygate-Role"] = identity.role;
   if (identity.scopes !== undefined) headers["Keygate-Scopes"] = identity.scopes.join(",");
   if (identity.agentId !== undefined) headers["Keygate-Agent-Id"] = identity.agentId;
+  const { account, key } = identity.external ?? {};
+  if (account?.externalId) headers["Keygate-External-Id"] = account.externalId;
+  if (key?.externalId) headers["Keygate-Key-External-Id"] = key.externalId;
   const assertion = await signAssertion(config.assertionKeys, identity, {
     issuer,
     audience: url.origin,

@@ -1,7 +1,19 @@
 import { z } from "@hono/zod-openapi";
 import { FULL_ACCESS, GRANTS_HINT, grantOf, isFullAccess, MIXED, RESOURCE_ID, rightsProblems, SCOPE } from "../core/grants";
 import { keyPolicy } from "../core/principal";
-import { extend, FutureInstant, integer, matching, orNull, RateLimit, Timestamp, text } from "../core/schemas";
+import {
+  extend,
+  externalFields,
+  externalView,
+  FutureInstant,
+  integer,
+  matching,
+  orNull,
+  parseMeta,
+  RateLimit,
+  Timestamp,
+  text,
+} from "../core/schemas";
 import { keyStatus } from "../core/verdict";
 import type { ApiKey } from "../platform/db/schema";
 import type { FieldError } from "../platform/errors";
@@ -36,9 +48,15 @@ export const NewKey = z
       .openapi({ type: ["string", "null"], description: "`null` or absent: the key never expires" }),
     ownerId: text(64).optional(),
     rateLimit: RateLimit.optional(),
+    ...externalFields,
   })
   .catchall(z.array(matching(RESOURCE_ID, "must be a resource id")).min(1).max(MAX_GRANTS))
   .openapi("NewKey", { description: "Also `<type>Ids: [id, ...]` for each resource type the deployment configures." });
+
+/** A change of a key's provider fields; absent fields stay as they are. */
+export const KeyChange = z
+  .strictObject({ ...externalFields })
+  .openapi("KeyChange", { description: "The key's `externalId` (unique within the account) and `meta`; `null` clears either." });
 
 export const Rotation = z
   .strictObject({ gracePeriodSeconds: integer(0, MAX_GRACE_SECONDS).default(0), rateLimit: RateLimit.optional() })
@@ -56,7 +74,7 @@ export function grants(
 ): { scopes: string[]; errors: FieldError[] } {
   const fromScopes = body.scopes ?? [];
   const errors = grantErrors(fromScopes, types, "scopes").filter((e) => e.field !== "scopes");
-  const known = new Set(["name", "scopes", "expiresAt", "ownerId", "rateLimit"]);
+  const known = new Set(["name", "scopes", "expiresAt", "ownerId", "rateLimit", "externalId", "meta"]);
   const fromIds: string[] = [];
   // The names as sent: a parsed object can lose some (`__proto__` becomes a prototype, not a field).
   for (const field of fields) {
@@ -90,6 +108,7 @@ export const KeyView = z
     revokedAt: Timestamp.nullable().openapi({ description: "May lie in the future: the end of a rotation's grace period" }),
     revokedBy: z.string().nullable(),
     rotatedFrom: z.string().nullable(),
+    ...externalView,
   })
   .openapi("Key");
 
@@ -115,5 +134,7 @@ export function keyView(key: ApiKey, now: Date): z.infer<typeof KeyView> {
     revokedAt: key.revokedAt,
     revokedBy: key.revokedBy,
     rotatedFrom: key.rotatedFrom,
+    externalId: key.externalId,
+    meta: parseMeta(key.meta),
   };
 }

@@ -2,6 +2,7 @@ import type { z } from "@hono/zod-openapi";
 import { and, eq, sql } from "drizzle-orm";
 import { rateLimitCeiling, withinCeiling } from "../core/ceilings";
 import type { Principal } from "../core/principal";
+import { externalChange, parseMeta } from "../core/schemas";
 import type { Policy } from "../core/window";
 import { auditIfChanged, auditInsert } from "../platform/db/audit";
 import { batch, type Db, violates } from "../platform/db/client";
@@ -10,8 +11,8 @@ import { type ApiKey, accounts, apiKeys, users } from "../platform/db/schema";
 import type { Deps } from "../platform/deps";
 import { ApiError, type FieldError, invalidRequest } from "../platform/errors";
 import { reloadKeys, writeChange } from "./reload";
-import { grants, type NewKey, type Rotation } from "./schemas";
-import { findKey, findKeys, keyPolicy, keyStatus, listKeys as keysPage, mintKey, revokeStatement } from "./store";
+import { grants, type KeyChange, type NewKey, type Rotation } from "./schemas";
+import { findKey, findKeys, KEY_EXTERNAL_ID, keyPolicy, keyStatus, listKeys as keysPage, mintKey, revokeStatement } from "./store";
 
 // The key aggregate's reads and writes, on Deps: the reads see what the principal may (store.ts, visibleTo); each write
 // is guarded in D1, written with its audit event in one batch, and in force in the key's object before it is answered.
@@ -42,6 +43,8 @@ export async function createKey(deps: Deps, p: Principal, body: z.infer<typeof N
       scopes,
       expiresAt,
       rateLimit,
+      externalId: body.externalId,
+      meta: body.meta,
     },
     now,
   );
@@ -49,8 +52,35 @@ export async function createKey(deps: Deps, p: Principal, body: z.infer<typeof N
   await batch(deps.env.DB, [
     d.insert(apiKeys).values(row),
     auditInsert(d, { accountId: p.accountId, actor: p.userId, action: "key.created", target: row.id, requestId: deps.requestId }, now),
-  ]);
+  ]).catch(externalIdTaken(row.externalId));
   return { raw, row, now };
+}
+
+/**
+ * Changes a key's `externalId` and `meta` (a key the caller may manage, as for revoking it), with its audit event in one
+ * batch, and in the key's object before the answer, so verify and the upstream see them on the next request.
+ */
+export async function updateKey(deps: Deps, p: Principal, id: string, change: z.infer<typeof KeyChange>) {
+  const key = await getKey(deps, p, id);
+  const now = deps.now();
+  const set = externalChange(change);
+  if (Object.keys(set).length === 0) return { key, now };
+  const d = deps.db;
+  await batch(deps.env.DB, [
+    d.update(apiKeys).set(set).where(eq(apiKeys.id, key.id)),
+    auditInsert(d, { accountId: p.accountId, actor: p.userId, action: "key.updated", target: key.id, requestId: deps.requestId }, now),
+  ]).catch(externalIdTaken(change.externalId));
+  await reloadKeys(deps, [key.id]);
+  return { key: { ...key, ...set }, now };
+}
+
+/** The unique index on a key's `externalId` within its account: another key has it, and nothing was written. */
+function externalIdTaken(externalId: string | null | undefined) {
+  return (err: unknown): never => {
+    if (violates(err, KEY_EXTERNAL_ID))
+      throw new ApiError("external_id_taken", `Another key of this account has the externalId ${externalId}.`);
+    throw err;
+  };
 }
 
 /**
@@ -122,6 +152,8 @@ export async function rotateKey(deps: Deps, p: Principal, id: string, rotation: 
       expiresAt: old.expiresAt,
       rateLimit: rateLimit ?? keyPolicy(old),
       rotatedFrom: old.id,
+      // An externalId is the old key's alone (unique within the account); its meta comes along.
+      meta: parseMeta(old.meta),
     },
     now,
   );

@@ -1,6 +1,7 @@
 import { and, eq, inArray, sql } from "drizzle-orm";
 import { generateKey, hashKey, newId } from "../core/ids";
 import type { AuthMethod, KeyRecord as CoreKeyRecord, Principal } from "../core/principal";
+import { storedMeta } from "../core/schemas";
 import type { Policy } from "../core/window";
 import type { Db } from "../platform/db/client";
 import { listPage, type Page } from "../platform/db/pagination";
@@ -28,6 +29,8 @@ export type NewKey = {
   expiresAt: string | null;
   rateLimit: Policy | null;
   rotatedFrom?: string;
+  externalId?: string | null;
+  meta?: Record<string, unknown> | null;
 };
 
 /** Mints a key and its row; the caller writes the row in the same batch as its audit event. */
@@ -52,6 +55,8 @@ export async function mintKey(input: NewKey, now: Date): Promise<{ raw: string; 
     revokedAt: null,
     revokedBy: null,
     rotatedFrom: input.rotatedFrom ?? null,
+    externalId: input.externalId ?? null,
+    meta: storedMeta(input.meta),
   };
   return { raw, row };
 }
@@ -75,6 +80,7 @@ export async function loadKey(d: Db, by: { id: string } | { hash: string }): Pro
         maxRateLimit: accounts.maxRateLimit,
         maxRateLimitWindowSeconds: accounts.maxRateLimitWindowSeconds,
       },
+      accountExternal: { externalId: accounts.externalId, meta: accounts.meta },
     })
     .from(apiKeys)
     .innerJoin(users, eq(users.id, apiKeys.ownerId))
@@ -83,6 +89,9 @@ export async function loadKey(d: Db, by: { id: string } | { hash: string }): Pro
     .limit(1);
   return found;
 }
+
+/** The unique index a key's `externalId` clashes on: one per account. */
+export const KEY_EXTERNAL_ID = "api_keys.account_id, api_keys.external_id";
 
 /** The id of the key with this hash. A hash always names the same key, so callers may cache the answer. */
 export async function keyIdByHash(d: Db, hash: string): Promise<string | undefined> {

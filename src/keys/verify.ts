@@ -1,8 +1,8 @@
 import { z } from "@hono/zod-openapi";
 import { GRANT, parseGrant } from "../core/grants";
 import { parseKey } from "../core/ids";
-import { type Need, NO_ACCOUNT } from "../core/principal";
-import { integer, matching } from "../core/schemas";
+import { type External, type Need, NO_ACCOUNT, type Principal } from "../core/principal";
+import { externalView, integer, matching, parseMeta } from "../core/schemas";
 import type { Deps } from "../platform/deps";
 import { ownerOf } from "../resources/owners";
 import { authorizeKey } from "./authorize";
@@ -30,6 +30,8 @@ const Valid = z.strictObject({
     })
     .nullable()
     .openapi({ description: "Null when the rate limiter was unavailable and the deployment fails open" }),
+  ...externalView,
+  account: z.strictObject(externalView).openapi({ description: "The account's `externalId` and `meta`" }),
 });
 const Invalid = z.strictObject({
   valid: z.literal(false),
@@ -63,6 +65,8 @@ export async function verifyKey(deps: Deps, { key, resource, cost }: z.output<ty
   }
   const { principal: p, spent: a } = verdict;
   if (a && !a.allowed) return { valid: false, code: "rate_limited", retryAfter: a.retryAfter };
+  // A key's principal always carries them.
+  const external = p.external as NonNullable<Principal["external"]>;
   return {
     valid: true,
     accountId: p.accountId,
@@ -72,5 +76,11 @@ export async function verifyKey(deps: Deps, { key, resource, cost }: z.output<ty
     role: p.role,
     scopes: p.scopes,
     rateLimit: a ? { limit: a.limit, remaining: a.remaining, reset: Math.ceil(a.resetAt / 1000) } : null,
+    ...shown(external.key),
+    account: shown(external.account),
   };
+}
+
+function shown({ externalId, meta }: External) {
+  return { externalId, meta: parseMeta(meta) };
 }

@@ -31,6 +31,7 @@ export const ERRORS = {
   email_taken: [409, "Conflict"],
   key_not_active: [409, "Conflict"],
   slug_taken: [409, "Conflict"],
+  external_id_taken: [409, "Conflict"],
   payload_too_large: [413, "Payload Too Large"],
   unsupported_media_type: [415, "Unsupported Media Type"],
   rate_limited: [429, "Too Many Requests"],

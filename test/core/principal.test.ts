@@ -24,6 +24,8 @@ function key(
       rateLimitWindowSeconds: null,
       revokedAt: null,
       expiresAt: null,
+      externalId: null,
+      meta: null,
       ...over,
     },
     role,
@@ -32,6 +34,7 @@ function key(
     keyPrefix: "sk",
     accountSlug: "acme",
     account: account(maxRateLimit),
+    accountExternal: { externalId: null, meta: null },
   };
 }
 

@@ -17,6 +17,8 @@ function record(key: Partial<KeyRecord["key"]> = {}, rest: Partial<Omit<KeyRecor
       rateLimitWindowSeconds: null,
       revokedAt: null,
       expiresAt: null,
+      externalId: null,
+      meta: null,
       ...key,
     },
     role: "admin",
@@ -25,6 +27,7 @@ function record(key: Partial<KeyRecord["key"]> = {}, rest: Partial<Omit<KeyRecor
     keyPrefix: "sk",
     accountSlug: "acme",
     account: { rateLimit: 60, rateLimitWindowSeconds: 60, maxRateLimit: null, maxRateLimitWindowSeconds: null },
+    accountExternal: { externalId: null, meta: null },
     ...rest,
   };
 }
@@ -56,6 +59,7 @@ describe("the key verdict", () => {
       principal: {
         accountId: "acc_1",
         keyId: "key_1",
+        external: { account: { externalId: null, meta: null }, key: { externalId: null, meta: null } },
         userId: "usr_1",
         role: "admin",
         scopes: ["*"],

@@ -236,6 +236,9 @@ describe("POST /v1/keys/verify when the key's object or D1 fails", () => {
         role: "admin",
         scopes: ["*"],
         rateLimit: null,
+        externalId: null,
+        meta: null,
+        account: { externalId: null, meta: null },
       });
       expect(await (await verifyOver(down, { key: admin.key })).json()).toMatchObject({ valid: true, keyId: admin.id });
       expect(await (await verifyOver(down, { key: revoked.key })).json()).toEqual({ valid: false, code: "key_revoked" });

@@ -26,10 +26,12 @@ describe("POST /v1/api-keys", () => {
         "createdAt",
         "createdBy",
         "expiresAt",
+        "externalId",
         "id",
         "key",
         "lastAuthMethod",
         "lastUsedAt",
+        "meta",
         "name",
         "ownerId",
         "prefix",
@@ -261,10 +263,11 @@ describe("DELETE /v1/api-keys/:id", () => {
     const again = await revoke(key.key, victim.id);
     expect(await again.json()).toEqual(body);
     await expectProblem(
-      await call(`/v1/api-keys/${victim.id}`, { method: "PATCH", key: key.key, body: { status: "active" } }),
-      405,
-      "method_not_allowed",
+      await call(`/v1/api-keys/${victim.id}`, { method: "PATCH", key: key.key, body: { status: "active", revokedAt: null } }),
+      400,
+      "invalid_request",
     );
+    expect(await (await call(`/v1/api-keys/${victim.id}`, { key: key.key })).json()).toEqual(body);
     await expectProblem(await rotate(key.key, victim.id), 409, "key_not_active");
   });
 

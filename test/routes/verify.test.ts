@@ -36,6 +36,9 @@ describe.each(ways)("verify through %s", (_, verify) => {
       role: "admin",
       scopes: ["*"],
       rateLimit: { limit: 5, remaining: 4, reset: expect.any(Number) },
+      externalId: null,
+      meta: null,
+      account: { externalId: null, meta: null },
     });
     expect(await verify({ key: limited.key, cost: 3 })).toMatchObject({ valid: true, rateLimit: { remaining: 1 } });
     expect(await verify({ key: limited.key, cost: 2 })).toEqual({ valid: false, code: "rate_limited", retryAfter: expect.any(Number) });

@@ -30,11 +30,14 @@ export const accountRoutes = routes()
     createRoute({
       method: "patch",
       path: "/",
-      summary: "Change the account's default limit, members' ceiling, or whether members create keys",
+      summary: "Change the account's default limit, members' ceiling, whether members create keys, externalId or meta",
       security: KEY_SECURITY,
       middleware: withBody(authenticate("admin")),
       request: { body: jsonBody(AccountChange) },
-      responses: { 200: json(AccountView, "The account as stored"), ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS) },
+      responses: {
+        200: json(AccountView, "The account as stored"),
+        ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS, "external_id_taken", "change_pending"),
+      },
     }),
     async (c) => {
       return c.json(accountView(await updateAccount(c.get("deps"), c.get("principal"), c.req.valid("json"))), 200);

@@ -1,7 +1,7 @@
 import { createRoute } from "@hono/zod-openapi";
 import { createMiddleware } from "hono/factory";
-import { accountView, NewAccount, Provisioned, RecoveryRequest } from "../../accounts/schemas";
-import { provisionAccount, recoverAccount } from "../../accounts/service";
+import { AccountView, accountView, NewAccount, OperatorAccountChange, Provisioned, RecoveryRequest } from "../../accounts/schemas";
+import { changeAccount, provisionAccount, recoverAccount } from "../../accounts/service";
 import { IdParam } from "../../core/schemas";
 import type { AppEnv } from "../../guards/context";
 import { invalidToken } from "../../guards/credentials";
@@ -41,7 +41,7 @@ export const accountsRoutes = routes()
       request: { body: jsonBody(NewAccount) },
       responses: {
         201: json(Provisioned, "The account; `key.key` is shown this once"),
-        ...problems(...OPERATOR_PROBLEMS, ...BODY_PROBLEMS, "slug_taken"),
+        ...problems(...OPERATOR_PROBLEMS, ...BODY_PROBLEMS, "slug_taken", "external_id_taken"),
       },
     }),
     async (c) => {
@@ -52,6 +52,23 @@ export const accountsRoutes = routes()
         201,
       );
     },
+  )
+  .openapi(
+    createRoute({
+      method: "patch",
+      path: "/{id}",
+      summary: "Change an account's externalId or meta",
+      description:
+        "In force in the account's keys before the answer (verify and the upstream see it on the next request); 503 `change_pending` when it could not be, and a repeat completes it.",
+      security: OPERATOR_SECURITY,
+      middleware: withBody(operator),
+      request: { params: IdParam, body: jsonBody(OperatorAccountChange) },
+      responses: {
+        200: json(AccountView, "The account as stored"),
+        ...problems(...OPERATOR_PROBLEMS, ...BODY_PROBLEMS, "not_found", "external_id_taken", "change_pending"),
+      },
+    }),
+    async (c) => c.json(accountView(await changeAccount(c.get("deps"), c.req.valid("param").id, c.req.valid("json"))), 200),
   )
   /**
    * The way back for an account that lost every admin key: the operator mints a full-access key for one of its enabled

@@ -1,8 +1,8 @@
 import { createRoute } from "@hono/zod-openapi";
 import { IdParam, PageQuery, page } from "../../core/schemas";
 import { authenticate } from "../../guards/authenticate";
-import { KeyView, KeyWithSecret, keyView, NewKey, Rotation } from "../../keys/schemas";
-import { createKey, getKey, listKeys, revokeKey, rotateKey } from "../../keys/service";
+import { KeyChange, KeyView, KeyWithSecret, keyView, NewKey, Rotation } from "../../keys/schemas";
+import { createKey, getKey, listKeys, revokeKey, rotateKey, updateKey } from "../../keys/service";
 import { pageOf } from "../../platform/db/pagination";
 import { KeyUsage, UsageQuery } from "../../usage/schemas";
 import { keysUsage } from "../../usage/service";
@@ -23,7 +23,10 @@ export const apiKeysRoutes = routes()
       security,
       middleware: withBody(fullAccess),
       request: { body: jsonBody(NewKey) },
-      responses: { 201: json(KeyWithSecret, "The new key, with its raw value"), ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS) },
+      responses: {
+        201: json(KeyWithSecret, "The new key, with its raw value"),
+        ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS, "external_id_taken"),
+      },
     }),
     async (c) => {
       const p = c.get("principal");
@@ -64,6 +67,26 @@ export const apiKeysRoutes = routes()
       const deps = c.get("deps");
       const key = await getKey(deps, c.get("principal"), c.req.valid("param").id);
       return c.json(keyView(key, deps.now()), 200);
+    },
+  )
+  .openapi(
+    createRoute({
+      method: "patch",
+      path: "/{id}",
+      summary: "Change a key's externalId or meta",
+      description:
+        "Members change their own keys. In force before the answer (verify and the upstream see it on the next request); 503 `change_pending` when it could not be, and a repeat completes it.",
+      security,
+      middleware: withBody(fullAccess),
+      request: { params: IdParam, body: jsonBody(KeyChange) },
+      responses: {
+        200: json(KeyView, "The key as stored"),
+        ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS, "not_found", "external_id_taken", "change_pending"),
+      },
+    }),
+    async (c) => {
+      const { key, now } = await updateKey(c.get("deps"), c.get("principal"), c.req.valid("param").id, c.req.valid("json"));
+      return c.json(keyView(key, now), 200);
     },
   )
   .openapi(

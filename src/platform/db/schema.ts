@@ -19,8 +19,12 @@ export const accounts = sqliteTable(
     maxRateLimit: integer("max_rate_limit"),
     maxRateLimitWindowSeconds: integer("max_rate_limit_window_seconds"),
     createdAt: text("created_at").notNull(),
+    /** The provider's own id of the account (its billing's), unique across the deployment. */
+    externalId: text("external_id"),
+    /** The provider's JSON object about the account (at most 1 KB), as stored text. */
+    meta: text("meta"),
   },
-  (t) => [uniqueIndex("accounts_slug").on(t.slug)],
+  (t) => [uniqueIndex("accounts_slug").on(t.slug), uniqueIndex("accounts_external_id").on(t.externalId)],
 );
 
 export const users = sqliteTable(
@@ -77,9 +81,14 @@ export const apiKeys = sqliteTable(
     revokedAt: text("revoked_at"),
     revokedBy: text("revoked_by"),
     rotatedFrom: text("rotated_from"),
+    /** The provider's own id of the key, unique within its account. */
+    externalId: text("external_id"),
+    /** The provider's JSON object about the key (at most 1 KB), as stored text. */
+    meta: text("meta"),
   },
   (t) => [
     uniqueIndex("api_keys_hash").on(t.hash),
+    uniqueIndex("api_keys_account_external_id").on(t.accountId, t.externalId),
     // A key is replaced at most once, so two concurrent rotations cannot both succeed.
     uniqueIndex("api_keys_rotated_from").on(t.rotatedFrom).where(sql`rotated_from IS NOT NULL`),
     index("api_keys_account_created").on(t.accountId, t.createdAt),
