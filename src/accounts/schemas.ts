@@ -4,6 +4,7 @@ import { extend, matching, orNull, RateLimit, Timestamp, text } from "../core/sc
 import { DEFAULT_POLICY } from "../core/window";
 import { KeyWithSecret } from "../keys/schemas";
 import { Email } from "../people/schemas";
+import { PlanId } from "../plans/schemas";
 import type { Account } from "../platform/db/schema";
 import { InvitedUser } from "../users/schemas";
 
@@ -19,6 +20,7 @@ export const NewAccount = z
     membersCanCreateKeys: z.boolean().default(false),
     rateLimit: RateLimit.default(DEFAULT_POLICY),
     maxRateLimit: orNull(RateLimit).default(null),
+    plan: PlanId.optional().openapi({ description: "The plan the account is on (`PUT /v1/plans/{id}`): its keys get its limits" }),
     admin: z.strictObject({ email: Email }),
   })
   .openapi("NewAccount");
@@ -42,6 +44,7 @@ export const AccountView = z
     membersCanCreateKeys: z.boolean(),
     rateLimit: RateLimit,
     maxRateLimit: orNull(RateLimit),
+    plan: z.string().nullable(),
     createdAt: Timestamp,
   })
   .openapi("Account");
@@ -70,6 +73,7 @@ export function accountView(a: Account): z.infer<typeof AccountView> {
       a.maxRateLimit === null || a.maxRateLimitWindowSeconds === null
         ? null
         : { limit: a.maxRateLimit, windowSeconds: a.maxRateLimitWindowSeconds },
+    plan: a.planId,
     createdAt: a.createdAt,
   };
 }

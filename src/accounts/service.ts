@@ -6,6 +6,7 @@ import type { Principal } from "../core/principal";
 import { reloadKeys } from "../keys/reload";
 import { keyUsage, liveKeyIds, mintKey } from "../keys/store";
 import { newInvitation } from "../people/invitations";
+import { findPlan } from "../plans/store";
 import { dashboardOrigin } from "../platform/config";
 import { auditInsert } from "../platform/db/audit";
 import { batch, violates } from "../platform/db/client";
@@ -25,7 +26,7 @@ import { findAccount, listEvents } from "./store";
  */
 export async function provisionAccount(
   deps: Deps,
-  { name, slug, keyPrefix, membersCanCreateKeys, rateLimit, maxRateLimit, admin }: z.infer<typeof NewAccount>,
+  { name, slug, keyPrefix, membersCanCreateKeys, rateLimit, maxRateLimit, plan, admin }: z.infer<typeof NewAccount>,
   reachedAt: URL,
 ) {
   const now = deps.now();
@@ -39,8 +40,10 @@ export async function provisionAccount(
     rateLimitWindowSeconds: rateLimit.windowSeconds,
     maxRateLimit: maxRateLimit?.limit ?? null,
     maxRateLimitWindowSeconds: maxRateLimit?.windowSeconds ?? null,
+    planId: plan ?? null,
     createdAt: now.toISOString(),
   };
+  if (plan !== undefined && !(await findPlan(deps.db, plan))) throw noSuchPlan();
   const user = {
     id: newId("usr"),
     accountId: account.id,
@@ -68,6 +71,7 @@ export async function provisionAccount(
   } catch (err) {
     // The unique index on accounts.slug: nothing of the batch was written.
     if (violates(err, "accounts.slug")) throw new ApiError("slug_taken", `The slug ${slug} belongs to another account.`);
+    if (err instanceof Error && err.message.includes("FOREIGN KEY constraint failed")) throw noSuchPlan();
     throw err;
   }
   return { account, user, raw, row, now, invitation };
@@ -185,3 +189,5 @@ function mintAdminKey(account: Account, ownerId: string, createdBy: string, name
   };
   return mintKey(input, now);
 }
+
+const noSuchPlan = () => invalidRequest([{ field: "plan", message: "is not a plan (PUT /v1/plans/{id} defines one)" }]);
