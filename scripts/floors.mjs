@@ -19,6 +19,7 @@ const FLOORS = {
   usage: 3,
   resources: 3,
   tokens: 3,
+  plans: 3,
   guards: 4,
   gateway: 5,
   http: 6,

@@ -4,6 +4,7 @@ import { extend, externalFields, externalView, matching, orNull, parseMeta, Rate
 import { DEFAULT_POLICY } from "../core/window";
 import { KeyWithSecret } from "../keys/schemas";
 import { Email } from "../people/schemas";
+import { PlanId } from "../plans/schemas";
 import type { Account } from "../platform/db/schema";
 import { InvitedUser } from "../users/schemas";
 
@@ -19,6 +20,7 @@ export const NewAccount = z
     membersCanCreateKeys: z.boolean().default(false),
     rateLimit: RateLimit.default(DEFAULT_POLICY),
     maxRateLimit: orNull(RateLimit).default(null),
+    plan: PlanId.optional().openapi({ description: "The plan the account is on (`PUT /v1/plans/{id}`): its keys get its limits" }),
     admin: z.strictObject({ email: Email }),
     ...externalFields,
   })
@@ -34,9 +36,17 @@ export const AccountChange = z
   .openapi("AccountChange");
 
 /** What the operator changes on an account; absent fields stay as they are. */
-export const OperatorAccountChange = z.strictObject({ ...externalFields }).openapi("OperatorAccountChange", {
-  description: "The account's `externalId` (unique across the deployment) and `meta`; `null` clears either.",
-});
+export const OperatorAccountChange = z
+  .strictObject({
+    plan: orNull(PlanId)
+      .optional()
+      .openapi({ description: "The plan the account is on (`PUT /v1/plans/{id}`); `null` takes it off its plan" }),
+    ...externalFields,
+  })
+  .openapi("OperatorAccountChange", {
+    description:
+      "The account's plan, `externalId` (unique across the deployment) and `meta`; `null` clears any of them. Its keys have the change before it is answered.",
+  });
 
 export const RecoveryRequest = z.strictObject({ userId: text(64).optional() }).openapi("RecoveryRequest");
 
@@ -49,6 +59,7 @@ export const AccountView = z
     membersCanCreateKeys: z.boolean(),
     rateLimit: RateLimit,
     maxRateLimit: orNull(RateLimit),
+    plan: z.string().nullable(),
     createdAt: Timestamp,
     ...externalView,
   })
@@ -78,6 +89,7 @@ export function accountView(a: Account): z.infer<typeof AccountView> {
       a.maxRateLimit === null || a.maxRateLimitWindowSeconds === null
         ? null
         : { limit: a.maxRateLimit, windowSeconds: a.maxRateLimitWindowSeconds },
+    plan: a.planId,
     createdAt: a.createdAt,
     externalId: a.externalId,
     meta: parseMeta(a.meta),

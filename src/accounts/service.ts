@@ -7,6 +7,7 @@ import { externalChange, storedMeta } from "../core/schemas";
 import { reloadKeys } from "../keys/reload";
 import { keyUsage, liveKeyIds, mintKey } from "../keys/store";
 import { newInvitation } from "../people/invitations";
+import { findPlan } from "../plans/store";
 import { dashboardOrigin } from "../platform/config";
 import { auditInsert } from "../platform/db/audit";
 import { batch, violates } from "../platform/db/client";
@@ -26,7 +27,7 @@ import { findAccount, listEvents } from "./store";
  */
 export async function provisionAccount(
   deps: Deps,
-  { name, slug, keyPrefix, membersCanCreateKeys, rateLimit, maxRateLimit, admin, externalId, meta }: z.infer<typeof NewAccount>,
+  { name, slug, keyPrefix, membersCanCreateKeys, rateLimit, maxRateLimit, plan, admin, externalId, meta }: z.infer<typeof NewAccount>,
   reachedAt: URL,
 ) {
   const now = deps.now();
@@ -40,10 +41,12 @@ export async function provisionAccount(
     rateLimitWindowSeconds: rateLimit.windowSeconds,
     maxRateLimit: maxRateLimit?.limit ?? null,
     maxRateLimitWindowSeconds: maxRateLimit?.windowSeconds ?? null,
+    planId: plan ?? null,
     createdAt: now.toISOString(),
     externalId: externalId ?? null,
     meta: storedMeta(meta),
   };
+  if (plan !== undefined && !(await findPlan(deps.db, plan))) throw noSuchPlan();
   const user = {
     id: newId("usr"),
     accountId: account.id,
@@ -71,6 +74,7 @@ export async function provisionAccount(
   } catch (err) {
     // The unique index on accounts.slug: nothing of the batch was written.
     if (violates(err, "accounts.slug")) throw new ApiError("slug_taken", `The slug ${slug} belongs to another account.`);
+    if (err instanceof Error && err.message.includes("FOREIGN KEY constraint failed")) throw noSuchPlan();
     externalIdTaken(err, externalId);
   }
   return { account, user, raw, row, now, invitation };
@@ -149,12 +153,20 @@ export async function updateAccount(
   return getAccount(deps, p);
 }
 
-/** The operator's change of an account's `externalId` and `meta`, audited as the operator's act; 404 for no such account. */
-export async function changeAccount(deps: Deps, id: string, external: z.infer<typeof OperatorAccountChange>): Promise<Account> {
+/**
+ * The operator's change of an account's plan, `externalId` and `meta`, audited as the operator's act; 404 for no such
+ * account, 400 for no such plan.
+ */
+export async function changeAccount(
+  deps: Deps,
+  id: string,
+  { plan, ...external }: z.infer<typeof OperatorAccountChange>,
+): Promise<Account> {
   const d = deps.db;
   const account = await findAccount(d, id);
   if (!account) throw new ApiError("not_found", "No account with this id.");
-  const change = externalChange(external);
+  if (plan && !(await findPlan(d, plan))) throw noSuchPlan();
+  const change = { ...externalChange(external), ...(plan === undefined ? {} : { planId: plan }) };
   if (Object.keys(change).length === 0) return account;
   const now = deps.now();
   await batch(deps.env.DB, [
@@ -164,17 +176,21 @@ export async function changeAccount(deps: Deps, id: string, external: z.infer<ty
       { accountId: account.id, actor: "operator", action: "account.updated", target: account.id, requestId: deps.requestId },
       now,
     ),
-  ]).catch((err: unknown) => externalIdTaken(err, external.externalId));
-  await reloadExternal(deps, account.id, external, now);
+  ]).catch((err: unknown) => {
+    if (err instanceof Error && err.message.includes("FOREIGN KEY constraint failed")) throw noSuchPlan();
+    externalIdTaken(err, external.externalId);
+  });
+  // The account's plan is its keys' limits: in the keys' objects before it is answered, as `externalId` and `meta` are.
+  await reloadExternal(deps, account.id, { ...external, ...(plan === undefined ? {} : { plan }) }, now);
   return { ...account, ...change };
 }
 
 /**
- * Every key of the account carries the account's `externalId` and `meta` to verify and the upstream: a change of
- * either is in the keys' objects before it is answered (503 `change_pending` otherwise, in force within seconds).
+ * Every key of the account carries the account's plan, `externalId` and `meta` to verify and the upstream: a change of
+ * any is in the keys' objects before it is answered (503 `change_pending` otherwise, in force within seconds).
  */
-async function reloadExternal(deps: Deps, accountId: string, external: z.infer<typeof OperatorAccountChange>, now: Date) {
-  if (external.externalId === undefined && external.meta === undefined) return;
+async function reloadExternal(deps: Deps, accountId: string, change: z.infer<typeof OperatorAccountChange>, now: Date) {
+  if (change.externalId === undefined && change.meta === undefined && change.plan === undefined) return;
   await reloadKeys(deps, await liveKeyIds(deps.db, { accountId }, now));
 }
 
@@ -226,3 +242,5 @@ function mintAdminKey(account: Account, ownerId: string, createdBy: string, name
   };
   return mintKey(input, now);
 }
+
+const noSuchPlan = () => invalidRequest([{ field: "plan", message: "is not a plan (PUT /v1/plans/{id} defines one)" }]);

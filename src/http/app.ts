@@ -21,6 +21,7 @@ import { chatRoutes } from "./routes/chat";
 import { demoRoutes } from "./routes/demo";
 import { handshakeRoutes } from "./routes/handshake";
 import { unmatched } from "./routes/method-not-allowed";
+import { plansRoutes } from "./routes/plans";
 import { resourceOwnersRoutes } from "./routes/resource-owners";
 import { usersRoutes } from "./routes/users";
 import { verifyRoutes } from "./routes/verify";
@@ -88,6 +89,7 @@ const resource = (prefix: string) => {
   return prefix;
 };
 app.route(resource("/v1/accounts"), accountsRoutes);
+app.route(resource("/v1/plans"), plansRoutes);
 app.route(resource("/v1/account"), accountRoutes);
 app.route(resource("/v1/api-keys"), apiKeysRoutes);
 app.route(resource("/v1/users"), usersRoutes);

@@ -99,14 +99,22 @@ export async function keyIdByHash(d: Db, hash: string): Promise<string | undefin
   return found?.id;
 }
 
-/** Ids of keys that are not revoked for good, by owner or for a whole account: the ones whose cached rights must be reloaded. */
-export async function liveKeyIds(d: Db, by: { ownerId: string } | { accountId: string }, now: Date): Promise<string[]> {
+/** Ids of keys that are not revoked for good, by owner, for a whole account or for every account on a plan: the ones whose cached rights must be reloaded. */
+export async function liveKeyIds(
+  d: Db,
+  by: { ownerId: string } | { accountId: string } | { planId: string },
+  now: Date,
+): Promise<string[]> {
   const rows = await d
     .select({ id: apiKeys.id })
     .from(apiKeys)
     .where(
       and(
-        "ownerId" in by ? eq(apiKeys.ownerId, by.ownerId) : eq(apiKeys.accountId, by.accountId),
+        "ownerId" in by
+          ? eq(apiKeys.ownerId, by.ownerId)
+          : "accountId" in by
+            ? eq(apiKeys.accountId, by.accountId)
+            : sql`${apiKeys.accountId} IN (SELECT id FROM accounts WHERE plan_id = ${by.planId})`,
         sql`(${apiKeys.revokedAt} IS NULL OR ${apiKeys.revokedAt} > ${now.toISOString()})`,
       ),
     );

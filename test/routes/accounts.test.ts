@@ -71,10 +71,10 @@ describe("POST /v1/accounts (operator provisioning)", () => {
     const before = await rows("SELECT id FROM accounts");
     const res = await call("/v1/accounts", {
       headers: operator,
-      body: { name: "", keyPrefix: "Bad_", admin: { email: "nope" }, plan: "pro" },
+      body: { name: "", keyPrefix: "Bad_", admin: { email: "nope" }, tier: "pro" },
     });
     const body = await expectProblem(res, 400, "invalid_request");
-    expect((body.errors as { field: string }[]).map((e) => e.field).sort()).toEqual(["admin.email", "keyPrefix", "name", "plan"]);
+    expect((body.errors as { field: string }[]).map((e) => e.field).sort()).toEqual(["admin.email", "keyPrefix", "name", "tier"]);
     for (const keyPrefix of ["a", "abcdefghijklm", "1ab", "ab-c"]) {
       const r = await call("/v1/accounts", { headers: operator, body: { name: "n", keyPrefix, admin: { email: "a@b.co" } } });
       await expectProblem(r, 400, "invalid_request");

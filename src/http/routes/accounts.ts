@@ -13,7 +13,7 @@ import { ApiError, type ErrorCode } from "../../platform/errors";
 import { userView } from "../../users/schemas";
 import { BODY_PROBLEMS, json, jsonBody, OPERATOR_SECURITY, problems, routes, withBody } from "../openapi";
 
-const OPERATOR_PROBLEMS: ErrorCode[] = [
+export const OPERATOR_PROBLEMS: ErrorCode[] = [
   "missing_credentials",
   "invalid_operator_token",
   "rate_limited",
@@ -23,7 +23,7 @@ const OPERATOR_PROBLEMS: ErrorCode[] = [
 ];
 
 /** Operator calls spend their address's budget (so a guessed token gets few tries), then need the operator token. */
-const operator = createMiddleware<AppEnv>(async (c, next) => {
+export const operator = createMiddleware<AppEnv>(async (c, next) => {
   await spendOnAddress(c, "provision", c.get("config").ipPolicy);
   await requireOperator(c.req.header("Authorization"), c.get("config").operatorToken);
   await next();

@@ -3,6 +3,16 @@ import { index, integer, primaryKey, sqliteTable, text, uniqueIndex } from "driz
 
 // Timestamps are ISO-8601 UTC strings (`Date#toISOString`): they sort as text and read as the API shows them.
 
+/** What a provider sells: named limits an account's keys get unless the account or the key sets its own. */
+export const plans = sqliteTable("plans", {
+  id: text("id").primaryKey(),
+  name: text("name").notNull(),
+  /** JSON array of `{name, limit, windowSeconds}`. */
+  rateLimits: text("rate_limits").notNull(),
+  createdAt: text("created_at").notNull(),
+  updatedAt: text("updated_at").notNull(),
+});
+
 export const accounts = sqliteTable(
   "accounts",
   {
@@ -18,13 +28,19 @@ export const accounts = sqliteTable(
     /** The highest limit members may give their own keys; both null when the account's default is the ceiling. */
     maxRateLimit: integer("max_rate_limit"),
     maxRateLimitWindowSeconds: integer("max_rate_limit_window_seconds"),
+    /** The plan the account is on, or null: the account's own default limit. */
+    planId: text("plan_id").references(() => plans.id),
     createdAt: text("created_at").notNull(),
     /** The provider's own id of the account (its billing's), unique across the deployment. */
     externalId: text("external_id"),
     /** The provider's JSON object about the account (at most 1 KB), as stored text. */
     meta: text("meta"),
   },
-  (t) => [uniqueIndex("accounts_slug").on(t.slug), uniqueIndex("accounts_external_id").on(t.externalId)],
+  (t) => [
+    uniqueIndex("accounts_slug").on(t.slug),
+    uniqueIndex("accounts_external_id").on(t.externalId),
+    index("accounts_plan").on(t.planId),
+  ],
 );
 
 export const users = sqliteTable(
@@ -230,6 +246,7 @@ export const keyUsage = sqliteTable(
   (t) => [primaryKey({ columns: [t.keyId, t.hour] }), index("key_usage_account_hour").on(t.accountId, t.hour)],
 );
 
+export type Plan = typeof plans.$inferSelect;
 export type Account = typeof accounts.$inferSelect;
 export type Agent = typeof agents.$inferSelect;
 export type User = typeof users.$inferSelect;

@@ -1,0 +1,38 @@
+import type { z } from "@hono/zod-openapi";
+import { eq } from "drizzle-orm";
+import { reloadKeys } from "../keys/reload";
+import { liveKeyIds } from "../keys/store";
+import { plans } from "../platform/db/schema";
+import type { Deps } from "../platform/deps";
+import { ApiError } from "../platform/errors";
+import type { PlanInput } from "./schemas";
+import { findPlan } from "./store";
+
+/**
+ * Creates the plan `id`, or replaces what it holds; answers it, and whether it was created. The keys of the accounts on
+ * it get the new limits right after the answer (a limit is not a right: a key that misses it catches up within the
+ * objects' record lifetime).
+ */
+export async function putPlan(deps: Deps, id: string, input: z.infer<typeof PlanInput>) {
+  const d = deps.db;
+  const now = deps.now();
+  const at = now.toISOString();
+  const rateLimits = JSON.stringify(input.rateLimits);
+  const [created] = await d
+    .insert(plans)
+    .values({ id, name: input.name, rateLimits, createdAt: at, updatedAt: at })
+    .onConflictDoNothing()
+    .returning({ id: plans.id });
+  if (!created) {
+    await d.update(plans).set({ name: input.name, rateLimits, updatedAt: at }).where(eq(plans.id, id));
+    deps.waitUntil(
+      liveKeyIds(d, { planId: id }, now)
+        .then((ids) => reloadKeys(deps, ids))
+        .catch(() => {}),
+    );
+  }
+  deps.log("info", "plan_saved", { plan: id, created: created !== undefined });
+  const saved = await findPlan(d, id);
+  if (!saved) throw new ApiError("not_found", "No such plan.");
+  return { ...saved, created: created !== undefined };
+}
