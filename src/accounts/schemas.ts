@@ -1,7 +1,7 @@
 import { z } from "@hono/zod-openapi";
+import { defaultLimits } from "../core/ceilings";
 import { DEFAULT_PREFIX, PREFIX } from "../core/ids";
-import { extend, matching, orNull, RateLimit, Timestamp, text } from "../core/schemas";
-import { DEFAULT_POLICY } from "../core/window";
+import { extend, matching, oneLimitForm, orNull, RateLimit, RateLimits, shorthand, Timestamp, text } from "../core/schemas";
 import { KeyWithSecret } from "../keys/schemas";
 import { Email } from "../people/schemas";
 import type { Account } from "../platform/db/schema";
@@ -17,18 +17,24 @@ export const NewAccount = z
       .openapi({ description: "A unique name for URLs; gateway routes with `account` accept it in place of the id", example: "acme" }),
     keyPrefix: matching(PREFIX, "must be 2-12 characters: a lowercase letter, then lowercase letters or digits").default(DEFAULT_PREFIX),
     membersCanCreateKeys: z.boolean().default(false),
-    rateLimit: RateLimit.default(DEFAULT_POLICY),
+    rateLimit: RateLimit.optional().openapi({
+      description: 'Shorthand for `rateLimits: [{name: "default", ...}]`; with neither, 60 requests a minute',
+    }),
+    rateLimits: RateLimits.optional().openapi({ description: "The default limits of the account's keys" }),
     maxRateLimit: orNull(RateLimit).default(null),
     admin: z.strictObject({ email: Email }),
   })
+  .superRefine(oneLimitForm)
   .openapi("NewAccount");
 
 export const AccountChange = z
   .strictObject({
-    rateLimit: RateLimit.optional(),
+    rateLimit: RateLimit.optional().openapi({ description: 'Shorthand for `rateLimits: [{name: "default", ...}]`' }),
+    rateLimits: RateLimits.optional(),
     maxRateLimit: orNull(RateLimit).optional().openapi({ description: "`null` makes the account's default limit the ceiling" }),
     membersCanCreateKeys: z.boolean().optional(),
   })
+  .superRefine(oneLimitForm)
   .openapi("AccountChange");
 
 export const RecoveryRequest = z.strictObject({ userId: text(64).optional() }).openapi("RecoveryRequest");
@@ -40,7 +46,8 @@ export const AccountView = z
     slug: z.string().nullable(),
     keyPrefix: z.string(),
     membersCanCreateKeys: z.boolean(),
-    rateLimit: RateLimit,
+    rateLimit: RateLimit.openapi({ description: 'The default limit named "default" of `rateLimits`, else its first' }),
+    rateLimits: RateLimits,
     maxRateLimit: orNull(RateLimit),
     createdAt: Timestamp,
   })
@@ -65,7 +72,8 @@ export function accountView(a: Account): z.infer<typeof AccountView> {
     slug: a.slug,
     keyPrefix: a.keyPrefix,
     membersCanCreateKeys: a.membersCanCreateKeys,
-    rateLimit: { limit: a.rateLimit, windowSeconds: a.rateLimitWindowSeconds },
+    rateLimit: shorthand(defaultLimits(a)),
+    rateLimits: defaultLimits(a),
     maxRateLimit:
       a.maxRateLimit === null || a.maxRateLimitWindowSeconds === null
         ? null

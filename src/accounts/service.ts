@@ -3,6 +3,8 @@ import { and, asc, eq } from "drizzle-orm";
 import { FULL_ACCESS } from "../core/grants";
 import { newId } from "../core/ids";
 import type { Principal } from "../core/principal";
+import { sentLimits, shorthand } from "../core/schemas";
+import { DEFAULT_POLICY, type Limit, named } from "../core/window";
 import { reloadKeys } from "../keys/reload";
 import { keyUsage, liveKeyIds, mintKey } from "../keys/store";
 import { newInvitation } from "../people/invitations";
@@ -25,7 +27,7 @@ import { findAccount, listEvents } from "./store";
  */
 export async function provisionAccount(
   deps: Deps,
-  { name, slug, keyPrefix, membersCanCreateKeys, rateLimit, maxRateLimit, admin }: z.infer<typeof NewAccount>,
+  { name, slug, keyPrefix, membersCanCreateKeys, maxRateLimit, admin, ...limits }: z.infer<typeof NewAccount>,
   reachedAt: URL,
 ) {
   const now = deps.now();
@@ -35,8 +37,7 @@ export async function provisionAccount(
     slug: slug ?? null,
     keyPrefix,
     membersCanCreateKeys,
-    rateLimit: rateLimit.limit,
-    rateLimitWindowSeconds: rateLimit.windowSeconds,
+    ...accountLimitColumns(sentLimits(limits) ?? [named(DEFAULT_POLICY)]),
     maxRateLimit: maxRateLimit?.limit ?? null,
     maxRateLimitWindowSeconds: maxRateLimit?.windowSeconds ?? null,
     createdAt: now.toISOString(),
@@ -111,10 +112,11 @@ export async function recoverAccount(deps: Deps, accountId: string, userId: stri
 export async function updateAccount(
   deps: Deps,
   p: Principal,
-  { rateLimit, maxRateLimit, membersCanCreateKeys }: z.infer<typeof AccountChange>,
+  { maxRateLimit, membersCanCreateKeys, ...sent }: z.infer<typeof AccountChange>,
 ): Promise<Account> {
+  const limits = sentLimits(sent);
   const change = {
-    ...(rateLimit ? { rateLimit: rateLimit.limit, rateLimitWindowSeconds: rateLimit.windowSeconds } : {}),
+    ...(limits ? accountLimitColumns(limits) : {}),
     ...(maxRateLimit === undefined
       ? {}
       : { maxRateLimit: maxRateLimit?.limit ?? null, maxRateLimitWindowSeconds: maxRateLimit?.windowSeconds ?? null }),
@@ -133,7 +135,7 @@ export async function updateAccount(
     ]);
     // Every key of the account carries its limit (the default, or members' ceiling); an account may have many keys,
     // so this finishes after the answer (a limit is not a right: a key that misses it catches up within RECORD_TTL_MS).
-    if (rateLimit || maxRateLimit !== undefined) {
+    if (limits || maxRateLimit !== undefined) {
       deps.waitUntil(
         liveKeyIds(d, { accountId: p.accountId }, now)
           .then((ids) => reloadKeys(deps, ids))
@@ -171,6 +173,12 @@ export function activity(deps: Deps, p: Principal, page: Page) {
   return listEvents(deps.db, p, page);
 }
 
+/** How an account's default limits are stored: the list as JSON, and the `rateLimit` it shows in its columns. */
+function accountLimitColumns(limits: Limit[]) {
+  const { limit, windowSeconds } = shorthand(limits);
+  return { rateLimit: limit, rateLimitWindowSeconds: windowSeconds, rateLimits: JSON.stringify(limits) };
+}
+
 /** A full-access key without expiry or limit of its own, for an admin of the account: the way into an account. */
 function mintAdminKey(account: Account, ownerId: string, createdBy: string, name: string, now: Date) {
   const input = {
@@ -181,7 +189,7 @@ function mintAdminKey(account: Account, ownerId: string, createdBy: string, name
     prefix: account.keyPrefix,
     scopes: ["*"],
     expiresAt: null,
-    rateLimit: null,
+    limits: null,
   };
   return mintKey(input, now);
 }

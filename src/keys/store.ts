@@ -1,13 +1,14 @@
 import { and, eq, inArray, sql } from "drizzle-orm";
 import { generateKey, hashKey, newId } from "../core/ids";
 import type { AuthMethod, KeyRecord as CoreKeyRecord, Principal } from "../core/principal";
-import type { Policy } from "../core/window";
+import { shorthand } from "../core/schemas";
+import type { Limit } from "../core/window";
 import type { Db } from "../platform/db/client";
 import { listPage, type Page } from "../platform/db/pagination";
 import { type ApiKey, accounts, apiKeys, users } from "../platform/db/schema";
 
 // The keys' rules are core's; the key's object, its authorization and its service reach them through here.
-export { keyPolicy } from "../core/principal";
+export { keyLimits } from "../core/principal";
 export { evaluateKey, type KeyStatus, keyStatus, type VerifyResult } from "../core/verdict";
 
 /**
@@ -26,7 +27,8 @@ export type NewKey = {
   prefix: string;
   scopes: string[];
   expiresAt: string | null;
-  rateLimit: Policy | null;
+  /** The key's own limits; null: the account's default ones. */
+  limits: Limit[] | null;
   rotatedFrom?: string;
 };
 
@@ -44,8 +46,7 @@ export async function mintKey(input: NewKey, now: Date): Promise<{ raw: string; 
     hash: await hashKey(raw),
     scopes: JSON.stringify(input.scopes),
     expiresAt: input.expiresAt,
-    rateLimit: input.rateLimit?.limit ?? null,
-    rateLimitWindowSeconds: input.rateLimit?.windowSeconds ?? null,
+    ...storedLimitColumns(input.limits),
     createdAt: now.toISOString(),
     lastUsedAt: null,
     lastAuthMethod: null,
@@ -54,6 +55,16 @@ export async function mintKey(input: NewKey, now: Date): Promise<{ raw: string; 
     rotatedFrom: input.rotatedFrom ?? null,
   };
   return { raw, row };
+}
+
+/** How a key's or an account's limits are stored: the list as JSON, and the `rateLimit` it shows in its columns. */
+export function storedLimitColumns(limits: Limit[] | null) {
+  const one = limits && shorthand(limits);
+  return {
+    rateLimit: one?.limit ?? null,
+    rateLimitWindowSeconds: one?.windowSeconds ?? null,
+    rateLimits: limits && JSON.stringify(limits),
+  };
 }
 
 /** A key record as D1 holds it: the row the verdict (core/verdict.ts) and the principal are drawn from. */
@@ -72,6 +83,7 @@ export async function loadKey(d: Db, by: { id: string } | { hash: string }): Pro
       account: {
         rateLimit: accounts.rateLimit,
         rateLimitWindowSeconds: accounts.rateLimitWindowSeconds,
+        rateLimits: accounts.rateLimits,
         maxRateLimit: accounts.maxRateLimit,
         maxRateLimitWindowSeconds: accounts.maxRateLimitWindowSeconds,
       },

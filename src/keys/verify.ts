@@ -3,6 +3,7 @@ import { GRANT, parseGrant } from "../core/grants";
 import { parseKey } from "../core/ids";
 import { type Need, NO_ACCOUNT } from "../core/principal";
 import { integer, matching } from "../core/schemas";
+import { tightest } from "../core/window";
 import type { Deps } from "../platform/deps";
 import { ownerOf } from "../resources/owners";
 import { authorizeKey } from "./authorize";
@@ -29,7 +30,9 @@ const Valid = z.strictObject({
       reset: z.number().int().openapi({ description: "Unix seconds" }),
     })
     .nullable()
-    .openapi({ description: "Null when the rate limiter was unavailable and the deployment fails open" }),
+    .openapi({
+      description: "The key's tightest limit (least remaining); null when the rate limiter was unavailable and the deployment fails open",
+    }),
 });
 const Invalid = z.strictObject({
   valid: z.literal(false),
@@ -63,6 +66,8 @@ export async function verifyKey(deps: Deps, { key, resource, cost }: z.output<ty
   }
   const { principal: p, spent: a } = verdict;
   if (a && !a.allowed) return { valid: false, code: "rate_limited", retryAfter: a.retryAfter };
+  // Of several limits, the one the key is closest to, as X-RateLimit-* shows it.
+  const t = a && tightest(a.limits);
   return {
     valid: true,
     accountId: p.accountId,
@@ -71,6 +76,6 @@ export async function verifyKey(deps: Deps, { key, resource, cost }: z.output<ty
     userId: p.userId,
     role: p.role,
     scopes: p.scopes,
-    rateLimit: a ? { limit: a.limit, remaining: a.remaining, reset: Math.ceil(a.resetAt / 1000) } : null,
+    rateLimit: t ? { limit: t.limit, remaining: t.remaining, reset: Math.ceil(t.resetAt / 1000) } : null,
   };
 }

@@ -195,6 +195,7 @@ async function liveSession(deps: Deps, sessionId: string, now: Date) {
       account: {
         rateLimit: accounts.rateLimit,
         rateLimitWindowSeconds: accounts.rateLimitWindowSeconds,
+        rateLimits: accounts.rateLimits,
         maxRateLimit: accounts.maxRateLimit,
         maxRateLimitWindowSeconds: accounts.maxRateLimitWindowSeconds,
       },
@@ -319,7 +320,7 @@ export async function accessTokenPrincipal(deps: Deps, claims: AccessClaims): Pr
 export async function admitPerson(deps: Deps, principal: Principal, need: Need): Promise<Spent | null> {
   const refusedFor = refusal(principal, need);
   if (refusedFor) throw refused(refusedFor);
-  return spend(deps, `user:${principal.userId}`, principal.rateLimit);
+  return spend(deps, `user:${principal.userId}`, principal.limits);
 }
 
 type LiveSession = NonNullable<Awaited<ReturnType<typeof liveSession>>>;

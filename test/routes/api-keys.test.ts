@@ -36,6 +36,7 @@ describe("POST /v1/api-keys", () => {
         "revokedAt",
         "revokedBy",
         "rateLimit",
+        "rateLimits",
         "rotatedFrom",
         "scopes",
         "start",
