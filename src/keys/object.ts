@@ -74,7 +74,8 @@ export class KeyObject extends DurableObject<Bindings> {
 
   /**
    * Checks the key and what the route needs of it, then spends `cost` requests of every limit it has, or what `costs`
-   * names of those it names (the admit step, counters/budget.ts). A key that is refused (401) or falls short of the route (403) spends nothing. A caller that
+   * names of those it names (the admit step, counters/budget.ts). A key that is refused (401) or falls short of the
+   * route (403) spends nothing. A caller that
    * can hold a lease (`lease`) gets one when the key is hot (core/lease.ts), and gives back what its ended leases did
    * not spend (`returned`).
    */

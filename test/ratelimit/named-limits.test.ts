@@ -2,8 +2,9 @@ import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { SlidingLog } from "../../src/counters/sliding-log";
+import { faultyObjects } from "../faults";
 import { ROUTES, gw as through } from "../gateway/table";
-import { call, createKey, expectProblem, memberWithKey, OPERATOR_TOKEN, provision, rows } from "../helpers";
+import { call, callWith, createKey, expectProblem, memberWithKey, OPERATOR_TOKEN, provision, rows } from "../helpers";
 
 const whoami = (key: string) => call("/v1/whoami", { key });
 
@@ -90,6 +91,25 @@ describe("several named limits on one key", () => {
     expect(busiest(admitted, 1)).toBeLessThanOrEqual(3);
     expect(busiest(admitted, 60)).toBe(5);
   }, 60_000);
+
+  it("leases a hot key's admissions from every limit at once: each counts down exactly, with few object calls", async () => {
+    const { key } = await provision();
+    const hot = await createKey(key.key, {
+      rateLimits: [
+        { name: "minute", limit: 1000, windowSeconds: 60 },
+        { name: "hour", limit: 5000, windowSeconds: 3600 },
+      ],
+    });
+    const observed = faultyObjects(env.KEYS, {});
+    const seen: Record<string, number>[] = [];
+    for (let i = 0; i < 200; i++) {
+      const res = await callWith({ KEYS: observed }, "/v1/whoami", { key: hot.key });
+      expect(res.status).toBe(200);
+      seen.push(remaining(res));
+    }
+    expect(seen).toEqual(Array.from({ length: 200 }, (_, i) => ({ minute: 999 - i, hour: 4999 - i })));
+    expect(observed.calls("authorize")).toBeLessThan(60);
+  });
 
   it("shows the tightest limit in X-RateLimit-* and every limit in RateLimit-Policy and RateLimit", async () => {
     const { key } = await provision();
