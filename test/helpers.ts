@@ -82,6 +82,7 @@ export type KeyBody = {
   createdAt: string;
   expiresAt: string | null;
   rateLimit: { limit: number; windowSeconds: number } | null;
+  rateLimits: { name: string; limit: number; windowSeconds: number }[] | null;
   lastUsedAt: string | null;
   lastAuthMethod: string | null;
   revokedAt: string | null;

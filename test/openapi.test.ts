@@ -76,7 +76,19 @@ describe("the OpenAPI document", () => {
     const { components } = await served();
     const newKey = components.schemas.NewKey as { properties: Record<string, unknown>; additionalProperties: unknown };
     expect(Object.keys(newKey.properties).sort()).toEqual(
-      ["name", "scopes", "expiresAt", "ownerId", "rateLimit", "externalId", "meta", "mailboxIds", "processIds", "projectIds"].sort(),
+      [
+        "name",
+        "scopes",
+        "expiresAt",
+        "ownerId",
+        "rateLimit",
+        "rateLimits",
+        "externalId",
+        "meta",
+        "mailboxIds",
+        "processIds",
+        "projectIds",
+      ].sort(),
     );
     expect(newKey.additionalProperties).toBe(false);
     // The rules the server enforces, as a client generated from the document sees them.
@@ -88,6 +100,10 @@ describe("the OpenAPI document", () => {
     expect(accepts({ name: "x", scopes: ["planet:p1"] })).toBe(false);
     expect(accepts({ name: "x", mailboxId: ["mbx_1"] })).toBe(false);
     expect(accepts({ name: "x", rateLimit: { limit: 0, windowSeconds: 60 } })).toBe(false);
+    const minute = { name: "minute", limit: 10, windowSeconds: 60 };
+    expect(accepts({ name: "x", rateLimits: [minute] })).toBe(true);
+    expect(accepts({ name: "x", rateLimits: [{ ...minute, name: "Minute" }] })).toBe(false);
+    expect(accepts({ name: "x", rateLimits: Array.from({ length: 9 }, (_, i) => ({ ...minute, name: `l${i}` })) })).toBe(false);
     const limit = (await served()).paths["/v1/api-keys"]?.get as unknown as { parameters: { name: string; schema: unknown }[] };
     expect(limit.parameters.find((p) => p.name === "limit")?.schema).toMatchObject({ type: "integer", minimum: 1, maximum: 100 });
   });

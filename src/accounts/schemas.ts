@@ -1,7 +1,20 @@
 import { z } from "@hono/zod-openapi";
+import { defaultLimits } from "../core/ceilings";
 import { DEFAULT_PREFIX, PREFIX } from "../core/ids";
-import { extend, externalFields, externalView, matching, orNull, parseMeta, RateLimit, Timestamp, text } from "../core/schemas";
-import { DEFAULT_POLICY } from "../core/window";
+import {
+  extend,
+  externalFields,
+  externalView,
+  matching,
+  oneLimitForm,
+  orNull,
+  parseMeta,
+  RateLimit,
+  RateLimits,
+  shorthand,
+  Timestamp,
+  text,
+} from "../core/schemas";
 import { KeyWithSecret } from "../keys/schemas";
 import { Email } from "../people/schemas";
 import { PlanId } from "../plans/schemas";
@@ -18,21 +31,27 @@ export const NewAccount = z
       .openapi({ description: "A unique name for URLs; gateway routes with `account` accept it in place of the id", example: "acme" }),
     keyPrefix: matching(PREFIX, "must be 2-12 characters: a lowercase letter, then lowercase letters or digits").default(DEFAULT_PREFIX),
     membersCanCreateKeys: z.boolean().default(false),
-    rateLimit: RateLimit.default(DEFAULT_POLICY),
+    rateLimit: RateLimit.optional().openapi({
+      description: 'Shorthand for `rateLimits: [{name: "default", ...}]`; with neither, 60 requests a minute',
+    }),
+    rateLimits: RateLimits.optional().openapi({ description: "The default limits of the account's keys" }),
     maxRateLimit: orNull(RateLimit).default(null),
     plan: PlanId.optional().openapi({ description: "The plan the account is on (`PUT /v1/plans/{id}`): its keys get its limits" }),
     admin: z.strictObject({ email: Email }),
     ...externalFields,
   })
+  .superRefine(oneLimitForm)
   .openapi("NewAccount");
 
 export const AccountChange = z
   .strictObject({
-    rateLimit: RateLimit.optional(),
+    rateLimit: RateLimit.optional().openapi({ description: 'Shorthand for `rateLimits: [{name: "default", ...}]`' }),
+    rateLimits: RateLimits.optional(),
     maxRateLimit: orNull(RateLimit).optional().openapi({ description: "`null` makes the account's default limit the ceiling" }),
     membersCanCreateKeys: z.boolean().optional(),
     ...externalFields,
   })
+  .superRefine(oneLimitForm)
   .openapi("AccountChange");
 
 /** What the operator changes on an account; absent fields stay as they are. */
@@ -57,7 +76,8 @@ export const AccountView = z
     slug: z.string().nullable(),
     keyPrefix: z.string(),
     membersCanCreateKeys: z.boolean(),
-    rateLimit: RateLimit,
+    rateLimit: RateLimit.openapi({ description: 'The default limit named "default" of `rateLimits`, else its first' }),
+    rateLimits: RateLimits,
     maxRateLimit: orNull(RateLimit),
     plan: z.string().nullable(),
     createdAt: Timestamp,
@@ -84,7 +104,8 @@ export function accountView(a: Account): z.infer<typeof AccountView> {
     slug: a.slug,
     keyPrefix: a.keyPrefix,
     membersCanCreateKeys: a.membersCanCreateKeys,
-    rateLimit: { limit: a.rateLimit, windowSeconds: a.rateLimitWindowSeconds },
+    rateLimit: shorthand(defaultLimits(a)),
+    rateLimits: defaultLimits(a),
     maxRateLimit:
       a.maxRateLimit === null || a.maxRateLimitWindowSeconds === null
         ? null

@@ -3,7 +3,8 @@ import { and, asc, eq } from "drizzle-orm";
 import { FULL_ACCESS } from "../core/grants";
 import { newId } from "../core/ids";
 import type { Principal } from "../core/principal";
-import { externalChange, storedMeta } from "../core/schemas";
+import { externalChange, sentLimits, shorthand, storedMeta } from "../core/schemas";
+import { DEFAULT_POLICY, type Limit } from "../core/window";
 import { reloadKeys } from "../keys/reload";
 import { keyUsage, liveKeyIds, mintKey } from "../keys/store";
 import { newInvitation } from "../people/invitations";
@@ -27,7 +28,7 @@ import { findAccount, listEvents } from "./store";
  */
 export async function provisionAccount(
   deps: Deps,
-  { name, slug, keyPrefix, membersCanCreateKeys, rateLimit, maxRateLimit, plan, admin, externalId, meta }: z.infer<typeof NewAccount>,
+  { name, slug, keyPrefix, membersCanCreateKeys, maxRateLimit, admin, plan, externalId, meta, ...limits }: z.infer<typeof NewAccount>,
   reachedAt: URL,
 ) {
   const now = deps.now();
@@ -37,8 +38,8 @@ export async function provisionAccount(
     slug: slug ?? null,
     keyPrefix,
     membersCanCreateKeys,
-    rateLimit: rateLimit.limit,
-    rateLimitWindowSeconds: rateLimit.windowSeconds,
+    // Named limits only when sent: an account that sets none takes its plan's, else the single default.
+    ...accountLimitColumns(sentLimits(limits)),
     maxRateLimit: maxRateLimit?.limit ?? null,
     maxRateLimitWindowSeconds: maxRateLimit?.windowSeconds ?? null,
     planId: plan ?? null,
@@ -118,10 +119,11 @@ export async function recoverAccount(deps: Deps, accountId: string, userId: stri
 export async function updateAccount(
   deps: Deps,
   p: Principal,
-  { rateLimit, maxRateLimit, membersCanCreateKeys, ...external }: z.infer<typeof AccountChange>,
+  { maxRateLimit, membersCanCreateKeys, rateLimit, rateLimits, ...external }: z.infer<typeof AccountChange>,
 ): Promise<Account> {
+  const limits = sentLimits({ rateLimit, rateLimits });
   const change = {
-    ...(rateLimit ? { rateLimit: rateLimit.limit, rateLimitWindowSeconds: rateLimit.windowSeconds } : {}),
+    ...(limits ? accountLimitColumns(limits) : {}),
     ...(maxRateLimit === undefined
       ? {}
       : { maxRateLimit: maxRateLimit?.limit ?? null, maxRateLimitWindowSeconds: maxRateLimit?.windowSeconds ?? null }),
@@ -142,7 +144,7 @@ export async function updateAccount(
     await reloadExternal(deps, p.accountId, external, now);
     // Every key of the account carries its limit (the default, or members' ceiling); an account may have many keys,
     // so this finishes after the answer (a limit is not a right: a key that misses it catches up within RECORD_TTL_MS).
-    if (rateLimit || maxRateLimit !== undefined) {
+    if (limits || maxRateLimit !== undefined) {
       deps.waitUntil(
         liveKeyIds(d, { accountId: p.accountId }, now)
           .then((ids) => reloadKeys(deps, ids))
@@ -228,6 +230,13 @@ export function activity(deps: Deps, p: Principal, page: Page) {
   return listEvents(deps.db, p, page);
 }
 
+/** How an account's default limits are stored: the list as JSON, and the `rateLimit` it shows in its columns. */
+function accountLimitColumns(limits: Limit[] | undefined) {
+  if (!limits) return { rateLimit: DEFAULT_POLICY.limit, rateLimitWindowSeconds: DEFAULT_POLICY.windowSeconds, rateLimits: null };
+  const { limit, windowSeconds } = shorthand(limits);
+  return { rateLimit: limit, rateLimitWindowSeconds: windowSeconds, rateLimits: JSON.stringify(limits) };
+}
+
 /** A full-access key without expiry or limit of its own, for an admin of the account: the way into an account. */
 function mintAdminKey(account: Account, ownerId: string, createdBy: string, name: string, now: Date) {
   const input = {
@@ -238,7 +247,7 @@ function mintAdminKey(account: Account, ownerId: string, createdBy: string, name
     prefix: account.keyPrefix,
     scopes: ["*"],
     expiresAt: null,
-    rateLimit: null,
+    limits: null,
   };
   return mintKey(input, now);
 }

@@ -1,9 +1,16 @@
-import type { Policy } from "./window";
+import { storedLimits } from "./schemas";
+import { type Limit, named, type Policy } from "./window";
 
-/** An account's limits: its default, and the ceiling on its members' (null: the default is the ceiling). */
+/**
+ * An account's limits: its default (`rateLimits`, JSON, or when null the single `rateLimit`; with several, `rateLimit`
+ * is the one named "default" or the first), and the ceiling on its members' (null: the default is the ceiling).
+ */
 export type AccountLimits = {
   rateLimit: number;
   rateLimitWindowSeconds: number;
+  rateLimits: string | null;
+  /** The limits of the account's plan (JSON), when it is on one: its default when it sets none of its own. */
+  planLimits?: string | null;
   maxRateLimit: number | null;
   maxRateLimitWindowSeconds: number | null;
 };
@@ -18,4 +25,13 @@ export function rateLimitCeiling(a: AccountLimits): Policy {
 /** Whether `p` admits no more requests than `ceiling` in one window, nor at a higher rate over a longer one. */
 export function withinCeiling(p: Policy, ceiling: Policy): boolean {
   return p.limit <= ceiling.limit && p.limit * ceiling.windowSeconds <= ceiling.limit * p.windowSeconds;
+}
+
+/**
+ * The account's default limits, those of its keys that have none of their own: the account's own named limits, else
+ * its plan's, else its single `rateLimit`.
+ */
+export function defaultLimits(a: AccountLimits): Limit[] {
+  const stored = a.rateLimits ?? a.planLimits ?? null;
+  return stored === null ? [named({ limit: a.rateLimit, windowSeconds: a.rateLimitWindowSeconds })] : storedLimits(stored);
 }

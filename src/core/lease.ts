@@ -1,4 +1,4 @@
-import { type Decision, decide, firstInWindow, type Policy } from "./window";
+import { type Charge, type Decisions, decideAll, firstInWindow, type Logs, logOf, type Policy } from "./window";
 
 /**
  * Leases: a hot key's (or counter's) object hands an isolate a few admissions at once, to spend locally for at most
@@ -55,30 +55,37 @@ function recentRate(log: readonly number[], now: number): number {
 }
 
 /**
- * Decides a request costing `cost` at `now` on an ascending log (changed in place): when admitted, its entries at
- * `now`, and beside them, for a caller that can hold one (`leasing`), a lease logged at its end. The lease is sized
- * from the log's recent rate and what is left (`leaseSize`), and for a hot log is at least `wanted` (what the caller's
- * requests needed while its last call was on its way) within the same bounds. `remaining` is then what the window has left
- * with the lease counted as spent.
+ * Decides a request at `now` on the ascending logs (changed in place) of every limit it spends (`spend`): when each
+ * admits it, its entries at `now` in each log, and beside them, for a caller that can hold one (`leasing`), a lease
+ * logged at its end in each log. The lease is as large as the smallest any log allows, sized from that log's recent
+ * rate and what it has left (`leaseSize`) and, for a hot log, at least `wanted` (what the caller's requests needed while its last call
+ * was on its way) within the same bounds; it lasts the shortest `leaseMs` of the limits, so no window of any of them
+ * ever holds more than its limit. A lease's admission then spends one from every limit: a caller that spends only
+ * some limits, or some at other costs, takes no lease. Each limit's `remaining` counts the lease as spent.
  */
 export function admitWithLease(
-  log: number[],
+  logs: Logs,
   now: number,
-  policy: Policy,
-  cost: number,
+  spend: readonly Charge[],
   leasing: boolean,
   wanted = 0,
-): Decision & { lease: Lease | null } {
-  const rate = recentRate(log, now);
-  const decision = decide(log, now, policy, cost);
+): Decisions & { lease: Lease | null } {
+  const rates = spend.map(({ limit }) => recentRate(logs.get(limit.name) ?? [], now));
+  const decision = decideAll(logs, now, spend);
   if (!decision.allowed) return { ...decision, lease: null };
-  insertSorted(log, now, cost);
-  const ms = leaseMs(policy);
-  // A key below LEASE_MIN_RATE gets single admissions, however many of its requests waited together.
-  const units = leasing && rate >= LEASE_MIN_RATE ? leaseUnits(leaseSize(rate, decision.remaining, ms), wanted, decision.remaining) : 0;
+  for (const { limit, cost } of spend) insertSorted(logOf(logs, limit.name), now, cost);
+  if (!leasing || spend.length === 0) return { ...decision, lease: null };
+  const ms = Math.min(...spend.map(({ limit }) => leaseMs(limit)));
+  // A log below LEASE_MIN_RATE gets single admissions, however many of the caller's requests waited together.
+  const units = Math.min(
+    ...decision.limits.map(({ remaining }, i) =>
+      (rates[i] as number) < LEASE_MIN_RATE ? 0 : leaseUnits(leaseSize(rates[i] as number, remaining, ms), wanted, remaining),
+    ),
+  );
   if (units === 0) return { ...decision, lease: null };
-  insertSorted(log, now + ms, units);
-  return { ...decision, remaining: decision.remaining - units, lease: { id: now + ms, units, ms } };
+  for (const { limit } of spend) insertSorted(logOf(logs, limit.name), now + ms, units);
+  const limits = decision.limits.map((l) => ({ ...l, remaining: l.remaining - units }));
+  return { ...decision, limits, lease: { id: now + ms, units, ms } };
 }
 
 /** Inserts `count` entries at `at`, keeping the log ascending (leases end after admissions made since). */

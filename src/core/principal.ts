@@ -1,6 +1,7 @@
-import { type AccountLimits, rateLimitCeiling, withinCeiling } from "./ceilings";
+import { type AccountLimits, defaultLimits, withinCeiling } from "./ceilings";
 import { FULL_ACCESS, isFullAccess, reaches } from "./grants";
-import type { Policy } from "./window";
+import { storedLimits } from "./schemas";
+import { type Limit, named } from "./window";
 
 /** How a key came: `Authorization: Bearer`, `X-API-Key`, the deprecated query parameter, or the verify API. */
 export type AuthMethod = "bearer" | "header" | "query" | "verify";
@@ -25,8 +26,8 @@ export type Principal = {
   accountSlug: string | null;
   /** The account's key prefix (it never changes). */
   keyPrefix: string;
-  /** The key's own limit, else the account's default. */
-  rateLimit: Policy;
+  /** The key's own limits, else the account's default ones (never empty): a request must pass every one it spends. */
+  limits: Limit[];
 };
 
 /**
@@ -81,6 +82,8 @@ export type KeyRow = {
   scopes: string;
   rateLimit: number | null;
   rateLimitWindowSeconds: number | null;
+  /** JSON: the key's named limits; when null, its single `rateLimit` (if any) is the one named "default". */
+  rateLimits: string | null;
   revokedAt: string | null;
   expiresAt: string | null;
   externalId: string | null;
@@ -112,24 +115,26 @@ export type SessionRecord = {
   account: AccountLimits;
 };
 
-/** The key's own rate limit, or null when the account's applies. */
-export function keyPolicy(key: Pick<KeyRow, "rateLimit" | "rateLimitWindowSeconds">): Policy | null {
+/** The key's own limits, or null when the account's apply. */
+export function keyLimits(key: Pick<KeyRow, "rateLimit" | "rateLimitWindowSeconds" | "rateLimits">): Limit[] | null {
+  if (key.rateLimits !== null) return storedLimits(key.rateLimits);
   return key.rateLimit === null || key.rateLimitWindowSeconds === null
     ? null
-    : { limit: key.rateLimit, windowSeconds: key.rateLimitWindowSeconds };
+    : [named({ limit: key.rateLimit, windowSeconds: key.rateLimitWindowSeconds })];
 }
 
 /**
- * The limit of a key or session that has none of its own: the account's default, except that a member never gets
- * more than the members' ceiling (`maxRateLimit`), which may be set below the default.
+ * The limits of a key or session that has none of its own: the account's default ones, except that a member never gets
+ * more than the members' ceiling (`maxRateLimit`), which may be set below a default: each limit above it is capped to it.
  */
-function accountLimit(role: Principal["role"], account: AccountLimits): Policy {
-  const fallback = { limit: account.rateLimit, windowSeconds: account.rateLimitWindowSeconds };
-  const ceiling = rateLimitCeiling(account);
-  return role === "admin" || withinCeiling(fallback, ceiling) ? fallback : ceiling;
+function accountLimits(role: Principal["role"], account: AccountLimits): Limit[] {
+  const limits = defaultLimits(account);
+  if (role === "admin" || account.maxRateLimit === null || account.maxRateLimitWindowSeconds === null) return limits;
+  const ceiling = { limit: account.maxRateLimit, windowSeconds: account.maxRateLimitWindowSeconds };
+  return limits.map((l) => (withinCeiling(l, ceiling) ? l : named(ceiling, l.name)));
 }
 
-/** A key's principal: its scopes within its owner's grants, its own limit or else the account's (`accountLimit`). */
+/** A key's principal: its scopes within its owner's grants, its own limits or else the account's (`accountLimits`). */
 export function keyPrincipal(r: KeyRecord): Principal {
   return {
     accountId: r.key.accountId,
@@ -140,13 +145,13 @@ export function keyPrincipal(r: KeyRecord): Principal {
     scopes: effectiveScopes(JSON.parse(r.key.scopes) as string[], JSON.parse(r.grants) as string[], r.role),
     accountSlug: r.accountSlug,
     keyPrefix: r.keyPrefix,
-    rateLimit: keyPolicy(r.key) ?? accountLimit(r.role, r.account),
+    limits: keyLimits(r.key) ?? accountLimits(r.role, r.account),
   };
 }
 
 /**
- * A session's principal: its person as a full-access key of theirs on the account's limit, so a member's session gets
- * no more than a member's key (`accountLimit`).
+ * A session's principal: its person as a full-access key of theirs on the account's limits, so a member's session gets
+ * no more than a member's key (`accountLimits`).
  */
 export function sessionPrincipal(s: SessionRecord): Principal {
   return {
@@ -158,6 +163,6 @@ export function sessionPrincipal(s: SessionRecord): Principal {
     scopes: effectiveScopes([FULL_ACCESS], JSON.parse(s.grants) as string[], s.role),
     accountSlug: s.accountSlug,
     keyPrefix: s.keyPrefix,
-    rateLimit: accountLimit(s.role, s.account),
+    limits: accountLimits(s.role, s.account),
   };
 }

@@ -1,6 +1,7 @@
 import { z } from "@hono/zod-openapi";
 import { RESOURCE_TYPE } from "./grants";
 import { jsonText } from "./schemas";
+import { LIMIT_NAME } from "./window";
 
 const METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] as const;
 const LITERAL = /^[A-Za-z0-9._~-]+$/;
@@ -29,7 +30,9 @@ function patternProblem(pattern: string): string | null {
  * One gateway route (GATEWAY_ROUTES). `pattern` is a Hono-style path: `:name` matches one segment, a trailing `*`
  * the rest. `auth` is `key` (default), `key-or-token` (handshake tokens too) or `public`; `access: "full"` needs a
  * full-access key; `resource` names the path parameter whose value must be one of the key's grants; `account` names
- * the path parameter that must be the caller's own account (id or slug); `cost` is what a request spends.
+ * the path parameter that must be the caller's own account (id or slug); `cost` is what a request spends of each of
+ * the key's limits, unless `limits` (`{"day": 1}`) names the only limits it spends and what of each (a name the key
+ * has no limit of is ignored; a handshake token's limit is spent at `cost`).
  * `forwardAuthorization: true` lets a public route pass the client's Authorization and X-API-Key on (the provider's
  * own credentials; never one of Keygate's secrets).
  */
@@ -45,6 +48,10 @@ const Route = z
     resource: z.strictObject({ type: z.string().regex(RESOURCE_TYPE), param: z.string() }).optional(),
     account: z.string().optional(),
     cost: z.number().int().min(1).max(1000).default(1),
+    limits: z
+      .record(z.string().regex(LIMIT_NAME, "must be a limit's name"), z.number().int().min(1).max(1000))
+      .refine((m) => Object.keys(m).length > 0, "names no limit")
+      .optional(),
     forwardAuthorization: z.boolean().default(false),
   })
   .superRefine((route, ctx) => {

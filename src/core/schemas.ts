@@ -1,5 +1,5 @@
 import { z } from "@hono/zod-openapi";
-import { MAX_LIMIT, MAX_WINDOW_SECONDS } from "./window";
+import { DEFAULT_LIMIT, LIMIT_NAME, type Limit, MAX_LIMIT, MAX_LIMITS, MAX_WINDOW_SECONDS, named, type Policy } from "./window";
 
 const EXPECTED: Record<string, string> = {
   string: "a string",
@@ -66,6 +66,57 @@ export const integer = (min: number, max: number) => {
 export const RateLimit = z
   .strictObject({ limit: integer(1, MAX_LIMIT), windowSeconds: integer(1, MAX_WINDOW_SECONDS) })
   .openapi("RateLimit", { example: { limit: 60, windowSeconds: 60 } });
+
+/** One named limit of several: `{name, limit, windowSeconds}`. */
+export const NamedLimit = z
+  .strictObject({
+    name: z.string().regex(LIMIT_NAME, "must be 1-32 characters: a lowercase letter, then lowercase letters, digits, _ or -"),
+    limit: integer(1, MAX_LIMIT),
+    windowSeconds: integer(1, MAX_WINDOW_SECONDS),
+  })
+  .openapi("NamedLimit", { example: { name: "minute", limit: 10, windowSeconds: 60 } });
+
+/** 1 to MAX_LIMITS named limits, each name once: a request is admitted only when every one admits it. */
+export const RateLimits = z
+  .array(NamedLimit)
+  .min(1)
+  .max(MAX_LIMITS)
+  .superRefine((limits, ctx) => {
+    const seen = new Set<string>();
+    for (const [i, { name }] of limits.entries()) {
+      if (seen.has(name)) ctx.addIssue({ code: "custom", path: [i, "name"], message: "names a limit already in the list" });
+      seen.add(name);
+    }
+  })
+  .openapi("RateLimits", {
+    example: [
+      { name: "minute", limit: 10, windowSeconds: 60 },
+      { name: "day", limit: 100, windowSeconds: 86_400 },
+    ],
+  });
+
+/** A body's own limits: `rateLimits`, or `rateLimit` as the limit named "default"; undefined when it sends neither. */
+export function sentLimits(body: { rateLimit?: Policy | null; rateLimits?: Limit[] }): Limit[] | undefined {
+  if (body.rateLimits) return body.rateLimits;
+  return body.rateLimit ? [named(body.rateLimit)] : undefined;
+}
+
+/** Refuses a body that sends both `rateLimit` and its long form `rateLimits`. */
+export function oneLimitForm(body: { rateLimit?: unknown; rateLimits?: unknown }, ctx: z.RefinementCtx): void {
+  if (body.rateLimit !== undefined && body.rateLimits !== undefined)
+    ctx.addIssue({ code: "custom", path: ["rateLimits"], message: "send rateLimit or rateLimits, not both" });
+}
+
+/** Limits as stored (JSON text), checked as they are read back. */
+export function storedLimits(json: string): Limit[] {
+  return RateLimits.parse(JSON.parse(json));
+}
+
+/** What `rateLimit` shows of several limits: the one named "default", else the first. */
+export function shorthand(limits: readonly Limit[]): Policy {
+  const { limit, windowSeconds } = limits.find((l) => l.name === DEFAULT_LIMIT) ?? (limits[0] as Limit);
+  return { limit, windowSeconds };
+}
 
 const ISO_INSTANT = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?(Z|([+-])(\d{2}):(\d{2}))$/;
 /** The last instant whose `toISOString()` has four year digits. */

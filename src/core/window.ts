@@ -1,6 +1,21 @@
 /** A limit: at most `limit` requests in any window of `windowSeconds`. */
 export type Policy = { limit: number; windowSeconds: number };
 
+/** One of a key's (or an account's) limits, by name: a plan's "minute" and "day". */
+export type Limit = Policy & { name: string };
+
+/** What a limit may be called: a lowercase letter, then up to 31 lowercase letters, digits, `_` or `-`. */
+export const LIMIT_NAME = /^[a-z][a-z0-9_-]{0,31}$/;
+/** The name of a single limit: the `rateLimit` shorthand, and every plain counter's. */
+export const DEFAULT_LIMIT = "default";
+/** The most limits one key or account carries: each is a sliding log in the key's object. */
+export const MAX_LIMITS = 8;
+
+/** `policy` as the limit named `name`. */
+export function named(policy: Policy, name = DEFAULT_LIMIT): Limit {
+  return { name, limit: policy.limit, windowSeconds: policy.windowSeconds };
+}
+
 /** Largest limit: the sliding log keeps one entry per admitted request in the window. */
 export const MAX_LIMIT = 1_000_000;
 export const MAX_WINDOW_SECONDS = 86_400;
@@ -56,4 +71,66 @@ export function firstInWindow(log: readonly number[], cutoff: number): number {
     else lo = mid + 1;
   }
   return lo;
+}
+
+/** Sliding logs by limit name: the times (ms, ascending) of what each limit admitted. */
+export type Logs = Map<string, number[]>;
+
+/** The log of the limit named `name`, created empty when it has none yet. */
+export function logOf(logs: Logs, name: string): number[] {
+  let log = logs.get(name);
+  if (!log) {
+    log = [];
+    logs.set(name, log);
+  }
+  return log;
+}
+
+/** What a request spends of one limit. */
+export type Charge = { limit: Limit; cost: number };
+
+/**
+ * What a request spends: every limit at `cost`, or, when its route names limits (`costs`), only those, each at the
+ * route's cost for it (a name the key has no limit of is ignored).
+ */
+export function charges(limits: readonly Limit[], cost: number, costs?: Readonly<Record<string, number>>): Charge[] {
+  if (!costs) return limits.map((limit) => ({ limit, cost }));
+  return limits.flatMap((limit) => (Object.hasOwn(costs, limit.name) ? [{ limit, cost: costs[limit.name] as number }] : []));
+}
+
+/** One limit's state after a decision: what its rate-limit headers show. */
+export type LimitState = Limit & { remaining: number; resetAt: number };
+
+/**
+ * A decision on every limit a request spends: admitted only when each admits it. `limits`: each limit's state;
+ * `refusedBy`: the limits that refused, the one admitting again last first; `retryAfter`: whole seconds until every
+ * one of them admits again.
+ */
+export type Decisions = { allowed: boolean; retryAfter: number; limits: LimitState[]; refusedBy: string[] };
+
+/**
+ * Decides a request on every limit it spends (`decide` on each limit's log); changes no log. Refused, it spends from
+ * none: a limit that would have admitted it shows what it had left before it.
+ */
+export function decideAll(logs: Logs, now: number, spend: readonly Charge[]): Decisions {
+  const each = spend.map(({ limit, cost }) => ({ limit, cost, d: decide(logs.get(limit.name) ?? [], now, limit, cost) }));
+  const refused = each.filter(({ d }) => !d.allowed).sort((a, b) => b.d.retryAfter - a.d.retryAfter);
+  const allowed = refused.length === 0;
+  return {
+    allowed,
+    retryAfter: refused[0]?.d.retryAfter ?? 0,
+    limits: each.map(({ limit, cost, d }) => ({
+      ...limit,
+      remaining: allowed || !d.allowed ? d.remaining : d.remaining + cost,
+      resetAt: d.resetAt,
+    })),
+    refusedBy: refused.map(({ limit }) => limit.name),
+  };
+}
+
+/** The limit a client is closest to: the least remaining; of those, the one full again last. */
+export function tightest(limits: readonly LimitState[]): LimitState | undefined {
+  let t: LimitState | undefined;
+  for (const l of limits) if (!t || l.remaining < t.remaining || (l.remaining === t.remaining && l.resetAt > t.resetAt)) t = l;
+  return t;
 }

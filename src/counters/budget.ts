@@ -1,9 +1,12 @@
-import type { Policy } from "../core/window";
-import type { CallTag, Granted, Spending, Unspent } from "./protocol";
+import type { Limit } from "../core/window";
+import type { CallTag, Granted, Refund, Spending, Unspent } from "./protocol";
 import { SlidingLog } from "./sliding-log";
 
-/** How a call is judged before it spends: under `spend`, or refused with `refuse` as its answer (nothing spent). */
-export type Judged<A> = { spend: Policy } | { refuse: A };
+/**
+ * How a call is judged before it spends: under the limits `spend` (the call's `costs` picks among them), or refused
+ * with `refuse` as its answer (nothing spent).
+ */
+export type Judged<A> = { spend: Limit[] } | { refuse: A };
 
 /**
  * The budget of one counting object (a key's or a plain counter), and the admit step both objects take on it: a retry
@@ -28,7 +31,7 @@ export class Budget {
   }
 
   /**
-   * The admit step. `judge` runs once what the call returns is taken back: it answers the policy to spend under, or a
+   * The admit step. `judge` runs once what the call returns is taken back: it answers the limits to spend under, or a
    * refusal that spends nothing; after it, the call is decided only if its caller still waits. `answer` makes the
    * call's answer of what was granted (it is remembered for a retry); `admitted` runs before an admission's answer
    * leaves. Admissions are logged before any await, so concurrent calls are exact.
@@ -47,12 +50,18 @@ export class Budget {
   ): Promise<A> {
     const known = this.calls.recall(call.tag);
     if (known) return known.answer as A;
-    for (const { id, left } of this.calls.returns(call.tag, call.returned ?? [])) this.giveBack(id, left);
+    for (const { id, left } of this.calls.returns(call.tag, call.returned ?? [])) this.giveBackLease(id, left);
     const judged = await judge();
     // Judging may have taken a while (a key's record read from D1): decide only if the caller still waits.
     if (this.calls.recall(call.tag)) throw new Error("call already answered or cancelled");
     if ("refuse" in judged) return this.calls.remember(call.tag, judged.refuse, []);
-    const granted = this.log.admit({ policy: judged.spend, cost: call.cost ?? 1, lease: call.lease ?? false, wanted: call.wanted });
+    const granted = this.log.admit({
+      limits: judged.spend,
+      cost: call.cost ?? 1,
+      costs: call.costs,
+      lease: call.lease ?? false,
+      wanted: call.wanted,
+    });
     const logged = loggedBy(granted);
     const made = this.calls.remember(call.tag, answer(granted, logged), logged);
     // A refusal waits for the admissions decided before it, so a caller never sees it before a lease granted earlier:
@@ -66,13 +75,13 @@ export class Budget {
   }
 
   /**
-   * Gives back `cost` requests admitted at `at` but refused afterwards: once per `tag`, however many of its attempts
+   * Gives back a request admitted at `at` but refused afterwards: once per `tag`, however many of its attempts
    * arrive, and not at all past the attempt's deadline.
    */
-  refund({ at, cost, tag }: { at: number; cost: number; tag: CallTag }): void {
+  refund({ tag, ...admitted }: Refund): void {
     if (this.calls.recall(tag)) return;
     this.calls.remember(tag, true, []);
-    this.giveBack(at, cost);
+    this.giveBack(admitted);
   }
 
   /**
@@ -80,8 +89,8 @@ export class Budget {
    * never spends later. `returned` is what the call was returning, taken back here if the call never brought it.
    */
   cancel({ tag, returned = [] }: { tag: CallTag; returned?: Unspent[] }): void {
-    for (const { at, cost } of this.calls.cancel(tag)) this.giveBack(at, cost);
-    for (const { id, left } of this.calls.returns(tag, returned)) this.giveBack(id, left);
+    for (const logged of this.calls.cancel(tag)) this.giveBack(logged);
+    for (const { id, left } of this.calls.returns(tag, returned)) this.giveBackLease(id, left);
   }
 
   /** Forgets the log in memory once its storage is deleted; the next use reads (and creates) it again. */
@@ -89,22 +98,34 @@ export class Budget {
     this.opened = null;
   }
 
-  private giveBack(at: number, cost: number): void {
-    this.log.refund(at, cost);
+  private giveBack({ at, cost, costs }: Logged): void {
+    this.log.refund(at, costs);
     this.gaveBack(at, cost);
+  }
+
+  /** What a caller's ended lease left unspent: logged in every log it was granted in. */
+  private giveBackLease(id: number, left: number): void {
+    this.log.refundLease(id, left);
+    this.gaveBack(id, left);
   }
 }
 
 /** How long a call's answer is remembered past its deadline: long enough for its retry or its cancellation. */
 const CALL_MEMORY_MS = 10_000;
 
-/** What a call logged: `cost` requests at `at` (its admission, or the lease granted beside it). */
-export type Logged = { at: number; cost: number };
+/** What a call logged at `at`: `cost` requests (its admission, or the lease granted beside it), `costs` in each limit's log. */
+export type Logged = { at: number; cost: number; costs: Record<string, number> };
 
-/** What an answer logged: its admission and the lease beside it, or nothing when it was refused. */
+/** What an answer logged: its admission and the lease beside it (as many in each log it spent), or nothing when it was refused. */
 function loggedBy(granted: Granted): Logged[] {
   if (!granted.allowed) return [];
-  return granted.lease ? [granted, { at: granted.lease.id, cost: granted.lease.units }] : [granted];
+  const { at, cost, costs, lease } = granted;
+  if (!lease) return [{ at, cost, costs }];
+  const leased = Object.fromEntries(Object.keys(costs).map((name) => [name, lease.units]));
+  return [
+    { at, cost, costs },
+    { at: lease.id, cost: lease.units, costs: leased },
+  ];
 }
 
 type Remembered = { answer: unknown; spent: Logged[]; cancelled: boolean; keepUntil: number };

@@ -1,8 +1,8 @@
 import { DurableObject } from "cloudflare:workers";
-import type { Policy } from "../core/window";
+import type { Limit } from "../core/window";
 import type { Bindings } from "../platform/env";
 import { Budget } from "./budget";
-import type { CallTag, Granted, Spending, Unspent } from "./protocol";
+import type { CallTag, Granted, Refund, Spending, Unspent } from "./protocol";
 
 /** How long after its last admission has left its window an idle counter keeps its storage. */
 const IDLE_GRACE_MS = 60_000;
@@ -20,19 +20,20 @@ export class Counter extends DurableObject<Bindings> {
   private alarmAt: number | null = null;
 
   /**
-   * Admits `cost` requests if the policy allows it, and records them (the admit step, counters/budget.ts). A hot
-   * counter's caller gets a lease beside it and gives back what its ended leases did not spend (`returned`).
+   * Admits `cost` requests if every one of `limits` allows it, and records them (the admit step, counters/budget.ts).
+   * A hot counter's caller gets a lease beside it and gives back what its ended leases did not spend (`returned`).
    */
-  consume({ policy, ...call }: Spending & { policy: Policy }): Promise<Granted> {
+  consume({ limits, ...call }: Spending & { limits: Limit[] }): Promise<Granted> {
+    const longest = Math.max(...limits.map((l) => l.windowSeconds));
     return this.budget.admit(call, {
-      judge: () => ({ spend: policy }),
+      judge: () => ({ spend: limits }),
       answer: (granted) => granted,
-      admitted: (granted) => this.idleAfter((granted.lease?.id ?? granted.at) + policy.windowSeconds * 1000),
+      admitted: (granted) => this.idleAfter((granted.lease?.id ?? granted.at) + longest * 1000),
     });
   }
 
   /** See Budget.refund. */
-  refund(call: { at: number; cost: number; tag: CallTag }): void {
+  refund(call: Refund): void {
     this.budget.refund(call);
   }
 

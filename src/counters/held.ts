@@ -1,5 +1,5 @@
 import { HeldLeases, LEASE_MS, type Lease, MAX_LEASE } from "../core/lease";
-import type { Policy } from "../core/window";
+import type { LimitState } from "../core/window";
 import { deadline } from "../platform/deadline";
 import type { Spent, Unspent } from "./protocol";
 
@@ -11,8 +11,7 @@ import type { Spent, Unspent } from "./protocol";
 type Held = {
   record: unknown;
   until: number;
-  remaining: number;
-  resetAt: number;
+  limits: LimitState[];
   lastLease: number;
   wanted: { units: number; at: number };
   leases: HeldLeases;
@@ -49,45 +48,39 @@ export class Holdings {
     return this.held.get(name)?.leases.ended(this.now()) ?? [];
   }
 
-  /** Keeps a lease the object granted (for a key, with the record it was granted for) until `askedAt + lease.ms`. */
-  hold(name: string, askedAt: number, record: unknown, lease: Lease, remaining: number, resetAt: number): void {
+  /**
+   * Keeps a lease the object granted (for a key, with the record it was granted for) until `askedAt + lease.ms`;
+   * `limits`: each limit's state as the object answered it, the lease counted as spent.
+   */
+  hold(name: string, askedAt: number, record: unknown, lease: Lease, limits: LimitState[]): void {
     const until = askedAt + lease.ms;
     // Asked before a change made here dropped the key: its record may predate the change, so it is not trusted (the
     // lease is kept only to be given back when it ends).
     const stale = askedAt <= (this.dropped.get(name) ?? Number.NEGATIVE_INFINITY);
     let h = this.held.get(name);
-    if (h)
-      Object.assign(
-        h,
-        stale ? { remaining, resetAt } : { record, until: Math.max(h.until, until), remaining, resetAt, lastLease: lease.units },
-      );
+    if (h) Object.assign(h, stale ? { limits } : { record, until: Math.max(h.until, until), limits, lastLease: lease.units });
     else {
       if (this.held.size >= MAX_HELD_KEYS) this.held.delete(this.held.keys().next().value as string);
-      h = {
-        record,
-        until: stale ? 0 : until,
-        remaining,
-        resetAt,
-        lastLease: lease.units,
-        wanted: { units: 0, at: 0 },
-        leases: new HeldLeases(),
-      };
+      h = { record, until: stale ? 0 : until, limits, lastLease: lease.units, wanted: { units: 0, at: 0 }, leases: new HeldLeases() };
       this.held.set(name, h);
     }
     h.leases.add(until, lease.id, lease.units);
   }
 
   /**
-   * An admission of `cost` from a held lease of `name`, with no call; null when none is held that covers it.
-   * `remaining` is what the object had left less what this isolate has spent.
+   * An admission of `cost` from a held lease of `name` (`cost` of each of its limits: a lease is logged in every one),
+   * with no call; null when none is held that covers it. Each limit's `remaining` is what the object had left less
+   * what this isolate has spent.
    */
-  take(name: string, cost: number, policy: Policy): Spent | null {
+  take(name: string, cost: number): Spent | null {
     const h = this.get(name);
     const now = this.now();
     const id = h?.leases.take(now, cost) ?? null;
     if (!h || id === null) return null;
-    const remaining = h.remaining + h.leases.available(now);
-    return { allowed: true, limit: policy.limit, remaining, resetAt: h.resetAt, retryAfter: 0, at: id, cost, name, policy, leased: true };
+    const available = h.leases.available(now);
+    const limits = h.limits.map((l) => ({ ...l, remaining: l.remaining + available }));
+    const costs = Object.fromEntries(limits.map((l) => [l.name, cost]));
+    return { allowed: true, retryAfter: 0, limits, refusedBy: [], at: id, cost, costs, name, leased: true };
   }
 
   /** Whether `name`'s leases are down to half of the last one and no renewal is under way: time to ask for the next. */

@@ -1,4 +1,3 @@
-import type { Policy } from "../core/window";
 import { deadline } from "../platform/deadline";
 import type { Deps } from "../platform/deps";
 import { ApiError } from "../platform/errors";
@@ -27,8 +26,12 @@ export type LeasedCall<S extends CounterStub, R, F extends { ok: false } = never
   renew?: (stub: S, spending: Spending) => Promise<Answer<R, F>>;
   /** A held record's refusal of this request (answered with no call, nothing spent), or null when it may spend. */
   check?: (record: R) => F | null;
-  /** The policy a request spends under, given the record. */
-  policy: (record: R) => Policy;
+  /**
+   * The limits the request spends, by name, and what it spends of each, when not `cost` of every limit (a gateway
+   * route's `limits`). Such a request never spends from a lease (each of whose admissions is one of every limit): it
+   * always asks the object, and takes no lease.
+   */
+  costs?: Record<string, number>;
 };
 
 /**
@@ -54,6 +57,7 @@ function fromHeld<S extends CounterStub, R, F extends { ok: false }>(
   isolate: Holdings,
   c: LeasedCall<S, R, F>,
 ): Leased<R> | F | null {
+  if (c.costs) return null;
   const local = fromLease(isolate, c);
   if (local && c.renew && isolate.runningLow(c.name)) deps.waitUntil(renew(deps, isolate, c, c.renew));
   return local;
@@ -68,8 +72,10 @@ async function called<S extends CounterStub, R, F extends { ok: false }>(
   const { name } = c;
   // A hot counter's lease ran out: a call of this isolate renews it; the requests beside it (as many as a lease holds)
   // wait and spend from what it brings (a renewal that brings nothing leaves each to ask for itself). No await unless
-  // a call is in flight: a request that must call has to claim it before any other looks.
-  for (let renewal = isolate.inFlight(name, c.cost); renewal && (await renewal); renewal = isolate.inFlight(name, c.cost)) {
+  // a call is in flight: a request that must call has to claim it before any other looks. A request spending only
+  // some limits, or at other costs (`costs`), takes no lease and so waits for none.
+  const inFlight = () => (c.costs ? undefined : isolate.inFlight(name, c.cost));
+  for (let renewal = inFlight(); renewal && (await renewal); renewal = inFlight()) {
     const local = fromHeld(deps, isolate, c);
     if (local) return local;
   }
@@ -77,28 +83,29 @@ async function called<S extends CounterStub, R, F extends { ok: false }>(
   const returned = isolate.unspent(name);
   // A call beside one in flight that has room for waiting requests (it came back with too little, or too late, for
   // this one) asks for its own admission only; a call no request could wait on asks for a lease and is waited on.
-  const leasing = !isolate.hasRoom(name);
+  const leasing = !c.costs && !isolate.hasRoom(name);
   const wanted = leasing ? isolate.wanted(name) : 0;
-  const calling = callCounter(
+  const asked = callCounter(
     deps,
     c.stub,
     name,
-    (stub, tag) => c.ask(stub, { tag, cost: c.cost, lease: leasing, wanted, returned }),
+    (stub, tag) => c.ask(stub, { tag, cost: c.cost, costs: c.costs, lease: leasing, wanted, returned }),
     returned,
   );
-  const answer = await (leasing ? isolate.track(name, calling, bringsLease(isolate, askedAt), deps.config.rateLimitTimeoutMs) : calling);
+  const answer = await (leasing ? isolate.track(name, asked, bringsLease(isolate, askedAt), deps.config.rateLimitTimeoutMs) : asked);
   if (answer === null || !answer.ok) return answer;
   const { record, granted } = answer;
   const { lease, ...counted } = granted;
-  if (lease) isolate.hold(name, askedAt, record, lease, counted.remaining, counted.resetAt);
+  if (lease) isolate.hold(name, askedAt, record, lease, counted.limits);
   // Refused because a concurrent call of this isolate took the budget as a lease: spend from that lease instead.
-  if (!counted.allowed) {
+  if (!counted.allowed && !c.costs) {
     const leased = fromLease(isolate, c);
     if (leased) return leased;
   }
   // What is left as the object sees it, less what this isolate has spent: its unspent leases are still budget.
-  const remaining = counted.remaining + isolate.available(name);
-  return { ok: true, record, spent: { ...counted, remaining, name, policy: c.policy(record) } };
+  const available = isolate.available(name);
+  const limits = counted.limits.map((l) => ({ ...l, remaining: l.remaining + available }));
+  return { ok: true, record, spent: { ...counted, limits, name } };
 }
 
 /**
@@ -121,7 +128,7 @@ function fromLease<S extends CounterStub, R, F extends { ok: false }>(isolate: H
   const record = held.record as R;
   const refused = c.check?.(record);
   if (refused) return refused;
-  const spent = isolate.take(c.name, c.cost, c.policy(record));
+  const spent = isolate.take(c.name, c.cost);
   return spent && { ok: true, record, spent };
 }
 
@@ -147,8 +154,7 @@ async function renew<S extends CounterStub, R, F extends { ok: false }>(
       bringsLease(isolate, askedAt),
       deps.config.rateLimitTimeoutMs,
     );
-    if (answer?.ok && answer.granted.lease)
-      isolate.hold(c.name, askedAt, answer.record, answer.granted.lease, answer.granted.remaining, answer.granted.resetAt);
+    if (answer?.ok && answer.granted.lease) isolate.hold(c.name, askedAt, answer.record, answer.granted.lease, answer.granted.limits);
     else if (answer && !answer.ok) isolate.drop([c.name]);
   } catch {
     // The next request that finds no lease asks for itself.

@@ -1,5 +1,5 @@
 import type { Lease } from "../core/lease";
-import type { Decision, Policy } from "../core/window";
+import type { Decisions } from "../core/window";
 
 // What crosses between an isolate and a counting object (a key's, or a plain counter): the two sides of one protocol,
 // each written once (object side: budget.ts; isolate side: leased-call.ts).
@@ -17,11 +17,23 @@ export type Unspent = { id: number; left: number };
  * What a call asks an object to spend: `cost` requests (0: only a lease, as a renewal asks), a lease beside them when
  * the caller can hold one (`lease`) of at least `wanted` where the window allows (what the caller's requests needed
  * while its last call was on its way), and what the caller's ended leases left unspent, given back (`returned`).
+ * `costs`: the limits the request spends, by name, and what it spends of each, in place of `cost` of every limit
+ * (a gateway route's `limits`); such a call takes no lease.
  */
-export type Spending = { tag: CallTag; cost?: number; lease?: boolean; wanted?: number; returned?: Unspent[] };
+export type Spending = {
+  tag: CallTag;
+  cost?: number;
+  costs?: Record<string, number>;
+  lease?: boolean;
+  wanted?: number;
+  returned?: Unspent[];
+};
 
-/** The object's answer on a budget: its decision, and the instant and number of requests it logged when admitted. */
-export type Counted = Decision & { at: number; cost: number };
+/**
+ * The object's answer on a budget: its decision on each limit, the instant it logged the request at when admitted,
+ * `cost` (the request's count, as usage counts it) and `costs` (what it logged in each limit's log, by name).
+ */
+export type Counted = Decisions & { at: number; cost: number; costs: Record<string, number> };
 
 /** What the object counted, and the lease it granted beside it (core/lease.ts). */
 export type Granted = Counted & { lease: Lease | null };
@@ -30,12 +42,15 @@ export type Granted = Counted & { lease: Lease | null };
  * The admission a request spent, wherever it was decided (by the object, or from this isolate's lease: `leased`): what
  * its rate-limit headers show and what a refund gives back. `name` is the counter it was spent on.
  */
-export type Spent = Counted & { name: string; policy: Policy; leased?: true };
+export type Spent = Counted & { name: string; leased?: true };
 
 /** The isolate's view of a counting object (a key's or a plain counter): what it calls besides the spending call. */
 export type CounterStub = {
   /** The caller gave up on the call `tag`: what it spent goes back, and `returned` if the call never brought it. */
   cancel(call: { tag: CallTag; returned: Unspent[] }): Promise<void>;
-  /** Gives back `cost` requests admitted at `at`: once per `tag`, and not at all past its deadline. */
-  refund(call: { at: number; cost: number; tag: CallTag }): Promise<void>;
+  /** Gives back a request admitted at `at` (`costs` of each limit): once per `tag`, and not at all past its deadline. */
+  refund(call: Refund): Promise<void>;
 };
+
+/** A request admitted at `at` but refused afterwards, to give back: `cost` (its count) and `costs` (of each limit). */
+export type Refund = { at: number; cost: number; costs: Record<string, number>; tag: CallTag };

@@ -59,7 +59,12 @@ async function pass(c: Context<AppEnv>, next: Next, isOwn: (path: string) => boo
   if (issuer === null) misconfigured("PUBLIC_ORIGIN", "is not set; the gateway cannot name itself in its assertions");
   const target = { base, path, tokens, route };
   const authenticated = async () => {
-    const admission = await authenticateRequest(c, { tokens: takesTokens(route), need: need(c, route, params), cost: route.cost });
+    const admission = await authenticateRequest(c, {
+      tokens: takesTokens(route),
+      need: need(c, route, params),
+      cost: route.cost,
+      costs: route.limits,
+    });
     let sent: Sent;
     try {
       sent = await forward(c, target, { identity: identityOf(admission.identity), issuer });

@@ -5,6 +5,7 @@ import { decodeProtectedHeader } from "jose";
 import { findAgent } from "../agents/store";
 import { parseKey } from "../core/ids";
 import { type AuthMethod, type Need, type Principal, refusal } from "../core/principal";
+import { named } from "../core/window";
 import { admit, rateLimitHeaders, refund, type Spent } from "../counters/limiter";
 import { accessTokenPrincipal, ENDED } from "../people/sessions";
 import { accounts } from "../platform/db/schema";
@@ -20,7 +21,7 @@ import { authorize, spendFailure, spendOn } from "./spending";
  * the credential proved to be a key or session that exists: a gateway route asks D1 who owns the resource in its
  * URL), and what a request spends.
  */
-type Options = { tokens: boolean; need: Need | (() => Promise<Need>); cost?: number };
+type Options = { tokens: boolean; need: Need | (() => Promise<Need>); cost?: number; costs?: Record<string, number> };
 /** Who the request proved to be: a key's or a person's principal, or a handshake token's claims. */
 export type Identified = { principal: Principal } | { claims: ChatClaims };
 
@@ -39,7 +40,8 @@ export type Admitted = {
 };
 
 /**
- * Authenticates the request, checks what the route needs of the credential, and spends `cost` of its rate limit: an
+ * Authenticates the request, checks what the route needs of the credential, and spends `cost` of each of its limits
+ * (or, where the route names limits, `costs` of those; a handshake token's single limit is spent at `cost`): an
  * API key, a person's access token, or where `tokens` is true a handshake token (limited per agent user; a valid one
  * anywhere else is 403). A refused credential spends the client address's failure budget (`refuse`).
  */
@@ -128,12 +130,12 @@ const KEY_REFUSED = {
  * An API key: its object (or this isolate's lease of it) decides 401 and 403 before it spends. A credential that
  * cannot be a key is refused before any read.
  */
-async function verifyKey(c: RequestContext, key: string, method: AuthMethod, { need, cost = 1 }: Options): Promise<Verified> {
+async function verifyKey(c: RequestContext, key: string, method: AuthMethod, { need, cost = 1, costs }: Options): Promise<Verified> {
   if (!parseKey(key)) {
     const detail = "The credential is not an API key: keys look like `<prefix>_` followed by 64 hex characters.";
     return { ok: false, refusal: new ApiError("malformed_credentials", detail, { headers: invalidToken }) };
   }
-  const verdict = await authorize(c, { key, method, need, cost });
+  const verdict = await authorize(c, { key, method, need, cost, costs });
   if (verdict.ok) return { ok: true, identity: { principal: verdict.principal }, spent: verdict.spent };
   if ("refusal" in verdict) return { ok: false, refusal: refused(verdict.refusal) };
   return { ok: false, refusal: new ApiError(verdict.code, KEY_REFUSED[verdict.code], { headers: invalidToken }) };
@@ -151,7 +153,7 @@ function isAccessToken(token: string): boolean {
  * A person's access token: valid, its session live, and the person's rights (as they are now) enough for `need`; then
  * `cost` is spent of the person's own limit (one per user, whichever way they come).
  */
-async function verifyPerson(c: RequestContext, token: string, { need, cost = 1 }: Options): Promise<Verified> {
+async function verifyPerson(c: RequestContext, token: string, { need, cost = 1, costs }: Options): Promise<Verified> {
   const result = await verifyAccessToken(c.get("config").signingKeys, token, new Date());
   if (!result.ok) {
     const detail =
@@ -162,7 +164,7 @@ async function verifyPerson(c: RequestContext, token: string, { need, cost = 1 }
   if (!principal) return { ok: false, refusal: ENDED() };
   const short = refusal(principal, typeof need === "function" ? await need() : need);
   if (short) return { ok: false, refusal: refused(short) };
-  return { ok: true, identity: { principal }, spent: await spendOn(c, `user:${principal.userId}`, principal.rateLimit, cost) };
+  return { ok: true, identity: { principal }, spent: await spendOn(c, `user:${principal.userId}`, principal.limits, cost, costs) };
 }
 
 /**
@@ -198,7 +200,7 @@ async function verifyHandshakeToken(c: RequestContext, token: string, { tokens, 
   // Routes that take tokens name no resource, so their need is known without asking anyone.
   if (typeof need === "object" && need.account !== undefined && !(await isAccount(c, claims.acc, need.account)))
     return { ok: false, refusal: refused("other_account") };
-  const spent = await spendOn(c, `chat:${claims.agt}:${claims.sub}`, c.get("config").chatPolicy, cost);
+  const spent = await spendOn(c, `chat:${claims.agt}:${claims.sub}`, [named(c.get("config").chatPolicy)], cost);
   return { ok: true, identity: { claims }, spent };
 }
 

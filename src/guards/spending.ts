@@ -1,6 +1,6 @@
 import { hashKey } from "../core/ids";
 import type { AuthMethod, Need } from "../core/principal";
-import type { Policy } from "../core/window";
+import { type Limit, named, type Policy } from "../core/window";
 import { refund, type Spent, spend, spendPerAddress } from "../counters/limiter";
 import { authorizeKey, type KeyVerdict } from "../keys/authorize";
 import { LOGIN_EMAIL_POLICY } from "../people/sessions";
@@ -9,9 +9,15 @@ import type { RequestContext } from "./context";
 
 // The guards' spends, each marking an answer that went unlimited because its counter was down (open mode).
 
-/** Spends `cost` of the named budget: the spend (which may be a refusal, see `admit`), or null when it went unlimited. */
-export async function spendOn(c: RequestContext, name: string, policy: Policy, cost: number): Promise<Spent | null> {
-  return unlimitedIfNull(c, await spend(c.get("deps"), name, policy, cost));
+/** Spends `cost` of each of the named budget's limits: the spend (which may be a refusal, see `admit`), or null when it went unlimited. */
+export async function spendOn(
+  c: RequestContext,
+  name: string,
+  limits: readonly Limit[],
+  cost: number,
+  costs?: Record<string, number>,
+): Promise<Spent | null> {
+  return unlimitedIfNull(c, await spend(c.get("deps"), name, limits, cost, costs));
 }
 
 /** Spends one request of the client address's `kind` budget (over it, 429). */
@@ -27,7 +33,7 @@ export function spendFailure(c: RequestContext): Promise<Spent | null> {
 /** A key's verdict from its object (or this isolate's lease of it), which spends `cost` only when the key passes. */
 export async function authorize(
   c: RequestContext,
-  input: { key: string; method: AuthMethod; need: Need | (() => Promise<Need>); cost: number },
+  input: { key: string; method: AuthMethod; need: Need | (() => Promise<Need>); cost: number; costs?: Record<string, number> },
 ): Promise<KeyVerdict> {
   const verdict = await authorizeKey(c.get("deps"), input);
   if (verdict.ok) unlimitedIfNull(c, verdict.spent);
@@ -46,7 +52,7 @@ function unlimitedIfNull(c: RequestContext, spent: Spent | null): Spent | null {
 export function passwordAttempts(c: RequestContext): (email: string) => Promise<Spent[]> {
   return async (email) => {
     const spent: Spent[] = [];
-    for (const admission of [await spendOn(c, `login:${await hashKey(email)}`, LOGIN_EMAIL_POLICY, 1), await spendFailure(c)]) {
+    for (const admission of [await spendOn(c, `login:${await hashKey(email)}`, [named(LOGIN_EMAIL_POLICY)], 1), await spendFailure(c)]) {
       if (!admission) continue;
       if (!admission.allowed) {
         for (const s of spent) await refund(c.get("deps"), s);

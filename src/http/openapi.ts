@@ -138,6 +138,7 @@ export const Problem = z
     requestId: z.string(),
     errors: z.array(z.strictObject({ field: z.string(), message: z.string() })).optional(),
     retry_after: z.number().int().optional(),
+    limit: z.string().optional().openapi({ description: "`rate_limited`: the name of the limit that refused the request" }),
     variables: z.array(z.string()).optional().openapi({ description: "`configuration_error` on /health: the variables to fix" }),
   })
   .openapi("Problem");

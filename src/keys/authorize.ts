@@ -21,13 +21,20 @@ export type KeyVerdict =
 
 /**
  * The one path every API key takes, whether it came with a request (the middleware, the gateway) or to the verify API:
- * its object judges the key and what the caller `need`s of it, and spends `cost` of its limit only when both pass; a
+ * its object judges the key and what the caller `need`s of it, and spends `cost` of each of its limits (or what `costs`
+ * names of those it names) only when both pass; a
  * hot key is judged and spent from this isolate's lease (counters/leased-call.ts) with no call at all. The verdict on a
  * key is a result; an unavailable rate limiter in closed mode is an error (503). `isolate` is replaceable in tests.
  */
 export async function authorizeKey(
   deps: Deps,
-  { key, method, need: needed, cost = 1 }: { key: string; method: AuthMethod; need: Need | (() => Promise<Need>); cost?: number },
+  {
+    key,
+    method,
+    need: needed,
+    cost = 1,
+    costs,
+  }: { key: string; method: AuthMethod; need: Need | (() => Promise<Need>); cost?: number; costs?: Record<string, number> },
   isolate?: Holdings,
 ): Promise<KeyVerdict> {
   const hash = await hashKey(key);
@@ -52,7 +59,7 @@ export async function authorizeKey(
         const refused = refusal(principal, need);
         return refused && { ok: false, refusal: refused };
       },
-      policy: (principal) => principal.rateLimit,
+      costs,
     },
     isolate,
   );

@@ -2,7 +2,7 @@ import { DurableObject } from "cloudflare:workers";
 import type { AuthMethod } from "../core/principal";
 import { type Need, type Principal, type Refusal, refusal } from "../core/principal";
 import { Budget } from "../counters/budget";
-import type { CallTag, Granted, Spending, Unspent } from "../counters/protocol";
+import type { CallTag, Granted, Refund, Spending, Unspent } from "../counters/protocol";
 import { getConfig } from "../platform/config";
 import { db, withDeadline } from "../platform/db/client";
 import type { Bindings } from "../platform/env";
@@ -73,8 +73,9 @@ export class KeyObject extends DurableObject<Bindings> {
   }
 
   /**
-   * Checks the key and what the route needs of it, then spends `cost` requests of its limit (the admit step,
-   * counters/budget.ts). A key that is refused (401) or falls short of the route (403) spends nothing. A caller that
+   * Checks the key and what the route needs of it, then spends `cost` requests of every limit it has, or what `costs`
+   * names of those it names (the admit step, counters/budget.ts). A key that is refused (401) or falls short of the
+   * route (403) spends nothing. A caller that
    * can hold a lease (`lease`) gets one when the key is hot (core/lease.ts), and gives back what its ended leases did
    * not spend (`returned`).
    */
@@ -91,7 +92,7 @@ export class KeyObject extends DurableObject<Bindings> {
         const code = refusal(principal, need);
         if (code) return { refuse: { ok: false, refusal: code } };
         passed = { key, principal, now };
-        return { spend: principal.rateLimit };
+        return { spend: principal.limits };
       },
       answer: (granted, logged) => {
         const { key, principal, now } = passed as NonNullable<typeof passed>;
@@ -110,7 +111,7 @@ export class KeyObject extends DurableObject<Bindings> {
   }
 
   /** See Budget.refund: the request was admitted but refused afterwards. */
-  refund(call: { at: number; cost: number; tag: CallTag }): void {
+  refund(call: Refund): void {
     this.budget.refund(call);
   }
 

@@ -1,6 +1,6 @@
 import { z } from "@hono/zod-openapi";
 import { FULL_ACCESS, GRANTS_HINT, grantOf, isFullAccess, MIXED, RESOURCE_ID, rightsProblems, SCOPE } from "../core/grants";
-import { keyPolicy } from "../core/principal";
+import { keyLimits } from "../core/principal";
 import {
   extend,
   externalFields,
@@ -8,13 +8,17 @@ import {
   FutureInstant,
   integer,
   matching,
+  oneLimitForm,
   orNull,
   parseMeta,
   RateLimit,
+  RateLimits,
+  shorthand,
   Timestamp,
   text,
 } from "../core/schemas";
 import { keyStatus } from "../core/verdict";
+import type { Limit, Policy } from "../core/window";
 import type { ApiKey } from "../platform/db/schema";
 import type { FieldError } from "../platform/errors";
 
@@ -47,10 +51,12 @@ export const NewKey = z
       .optional()
       .openapi({ type: ["string", "null"], description: "`null` or absent: the key never expires" }),
     ownerId: text(64).optional(),
-    rateLimit: RateLimit.optional(),
+    rateLimit: RateLimit.optional().openapi({ description: 'Shorthand for `rateLimits: [{name: "default", ...}]`' }),
+    rateLimits: RateLimits.optional().openapi({ description: "The key's own limits, in place of the account's default ones" }),
     ...externalFields,
   })
   .catchall(z.array(matching(RESOURCE_ID, "must be a resource id")).min(1).max(MAX_GRANTS))
+  .superRefine(oneLimitForm)
   .openapi("NewKey", { description: "Also `<type>Ids: [id, ...]` for each resource type the deployment configures." });
 
 /** A change of a key's provider fields; absent fields stay as they are. */
@@ -59,7 +65,12 @@ export const KeyChange = z
   .openapi("KeyChange", { description: "The key's `externalId` (unique within the account) and `meta`; `null` clears either." });
 
 export const Rotation = z
-  .strictObject({ gracePeriodSeconds: integer(0, MAX_GRACE_SECONDS).default(0), rateLimit: RateLimit.optional() })
+  .strictObject({
+    gracePeriodSeconds: integer(0, MAX_GRACE_SECONDS).default(0),
+    rateLimit: RateLimit.optional(),
+    rateLimits: RateLimits.optional(),
+  })
+  .superRefine(oneLimitForm)
   .openapi("Rotation");
 
 /**
@@ -74,7 +85,7 @@ export function grants(
 ): { scopes: string[]; errors: FieldError[] } {
   const fromScopes = body.scopes ?? [];
   const errors = grantErrors(fromScopes, types, "scopes").filter((e) => e.field !== "scopes");
-  const known = new Set(["name", "scopes", "expiresAt", "ownerId", "rateLimit", "externalId", "meta"]);
+  const known = new Set(["name", "scopes", "expiresAt", "ownerId", "rateLimit", "rateLimits", "externalId", "meta"]);
   const fromIds: string[] = [];
   // The names as sent: a parsed object can lose some (`__proto__` becomes a prototype, not a field).
   for (const field of fields) {
@@ -102,7 +113,10 @@ export const KeyView = z
     createdBy: z.string(),
     createdAt: Timestamp,
     expiresAt: Timestamp.nullable(),
-    rateLimit: orNull(RateLimit).openapi({ description: "null when the account's default applies" }),
+    rateLimit: orNull(RateLimit).openapi({
+      description: 'The limit named "default" of `rateLimits`, else its first; null when the account\'s default applies',
+    }),
+    rateLimits: orNull(RateLimits).openapi({ description: "The key's own limits; null when the account's default ones apply" }),
     lastUsedAt: Timestamp.nullable(),
     lastAuthMethod: z.enum(["bearer", "header", "query", "verify"]).nullable(),
     revokedAt: Timestamp.nullable().openapi({ description: "May lie in the future: the end of a rotation's grace period" }),
@@ -128,7 +142,7 @@ export function keyView(key: ApiKey, now: Date): z.infer<typeof KeyView> {
     createdBy: key.createdBy,
     createdAt: key.createdAt,
     expiresAt: key.expiresAt,
-    rateLimit: keyPolicy(key),
+    ...limitsView(keyLimits(key)),
     lastUsedAt: key.lastUsedAt,
     lastAuthMethod: key.lastAuthMethod,
     revokedAt: key.revokedAt,
@@ -137,4 +151,9 @@ export function keyView(key: ApiKey, now: Date): z.infer<typeof KeyView> {
     externalId: key.externalId,
     meta: parseMeta(key.meta),
   };
+}
+
+/** `rateLimits` and its shorthand `rateLimit`, as a key or an account shows them (null: the default applies). */
+export function limitsView(limits: Limit[] | null): { rateLimit: Policy | null; rateLimits: Limit[] | null } {
+  return { rateLimit: limits && shorthand(limits), rateLimits: limits };
 }

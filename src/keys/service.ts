@@ -2,8 +2,8 @@ import type { z } from "@hono/zod-openapi";
 import { and, eq, sql } from "drizzle-orm";
 import { rateLimitCeiling, withinCeiling } from "../core/ceilings";
 import type { Principal } from "../core/principal";
-import { externalChange, parseMeta } from "../core/schemas";
-import type { Policy } from "../core/window";
+import { externalChange, parseMeta, sentLimits } from "../core/schemas";
+import type { Limit, Policy } from "../core/window";
 import { auditIfChanged, auditInsert } from "../platform/db/audit";
 import { batch, type Db, violates } from "../platform/db/client";
 import type { Page } from "../platform/db/pagination";
@@ -12,7 +12,7 @@ import type { Deps } from "../platform/deps";
 import { ApiError, type FieldError, invalidRequest } from "../platform/errors";
 import { reloadKeys, writeChange } from "./reload";
 import { grants, type KeyChange, type NewKey, type Rotation } from "./schemas";
-import { findKey, findKeys, KEY_EXTERNAL_ID, keyPolicy, keyStatus, listKeys as keysPage, mintKey, revokeStatement } from "./store";
+import { findKey, findKeys, KEY_EXTERNAL_ID, keyLimits, keyStatus, listKeys as keysPage, mintKey, revokeStatement } from "./store";
 
 // The key aggregate's reads and writes, on Deps: the reads see what the principal may (store.ts, visibleTo); each write
 // is guarded in D1, written with its audit event in one batch, and in force in the key's object before it is answered.
@@ -28,8 +28,8 @@ export async function createKey(deps: Deps, p: Principal, body: z.infer<typeof N
   const { scopes, errors } = grants(body, sent, deps.config.resourceTypes);
   const { name, ownerId } = body;
   const expiresAt = body.expiresAt ?? null;
-  const rateLimit = body.rateLimit ?? null;
-  if (rateLimit) errors.push(...overCeiling(ceiling, rateLimit));
+  const limits = sentLimits(body) ?? null;
+  if (limits) errors.push(...overCeiling(ceiling, limits, body.rateLimits ? "rateLimits" : "rateLimit"));
   if (errors.length > 0) throw invalidRequest(errors);
 
   if (ownerId !== undefined && ownerId !== p.userId) await checkOwner(deps.db, p, ownerId);
@@ -42,7 +42,7 @@ export async function createKey(deps: Deps, p: Principal, body: z.infer<typeof N
       prefix: p.keyPrefix,
       scopes,
       expiresAt,
-      rateLimit,
+      limits,
       externalId: body.externalId,
       meta: body.meta,
     },
@@ -128,9 +128,10 @@ export async function revokeKey(deps: Deps, p: Principal, id: string): Promise<{
 export async function rotateKey(deps: Deps, p: Principal, id: string, rotation: z.infer<typeof Rotation>) {
   const ceiling = await memberCeiling(deps.db, p);
   const old = await getKey(deps, p, id);
-  const { gracePeriodSeconds: grace, rateLimit } = rotation;
-  if (rateLimit) {
-    const errors = overCeiling(ceiling, rateLimit);
+  const { gracePeriodSeconds: grace } = rotation;
+  const limits = sentLimits(rotation);
+  if (limits) {
+    const errors = overCeiling(ceiling, limits, rotation.rateLimits ? "rateLimits" : "rateLimit");
     if (errors.length > 0) throw invalidRequest(errors);
   }
 
@@ -150,7 +151,7 @@ export async function rotateKey(deps: Deps, p: Principal, id: string, rotation: 
       prefix: old.prefix,
       scopes: JSON.parse(old.scopes) as string[],
       expiresAt: old.expiresAt,
-      rateLimit: rateLimit ?? keyPolicy(old),
+      limits: limits ?? keyLimits(old),
       rotatedFrom: old.id,
       // An externalId is the old key's alone (unique within the account); its meta comes along.
       meta: parseMeta(old.meta),
@@ -237,11 +238,13 @@ async function memberCeiling(d: Db, p: Principal): Promise<Policy | null> {
   return rateLimitCeiling(account);
 }
 
-/** A member's own limit may be neither larger nor faster than the ceiling. */
-function overCeiling(ceiling: Policy | null, limit: Policy): FieldError[] {
-  if (ceiling === null || withinCeiling(limit, ceiling)) return [];
+/** Each of a member's own limits may be neither larger nor faster than the ceiling (`field`: as the body sent them). */
+function overCeiling(ceiling: Policy | null, limits: readonly Limit[], field: "rateLimit" | "rateLimits"): FieldError[] {
+  if (ceiling === null) return [];
   const message = `members may set at most ${ceiling.limit} requests per ${ceiling.windowSeconds} s (the account's maxRateLimit)`;
-  return [{ field: "rateLimit", message }];
+  return limits.flatMap((limit, i) =>
+    withinCeiling(limit, ceiling) ? [] : [{ field: field === "rateLimit" ? field : `rateLimits[${i}]`, message }],
+  );
 }
 
 /** Only admins create keys for other users, and only for enabled users of their own account. */

@@ -1,14 +1,14 @@
 import { and, eq, inArray, sql } from "drizzle-orm";
 import { generateKey, hashKey, newId } from "../core/ids";
 import type { AuthMethod, KeyRecord as CoreKeyRecord, Principal } from "../core/principal";
-import { storedMeta } from "../core/schemas";
-import type { Policy } from "../core/window";
+import { shorthand, storedMeta } from "../core/schemas";
+import type { Limit } from "../core/window";
 import type { Db } from "../platform/db/client";
 import { listPage, type Page } from "../platform/db/pagination";
-import { type ApiKey, accounts, apiKeys, users } from "../platform/db/schema";
+import { type ApiKey, accounts, apiKeys, plans, users } from "../platform/db/schema";
 
 // The keys' rules are core's; the key's object, its authorization and its service reach them through here.
-export { keyPolicy } from "../core/principal";
+export { keyLimits } from "../core/principal";
 export { evaluateKey, type KeyStatus, keyStatus, type VerifyResult } from "../core/verdict";
 
 /**
@@ -27,7 +27,8 @@ export type NewKey = {
   prefix: string;
   scopes: string[];
   expiresAt: string | null;
-  rateLimit: Policy | null;
+  /** The key's own limits; null: the account's default ones. */
+  limits: Limit[] | null;
   rotatedFrom?: string;
   externalId?: string | null;
   meta?: Record<string, unknown> | null;
@@ -47,8 +48,7 @@ export async function mintKey(input: NewKey, now: Date): Promise<{ raw: string; 
     hash: await hashKey(raw),
     scopes: JSON.stringify(input.scopes),
     expiresAt: input.expiresAt,
-    rateLimit: input.rateLimit?.limit ?? null,
-    rateLimitWindowSeconds: input.rateLimit?.windowSeconds ?? null,
+    ...storedLimitColumns(input.limits),
     createdAt: now.toISOString(),
     lastUsedAt: null,
     lastAuthMethod: null,
@@ -59,6 +59,16 @@ export async function mintKey(input: NewKey, now: Date): Promise<{ raw: string; 
     meta: storedMeta(input.meta),
   };
   return { raw, row };
+}
+
+/** How a key's or an account's limits are stored: the list as JSON, and the `rateLimit` it shows in its columns. */
+export function storedLimitColumns(limits: Limit[] | null) {
+  const one = limits && shorthand(limits);
+  return {
+    rateLimit: one?.limit ?? null,
+    rateLimitWindowSeconds: one?.windowSeconds ?? null,
+    rateLimits: limits && JSON.stringify(limits),
+  };
 }
 
 /** A key record as D1 holds it: the row the verdict (core/verdict.ts) and the principal are drawn from. */
@@ -77,6 +87,8 @@ export async function loadKey(d: Db, by: { id: string } | { hash: string }): Pro
       account: {
         rateLimit: accounts.rateLimit,
         rateLimitWindowSeconds: accounts.rateLimitWindowSeconds,
+        rateLimits: accounts.rateLimits,
+        planLimits: plans.rateLimits,
         maxRateLimit: accounts.maxRateLimit,
         maxRateLimitWindowSeconds: accounts.maxRateLimitWindowSeconds,
       },
@@ -85,6 +97,7 @@ export async function loadKey(d: Db, by: { id: string } | { hash: string }): Pro
     .from(apiKeys)
     .innerJoin(users, eq(users.id, apiKeys.ownerId))
     .innerJoin(accounts, eq(accounts.id, apiKeys.accountId))
+    .leftJoin(plans, eq(plans.id, accounts.planId))
     .where("id" in by ? eq(apiKeys.id, by.id) : eq(apiKeys.hash, by.hash))
     .limit(1);
   return found;

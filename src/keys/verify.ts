@@ -3,6 +3,7 @@ import { GRANT, parseGrant } from "../core/grants";
 import { parseKey } from "../core/ids";
 import { type External, type Need, NO_ACCOUNT, type Principal } from "../core/principal";
 import { externalView, integer, matching, parseMeta } from "../core/schemas";
+import { tightest } from "../core/window";
 import type { Deps } from "../platform/deps";
 import { ownerOf } from "../resources/owners";
 import { authorizeKey } from "./authorize";
@@ -29,7 +30,9 @@ const Valid = z.strictObject({
       reset: z.number().int().openapi({ description: "Unix seconds" }),
     })
     .nullable()
-    .openapi({ description: "Null when the rate limiter was unavailable and the deployment fails open" }),
+    .openapi({
+      description: "The key's tightest limit (least remaining); null when the rate limiter was unavailable and the deployment fails open",
+    }),
   ...externalView,
   account: z.strictObject(externalView).openapi({ description: "The account's `externalId` and `meta`" }),
 });
@@ -67,6 +70,8 @@ export async function verifyKey(deps: Deps, { key, resource, cost }: z.output<ty
   if (a && !a.allowed) return { valid: false, code: "rate_limited", retryAfter: a.retryAfter };
   // A key's principal always carries them.
   const external = p.external as NonNullable<Principal["external"]>;
+  // Of several limits, the one the key is closest to, as X-RateLimit-* shows it.
+  const t = a && tightest(a.limits);
   return {
     valid: true,
     accountId: p.accountId,
@@ -75,7 +80,7 @@ export async function verifyKey(deps: Deps, { key, resource, cost }: z.output<ty
     userId: p.userId,
     role: p.role,
     scopes: p.scopes,
-    rateLimit: a ? { limit: a.limit, remaining: a.remaining, reset: Math.ceil(a.resetAt / 1000) } : null,
+    rateLimit: t ? { limit: t.limit, remaining: t.remaining, reset: Math.ceil(t.resetAt / 1000) } : null,
     ...shown(external.key),
     account: shown(external.account),
   };

@@ -5,7 +5,7 @@ import { type Need, type Principal, refusal, sessionPrincipal } from "../core/pr
 import { refund, type Spent, spend } from "../counters/limiter";
 import { misconfigured } from "../platform/config";
 import { batch } from "../platform/db/client";
-import { accounts, sessions, users } from "../platform/db/schema";
+import { accounts, plans, sessions, users } from "../platform/db/schema";
 import type { Deps } from "../platform/deps";
 import { ApiError, invalidRequest, refused } from "../platform/errors";
 import { ACCESS_TTL_SECONDS, type AccessClaims, signAccessToken } from "../tokens/access";
@@ -195,6 +195,8 @@ async function liveSession(deps: Deps, sessionId: string, now: Date) {
       account: {
         rateLimit: accounts.rateLimit,
         rateLimitWindowSeconds: accounts.rateLimitWindowSeconds,
+        rateLimits: accounts.rateLimits,
+        planLimits: plans.rateLimits,
         maxRateLimit: accounts.maxRateLimit,
         maxRateLimitWindowSeconds: accounts.maxRateLimitWindowSeconds,
       },
@@ -202,6 +204,7 @@ async function liveSession(deps: Deps, sessionId: string, now: Date) {
     .from(sessions)
     .innerJoin(users, eq(users.id, sessions.userId))
     .innerJoin(accounts, eq(accounts.id, sessions.accountId))
+    .leftJoin(plans, eq(plans.id, accounts.planId))
     .where(eq(sessions.id, sessionId))
     .limit(1);
   if (!row || row.endedAt !== null || row.expiresAt <= now.toISOString() || row.disabled) return null;
@@ -319,7 +322,7 @@ export async function accessTokenPrincipal(deps: Deps, claims: AccessClaims): Pr
 export async function admitPerson(deps: Deps, principal: Principal, need: Need): Promise<Spent | null> {
   const refusedFor = refusal(principal, need);
   if (refusedFor) throw refused(refusedFor);
-  return spend(deps, `user:${principal.userId}`, principal.rateLimit);
+  return spend(deps, `user:${principal.userId}`, principal.limits);
 }
 
 type LiveSession = NonNullable<Awaited<ReturnType<typeof liveSession>>>;

@@ -1,30 +1,13 @@
 import { z } from "@hono/zod-openapi";
-import { matching, RateLimit, Timestamp, text } from "../core/schemas";
+import { matching, NamedLimit, RateLimits, storedLimits, Timestamp, text } from "../core/schemas";
 import type { Plan } from "../platform/db/schema";
 
 const PLAN_ID = /^[a-z0-9][a-z0-9_-]{0,62}$/;
-const LIMIT_NAME = /^[a-z][a-z0-9_-]{0,31}$/;
-const MAX_LIMITS = 8;
-
 export const PlanId = matching(PLAN_ID, "must be 1-63 characters: lowercase letters, digits, '_' and '-', starting with a letter or digit");
 
 export const PlanIdParam = z.object({ id: PlanId.openapi({ param: { name: "id", in: "path" }, example: "pro" }) });
 
-/** A named limit: at most `limit` requests in any window of `windowSeconds`, under a name headers and routes use. */
-export const NamedRateLimit = z
-  .strictObject({
-    name: matching(LIMIT_NAME, "must be 1-32 characters: a lowercase letter, then lowercase letters, digits, '_' or '-'"),
-    ...RateLimit.shape,
-  })
-  .openapi("NamedRateLimit", { example: { name: "minute", limit: 10, windowSeconds: 60 } });
-
-export const NamedRateLimits = z
-  .array(NamedRateLimit)
-  .min(1)
-  .max(MAX_LIMITS)
-  .refine((limits) => new Set(limits.map((l) => l.name)).size === limits.length, "names must be unique");
-
-export const PlanInput = z.strictObject({ name: text(200), rateLimits: NamedRateLimits }).openapi("PlanInput", {
+export const PlanInput = z.strictObject({ name: text(200), rateLimits: RateLimits }).openapi("PlanInput", {
   example: {
     name: "Free",
     rateLimits: [
@@ -38,7 +21,7 @@ export const PlanView = z
   .strictObject({
     id: z.string().openapi({ example: "free" }),
     name: z.string(),
-    rateLimits: z.array(NamedRateLimit),
+    rateLimits: z.array(NamedLimit),
     /** How many accounts are on the plan. */
     accounts: z.number().int(),
     createdAt: Timestamp,
@@ -52,7 +35,7 @@ export function planView(p: Plan, accounts: number): z.infer<typeof PlanView> {
   return {
     id: p.id,
     name: p.name,
-    rateLimits: NamedRateLimits.parse(JSON.parse(p.rateLimits)),
+    rateLimits: storedLimits(p.rateLimits),
     accounts,
     createdAt: p.createdAt,
     updatedAt: p.updatedAt,

@@ -1,9 +1,10 @@
 import { describe, expect, it } from "vitest";
 import { type KeyRecord, keyPrincipal, refusal, type SessionRecord, sessionPrincipal } from "../../src/core/principal";
 
-const account = (maxRateLimit: number | null, maxRateLimitWindowSeconds: number | null = 60) => ({
+const account = (maxRateLimit: number | null, maxRateLimitWindowSeconds: number | null = 60, rateLimits: string | null = null) => ({
   rateLimit: 1000,
   rateLimitWindowSeconds: 60,
+  rateLimits,
   maxRateLimit,
   maxRateLimitWindowSeconds: maxRateLimit === null ? null : maxRateLimitWindowSeconds,
 });
@@ -22,6 +23,7 @@ function key(
       scopes: '["*"]',
       rateLimit: null,
       rateLimitWindowSeconds: null,
+      rateLimits: null,
       revokedAt: null,
       expiresAt: null,
       externalId: null,
@@ -53,23 +55,47 @@ function session(role: "admin" | "member", grants = '["*"]', maxRateLimit: numbe
 
 describe("the principal builders", () => {
   it("hold a member's key and a member's session to the members' ceiling, and an admin's to the default", () => {
-    expect(keyPrincipal(key("member")).rateLimit).toEqual({ limit: 10, windowSeconds: 60 });
-    expect(sessionPrincipal(session("member")).rateLimit).toEqual({ limit: 10, windowSeconds: 60 });
-    expect(keyPrincipal(key("admin")).rateLimit).toEqual({ limit: 1000, windowSeconds: 60 });
-    expect(sessionPrincipal(session("admin")).rateLimit).toEqual({ limit: 1000, windowSeconds: 60 });
+    expect(keyPrincipal(key("member")).limits).toEqual([{ name: "default", limit: 10, windowSeconds: 60 }]);
+    expect(sessionPrincipal(session("member")).limits).toEqual([{ name: "default", limit: 10, windowSeconds: 60 }]);
+    expect(keyPrincipal(key("admin")).limits).toEqual([{ name: "default", limit: 1000, windowSeconds: 60 }]);
+    expect(sessionPrincipal(session("admin")).limits).toEqual([{ name: "default", limit: 1000, windowSeconds: 60 }]);
   });
 
   it("give a member the default when it is within the ceiling, by size and by rate", () => {
-    expect(keyPrincipal(key("member", {}, '["*"]', null)).rateLimit).toEqual({ limit: 1000, windowSeconds: 60 });
-    expect(sessionPrincipal(session("member", '["*"]', null)).rateLimit).toEqual({ limit: 1000, windowSeconds: 60 });
-    expect(sessionPrincipal(session("member", '["*"]', 5000)).rateLimit).toEqual({ limit: 1000, windowSeconds: 60 });
+    expect(keyPrincipal(key("member", {}, '["*"]', null)).limits).toEqual([{ name: "default", limit: 1000, windowSeconds: 60 }]);
+    expect(sessionPrincipal(session("member", '["*"]', null)).limits).toEqual([{ name: "default", limit: 1000, windowSeconds: 60 }]);
+    expect(sessionPrincipal(session("member", '["*"]', 5000)).limits).toEqual([{ name: "default", limit: 1000, windowSeconds: 60 }]);
     // 1000 a minute is a higher rate than 1000 an hour: the ceiling holds.
     const hourly = { ...session("member"), account: account(1000, 3600) };
-    expect(sessionPrincipal(hourly).rateLimit).toEqual({ limit: 1000, windowSeconds: 3600 });
+    expect(sessionPrincipal(hourly).limits).toEqual([{ name: "default", limit: 1000, windowSeconds: 3600 }]);
   });
 
   it("give a key its own limit, whoever owns it", () => {
-    expect(keyPrincipal(key("member", { rateLimit: 5, rateLimitWindowSeconds: 1 })).rateLimit).toEqual({ limit: 5, windowSeconds: 1 });
+    expect(keyPrincipal(key("member", { rateLimit: 5, rateLimitWindowSeconds: 1 })).limits).toEqual([
+      { name: "default", limit: 5, windowSeconds: 1 },
+    ]);
+  });
+
+  it("give a key its own named limits, and hold each of an account's default limits to the members' ceiling", () => {
+    const plan = JSON.stringify([
+      { name: "minute", limit: 10, windowSeconds: 60 },
+      { name: "day", limit: 100, windowSeconds: 86_400 },
+    ]);
+    expect(keyPrincipal(key("member", { rateLimit: 10, rateLimitWindowSeconds: 60, rateLimits: plan })).limits).toEqual(JSON.parse(plan));
+    // A ceiling of 5 a minute: "minute" (10 a minute) is above it, and so is "day" (100 in one window): each becomes it.
+    const capped = { ...session("member"), account: account(5, 60, plan) };
+    expect(sessionPrincipal(capped).limits).toEqual([
+      { name: "minute", limit: 5, windowSeconds: 60 },
+      { name: "day", limit: 5, windowSeconds: 60 },
+    ]);
+    // A ceiling of 500 an hour: "minute" (a higher rate) becomes it, "day" is within it.
+    expect(sessionPrincipal({ ...capped, account: account(500, 3600, plan) }).limits).toEqual([
+      { name: "minute", limit: 500, windowSeconds: 3600 },
+      { name: "day", limit: 100, windowSeconds: 86_400 },
+    ]);
+    expect(sessionPrincipal({ ...capped, role: "admin" }).limits).toEqual(JSON.parse(plan));
+    // With no ceiling of their own, the account's default limits are the members' too.
+    expect(keyPrincipal({ ...key("member"), account: account(null, null, plan) }).limits).toEqual(JSON.parse(plan));
   });
 
   it("give a key its scopes within its owner's grants, and a session its person's grants", () => {

@@ -15,6 +15,7 @@ function record(key: Partial<KeyRecord["key"]> = {}, rest: Partial<Omit<KeyRecor
       scopes: '["*"]',
       rateLimit: null,
       rateLimitWindowSeconds: null,
+      rateLimits: null,
       revokedAt: null,
       expiresAt: null,
       externalId: null,
@@ -26,7 +27,7 @@ function record(key: Partial<KeyRecord["key"]> = {}, rest: Partial<Omit<KeyRecor
     grants: '["*"]',
     keyPrefix: "sk",
     accountSlug: "acme",
-    account: { rateLimit: 60, rateLimitWindowSeconds: 60, maxRateLimit: null, maxRateLimitWindowSeconds: null },
+    account: { rateLimit: 60, rateLimitWindowSeconds: 60, rateLimits: null, maxRateLimit: null, maxRateLimitWindowSeconds: null },
     accountExternal: { externalId: null, meta: null },
     ...rest,
   };
@@ -65,7 +66,7 @@ describe("the key verdict", () => {
         scopes: ["*"],
         accountSlug: "acme",
         keyPrefix: "sk",
-        rateLimit: { limit: 60, windowSeconds: 60 },
+        limits: [{ name: "default", limit: 60, windowSeconds: 60 }],
       },
     });
   });

@@ -115,4 +115,31 @@ describe("plans (operator)", () => {
     expect(await off.json()).toMatchObject({ plan: null });
     expect(await rows("SELECT plan_id FROM accounts WHERE id = ?", account.id)).toEqual([{ plan_id: null }]);
   });
+
+  it("gives the keys of an account on a plan its limits, unless the account or the key sets its own; a plan's change reaches them", async () => {
+    const id = planId();
+    await call(`/v1/plans/${id}`, { method: "PUT", headers: operator, body: free });
+    const { key, account } = await provision({ plan: id });
+    const policy = async (k: string) => (await call("/v1/whoami", { key: k })).headers.get("RateLimit-Policy");
+    expect(await policy(key.key)).toBe('"minute";q=10;w=60, "day";q=100;w=86400');
+
+    // The plan changes: the account's keys have its new limits right after the answer.
+    await call(`/v1/plans/${id}`, {
+      method: "PUT",
+      headers: operator,
+      body: { name: "Free", rateLimits: [{ name: "hour", limit: 50, windowSeconds: 3600 }] },
+    });
+    await expect.poll(() => policy(key.key), { timeout: 2000 }).toBe('"hour";q=50;w=3600');
+
+    // A key's own limits win over the plan's.
+    const own = await call("/v1/api-keys", { key: key.key, body: { name: "own", rateLimit: { limit: 7, windowSeconds: 60 } } });
+    expect(own.status).toBe(201);
+    expect(await policy((await own.json<{ key: string }>()).key)).toBe('"default";q=7;w=60');
+
+    // An account provisioned with its own limits keeps them on a plan; off a plan, an account falls back to its default.
+    const mine = await provision({ plan: id, rateLimits: [{ name: "burst", limit: 5, windowSeconds: 1 }] });
+    expect(await policy(mine.key.key)).toBe('"burst";q=5;w=1');
+    await call(`/v1/accounts/${account.id}`, { method: "PATCH", headers: operator, body: { plan: null } });
+    expect(await policy(key.key)).toBe('"default";q=60;w=60');
+  });
 });

@@ -7,7 +7,7 @@ import { call, createKey, expectProblem, provision } from "../helpers";
 
 const whoami = (key: string) => call("/v1/whoami", { key });
 
-const policy = { limit: 3, windowSeconds: 10 };
+const limits = [{ name: "default", limit: 3, windowSeconds: 10 }];
 /** What an RPC call ended with, settled here (expect() on an RPC promise would pipeline calls that reject unhandled). */
 const outcome = (call: Promise<unknown>) =>
   call.then(
@@ -32,25 +32,25 @@ describe("Counter Durable Object", () => {
       instance.clock = () => now;
     });
     // Three admissions of one instant: a refund given twice would take back another request's admission.
-    for (let i = 0; i < 3; i++) await stub.consume({ policy, tag: tag() });
+    for (let i = 0; i < 3; i++) await stub.consume({ limits, tag: tag() });
     const refund = tag();
-    await stub.refund({ at: now, cost: 1, tag: refund });
-    await stub.refund({ at: now, cost: 1, tag: { ...refund, deadline: Date.now() + 60_000 } });
+    await stub.refund({ at: now, cost: 1, costs: { default: 1 }, tag: refund });
+    await stub.refund({ at: now, cost: 1, costs: { default: 1 }, tag: { ...refund, deadline: Date.now() + 60_000 } });
     expect(await stored(stub)).toBe(2);
-    expect(await outcome(stub.refund({ at: now, cost: 1, tag: { id: crypto.randomUUID(), deadline: Date.now() - 1 } }))).toContain(
-      "no longer waits",
-    );
+    expect(
+      await outcome(stub.refund({ at: now, cost: 1, costs: { default: 1 }, tag: { id: crypto.randomUUID(), deadline: Date.now() - 1 } })),
+    ).toContain("no longer waits");
     expect(await stored(stub)).toBe(2);
   });
 
   it("counts in its own storage, so a new instance keeps the count", async () => {
     const stub = env.COUNTERS.getByName("test:persist");
-    expect((await stub.consume({ policy, tag: tag() })).remaining).toBe(2);
-    expect((await stub.consume({ policy, tag: tag() })).remaining).toBe(1);
+    expect((await stub.consume({ limits, tag: tag() })).limits[0]?.remaining).toBe(2);
+    expect((await stub.consume({ limits, tag: tag() })).limits[0]?.remaining).toBe(1);
     await evictDurableObject(stub);
     const again = env.COUNTERS.getByName("test:persist");
-    expect(await again.consume({ policy, tag: tag() })).toMatchObject({ allowed: true, remaining: 0 });
-    expect(await again.consume({ policy, tag: tag() })).toMatchObject({ allowed: false, remaining: 0 });
+    expect(await again.consume({ limits, tag: tag() })).toMatchObject({ allowed: true, limits: [{ remaining: 0 }] });
+    expect(await again.consume({ limits, tag: tag() })).toMatchObject({ allowed: false, limits: [{ remaining: 0 }] });
     const stored = await runInDurableObject(again, (_, state) => state.storage.sql.exec("SELECT count(*) AS n FROM hits").one());
     expect(stored.n).toBe(3);
   });
@@ -61,55 +61,55 @@ describe("Counter Durable Object", () => {
     await runInDurableObject(stub, (instance) => {
       instance.clock = () => now;
     });
-    for (let i = 0; i < 3; i++) expect((await stub.consume({ policy, tag: tag() })).allowed).toBe(true);
-    const refused = await stub.consume({ policy, tag: tag() });
+    for (let i = 0; i < 3; i++) expect((await stub.consume({ limits, tag: tag() })).allowed).toBe(true);
+    const refused = await stub.consume({ limits, tag: tag() });
     expect(refused).toMatchObject({ allowed: false, retryAfter: 10 });
     now += 9_999;
-    expect((await stub.consume({ policy, tag: tag() })).allowed).toBe(false);
+    expect((await stub.consume({ limits, tag: tag() })).allowed).toBe(false);
     now += 1;
     // All three were admitted at the same instant, so all three left the window together.
-    expect(await stub.consume({ policy, tag: tag() })).toMatchObject({ allowed: true, remaining: 2 });
+    expect(await stub.consume({ limits, tag: tag() })).toMatchObject({ allowed: true, limits: [{ remaining: 2 }] });
     const stored = await runInDurableObject(stub, (_, state) => state.storage.sql.exec("SELECT count(*) AS n FROM hits").one());
     expect(stored.n).toBe(1);
   });
 
   it("gives back a refunded request", async () => {
     const stub = env.COUNTERS.getByName("test:refund");
-    const first = await stub.consume({ policy, tag: tag() });
-    await stub.consume({ policy, tag: tag() });
-    await stub.consume({ policy, tag: tag() });
-    await stub.refund({ at: first.at, cost: 1, tag: tag() });
-    expect((await stub.consume({ policy, tag: tag() })).remaining).toBe(0);
-    expect((await stub.consume({ policy, tag: tag() })).allowed).toBe(false);
+    const first = await stub.consume({ limits, tag: tag() });
+    await stub.consume({ limits, tag: tag() });
+    await stub.consume({ limits, tag: tag() });
+    await stub.refund({ at: first.at, cost: 1, costs: { default: 1 }, tag: tag() });
+    expect((await stub.consume({ limits, tag: tag() })).limits[0]?.remaining).toBe(0);
+    expect((await stub.consume({ limits, tag: tag() })).allowed).toBe(false);
   });
 
   it("spends once for a call and its retry (same id)", async () => {
     const stub = env.COUNTERS.getByName("test:retry");
     const call = tag();
-    const first = await stub.consume({ policy, tag: call });
-    const retry = await stub.consume({ policy, tag: call });
+    const first = await stub.consume({ limits, tag: call });
+    const retry = await stub.consume({ limits, tag: call });
     expect(retry).toEqual(first);
-    expect((await stub.consume({ policy, tag: tag() })).remaining).toBe(1);
+    expect((await stub.consume({ limits, tag: tag() })).limits[0]?.remaining).toBe(1);
     expect(await stored(stub)).toBe(2);
   });
 
   it("spends nothing for a call that arrives after its deadline", async () => {
     const stub = env.COUNTERS.getByName("test:late");
-    expect(await outcome(stub.consume({ policy, tag: { id: "late", deadline: Date.now() - 1 } }))).toMatch(/no longer waits/);
+    expect(await outcome(stub.consume({ limits, tag: { id: "late", deadline: Date.now() - 1 } }))).toMatch(/no longer waits/);
     expect(await stored(stub)).toBe(0);
-    expect((await stub.consume({ policy, tag: tag() })).remaining).toBe(2);
+    expect((await stub.consume({ limits, tag: tag() })).limits[0]?.remaining).toBe(2);
   });
 
   it("gives back what a cancelled call spent, and never spends for it later", async () => {
     const stub = env.COUNTERS.getByName("test:cancel");
     const answered = tag();
-    await stub.consume({ policy, tag: answered });
+    await stub.consume({ limits, tag: answered });
     await stub.cancel({ tag: answered });
     const never = tag();
     await stub.cancel({ tag: never });
-    expect(await outcome(stub.consume({ policy, tag: never }))).toMatch(/no longer waits/);
+    expect(await outcome(stub.consume({ limits, tag: never }))).toMatch(/no longer waits/);
     expect(await stored(stub)).toBe(0);
-    expect((await stub.consume({ policy, tag: tag() })).remaining).toBe(2);
+    expect((await stub.consume({ limits, tag: tag() })).limits[0]?.remaining).toBe(2);
   });
 });
 
@@ -120,12 +120,12 @@ describe("idle counters", () => {
     await runInDurableObject(stub, (instance) => {
       instance.clock = () => now;
     });
-    await stub.consume({ policy, tag: tag() });
-    await stub.consume({ policy, tag: tag() });
+    await stub.consume({ limits, tag: tag() });
+    await stub.consume({ limits, tag: tag() });
     // Still inside the window and its grace: the alarm keeps everything and looks again later.
     expect(await runDurableObjectAlarm(stub)).toBe(true);
     expect(await stored(stub)).toBe(2);
-    now += policy.windowSeconds * 1000 + 60_000;
+    now += 10 * 1000 + 60_000;
     expect(await runDurableObjectAlarm(stub)).toBe(true);
     const left = await runInDurableObject(stub, async (_, state) => ({
       tables: state.storage.sql.exec("SELECT name FROM sqlite_master WHERE name = 'hits'").toArray().length,
@@ -133,7 +133,7 @@ describe("idle counters", () => {
       alarm: await state.storage.getAlarm(),
     }));
     expect(left).toEqual({ tables: 0, deleteAt: undefined, alarm: null });
-    expect((await stub.consume({ policy, tag: tag() })).remaining).toBe(2);
+    expect((await stub.consume({ limits, tag: tag() })).limits[0]?.remaining).toBe(2);
     expect(await stored(stub)).toBe(1);
   });
 });
@@ -205,12 +205,12 @@ describe("the key's record in its object", () => {
 
   it("gives back a stored admission after the object was evicted", async () => {
     const stub = env.COUNTERS.getByName("test:evicted-refund");
-    const first = await stub.consume({ policy, tag: tag() });
-    await stub.consume({ policy, tag: tag() });
+    const first = await stub.consume({ limits, tag: tag() });
+    await stub.consume({ limits, tag: tag() });
     await evictDurableObject(stub);
     const again = env.COUNTERS.getByName("test:evicted-refund");
-    await again.refund({ at: first.at, cost: 1, tag: tag() });
+    await again.refund({ at: first.at, cost: 1, costs: { default: 1 }, tag: tag() });
     expect(await stored(again)).toBe(1);
-    expect((await again.consume({ policy, tag: tag() })).remaining).toBe(1);
+    expect((await again.consume({ limits, tag: tag() })).limits[0]?.remaining).toBe(1);
   });
 });

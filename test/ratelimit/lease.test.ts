@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { admitWithLease, LEASE_MIN_RATE, LEASE_MS, leaseMs, leaseSize, MAX_LEASE } from "../../src/core/lease";
 import type { Principal } from "../../src/core/principal";
-import { decide, firstInWindow, type Policy } from "../../src/core/window";
+import { charges, decideAll, firstInWindow, type Limit, type Logs, logOf, named, type Policy } from "../../src/core/window";
 import { Holdings } from "../../src/counters/held";
 import { type Answer, type Leased, type LeasedCall, leasedCall } from "../../src/counters/leased-call";
 import type { Spending } from "../../src/counters/protocol";
@@ -20,6 +20,8 @@ function random(seed: number): () => number {
 
 type Scenario = {
   policy: Policy;
+  /** Several limits on the key, in place of `policy` alone. */
+  limits?: Limit[];
   isolates: number;
   seconds: number;
   /** Requests per second across all isolates. */
@@ -44,8 +46,11 @@ const PRINCIPAL: Principal = {
   scopes: ["*"],
   accountSlug: null,
   keyPrefix: "sk",
-  rateLimit: { limit: 1, windowSeconds: 1 },
+  limits: [{ name: "default", limit: 1, windowSeconds: 1 }],
 };
+
+/** The key's limits in a scenario. */
+const limitsOf = (s: Scenario): Limit[] => s.limits ?? [named(s.policy)];
 
 /** A call in flight to the object, decided at `t`. */
 type Pending = { t: number; isolate: number; spending: Spending; answer: (a: Answer<Principal, Refused>) => void };
@@ -66,7 +71,8 @@ async function settle(): Promise<void> {
  */
 async function simulate(s: Scenario) {
   const next = random(s.seed);
-  const log: number[] = [];
+  const logs: Logs = new Map();
+  const limits = limitsOf(s);
   let clock = 0;
   const isolates = Array.from({ length: s.isolates }, () => new Holdings(() => clock));
   const spends: number[] = [];
@@ -92,7 +98,7 @@ async function simulate(s: Scenario) {
         const i = pending.findIndex((other) => other.t > decision.t);
         pending.splice(i < 0 ? pending.length : i, 0, decision);
       });
-    return { name: KEY, stub, cost: 1, ask, renew: ask, policy: () => s.policy };
+    return { name: KEY, stub, cost: 1, ask, renew: ask };
   };
   let longestWait = 0;
   const answered = (arrivedAt: number) => (verdict: Leased<Principal> | Refused | null) => {
@@ -116,17 +122,23 @@ async function simulate(s: Scenario) {
     if (dead(e.isolate, e.t)) continue;
     clock = e.t;
     // What the object does with a call, as its sliding log does: takes back what ended leases left (only what is
-    // still logged), forgets what left the window, then the admit step.
-    for (const { id, left } of e.spending.returned ?? []) {
-      const at = log.indexOf(id);
-      if (at >= 0) log.splice(at, Math.min(left, log.lastIndexOf(id) - at + 1));
-    }
+    // still logged, in every log), forgets what left each window, then the admit step.
+    for (const { id, left } of e.spending.returned ?? [])
+      for (const log of logs.values()) {
+        const at = log.indexOf(id);
+        if (at >= 0) log.splice(at, Math.min(left, log.lastIndexOf(id) - at + 1));
+      }
     if (s.revokeAt !== undefined && e.t >= s.revokeAt) e.answer({ ok: false, code: "key_revoked" });
     else {
-      log.splice(0, firstInWindow(log, e.t - s.policy.windowSeconds * 1000));
+      for (const l of limits) {
+        const log = logOf(logs, l.name);
+        log.splice(0, firstInWindow(log, e.t - l.windowSeconds * 1000));
+      }
       const { cost = 1, lease = false, wanted } = e.spending;
-      const d = admitWithLease(log, e.t, s.policy, cost, lease, wanted);
-      e.answer({ ok: true, record: PRINCIPAL, granted: { ...d, at: e.t, cost } });
+      const spend = charges(limits, cost);
+      const d = admitWithLease(logs, e.t, spend, lease, wanted);
+      const costs = Object.fromEntries(spend.map((c) => [c.limit.name, c.cost]));
+      e.answer({ ok: true, record: PRINCIPAL, granted: { ...d, at: e.t, cost, costs } });
     }
     await settle();
   }
@@ -151,11 +163,22 @@ function arrivalTimes(s: Scenario, next: () => number): number[] {
   return times;
 }
 
-/** What one exact limiter admits of the same arrivals: the ideal a leased key is measured against. */
+/** Whether no window of any of the scenario's limits holds more than that limit. */
+function withinEveryLimit(spends: number[], s: Scenario): boolean {
+  return limitsOf(s).every((l) => busiestWindow(spends, l) <= l.limit);
+}
+
+/** What one exact limiter of all the key's limits admits of the same arrivals: the ideal a leased key is measured against. */
 function ideal(s: Scenario): number {
-  const log: number[] = [];
-  for (const t of arrivalTimes(s, random(s.seed))) if (decide(log, t, s.policy).allowed) log.push(t);
-  return log.length;
+  const logs: Logs = new Map();
+  let admitted = 0;
+  for (const t of arrivalTimes(s, random(s.seed))) {
+    const spend = charges(limitsOf(s), 1);
+    if (!decideAll(logs, t, spend).allowed) continue;
+    for (const { limit } of spend) logOf(logs, limit.name).push(t);
+    admitted += 1;
+  }
+  return admitted;
 }
 
 describe("leases (pure, injected clock)", () => {
@@ -171,22 +194,24 @@ describe("leases (pure, injected clock)", () => {
   });
 
   it("leases at least what the caller's waiting requests wanted, within the same bounds", () => {
-    const policy = { limit: 1000, windowSeconds: 1 };
+    const spend = [{ limit: named({ limit: 1000, windowSeconds: 1 }), cost: 1 }];
     // A log of 20 admissions in the last second is hot: by its rate alone it leases nothing in a 20 ms lease.
-    const hot = () => Array.from({ length: LEASE_MIN_RATE }, (_, i) => 1000 + i);
-    expect(admitWithLease(hot(), 1500, policy, 1, true, 0).lease).toBeNull();
-    expect(admitWithLease(hot(), 1500, policy, 1, true, 30).lease).toEqual({ id: 1520, units: 30, ms: 20 });
+    const hot = () => new Map([["default", Array.from({ length: LEASE_MIN_RATE }, (_, i) => 1000 + i)]]);
+    expect(admitWithLease(hot(), 1500, spend, true, 0).lease).toBeNull();
+    expect(admitWithLease(hot(), 1500, spend, true, 30).lease).toEqual({ id: 1520, units: 30, ms: 20 });
     // Never more than MAX_LEASE, nor a quarter of what is left; nothing for a caller that cannot hold a lease.
-    expect(admitWithLease(hot(), 1500, policy, 1, true, 5000).lease?.units).toBe(MAX_LEASE);
-    expect(admitWithLease(hot(), 1500, { limit: 41, windowSeconds: 1 }, 1, true, 30).lease?.units).toBe(5);
-    expect(admitWithLease(hot(), 1500, policy, 1, false, 30).lease).toBeNull();
+    expect(admitWithLease(hot(), 1500, spend, true, 5000).lease?.units).toBe(MAX_LEASE);
+    expect(admitWithLease(hot(), 1500, [{ limit: named({ limit: 41, windowSeconds: 1 }), cost: 1 }], true, 30).lease?.units).toBe(5);
+    expect(admitWithLease(hot(), 1500, spend, false, 30).lease).toBeNull();
     // A cold log gets single admissions, however many of the caller's requests waited.
-    expect(admitWithLease([1000], 1500, policy, 1, true, 30).lease).toBeNull();
+    expect(admitWithLease(new Map([["default", [1000]]]), 1500, spend, true, 30).lease).toBeNull();
   });
 
   it("counts what the requests waiting on an isolate's call need, for its next call to ask once", async () => {
     const isolate = new Holdings(() => 0);
-    isolate.hold(KEY, 0, PRINCIPAL, { id: 20, units: 1, ms: 20 }, 100, 1000);
+    isolate.hold(KEY, 0, PRINCIPAL, { id: 20, units: 1, ms: 20 }, [
+      { ...named({ limit: 1000, windowSeconds: 1 }), remaining: 100, resetAt: 1000 },
+    ]);
     let answer = (_: boolean) => {};
     isolate.track(KEY, new Promise<boolean>((resolve) => (answer = resolve)), (brought) => brought, 1000);
     const waiting = [isolate.inFlight(KEY, 1), isolate.inFlight(KEY, 5)];
@@ -200,7 +225,9 @@ describe("leases (pure, injected clock)", () => {
   it("lets no more wait on one call than a lease holds: the next request starts the next call, asking a full lease", () => {
     let now = 0;
     const isolate = new Holdings(() => now);
-    isolate.hold(KEY, 0, PRINCIPAL, { id: 20, units: 1, ms: 20 }, 100, 1000);
+    isolate.hold(KEY, 0, PRINCIPAL, { id: 20, units: 1, ms: 20 }, [
+      { ...named({ limit: 1000, windowSeconds: 1 }), remaining: 100, resetAt: 1000 },
+    ]);
     isolate.track(KEY, new Promise<boolean>(() => {}), (brought) => brought, 1000);
     for (let i = 0; i < MAX_LEASE; i++) expect(isolate.inFlight(KEY, 1)).toBeDefined();
     expect(isolate.hasRoom(KEY)).toBe(false);
@@ -218,7 +245,9 @@ describe("leases (pure, injected clock)", () => {
   it("forgets what waiting requests needed once a lease's time has passed", async () => {
     let now = 0;
     const isolate = new Holdings(() => now);
-    isolate.hold(KEY, 0, PRINCIPAL, { id: 20, units: 1, ms: 20 }, 100, 1000);
+    isolate.hold(KEY, 0, PRINCIPAL, { id: 20, units: 1, ms: 20 }, [
+      { ...named({ limit: 1000, windowSeconds: 1 }), remaining: 100, resetAt: 1000 },
+    ]);
     let answer = (_: boolean) => {};
     isolate.track(KEY, new Promise<boolean>((resolve) => (answer = resolve)), (brought) => brought, 60_000);
     const waiting = isolate.inFlight(KEY, 3);
@@ -252,10 +281,39 @@ describe("leases (pure, injected clock)", () => {
     });
   }
 
+  // Two limits on one key, a short and a long one: every lease is counted in both logs, so neither ever holds more.
+  const twoLimits: Limit[][] = [
+    [
+      { name: "second", limit: 3, windowSeconds: 1 },
+      { name: "minute", limit: 5, windowSeconds: 60 },
+    ],
+    [
+      { name: "ten", limit: 100, windowSeconds: 10 },
+      { name: "minute", limit: 300, windowSeconds: 60 },
+    ],
+    [
+      { name: "second", limit: 100, windowSeconds: 1 },
+      { name: "minute", limit: 3000, windowSeconds: 60 },
+    ],
+  ];
+  for (let seed = 13; seed <= 24; seed++) {
+    const limits = twoLimits[seed % 3] as Limit[];
+    scenarios.push({
+      policy: limits[0] as Limit,
+      limits,
+      isolates: 1 + (seed % 4),
+      seconds: 130,
+      rate: [30, 100, 1000, 300][seed % 4] as number,
+      seed,
+      rttMs: [0, 5, 50, 200][seed % 4] as number,
+      deathAt: seed % 2 === 0 ? 7_000 : undefined,
+    });
+  }
+
   it.each(scenarios)("never lets a window hold more than the limit (seed $seed, $isolates isolates, $rate/s)", async (s) => {
     const { spends } = await simulate(s);
     expect(spends.length).toBeGreaterThan(0);
-    expect(busiestWindow(spends, s.policy)).toBeLessThanOrEqual(s.policy.limit);
+    expect(withinEveryLimit(spends, s)).toBe(true);
   });
 
   it.each(scenarios.map((s) => ({ ...s, revokeAt: 12_345 })))("admits nothing a second after a revocation (seed $seed)", async (s) => {
@@ -295,6 +353,16 @@ describe("leases (pure, injected clock)", () => {
           loads.push({ policy, load, isolates, even, rate, seconds, seed: loads.length + 1, rttMs: load === 1 ? 0 : 20 });
         }
 
+  // Two limits, driven at 0.9x and 10x of the rate the tighter one allows over the long run, against one exact
+  // limiter of both.
+  for (const limits of twoLimits.slice(1))
+    for (const load of [0.9, 10])
+      for (const isolates of [1, 3]) {
+        const rate = load * Math.min(...limits.map((l) => l.limit / l.windowSeconds));
+        const seconds = Math.max(3 * Math.max(...limits.map((l) => l.windowSeconds)), Math.ceil(2000 / rate));
+        loads.push({ policy: limits[0] as Limit, limits, load, isolates, even: false, rate, seconds, seed: loads.length + 1, rttMs: 20 });
+      }
+
   // Calls as long as half a 1 s window's 20 ms lease, and calls longer than the lease (which then brings nothing the
   // requests waiting for it could spend: each asks for itself, as without leases).
   for (const rttMs of [40, 100])
@@ -314,7 +382,7 @@ describe("leases (pure, injected clock)", () => {
     "refuses no more than an exact limiter would, less 1% at 0.9x and 5% above ($policy.limit per $policy.windowSeconds s, $load x, $isolates isolates, even $even, calls up to $rttMs ms)",
     async (s) => {
       const { spends, longestWait } = await simulate(s);
-      expect(busiestWindow(spends, s.policy)).toBeLessThanOrEqual(s.policy.limit);
+      expect(withinEveryLimit(spends, s)).toBe(true);
       expect(spends.length).toBeGreaterThanOrEqual(Math.floor(ideal(s) * (s.load < 1 ? 0.99 : 0.95)));
       // Under its limit, a request waits for a call or two of its isolate, never behind a queue of them.
       if (s.load < 1) expect(longestWait).toBeLessThanOrEqual(2 * s.rttMs);

@@ -2,7 +2,6 @@ import { createExecutionContext, runInDurableObject, waitOnExecutionContext } fr
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { LEASE_MS } from "../../src/core/lease";
-import type { Principal } from "../../src/core/principal";
 import type { Counter } from "../../src/counters/counter-object";
 import { Holdings, holdings } from "../../src/counters/held";
 import { leasedCall } from "../../src/counters/leased-call";
@@ -80,7 +79,9 @@ async function countedByObject(keyId: string): Promise<number> {
   const tag = { id: crypto.randomUUID(), deadline: Date.now() + 10_000 };
   const answer = await env.KEYS.getByName(`key:${keyId}`).authorize({ keyId, method: "bearer", need: "any", tag, cost: 0 });
   if (!answer.ok) throw new Error("the object refused the key");
-  return answer.granted.limit - answer.granted.remaining;
+  const [limit] = answer.granted.limits;
+  if (!limit) throw new Error("the key has no limit");
+  return limit.limit - limit.remaining;
 }
 
 describe("leases", () => {
@@ -161,7 +162,6 @@ describe("leases", () => {
         stub: env.KEYS.getByName(name),
         cost: 1,
         ask: () => Promise.reject(new Error("a held lease decides without a call")),
-        policy: (principal: Principal) => principal.rateLimit,
       },
       isolate,
     );
@@ -185,19 +185,19 @@ describe("leases", () => {
     const stub = env.COUNTERS.getByName(`lease-return:${crypto.randomUUID()}`);
     await runInDurableObject(stub, async (_: Counter, state) => {
       const log = new SlidingLog(state.storage.sql, () => 1_000_000);
-      const policy = { limit: 1000, windowSeconds: 60 };
+      const limits = [{ name: "default", limit: 1000, windowSeconds: 60 }];
       // A hot log (60 admissions in its last second) leases half a second's worth beside the next one.
-      for (let i = 0; i < 60; i++) log.admit({ policy });
-      const leased = log.admit({ policy, lease: true });
-      expect(leased).toMatchObject({ allowed: true, lease: { id: 1_001_000, units: 30, ms: 1000 }, remaining: 909 });
+      for (let i = 0; i < 60; i++) log.admit({ limits });
+      const leased = log.admit({ limits, lease: true });
+      expect(leased).toMatchObject({ allowed: true, lease: { id: 1_001_000, units: 30, ms: 1000 }, limits: [{ remaining: 909 }] });
       await log.saved();
       const rows = () => state.storage.sql.exec<{ n: number }>("SELECT count(*) AS n FROM hits WHERE at = 1001000").one().n;
       expect(rows()).toBe(30);
-      log.refund(1_001_000, 15);
+      log.refundLease(1_001_000, 15);
       expect(rows()).toBe(15);
-      log.refund(1_001_000, 50);
+      log.refundLease(1_001_000, 50);
       expect(rows()).toBe(0);
-      expect(log.admit({ policy })).toMatchObject({ allowed: true, remaining: 938 });
+      expect(log.admit({ limits })).toMatchObject({ allowed: true, limits: [{ remaining: 938 }] });
     });
   });
 

@@ -33,7 +33,8 @@ describe("per-key rate limit", () => {
     expect(retry).toBeGreaterThanOrEqual(1);
     expect(retry).toBeLessThanOrEqual(60);
     expect(problem.retry_after).toBe(retry);
-    expect(problem.detail).toBe(`Rate limit exceeded. Try again in ${retry} seconds.`);
+    expect(problem.detail).toBe(`Rate limit exceeded (default). Try again in ${retry} seconds.`);
+    expect(problem.limit).toBe("default");
     expect(refused.headers.get("X-RateLimit-Limit")).toBe("60");
     expect(refused.headers.get("X-RateLimit-Remaining")).toBe("0");
     expect(refused.headers.get("X-RateLimit-Reset")).not.toBeNull();

@@ -38,6 +38,7 @@ describe("POST /v1/api-keys", () => {
         "revokedAt",
         "revokedBy",
         "rateLimit",
+        "rateLimits",
         "rotatedFrom",
         "scopes",
         "start",

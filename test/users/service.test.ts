@@ -20,7 +20,7 @@ describe("what the users service shows a principal", () => {
       scopes: ["*"],
       accountSlug: null,
       keyPrefix: account.keyPrefix,
-      rateLimit: { limit: 100, windowSeconds: 60 },
+      limits: [{ name: "default", limit: 100, windowSeconds: 60 }],
     });
     const [asAdmin, asMember] = [as(admin.id, "admin"), as(member.id, "member")];
     const everyone = [admin.id, member.id, other.admin.id];

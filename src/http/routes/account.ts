@@ -1,7 +1,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { AccountActivity, AccountChange, AccountView, accountView } from "../../accounts/schemas";
 import { accountActivity, updateAccount } from "../../accounts/service";
-import { RateLimit } from "../../core/schemas";
+import { RateLimit, RateLimits, shorthand } from "../../core/schemas";
 import { authenticate } from "../../guards/authenticate";
 import { AccountUsage, UsageQuery } from "../../usage/schemas";
 import { accountUsage } from "../../usage/service";
@@ -71,7 +71,8 @@ const Whoami = z
     userId: z.string(),
     role: Role,
     scopes: z.array(z.string()),
-    rateLimit: RateLimit,
+    rateLimit: RateLimit.openapi({ description: 'The limit named "default" of `rateLimits`, else its first' }),
+    rateLimits: RateLimits,
   })
   .openapi("Whoami");
 
@@ -86,7 +87,7 @@ export const whoamiRoutes = routes().openapi(
     responses: { 200: json(Whoami, "The key's account, owner, role, scopes and limit"), ...problems(...KEY_PROBLEMS) },
   }),
   (c) => {
-    const { accountId, keyId, userId, role, scopes, rateLimit } = c.get("principal");
-    return c.json({ accountId, keyId, userId, role, scopes, rateLimit }, 200);
+    const { accountId, keyId, userId, role, scopes, limits } = c.get("principal");
+    return c.json({ accountId, keyId, userId, role, scopes, rateLimit: shorthand(limits), rateLimits: limits }, 200);
   },
 );

@@ -3,6 +3,7 @@ import { verifyIdentity } from "../../agents/identity";
 import { handshakeAgent } from "../../agents/service";
 import { newId } from "../../core/ids";
 import { matching } from "../../core/schemas";
+import { named } from "../../core/window";
 import { spend } from "../../counters/limiter";
 import { authenticateIfSent } from "../../guards/authenticate";
 import { cors } from "../../guards/cors";
@@ -93,13 +94,13 @@ handshakeRoutes.openapi(
     if (!server) {
       await spendOnAddress(c, "handshake-ip", config.handshakeIpPolicy);
       if (userId === undefined) {
-        if (!(await spend(c.get("deps"), `handshake-anon:${agent.id}`, config.handshakeAgentPolicy)))
+        if (!(await spend(c.get("deps"), `handshake-anon:${agent.id}`, [named(config.handshakeAgentPolicy)])))
           c.header("X-RateLimit-Status", "unavailable");
       } else {
         if (!(await verifyIdentity(agent.identitySecret, userId, userHash as string))) {
           throw new ApiError("identity_unverified", "userHash is not the proof for this userId under the agent's identity secret.");
         }
-        if (!(await spend(c.get("deps"), `handshake-user:${agent.id}:${userId}`, config.handshakeUserPolicy)))
+        if (!(await spend(c.get("deps"), `handshake-user:${agent.id}:${userId}`, [named(config.handshakeUserPolicy)])))
           c.header("X-RateLimit-Status", "unavailable");
       }
     }

@@ -22,9 +22,11 @@ export const accounts = sqliteTable(
     slug: text("slug"),
     keyPrefix: text("key_prefix").notNull(),
     membersCanCreateKeys: integer("members_can_create_keys", { mode: "boolean" }).notNull().default(false),
-    /** The default rate limit of the account's keys. */
+    /** The default rate limit of the account's keys; with `rateLimits`, the one named "default" or the first. */
     rateLimit: integer("rate_limit").notNull().default(60),
     rateLimitWindowSeconds: integer("rate_limit_window_seconds").notNull().default(60),
+    /** JSON `[{name, limit, windowSeconds}, ...]`: the default limits, all named; null when `rateLimit` alone is the default. */
+    rateLimits: text("rate_limits"),
     /** The highest limit members may give their own keys; both null when the account's default is the ceiling. */
     maxRateLimit: integer("max_rate_limit"),
     maxRateLimitWindowSeconds: integer("max_rate_limit_window_seconds"),
@@ -87,9 +89,14 @@ export const apiKeys = sqliteTable(
     /** JSON array of grants: `["*"]` or `["mailbox:mbx_1", ...]`. */
     scopes: text("scopes").notNull(),
     expiresAt: text("expires_at"),
-    /** A per-key rate limit that overrides the account's default; both null when the default applies. */
+    /**
+     * Per-key rate limits that override the account's default: JSON `[{name, limit, windowSeconds}, ...]` in
+     * `rateLimits`, with the one named "default" (or the first) in `rateLimit`; written before limits had names, a key
+     * has only `rateLimit` (its limit named "default"). All null when the account's default applies.
+     */
     rateLimit: integer("rate_limit"),
     rateLimitWindowSeconds: integer("rate_limit_window_seconds"),
+    rateLimits: text("rate_limits"),
     createdAt: text("created_at").notNull(),
     lastUsedAt: text("last_used_at"),
     lastAuthMethod: text("last_auth_method", { enum: ["bearer", "header", "query", "verify"] }),
