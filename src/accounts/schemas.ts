@@ -49,7 +49,6 @@ export const AccountChange = z
     rateLimits: RateLimits.optional(),
     maxRateLimit: orNull(RateLimit).optional().openapi({ description: "`null` makes the account's default limit the ceiling" }),
     membersCanCreateKeys: z.boolean().optional(),
-    ...externalFields,
   })
   .superRefine(oneLimitForm)
   .openapi("AccountChange");

@@ -119,7 +119,7 @@ export async function recoverAccount(deps: Deps, accountId: string, userId: stri
 export async function updateAccount(
   deps: Deps,
   p: Principal,
-  { maxRateLimit, membersCanCreateKeys, rateLimit, rateLimits, ...external }: z.infer<typeof AccountChange>,
+  { maxRateLimit, membersCanCreateKeys, rateLimit, rateLimits }: z.infer<typeof AccountChange>,
 ): Promise<Account> {
   const limits = sentLimits({ rateLimit, rateLimits });
   const change = {
@@ -128,7 +128,6 @@ export async function updateAccount(
       ? {}
       : { maxRateLimit: maxRateLimit?.limit ?? null, maxRateLimitWindowSeconds: maxRateLimit?.windowSeconds ?? null }),
     ...(membersCanCreateKeys === undefined ? {} : { membersCanCreateKeys }),
-    ...externalChange(external),
   };
   if (Object.keys(change).length > 0) {
     const d = deps.db;
@@ -140,8 +139,7 @@ export async function updateAccount(
         { accountId: p.accountId, actor: p.userId, action: "account.updated", target: p.accountId, requestId: deps.requestId },
         now,
       ),
-    ]).catch((err: unknown) => externalIdTaken(err, external.externalId));
-    await reloadExternal(deps, p.accountId, external, now);
+    ]);
     // Every key of the account carries its limit (the default, or members' ceiling); an account may have many keys,
     // so this finishes after the answer (a limit is not a right: a key that misses it catches up within RECORD_TTL_MS).
     if (limits || maxRateLimit !== undefined) {
