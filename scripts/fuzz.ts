@@ -613,6 +613,9 @@ const RIGHTS: Record<string, Needs> = {
   "POST /v1/accounts": "operator",
   "PATCH /v1/accounts/{id}": "operator",
   "POST /v1/accounts/{id}/recovery-key": "operator",
+  "PUT /v1/plans/{id}": "operator",
+  "GET /v1/plans": "operator",
+  "GET /v1/plans/{id}": "operator",
   "GET /v1/whoami": "key",
   "GET /v1/account": "full",
   "PATCH /v1/account": "admin",
@@ -774,7 +777,32 @@ const ROUTES: Route[] = [
     method: "PATCH",
     path: (w) => `/v1/accounts/${pathId(w, [w.accounts.a])}`,
     auth: ["operator"],
-    body: () => someOf(external("cus")),
+    body: () => someOf({ ...external("cus"), plan: pick([null, "fuzz-plan", "no-such-plan"]) }),
+  },
+  {
+    name: "plan-put",
+    operation: "PUT /v1/plans/{id}",
+    method: "PUT",
+    path: () => `/v1/plans/${pick(["fuzz-plan", "free", "Bad%20Id"])}`,
+    auth: ["operator"],
+    body: () => ({
+      name: pick(["Free", "Pro"]),
+      rateLimits: pick([
+        [{ name: "minute", limit: 10, windowSeconds: 60 }],
+        [
+          { name: "minute", limit: 100, windowSeconds: 60 },
+          { name: "day", limit: 1000, windowSeconds: 86_400 },
+        ],
+      ]),
+    }),
+  },
+  { name: "plan-list", operation: "GET /v1/plans", method: "GET", path: () => "/v1/plans", auth: ["operator"] },
+  {
+    name: "plan-get",
+    operation: "GET /v1/plans/{id}",
+    method: "GET",
+    path: () => `/v1/plans/${pick(["fuzz-plan", "free", "none-such"])}`,
+    auth: ["operator"],
   },
   {
     name: "recovery",
@@ -809,7 +837,6 @@ const ROUTES: Route[] = [
         rateLimit: pick([WIDE, { limit: 60, windowSeconds: 60 }]),
         maxRateLimit: pick([null, { limit: 1000, windowSeconds: 60 }]),
         membersCanCreateKeys: chance(0.8),
-        ...external("cus"),
       }),
   },
   {
