@@ -8,10 +8,9 @@ import { DEFAULT_POLICY, type Limit } from "../core/window";
 import { reloadKeys } from "../keys/reload";
 import { keyUsage, liveKeyIds, mintKey } from "../keys/store";
 import { newInvitation } from "../people/invitations";
-import { findPlan } from "../plans/store";
 import { dashboardOrigin } from "../platform/config";
 import { auditInsert } from "../platform/db/audit";
-import { batch, violates } from "../platform/db/client";
+import { batch, violates, violatesReference } from "../platform/db/client";
 import type { Page } from "../platform/db/pagination";
 import { type Account, accounts, apiKeys, users } from "../platform/db/schema";
 import type { Deps } from "../platform/deps";
@@ -47,7 +46,6 @@ export async function provisionAccount(
     externalId: externalId ?? null,
     meta: storedMeta(meta),
   };
-  if (plan !== undefined && !(await findPlan(deps.db, plan))) throw noSuchPlan();
   const user = {
     id: newId("usr"),
     accountId: account.id,
@@ -75,7 +73,8 @@ export async function provisionAccount(
   } catch (err) {
     // The unique index on accounts.slug: nothing of the batch was written.
     if (violates(err, "accounts.slug")) throw new ApiError("slug_taken", `The slug ${slug} belongs to another account.`);
-    if (err instanceof Error && err.message.includes("FOREIGN KEY constraint failed")) throw noSuchPlan();
+    // The plan it names does not exist: nothing of the batch was written.
+    if (violatesReference(err)) throw noSuchPlan();
     externalIdTaken(err, externalId);
   }
   return { account, user, raw, row, now, invitation };
@@ -165,7 +164,6 @@ export async function changeAccount(
   const d = deps.db;
   const account = await findAccount(d, id);
   if (!account) throw new ApiError("not_found", "No account with this id.");
-  if (plan && !(await findPlan(d, plan))) throw noSuchPlan();
   const change = { ...externalChange(external), ...(plan === undefined ? {} : { planId: plan }) };
   if (Object.keys(change).length === 0) return account;
   const now = deps.now();
@@ -177,7 +175,8 @@ export async function changeAccount(
       now,
     ),
   ]).catch((err: unknown) => {
-    if (err instanceof Error && err.message.includes("FOREIGN KEY constraint failed")) throw noSuchPlan();
+    // The plan it names does not exist: nothing of the batch was written.
+    if (violatesReference(err)) throw noSuchPlan();
     externalIdTaken(err, external.externalId);
   });
   // The account's plan is its keys' limits: in the keys' objects before it is answered, as `externalId` and `meta` are.

@@ -181,6 +181,13 @@ function ideal(s: Scenario): number {
   return admitted;
 }
 
+/** Makes KEY hot in `isolate`: a one-admission lease asked for at 0, so its calls may be waited on. */
+function holdOne(isolate: Holdings): void {
+  isolate.hold(KEY, 0, PRINCIPAL, { id: 20, units: 1, ms: 20 }, [
+    { ...named({ limit: 1000, windowSeconds: 1 }), remaining: 100, resetAt: 1000 },
+  ]);
+}
+
 describe("leases (pure, injected clock)", () => {
   it("sizes leases from the key's rate, what is left and the lease's length: none for a slow or nearly spent key", () => {
     expect(leaseSize(LEASE_MIN_RATE - 1, 1000, 1000)).toBe(0);
@@ -209,9 +216,7 @@ describe("leases (pure, injected clock)", () => {
 
   it("counts what the requests waiting on an isolate's call need, for its next call to ask once", async () => {
     const isolate = new Holdings(() => 0);
-    isolate.hold(KEY, 0, PRINCIPAL, { id: 20, units: 1, ms: 20 }, [
-      { ...named({ limit: 1000, windowSeconds: 1 }), remaining: 100, resetAt: 1000 },
-    ]);
+    holdOne(isolate);
     let answer = (_: boolean) => {};
     isolate.track(KEY, new Promise<boolean>((resolve) => (answer = resolve)), (brought) => brought, 1000);
     const waiting = [isolate.inFlight(KEY, 1), isolate.inFlight(KEY, 5)];
@@ -225,9 +230,7 @@ describe("leases (pure, injected clock)", () => {
   it("lets no more wait on one call than a lease holds: the next request starts the next call, asking a full lease", () => {
     let now = 0;
     const isolate = new Holdings(() => now);
-    isolate.hold(KEY, 0, PRINCIPAL, { id: 20, units: 1, ms: 20 }, [
-      { ...named({ limit: 1000, windowSeconds: 1 }), remaining: 100, resetAt: 1000 },
-    ]);
+    holdOne(isolate);
     isolate.track(KEY, new Promise<boolean>(() => {}), (brought) => brought, 1000);
     for (let i = 0; i < MAX_LEASE; i++) expect(isolate.inFlight(KEY, 1)).toBeDefined();
     expect(isolate.hasRoom(KEY)).toBe(false);
@@ -245,9 +248,7 @@ describe("leases (pure, injected clock)", () => {
   it("forgets what waiting requests needed once a lease's time has passed", async () => {
     let now = 0;
     const isolate = new Holdings(() => now);
-    isolate.hold(KEY, 0, PRINCIPAL, { id: 20, units: 1, ms: 20 }, [
-      { ...named({ limit: 1000, windowSeconds: 1 }), remaining: 100, resetAt: 1000 },
-    ]);
+    holdOne(isolate);
     let answer = (_: boolean) => {};
     isolate.track(KEY, new Promise<boolean>((resolve) => (answer = resolve)), (brought) => brought, 60_000);
     const waiting = isolate.inFlight(KEY, 3);

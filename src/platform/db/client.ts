@@ -84,3 +84,8 @@ function unavailable(err: unknown): never {
 export function violates(err: unknown, columns: string): boolean {
   return err instanceof Error && err.message.includes(`UNIQUE constraint failed: ${columns}`);
 }
+
+/** Whether D1 refused a write for a reference to a row that does not exist. */
+export function violatesReference(err: unknown): boolean {
+  return err instanceof Error && err.message.includes("FOREIGN KEY constraint failed");
+}
