@@ -45,6 +45,7 @@ export async function provisionAccount(
     createdAt: now.toISOString(),
     externalId: externalId ?? null,
     meta: storedMeta(meta),
+    credits: null,
   };
   const user = {
     id: newId("usr"),

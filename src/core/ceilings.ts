@@ -13,6 +13,9 @@ export type AccountLimits = {
   planLimits?: string | null;
   maxRateLimit: number | null;
   maxRateLimitWindowSeconds: number | null;
+  /** The account's credits pool (JSON `CreditsConfig`), else its plan's (`planCredits`); both null: unlimited. */
+  credits?: string | null;
+  planCredits?: string | null;
 };
 
 /** The highest limit members may give their keys: the account's `maxRateLimit`, else its default limit. */

@@ -9,6 +9,17 @@
  */
 export type Refill = { amount: number; interval: "hour" | "day" | "month"; mode: "set" | "add"; dayOfMonth?: number };
 
+/**
+ * Credits as a key, an account or a plan sets them: the balance a new holder opens with (null: unlimited) and its
+ * refill. Once opened, the balance lives in its holder's object and moves only by spends, refills and adjustments.
+ */
+export type CreditsConfig = { remaining: number | null; refill: Refill | null };
+
+/** Credits as stored (JSON written from a validated `CreditsConfig`), or null when none are set. */
+export function storedCredits(json: string | null | undefined): CreditsConfig | null {
+  return json ? (JSON.parse(json) as CreditsConfig) : null;
+}
+
 /** A movement of a balance, as the ledger keeps it. */
 export type CreditEntry = { at: number; delta: number; balanceAfter: number };
 

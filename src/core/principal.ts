@@ -1,4 +1,5 @@
 import { type AccountLimits, defaultLimits, withinCeiling } from "./ceilings";
+import { type CreditsConfig, storedCredits } from "./credits";
 import { FULL_ACCESS, isFullAccess, reaches } from "./grants";
 import { storedLimits } from "./schemas";
 import { type Limit, named } from "./window";
@@ -28,6 +29,11 @@ export type Principal = {
   keyPrefix: string;
   /** The key's own limits, else the account's default ones (never empty): a request must pass every one it spends. */
   limits: Limit[];
+  /**
+   * The balances a request spends credits from, each null when unlimited: the key's own (null for a session) and the
+   * account's pool (its own, else its plan's). A request must be covered by both.
+   */
+  credits: { key: CreditsConfig | null; account: CreditsConfig | null };
 };
 
 /**
@@ -88,6 +94,8 @@ export type KeyRow = {
   expiresAt: string | null;
   externalId: string | null;
   meta: string | null;
+  /** JSON `CreditsConfig`: the key's own credits; null: none of its own. */
+  credits: string | null;
 };
 
 /** A key with what decides its rights: its owner's role, state and grants (JSON, as stored), and its account. */
@@ -134,6 +142,11 @@ function accountLimits(role: Principal["role"], account: AccountLimits): Limit[]
   return limits.map((l) => (withinCeiling(l, ceiling) ? l : named(ceiling, l.name)));
 }
 
+/** The account's credits pool: its own, else its plan's; null: unlimited. */
+function poolOf(a: AccountLimits): CreditsConfig | null {
+  return storedCredits(a.credits ?? a.planCredits);
+}
+
 /** A key's principal: its scopes within its owner's grants, its own limits or else the account's (`accountLimits`). */
 export function keyPrincipal(r: KeyRecord): Principal {
   return {
@@ -146,6 +159,7 @@ export function keyPrincipal(r: KeyRecord): Principal {
     accountSlug: r.accountSlug,
     keyPrefix: r.keyPrefix,
     limits: keyLimits(r.key) ?? accountLimits(r.role, r.account),
+    credits: { key: storedCredits(r.key.credits), account: poolOf(r.account) },
   };
 }
 
@@ -164,5 +178,6 @@ export function sessionPrincipal(s: SessionRecord): Principal {
     accountSlug: s.accountSlug,
     keyPrefix: s.keyPrefix,
     limits: accountLimits(s.role, s.account),
+    credits: { key: null, account: poolOf(s.account) },
   };
 }

@@ -57,6 +57,7 @@ export async function mintKey(input: NewKey, now: Date): Promise<{ raw: string; 
     rotatedFrom: input.rotatedFrom ?? null,
     externalId: input.externalId ?? null,
     meta: storedMeta(input.meta),
+    credits: null,
   };
   return { raw, row };
 }
@@ -89,6 +90,8 @@ export async function loadKey(d: Db, by: { id: string } | { hash: string }): Pro
         rateLimitWindowSeconds: accounts.rateLimitWindowSeconds,
         rateLimits: accounts.rateLimits,
         planLimits: plans.rateLimits,
+        credits: accounts.credits,
+        planCredits: plans.credits,
         maxRateLimit: accounts.maxRateLimit,
         maxRateLimitWindowSeconds: accounts.maxRateLimitWindowSeconds,
       },

@@ -197,6 +197,8 @@ async function liveSession(deps: Deps, sessionId: string, now: Date) {
         rateLimitWindowSeconds: accounts.rateLimitWindowSeconds,
         rateLimits: accounts.rateLimits,
         planLimits: plans.rateLimits,
+        credits: accounts.credits,
+        planCredits: plans.credits,
         maxRateLimit: accounts.maxRateLimit,
         maxRateLimitWindowSeconds: accounts.maxRateLimitWindowSeconds,
       },

@@ -20,6 +20,7 @@ function key(
       id: "key_1",
       accountId: "acc_1",
       ownerId: "usr_1",
+      credits: null,
       scopes: '["*"]',
       rateLimit: null,
       rateLimitWindowSeconds: null,

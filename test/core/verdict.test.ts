@@ -12,6 +12,7 @@ function record(key: Partial<KeyRecord["key"]> = {}, rest: Partial<Omit<KeyRecor
       id: "key_1",
       accountId: "acc_1",
       ownerId: "usr_1",
+      credits: null,
       scopes: '["*"]',
       rateLimit: null,
       rateLimitWindowSeconds: null,

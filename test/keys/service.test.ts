@@ -19,6 +19,7 @@ describe("the key services outside a request", () => {
       accountSlug: null,
       keyPrefix: account.keyPrefix,
       limits: [{ name: "default", limit: 100, windowSeconds: 60 }],
+      credits: { key: null, account: null },
     };
     // A clock of its own, a few seconds behind the real one, so what is stored can only have come from it.
     const at = new Date(Math.floor(Date.now() / 1000) * 1000 - 5000);

@@ -9,6 +9,8 @@ export const plans = sqliteTable("plans", {
   name: text("name").notNull(),
   /** JSON array of `{name, limit, windowSeconds}`. */
   rateLimits: text("rate_limits").notNull(),
+  /** JSON `{remaining, refill}`: the credits pool of each account on the plan; null: unlimited. */
+  credits: text("credits"),
   createdAt: text("created_at").notNull(),
   updatedAt: text("updated_at").notNull(),
 });
@@ -32,6 +34,8 @@ export const accounts = sqliteTable(
     maxRateLimitWindowSeconds: integer("max_rate_limit_window_seconds"),
     /** The plan the account is on, or null: the account's own default limit. */
     planId: text("plan_id").references(() => plans.id),
+    /** JSON `{remaining, refill}`: the account's credits pool, overriding its plan's; null: the plan's (or unlimited). */
+    credits: text("credits"),
     createdAt: text("created_at").notNull(),
     /** The provider's own id of the account (its billing's), unique across the deployment. */
     externalId: text("external_id"),
@@ -97,6 +101,8 @@ export const apiKeys = sqliteTable(
     rateLimit: integer("rate_limit"),
     rateLimitWindowSeconds: integer("rate_limit_window_seconds"),
     rateLimits: text("rate_limits"),
+    /** JSON `{remaining, refill}`: the key's own credits, spent beside its account's pool; null: unlimited. */
+    credits: text("credits"),
     createdAt: text("created_at").notNull(),
     lastUsedAt: text("last_used_at"),
     lastAuthMethod: text("last_auth_method", { enum: ["bearer", "header", "query", "verify"] }),
