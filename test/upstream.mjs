@@ -63,6 +63,8 @@ async function answer(req, res) {
   const asked = {};
   if (req.headers["x-test-created"]) asked["Keygate-Resource-Created"] = req.headers["x-test-created"];
   if (req.headers["x-test-deleted"]) asked["Keygate-Resource-Deleted"] = req.headers["x-test-deleted"];
+  // What the request cost, as a metered upstream says once it has done the work.
+  if (req.headers["x-test-credits-used"]) asked["Keygate-Credits-Used"] = req.headers["x-test-credits-used"];
   if (req.headers["x-test-set-cookie"]) asked["Set-Cookie"] = JSON.parse(req.headers["x-test-set-cookie"]);
   // A header of the answer its Connection names: for this hop only.
   if (req.headers["x-test-hop"]) Object.assign(asked, { Connection: "keep-alive, X-Upstream-Hop", "X-Upstream-Hop": "1" });

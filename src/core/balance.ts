@@ -113,18 +113,36 @@ export class Balance {
     return { overrun: Math.max(0, used - reservation.amount) };
   }
 
-  /** Gives back what a request spent (its upstream failed): to the balance, or its whole reservation. */
-  refund(now: number, amount: number, requestId: string): void {
+  /**
+   * Gives back what a request spent (its upstream failed): to the balance, or its whole reservation. Without a
+   * `requestId`, what an isolate's lease left unspent.
+   */
+  refund(now: number, amount: number, requestId?: string): void {
     this.judge(now);
     const s = this.state;
-    const reservation = s.reserved[requestId];
-    if (reservation) {
+    const reservation = requestId === undefined ? undefined : s.reserved[requestId];
+    if (requestId !== undefined && reservation) {
       delete s.reserved[requestId];
       amount = reservation.amount;
     }
     if (s.remaining === null || amount === 0) return;
     s.remaining += amount;
-    this.entries.push({ at: now, delta: amount, balanceAfter: s.remaining, kind: "refund", requestId });
+    this.entries.push({
+      at: now,
+      delta: amount,
+      balanceAfter: s.remaining,
+      kind: "refund",
+      ...(requestId === undefined ? {} : { requestId }),
+    });
+  }
+
+  /** Makes the balance unlimited (its configuration says so now): what was left leaves the ledger's sum with it. */
+  unlimit(now: number): void {
+    const s = this.state;
+    if (s.remaining === null) return;
+    this.entries.push({ at: now, delta: -s.remaining, balanceAfter: 0, kind: "adjust", reason: "made unlimited" });
+    s.remaining = null;
+    s.reserved = {};
   }
 
   /**

@@ -21,12 +21,15 @@ export function leaseMs(policy: Policy): number {
   return Math.min(LEASE_MS, Math.floor((policy.windowSeconds * 1000) / WINDOWS_PER_LEASE));
 }
 
-/** Admissions an isolate may spend without calling: `units` of them, for `ms` from when it asked; `id` is the object's end for it. */
-export type Lease = { id: number; units: number; ms: number };
+/**
+ * Admissions an isolate may spend without calling: `units` of them, for `ms` from when it asked; `id` is the object's
+ * end for it. `credits`: the credits leased beside them (null: the balance is unlimited, or there is none).
+ */
+export type Lease = { id: number; units: number; ms: number; credits?: number | null };
 
 /** The most a lease holds, and the share of what is left it may take (what an idle or dead isolate can strand). */
 export const MAX_LEASE = 64;
-const SHARE_OF_REMAINING = 4;
+export const SHARE_OF_REMAINING = 4;
 /** Below this many admissions a second, a key gets single admissions: exactly the behaviour without leases. */
 export const LEASE_MIN_RATE = 20;
 
@@ -95,37 +98,45 @@ function insertSorted(log: number[], at: number, count: number): void {
 }
 
 /**
- * An isolate's leases of one key or counter: admissions it may spend without calling the key's object. Each lease ends on the
+ * An isolate's leases of one key or counter: admissions it may spend without calling the key's object, and the credits
+ * granted beside them (null: the balance is unlimited). Each lease ends on the
  * isolate's clock LEASE_MS after the isolate asked for it, so never later (in real time) than the object's end for it,
  * whatever the two clocks say; `id` is the object's end, under which the object logged it.
  */
 export class HeldLeases {
-  private leases: { end: number; id: number; left: number }[] = [];
+  private leases: { end: number; id: number; left: number; credits: number | null }[] = [];
 
-  add(end: number, id: number, units: number): void {
-    if (units > 0) this.leases.push({ end, id, left: units });
+  add(end: number, id: number, units: number, credits: number | null = null): void {
+    if (units > 0) this.leases.push({ end, id, left: units, credits });
     this.leases.sort((a, b) => a.end - b.end);
   }
 
-  /** Takes `cost` admissions from the lease that ends first and can cover it; its id, or null when none can. */
-  take(now: number, cost: number): number | null {
-    const lease = this.leases.find((l) => l.end > now && l.left >= cost);
+  /**
+   * Takes `cost` admissions and `credits` from the lease that ends first and can cover both; its id, or null when none
+   * can.
+   */
+  take(now: number, cost: number, credits = 0): number | null {
+    const lease = this.leases.find((l) => l.end > now && l.left >= cost && (l.credits === null || l.credits >= credits));
     if (!lease) return null;
     lease.left -= cost;
+    if (lease.credits !== null) lease.credits -= credits;
     return lease.id;
   }
 
-  /** Gives admissions back to their lease while it lasts; false once it has ended (then the object takes them back). */
-  giveBack(now: number, id: number, cost: number): boolean {
+  /** Gives admissions and credits back to their lease while it lasts; false once it has ended (then the object takes them back). */
+  giveBack(now: number, id: number, cost: number, credits = 0): boolean {
     const lease = this.leases.find((l) => l.id === id && l.end > now);
     if (!lease) return false;
     lease.left += cost;
+    if (lease.credits !== null) lease.credits += credits;
     return true;
   }
 
   /** Removes the leases that have ended; what they left unspent, for the object to take back. */
-  ended(now: number): { id: number; left: number }[] {
-    const done = this.leases.filter((l) => l.end <= now && l.left > 0).map(({ id, left }) => ({ id, left }));
+  ended(now: number): { id: number; left: number; credits: number }[] {
+    const done = this.leases
+      .filter((l) => l.end <= now && (l.left > 0 || (l.credits ?? 0) > 0))
+      .map(({ id, left, credits }) => ({ id, left, credits: credits ?? 0 }));
     this.leases = this.leases.filter((l) => l.end > now);
     return done;
   }
@@ -133,5 +144,10 @@ export class HeldLeases {
   /** Admissions still spendable now. */
   available(now: number): number {
     return this.leases.reduce((n, l) => n + (l.end > now ? l.left : 0), 0);
+  }
+
+  /** Credits still spendable now from leases that hold a limited balance's credits. */
+  credits(now: number): number {
+    return this.leases.reduce((n, l) => n + (l.end > now ? (l.credits ?? 0) : 0), 0);
   }
 }

@@ -34,6 +34,11 @@ export type Principal = {
    * account's pool (its own, else its plan's). A request must be covered by both.
    */
   credits: { key: CreditsConfig | null; account: CreditsConfig | null };
+  /**
+   * Whether the account counts something of its own for every request (limits it shares among its keys, or a credits
+   * pool): then its object spends beside the key's.
+   */
+  pooled: boolean;
 };
 
 /**
@@ -143,9 +148,22 @@ function accountLimits(role: Principal["role"], account: AccountLimits): Limit[]
 }
 
 /** The account's credits pool: its own, else its plan's; null: unlimited. */
-function poolOf(a: AccountLimits): CreditsConfig | null {
+export function poolOf(a: AccountLimits): CreditsConfig | null {
   return storedCredits(a.credits ?? a.planCredits);
 }
+
+/** The limits the account's keys and people spend together (`shared: "account"`), counted in the account's object. */
+export function sharedLimits(a: AccountLimits): Limit[] {
+  return defaultLimits(a).filter((l) => l.shared === "account");
+}
+
+/** Whether the account's object spends beside a key's or a person's: it shares limits or keeps a pool. */
+function pooled(a: AccountLimits): boolean {
+  return poolOf(a) !== null || sharedLimits(a).length > 0;
+}
+
+/** Limits each key or person spends alone: shared ones are the account object's. */
+const own = (limits: Limit[]) => limits.filter((l) => l.shared === undefined);
 
 /** A key's principal: its scopes within its owner's grants, its own limits or else the account's (`accountLimits`). */
 export function keyPrincipal(r: KeyRecord): Principal {
@@ -158,8 +176,9 @@ export function keyPrincipal(r: KeyRecord): Principal {
     scopes: effectiveScopes(JSON.parse(r.key.scopes) as string[], JSON.parse(r.grants) as string[], r.role),
     accountSlug: r.accountSlug,
     keyPrefix: r.keyPrefix,
-    limits: keyLimits(r.key) ?? accountLimits(r.role, r.account),
+    limits: own(keyLimits(r.key) ?? accountLimits(r.role, r.account)),
     credits: { key: storedCredits(r.key.credits), account: poolOf(r.account) },
+    pooled: pooled(r.account),
   };
 }
 
@@ -177,7 +196,8 @@ export function sessionPrincipal(s: SessionRecord): Principal {
     scopes: effectiveScopes([FULL_ACCESS], JSON.parse(s.grants) as string[], s.role),
     accountSlug: s.accountSlug,
     keyPrefix: s.keyPrefix,
-    limits: accountLimits(s.role, s.account),
+    limits: own(accountLimits(s.role, s.account)),
     credits: { key: null, account: poolOf(s.account) },
+    pooled: pooled(s.account),
   };
 }

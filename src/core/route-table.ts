@@ -32,7 +32,10 @@ function patternProblem(pattern: string): string | null {
  * full-access key; `resource` names the path parameter whose value must be one of the key's grants; `account` names
  * the path parameter that must be the caller's own account (id or slug); `cost` is what a request spends of each of
  * the key's limits, unless `limits` (`{"day": 1}`) names the only limits it spends and what of each (a name the key
- * has no limit of is ignored; a handshake token's limit is spent at `cost`).
+ * has no limit of is ignored; a handshake token's limit is spent at `cost`). `credits` is what a request spends of the
+ * key's balance and its account's pool (default 0), or `{reserve, settle: true}`: `reserve` is held and the upstream
+ * says what the request cost (`Keygate-Credits-Used`, or later through POST /v1/credits/settle). A forwarded request
+ * gets its credits back when the upstream answers a status in `refundOn` (default: every 5xx, and the gateway's 504).
  * `forwardAuthorization: true` lets a public route pass the client's Authorization and X-API-Key on (the provider's
  * own credentials; never one of Keygate's secrets).
  */
@@ -52,6 +55,13 @@ const Route = z
       .record(z.string().regex(LIMIT_NAME, "must be a limit's name"), z.number().int().min(1).max(1000))
       .refine((m) => Object.keys(m).length > 0, "names no limit")
       .optional(),
+    credits: z
+      .union([
+        z.number().int().min(0).max(1_000_000),
+        z.strictObject({ reserve: z.number().int().min(1).max(1_000_000), settle: z.literal(true) }),
+      ])
+      .default(0),
+    refundOn: z.array(z.number().int().min(100).max(599)).max(100).optional(),
     forwardAuthorization: z.boolean().default(false),
   })
   .superRefine((route, ctx) => {
@@ -65,6 +75,8 @@ const Route = z
     }
     if (route.auth === "public" && (route.resource || route.account || route.access))
       ctx.addIssue({ code: "custom", path: ["auth"], message: "public routes take no credential, so no resource, account or access" });
+    if (route.auth === "public" && (route.credits !== 0 || route.refundOn))
+      ctx.addIssue({ code: "custom", path: ["credits"], message: "public routes have no balance to spend" });
     if (route.auth !== "public" && route.forwardAuthorization)
       ctx.addIssue({ code: "custom", path: ["forwardAuthorization"], message: "only public routes pass Authorization on" });
   });

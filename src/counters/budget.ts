@@ -1,12 +1,17 @@
+import type { Balance, LedgerEntry } from "../core/balance";
+import type { CreditsConfig } from "../core/credits";
+import { SHARE_OF_REMAINING } from "../core/lease";
 import type { Limit } from "../core/window";
-import type { CallTag, Granted, Refund, Spending, Unspent } from "./protocol";
+import type { CallTag, CreditsLeft, Granted, LogGrant, Refund, Spending, Unspent } from "./protocol";
 import { SlidingLog } from "./sliding-log";
+import { StoredBalance } from "./stored-balance";
 
 /**
- * How a call is judged before it spends: under the limits `spend` (the call's `costs` picks among them), or refused
- * with `refuse` as its answer (nothing spent).
+ * How a call is judged before it spends: under the limits `spend` (the call's `costs` picks among them) and, when
+ * the object holds a balance, the credits configuration `credits` (null: unlimited), or refused with `refuse` as its
+ * answer (nothing spent).
  */
-export type Judged<A> = { spend: Limit[] } | { refuse: A };
+export type Judged<A> = { spend: Limit[]; credits?: CreditsConfig | null } | { refuse: A };
 
 /**
  * The budget of one counting object (a key's or a plain counter), and the admit step both objects take on it: a retry
@@ -17,13 +22,21 @@ export class Budget {
   /** Null until first used, and again once `close` dropped it (its storage deleted). */
   private opened: SlidingLog | null = null;
   private readonly calls = new CallMemory();
+  /** The object's credits balance, when it keeps one (`storage` given). */
+  readonly balance: StoredBalance | null;
 
-  /** `gaveBack` is told of every admission given back (a refund, a cancellation, a lease's unspent rest). */
+  /**
+   * `gaveBack` is told of every admission given back (a refund, a cancellation, a lease's unspent rest). An object
+   * that keeps a credits balance passes its `storage` and where the balance's movements go (`record`: the ledger).
+   */
   constructor(
     private readonly sql: SqlStorage,
     private readonly clock: () => number,
     private readonly gaveBack: (at: number, cost: number) => void = () => {},
-  ) {}
+    credits?: { kv: SyncKvStorage; record: (entries: readonly LedgerEntry[]) => void },
+  ) {
+    this.balance = credits ? new StoredBalance(credits.kv, credits.record) : null;
+  }
 
   private get log(): SlidingLog {
     this.opened ??= new SlidingLog(this.sql, this.clock);
@@ -50,19 +63,13 @@ export class Budget {
   ): Promise<A> {
     const known = this.calls.recall(call.tag);
     if (known) return known.answer as A;
-    for (const { id, left } of this.calls.returns(call.tag, call.returned ?? [])) this.giveBackLease(id, left);
+    for (const { id, left, credits } of this.calls.returns(call.tag, call.returned ?? [])) this.giveBackLease(id, left, credits);
     const judged = await judge();
     // Judging may have taken a while (a key's record read from D1): decide only if the caller still waits.
     if (this.calls.recall(call.tag)) throw new Error("call already answered or cancelled");
     if ("refuse" in judged) return this.calls.remember(call.tag, judged.refuse, []);
-    const granted = this.log.admit({
-      limits: judged.spend,
-      cost: call.cost ?? 1,
-      costs: call.costs,
-      lease: call.lease ?? false,
-      wanted: call.wanted,
-    });
-    const logged = loggedBy(granted);
+    const granted = this.decide(call, judged);
+    const logged = loggedBy(granted, call);
     const made = this.calls.remember(call.tag, answer(granted, logged), logged);
     // A refusal waits for the admissions decided before it, so a caller never sees it before a lease granted earlier:
     // the write is claimed before anything else is awaited.
@@ -75,13 +82,64 @@ export class Budget {
   }
 
   /**
+   * Decides the call on its limits, then on the balance (limits first: a request both limits refuse is told of the
+   * limit), all before any await: spent everywhere, or nowhere. The credits a lease carries are taken from the
+   * balance with it; a balance with little left leases nothing, so its requests are judged one at a time.
+   */
+  private decide(call: Spending, judged: { spend: Limit[]; credits?: CreditsConfig | null }): Granted {
+    const now = this.clock();
+    const cost = call.cost ?? 1;
+    const amount = call.credits ?? 0;
+    const balance = this.balance && "credits" in judged ? this.balance.open(judged.credits ?? null, now) : null;
+    const short = balance !== null && !balance.covers(amount);
+    const counted = this.log.admit({
+      limits: judged.spend,
+      cost,
+      costs: call.costs,
+      lease: (call.lease ?? false) && !short && call.reserve === undefined,
+      wanted: call.wanted,
+    });
+    if (!counted.allowed || !balance || balance.state.remaining === null) {
+      this.balance?.save();
+      return { ...counted, credits: null };
+    }
+    if (short) {
+      // The limits admitted it, but it spends nothing: what they show is what they had before it.
+      this.log.refund(counted.at, counted.costs);
+      this.balance?.save();
+      const limits = counted.limits.map((l) => ({ ...l, remaining: l.remaining + (counted.costs[l.name] ?? 0) }));
+      const exhausted = balance.exhausted(now, amount);
+      return { ...counted, limits, allowed: false, lease: null, credits: creditsLeft(balance, now), exhausted };
+    }
+    balance.spend(now, amount, call.tag.id, call.reserve);
+    const lease = this.leaseCredits(balance, counted, now, call.perUnit ?? (cost > 0 ? Math.ceil(amount / cost) : 0), call.tag.id);
+    (this.balance as StoredBalance).save();
+    return { ...counted, lease, credits: creditsLeft(balance, now) };
+  }
+
+  /**
+   * The credits beside a lease: `perUnit` for each admission, within a quarter of what the balance has left; the lease
+   * shrinks to what they cover (what it loses goes back to the logs), and is none when they cover not one admission.
+   */
+  private leaseCredits(balance: Balance, counted: LogGrant, now: number, perUnit: number, requestId: string): LogGrant["lease"] {
+    const { lease } = counted;
+    if (!lease) return null;
+    const room = Math.floor((balance.state.remaining ?? 0) / SHARE_OF_REMAINING);
+    const units = perUnit > 0 ? Math.min(lease.units, Math.floor(room / perUnit)) : lease.units;
+    if (units < lease.units) this.log.refundLease(lease.id, lease.units - units);
+    if (units === 0) return null;
+    balance.spend(now, units * perUnit, `${requestId}-lease`);
+    return { ...lease, units, credits: units * perUnit };
+  }
+
+  /**
    * Gives back a request admitted at `at` but refused afterwards: once per `tag`, however many of its attempts
    * arrive, and not at all past the attempt's deadline.
    */
-  refund({ tag, ...admitted }: Refund): void {
+  refund({ tag, credits = 0, requestId, ...admitted }: Refund): void {
     if (this.calls.recall(tag)) return;
     this.calls.remember(tag, true, []);
-    this.giveBack(admitted);
+    this.giveBack({ ...admitted, credits, requestId });
   }
 
   /**
@@ -90,7 +148,7 @@ export class Budget {
    */
   cancel({ tag, returned = [] }: { tag: CallTag; returned?: Unspent[] }): void {
     for (const logged of this.calls.cancel(tag)) this.giveBack(logged);
-    for (const { id, left } of this.calls.returns(tag, returned)) this.giveBackLease(id, left);
+    for (const { id, left, credits } of this.calls.returns(tag, returned)) this.giveBackLease(id, left, credits);
   }
 
   /** Forgets the log in memory once its storage is deleted; the next use reads (and creates) it again. */
@@ -98,34 +156,51 @@ export class Budget {
     this.opened = null;
   }
 
-  private giveBack({ at, cost, costs }: Logged): void {
+  private giveBack({ at, cost, costs, credits, requestId }: Logged): void {
     this.log.refund(at, costs);
-    this.gaveBack(at, cost);
+    if (cost > 0) this.gaveBack(at, cost);
+    this.refundCredits(credits, requestId);
   }
 
-  /** What a caller's ended lease left unspent: logged in every log it was granted in. */
-  private giveBackLease(id: number, left: number): void {
+  /** What a caller's ended lease left unspent: logged in every log it was granted in, and its credits. */
+  private giveBackLease(id: number, left: number, credits = 0): void {
     this.log.refundLease(id, left);
-    this.gaveBack(id, left);
+    if (left > 0) this.gaveBack(id, left);
+    this.refundCredits(credits);
+  }
+
+  /** Credits back to the balance: a request's (its reservation whole, when it reserved) or, without `requestId`, a lease's rest. */
+  private refundCredits(credits: number, requestId?: string): void {
+    if (!this.balance || (credits === 0 && requestId === undefined)) return;
+    this.balance.current(this.clock())?.refund(this.clock(), credits, requestId);
+    this.balance.save();
   }
 }
 
 /** How long a call's answer is remembered past its deadline: long enough for its retry or its cancellation. */
 const CALL_MEMORY_MS = 10_000;
 
-/** What a call logged at `at`: `cost` requests (its admission, or the lease granted beside it), `costs` in each limit's log. */
-export type Logged = { at: number; cost: number; costs: Record<string, number> };
+/**
+ * What a call logged at `at`: `cost` requests (its admission, or the lease granted beside it), `costs` in each limit's
+ * log, and `credits` taken from the balance (for the request `requestId`, whose reservation a refund gives back whole).
+ */
+export type Logged = { at: number; cost: number; costs: Record<string, number>; credits: number; requestId?: string };
 
 /** What an answer logged: its admission and the lease beside it (as many in each log it spent), or nothing when it was refused. */
-function loggedBy(granted: Granted): Logged[] {
+function loggedBy(granted: Granted, call: Spending): Logged[] {
   if (!granted.allowed) return [];
   const { at, cost, costs, lease } = granted;
-  if (!lease) return [{ at, cost, costs }];
+  const credits = granted.credits ? (call.credits ?? 0) : 0;
+  const admission = { at, cost, costs, credits, requestId: call.tag.id };
+  if (!lease) return [admission];
   const leased = Object.fromEntries(Object.keys(costs).map((name) => [name, lease.units]));
-  return [
-    { at, cost, costs },
-    { at: lease.id, cost: lease.units, costs: leased },
-  ];
+  return [admission, { at: lease.id, cost: lease.units, costs: leased, credits: lease.credits ?? 0 }];
+}
+
+/** The balance as an answer shows it; null when unlimited. */
+function creditsLeft(balance: Balance, now: number): CreditsLeft | null {
+  const { remaining } = balance.state;
+  return remaining === null ? null : { remaining, nextRefillAt: balance.nextRefillAt(now) };
 }
 
 type Remembered = { answer: unknown; spent: Logged[]; cancelled: boolean; keepUntil: number };

@@ -1,7 +1,7 @@
 import { HeldLeases, LEASE_MS, type Lease, MAX_LEASE } from "../core/lease";
 import type { LimitState } from "../core/window";
 import { deadline } from "../platform/deadline";
-import type { Spent, Unspent } from "./protocol";
+import type { CreditsLeft, Spent, Unspent } from "./protocol";
 
 /**
  * `record`: what the object judged the lease's requests by (a key's principal); null for a plain counter. `wanted`:
@@ -12,6 +12,10 @@ type Held = {
   record: unknown;
   until: number;
   limits: LimitState[];
+  /** The balance as the object answered it, the leases' credits counted as spent; null: unlimited. */
+  credits: CreditsLeft | null;
+  /** The credits each leased admission carried in the last lease asked for: what a renewal asks for again. */
+  perUnit: number;
   lastLease: number;
   wanted: { units: number; at: number };
   leases: HeldLeases;
@@ -52,35 +56,72 @@ export class Holdings {
    * Keeps a lease the object granted (for a key, with the record it was granted for) until `askedAt + lease.ms`;
    * `limits`: each limit's state as the object answered it, the lease counted as spent.
    */
-  hold(name: string, askedAt: number, record: unknown, lease: Lease, limits: LimitState[]): void {
+  hold(name: string, askedAt: number, record: unknown, lease: Lease, limits: LimitState[], credits: CreditsLeft | null = null): void {
     const until = askedAt + lease.ms;
     // Asked before a change made here dropped the key: its record may predate the change, so it is not trusted (the
     // lease is kept only to be given back when it ends).
     const stale = askedAt <= (this.dropped.get(name) ?? Number.NEGATIVE_INFINITY);
     let h = this.held.get(name);
-    if (h) Object.assign(h, stale ? { limits } : { record, until: Math.max(h.until, until), limits, lastLease: lease.units });
+    const perUnit = lease.credits ? lease.credits / lease.units : 0;
+    if (h)
+      Object.assign(
+        h,
+        stale ? { limits, credits } : { record, until: Math.max(h.until, until), limits, credits, lastLease: lease.units, perUnit },
+      );
     else {
       if (this.held.size >= MAX_HELD_KEYS) this.held.delete(this.held.keys().next().value as string);
-      h = { record, until: stale ? 0 : until, limits, lastLease: lease.units, wanted: { units: 0, at: 0 }, leases: new HeldLeases() };
+      h = {
+        record,
+        until: stale ? 0 : until,
+        limits,
+        credits,
+        perUnit,
+        lastLease: lease.units,
+        wanted: { units: 0, at: 0 },
+        leases: new HeldLeases(),
+      };
       this.held.set(name, h);
     }
-    h.leases.add(until, lease.id, lease.units);
+    h.leases.add(until, lease.id, lease.units, lease.credits ?? null);
   }
 
   /**
-   * An admission of `cost` from a held lease of `name` (`cost` of each of its limits: a lease is logged in every one),
-   * with no call; null when none is held that covers it. Each limit's `remaining` is what the object had left less
-   * what this isolate has spent.
+   * An admission of `cost` and `credits` from a held lease of `name` (`cost` of each of its limits: a lease is logged
+   * in every one), with no call; null when none is held that covers both. Each limit's `remaining`, and the balance's,
+   * is what the object had left less what this isolate has spent.
    */
-  take(name: string, cost: number): Spent | null {
+  take(name: string, cost: number, credits = 0): Spent | null {
     const h = this.get(name);
     const now = this.now();
-    const id = h?.leases.take(now, cost) ?? null;
+    const id = h?.leases.take(now, cost, credits) ?? null;
     if (!h || id === null) return null;
     const available = h.leases.available(now);
     const limits = h.limits.map((l) => ({ ...l, remaining: l.remaining + available }));
     const costs = Object.fromEntries(limits.map((l) => [l.name, cost]));
-    return { allowed: true, retryAfter: 0, limits, refusedBy: [], at: id, cost, costs, name, leased: true };
+    return {
+      allowed: true,
+      retryAfter: 0,
+      limits,
+      refusedBy: [],
+      at: id,
+      cost,
+      costs,
+      name,
+      leased: true,
+      spentCredits: h.credits ? credits : 0,
+      credits: this.creditsLeft(name, h.credits),
+    };
+  }
+
+  /** The balance `credits` as the object answered it, with what this isolate holds unspent of its leases added back. */
+  creditsLeft(name: string, credits: CreditsLeft | null): CreditsLeft | null {
+    const held = this.get(name)?.leases.credits(this.now()) ?? 0;
+    return credits && { ...credits, remaining: credits.remaining + held };
+  }
+
+  /** The credits each leased admission of `name` carried last: what its renewal asks for again. */
+  perUnit(name: string): number {
+    return this.held.get(name)?.perUnit ?? 0;
   }
 
   /** Whether `name`'s leases are down to half of the last one and no renewal is under way: time to ask for the next. */
@@ -164,9 +205,9 @@ export class Holdings {
     return call;
   }
 
-  /** Gives admissions spent from a lease back to it while it lasts; false when the object must take them back. */
-  giveBack(name: string, id: number, cost: number): boolean {
-    return this.held.get(name)?.leases.giveBack(this.now(), id, cost) ?? false;
+  /** Gives admissions and credits spent from a lease back to it while it lasts; false when the object must take them back. */
+  giveBack(name: string, id: number, cost: number, credits = 0): boolean {
+    return this.held.get(name)?.leases.giveBack(this.now(), id, cost, credits) ?? false;
   }
 
   /**

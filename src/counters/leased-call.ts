@@ -32,7 +32,14 @@ export type LeasedCall<S extends CounterStub, R, F extends { ok: false } = never
    * always asks the object, and takes no lease.
    */
   costs?: Record<string, number>;
+  /** What the request spends of the object's balance (decided with its limits: all spent or none). */
+  credits?: number;
+  /** Credits held until the upstream settles them (a route's `credits: {reserve, settle}`): always asks the object. */
+  reserve?: { until: number };
 };
+
+/** Whether a request decides only at the object: it spends only some limits, or reserves credits. */
+const asksObject = (c: { costs?: unknown; reserve?: unknown }) => c.costs !== undefined || c.reserve !== undefined;
 
 /**
  * The isolate's side of the counter protocol, for one request: spends `cost` from a lease this isolate holds (no call
@@ -57,7 +64,7 @@ function fromHeld<S extends CounterStub, R, F extends { ok: false }>(
   isolate: Holdings,
   c: LeasedCall<S, R, F>,
 ): Leased<R> | F | null {
-  if (c.costs) return null;
+  if (asksObject(c)) return null;
   const local = fromLease(isolate, c);
   if (local && c.renew && isolate.runningLow(c.name)) deps.waitUntil(renew(deps, isolate, c, c.renew));
   return local;
@@ -74,7 +81,7 @@ async function called<S extends CounterStub, R, F extends { ok: false }>(
   // wait and spend from what it brings (a renewal that brings nothing leaves each to ask for itself). No await unless
   // a call is in flight: a request that must call has to claim it before any other looks. A request spending only
   // some limits, or at other costs (`costs`), takes no lease and so waits for none.
-  const inFlight = () => (c.costs ? undefined : isolate.inFlight(name, c.cost));
+  const inFlight = () => (asksObject(c) ? undefined : isolate.inFlight(name, c.cost));
   for (let renewal = inFlight(); renewal && (await renewal); renewal = inFlight()) {
     const local = fromHeld(deps, isolate, c);
     if (local) return local;
@@ -83,29 +90,32 @@ async function called<S extends CounterStub, R, F extends { ok: false }>(
   const returned = isolate.unspent(name);
   // A call beside one in flight that has room for waiting requests (it came back with too little, or too late, for
   // this one) asks for its own admission only; a call no request could wait on asks for a lease and is waited on.
-  const leasing = !c.costs && !isolate.hasRoom(name);
+  const leasing = !asksObject(c) && !isolate.hasRoom(name);
   const wanted = leasing ? isolate.wanted(name) : 0;
+  const { cost, costs, credits, reserve } = c;
   const asked = callCounter(
     deps,
     c.stub,
     name,
-    (stub, tag) => c.ask(stub, { tag, cost: c.cost, costs: c.costs, lease: leasing, wanted, returned }),
+    (stub, tag) => c.ask(stub, { tag, cost, costs, lease: leasing, wanted, returned, credits, reserve }),
     returned,
   );
   const answer = await (leasing ? isolate.track(name, asked, bringsLease(isolate, askedAt), deps.config.rateLimitTimeoutMs) : asked);
   if (answer === null || !answer.ok) return answer;
   const { record, granted } = answer;
-  const { lease, ...counted } = granted;
-  if (lease) isolate.hold(name, askedAt, record, lease, counted.limits);
-  // Refused because a concurrent call of this isolate took the budget as a lease: spend from that lease instead.
-  if (!counted.allowed && !c.costs) {
+  const { lease, credits: left, ...counted } = granted;
+  if (lease) isolate.hold(name, askedAt, record, lease, counted.limits, left);
+  // Refused because a concurrent call of this isolate took the budget (or the balance) as a lease: spend from that
+  // lease instead.
+  if (!counted.allowed && !asksObject(c)) {
     const leased = fromLease(isolate, c);
     if (leased) return leased;
   }
   // What is left as the object sees it, less what this isolate has spent: its unspent leases are still budget.
   const available = isolate.available(name);
   const limits = counted.limits.map((l) => ({ ...l, remaining: l.remaining + available }));
-  return { ok: true, record, spent: { ...counted, limits, name } };
+  const spentCredits = counted.allowed && left ? (credits ?? 0) : 0;
+  return { ok: true, record, spent: { ...counted, limits, name, spentCredits, credits: isolate.creditsLeft(name, left) } };
 }
 
 /**
@@ -128,7 +138,7 @@ function fromLease<S extends CounterStub, R, F extends { ok: false }>(isolate: H
   const record = held.record as R;
   const refused = c.check?.(record);
   if (refused) return refused;
-  const spent = isolate.take(c.name, c.cost);
+  const spent = isolate.take(c.name, c.cost, c.credits);
   return spent && { ok: true, record, spent };
 }
 
@@ -147,14 +157,16 @@ async function renew<S extends CounterStub, R, F extends { ok: false }>(
   const askedAt = isolate.now();
   const returned = isolate.unspent(c.name);
   const wanted = isolate.wanted(c.name);
+  const perUnit = isolate.perUnit(c.name);
   try {
     const answer = await isolate.track(
       c.name,
-      callCounter(own, c.stub, c.name, (stub, tag) => call(stub, { tag, cost: 0, lease: true, wanted, returned }), returned),
+      callCounter(own, c.stub, c.name, (stub, tag) => call(stub, { tag, cost: 0, lease: true, wanted, returned, perUnit }), returned),
       bringsLease(isolate, askedAt),
       deps.config.rateLimitTimeoutMs,
     );
-    if (answer?.ok && answer.granted.lease) isolate.hold(c.name, askedAt, answer.record, answer.granted.lease, answer.granted.limits);
+    if (answer?.ok && answer.granted.lease)
+      isolate.hold(c.name, askedAt, answer.record, answer.granted.lease, answer.granted.limits, answer.granted.credits);
     else if (answer && !answer.ok) isolate.drop([c.name]);
   } catch {
     // The next request that finds no lease asks for itself.

@@ -1,3 +1,4 @@
+import type { Exhausted } from "../core/balance";
 import type { Lease } from "../core/lease";
 import type { Decisions } from "../core/window";
 
@@ -10,15 +11,18 @@ import type { Decisions } from "../core/window";
  */
 export type CallTag = { id: string; deadline: number };
 
-/** What a caller's ended lease left unspent: `left` admissions logged at the lease's end `id`. */
-export type Unspent = { id: number; left: number };
+/** What a caller's ended lease left unspent: `left` admissions logged at the lease's end `id`, and `credits`. */
+export type Unspent = { id: number; left: number; credits?: number };
 
 /**
  * What a call asks an object to spend: `cost` requests (0: only a lease, as a renewal asks), a lease beside them when
  * the caller can hold one (`lease`) of at least `wanted` where the window allows (what the caller's requests needed
  * while its last call was on its way), and what the caller's ended leases left unspent, given back (`returned`).
  * `costs`: the limits the request spends, by name, and what it spends of each, in place of `cost` of every limit
- * (a gateway route's `limits`); such a call takes no lease.
+ * (a gateway route's `limits`); such a call takes no lease. `credits`: what the request spends of the object's
+ * balance, all of it or nothing, in the same step as its limits; `perUnit`: the credits each leased admission carries
+ * (the request's credits per unit of cost, or a renewal's last); `reserve`: the credits are held until the upstream
+ * settles them (such a call takes no lease).
  */
 export type Spending = {
   tag: CallTag;
@@ -27,6 +31,9 @@ export type Spending = {
   lease?: boolean;
   wanted?: number;
   returned?: Unspent[];
+  credits?: number;
+  perUnit?: number;
+  reserve?: { until: number };
 };
 
 /**
@@ -35,14 +42,34 @@ export type Spending = {
  */
 export type Counted = Decisions & { at: number; cost: number; costs: Record<string, number> };
 
-/** What the object counted, and the lease it granted beside it (core/lease.ts). */
-export type Granted = Counted & { lease: Lease | null };
+/**
+ * A balance as an answer shows it: what is left (what the isolate holds of its leases included) and when the next
+ * refill comes (ms since epoch; null: none will).
+ */
+export type CreditsLeft = { remaining: number; nextRefillAt: number | null };
+
+/**
+ * What the object counted, and the lease it granted beside it (core/lease.ts); `credits`: the balance after it, null
+ * when unlimited; `exhausted`: the limits admitted the request but the balance could not cover it (not `allowed`,
+ * nothing spent anywhere).
+ */
+export type Granted = Counted & { lease: Lease | null; credits: CreditsLeft | null; exhausted?: Exhausted };
+
+/** What the limits' logs granted: the count, and the lease beside it. */
+export type LogGrant = Counted & { lease: Lease | null };
 
 /**
  * The admission a request spent, wherever it was decided (by the object, or from this isolate's lease: `leased`): what
  * its rate-limit headers show and what a refund gives back. `name` is the counter it was spent on.
  */
-export type Spent = Counted & { name: string; leased?: true };
+export type Spent = Counted & {
+  name: string;
+  leased?: true;
+  /** Credits the request spent here (`credits` at their `perUnit`), and the balance after it (null: unlimited). */
+  spentCredits: number;
+  credits: CreditsLeft | null;
+  exhausted?: Exhausted;
+};
 
 /** The isolate's view of a counting object (a key's or a plain counter): what it calls besides the spending call. */
 export type CounterStub = {
@@ -52,5 +79,8 @@ export type CounterStub = {
   refund(call: Refund): Promise<void>;
 };
 
-/** A request admitted at `at` but refused afterwards, to give back: `cost` (its count) and `costs` (of each limit). */
-export type Refund = { at: number; cost: number; costs: Record<string, number>; tag: CallTag };
+/**
+ * A request admitted at `at` but refused afterwards, to give back: `cost` (its count), `costs` (of each limit) and
+ * `credits` (what it spent of the balance; a refund of credits alone, after an upstream failed, names no costs).
+ */
+export type Refund = { at: number; cost: number; costs: Record<string, number>; credits?: number; requestId?: string; tag: CallTag };

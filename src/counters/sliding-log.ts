@@ -1,6 +1,6 @@
 import { admitWithLease } from "../core/lease";
 import { charges, DEFAULT_LIMIT, firstInWindow, type Limit, type Logs, logOf } from "../core/window";
-import type { Granted } from "./protocol";
+import type { LogGrant } from "./protocol";
 
 /**
  * How long admissions wait to share one storage write. Each write is a commit that every answer waits for, so a hot
@@ -58,7 +58,7 @@ export class SlidingLog {
     costs?: Record<string, number>;
     lease?: boolean;
     wanted?: number;
-  }): Granted {
+  }): LogGrant {
     const now = this.clock();
     const spend = charges(limits, cost, costs);
     for (const { limit } of spend) this.forget(limit.name, now - limit.windowSeconds * 1000);

@@ -3,6 +3,8 @@ import type { ContentfulStatusCode, StatusCode } from "hono/utils/http-status";
 import { grantOf, parseGrant } from "../core/grants";
 import { type Need, NO_ACCOUNT } from "../core/principal";
 import { canonicalPath, type GatewayRoute } from "../core/route-table";
+import { creditsRemaining } from "../counters/limiter";
+import { settleReservation } from "../credits/settle";
 import { authenticateRequest, type Identified } from "../guards/authenticate";
 import type { AppEnv } from "../guards/context";
 import { cors } from "../guards/cors";
@@ -58,16 +60,22 @@ async function pass(c: Context<AppEnv>, next: Next, isOwn: (path: string) => boo
   const issuer = config.publicOrigin ?? localOrigin(c.env, url);
   if (issuer === null) misconfigured("PUBLIC_ORIGIN", "is not set; the gateway cannot name itself in its assertions");
   const target = { base, path, tokens, route };
+  const reserve = typeof route.credits === "object" ? route.credits.reserve : undefined;
   const authenticated = async () => {
     const admission = await authenticateRequest(c, {
       tokens: takesTokens(route),
       need: need(c, route, params),
       cost: route.cost,
       costs: route.limits,
+      credits: reserve ?? (route.credits as number),
+      reserve: reserve === undefined ? undefined : { until: Date.now() + config.creditsSettleTimeoutS * 1000 },
+      refundOn: route.refundOn && ((status) => (route.refundOn as number[]).includes(status)),
     });
+    const left = creditsRemaining(admission.spent);
+    const credits: Record<string, string> = left === null ? {} : { "Keygate-Credits-Remaining": String(left) };
     let sent: Sent;
     try {
-      sent = await forward(c, target, { identity: identityOf(admission.identity), issuer });
+      sent = await forward(c, target, { identity: identityOf(admission.identity), issuer, credits });
     } catch (err) {
       if (!(err instanceof ApiError)) {
         await admission.settle(500);
@@ -76,7 +84,11 @@ async function pass(c: Context<AppEnv>, next: Next, isOwn: (path: string) => boo
       sent = { error: err, forwarded: false };
     }
     c.res = "error" in sent ? problem(c, sent.error) : sent.res;
-    for (const [name, value] of Object.entries(await admission.settle(c.res.status, sent))) c.res.headers.set(name, value);
+    const used = "res" in sent ? creditsUsed(c, sent.res) : undefined;
+    const headers = await admission.settle(c.res.status, sent);
+    if (reserve !== undefined && used !== undefined && c.res.status < 500)
+      await settleReservation(c.get("deps"), admission.spent, used, reserve);
+    for (const [name, value] of Object.entries(headers)) c.res.headers.set(name, value);
   };
   // Routes that take handshake tokens serve browsers: their preflights and answers speak CORS, as the chat does.
   const early = route.auth === "key-or-token" ? await cors(c, authenticated) : await authenticated();
@@ -136,8 +148,8 @@ async function identityHeaders(c: Context<AppEnv>, { identity, issuer }: Vouched
   return headers;
 }
 
-/** Who the gateway vouches for, and as which Keygate (the assertion's `iss`). */
-type Vouched = { identity: Identity; issuer: string };
+/** Who the gateway vouches for, as which Keygate (the assertion's `iss`), and the credits it has left (`Keygate-Credits-Remaining`). */
+type Vouched = { identity: Identity; issuer: string; credits: Record<string, string> };
 /** Where a request goes: the upstream's base URL, the canonical path, the route that took it, and the tokens it must not carry. */
 type Target = { base: URL; path: string; route: GatewayRoute; tokens: readonly string[] };
 
@@ -152,7 +164,9 @@ async function forward(c: Context<AppEnv>, { base, path, route, tokens }: Target
   const config = c.get("config");
   const identity = vouched?.identity ?? null;
   const url = upstreamUrl(base, path, new URL(c.req.url).searchParams, tokens);
-  const own = vouched ? await identityHeaders(c, vouched, url) : { "Keygate-Auth-Method": "none" };
+  const own: Record<string, string> = vouched
+    ? { ...(await identityHeaders(c, vouched, url)), ...vouched.credits }
+    : { "Keygate-Auth-Method": "none" };
   const headers = upstreamHeaders(
     c.req.raw.headers,
     { authorization: route.forwardAuthorization, tokens },
@@ -168,7 +182,7 @@ async function forward(c: Context<AppEnv>, { base, path, route, tokens }: Target
     return { error, forwarded };
   }
   if (identity) await recordOwnership(c, identity, outcome.response);
-  else for (const name of OWNERSHIP_HEADERS) outcome.response.headers.delete(name);
+  else for (const name of [...OWNERSHIP_HEADERS, CREDITS_USED]) outcome.response.headers.delete(name);
   // Through the context, so the headers Keygate set on the way (`X-RateLimit-Status`, a deprecation) come along.
   const answer = outcome.response;
   const res =
@@ -176,6 +190,21 @@ async function forward(c: Context<AppEnv>, { base, path, route, tokens }: Target
       ? c.body(null, { status: answer.status as StatusCode, headers: answer.headers })
       : c.body(answer.body, { status: answer.status as ContentfulStatusCode, headers: answer.headers });
   return { res, forwarded: true };
+}
+
+const CREDITS_USED = "Keygate-Credits-Used";
+
+/**
+ * What the upstream says the request cost (`Keygate-Credits-Used: 37`), a header for Keygate that never reaches the
+ * client; undefined when it says nothing, or nothing Keygate can read (logged: the reservation then settles later).
+ */
+function creditsUsed(c: Context<AppEnv>, res: Response): number | undefined {
+  const said = res.headers.get(CREDITS_USED);
+  res.headers.delete(CREDITS_USED);
+  if (said === null) return undefined;
+  if (/^\d{1,9}$/.test(said.trim())) return Number(said.trim());
+  log("warn", "credits_used_invalid", { requestId: c.get("requestId") });
+  return undefined;
 }
 
 const CREATED = "Keygate-Resource-Created";

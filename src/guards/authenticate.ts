@@ -6,7 +6,7 @@ import { findAgent } from "../agents/store";
 import { parseKey } from "../core/ids";
 import { type AuthMethod, type Need, type Principal, refusal } from "../core/principal";
 import { named } from "../core/window";
-import { admit, rateLimitHeaders, refund, type Spent } from "../counters/limiter";
+import { admit, type Charge, rateLimitHeaders, refund, type Spent } from "../counters/limiter";
 import { accessTokenPrincipal, ENDED } from "../people/sessions";
 import { accounts } from "../platform/db/schema";
 import { ApiError, refused } from "../platform/errors";
@@ -14,30 +14,38 @@ import { ACCESS_TYPE, verifyAccessToken } from "../tokens/access";
 import { type ChatClaims, looksLikeToken, verifyToken } from "../tokens/handshake";
 import type { KeyEnv, MaybeKeyEnv, RequestContext } from "./context";
 import { deprecationHeaders, extractCredential, invalidToken } from "./credentials";
-import { authorize, spendFailure, spendOn } from "./spending";
+import { authorize, spendFailure, spendOn, withAccount } from "./spending";
 
 /**
  * What a route takes: handshake tokens too or keys only, what it needs of a key (or how to find out, asked only once
  * the credential proved to be a key or session that exists: a gateway route asks D1 who owns the resource in its
  * URL), and what a request spends.
  */
-type Options = { tokens: boolean; need: Need | (() => Promise<Need>); cost?: number; costs?: Record<string, number> };
+type Options = { tokens: boolean; need: Need | (() => Promise<Need>) } & Partial<Charge> & { refundOn?: (status: number) => boolean };
 /** Who the request proved to be: a key's or a person's principal, or a handshake token's claims. */
 export type Identified = { principal: Principal } | { claims: ChatClaims };
 
-/** A credential's verdict: who it proved to be and what it spent (null: unlimited), or why it is refused. */
-type Verified = { ok: true; identity: Identified; spent: Spent | null } | { ok: false; refusal: ApiError };
+/**
+ * A credential's verdict: who it proved to be and what it spent, in each object that counted it (none: unlimited), or
+ * why it is refused.
+ */
+type Verified = { ok: true; identity: Identified; spent: Spent[] } | { ok: false; refusal: ApiError };
 
 /** An authenticated request, to settle once it has its answer. */
 export type Admitted = {
   identity: Identified;
   /**
-   * Settles the spend by the answer's status and answers the rate-limit headers it carries. Refused (401/403) or not
-   * served (5xx) by Keygate, the request spends nothing; what the upstream answered a `forwarded` request is the
-   * upstream's business: that request was served.
+   * Settles the spend by the answer's status and answers the rate-limit and credits headers it carries. Refused
+   * (401/403) or not served (5xx) by Keygate, the request spends nothing; a `forwarded` request was served, so its
+   * limits stay spent, but its credits come back when the upstream failed (a 5xx, or no answer in time: `refundOn`).
    */
   settle(status: number, how?: { forwarded?: boolean }): Promise<Record<string, string>>;
+  /** What the request spent, in each object that counted it. */
+  spent: readonly Spent[];
 };
+
+/** By default an upstream's 5xx (and the gateway's 504 for an upstream that did not answer) gives the credits back. */
+const upstreamFailed = (status: number) => status >= 500;
 
 /**
  * Authenticates the request, checks what the route needs of the credential, and spends `cost` of each of its limits
@@ -49,13 +57,17 @@ export async function authenticateRequest(c: RequestContext, options: Options): 
   const verified = await verify(c, options);
   if (!verified.ok) throw await refuse(c, verified.refusal);
   const { identity, spent } = verified;
-  if (spent) admit(spent);
+  for (const s of spent) admit(s);
+  const refundOn = options.refundOn ?? upstreamFailed;
   let settled = false;
   return {
     identity,
+    spent,
     async settle(status, { forwarded = false } = {}) {
-      if (!spent) return {};
-      if (!settled && !forwarded && (status === 401 || status === 403 || status >= 500)) await refund(c.get("deps"), spent);
+      if (spent.length === 0) return {};
+      const deps = c.get("deps");
+      if (!settled && !forwarded && (status === 401 || status === 403 || status >= 500)) for (const s of spent) await refund(deps, s);
+      else if (!settled && forwarded && refundOn(status)) for (const s of spent) await refund(deps, s, undefined, { creditsOnly: true });
       settled = true;
       return rateLimitHeaders(spent);
     },
@@ -130,12 +142,17 @@ const KEY_REFUSED = {
  * An API key: its object (or this isolate's lease of it) decides 401 and 403 before it spends. A credential that
  * cannot be a key is refused before any read.
  */
-async function verifyKey(c: RequestContext, key: string, method: AuthMethod, { need, cost = 1, costs }: Options): Promise<Verified> {
+async function verifyKey(
+  c: RequestContext,
+  key: string,
+  method: AuthMethod,
+  { need, cost = 1, costs, credits, reserve }: Options,
+): Promise<Verified> {
   if (!parseKey(key)) {
     const detail = "The credential is not an API key: keys look like `<prefix>_` followed by 64 hex characters.";
     return { ok: false, refusal: new ApiError("malformed_credentials", detail, { headers: invalidToken }) };
   }
-  const verdict = await authorize(c, { key, method, need, cost, costs });
+  const verdict = await authorize(c, { key, method, need, cost, costs, credits, reserve });
   if (verdict.ok) return { ok: true, identity: { principal: verdict.principal }, spent: verdict.spent };
   if ("refusal" in verdict) return { ok: false, refusal: refused(verdict.refusal) };
   return { ok: false, refusal: new ApiError(verdict.code, KEY_REFUSED[verdict.code], { headers: invalidToken }) };
@@ -153,7 +170,7 @@ function isAccessToken(token: string): boolean {
  * A person's access token: valid, its session live, and the person's rights (as they are now) enough for `need`; then
  * `cost` is spent of the person's own limit (one per user, whichever way they come).
  */
-async function verifyPerson(c: RequestContext, token: string, { need, cost = 1, costs }: Options): Promise<Verified> {
+async function verifyPerson(c: RequestContext, token: string, { need, cost = 1, costs, credits, reserve }: Options): Promise<Verified> {
   const result = await verifyAccessToken(c.get("config").signingKeys, token, new Date());
   if (!result.ok) {
     const detail =
@@ -164,7 +181,8 @@ async function verifyPerson(c: RequestContext, token: string, { need, cost = 1, 
   if (!principal) return { ok: false, refusal: ENDED() };
   const short = refusal(principal, typeof need === "function" ? await need() : need);
   if (short) return { ok: false, refusal: refused(short) };
-  return { ok: true, identity: { principal }, spent: await spendOn(c, `user:${principal.userId}`, principal.limits, cost, costs) };
+  const own = await spendOn(c, `user:${principal.userId}`, principal.limits, cost, costs);
+  return { ok: true, identity: { principal }, spent: await withAccount(c, principal, own, { cost, costs, credits, reserve }) };
 }
 
 /**
@@ -201,7 +219,7 @@ async function verifyHandshakeToken(c: RequestContext, token: string, { tokens, 
   if (typeof need === "object" && need.account !== undefined && !(await isAccount(c, claims.acc, need.account)))
     return { ok: false, refusal: refused("other_account") };
   const spent = await spendOn(c, `chat:${claims.agt}:${claims.sub}`, [named(c.get("config").chatPolicy)], cost);
-  return { ok: true, identity: { claims }, spent };
+  return { ok: true, identity: { claims }, spent: spent ? [spent] : [] };
 }
 
 /** Whether `idOrSlug` names this account (a handshake token carries the id; a URL may carry the slug). */

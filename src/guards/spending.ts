@@ -1,8 +1,8 @@
 import { hashKey } from "../core/ids";
-import type { AuthMethod, Need } from "../core/principal";
+import type { AuthMethod, Need, Principal } from "../core/principal";
 import { type Limit, named, type Policy } from "../core/window";
-import { refund, type Spent, spend, spendPerAddress } from "../counters/limiter";
-import { authorizeKey, type KeyVerdict } from "../keys/authorize";
+import { type Charge, refund, type Spent, spend, spendPerAddress } from "../counters/limiter";
+import { authorizeKey, type KeyVerdict, withPool } from "../keys/authorize";
 import { LOGIN_EMAIL_POLICY } from "../people/sessions";
 import { ApiError } from "../platform/errors";
 import type { RequestContext } from "./context";
@@ -30,14 +30,26 @@ export function spendFailure(c: RequestContext): Promise<Spent | null> {
   return spendOnAddress(c, "ip", c.get("config").ipPolicy);
 }
 
-/** A key's verdict from its object (or this isolate's lease of it), which spends `cost` only when the key passes. */
+/**
+ * A key's verdict from its object (or this isolate's lease of it), which spends the charge only when the key passes,
+ * in the key's object and its account's.
+ */
 export async function authorize(
   c: RequestContext,
-  input: { key: string; method: AuthMethod; need: Need | (() => Promise<Need>); cost: number; costs?: Record<string, number> },
+  input: { key: string; method: AuthMethod; need: Need | (() => Promise<Need>) } & Charge,
 ): Promise<KeyVerdict> {
   const verdict = await authorizeKey(c.get("deps"), input);
-  if (verdict.ok) unlimitedIfNull(c, verdict.spent);
+  if (verdict.ok && verdict.unlimited) c.header("X-RateLimit-Status", "unavailable");
   return verdict;
+}
+
+/** A person's spend of their own limits (`first`), then of their account's object: all of it, or nothing. */
+export async function withAccount(c: RequestContext, principal: Principal, first: Spent | null, charge: Charge): Promise<Spent[]> {
+  if (first === null) return [];
+  const pooled = await withPool(c.get("deps"), principal, first, charge);
+  if ("code" in pooled) return [first];
+  if (pooled.unlimited) c.header("X-RateLimit-Status", "unavailable");
+  return pooled.spent;
 }
 
 function unlimitedIfNull(c: RequestContext, spent: Spent | null): Spent | null {

@@ -3,6 +3,7 @@ import type { AuthMethod } from "../core/principal";
 import { type Need, type Principal, type Refusal, refusal } from "../core/principal";
 import type { Holdings } from "../counters/held";
 import { leasedCall } from "../counters/leased-call";
+import { type Charge, refund, spendPool } from "../counters/limiter";
 import type { Spent } from "../counters/protocol";
 import type { Deps } from "../platform/deps";
 import type { Authorization, KeyObject } from "./object";
@@ -16,8 +17,12 @@ const MAX_CACHED_KEY_IDS = 10_000;
 type Refused = { ok: false; code: Extract<VerifyResult, { ok: false }>["code"] } | { ok: false; refusal: Refusal };
 
 export type KeyVerdict =
-  /** `spent` is null when the rate limiter was down and the deployment fails open (the caller marks its answer). */
-  { ok: true; principal: Principal; spent: Spent | null } | Refused;
+  /**
+   * `spent`: what the request spent, in the key's object and in its account's (the last one refused it when it was
+   * refused, what the others spent given back); `unlimited` when a counter was down and the deployment fails open
+   * (the caller marks its answer).
+   */
+  { ok: true; principal: Principal; spent: Spent[]; unlimited: boolean } | Refused;
 
 /**
  * The one path every API key takes, whether it came with a request (the middleware, the gateway) or to the verify API:
@@ -34,7 +39,9 @@ export async function authorizeKey(
     need: needed,
     cost = 1,
     costs,
-  }: { key: string; method: AuthMethod; need: Need | (() => Promise<Need>); cost?: number; costs?: Record<string, number> },
+    credits,
+    reserve,
+  }: { key: string; method: AuthMethod; need: Need | (() => Promise<Need>) } & Partial<Charge>,
   isolate?: Holdings,
 ): Promise<KeyVerdict> {
   const hash = await hashKey(key);
@@ -49,6 +56,8 @@ export async function authorizeKey(
       name,
       stub: deps.env.KEYS.getByName(name),
       cost,
+      credits,
+      reserve,
       ask: async (stub, spending) => {
         await catchUp(stub, keyId);
         return answerOf(await (stub.authorize({ keyId, method, need, ...spending }) as Promise<Authorization>));
@@ -70,9 +79,31 @@ export async function authorizeKey(
     const result = evaluateKey(await loadKey(deps.db, { hash }), deps.now());
     if (!result.ok) return result;
     const refused = refusal(result.principal, need);
-    return refused ? { ok: false, refusal: refused } : { ok: true, principal: result.principal, spent: null };
+    return refused ? { ok: false, refusal: refused } : { ok: true, principal: result.principal, spent: [], unlimited: true };
   }
-  return verdict.ok ? { ok: true, principal: verdict.record, spent: verdict.spent } : verdict;
+  if (!verdict.ok) return verdict;
+  const principal = verdict.record;
+  const spent = await withPool(deps, principal, verdict.spent, { cost, costs, credits, reserve }, isolate);
+  return "code" in spent ? spent : { ok: true, principal, ...spent };
+}
+
+/**
+ * Spends the request's charge from its account's object too, when the account shares limits or keeps a pool and the
+ * key's object admitted it: all spent, or nothing (refused there, what the key's object spent is given back first).
+ */
+export async function withPool(
+  deps: Deps,
+  principal: Principal,
+  first: Spent,
+  charge: Charge,
+  isolate?: Holdings,
+): Promise<{ spent: Spent[]; unlimited: boolean } | { ok: false; code: "invalid_key" }> {
+  if (!first.allowed || !principal.pooled) return { spent: [first], unlimited: false };
+  const pool = await spendPool(deps, principal.accountId, charge, isolate);
+  if (pool === null) return { spent: [first], unlimited: true };
+  if ("code" in pool || !pool.allowed) await refund(deps, first, isolate);
+  if ("code" in pool) return pool;
+  return { spent: pool.allowed ? [first, pool] : [pool], unlimited: false };
 }
 
 /** The key object's answer, as the counter protocol reads it. */

@@ -1,8 +1,11 @@
 import { DurableObject } from "cloudflare:workers";
+import type { LedgerEntry } from "../core/balance";
+import { storedCredits } from "../core/credits";
 import type { AuthMethod } from "../core/principal";
 import { type Need, type Principal, type Refusal, refusal } from "../core/principal";
 import { Budget } from "../counters/budget";
 import type { CallTag, Granted, Refund, Spending, Unspent } from "../counters/protocol";
+import type { Adjusted, Adjustment, CreditsView } from "../counters/stored-balance";
 import { getConfig } from "../platform/config";
 import { db, withDeadline } from "../platform/db/client";
 import type { Bindings } from "../platform/env";
@@ -68,6 +71,7 @@ export class KeyObject extends DurableObject<Bindings> {
       ctx.storage.sql,
       () => this.clock(),
       (at, cost) => this.usage.count(at, -cost, 0),
+      { kv: ctx.storage.kv, record: (entries) => this.recordCredits(entries) },
     );
     this.distrustUntil = ctx.storage.kv.get<number>("distrust-until") ?? 0;
   }
@@ -92,7 +96,7 @@ export class KeyObject extends DurableObject<Bindings> {
         const code = refusal(principal, need);
         if (code) return { refuse: { ok: false, refusal: code } };
         passed = { key, principal, now };
-        return { spend: principal.limits };
+        return { spend: principal.limits, credits: principal.credits.key };
       },
       answer: (granted, logged) => {
         const { key, principal, now } = passed as NonNullable<typeof passed>;
@@ -114,6 +118,44 @@ export class KeyObject extends DurableObject<Bindings> {
   refund(call: Refund): void {
     this.budget.refund(call);
   }
+
+  /** The key's own credits as of now (null: unlimited); undefined when there is no such key. */
+  async credits(keyId: string): Promise<CreditsView | undefined> {
+    const config = await this.creditsConfig(keyId);
+    return config === undefined ? undefined : this.balance.view(config, this.clock());
+  }
+
+  /** An admin's change to the key's own credits (see StoredBalance.adjust); undefined when there is no such key. */
+  async adjustCredits(keyId: string, change: Adjustment): Promise<Adjusted | undefined> {
+    const config = await this.creditsConfig(keyId);
+    return config === undefined ? undefined : this.balance.adjust(config, this.clock(), change);
+  }
+
+  /** Settles a request's reservation at what the upstream says it used (see StoredBalance.settle). */
+  async settleCredits(keyId: string, requestId: string, used: number) {
+    const config = await this.creditsConfig(keyId);
+    return config === undefined ? null : this.balance.settle(config, this.clock(), requestId, used);
+  }
+
+  private get balance() {
+    // The key object always keeps a balance (the constructor passes its storage).
+    return this.budget.balance as NonNullable<Budget["balance"]>;
+  }
+
+  /** The key's credits configuration, or undefined when the key does not exist. */
+  private async creditsConfig(keyId: string) {
+    const { record } = await this.keyState(keyId);
+    if (!record) return undefined;
+    return storedCredits(record.key.credits);
+  }
+
+  /** Keeps the balance's movements for the ledger. */
+  private recordCredits(entries: readonly LedgerEntry[]): void {
+    this.moved.push(...entries);
+  }
+
+  /** The balance's movements not yet in the ledger. */
+  moved: LedgerEntry[] = [];
 
   /** Writes the usage counted since the last write to D1, at most once per FLUSH_INTERVAL_MS (the alarm). */
   private flushLater(keyId: string): void {

@@ -13,6 +13,9 @@ export const VerifyRequest = z
     key: z.string().min(1).max(512),
     resource: matching(GRANT, "must be a grant of the form <type>:<id>").optional().openapi({ example: "mailbox:mbx_1" }),
     cost: integer(1, 1000).default(1),
+    credits: integer(0, 1_000_000)
+      .default(0)
+      .openapi({ description: "Credits the request spends from the key's balance and its account's pool, with its limits: all or none" }),
   })
   .openapi("VerifyRequest");
 
@@ -33,15 +36,33 @@ const Valid = z.strictObject({
     .openapi({
       description: "The key's tightest limit (least remaining); null when the rate limiter was unavailable and the deployment fails open",
     }),
+  credits: z
+    .strictObject({ remaining: z.number().int(), nextRefillAt: z.string().nullable() })
+    .nullable()
+    .openapi({ description: "The least credits left of the key's balance and its account's pool; null when both are unlimited" }),
   ...externalView,
   account: z.strictObject(externalView).openapi({ description: "The account's `externalId` and `meta`" }),
 });
 const Invalid = z.strictObject({
   valid: z.literal(false),
   code: z
-    .enum(["invalid_key", "key_revoked", "key_expired", "key_owner_disabled", "insufficient_scope", "not_found", "rate_limited"])
+    .enum([
+      "invalid_key",
+      "key_revoked",
+      "key_expired",
+      "key_owner_disabled",
+      "insufficient_scope",
+      "not_found",
+      "rate_limited",
+      "credits_exhausted",
+    ])
     .openapi({ description: "`not_found`: the resource belongs to another account, or to none Keygate knows of" }),
-  retryAfter: z.number().int().optional().openapi({ description: "With `rate_limited`: seconds until the key may spend again" }),
+  retryAfter: z.number().int().optional().openapi({
+    description: "With `rate_limited`: seconds until the key may spend again; with `credits_exhausted`, until the next refill",
+  }),
+  required: z.number().int().optional().openapi({ description: "With `credits_exhausted`: the credits the request needed" }),
+  remaining: z.number().int().optional().openapi({ description: "With `credits_exhausted`: the credits left" }),
+  nextRefillAt: z.string().nullable().optional().openapi({ description: "With `credits_exhausted`: when more arrive; null: never" }),
 });
 export const Verdict = z.union([Valid, Invalid]).openapi("Verdict");
 export type Verdict = z.infer<typeof Verdict>;
@@ -57,21 +78,30 @@ async function needOf(deps: Deps, resource: string | undefined): Promise<Need> {
  * Verifies a key for a backend that cannot sit behind the gateway: the same judgement and the same spend as a gateway
  * request (its object decides, `cost` is spent only when the key passes), so a key is never cheaper to use here.
  */
-export async function verifyKey(deps: Deps, { key, resource, cost }: z.output<typeof VerifyRequest>): Promise<Verdict> {
+export async function verifyKey(deps: Deps, { key, resource, cost, credits }: z.output<typeof VerifyRequest>): Promise<Verdict> {
   if (!parseKey(key)) return { valid: false, code: "invalid_key" };
-  const verdict = await authorizeKey(deps, { key, method: "verify", need: () => needOf(deps, resource), cost });
+  const verdict = await authorizeKey(deps, { key, method: "verify", need: () => needOf(deps, resource), cost, credits });
   if (!verdict.ok) {
     // A verify asks for no role: its refusals are a missing grant (403 on the gateway) and another account's resource
     // (404 there).
     if (!("refusal" in verdict)) return { valid: false, code: verdict.code };
     return { valid: false, code: verdict.refusal === "other_account" ? "not_found" : "insufficient_scope" };
   }
-  const { principal: p, spent: a } = verdict;
-  if (a && !a.allowed) return { valid: false, code: "rate_limited", retryAfter: a.retryAfter };
+  const { principal: p, spent } = verdict;
+  const refused = spent.find((s) => !s.allowed);
+  if (refused?.exhausted) {
+    const { required, remaining, nextRefillAt } = refused.exhausted;
+    const at = nextRefillAt === null ? null : new Date(nextRefillAt).toISOString();
+    const wait = nextRefillAt === null ? {} : { retryAfter: Math.max(1, Math.ceil((nextRefillAt - deps.now().getTime()) / 1000)) };
+    return { valid: false, code: "credits_exhausted", required, remaining, nextRefillAt: at, ...wait };
+  }
+  if (refused) return { valid: false, code: "rate_limited", retryAfter: refused.retryAfter };
   // A key's principal always carries them.
   const external = p.external as NonNullable<Principal["external"]>;
   // Of several limits, the one the key is closest to, as X-RateLimit-* shows it.
-  const t = a && tightest(a.limits);
+  const t = verdict.unlimited ? null : tightest(spent.flatMap((s) => s.limits));
+  const balances = spent.flatMap((s) => (s.credits ? [s.credits] : []));
+  const least = balances.sort((x, y) => x.remaining - y.remaining)[0];
   return {
     valid: true,
     accountId: p.accountId,
@@ -81,6 +111,9 @@ export async function verifyKey(deps: Deps, { key, resource, cost }: z.output<ty
     role: p.role,
     scopes: p.scopes,
     rateLimit: t ? { limit: t.limit, remaining: t.remaining, reset: Math.ceil(t.resetAt / 1000) } : null,
+    credits: least
+      ? { remaining: least.remaining, nextRefillAt: least.nextRefillAt === null ? null : new Date(least.nextRefillAt).toISOString() }
+      : null,
     ...shown(external.key),
     account: shown(external.account),
   };

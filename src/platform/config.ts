@@ -145,6 +145,7 @@ const ConfigSchema = z.object({
   UPSTREAM_URL: upstream,
   GATEWAY_ROUTES: RouteTable,
   UPSTREAM_TIMEOUT_MS: int(30_000, 1, 300_000),
+  CREDITS_SETTLE_TIMEOUT_S: int(900, 1, 86_400),
   ASSERTION_SIGNING_KEYS: assertionKeys,
   PUBLIC_ORIGIN: publicOrigin,
   DASHBOARD_HOST: dashboardHost,
@@ -200,6 +201,8 @@ const FIELDS = {
   gatewayRoutes: "GATEWAY_ROUTES",
   /** How long the gateway waits for the upstream's response headers. */
   upstreamTimeoutMs: "UPSTREAM_TIMEOUT_MS",
+  /** How long a reservation waits for the upstream to say what its request cost; then it settles at its reserve. */
+  creditsSettleTimeoutS: "CREDITS_SETTLE_TIMEOUT_S",
   /** Private JWKs signing the identity assertion sent upstream; the first signs, all are in /.well-known/jwks.json. */
   assertionKeys: "ASSERTION_SIGNING_KEYS",
   /** The assertion's issuer; unset, local development's request origin (see `localOrigin`), else a configuration error. */

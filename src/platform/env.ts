@@ -24,6 +24,7 @@ export type Bindings = Env &
       | "UPSTREAM_URL"
       | "GATEWAY_ROUTES"
       | "UPSTREAM_TIMEOUT_MS"
+      | "CREDITS_SETTLE_TIMEOUT_S"
       | "ASSERTION_SIGNING_KEYS"
       | "PUBLIC_ORIGIN"
       | "DASHBOARD_HOST",

@@ -34,6 +34,7 @@ export const ERRORS = {
   external_id_taken: [409, "Conflict"],
   payload_too_large: [413, "Payload Too Large"],
   unsupported_media_type: [415, "Unsupported Media Type"],
+  credits_exhausted: [402, "Payment Required"],
   rate_limited: [429, "Too Many Requests"],
   internal_error: [500, "Internal Server Error"],
   configuration_error: [500, "Internal Server Error"],

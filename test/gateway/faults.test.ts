@@ -236,6 +236,7 @@ describe("POST /v1/keys/verify when the key's object or D1 fails", () => {
         role: "admin",
         scopes: ["*"],
         rateLimit: null,
+        credits: null,
         externalId: null,
         meta: null,
         account: { externalId: null, meta: null },

@@ -48,6 +48,7 @@ const PRINCIPAL: Principal = {
   keyPrefix: "sk",
   limits: [{ name: "default", limit: 1, windowSeconds: 1 }],
   credits: { key: null, account: null },
+  pooled: false,
 };
 
 /** The key's limits in a scenario. */
@@ -139,7 +140,7 @@ async function simulate(s: Scenario) {
       const spend = charges(limits, cost);
       const d = admitWithLease(logs, e.t, spend, lease, wanted);
       const costs = Object.fromEntries(spend.map((c) => [c.limit.name, c.cost]));
-      e.answer({ ok: true, record: PRINCIPAL, granted: { ...d, at: e.t, cost, costs } });
+      e.answer({ ok: true, record: PRINCIPAL, granted: { ...d, at: e.t, cost, costs, credits: null } });
     }
     await settle();
   }

@@ -28,9 +28,10 @@ async function outcome(key: string, isolate: Holdings, overrides: Partial<Cloudf
   try {
     const verdict = await authorizeKey(deps, { key, method: "bearer", need: "any", cost }, isolate);
     if (!verdict.ok) return "refused";
-    if (verdict.spent === null) return "unlimited";
-    if (!verdict.spent.allowed) return 429;
-    return verdict.spent.leased ? "leased" : "counted";
+    const [spent] = verdict.spent;
+    if (verdict.unlimited || !spent) return "unlimited";
+    if (!spent.allowed) return 429;
+    return spent.leased ? "leased" : "counted";
   } catch (err) {
     return err instanceof ApiError ? err.status : 500;
   } finally {
@@ -129,7 +130,7 @@ describe("leases", () => {
         authorizeKey(request().deps, { key: limited.key, method: "bearer", need: "any" }, isolates[i % 2]),
       ),
     );
-    const admitted = verdicts.filter((v) => v.ok && (v.spent === null || v.spent.allowed)).length;
+    const admitted = verdicts.filter((v) => v.ok && (v.unlimited || v.spent.every((s) => s.allowed))).length;
     expect(admitted).toBeLessThanOrEqual(50);
     // Under-admission is bounded by what the isolates still hold unspent.
     const held = isolates.reduce((n, h) => n + (h.get(`key:${limited.id}`)?.leases.available(Date.now()) ?? 0), 0);
@@ -243,7 +244,7 @@ describe("leases", () => {
       const { deps, ctx } = request();
       const verdict = await authorizeKey(deps, { key: hot.key, method: "bearer", need: "any" }, isolate);
       await waitOnExecutionContext(ctx);
-      served.push(verdict.ok && verdict.spent?.leased === true);
+      served.push(verdict.ok && verdict.spent[0]?.leased === true);
     }
     // Once the key is hot (the first lease), every request is served from a lease, however many leases it takes.
     const first = served.indexOf(true);

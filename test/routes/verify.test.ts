@@ -36,6 +36,7 @@ describe.each(ways)("verify through %s", (_, verify) => {
       role: "admin",
       scopes: ["*"],
       rateLimit: { limit: 5, remaining: 4, reset: expect.any(Number) },
+      credits: null,
       externalId: null,
       meta: null,
       account: { externalId: null, meta: null },

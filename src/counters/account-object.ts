@@ -1,0 +1,148 @@
+import { DurableObject } from "cloudflare:workers";
+import { eq } from "drizzle-orm";
+import type { LedgerEntry } from "../core/balance";
+import type { AccountLimits } from "../core/ceilings";
+import { poolOf, sharedLimits } from "../core/principal";
+import { getConfig } from "../platform/config";
+import { type Db, db, withDeadline } from "../platform/db/client";
+import { accounts, plans } from "../platform/db/schema";
+import type { Bindings } from "../platform/env";
+import { safeError } from "../platform/log";
+import { Budget } from "./budget";
+import type { CallTag, Granted, Refund, Spending, Unspent } from "./protocol";
+import type { Adjusted, Adjustment, CreditsView } from "./stored-balance";
+
+/** Longest time the account's limits and credits configuration is trusted without a read; changes reload it at once. */
+const CONFIG_TTL_MS = 60_000;
+
+/** The account's spend: admitted or refused on its shared limits and pool, or no such account (nothing spent). */
+export type PoolAnswer = { ok: true; record: null; granted: Granted } | { ok: false; code: "invalid_key" };
+
+/**
+ * One account (`account:<id>`): the limits its keys and people share (`shared: "account"`) and its credits pool,
+ * spent beside each key's own in the same admit step as a key's object (counters/budget.ts), leases included, so a
+ * hot account spread over many isolates costs a fraction of a call per request.
+ */
+export class AccountObject extends DurableObject<Bindings> {
+  /** Replaceable in tests to move time. */
+  clock: () => number = Date.now;
+  private readonly budget: Budget;
+  private config: { pool: AccountLimits | undefined; loadedAt: number } | undefined;
+  private loading: Promise<AccountLimits | undefined> | null = null;
+  private generation = 0;
+  /** The object's own D1 handle (deadline-wrapped); tests make it fail through test/faults.ts. */
+  database: D1Database;
+
+  constructor(ctx: DurableObjectState, env: Bindings) {
+    super(ctx, env);
+    this.database = withDeadline(env.DB, () => getConfig(env).d1TimeoutMs);
+    this.budget = new Budget(ctx.storage.sql, () => this.clock(), undefined, {
+      kv: ctx.storage.kv,
+      record: (entries) => this.recordCredits(entries),
+    });
+  }
+
+  /** Spends the request's cost of the account's shared limits and its credits from the pool: all, or nothing. */
+  spend({ accountId, ...call }: Spending & { accountId: string }): Promise<PoolAnswer> {
+    return this.budget.admit<PoolAnswer>(call, {
+      judge: async () => {
+        const pool = await this.pool(accountId);
+        if (!pool) return { refuse: { ok: false, code: "invalid_key" } };
+        return { spend: sharedLimits(pool), credits: poolOf(pool) };
+      },
+      answer: (granted) => ({ ok: true, record: null, granted }),
+    });
+  }
+
+  /** See Budget.cancel. */
+  cancel(call: { tag: CallTag; returned?: Unspent[] }): void {
+    this.budget.cancel(call);
+  }
+
+  /** See Budget.refund. */
+  refund(call: Refund): void {
+    this.budget.refund(call);
+  }
+
+  /** The pool as of now (null: unlimited); undefined when there is no such account. */
+  async credits(accountId: string): Promise<CreditsView | undefined> {
+    const pool = await this.pool(accountId);
+    return pool && this.balance.view(poolOf(pool), this.clock());
+  }
+
+  /** The operator's change to the pool (see StoredBalance.adjust); undefined when there is no such account. */
+  async adjustCredits(accountId: string, change: Adjustment): Promise<Adjusted | undefined> {
+    const pool = await this.pool(accountId);
+    return pool && this.balance.adjust(poolOf(pool), this.clock(), change);
+  }
+
+  /** Settles a request's reservation at what the upstream says it used (see StoredBalance.settle). */
+  async settleCredits(accountId: string, requestId: string, used: number) {
+    const pool = await this.pool(accountId);
+    return pool ? this.balance.settle(poolOf(pool), this.clock(), requestId, used) : null;
+  }
+
+  /** Reads the account's configuration again: a change to its limits, credits or plan is in force on the next request. */
+  reload(): void {
+    this.generation += 1;
+    this.config = undefined;
+    this.loading = null;
+  }
+
+  private get balance() {
+    // The account object always keeps a balance (the constructor passes its storage).
+    return this.budget.balance as NonNullable<Budget["balance"]>;
+  }
+
+  private async pool(accountId: string): Promise<AccountLimits | undefined> {
+    if (this.config && this.clock() - this.config.loadedAt < CONFIG_TTL_MS) return this.config.pool;
+    if (!this.loading) {
+      // Concurrent requests share one read; a reload during the read discards its result.
+      const generation = this.generation;
+      const loadedAt = this.clock();
+      this.loading = loadPool(db(this.database), accountId).then(
+        (pool) => {
+          if (generation === this.generation) {
+            this.config = { pool, loadedAt };
+            this.loading = null;
+          }
+          return pool;
+        },
+        (err: unknown) => {
+          if (generation === this.generation) this.loading = null;
+          // Only what may be logged crosses back to the worker: drizzle's error names the query and its parameters.
+          throw new Error(safeError(err));
+        },
+      );
+    }
+    return this.loading;
+  }
+
+  /** Keeps the balance's movements for the ledger. */
+  private recordCredits(entries: readonly LedgerEntry[]): void {
+    this.moved.push(...entries);
+  }
+
+  /** The balance's movements not yet in the ledger. */
+  moved: LedgerEntry[] = [];
+}
+
+/** What an account's object counts for every request of the account: its limits and credits, and its plan's; undefined: no such account. */
+async function loadPool(d: Db, id: string): Promise<AccountLimits | undefined> {
+  const [found] = await d
+    .select({
+      rateLimit: accounts.rateLimit,
+      rateLimitWindowSeconds: accounts.rateLimitWindowSeconds,
+      rateLimits: accounts.rateLimits,
+      planLimits: plans.rateLimits,
+      maxRateLimit: accounts.maxRateLimit,
+      maxRateLimitWindowSeconds: accounts.maxRateLimitWindowSeconds,
+      credits: accounts.credits,
+      planCredits: plans.credits,
+    })
+    .from(accounts)
+    .leftJoin(plans, eq(plans.id, accounts.planId))
+    .where(eq(accounts.id, id))
+    .limit(1);
+  return found;
+}
