@@ -62,6 +62,15 @@ export const integer = (min: number, max: number) => {
   return z.number({ error }).int({ error }).min(min, { error }).max(max, { error });
 };
 
+/**
+ * An `Idempotency-Key` (the IETF draft's header: a structured-field string, its quotes optional here): 1-255 visible
+ * ASCII characters.
+ */
+export const IdempotencyKey = z
+  .string()
+  .regex(/^[\x21-\x7e]{1,255}$/, "must be 1-255 visible ASCII characters")
+  .openapi({ example: "8e03978e-40d5-43e8-bc93-6894a57f9324" });
+
 /** A `{limit, windowSeconds}` policy: at most `limit` requests in any window of `windowSeconds`. */
 export const RateLimit = z
   .strictObject({ limit: integer(1, MAX_LIMIT), windowSeconds: integer(1, MAX_WINDOW_SECONDS) })

@@ -11,7 +11,10 @@ import { StoredBalance } from "./stored-balance";
  * the object holds a balance, the credits configuration `credits` (null: unlimited), or refused with `refuse` as its
  * answer (nothing spent).
  */
-export type Judged<A> = { spend: Limit[]; credits?: CreditsConfig | null } | { refuse: A };
+export type Judged<A> = Spend | { refuse: A };
+
+/** What a judged call spends under: `free` for a retry already charged, which spends nothing and is answered as admitted. */
+type Spend = { spend: Limit[]; credits?: CreditsConfig | null; free?: boolean };
 
 /**
  * The budget of one counting object (a key's or a plain counter), and the admit step both objects take on it: a retry
@@ -86,8 +89,9 @@ export class Budget {
    * limit), all before any await: spent everywhere, or nowhere. The credits a lease carries are taken from the
    * balance with it; a balance with little left leases nothing, so its requests are judged one at a time.
    */
-  private decide(call: Spending, judged: { spend: Limit[]; credits?: CreditsConfig | null }): Granted {
+  private decide(call: Spending, judged: Spend): Granted {
     const now = this.clock();
+    if (judged.free) return { ...this.log.admit({ limits: judged.spend, cost: 0 }), credits: null, replayed: true };
     const cost = call.cost ?? 1;
     const amount = call.credits ?? 0;
     const balance = this.balance && "credits" in judged ? this.balance.open(judged.credits ?? null, now) : null;

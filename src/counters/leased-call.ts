@@ -3,7 +3,7 @@ import type { Deps } from "../platform/deps";
 import { ApiError } from "../platform/errors";
 import { safeError } from "../platform/log";
 import { type Holdings, holdings } from "./held";
-import type { CallTag, CounterStub, Granted, Spending, Spent, Unspent } from "./protocol";
+import type { CallTag, CounterStub, Granted, Idempotency, Spending, Spent, Unspent } from "./protocol";
 
 /** An object's answer to a spending call: what it granted under the record it judged, or its refusal `F` (nothing spent). */
 export type Answer<R, F> = { ok: true; record: R; granted: Granted } | F;
@@ -36,10 +36,13 @@ export type LeasedCall<S extends CounterStub, R, F extends { ok: false } = never
   credits?: number;
   /** Credits held until the upstream settles them (a route's `credits: {reserve, settle}`): always asks the object. */
   reserve?: { until: number };
+  /** The request's `Idempotency-Key`: always asks the object, which remembers it. */
+  idempotency?: Idempotency;
 };
 
 /** Whether a request decides only at the object: it spends only some limits, or reserves credits. */
-const asksObject = (c: { costs?: unknown; reserve?: unknown }) => c.costs !== undefined || c.reserve !== undefined;
+const asksObject = (c: { costs?: unknown; reserve?: unknown; idempotency?: unknown }) =>
+  c.costs !== undefined || c.reserve !== undefined || c.idempotency !== undefined;
 
 /**
  * The isolate's side of the counter protocol, for one request: spends `cost` from a lease this isolate holds (no call
@@ -92,13 +95,16 @@ async function called<S extends CounterStub, R, F extends { ok: false }>(
   // this one) asks for its own admission only; a call no request could wait on asks for a lease and is waited on.
   const leasing = !asksObject(c) && !isolate.hasRoom(name);
   const wanted = leasing ? isolate.wanted(name) : 0;
-  const { cost, costs, credits, reserve } = c;
+  const { cost, costs, credits, reserve, idempotency } = c;
+  // Credits are what a provider sells: a request that spends them is never let through unmetered (open mode or not).
+  const closed = (credits ?? 0) > 0 || reserve !== undefined;
   const asked = callCounter(
     deps,
     c.stub,
     name,
-    (stub, tag) => c.ask(stub, { tag, cost, costs, lease: leasing, wanted, returned, credits, reserve }),
+    (stub, tag) => c.ask(stub, { tag, cost, costs, lease: leasing, wanted, returned, credits, reserve, idempotency }),
     returned,
+    closed,
   );
   const answer = await (leasing ? isolate.track(name, asked, bringsLease(isolate, askedAt), deps.config.rateLimitTimeoutMs) : asked);
   if (answer === null || !answer.ok) return answer;
@@ -187,7 +193,8 @@ export const timedOut = () => new Error("no answer before the deadline");
  * Calls the named counter with a deadline (RATE_LIMIT_TIMEOUT_MS). The call carries the request id and the deadline,
  * so a retry spends once and a call that arrives too late spends nothing; when the call fails or times out, the
  * counter is told to give back whatever it spent for it, and takes `returned` (what the isolate's ended leases left
- * unspent, which the call carried) unless the call already brought it. Then: 503 in closed mode; null in open mode.
+ * unspent, which the call carried) unless the call already brought it. Then: 503 in closed mode (or for a call that
+ * spends credits: `closed`); null in open mode.
  */
 async function callCounter<S extends CounterStub, T>(
   deps: Deps,
@@ -195,8 +202,10 @@ async function callCounter<S extends CounterStub, T>(
   name: string,
   call: (stub: S, tag: CallTag) => Promise<T>,
   returned: Unspent[],
+  closed = false,
 ): Promise<T | null> {
-  const { rateLimitFailureMode, rateLimitTimeoutMs } = deps.config;
+  const { rateLimitTimeoutMs } = deps.config;
+  const rateLimitFailureMode = closed ? "closed" : deps.config.rateLimitFailureMode;
   const tag = { id: deps.requestId, deadline: Date.now() + rateLimitTimeoutMs };
   try {
     return await retriedOnce(() => call(stub, tag), tag.deadline);

@@ -34,7 +34,15 @@ export type Spending = {
   credits?: number;
   perUnit?: number;
   reserve?: { until: number };
+  /** A request's `Idempotency-Key` (a key's only): see KeyObject.authorize. Such a call takes no lease. */
+  idempotency?: Idempotency;
 };
+
+/**
+ * A request sent with an `Idempotency-Key`: charged once per key and idempotency key within 24 hours. `pendingMs`:
+ * how long the first request may take to be answered (0: it is done once admitted, as a verify call is).
+ */
+export type Idempotency = { key: string; pendingMs: number };
 
 /**
  * The object's answer on a budget: its decision on each limit, the instant it logged the request at when admitted,
@@ -53,7 +61,7 @@ export type CreditsLeft = { remaining: number; nextRefillAt: number | null };
  * when unlimited; `exhausted`: the limits admitted the request but the balance could not cover it (not `allowed`,
  * nothing spent anywhere).
  */
-export type Granted = Counted & { lease: Lease | null; credits: CreditsLeft | null; exhausted?: Exhausted };
+export type Granted = Counted & { lease: Lease | null; credits: CreditsLeft | null; exhausted?: Exhausted; replayed?: true };
 
 /** What the limits' logs granted: the count, and the lease beside it. */
 export type LogGrant = Counted & { lease: Lease | null };
@@ -69,6 +77,8 @@ export type Spent = Counted & {
   spentCredits: number;
   credits: CreditsLeft | null;
   exhausted?: Exhausted;
+  /** A retry of a request already charged (the same `Idempotency-Key`): it spent nothing anywhere. */
+  replayed?: true;
 };
 
 /** The isolate's view of a counting object (a key's or a plain counter): what it calls besides the spending call. */

@@ -3,14 +3,17 @@ import type { ContentfulStatusCode, StatusCode } from "hono/utils/http-status";
 import { grantOf, parseGrant } from "../core/grants";
 import { type Need, NO_ACCOUNT } from "../core/principal";
 import { canonicalPath, type GatewayRoute } from "../core/route-table";
+import { timedOut } from "../counters/leased-call";
 import { creditsRemaining } from "../counters/limiter";
 import { settleReservation } from "../credits/settle";
-import { authenticateRequest, type Identified } from "../guards/authenticate";
+import { type Admitted, authenticateRequest, type Identified, idempotencyKeyOf } from "../guards/authenticate";
 import type { AppEnv } from "../guards/context";
 import { cors } from "../guards/cors";
 import { problem } from "../guards/problem";
 import { carriesSecret } from "../guards/secret";
 import { localOrigin, misconfigured, serviceTokens } from "../platform/config";
+import { deadline } from "../platform/deadline";
+import type { Deps } from "../platform/deps";
 import { ApiError } from "../platform/errors";
 import { log, safeError } from "../platform/log";
 import { claim, ownerOf, release } from "../resources/owners";
@@ -61,6 +64,10 @@ async function pass(c: Context<AppEnv>, next: Next, isOwn: (path: string) => boo
   if (issuer === null) misconfigured("PUBLIC_ORIGIN", "is not set; the gateway cannot name itself in its assertions");
   const target = { base, path, tokens, route };
   const reserve = typeof route.credits === "object" ? route.credits.reserve : undefined;
+  const idempotencyKey = idempotencyKeyOf(c);
+  // The first request may take as long as its upstream, and the counter calls around it.
+  const idempotency =
+    idempotencyKey === undefined ? undefined : { key: idempotencyKey, pendingMs: config.upstreamTimeoutMs + 2 * config.rateLimitTimeoutMs };
   const authenticated = async () => {
     const admission = await authenticateRequest(c, {
       tokens: takesTokens(route),
@@ -70,6 +77,7 @@ async function pass(c: Context<AppEnv>, next: Next, isOwn: (path: string) => boo
       credits: reserve ?? (route.credits as number),
       reserve: reserve === undefined ? undefined : { until: Date.now() + config.creditsSettleTimeoutS * 1000 },
       refundOn: route.refundOn && ((status) => (route.refundOn as number[]).includes(status)),
+      idempotency,
     });
     const left = creditsRemaining(admission.spent);
     const credits: Record<string, string> = left === null ? {} : { "Keygate-Credits-Remaining": String(left) };
@@ -86,8 +94,8 @@ async function pass(c: Context<AppEnv>, next: Next, isOwn: (path: string) => boo
     c.res = "error" in sent ? problem(c, sent.error) : sent.res;
     const used = "res" in sent ? creditsUsed(c, sent.res) : undefined;
     const headers = await admission.settle(c.res.status, sent);
-    if (reserve !== undefined && used !== undefined && c.res.status < 500)
-      await settleReservation(c.get("deps"), admission.spent, used, reserve);
+    if (reserve !== undefined && used !== undefined) await settleReservation(c.get("deps"), admission.spent, used, reserve);
+    if (idempotency) await finishIdempotent(c.get("deps"), admission, idempotency.key);
     for (const [name, value] of Object.entries(headers)) c.res.headers.set(name, value);
   };
   // Routes that take handshake tokens serve browsers: their preflights and answers speak CORS, as the chat does.
@@ -190,6 +198,22 @@ async function forward(c: Context<AppEnv>, { base, path, route, tokens }: Target
       ? c.body(null, { status: answer.status as StatusCode, headers: answer.headers })
       : c.body(answer.body, { status: answer.status as ContentfulStatusCode, headers: answer.headers });
   return { res, forwarded: true };
+}
+
+/**
+ * Tells the key's object how the first request with this `Idempotency-Key` ended: charged (its retries within 24
+ * hours are not), or given back (a retry is charged). A key's only; a retry (`replayed`) changes nothing. A failure is
+ * logged: the key counts the request as charged once its time in flight is up.
+ */
+async function finishIdempotent(deps: Deps, admission: Admitted, key: string): Promise<void> {
+  const [first] = admission.spent;
+  if (!first?.name.startsWith("key:") || first.replayed) return;
+  const stub = deps.env.KEYS.getByName(first.name);
+  try {
+    await deadline(stub.idempotent(key, admission.refunded ? "refunded" : "kept"), deps.config.rateLimitTimeoutMs, timedOut);
+  } catch (err) {
+    deps.log("warn", "idempotency_not_recorded", { requestId: deps.requestId, error: safeError(err) });
+  }
 }
 
 const CREDITS_USED = "Keygate-Credits-Used";

@@ -5,11 +5,13 @@ import { decodeProtectedHeader } from "jose";
 import { findAgent } from "../agents/store";
 import { parseKey } from "../core/ids";
 import { type AuthMethod, type Need, type Principal, refusal } from "../core/principal";
+import { IdempotencyKey } from "../core/schemas";
 import { named } from "../core/window";
 import { admit, type Charge, rateLimitHeaders, refund, type Spent } from "../counters/limiter";
+import type { Idempotency } from "../counters/protocol";
 import { accessTokenPrincipal, ENDED } from "../people/sessions";
 import { accounts } from "../platform/db/schema";
-import { ApiError, refused } from "../platform/errors";
+import { ApiError, invalidRequest, refused } from "../platform/errors";
 import { ACCESS_TYPE, verifyAccessToken } from "../tokens/access";
 import { type ChatClaims, looksLikeToken, verifyToken } from "../tokens/handshake";
 import type { KeyEnv, MaybeKeyEnv, RequestContext } from "./context";
@@ -21,7 +23,30 @@ import { authorize, spendFailure, spendOn, withAccount } from "./spending";
  * the credential proved to be a key or session that exists: a gateway route asks D1 who owns the resource in its
  * URL), and what a request spends.
  */
-type Options = { tokens: boolean; need: Need | (() => Promise<Need>) } & Partial<Charge> & { refundOn?: (status: number) => boolean };
+type Options = { tokens: boolean; need: Need | (() => Promise<Need>) } & Partial<Charge> & {
+    refundOn?: (status: number) => boolean;
+    /** The request's `Idempotency-Key`: a key's request is charged once per key and idempotency key. */
+    idempotency?: Idempotency;
+  };
+
+/**
+ * The request's `Idempotency-Key` (its structured-field quotes removed), or undefined when it sends none; one that is
+ * not 1-255 visible ASCII characters is 400.
+ */
+export function idempotencyKeyOf(c: RequestContext): string | undefined {
+  const sent = c.req.header("Idempotency-Key");
+  if (sent === undefined) return undefined;
+  const key = /^"(.*)"$/.exec(sent.trim())?.[1] ?? sent.trim();
+  const parsed = IdempotencyKey.safeParse(key);
+  if (!parsed.success) throw invalidRequest([{ field: "Idempotency-Key", message: "must be 1-255 visible ASCII characters" }]);
+  return parsed.data;
+}
+
+/** The first request with this `Idempotency-Key` is still being answered: its retry is refused, not queued. */
+export const IN_FLIGHT = () =>
+  new ApiError("idempotency_in_flight", "A request with this Idempotency-Key is still being answered; retry once it is.", {
+    headers: { "Retry-After": "1" },
+  });
 /** Who the request proved to be: a key's or a person's principal, or a handshake token's claims. */
 export type Identified = { principal: Principal } | { claims: ChatClaims };
 
@@ -42,6 +67,8 @@ export type Admitted = {
   settle(status: number, how?: { forwarded?: boolean }): Promise<Record<string, string>>;
   /** What the request spent, in each object that counted it. */
   spent: readonly Spent[];
+  /** Once settled: whether what it spent was given back, its credits or all of it (an `Idempotency-Key` retry then pays). */
+  refunded: boolean;
 };
 
 /** By default an upstream's 5xx (and the gateway's 504 for an upstream that did not answer) gives the credits back. */
@@ -60,14 +87,22 @@ export async function authenticateRequest(c: RequestContext, options: Options): 
   for (const s of spent) admit(s);
   const refundOn = options.refundOn ?? upstreamFailed;
   let settled = false;
+  let refunded = false;
   return {
     identity,
     spent,
+    get refunded() {
+      return refunded;
+    },
     async settle(status, { forwarded = false } = {}) {
       if (spent.length === 0) return {};
       const deps = c.get("deps");
-      if (!settled && !forwarded && (status === 401 || status === 403 || status >= 500)) for (const s of spent) await refund(deps, s);
-      else if (!settled && forwarded && refundOn(status)) for (const s of spent) await refund(deps, s, undefined, { creditsOnly: true });
+      const all = !forwarded && (status === 401 || status === 403 || status >= 500);
+      const credits = forwarded && refundOn(status);
+      if (!settled && (all || credits)) {
+        refunded = true;
+        for (const s of spent) await refund(deps, s, undefined, { creditsOnly: !all });
+      }
       settled = true;
       return rateLimitHeaders(spent);
     },
@@ -146,15 +181,16 @@ async function verifyKey(
   c: RequestContext,
   key: string,
   method: AuthMethod,
-  { need, cost = 1, costs, credits, reserve }: Options,
+  { need, cost = 1, costs, credits, reserve, idempotency }: Options,
 ): Promise<Verified> {
   if (!parseKey(key)) {
     const detail = "The credential is not an API key: keys look like `<prefix>_` followed by 64 hex characters.";
     return { ok: false, refusal: new ApiError("malformed_credentials", detail, { headers: invalidToken }) };
   }
-  const verdict = await authorize(c, { key, method, need, cost, costs, credits, reserve });
+  const verdict = await authorize(c, { key, method, need, cost, costs, credits, reserve, idempotency });
   if (verdict.ok) return { ok: true, identity: { principal: verdict.principal }, spent: verdict.spent };
   if ("refusal" in verdict) return { ok: false, refusal: refused(verdict.refusal) };
+  if (verdict.code === "idempotency_in_flight") return { ok: false, refusal: IN_FLIGHT() };
   return { ok: false, refusal: new ApiError(verdict.code, KEY_REFUSED[verdict.code], { headers: invalidToken }) };
 }
 

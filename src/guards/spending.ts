@@ -2,6 +2,7 @@ import { hashKey } from "../core/ids";
 import type { AuthMethod, Need, Principal } from "../core/principal";
 import { type Limit, named, type Policy } from "../core/window";
 import { type Charge, refund, type Spent, spend, spendPerAddress } from "../counters/limiter";
+import type { Idempotency } from "../counters/protocol";
 import { authorizeKey, type KeyVerdict, withPool } from "../keys/authorize";
 import { LOGIN_EMAIL_POLICY } from "../people/sessions";
 import { ApiError } from "../platform/errors";
@@ -36,7 +37,7 @@ export function spendFailure(c: RequestContext): Promise<Spent | null> {
  */
 export async function authorize(
   c: RequestContext,
-  input: { key: string; method: AuthMethod; need: Need | (() => Promise<Need>) } & Charge,
+  input: { key: string; method: AuthMethod; need: Need | (() => Promise<Need>); idempotency?: Idempotency } & Charge,
 ): Promise<KeyVerdict> {
   const verdict = await authorizeKey(c.get("deps"), input);
   if (verdict.ok && verdict.unlimited) c.header("X-RateLimit-Status", "unavailable");

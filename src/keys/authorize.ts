@@ -4,7 +4,7 @@ import { type Need, type Principal, type Refusal, refusal } from "../core/princi
 import type { Holdings } from "../counters/held";
 import { leasedCall } from "../counters/leased-call";
 import { type Charge, refund, spendPool } from "../counters/limiter";
-import type { Spent } from "../counters/protocol";
+import type { Idempotency, Spent } from "../counters/protocol";
 import type { Deps } from "../platform/deps";
 import type { Authorization, KeyObject } from "./object";
 import { catchUp } from "./reload";
@@ -14,7 +14,9 @@ import { evaluateKey, keyIdByHash, loadKey, type VerifyResult } from "./store";
 const keyIds = new Map<string, string>();
 const MAX_CACHED_KEY_IDS = 10_000;
 
-type Refused = { ok: false; code: Extract<VerifyResult, { ok: false }>["code"] } | { ok: false; refusal: Refusal };
+type Refused =
+  | { ok: false; code: Extract<VerifyResult, { ok: false }>["code"] | "idempotency_in_flight" }
+  | { ok: false; refusal: Refusal };
 
 export type KeyVerdict =
   /**
@@ -41,7 +43,8 @@ export async function authorizeKey(
     costs,
     credits,
     reserve,
-  }: { key: string; method: AuthMethod; need: Need | (() => Promise<Need>) } & Partial<Charge>,
+    idempotency,
+  }: { key: string; method: AuthMethod; need: Need | (() => Promise<Need>); idempotency?: Idempotency } & Partial<Charge>,
   isolate?: Holdings,
 ): Promise<KeyVerdict> {
   const hash = await hashKey(key);
@@ -58,6 +61,7 @@ export async function authorizeKey(
       cost,
       credits,
       reserve,
+      idempotency,
       ask: async (stub, spending) => {
         await catchUp(stub, keyId);
         return answerOf(await (stub.authorize({ keyId, method, need, ...spending }) as Promise<Authorization>));
@@ -98,7 +102,8 @@ export async function withPool(
   charge: Charge,
   isolate?: Holdings,
 ): Promise<{ spent: Spent[]; unlimited: boolean } | { ok: false; code: "invalid_key" }> {
-  if (!first.allowed || !principal.pooled) return { spent: [first], unlimited: false };
+  // A retry already charged spends nothing anywhere.
+  if (!first.allowed || first.replayed || !principal.pooled) return { spent: [first], unlimited: false };
   const pool = await spendPool(deps, principal.accountId, charge, isolate);
   if (pool === null) return { spent: [first], unlimited: true };
   if ("code" in pool || !pool.allowed) await refund(deps, first, isolate);

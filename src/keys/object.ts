@@ -32,7 +32,20 @@ function judge(record: KeyRecord | undefined, now: number): Pick<KeyState, "verd
 
 export type Authorization =
   /** `granted`: what the key's budget counted, and the lease beside it for the caller to spend. */
-  { ok: true; principal: Principal; granted: Granted } | Extract<VerifyResult, { ok: false }> | { ok: false; refusal: Refusal };
+  | { ok: true; principal: Principal; granted: Granted }
+  | Extract<VerifyResult, { ok: false }>
+  | { ok: false; refusal: Refusal }
+  /** The first request with this `Idempotency-Key` is still being answered. */
+  | { ok: false; code: "idempotency_in_flight" };
+
+/** How long a request's `Idempotency-Key` is remembered once it was charged. */
+export const IDEMPOTENCY_MS = 24 * 3_600_000;
+
+/** How long a request that is done once admitted counts as in flight, at most (it is marked done in the same step). */
+const IN_FLIGHT_MS = 60_000;
+
+/** A remembered `Idempotency-Key`: charged, and until when its first request may still be in flight. */
+type Charged = { pendingUntil: number; until: number };
 
 /**
  * Longest time a cached key record is trusted without a reload. Revocation and changes to the key's owner reload it
@@ -84,6 +97,7 @@ export class KeyObject extends DurableObject<Bindings> {
    * not spend (`returned`).
    */
   authorize({ keyId, method, need, ...call }: Spending & { keyId: string; method: AuthMethod; need: Need }): Promise<Authorization> {
+    const { idempotency } = call;
     // What the judgement found, for the answer: the call spends only when it passed.
     let passed: { key: KeyState; principal: Principal; now: number } | undefined;
     return this.budget.admit<Authorization>(call, {
@@ -96,6 +110,18 @@ export class KeyObject extends DurableObject<Bindings> {
         const code = refusal(principal, need);
         if (code) return { refuse: { ok: false, refusal: code } };
         passed = { key, principal, now };
+        if (idempotency) {
+          // Checked and claimed with no await between: of concurrent requests with one key, one is charged.
+          const charged = this.ctx.storage.kv.get<Charged>(`idempotency:${idempotency.key}`);
+          if (charged && charged.until > now) {
+            if (charged.pendingUntil > now) return { refuse: { ok: false, code: "idempotency_in_flight" } };
+            return { spend: principal.limits, free: true };
+          }
+          // A request that is done once admitted (`pendingMs` 0) is in flight until then: a concurrent retry is refused
+          // rather than let through before the first is known to be charged.
+          const claim: Charged = { pendingUntil: now + (idempotency.pendingMs || IN_FLIGHT_MS), until: now + IDEMPOTENCY_MS };
+          this.ctx.storage.kv.put(`idempotency:${idempotency.key}`, claim);
+        }
         return { spend: principal.limits, credits: principal.credits.key };
       },
       answer: (granted, logged) => {
@@ -103,10 +129,36 @@ export class KeyObject extends DurableObject<Bindings> {
         this.noteUse(keyId, key, method, now);
         for (const { at, cost } of logged) this.usage.count(at, cost, 0);
         if (!granted.allowed) this.usage.count(now, 0, 1);
+        // A request refused here was not charged: its retry is charged as a first request.
+        if (idempotency && !granted.replayed) {
+          const name = `idempotency:${idempotency.key}`;
+          if (!granted.allowed) this.ctx.storage.kv.delete(name);
+          else if (idempotency.pendingMs === 0) this.ctx.storage.kv.put(name, { pendingUntil: 0, until: now + IDEMPOTENCY_MS });
+        }
         this.flushLater(keyId);
         return { ok: true, principal, granted };
       },
     });
+  }
+
+  /**
+   * The first request with this `Idempotency-Key` has its answer: `kept` (charged; a retry within 24 hours is not), or
+   * `refunded` (what it spent was given back; a retry is charged as a first request).
+   */
+  idempotent(key: string, outcome: "kept" | "refunded"): void {
+    const name = `idempotency:${key}`;
+    const charged = this.ctx.storage.kv.get<Charged>(name);
+    if (!charged) return;
+    if (outcome === "refunded") this.ctx.storage.kv.delete(name);
+    else this.ctx.storage.kv.put(name, { ...charged, pendingUntil: 0 });
+    this.forgetIdempotency();
+  }
+
+  /** Drops idempotency keys past their 24 hours. */
+  private forgetIdempotency(): void {
+    const now = this.clock();
+    for (const [name, charged] of this.ctx.storage.kv.list<Charged>({ prefix: "idempotency:" }))
+      if (charged.until <= now) this.ctx.storage.kv.delete(name);
   }
 
   /** See Budget.cancel. */

@@ -2,7 +2,7 @@ import { z } from "@hono/zod-openapi";
 import { GRANT, parseGrant } from "../core/grants";
 import { parseKey } from "../core/ids";
 import { type External, type Need, NO_ACCOUNT, type Principal } from "../core/principal";
-import { externalView, integer, matching, parseMeta } from "../core/schemas";
+import { externalView, IdempotencyKey, integer, matching, parseMeta } from "../core/schemas";
 import { tightest } from "../core/window";
 import type { Deps } from "../platform/deps";
 import { ownerOf } from "../resources/owners";
@@ -16,7 +16,15 @@ export const VerifyRequest = z
     credits: integer(0, 1_000_000)
       .default(0)
       .openapi({ description: "Credits the request spends from the key's balance and its account's pool, with its limits: all or none" }),
+    reserve: integer(1, 1_000_000).optional().openapi({
+      description:
+        "Credits to hold instead (not with `credits`): settled later with POST /v1/credits/settle `{requestId, used}` (the answer's `requestId`), or at the reserve after CREDITS_SETTLE_TIMEOUT_S",
+    }),
+    idempotencyKey: IdempotencyKey.optional().openapi({
+      description: "Charged once per key and idempotency key within 24 hours (over HTTP, the `Idempotency-Key` header)",
+    }),
   })
+  .refine((r) => !(r.reserve !== undefined && r.credits > 0), { path: ["reserve"], message: "cannot be sent with credits" })
   .openapi("VerifyRequest");
 
 const Valid = z.strictObject({
@@ -36,6 +44,7 @@ const Valid = z.strictObject({
     .openapi({
       description: "The key's tightest limit (least remaining); null when the rate limiter was unavailable and the deployment fails open",
     }),
+  requestId: z.string().openapi({ description: "This verification's id: what POST /v1/credits/settle names a reservation by" }),
   credits: z
     .strictObject({ remaining: z.number().int(), nextRefillAt: z.string().nullable() })
     .nullable()
@@ -55,6 +64,7 @@ const Invalid = z.strictObject({
       "not_found",
       "rate_limited",
       "credits_exhausted",
+      "idempotency_in_flight",
     ])
     .openapi({ description: "`not_found`: the resource belongs to another account, or to none Keygate knows of" }),
   retryAfter: z.number().int().optional().openapi({
@@ -78,9 +88,20 @@ async function needOf(deps: Deps, resource: string | undefined): Promise<Need> {
  * Verifies a key for a backend that cannot sit behind the gateway: the same judgement and the same spend as a gateway
  * request (its object decides, `cost` is spent only when the key passes), so a key is never cheaper to use here.
  */
-export async function verifyKey(deps: Deps, { key, resource, cost, credits }: z.output<typeof VerifyRequest>): Promise<Verdict> {
+export async function verifyKey(
+  deps: Deps,
+  { key, resource, cost, credits, reserve, idempotencyKey }: z.output<typeof VerifyRequest>,
+): Promise<Verdict> {
   if (!parseKey(key)) return { valid: false, code: "invalid_key" };
-  const verdict = await authorizeKey(deps, { key, method: "verify", need: () => needOf(deps, resource), cost, credits });
+  const verdict = await authorizeKey(deps, {
+    key,
+    method: "verify",
+    need: () => needOf(deps, resource),
+    cost,
+    credits: reserve ?? credits,
+    reserve: reserve === undefined ? undefined : { until: deps.now().getTime() + deps.config.creditsSettleTimeoutS * 1000 },
+    idempotency: idempotencyKey === undefined ? undefined : { key: idempotencyKey, pendingMs: 0 },
+  });
   if (!verdict.ok) {
     // A verify asks for no role: its refusals are a missing grant (403 on the gateway) and another account's resource
     // (404 there).
@@ -110,6 +131,7 @@ export async function verifyKey(deps: Deps, { key, resource, cost, credits }: z.
     userId: p.userId,
     role: p.role,
     scopes: p.scopes,
+    requestId: deps.requestId,
     rateLimit: t ? { limit: t.limit, remaining: t.remaining, reset: Math.ceil(t.resetAt / 1000) } : null,
     credits: least
       ? { remaining: least.remaining, nextRefillAt: least.nextRefillAt === null ? null : new Date(least.nextRefillAt).toISOString() }

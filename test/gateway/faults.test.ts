@@ -237,6 +237,7 @@ describe("POST /v1/keys/verify when the key's object or D1 fails", () => {
         scopes: ["*"],
         rateLimit: null,
         credits: null,
+        requestId: expect.any(String),
         externalId: null,
         meta: null,
         account: { externalId: null, meta: null },

@@ -37,6 +37,7 @@ describe.each(ways)("verify through %s", (_, verify) => {
       scopes: ["*"],
       rateLimit: { limit: 5, remaining: 4, reset: expect.any(Number) },
       credits: null,
+      requestId: expect.any(String),
       externalId: null,
       meta: null,
       account: { externalId: null, meta: null },

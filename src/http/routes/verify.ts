@@ -1,6 +1,8 @@
 import { createRoute } from "@hono/zod-openapi";
+import { idempotencyKeyOf } from "../../guards/authenticate";
 import { backend } from "../../guards/backend";
 import { Verdict, VerifyRequest, verifyKey } from "../../keys/verify";
+import { invalidRequest } from "../../platform/errors";
 import { BODY_PROBLEMS, json, jsonBody, problems, routes, VERIFY_SECURITY, withBody } from "../openapi";
 
 export const verifyRoutes = routes().openapi(
@@ -28,7 +30,11 @@ export const verifyRoutes = routes().openapi(
   }),
   async (c) => {
     c.header("Cache-Control", "no-store");
-    const verdict = await verifyKey(c.get("deps"), c.req.valid("json"));
+    const body = c.req.valid("json");
+    const sent = idempotencyKeyOf(c);
+    if (sent !== undefined && body.idempotencyKey !== undefined && sent !== body.idempotencyKey)
+      throw invalidRequest([{ field: "Idempotency-Key", message: "differs from the body's idempotencyKey" }]);
+    const verdict = await verifyKey(c.get("deps"), { ...body, idempotencyKey: sent ?? body.idempotencyKey });
     if (verdict.valid && verdict.rateLimit === null) c.header("X-RateLimit-Status", "unavailable");
     return c.json(verdict, 200);
   },
