@@ -20,6 +20,7 @@ const FLOORS = {
   resources: 3,
   tokens: 3,
   plans: 3,
+  credits: 3,
   guards: 4,
   gateway: 5,
   http: 6,
