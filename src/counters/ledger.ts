@@ -4,8 +4,15 @@ import { newId } from "../core/ids";
 /** Whose balance an entry moved: a key's own (`keyId`), or the account pool's (`keyId` null). */
 export type LedgerOwner = { accountId: string; keyId: string | null };
 
-/** The most rows one flush writes: D1 bounds the statements of a batch; what is left waits for the next flush. */
-export const LEDGER_FLUSH_ROWS = 200;
+/** Columns of a credit_ledger row, as one INSERT binds them. */
+const COLUMNS = ["id", "account_id", "key_id", "at", "delta", "balance_after", "kind", "count", "request_id", "actor", "reason"];
+/** Rows per INSERT: D1 binds at most 100 parameters to a statement. */
+const ROWS_PER_STATEMENT = Math.floor(100 / COLUMNS.length);
+/**
+ * The most rows one flush writes: 20 statements, well within what one invocation of the object may ask of D1 (50 on
+ * the free plan, with the key's own reads and usage beside it). What is left waits for the next flush.
+ */
+export const LEDGER_FLUSH_ROWS = 20 * ROWS_PER_STATEMENT;
 
 const MINUTE_MS = 60_000;
 
@@ -146,28 +153,31 @@ export class LedgerOutbox {
     this.sql.exec("UPDATE ledger_outbox SET sealed = 1 WHERE sealed = 0");
     const rows = this.sql.exec<Row>("SELECT * FROM ledger_outbox ORDER BY seq LIMIT ?", LEDGER_FLUSH_ROWS).toArray();
     if (rows.length === 0) return;
-    await db.batch(
-      rows.map((r) =>
+    const statements: D1PreparedStatement[] = [];
+    for (let i = 0; i < rows.length; i += ROWS_PER_STATEMENT) {
+      const chunk = rows.slice(i, i + ROWS_PER_STATEMENT);
+      const values = chunk.map(() => `(${COLUMNS.map(() => "?").join(", ")})`).join(", ");
+      statements.push(
         db
-          .prepare(
-            `INSERT OR IGNORE INTO credit_ledger (id, account_id, key_id, at, delta, balance_after, kind, count, request_id, actor, reason)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-          )
+          .prepare(`INSERT OR IGNORE INTO credit_ledger (${COLUMNS.join(", ")}) VALUES ${values}`)
           .bind(
-            r.id,
-            r.account_id,
-            r.key_id,
-            new Date(r.at).toISOString(),
-            r.delta,
-            r.balance_after,
-            r.kind,
-            r.count,
-            r.request_id,
-            r.actor,
-            r.reason,
+            ...chunk.flatMap((r) => [
+              r.id,
+              r.account_id,
+              r.key_id,
+              new Date(r.at).toISOString(),
+              r.delta,
+              r.balance_after,
+              r.kind,
+              r.count,
+              r.request_id,
+              r.actor,
+              r.reason,
+            ]),
           ),
-      ),
-    );
+      );
+    }
+    await db.batch(statements);
     const last = (rows[rows.length - 1] as Row).seq;
     // Only rows sealed before the write: nothing opened since was sent.
     this.sql.exec("DELETE FROM ledger_outbox WHERE sealed = 1 AND seq <= ?", last);
