@@ -15,7 +15,9 @@ export type Fault =
   /** Reaches the real object only after `ms` (a call stuck in a queue); `times` limits it to the first calls. */
   | { kind: "late-call"; ms: number; times?: number }
   /** Reaches the real object at once, but its answer comes back only after `ms`; `times` limits it to the first calls. */
-  | { kind: "late-answer"; ms: number; times?: number };
+  | { kind: "late-answer"; ms: number; times?: number }
+  /** Reaches the real thing, which does the work, then fails (the answer was lost); `times` limits it to the first calls. */
+  | { kind: "lost-answer"; error?: Error; times?: number };
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -35,6 +37,9 @@ async function apply<T>(fault: Fault, count: number, real: () => Promise<T>): Pr
       await sleep(fault.ms);
       return answer;
     }
+    case "lost-answer":
+      await real();
+      throw fault.error ?? new Error("injected fault after the call landed");
   }
 }
 

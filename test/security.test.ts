@@ -16,6 +16,8 @@ const routes: ProtectedRoute[] = [
   { method: "DELETE", path: (t) => `/v1/api-keys/${t.keyId}`, needs: "full" },
   { method: "GET", path: (t) => `/v1/api-keys/${t.keyId}/usage`, needs: "full" },
   { method: "GET", path: () => "/v1/account/usage", needs: "full" },
+  { method: "GET", path: (t) => `/v1/api-keys/${t.keyId}/credits/ledger`, needs: "full" },
+  { method: "GET", path: () => "/v1/account/credits/ledger", needs: "admin" },
   { method: "POST", path: (t) => `/v1/api-keys/${t.keyId}/rotate`, body: {}, needs: "full" },
   { method: "POST", path: () => "/v1/users", body: { email: "new@example.com", role: "member" }, needs: "admin" },
   { method: "GET", path: () => "/v1/users", needs: "admin" },
@@ -45,6 +47,7 @@ const tokenRoutes: TokenRoute[] = [
   { method: "POST", path: "/v1/accounts", body: { name: "x", adminEmail: "a@example.com" }, token: "operator" },
   { method: "PATCH", path: "/v1/accounts/:id", body: {}, token: "operator" },
   { method: "POST", path: "/v1/accounts/:id/recovery-key", body: {}, token: "operator" },
+  { method: "GET", path: "/v1/accounts/:id/credits/ledger", token: "operator" },
   {
     method: "PUT",
     path: "/v1/plans/:id",

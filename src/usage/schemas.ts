@@ -22,6 +22,7 @@ const Hour = z.strictObject({
   hour: Timestamp.openapi({ description: "The hour's start" }),
   admitted: z.number().int(),
   rateLimited: z.number().int(),
+  creditsSpent: z.number().openapi({ description: "Credits the admitted requests spent (less what came back)" }),
 });
 
 export const KeyUsage = z.strictObject({ keyId: z.string(), from: Timestamp, to: Timestamp, series: z.array(Hour) }).openapi("KeyUsage");
@@ -31,8 +32,10 @@ export const AccountUsage = z
     from: Timestamp,
     to: Timestamp,
     series: z.array(Hour),
-    keys: z.array(z.strictObject({ keyId: z.string(), admitted: z.number().int(), rateLimited: z.number().int() })).openapi({
-      description: "Each key's totals over the range (members: their own keys)",
-    }),
+    keys: z
+      .array(z.strictObject({ keyId: z.string(), admitted: z.number().int(), rateLimited: z.number().int(), creditsSpent: z.number() }))
+      .openapi({
+        description: "Each key's totals over the range (members: their own keys)",
+      }),
   })
   .openapi("AccountUsage");

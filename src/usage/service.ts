@@ -4,6 +4,9 @@ import { type Hours, hourTotals, type KeyTotal, keyHours, keyTotals, type UsageH
 
 export type { KeyTotal, UsageHour };
 
+/** What a key's object counted in an hour, as it writes it (counts made before credits existed carry none). */
+export type CountedHour = Omit<UsageHour, "creditsSpent"> & { creditsSpent?: number };
+
 /** The hour an instant falls in, as stored: `2026-11-23T14:00:00.000Z`. */
 export function hourOf(ms: number): string {
   return new Date(Math.floor(ms / 3_600_000) * 3_600_000).toISOString();
@@ -21,7 +24,8 @@ function filled(from: string, to: string, rows: UsageHour[]): UsageHour[] {
   for (let t = Date.parse(hourOf(Date.parse(from))); t < Date.parse(to); t += 3_600_000) {
     const hour = new Date(t).toISOString();
     const found = byHour.get(hour);
-    out.push(found ? { hour, admitted: found.admitted, rateLimited: found.rateLimited } : { hour, admitted: 0, rateLimited: 0 });
+    const { admitted, rateLimited, creditsSpent } = found ?? { admitted: 0, rateLimited: 0, creditsSpent: 0 };
+    out.push({ hour, admitted, rateLimited, creditsSpent });
   }
   return out;
 }
@@ -65,13 +69,14 @@ export async function keysUsage(
  * hour, adding to what is there, so a flush repeated after a failure is the only way to count twice, and a flush
  * never loses what another wrote.
  */
-export function addUsage(d1: D1Database, keyId: string, accountId: string, hours: UsageHour[]): D1PreparedStatement[] {
+export function addUsage(d1: D1Database, keyId: string, accountId: string, hours: CountedHour[]): D1PreparedStatement[] {
   return hours.map((h) =>
     d1
       .prepare(
-        `INSERT INTO key_usage (key_id, account_id, hour, admitted, rate_limited) VALUES (?, ?, ?, ?, ?)
-         ON CONFLICT (key_id, hour) DO UPDATE SET admitted = admitted + excluded.admitted, rate_limited = rate_limited + excluded.rate_limited`,
+        `INSERT INTO key_usage (key_id, account_id, hour, admitted, rate_limited, credits_spent) VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (key_id, hour) DO UPDATE SET admitted = admitted + excluded.admitted, rate_limited = rate_limited + excluded.rate_limited,
+           credits_spent = credits_spent + excluded.credits_spent`,
       )
-      .bind(keyId, accountId, h.hour, h.admitted, h.rateLimited),
+      .bind(keyId, accountId, h.hour, h.admitted, h.rateLimited, h.creditsSpent ?? 0),
   );
 }

@@ -3,9 +3,9 @@ import type { Principal } from "../core/principal";
 import type { Db } from "../platform/db/client";
 import { keyUsage } from "../platform/db/schema";
 
-/** One hour of a key's (or an account's) requests: admitted, and refused by the rate limit. */
-export type UsageHour = { hour: string; admitted: number; rateLimited: number };
-export type KeyTotal = { keyId: string; admitted: number; rateLimited: number };
+/** One hour of a key's (or an account's) requests: admitted, refused by the rate limit, and the credits they spent. */
+export type UsageHour = { hour: string; admitted: number; rateLimited: number; creditsSpent: number };
+export type KeyTotal = { keyId: string; admitted: number; rateLimited: number; creditsSpent: number };
 /** A range of whole hours, as stored: `from` is an hour's start, `to` excluded. */
 export type Hours = { from: string; to: string };
 
@@ -20,7 +20,11 @@ export function visibleTo(p: Principal) {
   );
 }
 
-const SUMS = { admitted: sql<number>`sum(${keyUsage.admitted})`, rateLimited: sql<number>`sum(${keyUsage.rateLimited})` };
+const SUMS = {
+  admitted: sql<number>`sum(${keyUsage.admitted})`,
+  rateLimited: sql<number>`sum(${keyUsage.rateLimited})`,
+  creditsSpent: sql<number>`sum(${keyUsage.creditsSpent})`,
+};
 
 const within = (p: Principal, { from, to }: Hours) => and(visibleTo(p), gte(keyUsage.hour, from), lt(keyUsage.hour, to));
 
@@ -46,7 +50,13 @@ export function keyTotals(d: Db, p: Principal, hours: Hours): Promise<KeyTotal[]
 /** The hours with requests of each of these keys (those `p` may see), in one read. */
 export function keyHours(d: Db, p: Principal, keyIds: string[], hours: Hours): Promise<(UsageHour & { keyId: string })[]> {
   return d
-    .select({ keyId: keyUsage.keyId, hour: keyUsage.hour, admitted: keyUsage.admitted, rateLimited: keyUsage.rateLimited })
+    .select({
+      keyId: keyUsage.keyId,
+      hour: keyUsage.hour,
+      admitted: keyUsage.admitted,
+      rateLimited: keyUsage.rateLimited,
+      creditsSpent: keyUsage.creditsSpent,
+    })
     .from(keyUsage)
     .where(and(within(p, hours), inArray(keyUsage.keyId, keyIds)))
     .orderBy(keyUsage.hour);

@@ -1,6 +1,7 @@
-import { evictDurableObject, runDurableObjectAlarm } from "cloudflare:test";
+import { evictDurableObject, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
+import { UsageTally } from "../../src/usage/tally";
 import { faultyDatabase, objectDatabase } from "../faults";
 import { call, createKey, expectProblem, memberWithKey, provision, rows } from "../helpers";
 
@@ -114,7 +115,12 @@ describe("usage per key and hour", () => {
       keyId: a.id,
       from,
       to,
-      series: hours.map((hour) => ({ hour, admitted: hoursOfA.find((r) => r.hour === hour)?.admitted ?? 0, rateLimited: 0 })),
+      series: hours.map((hour) => ({
+        hour,
+        admitted: hoursOfA.find((r) => r.hour === hour)?.admitted ?? 0,
+        rateLimited: 0,
+        creditsSpent: 0,
+      })),
     });
     const account = await (await call(`/v1/account/usage?from=${from}&to=${to}`, { key: key.key })).json<{
       series: { hour: string; admitted: number; rateLimited: number }[];
@@ -127,7 +133,7 @@ describe("usage per key and hour", () => {
     const sum = (list: { admitted: number; rateLimited: number }[], f: "admitted" | "rateLimited") => list.reduce((n, h) => n + h[f], 0);
     expect([sum(account.series, "admitted"), sum(account.series, "rateLimited")]).toEqual([sum(account.keys, "admitted"), 2]);
     expect(account.series.filter((h) => h.hour < hourOf(since))).toEqual(
-      hours.filter((h) => h < hourOf(since)).map((hour) => ({ hour, admitted: 0, rateLimited: 0 })),
+      hours.filter((h) => h < hourOf(since)).map((hour) => ({ hour, admitted: 0, rateLimited: 0, creditsSpent: 0 })),
     );
   });
 
@@ -152,5 +158,65 @@ describe("usage per key and hour", () => {
       "from=2026-02-30T00:00:00Z",
     ])
       await expectProblem(await call(`/v1/account/usage?${query}`, { key: key.key }), 400, "invalid_request");
+  });
+
+  it("counts the credits a key's requests spent per hour beside them, and every series and total sums them", async () => {
+    const { key } = await provision({ membersCanCreateKeys: true });
+    const a = await createKey(key.key, { name: "a" });
+    const member = await memberWithKey(key.key);
+    await send(a.key, 2);
+    await send(member.key.key, 1);
+    // What the key's object counts as its requests spend credits: spent, then some given back.
+    const spend = (keyId: string, ...credits: number[]) =>
+      runInDurableObject(env.KEYS.getByName(`key:${keyId}`), (_, state) => {
+        const tally = new UsageTally(state.storage.sql);
+        for (const c of credits) tally.count(Date.now(), 0, 0, c);
+      });
+    await spend(a.id, 7, 3, -2);
+    await spend(member.key.id, 5);
+    await Promise.all([flush(a.id), flush(member.key.id)]);
+    const credits = async (keyId: string) =>
+      (await rows<{ c: number }>("SELECT sum(credits_spent) AS c FROM key_usage WHERE key_id = ?", keyId))[0]?.c;
+    expect([await credits(a.id), await credits(member.key.id)]).toEqual([8, 5]);
+    type Usage = {
+      series: { admitted: number; creditsSpent: number }[];
+      keys: { keyId: string; admitted: number; creditsSpent: number }[];
+    };
+    const total = (series: { creditsSpent: number }[]) => series.reduce((n, h) => n + h.creditsSpent, 0);
+    const all = await (await call("/v1/account/usage", { key: key.key })).json<Usage>();
+    expect(total(all.series)).toBe(13);
+    expect(Object.fromEntries(all.keys.map((k) => [k.keyId, [k.admitted, k.creditsSpent]]))).toEqual({
+      [a.id]: [2, 8],
+      [member.key.id]: [1, 5],
+    });
+    const mine = await (await call("/v1/account/usage", { key: member.key.key })).json<Usage>();
+    expect([total(mine.series), mine.keys.map((k) => k.creditsSpent)]).toEqual([5, [5]]);
+    const ofA = await (await call(`/v1/api-keys/${a.id}/usage`, { key: key.key })).json<Usage>();
+    expect(total(ofA.series)).toBe(8);
+    // A second flush adds what came since, and only that (the request sets the object's alarm again).
+    await spend(a.id, 4);
+    await send(a.key, 1);
+    await flush(a.id);
+    expect(await credits(a.id)).toBe(12);
+  });
+
+  it("keeps the counts of an object that counted before credits existed, and counts credits beside them", async () => {
+    const hour = hourOf(Date.now());
+    await runInDurableObject(env.KEYS.getByName(`usage-before-credits:${crypto.randomUUID()}`), (_, state) => {
+      // The table as such an object made it.
+      state.storage.sql.exec("DROP TABLE usage_pending");
+      state.storage.sql.exec(
+        "CREATE TABLE usage_pending (hour TEXT PRIMARY KEY, admitted INTEGER NOT NULL, rate_limited INTEGER NOT NULL)",
+      );
+      state.storage.sql.exec("INSERT INTO usage_pending VALUES (?, 4, 1)", hour);
+      const tally = new UsageTally(state.storage.sql);
+      expect(tally.pending()).toEqual([{ hour, admitted: 4, rateLimited: 1, creditsSpent: 0 }]);
+      tally.count(Date.parse(hour), 1, 0, 9);
+      expect(new UsageTally(state.storage.sql).pending()).toEqual([{ hour, admitted: 5, rateLimited: 1, creditsSpent: 9 }]);
+      // Written: only credits left over from what was written stay pending.
+      tally.count(Date.parse(hour), 0, 0, 2);
+      tally.written([{ hour, admitted: 5, rateLimited: 1, creditsSpent: 9 }]);
+      expect(tally.pending()).toEqual([{ hour, admitted: 0, rateLimited: 0, creditsSpent: 2 }]);
+    });
   });
 });

@@ -255,8 +255,38 @@ export const keyUsage = sqliteTable(
     hour: text("hour").notNull(),
     admitted: integer("admitted").notNull().default(0),
     rateLimited: integer("rate_limited").notNull().default(0),
+    /** Credits the key's admitted requests spent in the hour (less what came back). */
+    creditsSpent: integer("credits_spent").notNull().default(0),
   },
   (t) => [primaryKey({ columns: [t.keyId, t.hour] }), index("key_usage_account_hour").on(t.accountId, t.hour)],
+);
+
+/**
+ * Every movement of a credits balance, flushed from the object that holds the balance (a key's, or the account pool's
+ * `account:<id>` counter). Spends, and lease returns, are summed per owner and UTC minute (`count` entries in one row);
+ * every other movement is its own row. Ids are made in the object, so a flush repeated after a failure writes nothing
+ * twice. No foreign keys: a row the object could not write would hold back every row after it, and the ledger
+ * outlives what it names.
+ */
+export const creditLedger = sqliteTable(
+  "credit_ledger",
+  {
+    id: text("id").primaryKey(),
+    accountId: text("account_id").notNull(),
+    /** The key whose own balance moved; null for the account pool's entries. */
+    keyId: text("key_id"),
+    /** When it moved (a summed row: its last entry), ISO-8601 UTC. */
+    at: text("at").notNull(),
+    delta: integer("delta").notNull(),
+    balanceAfter: integer("balance_after").notNull(),
+    kind: text("kind", { enum: ["spend", "refund", "refill", "adjust", "reserve", "settle"] }).notNull(),
+    /** How many entries the row sums: 1 except for a minute's spends or lease returns. */
+    count: integer("count").notNull().default(1),
+    requestId: text("request_id"),
+    actor: text("actor"),
+    reason: text("reason"),
+  },
+  (t) => [index("credit_ledger_owner_at").on(t.accountId, t.keyId, t.at, t.id)],
 );
 
 export type Plan = typeof plans.$inferSelect;
