@@ -1,8 +1,11 @@
 /** A limit: at most `limit` requests in any window of `windowSeconds`. */
 export type Policy = { limit: number; windowSeconds: number };
 
-/** One of a key's (or an account's) limits, by name: a plan's "minute" and "day". */
-export type Limit = Policy & { name: string };
+/**
+ * One of a key's (or an account's) limits, by name: a plan's "minute" and "day". `shared: "account"`: one budget that
+ * every key of the account spends together (so ten keys do not make ten quotas); only an account or a plan sets it.
+ */
+export type Limit = Policy & { name: string; shared?: "account" };
 
 /** What a limit may be called: a lowercase letter, then up to 31 lowercase letters, digits, `_` or `-`. */
 export const LIMIT_NAME = /^[a-z][a-z0-9_-]{0,31}$/;
