@@ -77,6 +77,12 @@ describe("a key's credits", () => {
     const list = await (await call("/v1/api-keys", { key: key.key })).json<{ data: { id: string; credits: unknown }[] }>();
     expect(list.data.find((k) => k.id === created.id)?.credits).toEqual(view);
 
+    // A monthly refill without its day comes on the 1st.
+    const firstOfMonth = { remaining: 9, refill: { amount: 9, interval: "month", mode: "add" } };
+    const d = new Date();
+    const nextFirst = new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth() + 1, 1)).toISOString();
+    expect(await createKey(key.key, { credits: firstOfMonth })).toMatchObject({ credits: { ...firstOfMonth, nextRefillAt: nextFirst } });
+
     // No refill: never refilled, and nothing to wait for.
     const fixed = await createKey(key.key, { credits: { remaining: 0 } });
     expect(fixed).toMatchObject({ credits: { remaining: 0, refill: null, nextRefillAt: null } });
