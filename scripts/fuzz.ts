@@ -520,6 +520,15 @@ const external = (prefix: string) => ({
   meta: pick([{ plan: "pro", seats: int(100) }, { ключ: [1, null, true] }, null]),
 });
 
+/** Credits a key, an account or a plan may be given (never few enough to run out). */
+const credits = () =>
+  pick([
+    null,
+    { remaining: 1_000_000 },
+    { remaining: 5000, refill: { amount: 5000, interval: "month", mode: "set", dayOfMonth: 28 } },
+    { remaining: 100_000, refill: { amount: 10, interval: "hour", mode: "add" } },
+  ]);
+
 /** Every path to a value in a body: [["name"], ["rateLimit"], ["rateLimit", "limit"], ...]. */
 function fieldPaths(value: unknown, prefix: string[] = []): string[][] {
   if (typeof value !== "object" || value === null || Array.isArray(value)) return [];
@@ -769,6 +778,7 @@ const ROUTES: Route[] = [
         membersCanCreateKeys: chance(0.5),
         rateLimit: { limit: 100, windowSeconds: 60 },
         maxRateLimit: pick([null, { limit: 10, windowSeconds: 60 }]),
+        credits: credits(),
         ...external("cus"),
       }),
       admin: { email: `ops${int(1e9)}@fuzz.example` },
@@ -780,7 +790,7 @@ const ROUTES: Route[] = [
     method: "PATCH",
     path: (w) => `/v1/accounts/${pathId(w, [w.accounts.a])}`,
     auth: ["operator"],
-    body: () => someOf({ ...external("cus"), plan: pick([null, "fuzz-plan", "no-such-plan"]) }),
+    body: () => someOf({ ...external("cus"), plan: pick([null, "fuzz-plan", "no-such-plan"]), credits: credits() }),
   },
   {
     name: "plan-put",
@@ -794,9 +804,10 @@ const ROUTES: Route[] = [
         [{ name: "minute", limit: 10, windowSeconds: 60 }],
         [
           { name: "minute", limit: 100, windowSeconds: 60 },
-          { name: "day", limit: 1000, windowSeconds: 86_400 },
+          { name: "day", limit: 1000, windowSeconds: 86_400, shared: "account" },
         ],
       ]),
+      ...someOf({ credits: credits() }),
     }),
   },
   { name: "plan-list", operation: "GET /v1/plans", method: "GET", path: () => "/v1/plans", auth: ["operator"] },
@@ -857,6 +868,7 @@ const ROUTES: Route[] = [
         expiresAt: future(),
         ownerId: pick([w.users.member, w.users.admin]),
         rateLimit: { limit: 100, windowSeconds: 60 },
+        credits: credits(),
         ...external("si"),
       }),
     }),
@@ -921,7 +933,7 @@ const ROUTES: Route[] = [
     method: "POST",
     path: (w) => `/v1/api-keys/${pathId(w, w.changeableKeyIds)}/rotate`,
     auth: ["adminKey/bearer", "memberKey/bearer"],
-    body: () => someOf({ gracePeriodSeconds: pick([0, 60, 604_800]), rateLimit: { limit: 50, windowSeconds: 60 } }),
+    body: () => someOf({ gracePeriodSeconds: pick([0, 60, 604_800]), rateLimit: { limit: 50, windowSeconds: 60 }, credits: credits() }),
   },
   {
     name: "agent-create",

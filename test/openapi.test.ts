@@ -83,6 +83,7 @@ describe("the OpenAPI document", () => {
         "ownerId",
         "rateLimit",
         "rateLimits",
+        "credits",
         "externalId",
         "meta",
         "mailboxIds",
@@ -104,6 +105,14 @@ describe("the OpenAPI document", () => {
     expect(accepts({ name: "x", rateLimits: [minute] })).toBe(true);
     expect(accepts({ name: "x", rateLimits: [{ ...minute, name: "Minute" }] })).toBe(false);
     expect(accepts({ name: "x", rateLimits: Array.from({ length: 9 }, (_, i) => ({ ...minute, name: `l${i}` })) })).toBe(false);
+    // A key's limits are its own: the document refuses `shared` on them, as the server does.
+    expect(accepts({ name: "x", rateLimits: [{ ...minute, shared: "account" }] })).toBe(false);
+    const refill = { amount: 100, interval: "month", mode: "set", dayOfMonth: 15 };
+    expect(accepts({ name: "x", credits: { remaining: 100, refill } })).toBe(true);
+    expect(accepts({ name: "x", credits: null })).toBe(true);
+    expect(accepts({ name: "x", credits: { remaining: -1 } })).toBe(false);
+    expect(accepts({ name: "x", credits: { remaining: 1, refill: { ...refill, interval: "week" } } })).toBe(false);
+    expect(accepts({ name: "x", credits: { remaining: 1, refill: { ...refill, dayOfMonth: 29 } } })).toBe(false);
     const limit = (await served()).paths["/v1/api-keys"]?.get as unknown as { parameters: { name: string; schema: unknown }[] };
     expect(limit.parameters.find((p) => p.name === "limit")?.schema).toMatchObject({ type: "integer", minimum: 1, maximum: 100 });
   });

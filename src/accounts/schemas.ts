@@ -1,7 +1,11 @@
 import { z } from "@hono/zod-openapi";
 import { defaultLimits } from "../core/ceilings";
+import { storedCredits } from "../core/credits";
 import { DEFAULT_PREFIX, PREFIX } from "../core/ids";
 import {
+  CreditsBalance,
+  creditsField,
+  creditsView,
   extend,
   externalFields,
   externalView,
@@ -18,8 +22,8 @@ import {
 import { KeyWithSecret } from "../keys/schemas";
 import { Email } from "../people/schemas";
 import { PlanId } from "../plans/schemas";
-import type { Account } from "../platform/db/schema";
 import { InvitedUser } from "../users/schemas";
+import type { AccountRecord } from "./store";
 
 const SLUG = /^[a-z0-9][a-z0-9-]{1,62}$/;
 
@@ -37,6 +41,10 @@ export const NewAccount = z
     rateLimits: RateLimits.optional().openapi({ description: "The default limits of the account's keys" }),
     maxRateLimit: orNull(RateLimit).default(null),
     plan: PlanId.optional().openapi({ description: "The plan the account is on (`PUT /v1/plans/{id}`): its keys get its limits" }),
+    credits: creditsField.openapi({
+      description:
+        "The account's credits pool, spent by all its keys together, in place of its plan's; `null` or absent: its plan's, else unlimited",
+    }),
     admin: z.strictObject({ email: Email }),
     ...externalFields,
   })
@@ -59,11 +67,14 @@ export const OperatorAccountChange = z
     plan: orNull(PlanId)
       .optional()
       .openapi({ description: "The plan the account is on (`PUT /v1/plans/{id}`); `null` takes it off its plan" }),
+    credits: creditsField.openapi({
+      description: "The account's own credits pool, in place of its plan's; `null` clears it: its plan's apply, else unlimited",
+    }),
     ...externalFields,
   })
   .openapi("OperatorAccountChange", {
     description:
-      "The account's plan, `externalId` (unique across the deployment) and `meta`; `null` clears any of them. Its keys have the change before it is answered.",
+      "The account's plan, credits pool, `externalId` (unique across the deployment) and `meta`; `null` clears any of them. Its keys have the change before it is answered.",
   });
 
 export const RecoveryRequest = z.strictObject({ userId: text(64).optional() }).openapi("RecoveryRequest");
@@ -79,6 +90,9 @@ export const AccountView = z
     rateLimits: RateLimits,
     maxRateLimit: orNull(RateLimit),
     plan: z.string().nullable(),
+    credits: orNull(CreditsBalance).openapi({
+      description: "The credits pool all the account's keys spend, as of now: the account's own, else its plan's; null: unlimited",
+    }),
     createdAt: Timestamp,
     ...externalView,
   })
@@ -96,7 +110,7 @@ export const AccountActivity = extend(AccountView, {
 
 export const Provisioned = z.strictObject({ account: AccountView, admin: InvitedUser, key: KeyWithSecret }).openapi("Provisioned");
 
-export function accountView(a: Account): z.infer<typeof AccountView> {
+export function accountView(a: AccountRecord, now: Date): z.infer<typeof AccountView> {
   return {
     id: a.id,
     name: a.name,
@@ -110,6 +124,8 @@ export function accountView(a: Account): z.infer<typeof AccountView> {
         ? null
         : { limit: a.maxRateLimit, windowSeconds: a.maxRateLimitWindowSeconds },
     plan: a.planId,
+    // The pool, as the account's principal spends it (core/principal.ts): its own, else its plan's.
+    credits: creditsView(storedCredits(a.credits ?? a.planCredits), now),
     createdAt: a.createdAt,
     externalId: a.externalId,
     meta: parseMeta(a.meta),

@@ -3,11 +3,12 @@ import { and, asc, eq } from "drizzle-orm";
 import { FULL_ACCESS } from "../core/grants";
 import { newId } from "../core/ids";
 import type { Principal } from "../core/principal";
-import { externalChange, sentLimits, shorthand, storedMeta } from "../core/schemas";
+import { creditsColumn, externalChange, sentLimits, shorthand, storedMeta } from "../core/schemas";
 import { DEFAULT_POLICY, type Limit } from "../core/window";
 import { reloadKeys } from "../keys/reload";
 import { keyUsage, liveKeyIds, mintKey } from "../keys/store";
 import { newInvitation } from "../people/invitations";
+import { planCredits } from "../plans/store";
 import { dashboardOrigin } from "../platform/config";
 import { auditInsert } from "../platform/db/audit";
 import { batch, violates, violatesReference } from "../platform/db/client";
@@ -16,7 +17,7 @@ import { type Account, accounts, apiKeys, users } from "../platform/db/schema";
 import type { Deps } from "../platform/deps";
 import { ApiError, invalidRequest } from "../platform/errors";
 import type { AccountChange, NewAccount, OperatorAccountChange } from "./schemas";
-import { findAccount, listEvents } from "./store";
+import { type AccountRecord, findAccount, listEvents } from "./store";
 
 // The account aggregate on Deps: its writes, each with its audit events in one batch, and its reads (the account, and
 // the activity the principal may see: store.ts, visibleTo).
@@ -27,7 +28,19 @@ import { findAccount, listEvents } from "./store";
  */
 export async function provisionAccount(
   deps: Deps,
-  { name, slug, keyPrefix, membersCanCreateKeys, maxRateLimit, admin, plan, externalId, meta, ...limits }: z.infer<typeof NewAccount>,
+  {
+    name,
+    slug,
+    keyPrefix,
+    membersCanCreateKeys,
+    maxRateLimit,
+    admin,
+    plan,
+    credits,
+    externalId,
+    meta,
+    ...limits
+  }: z.infer<typeof NewAccount>,
   reachedAt: URL,
 ) {
   const now = deps.now();
@@ -45,7 +58,7 @@ export async function provisionAccount(
     createdAt: now.toISOString(),
     externalId: externalId ?? null,
     meta: storedMeta(meta),
-    credits: null,
+    credits: creditsColumn(credits),
   };
   const user = {
     id: newId("usr"),
@@ -78,7 +91,10 @@ export async function provisionAccount(
     if (violatesReference(err)) throw noSuchPlan();
     externalIdTaken(err, externalId);
   }
-  return { account, user, raw, row, now, invitation };
+  // What the account's keys spend when it has no pool of its own: its plan's (read only then, and only after the plan
+  // was found to exist by the write).
+  const pool = account.credits === null && account.planId !== null ? await planCredits(d, account.planId) : null;
+  return { account: { ...account, planCredits: pool }, user, raw, row, now, invitation };
 }
 
 /**
@@ -120,7 +136,7 @@ export async function updateAccount(
   deps: Deps,
   p: Principal,
   { maxRateLimit, membersCanCreateKeys, rateLimit, rateLimits }: z.infer<typeof AccountChange>,
-): Promise<Account> {
+): Promise<AccountRecord> {
   const limits = sentLimits({ rateLimit, rateLimits });
   const change = {
     ...(limits ? accountLimitColumns(limits) : {}),
@@ -154,18 +170,22 @@ export async function updateAccount(
 }
 
 /**
- * The operator's change of an account's plan, `externalId` and `meta`, audited as the operator's act; 404 for no such
- * account, 400 for no such plan.
+ * The operator's change of an account's plan, credits pool, `externalId` and `meta`, audited as the operator's act; 404
+ * for no such account, 400 for no such plan.
  */
 export async function changeAccount(
   deps: Deps,
   id: string,
-  { plan, ...external }: z.infer<typeof OperatorAccountChange>,
-): Promise<Account> {
+  { plan, credits, ...external }: z.infer<typeof OperatorAccountChange>,
+): Promise<AccountRecord> {
   const d = deps.db;
   const account = await findAccount(d, id);
   if (!account) throw new ApiError("not_found", "No account with this id.");
-  const change = { ...externalChange(external), ...(plan === undefined ? {} : { planId: plan }) };
+  const change = {
+    ...externalChange(external),
+    ...(plan === undefined ? {} : { planId: plan }),
+    ...(credits === undefined ? {} : { credits: creditsColumn(credits) }),
+  };
   if (Object.keys(change).length === 0) return account;
   const now = deps.now();
   await batch(deps.env.DB, [
@@ -180,17 +200,20 @@ export async function changeAccount(
     if (violatesReference(err)) throw noSuchPlan();
     externalIdTaken(err, external.externalId);
   });
-  // The account's plan is its keys' limits: in the keys' objects before it is answered, as `externalId` and `meta` are.
-  await reloadExternal(deps, account.id, { ...external, ...(plan === undefined ? {} : { plan }) }, now);
-  return { ...account, ...change };
+  // The account's plan is its keys' limits and its pool their credits: in the keys' objects before it is answered, as
+  // `externalId` and `meta` are.
+  await reloadExternal(deps, account.id, { ...external, ...(plan === undefined ? {} : { plan }), credits }, now);
+  const pool = plan === undefined ? account.planCredits : plan === null ? null : await planCredits(d, plan);
+  return { ...account, ...change, planCredits: pool };
 }
 
 /**
- * Every key of the account carries the account's plan, `externalId` and `meta` to verify and the upstream: a change of
- * any is in the keys' objects before it is answered (503 `change_pending` otherwise, in force within seconds).
+ * Every key of the account carries the account's plan, credits pool, `externalId` and `meta` to verify and the
+ * upstream: a change of any is in the keys' objects before it is answered (503 `change_pending` otherwise, in force
+ * within seconds).
  */
 async function reloadExternal(deps: Deps, accountId: string, change: z.infer<typeof OperatorAccountChange>, now: Date) {
-  if (change.externalId === undefined && change.meta === undefined && change.plan === undefined) return;
+  if (Object.values(change).every((v) => v === undefined)) return;
   await reloadKeys(deps, await liveKeyIds(deps.db, { accountId }, now));
 }
 
@@ -202,9 +225,9 @@ function externalIdTaken(err: unknown, externalId: string | null | undefined): n
 }
 
 /** The caller's account. */
-export async function getAccount(deps: Deps, p: Principal): Promise<Account> {
+export async function getAccount(deps: Deps, p: Principal): Promise<AccountRecord> {
   // The principal was read with its account a moment ago; accounts are never deleted.
-  return (await findAccount(deps.db, p.accountId)) as Account;
+  return (await findAccount(deps.db, p.accountId)) as AccountRecord;
 }
 
 /** How many events `accountActivity` shows. */

@@ -1,8 +1,11 @@
-import { and, desc, eq, or, sql } from "drizzle-orm";
+import { and, desc, eq, getTableColumns, or, sql } from "drizzle-orm";
 import type { Principal } from "../core/principal";
 import type { Db } from "../platform/db/client";
 import { type Page, pageWhere, toPage } from "../platform/db/pagination";
-import { type Account, accounts, auditEvents, users } from "../platform/db/schema";
+import { type Account, accounts, auditEvents, plans, users } from "../platform/db/schema";
+
+/** An account with its plan's credits (JSON), the pool its keys spend when it sets none of its own. */
+export type AccountRecord = Account & { planCredits: string | null };
 
 /**
  * SQL: the account's activity `p` may see: every audit event of the account for an admin; for a member, their own
@@ -17,8 +20,13 @@ export function visibleTo(p: Principal) {
   );
 }
 
-export async function findAccount(d: Db, id: string): Promise<Account | undefined> {
-  const [account] = await d.select().from(accounts).where(eq(accounts.id, id)).limit(1);
+export async function findAccount(d: Db, id: string): Promise<AccountRecord | undefined> {
+  const [account] = await d
+    .select({ ...getTableColumns(accounts), planCredits: plans.credits })
+    .from(accounts)
+    .leftJoin(plans, eq(plans.id, accounts.planId))
+    .where(eq(accounts.id, id))
+    .limit(1);
   return account;
 }
 

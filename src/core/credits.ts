@@ -9,6 +9,9 @@
  */
 export type Refill = { amount: number; interval: "hour" | "day" | "month"; mode: "set" | "add"; dayOfMonth?: number };
 
+/** The largest balance, refill or opening a holder may have: far beyond any plan, well within a double's integers. */
+export const MAX_CREDITS = 1_000_000_000_000;
+
 /**
  * Credits as a key, an account or a plan sets them: the balance a new holder opens with (null: unlimited) and its
  * refill. Once opened, the balance lives in its holder's object and moves only by spends, refills and adjustments.

@@ -1,4 +1,5 @@
 import { z } from "@hono/zod-openapi";
+import { type CreditsConfig, MAX_CREDITS, nextBoundary } from "./credits";
 import { DEFAULT_LIMIT, LIMIT_NAME, type Limit, MAX_LIMIT, MAX_LIMITS, MAX_WINDOW_SECONDS, named, type Policy } from "./window";
 
 const EXPECTED: Record<string, string> = {
@@ -76,33 +77,60 @@ export const RateLimit = z
   .strictObject({ limit: integer(1, MAX_LIMIT), windowSeconds: integer(1, MAX_WINDOW_SECONDS) })
   .openapi("RateLimit", { example: { limit: 60, windowSeconds: 60 } });
 
-/** One named limit of several: `{name, limit, windowSeconds}`. */
+/** One named limit of several: `{name, limit, windowSeconds}`, and `shared: "account"` when the whole account spends it. */
 export const NamedLimit = z
   .strictObject({
     name: z.string().regex(LIMIT_NAME, "must be 1-32 characters: a lowercase letter, then lowercase letters, digits, _ or -"),
     limit: integer(1, MAX_LIMIT),
     windowSeconds: integer(1, MAX_WINDOW_SECONDS),
+    shared: z.literal("account").optional().openapi({
+      description:
+        "`account`: one budget every key of the account spends together, so more keys do not make more requests; only an account or a plan sets it",
+    }),
   })
   .openapi("NamedLimit", { example: { name: "minute", limit: 10, windowSeconds: 60 } });
 
-/** 1 to MAX_LIMITS named limits, each name once: a request is admitted only when every one admits it. */
-export const RateLimits = z
-  .array(NamedLimit)
-  .min(1)
-  .max(MAX_LIMITS)
-  .superRefine((limits, ctx) => {
-    const seen = new Set<string>();
-    for (const [i, { name }] of limits.entries()) {
-      if (seen.has(name)) ctx.addIssue({ code: "custom", path: [i, "name"], message: "names a limit already in the list" });
-      seen.add(name);
-    }
+/** 1 to MAX_LIMITS named limits, each name once. */
+const limitList = <T extends z.ZodType<{ name: string }>>(item: T) =>
+  z
+    .array(item)
+    .min(1)
+    .max(MAX_LIMITS)
+    .superRefine((limits, ctx) => {
+      const seen = new Set<string>();
+      for (const [i, { name }] of limits.entries()) {
+        if (seen.has(name)) ctx.addIssue({ code: "custom", path: [i, "name"], message: "names a limit already in the list" });
+        seen.add(name);
+      }
+    });
+
+/** An account's or a plan's limits: a request is admitted only when every one admits it. */
+export const RateLimits = limitList(NamedLimit).openapi("RateLimits", {
+  example: [
+    { name: "minute", limit: 10, windowSeconds: 60 },
+    { name: "day", limit: 1000, windowSeconds: 86_400, shared: "account" },
+  ],
+});
+
+/** One of a key's own limits: a named limit that is the key's alone, never `shared`. */
+export const KeyLimit = z
+  .strictObject({
+    ...NamedLimit.shape,
+    // Refused with its reason (an unknown field would only say it is unknown), and documented as never there.
+    shared: z
+      .custom<never>(() => false, { error: "a key's own limits cannot be shared: shared limits belong to the account or its plan" })
+      .optional()
+      .openapi({ type: "string", not: {}, description: "Never on a key: shared limits belong to the account or its plan" }),
   })
-  .openapi("RateLimits", {
-    example: [
-      { name: "minute", limit: 10, windowSeconds: 60 },
-      { name: "day", limit: 100, windowSeconds: 86_400 },
-    ],
-  });
+  .openapi("KeyLimit", { example: { name: "minute", limit: 10, windowSeconds: 60 } });
+
+/** A key's own limits: as an account's, but none shared (what the whole account spends together is not a key's to set). */
+export const KeyRateLimits = limitList(KeyLimit).openapi("KeyRateLimits", {
+  example: [
+    { name: "minute", limit: 10, windowSeconds: 60 },
+    { name: "day", limit: 100, windowSeconds: 86_400 },
+  ],
+});
 
 /** A body's own limits: `rateLimits`, or `rateLimit` as the limit named "default"; undefined when it sends neither. */
 export function sentLimits(body: { rateLimit?: Policy | null; rateLimits?: Limit[] }): Limit[] | undefined {
@@ -267,4 +295,79 @@ export function externalChange(change: { externalId?: string | null; meta?: Reco
     ...(change.externalId === undefined ? {} : { externalId: change.externalId }),
     ...(change.meta === undefined ? {} : { meta: storedMeta(change.meta) }),
   };
+}
+
+/** A refill of credits, in UTC: `amount` at every `interval` boundary; `dayOfMonth` (1-28) only for a monthly one. */
+export const Refill = z
+  .strictObject({
+    amount: integer(1, MAX_CREDITS),
+    interval: z.enum(["hour", "day", "month"]),
+    mode: z.enum(["set", "add"]).openapi({ description: "`set`: the balance becomes `amount`; `add`: `amount` is added to it" }),
+    dayOfMonth: integer(1, 28)
+      .optional()
+      .openapi({ description: "The day a monthly refill comes on, at 00:00 UTC (default 1); only with `interval: month`" }),
+  })
+  .superRefine((refill, ctx) => {
+    if (refill.dayOfMonth !== undefined && refill.interval !== "month")
+      ctx.addIssue({ code: "custom", path: ["dayOfMonth"], message: "is only for interval month" });
+  })
+  .openapi("Refill", { example: { amount: 1000, interval: "month", mode: "set", dayOfMonth: 1 } });
+
+/** Credits as a key, an account or a plan is given them: the opening balance and its refill. */
+export const Credits = z
+  .strictObject({
+    remaining: orNull(integer(0, MAX_CREDITS)).openapi({ description: "The balance it opens with; `null`: unlimited" }),
+    refill: orNull(Refill).optional().openapi({ description: "Absent or `null`: never refilled" }),
+  })
+  .superRefine((credits, ctx) => {
+    // An unlimited balance has nothing to refill; a refill alone would leave open what the balance starts at.
+    if (credits.remaining === null && credits.refill)
+      ctx.addIssue({
+        code: "custom",
+        path: ["refill"],
+        message: "needs a number in remaining: an unlimited balance has nothing to refill",
+      });
+  })
+  .openapi("Credits", { example: { remaining: 1000, refill: { amount: 1000, interval: "month", mode: "set" } } });
+
+/** `credits` as a create or change takes it: absent leaves it (or sets none), `null` makes it unlimited. */
+export const creditsField = orNull(Credits).optional().openapi({ description: "`null` or absent: unlimited" });
+
+/** Credits as sent, as the rules read them. */
+export function creditsConfig(credits: z.infer<typeof Credits> | CreditsConfig): CreditsConfig {
+  return { remaining: credits.remaining, refill: credits.refill ?? null };
+}
+
+/** Credits as D1 keeps them: JSON `CreditsConfig`, or null (unlimited). */
+export function creditsColumn(credits: z.infer<typeof Credits> | CreditsConfig | null | undefined): string | null {
+  return credits == null ? null : JSON.stringify(creditsConfig(credits));
+}
+
+/** Credits as set: what a balance opens with and its refill (a plan's, which no balance of its own spends). */
+export const CreditsSetting = z
+  .strictObject({
+    remaining: z.number().int().nullable().openapi({ description: "The balance each holder opens with; `null`: unlimited" }),
+    refill: orNull(Refill),
+  })
+  .openapi("CreditsSetting", { example: { remaining: 1000, refill: { amount: 1000, interval: "month", mode: "set" } } });
+
+/** A balance of credits as of now: what is left, its refill and when the next one comes. */
+export const CreditsBalance = z
+  .strictObject({
+    remaining: z.number().int().nullable().openapi({ description: "What is left as of now; `null`: unlimited" }),
+    refill: orNull(Refill),
+    nextRefillAt: Timestamp.nullable().openapi({ description: "The next refill boundary after now, in UTC; null without a refill" }),
+  })
+  .openapi("CreditsBalance", {
+    example: { remaining: 1000, refill: { amount: 1000, interval: "month", mode: "set" }, nextRefillAt: "2027-01-01T00:00:00.000Z" },
+  });
+
+/**
+ * The one way a key's or an account's credits are shown: the balance as of `now`, or null when unlimited. Until the
+ * holders' objects answer with their balances, `remaining` is the opening balance as configured.
+ */
+export function creditsView(config: CreditsConfig | null, now: Date): z.infer<typeof CreditsBalance> | null {
+  if (config === null) return null;
+  const { remaining, refill } = config;
+  return { remaining, refill, nextRefillAt: refill ? new Date(nextBoundary(now.getTime(), refill)).toISOString() : null };
 }

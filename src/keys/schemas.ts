@@ -1,12 +1,17 @@
 import { z } from "@hono/zod-openapi";
+import { storedCredits } from "../core/credits";
 import { FULL_ACCESS, GRANTS_HINT, grantOf, isFullAccess, MIXED, RESOURCE_ID, rightsProblems, SCOPE } from "../core/grants";
 import { keyLimits } from "../core/principal";
 import {
+  CreditsBalance,
+  creditsField,
+  creditsView,
   extend,
   externalFields,
   externalView,
   FutureInstant,
   integer,
+  KeyRateLimits,
   matching,
   oneLimitForm,
   orNull,
@@ -52,7 +57,11 @@ export const NewKey = z
       .openapi({ type: ["string", "null"], description: "`null` or absent: the key never expires" }),
     ownerId: text(64).optional(),
     rateLimit: RateLimit.optional().openapi({ description: 'Shorthand for `rateLimits: [{name: "default", ...}]`' }),
-    rateLimits: RateLimits.optional().openapi({ description: "The key's own limits, in place of the account's default ones" }),
+    rateLimits: KeyRateLimits.optional().openapi({ description: "The key's own limits, in place of the account's default ones" }),
+    credits: creditsField.openapi({
+      description:
+        "The key's own credits, spent beside its account's pool (members may set them: they only restrict); `null` or absent: none",
+    }),
     ...externalFields,
   })
   .catchall(z.array(matching(RESOURCE_ID, "must be a resource id")).min(1).max(MAX_GRANTS))
@@ -68,7 +77,8 @@ export const Rotation = z
   .strictObject({
     gracePeriodSeconds: integer(0, MAX_GRACE_SECONDS).default(0),
     rateLimit: RateLimit.optional(),
-    rateLimits: RateLimits.optional(),
+    rateLimits: KeyRateLimits.optional(),
+    credits: creditsField.openapi({ description: "The new key's own credits; absent: the old key's, `null`: none" }),
   })
   .superRefine(oneLimitForm)
   .openapi("Rotation");
@@ -85,7 +95,7 @@ export function grants(
 ): { scopes: string[]; errors: FieldError[] } {
   const fromScopes = body.scopes ?? [];
   const errors = grantErrors(fromScopes, types, "scopes").filter((e) => e.field !== "scopes");
-  const known = new Set(["name", "scopes", "expiresAt", "ownerId", "rateLimit", "rateLimits", "externalId", "meta"]);
+  const known = new Set(["name", "scopes", "expiresAt", "ownerId", "rateLimit", "rateLimits", "credits", "externalId", "meta"]);
   const fromIds: string[] = [];
   // The names as sent: a parsed object can lose some (`__proto__` becomes a prototype, not a field).
   for (const field of fields) {
@@ -117,6 +127,7 @@ export const KeyView = z
       description: 'The limit named "default" of `rateLimits`, else its first; null when the account\'s default applies',
     }),
     rateLimits: orNull(RateLimits).openapi({ description: "The key's own limits; null when the account's default ones apply" }),
+    credits: orNull(CreditsBalance).openapi({ description: "The key's own credits as of now; null: none of its own (unlimited)" }),
     lastUsedAt: Timestamp.nullable(),
     lastAuthMethod: z.enum(["bearer", "header", "query", "verify"]).nullable(),
     revokedAt: Timestamp.nullable().openapi({ description: "May lie in the future: the end of a rotation's grace period" }),
@@ -143,6 +154,7 @@ export function keyView(key: ApiKey, now: Date): z.infer<typeof KeyView> {
     createdAt: key.createdAt,
     expiresAt: key.expiresAt,
     ...limitsView(keyLimits(key)),
+    credits: creditsView(storedCredits(key.credits), now),
     lastUsedAt: key.lastUsedAt,
     lastAuthMethod: key.lastAuthMethod,
     revokedAt: key.revokedAt,

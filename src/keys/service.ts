@@ -1,8 +1,9 @@
 import type { z } from "@hono/zod-openapi";
 import { and, eq, sql } from "drizzle-orm";
 import { rateLimitCeiling, withinCeiling } from "../core/ceilings";
+import { storedCredits } from "../core/credits";
 import type { Principal } from "../core/principal";
-import { externalChange, parseMeta, sentLimits } from "../core/schemas";
+import { creditsConfig, externalChange, parseMeta, sentLimits } from "../core/schemas";
 import type { Limit, Policy } from "../core/window";
 import { auditIfChanged, auditInsert } from "../platform/db/audit";
 import { batch, type Db, violates } from "../platform/db/client";
@@ -20,7 +21,8 @@ import { findKey, findKeys, KEY_EXTERNAL_ID, keyLimits, keyStatus, listKeys as k
 
 /**
  * Creates a key for the caller (or, for admins, another user of the account): its grants checked against the configured
- * resource types, a member's limit against the ceiling, the key and its audit event in one batch.
+ * resource types, a member's limit against the ceiling (credits only restrict a key: anyone who may create it sets them),
+ * the key and its audit event in one batch.
  */
 export async function createKey(deps: Deps, p: Principal, body: z.infer<typeof NewKey>, sent: readonly string[]) {
   const ceiling = await memberCeiling(deps.db, p);
@@ -43,6 +45,7 @@ export async function createKey(deps: Deps, p: Principal, body: z.infer<typeof N
       scopes,
       expiresAt,
       limits,
+      credits: body.credits && creditsConfig(body.credits),
       externalId: body.externalId,
       meta: body.meta,
     },
@@ -121,7 +124,7 @@ export async function revokeKey(deps: Deps, p: Principal, id: string): Promise<{
 }
 
 /**
- * Replaces a key: the new key inherits name, scopes, owner, expiry and limit (or takes a new limit); the old one is
+ * Replaces a key: the new key inherits name, scopes, owner, expiry, limit and credits (or takes new ones); the old one is
  * revoked at the end of the grace period, in force in its object before the answer. A rotation whose outcome is
  * unknown is undone (see undoRotation).
  */
@@ -152,6 +155,8 @@ export async function rotateKey(deps: Deps, p: Principal, id: string, rotation: 
       scopes: JSON.parse(old.scopes) as string[],
       expiresAt: old.expiresAt,
       limits: limits ?? keyLimits(old),
+      // The old key's credits setting, unless the rotation sends its own. (Its balance is the object's to carry over.)
+      credits: rotation.credits === undefined ? storedCredits(old.credits) : rotation.credits && creditsConfig(rotation.credits),
       rotatedFrom: old.id,
       // An externalId is the old key's alone (unique within the account); its meta comes along.
       meta: parseMeta(old.meta),

@@ -1,7 +1,8 @@
 import { and, eq, inArray, sql } from "drizzle-orm";
+import type { CreditsConfig } from "../core/credits";
 import { generateKey, hashKey, newId } from "../core/ids";
 import type { AuthMethod, KeyRecord as CoreKeyRecord, Principal } from "../core/principal";
-import { shorthand, storedMeta } from "../core/schemas";
+import { creditsColumn, shorthand, storedMeta } from "../core/schemas";
 import type { Limit } from "../core/window";
 import type { Db } from "../platform/db/client";
 import { listPage, type Page } from "../platform/db/pagination";
@@ -29,6 +30,8 @@ export type NewKey = {
   expiresAt: string | null;
   /** The key's own limits; null: the account's default ones. */
   limits: Limit[] | null;
+  /** The key's own credits; null or absent: none (unlimited). */
+  credits?: CreditsConfig | null;
   rotatedFrom?: string;
   externalId?: string | null;
   meta?: Record<string, unknown> | null;
@@ -57,7 +60,7 @@ export async function mintKey(input: NewKey, now: Date): Promise<{ raw: string; 
     rotatedFrom: input.rotatedFrom ?? null,
     externalId: input.externalId ?? null,
     meta: storedMeta(input.meta),
-    credits: null,
+    credits: creditsColumn(input.credits),
   };
   return { raw, row };
 }

@@ -1,5 +1,6 @@
 import type { z } from "@hono/zod-openapi";
 import { eq } from "drizzle-orm";
+import { creditsColumn } from "../core/schemas";
 import { reloadKeys } from "../keys/reload";
 import { liveKeyIds } from "../keys/store";
 import { plans } from "../platform/db/schema";
@@ -10,21 +11,23 @@ import { findPlan } from "./store";
 
 /**
  * Creates the plan `id`, or replaces what it holds; answers it, and whether it was created. The keys of the accounts on
- * it get the new limits right after the answer (a limit is not a right: a key that misses it catches up within the
- * objects' record lifetime).
+ * it get the new limits and credits right after the answer (neither is a right: a key that misses the change catches up
+ * within the objects' record lifetime).
  */
 export async function putPlan(deps: Deps, id: string, input: z.infer<typeof PlanInput>) {
   const d = deps.db;
   const now = deps.now();
   const at = now.toISOString();
   const rateLimits = JSON.stringify(input.rateLimits);
+  // A PUT replaces the whole plan: credits it does not send are unlimited.
+  const credits = creditsColumn(input.credits);
   const [created] = await d
     .insert(plans)
-    .values({ id, name: input.name, rateLimits, createdAt: at, updatedAt: at })
+    .values({ id, name: input.name, rateLimits, credits, createdAt: at, updatedAt: at })
     .onConflictDoNothing()
     .returning({ id: plans.id });
   if (!created) {
-    await d.update(plans).set({ name: input.name, rateLimits, updatedAt: at }).where(eq(plans.id, id));
+    await d.update(plans).set({ name: input.name, rateLimits, credits, updatedAt: at }).where(eq(plans.id, id));
     deps.waitUntil(
       liveKeyIds(d, { planId: id }, now)
         .then((ids) => reloadKeys(deps, ids))

@@ -22,3 +22,9 @@ export async function findPlan(d: Db, id: string): Promise<{ plan: Plan; account
     .groupBy(plans.id);
   return row;
 }
+
+/** The credits (JSON) of the plan `id`; null when it sets none, or when there is no such plan. */
+export async function planCredits(d: Db, id: string): Promise<string | null> {
+  const [row] = await d.select({ credits: plans.credits }).from(plans).where(eq(plans.id, id)).limit(1);
+  return row?.credits ?? null;
+}

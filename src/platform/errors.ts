@@ -1,4 +1,4 @@
-import type { ZodError } from "zod";
+import type { core, ZodError } from "zod";
 import type { Refusal } from "../core/principal";
 
 /** Every error code Keygate answers with, its HTTP status and its title. README lists the same table. */
@@ -78,9 +78,22 @@ function fieldName(path: readonly PropertyKey[]): string {
   );
 }
 
+/**
+ * A value that is not null but fails `orNull(x)` is wrong as an `x`: its problems are those the `x` found, by field
+ * (zod answers only that it is neither, at the union's path).
+ */
+function notNull(issue: core.$ZodIssue): core.$ZodIssue[] {
+  if (issue.code !== "invalid_union") return [issue];
+  const isNull = (o: core.$ZodIssue[]) =>
+    o.length === 1 && o[0]?.code === "invalid_type" && o[0].expected === "null" && o[0].path.length === 0;
+  const [only, ...more] = issue.errors.filter((o) => !isNull(o));
+  if (!only || more.length > 0 || issue.errors.length !== 2) return [issue];
+  return only.flatMap((i) => notNull({ ...i, path: [...issue.path, ...i.path] }));
+}
+
 /** Every problem a schema found, one entry per field; unknown fields are named one by one. */
 export function fieldErrors(error: ZodError): FieldError[] {
-  return error.issues.flatMap((issue) => {
+  return error.issues.flatMap(notNull).flatMap((issue) => {
     if (issue.code === "unrecognized_keys")
       return issue.keys.map((key) => ({ field: fieldName([...issue.path, key]), message: "is not a known field" }));
     return [{ field: fieldName(issue.path) || "body", message: issue.message }];

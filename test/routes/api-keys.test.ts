@@ -25,6 +25,7 @@ describe("POST /v1/api-keys", () => {
       [
         "createdAt",
         "createdBy",
+        "credits",
         "expiresAt",
         "externalId",
         "id",
@@ -54,6 +55,7 @@ describe("POST /v1/api-keys", () => {
       createdBy: admin.id,
       expiresAt: null,
       lastUsedAt: null,
+      credits: null,
     });
     expect(body.key).toMatch(/^rbtk_[0-9a-f]{64}$/);
     expect(body.start).toBe(body.key.slice(5, 13));

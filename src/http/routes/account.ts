@@ -23,7 +23,7 @@ export const accountRoutes = routes()
     async (c) => {
       const { account, activeKeys, lastUsedAt, recentEvents } = await accountActivity(c.get("deps"), c.get("principal"));
       const events = recentEvents.map(({ actorEmail: _, ...event }) => event);
-      return c.json({ ...accountView(account), activeKeys, lastUsedAt, recentEvents: events }, 200);
+      return c.json({ ...accountView(account, c.get("deps").now()), activeKeys, lastUsedAt, recentEvents: events }, 200);
     },
   )
   .openapi(
@@ -40,7 +40,8 @@ export const accountRoutes = routes()
       },
     }),
     async (c) => {
-      return c.json(accountView(await updateAccount(c.get("deps"), c.get("principal"), c.req.valid("json"))), 200);
+      const deps = c.get("deps");
+      return c.json(accountView(await updateAccount(deps, c.get("principal"), c.req.valid("json")), deps.now()), 200);
     },
   )
   .openapi(

@@ -48,7 +48,7 @@ export const accountsRoutes = routes()
       const { account, user, raw, row, now, invitation } = await provisionAccount(c.get("deps"), c.req.valid("json"), new URL(c.req.url));
       c.header("Cache-Control", "no-store");
       return c.json(
-        { account: accountView(account), admin: { ...userView(user), invitation }, key: { ...keyView(row, now), key: raw } },
+        { account: accountView(account, now), admin: { ...userView(user), invitation }, key: { ...keyView(row, now), key: raw } },
         201,
       );
     },
@@ -57,7 +57,7 @@ export const accountsRoutes = routes()
     createRoute({
       method: "patch",
       path: "/{id}",
-      summary: "Change an account's externalId or meta",
+      summary: "Change an account's plan, credits pool, externalId or meta",
       description:
         "In force in the account's keys before the answer (verify and the upstream see it on the next request); 503 `change_pending` when it could not be, and a repeat completes it.",
       security: OPERATOR_SECURITY,
@@ -68,7 +68,10 @@ export const accountsRoutes = routes()
         ...problems(...OPERATOR_PROBLEMS, ...BODY_PROBLEMS, "not_found", "external_id_taken", "change_pending"),
       },
     }),
-    async (c) => c.json(accountView(await changeAccount(c.get("deps"), c.req.valid("param").id, c.req.valid("json"))), 200),
+    async (c) => {
+      const deps = c.get("deps");
+      return c.json(accountView(await changeAccount(deps, c.req.valid("param").id, c.req.valid("json")), deps.now()), 200);
+    },
   )
   /**
    * The way back for an account that lost every admin key: the operator mints a full-access key for one of its enabled

@@ -12,7 +12,7 @@ export const plansRoutes = routes()
     createRoute({
       method: "put",
       path: "/{id}",
-      summary: "Create a plan, or replace its name and limits",
+      summary: "Create a plan, or replace its name, limits and credits",
       security: OPERATOR_SECURITY,
       middleware: withBody(operator),
       request: { params: PlanIdParam, body: jsonBody(PlanInput) },
