@@ -34,11 +34,8 @@ export type Principal = {
    * account's pool (its own, else its plan's). A request must be covered by both.
    */
   credits: { key: CreditsConfig | null; account: CreditsConfig | null };
-  /**
-   * Whether the account counts something of its own for every request (limits it shares among its keys, or a credits
-   * pool): then its object spends beside the key's.
-   */
-  pooled: boolean;
+  /** The limits the account's keys and people share (`shared: "account"`), counted in the account's object. */
+  shared: Limit[];
 };
 
 /**
@@ -144,7 +141,8 @@ function accountLimits(role: Principal["role"], account: AccountLimits): Limit[]
   const limits = defaultLimits(account);
   if (role === "admin" || account.maxRateLimit === null || account.maxRateLimitWindowSeconds === null) return limits;
   const ceiling = { limit: account.maxRateLimit, windowSeconds: account.maxRateLimitWindowSeconds };
-  return limits.map((l) => (withinCeiling(l, ceiling) ? l : named(ceiling, l.name)));
+  // A limit the account shares is the account's total, not one member's: the ceiling is not for it.
+  return limits.map((l) => (l.shared !== undefined || withinCeiling(l, ceiling) ? l : named(ceiling, l.name)));
 }
 
 /** The account's credits pool: its own, else its plan's; null: unlimited. */
@@ -157,9 +155,9 @@ export function sharedLimits(a: AccountLimits): Limit[] {
   return defaultLimits(a).filter((l) => l.shared === "account");
 }
 
-/** Whether the account's object spends beside a key's or a person's: it shares limits or keeps a pool. */
-function pooled(a: AccountLimits): boolean {
-  return poolOf(a) !== null || sharedLimits(a).length > 0;
+/** Whether the account's object spends beside a key's or a person's: the account shares limits or keeps a pool. */
+export function pooled(p: Pick<Principal, "credits" | "shared">): boolean {
+  return p.credits.account !== null || p.shared.length > 0;
 }
 
 /** Limits each key or person spends alone: shared ones are the account object's. */
@@ -178,7 +176,7 @@ export function keyPrincipal(r: KeyRecord): Principal {
     keyPrefix: r.keyPrefix,
     limits: own(keyLimits(r.key) ?? accountLimits(r.role, r.account)),
     credits: { key: storedCredits(r.key.credits), account: poolOf(r.account) },
-    pooled: pooled(r.account),
+    shared: sharedLimits(r.account),
   };
 }
 
@@ -198,6 +196,6 @@ export function sessionPrincipal(s: SessionRecord): Principal {
     keyPrefix: s.keyPrefix,
     limits: own(accountLimits(s.role, s.account)),
     credits: { key: null, account: poolOf(s.account) },
-    pooled: pooled(s.account),
+    shared: sharedLimits(s.account),
   };
 }

@@ -7,10 +7,14 @@ import { getConfig } from "../platform/config";
 import { type Db, db, withDeadline } from "../platform/db/client";
 import { accounts, plans } from "../platform/db/schema";
 import type { Bindings } from "../platform/env";
-import { safeError } from "../platform/log";
+import { log, safeError } from "../platform/log";
 import { Budget } from "./budget";
+import { LedgerOutbox } from "./ledger";
 import type { CallTag, Granted, Refund, Spending, Unspent } from "./protocol";
 import type { Adjusted, Adjustment, CreditsView } from "./stored-balance";
+
+/** How long the pool's movements wait to reach D1 together: the ledger is written per minute, not per request. */
+const LEDGER_FLUSH_MS = 60_000;
 
 /** Longest time the account's limits and credits configuration is trusted without a read; changes reload it at once. */
 const CONFIG_TTL_MS = 60_000;
@@ -32,10 +36,14 @@ export class AccountObject extends DurableObject<Bindings> {
   private generation = 0;
   /** The object's own D1 handle (deadline-wrapped); tests make it fail through test/faults.ts. */
   database: D1Database;
+  /** The pool's movements on their way to D1's ledger, and whether the alarm that writes them is set. */
+  private readonly ledger: LedgerOutbox;
+  private flushing = false;
 
   constructor(ctx: DurableObjectState, env: Bindings) {
     super(ctx, env);
     this.database = withDeadline(env.DB, () => getConfig(env).d1TimeoutMs);
+    this.ledger = new LedgerOutbox(ctx.storage.sql, () => this.clock());
     this.budget = new Budget(ctx.storage.sql, () => this.clock(), undefined, {
       kv: ctx.storage.kv,
       record: (entries) => this.recordCredits(entries),
@@ -95,6 +103,8 @@ export class AccountObject extends DurableObject<Bindings> {
   }
 
   private async pool(accountId: string): Promise<AccountLimits | undefined> {
+    // Its ledger entries name the account: kept once, as the object's name is not known to it.
+    if (this.ctx.storage.kv.get<string>("account-id") === undefined) this.ctx.storage.kv.put("account-id", accountId);
     if (this.config && this.clock() - this.config.loadedAt < CONFIG_TTL_MS) return this.config.pool;
     if (!this.loading) {
       // Concurrent requests share one read; a reload during the read discards its result.
@@ -118,13 +128,33 @@ export class AccountObject extends DurableObject<Bindings> {
     return this.loading;
   }
 
-  /** Keeps the balance's movements for the ledger. */
+  /** Keeps the pool's movements for the ledger, in the same step as the movement; the alarm writes them to D1. */
   private recordCredits(entries: readonly LedgerEntry[]): void {
-    this.moved.push(...entries);
+    const accountId = this.ctx.storage.kv.get<string>("account-id");
+    if (accountId === undefined) return;
+    this.ledger.record({ accountId, keyId: null }, entries);
+    if (!this.flushing) {
+      this.flushing = true;
+      this.ctx.waitUntil(
+        this.ctx.storage.getAlarm().then((at) => (at === null ? this.ctx.storage.setAlarm(this.clock() + LEDGER_FLUSH_MS) : undefined)),
+      );
+    }
   }
 
-  /** The balance's movements not yet in the ledger. */
-  moved: LedgerEntry[] = [];
+  /** Writes the pool's movements to D1's ledger; what D1 refuses or does not take in time waits for the next alarm. */
+  override async alarm(): Promise<void> {
+    this.flushing = false;
+    if (!this.ledger.pending()) return;
+    try {
+      await this.ledger.flush(this.database);
+    } catch (err) {
+      log("error", "ledger_flush_failed", { counter: "account", error: safeError(err) });
+    }
+    if (this.ledger.pending()) {
+      this.flushing = true;
+      await this.ctx.storage.setAlarm(this.clock() + LEDGER_FLUSH_MS);
+    }
+  }
 }
 
 /** What an account's object counts for every request of the account: its limits and credits, and its plan's; undefined: no such account. */

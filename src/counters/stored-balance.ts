@@ -19,7 +19,7 @@ export type Adjustment = {
  */
 export type Adjusted =
   | { ok: true; credits: CreditsView }
-  | { ok: false; code: "credits_insufficient" | "idempotency_key_reused"; remaining: number | null };
+  | { ok: false; code: "credits_insufficient" | "credits_unlimited" | "idempotency_key_reused"; remaining: number | null };
 
 /** How long an adjustment's idempotency key is remembered. */
 const IDEMPOTENCY_MS = 24 * 3_600_000;
@@ -102,8 +102,9 @@ export class StoredBalance {
 
   /**
    * Applies an adjustment, once per idempotency key within IDEMPOTENCY_MS: sent again with the same change, it answers
-   * what it answered first and moves nothing; with another change under the same key, it is refused. A `set` on an
-   * unlimited balance starts one.
+   * what it answered first and moves nothing; with another change under the same key, it is refused. Any change to an
+   * unlimited balance is refused (`credits_unlimited`): a balance is started by configuring it (a key's `credits` on
+   * create, an account's or its plan's), so that every read can tell from the configuration whether there is one.
    */
   adjust(config: CreditsConfig | null, now: number, change: Adjustment): Adjusted {
     const { idempotencyKey, ...rest } = change;
@@ -116,7 +117,8 @@ export class StoredBalance {
         return { ok: false, code: "idempotency_key_reused", remaining: this.open(config, now)?.state.remaining ?? null };
       }
     }
-    const balance = this.open(config, now) ?? this.start(config, now);
+    const balance = this.open(config, now);
+    if (!balance || balance.state.remaining === null) return { ok: false, code: "credits_unlimited", remaining: null };
     const done = balance.adjust(now, rest);
     this.save();
     const answer: Adjusted = done.ok
@@ -135,15 +137,6 @@ export class StoredBalance {
     const settled = balance?.settle(now, requestId, used) ?? null;
     this.save();
     return settled && { ...settled, credits: viewOf(balance, now) };
-  }
-
-  /** An unlimited balance opened so that an adjustment can start it. */
-  private start(config: CreditsConfig | null, now: number): Balance {
-    const balance = new Balance({ remaining: null, refill: config?.refill ?? null, judgedAt: now, reserved: {} });
-    this.stored = { state: balance.state, configured: config?.remaining ?? null };
-    this.changed = true;
-    this.pending = balance;
-    return balance;
   }
 
   /** Drops adjustments' idempotency keys past their time. */

@@ -1,6 +1,6 @@
 import { hashKey } from "../core/ids";
 import type { AuthMethod } from "../core/principal";
-import { type Need, type Principal, type Refusal, refusal } from "../core/principal";
+import { type Need, type Principal, pooled, type Refusal, refusal } from "../core/principal";
 import type { Holdings } from "../counters/held";
 import { leasedCall } from "../counters/leased-call";
 import { type Charge, refund, spendPool } from "../counters/limiter";
@@ -103,7 +103,7 @@ export async function withPool(
   isolate?: Holdings,
 ): Promise<{ spent: Spent[]; unlimited: boolean } | { ok: false; code: "invalid_key" }> {
   // A retry already charged spends nothing anywhere.
-  if (!first.allowed || first.replayed || !principal.pooled) return { spent: [first], unlimited: false };
+  if (!first.allowed || first.replayed || !pooled(principal)) return { spent: [first], unlimited: false };
   const pool = await spendPool(deps, principal.accountId, charge, isolate);
   if (pool === null) return { spent: [first], unlimited: true };
   if ("code" in pool || !pool.allowed) await refund(deps, first, isolate);

@@ -4,6 +4,7 @@ import { storedCredits } from "../core/credits";
 import type { AuthMethod } from "../core/principal";
 import { type Need, type Principal, type Refusal, refusal } from "../core/principal";
 import { Budget } from "../counters/budget";
+import { LedgerOutbox } from "../counters/ledger";
 import type { CallTag, Granted, Refund, Spending, Unspent } from "../counters/protocol";
 import type { Adjusted, Adjustment, CreditsView } from "../counters/stored-balance";
 import { getConfig } from "../platform/config";
@@ -74,11 +75,14 @@ export class KeyObject extends DurableObject<Bindings> {
   /** The object's own D1 handle (deadline-wrapped); tests make it fail through test/faults.ts (`objectDatabase`). */
   database: D1Database;
   private readonly usage: UsageTally;
+  /** The balance's movements on their way to D1's ledger. */
+  private readonly ledger: LedgerOutbox;
 
   constructor(ctx: DurableObjectState, env: Bindings) {
     super(ctx, env);
     this.database = withDeadline(env.DB, () => getConfig(env).d1TimeoutMs);
     this.usage = new UsageTally(ctx.storage.sql);
+    this.ledger = new LedgerOutbox(ctx.storage.sql, () => this.clock());
     // Admissions given back come off the usage of the hour they were counted in.
     this.budget = new Budget(
       ctx.storage.sql,
@@ -201,13 +205,19 @@ export class KeyObject extends DurableObject<Bindings> {
     return storedCredits(record.key.credits);
   }
 
-  /** Keeps the balance's movements for the ledger. */
+  /**
+   * Keeps the balance's movements for the ledger, in the same step as the movement, and counts the credits spent in
+   * the hour's usage; the alarm writes both to D1.
+   */
   private recordCredits(entries: readonly LedgerEntry[]): void {
-    this.moved.push(...entries);
+    const record = this.key?.record;
+    // A balance moves only once its key's record was read (a spend, a refund, a read of it).
+    if (!record) return;
+    this.ledger.record({ accountId: record.key.accountId, keyId: record.key.id }, entries);
+    for (const e of entries)
+      if (e.kind === "spend" || e.kind === "refund" || e.kind === "reserve" || e.kind === "settle") this.usage.count(e.at, 0, 0, -e.delta);
+    this.flushLater(record.key.id);
   }
-
-  /** The balance's movements not yet in the ledger. */
-  moved: LedgerEntry[] = [];
 
   /** Writes the usage counted since the last write to D1, at most once per FLUSH_INTERVAL_MS (the alarm). */
   private flushLater(keyId: string): void {
@@ -228,12 +238,18 @@ export class KeyObject extends DurableObject<Bindings> {
     this.flushing = null;
     const keyId = await this.ctx.storage.get<string>("usage-key");
     const hours = this.usage.pending();
-    if (keyId === undefined || hours.length === 0) return;
+    if (keyId === undefined || (hours.length === 0 && !this.ledger.pending())) return;
     try {
-      const record = (await this.keyState(keyId)).record;
-      if (!record) return;
-      await this.database.batch(addUsage(this.database, keyId, record.key.accountId, hours));
-      this.usage.written(hours);
+      // The ledger first: usage counts the credits its entries moved.
+      if (this.ledger.pending()) await this.ledger.flush(this.database);
+      if (hours.length > 0) {
+        const record = (await this.keyState(keyId)).record;
+        if (!record) return;
+        await this.database.batch(addUsage(this.database, keyId, record.key.accountId, hours));
+        this.usage.written(hours);
+      }
+      // A long backlog drains over several flushes.
+      if (this.ledger.pending()) this.flushLater(keyId);
     } catch (err) {
       log("error", "usage_flush_failed", { keyId, error: safeError(err) });
       await this.ctx.storage.setAlarm(this.clock() + FLUSH_INTERVAL_MS);

@@ -69,7 +69,7 @@ describe("the key verdict", () => {
         keyPrefix: "sk",
         limits: [{ name: "default", limit: 60, windowSeconds: 60 }],
         credits: { key: null, account: null },
-        pooled: false,
+        shared: [],
       },
     });
   });

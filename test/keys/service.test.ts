@@ -20,7 +20,7 @@ describe("the key services outside a request", () => {
       keyPrefix: account.keyPrefix,
       limits: [{ name: "default", limit: 100, windowSeconds: 60 }],
       credits: { key: null, account: null },
-      pooled: false,
+      shared: [],
     };
     // A clock of its own, a few seconds behind the real one, so what is stored can only have come from it.
     const at = new Date(Math.floor(Date.now() / 1000) * 1000 - 5000);

@@ -48,7 +48,7 @@ const PRINCIPAL: Principal = {
   keyPrefix: "sk",
   limits: [{ name: "default", limit: 1, windowSeconds: 1 }],
   credits: { key: null, account: null },
-  pooled: false,
+  shared: [],
 };
 
 /** The key's limits in a scenario. */

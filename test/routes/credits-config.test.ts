@@ -176,7 +176,7 @@ describe("an account's credits and shared limits (operator)", () => {
     expect(await (await call("/v1/whoami", { key: key.key })).json()).toMatchObject({ rateLimits });
     const principal = await principalOf(key.id);
     expect(principal.credits).toEqual({ key: null, account: daily });
-    expect(principal.limits).toEqual(rateLimits);
+    expect([...principal.limits, ...principal.shared]).toEqual(rateLimits);
     // The provisioned admin key has none of its own.
     expect(key).toMatchObject({ credits: null });
 
@@ -287,7 +287,7 @@ describe("a plan's credits and shared limits", () => {
     expect(await (await call("/v1/account", { key: onPlan.key.key })).json()).toMatchObject({ credits: poolView });
     const principal = await principalOf(onPlan.key.id);
     expect(principal.credits).toEqual({ key: null, account: monthly });
-    expect(principal.limits).toEqual(rateLimits);
+    expect([...principal.limits, ...principal.shared]).toEqual(rateLimits);
     expect(await (await call("/v1/whoami", { key: onPlan.key.key })).json()).toMatchObject({ rateLimits });
 
     // The account's own pool wins over its plan's.

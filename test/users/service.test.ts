@@ -22,7 +22,7 @@ describe("what the users service shows a principal", () => {
       keyPrefix: account.keyPrefix,
       limits: [{ name: "default", limit: 100, windowSeconds: 60 }],
       credits: { key: null, account: null },
-      pooled: false,
+      shared: [],
     });
     const [asAdmin, asMember] = [as(admin.id, "admin"), as(member.id, "member")];
     const everyone = [admin.id, member.id, other.admin.id];

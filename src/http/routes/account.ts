@@ -88,7 +88,10 @@ export const whoamiRoutes = routes().openapi(
     responses: { 200: json(Whoami, "The key's account, owner, role, scopes and limit"), ...problems(...KEY_PROBLEMS) },
   }),
   (c) => {
-    const { accountId, keyId, userId, role, scopes, limits } = c.get("principal");
-    return c.json({ accountId, keyId, userId, role, scopes, rateLimit: shorthand(limits), rateLimits: limits }, 200);
+    const { accountId, keyId, userId, role, scopes, limits, shared } = c.get("principal");
+    return c.json(
+      { accountId, keyId, userId, role, scopes, rateLimit: shorthand([...limits, ...shared]), rateLimits: [...limits, ...shared] },
+      200,
+    );
   },
 );
