@@ -110,7 +110,11 @@ export const AccountActivity = extend(AccountView, {
 
 export const Provisioned = z.strictObject({ account: AccountView, admin: InvitedUser, key: KeyWithSecret }).openapi("Provisioned");
 
-export function accountView(a: AccountRecord, now: Date): z.infer<typeof AccountView> {
+/**
+ * An account as the API shows it; `pool`: its live credits pool (credits/service.ts `poolBalance`), else the pool as
+ * configured to open.
+ */
+export function accountView(a: AccountRecord, now: Date, pool?: z.infer<typeof CreditsBalance> | null): z.infer<typeof AccountView> {
   return {
     id: a.id,
     name: a.name,
@@ -125,7 +129,7 @@ export function accountView(a: AccountRecord, now: Date): z.infer<typeof Account
         : { limit: a.maxRateLimit, windowSeconds: a.maxRateLimitWindowSeconds },
     plan: a.planId,
     // The pool, as the account's principal spends it (core/principal.ts): its own, else its plan's.
-    credits: creditsView(storedCredits(a.credits ?? a.planCredits), now),
+    credits: pool !== undefined ? pool : creditsView(storedCredits(a.credits ?? a.planCredits), now),
     createdAt: a.createdAt,
     externalId: a.externalId,
     meta: parseMeta(a.meta),

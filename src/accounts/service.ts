@@ -5,7 +5,7 @@ import { newId } from "../core/ids";
 import type { Principal } from "../core/principal";
 import { creditsColumn, externalChange, sentLimits, shorthand, storedMeta } from "../core/schemas";
 import { DEFAULT_POLICY, type Limit } from "../core/window";
-import { reloadKeys } from "../keys/reload";
+import { reloadAccounts, reloadKeys } from "../keys/reload";
 import { keyUsage, liveKeyIds, mintKey } from "../keys/store";
 import { newInvitation } from "../people/invitations";
 import { planCredits } from "../plans/store";
@@ -159,6 +159,7 @@ export async function updateAccount(
     // Every key of the account carries its limit (the default, or members' ceiling); an account may have many keys,
     // so this finishes after the answer (a limit is not a right: a key that misses it catches up within RECORD_TTL_MS).
     if (limits || maxRateLimit !== undefined) {
+      if (limits) await reloadAccounts(deps, [p.accountId]);
       deps.waitUntil(
         liveKeyIds(d, { accountId: p.accountId }, now)
           .then((ids) => reloadKeys(deps, ids))
@@ -214,6 +215,7 @@ export async function changeAccount(
  */
 async function reloadExternal(deps: Deps, accountId: string, change: z.infer<typeof OperatorAccountChange>, now: Date) {
   if (Object.values(change).every((v) => v === undefined)) return;
+  if (change.plan !== undefined || change.credits !== undefined) await reloadAccounts(deps, [accountId]);
   await reloadKeys(deps, await liveKeyIds(deps.db, { accountId }, now));
 }
 

@@ -139,6 +139,19 @@ export class StoredBalance {
     return settled && { ...settled, credits: viewOf(balance, now) };
   }
 
+  /**
+   * Empties the balance into another one (a rotated key's into its successor): what it held, or null when it is
+   * unlimited; an adjustment to 0 with `reason`, so the ledger shows where it went.
+   */
+  drain(config: CreditsConfig | null, now: number, reason: string): number | null {
+    const balance = this.open(config, now);
+    const held = balance?.state.remaining ?? null;
+    if (!balance || held === null) return null;
+    balance.adjust(now, { operation: "set", amount: 0, reason, actor: "keygate" });
+    this.save();
+    return held;
+  }
+
   /** Drops adjustments' idempotency keys past their time. */
   private forgetBefore(now: number): void {
     for (const [key, memo] of this.kv.list<{ until: number }>({ prefix: "adjust:" })) if (memo.until <= now) this.kv.delete(key);

@@ -1,10 +1,14 @@
+import type { z } from "@hono/zod-openapi";
 import { findAccount } from "../accounts/store";
 import type { Principal } from "../core/principal";
+import type { Adjusted, CreditsView } from "../counters/stored-balance";
 import { findKey } from "../keys/store";
+import { type AuditInput, auditInsert } from "../platform/db/audit";
 import type { Page } from "../platform/db/pagination";
+import { deadline } from "../platform/deadline";
 import type { Deps } from "../platform/deps";
 import { ApiError } from "../platform/errors";
-import type { LedgerEntryView } from "./schemas";
+import type { CreditsAdjustment, CreditsSettlement, LedgerEntryView, Settled } from "./schemas";
 import { ledgerPage, type Owner, visibleTo } from "./store";
 
 type LedgerPage = { data: LedgerEntryView[]; nextCursor: string | null };
@@ -30,4 +34,131 @@ export function poolLedger(deps: Deps, p: Principal, pg: Page): Promise<LedgerPa
 export async function accountPoolLedger(deps: Deps, accountId: string, pg: Page): Promise<LedgerPage> {
   if (!(await findAccount(deps.db, accountId))) throw new ApiError("not_found", "No account with this id.");
   return page(deps, { accountId, keyId: null }, null, pg);
+}
+
+/** How a balance's refused change is answered. */
+function adjustmentRefused(code: Exclude<Adjusted, { ok: true }>["code"], remaining: number | null): ApiError {
+  if (code === "idempotency_key_reused")
+    return new ApiError("idempotency_key_reused", "This Idempotency-Key was used for another change within the last 24 hours.");
+  if (code === "credits_unlimited")
+    return new ApiError("credits_unlimited", "This balance is unlimited: set its credits first, then adjust them.");
+  return new ApiError("credits_insufficient", `The balance would go below zero: ${remaining ?? 0} are left.`, {
+    body: { remaining },
+  });
+}
+
+/** The answer to an adjustment, and its audit event when it moved the balance (a replay of one does not write it again). */
+async function adjusted(deps: Deps, result: Adjusted | undefined, audit: AuditInput, missing: string): Promise<CreditsView> {
+  if (result === undefined) throw new ApiError("not_found", missing);
+  if (!result.ok) throw adjustmentRefused(result.code, result.remaining);
+  await auditInsert(deps.db, audit, deps.now());
+  return result.credits;
+}
+
+/**
+ * An admin's change to a key's own credits, in the key's object (exact whatever runs beside it), audited; once per
+ * `Idempotency-Key` within 24 hours. A key the caller may not see is 404.
+ */
+export async function adjustKeyCredits(
+  deps: Deps,
+  p: Principal,
+  keyId: string,
+  change: z.infer<typeof CreditsAdjustment>,
+  idempotencyKey: string | undefined,
+): Promise<CreditsView> {
+  const key = await findKey(deps.db, p, keyId);
+  const missing = "No API key with this id in this account.";
+  if (!key) throw new ApiError("not_found", missing);
+  const result = await withinDeadline(
+    deps,
+    deps.env.KEYS.getByName(`key:${key.id}`).adjustCredits(key.id, { ...change, actor: p.userId, idempotencyKey }) as Promise<
+      Adjusted | undefined
+    >,
+  );
+  const audit = {
+    accountId: key.accountId,
+    actor: p.userId,
+    action: `api_key.credits_${change.operation}`,
+    target: key.id,
+    requestId: deps.requestId,
+  };
+  return adjusted(deps, result, audit, missing);
+}
+
+/** The operator's change to an account's pool (what the provider sells), audited; once per `Idempotency-Key`. */
+export async function adjustPoolCredits(
+  deps: Deps,
+  accountId: string,
+  change: z.infer<typeof CreditsAdjustment>,
+  idempotencyKey: string | undefined,
+): Promise<CreditsView> {
+  const missing = "No account with this id.";
+  if (!(await findAccount(deps.db, accountId))) throw new ApiError("not_found", missing);
+  const name = `account:${accountId}`;
+  const result = await withinDeadline(
+    deps,
+    deps.env.ACCOUNTS.getByName(name).adjustCredits(accountId, { ...change, actor: "operator", idempotencyKey }) as Promise<
+      Adjusted | undefined
+    >,
+  );
+  const audit = {
+    accountId,
+    actor: "operator",
+    action: `account.credits_${change.operation}`,
+    target: accountId,
+    requestId: deps.requestId,
+  };
+  return adjusted(deps, result, audit, missing);
+}
+
+/**
+ * Settles a request's reservations at what it `used`, in the objects that may hold them (the key's, the account's):
+ * what it reserved beyond it comes back. A request with no open reservation there (settled already, settled at its
+ * reserve after CREDITS_SETTLE_TIMEOUT_S, refunded, or another account's) changes nothing and is 404.
+ */
+export async function settleCredits(deps: Deps, s: z.infer<typeof CreditsSettlement>): Promise<z.infer<typeof Settled>> {
+  type Settle = Promise<{ overrun: number } | null>;
+  const calls = [deps.env.ACCOUNTS.getByName(`account:${s.accountId}`).settleCredits(s.accountId, s.requestId, s.used) as Settle];
+  if (s.keyId !== undefined)
+    calls.push(deps.env.KEYS.getByName(`key:${s.keyId}`).settleCredits(s.keyId, s.requestId, s.used, s.accountId) as Settle);
+  const settled = (await withinDeadline(deps, Promise.all(calls))).filter((r) => r !== null);
+  const first = settled[0];
+  if (!first)
+    throw new ApiError("not_found", "No open reservation for this request: settled already, past its time, or not this account's.");
+  if (first.overrun > 0) deps.log("warn", "credits_overrun", { requestId: s.requestId, used: s.used, overrun: first.overrun });
+  return { requestId: s.requestId, charged: s.used - first.overrun, overrun: first.overrun };
+}
+
+/**
+ * The live balances of these keys, by id (a key configured with none has none): each from its object, as of now.
+ * Their objects are asked together; one that does not answer in time makes the read 503.
+ */
+export async function keyBalances(deps: Deps, keys: readonly { id: string; credits: string | null }[]): Promise<Map<string, CreditsView>> {
+  const limited = keys.filter((k) => k.credits !== null);
+  const views = await withinDeadline(
+    deps,
+    Promise.all(limited.map((k) => deps.env.KEYS.getByName(`key:${k.id}`).credits(k.id) as Promise<CreditsView | undefined>)),
+  );
+  return new Map(limited.map((k, i) => [k.id, views[i] ?? null]));
+}
+
+/** The account's pool as of now, from its object; null when it has none. */
+export async function poolBalance(deps: Deps, accountId: string, configured: boolean): Promise<CreditsView> {
+  if (!configured) return null;
+  return (
+    (await withinDeadline(
+      deps,
+      deps.env.ACCOUNTS.getByName(`account:${accountId}`).credits(accountId) as Promise<CreditsView | undefined>,
+    )) ?? null
+  );
+}
+
+/** A balance's object answers within the rate limiter's deadline, or the request is 503 (nothing is assumed of it). */
+function withinDeadline<T>(deps: Deps, call: Promise<T>): Promise<T> {
+  return deadline(
+    call,
+    deps.config.rateLimitTimeoutMs,
+    () =>
+      new ApiError("rate_limiter_unavailable", "The balance's counter did not answer; retry shortly.", { headers: { "Retry-After": "5" } }),
+  );
 }

@@ -18,7 +18,14 @@ import { apiKeysRoutes } from "./routes/api-keys";
 import { asset } from "./routes/assets";
 import { authRoutes } from "./routes/auth";
 import { chatRoutes } from "./routes/chat";
-import { accountCreditsRoutes, keyCreditsRoutes, operatorCreditsRoutes } from "./routes/credits";
+import {
+  accountCreditsRoutes,
+  keyCreditsAdjustRoutes,
+  keyCreditsRoutes,
+  operatorCreditsRoutes,
+  poolCreditsAdjustRoutes,
+  settleRoutes,
+} from "./routes/credits";
 import { demoRoutes } from "./routes/demo";
 import { handshakeRoutes } from "./routes/handshake";
 import { unmatched } from "./routes/method-not-allowed";
@@ -91,11 +98,14 @@ const resource = (prefix: string) => {
 };
 app.route(resource("/v1/accounts"), accountsRoutes);
 app.route("/v1/accounts", operatorCreditsRoutes);
+app.route("/v1/accounts", poolCreditsAdjustRoutes);
 app.route(resource("/v1/plans"), plansRoutes);
 app.route(resource("/v1/account"), accountRoutes);
 app.route("/v1/account", accountCreditsRoutes);
 app.route(resource("/v1/api-keys"), apiKeysRoutes);
 app.route("/v1/api-keys", keyCreditsRoutes);
+app.route("/v1/api-keys", keyCreditsAdjustRoutes);
+app.route("/v1/credits", settleRoutes);
 app.route(resource("/v1/users"), usersRoutes);
 app.route(resource("/v1/whoami"), whoamiRoutes);
 app.route(resource("/v1/agents"), agentsRoutes);

@@ -187,10 +187,20 @@ export class KeyObject extends DurableObject<Bindings> {
     return config === undefined ? undefined : this.balance.adjust(config, this.clock(), change);
   }
 
-  /** Settles a request's reservation at what the upstream says it used (see StoredBalance.settle). */
-  async settleCredits(keyId: string, requestId: string, used: number) {
+  /** Empties the key's own credits into its successor's (see StoredBalance.drain); null when it has none. */
+  async drainCredits(keyId: string, reason: string): Promise<number | null> {
     const config = await this.creditsConfig(keyId);
-    return config === undefined ? null : this.balance.settle(config, this.clock(), requestId, used);
+    return config === undefined ? null : this.balance.drain(config, this.clock(), reason);
+  }
+
+  /**
+   * Settles a request's reservation at what the upstream says it used (see StoredBalance.settle); nothing when the key
+   * is not the account's.
+   */
+  async settleCredits(keyId: string, requestId: string, used: number, accountId?: string) {
+    const { record } = await this.keyState(keyId);
+    if (!record || (accountId !== undefined && record.key.accountId !== accountId)) return null;
+    return this.balance.settle(storedCredits(record.key.credits), this.clock(), requestId, used);
   }
 
   private get balance() {

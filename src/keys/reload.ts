@@ -46,6 +46,22 @@ export async function reloadKeys(deps: Deps, keyIds: string[]): Promise<void> {
 }
 
 /**
+ * Makes the objects of these accounts read their limits, credits and plan again (a limit or a pool is not a right:
+ * one that misses it reads them within a minute anyway). Answers once each was told or gave up.
+ */
+export async function reloadAccounts(deps: Deps, accountIds: readonly string[]): Promise<void> {
+  const timeout = deps.config.rateLimitTimeoutMs;
+  holdings.drop(accountIds.map((id) => `account:${id}`));
+  await Promise.all(
+    accountIds.map((id) =>
+      deadline(deps.env.ACCOUNTS.getByName(`account:${id}`).reload(), timeout, timedOut).catch((err: unknown) =>
+        deps.log("warn", "account_reload_failed", { accountId: id, error: safeError(err) }),
+      ),
+    ),
+  );
+}
+
+/**
  * Runs `write`, a change that removes rights from these keys. When D1 fails or does not answer in time, the write may
  * have landed or may still land: the keys' objects are told so in the background, as after a failed reload.
  */

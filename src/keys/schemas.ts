@@ -141,7 +141,15 @@ export const KeyView = z
 export const KeyWithSecret = extend(KeyView, { key: z.string().openapi({ example: "sk_5f0c…" }) }).openapi("KeyWithSecret");
 
 /** The API view of a key: never the hash, never the raw key. */
-export function keyView(key: ApiKey, now: Date): z.infer<typeof KeyView> {
+/**
+ * A key as the API shows it. `balances`: the live balances of keys that have one (credits/service.ts `keyBalances`);
+ * without it (a key just created, never used), its balance is what it was configured to open at.
+ */
+export function keyView(
+  key: ApiKey,
+  now: Date,
+  balances?: ReadonlyMap<string, z.infer<typeof CreditsBalance> | null>,
+): z.infer<typeof KeyView> {
   return {
     id: key.id,
     name: key.name,
@@ -154,7 +162,7 @@ export function keyView(key: ApiKey, now: Date): z.infer<typeof KeyView> {
     createdAt: key.createdAt,
     expiresAt: key.expiresAt,
     ...limitsView(keyLimits(key)),
-    credits: creditsView(storedCredits(key.credits), now),
+    credits: balances?.has(key.id) ? (balances.get(key.id) ?? null) : creditsView(storedCredits(key.credits), now),
     lastUsedAt: key.lastUsedAt,
     lastAuthMethod: key.lastAuthMethod,
     revokedAt: key.revokedAt,

@@ -11,6 +11,7 @@ import type { Page } from "../platform/db/pagination";
 import { type ApiKey, accounts, apiKeys, users } from "../platform/db/schema";
 import type { Deps } from "../platform/deps";
 import { ApiError, type FieldError, invalidRequest } from "../platform/errors";
+import { safeError } from "../platform/log";
 import { reloadKeys, writeChange } from "./reload";
 import { grants, type KeyChange, type NewKey, type Rotation } from "./schemas";
 import { findKey, findKeys, KEY_EXTERNAL_ID, keyLimits, keyStatus, listKeys as keysPage, mintKey, revokeStatement } from "./store";
@@ -145,6 +146,8 @@ export async function rotateKey(deps: Deps, p: Principal, id: string, rotation: 
       `Key ${old.id} is ${keyStatus(old, now)}${old.revokedAt ? " or already rotated" : ""}; only an active key can be rotated.`,
     );
   }
+  const inherited = storedCredits(old.credits);
+  const inherits = rotation.credits === undefined && inherited !== null;
   const { raw, row } = await mintKey(
     {
       accountId: p.accountId,
@@ -155,8 +158,9 @@ export async function rotateKey(deps: Deps, p: Principal, id: string, rotation: 
       scopes: JSON.parse(old.scopes) as string[],
       expiresAt: old.expiresAt,
       limits: limits ?? keyLimits(old),
-      // The old key's credits setting, unless the rotation sends its own. (Its balance is the object's to carry over.)
-      credits: rotation.credits === undefined ? storedCredits(old.credits) : rotation.credits && creditsConfig(rotation.credits),
+      // The old key's credits setting, unless the rotation sends its own: then its balance moves over once the
+      // rotation stands (the new key opens empty), so a rotation never refills a key.
+      credits: inherits ? { remaining: 0, refill: inherited?.refill ?? null } : rotation.credits && creditsConfig(rotation.credits),
       rotatedFrom: old.id,
       // An externalId is the old key's alone (unique within the account); its meta comes along.
       meta: parseMeta(old.meta),
@@ -194,7 +198,31 @@ export async function rotateKey(deps: Deps, p: Principal, id: string, rotation: 
       throw err;
     }
   }
+  if (inherits) await moveCredits(deps, old.id, row.id);
   return { raw, row, now };
+}
+
+/**
+ * Moves a rotated key's own credits to its successor once the rotation stands: emptied from the old key (which spends
+ * none in its grace period) and added to the new one, each a ledger entry naming the other, before the rotation is
+ * answered. The rotation stands whatever happens here; a move that fails is logged with what it moved.
+ */
+async function moveCredits(deps: Deps, from: string, to: string): Promise<void> {
+  let moved: number | null = null;
+  try {
+    moved = await deps.env.KEYS.getByName(`key:${from}`).drainCredits(from, `moved to ${to} by rotation`);
+    if (moved === null || moved === 0) return;
+    const added = await deps.env.KEYS.getByName(`key:${to}`).adjustCredits(to, {
+      operation: "add",
+      amount: moved,
+      reason: `moved from ${from} by rotation`,
+      actor: "keygate",
+      idempotencyKey: `rotation:${from}`,
+    });
+    if (!added?.ok) throw new Error(added ? added.code : "no such key");
+  } catch (err) {
+    deps.log("error", "credits_not_moved", { from, to, amount: moved, error: safeError(err) });
+  }
 }
 
 /**

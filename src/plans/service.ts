@@ -1,9 +1,9 @@
 import type { z } from "@hono/zod-openapi";
 import { eq } from "drizzle-orm";
 import { creditsColumn } from "../core/schemas";
-import { reloadKeys } from "../keys/reload";
+import { reloadAccounts, reloadKeys } from "../keys/reload";
 import { liveKeyIds } from "../keys/store";
-import { plans } from "../platform/db/schema";
+import { accounts, plans } from "../platform/db/schema";
 import type { Deps } from "../platform/deps";
 import { ApiError } from "../platform/errors";
 import type { PlanInput } from "./schemas";
@@ -28,6 +28,11 @@ export async function putPlan(deps: Deps, id: string, input: z.infer<typeof Plan
     .returning({ id: plans.id });
   if (!created) {
     await d.update(plans).set({ name: input.name, rateLimits, credits, updatedAt: at }).where(eq(plans.id, id));
+    const onPlan = await d.select({ id: accounts.id }).from(accounts).where(eq(accounts.planId, id));
+    await reloadAccounts(
+      deps,
+      onPlan.map((a) => a.id),
+    );
     deps.waitUntil(
       liveKeyIds(d, { planId: id }, now)
         .then((ids) => reloadKeys(deps, ids))

@@ -33,6 +33,8 @@ export const ERRORS = {
   slug_taken: [409, "Conflict"],
   external_id_taken: [409, "Conflict"],
   idempotency_in_flight: [409, "Conflict"],
+  credits_insufficient: [409, "Conflict"],
+  credits_unlimited: [409, "Conflict"],
   idempotency_key_reused: [422, "Unprocessable Content"],
   payload_too_large: [413, "Payload Too Large"],
   unsupported_media_type: [415, "Unsupported Media Type"],

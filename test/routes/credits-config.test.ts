@@ -137,7 +137,10 @@ describe("a key's credits", () => {
     const old = await createKey(key.key, { credits: monthly });
     const kept = await rotate(old.id, {});
     expect(kept).toMatchObject({ rotatedFrom: old.id, credits: { ...monthly, nextRefillAt: next15th() } });
-    expect(await stored("api_keys", "credits", kept.id)).toEqual(monthly);
+    // The new key opens empty and the old key's balance moves over: a rotation never refills a key.
+    expect(await stored("api_keys", "credits", kept.id)).toEqual({ ...monthly, remaining: 0 });
+    expect(await env.KEYS.getByName(`key:${old.id}`).credits(old.id)).toMatchObject({ remaining: 0 });
+    expect(await env.KEYS.getByName(`key:${kept.id}`).credits(kept.id)).toMatchObject({ remaining: monthly.remaining });
 
     const replaced = await rotate(kept.id, { credits: hourly });
     expect(replaced.credits).toEqual({ ...hourly, nextRefillAt: nextHour() });

@@ -2,6 +2,7 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { AccountActivity, AccountChange, AccountView, accountView } from "../../accounts/schemas";
 import { accountActivity, updateAccount } from "../../accounts/service";
 import { RateLimit, RateLimits, shorthand } from "../../core/schemas";
+import { poolBalance } from "../../credits/service";
 import { authenticate } from "../../guards/authenticate";
 import { AccountUsage, UsageQuery } from "../../usage/schemas";
 import { accountUsage } from "../../usage/service";
@@ -21,9 +22,11 @@ export const accountRoutes = routes()
       responses: { 200: json(AccountActivity, "The account"), ...problems(...KEY_PROBLEMS) },
     }),
     async (c) => {
-      const { account, activeKeys, lastUsedAt, recentEvents } = await accountActivity(c.get("deps"), c.get("principal"));
+      const deps = c.get("deps");
+      const { account, activeKeys, lastUsedAt, recentEvents } = await accountActivity(deps, c.get("principal"));
       const events = recentEvents.map(({ actorEmail: _, ...event }) => event);
-      return c.json({ ...accountView(account, c.get("deps").now()), activeKeys, lastUsedAt, recentEvents: events }, 200);
+      const pool = await poolBalance(deps, account.id, (account.credits ?? account.planCredits) !== null);
+      return c.json({ ...accountView(account, deps.now(), pool), activeKeys, lastUsedAt, recentEvents: events }, 200);
     },
   )
   .openapi(
@@ -41,7 +44,9 @@ export const accountRoutes = routes()
     }),
     async (c) => {
       const deps = c.get("deps");
-      return c.json(accountView(await updateAccount(deps, c.get("principal"), c.req.valid("json")), deps.now()), 200);
+      const account = await updateAccount(deps, c.get("principal"), c.req.valid("json"));
+      const pool = await poolBalance(deps, account.id, (account.credits ?? account.planCredits) !== null);
+      return c.json(accountView(account, deps.now(), pool), 200);
     },
   )
   .openapi(

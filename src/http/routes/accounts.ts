@@ -3,6 +3,7 @@ import { createMiddleware } from "hono/factory";
 import { AccountView, accountView, NewAccount, OperatorAccountChange, Provisioned, RecoveryRequest } from "../../accounts/schemas";
 import { changeAccount, provisionAccount, recoverAccount } from "../../accounts/service";
 import { IdParam } from "../../core/schemas";
+import { poolBalance } from "../../credits/service";
 import type { AppEnv } from "../../guards/context";
 import { invalidToken } from "../../guards/credentials";
 import { bearerMatches } from "../../guards/secret";
@@ -70,7 +71,9 @@ export const accountsRoutes = routes()
     }),
     async (c) => {
       const deps = c.get("deps");
-      return c.json(accountView(await changeAccount(deps, c.req.valid("param").id, c.req.valid("json")), deps.now()), 200);
+      const account = await changeAccount(deps, c.req.valid("param").id, c.req.valid("json"));
+      const pool = await poolBalance(deps, account.id, (account.credits ?? account.planCredits) !== null);
+      return c.json(accountView(account, deps.now(), pool), 200);
     },
   )
   /**

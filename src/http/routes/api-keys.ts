@@ -1,5 +1,6 @@
 import { createRoute } from "@hono/zod-openapi";
 import { IdParam, PageQuery, page } from "../../core/schemas";
+import { keyBalances } from "../../credits/service";
 import { authenticate } from "../../guards/authenticate";
 import { KeyChange, KeyView, KeyWithSecret, keyView, NewKey, Rotation } from "../../keys/schemas";
 import { createKey, getKey, listKeys, revokeKey, rotateKey, updateKey } from "../../keys/service";
@@ -50,7 +51,8 @@ export const apiKeysRoutes = routes()
       const deps = c.get("deps");
       const { rows, nextCursor } = await listKeys(deps, c.get("principal"), pageOf(c.req.valid("query")));
       const now = deps.now();
-      return c.json({ data: rows.map((k) => keyView(k, now)), nextCursor }, 200);
+      const balances = await keyBalances(deps, rows);
+      return c.json({ data: rows.map((k) => keyView(k, now, balances)), nextCursor }, 200);
     },
   )
   .openapi(
@@ -66,7 +68,7 @@ export const apiKeysRoutes = routes()
     async (c) => {
       const deps = c.get("deps");
       const key = await getKey(deps, c.get("principal"), c.req.valid("param").id);
-      return c.json(keyView(key, deps.now()), 200);
+      return c.json(keyView(key, deps.now(), await keyBalances(deps, [key])), 200);
     },
   )
   .openapi(
@@ -85,8 +87,9 @@ export const apiKeysRoutes = routes()
       },
     }),
     async (c) => {
-      const { key, now } = await updateKey(c.get("deps"), c.get("principal"), c.req.valid("param").id, c.req.valid("json"));
-      return c.json(keyView(key, now), 200);
+      const deps = c.get("deps");
+      const { key, now } = await updateKey(deps, c.get("principal"), c.req.valid("param").id, c.req.valid("json"));
+      return c.json(keyView(key, now, await keyBalances(deps, [key])), 200);
     },
   )
   .openapi(
@@ -122,9 +125,10 @@ export const apiKeysRoutes = routes()
       },
     }),
     async (c) => {
-      const { raw, row, now } = await rotateKey(c.get("deps"), c.get("principal"), c.req.valid("param").id, c.req.valid("json"));
+      const deps = c.get("deps");
+      const { raw, row, now } = await rotateKey(deps, c.get("principal"), c.req.valid("param").id, c.req.valid("json"));
       c.header("Cache-Control", "no-store");
-      return c.json({ ...keyView(row, now), key: raw }, 201);
+      return c.json({ ...keyView(row, now, await keyBalances(deps, [row])), key: raw }, 201);
     },
   )
   .openapi(

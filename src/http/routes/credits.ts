@@ -1,10 +1,22 @@
-import { createRoute } from "@hono/zod-openapi";
-import { IdParam, PageQuery, page } from "../../core/schemas";
-import { LedgerEntryView } from "../../credits/schemas";
-import { accountPoolLedger, keyLedger, poolLedger } from "../../credits/service";
-import { authenticate } from "../../guards/authenticate";
+import { createRoute, type z } from "@hono/zod-openapi";
+import { CreditsBalance, IdParam, PageQuery, page } from "../../core/schemas";
+import { CreditsAdjustment, CreditsSettlement, LedgerEntryView, Settled } from "../../credits/schemas";
+import { accountPoolLedger, adjustKeyCredits, adjustPoolCredits, keyLedger, poolLedger, settleCredits } from "../../credits/service";
+import { authenticate, idempotencyKeyOf } from "../../guards/authenticate";
+import { backend } from "../../guards/backend";
 import { pageOf } from "../../platform/db/pagination";
-import { json, KEY_PROBLEMS, KEY_SECURITY, OPERATOR_SECURITY, problems, routes } from "../openapi";
+import {
+  BODY_PROBLEMS,
+  json,
+  jsonBody,
+  KEY_PROBLEMS,
+  KEY_SECURITY,
+  OPERATOR_SECURITY,
+  problems,
+  routes,
+  VERIFY_SECURITY,
+  withBody,
+} from "../openapi";
 import { OPERATOR_PROBLEMS, operator } from "./accounts";
 
 const LEDGER_PAGE = page(LedgerEntryView).openapi("CreditLedgerPage");
@@ -60,4 +72,77 @@ export const operatorCreditsRoutes = routes().openapi(
     },
   }),
   async (c) => c.json(await accountPoolLedger(c.get("deps"), c.req.valid("param").id, pageOf(c.req.valid("query"))), 200),
+);
+
+const ADJUST_PROBLEMS = ["credits_insufficient", "credits_unlimited", "idempotency_key_reused", "rate_limiter_unavailable"] as const;
+const ADJUST_DESCRIPTION =
+  "`add`, `subtract` (never below zero: 409 `credits_insufficient`) or `set`; a balance that is unlimited is 409 `credits_unlimited` (configure its credits first). With `Idempotency-Key`, the same change sent again within 24 hours applies once and answers the same; another change under that key is 422. Audited, and a ledger entry with its actor and reason.";
+
+/** An admin's change to a key's own credits (mounted under /v1/api-keys). */
+export const keyCreditsAdjustRoutes = routes().openapi(
+  createRoute({
+    method: "post",
+    path: "/{id}/credits",
+    summary: "Adjust a key's own credits (admins)",
+    description: ADJUST_DESCRIPTION,
+    security: KEY_SECURITY,
+    middleware: withBody(authenticate("admin")),
+    request: { params: IdParam, body: jsonBody(CreditsAdjustment) },
+    responses: {
+      200: json(CreditsBalance, "The key's balance after the change"),
+      ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS, "not_found", ...ADJUST_PROBLEMS),
+    },
+  }),
+  async (c) => {
+    const deps = c.get("deps");
+    const balance = await adjustKeyCredits(deps, c.get("principal"), c.req.valid("param").id, c.req.valid("json"), idempotencyKeyOf(c));
+    return c.json(balance as z.infer<typeof CreditsBalance>, 200);
+  },
+);
+
+/** The operator's change to an account's pool (mounted under /v1/accounts). */
+export const poolCreditsAdjustRoutes = routes().openapi(
+  createRoute({
+    method: "post",
+    path: "/{id}/credits",
+    summary: "Adjust an account's credits pool",
+    description: ADJUST_DESCRIPTION,
+    security: OPERATOR_SECURITY,
+    middleware: withBody(operator),
+    request: { params: IdParam, body: jsonBody(CreditsAdjustment) },
+    responses: {
+      200: json(CreditsBalance, "The pool after the change"),
+      ...problems(...OPERATOR_PROBLEMS, ...BODY_PROBLEMS, "not_found", ...ADJUST_PROBLEMS),
+    },
+  }),
+  async (c) => {
+    const balance = await adjustPoolCredits(c.get("deps"), c.req.valid("param").id, c.req.valid("json"), idempotencyKeyOf(c));
+    return c.json(balance as z.infer<typeof CreditsBalance>, 200);
+  },
+);
+
+/** What a request that reserved credits really cost, from the upstream or a backend (mounted at /v1/credits). */
+export const settleRoutes = routes().openapi(
+  createRoute({
+    method: "post",
+    path: "/settle",
+    summary: "Settle a request's reserved credits at what it used",
+    description:
+      "Authorised by `VERIFY_TOKEN`. For a gateway route with `credits: {reserve, settle: true}` whose cost is known only later (a stream), or a verify call with `reserve`: what was reserved beyond `used` comes back; `used` above the reserve is charged only up to it. Once per reservation: a second settle, one after CREDITS_SETTLE_TIMEOUT_S (the reservation then settled at its reserve), or one naming another account is 404 and changes nothing.",
+    security: VERIFY_SECURITY,
+    middleware: withBody(backend),
+    request: { body: jsonBody(CreditsSettlement) },
+    responses: {
+      200: json(Settled, "Settled"),
+      ...problems(
+        ...BODY_PROBLEMS,
+        "missing_credentials",
+        "invalid_verify_token",
+        "not_found",
+        "rate_limiter_unavailable",
+        "configuration_error",
+      ),
+    },
+  }),
+  async (c) => c.json(await settleCredits(c.get("deps"), c.req.valid("json")), 200),
 );
