@@ -140,6 +140,13 @@ export const Problem = z
     retry_after: z.number().int().optional(),
     limit: z.string().optional().openapi({ description: "`rate_limited`: the name of the limit that refused the request" }),
     variables: z.array(z.string()).optional().openapi({ description: "`configuration_error` on /health: the variables to fix" }),
+    required: z.number().int().optional().openapi({ description: "`credits_exhausted`: the credits the request needed" }),
+    remaining: z.number().int().optional().openapi({ description: "`credits_exhausted`, `credits_insufficient`: the credits left" }),
+    nextRefillAt: z
+      .string()
+      .nullable()
+      .optional()
+      .openapi({ description: "`credits_exhausted`: when the next refill comes (then `Retry-After` says so too); null: none will" }),
   })
   .openapi("Problem");
 
@@ -178,7 +185,7 @@ Each operation names the credentials it takes:
 Every authenticated answer carries its rate limit (\`RateLimit\`, \`RateLimit-Policy\`, \`X-RateLimit-*\`); every answer carries \`X-Request-Id\`.
 
 ## Errors
-Every error is an RFC 9457 problem (\`application/problem+json\`) with a stable \`code\`, the \`status\`, a \`detail\` for people and the \`requestId\`; invalid input lists each field in \`errors\`. Each operation lists the codes it can answer, grouped by status. A 429 carries \`Retry-After\`. A method a path does not take is 405 with \`Allow\`.
+Every error is an RFC 9457 problem (\`application/problem+json\`) with a stable \`code\`, the \`status\`, a \`detail\` for people and the \`requestId\`; invalid input lists each field in \`errors\`. Each operation lists the codes it can answer, grouped by status. A 429 carries \`Retry-After\`; a 402 \`credits_exhausted\` carries \`required\`, \`remaining\` and \`nextRefillAt\` (and \`Retry-After\` when a refill will come). A method a path does not take is 405 with \`Allow\`.
 
 ## Paging
 Lists answer \`{data, nextCursor}\`, newest first. Pass \`limit\` (1–100, default 20) and, for the next page, \`cursor\` set to the previous page's \`nextCursor\`; \`null\` means there is no more.`;
@@ -195,6 +202,7 @@ const TAGS: { prefix: string; name: string; description: string }[] = [
   { prefix: "/v1/handshake", name: "Chat", description: "Handshake tokens for browser widgets, and the chat they reach." },
   { prefix: "/v1/chat", name: "Chat", description: "" },
   { prefix: "/v1/keys/verify", name: "Backend", description: "For the provider's backends, with the verify token." },
+  { prefix: "/v1/credits", name: "Backend", description: "" },
   { prefix: "/v1/resource-owners", name: "Backend", description: "" },
   { prefix: "/dashboard", name: "Dashboard", description: "Server-rendered pages and forms for people, signed in with a cookie." },
   { prefix: "/demo", name: "Demo", description: "A minimal chat widget page." },

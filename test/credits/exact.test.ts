@@ -1,0 +1,309 @@
+import { evictDurableObject, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import { IDEMPOTENCY_MS } from "../../src/keys/object";
+import { faultyDatabase, faultyObjects, objectDatabase } from "../faults";
+import { GATEWAY } from "../gateway/table";
+import { call, createKey, expectProblem, memberWithKey, OPERATOR_TOKEN, provision, rows, through, VERIFY_TOKEN } from "../helpers";
+
+const ROUTES = [
+  { pattern: "/v1/messages/*", credits: 1 },
+  { pattern: "/v1/completions/*", credits: { reserve: 100, settle: true } },
+  { pattern: "/*", access: "full" },
+];
+const METERED = { ...GATEWAY, GATEWAY_ROUTES: JSON.stringify(ROUTES) };
+const gw = (path: string, init: Parameters<typeof through>[2] = {}, overrides: Partial<Cloudflare.Env> = {}) =>
+  through({ ...METERED, ...overrides }, path, init);
+const operator = { Authorization: `Bearer ${OPERATOR_TOKEN}` };
+
+const keyStub = (id: string) => env.KEYS.getByName(`key:${id}`);
+const balanceOf = async (id: string) => (await keyStub(id).credits(id))?.remaining;
+
+/** An account, its admin key, and a key of it with `credits` of its own (set through the API). */
+async function metered(credits: unknown) {
+  const account = await provision();
+  const key = await createKey(account.key.key, { credits, rateLimit: { limit: 100_000, windowSeconds: 60 } });
+  return { accountId: account.account.id, admin: account.key, key };
+}
+
+/** Moves the key's object to a clock the test sets. */
+async function clockOf(keyId: string, now: () => number): Promise<void> {
+  await runInDurableObject(keyStub(keyId), (instance) => {
+    instance.clock = now;
+  });
+}
+
+/** Every ledger row of a key, through the API, oldest first, once its object has written what it holds. */
+async function ledgerOf(adminKey: string, keyId: string) {
+  await runDurableObjectAlarm(keyStub(keyId));
+  const all: { delta: number; kind: string; count: number; balanceAfter: number; reason: string | null }[] = [];
+  let cursor: string | null = null;
+  do {
+    const res = await call(`/v1/api-keys/${keyId}/credits/ledger?limit=2${cursor ? `&cursor=${cursor}` : ""}`, { key: adminKey });
+    expect(res.status).toBe(200);
+    const page = await res.json<{ data: typeof all; nextCursor: string | null }>();
+    all.push(...page.data);
+    cursor = page.nextCursor;
+  } while (cursor);
+  return all.reverse();
+}
+
+const sum = (entries: { delta: number }[]) => entries.reduce((n, e) => n + e.delta, 0);
+
+describe("adjusting credits", () => {
+  it("an admin adds, subtracts and sets a key's credits; never below zero; members cannot; audited", async () => {
+    const { accountId, admin, key } = await metered({ remaining: 100 });
+    const adjust = (body: unknown, as = admin.key, headers: Record<string, string> = {}) =>
+      call(`/v1/api-keys/${key.id}/credits`, { key: as, body, headers });
+    const added = await adjust({ operation: "add", amount: 50, reason: "goodwill" });
+    expect(added.status).toBe(200);
+    expect(await added.json()).toEqual({ remaining: 150, refill: null, nextRefillAt: null });
+    expect(await (await adjust({ operation: "subtract", amount: 30 })).json()).toMatchObject({ remaining: 120 });
+    expect(await expectProblem(await adjust({ operation: "subtract", amount: 121 }), 409, "credits_insufficient")).toMatchObject({
+      remaining: 120,
+    });
+    expect(await (await adjust({ operation: "set", amount: 7 })).json()).toMatchObject({ remaining: 7 });
+    expect(await balanceOf(key.id)).toBe(7);
+    const { key: member } = await memberWithKey(admin.key);
+    await expectProblem(await adjust({ operation: "add", amount: 1000 }, member.key), 403, "insufficient_role");
+    await expectProblem(await adjust({ operation: "add", amount: -1 }), 400, "invalid_request");
+    expect(await balanceOf(key.id)).toBe(7);
+    const audited = await rows<{ action: string; actor: string }>(
+      "SELECT action, actor FROM audit_events WHERE account_id = ? AND target = ? ORDER BY created_at",
+      accountId,
+      key.id,
+    );
+    expect(audited.filter((a) => a.action.startsWith("api_key.credits_")).map((a) => a.action)).toEqual([
+      "api_key.credits_add",
+      "api_key.credits_subtract",
+      "api_key.credits_set",
+    ]);
+    // Another account's key is not found; a key with no credits of its own is unlimited, so there is nothing to adjust.
+    const other = await provision();
+    await expectProblem(await adjust({ operation: "add", amount: 1 }, other.key.key), 404, "not_found");
+    const plain = await createKey(admin.key);
+    await expectProblem(
+      await call(`/v1/api-keys/${plain.id}/credits`, { key: admin.key, body: { operation: "set", amount: 5 } }),
+      409,
+      "credits_unlimited",
+    );
+  });
+
+  it("with an Idempotency-Key, a change sent twice (concurrently too) applies once; another change under the key is 422", async () => {
+    const { admin, key } = await metered({ remaining: 100 });
+    const adjust = (body: unknown) =>
+      call(`/v1/api-keys/${key.id}/credits`, { key: admin.key, body, headers: { "Idempotency-Key": '"topup-7"' } });
+    const answers = await Promise.all(Array.from({ length: 10 }, () => adjust({ operation: "add", amount: 25 })));
+    for (const a of answers) expect(await a.json()).toMatchObject({ remaining: 125 });
+    expect(await balanceOf(key.id)).toBe(125);
+    await expectProblem(await adjust({ operation: "add", amount: 26 }), 422, "idempotency_key_reused");
+    expect(await balanceOf(key.id)).toBe(125);
+  });
+
+  it("the operator adjusts an account's pool; an admin's token is not the operator's", async () => {
+    const { account, key } = await provision({ credits: { remaining: 1000 } });
+    const res = await call(`/v1/accounts/${account.id}/credits`, { headers: operator, body: { operation: "subtract", amount: 400 } });
+    expect(await res.json()).toMatchObject({ remaining: 600 });
+    expect(await (await call("/v1/account", { key: key.key })).json()).toMatchObject({ credits: { remaining: 600 } });
+    const asAdmin = await call(`/v1/accounts/${account.id}/credits`, { key: key.key, body: { operation: "add", amount: 1 } });
+    expect(asAdmin.status).toBe(401);
+    await expectProblem(
+      await call("/v1/accounts/acc_nope/credits", { headers: operator, body: { operation: "add", amount: 1 } }),
+      404,
+      "not_found",
+    );
+  });
+});
+
+describe("the ledger", () => {
+  it("every movement is an entry, and the entries sum to the balance (spends summed per minute)", async () => {
+    const { admin, key } = await metered({ remaining: 50 });
+    for (let i = 0; i < 5; i++) expect((await gw("/v1/messages/a", { key: key.key })).status).toBe(200);
+    // An upstream failure gives its credit back; an adjustment is an entry of its own.
+    expect((await gw("/v1/messages/b", { key: key.key, headers: { "X-Test-Status": "503" } })).status).toBe(503);
+    await call(`/v1/api-keys/${key.id}/credits`, { key: admin.key, body: { operation: "add", amount: 10, reason: "bonus" } });
+    const entries = await ledgerOf(admin.key, key.id);
+    expect(entries[0]).toMatchObject({ kind: "adjust", delta: 50, reason: "opening balance" });
+    expect(entries.find((e) => e.kind === "adjust" && e.reason === "bonus")).toMatchObject({ delta: 10 });
+    const spends = entries.filter((e) => e.kind === "spend");
+    expect(spends.reduce((n, e) => n + e.count, 0)).toBe(6);
+    expect(spends.length).toBeLessThanOrEqual(2);
+    expect(sum(entries)).toBe(await balanceOf(key.id));
+    expect(await balanceOf(key.id)).toBe(55);
+  });
+
+  it("D1 down while the ledger is written keeps every entry, and an evicted object loses none", async () => {
+    const { admin, key } = await metered({ remaining: 20 });
+    for (let i = 0; i < 3; i++) expect((await gw("/v1/messages/a", { key: key.key })).status).toBe(200);
+    const undo = await objectDatabase(keyStub(key.id), () =>
+      faultyDatabase(env.DB, { kind: "throw" }, (sql) => sql.includes("credit_ledger")),
+    );
+    await runDurableObjectAlarm(keyStub(key.id));
+    await undo();
+    expect(await rows("SELECT id FROM credit_ledger WHERE key_id = ?", key.id)).toEqual([]);
+    await evictDurableObject(keyStub(key.id));
+    expect(await balanceOf(key.id)).toBe(17);
+    const entries = await ledgerOf(admin.key, key.id);
+    expect(sum(entries)).toBe(17);
+    expect(entries.filter((e) => e.kind === "spend").reduce((n, e) => n + e.count, 0)).toBe(3);
+  });
+});
+
+describe("idempotent retries", () => {
+  it("50 concurrent retries with one Idempotency-Key pay once; after 24 hours the key pays again", async () => {
+    const { key } = await metered({ remaining: 100 });
+    const retry = () => gw("/v1/messages/send", { key: key.key, headers: { "Idempotency-Key": "order-42" } });
+    const answers = await Promise.all(Array.from({ length: 50 }, retry));
+    const statuses = answers.map((r) => r.status);
+    expect(statuses.filter((s) => s !== 200 && s !== 409)).toEqual([]);
+    expect(statuses).toContain(200);
+    const conflict = answers.find((r) => r.status === 409);
+    if (conflict) expect(await expectProblem(conflict, 409, "idempotency_in_flight")).toBeTruthy();
+    expect(await balanceOf(key.id)).toBe(99);
+    // Once the first is answered, a retry is served and charged nothing.
+    expect((await retry()).status).toBe(200);
+    expect(await balanceOf(key.id)).toBe(99);
+    // Another key is another request.
+    expect((await gw("/v1/messages/send", { key: key.key, headers: { "Idempotency-Key": "order-43" } })).status).toBe(200);
+    expect(await balanceOf(key.id)).toBe(98);
+    const later = Date.now() + IDEMPOTENCY_MS + 1000;
+    await clockOf(key.id, () => later);
+    expect((await retry()).status).toBe(200);
+    expect(await balanceOf(key.id)).toBe(97);
+  });
+
+  it("a first request whose upstream failed is given back, so its retry pays; a malformed key is 400", async () => {
+    const { key } = await metered({ remaining: 10 });
+    const send = (status: string) =>
+      gw("/v1/messages/send", { key: key.key, headers: { "Idempotency-Key": "job-1", "X-Test-Status": status } });
+    expect((await send("502")).status).toBe(502);
+    expect(await balanceOf(key.id)).toBe(10);
+    expect((await send("200")).status).toBe(200);
+    expect(await balanceOf(key.id)).toBe(9);
+    await expectProblem(await gw("/v1/messages/x", { key: key.key, headers: { "Idempotency-Key": "" } }), 400, "invalid_request");
+  });
+
+  it("verify charges once per idempotency key", async () => {
+    const { key } = await metered({ remaining: 10 });
+    const verify = () =>
+      call("/v1/keys/verify", {
+        headers: { Authorization: `Bearer ${VERIFY_TOKEN}`, "Idempotency-Key": "v-1" },
+        body: { key: key.key, credits: 4 },
+      });
+    expect(await (await verify()).json()).toMatchObject({ valid: true, credits: { remaining: 6 } });
+    expect(await (await verify()).json()).toMatchObject({ valid: true });
+    expect(await balanceOf(key.id)).toBe(6);
+  });
+});
+
+describe("settled later", () => {
+  it("a stream settled through the API; a second settle, another account's, or one after the timeout change nothing", async () => {
+    const { accountId, key } = await metered({ remaining: 1000 });
+    const res = await gw("/v1/completions/stream", { key: key.key });
+    expect(res.status).toBe(200);
+    const requestId = res.headers.get("X-Request-Id") as string;
+    expect(await balanceOf(key.id)).toBe(900);
+    const settle = (body: Record<string, unknown>) =>
+      call("/v1/credits/settle", {
+        headers: { Authorization: `Bearer ${VERIFY_TOKEN}` },
+        body: { requestId, accountId, keyId: key.id, ...body },
+      });
+    const other = await provision();
+    await expectProblem(await settle({ used: 1, accountId: other.account.id }), 404, "not_found");
+    expect(await balanceOf(key.id)).toBe(900);
+    expect(await (await settle({ used: 37 })).json()).toEqual({ requestId, charged: 37, overrun: 0 });
+    expect(await balanceOf(key.id)).toBe(963);
+    await expectProblem(await settle({ used: 1 }), 404, "not_found");
+    expect(await balanceOf(key.id)).toBe(963);
+  });
+
+  it("a reservation nobody settles settles at its reserve after CREDITS_SETTLE_TIMEOUT_S", async () => {
+    const { accountId, key } = await metered({ remaining: 500 });
+    const res = await gw("/v1/completions/stream", { key: key.key }, { CREDITS_SETTLE_TIMEOUT_S: "60" });
+    const requestId = res.headers.get("X-Request-Id") as string;
+    expect(await balanceOf(key.id)).toBe(400);
+    const later = Date.now() + 61_000;
+    await clockOf(key.id, () => later);
+    expect(await balanceOf(key.id)).toBe(400);
+    const late = await call("/v1/credits/settle", {
+      headers: { Authorization: `Bearer ${VERIFY_TOKEN}` },
+      body: { requestId, used: 5, accountId, keyId: key.id },
+    });
+    await expectProblem(late, 404, "not_found");
+    expect(await balanceOf(key.id)).toBe(400);
+  });
+});
+
+describe("refills", () => {
+  const MONTH = 31 * 86_400_000;
+
+  it("three months without traffic apply three `add`s, or one `set`, each a ledger entry", async () => {
+    const add = await metered({ remaining: 10, refill: { amount: 100, interval: "month", mode: "add" } });
+    const set = await metered({ remaining: 10, refill: { amount: 100, interval: "month", mode: "set" } });
+    expect(await balanceOf(add.key.id)).toBe(10);
+    expect(await balanceOf(set.key.id)).toBe(10);
+    const later = Date.now() + 3 * MONTH;
+    for (const { key } of [add, set]) await clockOf(key.id, () => later);
+    expect(await balanceOf(add.key.id)).toBe(310);
+    expect(await balanceOf(set.key.id)).toBe(100);
+    const addEntries = await ledgerOf(add.admin.key, add.key.id);
+    expect(addEntries.filter((e) => e.kind === "refill").map((e) => e.delta)).toEqual([100, 100, 100]);
+    expect(sum(addEntries)).toBe(310);
+    const setEntries = await ledgerOf(set.admin.key, set.key.id);
+    expect(setEntries.filter((e) => e.kind === "refill").map((e) => e.delta)).toEqual([90]);
+    // Judged again at the same instant: no boundary is applied twice.
+    expect(await balanceOf(add.key.id)).toBe(310);
+  });
+
+  it("a refill racing spends loses nothing: the spends on either side of the boundary each come off once", async () => {
+    const { admin, key } = await metered({ remaining: 5, refill: { amount: 20, interval: "hour", mode: "add" } });
+    const boundary = Math.floor(Date.now() / 3_600_000) * 3_600_000 + 3_600_000;
+    let now = boundary - 1000;
+    await clockOf(key.id, () => now);
+    const burst = async () =>
+      (await Promise.all(Array.from({ length: 30 }, () => gw("/v1/messages/a", { key: key.key })))).map((r) => r.status);
+    const before = await burst();
+    expect(before.filter((s) => s === 200)).toHaveLength(5);
+    expect(before.filter((s) => s !== 402 && s !== 200)).toEqual([]);
+    // The boundary passes while requests arrive: the refill applies once, before the first spend after it.
+    now = boundary + 1;
+    const after = await burst();
+    expect(after.filter((s) => s === 200)).toHaveLength(20);
+    expect(await balanceOf(key.id)).toBe(0);
+    const entries = await ledgerOf(admin.key, key.id);
+    expect(entries.filter((e) => e.kind === "refill").map((e) => e.delta)).toEqual([20]);
+    expect(sum(entries)).toBe(0);
+  });
+});
+
+describe("faults mid-spend", () => {
+  it("the key's object throwing or stalling is 503 and spends nothing; open mode meters no request that spends credits", async () => {
+    const { key } = await metered({ remaining: 10 });
+    for (const fault of [{ kind: "throw" as const }, { kind: "stall" as const }]) {
+      const broken = { KEYS: faultyObjects(env.KEYS, { authorize: fault }), RATE_LIMIT_TIMEOUT_MS: "200" };
+      await expectProblem(await gw("/v1/messages/a", { key: key.key }, broken), 503, "rate_limiter_unavailable");
+      await expectProblem(
+        await gw("/v1/messages/a", { key: key.key }, { ...broken, RATE_LIMIT_FAILURE_MODE: "open" }),
+        503,
+        "rate_limiter_unavailable",
+      );
+      // A route that spends no credits goes through unlimited in open mode, as before.
+      const free = await gw("/v1/other", { key: key.key }, { ...broken, RATE_LIMIT_FAILURE_MODE: "open" });
+      expect(free.status).toBe(200);
+      expect(free.headers.get("X-RateLimit-Status")).toBe("unavailable");
+    }
+    expect(await balanceOf(key.id)).toBe(10);
+  });
+
+  it("a call that reaches the object after its caller gave up spends nothing", async () => {
+    const { key } = await metered({ remaining: 10 });
+    const late = faultyObjects(env.KEYS, { authorize: { kind: "late-call", ms: 400 } });
+    await expectProblem(
+      await gw("/v1/messages/a", { key: key.key }, { KEYS: late, RATE_LIMIT_TIMEOUT_MS: "100" }),
+      503,
+      "rate_limiter_unavailable",
+    );
+    await late.settled();
+    expect(await balanceOf(key.id)).toBe(10);
+  });
+});
