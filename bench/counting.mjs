@@ -1,13 +1,16 @@
 // Bench-only entry around the built worker.
 // - With `X-Bench-Count: 1`, counts the D1 round trips and Durable Object calls a request makes before its response,
-//   and reports them in `X-Bench-Counts`.
+//   and reports them in `X-Bench-Counts` (`do` all of them, and `key`, `account`, `counter` by kind of object).
 // - In an isolate given the binding BENCH_DO_RTT_MS (the far-away counter), every Durable Object call of every request
 //   takes that simulated round trip (half on the way there, half on the way back) and is counted, as are the requests;
 //   `GET /__bench/do-calls` answers how many of each this isolate has seen so far.
+// - In any isolate, requests with `X-Bench-Tally: 1` are counted, with the Durable Object calls they make by kind of
+//   object (calls made after the answer, such as a lease's renewal in the background, included); `GET /__bench/tally`
+//   answers how many of each this isolate has seen so far.
 // Other requests pass straight through.
-import worker, { Counter, KeyObject } from "./index.js";
+import worker, { AccountObject, Counter, KeyObject } from "./index.js";
 
-export { Counter, KeyObject };
+export { AccountObject, Counter, KeyObject };
 
 /** A Durable Object namespace whose stubs (from getByName) run each method call through `around`. */
 const aroundCalls = (namespace, around) =>
@@ -28,6 +31,15 @@ const aroundCalls = (namespace, around) =>
     },
   });
 
+/** The Durable Object bindings, by the kind of object their calls are counted as. */
+const KINDS = { KEYS: "key", ACCOUNTS: "account", COUNTERS: "counter" };
+
+/** `env` with every Durable Object call run through `around(kind, call)`. */
+const aroundEveryCall = (env, around) => ({
+  ...env,
+  ...Object.fromEntries(Object.entries(KINDS).map(([binding, kind]) => [binding, aroundCalls(env[binding], (call) => around(kind, call))])),
+});
+
 /** Durable Object calls made by this isolate under the simulated round trip, and requests it served. */
 let farCalls = 0;
 let farRequests = 0;
@@ -40,7 +52,7 @@ function farEnv(env, rtt) {
   if (!wrapped) {
     const there = rtt / 2;
     const back = rtt - there;
-    const far = async (call) => {
+    wrapped = aroundEveryCall(env, async (_kind, call) => {
       farCalls += 1;
       await sleep(there);
       try {
@@ -48,9 +60,25 @@ function farEnv(env, rtt) {
       } finally {
         await sleep(back);
       }
-    };
-    wrapped = { ...env, KEYS: aroundCalls(env.KEYS, far), COUNTERS: aroundCalls(env.COUNTERS, far) };
+    });
     farEnvs.set(env, wrapped);
+  }
+  return wrapped;
+}
+
+/** Requests marked `X-Bench-Tally` that this isolate served, and the Durable Object calls they made by kind. */
+const tally = { requests: 0, key: 0, account: 0, counter: 0 };
+const tallyEnvs = new WeakMap();
+
+/** The bindings a marked request sees: every Durable Object call counted in `tally` (one wrapped env per env). */
+function tallyEnv(env) {
+  let wrapped = tallyEnvs.get(env);
+  if (!wrapped) {
+    wrapped = aroundEveryCall(env, (kind, call) => {
+      tally[kind] += 1;
+      return call();
+    });
+    tallyEnvs.set(env, wrapped);
   }
   return wrapped;
 }
@@ -58,13 +86,19 @@ function farEnv(env, rtt) {
 export default {
   async fetch(request, realEnv, ctx) {
     let env = realEnv;
+    const path = new URL(request.url).pathname;
+    if (path === "/__bench/tally") return Response.json(tally);
     if (realEnv.BENCH_DO_RTT_MS !== undefined) {
-      if (new URL(request.url).pathname === "/__bench/do-calls") return Response.json({ calls: farCalls, requests: farRequests });
+      if (path === "/__bench/do-calls") return Response.json({ calls: farCalls, requests: farRequests });
       farRequests += 1;
       env = farEnv(realEnv, Number(realEnv.BENCH_DO_RTT_MS));
     }
+    if (request.headers.has("X-Bench-Tally")) {
+      tally.requests += 1;
+      env = tallyEnv(env);
+    }
     if (!request.headers.has("X-Bench-Count")) return worker.fetch(request, env, ctx);
-    const counts = { d1: 0, do: 0 };
+    const counts = { d1: 0, do: 0, key: 0, account: 0, counter: 0 };
     const real = new WeakMap();
     const statement = (s) => {
       const p = new Proxy(s, {
@@ -100,17 +134,24 @@ export default {
         return typeof value === "function" ? value.bind(target) : value;
       },
     });
-    const counting = (call) => {
-      counts.do += 1;
+    // Counted until the answer: a background call after it (a lease's renewal) is not this request's.
+    let answered = false;
+    const counting = (kind, call) => {
+      if (!answered) {
+        counts.do += 1;
+        counts[kind] += 1;
+      }
       return call();
     };
-    const response = await worker.fetch(
-      request,
-      { ...env, DB, KEYS: aroundCalls(env.KEYS, counting), COUNTERS: aroundCalls(env.COUNTERS, counting) },
-      ctx,
-    );
+    const response = await worker.fetch(request, aroundEveryCall({ ...env, DB }, counting), ctx);
+    answered = true;
     const counted = new Response(response.body, response);
-    counted.headers.set("X-Bench-Counts", `d1=${counts.d1};do=${counts.do}`);
+    counted.headers.set(
+      "X-Bench-Counts",
+      Object.entries(counts)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(";"),
+    );
     return counted;
   },
 };

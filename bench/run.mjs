@@ -8,6 +8,13 @@
 // scenarios (a)-(d); the third sees every Durable Object call take BENCH_DO_RTT_MS (a counter far away, (f)), reached
 // through the same Miniflare entry Worker as (a); (g) and (h) load keys from all three on their own addresses
 // (bench/probes.mjs).
+// (k) is (d)'s request on a gateway route that costs a credit, by a key of an account of its own that has two named
+// limits and an account pool that cannot run out: its key's object spends the limits, its account's object the pool.
+// Its requests are tallied by kind of object called (bench/counting.mjs, `X-Bench-Tally`) over whole runs, so what
+// each object costs per request (a fraction of a call while leases serve the hot key) is measured, not assumed.
+// BENCH_ONLY=b,k (scenario letters, for a quick look while working on one path) runs only those scenarios at
+// saturation, prints them and their ratios, and stops: no fixed-rate runs, no (g) or (h), and bench/results.json is
+// left as it is. Seed fewer keys for it with BENCH_KEYS.
 import { generateKeyPairSync } from "node:crypto";
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { Worker } from "node:worker_threads";
@@ -34,6 +41,8 @@ const ACCURACY_POLICIES = [
 ];
 const ACCURACY_LOADS = [0.9, 1, 10];
 const ACCURACY_WINDOWS = Number(process.env.BENCH_ACCURACY_WINDOWS ?? 3);
+/** The scenarios BENCH_ONLY picks by letter (null: all of them, and the runs after them). */
+const ONLY = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(",").map((s) => s.trim())) : null;
 const OPERATOR_TOKEN = "bench-operator-token-0123456789abcdef0123";
 const VERIFY_TOKEN = "bench-verify-token-0123456789abcdef0123456";
 const PORT = 8799;
@@ -92,7 +101,11 @@ try {
       OPERATOR_TOKEN,
       ALLOW_HTTP: "true",
       UPSTREAM_URL: upstreamBase,
-      GATEWAY_ROUTES: JSON.stringify([{ pattern: "/*", access: "full" }]),
+      // (k)'s route costs a credit; every other path is (d)'s.
+      GATEWAY_ROUTES: JSON.stringify([
+        { pattern: "/v1/metered/*", access: "full", credits: 1 },
+        { pattern: "/*", access: "full" },
+      ]),
       ASSERTION_SIGNING_KEYS: JSON.stringify([assertionKey]),
       VERIFY_TOKEN,
     },
@@ -153,6 +166,18 @@ try {
   // use. (g) revokes another one; (h) overloads a third.
   const farHot = await post("/v1/api-keys", { name: "bench far hot" }, hot.key);
   const doomed = await post("/v1/api-keys", { name: "bench revocation" }, hot.key);
+  // (k) An account with a pool that cannot run out, and a key of it with two named limits that no run reaches.
+  const pool = { remaining: 1_000_000_000_000, refill: null };
+  const { key: creditsAdmin } = await post(
+    "/v1/accounts",
+    { name: "bench credits", rateLimit, credits: pool, admin: { email: "credits@example.com" } },
+    OPERATOR_TOKEN,
+  );
+  const rateLimits = [
+    { name: "second", limit: 1_000_000, windowSeconds: 1 },
+    { name: "day", limit: 1_000_000, windowSeconds: 86_400 },
+  ];
+  const creditsKey = await post("/v1/api-keys", { name: "bench credits", rateLimits }, creditsAdmin.key);
   const accuracyCells = [];
   for (const rateLimit of ACCURACY_POLICIES)
     for (const load of ACCURACY_LOADS) {
@@ -164,10 +189,11 @@ try {
       accuracyCells.push({ ...rateLimit, load, key: cell.key });
     }
 
-  const scenarios = [
-    { name: "bare", title: "GET /health, no authentication", path: "/health", distinct: 1, fixed: true, headers: () => ({}) },
+  const allScenarios = [
+    { name: "bare", id: "a", title: "GET /health, no authentication", path: "/health", distinct: 1, fixed: true, headers: () => ({}) },
     {
       name: "hotKey",
+      id: "b",
       title: "GET /v1/whoami, one key",
       path: "/v1/whoami",
       distinct: 1,
@@ -176,6 +202,7 @@ try {
     },
     {
       name: "manyKeys",
+      id: "c",
       title: `GET /v1/whoami, ${KEYS} keys in turn`,
       path: "/v1/whoami",
       distinct: KEYS,
@@ -183,6 +210,7 @@ try {
     },
     {
       name: "gateway",
+      id: "d",
       title: "GET /v1/data through the gateway to a local upstream, one key",
       path: "/v1/data",
       distinct: 1,
@@ -191,6 +219,7 @@ try {
     // The verify API with the same key: the same judgement and spend as (b), plus a JSON body to read and answer.
     {
       name: "verify",
+      id: "v",
       title: "POST /v1/keys/verify, one key",
       path: "/v1/keys/verify",
       distinct: 1,
@@ -200,6 +229,7 @@ try {
     // The same requests, key header included, straight to the upstream: what the gateway adds is the difference.
     {
       name: "direct",
+      id: "e",
       title: "GET /v1/data straight to the local upstream, no Keygate",
       base: upstreamBase,
       path: "/v1/data",
@@ -210,6 +240,7 @@ try {
     // counted over each run.
     {
       name: "farHotKey",
+      id: "f",
       title: `GET /v1/whoami, one key, every Durable Object call ${DO_RTT_MS} ms away`,
       far: true,
       fixed: true,
@@ -219,6 +250,7 @@ try {
     },
     {
       name: "farManyKeys",
+      id: "f",
       title: `GET /v1/whoami, ${KEYS} keys in turn, every Durable Object call ${DO_RTT_MS} ms away`,
       far: true,
       fixed: true,
@@ -226,7 +258,19 @@ try {
       distinct: KEYS,
       headers: (i) => ({ ...toFar, "X-API-Key": keys[i % KEYS] }),
     },
+    // (k) (d)'s request on a route costing a credit, by a key with two named limits of an account with a pool: the key's
+    // object spends the limits, the account's object the pool. Its calls are tallied by kind over whole runs.
+    {
+      name: "credits",
+      id: "k",
+      title: "GET /v1/metered/data through the gateway, a route costing 1 credit, one key with two named limits, an account pool",
+      path: "/v1/metered/data",
+      distinct: 1,
+      tally: true,
+      headers: () => ({ "X-API-Key": creditsKey.key, "X-Bench-Tally": "1" }),
+    },
   ];
+  const scenarios = allScenarios.filter((s) => !ONLY || ONLY.has(s.id));
   const urlOf = (s) => (s.base ?? base) + s.path;
   const methodOf = (s) => (s.body === undefined ? { method: "GET" } : { method: "POST", body: s.body });
 
@@ -251,6 +295,12 @@ try {
   /** Durable Object calls the far isolate has made so far, and requests it has served. */
   const farCounts = async () => (await fetch(`${urls[2]}/__bench/do-calls`)).json();
   const farCounted = Object.fromEntries(scenarios.filter((s) => s.far).map((s) => [s.name, { calls: 0, requests: 0 }]));
+  /** Requests marked `X-Bench-Tally` the first isolate has served so far, and their Durable Object calls by kind. */
+  const tallied = async () => (await fetch(`${base}/__bench/tally`)).json();
+  const KINDS = ["key", "account", "counter"];
+  const tallies = Object.fromEntries(
+    scenarios.filter((s) => s.tally).map((s) => [s.name, { requests: 0, ...Object.fromEntries(KINDS.map((k) => [k, 0])) }]),
+  );
   for (const s of scenarios) {
     // The far scenarios count calls over their whole runs instead.
     if (s.far) continue;
@@ -276,6 +326,7 @@ try {
       const settled = await settle();
       let n = 0;
       const before = s.far ? await farCounts() : null;
+      const talliedBefore = s.tally ? await tallied() : null;
       const cpuBefore = [serverCpu(), ownCpu()];
       const run = await autocannon({
         url: urlOf(s),
@@ -303,6 +354,14 @@ try {
         counted.requests += after.requests - before.requests;
         calls = `  DO ${((after.calls - before.calls) / (after.requests - before.requests)).toFixed(3)}/request  failed ${failed}`;
       }
+      if (s.tally) {
+        // Calls made after a run's last answer (a renewal in the background) land in the next run's tally, or none.
+        const after = await tallied();
+        const t = tallies[s.name];
+        for (const k of ["requests", ...KINDS]) t[k] += after[k] - talliedBefore[k];
+        const requests = after.requests - talliedBefore.requests;
+        calls = `  DO per request: ${KINDS.map((k) => `${k} ${((after[k] - talliedBefore[k]) / requests).toFixed(4)}`).join(", ")}`;
+      }
       console.log(
         `round ${round} ${s.name.padEnd(11)} ${String(Math.round(run.requests.average)).padStart(6)} req/s  p50 ${run.latency.p50} ms  p99 ${run.latency.p99} ms  CPU/request ${cpu.serverCpuUs} µs + ${cpu.loadCpuUs} µs load${calls}  (quiet after ${settled} ms)`,
       );
@@ -327,9 +386,36 @@ try {
       d1RoundTripsPerRequest: counts[s.name].d1,
       durableObjectCallsPerRequest: counts[s.name].do,
     };
+    let tallyLine = "";
+    if (s.tally) {
+      // The probe's one request counts its calls; over whole runs, leases decide most requests with none.
+      const t = tallies[s.name];
+      const per = (k) => Math.round((t[k] / t.requests) * 10_000) / 10_000;
+      Object.assign(results[s.name], {
+        tallied: t,
+        objectCallsPerRequest: Object.fromEntries(KINDS.map((k) => [k, per(k)])),
+      });
+      tallyLine = `  over the runs: ${KINDS.map((k) => `${k} object ${per(k)}`).join(", ")} calls/request (${t.requests} requests)`;
+    }
     console.log(
-      `${s.name.padEnd(11)} ${String(median.requestsPerSecond).padStart(6)} req/s (median)  p50 ${median.latencyMs.p50} ms  p99 ${median.latencyMs.p99} ms  D1 ${counts[s.name].d1}  DO ${counts[s.name].do}  server CPU ${results[s.name].serverCpuUsPerRequest} µs/request`,
+      `${s.name.padEnd(11)} ${String(median.requestsPerSecond).padStart(6)} req/s (median)  p50 ${median.latencyMs.p50} ms  p99 ${median.latencyMs.p99} ms  D1 ${counts[s.name].d1}  DO ${counts[s.name].do}  server CPU ${results[s.name].serverCpuUsPerRequest} µs/request${tallyLine}`,
     );
+  }
+  const ratio = (a, b) => Math.round((results[a].requestsPerSecond / results[b].requestsPerSecond) * 100) / 100;
+  /** A ratio's value within each round (the two ran seconds apart): how much of its spread is the machine's. */
+  const perRound = (a, b) => rounds[a].map((r, i) => Math.round((r.requestsPerSecond / rounds[b][i].requestsPerSecond) * 100) / 100);
+  if (ONLY) {
+    // A quick look: the ratios the scenarios picked allow, then stop without the later runs or bench/results.json.
+    for (const [a, b] of [
+      ["hotKey", "bare"],
+      ["credits", "hotKey"],
+      ["credits", "gateway"],
+      ["gateway", "hotKey"],
+    ])
+      if (results[a] && results[b]) console.log(`${a}/${b} ${ratio(a, b)} (per round ${perRound(a, b).join(", ")})`);
+    await mf.dispose();
+    await upstream.terminate();
+    process.exit(0);
   }
 
   // (f) What the far counter adds to (a)'s latency: the difference within each round (the two ran a few seconds apart),
@@ -474,12 +560,13 @@ try {
   }
   const worst = (cells, f) => Math.max(...cells.map(f));
 
-  const ratio = (a, b) => Math.round((results[a].requestsPerSecond / results[b].requestsPerSecond) * 100) / 100;
   const farHotRun = farCounter.scenarios.farHotKey;
   const farHotAtRate = fixedRateRuns.scenarios.farHotKey;
   const target = (value, wanted, met) => ({ value, target: wanted, met });
   const targets = {
     hotKeyToBare: target(ratio("hotKey", "bare"), ">= 0.85", ratio("hotKey", "bare") >= 0.85),
+    // Issue #18: a route costing credits, two limits and a pool ride the same object calls and leases as (b).
+    creditsToHotKey: target(ratio("credits", "hotKey"), ">= 0.95", ratio("credits", "hotKey") >= 0.95),
     // Latency added by the far counter, measured at a fixed rate (the work), and at saturation (mostly the throughput gap).
     farHotKeyP50AddedMs: target(farHotAtRate.latencyAddedOverBareMs.p50, "<= 2", farHotAtRate.latencyAddedOverBareMs.p50 <= 2),
     farHotKeyP50AddedAtSaturationMs: target(farHotRun.latencyAddedOverBareMs.p50, "<= 2", farHotRun.latencyAddedOverBareMs.p50 <= 2),
@@ -525,7 +612,7 @@ try {
     ratios: {
       hotKeyToBare: ratio("hotKey", "bare"),
       // The same within each round (the two ran seconds apart): how much of the spread is the machine's.
-      hotKeyToBarePerRound: rounds.hotKey.map((r, i) => Math.round((r.requestsPerSecond / rounds.bare[i].requestsPerSecond) * 100) / 100),
+      hotKeyToBarePerRound: perRound("hotKey", "bare"),
       // Server CPU per request of (a) over (b): what b/a would be if the server's CPU alone bounded both.
       hotKeyToBareByServerCpu:
         results.bare.serverCpuUsPerRequest && results.hotKey.serverCpuUsPerRequest
@@ -537,6 +624,12 @@ try {
       gatewayToHotKey: ratio("gateway", "hotKey"),
       // The verify API against a request with the same key: "as fast, the same path".
       verifyToHotKey: ratio("verify", "hotKey"),
+      // (k) against (b), as issue #18 states its target: it includes what forwarding costs (d/b).
+      creditsToHotKey: ratio("credits", "hotKey"),
+      creditsToHotKeyPerRound: perRound("credits", "hotKey"),
+      // (k) against (d), the same gateway request without credits, two limits or a pool: what those add.
+      creditsToGateway: ratio("credits", "gateway"),
+      creditsToGatewayPerRound: perRound("credits", "gateway"),
     },
     farCounter,
     fixedRate: fixedRateRuns,
@@ -545,7 +638,7 @@ try {
     targets,
   };
   console.log(
-    `ratios: b/a ${report.ratios.hotKeyToBare}  c/a ${report.ratios.manyKeysToBare}  d/e ${report.ratios.gatewayToDirect}  d/b ${report.ratios.gatewayToHotKey}  verify/b ${report.ratios.verifyToHotKey}`,
+    `ratios: b/a ${report.ratios.hotKeyToBare}  c/a ${report.ratios.manyKeysToBare}  d/e ${report.ratios.gatewayToDirect}  d/b ${report.ratios.gatewayToHotKey}  verify/b ${report.ratios.verifyToHotKey}  k/b ${report.ratios.creditsToHotKey}  k/d ${report.ratios.creditsToGateway}`,
   );
   for (const [name, t] of Object.entries(targets)) console.log(`target ${name}: ${t.value} (${t.target}) ${t.met ? "met" : "NOT met"}`);
   writeFileSync("bench/results.json", `${JSON.stringify(report, null, 2)}\n`);
