@@ -44,6 +44,17 @@ export function leaseSize(recentPerSecond: number, remaining: number, ms: number
 }
 
 /**
+ * The lease of an object that counts no limit for the call, only a balance (an account's pool without shared limits):
+ * sized from the object's recent rate as a limit's would be, or what the caller's waiting requests wanted, lasting
+ * LEASE_MS; what the credits cover bounds it further (counters/budget.ts). None for a slow object.
+ */
+export function leaseWithoutLimits(recentPerSecond: number, now: number, wanted = 0): Lease | null {
+  if (recentPerSecond < LEASE_MIN_RATE) return null;
+  const units = leaseUnits(leaseSize(recentPerSecond, Number.MAX_SAFE_INTEGER, LEASE_MS), wanted, Number.MAX_SAFE_INTEGER);
+  return units > 0 ? { id: now + LEASE_MS, units, ms: LEASE_MS } : null;
+}
+
+/**
  * A lease's size: what the key's rate calls for (`sized`), or what the caller's waiting requests wanted when that is
  * more, within the same bounds (MAX_LEASE, a quarter of what is left).
  */

@@ -1,6 +1,6 @@
 import type { Balance, LedgerEntry } from "../core/balance";
 import type { CreditsConfig } from "../core/credits";
-import { SHARE_OF_REMAINING } from "../core/lease";
+import { leaseWithoutLimits, SHARE_OF_REMAINING } from "../core/lease";
 import type { Limit } from "../core/window";
 import type { CallTag, CreditsLeft, Granted, LogGrant, Refund, Spending, Unspent } from "./protocol";
 import { SlidingLog } from "./sliding-log";
@@ -116,9 +116,24 @@ export class Budget {
       return { ...counted, limits, allowed: false, lease: null, credits: creditsLeft(balance, now), exhausted };
     }
     balance.spend(now, amount, call.tag.id, call.reserve);
+    // A balance with no limit beside it has no log to size a lease from: its own recent rate does.
+    const arrivals = this.arrived(now, cost);
+    if (judged.spend.length === 0 && call.lease && call.reserve === undefined)
+      counted.lease = leaseWithoutLimits(arrivals, now, call.wanted);
     const lease = this.leaseCredits(balance, counted, now, call.perUnit ?? (cost > 0 ? Math.ceil(amount / cost) : 0), call.tag.id);
+    // What a lease holds is spent where no call shows it: it counts towards the rate as a log's lease entries do.
+    if (lease && judged.spend.length === 0) this.arrived(now, lease.units);
     (this.balance as StoredBalance).save();
     return { ...counted, lease, credits: creditsLeft(balance, now) };
+  }
+
+  /** Admissions of the last second (leases at their size), counted for an object whose calls spend no limit. */
+  private recent: { at: number; n: number }[] = [];
+
+  private arrived(now: number, n: number): number {
+    this.recent = this.recent.filter((r) => r.at > now - 1000);
+    if (n > 0) this.recent.push({ at: now, n });
+    return this.recent.reduce((sum, r) => sum + r.n, 0);
   }
 
   /**

@@ -250,3 +250,34 @@ describe("verify", () => {
     expect(await keyCredits(key.id)).toMatchObject({ remaining: 2 });
   });
 });
+
+describe("a hot account's pool", () => {
+  it("is leased like a key: most requests of a busy isolate spend the pool with no call, and it never goes below zero", async () => {
+    const { account, key: admin } = await provision();
+    await withPool(account.id, { remaining: 400, refill: null });
+    const key = await createKey(admin.key, { rateLimit: { limit: 100_000, windowSeconds: 60 } });
+    const isolate = new Holdings();
+    const spend = async () => {
+      const ctx = createExecutionContext();
+      try {
+        const verdict = await authorizeKey(makeDeps(env, ctx), { key: key.key, method: "bearer", need: "any", credits: 1 }, isolate);
+        if (!verdict.ok || !verdict.spent.every((s) => s.allowed)) return "refused";
+        return verdict.spent[1]?.leased ? "pool leased" : "pool called";
+      } catch (err) {
+        return err instanceof ApiError ? err.status : 500;
+      } finally {
+        await waitOnExecutionContext(ctx);
+      }
+    };
+    const outcomes: unknown[] = [];
+    for (let round = 0; round < 12; round++) outcomes.push(...(await Promise.all(Array.from({ length: 40 }, spend))));
+    const leased = outcomes.filter((o) => o === "pool leased").length;
+    const called = outcomes.filter((o) => o === "pool called").length;
+    expect(leased + called).toBe(400);
+    expect(leased).toBeGreaterThan(called);
+    expect(outcomes.filter((o) => o !== "pool leased" && o !== "pool called" && o !== "refused")).toEqual([]);
+    await new Promise((r) => setTimeout(r, 1100));
+    await spend();
+    expect(await poolCredits(account.id)).toMatchObject({ remaining: 0 });
+  });
+});
