@@ -7,7 +7,7 @@ import { parseKey } from "../core/ids";
 import { type AuthMethod, type Need, type Principal, refusal } from "../core/principal";
 import { IdempotencyKey } from "../core/schemas";
 import { named } from "../core/window";
-import { admit, type Charge, rateLimitHeaders, refund, type Spent } from "../counters/limiter";
+import { admit, type Charge, rateLimitHeaders, refund, type Spent, spendPool } from "../counters/limiter";
 import type { Idempotency } from "../counters/protocol";
 import { accessTokenPrincipal, ENDED } from "../people/sessions";
 import { accounts } from "../platform/db/schema";
@@ -226,7 +226,11 @@ async function verifyPerson(c: RequestContext, token: string, { need, cost = 1, 
  * agent that is still enabled: disabling an agent stops its tokens on their next request. It works only where the
  * route takes tokens, and spends from its agent user's budget.
  */
-async function verifyHandshakeToken(c: RequestContext, token: string, { tokens, need, cost = 1 }: Options): Promise<Verified> {
+async function verifyHandshakeToken(
+  c: RequestContext,
+  token: string,
+  { tokens, need, cost = 1, credits = 0, reserve }: Options,
+): Promise<Verified> {
   const invalid = (detail: string): Verified => ({ ok: false, refusal: new ApiError("invalid_token", detail, { headers: invalidToken }) });
   const result = await verifyToken(c.get("config").signingKeys, token, new Date());
   if (!result.ok) {
@@ -255,7 +259,14 @@ async function verifyHandshakeToken(c: RequestContext, token: string, { tokens, 
   if (typeof need === "object" && need.account !== undefined && !(await isAccount(c, claims.acc, need.account)))
     return { ok: false, refusal: refused("other_account") };
   const spent = await spendOn(c, `chat:${claims.agt}:${claims.sub}`, [named(c.get("config").chatPolicy)], cost);
-  return { ok: true, identity: { claims }, spent: spent ? [spent] : [] };
+  if (!spent?.allowed || (credits === 0 && reserve === undefined)) return { ok: true, identity: { claims }, spent: spent ? [spent] : [] };
+  // A route that costs credits spends them from the agent's account, with its shared limits: the widget's requests are
+  // the account's as its keys' are. A token names no key, so only the account's object is asked.
+  const pool = await spendPool(c.get("deps"), claims.acc, { cost, credits, reserve });
+  if (pool === null) return { ok: true, identity: { claims }, spent: [spent] };
+  if ("code" in pool || !pool.allowed) await refund(c.get("deps"), spent);
+  if ("code" in pool) return invalid("The token is not valid.");
+  return { ok: true, identity: { claims }, spent: pool.allowed ? [spent, pool] : [pool] };
 }
 
 /** Whether `idOrSlug` names this account (a handshake token carries the id; a URL may carry the slug). */

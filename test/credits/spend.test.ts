@@ -6,7 +6,7 @@ import { authorizeKey } from "../../src/keys/authorize";
 import { makeDeps } from "../../src/platform/deps";
 import { ApiError } from "../../src/platform/errors";
 import { type Echo, GATEWAY } from "../gateway/table";
-import { call, createKey, expectProblem, provision, through, VERIFY_TOKEN } from "../helpers";
+import { call, createKey, expectProblem, provision, through, VERIFY_TOKEN, WIDGET_ORIGIN, widget } from "../helpers";
 
 /** Routes of a metered API: a message costs 1 credit, a report 5, a completion is settled by the upstream. */
 const METERED = [
@@ -15,6 +15,7 @@ const METERED = [
   { pattern: "/v1/completions/*", credits: { reserve: 100, settle: true } },
   { pattern: "/v1/strict/*", credits: 1, refundOn: [503] },
   { pattern: "/slow", credits: 1 },
+  { pattern: "/v1/chat/*", auth: "key-or-token", credits: 1 },
   { pattern: "/*", access: "full" },
 ];
 const METERED_GATEWAY = { ...GATEWAY, GATEWAY_ROUTES: JSON.stringify(METERED) };
@@ -185,6 +186,18 @@ describe("an account's pool", () => {
     expect(await expectProblem(refused, 402, "credits_exhausted")).toMatchObject({ remaining: 0 });
     expect(await keyCredits(key.id)).toMatchObject({ remaining: 7 });
     expect(await poolCredits(account.id)).toMatchObject({ remaining: 0 });
+  });
+
+  it("a widget's handshake token spends its account's pool on a route that costs credits", async () => {
+    const { provisioned, token } = await widget();
+    await withPool(provisioned.account.id, { remaining: 2, refill: null });
+    const chat = () => gw("/v1/chat/threads", { headers: { Authorization: `Bearer ${token}`, Origin: WIDGET_ORIGIN } });
+    const first = await chat();
+    expect(first.status).toBe(200);
+    expect(first.headers.get("X-Credits-Remaining")).toBe("1");
+    expect((await chat()).status).toBe(200);
+    await expectProblem(await chat(), 402, "credits_exhausted");
+    expect(await poolCredits(provisioned.account.id)).toMatchObject({ remaining: 0 });
   });
 
   it("a limit shared by the account: two keys together get what one would", async () => {
