@@ -18,6 +18,7 @@ const routes: ProtectedRoute[] = [
   { method: "GET", path: () => "/v1/account/usage", needs: "full" },
   { method: "GET", path: (t) => `/v1/api-keys/${t.keyId}/credits/ledger`, needs: "full" },
   { method: "GET", path: () => "/v1/account/credits/ledger", needs: "admin" },
+  { method: "POST", path: (t) => `/v1/api-keys/${t.keyId}/credits`, body: { operation: "add", amount: 1 }, needs: "admin" },
   { method: "POST", path: (t) => `/v1/api-keys/${t.keyId}/rotate`, body: {}, needs: "full" },
   { method: "POST", path: () => "/v1/users", body: { email: "new@example.com", role: "member" }, needs: "admin" },
   { method: "GET", path: () => "/v1/users", needs: "admin" },
@@ -48,6 +49,8 @@ const tokenRoutes: TokenRoute[] = [
   { method: "PATCH", path: "/v1/accounts/:id", body: {}, token: "operator" },
   { method: "POST", path: "/v1/accounts/:id/recovery-key", body: {}, token: "operator" },
   { method: "GET", path: "/v1/accounts/:id/credits/ledger", token: "operator" },
+  { method: "POST", path: "/v1/accounts/:id/credits", body: { operation: "add", amount: 1 }, token: "operator" },
+  { method: "POST", path: "/v1/credits/settle", body: { requestId: "req_x", used: 1, accountId: "acc_x" }, token: "verify" },
   {
     method: "PUT",
     path: "/v1/plans/:id",
