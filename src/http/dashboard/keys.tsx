@@ -177,8 +177,8 @@ type KeysState = {
 async function keysPage(c: DashContext, state: KeysState, status: Answer = 200) {
   const [deps, p] = [c.get("deps"), c.get("principal")];
   const { rows, nextCursor } = await listKeys(deps, p, pageOf({ cursor: c.req.query("cursor") }));
-  // Admins see every owner; a member's keys are all their own.
-  // The keys' own balances live in their objects, asked as GET /v1/api-keys asks them.
+  // Admins see every owner (a member's keys are all their own); the keys' own balances live in their objects, asked as
+  // GET /v1/api-keys asks them.
   const [canCreate, owners, balances] = await Promise.all([
     mayCreateKeys(deps, p),
     p.role === "admin"
