@@ -249,7 +249,14 @@ describe("dashboard: secrets", () => {
     const { account, key, user, cookie } = await admin();
     await createAgent(key.key);
     await person(key.key, "member");
-    const pages = ["/dashboard/keys", "/dashboard/usage", "/dashboard/users", "/dashboard/agents", "/dashboard/activity"];
+    const pages = [
+      "/dashboard/keys",
+      "/dashboard/usage",
+      "/dashboard/usage/ledger",
+      "/dashboard/users",
+      "/dashboard/agents",
+      "/dashboard/activity",
+    ];
     const users = await rows<{ id: string }>("SELECT id FROM users WHERE account_id = ?", account.id);
     const agents = await rows<{ id: string }>("SELECT id FROM agents WHERE account_id = ?", account.id);
     pages.push(...users.map((u) => `/dashboard/users/${u.id}`), ...agents.map((a) => `/dashboard/agents/${a.id}`));
@@ -273,7 +280,8 @@ describe("dashboard: secrets", () => {
 describe("dashboard: every input has a label", () => {
   it("names each field of every page, by a <label for> or an aria-label", async () => {
     const { key, cookie } = await admin();
-    const k = await createKey(key.key, { name: "labelled" });
+    // With credits of its own, so the keys page has its adjust form.
+    const k = await createKey(key.key, { name: "labelled", credits: { remaining: 10 } });
     const agent = await createAgent(key.key);
     const member = await person(key.key);
     const paths = [
@@ -282,7 +290,9 @@ describe("dashboard: every input has a label", () => {
       "/dashboard/keys",
       `/dashboard/keys/${k.id}/rotate`,
       `/dashboard/keys/${k.id}/revoke`,
+      `/dashboard/keys/${k.id}/ledger`,
       "/dashboard/usage",
+      "/dashboard/usage/ledger",
       "/dashboard/users",
       `/dashboard/users/${member.id}`,
       "/dashboard/agents",

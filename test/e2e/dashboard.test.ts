@@ -308,6 +308,39 @@ describe("the dashboard in a real browser", () => {
     await context.close();
   });
 
+  it("adjusts a key's credits with the admin's form: the balance shown and the API's both move", async () => {
+    const admin = await provision("Credits E2E", "admin@credits.example");
+    const context = await newContext();
+    const page = await context.newPage();
+    await acceptAndLogIn(page, admin.invitation, admin.email, PASSWORD);
+    const adminKey = await createKey(page, "admin key");
+    const created = await fetch(`${keygate.url}/v1/api-keys`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${adminKey}` },
+      body: JSON.stringify({ name: "metered credits", credits: { remaining: 100 } }),
+    });
+    expect(created.status).toBe(201);
+    const { id } = (await created.json()) as { id: string };
+
+    await page.goto(`${keygate.url}/dashboard/keys`);
+    const row = page.locator("tbody tr", { hasText: "metered credits" });
+    expect(await row.locator(`[data-credits="${id}"]`).textContent()).toContain("100 left");
+    // Folded until opened; then add 25 with a reason.
+    await row.locator("summary", { hasText: "Adjust" }).click();
+    await row.locator('select[name="operation"]').selectOption("add");
+    await row.locator('input[name="amount"]').fill("25");
+    await row.locator('input[name="reason"]').fill("from the browser");
+    await row.locator("button", { hasText: "Apply" }).click();
+    await page.waitForURL(`${keygate.url}/dashboard/keys?done=adjusted`);
+    expect(await page.locator("tbody tr", { hasText: "metered credits" }).locator(`[data-credits="${id}"]`).textContent()).toContain(
+      "125 left",
+    );
+    const read = await fetch(`${keygate.url}/v1/api-keys/${id}`, { headers: { Authorization: `Bearer ${adminKey}` } });
+    expect(((await read.json()) as { credits: { remaining: number } }).credits.remaining).toBe(125);
+    await shot(page, "dashboard-key-credits-adjusted");
+    await context.close();
+  });
+
   it("invites a member who accepts in another browser and sees only their own keys, and no users page", async () => {
     const admin = await provision("People E2E", "admin@people.example", { membersCanCreateKeys: true });
     const adminContext = await newContext();

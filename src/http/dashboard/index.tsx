@@ -124,6 +124,15 @@ const FORMS: Record<string, { fields: Record<string, object>; required?: string[
     ids: true,
   },
   "/dashboard/keys/{id}/revoke": { fields: {} },
+  "/dashboard/keys/{id}/credits": {
+    fields: {
+      operation: { type: "string", enum: ["add", "subtract", "set"], description: "As for POST /v1/api-keys/{id}/credits" },
+      amount: text("As for POST /v1/api-keys/{id}/credits: an integer"),
+      reason: text("As for POST /v1/api-keys/{id}/credits; empty for none"),
+      idempotencyKey: text("The form's own Idempotency-Key: the same form sent twice applies the change once"),
+    },
+    required: ["operation", "amount"],
+  },
   "/dashboard/keys/{id}/rotate": { fields: { gracePeriodSeconds: text("How long the old key keeps working, in seconds") } },
   "/dashboard/users": {
     fields: { email: text("As for POST /v1/users"), role: { type: "string", enum: ["admin", "member"] } },

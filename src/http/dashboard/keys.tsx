@@ -1,5 +1,8 @@
 import { Hono } from "hono";
 import { FULL_ACCESS } from "../../core/grants";
+import { IdempotencyKey } from "../../core/schemas";
+import { CreditsAdjustment } from "../../credits/schemas";
+import { adjustKeyCredits, keyBalances, keyLedger } from "../../credits/service";
 import { keyView, MAX_GRACE_SECONDS, NewKey, Rotation } from "../../keys/schemas";
 import { createKey, getKey, listKeys, mayCreateKeys, revokeKey, rotateKey } from "../../keys/service";
 import { pageOf } from "../../platform/db/pagination";
@@ -7,9 +10,10 @@ import type { ApiKey } from "../../platform/db/schema";
 import type { ApiError } from "../../platform/errors";
 import { fieldErrors, invalidRequest } from "../../platform/errors";
 import { emailsOf } from "../../users/service";
+import { Balance, LedgerTable } from "./credits";
 import { field, Layout, Notice, Pager, ProblemBox, problemOf, Secret, Table, Time } from "./layout";
 import { type Answer, render } from "./render";
-import { type DashContext, type DashEnv, signedIn } from "./session";
+import { type DashContext, type DashEnv, needs, signedIn } from "./session";
 
 const PATH = "/dashboard/keys";
 const GRACE_CHOICES = [
@@ -18,11 +22,17 @@ const GRACE_CHOICES = [
   { seconds: 86_400, label: "24 hours" },
   { seconds: MAX_GRACE_SECONDS, label: "7 days" },
 ];
-const NOTICES: Record<string, string> = { revoked: "The key is revoked: requests with it are refused from now on." };
+const NOTICES: Record<string, string> = {
+  revoked: "The key is revoked: requests with it are refused from now on.",
+  adjusted: "The key's credits are adjusted.",
+};
 
 type Shown = { title: string; raw: string; note?: string };
 
-/** API keys: the list (members: their own), create, rotate with grace, revoke after a confirmation. */
+/**
+ * API keys: the list (members: their own) with each key's own credits, create, rotate with grace, revoke after a
+ * confirmation; an admin adjusts a key's credits; a key's credits ledger.
+ */
 export const keyPages = new Hono<DashEnv>()
   .use(signedIn("full"))
   .get("/", (c) => keysPage(c, { notice: NOTICES[c.req.query("done") ?? ""] ?? null }))
@@ -78,6 +88,58 @@ export const keyPages = new Hono<DashEnv>()
     } catch (err) {
       return confirmPage(c, key, "rotate", problemOf(err));
     }
+  })
+  // POST /v1/api-keys/{id}/credits: admins only, refused before the key is looked up, as the API does.
+  .post("/:id/credits", needs("admin"), async (c) => {
+    const [deps, p] = [c.get("deps"), c.get("principal")];
+    const key = await getKey(deps, p, c.req.param("id"));
+    const form = await c.req.parseBody();
+    try {
+      const amount = field(form, "amount");
+      const reason = field(form, "reason");
+      const parsed = CreditsAdjustment.safeParse({
+        operation: field(form, "operation"),
+        amount: amount === "" ? undefined : Number(amount),
+        ...(reason === "" ? {} : { reason }),
+      });
+      if (!parsed.success) throw invalidRequest(fieldErrors(parsed.error));
+      // The form's own Idempotency-Key, written when the page was drawn: a second click on it applies the change once.
+      const once = IdempotencyKey.safeParse(field(form, "idempotencyKey"));
+      await adjustKeyCredits(deps, p, key.id, parsed.data, once.success ? once.data : undefined);
+    } catch (err) {
+      const problem = problemOf(err);
+      return keysPage(c, { problem: null, adjusting: { name: key.name, problem } }, problem);
+    }
+    return c.redirect(`${PATH}?done=adjusted`, 303);
+  })
+  .get("/:id/ledger", async (c) => {
+    const [deps, p] = [c.get("deps"), c.get("principal")];
+    const key = await getKey(deps, p, c.req.param("id"));
+    const [ledger, balances] = await Promise.all([
+      keyLedger(deps, p, key.id, pageOf({ cursor: c.req.query("cursor") })),
+      keyBalances(deps, [key]),
+    ]);
+    const actors = await emailsOf(
+      deps,
+      p,
+      ledger.data.flatMap((e) => (e.actor === null ? [] : [e.actor])),
+    );
+    const path = `${PATH}/${key.id}/ledger`;
+    return render(
+      c,
+      <Layout title="Credits ledger" who={{ principal: p, email: c.get("email") }} current={PATH}>
+        <p>
+          <strong>{key.name}</strong> (<code>{`${key.prefix}_${key.start}…`}</code>):{" "}
+          <Balance credits={keyView(key, deps.now(), balances).credits} none="no limit of its own" />
+        </p>
+        <p class="hint">Newest first, in UTC. A minute's spends are one row (Count of them); entries arrive within a minute or so.</p>
+        <LedgerTable rows={ledger.data} actors={actors} />
+        <Pager path={path} next={ledger.nextCursor} />
+        <p>
+          <a href={PATH}>Back to the keys</a>
+        </p>
+      </Layout>,
+    );
   });
 
 /**
@@ -103,13 +165,21 @@ function newKeyBody(form: Record<string, unknown>, types: readonly string[]): Re
   return body;
 }
 
-type KeysState = { shown?: Shown; problem?: ApiError | null; notice?: string | null; form?: Record<string, unknown> };
+type KeysState = {
+  shown?: Shown;
+  problem?: ApiError | null;
+  notice?: string | null;
+  form?: Record<string, unknown>;
+  /** A refused adjustment of a key's credits: the key's name and why. */
+  adjusting?: { name: string; problem: ApiError };
+};
 
 async function keysPage(c: DashContext, state: KeysState, status: Answer = 200) {
   const [deps, p] = [c.get("deps"), c.get("principal")];
   const { rows, nextCursor } = await listKeys(deps, p, pageOf({ cursor: c.req.query("cursor") }));
-  // Admins see every owner; a member's keys are all their own.
-  const [canCreate, owners] = await Promise.all([
+  // Admins see every owner (a member's keys are all their own); the keys' own balances live in their objects, asked as
+  // GET /v1/api-keys asks them.
+  const [canCreate, owners, balances] = await Promise.all([
     mayCreateKeys(deps, p),
     p.role === "admin"
       ? emailsOf(
@@ -118,6 +188,7 @@ async function keysPage(c: DashContext, state: KeysState, status: Answer = 200) 
           rows.map((k) => k.ownerId),
         )
       : new Map<string, string>(),
+    keyBalances(deps, rows),
   ]);
   const now = deps.now();
   const form = state.form ?? {};
@@ -133,12 +204,18 @@ async function keysPage(c: DashContext, state: KeysState, status: Answer = 200) 
       )}
       <section aria-labelledby="keys-title">
         <h2 id="keys-title">{p.role === "admin" ? "Keys of this account" : "Your keys"}</h2>
+        {state.adjusting && (
+          <>
+            <p>{`The credits of "${state.adjusting.name}" were not changed:`}</p>
+            <ProblemBox problem={state.adjusting.problem} />
+          </>
+        )}
         {rows.length === 0 ? (
           <p class="muted">No keys yet.</p>
         ) : (
-          <Table columns={["Name", "Key", "Scope", "Status", p.role === "admin" && "Owner", "Created", "Last used", ""]}>
+          <Table columns={["Name", "Key", "Scope", "Status", "Credits", p.role === "admin" && "Owner", "Created", "Last used", ""]}>
             {rows.map((k) => {
-              const { status } = keyView(k, now);
+              const { status, credits } = keyView(k, now, balances);
               const scheduled = status === "active" && k.revokedAt !== null;
               return (
                 <tr>
@@ -163,6 +240,18 @@ async function keysPage(c: DashContext, state: KeysState, status: Answer = 200) 
                         expires <Time at={k.expiresAt} />
                       </span>
                     )}
+                  </td>
+                  <td data-credits={k.id}>
+                    <Balance credits={credits} none="no limit of its own" />
+                    {credits !== null && (
+                      <>
+                        {" "}
+                        <a href={`${PATH}/${k.id}/ledger`} aria-label={`Credits ledger of ${k.name}`}>
+                          Ledger
+                        </a>
+                      </>
+                    )}
+                    {credits !== null && p.role === "admin" && status === "active" && <AdjustForm id={k.id} name={k.name} />}
                   </td>
                   {p.role === "admin" && <td>{owners.get(k.ownerId) ?? k.ownerId}</td>}
                   <td>
@@ -238,6 +327,27 @@ async function keysPage(c: DashContext, state: KeysState, status: Answer = 200) 
     status,
   );
 }
+
+/**
+ * An admin's change to a key's credits, as POST /v1/api-keys/{id}/credits takes it, folded until opened. It carries an
+ * Idempotency-Key of its own, so a form sent twice (a double click) changes the balance once.
+ */
+const AdjustForm = ({ id, name }: { id: string; name: string }) => (
+  <details class="adjust">
+    <summary>Adjust</summary>
+    <form class="adjust-form" method="post" action={`${PATH}/${id}/credits`}>
+      <input type="hidden" name="idempotencyKey" value={crypto.randomUUID()} />
+      <select name="operation" aria-label={`How to adjust the credits of ${name}`}>
+        <option value="add">add</option>
+        <option value="subtract">subtract</option>
+        <option value="set">set to</option>
+      </select>
+      <input name="amount" type="number" min={0} step={1} required aria-label="Amount" />
+      <input name="reason" maxlength={200} placeholder="reason (optional)" aria-label="Reason" />
+      <button type="submit">Apply</button>
+    </form>
+  </details>
+);
 
 const Scope = ({ scopes }: { scopes: string[] }) =>
   scopes.includes(FULL_ACCESS) ? (

@@ -1,12 +1,12 @@
 import type { Context } from "hono";
 import { deleteCookie, getCookie, setCookie } from "hono/cookie";
 import { createMiddleware } from "hono/factory";
-import type { Need, Principal } from "../../core/principal";
+import { type Need, type Principal, refusal } from "../../core/principal";
 import { admit } from "../../counters/limiter";
 import type { Variables } from "../../guards/context";
 import { admitPerson, cookiePrincipal, SESSION_COOKIE } from "../../people/sessions";
 import type { Bindings } from "../../platform/env";
-import { ApiError } from "../../platform/errors";
+import { ApiError, refused } from "../../platform/errors";
 
 /** The dashboard's requests: once signed in, the person's principal and email (shown in the header). */
 export type DashEnv = { Bindings: Bindings; Variables: Variables & { principal: Principal; email: string } };
@@ -62,3 +62,14 @@ export const sameOrigin = createMiddleware<DashEnv>(async (c, next) => {
   }
   await next();
 });
+
+/**
+ * What one action of a page needs beyond the page's own need (an admin's form on a page members see too): the API's
+ * refusal otherwise, before anything is read.
+ */
+export const needs = (need: Need) =>
+  createMiddleware<DashEnv>(async (c, next) => {
+    const refusedFor = refusal(c.get("principal"), need);
+    if (refusedFor) throw refused(refusedFor);
+    await next();
+  });
