@@ -18,7 +18,8 @@ export type Adjustment = {
  * balance (`credits_insufficient`), an idempotency key already used for another change (`idempotency_key_reused`).
  */
 export type Adjusted =
-  | { ok: true; credits: CreditsView }
+  /** `replayed`: the same change sent again under its idempotency key, answered as before and applied once. */
+  | { ok: true; credits: CreditsView; replayed?: true }
   | { ok: false; code: "credits_insufficient" | "credits_unlimited" | "idempotency_key_reused"; remaining: number | null };
 
 /** How long an adjustment's idempotency key is remembered. */
@@ -113,7 +114,7 @@ export class StoredBalance {
     if (memoKey !== undefined) {
       const known = this.kv.get<{ fingerprint: string; answer: Adjusted; until: number }>(memoKey);
       if (known && known.until > now) {
-        if (known.fingerprint === fingerprint) return known.answer;
+        if (known.fingerprint === fingerprint) return known.answer.ok ? { ...known.answer, replayed: true } : known.answer;
         return { ok: false, code: "idempotency_key_reused", remaining: this.open(config, now)?.state.remaining ?? null };
       }
     }

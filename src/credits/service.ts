@@ -51,7 +51,7 @@ function adjustmentRefused(code: Exclude<Adjusted, { ok: true }>["code"], remain
 async function adjusted(deps: Deps, result: Adjusted | undefined, audit: AuditInput, missing: string): Promise<CreditsView> {
   if (result === undefined) throw new ApiError("not_found", missing);
   if (!result.ok) throw adjustmentRefused(result.code, result.remaining);
-  await auditInsert(deps.db, audit, deps.now());
+  if (!result.replayed) await auditInsert(deps.db, audit, deps.now());
   return result.credits;
 }
 

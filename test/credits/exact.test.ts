@@ -96,6 +96,9 @@ describe("adjusting credits", () => {
     const answers = await Promise.all(Array.from({ length: 10 }, () => adjust({ operation: "add", amount: 25 })));
     for (const a of answers) expect(await a.json()).toMatchObject({ remaining: 125 });
     expect(await balanceOf(key.id)).toBe(125);
+    // Applied once, audited once.
+    const audited = await rows("SELECT id FROM audit_events WHERE target = ? AND action = 'api_key.credits_add'", key.id);
+    expect(audited).toHaveLength(1);
     await expectProblem(await adjust({ operation: "add", amount: 26 }), 422, "idempotency_key_reused");
     expect(await balanceOf(key.id)).toBe(125);
   });

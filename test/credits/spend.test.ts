@@ -18,7 +18,9 @@ const METERED = [
   { pattern: "/v1/chat/*", auth: "key-or-token", credits: 1 },
   { pattern: "/*", access: "full" },
 ];
-const METERED_GATEWAY = { ...GATEWAY, GATEWAY_ROUTES: JSON.stringify(METERED) };
+// A deadline no loaded test machine misses: these tests are about what is admitted, not about slow counters (a call
+// past its deadline is 503, which the fault tests cover).
+const METERED_GATEWAY = { ...GATEWAY, GATEWAY_ROUTES: JSON.stringify(METERED), RATE_LIMIT_TIMEOUT_MS: "10000" };
 const gw = (path: string, init: Parameters<typeof through>[2] = {}) => through(METERED_GATEWAY, path, init);
 
 /** Gives the key its own credits (as its create call would store them) before its object first reads it. */
