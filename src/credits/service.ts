@@ -142,9 +142,12 @@ export async function keyBalances(deps: Deps, keys: readonly { id: string; credi
   return new Map(limited.map((k, i) => [k.id, views[i] ?? null]));
 }
 
-/** The account's pool as of now, from its object; null when it has none. */
-export async function poolBalance(deps: Deps, accountId: string, configured: boolean): Promise<CreditsView> {
-  if (!configured) return null;
+/** The account's pool (its own credits, else its plan's) as of now, from its object; null when it has none. */
+export async function poolBalance(
+  deps: Deps,
+  { id: accountId, credits, planCredits }: { id: string; credits: string | null; planCredits?: string | null },
+): Promise<CreditsView> {
+  if ((credits ?? planCredits ?? null) === null) return null;
   return (
     (await withinDeadline(
       deps,

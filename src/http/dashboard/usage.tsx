@@ -120,7 +120,7 @@ export const usagePages = new Hono<DashEnv>()
 async function accountNow(c: DashContext) {
   const deps = c.get("deps");
   const account = await getAccount(deps, c.get("principal"));
-  const pool = await poolBalance(deps, account.id, (account.credits ?? account.planCredits) !== null);
+  const pool = await poolBalance(deps, account);
   return accountView(account, deps.now(), pool);
 }
 

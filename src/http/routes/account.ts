@@ -25,7 +25,7 @@ export const accountRoutes = routes()
       const deps = c.get("deps");
       const { account, activeKeys, lastUsedAt, recentEvents } = await accountActivity(deps, c.get("principal"));
       const events = recentEvents.map(({ actorEmail: _, ...event }) => event);
-      const pool = await poolBalance(deps, account.id, (account.credits ?? account.planCredits) !== null);
+      const pool = await poolBalance(deps, account);
       return c.json({ ...accountView(account, deps.now(), pool), activeKeys, lastUsedAt, recentEvents: events }, 200);
     },
   )
@@ -45,7 +45,7 @@ export const accountRoutes = routes()
     async (c) => {
       const deps = c.get("deps");
       const account = await updateAccount(deps, c.get("principal"), c.req.valid("json"));
-      const pool = await poolBalance(deps, account.id, (account.credits ?? account.planCredits) !== null);
+      const pool = await poolBalance(deps, account);
       return c.json(accountView(account, deps.now(), pool), 200);
     },
   )

@@ -72,7 +72,7 @@ export const accountsRoutes = routes()
     async (c) => {
       const deps = c.get("deps");
       const account = await changeAccount(deps, c.req.valid("param").id, c.req.valid("json"));
-      const pool = await poolBalance(deps, account.id, (account.credits ?? account.planCredits) !== null);
+      const pool = await poolBalance(deps, account);
       return c.json(accountView(account, deps.now(), pool), 200);
     },
   )
