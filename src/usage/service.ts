@@ -1,6 +1,6 @@
 import type { Principal } from "../core/principal";
 import type { Deps } from "../platform/deps";
-import { type Hours, hourTotals, type KeyTotal, keyHours, keyTotals, type UsageHour } from "./store";
+import { type Hours, hourTotals, type KeyTotal, keyHours, keyTotals, poolHours, type UsageHour } from "./store";
 
 export type { KeyTotal, UsageHour };
 
@@ -32,7 +32,7 @@ function filled(from: string, to: string, rows: UsageHour[]): UsageHour[] {
 
 /**
  * The account's hours in [from, to), and each key's totals over them, as `p` may see them (a member: their own keys):
- * two reads, whatever the number of keys.
+ * two reads (three for an admin: the pool's spends too), whatever the number of keys.
  */
 export async function accountUsage(
   deps: Deps,
@@ -40,8 +40,15 @@ export async function accountUsage(
   range: { from: string; to: string },
 ): Promise<{ series: UsageHour[]; keys: KeyTotal[] }> {
   const hours = hoursOf(range);
-  const [series, keys] = await Promise.all([hourTotals(deps.db, p, hours), keyTotals(deps.db, p, hours)]);
-  return { series: filled(range.from, range.to, series), keys };
+  // The pool is the account's, not a member's: an admin's series counts what it spent beside the keys' own credits.
+  const [series, keys, pool] = await Promise.all([
+    hourTotals(deps.db, p, hours),
+    keyTotals(deps.db, p, hours),
+    p.role === "admin" ? poolHours(deps.db, p.accountId, hours) : [],
+  ]);
+  const filledSeries = filled(range.from, range.to, series);
+  const spent = new Map(pool.map((h) => [h.hour, h.creditsSpent]));
+  return { series: filledSeries.map((h) => ({ ...h, creditsSpent: h.creditsSpent + (spent.get(h.hour) ?? 0) })), keys };
 }
 
 /** The hours in [from, to) of each of these keys that `p` may see, in one read, whatever their number. */

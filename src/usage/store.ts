@@ -1,7 +1,7 @@
 import { and, eq, gte, inArray, lt, sql } from "drizzle-orm";
 import type { Principal } from "../core/principal";
 import type { Db } from "../platform/db/client";
-import { keyUsage } from "../platform/db/schema";
+import { creditLedger, keyUsage } from "../platform/db/schema";
 
 /** One hour of a key's (or an account's) requests: admitted, refused by the rate limit, and the credits they spent. */
 export type UsageHour = { hour: string; admitted: number; rateLimited: number; creditsSpent: number };
@@ -60,4 +60,25 @@ export function keyHours(d: Db, p: Principal, keyIds: string[], hours: Hours): P
     .from(keyUsage)
     .where(and(within(p, hours), inArray(keyUsage.keyId, keyIds)))
     .orderBy(keyUsage.hour);
+}
+
+/**
+ * The credits the account's pool spent in each hour (its ledger's spends, reserves and settles, less what came back),
+ * once the ledger has them; hours without any are absent.
+ */
+export function poolHours(d: Db, accountId: string, { from, to }: Hours): Promise<{ hour: string; creditsSpent: number }[]> {
+  const hour = sql<string>`substr(${creditLedger.at}, 1, 13) || ':00:00.000Z'`;
+  return d
+    .select({ hour, creditsSpent: sql<number>`-sum(${creditLedger.delta})` })
+    .from(creditLedger)
+    .where(
+      and(
+        eq(creditLedger.accountId, accountId),
+        sql`${creditLedger.keyId} IS NULL`,
+        inArray(creditLedger.kind, ["spend", "refund", "reserve", "settle"]),
+        gte(creditLedger.at, from),
+        lt(creditLedger.at, to),
+      ),
+    )
+    .groupBy(hour);
 }

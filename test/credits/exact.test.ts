@@ -310,3 +310,23 @@ describe("faults mid-spend", () => {
     expect(await balanceOf(key.id)).toBe(10);
   });
 });
+
+describe("credits in usage", () => {
+  it("an admin's usage series counts what the pool spent, once the ledger has it; a member's does not", async () => {
+    const { account, key } = await provision({ credits: { remaining: 100 } });
+    const spender = await createKey(key.key);
+    for (let i = 0; i < 4; i++) expect((await gw("/v1/messages/a", { key: spender.key })).status).toBe(200);
+    await runDurableObjectAlarm(env.ACCOUNTS.getByName(`account:${account.id}`));
+    const from = new Date(Date.now() - 3_600_000).toISOString();
+    const to = new Date(Date.now() + 3_600_000).toISOString();
+    const usage = await (await call(`/v1/account/usage?from=${from}&to=${to}`, { key: key.key })).json<{
+      series: { creditsSpent: number }[];
+    }>();
+    expect(usage.series.reduce((n, h) => n + h.creditsSpent, 0)).toBe(4);
+    const { key: member } = await memberWithKey(key.key);
+    const theirs = await (await call(`/v1/account/usage?from=${from}&to=${to}`, { key: member.key })).json<{
+      series: { creditsSpent: number }[];
+    }>();
+    expect(theirs.series.reduce((n, h) => n + h.creditsSpent, 0)).toBe(0);
+  });
+});
