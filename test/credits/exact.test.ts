@@ -163,8 +163,10 @@ describe("idempotent retries", () => {
     const conflict = answers.find((r) => r.status === 409);
     if (conflict) expect(await expectProblem(conflict, 409, "idempotency_in_flight")).toBeTruthy();
     expect(await balanceOf(key.id)).toBe(99);
-    // Once the first is answered, a retry is served and charged nothing.
-    expect((await retry()).status).toBe(200);
+    // Once the first is answered, a retry is served and charged nothing; the upstream gets the key for its own dedup.
+    const served = await retry();
+    expect(served.status).toBe(200);
+    expect(((await served.json()) as { headers: Record<string, string> }).headers["idempotency-key"]).toBe("order-42");
     expect(await balanceOf(key.id)).toBe(99);
     // Another key is another request.
     expect((await gw("/v1/messages/send", { key: key.key, headers: { "Idempotency-Key": "order-43" } })).status).toBe(200);

@@ -1,4 +1,4 @@
-import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
+import { createExecutionContext, runDurableObjectAlarm, waitOnExecutionContext } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { Holdings } from "../../src/counters/held";
@@ -61,6 +61,15 @@ describe("credits spent at the gateway", () => {
     expect(body).toMatchObject({ required: 1, remaining: 0, nextRefillAt: null });
     expect(refused.headers.get("Retry-After")).toBeNull();
     expect(refused.headers.get("X-Credits-Remaining")).toBe("0");
+    // Every credit that moved is in the ledger once it is written, and the entries sum to the balance.
+    await runDurableObjectAlarm(env.KEYS.getByName(`key:${key.id}`));
+    const [{ total, entries }] = (
+      await env.DB.prepare("SELECT sum(delta) AS total, sum(count) AS entries FROM credit_ledger WHERE key_id = ?")
+        .bind(key.id)
+        .all<{ total: number; entries: number }>()
+    ).results as [{ total: number; entries: number }];
+    expect(total).toBe(0);
+    expect(entries).toBeGreaterThanOrEqual(2);
   });
 
   it("tells the client and the upstream what is left, and a refused request spends no limit", async () => {
