@@ -1,0 +1,64 @@
+import { runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import { GATEWAY } from "../gateway/table";
+import { call, createKey, expectProblem, provision, through, VERIFY_TOKEN } from "../helpers";
+
+/**
+ * An attacker's pass over the credits promise: each test is a way to spend without paying that the README says
+ * cannot happen.
+ */
+const ROUTES = [
+  { pattern: "/v1/free/*", credits: 0 },
+  { pattern: "/v1/messages/*", credits: 1 },
+  { pattern: "/v1/reports/*", credits: 50 },
+  { pattern: "/v1/completions/*", credits: { reserve: 100, settle: true } },
+  { pattern: "/*", access: "full" },
+];
+const METERED = { ...GATEWAY, GATEWAY_ROUTES: JSON.stringify(ROUTES) };
+const gw = (path: string, init: Parameters<typeof through>[2] = {}, overrides: Partial<Cloudflare.Env> = {}) =>
+  through({ ...METERED, ...overrides }, path, init);
+
+const keyStub = (id: string) => env.KEYS.getByName(`key:${id}`);
+const balanceOf = async (id: string) => (await keyStub(id).credits(id))?.remaining;
+const poolOf = async (accountId: string) => (await env.ACCOUNTS.getByName(`account:${accountId}`).credits(accountId))?.remaining;
+
+/** Gives the account a credits pool, as the operator would, before any key of it is used. */
+async function withPool(accountId: string, credits: unknown): Promise<void> {
+  await env.DB.prepare("UPDATE accounts SET credits = ? WHERE id = ?").bind(JSON.stringify(credits), accountId).run();
+  await env.ACCOUNTS.getByName(`account:${accountId}`).reload();
+}
+
+const verify = (body: Record<string, unknown>, idempotencyKey: string) =>
+  call("/v1/keys/verify", { headers: { Authorization: `Bearer ${VERIFY_TOKEN}`, "Idempotency-Key": idempotencyKey }, body });
+
+describe("an Idempotency-Key never buys a request it did not pay for", () => {
+  it("a key charged for a free request is not a pass for an expensive one (another route, another charge)", async () => {
+    const account = await provision();
+    const key = await createKey(account.key.key, { credits: { remaining: 60 }, rateLimit: { limit: 100_000, windowSeconds: 60 } });
+    // Charged once: 0 credits on a route that costs none.
+    expect((await gw("/v1/free/ping", { key: key.key, headers: { "Idempotency-Key": "k-1" } })).status).toBe(200);
+    expect(await balanceOf(key.id)).toBe(60);
+    // The same Idempotency-Key on a route that costs 50 is another request: it pays (or is refused), it is not a
+    // free "retry" of the one that cost nothing.
+    const reports = [];
+    for (let i = 0; i < 3; i++) reports.push(await gw(`/v1/reports/${i}`, { key: key.key, headers: { "Idempotency-Key": "k-1" } }));
+    const spent = 60 - ((await balanceOf(key.id)) ?? 0);
+    const served = reports.filter((r) => r.status === 200).length;
+    expect(spent).toBe(50 * served);
+  });
+
+  it("a retry under one Idempotency-Key spends no limit: it is not a way past the rate limit to new requests", async () => {
+    const account = await provision();
+    const key = await createKey(account.key.key, { credits: { remaining: 100 }, rateLimit: { limit: 2, windowSeconds: 3600 } });
+    expect((await gw("/v1/messages/1", { key: key.key, headers: { "Idempotency-Key": "k-2" } })).status).toBe(200);
+    // Ten different requests (other paths, other bodies) under that key: each forwarded, none charged.
+    const statuses: number[] = [];
+    for (let i = 0; i < 10; i++)
+      statuses.push(
+        (await gw(`/v1/reports/${i}`, { key: key.key, method: "POST", body: { n: i }, headers: { "Idempotency-Key": "k-2" } })).status,
+      );
+    // A limit of 2 an hour: at most one more request is served, whatever its Idempotency-Key says.
+    expect(statuses.filter((s) => s === 200).length).toBeLessThanOrEqual(1);
+  });
+});
