@@ -62,3 +62,33 @@ describe("an Idempotency-Key never buys a request it did not pay for", () => {
     expect(statuses.filter((s) => s === 200).length).toBeLessThanOrEqual(1);
   });
 });
+
+describe("a request the pool refuses spends nothing, and its retry is judged again", () => {
+  it("verify: 402 from the account's pool, then the same Idempotency-Key is not a free pass past the pool", async () => {
+    const account = await provision();
+    const key = await createKey(account.key.key, { rateLimit: { limit: 100_000, windowSeconds: 60 } });
+    await withPool(account.account.id, { remaining: 3 });
+    const first = await verify({ key: key.key, credits: 5 }, "v-pool-1");
+    expect(await first.json()).toMatchObject({ valid: false, code: "credits_exhausted", required: 5, remaining: 3 });
+    // Nothing was spent, and nothing was charged: the retry is judged by the pool again.
+    const retry = await verify({ key: key.key, credits: 5 }, "v-pool-1");
+    expect(await retry.json()).toMatchObject({ valid: false, code: "credits_exhausted" });
+    expect(await poolOf(account.account.id)).toBe(3);
+  });
+
+  it("gateway: 402 from the pool, then a retry once the first's time in flight is up is still 402, not forwarded free", async () => {
+    const account = await provision();
+    const key = await createKey(account.key.key, { rateLimit: { limit: 100_000, windowSeconds: 60 } });
+    await withPool(account.account.id, { remaining: 0 });
+    const send = () => gw("/v1/messages/send", { key: key.key, headers: { "Idempotency-Key": "g-pool-1" } });
+    await expectProblem(await send(), 402, "credits_exhausted");
+    // The first request was answered (402): a retry is not in flight, nor was the first charged.
+    const later = Date.now() + 10 * 60_000;
+    await runInDurableObject(keyStub(key.id), (instance) => {
+      instance.clock = () => later;
+    });
+    const retry = await send();
+    expect(retry.status).toBe(402);
+    expect(await poolOf(account.account.id)).toBe(0);
+  });
+});
