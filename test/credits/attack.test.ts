@@ -92,3 +92,33 @@ describe("a request the pool refuses spends nothing, and its retry is judged aga
     expect(await poolOf(account.account.id)).toBe(0);
   });
 });
+
+describe("a reservation is given back at most once", () => {
+  it("settled, then refunded for the same request: the balance never gets back more than it reserved", async () => {
+    const account = await provision();
+    const key = await createKey(account.key.key, { credits: { remaining: 1000 }, rateLimit: { limit: 100_000, windowSeconds: 60 } });
+    // The upstream settles a stream as it ends (37 used) and then fails the answer (a 5xx: the gateway refunds).
+    const res = await gw("/v1/completions/stream", { key: key.key });
+    expect(res.status).toBe(200);
+    const requestId = res.headers.get("X-Request-Id") as string;
+    expect(await balanceOf(key.id)).toBe(900);
+    const settled = await call("/v1/credits/settle", {
+      headers: { Authorization: `Bearer ${VERIFY_TOKEN}` },
+      body: { requestId, used: 37, accountId: account.account.id, keyId: key.id },
+    });
+    expect(settled.status).toBe(200);
+    expect(await balanceOf(key.id)).toBe(963);
+    // The refund the gateway sends for that request's 5xx (limiter.ts `refund`: credits only, by its request id).
+    const stub = keyStub(key.id);
+    await stub.refund({
+      at: Date.now(),
+      cost: 0,
+      costs: {},
+      credits: 100,
+      requestId,
+      tag: { id: `${requestId}-refund-credits`, deadline: Date.now() + 1000 },
+    });
+    // 37 were used: 963 at most, never 1063.
+    expect(await balanceOf(key.id)).toBe(963);
+  });
+});
