@@ -122,3 +122,29 @@ describe("a reservation is given back at most once", () => {
     expect(await balanceOf(key.id)).toBe(963);
   });
 });
+
+describe("a rotation moves the whole balance", () => {
+  it("credits a reservation gives back after the rotation go to the new key, not to the old one in its grace period", async () => {
+    const account = await provision();
+    const old = await createKey(account.key.key, { credits: { remaining: 1000 }, rateLimit: { limit: 100_000, windowSeconds: 60 } });
+    const res = await gw("/v1/completions/stream", { key: old.key });
+    expect(res.status).toBe(200);
+    const requestId = res.headers.get("X-Request-Id") as string;
+    expect(await balanceOf(old.id)).toBe(900);
+    const rotated = await call(`/v1/api-keys/${old.id}/rotate`, { key: account.key.key, body: { gracePeriodSeconds: 3600 } });
+    expect(rotated.status).toBe(201);
+    const fresh = await rotated.json<{ id: string; key: string }>();
+    expect(await balanceOf(fresh.id)).toBe(900);
+    expect(await balanceOf(old.id)).toBe(0);
+    // The stream ends after the rotation: 37 used, 63 come back.
+    const settled = await call("/v1/credits/settle", {
+      headers: { Authorization: `Bearer ${VERIFY_TOKEN}` },
+      body: { requestId, used: 37, accountId: account.account.id, keyId: old.id },
+    });
+    expect(settled.status).toBe(200);
+    // The old key spends none in its grace period; what came back is the key's, so it is the new key's.
+    await expectProblem(await gw("/v1/messages/after", { key: old.key }), 402, "credits_exhausted");
+    expect((await balanceOf(old.id)) ?? 0).toBe(0);
+    expect(await balanceOf(fresh.id)).toBe(963);
+  });
+});
