@@ -148,3 +148,30 @@ describe("a rotation moves the whole balance", () => {
     expect(await balanceOf(fresh.id)).toBe(963);
   });
 });
+
+describe("a `set` refill sets the balance", () => {
+  it("what a reservation made before a `set` refill gives back after it does not lift the balance past the refill", async () => {
+    const account = await provision();
+    const refill = { amount: 100, interval: "hour", mode: "set" };
+    const key = await createKey(account.key.key, { credits: { remaining: 100, refill }, rateLimit: { limit: 100_000, windowSeconds: 60 } });
+    const boundary = Math.floor(Date.now() / 3_600_000) * 3_600_000 + 3_600_000;
+    let now = boundary - 1000;
+    await runInDurableObject(keyStub(key.id), (instance) => {
+      instance.clock = () => now;
+    });
+    // Just before the boundary, the whole balance is reserved by a stream (settled within a day at most).
+    const res = await gw("/v1/completions/stream", { key: key.key }, { CREDITS_SETTLE_TIMEOUT_S: "86400" });
+    expect(res.status).toBe(200);
+    expect(await balanceOf(key.id)).toBe(0);
+    // The hour turns: the balance is set to 100. The stream then ends having used nothing.
+    now = boundary + 1000;
+    expect(await balanceOf(key.id)).toBe(100);
+    const settled = await call("/v1/credits/settle", {
+      headers: { Authorization: `Bearer ${VERIFY_TOKEN}` },
+      body: { requestId: res.headers.get("X-Request-Id"), used: 0, accountId: account.account.id, keyId: key.id },
+    });
+    expect(settled.status).toBe(200);
+    // A `set` refill replaced what the last hour had left: an hour never has more than its 100.
+    expect(await balanceOf(key.id)).toBeLessThanOrEqual(100);
+  });
+});
