@@ -1,8 +1,9 @@
 import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
+import { faultyDatabase, objectDatabase } from "../faults";
 import { GATEWAY } from "../gateway/table";
-import { call, createKey, expectProblem, provision, through, VERIFY_TOKEN } from "../helpers";
+import { call, callWith, createKey, expectProblem, provision, through, VERIFY_TOKEN } from "../helpers";
 
 /**
  * An attacker's pass over the credits promise: each test is a way to spend without paying that the README says
@@ -173,5 +174,36 @@ describe("a `set` refill sets the balance", () => {
     expect(settled.status).toBe(200);
     // A `set` refill replaced what the last hour had left: an hour never has more than its 100.
     expect(await balanceOf(key.id)).toBeLessThanOrEqual(100);
+  });
+});
+
+describe("a call its caller gave up on claims nothing", () => {
+  it("an Idempotency-Key whose first call was cancelled while the key's object read D1 is not charged: its retry pays", async () => {
+    const account = await provision();
+    const key = await createKey(account.key.key, { credits: { remaining: 10 }, rateLimit: { limit: 100_000, windowSeconds: 60 } });
+    expect(await balanceOf(key.id)).toBe(10);
+    // The key's object reads its record slowly: past the caller's deadline, which cancels the call meanwhile.
+    const undo = await objectDatabase(keyStub(key.id), () =>
+      faultyDatabase(env.DB, { kind: "late-call", ms: 600, times: 1 }, (sql) => sql.includes("api_keys")),
+    );
+    const body = { key: key.key, credits: 4 };
+    const headers = { Authorization: `Bearer ${VERIFY_TOKEN}`, "Idempotency-Key": "v-late-1" };
+    await expectProblem(
+      await callWith({ RATE_LIMIT_TIMEOUT_MS: "200" }, "/v1/keys/verify", { headers, body }),
+      503,
+      "rate_limiter_unavailable",
+    );
+    // The late read lands and the judgement finishes, for a call nobody waits for any more.
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    await undo();
+    expect(await balanceOf(key.id)).toBe(10);
+    // Long after: the first was never charged, so the retry is.
+    const later = Date.now() + 5 * 60_000;
+    await runInDurableObject(keyStub(key.id), (instance) => {
+      instance.clock = () => later;
+    });
+    const retry = await call("/v1/keys/verify", { headers, body });
+    expect(await retry.json()).toMatchObject({ valid: true, credits: { remaining: 6 } });
+    expect(await balanceOf(key.id)).toBe(6);
   });
 });
