@@ -1,7 +1,7 @@
 import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { faultyDatabase, objectDatabase } from "../faults";
+import { faultyDatabase, faultyObjects, objectDatabase } from "../faults";
 import { GATEWAY } from "../gateway/table";
 import { call, callWith, createKey, expectProblem, provision, through, VERIFY_TOKEN } from "../helpers";
 
@@ -202,6 +202,26 @@ describe("a call its caller gave up on claims nothing", () => {
     await runInDurableObject(keyStub(key.id), (instance) => {
       instance.clock = () => later;
     });
+    const retry = await call("/v1/keys/verify", { headers, body });
+    expect(await retry.json()).toMatchObject({ valid: true, credits: { remaining: 6 } });
+    expect(await balanceOf(key.id)).toBe(6);
+  });
+
+  it("an Idempotency-Key whose first call was admitted but answered too late (given back at its cancellation) is not charged", async () => {
+    const account = await provision();
+    const key = await createKey(account.key.key, { credits: { remaining: 10 }, rateLimit: { limit: 100_000, windowSeconds: 60 } });
+    const body = { key: key.key, credits: 4 };
+    const headers = { Authorization: `Bearer ${VERIFY_TOKEN}`, "Idempotency-Key": "v-late-2" };
+    const late = faultyObjects(env.KEYS, { authorize: { kind: "late-answer", ms: 400, times: 1 } });
+    await expectProblem(
+      await callWith({ KEYS: late, RATE_LIMIT_TIMEOUT_MS: "100" }, "/v1/keys/verify", { headers, body }),
+      503,
+      "rate_limiter_unavailable",
+    );
+    await late.settled();
+    // The caller gave up: what the call spent was given back.
+    expect(await balanceOf(key.id)).toBe(10);
+    // So the retry is a first request: it pays.
     const retry = await call("/v1/keys/verify", { headers, body });
     expect(await retry.json()).toMatchObject({ valid: true, credits: { remaining: 6 } });
     expect(await balanceOf(key.id)).toBe(6);
