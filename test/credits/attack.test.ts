@@ -1,9 +1,9 @@
-import { runInDurableObject } from "cloudflare:test";
+import { evictDurableObject, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { faultyDatabase, faultyObjects, objectDatabase } from "../faults";
 import { GATEWAY } from "../gateway/table";
-import { call, callWith, createKey, expectProblem, provision, through, VERIFY_TOKEN } from "../helpers";
+import { call, callWith, createKey, expectProblem, provision, rows, through, VERIFY_TOKEN } from "../helpers";
 
 /**
  * An attacker's pass over the credits promise: each test is a way to spend without paying that the README says
@@ -14,6 +14,7 @@ const ROUTES = [
   { pattern: "/v1/messages/*", credits: 1 },
   { pattern: "/v1/reports/*", credits: 50 },
   { pattern: "/v1/completions/*", credits: { reserve: 100, settle: true } },
+  { pattern: "/slow", credits: 5 },
   { pattern: "/*", access: "full" },
 ];
 const METERED = { ...GATEWAY, GATEWAY_ROUTES: JSON.stringify(ROUTES) };
@@ -225,5 +226,26 @@ describe("a call its caller gave up on claims nothing", () => {
     const retry = await call("/v1/keys/verify", { headers, body });
     expect(await retry.json()).toMatchObject({ valid: true, credits: { remaining: 6 } });
     expect(await balanceOf(key.id)).toBe(6);
+  });
+});
+
+describe("every credit that moves is a ledger entry", () => {
+  it("a refund that reaches the key's object after it was evicted (a slow upstream) is in the ledger", async () => {
+    const account = await provision();
+    const key = await createKey(account.key.key, { credits: { remaining: 10 }, rateLimit: { limit: 100_000, windowSeconds: 60 } });
+    // A slow request that its upstream then fails (503: its 5 credits come back)...
+    const slow = gw("/slow?ms=800", { key: key.key, headers: { "X-Test-Status": "503" } });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    // ...while the key's object, idle meanwhile, is evicted: the refund reaches a fresh instance.
+    await evictDurableObject(keyStub(key.id));
+    expect((await slow).status).toBe(503);
+    expect(await balanceOf(key.id)).toBe(10);
+    await runDurableObjectAlarm(keyStub(key.id));
+    const [sum] = await rows<{ total: number; n: number }>(
+      "SELECT coalesce(sum(delta), 0) AS total, count(*) AS n FROM credit_ledger WHERE key_id = ?",
+      key.id,
+    );
+    // Opening 10, spend -5, refund +5: the ledger sums to the balance.
+    expect(sum?.total).toBe(10);
   });
 });
