@@ -16,8 +16,21 @@ export type BalanceState = {
   /** When refills were last applied (ms since epoch). */
   judgedAt: number;
   /** Credits reserved for a request whose upstream has not said what it cost, by request id. */
-  reserved: Record<string, { amount: number; until: number }>;
+  reserved: Record<string, { amount: number; until: number; since?: number }>;
+  /**
+   * When the balance was last set outright (a `set` refill, an adjustment's `set`): what was spent before then is not
+   * given back after it, so a set balance is never exceeded by credits it did not hold.
+   */
+  setAt?: number;
+  /**
+   * Reservations already settled or given back, by request id, until when they are remembered: a refund arriving
+   * after its settle gives back nothing more.
+   */
+  closed?: Record<string, number>;
 };
+
+/** How long a closed reservation is remembered past its time: longer than any refund of its request takes to arrive. */
+const CLOSED_MS = 3_600_000;
 
 /**
  * A credits balance and every rule that moves it, each movement a ledger entry: refills (applied lazily, exactly once
@@ -49,12 +62,16 @@ export class Balance {
     // Reservations past their time settle at their reserve: what was taken stays taken (a settle that moves nothing).
     for (const [requestId, r] of Object.entries(s.reserved)) {
       if (r.until > now) continue;
-      delete s.reserved[requestId];
+      this.close(requestId, r.until);
       entries.push({ at: r.until, delta: 0, balanceAfter: 0, kind: "settle", requestId });
     }
+    for (const [requestId, until] of Object.entries(s.closed ?? {})) if (until + CLOSED_MS < now) delete s.closed?.[requestId];
     if (s.remaining !== null && now > s.judgedAt) {
       const { entries: refills } = refilled(s.remaining, s.refill, s.judgedAt, now);
       entries.push(...refills.map((e) => ({ ...e, kind: "refill" as const })));
+      // A `set` refill sets the balance at its last boundary, whether or not it changed it.
+      if (s.refill?.mode === "set")
+        for (let at = nextBoundary(s.judgedAt, s.refill); at <= now; at = nextBoundary(at, s.refill)) s.setAt = at;
     }
     s.judgedAt = Math.max(s.judgedAt, now);
     // In the order they happened, each with the balance right after it.
@@ -90,7 +107,7 @@ export class Balance {
     const s = this.state;
     if (s.remaining === null || amount === 0) return { ok: true };
     s.remaining -= amount;
-    if (reserve) s.reserved[requestId] = { amount, until: reserve.until };
+    if (reserve) s.reserved[requestId] = { amount, until: reserve.until, since: now };
     this.entries.push({ at: now, delta: -amount, balanceAfter: s.remaining, kind: reserve ? "reserve" : "spend", requestId });
     return { ok: true };
   }
@@ -105,9 +122,9 @@ export class Balance {
     const s = this.state;
     const reservation = s.reserved[requestId];
     if (!reservation) return null;
-    delete s.reserved[requestId];
+    this.close(requestId, reservation.until);
     const charged = Math.min(used, reservation.amount);
-    const back = reservation.amount - charged;
+    const back = this.setSince(reservation.since) ? 0 : reservation.amount - charged;
     if (s.remaining !== null) s.remaining += back;
     this.entries.push({ at: now, delta: back, balanceAfter: s.remaining ?? 0, kind: "settle", requestId });
     return { overrun: Math.max(0, used - reservation.amount) };
@@ -117,15 +134,16 @@ export class Balance {
    * Gives back what a request spent (its upstream failed): to the balance, or its whole reservation. Without a
    * `requestId`, what an isolate's lease left unspent.
    */
-  refund(now: number, amount: number, requestId?: string): void {
+  refund(now: number, amount: number, requestId?: string, spentAt?: number): void {
     this.judge(now);
     const s = this.state;
     const reservation = requestId === undefined ? undefined : s.reserved[requestId];
     if (requestId !== undefined && reservation) {
-      delete s.reserved[requestId];
+      this.close(requestId, reservation.until);
       amount = reservation.amount;
-    }
-    if (s.remaining === null || amount === 0) return;
+      spentAt = reservation.since;
+    } else if (requestId !== undefined && s.closed?.[requestId] !== undefined) return;
+    if (s.remaining === null || amount === 0 || this.setSince(spentAt)) return;
     s.remaining += amount;
     this.entries.push({
       at: now,
@@ -134,6 +152,17 @@ export class Balance {
       kind: "refund",
       ...(requestId === undefined ? {} : { requestId }),
     });
+  }
+
+  /** Whether the balance was set outright after `spentAt` (unknown: never): then what was spent then stays spent. */
+  private setSince(spentAt: number | undefined): boolean {
+    return spentAt !== undefined && this.state.setAt !== undefined && spentAt < this.state.setAt;
+  }
+
+  /** Removes a reservation, remembering that it was closed. */
+  private close(requestId: string, until: number): void {
+    delete this.state.reserved[requestId];
+    this.state.closed = { ...this.state.closed, [requestId]: until };
   }
 
   /** Makes the balance unlimited (its configuration says so now): what was left leaves the ledger's sum with it. */
@@ -159,6 +188,7 @@ export class Balance {
     const after = change.operation === "set" ? change.amount : change.operation === "add" ? before + change.amount : before - change.amount;
     if (after < 0 || (s.remaining === null && change.operation !== "set")) return { ok: false, remaining: s.remaining };
     s.remaining = after;
+    if (change.operation === "set") s.setAt = now;
     const { reason, actor } = change;
     this.entries.push({
       at: now,

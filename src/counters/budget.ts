@@ -1,6 +1,6 @@
 import type { Balance, LedgerEntry } from "../core/balance";
 import type { CreditsConfig } from "../core/credits";
-import { leaseWithoutLimits, SHARE_OF_REMAINING } from "../core/lease";
+import { LEASE_MS, leaseWithoutLimits, SHARE_OF_REMAINING } from "../core/lease";
 import type { Limit } from "../core/window";
 import type { CallTag, CreditsLeft, Granted, LogGrant, Refund, Spending, Unspent } from "./protocol";
 import { SlidingLog } from "./sliding-log";
@@ -56,10 +56,16 @@ export class Budget {
     call: Spending,
     {
       judge,
+      claim,
       answer,
       admitted,
     }: {
       judge: () => Judged<A> | Promise<Judged<A>>;
+      /**
+       * The last word on a judged call, taken with no await before its decision (and only for a caller still waiting):
+       * what must be checked and recorded in one step with the spend, such as an idempotency key's claim.
+       */
+      claim?: (judged: Judged<A>) => Judged<A>;
       answer: (granted: Granted, logged: readonly Logged[]) => A;
       admitted?: (granted: Granted) => Promise<void>;
     },
@@ -67,9 +73,10 @@ export class Budget {
     const known = this.calls.recall(call.tag);
     if (known) return known.answer as A;
     for (const { id, left, credits } of this.calls.returns(call.tag, call.returned ?? [])) this.giveBackLease(id, left, credits);
-    const judged = await judge();
+    const first = await judge();
     // Judging may have taken a while (a key's record read from D1): decide only if the caller still waits.
     if (this.calls.recall(call.tag)) throw new Error("call already answered or cancelled");
+    const judged = claim ? claim(first) : first;
     if ("refuse" in judged) return this.calls.remember(call.tag, judged.refuse, []);
     const granted = this.decide(call, judged);
     const logged = loggedBy(granted, call);
@@ -178,20 +185,26 @@ export class Budget {
   private giveBack({ at, cost, costs, credits, requestId }: Logged): void {
     this.log.refund(at, costs);
     if (cost > 0) this.gaveBack(at, cost);
-    this.refundCredits(credits, requestId);
+    this.refundCredits(credits, at, requestId);
   }
 
-  /** What a caller's ended lease left unspent: logged in every log it was granted in, and its credits. */
+  /**
+   * What a caller's ended lease left unspent: logged in every log it was granted in, and its credits (taken at its
+   * grant, at most LEASE_MS before its end).
+   */
   private giveBackLease(id: number, left: number, credits = 0): void {
     this.log.refundLease(id, left);
     if (left > 0) this.gaveBack(id, left);
-    this.refundCredits(credits);
+    this.refundCredits(credits, id - LEASE_MS);
   }
 
-  /** Credits back to the balance: a request's (its reservation whole, when it reserved) or, without `requestId`, a lease's rest. */
-  private refundCredits(credits: number, requestId?: string): void {
+  /**
+   * Credits spent at `spentAt` back to the balance: a request's (its reservation whole, when it reserved) or, without
+   * `requestId`, a lease's rest; nothing when the balance was set outright since (core/balance.ts).
+   */
+  private refundCredits(credits: number, spentAt: number, requestId?: string): void {
     if (!this.balance || (credits === 0 && requestId === undefined)) return;
-    this.balance.current(this.clock())?.refund(this.clock(), credits, requestId);
+    this.balance.current(this.clock())?.refund(this.clock(), credits, requestId, spentAt);
     this.balance.save();
   }
 }

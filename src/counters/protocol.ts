@@ -40,9 +40,11 @@ export type Spending = {
 
 /**
  * A request sent with an `Idempotency-Key`: charged once per key and idempotency key within 24 hours. `pendingMs`:
- * how long the first request may take to be answered (0: it is done once admitted, as a verify call is).
+ * how long the first request may take to be answered (0: it is done once admitted, as a verify call is);
+ * `fingerprint`: what makes a retry the same request (method, path and query, what it spends): under the same key,
+ * another request is refused, never let through on the first one's payment.
  */
-export type Idempotency = { key: string; pendingMs: number };
+export type Idempotency = { key: string; pendingMs: number; fingerprint: string };
 
 /**
  * The object's answer on a budget: its decision on each limit, the instant it logged the request at when admitted,

@@ -144,11 +144,13 @@ export class StoredBalance {
    * Empties the balance into another one (a rotated key's into its successor): what it held, or null when it is
    * unlimited; an adjustment to 0 with `reason`, so the ledger shows where it went.
    */
-  drain(config: CreditsConfig | null, now: number, reason: string): number | null {
-    const balance = this.open(config, now);
+  drain(config: CreditsConfig | null | undefined, now: number, reason: string): number | null {
+    // Without its configuration (a give-back after the rotation, the key's record not read): the balance as stored.
+    const balance = config === undefined ? this.current(now) : this.open(config, now);
     const held = balance?.state.remaining ?? null;
     if (!balance || held === null) return null;
-    balance.adjust(now, { operation: "set", amount: 0, reason, actor: "keygate" });
+    // Subtracted, not set: it is a move, and what its requests give back later is still the balance's (see Balance.setAt).
+    balance.adjust(now, { operation: "subtract", amount: held, reason, actor: "keygate" });
     this.save();
     return held;
   }

@@ -66,8 +66,12 @@ async function pass(c: Context<AppEnv>, next: Next, isOwn: (path: string) => boo
   const reserve = typeof route.credits === "object" ? route.credits.reserve : undefined;
   const idempotencyKey = idempotencyKeyOf(c);
   // The first request may take as long as its upstream, and the counter calls around it.
+  // A retry is the same request: method, path and query, and what its route charges.
+  const fingerprint = JSON.stringify([c.req.method, path, url.search, route.cost, route.limits ?? null, route.credits]);
   const idempotency =
-    idempotencyKey === undefined ? undefined : { key: idempotencyKey, pendingMs: config.upstreamTimeoutMs + 2 * config.rateLimitTimeoutMs };
+    idempotencyKey === undefined
+      ? undefined
+      : { key: idempotencyKey, pendingMs: config.upstreamTimeoutMs + 2 * config.rateLimitTimeoutMs, fingerprint };
   const authenticated = async () => {
     const admission = await authenticateRequest(c, {
       tokens: takesTokens(route),

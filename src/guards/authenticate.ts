@@ -42,6 +42,10 @@ export function idempotencyKeyOf(c: RequestContext): string | undefined {
   return parsed.data;
 }
 
+/** The `Idempotency-Key` was charged for another request (another method, path, query or charge) within 24 hours. */
+export const REUSED = () =>
+  new ApiError("idempotency_key_reused", "This Idempotency-Key was used for another request within the last 24 hours.");
+
 /** The first request with this `Idempotency-Key` is still being answered: its retry is refused, not queued. */
 export const IN_FLIGHT = () =>
   new ApiError("idempotency_in_flight", "A request with this Idempotency-Key is still being answered; retry once it is.", {
@@ -191,6 +195,7 @@ async function verifyKey(
   if (verdict.ok) return { ok: true, identity: { principal: verdict.principal }, spent: verdict.spent };
   if ("refusal" in verdict) return { ok: false, refusal: refused(verdict.refusal) };
   if (verdict.code === "idempotency_in_flight") return { ok: false, refusal: IN_FLIGHT() };
+  if (verdict.code === "idempotency_key_reused") return { ok: false, refusal: REUSED() };
   return { ok: false, refusal: new ApiError(verdict.code, KEY_REFUSED[verdict.code], { headers: invalidToken }) };
 }
 

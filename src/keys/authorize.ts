@@ -15,7 +15,7 @@ const keyIds = new Map<string, string>();
 const MAX_CACHED_KEY_IDS = 10_000;
 
 type Refused =
-  | { ok: false; code: Extract<VerifyResult, { ok: false }>["code"] | "idempotency_in_flight" }
+  | { ok: false; code: Extract<VerifyResult, { ok: false }>["code"] | "idempotency_in_flight" | "idempotency_key_reused" }
   | { ok: false; refusal: Refusal };
 
 export type KeyVerdict =

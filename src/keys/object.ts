@@ -4,7 +4,7 @@ import { storedCredits } from "../core/credits";
 import type { AuthMethod } from "../core/principal";
 import { type Need, type Principal, type Refusal, refusal } from "../core/principal";
 import { Budget } from "../counters/budget";
-import { LedgerOutbox } from "../counters/ledger";
+import { LedgerOutbox, type LedgerOwner } from "../counters/ledger";
 import type { CallTag, Granted, Refund, Spending, Unspent } from "../counters/protocol";
 import type { Adjusted, Adjustment, CreditsView } from "../counters/stored-balance";
 import { getConfig } from "../platform/config";
@@ -36,8 +36,8 @@ export type Authorization =
   | { ok: true; principal: Principal; granted: Granted }
   | Extract<VerifyResult, { ok: false }>
   | { ok: false; refusal: Refusal }
-  /** The first request with this `Idempotency-Key` is still being answered. */
-  | { ok: false; code: "idempotency_in_flight" };
+  /** The first request with this `Idempotency-Key` is still being answered, or was another request. */
+  | { ok: false; code: "idempotency_in_flight" | "idempotency_key_reused" };
 
 /** How long a request's `Idempotency-Key` is remembered once it was charged. */
 export const IDEMPOTENCY_MS = 24 * 3_600_000;
@@ -45,8 +45,11 @@ export const IDEMPOTENCY_MS = 24 * 3_600_000;
 /** How long a request that is done once admitted counts as in flight, at most (it is marked done in the same step). */
 const IN_FLIGHT_MS = 60_000;
 
-/** A remembered `Idempotency-Key`: charged, and until when its first request may still be in flight. */
-type Charged = { pendingUntil: number; until: number };
+/**
+ * A remembered `Idempotency-Key`: charged, until when its first request may still be in flight, what that request was
+ * (`fingerprint`) and its id (so that giving it back releases the key).
+ */
+type Charged = { pendingUntil: number; until: number; fingerprint: string; requestId: string };
 
 /**
  * Longest time a cached key record is trusted without a reload. Revocation and changes to the key's owner reload it
@@ -114,19 +117,29 @@ export class KeyObject extends DurableObject<Bindings> {
         const code = refusal(principal, need);
         if (code) return { refuse: { ok: false, refusal: code } };
         passed = { key, principal, now };
-        if (idempotency) {
-          // Checked and claimed with no await between: of concurrent requests with one key, one is charged.
-          const charged = this.ctx.storage.kv.get<Charged>(`idempotency:${idempotency.key}`);
-          if (charged && charged.until > now) {
-            if (charged.pendingUntil > now) return { refuse: { ok: false, code: "idempotency_in_flight" } };
-            return { spend: principal.limits, free: true };
-          }
-          // A request that is done once admitted (`pendingMs` 0) is in flight until then: a concurrent retry is refused
-          // rather than let through before the first is known to be charged.
-          const claim: Charged = { pendingUntil: now + (idempotency.pendingMs || IN_FLIGHT_MS), until: now + IDEMPOTENCY_MS };
-          this.ctx.storage.kv.put(`idempotency:${idempotency.key}`, claim);
-        }
         return { spend: principal.limits, credits: principal.credits.key };
+      },
+      // Checked and claimed in the step that spends: of concurrent requests with one key, one is charged, and a call
+      // its caller gave up on claims nothing.
+      claim: (judged) => {
+        if (!idempotency || "refuse" in judged) return judged;
+        const now = this.clock();
+        const charged = this.ctx.storage.kv.get<Charged>(`idempotency:${idempotency.key}`);
+        if (charged && charged.until > now) {
+          if (charged.fingerprint !== idempotency.fingerprint) return { refuse: { ok: false, code: "idempotency_key_reused" } };
+          if (charged.pendingUntil > now) return { refuse: { ok: false, code: "idempotency_in_flight" } };
+          return { spend: judged.spend, free: true };
+        }
+        // A request that is done once admitted (`pendingMs` 0) is in flight until then: a concurrent retry is refused
+        // rather than let through before the first is known to be charged.
+        this.ctx.storage.kv.put<Charged>(`idempotency:${idempotency.key}`, {
+          pendingUntil: now + (idempotency.pendingMs || IN_FLIGHT_MS),
+          until: now + IDEMPOTENCY_MS,
+          fingerprint: idempotency.fingerprint,
+          requestId: call.tag.id,
+        });
+        this.ctx.storage.kv.put(`idempotency-request:${call.tag.id}`, idempotency.key);
+        return judged;
       },
       answer: (granted, logged) => {
         const { key, principal, now } = passed as NonNullable<typeof passed>;
@@ -135,11 +148,12 @@ export class KeyObject extends DurableObject<Bindings> {
         if (!granted.allowed) this.usage.count(now, 0, 1);
         // A request refused here was not charged: its retry is charged as a first request.
         if (idempotency && !granted.replayed) {
-          const name = `idempotency:${idempotency.key}`;
-          if (!granted.allowed) this.ctx.storage.kv.delete(name);
-          else if (idempotency.pendingMs === 0) this.ctx.storage.kv.put(name, { pendingUntil: 0, until: now + IDEMPOTENCY_MS });
+          if (!granted.allowed) this.release(call.tag.id);
+          else if (idempotency.pendingMs === 0) this.idempotent(idempotency.key, "kept");
         }
         this.flushLater(keyId);
+        // Leases' rests this call brought back may belong to a successor.
+        if (call.returned?.length) this.forward();
         return { ok: true, principal, granted };
       },
     });
@@ -153,26 +167,45 @@ export class KeyObject extends DurableObject<Bindings> {
     const name = `idempotency:${key}`;
     const charged = this.ctx.storage.kv.get<Charged>(name);
     if (!charged) return;
-    if (outcome === "refunded") this.ctx.storage.kv.delete(name);
+    if (outcome === "refunded") this.release(charged.requestId);
     else this.ctx.storage.kv.put(name, { ...charged, pendingUntil: 0 });
     this.forgetIdempotency();
+  }
+
+  /**
+   * The request `requestId` was given back (refused after its admission, its upstream failed, or its caller gave up):
+   * the idempotency key it claimed is free again, so a retry is charged as a first request.
+   */
+  private release(requestId: string): void {
+    const index = `idempotency-request:${requestId}`;
+    const key = this.ctx.storage.kv.get<string>(index);
+    if (key === undefined) return;
+    this.ctx.storage.kv.delete(index);
+    if (this.ctx.storage.kv.get<Charged>(`idempotency:${key}`)?.requestId === requestId) this.ctx.storage.kv.delete(`idempotency:${key}`);
   }
 
   /** Drops idempotency keys past their 24 hours. */
   private forgetIdempotency(): void {
     const now = this.clock();
     for (const [name, charged] of this.ctx.storage.kv.list<Charged>({ prefix: "idempotency:" }))
-      if (charged.until <= now) this.ctx.storage.kv.delete(name);
+      if (charged.until <= now) {
+        this.ctx.storage.kv.delete(name);
+        this.ctx.storage.kv.delete(`idempotency-request:${charged.requestId}`);
+      }
   }
 
-  /** See Budget.cancel. */
+  /** See Budget.cancel; an idempotency key the call claimed is released. */
   cancel(call: { tag: CallTag; returned?: Unspent[] }): void {
     this.budget.cancel(call);
+    this.release(call.tag.id);
+    this.forward();
   }
 
-  /** See Budget.refund: the request was admitted but refused afterwards. */
+  /** See Budget.refund: the request was admitted but refused afterwards; an idempotency key it claimed is released. */
   refund(call: Refund): void {
     this.budget.refund(call);
+    if (call.requestId !== undefined) this.release(call.requestId);
+    this.forward();
   }
 
   /** The key's own credits as of now (null: unlimited); undefined when there is no such key. */
@@ -188,9 +221,35 @@ export class KeyObject extends DurableObject<Bindings> {
   }
 
   /** Empties the key's own credits into its successor's (see StoredBalance.drain); null when it has none. */
-  async drainCredits(keyId: string, reason: string): Promise<number | null> {
+  async drainCredits(keyId: string, successor: string): Promise<number | null> {
     const config = await this.creditsConfig(keyId);
-    return config === undefined ? null : this.balance.drain(config, this.clock(), reason);
+    if (config === undefined) return null;
+    // What its requests still in flight give back later moves on too (`forward`).
+    this.ctx.storage.kv.put("successor", successor);
+    return this.balance.drain(config, this.clock(), `moved to ${successor} by rotation`);
+  }
+
+  /**
+   * A rotated key's balance belongs to its successor: credits given back to it after the rotation (a refund, a
+   * settle, a lease's rest) move on, each move a pair of ledger entries, so the old key never spends them in its grace
+   * period. A move that fails is logged with its amount.
+   */
+  private forward(): void {
+    const successor = this.ctx.storage.kv.get<string>("successor");
+    const owner = this.ctx.storage.kv.get<{ keyId: string }>("ledger-owner");
+    if (successor === undefined || !owner) return;
+    const now = this.clock();
+    const amount = this.balance.drain(undefined, now, `moved to ${successor} by rotation`);
+    if (!amount) return;
+    const change = { operation: "add" as const, amount, reason: `moved from ${owner.keyId} by rotation`, actor: "keygate" };
+    this.ctx.waitUntil(
+      this.env.KEYS.getByName(`key:${successor}`)
+        .adjustCredits(successor, { ...change, idempotencyKey: `forward:${owner.keyId}:${now}` })
+        .then((done) => {
+          if (!done?.ok) throw new Error(done ? done.code : "no such key");
+        })
+        .catch((err: unknown) => log("error", "credits_not_moved", { from: owner.keyId, to: successor, amount, error: safeError(err) })),
+    );
   }
 
   /**
@@ -200,7 +259,9 @@ export class KeyObject extends DurableObject<Bindings> {
   async settleCredits(keyId: string, requestId: string, used: number, accountId?: string) {
     const { record } = await this.keyState(keyId);
     if (!record || (accountId !== undefined && record.key.accountId !== accountId)) return null;
-    return this.balance.settle(storedCredits(record.key.credits), this.clock(), requestId, used);
+    const settled = this.balance.settle(storedCredits(record.key.credits), this.clock(), requestId, used);
+    this.forward();
+    return settled;
   }
 
   private get balance() {
@@ -220,13 +281,17 @@ export class KeyObject extends DurableObject<Bindings> {
    * the hour's usage; the alarm writes both to D1.
    */
   private recordCredits(entries: readonly LedgerEntry[]): void {
-    const record = this.key?.record;
-    // A balance moves only once its key's record was read (a spend, a refund, a read of it).
-    if (!record) return;
-    this.ledger.record({ accountId: record.key.accountId, keyId: record.key.id }, entries);
+    // Kept in storage when the key was first read (a balance opens only after): a refund may reach an object evicted
+    // since, before it has read its key again.
+    const owner = this.ctx.storage.kv.get<LedgerOwner & { keyId: string }>("ledger-owner");
+    if (!owner) {
+      log("error", "ledger_owner_unknown", { entries: entries.length });
+      return;
+    }
+    this.ledger.record(owner, entries);
     for (const e of entries)
       if (e.kind === "spend" || e.kind === "refund" || e.kind === "reserve" || e.kind === "settle") this.usage.count(e.at, 0, 0, -e.delta);
-    this.flushLater(record.key.id);
+    this.flushLater(owner.keyId);
   }
 
   /** Writes the usage counted since the last write to D1, at most once per FLUSH_INTERVAL_MS (the alarm). */
@@ -327,6 +392,8 @@ export class KeyObject extends DurableObject<Bindings> {
             this.key = key;
             this.loading = null;
           }
+          if (record && this.ctx.storage.kv.get("ledger-owner") === undefined)
+            this.ctx.storage.kv.put("ledger-owner", { accountId: record.key.accountId, keyId: record.key.id });
           return key;
         },
         (err: unknown) => {

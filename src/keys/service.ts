@@ -210,7 +210,7 @@ export async function rotateKey(deps: Deps, p: Principal, id: string, rotation: 
 async function moveCredits(deps: Deps, from: string, to: string): Promise<void> {
   let moved: number | null = null;
   try {
-    moved = await deps.env.KEYS.getByName(`key:${from}`).drainCredits(from, `moved to ${to} by rotation`);
+    moved = await deps.env.KEYS.getByName(`key:${from}`).drainCredits(from, to);
     if (moved === null || moved === 0) return;
     const added = await deps.env.KEYS.getByName(`key:${to}`).adjustCredits(to, {
       operation: "add",

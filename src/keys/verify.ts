@@ -65,6 +65,7 @@ const Invalid = z.strictObject({
       "rate_limited",
       "credits_exhausted",
       "idempotency_in_flight",
+      "idempotency_key_reused",
     ])
     .openapi({ description: "`not_found`: the resource belongs to another account, or to none Keygate knows of" }),
   retryAfter: z.number().int().optional().openapi({
@@ -100,7 +101,10 @@ export async function verifyKey(
     cost,
     credits: reserve ?? credits,
     reserve: reserve === undefined ? undefined : { until: deps.now().getTime() + deps.config.creditsSettleTimeoutS * 1000 },
-    idempotency: idempotencyKey === undefined ? undefined : { key: idempotencyKey, pendingMs: 0 },
+    idempotency:
+      idempotencyKey === undefined
+        ? undefined
+        : { key: idempotencyKey, pendingMs: 0, fingerprint: JSON.stringify(["verify", resource ?? null, cost, credits, reserve ?? null]) },
   });
   if (!verdict.ok) {
     // A verify asks for no role: its refusals are a missing grant (403 on the gateway) and another account's resource
