@@ -363,8 +363,8 @@ export const CreditsBalance = z
   });
 
 /**
- * The one way a key's or an account's credits are shown: the balance as of `now`, or null when unlimited. Until the
- * holders' objects answer with their balances, `remaining` is the opening balance as configured.
+ * A key's or an account's credits as configured to open, as of `now` (null: unlimited): what a key just created shows.
+ * Every other read shows the live balance its object answers (credits/service.ts).
  */
 export function creditsView(config: CreditsConfig | null, now: Date): z.infer<typeof CreditsBalance> | null {
   if (config === null) return null;
