@@ -34,7 +34,10 @@ export type Principal = {
    * account's pool (its own, else its plan's). A request must be covered by both.
    */
   credits: { key: CreditsConfig | null; account: CreditsConfig | null };
-  /** The limits the account's keys and people share (`shared: "account"`), counted in the account's object. */
+  /**
+   * The limits the account shares: among all its keys and people (`shared: "account"`, counted in the account's
+   * object) and per person (`shared: "user"`, counted in the person's own counter).
+   */
   shared: Limit[];
 };
 
@@ -155,9 +158,19 @@ export function sharedLimits(a: AccountLimits): Limit[] {
   return defaultLimits(a).filter((l) => l.shared === "account");
 }
 
+/** Every limit the account shares: among all its keys and people, and per person. */
+function allShared(a: AccountLimits): Limit[] {
+  return defaultLimits(a).filter((l) => l.shared !== undefined);
+}
+
 /** Whether the account's object spends beside a key's or a person's: the account shares limits or keeps a pool. */
 export function pooled(p: Pick<Principal, "credits" | "shared">): boolean {
-  return p.credits.account !== null || p.shared.length > 0;
+  return p.credits.account !== null || p.shared.some((l) => l.shared === "account");
+}
+
+/** The limits the person spends with all their keys and sessions together (`shared: "user"`), counted per person. */
+export function perPerson(p: Pick<Principal, "shared">): Limit[] {
+  return p.shared.filter((l) => l.shared === "user");
 }
 
 /** Limits each key or person spends alone: shared ones are the account object's. */
@@ -176,7 +189,7 @@ export function keyPrincipal(r: KeyRecord): Principal {
     keyPrefix: r.keyPrefix,
     limits: own(keyLimits(r.key) ?? accountLimits(r.role, r.account)),
     credits: { key: storedCredits(r.key.credits), account: poolOf(r.account) },
-    shared: sharedLimits(r.account),
+    shared: allShared(r.account),
   };
 }
 
@@ -196,6 +209,6 @@ export function sessionPrincipal(s: SessionRecord): Principal {
     keyPrefix: s.keyPrefix,
     limits: own(accountLimits(s.role, s.account)),
     credits: { key: null, account: poolOf(s.account) },
-    shared: sharedLimits(s.account),
+    shared: allShared(s.account),
   };
 }

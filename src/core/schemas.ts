@@ -77,15 +77,18 @@ export const RateLimit = z
   .strictObject({ limit: integer(1, MAX_LIMIT), windowSeconds: integer(1, MAX_WINDOW_SECONDS) })
   .openapi("RateLimit", { example: { limit: 60, windowSeconds: 60 } });
 
-/** One named limit of several: `{name, limit, windowSeconds}`, and `shared: "account"` when the whole account spends it. */
+/**
+ * One named limit of several: `{name, limit, windowSeconds}`, and `shared: "account"` when the whole account spends it
+ * (`"user"`: each person, all their keys together).
+ */
 export const NamedLimit = z
   .strictObject({
     name: z.string().regex(LIMIT_NAME, "must be 1-32 characters: a lowercase letter, then lowercase letters, digits, _ or -"),
     limit: integer(1, MAX_LIMIT),
     windowSeconds: integer(1, MAX_WINDOW_SECONDS),
-    shared: z.literal("account").optional().openapi({
+    shared: z.enum(["account", "user"]).optional().openapi({
       description:
-        "`account`: one budget every key of the account spends together, so more keys do not make more requests; only an account or a plan sets it",
+        "`account`: one budget every key of the account spends together, so more keys do not make more requests; `user`: one budget per person, all their keys and sessions together; only an account or a plan sets it",
     }),
   })
   .openapi("NamedLimit", { example: { name: "minute", limit: 10, windowSeconds: 60 } });

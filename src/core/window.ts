@@ -3,9 +3,10 @@ export type Policy = { limit: number; windowSeconds: number };
 
 /**
  * One of a key's (or an account's) limits, by name: a plan's "minute" and "day". `shared: "account"`: one budget for
- * every key and person of the account together, counted in the account's object, so ten keys are not ten quotas.
+ * every key and person of the account together, counted in the account's object, so ten keys are not ten quotas;
+ * `shared: "user"`: one budget for each person of the account, all their keys and sessions together.
  */
-export type Limit = Policy & { name: string; shared?: "account" };
+export type Limit = Policy & { name: string; shared?: "account" | "user" };
 
 /** What a limit may be called: a lowercase letter, then up to 31 lowercase letters, digits, `_` or `-`. */
 export const LIMIT_NAME = /^[a-z][a-z0-9_-]{0,31}$/;

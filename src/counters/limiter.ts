@@ -26,6 +26,19 @@ export async function spend(
   costs?: Record<string, number>,
   isolate: Holdings = holdings,
 ): Promise<Spent | null> {
+  const spent = await count(deps, name, limits, cost, costs, isolate);
+  return spent && admit(spent);
+}
+
+/** As `spend`, answering a refusal rather than throwing it (the caller gives back what it spent elsewhere first). */
+export async function count(
+  deps: Deps,
+  name: string,
+  limits: readonly Limit[],
+  cost = 1,
+  costs?: Record<string, number>,
+  isolate: Holdings = holdings,
+): Promise<Spent | null> {
   const answer = leasedCall<DurableObjectStub<Counter>, null>(
     deps,
     {
@@ -39,7 +52,7 @@ export async function spend(
   );
   // Spent from a lease: no await.
   const leased = answer instanceof Promise ? await answer : answer;
-  return leased && admit(leased.spent);
+  return leased && leased.spent;
 }
 
 /** What a request spends: `cost` of each limit (or `costs` of those named), and `credits`, perhaps reserved. */

@@ -6,7 +6,7 @@ import { authorizeKey } from "../../src/keys/authorize";
 import { makeDeps } from "../../src/platform/deps";
 import { ApiError } from "../../src/platform/errors";
 import { type Echo, GATEWAY } from "../gateway/table";
-import { call, createKey, expectProblem, provision, through, VERIFY_TOKEN, WIDGET_ORIGIN, widget } from "../helpers";
+import { call, createKey, expectProblem, memberWithKey, provision, through, VERIFY_TOKEN, WIDGET_ORIGIN, widget } from "../helpers";
 
 /** Routes of a metered API: a message costs 1 credit, a report 5, a completion is settled by the upstream. */
 const METERED = [
@@ -209,6 +209,23 @@ describe("an account's pool", () => {
     expect((await chat()).status).toBe(200);
     await expectProblem(await chat(), 402, "credits_exhausted");
     expect(await poolCredits(provisioned.account.id)).toMatchObject({ remaining: 0 });
+  });
+
+  it("a limit per person: all of a person's keys together get it, and another person has their own", async () => {
+    const { account, key: admin } = await provision();
+    const one = await createKey(admin.key);
+    const two = await createKey(admin.key);
+    const member = await memberWithKey(admin.key);
+    await withPool(account.id, null, [{ name: "minute", limit: 3, windowSeconds: 60, shared: "user" }]);
+    const mine = [];
+    for (let i = 0; i < 6; i++) mine.push((await gw("/v1/other", { key: (i % 2 ? one : two).key })).status);
+    expect(mine.filter((s) => s === 200)).toHaveLength(3);
+    const refused = await gw("/v1/other", { key: one.key });
+    expect(await expectProblem(refused, 429, "rate_limited")).toMatchObject({ limit: "minute" });
+    // The member is another person: a budget of their own, their key's other limits untouched by the admin's.
+    const theirs = [];
+    for (let i = 0; i < 4; i++) theirs.push((await gw("/v1/other", { key: member.key.key })).status);
+    expect(theirs).toEqual([200, 200, 200, 429]);
   });
 
   it("a limit shared by the account: two keys together get what one would", async () => {

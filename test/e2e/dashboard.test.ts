@@ -14,8 +14,8 @@ const POLL = { timeout: 10_000 };
  * alarm now (as `runDurableObjectAlarm` of the Workers test pool does), so the usage it counted reaches D1 without
  * waiting the minute its alarm waits. The alarm handler itself is the deployed one.
  */
-const ENTRY = `import worker, { Counter, KeygateVerifier, KeyObject as Deployed } from "./index.js";
-export { Counter, KeygateVerifier };
+const ENTRY = `import worker, { AccountObject, Counter, KeygateVerifier, KeyObject as Deployed } from "./index.js";
+export { AccountObject, Counter, KeygateVerifier };
 export default worker;
 export class KeyObject extends Deployed {
   async runAlarmNow() {

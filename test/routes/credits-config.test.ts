@@ -206,9 +206,9 @@ describe("an account's credits and shared limits (operator)", () => {
     const name = `Bad limit ${crypto.randomUUID()}`;
     const res = await call("/v1/accounts", {
       headers: operator,
-      body: { name, admin: { email: "a@bad.example" }, rateLimits: [{ name: "day", limit: 10, windowSeconds: 60, shared: "user" }] },
+      body: { name, admin: { email: "a@bad.example" }, rateLimits: [{ name: "day", limit: 10, windowSeconds: 60, shared: "team" }] },
     });
-    await refused(res, "rateLimits[0].shared", "must be one of: account");
+    await refused(res, "rateLimits[0].shared", "must be one of: account, user");
     expect(await rows("SELECT id FROM accounts WHERE name = ?", name)).toEqual([]);
   });
 
