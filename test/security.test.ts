@@ -25,6 +25,9 @@ const routes: ProtectedRoute[] = [
   { method: "GET", path: (t) => `/v1/users/${t.userId}`, needs: "admin" },
   { method: "PATCH", path: (t) => `/v1/users/${t.userId}`, body: { role: "admin" }, needs: "admin" },
   { method: "POST", path: (t) => `/v1/users/${t.userId}/invitation`, needs: "admin" },
+  { method: "GET", path: (t) => `/v1/users/${t.userId}/credits`, needs: "full" },
+  { method: "POST", path: (t) => `/v1/users/${t.userId}/credits`, body: { operation: "add", amount: 1 }, needs: "admin" },
+  { method: "GET", path: (t) => `/v1/users/${t.userId}/credits/ledger`, needs: "full" },
   { method: "GET", path: () => "/v1/auth/sessions", needs: "full" },
   { method: "POST", path: () => "/v1/auth/logout", needs: "person" },
   {

@@ -4,6 +4,7 @@ import { storedCredits } from "../core/credits";
 import { DEFAULT_PREFIX, PREFIX } from "../core/ids";
 import {
   CreditsBalance,
+  CreditsSetting,
   creditsField,
   creditsView,
   extend,
@@ -18,6 +19,7 @@ import {
   shorthand,
   Timestamp,
   text,
+  userCreditsField,
 } from "../core/schemas";
 import { KeyWithSecret } from "../keys/schemas";
 import { Email } from "../people/schemas";
@@ -45,6 +47,7 @@ export const NewAccount = z
       description:
         "The account's credits pool, spent by all its keys together, in place of its plan's; `null` or absent: its plan's, else unlimited",
     }),
+    userCredits: userCreditsField,
     admin: z.strictObject({ email: Email }),
     ...externalFields,
   })
@@ -70,11 +73,12 @@ export const OperatorAccountChange = z
     credits: creditsField.openapi({
       description: "The account's own credits pool, in place of its plan's; `null` clears it: its plan's apply, else unlimited",
     }),
+    userCredits: userCreditsField,
     ...externalFields,
   })
   .openapi("OperatorAccountChange", {
     description:
-      "The account's plan, credits pool, `externalId` (unique across the deployment) and `meta`; `null` clears any of them. Its keys have the change before it is answered.",
+      "The account's plan, credits pool, each person's credits, `externalId` (unique across the deployment) and `meta`; `null` clears any of them. Its keys have the change before it is answered.",
   });
 
 export const RecoveryRequest = z.strictObject({ userId: text(64).optional() }).openapi("RecoveryRequest");
@@ -92,6 +96,10 @@ export const AccountView = z
     plan: z.string().nullable(),
     credits: orNull(CreditsBalance).openapi({
       description: "The credits pool all the account's keys spend, as of now: the account's own, else its plan's; null: unlimited",
+    }),
+    userCredits: orNull(CreditsSetting).openapi({
+      description:
+        "What each person's balance opens with and its refill (`GET /v1/users/{id}/credits` shows one as of now): the account's own, else its plan's; null: unlimited",
     }),
     createdAt: Timestamp,
     ...externalView,
@@ -130,6 +138,7 @@ export function accountView(a: AccountRecord, now: Date, pool?: z.infer<typeof C
     plan: a.planId,
     // The pool, as the account's principal spends it (core/principal.ts): its own, else its plan's.
     credits: pool !== undefined ? pool : creditsView(storedCredits(a.credits ?? a.planCredits), now),
+    userCredits: storedCredits(a.userCredits ?? a.planUserCredits),
     createdAt: a.createdAt,
     externalId: a.externalId,
     meta: parseMeta(a.meta),

@@ -37,6 +37,7 @@ export async function provisionAccount(
     admin,
     plan,
     credits,
+    userCredits,
     externalId,
     meta,
     ...limits
@@ -59,6 +60,7 @@ export async function provisionAccount(
     externalId: externalId ?? null,
     meta: storedMeta(meta),
     credits: creditsColumn(credits),
+    userCredits: creditsColumn(userCredits),
   };
   const user = {
     id: newId("usr"),
@@ -91,10 +93,9 @@ export async function provisionAccount(
     if (violatesReference(err)) throw noSuchPlan();
     externalIdTaken(err, externalId);
   }
-  // What the account's keys spend when it has no pool of its own: its plan's (read only then, and only after the plan
-  // was found to exist by the write).
-  const pool = account.credits === null && account.planId !== null ? await planCredits(d, account.planId) : null;
-  return { account: { ...account, planCredits: pool }, user, raw, row, now, invitation };
+  // What the account's keys spend when it has none of its own: its plan's (read after the write found the plan).
+  const onPlan = await planCredits(d, account.planId);
+  return { account: { ...account, ...onPlan }, user, raw, row, now, invitation };
 }
 
 /**
@@ -177,7 +178,7 @@ export async function updateAccount(
 export async function changeAccount(
   deps: Deps,
   id: string,
-  { plan, credits, ...external }: z.infer<typeof OperatorAccountChange>,
+  { plan, credits, userCredits, ...external }: z.infer<typeof OperatorAccountChange>,
 ): Promise<AccountRecord> {
   const d = deps.db;
   const account = await findAccount(d, id);
@@ -186,6 +187,7 @@ export async function changeAccount(
     ...externalChange(external),
     ...(plan === undefined ? {} : { planId: plan }),
     ...(credits === undefined ? {} : { credits: creditsColumn(credits) }),
+    ...(userCredits === undefined ? {} : { userCredits: creditsColumn(userCredits) }),
   };
   if (Object.keys(change).length === 0) return account;
   const now = deps.now();
@@ -203,9 +205,9 @@ export async function changeAccount(
   });
   // The account's plan is its keys' limits and its pool their credits: in the keys' objects before it is answered, as
   // `externalId` and `meta` are.
-  await reloadExternal(deps, account.id, { ...external, ...(plan === undefined ? {} : { plan }), credits }, now);
-  const pool = plan === undefined ? account.planCredits : plan === null ? null : await planCredits(d, plan);
-  return { ...account, ...change, planCredits: pool };
+  await reloadExternal(deps, account.id, { ...external, ...(plan === undefined ? {} : { plan }), credits, userCredits }, now);
+  const onPlan = plan === undefined ? account : await planCredits(d, plan);
+  return { ...account, ...change, planCredits: onPlan.planCredits, planUserCredits: onPlan.planUserCredits };
 }
 
 /**

@@ -5,7 +5,7 @@ import { type Page, pageWhere, toPage } from "../platform/db/pagination";
 import { type Account, accounts, auditEvents, plans, users } from "../platform/db/schema";
 
 /** An account with its plan's credits (JSON), the pool its keys spend when it sets none of its own. */
-export type AccountRecord = Account & { planCredits: string | null };
+export type AccountRecord = Account & { planCredits: string | null; planUserCredits: string | null };
 
 /**
  * SQL: the account's activity `p` may see: every audit event of the account for an admin; for a member, their own
@@ -22,7 +22,7 @@ export function visibleTo(p: Principal) {
 
 export async function findAccount(d: Db, id: string): Promise<AccountRecord | undefined> {
   const [account] = await d
-    .select({ ...getTableColumns(accounts), planCredits: plans.credits })
+    .select({ ...getTableColumns(accounts), planCredits: plans.credits, planUserCredits: plans.userCredits })
     .from(accounts)
     .leftJoin(plans, eq(plans.id, accounts.planId))
     .where(eq(accounts.id, id))

@@ -16,6 +16,9 @@ export type AccountLimits = {
   /** The account's credits pool (JSON `CreditsConfig`), else its plan's (`planCredits`); both null: unlimited. */
   credits?: string | null;
   planCredits?: string | null;
+  /** The balance each person of the account has (JSON `CreditsConfig`), else its plan's; both null: unlimited. */
+  userCredits?: string | null;
+  planUserCredits?: string | null;
 };
 
 /** The highest limit members may give their keys: the account's `maxRateLimit`, else its default limit. */

@@ -30,13 +30,14 @@ export type Principal = {
   /** The key's own limits, else the account's default ones (never empty): a request must pass every one it spends. */
   limits: Limit[];
   /**
-   * The balances a request spends credits from, each null when unlimited: the key's own (null for a session) and the
-   * account's pool (its own, else its plan's). A request must be covered by both.
+   * The balances a request spends credits from, each null when unlimited: the key's own (null for a session), the
+   * account's pool (its own, else its plan's) and the person's (`userCredits`: the account's, else its plan's). A
+   * request must be covered by every one.
    */
-  credits: { key: CreditsConfig | null; account: CreditsConfig | null };
+  credits: { key: CreditsConfig | null; account: CreditsConfig | null; user: CreditsConfig | null };
   /**
    * The limits the account shares: among all its keys and people (`shared: "account"`, counted in the account's
-   * object) and per person (`shared: "user"`, counted in the person's own counter).
+   * object) and per person (`shared: "user"`, counted in the person's object).
    */
   shared: Limit[];
 };
@@ -153,6 +154,11 @@ export function poolOf(a: AccountLimits): CreditsConfig | null {
   return storedCredits(a.credits ?? a.planCredits);
 }
 
+/** What each person of the account has to spend, all their keys and sessions together: its own, else its plan's; null: unlimited. */
+export function userCreditsOf(a: Pick<AccountLimits, "userCredits" | "planUserCredits">): CreditsConfig | null {
+  return storedCredits(a.userCredits ?? a.planUserCredits);
+}
+
 /** The limits the account's keys and people spend together (`shared: "account"`), counted in the account's object. */
 export function sharedLimits(a: AccountLimits): Limit[] {
   return defaultLimits(a).filter((l) => l.shared === "account");
@@ -173,6 +179,11 @@ export function perPerson(p: Pick<Principal, "shared">): Limit[] {
   return p.shared.filter((l) => l.shared === "user");
 }
 
+/** Whether the person's object spends beside the key's: the account limits each person, or gives each a balance. */
+export function personal(p: Pick<Principal, "credits" | "shared">): boolean {
+  return p.credits.user !== null || perPerson(p).length > 0;
+}
+
 /** Limits each key or person spends alone: shared ones are the account object's. */
 const own = (limits: Limit[]) => limits.filter((l) => l.shared === undefined);
 
@@ -188,7 +199,7 @@ export function keyPrincipal(r: KeyRecord): Principal {
     accountSlug: r.accountSlug,
     keyPrefix: r.keyPrefix,
     limits: own(keyLimits(r.key) ?? accountLimits(r.role, r.account)),
-    credits: { key: storedCredits(r.key.credits), account: poolOf(r.account) },
+    credits: { key: storedCredits(r.key.credits), account: poolOf(r.account), user: userCreditsOf(r.account) },
     shared: allShared(r.account),
   };
 }
@@ -208,7 +219,7 @@ export function sessionPrincipal(s: SessionRecord): Principal {
     accountSlug: s.accountSlug,
     keyPrefix: s.keyPrefix,
     limits: own(accountLimits(s.role, s.account)),
-    credits: { key: null, account: poolOf(s.account) },
+    credits: { key: null, account: poolOf(s.account), user: userCreditsOf(s.account) },
     shared: allShared(s.account),
   };
 }

@@ -336,6 +336,12 @@ export const Credits = z
 /** `credits` as a create or change takes it: absent leaves it (or sets none), `null` makes it unlimited. */
 export const creditsField = orNull(Credits).optional().openapi({ description: "`null` or absent: unlimited" });
 
+/** `userCredits` of an account or a plan: the balance each person opens with, which all their keys and sessions spend. */
+export const userCreditsField = orNull(Credits).optional().openapi({
+  description:
+    "The balance each person of the account has, spent by all their keys and sessions together (beside the key's own and the pool); `null` or absent: unlimited",
+});
+
 /** Credits as sent, as the rules read them. */
 export function creditsConfig(credits: z.infer<typeof Credits> | CreditsConfig): CreditsConfig {
   return { remaining: credits.remaining, refill: credits.refill ?? null };

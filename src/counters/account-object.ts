@@ -2,7 +2,9 @@ import { DurableObject } from "cloudflare:workers";
 import { eq } from "drizzle-orm";
 import type { LedgerEntry } from "../core/balance";
 import type { AccountLimits } from "../core/ceilings";
+import type { CreditsConfig } from "../core/credits";
 import { poolOf, sharedLimits } from "../core/principal";
+import type { Limit } from "../core/window";
 import { getConfig } from "../platform/config";
 import { type Db, db, withDeadline } from "../platform/db/client";
 import { accounts, plans } from "../platform/db/schema";
@@ -19,13 +21,23 @@ const LEDGER_FLUSH_MS = 60_000;
 /** Longest time the account's limits and credits configuration is trusted without a read; changes reload it at once. */
 const CONFIG_TTL_MS = 60_000;
 
+/**
+ * A person's budget, as their principal carries it (a person's object reads nothing itself): the limits each person of
+ * the account has (`shared: "user"`) and their balance (`userCredits`).
+ */
+export type Person = { userId: string; limits: Limit[]; credits: CreditsConfig | null };
+
+/** Whose balance a call names: the account's pool, or one person's (`person`, with what their balance opens with). */
+export type BalanceOwner = { accountId: string; person?: Pick<Person, "userId" | "credits"> };
+
 /** The account's spend: admitted or refused on its shared limits and pool, or no such account (nothing spent). */
 export type PoolAnswer = { ok: true; record: null; granted: Granted } | { ok: false; code: "invalid_key" };
 
 /**
  * One account (`account:<id>`): the limits its keys and people share (`shared: "account"`) and its credits pool,
  * spent beside each key's own in the same admit step as a key's object (counters/budget.ts), leases included, so a
- * hot account spread over many isolates costs a fraction of a call per request.
+ * hot account spread over many isolates costs a fraction of a call per request. A person (`user:<id>`) has an object
+ * of the same kind: the limits each person has and their balance, spent by all their keys and sessions together.
  */
 export class AccountObject extends DurableObject<Bindings> {
   /** Replaceable in tests to move time. */
@@ -50,10 +62,17 @@ export class AccountObject extends DurableObject<Bindings> {
     });
   }
 
-  /** Spends the request's cost of the account's shared limits and its credits from the pool: all, or nothing. */
-  spend({ accountId, ...call }: Spending & { accountId: string }): Promise<PoolAnswer> {
+  /**
+   * Spends the request's cost of the account's shared limits and its credits from the pool: all, or nothing. A person's
+   * object (`person`) spends the limits each person has and their balance, as their principal carries them.
+   */
+  spend({ accountId, person, ...call }: Spending & { accountId: string; person?: Person }): Promise<PoolAnswer> {
     return this.budget.admit<PoolAnswer>(call, {
       judge: async () => {
+        if (person) {
+          this.own(accountId, person.userId);
+          return { spend: person.limits, credits: person.credits };
+        }
         const pool = await this.pool(accountId);
         if (!pool) return { refuse: { ok: false, code: "invalid_key" } };
         return { spend: sharedLimits(pool), credits: poolOf(pool) };
@@ -72,22 +91,22 @@ export class AccountObject extends DurableObject<Bindings> {
     this.budget.refund(call);
   }
 
-  /** The pool as of now (null: unlimited); undefined when there is no such account. */
-  async credits(accountId: string): Promise<CreditsView | undefined> {
-    const pool = await this.pool(accountId);
-    return pool && this.balance.view(poolOf(pool), this.clock());
+  /** The balance as of now (null: unlimited); undefined when there is no such account. */
+  async credits(owner: BalanceOwner): Promise<CreditsView | undefined> {
+    const config = await this.balanceOf(owner);
+    return config && this.balance.view(config.credits, this.clock());
   }
 
-  /** The operator's change to the pool (see StoredBalance.adjust); undefined when there is no such account. */
-  async adjustCredits(accountId: string, change: Adjustment): Promise<Adjusted | undefined> {
-    const pool = await this.pool(accountId);
-    return pool && this.balance.adjust(poolOf(pool), this.clock(), change);
+  /** A change to the balance (see StoredBalance.adjust); undefined when there is no such account. */
+  async adjustCredits(owner: BalanceOwner, change: Adjustment): Promise<Adjusted | undefined> {
+    const config = await this.balanceOf(owner);
+    return config && this.balance.adjust(config.credits, this.clock(), change);
   }
 
   /** Settles a request's reservation at what the upstream says it used (see StoredBalance.settle). */
-  async settleCredits(accountId: string, requestId: string, used: number) {
-    const pool = await this.pool(accountId);
-    return pool ? this.balance.settle(poolOf(pool), this.clock(), requestId, used) : null;
+  async settleCredits(owner: BalanceOwner, requestId: string, used: number) {
+    const config = await this.balanceOf(owner);
+    return config ? this.balance.settle(config.credits, this.clock(), requestId, used) : null;
   }
 
   /** Reads the account's configuration again: a change to its limits, credits or plan is in force on the next request. */
@@ -102,9 +121,25 @@ export class AccountObject extends DurableObject<Bindings> {
     return this.budget.balance as NonNullable<Budget["balance"]>;
   }
 
+  /** The balance's configuration: the person's, as given, else the account pool's; undefined: no such account. */
+  private async balanceOf({ accountId, person }: BalanceOwner): Promise<{ credits: CreditsConfig | null } | undefined> {
+    if (person) {
+      this.own(accountId, person.userId);
+      return person;
+    }
+    const pool = await this.pool(accountId);
+    return pool && { credits: poolOf(pool) };
+  }
+
+  /** Its ledger entries name the account (and the person): kept once, as the object's name is not known to it. */
+  private own(accountId: string, userId?: string): void {
+    const kv = this.ctx.storage.kv;
+    if (kv.get<string>("account-id") === undefined) kv.put("account-id", accountId);
+    if (userId !== undefined && kv.get<string>("user-id") === undefined) kv.put("user-id", userId);
+  }
+
   private async pool(accountId: string): Promise<AccountLimits | undefined> {
-    // Its ledger entries name the account: kept once, as the object's name is not known to it.
-    if (this.ctx.storage.kv.get<string>("account-id") === undefined) this.ctx.storage.kv.put("account-id", accountId);
+    this.own(accountId);
     if (this.config && this.clock() - this.config.loadedAt < CONFIG_TTL_MS) return this.config.pool;
     if (!this.loading) {
       // Concurrent requests share one read; a reload during the read discards its result.
@@ -132,7 +167,7 @@ export class AccountObject extends DurableObject<Bindings> {
   private recordCredits(entries: readonly LedgerEntry[]): void {
     const accountId = this.ctx.storage.kv.get<string>("account-id");
     if (accountId === undefined) return;
-    this.ledger.record({ accountId, keyId: null }, entries);
+    this.ledger.record({ accountId, keyId: null, userId: this.ctx.storage.kv.get<string>("user-id") ?? null }, entries);
     if (!this.flushing) {
       this.flushing = true;
       this.ctx.waitUntil(

@@ -1,11 +1,11 @@
 import type { LedgerEntry } from "../core/balance";
 import { newId } from "../core/ids";
 
-/** Whose balance an entry moved: a key's own (`keyId`), or the account pool's (`keyId` null). */
-export type LedgerOwner = { accountId: string; keyId: string | null };
+/** Whose balance an entry moved: a key's own (`keyId`), a person's (`userId`), or the account pool's (both null). */
+export type LedgerOwner = { accountId: string; keyId: string | null; userId?: string | null };
 
 /** Columns of a credit_ledger row, as one INSERT binds them. */
-const COLUMNS = ["id", "account_id", "key_id", "at", "delta", "balance_after", "kind", "count", "request_id", "actor", "reason"];
+const COLUMNS = ["id", "account_id", "key_id", "user_id", "at", "delta", "balance_after", "kind", "count", "request_id", "actor", "reason"];
 /** Rows per INSERT: D1 binds at most 100 parameters to a statement. */
 const ROWS_PER_STATEMENT = Math.floor(100 / COLUMNS.length);
 /**
@@ -21,6 +21,7 @@ type Row = {
   id: string;
   account_id: string;
   key_id: string | null;
+  user_id: string | null;
   at: number;
   delta: number;
   balance_after: number;
@@ -73,6 +74,9 @@ export class LedgerOutbox {
       sealed INTEGER NOT NULL DEFAULT 0,
       queued_at INTEGER NOT NULL
     )`);
+    // A person's entries name them: added to an outbox made before people had balances.
+    const columns = sql.exec<{ name: string }>("PRAGMA table_info(ledger_outbox)").toArray();
+    if (!columns.some((c) => c.name === "user_id")) sql.exec("ALTER TABLE ledger_outbox ADD COLUMN user_id TEXT");
     // The open row of a minute, found on every spend.
     sql.exec("CREATE INDEX IF NOT EXISTS ledger_outbox_open ON ledger_outbox (account_id, key_id, kind, minute) WHERE sealed = 0");
   }
@@ -84,9 +88,10 @@ export class LedgerOutbox {
         const minute = Math.floor(e.at / MINUTE_MS);
         const open = this.sql
           .exec<{ seq: number }>(
-            "SELECT seq FROM ledger_outbox WHERE account_id = ? AND key_id IS ? AND kind = ? AND minute = ? AND sealed = 0",
+            "SELECT seq FROM ledger_outbox WHERE account_id = ? AND key_id IS ? AND user_id IS ? AND kind = ? AND minute = ? AND sealed = 0",
             owner.accountId,
             owner.keyId,
+            owner.userId ?? null,
             e.kind,
             minute,
           )
@@ -113,11 +118,12 @@ export class LedgerOutbox {
 
   private insert(owner: LedgerOwner, e: LedgerEntry, minute: number | null): void {
     this.sql.exec(
-      `INSERT INTO ledger_outbox (id, account_id, key_id, minute, at, delta, balance_after, kind, count, request_id, actor, reason, queued_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)`,
+      `INSERT INTO ledger_outbox (id, account_id, key_id, user_id, minute, at, delta, balance_after, kind, count, request_id, actor, reason, queued_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)`,
       newId("cle"),
       owner.accountId,
       owner.keyId,
+      owner.userId ?? null,
       minute,
       e.at,
       e.delta,
@@ -165,6 +171,7 @@ export class LedgerOutbox {
               r.id,
               r.account_id,
               r.key_id,
+              r.user_id,
               new Date(r.at).toISOString(),
               r.delta,
               r.balance_after,

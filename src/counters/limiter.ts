@@ -3,7 +3,7 @@ import { deadline, retryFor } from "../platform/deadline";
 import type { Deps } from "../platform/deps";
 import { ApiError } from "../platform/errors";
 import { safeError } from "../platform/log";
-import type { AccountObject, PoolAnswer } from "./account-object";
+import type { AccountObject, Person, PoolAnswer } from "./account-object";
 import type { Counter } from "./counter-object";
 import { type Holdings, holdings } from "./held";
 import { counterKind, leasedCall, timedOut } from "./leased-call";
@@ -26,19 +26,6 @@ export async function spend(
   costs?: Record<string, number>,
   isolate: Holdings = holdings,
 ): Promise<Spent | null> {
-  const spent = await count(deps, name, limits, cost, costs, isolate);
-  return spent && admit(spent);
-}
-
-/** As `spend`, answering a refusal rather than throwing it (the caller gives back what it spent elsewhere first). */
-export async function count(
-  deps: Deps,
-  name: string,
-  limits: readonly Limit[],
-  cost = 1,
-  costs?: Record<string, number>,
-  isolate: Holdings = holdings,
-): Promise<Spent | null> {
   const answer = leasedCall<DurableObjectStub<Counter>, null>(
     deps,
     {
@@ -52,25 +39,27 @@ export async function count(
   );
   // Spent from a lease: no await.
   const leased = answer instanceof Promise ? await answer : answer;
-  return leased && leased.spent;
+  return leased && admit(leased.spent);
 }
 
 /** What a request spends: `cost` of each limit (or `costs` of those named), and `credits`, perhaps reserved. */
 export type Charge = { cost: number; costs?: Record<string, number>; credits?: number; reserve?: { until: number } };
 
 /**
- * Spends a request's charge from its account's object: the limits the account's keys share and its credits pool,
- * leased as a key is (counters/leased-call.ts). The spend, which may be a refusal (the caller gives back what it spent
- * elsewhere); null when the object was down and the deployment fails open; `invalid_key` when the account is gone.
+ * Spends a request's charge from its account's object: the limits the account's keys share and its credits pool, or
+ * with `person` from that person's object: the limits each person has and their balance; leased as a key is
+ * (counters/leased-call.ts). The spend, which may be a refusal (the caller gives back what it spent elsewhere); null
+ * when the object was down and the deployment fails open; `invalid_key` when the account is gone.
  */
 export async function spendPool(
   deps: Deps,
-  accountId: string,
+  { accountId, person }: { accountId: string; person?: Person },
   charge: Charge,
   isolate: Holdings = holdings,
 ): Promise<Spent | null | Extract<PoolAnswer, { ok: false }>> {
-  const name = `account:${accountId}`;
-  const ask = (stub: DurableObjectStub<AccountObject>, spending: Spending) => stub.spend({ accountId, ...spending }) as Promise<PoolAnswer>;
+  const name = person ? `user:${person.userId}` : `account:${accountId}`;
+  const ask = (stub: DurableObjectStub<AccountObject>, spending: Spending) =>
+    stub.spend({ accountId, ...(person ? { person } : {}), ...spending }) as Promise<PoolAnswer>;
   const answer = leasedCall<DurableObjectStub<AccountObject>, null, Extract<PoolAnswer, { ok: false }>>(
     deps,
     { name, stub: deps.env.ACCOUNTS.getByName(name), ...charge, ask, renew: ask },
@@ -136,7 +125,7 @@ export async function refund(deps: Deps, spent: Spent, isolate: Holdings = holdi
   if (spent.leased && isolate.giveBack(name, at, cost, credits)) return;
   const stub = name.startsWith("key:")
     ? deps.env.KEYS.getByName(name)
-    : name.startsWith("account:")
+    : name.startsWith("account:") || name.startsWith("user:")
       ? deps.env.ACCOUNTS.getByName(name)
       : deps.env.COUNTERS.getByName(name);
   const id = `${deps.requestId}-refund-${creditsOnly ? "credits" : at}`;

@@ -40,6 +40,12 @@ export const CreditsSettlement = z
     used: integer(0, 1_000_000_000),
     accountId: z.string().min(1).max(100).openapi({ description: "`Keygate-Account-Id`: the account the request was made for" }),
     keyId: z.string().min(1).max(100).optional().openapi({ description: "`Keygate-Key-Id`, when a key made the request" }),
+    userId: z
+      .string()
+      .min(1)
+      .max(100)
+      .optional()
+      .openapi({ description: "`Keygate-User-Id`, when the account gives each person a balance (`userCredits`)" }),
   })
   .openapi("CreditsSettlement", { example: { requestId: "req_4f1c…", used: 37, accountId: "acc_…", keyId: "key_…" } });
 

@@ -1,13 +1,17 @@
 import type { z } from "@hono/zod-openapi";
+import { and, eq } from "drizzle-orm";
 import { findAccount } from "../accounts/store";
-import type { Principal } from "../core/principal";
+import type { CreditsConfig } from "../core/credits";
+import { type Principal, userCreditsOf } from "../core/principal";
 import type { Adjusted, CreditsView } from "../counters/stored-balance";
 import { findKey } from "../keys/store";
 import { type AuditInput, auditInsert } from "../platform/db/audit";
 import type { Page } from "../platform/db/pagination";
+import { accounts, plans, users } from "../platform/db/schema";
 import { deadline } from "../platform/deadline";
 import type { Deps } from "../platform/deps";
 import { ApiError } from "../platform/errors";
+import { findUser } from "../users/store";
 import type { CreditsAdjustment, CreditsSettlement, LedgerEntryView, Settled } from "./schemas";
 import { ledgerPage, type Owner, visibleTo } from "./store";
 
@@ -97,7 +101,7 @@ export async function adjustPoolCredits(
   const name = `account:${accountId}`;
   const result = await withinDeadline(
     deps,
-    deps.env.ACCOUNTS.getByName(name).adjustCredits(accountId, { ...change, actor: "operator", idempotencyKey }) as Promise<
+    deps.env.ACCOUNTS.getByName(name).adjustCredits({ accountId }, { ...change, actor: "operator", idempotencyKey }) as Promise<
       Adjusted | undefined
     >,
   );
@@ -112,21 +116,87 @@ export async function adjustPoolCredits(
 }
 
 /**
- * Settles a request's reservations at what it `used`, in the objects that may hold them (the key's, the account's):
- * what it reserved beyond it comes back. A request with no open reservation there (settled already, settled at its
- * reserve after CREDITS_SETTLE_TIMEOUT_S, refunded, or another account's) changes nothing and is 404.
+ * Settles a request's reservations at what it `used`, in the objects that may hold them (the key's, the account's, the
+ * person's): what it reserved beyond it comes back. A request with no open reservation there (settled already, settled
+ * at its reserve after CREDITS_SETTLE_TIMEOUT_S, refunded, or another account's) changes nothing and is 404.
  */
 export async function settleCredits(deps: Deps, s: z.infer<typeof CreditsSettlement>): Promise<z.infer<typeof Settled>> {
   type Settle = Promise<{ overrun: number } | null>;
-  const calls = [deps.env.ACCOUNTS.getByName(`account:${s.accountId}`).settleCredits(s.accountId, s.requestId, s.used) as Settle];
+  const calls = [
+    deps.env.ACCOUNTS.getByName(`account:${s.accountId}`).settleCredits({ accountId: s.accountId }, s.requestId, s.used) as Settle,
+  ];
   if (s.keyId !== undefined)
     calls.push(deps.env.KEYS.getByName(`key:${s.keyId}`).settleCredits(s.keyId, s.requestId, s.used, s.accountId) as Settle);
+  if (s.userId !== undefined) {
+    // Only a person of the account named: a reservation of another account's person is not found.
+    const credits = await personCredits(deps, s.accountId, s.userId);
+    if (credits !== undefined) {
+      const owner = { accountId: s.accountId, person: { userId: s.userId, credits } };
+      calls.push(deps.env.ACCOUNTS.getByName(`user:${s.userId}`).settleCredits(owner, s.requestId, s.used) as Settle);
+    }
+  }
   const settled = (await withinDeadline(deps, Promise.all(calls))).filter((r) => r !== null);
   const first = settled[0];
   if (!first)
     throw new ApiError("not_found", "No open reservation for this request: settled already, past its time, or not this account's.");
   if (first.overrun > 0) deps.log("warn", "credits_overrun", { requestId: s.requestId, used: s.used, overrun: first.overrun });
   return { requestId: s.requestId, charged: s.used - first.overrun, overrun: first.overrun };
+}
+
+/** What the balance of a person of the account opens with (null: unlimited); undefined when no such person is the account's. */
+async function personCredits(deps: Deps, accountId: string, userId: string): Promise<CreditsConfig | null | undefined> {
+  const [found] = await deps.db
+    .select({ userCredits: accounts.userCredits, planUserCredits: plans.userCredits })
+    .from(users)
+    .innerJoin(accounts, eq(accounts.id, users.accountId))
+    .leftJoin(plans, eq(plans.id, accounts.planId))
+    .where(and(eq(users.id, userId), eq(users.accountId, accountId)))
+    .limit(1);
+  return found && userCreditsOf(found);
+}
+
+/** A person's balance object, and who it is, when `p` may see them (members: themselves); else 404. */
+async function person(deps: Deps, p: Principal, userId: string) {
+  const user = await findUser(deps.db, p, userId);
+  if (!user) throw new ApiError("not_found", "No user with this id in this account.");
+  const owner = { accountId: user.accountId, person: { userId: user.id, credits: p.credits.user } };
+  return { owner, stub: deps.env.ACCOUNTS.getByName(`user:${user.id}`) };
+}
+
+/** A person's balance as of now (null: the account gives each person none). */
+export async function userBalance(deps: Deps, p: Principal, userId: string): Promise<CreditsView> {
+  const { owner, stub } = await person(deps, p, userId);
+  if (owner.person.credits === null) return null;
+  return ((await withinDeadline(deps, stub.credits(owner) as Promise<CreditsView | undefined>)) ?? null) as CreditsView;
+}
+
+/** An admin's change to a person's balance, audited; once per `Idempotency-Key` within 24 hours. */
+export async function adjustUserCredits(
+  deps: Deps,
+  p: Principal,
+  userId: string,
+  change: z.infer<typeof CreditsAdjustment>,
+  idempotencyKey: string | undefined,
+): Promise<CreditsView> {
+  const { owner, stub } = await person(deps, p, userId);
+  const result = await withinDeadline(
+    deps,
+    stub.adjustCredits(owner, { ...change, actor: p.userId, idempotencyKey }) as Promise<Adjusted | undefined>,
+  );
+  const audit = {
+    accountId: p.accountId,
+    actor: p.userId,
+    action: `user.credits_${change.operation}`,
+    target: userId,
+    requestId: deps.requestId,
+  };
+  return adjusted(deps, result, audit, "No user with this id in this account.");
+}
+
+/** A page of a person's ledger, newest first (members: their own). */
+export async function userLedger(deps: Deps, p: Principal, userId: string, pg: Page): Promise<LedgerPage> {
+  const { owner } = await person(deps, p, userId);
+  return page(deps, { accountId: owner.accountId, keyId: null, userId }, p, pg);
 }
 
 /**
@@ -151,7 +221,7 @@ export async function poolBalance(
   return (
     (await withinDeadline(
       deps,
-      deps.env.ACCOUNTS.getByName(`account:${accountId}`).credits(accountId) as Promise<CreditsView | undefined>,
+      deps.env.ACCOUNTS.getByName(`account:${accountId}`).credits({ accountId }) as Promise<CreditsView | undefined>,
     )) ?? null
   );
 }

@@ -1,4 +1,4 @@
-import { and, desc, eq, isNull, sql } from "drizzle-orm";
+import { and, desc, eq, isNull, or, sql } from "drizzle-orm";
 import type { Principal } from "../core/principal";
 import type { Db } from "../platform/db/client";
 import { type Page, pageWhere, toPage } from "../platform/db/pagination";
@@ -6,17 +6,19 @@ import { creditLedger } from "../platform/db/schema";
 
 /**
  * SQL: the ledger rows `p` may see: every row of the account for an admin; for a member, the rows of the keys they own
- * (never the account pool's, whose `key_id` is null).
+ * and of their own balance (never the account pool's).
  */
 export function visibleTo(p: Principal) {
   return and(
     eq(creditLedger.accountId, p.accountId),
-    p.role === "admin" ? undefined : sql`${creditLedger.keyId} IN (SELECT id FROM api_keys WHERE owner_id = ${p.userId})`,
+    p.role === "admin"
+      ? undefined
+      : or(sql`${creditLedger.keyId} IN (SELECT id FROM api_keys WHERE owner_id = ${p.userId})`, eq(creditLedger.userId, p.userId)),
   );
 }
 
-/** Whose rows: a key's own balance, or the account pool's (`keyId` null). */
-export type Owner = { accountId: string; keyId: string | null };
+/** Whose rows: a key's own balance (`keyId`), a person's (`userId`), or the account pool's (neither). */
+export type Owner = { accountId: string; keyId: string | null; userId?: string };
 
 const ordered = { createdAt: creditLedger.at, id: creditLedger.id };
 
@@ -40,6 +42,7 @@ export async function ledgerPage(d: Db, owner: Owner, visible: ReturnType<typeof
         visible,
         eq(creditLedger.accountId, owner.accountId),
         owner.keyId === null ? isNull(creditLedger.keyId) : eq(creditLedger.keyId, owner.keyId),
+        owner.userId === undefined ? isNull(creditLedger.userId) : eq(creditLedger.userId, owner.userId),
         pageWhere(ordered, page),
       ),
     )

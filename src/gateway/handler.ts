@@ -98,7 +98,10 @@ async function pass(c: Context<AppEnv>, next: Next, isOwn: (path: string) => boo
     c.res = "error" in sent ? problem(c, sent.error) : sent.res;
     const used = "res" in sent ? creditsUsed(c, sent.res) : undefined;
     const headers = await admission.settle(c.res.status, sent);
-    if (reserve !== undefined && used !== undefined) await settleReservation(c.get("deps"), admission.spent, used, reserve);
+    if (reserve !== undefined && used !== undefined) {
+      const principal = "principal" in admission.identity ? admission.identity.principal : undefined;
+      await settleReservation(c.get("deps"), principal, admission.spent, used, reserve);
+    }
     if (idempotency) await finishIdempotent(c.get("deps"), admission, idempotency.key);
     for (const [name, value] of Object.entries(headers)) c.res.headers.set(name, value);
   };

@@ -267,7 +267,7 @@ async function verifyHandshakeToken(
   if (!spent?.allowed || (credits === 0 && reserve === undefined)) return { ok: true, identity: { claims }, spent: spent ? [spent] : [] };
   // A route that costs credits spends them from the agent's account, with its shared limits: the widget's requests are
   // the account's as its keys' are. A token names no key, so only the account's object is asked.
-  const pool = await spendPool(c.get("deps"), claims.acc, { cost, credits, reserve });
+  const pool = await spendPool(c.get("deps"), { accountId: claims.acc }, { cost, credits, reserve });
   if (pool === null) return { ok: true, identity: { claims }, spent: [spent] };
   if ("code" in pool || !pool.allowed) await refund(c.get("deps"), spent);
   if ("code" in pool) return invalid("The token is not valid.");

@@ -25,6 +25,7 @@ import {
   operatorCreditsRoutes,
   poolCreditsAdjustRoutes,
   settleRoutes,
+  userCreditsRoutes,
 } from "./routes/credits";
 import { demoRoutes } from "./routes/demo";
 import { handshakeRoutes } from "./routes/handshake";
@@ -107,6 +108,7 @@ app.route("/v1/api-keys", keyCreditsRoutes);
 app.route("/v1/api-keys", keyCreditsAdjustRoutes);
 app.route("/v1/credits", settleRoutes);
 app.route(resource("/v1/users"), usersRoutes);
+app.route("/v1/users", userCreditsRoutes);
 app.route(resource("/v1/whoami"), whoamiRoutes);
 app.route(resource("/v1/agents"), agentsRoutes);
 app.route(resource("/v1/handshake"), handshakeRoutes);

@@ -1,9 +1,9 @@
 import { hashKey } from "../core/ids";
 import type { AuthMethod } from "../core/principal";
-import { type Need, type Principal, perPerson, pooled, type Refusal, refusal } from "../core/principal";
+import { type Need, type Principal, perPerson, personal, pooled, type Refusal, refusal } from "../core/principal";
 import type { Holdings } from "../counters/held";
 import { leasedCall } from "../counters/leased-call";
-import { type Charge, count, refund, spendPool } from "../counters/limiter";
+import { type Charge, refund, spendPool } from "../counters/limiter";
 import type { Idempotency, Spent } from "../counters/protocol";
 import type { Deps } from "../platform/deps";
 import type { Authorization, KeyObject } from "./object";
@@ -93,8 +93,8 @@ export async function authorizeKey(
 
 /**
  * Spends the request's charge from its account's object too, when the account shares limits or keeps a pool, and from
- * the person's counter when the account limits each person, once the key's object admitted it: all spent, or nothing
- * (refused by one, what the others spent is given back first).
+ * the person's object when the account limits each person or gives each a balance, once the key's object admitted it:
+ * all spent, or nothing (refused by one, what the others spent is given back first).
  */
 export async function withPool(
   deps: Deps,
@@ -105,25 +105,24 @@ export async function withPool(
 ): Promise<{ spent: Spent[]; unlimited: boolean } | { ok: false; code: "invalid_key" }> {
   // A retry already charged spends nothing anywhere.
   if (!first.allowed || first.replayed) return { spent: [first], unlimited: false };
+  const { accountId, userId } = principal;
+  const owners = [
+    ...(pooled(principal) ? [{ accountId }] : []),
+    ...(personal(principal) ? [{ accountId, person: { userId, limits: perPerson(principal), credits: principal.credits.user } }] : []),
+  ];
   const spent = [first];
   let unlimited = false;
-  if (pooled(principal)) {
-    const pool = await spendPool(deps, principal.accountId, charge, isolate);
-    if (pool !== null && ("code" in pool || !pool.allowed)) await refund(deps, first, isolate);
-    if (pool !== null && "code" in pool) return pool;
-    if (pool === null) unlimited = true;
-    else if (!pool.allowed) return { spent: [pool], unlimited: false };
-    else spent.push(pool);
-  }
-  // Limits per person: every key and session of theirs spends one budget, in a counter of theirs.
-  const mine = perPerson(principal);
-  if (mine.length > 0) {
-    const person = await count(deps, `person:${principal.userId}`, mine, charge.cost, charge.costs, isolate);
-    if (person === null) unlimited = true;
-    else if (!person.allowed) {
+  for (const owner of owners) {
+    const more = await spendPool(deps, owner, charge, isolate);
+    if (more === null) {
+      unlimited = true;
+      continue;
+    }
+    if ("code" in more || !more.allowed) {
       for (const s of spent) await refund(deps, s, isolate);
-      return { spent: [person], unlimited: false };
-    } else spent.push(person);
+      return "code" in more ? more : { spent: [more], unlimited: false };
+    }
+    spent.push(more);
   }
   return { spent, unlimited };
 }

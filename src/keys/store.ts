@@ -95,6 +95,8 @@ export async function loadKey(d: Db, by: { id: string } | { hash: string }): Pro
         planLimits: plans.rateLimits,
         credits: accounts.credits,
         planCredits: plans.credits,
+        userCredits: accounts.userCredits,
+        planUserCredits: plans.userCredits,
         maxRateLimit: accounts.maxRateLimit,
         maxRateLimitWindowSeconds: accounts.maxRateLimitWindowSeconds,
       },

@@ -199,6 +199,8 @@ async function liveSession(deps: Deps, sessionId: string, now: Date) {
         planLimits: plans.rateLimits,
         credits: accounts.credits,
         planCredits: plans.credits,
+        userCredits: accounts.userCredits,
+        planUserCredits: plans.userCredits,
         maxRateLimit: accounts.maxRateLimit,
         maxRateLimitWindowSeconds: accounts.maxRateLimitWindowSeconds,
       },

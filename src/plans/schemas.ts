@@ -1,6 +1,17 @@
 import { z } from "@hono/zod-openapi";
 import { storedCredits } from "../core/credits";
-import { CreditsSetting, creditsField, matching, NamedLimit, orNull, RateLimits, storedLimits, Timestamp, text } from "../core/schemas";
+import {
+  CreditsSetting,
+  creditsField,
+  matching,
+  NamedLimit,
+  orNull,
+  RateLimits,
+  storedLimits,
+  Timestamp,
+  text,
+  userCreditsField,
+} from "../core/schemas";
 import type { Plan } from "../platform/db/schema";
 
 const PLAN_ID = /^[a-z0-9][a-z0-9_-]{0,62}$/;
@@ -15,6 +26,7 @@ export const PlanInput = z
     credits: creditsField.openapi({
       description: "The credits pool of each account on the plan that sets none of its own; `null` or absent: unlimited",
     }),
+    userCredits: userCreditsField,
   })
   .openapi("PlanInput", {
     example: {
@@ -33,6 +45,7 @@ export const PlanView = z
     name: z.string(),
     rateLimits: z.array(NamedLimit),
     credits: orNull(CreditsSetting).openapi({ description: "What each account's pool opens with and its refill; null: unlimited" }),
+    userCredits: orNull(CreditsSetting).openapi({ description: "What each person's balance opens with and its refill; null: unlimited" }),
     /** How many accounts are on the plan. */
     accounts: z.number().int(),
     createdAt: Timestamp,
@@ -48,6 +61,7 @@ export function planView(p: Plan, accounts: number): z.infer<typeof PlanView> {
     name: p.name,
     rateLimits: storedLimits(p.rateLimits),
     credits: storedCredits(p.credits),
+    userCredits: storedCredits(p.userCredits),
     accounts,
     createdAt: p.createdAt,
     updatedAt: p.updatedAt,

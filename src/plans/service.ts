@@ -21,13 +21,14 @@ export async function putPlan(deps: Deps, id: string, input: z.infer<typeof Plan
   const rateLimits = JSON.stringify(input.rateLimits);
   // A PUT replaces the whole plan: credits it does not send are unlimited.
   const credits = creditsColumn(input.credits);
+  const userCredits = creditsColumn(input.userCredits);
   const [created] = await d
     .insert(plans)
-    .values({ id, name: input.name, rateLimits, credits, createdAt: at, updatedAt: at })
+    .values({ id, name: input.name, rateLimits, credits, userCredits, createdAt: at, updatedAt: at })
     .onConflictDoNothing()
     .returning({ id: plans.id });
   if (!created) {
-    await d.update(plans).set({ name: input.name, rateLimits, credits, updatedAt: at }).where(eq(plans.id, id));
+    await d.update(plans).set({ name: input.name, rateLimits, credits, userCredits, updatedAt: at }).where(eq(plans.id, id));
     const onPlan = await d.select({ id: accounts.id }).from(accounts).where(eq(accounts.planId, id));
     await reloadAccounts(
       deps,

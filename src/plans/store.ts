@@ -23,8 +23,11 @@ export async function findPlan(d: Db, id: string): Promise<{ plan: Plan; account
   return row;
 }
 
-/** The credits (JSON) of the plan `id`; null when it sets none, or when there is no such plan. */
-export async function planCredits(d: Db, id: string): Promise<string | null> {
-  const [row] = await d.select({ credits: plans.credits }).from(plans).where(eq(plans.id, id)).limit(1);
-  return row?.credits ?? null;
+/** The credits (JSON) of the plan `id`, its accounts' pool and each person's; null when it sets none, or when there is no such plan. */
+export async function planCredits(d: Db, id: string | null): Promise<{ planCredits: string | null; planUserCredits: string | null }> {
+  const [row] =
+    id === null
+      ? []
+      : await d.select({ planCredits: plans.credits, planUserCredits: plans.userCredits }).from(plans).where(eq(plans.id, id)).limit(1);
+  return row ?? { planCredits: null, planUserCredits: null };
 }

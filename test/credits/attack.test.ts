@@ -23,7 +23,7 @@ const gw = (path: string, init: Parameters<typeof through>[2] = {}, overrides: P
 
 const keyStub = (id: string) => env.KEYS.getByName(`key:${id}`);
 const balanceOf = async (id: string) => (await keyStub(id).credits(id))?.remaining;
-const poolOf = async (accountId: string) => (await env.ACCOUNTS.getByName(`account:${accountId}`).credits(accountId))?.remaining;
+const poolOf = async (accountId: string) => (await env.ACCOUNTS.getByName(`account:${accountId}`).credits({ accountId }))?.remaining;
 
 /** Gives the account a credits pool, as the operator would, before any key of it is used. */
 async function withPool(accountId: string, credits: unknown): Promise<void> {

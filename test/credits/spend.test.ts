@@ -38,7 +38,7 @@ async function withPool(accountId: string, credits: unknown, rateLimits?: unknow
 }
 
 const keyCredits = (keyId: string) => env.KEYS.getByName(`key:${keyId}`).credits(keyId);
-const poolCredits = (accountId: string) => env.ACCOUNTS.getByName(`account:${accountId}`).credits(accountId);
+const poolCredits = (accountId: string) => env.ACCOUNTS.getByName(`account:${accountId}`).credits({ accountId });
 
 /** A fresh account whose admin key is `admin`, and a key of it with `credits` of its own. */
 async function keyWith(credits: unknown, body: Record<string, unknown> = {}) {

@@ -19,7 +19,7 @@ describe("the key services outside a request", () => {
       accountSlug: null,
       keyPrefix: account.keyPrefix,
       limits: [{ name: "default", limit: 100, windowSeconds: 60 }],
-      credits: { key: null, account: null },
+      credits: { key: null, account: null, user: null },
       shared: [],
     };
     // A clock of its own, a few seconds behind the real one, so what is stored can only have come from it.

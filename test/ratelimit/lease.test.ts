@@ -47,7 +47,7 @@ const PRINCIPAL: Principal = {
   accountSlug: null,
   keyPrefix: "sk",
   limits: [{ name: "default", limit: 1, windowSeconds: 1 }],
-  credits: { key: null, account: null },
+  credits: { key: null, account: null, user: null },
   shared: [],
 };
 

@@ -94,7 +94,7 @@ describe("a key's credits", () => {
       expect(await stored("api_keys", "credits", plain.id)).toBeNull();
     }
     // The key's object has them for the lead's balance to open with.
-    expect((await principalOf(created.id)).credits).toEqual({ key: monthly, account: null });
+    expect((await principalOf(created.id)).credits).toEqual({ key: monthly, account: null, user: null });
   });
 
   it("answers 400 naming the field for credits it cannot hold, or a shared limit, and stores no key", async () => {
@@ -178,7 +178,7 @@ describe("an account's credits and shared limits (operator)", () => {
     expect(await (await call("/v1/account", { key: key.key })).json()).toMatchObject({ credits: view, rateLimits });
     expect(await (await call("/v1/whoami", { key: key.key })).json()).toMatchObject({ rateLimits });
     const principal = await principalOf(key.id);
-    expect(principal.credits).toEqual({ key: null, account: daily });
+    expect(principal.credits).toEqual({ key: null, account: daily, user: null });
     expect([...principal.limits, ...principal.shared]).toEqual(rateLimits);
     // The provisioned admin key has none of its own.
     expect(key).toMatchObject({ credits: null });
@@ -216,16 +216,16 @@ describe("an account's credits and shared limits (operator)", () => {
     const { account, key } = await provision();
     const other = await createKey(key.key, { credits: hourly });
     // Both objects hold their key's record before the change.
-    expect((await principalOf(key.id)).credits).toEqual({ key: null, account: null });
-    expect((await principalOf(other.id)).credits).toEqual({ key: hourly, account: null });
+    expect((await principalOf(key.id)).credits).toEqual({ key: null, account: null, user: null });
+    expect((await principalOf(other.id)).credits).toEqual({ key: hourly, account: null, user: null });
 
     const patch = (body: unknown) => call(`/v1/accounts/${account.id}`, { method: "PATCH", headers: operator, body });
     const set = await patch({ credits: monthly });
     expect(set.status).toBe(200);
     expect(await set.json()).toMatchObject({ id: account.id, credits: { ...monthly, nextRefillAt: next15th() } });
     expect(await stored("accounts", "credits", account.id)).toEqual(monthly);
-    expect((await principalOf(key.id)).credits).toEqual({ key: null, account: monthly });
-    expect((await principalOf(other.id)).credits).toEqual({ key: hourly, account: monthly });
+    expect((await principalOf(key.id)).credits).toEqual({ key: null, account: monthly, user: null });
+    expect((await principalOf(other.id)).credits).toEqual({ key: hourly, account: monthly, user: null });
     expect(await rows("SELECT actor FROM audit_events WHERE account_id = ? AND action = 'account.updated'", account.id)).toEqual([
       { actor: "operator" },
     ]);
@@ -234,6 +234,16 @@ describe("an account's credits and shared limits (operator)", () => {
     for (const [credits, field, message] of BAD_CREDITS) await refused(await patch({ credits }), field, message);
     expect(await stored("accounts", "credits", account.id)).toEqual(monthly);
 
+    // Each person's balance: stored, shown, and in the keys' objects before it is answered.
+    expect(await (await patch({ userCredits: hourly })).json()).toMatchObject({ userCredits: hourly });
+    expect(await stored("accounts", "user_credits", account.id)).toEqual(hourly);
+    expect((await principalOf(other.id)).credits).toEqual({ key: hourly, account: monthly, user: hourly });
+    for (const [userCredits, field, message] of BAD_CREDITS)
+      await refused(await patch({ userCredits }), `userCredits${field.slice("credits".length)}`, message);
+    expect(await stored("accounts", "user_credits", account.id)).toEqual(hourly);
+    expect(await (await patch({ userCredits: null })).json()).toMatchObject({ userCredits: null });
+    expect((await principalOf(other.id)).credits).toEqual({ key: hourly, account: monthly, user: null });
+
     // A PATCH without credits leaves them.
     expect(await (await patch({ meta: { tier: "gold" } })).json()).toMatchObject({ credits: { ...monthly } });
     expect(await stored("accounts", "credits", account.id)).toEqual(monthly);
@@ -241,7 +251,7 @@ describe("an account's credits and shared limits (operator)", () => {
     const cleared = await patch({ credits: null });
     expect(await cleared.json()).toMatchObject({ credits: null });
     expect(await stored("accounts", "credits", account.id)).toBeNull();
-    expect((await principalOf(key.id)).credits).toEqual({ key: null, account: null });
+    expect((await principalOf(key.id)).credits).toEqual({ key: null, account: null, user: null });
     expect(await (await call("/v1/account", { key: key.key })).json()).toMatchObject({ credits: null });
   });
 });
@@ -289,20 +299,20 @@ describe("a plan's credits and shared limits", () => {
     expect(await stored("accounts", "credits", onPlan.account.id)).toBeNull();
     expect(await (await call("/v1/account", { key: onPlan.key.key })).json()).toMatchObject({ credits: poolView });
     const principal = await principalOf(onPlan.key.id);
-    expect(principal.credits).toEqual({ key: null, account: monthly });
+    expect(principal.credits).toEqual({ key: null, account: monthly, user: null });
     expect([...principal.limits, ...principal.shared]).toEqual(rateLimits);
     expect(await (await call("/v1/whoami", { key: onPlan.key.key })).json()).toMatchObject({ rateLimits });
 
     // The account's own pool wins over its plan's.
     const own = await provision({ plan: id, credits: daily });
     expect(own.account).toMatchObject({ credits: { ...daily, nextRefillAt: nextMidnight() } });
-    expect((await principalOf(own.key.id)).credits).toEqual({ key: null, account: daily });
+    expect((await principalOf(own.key.id)).credits).toEqual({ key: null, account: daily, user: null });
 
     // The plan's new credits reach its accounts' keys right after the answer.
     const next: CreditsConfig = { remaining: 50, refill: null };
     expect((await put(id, { name: "Metered", rateLimits, credits: next })).status).toBe(200);
-    await expect.poll(async () => (await principalOf(onPlan.key.id)).credits, { timeout: 2000 }).toEqual({ key: null, account: next });
-    expect((await principalOf(own.key.id)).credits).toEqual({ key: null, account: daily });
+    await expect.poll(async () => (await principalOf(onPlan.key.id)).credits, { timeout: 2000 }).toEqual({ key: null, account: next, user: null });
+    expect((await principalOf(own.key.id)).credits).toEqual({ key: null, account: daily, user: null });
 
     // Moved onto the plan by the operator: its view and keys have the plan's pool; cleared, its own is gone and the plan's applies.
     const moved = await provision({ credits: hourly });
@@ -310,8 +320,8 @@ describe("a plan's credits and shared limits", () => {
     expect(await (await patch({ plan: id })).json()).toMatchObject({ plan: id, credits: { ...hourly, nextRefillAt: nextHour() } });
     const off = await patch({ credits: null });
     expect(await off.json()).toMatchObject({ plan: id, credits: { ...next, nextRefillAt: null } });
-    expect((await principalOf(moved.key.id)).credits).toEqual({ key: null, account: next });
+    expect((await principalOf(moved.key.id)).credits).toEqual({ key: null, account: next, user: null });
     expect(await (await patch({ plan: null })).json()).toMatchObject({ plan: null, credits: null });
-    expect((await principalOf(moved.key.id)).credits).toEqual({ key: null, account: null });
+    expect((await principalOf(moved.key.id)).credits).toEqual({ key: null, account: null, user: null });
   });
 });

@@ -21,7 +21,7 @@ describe("what the users service shows a principal", () => {
       accountSlug: null,
       keyPrefix: account.keyPrefix,
       limits: [{ name: "default", limit: 100, windowSeconds: 60 }],
-      credits: { key: null, account: null },
+      credits: { key: null, account: null, user: null },
       shared: [],
     });
     const [asAdmin, asMember] = [as(admin.id, "admin"), as(member.id, "member")];

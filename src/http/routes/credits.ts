@@ -1,7 +1,17 @@
 import { createRoute, type z } from "@hono/zod-openapi";
 import { CreditsBalance, IdParam, PageQuery, page } from "../../core/schemas";
 import { CreditsAdjustment, CreditsSettlement, LedgerEntryView, Settled } from "../../credits/schemas";
-import { accountPoolLedger, adjustKeyCredits, adjustPoolCredits, keyLedger, poolLedger, settleCredits } from "../../credits/service";
+import {
+  accountPoolLedger,
+  adjustKeyCredits,
+  adjustPoolCredits,
+  adjustUserCredits,
+  keyLedger,
+  poolLedger,
+  settleCredits,
+  userBalance,
+  userLedger,
+} from "../../credits/service";
 import { authenticate, idempotencyKeyOf } from "../../guards/authenticate";
 import { backend } from "../../guards/backend";
 import { pageOf } from "../../platform/db/pagination";
@@ -146,3 +156,62 @@ export const settleRoutes = routes().openapi(
   }),
   async (c) => c.json(await settleCredits(c.get("deps"), c.req.valid("json")), 200),
 );
+
+/** A person's balance, its ledger, and an admin's change to it (mounted under /v1/users). */
+export const userCreditsRoutes = routes()
+  .openapi(
+    createRoute({
+      method: "get",
+      path: "/{id}/credits",
+      summary: "A person's credits as of now (members: their own)",
+      description:
+        "The balance all the person's keys and sessions spend together, beside each key's own and the account's pool, when the account (or its plan) sets `userCredits`; `null`: unlimited.",
+      security: KEY_SECURITY,
+      middleware: authenticate("full"),
+      request: { params: IdParam },
+      responses: {
+        200: json(CreditsBalance.nullable(), "The person's balance"),
+        ...problems(...KEY_PROBLEMS, "not_found", "rate_limiter_unavailable"),
+      },
+    }),
+    async (c) => {
+      const balance = await userBalance(c.get("deps"), c.get("principal"), c.req.valid("param").id);
+      return c.json(balance as z.infer<typeof CreditsBalance> | null, 200);
+    },
+  )
+  .openapi(
+    createRoute({
+      method: "post",
+      path: "/{id}/credits",
+      summary: "Adjust a person's credits (admins)",
+      description: ADJUST_DESCRIPTION,
+      security: KEY_SECURITY,
+      middleware: withBody(authenticate("admin")),
+      request: { params: IdParam, body: jsonBody(CreditsAdjustment) },
+      responses: {
+        200: json(CreditsBalance, "The person's balance after the change"),
+        ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS, "not_found", ...ADJUST_PROBLEMS),
+      },
+    }),
+    async (c) => {
+      const deps = c.get("deps");
+      const balance = await adjustUserCredits(deps, c.get("principal"), c.req.valid("param").id, c.req.valid("json"), idempotencyKeyOf(c));
+      return c.json(balance as z.infer<typeof CreditsBalance>, 200);
+    },
+  )
+  .openapi(
+    createRoute({
+      method: "get",
+      path: "/{id}/credits/ledger",
+      summary: "A person's credits ledger, newest first (members: their own)",
+      description: CAUGHT_UP,
+      security: KEY_SECURITY,
+      middleware: authenticate("full"),
+      request: { params: IdParam, query: PageQuery },
+      responses: { 200: json(LEDGER_PAGE, "A page of the person's ledger"), ...problems(...KEY_PROBLEMS, "invalid_request", "not_found") },
+    }),
+    async (c) => {
+      const ledger = await userLedger(c.get("deps"), c.get("principal"), c.req.valid("param").id, pageOf(c.req.valid("query")));
+      return c.json(ledger, 200);
+    },
+  );

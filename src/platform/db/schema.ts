@@ -11,6 +11,8 @@ export const plans = sqliteTable("plans", {
   rateLimits: text("rate_limits").notNull(),
   /** JSON `{remaining, refill}`: the credits pool of each account on the plan; null: unlimited. */
   credits: text("credits"),
+  /** JSON `{remaining, refill}`: the balance each person of an account on the plan has; null: unlimited. */
+  userCredits: text("user_credits"),
   createdAt: text("created_at").notNull(),
   updatedAt: text("updated_at").notNull(),
 });
@@ -36,6 +38,8 @@ export const accounts = sqliteTable(
     planId: text("plan_id").references(() => plans.id),
     /** JSON `{remaining, refill}`: the account's credits pool, overriding its plan's; null: the plan's (or unlimited). */
     credits: text("credits"),
+    /** JSON `{remaining, refill}`: the balance each person of the account has, overriding its plan's; null: the plan's (or unlimited). */
+    userCredits: text("user_credits"),
     createdAt: text("created_at").notNull(),
     /** The provider's own id of the account (its billing's), unique across the deployment. */
     externalId: text("external_id"),
@@ -263,7 +267,7 @@ export const keyUsage = sqliteTable(
 
 /**
  * Every movement of a credits balance, flushed from the object that holds the balance (a key's, or the account pool's
- * `account:<id>` counter). Spends, and lease returns, are summed per owner and UTC minute (`count` entries in one row);
+ * `account:<id>` counter, or a person's `user:<id>`). Spends, and lease returns, are summed per owner and UTC minute (`count` entries in one row);
  * every other movement is its own row. Ids are made in the object, so a flush repeated after a failure writes nothing
  * twice. No foreign keys: a row the object could not write would hold back every row after it, and the ledger
  * outlives what it names.
@@ -273,8 +277,10 @@ export const creditLedger = sqliteTable(
   {
     id: text("id").primaryKey(),
     accountId: text("account_id").notNull(),
-    /** The key whose own balance moved; null for the account pool's entries. */
+    /** The key whose own balance moved; null for the account pool's and a person's entries. */
     keyId: text("key_id"),
+    /** The person whose balance moved (`user:<id>`); null for a key's and the account pool's entries. */
+    userId: text("user_id"),
     /** When it moved (a summed row: its last entry), ISO-8601 UTC. */
     at: text("at").notNull(),
     delta: integer("delta").notNull(),
@@ -286,7 +292,7 @@ export const creditLedger = sqliteTable(
     actor: text("actor"),
     reason: text("reason"),
   },
-  (t) => [index("credit_ledger_owner_at").on(t.accountId, t.keyId, t.at, t.id)],
+  (t) => [index("credit_ledger_owner_at").on(t.accountId, t.keyId, t.at, t.id), index("credit_ledger_user_at").on(t.userId, t.at, t.id)],
 );
 
 export type Plan = typeof plans.$inferSelect;
