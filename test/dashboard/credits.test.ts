@@ -87,11 +87,33 @@ describe("dashboard: plan, limits and the credits pool", () => {
     );
   });
 
+  it("shows each person their own balance and the limits counted per person, when the account gives them", async () => {
+    const provisioned = await provision({
+      userCredits: { remaining: 40 },
+      rateLimits: [
+        { name: "minute", limit: 100, windowSeconds: 60 },
+        { name: "person", limit: 500, windowSeconds: 3600, shared: "user" },
+      ],
+    });
+    const member = await person(provisioned.key.key, "member");
+    const cookie = await signIn(member.email);
+    const taken = await call(`/v1/users/${member.id}/credits`, { key: provisioned.key.key, body: { operation: "subtract", amount: 7 } });
+    expect(await taken.json()).toMatchObject({ remaining: 33 });
+    const body = await html(await page("/dashboard/usage", { cookie }));
+    expect(cell(body, 'data-limit="person"')).toContain("per person, all their keys");
+    const mine = body.slice(body.indexOf("data-my-credits"), body.indexOf("</p>", body.indexOf("data-my-credits")));
+    expect(mine).toContain('data-credits-remaining="33">33 left');
+    // The admin is another person: their own balance, untouched.
+    const theirs = await html(await page("/dashboard/usage", { cookie: await signIn((await person(provisioned.key.key, "admin")).email) }));
+    expect(theirs).toContain('data-credits-remaining="40">40 left');
+  });
+
   it("an account with no pool shows it unlimited, and no plan", async () => {
     const { cookie } = await admin();
     const body = await html(await page("/dashboard/usage", { cookie }));
     expect(body).toContain("none (the account&#39;s own limits)");
     expect(body).toMatch(/Credits pool \(spent by all keys together\): <span class="muted">unlimited<\/span>/);
+    expect(body).not.toContain("data-my-credits");
   });
 
   it("charts the credits spent per hour beside the requests, and a credits column per key", async () => {

@@ -311,7 +311,9 @@ describe("a plan's credits and shared limits", () => {
     // The plan's new credits reach its accounts' keys right after the answer.
     const next: CreditsConfig = { remaining: 50, refill: null };
     expect((await put(id, { name: "Metered", rateLimits, credits: next })).status).toBe(200);
-    await expect.poll(async () => (await principalOf(onPlan.key.id)).credits, { timeout: 2000 }).toEqual({ key: null, account: next, user: null });
+    await expect
+      .poll(async () => (await principalOf(onPlan.key.id)).credits, { timeout: 2000 })
+      .toEqual({ key: null, account: next, user: null });
     expect((await principalOf(own.key.id)).credits).toEqual({ key: null, account: daily, user: null });
 
     // Moved onto the plan by the operator: its view and keys have the plan's pool; cleared, its own is gone and the plan's applies.

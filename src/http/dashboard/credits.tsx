@@ -4,7 +4,7 @@ import type { LedgerEntryView } from "../../credits/schemas";
 import { Table, Time } from "./layout";
 
 /** A balance as the API shows it (`credits` of a key or an account): null is unlimited. */
-type Credits = { remaining: number | null; refill: Refill | null; nextRefillAt: string | null } | null;
+export type Credits = { remaining: number | null; refill: Refill | null; nextRefillAt: string | null } | null;
 
 /** A number as people read it: `1,000`. */
 export const count = (n: number) => n.toLocaleString("en");

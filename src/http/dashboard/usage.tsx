@@ -2,13 +2,13 @@ import { Hono } from "hono";
 import type { FC } from "hono/jsx";
 import { accountView } from "../../accounts/schemas";
 import { getAccount } from "../../accounts/service";
-import { poolBalance, poolLedger } from "../../credits/service";
+import { poolBalance, poolLedger, userBalance } from "../../credits/service";
 import { keysByIds } from "../../keys/service";
 import { pageOf } from "../../platform/db/pagination";
 import { accountUsage, hourOf, keysUsage } from "../../usage/service";
 import { emailsOf } from "../../users/service";
 import { UsageChart } from "./chart";
-import { Balance, count, LedgerTable } from "./credits";
+import { Balance, type Credits, count, LedgerTable } from "./credits";
 import { Layout, Pager, Table } from "./layout";
 import { render } from "./render";
 import { type DashContext, type DashEnv, needs, signedIn } from "./session";
@@ -37,7 +37,7 @@ export const usagePages = new Hono<DashEnv>()
     const to = new Date(Date.parse(hourOf(deps.now().getTime())) + 3_600_000).toISOString();
     const range = { from: new Date(Date.parse(to) - hours * 3_600_000).toISOString(), to };
     // GET /v1/account/usage's answer: a member's total is their own keys' (the account's is not theirs to see).
-    const [usage, account] = await Promise.all([accountUsage(deps, p, range), accountNow(c)]);
+    const [usage, account, mine] = await Promise.all([accountUsage(deps, p, range), accountNow(c), userBalance(deps, p, p.userId)]);
     const busy = [...usage.keys].sort((a, b) => b.admitted + b.rateLimited - (a.admitted + a.rateLimited));
     const top = busy.slice(0, KEY_CHARTS);
     const charted = top.map((k) => k.keyId);
@@ -46,7 +46,7 @@ export const usagePages = new Hono<DashEnv>()
     return render(
       c,
       <Layout title="Usage" who={{ principal: p, email: c.get("email") }} current={PATH}>
-        <PlanSection account={account} admin={p.role === "admin"} />
+        <PlanSection account={account} mine={mine} admin={p.role === "admin"} />
         <h2>Requests</h2>
         <form class="filters" method="get" action={PATH}>
           <div>
@@ -138,8 +138,11 @@ export function windowWords(seconds: number): string {
   return n === 1 ? unit.one : `${count(n)} ${unit.one}s`;
 }
 
-/** The account's plan, the limits its keys spend (those shared by all keys marked), and its credits pool. */
-const PlanSection: FC<{ account: ReturnType<typeof accountView>; admin: boolean }> = ({ account, admin }) => (
+/**
+ * The account's plan, the limits its keys spend (those shared by all keys or per person marked), its credits pool, and
+ * the signed-in person's own balance when the account gives each person one.
+ */
+const PlanSection: FC<{ account: ReturnType<typeof accountView>; mine: Credits; admin: boolean }> = ({ account, mine, admin }) => (
   <section aria-labelledby="plan-title">
     <h2 id="plan-title">Plan and limits</h2>
     <p>
@@ -158,7 +161,15 @@ const PlanSection: FC<{ account: ReturnType<typeof accountView>; admin: boolean 
           </td>
           <td class="number">{count(l.limit)}</td>
           <td>{windowWords(l.windowSeconds)}</td>
-          <td>{l.shared === "account" ? <span class="badge">shared by all keys</span> : "per key"}</td>
+          <td>
+            {l.shared === "account" ? (
+              <span class="badge">shared by all keys</span>
+            ) : l.shared === "user" ? (
+              <span class="badge">per person, all their keys</span>
+            ) : (
+              "per key"
+            )}
+          </td>
         </tr>
       ))}
     </Table>
@@ -172,5 +183,10 @@ const PlanSection: FC<{ account: ReturnType<typeof accountView>; admin: boolean 
         </>
       )}
     </p>
+    {account.userCredits !== null && (
+      <p data-my-credits>
+        Your credits (all your keys together): <Balance credits={mine} none="unlimited" />
+      </p>
+    )}
   </section>
 );
