@@ -61,6 +61,9 @@ export async function provisionAccount(
     meta: storedMeta(meta),
     credits: creditsColumn(credits),
     userCredits: creditsColumn(userCredits),
+    keyFormat: "plain",
+    leakResponse: "notify",
+    allowedIps: null,
   };
   const user = {
     id: newId("usr"),

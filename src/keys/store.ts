@@ -61,6 +61,8 @@ export async function mintKey(input: NewKey, now: Date): Promise<{ raw: string; 
     externalId: input.externalId ?? null,
     meta: storedMeta(input.meta),
     credits: creditsColumn(input.credits),
+    allowedIps: null,
+    leakedAt: null,
   };
   return { raw, row };
 }

@@ -45,6 +45,12 @@ export const accounts = sqliteTable(
     externalId: text("external_id"),
     /** The provider's JSON object about the account (at most 1 KB), as stored text. */
     meta: text("meta"),
+    /** The format of the keys it issues: `checksummed` (a scanner can recognise them) or the seeds' `plain`. */
+    keyFormat: text("key_format", { enum: ["checksummed", "plain"] }).notNull().default("plain"),
+    /** What a reported leak of one of its keys does: `revoke` it at once, or `notify` (mark it, and tell). */
+    leakResponse: text("leak_response", { enum: ["revoke", "notify"] }).notNull().default("notify"),
+    /** JSON array of CIDRs its keys are used from when they set none of their own; null: anywhere. */
+    allowedIps: text("allowed_ips"),
   },
   (t) => [
     uniqueIndex("accounts_slug").on(t.slug),
@@ -118,6 +124,10 @@ export const apiKeys = sqliteTable(
     externalId: text("external_id"),
     /** The provider's JSON object about the key (at most 1 KB), as stored text. */
     meta: text("meta"),
+    /** JSON array of CIDRs the key may be used from (judged on CF-Connecting-IP); null: the account's. */
+    allowedIps: text("allowed_ips"),
+    /** When a leak of the key was first reported. */
+    leakedAt: text("leaked_at"),
   },
   (t) => [
     uniqueIndex("api_keys_hash").on(t.hash),
@@ -300,3 +310,86 @@ export type Account = typeof accounts.$inferSelect;
 export type Agent = typeof agents.$inferSelect;
 export type User = typeof users.$inferSelect;
 export type ApiKey = typeof apiKeys.$inferSelect;
+
+/**
+ * An account's webhook endpoints (the Standard Webhooks specification): where its events are POSTed, signed with the
+ * endpoint's secret (and, with `ed25519`, Keygate's public key as well).
+ */
+export const webhooks = sqliteTable(
+  "webhooks",
+  {
+    id: text("id").primaryKey(),
+    accountId: text("account_id")
+      .notNull()
+      .references(() => accounts.id),
+    url: text("url").notNull(),
+    /** JSON array of event types, or `["*"]`. */
+    events: text("events").notNull(),
+    description: text("description"),
+    /** `whsec_` + base64 of 32 random bytes: what signs every delivery (it has to be kept to sign). */
+    secret: text("secret").notNull(),
+    /** The secret before the last rotation, which signs beside the new one until `previousSecretUntil`. */
+    previousSecret: text("previous_secret"),
+    previousSecretUntil: text("previous_secret_until"),
+    /** Whether deliveries also carry an Ed25519 signature (`v1a,`) under Keygate's published key. */
+    ed25519: integer("ed25519", { mode: "boolean" }).notNull().default(false),
+    /** Since when every delivery to it has failed; null while it answers. */
+    failingSince: text("failing_since"),
+    disabledAt: text("disabled_at"),
+    disabledReason: text("disabled_reason"),
+    createdAt: text("created_at").notNull(),
+    updatedAt: text("updated_at").notNull(),
+  },
+  (t) => [index("webhooks_account").on(t.accountId)],
+);
+
+/**
+ * Events, written in the same D1 batch as the change they tell of (an outbox), then handed to the queue; `queuedAt`
+ * null until then. Nothing here holds a key, a hash, a password or a token.
+ */
+export const webhookEvents = sqliteTable(
+  "webhook_events",
+  {
+    /** The `webhook-id` of every delivery of it. */
+    id: text("id").primaryKey(),
+    accountId: text("account_id").notNull(),
+    type: text("type").notNull(),
+    /** JSON: the event's `data`. */
+    data: text("data").notNull(),
+    createdAt: text("created_at").notNull(),
+    queuedAt: text("queued_at"),
+  },
+  (t) => [index("webhook_events_unqueued").on(t.queuedAt, t.createdAt), index("webhook_events_account").on(t.accountId, t.createdAt)],
+);
+
+/** One event for one endpoint: its attempts until one succeeds, or it has failed for good. */
+export const webhookDeliveries = sqliteTable(
+  "webhook_deliveries",
+  {
+    id: text("id").primaryKey(),
+    webhookId: text("webhook_id").notNull(),
+    eventId: text("event_id").notNull(),
+    accountId: text("account_id").notNull(),
+    status: text("status", { enum: ["pending", "succeeded", "failed"] }).notNull(),
+    attempts: integer("attempts").notNull().default(0),
+    nextAttemptAt: text("next_attempt_at"),
+    createdAt: text("created_at").notNull(),
+    updatedAt: text("updated_at").notNull(),
+  },
+  (t) => [uniqueIndex("webhook_deliveries_event").on(t.webhookId, t.eventId), index("webhook_deliveries_webhook").on(t.webhookId, t.createdAt)],
+);
+
+/** Every attempt of a delivery: when, what the endpoint answered (or why nothing), and how long it took. */
+export const webhookAttempts = sqliteTable(
+  "webhook_attempts",
+  {
+    id: text("id").primaryKey(),
+    deliveryId: text("delivery_id").notNull(),
+    at: text("at").notNull(),
+    /** The endpoint's status code; null when it did not answer (`error` says why). */
+    statusCode: integer("status_code"),
+    error: text("error"),
+    durationMs: integer("duration_ms").notNull(),
+  },
+  (t) => [index("webhook_attempts_delivery").on(t.deliveryId, t.at)],
+);
