@@ -13,6 +13,7 @@ const FLOORS = {
   counters: 2,
   keys: 3,
   users: 3,
+  webhooks: 3,
   accounts: 3,
   agents: 3,
   people: 3,

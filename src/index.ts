@@ -1,8 +1,23 @@
 import { app } from "./http/app";
+import type { EventMessage } from "./platform/db/events";
+import { publishEvents } from "./platform/db/events";
+import { makeDeps } from "./platform/deps";
+import type { Bindings } from "./platform/env";
+import { consume } from "./webhooks/deliver";
 
 export { AccountObject } from "./counters/account-object";
 export { Counter } from "./counters/counter-object";
 export { KeyObject } from "./keys/object";
 export { KeygateVerifier } from "./verifier";
 
-export default app;
+export default {
+  fetch: app.fetch,
+  /** Events on their way to webhook endpoints (src/webhooks/deliver.ts). */
+  async queue(batch, env, ctx) {
+    await consume(makeDeps(env, ctx), batch.messages);
+  },
+  /** Every minute: events whose hand-off to the queue failed after their change. */
+  async scheduled(_controller, env, ctx) {
+    await publishEvents(makeDeps(env, ctx));
+  },
+} satisfies ExportedHandler<Bindings, EventMessage>;

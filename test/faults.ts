@@ -162,3 +162,15 @@ export async function objectDatabase(stub: DurableObjectStub<KeyObject>, make: (
       instance.reload();
     });
 }
+
+/** A queue whose `send` and `sendBatch` suffer the fault (the queue is down); the messages never arrive. */
+export function faultyQueue(queue: Queue, fault: Fault): Queue {
+  let count = 0;
+  return new Proxy(queue, {
+    get(target, prop) {
+      const value = Reflect.get(target, prop, target);
+      if (prop === "send" || prop === "sendBatch") return (...args: unknown[]) => apply(fault, count++, () => value.apply(target, args));
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}

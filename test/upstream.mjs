@@ -1,6 +1,7 @@
 // A real upstream for the gateway tests, run by vitest's config in Node on 127.0.0.1 (an ephemeral port). It answers
 // what it received, so tests can see exactly what the gateway forwards.
 import { createServer } from "node:http";
+import { receive } from "./receiver.mjs";
 
 /** Bytes received so far per upload id, and releases waited for by streaming answers. */
 const uploads = new Map();
@@ -29,6 +30,7 @@ export async function startUpstream() {
 
 async function answer(req, res) {
   const url = new URL(req.url, "http://upstream");
+  if (await receive(req, res, url)) return;
   const [, kind, id] = url.pathname.split("/");
   if (kind === "probe")
     return res.writeHead(200, { "Content-Type": "application/json" }).end(JSON.stringify({ bytes: uploads.get(id) ?? 0 }));

@@ -34,6 +34,7 @@ import { plansRoutes } from "./routes/plans";
 import { resourceOwnersRoutes } from "./routes/resource-owners";
 import { usersRoutes } from "./routes/users";
 import { verifyRoutes } from "./routes/verify";
+import { webhooksRoutes } from "./routes/webhooks";
 import { wellKnownRoutes } from "./routes/well-known";
 
 export const app = routes();
@@ -111,6 +112,7 @@ app.route(resource("/v1/users"), usersRoutes);
 app.route("/v1/users", userCreditsRoutes);
 app.route(resource("/v1/whoami"), whoamiRoutes);
 app.route(resource("/v1/agents"), agentsRoutes);
+app.route(resource("/v1/webhooks"), webhooksRoutes);
 app.route(resource("/v1/handshake"), handshakeRoutes);
 // Not a resource of Keygate's: a gateway route may take the chat's paths for the provider's own chat; Keygate's echo
 // answers where none does.

@@ -7,8 +7,9 @@ import { creditsConfig, externalChange, parseMeta, sentLimits } from "../core/sc
 import type { Limit, Policy } from "../core/window";
 import { auditIfChanged, auditInsert } from "../platform/db/audit";
 import { batch, type Db, violates } from "../platform/db/client";
+import { eventIfChanged, newEvent, publishEvents } from "../platform/db/events";
 import type { Page } from "../platform/db/pagination";
-import { type ApiKey, accounts, apiKeys, users } from "../platform/db/schema";
+import { type ApiKey, accounts, apiKeys, users, webhookEvents } from "../platform/db/schema";
 import type { Deps } from "../platform/deps";
 import { ApiError, type FieldError, invalidRequest } from "../platform/errors";
 import { safeError } from "../platform/log";
@@ -53,10 +54,13 @@ export async function createKey(deps: Deps, p: Principal, body: z.infer<typeof N
     now,
   );
   const d = deps.db;
+  const event = newEvent({ accountId: p.accountId, type: "api_key.created", data: { key: keyEvent(row), actor: p.userId } }, now);
   await batch(deps.env.DB, [
     d.insert(apiKeys).values(row),
     auditInsert(d, { accountId: p.accountId, actor: p.userId, action: "key.created", target: row.id, requestId: deps.requestId }, now),
+    d.insert(webhookEvents).values(event),
   ]).catch(externalIdTaken(row.externalId));
+  await publishEvents(deps, [event.id]);
   return { raw, row, now };
 }
 
@@ -102,6 +106,10 @@ export async function revokeKey(deps: Deps, p: Principal, id: string): Promise<{
     return { key, now };
   }
   const d = deps.db;
+  const event = newEvent(
+    { accountId: p.accountId, type: "api_key.revoked", data: { key: keyEvent({ ...key, revokedAt: now.toISOString() }), actor: p.userId } },
+    now,
+  );
   const [revoked] = await writeChange(deps, [key.id], () =>
     batch(deps.env.DB, [
       revokeStatement(d, key, p.userId, now, now),
@@ -110,8 +118,11 @@ export async function revokeKey(deps: Deps, p: Principal, id: string): Promise<{
         { accountId: p.accountId, actor: p.userId, action: "key.revoked", target: key.id, requestId: deps.requestId },
         now,
       ),
+      eventIfChanged(deps.env.DB, event),
     ]),
   );
+  // Told once the revocation is stored (even when putting it in force still fails: it stands).
+  if (revoked?.meta.changes === 1) await publishEvents(deps, [event.id]);
   const current =
     revoked?.meta.changes === 1 ? { ...key, revokedAt: now.toISOString(), revokedBy: p.userId } : await getKey(deps, p, key.id);
   if (keyStatus(current, now) !== "revoked") {
@@ -170,6 +181,14 @@ export async function rotateKey(deps: Deps, p: Principal, id: string, rotation: 
   const revokeAt = new Date(now.getTime() + grace * 1000);
   const audit = { accountId: p.accountId, actor: p.userId, requestId: deps.requestId };
   const d = deps.db;
+  const event = newEvent(
+    {
+      accountId: p.accountId,
+      type: "api_key.rotated",
+      data: { key: keyEvent({ ...old, revokedAt: revokeAt.toISOString() }), successor: keyEvent(row), actor: p.userId },
+    },
+    now,
+  );
   try {
     await writeChange(deps, [old.id], () =>
       batch(deps.env.DB, [
@@ -177,6 +196,7 @@ export async function rotateKey(deps: Deps, p: Principal, id: string, rotation: 
         revokeStatement(d, old, p.userId, revokeAt, now),
         auditInsert(d, { ...audit, action: "key.rotated", target: old.id }, now),
         auditInsert(d, { ...audit, action: "key.created", target: row.id }, now),
+        d.insert(webhookEvents).values(event),
       ]),
     );
     await reloadKeys(deps, [old.id]);
@@ -185,7 +205,7 @@ export async function rotateKey(deps: Deps, p: Principal, id: string, rotation: 
     if (violates(err, "api_keys.rotated_from")) throw new ApiError("key_not_active", `Key ${old.id} has already been rotated.`);
     // D1 did not answer in time (the batch may still land) or the old key's counter did not hear of its revocation:
     // the rotation is not known to be in force. Undo it, unless someone revoked the old key meanwhile.
-    if (!(await undoRotation(deps, old, row, revokeAt, now, audit))) {
+    if (!(await undoRotation(deps, old, row, revokeAt, now, audit, event.id))) {
       await reloadKeys(deps, [old.id]).catch(() => {});
       if (err instanceof ApiError && err.code === "change_pending")
         throw new ApiError(
@@ -198,6 +218,8 @@ export async function rotateKey(deps: Deps, p: Principal, id: string, rotation: 
       throw err;
     }
   }
+  // The rotation stands (done, or not undone because someone revoked the old key meanwhile): its event goes out.
+  await publishEvents(deps, [event.id]);
   if (inherits) await moveCredits(deps, old.id, row.id);
   return { raw, row, now };
 }
@@ -238,6 +260,7 @@ async function undoRotation(
   revokeAt: Date,
   now: Date,
   audit: { accountId: string; actor: string; requestId: string },
+  eventId: string,
 ): Promise<boolean> {
   const d = deps.db;
   const dead = { revokedAt: now.toISOString(), revokedBy: audit.actor, rotatedFrom: null };
@@ -255,6 +278,10 @@ async function undoRotation(
         setWhere: sql`EXISTS (SELECT 1 FROM api_keys o WHERE o.id = ${old.id} AND o.revoked_at IS NULL)`,
       }),
     auditInsert(d, { ...audit, action: "key.rotation_undone", target: old.id }, now),
+    // Its event goes with it (the request hands it on only once the rotation stands; the sweep waits longer than this).
+    deps.env.DB.prepare(
+      "DELETE FROM webhook_events WHERE id = ? AND queued_at IS NULL AND EXISTS (SELECT 1 FROM api_keys WHERE id = ? AND revoked_at IS NOT NULL)",
+    ).bind(eventId, row.id),
   ]);
   const [fresh] = await d.select({ revokedAt: apiKeys.revokedAt }).from(apiKeys).where(eq(apiKeys.id, row.id)).limit(1);
   return fresh?.revokedAt === null;
@@ -317,4 +344,19 @@ export async function mayCreateKeys(deps: Deps, p: Principal): Promise<boolean> 
 async function accountOf(d: Db, p: Principal) {
   const [account] = await d.select().from(accounts).where(eq(accounts.id, p.accountId)).limit(1);
   return account;
+}
+
+/** A key as events tell of it: who and what, never its secret or hash. */
+function keyEvent(k: ApiKey) {
+  return {
+    id: k.id,
+    name: k.name,
+    prefix: k.prefix,
+    start: k.start,
+    ownerId: k.ownerId,
+    scopes: JSON.parse(k.scopes) as string[],
+    expiresAt: k.expiresAt,
+    revokedAt: k.revokedAt,
+    externalId: k.externalId,
+  };
 }

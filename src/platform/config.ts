@@ -209,6 +209,8 @@ const FIELDS = {
   publicOrigin: "PUBLIC_ORIGIN",
   /** The one host the dashboard is served on (and no gateway traffic); unset, every host serves it. */
   dashboardHost: "DASHBOARD_HOST",
+  /** Plain http allowed: local development's requests, and webhook endpoints. */
+  allowHttp: "ALLOW_HTTP",
 } as const satisfies Record<string, keyof typeof ConfigSchema.shape>;
 
 type Shape = typeof ConfigSchema.shape;

@@ -10,8 +10,9 @@ import { type Invitation, newInvitation } from "../people/invitations";
 import { dashboardOrigin } from "../platform/config";
 import { auditIfChanged, auditInsert } from "../platform/db/audit";
 import { batch } from "../platform/db/client";
+import { eventIfChanged, newEvent, publishEvents } from "../platform/db/events";
 import type { Page } from "../platform/db/pagination";
-import { type User, users } from "../platform/db/schema";
+import { type User, users, webhookEvents } from "../platform/db/schema";
 import type { Deps } from "../platform/deps";
 import { ApiError, invalidRequest } from "../platform/errors";
 import type { NewUser, UserChange } from "./schemas";
@@ -44,7 +45,8 @@ export async function createUser(
   };
   const d = deps.db;
   const { invitation, statements } = await newInvitation(deps.env.DB, dashboardOrigin(deps.config, reachedAt), user.id, now);
-  // INSERT OR IGNORE plus a guarded audit event: a taken email writes nothing at all.
+  const event = invited(p, user, invitation, now);
+  // INSERT OR IGNORE plus a guarded audit event and event: a taken email writes nothing at all.
   const [inserted] = await batch(deps.env.DB, [
     d.insert(users).values(user).onConflictDoNothing(),
     auditIfChanged(
@@ -52,9 +54,11 @@ export async function createUser(
       { accountId: p.accountId, actor: p.userId, action: "user.created", target: user.id, requestId: deps.requestId },
       now,
     ),
+    eventIfChanged(deps.env.DB, event),
     ...statements,
   ]);
   if (inserted?.meta.changes !== 1) throw new ApiError("email_taken", `A user with email ${user.email} already exists in this account.`);
+  await publishEvents(deps, [event.id]);
   return { user, invitation };
 }
 
@@ -75,11 +79,17 @@ export async function updateUser(
   }
   const granted = grants === undefined ? null : JSON.stringify(grants);
   // A user of the caller's account, or 404 before anything is written or reloaded.
-  const { id } = await getUser(deps, p, userId);
+  const before = await getUser(deps, p, userId);
+  const { id } = before;
   const d = deps.db;
   const now = deps.now();
   // The user's keys act with the user's rights: their objects see the change before the answer.
   const keyIds = await liveKeyIds(d, { ownerId: id }, now);
+  // Told when this change disables them (written only if the change is).
+  const event =
+    disabled === true && !before.disabled
+      ? newEvent({ accountId: p.accountId, type: "user.disabled", data: { user: userEvent(before), actor: p.userId } }, now)
+      : null;
   if (role !== undefined || disabled !== undefined || granted !== null) {
     const [updated] = await writeChange(deps, keyIds, () =>
       batch(deps.env.DB, [
@@ -105,6 +115,7 @@ export async function updateUser(
           { accountId: p.accountId, actor: p.userId, action: "user.updated", target: id, requestId: deps.requestId },
           now,
         ),
+        ...(event ? [eventIfChanged(deps.env.DB, event)] : []),
         // A disabled user's sessions end with the change (re-enabling them brings none back).
         deps.env.DB.prepare(
           "UPDATE sessions SET ended_at = ?, end_reason = 'user_disabled' WHERE user_id = ? AND ended_at IS NULL AND (SELECT disabled FROM users WHERE id = ?) = 1",
@@ -112,6 +123,7 @@ export async function updateUser(
       ]),
     );
     if (updated?.meta.changes !== 1) await explainUnchanged(deps, p, id, role, disabled, granted);
+    if (event) await publishEvents(deps, [event.id]);
   }
   // A repeat of a request whose change is already stored reloads too, so it completes a change a failed reload left
   // pending at once.
@@ -184,12 +196,29 @@ export function emailsOf(deps: Deps, p: Principal, ids: string[]): Promise<Map<s
 
 /** A new invitation for a user of the account (a first password, or a reset), replacing any unused one. */
 export async function reinvite(deps: Deps, p: Principal, userId: string, reachedAt: URL): Promise<Invitation> {
-  const { id } = await getUser(deps, p, userId);
+  const user = await getUser(deps, p, userId);
+  const { id } = user;
   const now = deps.now();
   const { invitation, statements } = await newInvitation(deps.env.DB, dashboardOrigin(deps.config, reachedAt), id, now);
+  const event = invited(p, user, invitation, now);
   await batch(deps.env.DB, [
     ...statements,
     auditInsert(deps.db, { accountId: p.accountId, actor: p.userId, action: "user.invited", target: id, requestId: deps.requestId }, now),
+    deps.db.insert(webhookEvents).values(event),
   ]);
+  await publishEvents(deps, [event.id]);
   return invitation;
+}
+
+/** A person as events tell of them. */
+function userEvent(u: Pick<User, "id" | "email" | "role">) {
+  return { id: u.id, email: u.email, role: u.role };
+}
+
+/** `user.invited`: who, by whom, and until when the invitation holds (never its token). */
+function invited(p: Principal, user: User, invitation: Invitation, now: Date) {
+  return newEvent(
+    { accountId: p.accountId, type: "user.invited", data: { user: userEvent(user), actor: p.userId, expiresAt: invitation.expiresAt } },
+    now,
+  );
 }
