@@ -218,6 +218,10 @@ async function seed() {
   const agentA = await call("POST", "/v1/agents", { key: rootA, body: { name: "Support", allowedOrigins: [WIDGET, LOCAL_WIDGET] } });
   const spareAgent = await call("POST", "/v1/agents", { key: rootA, body: { name: "Spare", allowedOrigins: [WIDGET] } });
   const agentB = await call("POST", "/v1/agents", { key: rootB, body: { name: "Globex", allowedOrigins: ["https://globex.example"] } });
+  // Endpoints no event of the run reaches (they ask only for tests): the fuzzer sends nothing out of this machine.
+  const hook = { url: "https://127.0.0.1:9/keygate", events: ["webhook.test"] };
+  const webhookA = await call("POST", "/v1/webhooks", { key: rootA, body: hook });
+  const webhookB = await call("POST", "/v1/webhooks", { key: rootB, body: hook });
   const userHash = createHmac("sha256", agentA.identitySecret).update("user-42").digest("hex");
   const handshake = (body: object, extra: CallOptions): Promise<string> =>
     call("POST", "/v1/handshake", { body, ...extra }).then((r) => r.token);
@@ -253,8 +257,9 @@ async function seed() {
     changeableKeyIds: [revoked.id, expiring.id, ...disposable.map((k) => k.id)],
     changeableUserIds: [spareUser.id],
     agentIds: [agentA.id, spareAgent.id],
+    webhookIds: [webhookA.id],
     changeableAgentIds: [spareAgent.id],
-    otherAccountIds: [b.account.id, b.key.id, adminB.id, disposableB.id, b.admin.id, agentB.id],
+    otherAccountIds: [b.account.id, b.key.id, adminB.id, disposableB.id, b.admin.id, agentB.id, webhookB.id],
     secrets: [
       rootB,
       ...Object.values(keys).map((k) => k.key),
@@ -654,6 +659,15 @@ const RIGHTS: Record<string, Needs> = {
   "GET /v1/agents/{id}": "admin",
   "PATCH /v1/agents/{id}": "admin",
   "POST /v1/agents/{id}/identity-secret": "admin",
+  "POST /v1/webhooks": "admin",
+  "GET /v1/webhooks": "admin",
+  "GET /v1/webhooks/{id}": "admin",
+  "PATCH /v1/webhooks/{id}": "admin",
+  "DELETE /v1/webhooks/{id}": "admin",
+  "POST /v1/webhooks/{id}/secret": "admin",
+  "POST /v1/webhooks/{id}/test": "admin",
+  "GET /v1/webhooks/{id}/deliveries": "admin",
+  "POST /v1/webhooks/{id}/deliveries/{deliveryId}/retry": "admin",
   "POST /v1/handshake": "none",
   "POST /v1/chat/messages": "chat",
   "POST /v1/keys/verify": "verify",
@@ -1001,6 +1015,77 @@ const ROUTES: Route[] = [
     path: (w) => `/v1/api-keys/${pathId(w, w.changeableKeyIds)}/rotate`,
     auth: ["adminKey/bearer", "memberKey/bearer"],
     body: () => someOf({ gracePeriodSeconds: pick([0, 60, 604_800]), rateLimit: { limit: 50, windowSeconds: 60 }, credits: credits() }),
+  },
+  {
+    name: "webhook-create",
+    operation: "POST /v1/webhooks",
+    method: "POST",
+    path: () => "/v1/webhooks",
+    auth: ["adminKey/bearer", "memberKey/bearer"],
+    body: () => ({
+      url: pick(["https://127.0.0.1:9/a", "http://127.0.0.1:9/b", "https://u:p@127.0.0.1:9/c", "notaurl"]),
+      events: pick([["webhook.test"], ["*"], ["api_key.eaten"], []]),
+      ...someOf({ description: "fuzz", ed25519: chance(0.5) }),
+    }),
+  },
+  {
+    name: "webhook-list",
+    operation: "GET /v1/webhooks",
+    method: "GET",
+    path: () => "/v1/webhooks",
+    query: pageQuery,
+    auth: ["adminKey/bearer"],
+  },
+  {
+    name: "webhook-read",
+    operation: "GET /v1/webhooks/{id}",
+    method: "GET",
+    path: (w) => `/v1/webhooks/${pathId(w, w.webhookIds)}`,
+    auth: ["adminKey/bearer", "memberKey/bearer"],
+  },
+  {
+    name: "webhook-change",
+    operation: "PATCH /v1/webhooks/{id}",
+    method: "PATCH",
+    path: (w) => `/v1/webhooks/${pathId(w, w.webhookIds)}`,
+    auth: ["adminKey/bearer"],
+    body: () => someOf({ events: pick([["webhook.test"], ["nope"]]), description: pick([null, "x"]), disabled: chance(0.5) }),
+  },
+  {
+    name: "webhook-delete",
+    operation: "DELETE /v1/webhooks/{id}",
+    method: "DELETE",
+    path: (w) => `/v1/webhooks/${pathId(w, w.otherAccountIds)}`,
+    auth: ["adminKey/bearer"],
+  },
+  {
+    name: "webhook-secret",
+    operation: "POST /v1/webhooks/{id}/secret",
+    method: "POST",
+    path: (w) => `/v1/webhooks/${pathId(w, w.webhookIds)}/secret`,
+    auth: ["adminKey/bearer", "memberKey/bearer"],
+  },
+  {
+    name: "webhook-test",
+    operation: "POST /v1/webhooks/{id}/test",
+    method: "POST",
+    path: (w) => `/v1/webhooks/${pathId(w, w.webhookIds)}/test`,
+    auth: ["adminKey/bearer"],
+  },
+  {
+    name: "webhook-deliveries",
+    operation: "GET /v1/webhooks/{id}/deliveries",
+    method: "GET",
+    path: (w) => `/v1/webhooks/${pathId(w, w.webhookIds)}/deliveries`,
+    query: pageQuery,
+    auth: ["adminKey/bearer"],
+  },
+  {
+    name: "webhook-retry",
+    operation: "POST /v1/webhooks/{id}/deliveries/{deliveryId}/retry",
+    method: "POST",
+    path: (w) => `/v1/webhooks/${pathId(w, w.webhookIds)}/deliveries/${pick(["dlv_none", "x"])}/retry`,
+    auth: ["adminKey/bearer"],
   },
   {
     name: "agent-create",

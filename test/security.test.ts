@@ -44,6 +44,19 @@ const routes: ProtectedRoute[] = [
   { method: "PATCH", path: (t) => `/v1/agents/${t.agentId}`, body: { name: "renamed" }, needs: "admin" },
   { method: "POST", path: (t) => `/v1/agents/${t.agentId}/identity-secret`, body: {}, needs: "admin" },
   { method: "POST", path: () => "/v1/chat/messages", body: { message: "hi" }, needs: "any" },
+  { method: "POST", path: () => "/v1/webhooks", body: { url: "https://hooks.example.com/a", events: ["*"] }, needs: "admin" },
+  { method: "GET", path: () => "/v1/webhooks", needs: "admin" },
+  { method: "GET", path: (t) => `/v1/webhooks/${t.webhookId}`, needs: "admin" },
+  { method: "PATCH", path: (t) => `/v1/webhooks/${t.webhookId}`, body: { description: "x" }, needs: "admin" },
+  { method: "DELETE", path: (t) => `/v1/webhooks/${t.webhookId}`, needs: "admin" },
+  { method: "POST", path: (t) => `/v1/webhooks/${t.webhookId}/secret`, needs: "admin" },
+  { method: "POST", path: (t) => `/v1/webhooks/${t.webhookId}/test`, needs: "admin" },
+  { method: "GET", path: (t) => `/v1/webhooks/${t.webhookId}/deliveries`, needs: "admin" },
+  {
+    method: "POST",
+    path: (t) => `/v1/webhooks/${t.webhookId}/deliveries/${t.webhookId === ":id" ? ":deliveryId" : "dlv_x"}/retry`,
+    needs: "admin",
+  },
 ];
 
 // The deployment's own secrets: provisioning with the operator token, the provider's backends with the verify token.
@@ -125,7 +138,7 @@ for (const route of dashboardRoutes) dashboardChecks(route);
 
 describe("the shared security checks", () => {
   it("cover every route the app mounts that is not public, so a new route cannot skip them", () => {
-    const sample = { adminKey: "", keyId: ":id", userId: ":id", agentId: ":id", accountId: "", token: "" };
+    const sample = { adminKey: "", keyId: ":id", userId: ":id", agentId: ":id", accountId: "", token: "", webhookId: ":id" };
     const listed = [
       ...routes.map((r) => `${r.method} ${r.path(sample)}`),
       ...tokenRoutes.map((r) => `${r.method} ${r.path}`),

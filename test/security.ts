@@ -15,7 +15,15 @@ import {
 } from "./helpers";
 
 /** An account to attack: its admin key, a second key and a member user, whose ids routes can put in their path. */
-export type Target = { adminKey: string; keyId: string; userId: string; agentId: string; accountId: string; token: string };
+export type Target = {
+  adminKey: string;
+  keyId: string;
+  userId: string;
+  agentId: string;
+  accountId: string;
+  token: string;
+  webhookId: string;
+};
 
 export type ProtectedRoute = {
   method: string;
@@ -34,7 +42,9 @@ async function newTarget(): Promise<Target> {
   const member = await memberWithKey(key.key);
   const agent = await createAgent(key.key);
   const { token } = await (await handshake(agent.id)).json<{ token: string }>();
-  return { adminKey: key.key, keyId: second.id, userId: member.user.id, agentId: agent.id, accountId: account.id, token };
+  const hook = await call("/v1/webhooks", { key: key.key, body: { url: "https://hooks.example.com/keygate", events: ["webhook.test"] } });
+  const { id: webhookId } = await hook.json<{ id: string }>();
+  return { adminKey: key.key, keyId: second.id, userId: member.user.id, agentId: agent.id, accountId: account.id, token, webhookId };
 }
 
 /** The checks every protected route must pass; each route's test file runs them. */
@@ -42,7 +52,7 @@ export function securityChecks(route: ProtectedRoute): void {
   const send = async (t: Target, headers: Record<string, string>) =>
     call(route.path(t), { method: route.method, headers, ...(route.body === undefined ? {} : { body: route.body }) });
 
-  describe(`${route.method} ${route.path({ adminKey: "", keyId: ":keyId", userId: ":userId", agentId: ":agentId", accountId: "", token: "" })} security`, () => {
+  describe(`${route.method} ${route.path({ adminKey: "", keyId: ":keyId", userId: ":userId", agentId: ":agentId", accountId: "", token: "", webhookId: ":webhookId" })} security`, () => {
     // One account to attack per route, shared by its checks: none of them changes what it holds.
     let shared: Promise<Target>;
     beforeAll(() => {
@@ -92,7 +102,8 @@ export function securityChecks(route: ProtectedRoute): void {
       expect(text).not.toContain(t.keyId);
       expect(text).not.toContain(t.userId);
       expect(text).not.toContain(t.agentId);
-      if ([t.keyId, t.userId, t.agentId].some((id) => route.path(t).includes(id))) expect(res.status).toBe(404);
+      expect(text).not.toContain(t.webhookId);
+      if ([t.keyId, t.userId, t.agentId, t.webhookId].some((id) => route.path(t).includes(id))) expect(res.status).toBe(404);
     });
 
     if (route.needs !== "any") {
