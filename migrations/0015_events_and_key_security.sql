@@ -56,4 +56,5 @@ ALTER TABLE `accounts` ADD `key_format` text DEFAULT 'plain' NOT NULL;--> statem
 ALTER TABLE `accounts` ADD `leak_response` text DEFAULT 'notify' NOT NULL;--> statement-breakpoint
 ALTER TABLE `accounts` ADD `allowed_ips` text;--> statement-breakpoint
 ALTER TABLE `api_keys` ADD `allowed_ips` text;--> statement-breakpoint
-ALTER TABLE `api_keys` ADD `leaked_at` text;
+ALTER TABLE `api_keys` ADD `leaked_at` text;--> statement-breakpoint
+ALTER TABLE `audit_events` ADD `detail` text;

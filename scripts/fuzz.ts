@@ -659,6 +659,9 @@ const RIGHTS: Record<string, Needs> = {
   "GET /v1/agents/{id}": "admin",
   "PATCH /v1/agents/{id}": "admin",
   "POST /v1/agents/{id}/identity-secret": "admin",
+  "POST /v1/leaks": "none",
+  // GitHub's signature is the credential; without SECRET_SCANNING_KEYS the endpoint is 404.
+  "POST /v1/leaks/github": "none",
   "POST /v1/webhooks": "admin",
   "GET /v1/webhooks": "admin",
   "GET /v1/webhooks/{id}": "admin",
@@ -1015,6 +1018,14 @@ const ROUTES: Route[] = [
     path: (w) => `/v1/api-keys/${pathId(w, w.changeableKeyIds)}/rotate`,
     auth: ["adminKey/bearer", "memberKey/bearer"],
     body: () => someOf({ gracePeriodSeconds: pick([0, 60, 604_800]), rateLimit: { limit: 50, windowSeconds: 60 }, credits: credits() }),
+  },
+  {
+    name: "leak-report",
+    operation: "POST /v1/leaks",
+    method: "POST",
+    path: () => "/v1/leaks",
+    auth: ["none"],
+    body: () => someOf({ key: pick(["rm_0123", "", "x".repeat(2000)]), url: pick(["https://gist.example/x", "javascript:alert(1)"]) }),
   },
   {
     name: "webhook-create",

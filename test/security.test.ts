@@ -119,6 +119,8 @@ const PUBLIC: Record<string, string> = {
   "GET /demo/widget": "the widget demo's page: the widget authenticates through the handshake",
   "GET /demo/:file": "the widget demo's files",
   "POST /v1/handshake": "a browser widget's first call, anonymous or with the end user's signed identity",
+  "POST /v1/leaks": "anyone who finds a key may report it; the answer is the same whatever the key (test/keys/leaks.test.ts)",
+  "POST /v1/leaks/github": "GitHub's signature over the body is the credential (test/keys/leaks.test.ts)",
   "POST /v1/auth/login": "a person gets their first credential here (failures spend per-email and per-address budgets)",
   "POST /v1/auth/refresh": "the refresh token in the body is the credential",
   "POST /v1/auth/accept-invitation": "the invitation token in the body is the credential",

@@ -54,12 +54,19 @@ export const NewAccount = z
   .superRefine(oneLimitForm)
   .openapi("NewAccount");
 
+/** What a reported leak of one of the account's keys does (README, Leaks). */
+const LeakResponse = z.enum(["revoke", "notify"]).openapi({
+  description:
+    "`revoke`: a key reported leaked is revoked at once; `notify` (the default): it is marked (`leakedAt`) and told (`api_key.leaked`)",
+});
+
 export const AccountChange = z
   .strictObject({
     rateLimit: RateLimit.optional().openapi({ description: 'Shorthand for `rateLimits: [{name: "default", ...}]`' }),
     rateLimits: RateLimits.optional(),
     maxRateLimit: orNull(RateLimit).optional().openapi({ description: "`null` makes the account's default limit the ceiling" }),
     membersCanCreateKeys: z.boolean().optional(),
+    leakResponse: LeakResponse.optional(),
   })
   .superRefine(oneLimitForm)
   .openapi("AccountChange");
@@ -94,6 +101,7 @@ export const AccountView = z
     rateLimits: RateLimits,
     maxRateLimit: orNull(RateLimit),
     plan: z.string().nullable(),
+    leakResponse: LeakResponse,
     credits: orNull(CreditsBalance).openapi({
       description: "The credits pool all the account's keys spend, as of now: the account's own, else its plan's; null: unlimited",
     }),
@@ -107,7 +115,15 @@ export const AccountView = z
   .openapi("Account");
 
 export const AuditEvent = z
-  .strictObject({ id: z.string(), actor: z.string(), action: z.string(), target: z.string(), createdAt: Timestamp, requestId: z.string() })
+  .strictObject({
+    id: z.string(),
+    actor: z.string(),
+    action: z.string(),
+    target: z.string(),
+    createdAt: Timestamp,
+    requestId: z.string(),
+    detail: z.string().nullable().openapi({ description: "What else it names: where a leaked key was seen" }),
+  })
   .openapi("AuditEvent");
 
 export const AccountActivity = extend(AccountView, {
@@ -136,6 +152,7 @@ export function accountView(a: AccountRecord, now: Date, pool?: z.infer<typeof C
         ? null
         : { limit: a.maxRateLimit, windowSeconds: a.maxRateLimitWindowSeconds },
     plan: a.planId,
+    leakResponse: a.leakResponse,
     // The pool, as the account's principal spends it (core/principal.ts): its own, else its plan's.
     credits: pool !== undefined ? pool : creditsView(storedCredits(a.credits ?? a.planCredits), now),
     userCredits: storedCredits(a.userCredits ?? a.planUserCredits),

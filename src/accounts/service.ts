@@ -139,7 +139,7 @@ export async function recoverAccount(deps: Deps, accountId: string, userId: stri
 export async function updateAccount(
   deps: Deps,
   p: Principal,
-  { maxRateLimit, membersCanCreateKeys, rateLimit, rateLimits }: z.infer<typeof AccountChange>,
+  { maxRateLimit, membersCanCreateKeys, rateLimit, rateLimits, leakResponse }: z.infer<typeof AccountChange>,
 ): Promise<AccountRecord> {
   const limits = sentLimits({ rateLimit, rateLimits });
   const change = {
@@ -148,6 +148,7 @@ export async function updateAccount(
       ? {}
       : { maxRateLimit: maxRateLimit?.limit ?? null, maxRateLimitWindowSeconds: maxRateLimit?.windowSeconds ?? null }),
     ...(membersCanCreateKeys === undefined ? {} : { membersCanCreateKeys }),
+    ...(leakResponse === undefined ? {} : { leakResponse }),
   };
   if (Object.keys(change).length > 0) {
     const d = deps.db;

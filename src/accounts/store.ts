@@ -40,6 +40,7 @@ export async function listEvents(d: Db, p: Principal, page: Page) {
       target: auditEvents.target,
       createdAt: auditEvents.createdAt,
       requestId: auditEvents.requestId,
+      detail: auditEvents.detail,
       actorEmail: users.email,
     })
     .from(auditEvents)

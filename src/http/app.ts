@@ -29,6 +29,7 @@ import {
 } from "./routes/credits";
 import { demoRoutes } from "./routes/demo";
 import { handshakeRoutes } from "./routes/handshake";
+import { leaksRoutes } from "./routes/leaks";
 import { unmatched } from "./routes/method-not-allowed";
 import { plansRoutes } from "./routes/plans";
 import { resourceOwnersRoutes } from "./routes/resource-owners";
@@ -73,8 +74,19 @@ const limitBody = bodyLimit({
     throw new ApiError("payload_too_large", `Request bodies are limited to ${MAX_BODY_BYTES} bytes.`);
   },
 });
+/** A GitHub secret scanning alert carries up to 1,000 matches. */
+const ALERT_BYTES = 1024 * 1024;
+const limitAlert = bodyLimit({
+  maxSize: ALERT_BYTES,
+  onError: () => {
+    throw new ApiError("payload_too_large", `An alert is limited to ${ALERT_BYTES} bytes.`);
+  },
+});
 // A GET or HEAD has no body for Keygate to read (the limiter would rebuild such a request with one and fail).
-app.use("/v1/*", (c, next) => (c.req.method === "GET" || c.req.method === "HEAD" ? next() : limitBody(c, next)));
+app.use("/v1/*", (c, next) => {
+  if (c.req.method === "GET" || c.req.method === "HEAD") return next();
+  return (c.req.path === "/v1/leaks/github" ? limitAlert : limitBody)(c, next);
+});
 
 app.openapi(
   createRoute({
@@ -113,6 +125,7 @@ app.route("/v1/users", userCreditsRoutes);
 app.route(resource("/v1/whoami"), whoamiRoutes);
 app.route(resource("/v1/agents"), agentsRoutes);
 app.route(resource("/v1/webhooks"), webhooksRoutes);
+app.route(resource("/v1/leaks"), leaksRoutes);
 app.route(resource("/v1/handshake"), handshakeRoutes);
 // Not a resource of Keygate's: a gateway route may take the chat's paths for the provider's own chat; Keygate's echo
 // answers where none does.

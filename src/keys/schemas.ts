@@ -133,6 +133,7 @@ export const KeyView = z
     revokedAt: Timestamp.nullable().openapi({ description: "May lie in the future: the end of a rotation's grace period" }),
     revokedBy: z.string().nullable(),
     rotatedFrom: z.string().nullable(),
+    leakedAt: Timestamp.nullable().openapi({ description: "When a leak of the key was first reported (README, Leaks)" }),
     ...externalView,
   })
   .openapi("Key");
@@ -168,6 +169,7 @@ export function keyView(
     revokedAt: key.revokedAt,
     revokedBy: key.revokedBy,
     rotatedFrom: key.rotatedFrom,
+    leakedAt: key.leakedAt,
     externalId: key.externalId,
     meta: parseMeta(key.meta),
   };

@@ -13,6 +13,7 @@ import { type ApiKey, accounts, apiKeys, users, webhookEvents } from "../platfor
 import type { Deps } from "../platform/deps";
 import { ApiError, type FieldError, invalidRequest } from "../platform/errors";
 import { safeError } from "../platform/log";
+import { keyEvent } from "./events";
 import { reloadKeys, writeChange } from "./reload";
 import { grants, type KeyChange, type NewKey, type Rotation } from "./schemas";
 import { findKey, findKeys, KEY_EXTERNAL_ID, keyLimits, keyStatus, listKeys as keysPage, mintKey, revokeStatement } from "./store";
@@ -344,19 +345,4 @@ export async function mayCreateKeys(deps: Deps, p: Principal): Promise<boolean> 
 async function accountOf(d: Db, p: Principal) {
   const [account] = await d.select().from(accounts).where(eq(accounts.id, p.accountId)).limit(1);
   return account;
-}
-
-/** A key as events tell of it: who and what, never its secret or hash. */
-function keyEvent(k: ApiKey) {
-  return {
-    id: k.id,
-    name: k.name,
-    prefix: k.prefix,
-    start: k.start,
-    ownerId: k.ownerId,
-    scopes: JSON.parse(k.scopes) as string[],
-    expiresAt: k.expiresAt,
-    revokedAt: k.revokedAt,
-    externalId: k.externalId,
-  };
 }

@@ -138,6 +138,21 @@ const assertionKeys = jsonText(
   "[]",
 );
 
+/**
+ * SECRET_SCANNING_KEYS: GitHub's secret scanning public keys, as GitHub publishes them
+ * (`{"public_keys": [{"key_identifier", "key"}, ...]}`, the document itself) or just that list; unset, the partner
+ * endpoint is off.
+ */
+const secretScanningKeys = jsonText(
+  z
+    .union([
+      z.object({ public_keys: z.array(z.looseObject({ key_identifier: z.string().min(1), key: z.string().includes("PUBLIC KEY") })) }),
+      z.array(z.looseObject({ key_identifier: z.string().min(1), key: z.string().includes("PUBLIC KEY") })),
+    ])
+    .transform((v) => (Array.isArray(v) ? v : v.public_keys)),
+  "[]",
+);
+
 /** Every variable and secret Keygate reads, with its default; README's configuration table lists the same. */
 const ConfigSchema = z.object({
   OPERATOR_TOKEN: secret(),
@@ -163,6 +178,8 @@ const ConfigSchema = z.object({
   HANDSHAKE_IP_RATE_LIMIT: policy("20/60"),
   HANDSHAKE_USER_RATE_LIMIT: policy("30/60"),
   CHAT_RATE_LIMIT: policy("30/60"),
+  SECRET_SCANNING_KEYS: secretScanningKeys,
+  LEAK_REPORT_RATE_LIMIT: policy("10/60"),
   DEMO_API_ORIGINS: list(
     z.string().superRefine((o, ctx) => {
       const problem = originProblem(o);
@@ -209,6 +226,10 @@ const FIELDS = {
   publicOrigin: "PUBLIC_ORIGIN",
   /** The one host the dashboard is served on (and no gateway traffic); unset, every host serves it. */
   dashboardHost: "DASHBOARD_HOST",
+  /** GitHub's secret scanning public keys; empty: POST /v1/leaks/github is off. */
+  secretScanningKeys: "SECRET_SCANNING_KEYS",
+  /** Leak reports (POST /v1/leaks) per client address. */
+  leakReportPolicy: "LEAK_REPORT_RATE_LIMIT",
   /** Plain http allowed: local development's requests, and webhook endpoints. */
   allowHttp: "ALLOW_HTTP",
 } as const satisfies Record<string, keyof typeof ConfigSchema.shape>;

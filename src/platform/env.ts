@@ -27,7 +27,9 @@ export type Bindings = Env &
       | "CREDITS_SETTLE_TIMEOUT_S"
       | "ASSERTION_SIGNING_KEYS"
       | "PUBLIC_ORIGIN"
-      | "DASHBOARD_HOST",
+      | "DASHBOARD_HOST"
+      | "SECRET_SCANNING_KEYS"
+      | "LEAK_REPORT_RATE_LIMIT",
       string
     >
   >;

@@ -48,6 +48,7 @@ export const ERRORS = {
   upstream_unavailable: [502, "Bad Gateway"],
   upstream_timeout: [504, "Gateway Timeout"],
   invalid_verify_token: [401, "Unauthorized"],
+  invalid_signature: [401, "Unauthorized"],
   invalid_credentials: [401, "Unauthorized"],
   invalid_refresh_token: [401, "Unauthorized"],
   session_ended: [401, "Unauthorized"],

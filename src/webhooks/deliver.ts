@@ -153,11 +153,13 @@ export async function attempt(deps: Deps, deliveryId: string, n: number): Promis
     error: outcome.error,
     durationMs: outcome.durationMs,
   });
+  // A success stands whatever else happened; a failure ends only a delivery still pending (a manual retry may have
+  // succeeded meanwhile).
   const done = (status: "succeeded" | "failed") =>
     d
       .update(webhookDeliveries)
       .set({ status, nextAttemptAt: null, updatedAt: now.toISOString() })
-      .where(eq(webhookDeliveries.id, deliveryId));
+      .where(and(eq(webhookDeliveries.id, deliveryId), status === "failed" ? eq(webhookDeliveries.status, "pending") : undefined));
   if (outcome.statusCode !== null && outcome.statusCode >= 200 && outcome.statusCode < 300) {
     await batch(deps.env.DB, [
       record,
@@ -199,7 +201,10 @@ export async function attempt(deps: Deps, deliveryId: string, n: number): Promis
   const next = new Date(now.getTime() + delaySeconds * 1000).toISOString();
   await batch(deps.env.DB, [
     record,
-    d.update(webhookDeliveries).set({ nextAttemptAt: next, updatedAt: now.toISOString() }).where(eq(webhookDeliveries.id, deliveryId)),
+    d
+      .update(webhookDeliveries)
+      .set({ nextAttemptAt: next, updatedAt: now.toISOString() })
+      .where(and(eq(webhookDeliveries.id, deliveryId), eq(webhookDeliveries.status, "pending"))),
     markFailing,
   ]);
   await deps.env.EVENTS.send({ delivery: deliveryId, attempt: n + 1 } satisfies EventMessage, { delaySeconds });

@@ -155,6 +155,8 @@ export const auditEvents = sqliteTable(
     target: text("target").notNull(),
     createdAt: text("created_at").notNull(),
     requestId: text("request_id").notNull(),
+    /** What else the event names: where a leaked key was seen. */
+    detail: text("detail"),
   },
   (t) => [index("audit_events_account_created").on(t.accountId, t.createdAt)],
 );
