@@ -1,4 +1,5 @@
 import { app } from "./http/app";
+import { announceExpiries } from "./keys/expiry";
 import type { EventMessage } from "./platform/db/events";
 import { publishEvents } from "./platform/db/events";
 import { makeDeps } from "./platform/deps";
@@ -16,8 +17,10 @@ export default {
   async queue(batch, env, ctx) {
     await consume(makeDeps(env, ctx), batch.messages);
   },
-  /** Every minute: events whose hand-off to the queue failed after their change. */
+  /** Every minute: events whose hand-off to the queue failed after their change, and notices of keys' expiry. */
   async scheduled(_controller, env, ctx) {
-    await publishEvents(makeDeps(env, ctx));
+    const deps = makeDeps(env, ctx);
+    await publishEvents(deps);
+    await announceExpiries(deps);
   },
 } satisfies ExportedHandler<Bindings, EventMessage>;
