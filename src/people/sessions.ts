@@ -5,6 +5,7 @@ import { type Need, type Principal, refusal, sessionPrincipal } from "../core/pr
 import { refund, type Spent, spend } from "../counters/limiter";
 import { misconfigured } from "../platform/config";
 import { batch } from "../platform/db/client";
+import { type EventRow, eventIfChanged, newEvent, publishEvents } from "../platform/db/events";
 import { accounts, plans, sessions, users } from "../platform/db/schema";
 import type { Deps } from "../platform/deps";
 import { ApiError, invalidRequest, refused } from "../platform/errors";
@@ -277,7 +278,12 @@ async function repeated(
       }
     }
   } else if (!(await issued(keys, claims.sid, secret))) throw INVALID_REFRESH();
-  await endSessions(deps, { sessionId: claims.sid }, "refresh_reused");
+  // The owner's and the thief's copies of a token met: the account's endpoints hear of it (once: only if it ended it).
+  const event = newEvent(
+    { accountId: claims.acc, type: "session.reuse_detected", data: { sessionId: claims.sid, userId: claims.sub } },
+    deps.now(),
+  );
+  if ((await endSessions(deps, { sessionId: claims.sid }, "refresh_reused", event)) > 0) await publishEvents(deps, [event.id]);
   throw new ApiError("invalid_refresh_token", "The refresh token was already used; the session has ended. Log in again.");
 }
 
@@ -286,11 +292,12 @@ function splitRefresh(token: string): [string | null, string | null] {
   return m ? [m[1] as string, m[2] as string] : [null, null];
 }
 
-/** Ends sessions: one, or all of a user's but `except`. */
+/** Ends sessions: one, or all of a user's but `except`; `event` is written with it when it ended one. */
 export async function endSessions(
   deps: Deps,
   which: { sessionId: string; userId?: string } | { userId: string },
   reason: string,
+  event?: EventRow,
 ): Promise<number> {
   const at = deps.now().toISOString();
   const where = and(
@@ -302,6 +309,7 @@ export async function endSessions(
       .update(sessions)
       .set({ endedAt: at, endReason: reason })
       .where(and(where, isNull(sessions.endedAt))),
+    ...(event ? [eventIfChanged(deps.env.DB, event)] : []),
   ]);
   return ended?.meta.changes ?? 0;
 }

@@ -291,6 +291,13 @@ describe("access and refresh tokens", () => {
     expect(await sessionRow(sid(first))).toEqual({ ended_at: expect.any(String), end_reason: "refresh_reused" });
     await expectProblem(await call("/v1/auth/refresh", { body: { refresh_token: second.refresh_token } }), 401, "invalid_refresh_token");
     await expectProblem(await call("/v1/whoami", { key: second.access_token }), 401, "session_ended");
+    // The account's endpoints are told, once, and never with a token.
+    const told = await rows<{ data: string }>(
+      "SELECT data FROM webhook_events WHERE type = 'session.reuse_detected' AND data LIKE ?",
+      `%${sid(first)}%`,
+    );
+    expect(told.map((e) => JSON.parse(e.data))).toEqual([{ sessionId: sid(first), userId: user.id }]);
+    expect(told[0]?.data).not.toContain(first.refresh_token.split(".")[1]);
   });
 
   it("answers two refreshes racing with one refresh token the same new pair, and the session goes on", async () => {
