@@ -121,6 +121,19 @@ describe("a key's allowedIps", () => {
     expect(inside.headers.get("X-Credits-Remaining")).toBe("97");
   });
 
+  it("is judged in D1 too when the key's object is down and the deployment fails open", async () => {
+    const { key: admin } = await provision();
+    const key = await createKey(admin.key, { allowedIps: ["203.0.113.0/24"] });
+    const open = { KEYS: faultyObjects(env.KEYS, { authorize: { kind: "throw" } }), RATE_LIMIT_FAILURE_MODE: "open" };
+    const from = (ip: string) =>
+      callWith(open, "/v1/whoami", { key: key.key, headers: { "CF-Connecting-IP": ip, "X-Forwarded-For": "203.0.113.1" } });
+    await refused(await from("198.51.100.1"));
+    const inside = await from("203.0.113.1");
+    expect(inside.status).toBe(200);
+    expect(inside.headers.get("X-RateLimit-Status")).toBe("unavailable");
+    expect(open.KEYS.calls("authorize")).toBeGreaterThan(0);
+  });
+
   it("is validated: each bad block by its index, at most 100, never empty; null clears it", async () => {
     const { key: admin } = await provision();
     const bad = await call("/v1/api-keys", {
