@@ -3,7 +3,7 @@ import { and, asc, eq } from "drizzle-orm";
 import { FULL_ACCESS } from "../core/grants";
 import { newId } from "../core/ids";
 import type { Principal } from "../core/principal";
-import { creditsColumn, externalChange, sentLimits, shorthand, storedMeta } from "../core/schemas";
+import { allowedIpsColumn, creditsColumn, externalChange, sentLimits, shorthand, storedMeta } from "../core/schemas";
 import { DEFAULT_POLICY, type Limit } from "../core/window";
 import { reloadAccounts, reloadKeys, writeChange } from "../keys/reload";
 import { keyUsage, liveKeyIds, mintKey } from "../keys/store";
@@ -150,7 +150,7 @@ export async function updateAccount(
       ? {}
       : { maxRateLimit: maxRateLimit?.limit ?? null, maxRateLimitWindowSeconds: maxRateLimit?.windowSeconds ?? null }),
     ...(membersCanCreateKeys === undefined ? {} : { membersCanCreateKeys }),
-    ...(allowedIps === undefined ? {} : { allowedIps: allowedIps && JSON.stringify(allowedIps) }),
+    ...(allowedIps === undefined ? {} : { allowedIps: allowedIpsColumn(allowedIps) }),
   };
   if (Object.keys(change).length > 0) {
     const d = deps.db;

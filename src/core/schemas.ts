@@ -391,8 +391,9 @@ export const ClientIp = z
 
 /**
  * The addresses a key (or an account's keys) may be used from: 1 to MAX_ALLOWED_IPS IPv4 or IPv6 CIDR blocks, a bare
- * address meaning that one host. Stored as each block's canonical text (`203.0.113.7/32`, `2001:db8::/32`), duplicates
- * dropped; a block with host bits set is refused (core/cidr.ts `parseBlock`).
+ * address meaning that one host. Parsed into each block's canonical text (`203.0.113.7/32`, `2001:db8::/32`), in the
+ * order sent, so later checks name a block by the index it was sent at; a block with host bits set is refused
+ * (core/cidr.ts `parseBlock`).
  */
 export const AllowedIps = z
   .array(z.string().max(64))
@@ -405,7 +406,7 @@ export const AllowedIps = z
       if ("error" in block) ctx.addIssue({ code: "custom", path: [i], message: block.error });
       else stored.push(formatBlock(block));
     }
-    return [...new Set(stored)];
+    return stored;
   })
   .openapi("AllowedIps", {
     type: "array",
@@ -418,6 +419,11 @@ export const AllowedIps = z
 
 /** `allowedIps` as a create or change takes it: absent leaves it (or sets none), `null` clears it. */
 export const allowedIpsField = orNull(AllowedIps).optional();
+
+/** Allowed addresses as D1 keeps them: JSON of the canonical blocks, each once; null: none set. */
+export function allowedIpsColumn(list: readonly string[] | null): string | null {
+  return list === null ? null : JSON.stringify([...new Set(list)]);
+}
 
 /** Stored allowed addresses (JSON), as views show them; null: none set. */
 export function parseAllowedIps(json: string | null): string[] | null {

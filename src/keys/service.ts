@@ -4,7 +4,7 @@ import { rateLimitCeiling, withinCeiling } from "../core/ceilings";
 import { blocks, within } from "../core/cidr";
 import { storedCredits } from "../core/credits";
 import type { Principal } from "../core/principal";
-import { creditsConfig, externalChange, parseAllowedIps, parseMeta, sentLimits } from "../core/schemas";
+import { allowedIpsColumn, creditsConfig, externalChange, parseAllowedIps, parseMeta, sentLimits } from "../core/schemas";
 import type { Limit, Policy } from "../core/window";
 import { auditIfChanged, auditInsert } from "../platform/db/audit";
 import { batch, type Db, violates } from "../platform/db/client";
@@ -77,7 +77,7 @@ export async function updateKey(deps: Deps, p: Principal, id: string, change: z.
   if (allowedIps) await checkAllowedIps(deps.db, p.accountId, await ownerRole(deps.db, p, key.ownerId), allowedIps);
   const set = {
     ...externalChange(change),
-    ...(allowedIps === undefined ? {} : { allowedIps: allowedIps && JSON.stringify(allowedIps) }),
+    ...(allowedIps === undefined ? {} : { allowedIps: allowedIpsColumn(allowedIps) }),
   };
   if (Object.keys(set).length === 0) return { key, now };
   const d = deps.db;

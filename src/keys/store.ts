@@ -2,7 +2,7 @@ import { and, eq, inArray, sql } from "drizzle-orm";
 import type { CreditsConfig } from "../core/credits";
 import { generateKey, hashKey, newId } from "../core/ids";
 import type { AuthMethod, KeyRecord as CoreKeyRecord, Principal } from "../core/principal";
-import { creditsColumn, shorthand, storedMeta } from "../core/schemas";
+import { allowedIpsColumn, creditsColumn, shorthand, storedMeta } from "../core/schemas";
 import type { Limit } from "../core/window";
 import type { Db } from "../platform/db/client";
 import { listPage, type Page } from "../platform/db/pagination";
@@ -63,7 +63,7 @@ export async function mintKey(input: NewKey, now: Date): Promise<{ raw: string; 
     externalId: input.externalId ?? null,
     meta: storedMeta(input.meta),
     credits: creditsColumn(input.credits),
-    allowedIps: input.allowedIps == null ? null : JSON.stringify(input.allowedIps),
+    allowedIps: allowedIpsColumn(input.allowedIps ?? null),
     leakedAt: null,
   };
   return { raw, row };
