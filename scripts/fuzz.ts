@@ -534,6 +534,24 @@ const credits = () =>
     { remaining: 100_000, refill: { amount: 10, interval: "hour", mode: "add" } },
   ]);
 
+/**
+ * Allowed addresses of a key or an account: lists that hold the fuzzer's own client addresses (10/8, 203.0.113.7,
+ * 2001:db8::1), so later requests still reach the handlers, edge forms (bare addresses, /0, uppercase IPv6), blocks
+ * that are refused (host bits set, IPv4-mapped, not an address, an empty list), or cleared.
+ */
+const allowedIps = () =>
+  pick([
+    null,
+    null,
+    ["10.0.0.0/8", "203.0.113.7", "2001:db8::/32"],
+    ["0.0.0.0/0", "::/0"],
+    ["10.0.0.0/8", "203.0.113.0/24", "2001:DB8:0:0::1", "2001:db8::1/128"],
+    ["10.1.2.3/8"],
+    ["::ffff:10.0.0.0/104"],
+    ["10.0.0.0/33", "not-an-ip"],
+    [],
+  ]);
+
 /** Every path to a value in a body: [["name"], ["rateLimit"], ["rateLimit", "limit"], ...]. */
 function fieldPaths(value: unknown, prefix: string[] = []): string[][] {
   if (typeof value !== "object" || value === null || Array.isArray(value)) return [];
@@ -877,6 +895,8 @@ const ROUTES: Route[] = [
         rateLimit: pick([WIDE, { limit: 60, windowSeconds: 60 }]),
         maxRateLimit: pick([null, { limit: 1000, windowSeconds: 60 }]),
         membersCanCreateKeys: chance(0.8),
+        // Rarely: a list applies to every key of the account without one, and refuses requests from no address.
+        ...(chance(0.3) ? { allowedIps: allowedIps() } : {}),
       }),
   },
   {
@@ -895,6 +915,7 @@ const ROUTES: Route[] = [
         ownerId: pick([w.users.member, w.users.admin]),
         rateLimit: { limit: 100, windowSeconds: 60 },
         credits: credits(),
+        allowedIps: allowedIps(),
         ...external("si"),
       }),
     }),
@@ -905,7 +926,7 @@ const ROUTES: Route[] = [
     method: "PATCH",
     path: (w) => `/v1/api-keys/${pathId(w, w.keyIds)}`,
     auth: ["adminKey/bearer", "memberKey/bearer", "scopedKey/bearer"],
-    body: () => someOf(external("si")),
+    body: () => someOf({ ...external("si"), allowedIps: allowedIps() }),
   },
   {
     name: "key-list",
@@ -957,6 +978,20 @@ const ROUTES: Route[] = [
     path: (w) => `/v1/accounts/${pathId(w, [w.accounts.a, w.accounts.b])}/credits`,
     auth: ["operator"],
     body: () => ({ operation: pick(["add", "subtract", "set"]), amount: pick([0, 1, 500, -1]), ...someOf({ reason: "fuzz" }) }),
+  },
+  {
+    name: "key-verify",
+    operation: "POST /v1/keys/verify",
+    method: "POST",
+    path: () => "/v1/keys/verify",
+    auth: ["verify"],
+    body: (w) => ({
+      key: pick([w.keys.admin.key, w.keys.member.key, w.keys.scoped.key, w.keys.revoked.key, "acme_nope"]),
+      ...someOf({
+        resource: pick(["mailbox:mbx_123", "mailbox:mbx_9"]),
+        clientIp: pick(["203.0.113.7", "10.9.8.7", "2001:db8::1", "::ffff:10.0.0.1", "10.0.0.1/8", "fe80::1%eth0", "", "not-an-ip"]),
+      }),
+    }),
   },
   {
     name: "credits-settle",
@@ -1017,7 +1052,13 @@ const ROUTES: Route[] = [
     method: "POST",
     path: (w) => `/v1/api-keys/${pathId(w, w.changeableKeyIds)}/rotate`,
     auth: ["adminKey/bearer", "memberKey/bearer"],
-    body: () => someOf({ gracePeriodSeconds: pick([0, 60, 604_800]), rateLimit: { limit: 50, windowSeconds: 60 }, credits: credits() }),
+    body: () =>
+      someOf({
+        gracePeriodSeconds: pick([0, 60, 604_800]),
+        rateLimit: { limit: 50, windowSeconds: 60 },
+        credits: credits(),
+        allowedIps: allowedIps(),
+      }),
   },
   {
     name: "leak-report",

@@ -84,6 +84,7 @@ describe("the OpenAPI document", () => {
         "rateLimit",
         "rateLimits",
         "credits",
+        "allowedIps",
         "externalId",
         "meta",
         "mailboxIds",

@@ -3,6 +3,8 @@ import { defaultLimits } from "../core/ceilings";
 import { storedCredits } from "../core/credits";
 import { DEFAULT_PREFIX, PREFIX } from "../core/ids";
 import {
+  AllowedIps,
+  allowedIpsField,
   CreditsBalance,
   CreditsSetting,
   creditsField,
@@ -13,6 +15,7 @@ import {
   matching,
   oneLimitForm,
   orNull,
+  parseAllowedIps,
   parseMeta,
   RateLimit,
   RateLimits,
@@ -67,6 +70,10 @@ export const AccountChange = z
     maxRateLimit: orNull(RateLimit).optional().openapi({ description: "`null` makes the account's default limit the ceiling" }),
     membersCanCreateKeys: z.boolean().optional(),
     leakResponse: LeakResponse.optional(),
+    allowedIps: allowedIpsField.openapi({
+      description:
+        "The addresses the account's keys may be used from, unless a key carries its own (a member's key: within these); `null` clears it. In force before the answer, as a revocation is.",
+    }),
   })
   .superRefine(oneLimitForm)
   .openapi("AccountChange");
@@ -108,6 +115,9 @@ export const AccountView = z
     userCredits: orNull(CreditsSetting).openapi({
       description:
         "What each person's balance opens with and its refill (`GET /v1/users/{id}/credits` shows one as of now): the account's own, else its plan's; null: unlimited",
+    }),
+    allowedIps: orNull(AllowedIps).openapi({
+      description: "The addresses the account's keys may be used from, unless a key carries its own; null: anywhere",
     }),
     createdAt: Timestamp,
     ...externalView,
@@ -156,6 +166,7 @@ export function accountView(a: AccountRecord, now: Date, pool?: z.infer<typeof C
     // The pool, as the account's principal spends it (core/principal.ts): its own, else its plan's.
     credits: pool !== undefined ? pool : creditsView(storedCredits(a.credits ?? a.planCredits), now),
     userCredits: storedCredits(a.userCredits ?? a.planUserCredits),
+    allowedIps: parseAllowedIps(a.allowedIps),
     createdAt: a.createdAt,
     externalId: a.externalId,
     meta: parseMeta(a.meta),

@@ -3,9 +3,9 @@ import { and, asc, eq } from "drizzle-orm";
 import { FULL_ACCESS } from "../core/grants";
 import { newId } from "../core/ids";
 import type { Principal } from "../core/principal";
-import { creditsColumn, externalChange, sentLimits, shorthand, storedMeta } from "../core/schemas";
+import { allowedIpsColumn, creditsColumn, externalChange, sentLimits, shorthand, storedMeta } from "../core/schemas";
 import { DEFAULT_POLICY, type Limit } from "../core/window";
-import { reloadAccounts, reloadKeys } from "../keys/reload";
+import { reloadAccounts, reloadKeys, writeChange } from "../keys/reload";
 import { keyUsage, liveKeyIds, mintKey } from "../keys/store";
 import { newInvitation } from "../people/invitations";
 import { planCredits } from "../plans/store";
@@ -133,13 +133,15 @@ export async function recoverAccount(deps: Deps, accountId: string, userId: stri
 }
 
 /**
- * Changes the account's default limit, members' ceiling or key-creation policy, and answers the account as stored; keys
- * pick up a new limit right after.
+ * Changes the account's default limit, members' ceiling, key-creation policy or allowed addresses, and answers the
+ * account as stored; keys pick up a new limit right after. A change of `allowedIps` may remove rights from every key
+ * that has no list of its own: it is written as a revocation is and is in every key's object before the answer (503
+ * `change_pending` otherwise, in force within seconds all the same).
  */
 export async function updateAccount(
   deps: Deps,
   p: Principal,
-  { maxRateLimit, membersCanCreateKeys, rateLimit, rateLimits, leakResponse }: z.infer<typeof AccountChange>,
+  { maxRateLimit, membersCanCreateKeys, rateLimit, rateLimits, leakResponse, allowedIps }: z.infer<typeof AccountChange>,
 ): Promise<AccountRecord> {
   const limits = sentLimits({ rateLimit, rateLimits });
   const change = {
@@ -149,28 +151,33 @@ export async function updateAccount(
       : { maxRateLimit: maxRateLimit?.limit ?? null, maxRateLimitWindowSeconds: maxRateLimit?.windowSeconds ?? null }),
     ...(membersCanCreateKeys === undefined ? {} : { membersCanCreateKeys }),
     ...(leakResponse === undefined ? {} : { leakResponse }),
+    ...(allowedIps === undefined ? {} : { allowedIps: allowedIpsColumn(allowedIps) }),
   };
   if (Object.keys(change).length > 0) {
     const d = deps.db;
     const now = deps.now();
-    await batch(deps.env.DB, [
-      d.update(accounts).set(change).where(eq(accounts.id, p.accountId)),
-      auditInsert(
-        d,
-        { accountId: p.accountId, actor: p.userId, action: "account.updated", target: p.accountId, requestId: deps.requestId },
-        now,
-      ),
-    ]);
+    // Read before the write: a key created after it reads the new list when first used.
+    const keyIds = allowedIps === undefined ? [] : await liveKeyIds(d, { accountId: p.accountId }, now);
+    await writeChange(deps, keyIds, () =>
+      batch(deps.env.DB, [
+        d.update(accounts).set(change).where(eq(accounts.id, p.accountId)),
+        auditInsert(
+          d,
+          { accountId: p.accountId, actor: p.userId, action: "account.updated", target: p.accountId, requestId: deps.requestId },
+          now,
+        ),
+      ]),
+    );
+    if (limits) await reloadAccounts(deps, [p.accountId]);
+    if (allowedIps !== undefined) await reloadKeys(deps, keyIds);
     // Every key of the account carries its limit (the default, or members' ceiling); an account may have many keys,
     // so this finishes after the answer (a limit is not a right: a key that misses it catches up within RECORD_TTL_MS).
-    if (limits || maxRateLimit !== undefined) {
-      if (limits) await reloadAccounts(deps, [p.accountId]);
+    else if (limits || maxRateLimit !== undefined)
       deps.waitUntil(
         liveKeyIds(d, { accountId: p.accountId }, now)
           .then((ids) => reloadKeys(deps, ids))
           .catch(() => {}),
       );
-    }
   }
   return getAccount(deps, p);
 }

@@ -1,4 +1,5 @@
 import { type AccountLimits, defaultLimits, withinCeiling } from "./ceilings";
+import { allows, clientAddress, intersect } from "./cidr";
 import { type CreditsConfig, storedCredits } from "./credits";
 import { FULL_ACCESS, isFullAccess, reaches } from "./grants";
 import { storedLimits } from "./schemas";
@@ -40,6 +41,11 @@ export type Principal = {
    * object) and per person (`shared: "user"`, counted in the person's object).
    */
   shared: Limit[];
+  /**
+   * The addresses a key may be used from (canonical CIDR blocks, core/cidr.ts), judged on the client's address with
+   * the key's record; absent: anywhere (a session, or a key to which no list applies).
+   */
+  allowedIps?: string[];
 };
 
 /**
@@ -58,8 +64,8 @@ export type Need = "any" | "full" | "admin" | { resource?: string; account?: str
 /** The `account` of a resource no account owns: it names no account, so no key reaches it. */
 export const NO_ACCOUNT = "";
 
-/** Why a principal falls short of what a route needs. */
-export type Refusal = "insufficient_scope" | "insufficient_role" | "not_granted" | "other_account";
+/** Why a principal falls short of what a route needs, or of where the request comes from (`ip_not_allowed`). */
+export type Refusal = "insufficient_scope" | "insufficient_role" | "not_granted" | "other_account" | "ip_not_allowed";
 
 /** Why the principal falls short of `need`, or null. Pure, so the key's object (or an isolate's lease of it) can decide it before spending. */
 export function refusal(p: Principal, need: Need): Refusal | null {
@@ -74,6 +80,34 @@ export function refusal(p: Principal, need: Need): Refusal | null {
   if (!isFullAccess(p.scopes)) return "insufficient_scope";
   if (need === "admin" && p.role !== "admin") return "insufficient_role";
   return null;
+}
+
+/**
+ * Whether a request from `ip` (the client's address as Cloudflare saw it, or the one a verify names; null: none) may
+ * use the principal: refused when a list applies and the address is missing, unreadable or outside it. Pure, so the
+ * key's object and an isolate's lease decide it from the record they hold, with no call.
+ */
+export function addressRefusal(p: Pick<Principal, "allowedIps">, ip: string | null | undefined): "ip_not_allowed" | null {
+  if (p.allowedIps === undefined) return null;
+  const address = clientAddress(ip);
+  return address && allows(p.allowedIps, address) ? null : "ip_not_allowed";
+}
+
+/** Why a key's request falls short: where it comes from first (a key is nothing from elsewhere), then what the route needs. */
+export function keyRefusal(p: Principal, need: Need, ip: string | null | undefined): Refusal | null {
+  return addressRefusal(p, ip) ?? refusal(p, need);
+}
+
+/**
+ * The addresses a key may be used from: its own list, else its account's. A member's key never reaches beyond its
+ * account's list, even one narrowed after the key's was set: both apply (the blocks they share). Admins' keys may
+ * carry a list of their own in place of the account's (a server elsewhere). Undefined: anywhere.
+ */
+export function allowedIps(r: Pick<KeyRecord, "role" | "accountAllowedIps"> & { key: Pick<KeyRow, "allowedIps"> }): string[] | undefined {
+  const own = r.key.allowedIps == null ? null : (JSON.parse(r.key.allowedIps) as string[]);
+  const account = r.accountAllowedIps == null ? null : (JSON.parse(r.accountAllowedIps) as string[]);
+  if (own && account && r.role === "member") return intersect(own, account);
+  return own ?? account ?? undefined;
 }
 
 /**
@@ -102,6 +136,8 @@ export type KeyRow = {
   meta: string | null;
   /** JSON `CreditsConfig`: the key's own credits; null: none of its own. */
   credits: string | null;
+  /** JSON: the CIDR blocks the key may be used from; null: its account's list applies. */
+  allowedIps: string | null;
 };
 
 /** A key with what decides its rights: its owner's role, state and grants (JSON, as stored), and its account. */
@@ -115,6 +151,8 @@ export type KeyRecord = {
   account: AccountLimits;
   /** The account's `externalId` and `meta` (as stored). */
   accountExternal: External;
+  /** JSON: the account's default list of CIDR blocks its keys may be used from; null: anywhere. */
+  accountAllowedIps: string | null;
 };
 
 /** A live session with what decides its person's rights: their role and grants (JSON, as stored), and their account. */
@@ -189,7 +227,9 @@ const own = (limits: Limit[]) => limits.filter((l) => l.shared === undefined);
 
 /** A key's principal: its scopes within its owner's grants, its own limits or else the account's (`accountLimits`). */
 export function keyPrincipal(r: KeyRecord): Principal {
+  const ips = allowedIps(r);
   return {
+    ...(ips === undefined ? {} : { allowedIps: ips }),
     accountId: r.key.accountId,
     keyId: r.key.id,
     external: { account: r.accountExternal, key: { externalId: r.key.externalId, meta: r.key.meta } },

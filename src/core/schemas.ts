@@ -1,4 +1,5 @@
 import { z } from "@hono/zod-openapi";
+import { formatBlock, MAX_ALLOWED_IPS, parseAddress, parseBlock } from "./cidr";
 import { type CreditsConfig, MAX_CREDITS, nextBoundary } from "./credits";
 import { DEFAULT_LIMIT, LIMIT_NAME, type Limit, MAX_LIMIT, MAX_LIMITS, MAX_WINDOW_SECONDS, named, type Policy } from "./window";
 
@@ -379,4 +380,52 @@ export function creditsView(config: CreditsConfig | null, now: Date): z.infer<ty
   if (config === null) return null;
   const { remaining, refill } = config;
   return { remaining, refill, nextRefillAt: refill ? new Date(nextBoundary(now.getTime(), refill)).toISOString() : null };
+}
+
+/** A client's address: IPv4 or IPv6, without a prefix or zone. */
+export const ClientIp = z
+  .string()
+  .max(64)
+  .refine((ip) => parseAddress(ip.trim()) !== null, "must be an IPv4 or IPv6 address")
+  .openapi({ example: "203.0.113.7" });
+
+/**
+ * The addresses a key (or an account's keys) may be used from: 1 to MAX_ALLOWED_IPS IPv4 or IPv6 CIDR blocks, a bare
+ * address meaning that one host. Parsed into each block's canonical text (`203.0.113.7/32`, `2001:db8::/32`), in the
+ * order sent, so later checks name a block by the index it was sent at; a block with host bits set is refused
+ * (core/cidr.ts `parseBlock`).
+ */
+export const AllowedIps = z
+  .array(z.string().max(64))
+  .min(1, "must not be empty; send null to allow every address")
+  .max(MAX_ALLOWED_IPS)
+  .transform((list, ctx) => {
+    const stored: string[] = [];
+    for (const [i, text] of list.entries()) {
+      const block = parseBlock(text);
+      if ("error" in block) ctx.addIssue({ code: "custom", path: [i], message: block.error });
+      else stored.push(formatBlock(block));
+    }
+    return stored;
+  })
+  .openapi("AllowedIps", {
+    type: "array",
+    items: { type: "string", maxLength: 64 },
+    minItems: 1,
+    maxItems: MAX_ALLOWED_IPS,
+    description: `Up to ${MAX_ALLOWED_IPS} IPv4 or IPv6 CIDR blocks (a bare address is one host: /32 or /128), judged on \`CF-Connecting-IP\` only. Stored and shown as each block's network and prefix; a block with bits set past its prefix is refused.`,
+    example: ["203.0.113.0/24", "2001:db8::/32"],
+  });
+
+/** `allowedIps` as a create or change takes it: absent leaves it (or sets none), `null` clears it. */
+export const allowedIpsField = orNull(AllowedIps).optional();
+
+/** Allowed addresses as D1 keeps them: JSON of the canonical blocks, each once; null: none set. */
+export function allowedIpsColumn(list: readonly string[] | null): string | null {
+  return list === null ? null : JSON.stringify([...new Set(list)]);
+}
+
+/** Stored allowed addresses (JSON), as views show them; null: none set. */
+export function parseAllowedIps(json: string | null): string[] | null {
+  return json === null ? null : (JSON.parse(json) as string[]);
 }

@@ -39,7 +39,9 @@ export async function authorize(
   c: RequestContext,
   input: { key: string; method: AuthMethod; need: Need | (() => Promise<Need>); idempotency?: Idempotency } & Charge,
 ): Promise<KeyVerdict> {
-  const verdict = await authorizeKey(c.get("deps"), input);
+  // The key's allowed addresses are judged on the address Cloudflare saw the connection come from, never on a header
+  // the client writes (X-Forwarded-For and the like).
+  const verdict = await authorizeKey(c.get("deps"), { ...input, ip: c.req.header("CF-Connecting-IP") ?? null });
   if (verdict.ok && verdict.unlimited) c.header("X-RateLimit-Status", "unavailable");
   return verdict;
 }

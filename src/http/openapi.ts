@@ -109,6 +109,7 @@ export const KEY_PROBLEMS: ErrorCode[] = [
   "session_ended",
   "insufficient_scope",
   "insufficient_role",
+  "ip_not_allowed",
   "rate_limited",
   "rate_limiter_unavailable",
   "database_unavailable",

@@ -1,6 +1,6 @@
 import { hashKey } from "../core/ids";
 import type { AuthMethod } from "../core/principal";
-import { type Need, type Principal, perPerson, personal, pooled, type Refusal, refusal } from "../core/principal";
+import { keyRefusal, type Need, type Principal, perPerson, personal, pooled, type Refusal } from "../core/principal";
 import type { Holdings } from "../counters/held";
 import { leasedCall } from "../counters/leased-call";
 import { type Charge, refund, spendPool } from "../counters/limiter";
@@ -31,7 +31,9 @@ export type KeyVerdict =
  * its object judges the key and what the caller `need`s of it, and spends `cost` of each of its limits (or what `costs`
  * names of those it names) only when both pass; a
  * hot key is judged and spent from this isolate's lease (counters/leased-call.ts) with no call at all. The verdict on a
- * key is a result; an unavailable rate limiter in closed mode is an error (503). `isolate` is replaceable in tests.
+ * key is a result; an unavailable rate limiter in closed mode is an error (503). `ip` is the client's address
+ * (`CF-Connecting-IP`, or the verify API's `clientIp`; null or absent: none), judged against the key's allowed
+ * addresses wherever the key is judged, a lease included. `isolate` is replaceable in tests.
  */
 export async function authorizeKey(
   deps: Deps,
@@ -44,7 +46,14 @@ export async function authorizeKey(
     credits,
     reserve,
     idempotency,
-  }: { key: string; method: AuthMethod; need: Need | (() => Promise<Need>); idempotency?: Idempotency } & Partial<Charge>,
+    ip = null,
+  }: {
+    key: string;
+    method: AuthMethod;
+    need: Need | (() => Promise<Need>);
+    idempotency?: Idempotency;
+    ip?: string | null;
+  } & Partial<Charge>,
   isolate?: Holdings,
 ): Promise<KeyVerdict> {
   const hash = await hashKey(key);
@@ -64,12 +73,12 @@ export async function authorizeKey(
       idempotency,
       ask: async (stub, spending) => {
         await catchUp(stub, keyId);
-        return answerOf(await (stub.authorize({ keyId, method, need, ...spending }) as Promise<Authorization>));
+        return answerOf(await (stub.authorize({ keyId, method, need, ip, ...spending }) as Promise<Authorization>));
       },
       renew: async (stub, spending) =>
-        answerOf(await (stub.authorize({ keyId, method, need: "any", ...spending }) as Promise<Authorization>)),
+        answerOf(await (stub.authorize({ keyId, method, need: "any", anyAddress: true, ...spending }) as Promise<Authorization>)),
       check: (principal) => {
-        const refused = refusal(principal, need);
+        const refused = keyRefusal(principal, need, ip);
         return refused && { ok: false, refusal: refused };
       },
       costs,
@@ -82,7 +91,7 @@ export async function authorizeKey(
     // Open mode with the object down: the key is checked in D1 and the request goes through unlimited.
     const result = evaluateKey(await loadKey(deps.db, { hash }), deps.now());
     if (!result.ok) return result;
-    const refused = refusal(result.principal, need);
+    const refused = keyRefusal(result.principal, need, ip);
     return refused ? { ok: false, refusal: refused } : { ok: true, principal: result.principal, spent: [], unlimited: true };
   }
   if (!verdict.ok) return verdict;

@@ -2,7 +2,7 @@ import { DurableObject } from "cloudflare:workers";
 import type { LedgerEntry } from "../core/balance";
 import { storedCredits } from "../core/credits";
 import type { AuthMethod } from "../core/principal";
-import { type Need, type Principal, type Refusal, refusal } from "../core/principal";
+import { keyRefusal, type Need, type Principal, type Refusal, refusal } from "../core/principal";
 import { Budget } from "../counters/budget";
 import { LedgerOutbox, type LedgerOwner } from "../counters/ledger";
 import type { CallTag, Granted, Refund, Spending, Unspent } from "../counters/protocol";
@@ -99,11 +99,20 @@ export class KeyObject extends DurableObject<Bindings> {
   /**
    * Checks the key and what the route needs of it, then spends `cost` requests of every limit it has, or what `costs`
    * names of those it names (the admit step, counters/budget.ts). A key that is refused (401) or falls short of the
-   * route (403) spends nothing. A caller that
+   * route (403) or comes from an address its list does not allow (`ip`: the client's, null or absent when none is
+   * known; 403 `ip_not_allowed`) spends nothing. A lease's renewal (`anyAddress`) serves no request of its own: each
+   * request spending from the lease it brings is judged in its isolate, address included. A caller that
    * can hold a lease (`lease`) gets one when the key is hot (core/lease.ts), and gives back what its ended leases did
    * not spend (`returned`).
    */
-  authorize({ keyId, method, need, ...call }: Spending & { keyId: string; method: AuthMethod; need: Need }): Promise<Authorization> {
+  authorize({
+    keyId,
+    method,
+    need,
+    ip,
+    anyAddress = false,
+    ...call
+  }: Spending & { keyId: string; method: AuthMethod; need: Need; ip?: string | null; anyAddress?: boolean }): Promise<Authorization> {
     const { idempotency } = call;
     // What the judgement found, for the answer: the call spends only when it passed.
     let passed: { key: KeyState; principal: Principal; now: number } | undefined;
@@ -114,7 +123,7 @@ export class KeyObject extends DurableObject<Bindings> {
         if (now >= key.until) Object.assign(key, judge(key.record, now));
         if (!key.verdict.ok) return { refuse: key.verdict };
         const { principal } = key.verdict;
-        const code = refusal(principal, need);
+        const code = anyAddress ? refusal(principal, need) : keyRefusal(principal, need, ip);
         if (code) return { refuse: { ok: false, refusal: code } };
         passed = { key, principal, now };
         return { spend: principal.limits, credits: principal.credits.key };

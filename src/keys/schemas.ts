@@ -3,6 +3,8 @@ import { storedCredits } from "../core/credits";
 import { FULL_ACCESS, GRANTS_HINT, grantOf, isFullAccess, MIXED, RESOURCE_ID, rightsProblems, SCOPE } from "../core/grants";
 import { keyLimits } from "../core/principal";
 import {
+  AllowedIps,
+  allowedIpsField,
   CreditsBalance,
   creditsField,
   creditsView,
@@ -15,6 +17,7 @@ import {
   matching,
   oneLimitForm,
   orNull,
+  parseAllowedIps,
   parseMeta,
   RateLimit,
   RateLimits,
@@ -28,6 +31,9 @@ import type { ApiKey } from "../platform/db/schema";
 import type { FieldError } from "../platform/errors";
 
 const MAX_GRANTS = 100;
+
+const ALLOWED_IPS_HINT =
+  "The addresses the key may be used from, in place of the account's `allowedIps` (a member's key: within them); `null` or absent: the account's apply";
 /** The longest grace period a rotated key may keep working: seven days. */
 export const MAX_GRACE_SECONDS = 7 * 24 * 3600;
 
@@ -62,16 +68,19 @@ export const NewKey = z
       description:
         "The key's own credits, spent beside its account's pool (members may set them: they only restrict); `null` or absent: none",
     }),
+    allowedIps: allowedIpsField.openapi({ description: ALLOWED_IPS_HINT }),
     ...externalFields,
   })
   .catchall(z.array(matching(RESOURCE_ID, "must be a resource id")).min(1).max(MAX_GRANTS))
   .superRefine(oneLimitForm)
   .openapi("NewKey", { description: "Also `<type>Ids: [id, ...]` for each resource type the deployment configures." });
 
-/** A change of a key's provider fields; absent fields stay as they are. */
+/** A change of a key's provider fields and allowed addresses; absent fields stay as they are. */
 export const KeyChange = z
-  .strictObject({ ...externalFields })
-  .openapi("KeyChange", { description: "The key's `externalId` (unique within the account) and `meta`; `null` clears either." });
+  .strictObject({ allowedIps: allowedIpsField.openapi({ description: ALLOWED_IPS_HINT }), ...externalFields })
+  .openapi("KeyChange", {
+    description: "The key's `externalId` (unique within the account), `meta` and `allowedIps`; `null` clears any of them.",
+  });
 
 export const Rotation = z
   .strictObject({
@@ -79,6 +88,9 @@ export const Rotation = z
     rateLimit: RateLimit.optional(),
     rateLimits: KeyRateLimits.optional(),
     credits: creditsField.openapi({ description: "The new key's own credits; absent: the old key's, `null`: none" }),
+    allowedIps: allowedIpsField.openapi({
+      description: "The new key's own allowed addresses; absent: the old key's, `null`: the account's",
+    }),
   })
   .superRefine(oneLimitForm)
   .openapi("Rotation");
@@ -95,7 +107,18 @@ export function grants(
 ): { scopes: string[]; errors: FieldError[] } {
   const fromScopes = body.scopes ?? [];
   const errors = grantErrors(fromScopes, types, "scopes").filter((e) => e.field !== "scopes");
-  const known = new Set(["name", "scopes", "expiresAt", "ownerId", "rateLimit", "rateLimits", "credits", "externalId", "meta"]);
+  const known = new Set([
+    "name",
+    "scopes",
+    "expiresAt",
+    "ownerId",
+    "rateLimit",
+    "rateLimits",
+    "credits",
+    "allowedIps",
+    "externalId",
+    "meta",
+  ]);
   const fromIds: string[] = [];
   // The names as sent: a parsed object can lose some (`__proto__` becomes a prototype, not a field).
   for (const field of fields) {
@@ -128,6 +151,7 @@ export const KeyView = z
     }),
     rateLimits: orNull(RateLimits).openapi({ description: "The key's own limits; null when the account's default ones apply" }),
     credits: orNull(CreditsBalance).openapi({ description: "The key's own credits as of now; null: none of its own (unlimited)" }),
+    allowedIps: orNull(AllowedIps).openapi({ description: "The key's own allowed addresses; null: the account's `allowedIps` apply" }),
     lastUsedAt: Timestamp.nullable(),
     lastAuthMethod: z.enum(["bearer", "header", "query", "verify"]).nullable(),
     revokedAt: Timestamp.nullable().openapi({ description: "May lie in the future: the end of a rotation's grace period" }),
@@ -164,6 +188,7 @@ export function keyView(
     expiresAt: key.expiresAt,
     ...limitsView(keyLimits(key)),
     credits: balances?.has(key.id) ? (balances.get(key.id) ?? null) : creditsView(storedCredits(key.credits), now),
+    allowedIps: parseAllowedIps(key.allowedIps),
     lastUsedAt: key.lastUsedAt,
     lastAuthMethod: key.lastAuthMethod,
     revokedAt: key.revokedAt,

@@ -1,9 +1,10 @@
 import type { z } from "@hono/zod-openapi";
 import { and, eq, sql } from "drizzle-orm";
 import { rateLimitCeiling, withinCeiling } from "../core/ceilings";
+import { blocks, within } from "../core/cidr";
 import { storedCredits } from "../core/credits";
 import type { Principal } from "../core/principal";
-import { creditsConfig, externalChange, parseMeta, sentLimits } from "../core/schemas";
+import { allowedIpsColumn, creditsConfig, externalChange, parseAllowedIps, parseMeta, sentLimits } from "../core/schemas";
 import type { Limit, Policy } from "../core/window";
 import { auditIfChanged, auditInsert } from "../platform/db/audit";
 import { batch, type Db, violates } from "../platform/db/client";
@@ -37,7 +38,9 @@ export async function createKey(deps: Deps, p: Principal, body: z.infer<typeof N
   if (limits) errors.push(...overCeiling(ceiling, limits, body.rateLimits ? "rateLimits" : "rateLimit"));
   if (errors.length > 0) throw invalidRequest(errors);
 
-  if (ownerId !== undefined && ownerId !== p.userId) await checkOwner(deps.db, p, ownerId);
+  const role = ownerId !== undefined && ownerId !== p.userId ? await checkOwner(deps.db, p, ownerId) : p.role;
+  const allowedIps = body.allowedIps ?? null;
+  await checkAllowedIps(deps.db, p.accountId, role, allowedIps);
   const { raw, row } = await mintKey(
     {
       accountId: p.accountId,
@@ -51,6 +54,7 @@ export async function createKey(deps: Deps, p: Principal, body: z.infer<typeof N
       credits: body.credits && creditsConfig(body.credits),
       externalId: body.externalId,
       meta: body.meta,
+      allowedIps,
     },
     now,
   );
@@ -66,19 +70,28 @@ export async function createKey(deps: Deps, p: Principal, body: z.infer<typeof N
 }
 
 /**
- * Changes a key's `externalId` and `meta` (a key the caller may manage, as for revoking it), with its audit event in one
- * batch, and in the key's object before the answer, so verify and the upstream see them on the next request.
+ * Changes a key's `externalId`, `meta` and `allowedIps` (a key the caller may manage, as for revoking it), with its
+ * audit event in one batch, and in the key's object before the answer, so verify and the upstream see them on the next
+ * request. A narrower list removes rights: it is written as a revocation is (`writeChange`), so a write D1 answers late
+ * is still in force within seconds.
  */
 export async function updateKey(deps: Deps, p: Principal, id: string, change: z.infer<typeof KeyChange>) {
   const key = await getKey(deps, p, id);
   const now = deps.now();
-  const set = externalChange(change);
+  const { allowedIps } = change;
+  if (allowedIps) await checkAllowedIps(deps.db, p.accountId, await ownerRole(deps.db, p, key.ownerId), allowedIps);
+  const set = {
+    ...externalChange(change),
+    ...(allowedIps === undefined ? {} : { allowedIps: allowedIpsColumn(allowedIps) }),
+  };
   if (Object.keys(set).length === 0) return { key, now };
   const d = deps.db;
-  await batch(deps.env.DB, [
-    d.update(apiKeys).set(set).where(eq(apiKeys.id, key.id)),
-    auditInsert(d, { accountId: p.accountId, actor: p.userId, action: "key.updated", target: key.id, requestId: deps.requestId }, now),
-  ]).catch(externalIdTaken(change.externalId));
+  const write = () =>
+    batch(deps.env.DB, [
+      d.update(apiKeys).set(set).where(eq(apiKeys.id, key.id)),
+      auditInsert(d, { accountId: p.accountId, actor: p.userId, action: "key.updated", target: key.id, requestId: deps.requestId }, now),
+    ]);
+  await (allowedIps === undefined ? write() : writeChange(deps, [key.id], write)).catch(externalIdTaken(change.externalId));
   await reloadKeys(deps, [key.id]);
   return { key: { ...key, ...set }, now };
 }
@@ -145,6 +158,7 @@ export async function rotateKey(deps: Deps, p: Principal, id: string, rotation: 
   const ceiling = await memberCeiling(deps.db, p);
   const old = await getKey(deps, p, id);
   const { gracePeriodSeconds: grace } = rotation;
+  if (rotation.allowedIps) await checkAllowedIps(deps.db, p.accountId, await ownerRole(deps.db, p, old.ownerId), rotation.allowedIps);
   const limits = sentLimits(rotation);
   if (limits) {
     const errors = overCeiling(ceiling, limits, rotation.rateLimits ? "rateLimits" : "rateLimit");
@@ -176,6 +190,8 @@ export async function rotateKey(deps: Deps, p: Principal, id: string, rotation: 
       rotatedFrom: old.id,
       // An externalId is the old key's alone (unique within the account); its meta comes along.
       meta: parseMeta(old.meta),
+      // Where the key may be used from comes along, unless the rotation sends its own (null: the account's).
+      allowedIps: rotation.allowedIps === undefined ? parseAllowedIps(old.allowedIps) : rotation.allowedIps,
     },
     now,
   );
@@ -308,16 +324,43 @@ function overCeiling(ceiling: Policy | null, limits: readonly Limit[], field: "r
   );
 }
 
-/** Only admins create keys for other users, and only for enabled users of their own account. */
-async function checkOwner(d: Db, p: Principal, ownerId: string): Promise<void> {
+/** Only admins create keys for other users, and only for enabled users of their own account: the owner's role. */
+async function checkOwner(d: Db, p: Principal, ownerId: string): Promise<Principal["role"]> {
   if (p.role !== "admin") throw new ApiError("insufficient_role", "Only account admins can create keys for other users.");
   const [owner] = await d
-    .select({ disabled: users.disabled })
+    .select({ disabled: users.disabled, role: users.role })
     .from(users)
     .where(and(eq(users.accountId, p.accountId), eq(users.id, ownerId)))
     .limit(1);
   const problem = !owner ? "is not a user of this account" : owner.disabled ? "is a disabled user" : null;
   if (problem) throw invalidRequest([{ field: "ownerId", message: problem }]);
+  return (owner as { role: Principal["role"] }).role;
+}
+
+/** The role of a key's owner: the caller's own, or read (an admin managing another user's key). */
+async function ownerRole(d: Db, p: Principal, ownerId: string): Promise<Principal["role"]> {
+  if (ownerId === p.userId) return p.role;
+  const [owner] = await d
+    .select({ role: users.role })
+    .from(users)
+    .where(and(eq(users.accountId, p.accountId), eq(users.id, ownerId)))
+    .limit(1);
+  return owner?.role ?? "member";
+}
+
+/**
+ * A member's key may only narrow its account's `allowedIps`: each of its blocks must lie within one of the account's
+ * (read now). An admin's key may carry any list, in place of the account's. A member's key is also judged against
+ * both lists (core/principal.ts `allowedIps`), so a default narrowed later still holds.
+ */
+async function checkAllowedIps(d: Db, accountId: string, role: Principal["role"], list: readonly string[] | null): Promise<void> {
+  if (role === "admin" || list === null) return;
+  const [account] = await d.select({ allowedIps: accounts.allowedIps }).from(accounts).where(eq(accounts.id, accountId)).limit(1);
+  const outer = blocks(parseAllowedIps(account?.allowedIps ?? null) ?? []);
+  if (outer.length === 0) return;
+  const message = "lies outside the account's allowedIps; a member's key may only narrow them";
+  const errors = blocks(list).flatMap((block, i) => (outer.some((o) => within(block, o)) ? [] : [{ field: `allowedIps[${i}]`, message }]));
+  if (errors.length > 0) throw invalidRequest(errors);
 }
 
 /** A key the caller may see and manage; anything else is 404, whoever owns it. */

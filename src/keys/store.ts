@@ -2,7 +2,7 @@ import { and, eq, inArray, sql } from "drizzle-orm";
 import type { CreditsConfig } from "../core/credits";
 import { generateKey, hashKey, newId } from "../core/ids";
 import type { AuthMethod, KeyRecord as CoreKeyRecord, Principal } from "../core/principal";
-import { creditsColumn, shorthand, storedMeta } from "../core/schemas";
+import { allowedIpsColumn, creditsColumn, shorthand, storedMeta } from "../core/schemas";
 import type { Limit } from "../core/window";
 import type { Db } from "../platform/db/client";
 import { listPage, type Page } from "../platform/db/pagination";
@@ -35,6 +35,8 @@ export type NewKey = {
   rotatedFrom?: string;
   externalId?: string | null;
   meta?: Record<string, unknown> | null;
+  /** The CIDR blocks the key may be used from (canonical); null or absent: its account's list applies. */
+  allowedIps?: string[] | null;
 };
 
 /** Mints a key and its row; the caller writes the row in the same batch as its audit event. */
@@ -61,7 +63,7 @@ export async function mintKey(input: NewKey, now: Date): Promise<{ raw: string; 
     externalId: input.externalId ?? null,
     meta: storedMeta(input.meta),
     credits: creditsColumn(input.credits),
-    allowedIps: null,
+    allowedIps: allowedIpsColumn(input.allowedIps ?? null),
     leakedAt: null,
   };
   return { raw, row };
@@ -103,6 +105,7 @@ export async function loadKey(d: Db, by: { id: string } | { hash: string }): Pro
         maxRateLimitWindowSeconds: accounts.maxRateLimitWindowSeconds,
       },
       accountExternal: { externalId: accounts.externalId, meta: accounts.meta },
+      accountAllowedIps: accounts.allowedIps,
     })
     .from(apiKeys)
     .innerJoin(users, eq(users.id, apiKeys.ownerId))

@@ -2,7 +2,7 @@ import { z } from "@hono/zod-openapi";
 import { GRANT, parseGrant } from "../core/grants";
 import { parseKey } from "../core/ids";
 import { type External, type Need, NO_ACCOUNT, type Principal } from "../core/principal";
-import { externalView, IdempotencyKey, integer, matching, parseMeta } from "../core/schemas";
+import { ClientIp, externalView, IdempotencyKey, integer, matching, parseMeta } from "../core/schemas";
 import { tightest } from "../core/window";
 import type { Deps } from "../platform/deps";
 import { ownerOf } from "../resources/owners";
@@ -19,6 +19,10 @@ export const VerifyRequest = z
     reserve: integer(1, 1_000_000).optional().openapi({
       description:
         "Credits to hold instead (not with `credits`): settled later with POST /v1/credits/settle `{requestId, used}` (the answer's `requestId`), or at the reserve after CREDITS_SETTLE_TIMEOUT_S",
+    }),
+    clientIp: ClientIp.optional().openapi({
+      description:
+        "The address the request being verified came from, as your edge saw it (never a header the client writes): judged against the key's `allowedIps`. Absent while a list applies: `ip_not_allowed`",
     }),
     idempotencyKey: IdempotencyKey.optional().openapi({
       description: "Charged once per key and idempotency key within 24 hours (over HTTP, the `Idempotency-Key` header)",
@@ -66,8 +70,12 @@ const Invalid = z.strictObject({
       "credits_exhausted",
       "idempotency_in_flight",
       "idempotency_key_reused",
+      "ip_not_allowed",
     ])
-    .openapi({ description: "`not_found`: the resource belongs to another account, or to none Keygate knows of" }),
+    .openapi({
+      description:
+        "`not_found`: the resource belongs to another account, or to none Keygate knows of; `ip_not_allowed`: the key's `allowedIps` do not include `clientIp` (or none was sent)",
+    }),
   retryAfter: z.number().int().optional().openapi({
     description: "With `rate_limited`: seconds until the key may spend again; with `credits_exhausted`, until the next refill",
   }),
@@ -87,17 +95,19 @@ async function needOf(deps: Deps, resource: string | undefined): Promise<Need> {
 
 /**
  * Verifies a key for a backend that cannot sit behind the gateway: the same judgement and the same spend as a gateway
- * request (its object decides, `cost` is spent only when the key passes), so a key is never cheaper to use here.
+ * request (its object decides, `cost` is spent only when the key passes), so a key is never cheaper to use here; a key
+ * with allowed addresses passes only with the `clientIp` its request came from.
  */
 export async function verifyKey(
   deps: Deps,
-  { key, resource, cost, credits, reserve, idempotencyKey }: z.output<typeof VerifyRequest>,
+  { key, resource, cost, credits, reserve, idempotencyKey, clientIp }: z.output<typeof VerifyRequest>,
 ): Promise<Verdict> {
   if (!parseKey(key)) return { valid: false, code: "invalid_key" };
   const verdict = await authorizeKey(deps, {
     key,
     method: "verify",
     need: () => needOf(deps, resource),
+    ip: clientIp ?? null,
     cost,
     credits: reserve ?? credits,
     reserve: reserve === undefined ? undefined : { until: deps.now().getTime() + deps.config.creditsSettleTimeoutS * 1000 },
@@ -110,6 +120,7 @@ export async function verifyKey(
     // A verify asks for no role: its refusals are a missing grant (403 on the gateway) and another account's resource
     // (404 there).
     if (!("refusal" in verdict)) return { valid: false, code: verdict.code };
+    if (verdict.refusal === "ip_not_allowed") return { valid: false, code: "ip_not_allowed" };
     return { valid: false, code: verdict.refusal === "other_account" ? "not_found" : "insufficient_scope" };
   }
   const { principal: p, spent } = verdict;

@@ -22,6 +22,7 @@ export const ERRORS = {
   insufficient_scope: [403, "Forbidden"],
   insufficient_role: [403, "Forbidden"],
   origin_not_allowed: [403, "Forbidden"],
+  ip_not_allowed: [403, "Forbidden"],
   agent_disabled: [403, "Forbidden"],
   identity_unverified: [403, "Forbidden"],
   not_found: [404, "Not Found"],
@@ -113,6 +114,7 @@ const REFUSAL_DETAIL = {
   insufficient_role: "This action needs an account admin.",
   not_granted: "This key has no grant for this resource.",
   other_account: "No such resource.",
+  ip_not_allowed: "This key may not be used from this address (CF-Connecting-IP); its allowedIps do not include it.",
 } as const satisfies Record<Refusal, string>;
 
 /** The answer to a principal that falls short: another account's resource is not found, the rest are 403. */

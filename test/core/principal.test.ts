@@ -29,6 +29,7 @@ function key(
       expiresAt: null,
       externalId: null,
       meta: null,
+      allowedIps: null,
       ...over,
     },
     role,
@@ -38,6 +39,7 @@ function key(
     accountSlug: "acme",
     account: account(maxRateLimit),
     accountExternal: { externalId: null, meta: null },
+    accountAllowedIps: null,
   };
 }
 

@@ -21,6 +21,7 @@ function record(key: Partial<KeyRecord["key"]> = {}, rest: Partial<Omit<KeyRecor
       expiresAt: null,
       externalId: null,
       meta: null,
+      allowedIps: null,
       ...key,
     },
     role: "admin",
@@ -30,6 +31,7 @@ function record(key: Partial<KeyRecord["key"]> = {}, rest: Partial<Omit<KeyRecor
     accountSlug: "acme",
     account: { rateLimit: 60, rateLimitWindowSeconds: 60, rateLimits: null, maxRateLimit: null, maxRateLimitWindowSeconds: null },
     accountExternal: { externalId: null, meta: null },
+    accountAllowedIps: null,
     ...rest,
   };
 }

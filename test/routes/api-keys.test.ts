@@ -23,6 +23,7 @@ describe("POST /v1/api-keys", () => {
     const body = await res.json<KeyBody>();
     expect(Object.keys(body).sort()).toEqual(
       [
+        "allowedIps",
         "createdAt",
         "createdBy",
         "credits",

@@ -33,7 +33,9 @@ export const accountRoutes = routes()
     createRoute({
       method: "patch",
       path: "/",
-      summary: "Change the account's default limit, members' ceiling, whether members create keys, externalId or meta",
+      summary: "Change the account's default limit, members' ceiling, whether members create keys, or its keys' allowedIps",
+      description:
+        "Admins only. A change of `allowedIps` is in every key's object before the answer (503 `change_pending` when it could not be; a repeat completes it).",
       security: KEY_SECURITY,
       middleware: withBody(authenticate("admin")),
       request: { body: jsonBody(AccountChange) },

@@ -75,9 +75,9 @@ export const apiKeysRoutes = routes()
     createRoute({
       method: "patch",
       path: "/{id}",
-      summary: "Change a key's externalId or meta",
+      summary: "Change a key's externalId, meta or allowedIps",
       description:
-        "Members change their own keys. In force before the answer (verify and the upstream see it on the next request); 503 `change_pending` when it could not be, and a repeat completes it.",
+        "Members change their own keys (their `allowedIps` within the account's). In force before the answer (verify and the upstream see it on the next request, a narrower list refuses the next request from outside it); 503 `change_pending` when it could not be, and a repeat completes it.",
       security,
       middleware: withBody(fullAccess),
       request: { params: IdParam, body: jsonBody(KeyChange) },
