@@ -70,7 +70,7 @@ describe("the key verdict", () => {
         accountSlug: "acme",
         keyPrefix: "sk",
         limits: [{ name: "default", limit: 60, windowSeconds: 60 }],
-        credits: { key: null, account: null },
+        credits: { key: null, account: null, user: null },
         shared: [],
       },
     });
