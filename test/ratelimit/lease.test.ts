@@ -381,6 +381,7 @@ describe("leases (pure, injected clock)", () => {
         rttMs,
       });
 
+  const SIMULATION_TIMEOUT_MS = 90_000;
   it.each(loads)(
     "refuses no more than an exact limiter would, less 1% at 0.9x and 5% above ($policy.limit per $policy.windowSeconds s, $load x, $isolates isolates, even $even, calls up to $rttMs ms)",
     async (s) => {
@@ -390,6 +391,8 @@ describe("leases (pure, injected clock)", () => {
       // Under its limit, a request waits for a call or two of its isolate, never behind a queue of them.
       if (s.load < 1) expect(longestWait).toBeLessThanOrEqual(2 * s.rttMs);
     },
+    // Minutes of simulated traffic on an injected clock: the time it takes is the machine's, bounded only against a hang.
+    SIMULATION_TIMEOUT_MS,
   );
 
   it("keeps a hot key's requests from queueing in its isolate under its limit, however many arrive while a call is on its way", async () => {
