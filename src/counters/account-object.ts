@@ -12,6 +12,7 @@ import type { Bindings } from "../platform/env";
 import { log, safeError } from "../platform/log";
 import { Budget } from "./budget";
 import { LedgerOutbox } from "./ledger";
+import { Notices } from "./notices";
 import type { CallTag, Granted, Refund, Spending, Unspent } from "./protocol";
 import type { Adjusted, Adjustment, CreditsView } from "./stored-balance";
 
@@ -51,11 +52,14 @@ export class AccountObject extends DurableObject<Bindings> {
   /** The pool's movements on their way to D1's ledger, and whether the alarm that writes them is set. */
   private readonly ledger: LedgerOutbox;
   private flushing = false;
+  /** What the pool (or the person's balance) tells the account's webhook endpoints. */
+  private readonly notices: Notices;
 
   constructor(ctx: DurableObjectState, env: Bindings) {
     super(ctx, env);
     this.database = withDeadline(env.DB, () => getConfig(env).d1TimeoutMs);
     this.ledger = new LedgerOutbox(ctx.storage.sql, () => this.clock());
+    this.notices = new Notices(ctx, env);
     this.budget = new Budget(ctx.storage.sql, () => this.clock(), undefined, {
       kv: ctx.storage.kv,
       record: (entries) => this.recordCredits(entries),
@@ -167,7 +171,9 @@ export class AccountObject extends DurableObject<Bindings> {
   private recordCredits(entries: readonly LedgerEntry[]): void {
     const accountId = this.ctx.storage.kv.get<string>("account-id");
     if (accountId === undefined) return;
-    this.ledger.record({ accountId, keyId: null, userId: this.ctx.storage.kv.get<string>("user-id") ?? null }, entries);
+    const userId = this.ctx.storage.kv.get<string>("user-id") ?? null;
+    this.ledger.record({ accountId, keyId: null, userId }, entries);
+    this.notices.balanceMoved(accountId, userId === null ? { balance: "account" } : { balance: "user", userId }, entries);
     if (!this.flushing) {
       this.flushing = true;
       this.ctx.waitUntil(

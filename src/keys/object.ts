@@ -5,6 +5,7 @@ import type { AuthMethod } from "../core/principal";
 import { keyRefusal, type Need, type Principal, type Refusal, refusal } from "../core/principal";
 import { Budget } from "../counters/budget";
 import { LedgerOutbox, type LedgerOwner } from "../counters/ledger";
+import { Notices } from "../counters/notices";
 import type { CallTag, Granted, Refund, Spending, Unspent } from "../counters/protocol";
 import type { Adjusted, Adjustment, CreditsView } from "../counters/stored-balance";
 import { getConfig } from "../platform/config";
@@ -13,6 +14,7 @@ import type { Bindings } from "../platform/env";
 import { log, safeError } from "../platform/log";
 import { addUsage } from "../usage/service";
 import { FLUSH_INTERVAL_MS, UsageTally } from "../usage/tally";
+import { keyEvent } from "./events";
 import { evaluateKey, type KeyRecord, LAST_USED_INTERVAL_MS, loadKey, recordUse, type VerifyResult } from "./store";
 
 /** A key as its object holds it: the record, the verdict on it and the instant that verdict may change. */
@@ -80,12 +82,15 @@ export class KeyObject extends DurableObject<Bindings> {
   private readonly usage: UsageTally;
   /** The balance's movements on their way to D1's ledger. */
   private readonly ledger: LedgerOutbox;
+  /** What the key's limits and balance tell the account's webhook endpoints. */
+  private readonly notices: Notices;
 
   constructor(ctx: DurableObjectState, env: Bindings) {
     super(ctx, env);
     this.database = withDeadline(env.DB, () => getConfig(env).d1TimeoutMs);
     this.usage = new UsageTally(ctx.storage.sql);
     this.ledger = new LedgerOutbox(ctx.storage.sql, () => this.clock());
+    this.notices = new Notices(ctx, env);
     // Admissions given back come off the usage of the hour they were counted in.
     this.budget = new Budget(
       ctx.storage.sql,
@@ -155,6 +160,10 @@ export class KeyObject extends DurableObject<Bindings> {
         this.noteUse(keyId, key, method, now);
         for (const { at, cost } of logged) this.usage.count(at, cost, 0);
         if (!granted.allowed) this.usage.count(now, 0, 1);
+        if (!granted.allowed && !granted.exhausted && key.record) {
+          const refused = principal.limits.filter((l) => granted.refusedBy.includes(l.name));
+          this.notices.limitRefused(principal.accountId, { key: keyEvent(key.record.key) }, refused, granted.retryAfter, now);
+        }
         // A request refused here was not charged: its retry is charged as a first request.
         if (idempotency && !granted.replayed) {
           if (!granted.allowed) this.release(call.tag.id);
@@ -298,6 +307,7 @@ export class KeyObject extends DurableObject<Bindings> {
       return;
     }
     this.ledger.record(owner, entries);
+    this.notices.balanceMoved(owner.accountId, { balance: "key", keyId: owner.keyId }, entries);
     for (const e of entries)
       if (e.kind === "spend" || e.kind === "refund" || e.kind === "reserve" || e.kind === "settle") this.usage.count(e.at, 0, 0, -e.delta);
     this.flushLater(owner.keyId);

@@ -31,7 +31,14 @@ export async function consume(deps: Deps, messages: readonly Message<EventMessag
     try {
       const body = message.body;
       if ("event" in body) await fanOut(deps, body.event);
-      else await attempt(deps, body.delivery, body.attempt);
+      else if ("emit" in body) {
+        // Told by a counting object: written down once (a copy of the message writes nothing), then handed on.
+        await deps.db
+          .insert(webhookEvents)
+          .values({ ...body.emit, queuedAt: deps.now().toISOString() })
+          .onConflictDoNothing();
+        await fanOut(deps, body.emit.id);
+      } else await attempt(deps, body.delivery, body.attempt);
       message.ack();
     } catch (err) {
       deps.log("error", "webhook_consume_failed", { error: safeError(err) });

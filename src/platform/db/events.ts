@@ -7,13 +7,14 @@ import { webhookEvents } from "./schema";
 /** What the account's webhook endpoints are told of; `data` never holds a key, a hash, a password or a token. */
 export type EventInput = { accountId: string; type: string; data: Record<string, unknown> };
 
-/**
- * A queue message (src/webhooks/deliver.ts): an event to hand on to its endpoints, or the attempt numbered `attempt`
- * (0 the first) of one delivery.
- */
-export type EventMessage = { event: string } | { delivery: string; attempt: number };
-
 export type EventRow = typeof webhookEvents.$inferInsert & { id: string };
+
+/**
+ * A queue message (src/webhooks/deliver.ts): an event of the outbox to hand on to its endpoints; an event a counting
+ * object tells of (`emit`: written down by the consumer, then handed on); or the attempt numbered `attempt` (0 the
+ * first) of one delivery.
+ */
+export type EventMessage = { event: string } | { emit: EventRow } | { delivery: string; attempt: number };
 
 /**
  * An event as its outbox row: write it in the same D1 batch as the change it tells of (`d.insert(webhookEvents)
