@@ -44,6 +44,10 @@ export default defineConfig(async () => ({
                   { kid: "test-assertion", ...generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey.export({ format: "jwk" }) },
                 ]),
                 VERIFY_TOKEN: "test-verify-token-0123456789abcdef0123",
+                WEBHOOK_SIGNING_KEY: JSON.stringify({
+                  kid: "test-webhooks",
+                  ...generateKeyPairSync("ed25519").privateKey.export({ format: "jwk" }),
+                }),
                 JWT_SIGNING_KEYS: JSON.stringify([
                   { kid: "test-2", secret: "test-signing-secret-two-0123456789abcdef" },
                   { kid: "test-1", secret: "test-signing-secret-one-0123456789abcdef" },

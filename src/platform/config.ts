@@ -153,6 +153,15 @@ const secretScanningKeys = jsonText(
   "[]",
 );
 
+/** An Ed25519 key component: 32 bytes, base64url without padding (43 characters). */
+const okp = z.string().regex(/^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$/, "holds a key that is not an Ed25519 JWK");
+
+/** WEBHOOK_SIGNING_KEY: a private Ed25519 JWK with a `kid`; its public half is published, and signs `v1a` deliveries. */
+const webhookSigningKey = jsonText(
+  z.looseObject({ kid: z.string().min(1), kty: z.literal("OKP"), crv: z.literal("Ed25519"), x: okp, d: okp }).nullable(),
+  "null",
+);
+
 /** Every variable and secret Keygate reads, with its default; README's configuration table lists the same. */
 const ConfigSchema = z.object({
   OPERATOR_TOKEN: secret(),
@@ -179,6 +188,7 @@ const ConfigSchema = z.object({
   HANDSHAKE_USER_RATE_LIMIT: policy("30/60"),
   CHAT_RATE_LIMIT: policy("30/60"),
   SECRET_SCANNING_KEYS: secretScanningKeys,
+  WEBHOOK_SIGNING_KEY: webhookSigningKey,
   LEAK_REPORT_RATE_LIMIT: policy("10/60"),
   DEMO_API_ORIGINS: list(
     z.string().superRefine((o, ctx) => {
@@ -226,6 +236,8 @@ const FIELDS = {
   publicOrigin: "PUBLIC_ORIGIN",
   /** The one host the dashboard is served on (and no gateway traffic); unset, every host serves it. */
   dashboardHost: "DASHBOARD_HOST",
+  /** Keygate's Ed25519 key for webhook deliveries (`v1a`), published in /.well-known/jwks.json; null: none. */
+  webhookSigningKey: "WEBHOOK_SIGNING_KEY",
   /** GitHub's secret scanning public keys; empty: POST /v1/leaks/github is off. */
   secretScanningKeys: "SECRET_SCANNING_KEYS",
   /** Leak reports (POST /v1/leaks) per client address. */

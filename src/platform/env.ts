@@ -29,6 +29,7 @@ export type Bindings = Env &
       | "PUBLIC_ORIGIN"
       | "DASHBOARD_HOST"
       | "SECRET_SCANNING_KEYS"
+      | "WEBHOOK_SIGNING_KEY"
       | "LEAK_REPORT_RATE_LIMIT",
       string
     >

@@ -6,7 +6,7 @@ import { type EventMessage, eventIfChanged, newEvent, publishEvents } from "../p
 import { type Webhook, webhookAttempts, webhookDeliveries, webhookEvents, webhooks } from "../platform/db/schema";
 import type { Deps } from "../platform/deps";
 import { safeError } from "../platform/log";
-import { signedHeaders } from "./signature";
+import { ed25519Key, type SigningJwk, signedHeaders } from "./signature";
 
 /**
  * How long after each failed attempt the next one comes, in seconds: the Standard Webhooks specification's example
@@ -95,7 +95,9 @@ async function post(deps: Deps, w: Webhook, event: { id: string; type: string; d
     w.secret,
     ...(w.previousSecret && w.previousSecretUntil && w.previousSecretUntil > now.toISOString() ? [w.previousSecret] : []),
   ];
-  const headers = await signedHeaders({ id: event.id, timestamp: Math.floor(now.getTime() / 1000), body }, secrets);
+  const jwk = deps.config.webhookSigningKey;
+  const ed25519 = w.ed25519 && jwk ? await ed25519Key(jwk as SigningJwk) : undefined;
+  const headers = await signedHeaders({ id: event.id, timestamp: Math.floor(now.getTime() / 1000), body }, secrets, ed25519);
   const started = Date.now();
   try {
     const res = await fetch(w.url, {

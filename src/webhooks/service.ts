@@ -18,6 +18,14 @@ import { newSecret } from "./signature";
 /** How long a rotated secret still signs beside the new one (the specification's zero-downtime rotation). */
 export const SECRET_OVERLAP_MS = 24 * 3_600_000;
 
+/** An endpoint that asks for Ed25519 signatures needs the deployment's key. */
+function checkEd25519(deps: Deps, ed25519: boolean | undefined): void {
+  if (ed25519 && !deps.config.webhookSigningKey)
+    throw new ApiError("invalid_request", "Invalid fields: ed25519.", {
+      errors: [{ field: "ed25519", message: "needs the deployment's WEBHOOK_SIGNING_KEY, which is not set" }],
+    });
+}
+
 /** The endpoint's URL is one the deployment may POST to: https unless ALLOW_HTTP, and never Keygate's own origin. */
 function checkUrl(deps: Deps, value: string, ownOrigin: string): void {
   const url = new URL(value);
@@ -50,6 +58,7 @@ const audit = (deps: Deps, p: Principal, action: string, target: string) => ({
 
 export async function createWebhook(deps: Deps, p: Principal, input: z.infer<typeof NewWebhook>, ownOrigin: string): Promise<Webhook> {
   checkUrl(deps, input.url, ownOrigin);
+  checkEd25519(deps, input.ed25519);
   const d = deps.db;
   const [{ n } = { n: 0 }] = await d.select({ n: count() }).from(webhooks).where(eq(webhooks.accountId, p.accountId));
   if (n >= MAX_WEBHOOKS)
@@ -90,6 +99,7 @@ export async function updateWebhook(
 ): Promise<Webhook> {
   const webhook = await findWebhook(deps, p, id);
   if (change.url !== undefined) checkUrl(deps, change.url, ownOrigin);
+  checkEd25519(deps, change.ed25519);
   const now = deps.now();
   const set = {
     ...(change.url === undefined ? {} : { url: change.url }),

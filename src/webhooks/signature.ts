@@ -37,6 +37,27 @@ export async function ed25519Signature(key: CryptoKey, id: string, timestamp: nu
   return `v1a,${toBase64(new Uint8Array(await crypto.subtle.sign("Ed25519", key, content(id, timestamp, body))))}`;
 }
 
+/** Keygate's Ed25519 key as configured (WEBHOOK_SIGNING_KEY). */
+export type SigningJwk = { kid: string; kty: "OKP"; crv: "Ed25519"; x: string; d: string };
+
+const imported = new WeakMap<SigningJwk, Promise<CryptoKey>>();
+
+/** The private key that makes `v1a` signatures, imported once per configuration. */
+export function ed25519Key(jwk: SigningJwk): Promise<CryptoKey> {
+  let key = imported.get(jwk);
+  if (!key) {
+    const { kty, crv, x, d } = jwk;
+    key = crypto.subtle.importKey("jwk", { kty, crv, x, d }, { name: "Ed25519" }, false, ["sign"]) as Promise<CryptoKey>;
+    imported.set(jwk, key);
+  }
+  return key;
+}
+
+/** The public half, as /.well-known/jwks.json publishes it beside the assertion keys. */
+export function ed25519PublicJwk({ kid, x }: SigningJwk) {
+  return { kid, kty: "OKP" as const, crv: "Ed25519" as const, x, alg: "EdDSA" as const, use: "sig" as const };
+}
+
 /** The headers of one delivery: one `v1` signature per secret that signs (two while a rotated secret still does). */
 export async function signedHeaders(
   { id, timestamp, body }: { id: string; timestamp: number; body: string },

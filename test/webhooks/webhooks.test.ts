@@ -187,6 +187,29 @@ describe("deliveries", () => {
     expect(verifyDelivery(headers, [webhook.secret])).toBe("ok");
   });
 
+  it("with ed25519, also signs with Keygate's published key: a receiver holding no secret verifies", async () => {
+    const { key } = await provision();
+    const r = await receiver();
+    const res = await callWith(local, "/v1/webhooks", { key: key.key, body: { url: r.url, events: ["webhook.test"], ed25519: true } });
+    const webhook = (await res.json()) as Created & { ed25519: boolean };
+    expect(webhook.ed25519).toBe(true);
+    const jwks = await (await call("/.well-known/jwks.json")).json<{ keys: { kty: string; kid: string }[] }>();
+    const published = jwks.keys.find((k) => k.kty === "OKP");
+    expect(published).toMatchObject({ kid: "test-webhooks", crv: "Ed25519", alg: "EdDSA", use: "sig" });
+    expect(published).not.toHaveProperty("d");
+    await r.configure({ secrets: [], publicKey: published });
+    await call(`/v1/webhooks/${webhook.id}/test`, { method: "POST", key: key.key });
+    await poll(async () => (await r.received()).map((d) => d.verdict)).toEqual(["ok"]);
+    const [d] = (await r.received()) as [Received];
+    expect(d.signature.split(" ").map((s) => s.split(",")[0])).toEqual(["v1", "v1a"]);
+    // Without the deployment's key, an endpoint cannot ask for it.
+    const refused = await callWith({ ...local, WEBHOOK_SIGNING_KEY: "" }, "/v1/webhooks", {
+      key: key.key,
+      body: { url: r.url, events: ["*"], ed25519: true },
+    });
+    expect(((await expectProblem(refused, 400, "invalid_request")).errors as { field: string }[])[0]?.field).toBe("ed25519");
+  });
+
   it("an endpoint that fails 3 times then succeeds: one event, 4 attempts, the same webhook-id, each attempt shown", async () => {
     const { key, r, webhook } = await endpoint(["*"], {});
     await r.configure({ fail: 3, status: 503 });
@@ -297,6 +320,10 @@ describe("deliveries", () => {
     expect(read).toMatchObject({ disabled: true, disabledReason: "failing" });
     expect(await rows("SELECT actor FROM audit_events WHERE target = ? AND action = 'webhook.disabled'", webhook.id)).toEqual([
       { actor: "keygate" },
+    ]);
+    // Its delivery is given up (dead-lettered): failed, nothing more scheduled.
+    expect(await rows("SELECT status, next_attempt_at FROM webhook_deliveries WHERE id = ?", d?.id)).toEqual([
+      { status: "failed", next_attempt_at: null },
     ]);
     await poll(async () => (await watcher.received()).map((x) => x.body.type)).toEqual(["webhook.disabled"]);
     expect((await watcher.received())[0]?.body.data).toMatchObject({ webhookId: webhook.id, reason: "failing" });
