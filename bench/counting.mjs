@@ -154,4 +154,7 @@ export default {
     );
     return counted;
   },
+  // Webhook deliveries and the cron sweep, as the Worker itself runs them (nothing of theirs is counted).
+  queue: (batch, env, ctx) => worker.queue(batch, env, ctx),
+  scheduled: (controller, env, ctx) => worker.scheduled(controller, env, ctx),
 };

@@ -1,7 +1,8 @@
 // The benchmark's probes of what leases promise, with load from several isolates of one deployment: how soon a
 // revocation is in force everywhere (g), and that a key driven at an even pace is admitted what one exact limiter would
-// admit, never a window over its limit (h).
+// admit, never a window over its limit (h); and how soon a change's webhook arrives (x).
 // Every load here is bounded in time and count and stops by itself; each request has its own timeout.
+import { createServer } from "node:http";
 
 /** How long a single request may take before it counts as failed (status 0). */
 const REQUEST_TIMEOUT_MS = 5_000;
@@ -190,4 +191,53 @@ export async function accuracyProbe({ isolates, path, headers, limit, windowSeco
       p99: round(latencies[Math.floor(latencies.length * 0.99)] ?? 0),
     },
   };
+}
+
+/**
+ * (x) How soon a change's webhook arrives: `changes` times, `change()` makes one (a key created) and answers the id its
+ * event names; a receiver on 127.0.0.1 notes when each arrives. The latency is from the change's answer to the first
+ * attempt's arrival, one change at a time (`gapMs` apart), so each measures the path, not a queue of them.
+ */
+export async function webhookProbe({ change, changes = 40, gapMs = 100, timeoutMs = 15_000 }) {
+  const arrived = new Map();
+  const server = createServer((req, res) => {
+    let body = "";
+    req.on("data", (c) => (body += c));
+    req.on("end", () => {
+      try {
+        const id = JSON.parse(body)?.data?.key?.id;
+        if (id && !arrived.has(id)) arrived.set(id, Date.now());
+      } catch {}
+      res.writeHead(204).end();
+    });
+  });
+  await new Promise((done) => server.listen(0, "127.0.0.1", done));
+  const url = `http://127.0.0.1:${server.address().port}/hooks`;
+  try {
+    const answered = new Map();
+    return await (async () => {
+      const register = await change.register(url);
+      await new Promise((r) => setTimeout(r, 1000));
+      for (let i = 0; i < changes; i++) {
+        const id = await change.make(i);
+        answered.set(id, Date.now());
+        await new Promise((r) => setTimeout(r, gapMs));
+      }
+      const deadline = Date.now() + timeoutMs;
+      while (arrived.size < changes && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+      const latencies = [...answered]
+        .filter(([id]) => arrived.has(id))
+        .map(([id, at]) => arrived.get(id) - at)
+        .sort((a, b) => a - b);
+      const q = (p) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))] ?? null;
+      return {
+        endpoint: register,
+        changes,
+        delivered: latencies.length,
+        firstAttemptMs: { p50: q(0.5), p95: q(0.95), max: latencies.at(-1) ?? null },
+      };
+    })();
+  } finally {
+    server.close();
+  }
 }

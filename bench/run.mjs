@@ -21,7 +21,7 @@ import { Worker } from "node:worker_threads";
 import autocannon from "autocannon";
 import { startKeygate } from "../scripts/keygate-server.mjs";
 import { fixedRate, quantile } from "./fixed-rate.mjs";
-import { accuracyProbe, revocationProbe } from "./probes.mjs";
+import { accuracyProbe, revocationProbe, webhookProbe } from "./probes.mjs";
 
 const DURATION_SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
@@ -179,6 +179,13 @@ try {
     { name: "day", limit: 1_000_000, windowSeconds: 86_400 },
   ];
   const creditsKey = await post("/v1/api-keys", { name: "bench credits", rateLimits }, creditsAdmin.key);
+  // (w) An account with a webhook endpoint for every event (a receiver of (x)'s, registered later): its key's requests
+  // make no event, so the endpoint should cost them nothing.
+  const { key: hooked } = await post(
+    "/v1/accounts",
+    { name: "bench webhooks", rateLimit, admin: { email: "hooks@example.com" } },
+    OPERATOR_TOKEN,
+  );
   const accuracyCells = [];
   for (const rateLimit of ACCURACY_POLICIES)
     for (const load of ACCURACY_LOADS) {
@@ -258,6 +265,14 @@ try {
       path: "/v1/whoami",
       distinct: KEYS,
       headers: (i) => ({ ...toFar, "X-API-Key": keys[i % KEYS] }),
+    },
+    {
+      name: "webhooks",
+      id: "w",
+      title: "GET /v1/whoami, one key of an account with a webhook endpoint for every event",
+      path: "/v1/whoami",
+      distinct: 1,
+      headers: () => ({ "X-API-Key": hooked.key }),
     },
     // (k) (d)'s request on a route costing a credit, by a key with two named limits of an account with a pool: the key's
     // object spends the limits, the account's object the pool. Its calls are tallied by kind over whole runs.
@@ -512,6 +527,20 @@ try {
     );
   }
 
+  // (x) Keys created one at a time on (w)'s account: each api_key.created from the answer to its first attempt.
+  const webhooks = ONLY
+    ? null
+    : await webhookProbe({
+        change: {
+          register: (url) => post("/v1/webhooks", { url, events: ["api_key.created"] }, hooked.key).then((w) => w.id),
+          make: (i) => post("/v1/api-keys", { name: `bench webhook ${i}` }, hooked.key).then((k) => k.id),
+        },
+      });
+  if (webhooks)
+    console.log(
+      `(x) ${webhooks.delivered} of ${webhooks.changes} events delivered; first attempt after the change's answer p50 ${webhooks.firstAttemptMs.p50} ms, p95 ${webhooks.firstAttemptMs.p95} ms, max ${webhooks.firstAttemptMs.max} ms`,
+    );
+
   // (g) A hot key loaded from the three isolates, revoked through the first one.
   const revocation = await revocationProbe({
     isolates,
@@ -566,6 +595,13 @@ try {
   const target = (value, wanted, met) => ({ value, target: wanted, met });
   const targets = {
     hotKeyToBare: target(ratio("hotKey", "bare"), ">= 0.85", ratio("hotKey", "bare") >= 0.85),
+    // Issue #19: a key's requests cost the same with webhooks configured; a change's event arrives within 5 s (p95).
+    webhooksToHotKey: target(ratio("webhooks", "hotKey"), ">= 0.95", ratio("webhooks", "hotKey") >= 0.95),
+    webhookFirstAttemptP95Ms: target(
+      webhooks?.firstAttemptMs.p95 ?? null,
+      "<= 5000",
+      webhooks !== null && webhooks.delivered === webhooks.changes && (webhooks.firstAttemptMs.p95 ?? Number.POSITIVE_INFINITY) <= 5000,
+    ),
     // Issue #18: a route costing credits, two limits and a pool ride the same object calls and leases as (b).
     creditsToHotKey: target(ratio("credits", "hotKey"), ">= 0.95", ratio("credits", "hotKey") >= 0.95),
     // Latency added by the far counter, measured at a fixed rate (the work), and at saturation (mostly the throughput gap).
@@ -631,7 +667,11 @@ try {
       // (k) against (d), the same gateway request without credits, two limits or a pool: what those add.
       creditsToGateway: ratio("credits", "gateway"),
       creditsToGatewayPerRound: perRound("credits", "gateway"),
+      // (w) against (b): the same request, by a key of an account with a webhook endpoint.
+      webhooksToHotKey: ratio("webhooks", "hotKey"),
+      webhooksToHotKeyPerRound: perRound("webhooks", "hotKey"),
     },
+    webhooks,
     farCounter,
     fixedRate: fixedRateRuns,
     revocation,
@@ -639,7 +679,7 @@ try {
     targets,
   };
   console.log(
-    `ratios: b/a ${report.ratios.hotKeyToBare}  c/a ${report.ratios.manyKeysToBare}  d/e ${report.ratios.gatewayToDirect}  d/b ${report.ratios.gatewayToHotKey}  verify/b ${report.ratios.verifyToHotKey}  k/b ${report.ratios.creditsToHotKey}  k/d ${report.ratios.creditsToGateway}`,
+    `ratios: b/a ${report.ratios.hotKeyToBare}  c/a ${report.ratios.manyKeysToBare}  d/e ${report.ratios.gatewayToDirect}  d/b ${report.ratios.gatewayToHotKey}  verify/b ${report.ratios.verifyToHotKey}  k/b ${report.ratios.creditsToHotKey}  k/d ${report.ratios.creditsToGateway}  w/b ${report.ratios.webhooksToHotKey}`,
   );
   for (const [name, t] of Object.entries(targets)) console.log(`target ${name}: ${t.value} (${t.target}) ${t.met ? "met" : "NOT met"}`);
   writeFileSync("bench/results.json", `${JSON.stringify(report, null, 2)}\n`);
