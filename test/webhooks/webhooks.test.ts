@@ -245,6 +245,20 @@ describe("deliveries", () => {
     // Its copy of attempt 1 from the queue, arriving now, sends nothing more.
     await attempt(deps(), id, 1);
     expect(await r.received()).toHaveLength(4);
+    // Sent again by hand: one more attempt of the same event, the same webhook-id.
+    const retried = await call(`/v1/webhooks/${webhook.id}/deliveries/${id}/retry`, { method: "POST", key: key.key });
+    expect(retried.status).toBe(202);
+    expect(await retried.json()).toEqual({ id, status: "pending" });
+    await poll(async () => (await r.received()).length).toBe(5);
+    expect(new Set((await r.received()).map((d) => d.id)).size).toBe(1);
+    await poll(async () => (await rows<{ status: string }>("SELECT status FROM webhook_deliveries WHERE id = ?", id))[0]?.status).toBe(
+      "succeeded",
+    );
+    await expectProblem(
+      await call(`/v1/webhooks/${webhook.id}/deliveries/dlv_nothing/retry`, { method: "POST", key: key.key }),
+      404,
+      "not_found",
+    );
     const [hook] = await rows<{ failing_since: string | null }>("SELECT failing_since FROM webhooks WHERE id = ?", webhook.id);
     expect(hook?.failing_since).toBeNull();
   });
