@@ -1,6 +1,5 @@
 import { z } from "@hono/zod-openapi";
 import { GRANT, parseGrant } from "../core/grants";
-import { parseKey } from "../core/ids";
 import { type External, type Need, NO_ACCOUNT, type Principal } from "../core/principal";
 import { externalView, IdempotencyKey, integer, matching, parseMeta } from "../core/schemas";
 import { tightest } from "../core/window";
@@ -93,7 +92,6 @@ export async function verifyKey(
   deps: Deps,
   { key, resource, cost, credits, reserve, idempotencyKey }: z.output<typeof VerifyRequest>,
 ): Promise<Verdict> {
-  if (!parseKey(key)) return { valid: false, code: "invalid_key" };
   const verdict = await authorizeKey(deps, {
     key,
     method: "verify",

@@ -46,9 +46,13 @@ export const accounts = sqliteTable(
     /** The provider's JSON object about the account (at most 1 KB), as stored text. */
     meta: text("meta"),
     /** The format of the keys it issues: `checksummed` (a scanner can recognise them) or the seeds' `plain`. */
-    keyFormat: text("key_format", { enum: ["checksummed", "plain"] }).notNull().default("plain"),
+    keyFormat: text("key_format", { enum: ["checksummed", "plain"] })
+      .notNull()
+      .default("plain"),
     /** What a reported leak of one of its keys does: `revoke` it at once, or `notify` (mark it, and tell). */
-    leakResponse: text("leak_response", { enum: ["revoke", "notify"] }).notNull().default("notify"),
+    leakResponse: text("leak_response", { enum: ["revoke", "notify"] })
+      .notNull()
+      .default("notify"),
     /** JSON array of CIDRs its keys are used from when they set none of their own; null: anywhere. */
     allowedIps: text("allowed_ips"),
   },
@@ -376,7 +380,10 @@ export const webhookDeliveries = sqliteTable(
     createdAt: text("created_at").notNull(),
     updatedAt: text("updated_at").notNull(),
   },
-  (t) => [uniqueIndex("webhook_deliveries_event").on(t.webhookId, t.eventId), index("webhook_deliveries_webhook").on(t.webhookId, t.createdAt)],
+  (t) => [
+    uniqueIndex("webhook_deliveries_event").on(t.webhookId, t.eventId),
+    index("webhook_deliveries_webhook").on(t.webhookId, t.createdAt),
+  ],
 );
 
 /** Every attempt of a delivery: when, what the endpoint answered (or why nothing), and how long it took. */
