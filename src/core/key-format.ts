@@ -36,8 +36,11 @@ const PLAIN = new RegExp(`^(${NAME_PART})_([0-9a-f]{64})$`);
 const CHECKSUMMED = new RegExp(`^(${NAME_PART}_${NAME_PART})_([0-9A-Za-z]{${BODY_LENGTH}})([0-9A-Za-z]{${CHECKSUM_LENGTH}})$`);
 
 /** Fills a byte array with random bytes (crypto.getRandomValues; a test passes a seeded one). */
-export type Fill = (bytes: Uint8Array) => Uint8Array;
-const secure: Fill = (bytes) => crypto.getRandomValues(bytes);
+export type Fill = (bytes: Uint8Array<ArrayBuffer>) => Uint8Array;
+const secure: Fill = (bytes) => {
+  crypto.getRandomValues(bytes);
+  return bytes;
+};
 
 /** A new key of `format` for an account's `prefix`, 256 random bits; `namespace` starts a checksummed one. */
 export function generateKey(format: KeyFormat, prefix: string, namespace: string, fill: Fill = secure): string {

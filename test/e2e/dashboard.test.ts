@@ -94,7 +94,7 @@ async function createKey(page: Page, name: string, limit?: { requests: number; p
   const [response] = await Promise.all([page.waitForResponse((r) => r.request().method() === "POST"), page.click("text=Create key")]);
   expect(response.status()).toBe(201);
   const raw = (await page.textContent("#new-key")) ?? "";
-  expect(raw).toMatch(/^sk_[0-9a-f]{64}$/);
+  expect(raw).toMatch(/^kg_sk_[0-9A-Za-z]{49}$/);
   return raw;
 }
 
@@ -153,7 +153,7 @@ describe("the dashboard in a real browser", () => {
     await page.fill("#name", "browser key");
     await page.click("text=Create key");
     const raw = (await page.textContent("#new-key")) ?? "";
-    expect(raw).toMatch(/^sk_[0-9a-f]{64}$/);
+    expect(raw).toMatch(/^kg_sk_[0-9A-Za-z]{49}$/);
     expect(await page.textContent(".secret")).toContain("you won't see it again");
     await page.click("button[data-copy=new-key]");
     await expect.poll(() => page.textContent("button[data-copy=new-key]"), POLL).toBe("Copied");
@@ -206,7 +206,7 @@ describe("the dashboard in a real browser", () => {
     const [response] = await Promise.all([page.waitForResponse((r) => r.request().method() === "POST"), page.click("text=Rotate key")]);
     expect(response.status()).toBe(201);
     const fresh = (await page.textContent("#new-key")) ?? "";
-    expect(fresh).toMatch(/^sk_[0-9a-f]{64}$/);
+    expect(fresh).toMatch(/^kg_sk_[0-9A-Za-z]{49}$/);
     expect(fresh).not.toBe(old);
     expect(await page.textContent(".secret")).toContain("you won't see it again");
     expect(await page.textContent(".secret")).toContain("The old key keeps working until");

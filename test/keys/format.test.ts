@@ -315,3 +315,30 @@ describe("a checksummed key with one character changed", () => {
     await expectProblem(await call("/v1/whoami", { headers: { ...ip, "X-API-Key": unknown } }), 429, "rate_limited");
   });
 });
+
+describe("KEY_PREFIX_NAMESPACE", () => {
+  it("starts the checksummed keys issued under it; keys of the namespace before keep working", async () => {
+    const before = await account();
+    const ns = { KEY_PREFIX_NAMESPACE: "acme" };
+    const made = await callWith(ns, "/v1/api-keys", { key: before.key.key, body: { name: "under acme" } });
+    expect(made.status).toBe(201);
+    const fresh = await made.json<{ key: string; prefix: string }>();
+    expect(fresh.key).toMatch(/^acme_sk_[0-9A-Za-z]{49}$/);
+    expect(fresh.prefix).toBe("acme_sk");
+    // Both namespaces' keys, under either setting: each is read by its own checksum.
+    for (const overrides of [ns, {}])
+      for (const key of [before.key.key, fresh.key]) expect((await callWith(overrides, "/v1/whoami", { key })).status).toBe(200);
+    // Under the new namespace, anything else starting with it is refused unread.
+    await expectProblem(await callWith(ns, "/v1/whoami", { key: "acme_sk_tooShort" }), 401, "invalid_key");
+    await expectProblem(await callWith({}, "/v1/whoami", { key: "acme_sk_tooShort" }), 401, "malformed_credentials");
+  });
+
+  it("answers 500 configuration_error on the paths that take a key when malformed", async () => {
+    const p = await account();
+    await expectProblem(
+      await callWith({ KEY_PREFIX_NAMESPACE: "Not Valid" }, "/v1/whoami", { key: p.key.key }),
+      500,
+      "configuration_error",
+    );
+  });
+});
