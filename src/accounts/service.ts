@@ -134,8 +134,8 @@ export async function recoverAccount(deps: Deps, accountId: string, userId: stri
 }
 
 /**
- * Changes the account's default limit, members' ceiling, key-creation policy or key format, and answers the account as stored; keys
- * pick up a new limit right after.
+ * Changes the account's default limit, members' ceiling, key-creation policy or key format, and answers the account as
+ * stored; keys pick up a new limit right after.
  */
 export async function updateAccount(
   deps: Deps,

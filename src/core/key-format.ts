@@ -8,7 +8,7 @@
 export type KeyFormat = "checksummed" | "plain";
 export const KEY_FORMATS = ["checksummed", "plain"] as const satisfies readonly KeyFormat[];
 
-/** An account's key prefix and a deployment's namespace alike: 2-12 characters, a lowercase letter then lowercase letters or digits. */
+/** An account's key prefix and a deployment's namespace alike: 2-12 characters, a lowercase letter, then lowercase letters or digits. */
 export const NAME = /^[a-z][a-z0-9]{1,11}$/;
 /** The namespace every checksummed key starts with when KEY_PREFIX_NAMESPACE is not set. */
 export const DEFAULT_NAMESPACE = "kg";
@@ -49,7 +49,10 @@ export function generateKey(format: KeyFormat, prefix: string, namespace: string
   return head + checksum(head);
 }
 
-/** A key's shape: its format, the `prefix` it shows (everything before its random part) and `start`, the first 8 characters of that part. */
+/**
+ * A key's shape: its format, the `prefix` it shows (everything before its random part) and `start`, the first 8
+ * characters of that part.
+ */
 export type KeyShape = { format: KeyFormat; prefix: string; start: string };
 
 /**
