@@ -336,6 +336,23 @@ try {
         .map(([k, v]) => [k, Number(v)]),
     );
   }
+  // A checksummed key with one character changed: refused from its text alone, with no D1 read and no object call
+  // (README, Key formats). One probe, as the scenarios' counts are.
+  const at = hot.key.length - 10;
+  const mistyped = `${hot.key.slice(0, at)}${hot.key[at] === "A" ? "B" : "A"}${hot.key.slice(at + 1)}`;
+  const refused = await fetch(`${base}/v1/whoami`, { headers: { "X-API-Key": mistyped, "X-Bench-Count": "1" } });
+  const mistypedKey = {
+    status: refused.status,
+    ...Object.fromEntries(
+      (refused.headers.get("X-Bench-Counts") ?? "")
+        .split(";")
+        .map((kv) => kv.split("="))
+        .map(([k, v]) => [k, Number(v)]),
+    ),
+  };
+  console.log(`mistypedKey ${mistypedKey.status}  D1 ${mistypedKey.d1}  DO ${mistypedKey.do}`);
+  if (mistypedKey.status !== 401 || mistypedKey.d1 !== 0 || mistypedKey.do !== 0)
+    throw new Error(`a mistyped key was not refused unread: ${JSON.stringify(mistypedKey)}`);
   for (let round = 1; round <= ROUNDS; round++) {
     for (const s of scenarios) {
       await warmUp(s);
@@ -646,6 +663,7 @@ try {
     rounds: ROUNDS,
     connections: CONNECTIONS,
     scenarios: results,
+    mistypedKey,
     ratios: {
       hotKeyToBare: ratio("hotKey", "bare"),
       // The same within each round (the two ran seconds apart): how much of the spread is the machine's.

@@ -653,7 +653,7 @@ function respell(path: string, d: Dice): string {
   return query === undefined ? p : `${p}?${query}`;
 }
 
-/** `text` with the character at `index` (a hex digit of a key) changed to another hex digit. */
+/** `text` with the character at `index` (of a key's random part) changed to a hex digit it is not. */
 function flip(text: string, index: number, d: Dice): string {
   const digits = "0123456789abcdef";
   const other = digits[(digits.indexOf(text[index] as string) + 1 + d.int(15)) % 16];
@@ -730,7 +730,7 @@ function credential(w: World, d: Dice, kit: Kit): Credential {
     const key = of(w, "admin").raw;
     const [label, headers] = pick([
       ["unknown key", { "X-API-Key": `acme_${hex(64)}` }],
-      ["flipped key", { Authorization: `Bearer ${flip(key, 5 + d.int(64), d)}` }],
+      ["flipped key", { Authorization: `Bearer ${flip(key, 5 + d.int(key.length - 5), d)}` }],
       ["upper-case key", { Authorization: `Bearer ${key.toUpperCase()}` }],
       ["key and more", { "X-API-Key": `${key}0` }],
       ["basic", { Authorization: "Basic Zm9vOmJhcg==" }],

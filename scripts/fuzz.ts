@@ -75,8 +75,8 @@ const sha256 = (text: string) => createHash("sha256").update(text).digest("hex")
 export const base64url = (value: unknown) => Buffer.from(typeof value === "string" ? value : JSON.stringify(value)).toString("base64url");
 /** Header values travel as bytes; this sends the UTF-8 bytes of any text (node:http only takes Latin-1 strings). */
 export const utf8Bytes = (text: string) => Buffer.from(text, "utf8").toString("latin1");
-/** A raw key as Keygate writes them: `<prefix>_` and 64 lowercase hex characters. */
-const KEY_SHAPE = /[a-z][a-z0-9]{1,11}_[0-9a-f]{64}/;
+/** A raw key as Keygate writes them: `<prefix>_` and 64 lowercase hex characters, or `<namespace>_<prefix>_` and 49 base62. */
+const KEY_SHAPE = /[a-z][a-z0-9]{1,11}_(?:[0-9a-f]{64}|[a-z][a-z0-9]{1,11}_[0-9A-Za-z]{49})/;
 const HASH_SHAPE = /(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])/;
 /** A line of a JavaScript stack: `at fn (file.js:12:3)` or `at file.ts:12`. */
 const STACK_LINE = /\bat [^\n]{0,200}?\.(?:[cm]?js|ts):\d+/;
@@ -187,7 +187,8 @@ async function seed() {
     rateLimit: WIDE,
     admin: { email: "ops@acme.example" },
   });
-  const b = await provision({ name: "Globex", rateLimit: WIDE, admin: { email: "ops@globex.example" } });
+  // One account of each key format: Acme's keys are checksummed (the default), Globex's plain.
+  const b = await provision({ name: "Globex", keyFormat: "plain", rateLimit: WIDE, admin: { email: "ops@globex.example" } });
   const rootA = a.key.key;
   const rootB = b.key.key;
   const newKey = (root: string, body: object) => call("POST", "/v1/api-keys", { key: root, body });
@@ -347,7 +348,7 @@ function credentialKinds(w: World): Kinds {
       query: `userApiToken=${pick(["", "%ZZ", "%00", encodeURIComponent("😀"), "x".repeat(3000), `${goodKey}%20`])}`,
     }),
     unknownKey: () => ({ headers: { "X-API-Key": `${pick(["acme", "sk", "zz9"])}_${hex(64)}` } }),
-    flippedKey: () => bearer(`Bearer ${flip(goodKey, 5 + int(64))}`),
+    flippedKey: () => bearer(`Bearer ${flip(goodKey, 5 + int(goodKey.length - 5))}`),
     operator: () => bearer(`Bearer ${OPERATOR_TOKEN}`),
     operatorFlipped: () => bearer(`Bearer ${flip(OPERATOR_TOKEN)}`),
     verify: () => bearer(`Bearer ${VERIFY_TOKEN}`),
@@ -819,6 +820,7 @@ const ROUTES: Route[] = [
       name: pick(["Initech", "Umbrella GmbH", "Ünïcode Ltd"]),
       ...someOf({
         keyPrefix: pick(["fz", "fuzz9", "abcdefghijkl"]),
+        keyFormat: pick(["checksummed", "plain", "hex", null]),
         membersCanCreateKeys: chance(0.5),
         rateLimit: { limit: 100, windowSeconds: 60 },
         maxRateLimit: pick([null, { limit: 10, windowSeconds: 60 }]),
@@ -897,6 +899,7 @@ const ROUTES: Route[] = [
         membersCanCreateKeys: chance(0.8),
         // Rarely: a list applies to every key of the account without one, and refuses requests from no address.
         ...(chance(0.3) ? { allowedIps: allowedIps() } : {}),
+        keyFormat: pick(["checksummed", "plain", "Plain"]),
       }),
   },
   {

@@ -5,6 +5,7 @@ import { callWith, createAgent, expectProblem, provision, WIDGET_ORIGIN } from "
 const table: [string, string, string][] = [
   ["OPERATOR_TOKEN", "too-short", "x".repeat(32)],
   ["RESOURCE_TYPES", "mailbox,Bad Type", "mailbox, process"],
+  ["KEY_PREFIX_NAMESPACE", "Acme-Keys", "acme9"],
   ["QUERY_TOKEN_SUNSET", "someday", "2030-01-01T00:00:00Z"],
   ["QUERY_TOKEN_DEPRECATED_AT", "2026-13-45", "2026-01-01"],
   ["ALLOW_HTTP", "yes", "true"],

@@ -2,6 +2,7 @@ import { z } from "@hono/zod-openapi";
 import { defaultLimits } from "../core/ceilings";
 import { storedCredits } from "../core/credits";
 import { DEFAULT_PREFIX, PREFIX } from "../core/ids";
+import { KEY_FORMATS } from "../core/key-format";
 import {
   AllowedIps,
   allowedIpsField,
@@ -32,6 +33,11 @@ import type { AccountRecord } from "./store";
 
 const SLUG = /^[a-z0-9][a-z0-9-]{1,62}$/;
 
+const KeyFormatField = z.enum(KEY_FORMATS).openapi({
+  description:
+    "`checksummed`: `<namespace>_<keyPrefix>_` then 43 random and 6 checksum characters (base62), which secret scanners recognise and Keygate refuses unread when mistyped; `plain`: `<keyPrefix>_` then 64 hex characters (README, Key formats)",
+});
+
 export const NewAccount = z
   .strictObject({
     name: text(200),
@@ -40,6 +46,7 @@ export const NewAccount = z
       .openapi({ description: "A unique name for URLs; gateway routes with `account` accept it in place of the id", example: "acme" }),
     keyPrefix: matching(PREFIX, "must be 2-12 characters: a lowercase letter, then lowercase letters or digits").default(DEFAULT_PREFIX),
     membersCanCreateKeys: z.boolean().default(false),
+    keyFormat: KeyFormatField.default("checksummed"),
     rateLimit: RateLimit.optional().openapi({
       description: 'Shorthand for `rateLimits: [{name: "default", ...}]`; with neither, 60 requests a minute',
     }),
@@ -74,6 +81,10 @@ export const AccountChange = z
       description:
         "The addresses the account's keys may be used from, unless a key carries its own (a member's key: within these); `null` clears it. In force before the answer, as a revocation is.",
     }),
+    keyFormat: KeyFormatField.optional().openapi({
+      description:
+        "The format of the keys the account issues from now on (rotations included); keys issued before keep theirs and keep working",
+    }),
   })
   .superRefine(oneLimitForm)
   .openapi("AccountChange");
@@ -103,6 +114,7 @@ export const AccountView = z
     name: z.string(),
     slug: z.string().nullable(),
     keyPrefix: z.string(),
+    keyFormat: KeyFormatField,
     membersCanCreateKeys: z.boolean(),
     rateLimit: RateLimit.openapi({ description: 'The default limit named "default" of `rateLimits`, else its first' }),
     rateLimits: RateLimits,
@@ -154,6 +166,7 @@ export function accountView(a: AccountRecord, now: Date, pool?: z.infer<typeof C
     name: a.name,
     slug: a.slug,
     keyPrefix: a.keyPrefix,
+    keyFormat: a.keyFormat,
     membersCanCreateKeys: a.membersCanCreateKeys,
     rateLimit: shorthand(defaultLimits(a)),
     rateLimits: defaultLimits(a),

@@ -40,6 +40,7 @@ export async function provisionAccount(
     userCredits,
     externalId,
     meta,
+    keyFormat,
     ...limits
   }: z.infer<typeof NewAccount>,
   reachedAt: URL,
@@ -61,7 +62,7 @@ export async function provisionAccount(
     meta: storedMeta(meta),
     credits: creditsColumn(credits),
     userCredits: creditsColumn(userCredits),
-    keyFormat: "plain",
+    keyFormat,
     leakResponse: "notify",
     allowedIps: null,
   };
@@ -75,7 +76,7 @@ export async function provisionAccount(
     passwordHash: null,
     createdAt: account.createdAt,
   };
-  const { raw, row } = await mintAdminKey(account, user.id, user.id, "default", now);
+  const { raw, row } = await mintAdminKey(deps, account, user.id, user.id, "default", now);
   const { invitation, statements } = await newInvitation(deps.env.DB, dashboardOrigin(deps.config, reachedAt), user.id, now);
   const audit = { accountId: account.id, actor: "operator", requestId: deps.requestId };
   const d = deps.db;
@@ -122,7 +123,7 @@ export async function recoverAccount(deps: Deps, accountId: string, userId: stri
       { field: "userId", message: userId ? "is not an enabled admin of this account" : "the account has no enabled admin" },
     ]);
   const now = deps.now();
-  const { raw, row } = await mintAdminKey(account, admin.id, "operator", "recovery", now);
+  const { raw, row } = await mintAdminKey(deps, account, admin.id, "operator", "recovery", now);
   const audit = { accountId: account.id, actor: "operator", requestId: deps.requestId };
   await batch(deps.env.DB, [
     d.insert(apiKeys).values(row),
@@ -133,15 +134,15 @@ export async function recoverAccount(deps: Deps, accountId: string, userId: stri
 }
 
 /**
- * Changes the account's default limit, members' ceiling, key-creation policy or allowed addresses, and answers the
- * account as stored; keys pick up a new limit right after. A change of `allowedIps` may remove rights from every key
- * that has no list of its own: it is written as a revocation is and is in every key's object before the answer (503
- * `change_pending` otherwise, in force within seconds all the same).
+ * Changes the account's default limit, members' ceiling, key-creation policy, key format, leak response or allowed
+ * addresses, and answers the account as stored; keys pick up a new limit right after. A change of `allowedIps` may
+ * remove rights from every key that has no list of its own: it is written as a revocation is and is in every key's
+ * object before the answer (503 `change_pending` otherwise, in force within seconds all the same).
  */
 export async function updateAccount(
   deps: Deps,
   p: Principal,
-  { maxRateLimit, membersCanCreateKeys, rateLimit, rateLimits, leakResponse, allowedIps }: z.infer<typeof AccountChange>,
+  { maxRateLimit, membersCanCreateKeys, rateLimit, rateLimits, leakResponse, allowedIps, keyFormat }: z.infer<typeof AccountChange>,
 ): Promise<AccountRecord> {
   const limits = sentLimits({ rateLimit, rateLimits });
   const change = {
@@ -152,6 +153,8 @@ export async function updateAccount(
     ...(membersCanCreateKeys === undefined ? {} : { membersCanCreateKeys }),
     ...(leakResponse === undefined ? {} : { leakResponse }),
     ...(allowedIps === undefined ? {} : { allowedIps: allowedIpsColumn(allowedIps) }),
+    // Only keys issued from now on take it: a key's format is its text, which never changes.
+    ...(keyFormat === undefined ? {} : { keyFormat }),
   };
   if (Object.keys(change).length > 0) {
     const d = deps.db;
@@ -274,13 +277,15 @@ function accountLimitColumns(limits: Limit[] | undefined) {
 }
 
 /** A full-access key without expiry or limit of its own, for an admin of the account: the way into an account. */
-function mintAdminKey(account: Account, ownerId: string, createdBy: string, name: string, now: Date) {
+function mintAdminKey(deps: Deps, account: Account, ownerId: string, createdBy: string, name: string, now: Date) {
   const input = {
     accountId: account.id,
     ownerId,
     createdBy,
     name,
     prefix: account.keyPrefix,
+    format: account.keyFormat,
+    namespace: deps.config.keyPrefixNamespace,
     scopes: ["*"],
     expiresAt: null,
     limits: null,

@@ -3,7 +3,6 @@ import type { Next } from "hono";
 import { createMiddleware } from "hono/factory";
 import { decodeProtectedHeader } from "jose";
 import { findAgent } from "../agents/store";
-import { parseKey } from "../core/ids";
 import { type AuthMethod, type Need, type Principal, refusal } from "../core/principal";
 import { IdempotencyKey } from "../core/schemas";
 import { named } from "../core/window";
@@ -58,7 +57,7 @@ export type Identified = { principal: Principal } | { claims: ChatClaims };
  * A credential's verdict: who it proved to be and what it spent, in each object that counted it (none: unlimited), or
  * why it is refused.
  */
-type Verified = { ok: true; identity: Identified; spent: Spent[] } | { ok: false; refusal: ApiError };
+type Verified = { ok: true; identity: Identified; spent: Spent[] } | { ok: false; refusal: ApiError; free?: boolean };
 
 /** An authenticated request, to settle once it has its answer. */
 export type Admitted = {
@@ -86,7 +85,7 @@ const upstreamFailed = (status: number) => status >= 500;
  */
 export async function authenticateRequest(c: RequestContext, options: Options): Promise<Admitted> {
   const verified = await verify(c, options);
-  if (!verified.ok) throw await refuse(c, verified.refusal);
+  if (!verified.ok) throw verified.free ? verified.refusal : await refuse(c, verified.refusal);
   const { identity, spent } = verified;
   for (const s of spent) admit(s);
   const refundOn = options.refundOn ?? upstreamFailed;
@@ -179,7 +178,7 @@ const KEY_REFUSED = {
 
 /**
  * An API key: its object (or this isolate's lease of it) decides 401 and 403 before it spends. A credential that
- * cannot be a key is refused before any read.
+ * cannot be a key, or a checksummed key with a wrong checksum, is refused before any read (authorizeKey).
  */
 async function verifyKey(
   c: RequestContext,
@@ -187,12 +186,20 @@ async function verifyKey(
   method: AuthMethod,
   { need, cost = 1, costs, credits, reserve, idempotency }: Options,
 ): Promise<Verified> {
-  if (!parseKey(key)) {
-    const detail = "The credential is not an API key: keys look like `<prefix>_` followed by 64 hex characters.";
-    return { ok: false, refusal: new ApiError("malformed_credentials", detail, { headers: invalidToken }) };
-  }
   const verdict = await authorize(c, { key, method, need, cost, costs, credits, reserve, idempotency });
   if (verdict.ok) return { ok: true, identity: { principal: verdict.principal }, spent: verdict.spent };
+  if ("unread" in verdict && verdict.unread === "malformed") {
+    const detail = "The credential is not an API key: keys look like `<prefix>_` followed by 64 hex characters, or are checksummed keys.";
+    return { ok: false, refusal: new ApiError("malformed_credentials", detail, { headers: invalidToken }) };
+  }
+  if ("unread" in verdict) {
+    // Anyone can compute a checksum, so this answer tells nothing about the keys that exist: it costs no failure of
+    // the address's budget, and so no call at all.
+    const refusal = new ApiError("invalid_key", "The API key is not valid: its checksum does not match (a mistyped or truncated key).", {
+      headers: invalidToken,
+    });
+    return { ok: false, refusal, free: true };
+  }
   if ("refusal" in verdict) return { ok: false, refusal: refused(verdict.refusal) };
   if (verdict.code === "idempotency_in_flight") return { ok: false, refusal: IN_FLIGHT() };
   if (verdict.code === "idempotency_key_reused") return { ok: false, refusal: REUSED() };

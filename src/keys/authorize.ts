@@ -1,4 +1,5 @@
 import { hashKey } from "../core/ids";
+import { readKey } from "../core/key-format";
 import type { AuthMethod } from "../core/principal";
 import { keyRefusal, type Need, type Principal, perPerson, personal, pooled, type Refusal } from "../core/principal";
 import type { Holdings } from "../counters/held";
@@ -18,13 +19,19 @@ type Refused =
   | { ok: false; code: Extract<VerifyResult, { ok: false }>["code"] | "idempotency_in_flight" | "idempotency_key_reused" }
   | { ok: false; refusal: Refusal };
 
+/**
+ * Refused by its text alone, before any read or call: `malformed`, no key of either format; `mistyped`, a checksummed
+ * key whose checksum is not what the rest of it makes (a typo, a truncation, an invented key).
+ */
+export type Unread = { ok: false; code: "invalid_key"; unread: "malformed" | "mistyped" };
+
 export type KeyVerdict =
   /**
    * `spent`: what the request spent, in the key's object and in its account's (the last one refused it when it was
    * refused, what the others spent given back); `unlimited` when a counter was down and the deployment fails open
    * (the caller marks its answer).
    */
-  { ok: true; principal: Principal; spent: Spent[]; unlimited: boolean } | Refused;
+  { ok: true; principal: Principal; spent: Spent[]; unlimited: boolean } | Refused | Unread;
 
 /**
  * The one path every API key takes, whether it came with a request (the middleware, the gateway) or to the verify API:
@@ -34,6 +41,9 @@ export type KeyVerdict =
  * key is a result; an unavailable rate limiter in closed mode is an error (503). `ip` is the client's address
  * (`CF-Connecting-IP`, or the verify API's `clientIp`; null or absent: none), judged against the key's allowed
  * addresses wherever the key is judged, a lease included. `isolate` is replaceable in tests.
+ * Every path that takes a key (headers, query parameter, gateway, verify API, service binding) comes through here, so
+ * this is where a credential that cannot be a key, or a checksummed key with a wrong checksum, is refused before any
+ * D1 read or object call.
  */
 export async function authorizeKey(
   deps: Deps,
@@ -56,6 +66,8 @@ export async function authorizeKey(
   } & Partial<Charge>,
   isolate?: Holdings,
 ): Promise<KeyVerdict> {
+  const shape = readKey(key, deps.config.keyPrefixNamespace);
+  if (shape === null || shape === "mistyped") return { ok: false, code: "invalid_key", unread: shape ?? "malformed" };
   const hash = await hashKey(key);
   const keyId = keyIds.get(hash) ?? (await lookUpKeyId(deps, hash));
   if (keyId === undefined) return { ok: false, code: "invalid_key" };

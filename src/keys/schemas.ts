@@ -138,7 +138,10 @@ export const KeyView = z
   .strictObject({
     id: z.string().openapi({ example: "key_5f0c9a1e2b7d43a8c6e1f0b2" }),
     name: z.string(),
-    prefix: z.string(),
+    prefix: z.string().openapi({
+      description: "Everything before the key's random part: the account's key prefix, or `<namespace>_<keyPrefix>` for a checksummed key",
+      example: "kg_sk",
+    }),
     start: z.string().openapi({ description: "The first 8 characters after `<prefix>_`, to recognise a key" }),
     scopes: z.array(z.string()),
     status: z.enum(["active", "revoked", "expired"]),

@@ -3,6 +3,7 @@ import { and, eq, sql } from "drizzle-orm";
 import { rateLimitCeiling, withinCeiling } from "../core/ceilings";
 import { blocks, within } from "../core/cidr";
 import { storedCredits } from "../core/credits";
+import type { KeyFormat } from "../core/key-format";
 import type { Principal } from "../core/principal";
 import { allowedIpsColumn, creditsConfig, externalChange, parseAllowedIps, parseMeta, sentLimits } from "../core/schemas";
 import type { Limit, Policy } from "../core/window";
@@ -10,7 +11,7 @@ import { auditIfChanged, auditInsert } from "../platform/db/audit";
 import { batch, type Db, violates } from "../platform/db/client";
 import { eventIfChanged, newEvent, publishEvents } from "../platform/db/events";
 import type { Page } from "../platform/db/pagination";
-import { type ApiKey, accounts, apiKeys, users, webhookEvents } from "../platform/db/schema";
+import { type Account, type ApiKey, accounts, apiKeys, users, webhookEvents } from "../platform/db/schema";
 import type { Deps } from "../platform/deps";
 import { ApiError, type FieldError, invalidRequest } from "../platform/errors";
 import { safeError } from "../platform/log";
@@ -29,7 +30,7 @@ import { findKey, findKeys, KEY_EXTERNAL_ID, keyLimits, keyStatus, listKeys as k
  * the key and its audit event in one batch.
  */
 export async function createKey(deps: Deps, p: Principal, body: z.infer<typeof NewKey>, sent: readonly string[]) {
-  const ceiling = await memberCeiling(deps.db, p);
+  const { ceiling, format } = await issuing(deps.db, p);
   const now = deps.now();
   const { scopes, errors } = grants(body, sent, deps.config.resourceTypes);
   const { name, ownerId } = body;
@@ -48,6 +49,8 @@ export async function createKey(deps: Deps, p: Principal, body: z.infer<typeof N
       createdBy: p.userId,
       name,
       prefix: p.keyPrefix,
+      format,
+      namespace: deps.config.keyPrefixNamespace,
       scopes,
       expiresAt,
       limits,
@@ -155,7 +158,7 @@ export async function revokeKey(deps: Deps, p: Principal, id: string): Promise<{
  * unknown is undone (see undoRotation).
  */
 export async function rotateKey(deps: Deps, p: Principal, id: string, rotation: z.infer<typeof Rotation>) {
-  const ceiling = await memberCeiling(deps.db, p);
+  const { ceiling, format } = await issuing(deps.db, p);
   const old = await getKey(deps, p, id);
   const { gracePeriodSeconds: grace } = rotation;
   if (rotation.allowedIps) await checkAllowedIps(deps.db, p.accountId, await ownerRole(deps.db, p, old.ownerId), rotation.allowedIps);
@@ -180,7 +183,10 @@ export async function rotateKey(deps: Deps, p: Principal, id: string, rotation: 
       ownerId: old.ownerId,
       createdBy: p.userId,
       name: old.name,
-      prefix: old.prefix,
+      // The account's format now, whatever the old key's: a rotation is how an account moves its keys over.
+      prefix: p.keyPrefix,
+      format,
+      namespace: deps.config.keyPrefixNamespace,
       scopes: JSON.parse(old.scopes) as string[],
       expiresAt: old.expiresAt,
       limits: limits ?? keyLimits(old),
@@ -305,14 +311,16 @@ async function undoRotation(
 }
 
 /**
- * Who may create keys and with which limit, read from the account now (it can change at any time): admins always, with
- * any limit (null: no ceiling, and no read); members only where the account allows it, up to its `maxRateLimit`.
+ * Who may create keys, with which limit and in which format, read from the account now (any of them can change at any
+ * time): admins always, with any limit (null: no ceiling); members only where the account allows it, up to its
+ * `maxRateLimit`.
  */
-async function memberCeiling(d: Db, p: Principal): Promise<Policy | null> {
-  if (p.role === "admin") return null;
-  const account = await accountOf(d, p);
-  if (!account?.membersCanCreateKeys) throw new ApiError("insufficient_role", "Only account admins can create API keys in this account.");
-  return rateLimitCeiling(account);
+async function issuing(d: Db, p: Principal): Promise<{ ceiling: Policy | null; format: KeyFormat }> {
+  // Accounts are never deleted, and the principal's was read a moment ago.
+  const account = (await accountOf(d, p)) as Account;
+  if (p.role === "admin") return { ceiling: null, format: account.keyFormat };
+  if (!account.membersCanCreateKeys) throw new ApiError("insufficient_role", "Only account admins can create API keys in this account.");
+  return { ceiling: rateLimitCeiling(account), format: account.keyFormat };
 }
 
 /** Each of a member's own limits may be neither larger nor faster than the ceiling (`field`: as the body sent them). */

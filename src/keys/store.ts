@@ -1,6 +1,7 @@
 import { and, eq, inArray, sql } from "drizzle-orm";
 import type { CreditsConfig } from "../core/credits";
-import { generateKey, hashKey, newId } from "../core/ids";
+import { hashKey, newId } from "../core/ids";
+import { generateKey, type KeyFormat, type KeyShape, readKey } from "../core/key-format";
 import type { AuthMethod, KeyRecord as CoreKeyRecord, Principal } from "../core/principal";
 import { allowedIpsColumn, creditsColumn, shorthand, storedMeta } from "../core/schemas";
 import type { Limit } from "../core/window";
@@ -25,7 +26,11 @@ export type NewKey = {
   ownerId: string;
   createdBy: string;
   name: string;
+  /** The account's key prefix. */
   prefix: string;
+  /** The account's format now, and for a checksummed key the deployment's namespace. */
+  format: KeyFormat;
+  namespace: string;
   scopes: string[];
   expiresAt: string | null;
   /** The key's own limits; null: the account's default ones. */
@@ -41,15 +46,17 @@ export type NewKey = {
 
 /** Mints a key and its row; the caller writes the row in the same batch as its audit event. */
 export async function mintKey(input: NewKey, now: Date): Promise<{ raw: string; row: ApiKey }> {
-  const raw = generateKey(input.prefix);
+  const raw = generateKey(input.format, input.prefix, input.namespace);
+  // What lists show: everything before the random part (`kg_sk` for a checksummed key) and its first 8 characters.
+  const { prefix, start } = readKey(raw, input.namespace) as KeyShape;
   const row: ApiKey = {
     id: newId("key"),
     accountId: input.accountId,
     ownerId: input.ownerId,
     createdBy: input.createdBy,
     name: input.name,
-    prefix: input.prefix,
-    start: raw.slice(input.prefix.length + 1, input.prefix.length + 9),
+    prefix,
+    start,
     hash: await hashKey(raw),
     scopes: JSON.stringify(input.scopes),
     expiresAt: input.expiresAt,

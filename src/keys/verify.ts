@@ -1,6 +1,5 @@
 import { z } from "@hono/zod-openapi";
 import { GRANT, parseGrant } from "../core/grants";
-import { parseKey } from "../core/ids";
 import { type External, type Need, NO_ACCOUNT, type Principal } from "../core/principal";
 import { ClientIp, externalView, IdempotencyKey, integer, matching, parseMeta } from "../core/schemas";
 import { tightest } from "../core/window";
@@ -102,7 +101,6 @@ export async function verifyKey(
   deps: Deps,
   { key, resource, cost, credits, reserve, idempotencyKey, clientIp }: z.output<typeof VerifyRequest>,
 ): Promise<Verdict> {
-  if (!parseKey(key)) return { valid: false, code: "invalid_key" };
   const verdict = await authorizeKey(deps, {
     key,
     method: "verify",

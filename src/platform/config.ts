@@ -1,5 +1,6 @@
 import { z } from "@hono/zod-openapi";
 import { RESOURCE_TYPE } from "../core/grants";
+import { DEFAULT_NAMESPACE, NAME } from "../core/key-format";
 import { originProblem } from "../core/origins";
 import { RouteTable } from "../core/route-table";
 import { jsonText, keyList } from "../core/schemas";
@@ -174,6 +175,10 @@ const ConfigSchema = z.object({
   PUBLIC_ORIGIN: publicOrigin,
   DASHBOARD_HOST: dashboardHost,
   RESOURCE_TYPES: list(z.string().regex(RESOURCE_TYPE, "holds a name that is not a resource type name")),
+  KEY_PREFIX_NAMESPACE: z
+    .string()
+    .default(DEFAULT_NAMESPACE)
+    .pipe(z.string().regex(NAME, "must be 2-12 characters: a lowercase letter, then lowercase letters or digits")),
   QUERY_TOKEN_SUNSET: instant("2026-07-01T00:00:00Z"),
   QUERY_TOKEN_DEPRECATED_AT: instant("2026-01-01T00:00:00Z"),
   AUTH_DOCS_URL: z.string().default("https://github.com/keygate/keygate#authentication"),
@@ -202,6 +207,8 @@ const ConfigSchema = z.object({
 const FIELDS = {
   operatorToken: "OPERATOR_TOKEN",
   resourceTypes: "RESOURCE_TYPES",
+  /** What every checksummed key starts with: the deployment's own, for secret scanners to recognise its keys by. */
+  keyPrefixNamespace: "KEY_PREFIX_NAMESPACE",
   queryTokenSunset: "QUERY_TOKEN_SUNSET",
   queryTokenDeprecatedAt: "QUERY_TOKEN_DEPRECATED_AT",
   authDocsUrl: "AUTH_DOCS_URL",

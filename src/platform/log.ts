@@ -10,8 +10,11 @@ export function log(level: "info" | "warn" | "error", event: string, fields: Rec
   console[level](JSON.stringify({ level, event, ...fields }));
 }
 
-/** Long hex runs (key hashes, raw keys) and JWT-shaped strings, in case a message quotes one. */
-const SECRET_SHAPED = /[0-9a-f]{32,}|[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]*/gi;
+/**
+ * Long hex runs (key hashes, plain keys), the random part of a checksummed key (and any long letters-and-digits run
+ * after an underscore) and JWT-shaped strings, in case a message quotes one.
+ */
+const SECRET_SHAPED = /[0-9a-f]{32,}|_[A-Za-z0-9]{40,}|[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]*/gi;
 
 /**
  * What may be logged of an unexpected error: its class and the first line of its own message. drizzle wraps database

@@ -5,8 +5,9 @@ import { html, page, person, signIn } from "./helpers";
 
 type KeyRow = { id: string; name: string; hash: string; scopes: string; expires_at: string | null; rate_limit: number | null };
 
-/** The raw key a page shows, if any. */
-const shownKey = (body: string, prefix: string) => new RegExp(`<code id="new-key">(${prefix}_[0-9a-f]{64})</code>`).exec(body)?.[1];
+/** The raw key a page shows, if any, of either format. */
+const shownKey = (body: string, prefix: string) =>
+  new RegExp(`<code id="new-key">(${prefix}_[0-9a-f]{64}|kg_${prefix}_[0-9A-Za-z]{49})</code>`).exec(body)?.[1];
 
 async function admin() {
   const provisioned = await provision();
@@ -30,7 +31,8 @@ describe("dashboard: API keys", () => {
 
     const list = await html(await page("/dashboard/keys", { cookie }));
     expect(list).toContain("billing job");
-    expect(list).toContain(`${raw.slice(0, account.keyPrefix.length + 9)}…`);
+    // Its prefix and start: everything before the random part, and 8 characters of it.
+    expect(list).toContain(`${raw.slice(0, raw.lastIndexOf("_") + 9)}…`);
     expect(list).not.toContain(raw);
     expect(list).not.toContain(row?.hash);
     expect(shownKey(list, account.keyPrefix)).toBeUndefined();

@@ -4,6 +4,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startKeygate } from "../../scripts/keygate-server.mjs";
 import { launchChromium } from "./browser";
 
+/** How a list shows a key: its prefix (everything before the random part) and 8 characters of that part. */
+const listed = (raw: string) => `${raw.slice(0, raw.lastIndexOf("_") + 9)}…`;
+
 const OPERATOR_TOKEN = "e2e-operator-token-0123456789abcdef0123";
 const PASSWORD = "a dashboard password";
 /** How long a wait for the page may take before the test fails (setting a password costs a PBKDF2 derivation). */
@@ -94,7 +97,7 @@ async function createKey(page: Page, name: string, limit?: { requests: number; p
   const [response] = await Promise.all([page.waitForResponse((r) => r.request().method() === "POST"), page.click("text=Create key")]);
   expect(response.status()).toBe(201);
   const raw = (await page.textContent("#new-key")) ?? "";
-  expect(raw).toMatch(/^sk_[0-9a-f]{64}$/);
+  expect(raw).toMatch(/^kg_sk_[0-9A-Za-z]{49}$/);
   return raw;
 }
 
@@ -153,7 +156,7 @@ describe("the dashboard in a real browser", () => {
     await page.fill("#name", "browser key");
     await page.click("text=Create key");
     const raw = (await page.textContent("#new-key")) ?? "";
-    expect(raw).toMatch(/^sk_[0-9a-f]{64}$/);
+    expect(raw).toMatch(/^kg_sk_[0-9A-Za-z]{49}$/);
     expect(await page.textContent(".secret")).toContain("you won't see it again");
     await page.click("button[data-copy=new-key]");
     await expect.poll(() => page.textContent("button[data-copy=new-key]"), POLL).toBe("Copied");
@@ -166,7 +169,7 @@ describe("the dashboard in a real browser", () => {
     // The list: the key by name, prefix and start, never again in full.
     await page.goto(`${keygate.url}/dashboard/keys`);
     const row = page.locator("tr", { hasText: "browser key" });
-    expect(await row.textContent()).toContain(`${raw.slice(0, 11)}…`);
+    expect(await row.textContent()).toContain(listed(raw));
     expect(await page.content()).not.toContain(raw);
 
     // Revoke it after the confirmation step, reached with the keyboard.
@@ -206,7 +209,7 @@ describe("the dashboard in a real browser", () => {
     const [response] = await Promise.all([page.waitForResponse((r) => r.request().method() === "POST"), page.click("text=Rotate key")]);
     expect(response.status()).toBe(201);
     const fresh = (await page.textContent("#new-key")) ?? "";
-    expect(fresh).toMatch(/^sk_[0-9a-f]{64}$/);
+    expect(fresh).toMatch(/^kg_sk_[0-9A-Za-z]{49}$/);
     expect(fresh).not.toBe(old);
     expect(await page.textContent(".secret")).toContain("you won't see it again");
     expect(await page.textContent(".secret")).toContain("The old key keeps working until");
@@ -216,8 +219,8 @@ describe("the dashboard in a real browser", () => {
     await page.goto(`${keygate.url}/dashboard/keys`);
     const rows = page.locator("tbody tr", { hasText: "rotating key" });
     expect(await rows.count()).toBe(2);
-    const oldRow = rows.filter({ hasText: `${old.slice(0, 11)}…` });
-    const newRow = rows.filter({ hasText: `${fresh.slice(0, 11)}…` });
+    const oldRow = rows.filter({ hasText: listed(old) });
+    const newRow = rows.filter({ hasText: listed(fresh) });
     expect(await oldRow.count()).toBe(1);
     expect(await newRow.count()).toBe(1);
     expect(await oldRow.locator(".status").textContent()).toBe("active");
@@ -269,7 +272,7 @@ describe("the dashboard in a real browser", () => {
 
     await page.goto(`${keygate.url}/dashboard/usage`);
     const chart = page.locator(`svg[data-series="${keyId}"]`);
-    expect(await chart.getAttribute("aria-label")).toBe(`metered key (${raw.slice(0, 11)}…): 3 admitted, 2 rate limited`);
+    expect(await chart.getAttribute("aria-label")).toBe(`metered key (${listed(raw)}): 3 admitted, 2 rate limited`);
     expect(await page.locator('svg[data-series="account"]').getAttribute("aria-label")).toBe(
       "All keys of the account: 3 admitted, 2 rate limited",
     );
@@ -373,7 +376,7 @@ describe("the dashboard in a real browser", () => {
     expect(await page.textContent("#keys-title")).toBe("Your keys");
     expect(await page.textContent("main")).toContain("No keys yet.");
     expect(await page.content()).not.toContain("admin's own key");
-    expect(await page.content()).not.toContain(adminKey.slice(0, 11));
+    expect(await page.content()).not.toContain(listed(adminKey).slice(0, -1));
     expect(await page.locator('nav a[href="/dashboard/users"]').count()).toBe(0);
     await shot(page, "dashboard-member-keys");
 
@@ -394,7 +397,7 @@ describe("the dashboard in a real browser", () => {
     await page.goto(`${keygate.url}/dashboard/keys`);
     const rows = page.locator("tbody tr");
     expect(await rows.count()).toBe(1);
-    expect(await rows.first().textContent()).toContain(`${memberKey.slice(0, 11)}…`);
+    expect(await rows.first().textContent()).toContain(listed(memberKey));
     expect(await page.content()).not.toContain(memberKey);
 
     // The admin sees it among the account's keys, with its owner.

@@ -6,9 +6,10 @@ import { type Echo, gw, ROUTES } from "./table";
 
 const PASSWORD = "correct horse battery";
 
-/** Every kind of secret Keygate gives out or takes, for one fresh account. */
+/** Every kind of secret Keygate gives out or takes, for one fresh account (checksummed keys) and a key of a plain one. */
 async function secrets() {
   const { key } = await provision();
+  const plain = await provision({ keyFormat: "plain" });
   const email = `c${crypto.randomUUID().slice(0, 8)}@example.com`;
   const invited = await (await call("/v1/users", { key: key.key, body: { email, role: "member" } })).json<{
     invitation: { token: string };
@@ -20,6 +21,7 @@ async function secrets() {
   const { token } = await (await handshake(agent.id)).json<{ token: string }>();
   return {
     key: key.key,
+    plainKey: plain.key.key,
     access: pair.access_token,
     refresh: pair.refresh_token,
     cookie: `ses_${"a".repeat(24)}.cs_${"b".repeat(64)}`,
@@ -130,7 +132,7 @@ describe("credentials on public routes", () => {
   it("never forwards a path holding a Keygate secret", async () => {
     const kinds = await secrets();
     const GATEWAY_ROUTES = JSON.stringify([{ pattern: "/*", auth: "public" }]);
-    for (const secret of [kinds.key, kinds.access, kinds.refresh]) {
+    for (const secret of [kinds.key, kinds.plainKey, kinds.access, kinds.refresh]) {
       const res = await gw(`/files/${encodeURIComponent(secret)}`, {}, { GATEWAY_ROUTES });
       expect(res.headers.get("X-Upstream")).toBeNull();
       await expectProblem(res, 404, "not_found");

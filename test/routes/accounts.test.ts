@@ -7,12 +7,13 @@ describe("POST /v1/accounts (operator provisioning)", () => {
   it("creates the account, its first admin and a full-access key shown once", async () => {
     const res = await call("/v1/accounts", {
       headers: operator,
-      body: { name: "Robotomail", keyPrefix: "rm", admin: { email: "Ops@Example.com" } },
+      // Robotomail's keys as its documentation describes them: the plain format.
+      body: { name: "Robotomail", keyPrefix: "rm", keyFormat: "plain", admin: { email: "Ops@Example.com" } },
     });
     expect(res.status).toBe(201);
     expect(res.headers.get("Cache-Control")).toBe("no-store");
     const body = await res.json<Provisioned>();
-    expect(body.account).toMatchObject({ name: "Robotomail", keyPrefix: "rm", membersCanCreateKeys: false });
+    expect(body.account).toMatchObject({ name: "Robotomail", keyPrefix: "rm", keyFormat: "plain", membersCanCreateKeys: false });
     expect(body.account.id).toMatch(/^acc_/);
     expect(body.account.createdAt).toMatch(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/);
     expect(body.admin).toMatchObject({ email: "ops@example.com", role: "admin", disabled: false });
@@ -34,14 +35,14 @@ describe("POST /v1/accounts (operator provisioning)", () => {
     ]);
   });
 
-  it("defaults the key prefix to sk and records who may create keys", async () => {
+  it("defaults the key prefix to sk and the format to checksummed, and records who may create keys", async () => {
     const res = await call("/v1/accounts", {
       headers: operator,
       body: { name: "Robohead", membersCanCreateKeys: true, admin: { email: "a@robohead.com" } },
     });
     const body = await res.json<Provisioned>();
-    expect(body.account).toMatchObject({ keyPrefix: "sk", membersCanCreateKeys: true });
-    expect(body.key.key).toMatch(/^sk_[0-9a-f]{64}$/);
+    expect(body.account).toMatchObject({ keyPrefix: "sk", keyFormat: "checksummed", membersCanCreateKeys: true });
+    expect(body.key.key).toMatch(/^kg_sk_[0-9A-Za-z]{49}$/);
   });
 
   it("refuses a missing or wrong operator token", async () => {

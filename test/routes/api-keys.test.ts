@@ -49,7 +49,8 @@ describe("POST /v1/api-keys", () => {
     );
     expect(body).toMatchObject({
       name: "CI pipeline",
-      prefix: "rbtk",
+      // A new account's keys are checksummed: the prefix shown is everything before the random part.
+      prefix: "kg_rbtk",
       scopes: ["*"],
       status: "active",
       ownerId: admin.id,
@@ -58,13 +59,13 @@ describe("POST /v1/api-keys", () => {
       lastUsedAt: null,
       credits: null,
     });
-    expect(body.key).toMatch(/^rbtk_[0-9a-f]{64}$/);
-    expect(body.start).toBe(body.key.slice(5, 13));
+    expect(body.key).toMatch(/^kg_rbtk_[0-9A-Za-z]{49}$/);
+    expect(body.start).toBe(body.key.slice(8, 16));
     expect((await whoami(body.key)).status).toBe(200);
     const [stored] = await rows<{ hash: string; account_id: string }>("SELECT hash, account_id FROM api_keys WHERE id = ?", body.id);
     expect(stored?.account_id).toBe(account.id);
     expect(stored?.hash).toMatch(/^[0-9a-f]{64}$/);
-    expect(stored?.hash).not.toBe(body.key.slice(5));
+    expect(stored?.hash).not.toContain(body.key.slice(8));
     expect(await rows("SELECT action FROM audit_events WHERE target = ?", body.id)).toEqual([{ action: "key.created" }]);
   });
 

@@ -477,6 +477,6 @@ describe("access and refresh tokens", () => {
     await call("/v1/auth/accept-invitation", { body: { token: body.admin.invitation.token, password: PASSWORD } });
     const pair = await tokens(body.admin.email);
     expect(await (await call("/v1/whoami", { key: pair.access_token })).json()).toMatchObject({ role: "admin" });
-    expect((await createKey(pair.access_token)).key).toMatch(/^sk_/);
+    expect((await createKey(pair.access_token)).key).toMatch(/^kg_sk_/);
   });
 });
