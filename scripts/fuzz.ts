@@ -654,6 +654,7 @@ const RIGHTS: Record<string, Needs> = {
   "GET /v1/account": "full",
   "PATCH /v1/account": "admin",
   "GET /v1/account/usage": "full",
+  "GET /v1/account/key-hygiene": "full",
   "GET /v1/account/credits/ledger": "admin",
   "POST /v1/api-keys": "full",
   "GET /v1/api-keys": "full",
@@ -882,6 +883,13 @@ const ROUTES: Route[] = [
     operation: "GET /v1/account",
     method: "GET",
     path: () => "/v1/account",
+    auth: ["adminKey/bearer", "memberKey/bearer", "scopedKey/x-api-key"],
+  },
+  {
+    name: "key-hygiene",
+    operation: "GET /v1/account/key-hygiene",
+    method: "GET",
+    path: () => "/v1/account/key-hygiene",
     auth: ["adminKey/bearer", "memberKey/bearer", "scopedKey/x-api-key"],
   },
   {

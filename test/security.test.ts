@@ -16,6 +16,7 @@ const routes: ProtectedRoute[] = [
   { method: "DELETE", path: (t) => `/v1/api-keys/${t.keyId}`, needs: "full" },
   { method: "GET", path: (t) => `/v1/api-keys/${t.keyId}/usage`, needs: "full" },
   { method: "GET", path: () => "/v1/account/usage", needs: "full" },
+  { method: "GET", path: () => "/v1/account/key-hygiene", needs: "full" },
   { method: "GET", path: (t) => `/v1/api-keys/${t.keyId}/credits/ledger`, needs: "full" },
   { method: "GET", path: () => "/v1/account/credits/ledger", needs: "admin" },
   { method: "POST", path: (t) => `/v1/api-keys/${t.keyId}/credits`, body: { operation: "add", amount: 1 }, needs: "admin" },
