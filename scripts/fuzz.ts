@@ -737,6 +737,16 @@ const RIGHTS: Record<string, Needs> = {
   "POST /dashboard/agents/{id}": "cookie",
   "POST /dashboard/agents/{id}/disable": "cookie",
   "POST /dashboard/agents/{id}/enable": "cookie",
+  "GET /dashboard/webhooks": "cookie",
+  "POST /dashboard/webhooks": "cookie",
+  "GET /dashboard/webhooks/{id}": "cookie",
+  "POST /dashboard/webhooks/{id}/test": "cookie",
+  "POST /dashboard/webhooks/{id}/secret": "cookie",
+  "POST /dashboard/webhooks/{id}/disable": "cookie",
+  "POST /dashboard/webhooks/{id}/enable": "cookie",
+  "GET /dashboard/webhooks/{id}/delete": "cookie",
+  "POST /dashboard/webhooks/{id}/delete": "cookie",
+  "POST /dashboard/webhooks/{id}/deliveries/{deliveryId}/retry": "cookie",
   "GET /dashboard/activity": "cookie",
 };
 

@@ -107,6 +107,16 @@ const dashboardRoutes: DashboardRoute[] = [
   { method: "POST", path: "/dashboard/agents/:id" },
   { method: "POST", path: "/dashboard/agents/:id/disable" },
   { method: "POST", path: "/dashboard/agents/:id/enable" },
+  { method: "GET", path: "/dashboard/webhooks" },
+  { method: "POST", path: "/dashboard/webhooks" },
+  { method: "GET", path: "/dashboard/webhooks/:id" },
+  { method: "POST", path: "/dashboard/webhooks/:id/test" },
+  { method: "POST", path: "/dashboard/webhooks/:id/secret" },
+  { method: "POST", path: "/dashboard/webhooks/:id/disable" },
+  { method: "POST", path: "/dashboard/webhooks/:id/enable" },
+  { method: "GET", path: "/dashboard/webhooks/:id/delete" },
+  { method: "POST", path: "/dashboard/webhooks/:id/delete" },
+  { method: "POST", path: "/dashboard/webhooks/:id/deliveries/:deliveryId/retry" },
   { method: "GET", path: "/dashboard/activity" },
 ];
 

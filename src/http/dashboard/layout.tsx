@@ -60,6 +60,7 @@ const PAGES = [
   { href: "/dashboard/usage", label: "Usage", admin: false },
   { href: "/dashboard/users", label: "Users", admin: true },
   { href: "/dashboard/agents", label: "Agents", admin: true },
+  { href: "/dashboard/webhooks", label: "Webhooks", admin: true },
   { href: "/dashboard/activity", label: "Activity", admin: false },
 ];
 
