@@ -39,6 +39,9 @@ describe("dashboard: webhooks", () => {
     expect(secret).toMatch(/^whsec_[A-Za-z0-9+/]{43}=$/);
     expect(body).toContain("Copy it now: you won&#39;t see it again.");
     expect(body).toContain('data-copy="webhook-secret"');
+    // Unlike a key, the secret is kept as it is (it signs every delivery): the page does not claim a hash.
+    expect(body).toContain("Keygate keeps it to sign deliveries and never shows it again.");
+    expect(body).not.toContain("only a hash");
     const [row] = await rows<WebhookRow>("SELECT * FROM webhooks WHERE account_id = ?", account.id);
     expect(row).toMatchObject({ url: "https://hooks.example.com/keygate", description: "billing", secret });
     expect(JSON.parse(row?.events as string)).toEqual(["api_key.revoked", "api_key.leaked"]);

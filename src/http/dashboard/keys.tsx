@@ -343,7 +343,7 @@ async function keysPage(c: DashContext, state: KeysState, status: Answer = 200) 
       <section aria-labelledby="hygiene-title" id="key-hygiene">
         <h2 id="hygiene-title">Key hygiene</h2>
         <p class="hint">
-          {`Of ${p.role === "admin" ? "the account's" : "your"} ${hygiene.activeKeys} active ${hygiene.activeKeys === 1 ? "key" : "keys"}; each such key is tagged in the list above. GET /v1/account/key-hygiene answers the same with the keys' ids (at most ${HYGIENE_IDS} a line).`}
+          {`Of ${p.role === "admin" ? "the account's" : "your"} ${hygiene.activeKeys} active ${hygiene.activeKeys === 1 ? "key" : "keys"}; the list above tags the oldest ${HYGIENE_IDS} keys of each. GET /v1/account/key-hygiene answers the same with their ids.`}
         </p>
         <dl class="hygiene">
           {HYGIENE.map((h) => (

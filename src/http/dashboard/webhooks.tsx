@@ -27,6 +27,8 @@ const NOTICES: Record<string, string> = {
   tested: "A webhook.test event is on its way to the endpoint; its delivery shows below within seconds.",
   retried: "The delivery is sent again now; its new attempt shows below within seconds.",
 };
+/** Unlike a key's, a webhook's secret is kept as it is: Keygate signs every delivery with it. */
+const KEPT = "Keygate keeps it to sign deliveries and never shows it again.";
 const REASONS: Record<string, string> = {
   by_admin: "disabled by an admin",
   gone: "the endpoint answered 410 Gone",
@@ -163,7 +165,7 @@ async function webhooksPage(c: DashContext, state: ListState, status: Answer = 2
     <Layout title="Webhooks" who={{ principal: p, email: c.get("email") }} current={PATH}>
       <Notice text={state.notice} />
       {state.created && (
-        <Secret id="webhook-secret" title={`Signing secret of ${state.created.url}`} value={state.created.secret}>
+        <Secret id="webhook-secret" title={`Signing secret of ${state.created.url}`} value={state.created.secret} kept={KEPT}>
           <p>
             Your receiver verifies each delivery's <code>webhook-signature</code> with it. The endpoint's id is{" "}
             <code>{state.created.id}</code>.
@@ -251,7 +253,7 @@ async function webhookPage(c: DashContext, webhook: Webhook, state: EndpointStat
       <Notice text={state.notice} />
       <ProblemBox problem={state.problem} />
       {state.secret && (
-        <Secret id="webhook-secret" title="The endpoint's new signing secret" value={state.secret}>
+        <Secret id="webhook-secret" title="The endpoint's new signing secret" value={state.secret} kept={KEPT}>
           <p>For 24 hours the old secret signs beside it, so your receiver can switch without missing a delivery.</p>
         </Secret>
       )}
