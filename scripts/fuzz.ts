@@ -655,6 +655,7 @@ const RIGHTS: Record<string, Needs> = {
   "GET /v1/account": "full",
   "PATCH /v1/account": "admin",
   "GET /v1/account/usage": "full",
+  "GET /v1/account/key-hygiene": "full",
   "GET /v1/account/credits/ledger": "admin",
   "POST /v1/api-keys": "full",
   "GET /v1/api-keys": "full",
@@ -737,6 +738,16 @@ const RIGHTS: Record<string, Needs> = {
   "POST /dashboard/agents/{id}": "cookie",
   "POST /dashboard/agents/{id}/disable": "cookie",
   "POST /dashboard/agents/{id}/enable": "cookie",
+  "GET /dashboard/webhooks": "cookie",
+  "POST /dashboard/webhooks": "cookie",
+  "GET /dashboard/webhooks/{id}": "cookie",
+  "POST /dashboard/webhooks/{id}/test": "cookie",
+  "POST /dashboard/webhooks/{id}/secret": "cookie",
+  "POST /dashboard/webhooks/{id}/disable": "cookie",
+  "POST /dashboard/webhooks/{id}/enable": "cookie",
+  "GET /dashboard/webhooks/{id}/delete": "cookie",
+  "POST /dashboard/webhooks/{id}/delete": "cookie",
+  "POST /dashboard/webhooks/{id}/deliveries/{deliveryId}/retry": "cookie",
   "GET /dashboard/activity": "cookie",
 };
 
@@ -884,6 +895,13 @@ const ROUTES: Route[] = [
     operation: "GET /v1/account",
     method: "GET",
     path: () => "/v1/account",
+    auth: ["adminKey/bearer", "memberKey/bearer", "scopedKey/x-api-key"],
+  },
+  {
+    name: "key-hygiene",
+    operation: "GET /v1/account/key-hygiene",
+    method: "GET",
+    path: () => "/v1/account/key-hygiene",
     auth: ["adminKey/bearer", "memberKey/bearer", "scopedKey/x-api-key"],
   },
   {

@@ -52,6 +52,21 @@ async function conforms(value: unknown, schema: Schema, what: string): Promise<v
 }
 
 /**
+ * A form's fields as its schema reads them: a field sent more than once (checkboxes of one name), or one the schema
+ * says is an array, is the list of its values, as OpenAPI's `form` style with `explode` sends an array.
+ */
+function formFields(body: string, schema: Schema): Record<string, unknown> {
+  const params = new URLSearchParams(body);
+  const properties = (schema as { properties?: Record<string, { type?: unknown }> }).properties ?? {};
+  return Object.fromEntries(
+    [...new Set(params.keys())].map((name) => {
+      const values = params.getAll(name);
+      return [name, properties[name]?.type === "array" || values.length > 1 ? values : values[0]];
+    }),
+  );
+}
+
+/**
  * Throws unless the answer carries the secure headers and is one the served document promises for its operation: a
  * listed status, a listed media type, its required headers, and for JSON a body its schema accepts (problems included,
  * so a code the route's list lacks fails). A request Keygate accepted must be one the document accepts too, so a
@@ -69,11 +84,7 @@ export async function checkContract(req: Request, res: Response): Promise<void> 
   const accepted = route.operation.requestBody?.content[sent]?.schema;
   if (res.status < 300 && accepted) {
     const body = await req.clone().text();
-    await conforms(
-      sent === "application/json" ? JSON.parse(body) : Object.fromEntries(new URLSearchParams(body)),
-      accepted,
-      `${where} to a body`,
-    );
+    await conforms(sent === "application/json" ? JSON.parse(body) : formFields(body, accepted), accepted, `${where} to a body`);
   }
   const answer = route.operation.responses[String(res.status)];
   if (!answer) throw new Error(`${where}, a status its contract does not list`);

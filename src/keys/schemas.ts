@@ -207,3 +207,28 @@ export function keyView(
 export function limitsView(limits: Limit[] | null): { rateLimit: Policy | null; rateLimits: Limit[] | null } {
   return { rateLimit: limits && shorthand(limits), rateLimits: limits };
 }
+
+/** The most key ids a hygiene category lists; its `count` is exact all the same. */
+export const HYGIENE_IDS = 100;
+
+const HygieneCategory = (description: string) =>
+  z
+    .strictObject({
+      count: z.number().int().openapi({ description: "How many of the keys are in it" }),
+      keyIds: z.array(z.string()).openapi({ description: `Their ids, oldest key first, at most ${HYGIENE_IDS}` }),
+    })
+    .openapi({ description });
+
+/** Active keys that need a look, by what is wrong with them (README, Keys: hygiene). */
+export const KeyHygiene = z
+  .strictObject({
+    activeKeys: z.number().int().openapi({ description: "Active keys the caller sees (members: their own)" }),
+    neverUsed: HygieneCategory("Active keys never used"),
+    idle90d: HygieneCategory("Active keys last used more than 90 days ago"),
+    noExpiry: HygieneCategory("Active keys with neither an expiry nor a scheduled revocation"),
+    olderThanYear: HygieneCategory("Active keys created more than a year ago"),
+    leakedActive: HygieneCategory("Active keys a leak was reported of (`leakedAt`): rotate or revoke them"),
+  })
+  .openapi("KeyHygiene", {
+    description: `Each category's count and the ids of at most ${HYGIENE_IDS} of its keys (oldest first); a key may be in several.`,
+  });

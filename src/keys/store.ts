@@ -17,7 +17,7 @@ export { evaluateKey, type KeyStatus, keyStatus, type VerifyResult } from "../co
  * SQL condition for keys that authenticate at `iso`. SQL compares the stored instants as text, which is exact because
  * every stored instant is a `toISOString()` of a year 0000-9999 (fixed width, UTC); the API refuses any other.
  */
-function activeAt(iso: string) {
+export function activeAt(iso: string) {
   return sql`(${apiKeys.revokedAt} IS NULL OR ${apiKeys.revokedAt} > ${iso}) AND (${apiKeys.expiresAt} IS NULL OR ${apiKeys.expiresAt} > ${iso})`;
 }
 

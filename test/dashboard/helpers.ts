@@ -10,7 +10,8 @@ export const COOKIE = "__Host-keygate_session";
 
 type PageInit = {
   cookie?: string;
-  form?: Record<string, string>;
+  /** A form's fields; a list sends its field once per value (checkboxes of one name). */
+  form?: Record<string, string | string[]>;
   origin?: string | null;
   headers?: Record<string, string>;
   /** Bindings replaced for this request (a D1 that counts its statements, say). */
@@ -31,7 +32,7 @@ export async function page(path: string, { cookie, form, origin = ORIGIN, header
   if (form) {
     h.set("Content-Type", "application/x-www-form-urlencoded");
     if (origin !== null) h.set("Origin", origin);
-    body = new URLSearchParams(form).toString();
+    body = new URLSearchParams(Object.entries(form).flatMap(([name, v]) => (Array.isArray(v) ? v : [v]).map((x) => [name, x]))).toString();
   }
   const req = new Request(ORIGIN + path, { method: form ? "POST" : "GET", headers: h, body, redirect: "manual" });
   const res = bindings === undefined ? await exports.default.fetch(req.clone()) : await withBindings(req.clone(), bindings);

@@ -1,6 +1,7 @@
+import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { hashKey } from "../../src/core/ids";
-import { call, createKey, provision, rows } from "../helpers";
+import { call, callWith, createKey, provision, rows } from "../helpers";
 import { html, page, person, signIn } from "./helpers";
 
 type KeyRow = { id: string; name: string; hash: string; scopes: string; expires_at: string | null; rate_limit: number | null };
@@ -149,5 +150,77 @@ describe("dashboard: API keys", () => {
     expect(await rows("SELECT id FROM api_keys WHERE account_id = ? AND name = 'forged'", account.id)).toEqual([]);
     expect(await rows("SELECT revoked_at FROM api_keys WHERE id = ?", other.id)).toEqual([{ revoked_at: null }]);
     expect(await rows("SELECT id FROM api_keys WHERE rotated_from = ?", other.id)).toEqual([]);
+  });
+
+  it("warns of a key reported leaked that still works, naming it with when and how to stop it; not once it is revoked", async () => {
+    const { key, cookie } = await admin();
+    const pasted = await createKey(key.key, { name: "pasted in a gist" });
+    const clean = await createKey(key.key, { name: "never shown" });
+    expect(await html(await page("/dashboard/keys", { cookie }))).not.toContain('id="leaked-keys"');
+    const reported = await callWith({}, "/v1/leaks", {
+      body: { key: pasted.key, url: "https://gist.example/x" },
+      headers: { "CF-Connecting-IP": "203.0.113.50" },
+    });
+    expect(reported.status).toBe(202);
+    const [{ leaked_at } = { leaked_at: "" }] = await rows<{ leaked_at: string }>("SELECT leaked_at FROM api_keys WHERE id = ?", pasted.id);
+    expect(leaked_at).toMatch(/^\d{4}-/);
+
+    const body = await html(await page("/dashboard/keys", { cookie }));
+    const banner = /<div class="alert warning" role="alert" id="leaked-keys">(.*?)<\/div>/s.exec(body)?.[1] ?? "";
+    expect(banner).toContain("A key was reported leaked and still works.");
+    expect(banner).toContain("pasted in a gist");
+    expect(banner).toContain(`${pasted.prefix}_${pasted.start}…`);
+    expect(banner).toContain(`reported leaked at <time datetime="${leaked_at}">`);
+    expect(banner).toContain(`href="/dashboard/keys/${pasted.id}/rotate"`);
+    expect(banner).toContain(`href="/dashboard/keys/${pasted.id}/revoke"`);
+    expect(banner).not.toContain("never shown");
+    expect(banner).not.toContain(pasted.key);
+    expect(body).toContain('<span class="status leaked">leaked</span>');
+    expect(body).not.toContain(clean.key);
+
+    // Revoked, it is no danger any more: no banner, no mark.
+    expect((await page(`/dashboard/keys/${pasted.id}/revoke`, { cookie, form: {} })).status).toBe(303);
+    const after = await html(await page("/dashboard/keys", { cookie }));
+    expect(after).not.toContain('id="leaked-keys"');
+    expect(after).not.toContain('<span class="status leaked">');
+  });
+
+  it("shows the key hygiene counts of GET /v1/account/key-hygiene and tags each key; a member's are their own", async () => {
+    const { key, cookie, admin: owner } = await admin();
+    const old = await createKey(key.key, { name: "old one" });
+    const idle = await createKey(key.key, { name: "idle one", expiresAt: new Date(Date.now() + 86_400_000).toISOString() });
+    const day = 86_400_000;
+    await env.DB.prepare("UPDATE api_keys SET created_at = ?, last_used_at = ? WHERE id = ?")
+      .bind(new Date(Date.now() - 400 * day).toISOString(), new Date(Date.now() - day).toISOString(), old.id)
+      .run();
+    await env.DB.prepare("UPDATE api_keys SET last_used_at = ? WHERE id = ?")
+      .bind(new Date(Date.now() - 100 * day).toISOString(), idle.id)
+      .run();
+
+    const body = await html(await page("/dashboard/keys", { cookie }));
+    const api = await (await call("/v1/account/key-hygiene", { key: key.key })).json<Record<string, { count: number }>>();
+    const counts = Object.fromEntries([...body.matchAll(/<dt data-hygiene="(\w+)">(\d+)<\/dt>/g)].map((m) => [m[1], Number(m[2])]));
+    expect(Object.keys(counts).sort()).toEqual(["idle90d", "leakedActive", "neverUsed", "noExpiry", "olderThanYear"]);
+    // The page's counts are the API's (the keys' own uses between the two reads aside: none of these keys is used).
+    expect(counts.olderThanYear).toBe(1);
+    expect(counts.idle90d).toBe(1);
+    expect(counts.leakedActive).toBe(0);
+    expect(counts.olderThanYear).toBe(api.olderThanYear?.count);
+    expect(counts.idle90d).toBe(api.idle90d?.count);
+    const row = (name: string) => new RegExp(`<tr><td>${name}</td>(.*?)</tr>`, "s").exec(body)?.[1] ?? "";
+    expect(row("old one")).toContain('<span class="tag">over a year old</span>');
+    expect(row("old one")).toContain('<span class="tag">no expiry</span>');
+    expect(row("old one")).not.toContain("idle 90 days");
+    expect(row("idle one")).toContain('<span class="tag">idle 90 days</span>');
+    expect(row("idle one")).not.toContain("no expiry");
+
+    // A member's page counts their own keys only.
+    const member = await person(key.key, "member");
+    await createKey(key.key, { name: "member's", ownerId: member.id });
+    const theirs = await html(await page("/dashboard/keys", { cookie: await signIn(member.email) }));
+    expect(theirs).toContain("Of your 1 active key;");
+    expect(theirs).toContain('<dt data-hygiene="olderThanYear">0</dt>');
+    expect(theirs).toContain('<dt data-hygiene="neverUsed">1</dt>');
+    expect(owner.id).toBeTruthy();
   });
 });

@@ -249,6 +249,9 @@ describe("dashboard: secrets", () => {
     const { account, key, user, cookie } = await admin();
     await createAgent(key.key);
     await person(key.key, "member");
+    const hook = await call("/v1/webhooks", { key: key.key, body: { url: "https://hooks.example.com/s", events: ["api_key.leaked"] } });
+    const { id: webhookId } = await hook.json<{ id: string }>();
+    expect((await call(`/v1/webhooks/${webhookId}/secret`, { method: "POST", key: key.key })).status).toBe(200);
     const pages = [
       "/dashboard/keys",
       "/dashboard/usage",
@@ -256,6 +259,8 @@ describe("dashboard: secrets", () => {
       "/dashboard/users",
       "/dashboard/agents",
       "/dashboard/activity",
+      "/dashboard/webhooks",
+      `/dashboard/webhooks/${webhookId}`,
     ];
     const users = await rows<{ id: string }>("SELECT id FROM users WHERE account_id = ?", account.id);
     const agents = await rows<{ id: string }>("SELECT id FROM agents WHERE account_id = ?", account.id);
@@ -270,8 +275,10 @@ describe("dashboard: secrets", () => {
         account.id,
       )),
       ...(await rows<{ s: string }>("SELECT identity_secret AS s FROM agents WHERE account_id = ?", account.id)),
+      ...(await rows<{ s: string }>("SELECT secret AS s FROM webhooks WHERE account_id = ?", account.id)),
+      ...(await rows<{ s: string }>("SELECT previous_secret AS s FROM webhooks WHERE account_id = ?", account.id)),
     ].map((r) => r.s);
-    expect(secrets.length).toBeGreaterThanOrEqual(8);
+    expect(secrets.length).toBeGreaterThanOrEqual(10);
     for (const secret of [...secrets, cookie, cookie.split(".")[1] as string, key.key]) expect(text).not.toContain(secret);
     expect(text).toContain(user.email);
   });
@@ -284,6 +291,8 @@ describe("dashboard: every input has a label", () => {
     const k = await createKey(key.key, { name: "labelled", credits: { remaining: 10 } });
     const agent = await createAgent(key.key);
     const member = await person(key.key);
+    const hook = await call("/v1/webhooks", { key: key.key, body: { url: "https://hooks.example.com/l", events: ["api_key.leaked"] } });
+    const { id: webhookId } = await hook.json<{ id: string }>();
     const paths = [
       "/dashboard/login",
       "/dashboard/accept-invitation",
@@ -298,6 +307,9 @@ describe("dashboard: every input has a label", () => {
       "/dashboard/agents",
       `/dashboard/agents/${agent.id}`,
       "/dashboard/activity",
+      "/dashboard/webhooks",
+      `/dashboard/webhooks/${webhookId}`,
+      `/dashboard/webhooks/${webhookId}/delete`,
     ];
     let fields = 0;
     for (const path of paths) {

@@ -34,6 +34,7 @@ describe("GET /v1/account", () => {
       target: user.id,
       createdAt: expect.any(String),
       requestId: expect.stringMatching(/^req_/),
+      detail: null,
     });
     const text = JSON.stringify(body);
     expect(text).not.toContain(rotated.key);

@@ -33,6 +33,7 @@ describe("POST /v1/api-keys", () => {
         "key",
         "lastAuthMethod",
         "lastUsedAt",
+        "leakedAt",
         "meta",
         "name",
         "ownerId",

@@ -4,6 +4,7 @@ import { bodyLimit } from "hono/body-limit";
 import { SESSION_COOKIE } from "../../people/sessions";
 import { ApiError, ERRORS, type ErrorCode } from "../../platform/errors";
 import { log, safeError } from "../../platform/log";
+import { EVENT_TYPES } from "../../webhooks/schemas";
 import { MAX_BODY_BYTES, problems } from "../openapi";
 import { asset } from "../routes/assets";
 import { allowedMethods, methodNotAllowed } from "../routes/method-not-allowed";
@@ -16,6 +17,7 @@ import { render } from "./render";
 import { type DashEnv, sameOrigin } from "./session";
 import { usagePages } from "./usage";
 import { userPages } from "./users";
+import { webhookPages } from "./webhooks";
 
 /** The static files the pages load, from public/dashboard through the ASSETS binding. */
 const FILES = ["dashboard.css", "dashboard.js"];
@@ -56,6 +58,7 @@ export const dashboardRoutes: Hono<DashEnv> = new Hono<DashEnv>()
   .route("/usage", usagePages)
   .route("/users", userPages)
   .route("/agents", agentPages)
+  .route("/webhooks", webhookPages)
   .route("/activity", activityPages)
   .all("*", () => {
     throw new ApiError("not_found", "There is no such page in the dashboard.");
@@ -148,6 +151,25 @@ const FORMS: Record<string, { fields: Record<string, object>; required?: string[
   "/dashboard/agents/{id}": { fields: AGENT_FORM },
   "/dashboard/agents/{id}/disable": { fields: {} },
   "/dashboard/agents/{id}/enable": { fields: {} },
+  "/dashboard/webhooks": {
+    fields: {
+      url: text("As for POST /v1/webhooks"),
+      events: {
+        type: "array",
+        items: { type: "string", enum: [...EVENT_TYPES, "*"] },
+        description: "One field per checked event type (`*`: all of them), as for POST /v1/webhooks",
+      },
+      description: text("As for POST /v1/webhooks; empty for none"),
+      ed25519: { type: "string", enum: ["on"], description: "Present: also sign with Keygate's Ed25519 key" },
+    },
+    required: ["url", "events"],
+  },
+  "/dashboard/webhooks/{id}/test": { fields: {} },
+  "/dashboard/webhooks/{id}/secret": { fields: {} },
+  "/dashboard/webhooks/{id}/disable": { fields: {} },
+  "/dashboard/webhooks/{id}/enable": { fields: {} },
+  "/dashboard/webhooks/{id}/delete": { fields: {} },
+  "/dashboard/webhooks/{id}/deliveries/{deliveryId}/retry": { fields: {} },
 };
 
 /** Pages open to anyone: the files, logging in and setting a password. */

@@ -1,10 +1,12 @@
+import type { z } from "@hono/zod-openapi";
 import { Hono } from "hono";
 import { FULL_ACCESS } from "../../core/grants";
 import { IdempotencyKey } from "../../core/schemas";
 import { CreditsAdjustment } from "../../credits/schemas";
 import { adjustKeyCredits, keyBalances, keyLedger } from "../../credits/service";
-import { keyView, MAX_GRACE_SECONDS, NewKey, Rotation } from "../../keys/schemas";
-import { createKey, getKey, listKeys, mayCreateKeys, revokeKey, rotateKey } from "../../keys/service";
+import { keyHygiene } from "../../keys/hygiene";
+import { HYGIENE_IDS, type KeyHygiene, keyView, MAX_GRACE_SECONDS, NewKey, Rotation } from "../../keys/schemas";
+import { createKey, getKey, keysByIds, listKeys, mayCreateKeys, revokeKey, rotateKey } from "../../keys/service";
 import { pageOf } from "../../platform/db/pagination";
 import type { ApiKey } from "../../platform/db/schema";
 import type { ApiError } from "../../platform/errors";
@@ -22,6 +24,15 @@ const GRACE_CHOICES = [
   { seconds: 86_400, label: "24 hours" },
   { seconds: MAX_GRACE_SECONDS, label: "7 days" },
 ];
+/** The hygiene categories as the keys page names them: the section's line, and the tag a key of it carries. */
+const HYGIENE: { name: Exclude<keyof z.infer<typeof KeyHygiene>, "activeKeys">; line: string; tag: string }[] = [
+  { name: "leakedActive", line: "reported leaked and still active: rotate or revoke them", tag: "leaked" },
+  { name: "neverUsed", line: "never used", tag: "never used" },
+  { name: "idle90d", line: "not used for more than 90 days", tag: "idle 90 days" },
+  { name: "noExpiry", line: "without an expiry", tag: "no expiry" },
+  { name: "olderThanYear", line: "created more than a year ago", tag: "over a year old" },
+];
+
 const NOTICES: Record<string, string> = {
   revoked: "The key is revoked: requests with it are refused from now on.",
   adjusted: "The key's credits are adjusted.",
@@ -179,7 +190,7 @@ async function keysPage(c: DashContext, state: KeysState, status: Answer = 200) 
   const { rows, nextCursor } = await listKeys(deps, p, pageOf({ cursor: c.req.query("cursor") }));
   // Admins see every owner (a member's keys are all their own); the keys' own balances live in their objects, asked as
   // GET /v1/api-keys asks them.
-  const [canCreate, owners, balances] = await Promise.all([
+  const [canCreate, owners, balances, hygiene] = await Promise.all([
     mayCreateKeys(deps, p),
     p.role === "admin"
       ? emailsOf(
@@ -189,7 +200,11 @@ async function keysPage(c: DashContext, state: KeysState, status: Answer = 200) 
         )
       : new Map<string, string>(),
     keyBalances(deps, rows),
+    keyHygiene(deps, p),
   ]);
+  // Leaked keys that still work are named at the top whichever page of the list they are on.
+  const leaked = (await keysByIds(deps, p, hygiene.leakedActive.keyIds)).sort((a, b) => (a.leakedAt ?? "").localeCompare(b.leakedAt ?? ""));
+  const tags = (id: string) => HYGIENE.filter((h) => hygiene[h.name].keyIds.includes(id)).map((h) => h.tag);
   const now = deps.now();
   const form = state.form ?? {};
   const types = c.get("config").resourceTypes;
@@ -201,6 +216,37 @@ async function keysPage(c: DashContext, state: KeysState, status: Answer = 200) 
         <Secret id="new-key" title={state.shown.title} value={state.shown.raw}>
           {state.shown.note && <p>{state.shown.note}</p>}
         </Secret>
+      )}
+      {leaked.length > 0 && (
+        <div class="alert warning" role="alert" id="leaked-keys">
+          <p>
+            <strong>
+              {leaked.length === 1
+                ? "A key was reported leaked and still works."
+                : `${hygiene.leakedActive.count} keys were reported leaked and still work.`}
+            </strong>{" "}
+            Anyone who found it can use it: rotate it (a new key replaces it) or revoke it.
+          </p>
+          <ul>
+            {leaked.map((k) => (
+              <li data-leaked={k.id}>
+                <strong>{k.name}</strong> (<code>{`${k.prefix}_${k.start}…`}</code>) was reported leaked at <Time at={k.leakedAt} />:{" "}
+                {k.revokedAt === null && (
+                  <>
+                    <a href={`${PATH}/${k.id}/rotate`} aria-label={`Rotate the leaked key ${k.name}`}>
+                      rotate
+                    </a>{" "}
+                    or{" "}
+                  </>
+                )}
+                <a class="danger" href={`${PATH}/${k.id}/revoke`} aria-label={`Revoke the leaked key ${k.name}`}>
+                  revoke it
+                </a>
+                .
+              </li>
+            ))}
+          </ul>
+        </div>
       )}
       <section aria-labelledby="keys-title">
         <h2 id="keys-title">{p.role === "admin" ? "Keys of this account" : "Your keys"}</h2>
@@ -240,6 +286,21 @@ async function keysPage(c: DashContext, state: KeysState, status: Answer = 200) 
                         expires <Time at={k.expiresAt} />
                       </span>
                     )}
+                    {status === "active" && k.leakedAt !== null && (
+                      <>
+                        {" "}
+                        <span class="status leaked">leaked</span>
+                      </>
+                    )}
+                    {status === "active" && (
+                      <div>
+                        {tags(k.id)
+                          .filter((t) => t !== "leaked")
+                          .map((t) => (
+                            <span class="tag">{t}</span>
+                          ))}
+                      </div>
+                    )}
                   </td>
                   <td data-credits={k.id}>
                     <Balance credits={credits} none="no limit of its own" />
@@ -278,6 +339,20 @@ async function keysPage(c: DashContext, state: KeysState, status: Answer = 200) 
           </Table>
         )}
         <Pager path={PATH} next={nextCursor} />
+      </section>
+      <section aria-labelledby="hygiene-title" id="key-hygiene">
+        <h2 id="hygiene-title">Key hygiene</h2>
+        <p class="hint">
+          {`Of ${p.role === "admin" ? "the account's" : "your"} ${hygiene.activeKeys} active ${hygiene.activeKeys === 1 ? "key" : "keys"}; the list above tags the oldest ${HYGIENE_IDS} keys of each. GET /v1/account/key-hygiene answers the same with their ids.`}
+        </p>
+        <dl class="hygiene">
+          {HYGIENE.map((h) => (
+            <>
+              <dt data-hygiene={h.name}>{String(hygiene[h.name].count)}</dt>
+              <dd>{h.line}</dd>
+            </>
+          ))}
+        </dl>
       </section>
       <section aria-labelledby="create-title">
         <h2 id="create-title">Create a key</h2>

@@ -60,6 +60,7 @@ const PAGES = [
   { href: "/dashboard/usage", label: "Usage", admin: false },
   { href: "/dashboard/users", label: "Users", admin: true },
   { href: "/dashboard/agents", label: "Agents", admin: true },
+  { href: "/dashboard/webhooks", label: "Webhooks", admin: true },
   { href: "/dashboard/activity", label: "Activity", admin: false },
 ];
 
@@ -87,12 +88,21 @@ export const Notice: FC<{ text: string | null | undefined }> = ({ text }) =>
     </div>
   ) : null;
 
-/** A secret shown this once (a new key, an invitation link, an agent's identity secret), with a copy button. */
-export const Secret: FC<{ id: string; title: string; value: string; children?: Child }> = ({ id, title, value, children }) => (
+/**
+ * A secret shown this once (a new key, an invitation link, an agent's identity secret), with a copy button. `kept`: what
+ * Keygate keeps of it, when that is more than a hash (a webhook's secret, which signs every delivery).
+ */
+export const Secret: FC<{ id: string; title: string; value: string; kept?: string; children?: Child }> = ({
+  id,
+  title,
+  value,
+  kept = "Keygate keeps only a hash of it.",
+  children,
+}) => (
   <section class="secret" aria-labelledby={`${id}-title`}>
     <h2 id={`${id}-title`}>{title}</h2>
     <p class="warning">
-      <strong>Copy it now: you won't see it again.</strong> Keygate keeps only a hash of it.
+      <strong>Copy it now: you won't see it again.</strong> {kept}
     </p>
     <div class="secret-value">
       <code id={id}>{value}</code>

@@ -4,6 +4,8 @@ import { accountActivity, updateAccount } from "../../accounts/service";
 import { RateLimit, RateLimits, shorthand } from "../../core/schemas";
 import { poolBalance } from "../../credits/service";
 import { authenticate } from "../../guards/authenticate";
+import { keyHygiene } from "../../keys/hygiene";
+import { HYGIENE_IDS, KeyHygiene } from "../../keys/schemas";
 import { AccountUsage, UsageQuery } from "../../usage/schemas";
 import { accountUsage } from "../../usage/service";
 import { Role } from "../../users/schemas";
@@ -70,6 +72,18 @@ export const accountRoutes = routes()
       const usage = await accountUsage(c.get("deps"), c.get("principal"), { from, to });
       return c.json({ from, to, ...usage }, 200);
     },
+  )
+  .openapi(
+    createRoute({
+      method: "get",
+      path: "/key-hygiene",
+      summary: "Active keys worth a look: never used, idle for 90 days, without expiry, older than a year, reported leaked",
+      description: `Admins see the account's keys, members their own. Each category has its exact count and the ids of at most ${HYGIENE_IDS} of its keys, oldest first.`,
+      security: KEY_SECURITY,
+      middleware: authenticate("full"),
+      responses: { 200: json(KeyHygiene, "The categories, each with its count and key ids"), ...problems(...KEY_PROBLEMS) },
+    }),
+    async (c) => c.json(await keyHygiene(c.get("deps"), c.get("principal")), 200),
   );
 
 const Whoami = z
