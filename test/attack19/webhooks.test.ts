@@ -1,0 +1,120 @@
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import type { EventMessage } from "../../src/platform/db/events";
+import { makeDeps } from "../../src/platform/deps";
+import { consume } from "../../src/webhooks/deliver";
+import { faultyDatabase } from "../faults";
+import { callWith, provision, rows } from "../helpers";
+
+const local = { ALLOW_HTTP: "true" };
+
+type Received = { id: string; status: number };
+
+/** A fresh endpoint of the test receiver that knows no secret (it answers 400 to every delivery, which is still one). */
+async function receiver(config: Record<string, unknown> = {}) {
+  const url = `${env.TEST_UPSTREAM_URL}/hooks/attack19-${crypto.randomUUID().slice(0, 8)}`;
+  const configure = (c: Record<string, unknown>) => fetch(`${url}/config`, { method: "POST", body: JSON.stringify(c) });
+  await configure(config);
+  const received = async () => (await (await fetch(`${url}/received`)).json()) as Received[];
+  return { url, configure, received };
+}
+
+/** An account with one endpoint (its secret given to the receiver) and an event for it that nothing has handed on yet. */
+async function endpointWithEvent() {
+  const { account, key } = await provision();
+  const r = await receiver();
+  const res = await callWith(local, "/v1/webhooks", { key: key.key, body: { url: r.url, events: ["*"] } });
+  expect(res.status).toBe(201);
+  const webhook = (await res.json()) as { id: string; secret: string };
+  await r.configure({ secrets: [webhook.secret] });
+  // Written as the outbox writes it, not handed to the queue: only this test's messages carry it.
+  const eventId = `msg_attack19_${crypto.randomUUID().replaceAll("-", "")}`;
+  await env.DB.prepare("INSERT INTO webhook_events (id, account_id, type, data, created_at) VALUES (?, ?, 'webhook.test', ?, ?)")
+    .bind(eventId, account.id, JSON.stringify({ webhookId: webhook.id }), new Date().toISOString())
+    .run();
+  return { account, key, r, webhook, eventId };
+}
+
+/** A queue message as the consumer gets it, recording whether it was acked or handed back for a retry. */
+function message(body: EventMessage) {
+  const seen = { acked: 0, retried: 0 };
+  const m = {
+    id: crypto.randomUUID(),
+    timestamp: new Date(),
+    body,
+    attempts: 1,
+    ack: () => {
+      seen.acked += 1;
+    },
+    retry: () => {
+      seen.retried += 1;
+    },
+  } as unknown as Message<EventMessage>;
+  return { m, seen };
+}
+
+const depsWith = (DB: D1Database) => makeDeps({ ...env, DB, ALLOW_HTTP: "true" } as typeof env, { waitUntil: () => {} });
+
+describe("attack19: webhook URLs", () => {
+  it("refuses Keygate's own host in other spellings: a trailing dot, plain http", async () => {
+    const { key } = await provision();
+    const urls = ["https://keygate.test./v1/leaks", "http://keygate.test/v1/leaks"];
+    const statuses: Record<string, number> = {};
+    for (const url of urls) statuses[url] = (await callWith(local, "/v1/webhooks", { key: key.key, body: { url, events: ["*"] } })).status;
+    expect(statuses).toEqual(Object.fromEntries(urls.map((u) => [u, 400])));
+  });
+});
+
+describe("attack19: deliveries are not lost to a failure the queue retries", () => {
+  it("a D1 failure between making a delivery and claiming its first attempt does not leave it unsent forever", async () => {
+    const { r, webhook, eventId } = await endpointWithEvent();
+    // The claim of attempt 0 fails once (D1 lost the connection): the message goes back to the queue.
+    const claimFails = faultyDatabase(env.DB, { kind: "throw", error: new Error("D1_ERROR: Network connection lost."), times: 1 }, (sql) =>
+      /update "webhook_deliveries" set "attempts"/i.test(sql),
+    );
+    const first = message({ event: eventId });
+    await consume(depsWith(claimFails), [first.m]);
+    expect(first.seen).toEqual({ acked: 0, retried: 1 });
+    // The queue redelivers it, D1 is back.
+    const again = message({ event: eventId });
+    await consume(depsWith(env.DB), [again.m]);
+    expect(again.seen.acked).toBe(1);
+    // At least once: the endpoint got the event, or at least a next attempt is still coming.
+    const [delivery] = await rows<{ status: string; attempts: number }>(
+      "SELECT status, attempts FROM webhook_deliveries WHERE webhook_id = ? AND event_id = ?",
+      webhook.id,
+      eventId,
+    );
+    expect({ received: (await r.received()).length, delivery }).toEqual({
+      received: 1,
+      delivery: { status: "succeeded", attempts: 1 },
+    });
+  });
+
+  it("an attempt whose outcome D1 failed to record is tried again, not left pending with nothing scheduled", {
+    timeout: 30_000,
+  }, async () => {
+    const { r, webhook, eventId } = await endpointWithEvent();
+    await r.configure({ fail: 1, status: 503 });
+    // Attempt 0 is claimed and sent (503), then recording its outcome and scheduling attempt 1 fails once.
+    const recordFails = faultyDatabase(env.DB, { kind: "throw", error: new Error("D1_ERROR: Network connection lost."), times: 1 }, (sql) =>
+      /insert into "webhook_attempts"/i.test(sql),
+    );
+    const first = message({ event: eventId });
+    await consume(depsWith(recordFails), [first.m]);
+    expect(first.seen).toEqual({ acked: 0, retried: 1 });
+    expect(await r.received()).toHaveLength(1);
+    // The queue redelivers the message, D1 is back.
+    const again = message({ event: eventId });
+    await consume(depsWith(env.DB), [again.m]);
+    expect(again.seen.acked).toBe(1);
+    // At least once: attempt 1 comes (its schedule says 5 s after attempt 0), whatever became of attempt 0's record.
+    await expect.poll(async () => (await r.received()).length, { timeout: 12_000, interval: 250 }).toBe(2);
+    const [delivery] = await rows<{ status: string }>(
+      "SELECT status FROM webhook_deliveries WHERE webhook_id = ? AND event_id = ?",
+      webhook.id,
+      eventId,
+    );
+    expect(delivery?.status).toBe("succeeded");
+  });
+});
