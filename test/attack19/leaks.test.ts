@@ -23,4 +23,28 @@ describe("attack19: a reported leak is acted on", () => {
     await expect.poll(async () => (await call("/v1/whoami", { key: pasted.key })).status, { timeout: 10_000, interval: 250 }).toBe(401);
     expect(await rows("SELECT action FROM audit_events WHERE target = ? AND action = 'key.leaked'", pasted.id)).toHaveLength(1);
   });
+
+  it("a key first reported under notify, then again after the account chose revoke, is not revoked without an audit entry or event", async () => {
+    const { account, key } = await provision();
+    const pasted = await createKey(key.key, { name: "pasted twice" });
+    const report = (ip: string) =>
+      callWith({}, "/v1/leaks", { body: { key: pasted.key, url: "https://gist.example/twice" }, headers: { "CF-Connecting-IP": ip } });
+    expect((await report("203.0.113.78")).status).toBe(202);
+    expect((await call("/v1/whoami", { key: pasted.key })).status).toBe(200);
+    expect((await call("/v1/account", { method: "PATCH", key: key.key, body: { leakResponse: "revoke" } })).status).toBe(200);
+    expect((await report("203.0.113.79")).status).toBe(202);
+    // The second report did change something: the key is revoked, by keygate.
+    expect((await call("/v1/whoami", { key: pasted.key })).status).toBe(401);
+    expect(await rows("SELECT revoked_by FROM api_keys WHERE id = ?", pasted.id)).toEqual([{ revoked_by: "keygate" }]);
+    // Every change is audited and told: the revocation must leave a trace beside the first report's.
+    const audited = await rows<{ action: string }>("SELECT action FROM audit_events WHERE target = ? AND actor = 'keygate'", pasted.id);
+    const told = await rows<{ type: string; data: string }>(
+      "SELECT type, data FROM webhook_events WHERE account_id = ? AND type IN ('api_key.leaked', 'api_key.revoked')",
+      account.id,
+    );
+    expect({
+      audited: audited.length,
+      toldRevoked: told.some((e) => e.type === "api_key.revoked" || JSON.parse(e.data).response === "revoked"),
+    }).toEqual({ audited: 2, toldRevoked: true });
+  });
 });
