@@ -65,6 +65,18 @@ describe("attack19: webhook URLs", () => {
   });
 });
 
+describe("attack19: webhook URLs on the dashboard's host", () => {
+  it("refuses DASHBOARD_HOST, which README says is routed to the same Worker", async () => {
+    const { key } = await provision();
+    const deployment = { ...local, PUBLIC_ORIGIN: "https://keygate.test", DASHBOARD_HOST: "dashboard.keygate.test" };
+    const res = await callWith(deployment, "/v1/webhooks", {
+      key: key.key,
+      body: { url: "https://dashboard.keygate.test/login", events: ["*"] },
+    });
+    expect(res.status, await res.clone().text()).toBe(400);
+  });
+});
+
 describe("attack19: deliveries are not lost to a failure the queue retries", () => {
   it("a D1 failure between making a delivery and claiming its first attempt does not leave it unsent forever", async () => {
     const { r, webhook, eventId } = await endpointWithEvent();
