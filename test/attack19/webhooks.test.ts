@@ -77,6 +77,20 @@ describe("attack19: webhook URLs on the dashboard's host", () => {
   });
 });
 
+describe("attack19: concurrent changes of an endpoint", () => {
+  it("concurrent rotations: one stands, and the audit log records only the rotations that stood", async () => {
+    const { key } = await provision();
+    const created = await callWith(local, "/v1/webhooks", { key: key.key, body: { url: "https://hooks.example.com/race", events: ["*"] } });
+    const { id } = (await created.json()) as { id: string };
+    const rotate = () => callWith({}, `/v1/webhooks/${id}/secret`, { method: "POST", key: key.key });
+    const answers = await Promise.all([rotate(), rotate(), rotate()]);
+    const standing = answers.filter((a) => a.status === 200).length;
+    const audited = await rows("SELECT id FROM audit_events WHERE target = ? AND action = 'webhook.secret_rotated'", id);
+    // Only meaningful when the race happened (a refused rotation); else the two counts agree anyway.
+    expect(audited.length).toBe(standing);
+  });
+});
+
 describe("attack19: deliveries are not lost to a failure the queue retries", () => {
   it("a D1 failure between making a delivery and claiming its first attempt does not leave it unsent forever", async () => {
     const { r, webhook, eventId } = await endpointWithEvent();
