@@ -47,4 +47,15 @@ describe("attack19: a reported leak is acted on", () => {
       toldRevoked: told.some((e) => e.type === "api_key.revoked" || JSON.parse(e.data).response === "revoked"),
     }).toEqual({ audited: 2, toldRevoked: true });
   });
+
+  it("a SECRET_SCANNING_KEYS entry that is no usable public key is a configuration problem, not an internal error per alert", async () => {
+    const notAKey = "-----BEGIN PUBLIC KEY-----\n!!not base64!!\n-----END PUBLIC KEY-----";
+    const res = await callWith({ SECRET_SCANNING_KEYS: JSON.stringify([{ key_identifier: "broken", key: notAKey }]) }, "/v1/leaks/github", {
+      method: "POST",
+      body: [] as unknown as Record<string, unknown>,
+      headers: { "Github-Public-Key-Identifier": "broken", "Github-Public-Key-Signature": "MAYCAQECAQE=" },
+    });
+    const body = (await res.json()) as { code: string };
+    expect(["configuration_error", "invalid_signature"]).toContain(body.code);
+  });
 });
