@@ -144,3 +144,37 @@ describe("attack19: deliveries are not lost to a failure the queue retries", () 
     expect(delivery?.status).toBe("succeeded");
   });
 });
+
+describe("attack19: one account's slow endpoint does not hold up another account's deliveries", () => {
+  it("a batch with a tarpit endpoint's event first still delivers the other account's event within seconds", {
+    timeout: 30_000,
+  }, async () => {
+    // Account A: an endpoint that takes 6 s to answer (a tarpit answers never; the consumer waits 15 s for it).
+    const a = await provision();
+    const slow = await callWith(local, "/v1/webhooks", {
+      key: a.key.key,
+      body: { url: `${env.TEST_UPSTREAM_URL}/slow/tarpit?ms=6000`, events: ["*"] },
+    });
+    const slowHook = (await slow.json()) as { id: string };
+    const slowEvent = `msg_attack19_${crypto.randomUUID().replaceAll("-", "")}`;
+    await env.DB.prepare("INSERT INTO webhook_events (id, account_id, type, data, created_at) VALUES (?, ?, 'webhook.test', ?, ?)")
+      .bind(slowEvent, a.account.id, JSON.stringify({ webhookId: slowHook.id }), new Date().toISOString())
+      .run();
+    // Account B: an ordinary endpoint and its event, in the same queue batch, after A's.
+    const b = await endpointWithEvent();
+    const started = Date.now();
+    let deliveredAfter = Number.POSITIVE_INFINITY;
+    const watching = (async () => {
+      while (Date.now() - started < 20_000) {
+        if ((await b.r.received()).length > 0) {
+          deliveredAfter = Date.now() - started;
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    })();
+    await consume(depsWith(env.DB), [message({ event: slowEvent }).m, message({ event: b.eventId }).m]);
+    await watching;
+    expect(deliveredAfter).toBeLessThan(3_000);
+  });
+});
