@@ -178,3 +178,25 @@ describe("attack19: one account's slow endpoint does not hold up another account
     expect(deliveredAfter).toBeLessThan(3_000);
   });
 });
+
+describe("attack19: events carry no token", () => {
+  it("webhook.disabled does not hand one endpoint's capability URL (its token) to the account's other endpoints", async () => {
+    const { account, key } = await provision();
+    const r = await receiver({ fail: 1, status: 410 });
+    const capability = `${r.url}?token=cap-s3cr3t-0123456789`;
+    const res = await callWith(local, "/v1/webhooks", { key: key.key, body: { url: capability, events: ["webhook.test"] } });
+    const hook = (await res.json()) as { id: string; secret: string };
+    await r.configure({ secrets: [hook.secret], fail: 1, status: 410 });
+    const eventId = `msg_attack19_${crypto.randomUUID().replaceAll("-", "")}`;
+    await env.DB.prepare("INSERT INTO webhook_events (id, account_id, type, data, created_at) VALUES (?, ?, 'webhook.test', ?, ?)")
+      .bind(eventId, account.id, JSON.stringify({ webhookId: hook.id }), new Date().toISOString())
+      .run();
+    await consume(depsWith(env.DB), [message({ event: eventId }).m]);
+    const told = await rows<{ data: string }>(
+      "SELECT data FROM webhook_events WHERE account_id = ? AND type = 'webhook.disabled'",
+      account.id,
+    );
+    expect(told).toHaveLength(1);
+    expect(told[0]?.data).not.toContain("cap-s3cr3t");
+  });
+});
