@@ -4,7 +4,7 @@ import type { EventMessage } from "./platform/db/events";
 import { publishEvents } from "./platform/db/events";
 import { makeDeps } from "./platform/deps";
 import type { Bindings } from "./platform/env";
-import { consume } from "./webhooks/deliver";
+import { consume, sweepDeliveries } from "./webhooks/deliver";
 
 export { AccountObject } from "./counters/account-object";
 export { Counter } from "./counters/counter-object";
@@ -17,10 +17,14 @@ export default {
   async queue(batch, env, ctx) {
     await consume(makeDeps(env, ctx), batch.messages);
   },
-  /** Every minute: events whose hand-off to the queue failed after their change, and notices of keys' expiry. */
+  /**
+   * Every minute: events whose hand-off to the queue failed after their change, deliveries whose attempt was lost, and
+   * notices of keys' expiry.
+   */
   async scheduled(_controller, env, ctx) {
     const deps = makeDeps(env, ctx);
     await publishEvents(deps);
+    await sweepDeliveries(deps);
     await announceExpiries(deps);
   },
 } satisfies ExportedHandler<Bindings, EventMessage>;

@@ -1,4 +1,4 @@
-import type { Config } from "../platform/config";
+import { type Config, misconfigured } from "../platform/config";
 import { ApiError } from "../platform/errors";
 
 // GitHub's secret scanning partner program signs each alert it POSTs: `Github-Public-Key-Signature` is the base64
@@ -11,8 +11,16 @@ const imported = new Map<string, Promise<CryptoKey>>();
 function importKey(pem: string): Promise<CryptoKey> {
   let key = imported.get(pem);
   if (!key) {
-    const der = Uint8Array.from(atob(pem.replace(/-----[A-Z ]+-----|\s/g, "")), (c) => c.charCodeAt(0));
-    key = crypto.subtle.importKey("spki", der, { name: "ECDSA", namedCurve: "P-256" }, false, ["verify"]);
+    key = (async () => {
+      try {
+        const der = Uint8Array.from(atob(pem.replace(/-----[A-Z ]+-----|\s/g, "")), (c) => c.charCodeAt(0));
+        return await crypto.subtle.importKey("spki", der, { name: "ECDSA", namedCurve: "P-256" }, false, ["verify"]);
+      } catch {
+        // Not cached: a corrected variable is read again. What is there is the operator's to fix, not a 500.
+        imported.delete(pem);
+        misconfigured("SECRET_SCANNING_KEYS", "holds a key that is not a P-256 public key");
+      }
+    })();
     imported.set(pem, key);
   }
   return key;

@@ -1,5 +1,6 @@
-import { and, eq, isNull, or } from "drizzle-orm";
+import { and, eq, isNull, lt, or } from "drizzle-orm";
 import { newId } from "../core/ids";
+import { actOnLeak } from "../keys/leaks";
 import { auditIfChanged } from "../platform/db/audit";
 import { batch } from "../platform/db/client";
 import { type EventMessage, eventIfChanged, newEvent, publishEvents } from "../platform/db/events";
@@ -27,24 +28,31 @@ const MAX_DELAY_S = 43_200;
  * from the queue; an endpoint's failure is not that: its next attempt is a new message, delayed by the schedule.
  */
 export async function consume(deps: Deps, messages: readonly Message<EventMessage>[]): Promise<void> {
-  for (const message of messages) {
-    try {
-      const body = message.body;
-      if ("event" in body) await fanOut(deps, body.event);
-      else if ("emit" in body) {
-        // Told by a counting object: written down once (a copy of the message writes nothing), then handed on.
-        await deps.db
-          .insert(webhookEvents)
-          .values({ ...body.emit, queuedAt: deps.now().toISOString() })
-          .onConflictDoNothing();
-        await fanOut(deps, body.emit.id);
-      } else await attempt(deps, body.delivery, body.attempt);
-      message.ack();
-    } catch (err) {
-      deps.log("error", "webhook_consume_failed", { error: safeError(err) });
-      message.retry({ delaySeconds: 5 });
-    }
-  }
+  // Side by side: one account's slow endpoint holds up none of the batch's other messages.
+  await Promise.all(
+    messages.map(async (message) => {
+      try {
+        const body = message.body;
+        if ("event" in body) await fanOut(deps, body.event);
+        else if ("emit" in body) {
+          // Told by a counting object: written down once (a copy of the message writes nothing), then handed on.
+          await deps.db
+            .insert(webhookEvents)
+            .values({ ...body.emit, queuedAt: deps.now().toISOString() })
+            .onConflictDoNothing();
+          await fanOut(deps, body.emit.id);
+        } else if ("leak" in body) {
+          // A leak the request could not act on: tried again here until it is done.
+          const { hash, ...report } = body.leak;
+          await actOnLeak(deps, hash, report);
+        } else await attempt(deps, body.delivery, body.attempt);
+        message.ack();
+      } catch (err) {
+        deps.log("error", "webhook_consume_failed", { error: safeError(err) });
+        message.retry({ delaySeconds: 5 });
+      }
+    }),
+  );
 }
 
 /** Makes the event's deliveries (one per endpoint that asked for it) and sends each one's first attempt. */
@@ -64,25 +72,56 @@ async function fanOut(deps: Deps, eventId: string): Promise<void> {
     return events.includes("*") || events.includes(event.type);
   });
   const now = deps.now().toISOString();
-  for (const w of wanted) {
-    const created = await d
-      .insert(webhookDeliveries)
-      .values({
-        id: newId("dlv"),
-        webhookId: w.id,
-        eventId: event.id,
-        accountId: event.accountId,
-        status: "pending",
-        attempts: 0,
-        nextAttemptAt: now,
-        createdAt: now,
-        updatedAt: now,
-      })
-      .onConflictDoNothing()
-      .returning({ id: webhookDeliveries.id });
-    // Made by an earlier hand-off of the same event: its own attempts are under way.
-    if (created[0]) await attempt(deps, created[0].id, 0);
-  }
+  await Promise.all(
+    wanted.map(async (w) => {
+      await d
+        .insert(webhookDeliveries)
+        .values({
+          id: newId("dlv"),
+          webhookId: w.id,
+          eventId: event.id,
+          accountId: event.accountId,
+          status: "pending",
+          attempts: 0,
+          nextAttemptAt: now,
+          createdAt: now,
+          updatedAt: now,
+        })
+        .onConflictDoNothing();
+      // Made now, or by an earlier hand-off of the same event that may have failed before its first attempt: the
+      // attempt due is made unless another consumer claimed it (the claim decides).
+      const [delivery] = await d
+        .select({ id: webhookDeliveries.id, attempts: webhookDeliveries.attempts, status: webhookDeliveries.status })
+        .from(webhookDeliveries)
+        .where(and(eq(webhookDeliveries.webhookId, w.id), eq(webhookDeliveries.eventId, event.id)))
+        .limit(1);
+      if (delivery?.status === "pending" && delivery.attempts === 0) await attempt(deps, delivery.id, 0);
+    }),
+  );
+}
+
+/** How long a claimed attempt may take before the sweep takes it for lost (its consumer died, or D1 lost its outcome). */
+const CLAIM_MS = DELIVERY_TIMEOUT_MS + 45_000;
+
+/**
+ * The cron's sweep of deliveries whose attempt is overdue by more than CLAIM_MS: a consumer that died mid-attempt, or
+ * whose outcome D1 did not record, left them pending with nothing scheduled. Each gets its due attempt again (the claim
+ * keeps a delivery that is in fact under way from being sent twice).
+ */
+export async function sweepDeliveries(deps: Deps): Promise<number> {
+  const overdue = await deps.db
+    .select({ id: webhookDeliveries.id, attempts: webhookDeliveries.attempts })
+    .from(webhookDeliveries)
+    .where(
+      and(
+        eq(webhookDeliveries.status, "pending"),
+        lt(webhookDeliveries.nextAttemptAt, new Date(deps.now().getTime() - CLAIM_MS).toISOString()),
+      ),
+    )
+    .limit(100);
+  if (overdue.length > 0)
+    await deps.env.EVENTS.sendBatch(overdue.map((o) => ({ body: { delivery: o.id, attempt: o.attempts } satisfies EventMessage })));
+  return overdue.length;
 }
 
 type Outcome = { statusCode: number | null; error: string | null; durationMs: number; retryAfterS: number | null };
@@ -148,7 +187,8 @@ export async function attempt(deps: Deps, deliveryId: string, n: number): Promis
   }
   const claimed = await d
     .update(webhookDeliveries)
-    .set({ attempts: n + 1, updatedAt: at })
+    // The claim holds the delivery for CLAIM_MS: past it with nothing recorded, the sweep sends the attempt again.
+    .set({ attempts: n + 1, nextAttemptAt: new Date(Date.parse(at) + CLAIM_MS).toISOString(), updatedAt: at })
     .where(and(eq(webhookDeliveries.id, deliveryId), eq(webhookDeliveries.attempts, n), eq(webhookDeliveries.status, "pending")))
     .returning({ id: webhookDeliveries.id });
   if (claimed.length === 0) return;
@@ -184,7 +224,7 @@ export async function attempt(deps: Deps, deliveryId: string, n: number): Promis
       {
         accountId: webhook.accountId,
         type: "webhook.disabled",
-        data: { webhookId: webhook.id, url: webhook.url, reason: gone ? "gone" : "failing" },
+        data: { webhookId: webhook.id, origin: new URL(webhook.url).origin, reason: gone ? "gone" : "failing" },
       },
       now,
     );

@@ -2,7 +2,7 @@ import type { z } from "@hono/zod-openapi";
 import { and, asc, count, eq, inArray } from "drizzle-orm";
 import { newId } from "../core/ids";
 import type { Principal } from "../core/principal";
-import { auditInsert } from "../platform/db/audit";
+import { auditIfChanged, auditInsert } from "../platform/db/audit";
 import { batch } from "../platform/db/client";
 import { type EventMessage, newEvent, publishEvents } from "../platform/db/events";
 import { listPage, type Page } from "../platform/db/pagination";
@@ -26,16 +26,25 @@ function checkEd25519(deps: Deps, ed25519: boolean | undefined): void {
     });
 }
 
-/** The endpoint's URL is one the deployment may POST to: https unless ALLOW_HTTP, and never Keygate's own origin. */
+/** A host as a URL names it, compared as DNS does: case aside, with or without the final dot. */
+const hostOf = (host: string) => host.toLowerCase().replace(/\.$/, "");
+
+/**
+ * The endpoint's URL is one the deployment may POST to: https unless ALLOW_HTTP, and never one of Keygate's own hosts
+ * (the one the request reached, PUBLIC_ORIGIN's, DASHBOARD_HOST), whatever the scheme, port or spelling.
+ */
 function checkUrl(deps: Deps, value: string, ownOrigin: string): void {
   const url = new URL(value);
+  const own = [ownOrigin, deps.config.publicOrigin, deps.config.dashboardHost && `https://${deps.config.dashboardHost}`]
+    .filter((o): o is string => typeof o === "string")
+    .map((o) => hostOf(new URL(o).hostname));
   const problem =
     url.protocol === "http:" && !deps.config.allowHttp
       ? "must be an https URL"
-      : url.origin === ownOrigin || url.origin === deps.config.publicOrigin
+      : own.includes(hostOf(url.hostname))
         ? "must not be Keygate's own origin"
         : null;
-  if (problem) throw new ApiError("invalid_request", `Invalid fields: url.`, { errors: [{ field: "url", message: problem }] });
+  if (problem) throw new ApiError("invalid_request", "Invalid fields: url.", { errors: [{ field: "url", message: problem }] });
 }
 
 async function findWebhook(deps: Deps, p: Principal, id: string): Promise<Webhook> {
@@ -153,7 +162,8 @@ export async function rotateSecret(deps: Deps, p: Principal, id: string): Promis
       .update(webhooks)
       .set(rotated)
       .where(and(eq(webhooks.id, webhook.id), eq(webhooks.secret, webhook.secret))),
-    auditInsert(d, audit(deps, p, "webhook.secret_rotated", webhook.id), now),
+    // Audited only when this rotation stood: of concurrent ones, one does.
+    auditIfChanged(deps.env.DB, audit(deps, p, "webhook.secret_rotated", webhook.id), now),
   ]);
   const [saved] = await d.select().from(webhooks).where(eq(webhooks.id, webhook.id)).limit(1);
   if (saved?.secret !== rotated.secret) throw new ApiError("invalid_request", "The secret was rotated at the same time; read it again.");

@@ -107,8 +107,12 @@ describe("scripts/dev-setup.sh", () => {
   });
 
   it("leaves a key the developer wrote alone, in any spelling dotenv reads", async () => {
-    for (const line of ["ASSERTION_SIGNING_KEYS=[]", "export ASSERTION_SIGNING_KEYS = '[]'", "  ASSERTION_SIGNING_KEYS='[]'"]) {
-      const own = `OPERATOR_TOKEN=my-own-operator-token-0123456789abcdef\n${line}\n`;
+    for (const [line, webhookLine] of [
+      ["ASSERTION_SIGNING_KEYS=[]", "WEBHOOK_SIGNING_KEY=null"],
+      ["export ASSERTION_SIGNING_KEYS = '[]'", "export WEBHOOK_SIGNING_KEY = 'null'"],
+      ["  ASSERTION_SIGNING_KEYS='[]'", "  WEBHOOK_SIGNING_KEY='null'"],
+    ]) {
+      const own = `OPERATOR_TOKEN=my-own-operator-token-0123456789abcdef\n${line}\n${webhookLine}\n`;
       writeFileSync(join(dir, ".dev.vars"), own);
       setup();
       expect(devVars()).toBe(own);

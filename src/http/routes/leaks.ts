@@ -1,7 +1,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { verifyGithubSignature } from "../../guards/github";
 import { spendOnAddress } from "../../guards/spending";
-import { actOnLeak, knownHashes, tokenHashes } from "../../keys/leaks";
+import { handleLeak, knownHashes, tokenHashes } from "../../keys/leaks";
 import { ApiError, fieldErrors, invalidRequest } from "../../platform/errors";
 import { json, jsonBody, problems, routes, withBody } from "../openapi";
 
@@ -63,7 +63,7 @@ export const leaksRoutes = routes()
       const { key, url } = c.req.valid("json");
       const deps = c.get("deps");
       // Acted on after the answer, which is the same for every key.
-      deps.waitUntil(tokenHashes([key]).then(([hash]) => actOnLeak(deps, hash as string, { source: "report", url })));
+      deps.waitUntil(tokenHashes([key]).then(([hash]) => handleLeak(deps, hash as string, { source: "report", url })));
       return c.json({ received: true as const }, 202);
     },
   )
@@ -76,7 +76,7 @@ export const leaksRoutes = routes()
         "GitHub's secret scanning partner program POSTs a JSON list of `{token, type, url, source}` (up to 1,000), signed with `Github-Public-Key-Identifier` / `Github-Public-Key-Signature` (ECDSA P-256 over the raw body) under the keys in SECRET_SCANNING_KEYS. The answer labels each token by its SHA-256, never the token, and names no account; real keys are dealt with as their accounts chose.",
       responses: {
         200: json(Feedback, "A label for every token"),
-        ...problems("invalid_signature", "invalid_request", "malformed_json", "payload_too_large", "not_found"),
+        ...problems("invalid_signature", "invalid_request", "malformed_json", "payload_too_large", "not_found", "configuration_error"),
       },
     }),
     async (c) => {
@@ -106,7 +106,7 @@ export const leaksRoutes = routes()
         (async () => {
           for (const [i, match] of alert.data.entries()) {
             const hash = hashes[i] as string;
-            if (known.has(hash)) await actOnLeak(deps, hash, { source: "github", url: match.url });
+            if (known.has(hash)) await handleLeak(deps, hash, { source: "github", url: match.url });
           }
         })(),
       );

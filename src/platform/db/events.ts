@@ -12,9 +12,14 @@ export type EventRow = typeof webhookEvents.$inferInsert & { id: string };
 /**
  * A queue message (src/webhooks/deliver.ts): an event of the outbox to hand on to its endpoints; an event a counting
  * object tells of (`emit`: written down by the consumer, then handed on); or the attempt numbered `attempt` (0 the
- * first) of one delivery.
+ * first) of one delivery; or a leak report to act on again.
  */
-export type EventMessage = { event: string } | { emit: EventRow } | { delivery: string; attempt: number };
+export type EventMessage =
+  | { event: string }
+  | { emit: EventRow }
+  | { delivery: string; attempt: number }
+  /** A reported leak that could not be acted on at once (src/keys/leaks.ts). */
+  | { leak: { hash: string; source: "github" | "report"; url?: string } };
 
 /**
  * An event as its outbox row: write it in the same D1 batch as the change it tells of (`d.insert(webhookEvents)
