@@ -195,7 +195,7 @@ export async function accuracyProbe({ isolates, path, headers, limit, windowSeco
 
 /**
  * (x) How soon a change's webhook arrives: `changes` times, `change()` makes one (a key created) and answers the id its
- * event names; a receiver on 127.0.0.1 notes when each arrives. The latency is from the change's answer to the first
+ * event names; a receiver on 127.0.0.2 notes when each arrives. The latency is from the change's answer to the first
  * attempt's arrival, one change at a time (`gapMs` apart), so each measures the path, not a queue of them.
  */
 export async function webhookProbe({ change, changes = 40, gapMs = 100, timeoutMs = 15_000 }) {
@@ -211,8 +211,9 @@ export async function webhookProbe({ change, changes = 40, gapMs = 100, timeoutM
       res.writeHead(204).end();
     });
   });
-  await new Promise((done) => server.listen(0, "127.0.0.1", done));
-  const url = `http://127.0.0.1:${server.address().port}/hooks`;
+  // Another loopback address than Keygate's own (127.0.0.1): an endpoint on Keygate's own host is refused.
+  await new Promise((done) => server.listen(0, "127.0.0.2", done));
+  const url = `http://127.0.0.2:${server.address().port}/hooks`;
   try {
     const answered = new Map();
     return await (async () => {
