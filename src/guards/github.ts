@@ -1,3 +1,4 @@
+import { fromBase64 } from "../core/ids";
 import { type Config, misconfigured } from "../platform/config";
 import { ApiError } from "../platform/errors";
 
@@ -13,7 +14,7 @@ function importKey(pem: string): Promise<CryptoKey> {
   if (!key) {
     key = (async () => {
       try {
-        const der = Uint8Array.from(atob(pem.replace(/-----[A-Z ]+-----|\s/g, "")), (c) => c.charCodeAt(0));
+        const der = fromBase64(pem.replace(/-----[A-Z ]+-----|\s/g, ""));
         return await crypto.subtle.importKey("spki", der, { name: "ECDSA", namedCurve: "P-256" }, false, ["verify"]);
       } catch {
         // Not cached: a corrected variable is read again. What is there is the operator's to fix, not a 500.
@@ -58,7 +59,7 @@ export async function verifyGithubSignature(
   if (!known || !signature) throw refused();
   let raw: Uint8Array | null;
   try {
-    raw = derToRaw(Uint8Array.from(atob(signature), (c) => c.charCodeAt(0)));
+    raw = derToRaw(fromBase64(signature));
   } catch {
     raw = null;
   }

@@ -1,5 +1,4 @@
 import { and, eq, inArray, isNull, or, sql } from "drizzle-orm";
-import { hashKey } from "../core/ids";
 import { auditIfChanged } from "../platform/db/audit";
 import { batch } from "../platform/db/client";
 import { type EventMessage, eventIfChanged, newEvent, publishEvents } from "../platform/db/events";
@@ -11,11 +10,6 @@ import { reloadKeys } from "./reload";
 
 /** Where a leak report came from: GitHub's secret scanning, or anyone at POST /v1/leaks; `url`: where the key was seen. */
 export type LeakReport = { source: "github" | "report"; url?: string };
-
-/** The SHA-256 (hex) of each raw key, as GitHub's feedback names them and as D1 stores keys. */
-export function tokenHashes(raws: readonly string[]): Promise<string[]> {
-  return Promise.all(raws.map(hashKey));
-}
 
 /** Which of these hashes are keys Keygate issued (any state): D1 binds at most 100 parameters a statement. */
 export async function knownHashes(deps: Deps, hashes: readonly string[]): Promise<Set<string>> {

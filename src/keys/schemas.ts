@@ -107,18 +107,8 @@ export function grants(
 ): { scopes: string[]; errors: FieldError[] } {
   const fromScopes = body.scopes ?? [];
   const errors = grantErrors(fromScopes, types, "scopes").filter((e) => e.field !== "scopes");
-  const known = new Set([
-    "name",
-    "scopes",
-    "expiresAt",
-    "ownerId",
-    "rateLimit",
-    "rateLimits",
-    "credits",
-    "allowedIps",
-    "externalId",
-    "meta",
-  ]);
+  // The schema's own fields: every other one is a `<type>Ids` or unknown.
+  const known = new Set(Object.keys(NewKey.shape));
   const fromIds: string[] = [];
   // The names as sent: a parsed object can lose some (`__proto__` becomes a prototype, not a field).
   for (const field of fields) {

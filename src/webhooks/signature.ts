@@ -4,21 +4,13 @@
 // content when the endpoint asks for Keygate's public-key signature. Written against WebCrypto: no library of the
 // specification runs in workerd without Node's crypto.
 
+import { fromBase64, toBase64 } from "../core/ids";
+
 const encoder = new TextEncoder();
 
 /** `whsec_` + base64 of 32 random bytes: a new endpoint secret. */
 export function newSecret(): string {
   return `whsec_${toBase64(crypto.getRandomValues(new Uint8Array(32)))}`;
-}
-
-export function toBase64(bytes: Uint8Array): string {
-  let s = "";
-  for (const b of bytes) s += String.fromCharCode(b);
-  return btoa(s);
-}
-
-function fromBase64(text: string): Uint8Array {
-  return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
 }
 
 /** What is signed: `id.timestamp.body`. */

@@ -1,7 +1,8 @@
 import { createRoute, z } from "@hono/zod-openapi";
+import { hashKey } from "../../core/ids";
 import { verifyGithubSignature } from "../../guards/github";
 import { spendOnAddress } from "../../guards/spending";
-import { handleLeak, knownHashes, tokenHashes } from "../../keys/leaks";
+import { handleLeak, knownHashes } from "../../keys/leaks";
 import { ApiError, fieldErrors, invalidRequest } from "../../platform/errors";
 import { json, jsonBody, problems, routes, withBody } from "../openapi";
 
@@ -63,7 +64,7 @@ export const leaksRoutes = routes()
       const { key, url } = c.req.valid("json");
       const deps = c.get("deps");
       // Acted on after the answer, which is the same for every key.
-      deps.waitUntil(tokenHashes([key]).then(([hash]) => handleLeak(deps, hash as string, { source: "report", url })));
+      deps.waitUntil(hashKey(key).then((hash) => handleLeak(deps, hash, { source: "report", url })));
       return c.json({ received: true as const }, 202);
     },
   )
@@ -99,7 +100,8 @@ export const leaksRoutes = routes()
       const alert = Alert.safeParse(parsed);
       if (!alert.success) throw invalidRequest(fieldErrors(alert.error));
       const deps = c.get("deps");
-      const hashes = await tokenHashes(alert.data.map((m) => m.token));
+      // As GitHub names tokens and D1 stores keys: SHA-256, hex.
+      const hashes = await Promise.all(alert.data.map((m) => hashKey(m.token)));
       const known = await knownHashes(deps, hashes);
       // Acted on after the answer: GitHub wants it within seconds, whatever a thousand revocations take.
       deps.waitUntil(
