@@ -219,8 +219,9 @@ async function seed() {
   const agentA = await call("POST", "/v1/agents", { key: rootA, body: { name: "Support", allowedOrigins: [WIDGET, LOCAL_WIDGET] } });
   const spareAgent = await call("POST", "/v1/agents", { key: rootA, body: { name: "Spare", allowedOrigins: [WIDGET] } });
   const agentB = await call("POST", "/v1/agents", { key: rootB, body: { name: "Globex", allowedOrigins: ["https://globex.example"] } });
-  // Endpoints no event of the run reaches (they ask only for tests): the fuzzer sends nothing out of this machine.
-  const hook = { url: "https://127.0.0.1:9/keygate", events: ["webhook.test"] };
+  // Endpoints no event of the run reaches but tests (a loopback address that is not Keygate's own host, a port nothing
+  // listens on): the fuzzer sends nothing out of this machine.
+  const hook = { url: "https://127.0.0.2:9/keygate", events: ["webhook.test"] };
   const webhookA = await call("POST", "/v1/webhooks", { key: rootA, body: hook });
   const webhookB = await call("POST", "/v1/webhooks", { key: rootB, body: hook });
   const userHash = createHmac("sha256", agentA.identitySecret).update("user-42").digest("hex");
@@ -1096,7 +1097,7 @@ const ROUTES: Route[] = [
     path: () => "/v1/webhooks",
     auth: ["adminKey/bearer", "memberKey/bearer"],
     body: () => ({
-      url: pick(["https://127.0.0.1:9/a", "http://127.0.0.1:9/b", "https://u:p@127.0.0.1:9/c", "notaurl"]),
+      url: pick(["https://127.0.0.2:9/a", "http://127.0.0.2:9/b", "https://u:p@127.0.0.2:9/c", "notaurl"]),
       events: pick([["webhook.test"], ["*"], ["api_key.eaten"], []]),
       ...someOf({ description: "fuzz", ed25519: chance(0.5) }),
     }),
