@@ -658,6 +658,7 @@ const RIGHTS: Record<string, Needs> = {
   "GET /v1/account/usage": "full",
   "GET /v1/account/key-hygiene": "full",
   "GET /v1/account/credits/ledger": "admin",
+  "POST /v1/account/credits": "admin",
   "POST /v1/api-keys": "full",
   "GET /v1/api-keys": "full",
   "GET /v1/api-keys/{id}": "full",
@@ -999,6 +1000,14 @@ const ROUTES: Route[] = [
     method: "POST",
     path: (w) => `/v1/accounts/${pathId(w, [w.accounts.a, w.accounts.b])}/credits`,
     auth: ["operator"],
+    body: () => ({ operation: pick(["add", "subtract", "set"]), amount: pick([0, 1, 500, -1]), ...someOf({ reason: "fuzz" }) }),
+  },
+  {
+    name: "own-pool-credits-adjust",
+    operation: "POST /v1/account/credits",
+    method: "POST",
+    path: () => "/v1/account/credits",
+    auth: ["adminKey/bearer", "memberKey/bearer"],
     body: () => ({ operation: pick(["add", "subtract", "set"]), amount: pick([0, 1, 500, -1]), ...someOf({ reason: "fuzz" }) }),
   },
   {

@@ -89,25 +89,31 @@ export async function adjustKeyCredits(
   return adjusted(deps, result, audit, missing);
 }
 
-/** The operator's change to an account's pool (what the provider sells), audited; once per `Idempotency-Key`. */
+/**
+ * A change to an account's pool (what the provider sells), audited; once per `Idempotency-Key`. The operator changes
+ * any account's pool any way; an account's admin (`by` a person) only subtracts from its own, to cap what its keys may
+ * still spend: adding to or setting a pool would let a customer mint the credits it buys.
+ */
 export async function adjustPoolCredits(
   deps: Deps,
   accountId: string,
   change: z.infer<typeof CreditsAdjustment>,
   idempotencyKey: string | undefined,
+  by: Principal | "operator" = "operator",
 ): Promise<CreditsView> {
+  if (by !== "operator" && change.operation !== "subtract")
+    throw new ApiError("operator_only", "An admin may only subtract from the account's pool; the operator adds to it or sets it.");
+  const actor = by === "operator" ? "operator" : by.userId;
   const missing = "No account with this id.";
   if (!(await findAccount(deps.db, accountId))) throw new ApiError("not_found", missing);
   const name = `account:${accountId}`;
   const result = await withinDeadline(
     deps,
-    deps.env.ACCOUNTS.getByName(name).adjustCredits({ accountId }, { ...change, actor: "operator", idempotencyKey }) as Promise<
-      Adjusted | undefined
-    >,
+    deps.env.ACCOUNTS.getByName(name).adjustCredits({ accountId }, { ...change, actor, idempotencyKey }) as Promise<Adjusted | undefined>,
   );
   const audit = {
     accountId,
-    actor: "operator",
+    actor,
     action: `account.credits_${change.operation}`,
     target: accountId,
     requestId: deps.requestId,

@@ -23,6 +23,7 @@ export const ERRORS = {
   insufficient_role: [403, "Forbidden"],
   origin_not_allowed: [403, "Forbidden"],
   ip_not_allowed: [403, "Forbidden"],
+  operator_only: [403, "Forbidden"],
   agent_disabled: [403, "Forbidden"],
   identity_unverified: [403, "Forbidden"],
   not_found: [404, "Not Found"],

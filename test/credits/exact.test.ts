@@ -116,6 +116,41 @@ describe("adjusting credits", () => {
       "not_found",
     );
   });
+  it("an admin subtracts from its own account's pool, audited and in the ledger; adding to or setting it is the operator's", async () => {
+    const { account, admin, key } = await provision({ credits: { remaining: 1000 } });
+    const other = await provision({ credits: { remaining: 1000 } });
+    const cap = () =>
+      call("/v1/account/credits", {
+        key: key.key,
+        body: { operation: "subtract", amount: 300, reason: "cap this month" },
+        headers: { "Idempotency-Key": '"cap-1"' },
+      });
+    // Sent twice, concurrently: applied once.
+    const answers = await Promise.all([cap(), cap()]);
+    for (const a of answers) expect(await a.json()).toMatchObject({ remaining: 700 });
+    expect(await (await call("/v1/account", { key: key.key })).json()).toMatchObject({ credits: { remaining: 700 } });
+    const audited = await rows("SELECT actor FROM audit_events WHERE target = ? AND action = 'account.credits_subtract'", account.id);
+    expect(audited).toEqual([{ actor: admin.id }]);
+    for (const operation of ["add", "set"]) {
+      const res = call("/v1/account/credits", { key: key.key, body: { operation, amount: 5000 } });
+      await expectProblem(await res, 403, "operator_only");
+    }
+    await expectProblem(
+      await call("/v1/account/credits", { key: key.key, body: { operation: "subtract", amount: 701 } }),
+      409,
+      "credits_insufficient",
+    );
+    expect(await (await call("/v1/account", { key: key.key })).json()).toMatchObject({ credits: { remaining: 700 } });
+    // Only its own account's pool, and only an admin's.
+    expect(await (await call("/v1/account", { key: other.key.key })).json()).toMatchObject({ credits: { remaining: 1000 } });
+    const member = await memberWithKey(key.key);
+    await expectProblem(
+      await call("/v1/account/credits", { key: member.key.key, body: { operation: "subtract", amount: 1 } }),
+      403,
+      "insufficient_role",
+    );
+    expect(await (await call("/v1/account", { key: key.key })).json()).toMatchObject({ credits: { remaining: 700 } });
+  });
 });
 
 describe("the ledger", () => {

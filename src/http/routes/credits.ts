@@ -51,20 +51,45 @@ export const keyCreditsRoutes = routes().openapi(
   },
 );
 
-/** The caller's account pool's ledger, for admins (mounted under /v1/account). */
-export const accountCreditsRoutes = routes().openapi(
-  createRoute({
-    method: "get",
-    path: "/credits/ledger",
-    summary: "The account pool's credits ledger, newest first (admins)",
-    description: CAUGHT_UP,
-    security: KEY_SECURITY,
-    middleware: authenticate("admin"),
-    request: { query: PageQuery },
-    responses: { 200: json(LEDGER_PAGE, "A page of the account pool's ledger"), ...problems(...KEY_PROBLEMS, "invalid_request") },
-  }),
-  async (c) => c.json(await poolLedger(c.get("deps"), c.get("principal"), pageOf(c.req.valid("query"))), 200),
-);
+const ADJUST_PROBLEMS = ["credits_insufficient", "credits_unlimited", "idempotency_key_reused", "rate_limiter_unavailable"] as const;
+const ADJUST_DESCRIPTION =
+  "`add`, `subtract` (never below zero: 409 `credits_insufficient`) or `set`; a balance that is unlimited is 409 `credits_unlimited` (configure its credits first). With `Idempotency-Key`, the same change sent again within 24 hours applies once and answers the same; another change under that key is 422. Audited, and a ledger entry with its actor and reason.";
+
+/** The caller's account pool's ledger, and an admin's cap on the pool (mounted under /v1/account). */
+export const accountCreditsRoutes = routes()
+  .openapi(
+    createRoute({
+      method: "get",
+      path: "/credits/ledger",
+      summary: "The account pool's credits ledger, newest first (admins)",
+      description: CAUGHT_UP,
+      security: KEY_SECURITY,
+      middleware: authenticate("admin"),
+      request: { query: PageQuery },
+      responses: { 200: json(LEDGER_PAGE, "A page of the account pool's ledger"), ...problems(...KEY_PROBLEMS, "invalid_request") },
+    }),
+    async (c) => c.json(await poolLedger(c.get("deps"), c.get("principal"), pageOf(c.req.valid("query"))), 200),
+  )
+  .openapi(
+    createRoute({
+      method: "post",
+      path: "/credits",
+      summary: "Subtract from the account's credits pool (admins)",
+      description: `Only \`subtract\`: an admin caps what the account's keys may still spend; adding to or setting the pool is the operator's (403 \`operator_only\`), as the pool is what the plan sells. ${ADJUST_DESCRIPTION}`,
+      security: KEY_SECURITY,
+      middleware: withBody(authenticate("admin")),
+      request: { body: jsonBody(CreditsAdjustment) },
+      responses: {
+        200: json(CreditsBalance, "The pool after the change"),
+        ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS, "operator_only", ...ADJUST_PROBLEMS),
+      },
+    }),
+    async (c) => {
+      const p = c.get("principal");
+      const balance = await adjustPoolCredits(c.get("deps"), p.accountId, c.req.valid("json"), idempotencyKeyOf(c), p);
+      return c.json(balance as z.infer<typeof CreditsBalance>, 200);
+    },
+  );
 
 /** Any account pool's ledger, for the operator, who sells it (mounted under /v1/accounts). */
 export const operatorCreditsRoutes = routes().openapi(
@@ -83,10 +108,6 @@ export const operatorCreditsRoutes = routes().openapi(
   }),
   async (c) => c.json(await accountPoolLedger(c.get("deps"), c.req.valid("param").id, pageOf(c.req.valid("query"))), 200),
 );
-
-const ADJUST_PROBLEMS = ["credits_insufficient", "credits_unlimited", "idempotency_key_reused", "rate_limiter_unavailable"] as const;
-const ADJUST_DESCRIPTION =
-  "`add`, `subtract` (never below zero: 409 `credits_insufficient`) or `set`; a balance that is unlimited is 409 `credits_unlimited` (configure its credits first). With `Idempotency-Key`, the same change sent again within 24 hours applies once and answers the same; another change under that key is 422. Audited, and a ledger entry with its actor and reason.";
 
 /** An admin's change to a key's own credits (mounted under /v1/api-keys). */
 export const keyCreditsAdjustRoutes = routes().openapi(
