@@ -1,6 +1,6 @@
 // A webhook receiver written from the Standard Webhooks specification alone, with Node's crypto (nothing of Keygate's
 // code): it verifies every delivery it gets and keeps what it saw, so tests can read it back. Endpoints live under
-// /hooks/<name>: POST .../config sets its secrets and how it answers; GET .../received lists the deliveries.
+// /hooks/<name>: POST .../config sets its secrets and how (and how late) it answers; GET .../received lists the deliveries.
 import { createHmac, createPublicKey, timingSafeEqual, verify as verifySignature } from "node:crypto";
 
 /** How far a delivery's timestamp may be from now, as the specification suggests (5 minutes). */
@@ -11,7 +11,7 @@ const endpoints = new Map();
 function endpoint(name) {
   let e = endpoints.get(name);
   if (!e) {
-    e = { secrets: [], publicKey: null, fail: 0, status: 500, retryAfter: null, received: [] };
+    e = { secrets: [], publicKey: null, fail: 0, status: 500, retryAfter: null, delayMs: 0, received: [] };
     endpoints.set(name, e);
   }
   return e;
@@ -64,6 +64,8 @@ export async function receive(req, res, url) {
     signature: req.headers["webhook-signature"],
     body,
   };
+  // A slow endpoint: answers only after `delayMs`.
+  if (e.delayMs > 0) await new Promise((resolve) => setTimeout(resolve, e.delayMs));
   const verdict = verifyDelivery(headers, e.secrets, e.publicKey);
   const failing = e.fail > 0;
   if (failing) e.fail -= 1;

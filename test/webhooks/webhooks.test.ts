@@ -3,7 +3,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import worker from "../../src/index";
 import { makeDeps } from "../../src/platform/deps";
-import { attempt, RETRY_SCHEDULE_S } from "../../src/webhooks/deliver";
+import { attempt, DELIVERY_TIMEOUT_MS, RETRY_SCHEDULE_S } from "../../src/webhooks/deliver";
 import { faultyDatabase, faultyQueue } from "../faults";
 import { call, callWith, createKey, expectProblem, memberWithKey, provision, rows } from "../helpers";
 // The receiver's own verification, written from the specification with Node's crypto, none of Keygate's code.
@@ -311,6 +311,37 @@ describe("deliveries", () => {
     const [pending] = await rows<{ status: string }>("SELECT status FROM webhook_deliveries WHERE webhook_id = ?", redirecting.id);
     expect(pending?.status).toBe("pending");
   });
+
+  it("an answer later than 15 s is a failed attempt (timeout), retried; a 2xx within 15 s, however slow, is success", async () => {
+    const { key, r, webhook } = await endpoint(["api_key.created"], {});
+    await r.configure({ delayMs: DELIVERY_TIMEOUT_MS + 1500 });
+    await createKey(key.key);
+    const attempts = () =>
+      rows<{ status_code: number | null; error: string | null; duration_ms: number }>(
+        "SELECT status_code, error, duration_ms FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM webhook_deliveries WHERE webhook_id = ?) ORDER BY at",
+        webhook.id,
+      );
+    await expect.poll(async () => (await attempts()).length, { timeout: DELIVERY_TIMEOUT_MS + 10_000, interval: 250 }).toBe(1);
+    const [timedOut] = await attempts();
+    expect(timedOut).toMatchObject({ status_code: null, error: "timeout" });
+    expect(timedOut?.duration_ms).toBeGreaterThanOrEqual(DELIVERY_TIMEOUT_MS - 50);
+    expect(timedOut?.duration_ms).toBeLessThan(DELIVERY_TIMEOUT_MS + 1500);
+    const [d] = await rows<{ id: string; status: string; attempts: number; next_attempt_at: string | null }>(
+      "SELECT id, status, attempts, next_attempt_at FROM webhook_deliveries WHERE webhook_id = ?",
+      webhook.id,
+    );
+    expect(d?.status).toBe("pending");
+    expect(d?.next_attempt_at).not.toBeNull();
+    // The next attempt is answered slowly but in time: success.
+    await r.configure({ delayMs: 2000 });
+    await attempt(deps(), d?.id as string, d?.attempts as number);
+    expect((await attempts()).map((a) => a.status_code)).toEqual([null, 204]);
+    expect((await rows<{ status: string }>("SELECT status FROM webhook_deliveries WHERE id = ?", d?.id))[0]?.status).toBe("succeeded");
+    // Both reached the endpoint (the first after Keygate gave up on it), with the same webhook-id: at least once.
+    const received = await r.received();
+    expect(received).toHaveLength(2);
+    expect(new Set(received.map((x) => x.id)).size).toBe(1);
+  }, 60_000);
 
   it("an endpoint failing for a day is disabled, audited, and the account's other endpoints are told; 410 disables at once", async () => {
     const { account, key, r, webhook } = await endpoint(["api_key.created"]);
