@@ -15,7 +15,7 @@
 // BENCH_ONLY=b,k (scenario letters, for a quick look while working on one path) runs only those scenarios at
 // saturation, prints them and their ratios, and stops: no fixed-rate runs, no (g) or (h), and bench/results.json is
 // left as it is. Seed fewer keys for it with BENCH_KEYS.
-import { generateKeyPairSync } from "node:crypto";
+import { generateKeyPairSync, sign } from "node:crypto";
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { Worker } from "node:worker_threads";
 import autocannon from "autocannon";
@@ -61,6 +61,9 @@ const upstreamPort = await new Promise((resolve, reject) => {
 const upstreamBase = `http://127.0.0.1:${upstreamPort}`;
 // A fresh assertion key each run: the gateway signs one assertion per forwarded request, as it would in production.
 const assertionKey = { ...generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey.export({ format: "jwk" }), kid: "bench" };
+// (y) Stands for GitHub's secret scanning key: the worker trusts its public half, as it would GitHub's published one.
+const scanner = generateKeyPairSync("ec", { namedCurve: "P-256" });
+const scanningKeys = [{ key_identifier: "bench", key: scanner.publicKey.export({ format: "pem", type: "spki" }) }];
 
 /**
  * CPU time (ms) used so far by the workerd process (every isolate and Durable Object), read from /proc; null where
@@ -108,6 +111,7 @@ try {
       ]),
       ASSERTION_SIGNING_KEYS: JSON.stringify([assertionKey]),
       VERIFY_TOKEN,
+      SECRET_SCANNING_KEYS: JSON.stringify(scanningKeys),
     },
     entry: readFileSync("bench/counting.mjs", "utf8"),
     assets: false,
@@ -558,6 +562,38 @@ try {
       `(x) ${webhooks.delivered} of ${webhooks.changes} events delivered; first attempt after the change's answer p50 ${webhooks.firstAttemptMs.p50} ms, p95 ${webhooks.firstAttemptMs.p95} ms, max ${webhooks.firstAttemptMs.max} ms`,
     );
 
+  // (y) GitHub's alerts of 1,000 matches each, answered within 5 s: every match a real key of (c)'s (each marked leaked:
+  // the account's leakResponse is notify), then 1,000 made-up tokens. Last but (g) and (h), as it marks (c)'s keys.
+  const alert = async (tokens) => {
+    const body = JSON.stringify(
+      tokens.map((token) => ({ token, type: "keygate_api_key", url: "https://github.com/o/r", source: "content" })),
+    );
+    const started = performance.now();
+    const res = await fetch(`${base}/v1/leaks/github`, {
+      method: "POST",
+      headers: {
+        "Content-Type": "application/json",
+        "Github-Public-Key-Identifier": "bench",
+        "Github-Public-Key-Signature": sign("sha256", Buffer.from(body), scanner.privateKey).toString("base64"),
+      },
+      body,
+      signal: AbortSignal.timeout(60_000),
+    });
+    const labels = res.ok ? (await res.json()).map((f) => f.label) : [];
+    const ms = Math.round(performance.now() - started);
+    return { status: res.status, ms, truePositives: labels.filter((l) => l === "true_positive").length };
+  };
+  await settle();
+  const githubAlerts = {
+    realKeys: { matches: keys.length, ...(await alert(keys)) },
+    madeUp: {
+      matches: 1000,
+      ...(await alert(Array.from({ length: 1000 }, (_, i) => `${hot.key.slice(0, -12)}${String(i).padStart(12, "0")}`))),
+    },
+  };
+  for (const [name, a] of Object.entries(githubAlerts))
+    console.log(`(y) GitHub alert of ${a.matches} matches (${name}): ${a.status} in ${a.ms} ms, ${a.truePositives} true positives`);
+
   // (g) A hot key loaded from the three isolates, revoked through the first one.
   const revocation = await revocationProbe({
     isolates,
@@ -621,6 +657,12 @@ try {
     ),
     // Issue #18: a route costing credits, two limits and a pool ride the same object calls and leases as (b).
     creditsToHotKey: target(ratio("credits", "hotKey"), ">= 0.95", ratio("credits", "hotKey") >= 0.95),
+    // Issue #19: a secret scanner's alert of 1,000 matches is answered within 5 s.
+    githubAlertMs: target(
+      Math.max(githubAlerts.realKeys.ms, githubAlerts.madeUp.ms),
+      "<= 5000",
+      Object.values(githubAlerts).every((a) => a.status === 200 && a.ms <= 5000) && githubAlerts.realKeys.truePositives === keys.length,
+    ),
     // Latency added by the far counter, measured at a fixed rate (the work), and at saturation (mostly the throughput gap).
     farHotKeyP50AddedMs: target(farHotAtRate.latencyAddedOverBareMs.p50, "<= 2", farHotAtRate.latencyAddedOverBareMs.p50 <= 2),
     farHotKeyP50AddedAtSaturationMs: target(farHotRun.latencyAddedOverBareMs.p50, "<= 2", farHotRun.latencyAddedOverBareMs.p50 <= 2),
@@ -690,6 +732,7 @@ try {
       webhooksToHotKeyPerRound: perRound("webhooks", "hotKey"),
     },
     webhooks,
+    githubAlerts,
     farCounter,
     fixedRate: fixedRateRuns,
     revocation,
