@@ -50,9 +50,16 @@ export async function startKeygate({ port, bindings, entry, assets = true, isola
       ACCOUNTS: durableObject("AccountObject", i),
     },
     bindings: { RESOURCE_TYPES: "mailbox,process,project", ...bindings, ...extra[i] },
-    // As wrangler.toml's queue: every isolate sends events, the first consumes them.
-    queueProducers: { EVENTS: "keygate-events" },
-    ...(i === 0 ? { queueConsumers: { "keygate-events": { maxBatchSize: 10, maxBatchTimeout: 1, maxRetries: 10 } } } : {}),
+    // As wrangler.toml's queues: every isolate sends events and usage, the first consumes them.
+    queueProducers: { EVENTS: "keygate-events", USAGE: "keygate-usage" },
+    ...(i === 0
+      ? {
+          queueConsumers: {
+            "keygate-events": { maxBatchSize: 10, maxBatchTimeout: 1, maxRetries: 10 },
+            "keygate-usage": { maxBatchSize: 100, maxBatchTimeout: 2, maxRetries: 10 },
+          },
+        }
+      : {}),
     // As wrangler.toml's [assets]: the Worker answers first and reads public/ through ASSETS. Locally the assets
     // router is a JavaScript Worker in front of Keygate that halves every scenario's throughput, so the benchmark
     // leaves it out (it serves no demo page) and measures Keygate's own cost.

@@ -163,6 +163,22 @@ export async function objectDatabase(stub: DurableObjectStub<KeyObject>, make: (
     });
 }
 
+/**
+ * Makes a key's object send its usage through `make()` (a `faultyQueue`, made inside the object) through its seam,
+ * `KeyObject.usageQueue`. Answers the undo.
+ */
+export async function objectQueue(stub: DurableObjectStub<KeyObject>, make: () => Queue): Promise<() => Promise<void>> {
+  let own: Queue | undefined;
+  await runInDurableObject(stub, (instance) => {
+    own = instance.usageQueue;
+    instance.usageQueue = make();
+  });
+  return () =>
+    runInDurableObject(stub, (instance) => {
+      instance.usageQueue = own as Queue;
+    });
+}
+
 /** A queue whose `send` and `sendBatch` suffer the fault (the queue is down); the messages never arrive. */
 export function faultyQueue(queue: Queue, fault: Fault): Queue {
   let count = 0;

@@ -19,6 +19,7 @@ const routes: ProtectedRoute[] = [
   { method: "GET", path: () => "/v1/account/key-hygiene", needs: "full" },
   { method: "GET", path: (t) => `/v1/api-keys/${t.keyId}/credits/ledger`, needs: "full" },
   { method: "GET", path: () => "/v1/account/credits/ledger", needs: "admin" },
+  { method: "POST", path: () => "/v1/account/credits", body: { operation: "subtract", amount: 1 }, needs: "admin" },
   { method: "POST", path: (t) => `/v1/api-keys/${t.keyId}/credits`, body: { operation: "add", amount: 1 }, needs: "admin" },
   { method: "POST", path: (t) => `/v1/api-keys/${t.keyId}/rotate`, body: {}, needs: "full" },
   { method: "POST", path: () => "/v1/users", body: { email: "new@example.com", role: "member" }, needs: "admin" },

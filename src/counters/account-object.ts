@@ -14,6 +14,7 @@ import { Budget } from "./budget";
 import { LedgerOutbox } from "./ledger";
 import { Notices } from "./notices";
 import type { CallTag, Granted, Refund, Spending, Unspent } from "./protocol";
+import { type HourTotal, type KeyHour, type KeyTotal, UsageRollup } from "./rollup";
 import type { Adjusted, Adjustment, CreditsView } from "./stored-balance";
 
 /** How long the pool's movements wait to reach D1 together: the ledger is written per minute, not per request. */
@@ -54,12 +55,15 @@ export class AccountObject extends DurableObject<Bindings> {
   private flushing = false;
   /** What the pool (or the person's balance) tells the account's webhook endpoints. */
   private readonly notices: Notices;
+  /** The account's usage: its keys' hours, as their objects send them (through the usage queue). */
+  private readonly rollup: UsageRollup;
 
   constructor(ctx: DurableObjectState, env: Bindings) {
     super(ctx, env);
     this.database = withDeadline(env.DB, () => getConfig(env).d1TimeoutMs);
     this.ledger = new LedgerOutbox(ctx.storage.sql, () => this.clock());
     this.notices = new Notices(ctx, env);
+    this.rollup = new UsageRollup(ctx.storage.sql);
     this.budget = new Budget(ctx.storage.sql, () => this.clock(), undefined, {
       kv: ctx.storage.kv,
       record: (entries) => this.recordCredits(entries),
@@ -111,6 +115,16 @@ export class AccountObject extends DurableObject<Bindings> {
   async settleCredits(owner: BalanceOwner, requestId: string, used: number) {
     const config = await this.balanceOf(owner);
     return config ? this.balance.settle(config.credits, this.clock(), requestId, used) : null;
+  }
+
+  /** Keeps the keys' hours as their objects sent them (see UsageRollup). */
+  recordUsage(hours: KeyHour[]): void {
+    this.rollup.record(hours, this.clock());
+  }
+
+  /** The account's hours in [from, to) and each key's totals over them (`keyIds`: only those keys; null: all). */
+  usage(from: string, to: string, keyIds: string[] | null): { series: HourTotal[]; keys: KeyTotal[] } {
+    return { series: this.rollup.series(from, to, keyIds), keys: this.rollup.totals(from, to, keyIds) };
   }
 
   /** Reads the account's configuration again: a change to its limits, credits or plan is in force on the next request. */

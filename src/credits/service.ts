@@ -8,7 +8,7 @@ import { findKey } from "../keys/store";
 import { type AuditInput, auditInsert } from "../platform/db/audit";
 import type { Page } from "../platform/db/pagination";
 import { accounts, plans, users } from "../platform/db/schema";
-import { deadline } from "../platform/deadline";
+import { objectAnswer } from "../platform/deadline";
 import type { Deps } from "../platform/deps";
 import { ApiError } from "../platform/errors";
 import { findUser } from "../users/store";
@@ -234,10 +234,5 @@ export async function poolBalance(
 
 /** A balance's object answers within the rate limiter's deadline, or the request is 503 (nothing is assumed of it). */
 function withinDeadline<T>(deps: Deps, call: Promise<T>): Promise<T> {
-  return deadline(
-    call,
-    deps.config.rateLimitTimeoutMs,
-    () =>
-      new ApiError("rate_limiter_unavailable", "The balance's counter did not answer; retry shortly.", { headers: { "Retry-After": "5" } }),
-  );
+  return objectAnswer(deps, call, "The balance's counter did not answer; retry shortly.");
 }

@@ -12,10 +12,11 @@ import { getConfig } from "../platform/config";
 import { db, withDeadline } from "../platform/db/client";
 import type { Bindings } from "../platform/env";
 import { log, safeError } from "../platform/log";
-import { addUsage } from "../usage/service";
-import { FLUSH_INTERVAL_MS, UsageTally } from "../usage/tally";
+import type { UsageMessage } from "../usage/queue";
+import type { UsageHour } from "../usage/service";
+import { FLUSH_INTERVAL_MS, UsageHistory } from "../usage/tally";
 import { keyEvent } from "./events";
-import { evaluateKey, type KeyRecord, LAST_USED_INTERVAL_MS, loadKey, recordUse, type VerifyResult } from "./store";
+import { evaluateKey, type KeyRecord, LAST_USED_INTERVAL_MS, loadKey, type VerifyResult } from "./store";
 
 /** A key as its object holds it: the record, the verdict on it and the instant that verdict may change. */
 type KeyState = {
@@ -26,6 +27,9 @@ type KeyState = {
   lastUsed: number;
   lastMethod: AuthMethod | null;
 };
+
+/** The key's last use as the object keeps it until the alarm has sent it. */
+type LastUse = { at: number; method: AuthMethod; sent: boolean };
 
 /** The verdict on a key at `now`, and the next instant (revocation or expiry) at which it could change. */
 function judge(record: KeyRecord | undefined, now: number): Pick<KeyState, "verdict" | "until"> {
@@ -79,7 +83,9 @@ export class KeyObject extends DurableObject<Bindings> {
   private flushing: string | null = null;
   /** The object's own D1 handle (deadline-wrapped); tests make it fail through test/faults.ts (`objectDatabase`). */
   database: D1Database;
-  private readonly usage: UsageTally;
+  /** Where the key's usage and last use leave the object; tests make it fail through test/faults.ts (`faultyQueue`). */
+  usageQueue: Queue<UsageMessage>;
+  private readonly usage: UsageHistory;
   /** The balance's movements on their way to D1's ledger. */
   private readonly ledger: LedgerOutbox;
   /** What the key's limits and balance tell the account's webhook endpoints. */
@@ -88,7 +94,8 @@ export class KeyObject extends DurableObject<Bindings> {
   constructor(ctx: DurableObjectState, env: Bindings) {
     super(ctx, env);
     this.database = withDeadline(env.DB, () => getConfig(env).d1TimeoutMs);
-    this.usage = new UsageTally(ctx.storage.sql);
+    this.usageQueue = env.USAGE;
+    this.usage = new UsageHistory(ctx.storage.sql);
     this.ledger = new LedgerOutbox(ctx.storage.sql, () => this.clock());
     this.notices = new Notices(ctx, env);
     // Admissions given back come off the usage of the hour they were counted in.
@@ -331,23 +338,41 @@ export class KeyObject extends DurableObject<Bindings> {
   override async alarm(): Promise<void> {
     this.flushing = null;
     const keyId = await this.ctx.storage.get<string>("usage-key");
-    const hours = this.usage.pending();
-    if (keyId === undefined || (hours.length === 0 && !this.ledger.pending())) return;
+    if (keyId === undefined) return;
     try {
-      // The ledger first: usage counts the credits its entries moved.
       if (this.ledger.pending()) await this.ledger.flush(this.database);
-      if (hours.length > 0) {
-        const record = (await this.keyState(keyId)).record;
-        if (!record) return;
-        await this.database.batch(addUsage(this.database, keyId, record.key.accountId, hours));
-        this.usage.written(hours);
-      }
+      await this.sendUsage(keyId);
       // A long backlog drains over several flushes.
       if (this.ledger.pending()) this.flushLater(keyId);
     } catch (err) {
       log("error", "usage_flush_failed", { keyId, error: safeError(err) });
       await this.ctx.storage.setAlarm(this.clock() + FLUSH_INTERVAL_MS);
     }
+  }
+
+  /**
+   * Sends the hours that changed and the last use, if it moved, on the usage queue (src/usage/queue.ts): one message.
+   * What is sent is marked only once the queue took it; what fails stays for the next alarm.
+   */
+  private async sendUsage(keyId: string): Promise<void> {
+    const hours = this.usage.unsent();
+    const lastUse = this.ctx.storage.kv.get<LastUse>("last-use");
+    const use = lastUse && !lastUse.sent ? { at: new Date(lastUse.at).toISOString(), method: lastUse.method } : undefined;
+    if (hours.length === 0 && !use) return;
+    const owner = this.ctx.storage.kv.get<LedgerOwner>("ledger-owner");
+    const accountId = owner?.accountId ?? (await this.keyState(keyId)).record?.key.accountId;
+    if (accountId === undefined) return;
+    await this.usageQueue.send({ usage: { keyId, accountId, hours, ...(use ? { lastUse: use } : {}) } });
+    this.usage.sent(hours);
+    this.usage.prune(this.clock());
+    // Sent as it was: a later use recorded meanwhile stays to be sent.
+    if (lastUse && this.ctx.storage.kv.get<LastUse>("last-use")?.at === lastUse.at)
+      this.ctx.storage.kv.put("last-use", { ...lastUse, sent: true });
+  }
+
+  /** The key's hours in [from, to) (`from` an hour's start), as counted: exact, and as of now. */
+  usageHours(from: string, to: string): UsageHour[] {
+    return this.usage.hours(from, to);
   }
 
   /** When the key's last use was last recorded (ms since epoch), for tests: what `noteUse` goes by. */
@@ -379,16 +404,16 @@ export class KeyObject extends DurableObject<Bindings> {
     this.reload();
   }
 
-  /** Records the key's last use in D1 at most once per LAST_USED_INTERVAL_MS (or when the method changes), off the answer's path. */
+  /**
+   * Keeps the key's last use at most once per LAST_USED_INTERVAL_MS (or when the method changes), for the alarm to send
+   * with the usage: no write anywhere per request.
+   */
   private noteUse(keyId: string, key: KeyState, method: AuthMethod, now: number): void {
     if (now - key.lastUsed < LAST_USED_INTERVAL_MS && key.lastMethod === method) return;
     key.lastUsed = now;
     key.lastMethod = method;
-    this.ctx.waitUntil(
-      recordUse(db(this.database), keyId, method, new Date(now))
-        .run()
-        .catch((err: unknown) => log("error", "last_used_failed", { keyId, error: safeError(err) })),
-    );
+    this.ctx.storage.kv.put("last-use", { at: now, method, sent: false } satisfies LastUse);
+    this.flushLater(keyId);
   }
 
   private async keyState(keyId: string): Promise<KeyState> {
@@ -404,7 +429,11 @@ export class KeyObject extends DurableObject<Bindings> {
             record,
             loadedAt,
             ...judge(record, loadedAt),
-            lastUsed: record?.key.lastUsedAt ? Date.parse(record.key.lastUsedAt) : 0,
+            // What D1 has, or a later use this object keeps until the alarm sends it.
+            lastUsed: Math.max(
+              record?.key.lastUsedAt ? Date.parse(record.key.lastUsedAt) : 0,
+              this.ctx.storage.kv.get<LastUse>("last-use")?.at ?? 0,
+            ),
             lastMethod: record?.key.lastAuthMethod ?? null,
           };
           if (generation === this.generation) {

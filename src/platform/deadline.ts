@@ -1,3 +1,6 @@
+import type { Config } from "./config";
+import { ApiError } from "./errors";
+
 /** Settles as `promise` does, or rejects with `onTimeout()` once `ms` have passed, whichever comes first. */
 export function deadline<T>(promise: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -19,4 +22,13 @@ export async function retryFor(ms: number, attempt: (stop: number) => Promise<bo
     if (await attempt(stop)) return true;
   }
   return false;
+}
+
+/** A Durable Object's answer within RATE_LIMIT_TIMEOUT_MS, or 503 `rate_limiter_unavailable` (retry in 5 s). */
+export function objectAnswer<T>(deps: { config: Pick<Config, "rateLimitTimeoutMs"> }, call: Promise<T>, detail: string): Promise<T> {
+  return deadline(
+    call,
+    deps.config.rateLimitTimeoutMs,
+    () => new ApiError("rate_limiter_unavailable", detail, { headers: { "Retry-After": "5" } }),
+  );
 }

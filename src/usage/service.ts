@@ -1,11 +1,11 @@
 import type { Principal } from "../core/principal";
+import { objectAnswer } from "../platform/deadline";
 import type { Deps } from "../platform/deps";
-import { type Hours, hourTotals, type KeyTotal, keyHours, keyTotals, poolHours, type UsageHour } from "./store";
+import { type Hours, type KeyTotal, ownKeyIds, poolHours, type UsageHour } from "./store";
 
 export type { KeyTotal, UsageHour };
 
-/** What a key's object counted in an hour, as it writes it (counts made before credits existed carry none). */
-export type CountedHour = Omit<UsageHour, "creditsSpent"> & { creditsSpent?: number };
+const UNAVAILABLE = "The usage counter did not answer; retry shortly.";
 
 /** The hour an instant falls in, as stored: `2026-11-23T14:00:00.000Z`. */
 export function hourOf(ms: number): string {
@@ -32,7 +32,8 @@ function filled(from: string, to: string, rows: UsageHour[]): UsageHour[] {
 
 /**
  * The account's hours in [from, to), and each key's totals over them, as `p` may see them (a member: their own keys):
- * two reads (three for an admin: the pool's spends too), whatever the number of keys.
+ * one call to the account's object, whose rollup its keys' objects keep (through the usage queue, within a minute or
+ * so of the requests), and for an admin the pool's spends from its ledger.
  */
 export async function accountUsage(
   deps: Deps,
@@ -40,50 +41,27 @@ export async function accountUsage(
   range: { from: string; to: string },
 ): Promise<{ series: UsageHour[]; keys: KeyTotal[] }> {
   const hours = hoursOf(range);
-  // The pool is the account's, not a member's: an admin's series counts what it spent beside the keys' own credits.
-  const [series, keys, pool] = await Promise.all([
-    hourTotals(deps.db, p, hours),
-    keyTotals(deps.db, p, hours),
+  // A member's keys are those they own now; the pool is the account's, not a member's: an admin's series counts what it
+  // spent beside the keys' own credits.
+  const only = p.role === "admin" ? null : await ownKeyIds(deps.db, p);
+  const account = deps.env.ACCOUNTS.getByName(`account:${p.accountId}`);
+  const [usage, pool] = await Promise.all([
+    objectAnswer(deps, account.usage(hours.from, hours.to, only), UNAVAILABLE),
     p.role === "admin" ? poolHours(deps.db, p.accountId, hours) : [],
   ]);
-  const filledSeries = filled(range.from, range.to, series);
+  const filledSeries = filled(range.from, range.to, usage.series);
   const spent = new Map(pool.map((h) => [h.hour, h.creditsSpent]));
-  return { series: filledSeries.map((h) => ({ ...h, creditsSpent: h.creditsSpent + (spent.get(h.hour) ?? 0) })), keys };
-}
-
-/** The hours in [from, to) of each of these keys that `p` may see, in one read, whatever their number. */
-export async function keysUsage(
-  deps: Deps,
-  p: Principal,
-  keyIds: string[],
-  range: { from: string; to: string },
-): Promise<Map<string, UsageHour[]>> {
-  const rows = keyIds.length === 0 ? [] : await keyHours(deps.db, p, keyIds, hoursOf(range));
-  return new Map(
-    keyIds.map((id) => [
-      id,
-      filled(
-        range.from,
-        range.to,
-        rows.filter((r) => r.keyId === id),
-      ),
-    ]),
-  );
+  return { series: filledSeries.map((h) => ({ ...h, creditsSpent: h.creditsSpent + (spent.get(h.hour) ?? 0) })), keys: usage.keys };
 }
 
 /**
- * Adds counts to a key's hours (the key's object flushes what it counted, at most once a minute). One statement per
- * hour, adding to what is there, so a flush repeated after a failure is the only way to count twice, and a flush
- * never loses what another wrote.
+ * The hours in [from, to) of each of these keys, which the caller has checked `p` may see: each from its key's object,
+ * which counted them (exact, and as of now).
  */
-export function addUsage(d1: D1Database, keyId: string, accountId: string, hours: CountedHour[]): D1PreparedStatement[] {
-  return hours.map((h) =>
-    d1
-      .prepare(
-        `INSERT INTO key_usage (key_id, account_id, hour, admitted, rate_limited, credits_spent) VALUES (?, ?, ?, ?, ?, ?)
-         ON CONFLICT (key_id, hour) DO UPDATE SET admitted = admitted + excluded.admitted, rate_limited = rate_limited + excluded.rate_limited,
-           credits_spent = credits_spent + excluded.credits_spent`,
-      )
-      .bind(keyId, accountId, h.hour, h.admitted, h.rateLimited, h.creditsSpent ?? 0),
+export async function keysUsage(deps: Deps, keyIds: string[], range: { from: string; to: string }): Promise<Map<string, UsageHour[]>> {
+  const { from, to } = hoursOf(range);
+  const series = await Promise.all(
+    keyIds.map((id) => objectAnswer(deps, deps.env.KEYS.getByName(`key:${id}`).usageHours(from, to) as Promise<UsageHour[]>, UNAVAILABLE)),
   );
+  return new Map(keyIds.map((id, i) => [id, filled(range.from, range.to, series[i] ?? [])]));
 }

@@ -1,8 +1,9 @@
-import { runInDurableObject } from "cloudflare:test";
+import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it, vi } from "vitest";
 import { faultyDatabase, objectDatabase } from "../faults";
 import { call, callWith, createKey, expectProblem, provision, rows } from "../helpers";
+import { lastUseSent } from "../usage/seed";
 
 const BEFORE_SUNSET = { QUERY_TOKEN_SUNSET: "2999-01-01T00:00:00Z" };
 
@@ -21,6 +22,7 @@ describe("credential extraction", () => {
     const b = await createKey(key.key);
     expect((await callWith({}, "/v1/whoami", { headers: { Authorization: `bearer ${a.key}` } })).status).toBe(200);
     expect((await callWith({}, "/v1/whoami", { headers: { "X-API-Key": b.key } })).status).toBe(200);
+    await Promise.all([lastUseSent(a.id), lastUseSent(b.id)]);
     expect(await lastUse(a.id)).toMatchObject({ last_auth_method: "bearer" });
     expect(await lastUse(b.id)).toMatchObject({ last_auth_method: "header" });
   });
@@ -59,6 +61,7 @@ describe("deprecated query parameter userApiToken", () => {
     expect(res.headers.get("Sunset")).toBe("Tue, 01 Jan 2999 00:00:00 GMT");
     expect(res.headers.get("Deprecation")).toBe(`@${Date.parse("2026-01-01T00:00:00Z") / 1000}`);
     expect(res.headers.get("Link")).toMatch(/^<https:\/\/.+>; rel="deprecation"/);
+    await lastUseSent(key.id);
     expect(await lastUse(key.id)).toMatchObject({ last_auth_method: "query" });
     // Deprecation headers also mark refusals that happen after authentication.
     const forbidden = await callWith(BEFORE_SUNSET, `/v1/users?userApiToken=${(await createKey(key.key, { mailboxIds: ["m1"] })).key}`);
@@ -157,25 +160,32 @@ describe("https only", () => {
 });
 
 describe("lastUsedAt", () => {
-  it("is written at most once a minute per key, after the response", async () => {
+  it("is kept at most once a minute per key in its object, and reaches D1 with its usage through the queue", async () => {
     const { key } = await provision();
     const k = await createKey(key.key);
+    const stub = env.KEYS.getByName(`key:${k.id}`);
     expect(await lastUse(k.id)).toEqual({ last_used_at: null, last_auth_method: null });
     let now = Date.now();
-    await runInDurableObject(env.KEYS.getByName(`key:${k.id}`), (instance) => {
+    await runInDurableObject(stub, (instance) => {
       instance.clock = () => now;
     });
+    /** Runs the object's alarm (set by the request, after its answer), which sends the use on the usage queue. */
+    const send = () => vi.waitFor(async () => expect(await runDurableObjectAlarm(stub)).toBe(true));
+    const until = { timeout: 10_000, interval: 100 };
     await call("/v1/whoami", { key: k.key });
+    // Nothing is written per request: D1 has it once the alarm sent it.
+    expect(await lastUse(k.id)).toEqual({ last_used_at: null, last_auth_method: null });
+    await send();
     const first = await vi.waitFor(async () => {
       const row = await lastUse(k.id);
       expect(row?.last_used_at).toBe(new Date(now).toISOString());
       return row;
-    });
+    }, until);
     const firstUse = now;
     now += 59_000;
     for (let i = 0; i < 5; i++) await call("/v1/whoami", { key: k.key });
-    // No write was even started: the object decides synchronously, and its last recorded use is still the first.
-    await runInDurableObject(env.KEYS.getByName(`key:${k.id}`), (instance) => {
+    // Nothing to send: its last recorded use is still the first.
+    await runInDurableObject(stub, (instance) => {
       expect(instance.lastUseRecorded).toBe(firstUse);
     });
     expect(await lastUse(k.id)).toEqual(first);
@@ -183,8 +193,10 @@ describe("lastUsedAt", () => {
     // A minute after the stored use, the next request records a new one; so does a change of method.
     now += 1_001;
     await call("/v1/whoami", { key: k.key });
-    await vi.waitFor(async () => expect((await lastUse(k.id))?.last_used_at).toBe(new Date(now).toISOString()));
+    await send();
+    await vi.waitFor(async () => expect((await lastUse(k.id))?.last_used_at).toBe(new Date(now).toISOString()), until);
     await call("/v1/whoami", { headers: { "X-API-Key": k.key } });
-    await vi.waitFor(async () => expect((await lastUse(k.id))?.last_auth_method).toBe("header"));
+    await send();
+    await vi.waitFor(async () => expect((await lastUse(k.id))?.last_auth_method).toBe("header"), until);
   });
 });

@@ -1,8 +1,9 @@
 import { runDurableObjectAlarm } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { addUsage, hourOf } from "../../src/usage/service";
+import { hourOf } from "../../src/usage/service";
 import { call, createKey, OPERATOR_TOKEN, provision, rows } from "../helpers";
+import { seedUsage } from "../usage/seed";
 import { html, page, person, signIn } from "./helpers";
 
 const operator = { Authorization: `Bearer ${OPERATOR_TOKEN}` };
@@ -120,10 +121,8 @@ describe("dashboard: plan, limits and the credits pool", () => {
     const { account, key, cookie } = await admin();
     const other = await createKey(key.key, { name: "metered" });
     const hour = hourOf(Date.now());
-    await env.DB.batch([
-      ...addUsage(env.DB, key.id, account.id, [{ hour, admitted: 4, rateLimited: 0, creditsSpent: 12 }]),
-      ...addUsage(env.DB, other.id, account.id, [{ hour, admitted: 9, rateLimited: 1, creditsSpent: 30 }]),
-    ]);
+    await seedUsage(account.id, key.id, [{ hour, admitted: 4, rateLimited: 0, creditsSpent: 12 }]);
+    await seedUsage(account.id, other.id, [{ hour, admitted: 9, rateLimited: 1, creditsSpent: 30 }]);
     const body = await html(await page("/dashboard/usage", { cookie }));
     expect(body).toContain("42 credits spent");
     expect(body).toContain('aria-label="All keys of the account: 42 credits spent"');

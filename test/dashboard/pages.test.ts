@@ -1,9 +1,10 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { hashKey } from "../../src/core/ids";
-import { addUsage, hourOf } from "../../src/usage/service";
+import { hourOf } from "../../src/usage/service";
 import { faultyDatabase } from "../faults";
 import { call, createAgent, createKey, provision, rows } from "../helpers";
+import { seedUsage } from "../usage/seed";
 import { html, page, person, signIn } from "./helpers";
 
 async function admin() {
@@ -162,20 +163,20 @@ describe("dashboard: usage", () => {
     const { account, key, cookie } = await admin();
     const member = await person(key.key, "member");
     const memberKey = await createKey(key.key, { name: "member traffic", ownerId: member.id });
+    // A key of the admin's that sends nothing itself: its counts are only those given here.
+    const traffic = await createKey(key.key, { name: "traffic" });
     const now = hourOf(Date.now());
     const earlier = hourOf(Date.now() - 3 * 3_600_000);
     const old = hourOf(Date.now() - 30 * 3_600_000);
-    await env.DB.batch([
-      ...addUsage(env.DB, key.id, account.id, [
-        { hour: now, admitted: 40, rateLimited: 7 },
-        { hour: earlier, admitted: 10, rateLimited: 0 },
-        { hour: old, admitted: 1000, rateLimited: 0 },
-      ]),
-      ...addUsage(env.DB, memberKey.id, account.id, [{ hour: now, admitted: 5, rateLimited: 2 }]),
+    await seedUsage(account.id, traffic.id, [
+      { hour: now, admitted: 40, rateLimited: 7 },
+      { hour: earlier, admitted: 10, rateLimited: 0 },
+      { hour: old, admitted: 1000, rateLimited: 0 },
     ]);
+    await seedUsage(account.id, memberKey.id, [{ hour: now, admitted: 5, rateLimited: 2 }]);
     const body = await html(await page("/dashboard/usage", { cookie }));
     expect(body).toContain('aria-label="All keys of the account: 55 admitted, 9 rate limited"');
-    expect(body).toContain(`data-series="${key.id}"`);
+    expect(body).toContain(`data-series="${traffic.id}"`);
     expect(body).toContain(`data-series="${memberKey.id}"`);
     expect(body).toMatch(new RegExp(`<rect class="limited"[^>]*data-hour="${now}"`));
     expect(body.match(/<rect class="admitted"/g)?.length).toBe(2 + 2 + 1);
@@ -185,7 +186,7 @@ describe("dashboard: usage", () => {
     const mine = await html(await page("/dashboard/usage", { cookie: await signIn(member.email) }));
     expect(mine).toContain('aria-label="All your keys: 5 admitted, 2 rate limited"');
     expect(mine).toContain(`data-series="${memberKey.id}"`);
-    expect(mine).not.toContain(`data-series="${key.id}"`);
+    expect(mine).not.toContain(`data-series="${traffic.id}"`);
     expect(mine).not.toContain("55 admitted");
   });
 });
@@ -218,15 +219,17 @@ describe("dashboard: usage reads", () => {
     const member = await person(key.key, "member");
     const memberCookie = await signIn(member.email);
     const hour = hourOf(Date.now());
-    const busy = async (owner: string | undefined, admitted: number) => {
-      const k = await createKey(key.key, owner === undefined ? {} : { ownerId: owner });
-      await env.DB.batch(addUsage(env.DB, k.id, account.id, [{ hour, admitted, rateLimited: 1 }]));
-      return k;
+    /** Keys of `owner` (undefined: the admin) whose hour this is counted `admitted` each, and one rate limited. */
+    const busy = async (owner: string | undefined, ...admitted: number[]) => {
+      const made = [];
+      for (const _ of admitted) made.push(await createKey(key.key, owner === undefined ? {} : { ownerId: owner }));
+      await Promise.all(made.map((k, i) => seedUsage(account.id, k.id, [{ hour, admitted: admitted[i] as number, rateLimited: 1 }])));
+      return made[0] as (typeof made)[number];
     };
 
     await busy(undefined, 5);
     const one = await usagePage(cookie);
-    for (let i = 0; i < 11; i++) await busy(undefined, 10 + i);
+    await busy(undefined, ...Array.from({ length: 11 }, (_, i) => 10 + i));
     const twelve = await usagePage(cookie);
     expect(twelve.body.match(/data-series="key_/g)?.length).toBe(10);
     expect(twelve.statements).toBe(one.statements);
@@ -234,8 +237,7 @@ describe("dashboard: usage reads", () => {
 
     const memberKey = await busy(member.id, 3);
     const mineOne = await usagePage(memberCookie);
-    await busy(member.id, 4);
-    await busy(member.id, 6);
+    await busy(member.id, 4, 6);
     const mineThree = await usagePage(memberCookie);
     expect(mineThree.body.match(/data-series="key_/g)?.length).toBe(3);
     expect(mineThree.statements).toBe(mineOne.statements);

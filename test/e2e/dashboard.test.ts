@@ -14,8 +14,8 @@ const POLL = { timeout: 10_000 };
 
 /**
  * The built worker as deployed, with one addition for this test: the key's object can be asked to run its pending
- * alarm now (as `runDurableObjectAlarm` of the Workers test pool does), so the usage it counted reaches D1 without
- * waiting the minute its alarm waits. The alarm handler itself is the deployed one.
+ * alarm now (as `runDurableObjectAlarm` of the Workers test pool does), so the usage it counted leaves through the
+ * usage queue for its account's rollup without waiting the minute its alarm waits. The alarm handler itself is the deployed one.
  */
 const ENTRY = `import worker, { AccountObject, Counter, KeygateVerifier, KeyObject as Deployed } from "./index.js";
 export { AccountObject, Counter, KeygateVerifier };
@@ -245,7 +245,7 @@ describe("the dashboard in a real browser", () => {
     await context.close();
   });
 
-  it("charts a key's admitted and rate-limited requests once its object has written them", async () => {
+  it("charts a key's admitted and rate-limited requests once its object has sent them", async () => {
     const admin = await provision("Usage E2E", "admin@usage.example");
     const context = await newContext();
     const page = await context.newPage();
@@ -265,17 +265,23 @@ describe("the dashboard in a real browser", () => {
     const keyId = answers[0]?.body?.keyId ?? "";
     expect(keyId).not.toBe("");
 
-    // The key's object set its alarm to write the counts; it runs now instead of a minute from now.
+    // The key's object set its alarm to send the counts; it runs now instead of a minute from now, and the queue brings
+    // them to the account's rollup within seconds.
     const keys = await keygate.mf.getDurableObjectNamespace("KEYS");
     const object = keys.getByName(`key:${keyId}`) as unknown as { runAlarmNow(): Promise<boolean> };
     expect(await object.runAlarmNow()).toBe(true);
 
-    await page.goto(`${keygate.url}/dashboard/usage`);
+    await expect
+      .poll(async () => {
+        await page.goto(`${keygate.url}/dashboard/usage`);
+        return page
+          .locator('svg[data-series="account"]')
+          .getAttribute("aria-label", { timeout: 1_000 })
+          .catch(() => null);
+      }, POLL)
+      .toBe("All keys of the account: 3 admitted, 2 rate limited");
     const chart = page.locator(`svg[data-series="${keyId}"]`);
     expect(await chart.getAttribute("aria-label")).toBe(`metered key (${listed(raw)}): 3 admitted, 2 rate limited`);
-    expect(await page.locator('svg[data-series="account"]').getAttribute("aria-label")).toBe(
-      "All keys of the account: 3 admitted, 2 rate limited",
-    );
     const figure = page.locator("figure", { has: chart });
     expect(await figure.locator(".legend").textContent()).toContain("3 admitted");
     expect(await figure.locator(".legend").textContent()).toContain("2 rate limited");

@@ -1,6 +1,7 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { call, callWith, createKey, expectProblem, memberWithKey, provision } from "../helpers";
+import { lastUseSent } from "../usage/seed";
 
 type Category = { count: number; keyIds: string[] };
 type Hygiene = {
@@ -103,6 +104,9 @@ describe("GET /v1/account/key-hygiene", () => {
       ),
     );
     await env.DB.batch(stmts);
+    // The admin's key is used (and D1 has it), so it is none of them.
+    await call("/v1/whoami", { key: key.key });
+    await lastUseSent(key.id);
     const h = await hygiene(key.key);
     const neverUsed = without(h.neverUsed, key.id);
     expect(neverUsed.count).toBe(105);

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { call, createKey, createUser, memberWithKey, provision } from "../helpers";
+import { lastUseSent } from "../usage/seed";
 
 describe("GET /v1/account", () => {
   it("shows the account, its active keys, the last use of any key and recent activity", async () => {
@@ -10,6 +11,8 @@ describe("GET /v1/account", () => {
     const user = await createUser(rotated.key, "member");
     await call(`/v1/users/${user.id}`, { method: "PATCH", key: rotated.key, body: { role: "admin" } });
 
+    // A key's last use reaches D1 with its usage (the object's alarm, through the queue).
+    await lastUseSent(rotated.id);
     const res = await call("/v1/account", { key: rotated.key });
     expect(res.status).toBe(200);
     const body = await res.json<{ lastUsedAt: string; recentEvents: { action: string; target: string }[] }>();

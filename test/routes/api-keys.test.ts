@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { call, createKey, createUser, expectProblem, expire, type KeyBody, memberWithKey, provision, rows, setKeyColumn } from "../helpers";
+import { lastUseSent } from "../usage/seed";
 
 const revoke = (key: string, id: string) => call(`/v1/api-keys/${id}`, { method: "DELETE", key });
 const rotate = (key: string, id: string, body: unknown = {}) => call(`/v1/api-keys/${id}/rotate`, { key, body });
@@ -242,6 +243,9 @@ describe("GET /v1/api-keys", () => {
 describe("GET /v1/api-keys/:id", () => {
   it("returns one key of the account, and 404 for anything else", async () => {
     const { key } = await provision();
+    // Its last use reaches D1 with its usage (the object's alarm, through the queue), and reads show it.
+    expect((await call("/v1/whoami", { key: key.key })).status).toBe(200);
+    await lastUseSent(key.id);
     const res = await call(`/v1/api-keys/${key.id}`, { key: key.key });
     const { key: _raw, ...expected } = key;
     expect(await res.json()).toEqual({ ...expected, lastUsedAt: expect.any(String), lastAuthMethod: "bearer" });

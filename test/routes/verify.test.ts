@@ -1,6 +1,7 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { call, callWith, createKey, createUser, expectProblem, expire, own, provision, rows } from "../helpers";
+import { lastUseSent } from "../usage/seed";
 
 const TOKEN = "test-verify-token-0123456789abcdef0123";
 
@@ -48,6 +49,7 @@ describe.each(ways)("verify through %s", (_, verify) => {
     const res = await call("/v1/whoami", { key: limited.key });
     expect(res.headers.get("X-RateLimit-Remaining")).toBe("0");
     await expectProblem(await call("/v1/whoami", { key: limited.key }), 429, "rate_limited");
+    await lastUseSent(limited.id);
     expect(await rows("SELECT last_auth_method FROM api_keys WHERE id = ?", limited.id)).toEqual([
       { last_auth_method: expect.any(String) },
     ]);

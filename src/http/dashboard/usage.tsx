@@ -41,7 +41,7 @@ export const usagePages = new Hono<DashEnv>()
     const busy = [...usage.keys].sort((a, b) => b.admitted + b.rateLimited - (a.admitted + a.rateLimited));
     const top = busy.slice(0, KEY_CHARTS);
     const charted = top.map((k) => k.keyId);
-    const [series, keys] = await Promise.all([keysUsage(deps, p, charted, range), keysByIds(deps, p, charted)]);
+    const [series, keys] = await Promise.all([keysUsage(deps, charted, range), keysByIds(deps, p, charted)]);
     const names = new Map(keys.map((k) => [k.id, `${k.name} (${k.prefix}_${k.start}…)`]));
     return render(
       c,

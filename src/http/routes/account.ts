@@ -58,13 +58,14 @@ export const accountRoutes = routes()
       method: "get",
       path: "/usage",
       summary: "The account's requests per hour, with each key's totals",
-      description: "Members see their own keys only.",
+      description:
+        "Members see their own keys only. The keys' counts reach the account's rollup within a minute or so of the requests (a key's own usage is as of now).",
       security: KEY_SECURITY,
       middleware: authenticate("full"),
       request: { query: UsageQuery },
       responses: {
         200: json(AccountUsage, "The account's hours, without gaps, and its keys' totals"),
-        ...problems(...KEY_PROBLEMS, "invalid_request"),
+        ...problems(...KEY_PROBLEMS, "invalid_request", "rate_limiter_unavailable"),
       },
     }),
     async (c) => {

@@ -136,17 +136,21 @@ export const apiKeysRoutes = routes()
       method: "get",
       path: "/{id}/usage",
       summary: "A key's requests per hour",
-      description: "Admitted and rate-limited requests per hour in [from, to); counts reach D1 within a minute or so of the requests.",
+      description:
+        "Admitted and rate-limited requests per hour in [from, to), and the credits they spent, as the key's own counter has them: exact, and as of now.",
       security,
       middleware: fullAccess,
       request: { params: IdParam, query: UsageQuery },
-      responses: { 200: json(KeyUsage, "The key's hours, without gaps"), ...problems(...KEY_PROBLEMS, "invalid_request", "not_found") },
+      responses: {
+        200: json(KeyUsage, "The key's hours, without gaps"),
+        ...problems(...KEY_PROBLEMS, "invalid_request", "not_found", "rate_limiter_unavailable"),
+      },
     }),
     async (c) => {
       const [deps, p] = [c.get("deps"), c.get("principal")];
       const key = await getKey(deps, p, c.req.valid("param").id);
       const { from, to } = c.req.valid("query");
-      const series = (await keysUsage(deps, p, [key.id], { from, to })).get(key.id) ?? [];
+      const series = (await keysUsage(deps, [key.id], { from, to })).get(key.id) ?? [];
       return c.json({ keyId: key.id, from, to, series }, 200);
     },
   );

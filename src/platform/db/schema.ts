@@ -261,26 +261,6 @@ export const sessions = sqliteTable(
   (t) => [index("sessions_user_created").on(t.userId, t.createdAt)],
 );
 
-/** Requests per key and hour, flushed from the key's Durable Object at most once a minute (no D1 write per request). */
-export const keyUsage = sqliteTable(
-  "key_usage",
-  {
-    keyId: text("key_id")
-      .notNull()
-      .references(() => apiKeys.id),
-    accountId: text("account_id")
-      .notNull()
-      .references(() => accounts.id),
-    /** The hour's start, ISO-8601 UTC (`2026-11-23T14:00:00.000Z`). */
-    hour: text("hour").notNull(),
-    admitted: integer("admitted").notNull().default(0),
-    rateLimited: integer("rate_limited").notNull().default(0),
-    /** Credits the key's admitted requests spent in the hour (less what came back). */
-    creditsSpent: integer("credits_spent").notNull().default(0),
-  },
-  (t) => [primaryKey({ columns: [t.keyId, t.hour] }), index("key_usage_account_hour").on(t.accountId, t.hour)],
-);
-
 /**
  * Every movement of a credits balance, flushed from the object that holds the balance (a key's, or the account pool's
  * `account:<id>` counter, or a person's `user:<id>`). Spends, and lease returns, are summed per owner and UTC minute (`count` entries in one row);
