@@ -186,7 +186,7 @@ export function model({ keys, active, rps, isolates, hotShare = 0.05, accountSha
       load: baseBytes + 30 * bytesPerDay,
       limit: LIMITS.d1Bytes.value,
       unit: "bytes",
-      note: `keys ${gb(baseBytes)}, usage +${gb(bytesPerDay)}/day: 10 GB in ${daysTo10GB < 1 ? "less than a day" : `${Math.floor(daysTo10GB)} days`}`,
+      note: `keys ${gb(baseBytes)}, usage +${gb(bytesPerDay)}/day: 10 GB in ${daysTo10GB < 1 ? "less than a day" : `${round(Math.floor(daysTo10GB))} days`}`,
       daysTo10GB,
       bytesPerDay,
     },
@@ -298,7 +298,7 @@ function readme(m) {
 }
 
 const short = (n) => (n >= 1e6 ? `${n / 1e6}M` : n >= 1e3 ? `${n / 1e3}k` : String(n));
-const days = (d) => (d < 1 ? "less than a day" : d > 3650 ? "over 10 years" : `${Math.floor(d)} days`);
+const days = (d) => (d < 1 ? "less than a day" : d > 3650 ? "over 10 years" : `${round(Math.floor(d))} days`);
 
 /** Bytes per api_keys and key_usage row on the current migrations, indexes included, with D1's 4 KB pages. */
 async function measureRows() {
