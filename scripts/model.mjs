@@ -56,26 +56,21 @@ export const DESIGN = {
   recordTtlMs: 60_000,
   recordReads: 1,
   /**
-   * A key's object writes its hour's usage once per FLUSH_INTERVAL_MS (src/usage/tally.ts), one upsert per hour pending
-   * (src/usage/service.ts addUsage): one, and two across an hour's end.
+   * An active key's object sends its changed hours and its last use as one queue message once per FLUSH_INTERVAL_MS
+   * (src/usage/tally.ts, src/keys/object.ts sendUsage). The consumer takes batches of up to QUEUE_BATCH (wrangler.toml
+   * max_batch_size) and makes one D1 statement per batch for their last uses (src/usage/queue.ts consumeUsage), and one
+   * call per account in the batch to its object. Usage history is kept in the objects: no D1 row per key and hour.
    */
   usageFlushMs: 60_000,
-  usageStatementsPerFlush: 1 + 1 / 60,
-  /** And its last use once per LAST_USED_INTERVAL_MS (src/keys/store.ts recordUse). */
-  lastUsedMs: 60_000,
-  /** key_usage holds one row per key and hour (src/platform/db/schema.ts keyUsage, primary key (key_id, hour)). */
-  usageRowsPerActiveKeyPerDay: 24,
+  queueMessagesPerActiveKeyPerFlush: 1,
+  queueBatch: 100,
+  d1StatementsPerBatch: 1,
+  usageRowsPerActiveKeyPerDay: 0,
   /**
    * Bytes per row, indexes included, on the current migrations with realistic values (`npm run model -- --measure-rows`:
    * rows inserted in random key order into SQLite with D1's 4 KB pages).
    */
   bytesPerKeyRow: 553,
-  bytesPerUsageRow: 235,
-  /**
-   * Queue messages per active key per minute: none, usage goes straight from each key's object to D1 (the only queue,
-   * webhooks, carries one message per change, not per request or per key).
-   */
-  queueMessagesPerActiveKeyPerMinute: 0,
   /** Below this many admissions a second at its object a key gets no lease: every request calls (src/core/lease.ts LEASE_MIN_RATE). */
   leaseMinRate: 20,
   /** A lease lasts at most LEASE_MS (src/core/lease.ts), so an isolate spending one calls at least once per LEASE_MS. */
@@ -150,20 +145,21 @@ export function model({ keys, active, rps, isolates, hotShare = 0.05, accountSha
     perRequest: spreadRps * m.coldKey.d1 + hotRps * m.hotKey.d1,
     people: peopleRps * DESIGN.personReadsPerRequest,
   };
+  const queue = perMinute(active, DESIGN.usageFlushMs) * DESIGN.queueMessagesPerActiveKeyPerFlush;
+  const batches = Math.ceil(queue / DESIGN.queueBatch);
   const writes = {
-    usage: perMinute(active, DESIGN.usageFlushMs) * DESIGN.usageStatementsPerFlush,
-    lastUsed: perMinute(active, DESIGN.lastUsedMs),
+    usage: batches * DESIGN.d1StatementsPerBatch,
     sessions: perMinute(sessions, DESIGN.sessionLastUsedMs),
   };
   const sum = (o) => Object.values(o).reduce((a, b) => a + b, 0);
   const d1Reads = sum(reads);
   const d1Writes = sum(writes);
   const baseBytes = keys * DESIGN.bytesPerKeyRow;
-  const bytesPerDay = active * DESIGN.usageRowsPerActiveKeyPerDay * DESIGN.bytesPerUsageRow;
-  const daysTo10GB = Math.max(0, LIMITS.d1Bytes.value - baseBytes) / bytesPerDay;
+  const bytesPerDay = active * DESIGN.usageRowsPerActiveKeyPerDay * DESIGN.bytesPerKeyRow;
+  const daysTo10GB =
+    bytesPerDay === 0 ? (baseBytes < LIMITS.d1Bytes.value ? Infinity : 0) : Math.max(0, LIMITS.d1Bytes.value - baseBytes) / bytesPerDay;
   const hotKeyCalls = leasedObjectCalls(hotRps, isolates, m.leasedCallsPerRequest.key);
   const accountCalls = leasedObjectCalls(rps * accountShare, isolates, m.leasedCallsPerRequest.account);
-  const queue = perMinute(active, 60_000) * DESIGN.queueMessagesPerActiveKeyPerMinute;
   const cpuSeconds = (spreadRps * m.coldKey.cpuUs + hotRps * m.hotKey.cpuUs) / 1e6;
   const d1Limit = LIMITS.d1QueriesPerSecond.value;
   const objectLimit = LIMITS.objectRequestsPerSecond.value;
@@ -178,7 +174,7 @@ export function model({ keys, active, rps, isolates, hotShare = 0.05, accountSha
       part: "D1 writes/s",
       load: d1Writes,
       limit: d1Limit,
-      note: `usage ${round(writes.usage)}, last use ${round(writes.lastUsed)}${sessions ? `, sessions ${round(writes.sessions)}` : ""} (one database, reads and writes share it)`,
+      note: `usage and last use ${round(writes.usage)} (one statement per queue batch of ${DESIGN.queueBatch})${sessions ? `, sessions ${round(writes.sessions)}` : ""} (one database, reads and writes share it)`,
     },
     { part: "D1 queries/s (reads + writes)", load: d1Reads + d1Writes, limit: d1Limit, note: "one query at a time" },
     {
@@ -186,7 +182,7 @@ export function model({ keys, active, rps, isolates, hotShare = 0.05, accountSha
       load: baseBytes + 30 * bytesPerDay,
       limit: LIMITS.d1Bytes.value,
       unit: "bytes",
-      note: `keys ${gb(baseBytes)}, usage +${gb(bytesPerDay)}/day: 10 GB in ${daysTo10GB < 1 ? "less than a day" : `${round(Math.floor(daysTo10GB))} days`}`,
+      note: `keys ${gb(baseBytes)}, usage +${gb(bytesPerDay)}/day (kept in the objects): 10 GB ${daysTo10GB === Infinity ? "never from traffic" : daysTo10GB < 1 ? "in less than a day" : `in ${round(Math.floor(daysTo10GB))} days`}`,
       daysTo10GB,
       bytesPerDay,
     },
@@ -212,7 +208,7 @@ export function model({ keys, active, rps, isolates, hotShare = 0.05, accountSha
       part: "Queue messages/s",
       load: queue,
       limit: LIMITS.queueMessagesPerSecond.value,
-      note: DESIGN.queueMessagesPerActiveKeyPerMinute === 0 ? "usage does not use a queue yet" : "usage batches",
+      note: `usage: one message per active key per minute, ${round(batches)} batches/s`,
     },
     {
       part: "CPU ms per request",
@@ -300,7 +296,7 @@ function readme(m) {
 const short = (n) => (n >= 1e6 ? `${n / 1e6}M` : n >= 1e3 ? `${n / 1e3}k` : String(n));
 const days = (d) => (d < 1 ? "less than a day" : d > 3650 ? "over 10 years" : `${round(Math.floor(d))} days`);
 
-/** Bytes per api_keys and key_usage row on the current migrations, indexes included, with D1's 4 KB pages. */
+/** Bytes per api_keys row on the current migrations, indexes included, with D1's 4 KB pages. */
 async function measureRows() {
   const { DatabaseSync } = await import("node:sqlite");
   const { randomBytes } = await import("node:crypto");
@@ -317,7 +313,7 @@ async function measureRows() {
   const N = 50_000;
   const accounts = Array.from({ length: 100 }, () => `acc_${hex(12)}`);
   const keyIds = [];
-  let before = bytes();
+  const before = bytes();
   const key = db.prepare(
     `INSERT INTO api_keys (id, account_id, owner_id, created_by, name, prefix, start, hash, scopes, created_at, last_used_at, last_auth_method)
      VALUES (?, ?, ?, ?, ?, 'sk', ?, ?, '["*"]', ?, ?, 'header')`,
@@ -330,17 +326,7 @@ async function measureRows() {
   }
   db.exec("COMMIT");
   const perKey = (bytes() - before) / N;
-  before = bytes();
-  const usage = db.prepare(
-    "INSERT INTO key_usage (key_id, account_id, hour, admitted, rate_limited, credits_spent) VALUES (?, ?, ?, ?, 0, 0)",
-  );
-  db.exec("BEGIN");
-  // As the flushes write them: every key's row of one hour, then the next hour's.
-  for (let h = 0; h < 2; h++)
-    for (const [id, account] of keyIds) usage.run(id, account, new Date(Date.parse(at) + h * 3_600_000).toISOString(), 1234);
-  db.exec("COMMIT");
-  const perUsage = (bytes() - before) / (2 * N);
-  console.log(JSON.stringify({ bytesPerKeyRow: Math.round(perKey), bytesPerUsageRow: Math.round(perUsage) }));
+  console.log(JSON.stringify({ bytesPerKeyRow: Math.round(perKey) }));
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
