@@ -48,10 +48,11 @@ export const LIMITS = {
  * Each with the code it is read from. A change to those constants, or to the design they describe, changes this table.
  */
 export const DESIGN = {
-  /** An isolate keeps key hash -> key id for this many keys (src/keys/authorize.ts MAX_CACHED_KEY_IDS, oldest out first). */
-  keyIdCache: 10_000,
-  /** D1 reads of a key id the isolate has not cached: one (src/keys/store.ts keyIdByHash). */
-  keyIdLookupReads: 1,
+  /**
+   * D1 reads of a key's id in the worker: none. The id is worked out from the key's hash (src/core/ids.ts keyIdOf), so
+   * the worker names the key's object with no lookup and the object reads the key itself when cold (src/keys/authorize.ts).
+   */
+  keyIdLookupReads: 0,
   /** A key's object rereads its record (one joined query, src/keys/store.ts loadKey) after RECORD_TTL_MS (src/keys/object.ts). */
   recordTtlMs: 60_000,
   recordReads: 1,
@@ -137,10 +138,8 @@ export function model({ keys, active, rps, isolates, hotShare = 0.05, accountSha
   const hotRps = rps * hotShare;
   const spreadRps = rps - hotRps;
   const perMinute = (n, ms) => (n * 60_000) / ms / 60;
-  // An isolate's cache holds `keyIdCache` of the active keys: with requests spread evenly, that share of them hits.
-  const keyIdMisses = spreadRps * Math.max(0, 1 - DESIGN.keyIdCache / active);
   const reads = {
-    keyIds: keyIdMisses * DESIGN.keyIdLookupReads,
+    keyIds: spreadRps * DESIGN.keyIdLookupReads,
     records: perMinute(active, DESIGN.recordTtlMs) * DESIGN.recordReads,
     perRequest: spreadRps * m.coldKey.d1 + hotRps * m.hotKey.d1,
     people: peopleRps * DESIGN.personReadsPerRequest,
@@ -168,7 +167,7 @@ export function model({ keys, active, rps, isolates, hotShare = 0.05, accountSha
       part: "D1 reads/s",
       load: d1Reads,
       limit: d1Limit,
-      note: `key ids ${round(reads.keyIds)} (isolate cache ${DESIGN.keyIdCache.toLocaleString("en")} of ${active.toLocaleString("en")} active), records ${round(reads.records)}${peopleRps ? `, sessions ${round(reads.people)}` : ""}`,
+      note: `key ids ${round(reads.keyIds)} (worked out from the hash), records ${round(reads.records)} (each active key's object once a minute)${peopleRps ? `, sessions ${round(reads.people)}` : ""}`,
     },
     {
       part: "D1 writes/s",
@@ -220,7 +219,7 @@ export function model({ keys, active, rps, isolates, hotShare = 0.05, accountSha
       part: "subrequests per request",
       load: DESIGN.keyIdLookupReads + m.pooledKey.d1 + m.pooledKey.objectCalls,
       limit: LIMITS.subrequestsPerRequest.value,
-      note: "a key id lookup, and a pooled key's D1 round trips and object calls",
+      note: "a pooled key's D1 round trips and object calls",
     },
     {
       part: "CPU-seconds/s",

@@ -18,6 +18,16 @@ export async function hashKey(key: string): Promise<string> {
   return toHex(new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(key))));
 }
 
+/**
+ * A key's id, worked out from its hash: `key_` then the first 12 bytes of SHA-256 over a label and the hash. Whoever
+ * holds a key can name its object (`key:<id>`) with no lookup, and an id tells nothing of the hash (let alone the key).
+ * Keys issued before ids were worked out keep the random ids they were given (their object says where they are).
+ */
+export async function keyIdOf(hash: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(`keygate key id\n${hash}`));
+  return `key_${toHex(new Uint8Array(digest).subarray(0, 12))}`;
+}
+
 /** A secret other than a key, e.g. an agent's identity secret: `<kind>_` then 32 random bytes as hex. */
 export function generateSecret(kind: string): string {
   return `${kind}_${toHex(crypto.getRandomValues(new Uint8Array(32)))}`;

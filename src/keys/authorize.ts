@@ -1,4 +1,4 @@
-import { hashKey } from "../core/ids";
+import { hashKey, keyIdOf } from "../core/ids";
 import { readKey } from "../core/key-format";
 import type { AuthMethod } from "../core/principal";
 import { keyRefusal, type Need, type Principal, perPerson, personal, pooled, type Refusal } from "../core/principal";
@@ -11,9 +11,15 @@ import type { Authorization, KeyObject } from "./object";
 import { catchUp } from "./reload";
 import { evaluateKey, keyIdByHash, loadKey, type VerifyResult } from "./store";
 
-/** Key hash -> key id. Immutable facts, so safe to keep; everything that can change is checked by the key's object. */
+/**
+ * Key hash -> key id, for keys this isolate saw exist. Immutable facts, so safe to keep; everything that can change is
+ * checked by the key's object.
+ */
 const keyIds = new Map<string, string>();
 const MAX_CACHED_KEY_IDS = 10_000;
+
+/** A key issued before ids were worked out from hashes: its object is `key:<keyId>`. */
+type Moved = { ok: false; code: "key_moved"; keyId: string };
 
 type Refused =
   | { ok: false; code: Extract<VerifyResult, { ok: false }>["code"] | "idempotency_in_flight" | "idempotency_key_reused" }
@@ -69,36 +75,52 @@ export async function authorizeKey(
   const shape = readKey(key, deps.config.keyPrefixNamespace);
   if (shape === null || shape === "mistyped") return { ok: false, code: "invalid_key", unread: shape ?? "malformed" };
   const hash = await hashKey(key);
-  const keyId = keyIds.get(hash) ?? (await lookUpKeyId(deps, hash));
-  if (keyId === undefined) return { ok: false, code: "invalid_key" };
-  // Worked out only for a key that exists: a made-up key costs no read of what the route needs (a resource's owner).
+  let known = keyIds.get(hash);
+  // A route whose need is worked out (a resource's owner, read from D1) first learns that the key exists, in one read as
+  // before ids were worked out from hashes: a made-up key costs no read of what the route needs.
+  if (known === undefined && typeof needed === "function") {
+    known = await lookUpKeyId(deps, hash);
+    if (known === undefined) return { ok: false, code: "invalid_key" };
+  }
   const need = typeof needed === "function" ? await needed() : needed;
-  const name = `key:${keyId}`;
-  const answer = leasedCall<DurableObjectStub<KeyObject>, Principal, Refused>(
-    deps,
-    {
-      name,
-      stub: deps.env.KEYS.getByName(name),
-      cost,
-      credits,
-      reserve,
-      idempotency,
-      ask: async (stub, spending) => {
-        await catchUp(stub, keyId);
-        return answerOf(await (stub.authorize({ keyId, method, need, ip, ...spending }) as Promise<Authorization>));
+  /** The key's object's verdict; `byHash`: the id was worked out from the hash, which the object also looks the key up by. */
+  const judge = (keyId: string, byHash?: string) => {
+    const name = `key:${keyId}`;
+    return leasedCall<DurableObjectStub<KeyObject>, Principal, Refused | Moved>(
+      deps,
+      {
+        name,
+        stub: deps.env.KEYS.getByName(name),
+        cost,
+        credits,
+        reserve,
+        idempotency,
+        ask: async (stub, spending) => {
+          await catchUp(stub, keyId);
+          return answerOf(await (stub.authorize({ keyId, hash: byHash, method, need, ip, ...spending }) as Promise<Authorization>));
+        },
+        renew: async (stub, spending) =>
+          answerOf(await (stub.authorize({ keyId, method, need: "any", anyAddress: true, ...spending }) as Promise<Authorization>)),
+        check: (principal) => {
+          const refused = keyRefusal(principal, need, ip);
+          return refused && { ok: false, refusal: refused };
+        },
+        costs,
       },
-      renew: async (stub, spending) =>
-        answerOf(await (stub.authorize({ keyId, method, need: "any", anyAddress: true, ...spending }) as Promise<Authorization>)),
-      check: (principal) => {
-        const refused = keyRefusal(principal, need, ip);
-        return refused && { ok: false, refusal: refused };
-      },
-      costs,
-    },
-    isolate,
-  );
-  // Decided from a lease: no await.
-  const verdict = answer instanceof Promise ? await answer : answer;
+      isolate,
+    );
+  };
+  // No lookup: the key's object is named by the id its hash gives (or the one this isolate learnt), and reads the key
+  // itself when cold. A key issued before ids came from hashes answers with its own id once, remembered here.
+  const keyId = known ?? (await keyIdOf(hash));
+  let answer = judge(keyId, known === undefined ? hash : undefined);
+  let verdict = answer instanceof Promise ? await answer : answer;
+  if (verdict !== null && !verdict.ok && "keyId" in verdict) {
+    remember(hash, verdict.keyId);
+    answer = judge(verdict.keyId);
+    verdict = answer instanceof Promise ? await answer : answer;
+    if (verdict !== null && !verdict.ok && "keyId" in verdict) return { ok: false, code: "invalid_key" };
+  } else if (verdict?.ok && known === undefined) remember(hash, keyId);
   if (verdict === null) {
     // Open mode with the object down: the key is checked in D1 and the request goes through unlimited.
     const result = evaluateKey(await loadKey(deps.db, { hash }), deps.now());
@@ -155,8 +177,11 @@ function answerOf(a: Authorization) {
 
 async function lookUpKeyId(deps: Deps, hash: string): Promise<string | undefined> {
   const id = await keyIdByHash(deps.db, hash);
-  if (id === undefined) return undefined;
+  if (id !== undefined) remember(hash, id);
+  return id;
+}
+
+function remember(hash: string, id: string): void {
   if (keyIds.size >= MAX_CACHED_KEY_IDS) keyIds.delete(keyIds.keys().next().value as string);
   keyIds.set(hash, id);
-  return id;
 }

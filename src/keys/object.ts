@@ -21,6 +21,8 @@ import { evaluateKey, type KeyRecord, LAST_USED_INTERVAL_MS, loadKey, type Verif
 /** A key as its object holds it: the record, the verdict on it and the instant that verdict may change. */
 type KeyState = {
   record: KeyRecord | undefined;
+  /** This object's id is the one worked out from a hash that names a key issued before, with the id it has (see keyIdOf). */
+  movedTo?: string;
   loadedAt: number;
   verdict: VerifyResult;
   until: number;
@@ -43,7 +45,9 @@ export type Authorization =
   | Extract<VerifyResult, { ok: false }>
   | { ok: false; refusal: Refusal }
   /** The first request with this `Idempotency-Key` is still being answered, or was another request. */
-  | { ok: false; code: "idempotency_in_flight" | "idempotency_key_reused" };
+  | { ok: false; code: "idempotency_in_flight" | "idempotency_key_reused" }
+  /** The hash names a key issued before ids were worked out from hashes: its object is `key:<keyId>`. */
+  | { ok: false; code: "key_moved"; keyId: string };
 
 /** How long a request's `Idempotency-Key` is remembered once it was charged. */
 export const IDEMPOTENCY_MS = 24 * 3_600_000;
@@ -119,18 +123,28 @@ export class KeyObject extends DurableObject<Bindings> {
    */
   authorize({
     keyId,
+    hash,
     method,
     need,
     ip,
     anyAddress = false,
     ...call
-  }: Spending & { keyId: string; method: AuthMethod; need: Need; ip?: string | null; anyAddress?: boolean }): Promise<Authorization> {
+  }: Spending & {
+    keyId: string;
+    /** The key's hash, when the caller worked `keyId` out from it: a key issued before with this hash is found too. */
+    hash?: string;
+    method: AuthMethod;
+    need: Need;
+    ip?: string | null;
+    anyAddress?: boolean;
+  }): Promise<Authorization> {
     const { idempotency } = call;
     // What the judgement found, for the answer: the call spends only when it passed.
     let passed: { key: KeyState; principal: Principal; now: number } | undefined;
     return this.budget.admit<Authorization>(call, {
       judge: async () => {
-        const key = await this.keyState(keyId);
+        const key = await this.keyState(keyId, hash);
+        if (key.movedTo !== undefined) return { refuse: { ok: false, code: "key_moved", keyId: key.movedTo } };
         const now = this.clock();
         if (now >= key.until) Object.assign(key, judge(key.record, now));
         if (!key.verdict.ok) return { refuse: key.verdict };
@@ -416,17 +430,21 @@ export class KeyObject extends DurableObject<Bindings> {
     this.flushLater(keyId);
   }
 
-  private async keyState(keyId: string): Promise<KeyState> {
+  private async keyState(keyId: string, hash?: string): Promise<KeyState> {
     if (this.key && this.clock() - this.key.loadedAt < (this.key.loadedAt < this.distrustUntil ? UNSETTLED_TRUST_MS : RECORD_TTL_MS))
       return this.key;
     if (!this.loading) {
       // Concurrent requests share one read; a reload during the read discards its result.
       const generation = this.generation;
       const loadedAt = this.clock();
-      this.loading = loadKey(db(this.database), { id: keyId }).then(
-        (record) => {
+      this.loading = loadKey(db(this.database), { id: keyId, hash }).then(
+        (found) => {
+          // Found by its hash under another id: a key issued before, whose object is that id's, not this one.
+          const movedTo = found && found.key.id !== keyId ? found.key.id : undefined;
+          const record = movedTo === undefined ? found : undefined;
           const key: KeyState = {
             record,
+            ...(movedTo === undefined ? {} : { movedTo }),
             loadedAt,
             ...judge(record, loadedAt),
             // What D1 has, or a later use this object keeps until the alarm sends it.

@@ -1,6 +1,6 @@
-import { and, eq, inArray, sql } from "drizzle-orm";
+import { and, eq, inArray, or, sql } from "drizzle-orm";
 import type { CreditsConfig } from "../core/credits";
-import { hashKey, newId } from "../core/ids";
+import { hashKey, keyIdOf } from "../core/ids";
 import { generateKey, type KeyFormat, type KeyShape, readKey } from "../core/key-format";
 import type { AuthMethod, KeyRecord as CoreKeyRecord, Principal } from "../core/principal";
 import { allowedIpsColumn, creditsColumn, shorthand, storedMeta } from "../core/schemas";
@@ -49,15 +49,16 @@ export async function mintKey(input: NewKey, now: Date): Promise<{ raw: string; 
   const raw = generateKey(input.format, input.prefix, input.namespace);
   // What lists show: everything before the random part (`kg_sk` for a checksummed key) and its first 8 characters.
   const { prefix, start } = readKey(raw, input.namespace) as KeyShape;
+  const hash = await hashKey(raw);
   const row: ApiKey = {
-    id: newId("key"),
+    id: await keyIdOf(hash),
     accountId: input.accountId,
     ownerId: input.ownerId,
     createdBy: input.createdBy,
     name: input.name,
     prefix,
     start,
-    hash: await hashKey(raw),
+    hash,
     scopes: JSON.stringify(input.scopes),
     expiresAt: input.expiresAt,
     ...storedLimitColumns(input.limits),
@@ -89,8 +90,11 @@ export function storedLimitColumns(limits: Limit[] | null) {
 /** A key record as D1 holds it: the row the verdict (core/verdict.ts) and the principal are drawn from. */
 export type KeyRecord = Omit<CoreKeyRecord, "key"> & { key: ApiKey };
 
-/** Reads a key record by id or by hash, in one D1 read. */
-export async function loadKey(d: Db, by: { id: string } | { hash: string }): Promise<KeyRecord | undefined> {
+/**
+ * Reads a key record by id, by hash, or by either (`{id, hash}`: the key whose id was worked out from its hash, or a key
+ * issued before with that hash), in one D1 read.
+ */
+export async function loadKey(d: Db, by: { id: string; hash?: string } | { hash: string }): Promise<KeyRecord | undefined> {
   const [found] = await d
     .select({
       key: apiKeys,
@@ -118,7 +122,13 @@ export async function loadKey(d: Db, by: { id: string } | { hash: string }): Pro
     .innerJoin(users, eq(users.id, apiKeys.ownerId))
     .innerJoin(accounts, eq(accounts.id, apiKeys.accountId))
     .leftJoin(plans, eq(plans.id, accounts.planId))
-    .where("id" in by ? eq(apiKeys.id, by.id) : eq(apiKeys.hash, by.hash))
+    .where(
+      "id" in by
+        ? by.hash === undefined
+          ? eq(apiKeys.id, by.id)
+          : or(eq(apiKeys.id, by.id), eq(apiKeys.hash, by.hash))
+        : eq(apiKeys.hash, by.hash),
+    )
     .limit(1);
   return found;
 }

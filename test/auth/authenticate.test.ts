@@ -1,7 +1,7 @@
 import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it, vi } from "vitest";
-import { faultyDatabase, objectDatabase } from "../faults";
+import { faultyDatabase, faultyObjects, objectDatabase } from "../faults";
 import { call, callWith, createKey, expectProblem, provision, rows } from "../helpers";
 import { lastUseSent } from "../usage/seed";
 
@@ -102,12 +102,14 @@ describe("deprecated query parameter userApiToken", () => {
     const fresh = await createKey(key.key);
     const hash = (await rows<{ hash: string }>("SELECT hash FROM api_keys WHERE id = ?", fresh.id))[0]?.hash as string;
     // drizzle wraps a database error in one whose message is the query and its parameters: the key hash among them.
+    // Open mode with the key's object down: the worker judges the key in D1, by its hash, and that read fails.
     const failing = faultyDatabase(env.DB, { kind: "throw", error: new Error("D1_ERROR: network connection lost") }, (sql) =>
       sql.includes('"hash" = ?'),
     );
+    const objectDown = faultyObjects(env.KEYS, { authorize: { kind: "throw", error: new Error("Durable Object reset") } });
     let res: Response | undefined;
     const lines = await logged(async () => {
-      res = await callWith({ DB: failing }, "/v1/whoami", { key: fresh.key });
+      res = await callWith({ DB: failing, KEYS: objectDown, RATE_LIMIT_FAILURE_MODE: "open" }, "/v1/whoami", { key: fresh.key });
     });
     await expectProblem(res as Response, 503, "database_unavailable");
     expect(lines).toContain("database_error");

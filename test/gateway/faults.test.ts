@@ -148,14 +148,28 @@ describe("gateway, fail-open, when the key's object fails", () => {
 
 describe("gateway when D1 is down", () => {
   const stalled = () => ({ DB: faultyDatabase(env.DB, { kind: "stall" }), D1_TIMEOUT_MS: "100" });
+  /** D1 down for the key's object too (it reads D1 through its own handle); answers the undo. */
+  const objectD1Down = (key: KeyBody, fault: Fault = { kind: "throw", error: D1_ERROR() }) =>
+    objectDatabase(env.KEYS.getByName(`key:${key.id}`), () => faultyDatabase(env.DB, fault));
 
-  it("answers 503 database_unavailable, in either mode, for a key this isolate has not looked up yet", async () => {
+  it("forwards a key this isolate has never seen with the worker's D1 down: its object reads the key, no lookup", async () => {
     const { limited } = await keysOfAllKinds();
-    for (const mode of [{}, OPEN]) {
+    await forwarded(await send(limited.key, stalled()), limited);
+    expect(await remaining(limited.key)).toBe("3");
+  });
+
+  it("answers 503, in either mode, for a key whose object has not read it when D1 is down for both, forwarding nothing", async () => {
+    const { limited } = await keysOfAllKinds();
+    const restore = await objectD1Down(limited);
+    for (const [mode, code] of [
+      [{}, "rate_limiter_unavailable"],
+      [OPEN, "database_unavailable"],
+    ] as const) {
       const sent = await send(limited.key, { ...stalled(), ...mode });
-      await refusedBefore(sent, 503, "database_unavailable");
+      await refusedBefore(sent, 503, code);
       expect(sent.res.headers.get("Retry-After")).toBe("5");
     }
+    await restore();
     expect(await remaining(limited.key)).toBe("4");
   });
 
@@ -184,20 +198,17 @@ describe("gateway when D1 is down", () => {
     expect(await remaining(limited.key)).toBe("3");
   });
 
-  it("forwards nothing when D1 fails at once, in either mode", async () => {
+  it("forwards nothing, never 500, when D1 fails at once (a lost connection) for the worker and the key's object, in either mode", async () => {
     const { limited } = await keysOfAllKinds();
-    for (const mode of [{}, OPEN]) {
+    const restore = await objectD1Down(limited);
+    for (const [mode, code] of [
+      [{}, "rate_limiter_unavailable"],
+      [OPEN, "database_unavailable"],
+    ] as const) {
       const sent = await send(limited.key, { DB: faultyDatabase(env.DB, { kind: "throw", error: D1_ERROR() }), ...mode });
-      expect(sent.res.status).toBeGreaterThanOrEqual(500);
-      expect(sent.res.headers.get("Content-Type")).toBe("application/problem+json");
-      expect(await received(sent.id)).toBe(0);
+      await refusedBefore(sent, 503, code);
     }
-  });
-
-  it("answers 503 database_unavailable when D1 fails at once (a lost connection), never 500", async () => {
-    const { limited } = await keysOfAllKinds();
-    const sent = await send(limited.key, { DB: faultyDatabase(env.DB, { kind: "throw", error: D1_ERROR() }) });
-    await refusedBefore(sent, 503, "database_unavailable");
+    await restore();
   });
 });
 
