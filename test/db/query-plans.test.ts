@@ -3,6 +3,7 @@ import { env } from "cloudflare:workers";
 import { getTableName, is } from "drizzle-orm";
 import { SQLiteTable } from "drizzle-orm/sqlite-core";
 import { beforeAll, describe, expect, it } from "vitest";
+import { hashKey } from "../../src/core/ids";
 import worker from "../../src/index";
 import type { EventMessage } from "../../src/platform/db/events";
 import * as schema from "../../src/platform/db/schema";
@@ -107,6 +108,9 @@ async function drive(): Promise<void> {
   // The gateway: a resource the provider registered, and a key scoped to it.
   await send(200, "/v1/resource-owners/mailbox/mbx_plans", { method: "PUT", headers: backend, body: { accountId: account.id } });
   await send(200, "/v1/resource-owners/mailbox/mbx_plans", { headers: backend });
+  await send(200, "/v1/keys/verify", { headers: backend, body: { key: first.key, resource: "mailbox:mbx_plans" } });
+  await send(200, "/v1/resource-owners/project/prj_plans", { method: "PUT", headers: backend, body: { accountId: account.id } });
+  expect((await gw("/api/v1/organizations/query-plans/projects/prj_plans/tasks", { key: first.key }, { DB })).status).toBe(200);
   const scoped = await json<Key>(201, "/v1/api-keys", { key: admin, body: { name: "scoped", mailboxIds: ["mbx_plans"] } });
   await watchKey(scoped.id);
   expect((await gw("/v1/mailboxes/mbx_plans/messages", { key: scoped.key }, { DB })).status).toBe(200);
@@ -124,7 +128,7 @@ async function drive(): Promise<void> {
   const invitation = await json<{ token: string }>(201, `/v1/users/${member.id}/invitation`, { method: "POST", key: admin });
   await send(200, "/v1/auth/accept-invitation", { body: { token: invitation.token, password: PASSWORD } });
   type Pair = { access_token: string; refresh_token: string };
-  const pair = await json<Pair>(200, "/v1/auth/login", { body: { email: member.email, password: PASSWORD } });
+  const pair = await json<Pair>(200, "/v1/auth/login", { body: { email: member.email, password: PASSWORD, accountId: account.id } });
   const other = await json<Pair>(200, "/v1/auth/login", { body: { email: member.email, password: PASSWORD } });
   await send(401, "/v1/auth/login", { body: { email: member.email, password: "not the password at all" } });
   await send(200, "/v1/whoami", { key: pair.access_token });
@@ -138,7 +142,12 @@ async function drive(): Promise<void> {
   await send(204, "/v1/auth/password", { key: next.access_token, body: { currentPassword: PASSWORD, newPassword: `${PASSWORD} two` } });
   const after = await json<Pair>(200, "/v1/auth/login", { body: { email: member.email, password: `${PASSWORD} two` } });
   await send(204, "/v1/auth/logout", { method: "POST", key: after.access_token });
+  const onBehalf = await json<Key>(201, "/v1/api-keys", { key: admin, body: { name: "on behalf", ownerId: member.id } });
+  await send(200, `/v1/users/${member.id}`, { method: "PATCH", key: admin, body: { grants: ["mailbox:mbx_plans"] } });
+  await send(200, `/v1/users/${member.id}`, { method: "PATCH", key: admin, body: { role: "admin" } });
+  await send(200, `/v1/users/${member.id}`, { method: "PATCH", key: admin, body: { role: "member", grants: ["*"] } });
   await send(200, `/v1/users/${member.id}`, { method: "PATCH", key: admin, body: { disabled: true } });
+  expect(onBehalf.id).toMatch(/^key_/);
   await send(201, `/v1/accounts/${account.id}/recovery-key`, { method: "POST", headers: operator, body: {} });
 
   // Webhooks: an endpoint, its test event, its deliveries; the queue's consumer and the cron's sweep.
@@ -165,6 +174,20 @@ async function drive(): Promise<void> {
   });
   expect(expiring.id).toMatch(/^key_/);
   await sweep();
+  // What a counting object tells, and a leak the request could not act on, come through the queue as well.
+  const [told] = await rows<{ id: string }>("SELECT id FROM webhook_events WHERE account_id = ? LIMIT 1", account.id);
+  await consume([
+    {
+      emit: {
+        id: `msg_plans_${crypto.randomUUID().slice(0, 8)}`,
+        accountId: account.id,
+        type: "credits.low",
+        data: JSON.stringify({ told: told?.id }),
+        createdAt: new Date().toISOString(),
+      },
+    },
+    { leak: { hash: await hashKey(rotated.key), source: "report", url: "https://gist.example/again" } },
+  ]);
 
   // Credits: the account's pool (the operator's), a person's balance, a key's; their objects flush to the ledger.
   await send(200, `/v1/accounts/${account.id}/credits`, { headers: operator, body: { operation: "add", amount: 10 } });
@@ -192,6 +215,11 @@ async function drive(): Promise<void> {
   await send(202, "/v1/leaks", { body: { key: scoped.key, url: "https://gist.example/plans" } });
   await send(204, "/v1/resource-owners/mailbox/mbx_plans", { method: "DELETE", headers: backend });
   await send(200, `/v1/webhooks/${hook.id}/secret`, { method: "POST", key: admin, body: {} });
+  await send(200, "/v1/plans/query-plans", {
+    method: "PUT",
+    headers: operator,
+    body: { name: "Plans", rateLimits: [{ name: "default", limit: 2000, windowSeconds: 60 }] },
+  });
 
   // The dashboard: an admin's pages, read with a session cookie.
   const dashAdmin = await person(admin, "admin");
@@ -215,6 +243,7 @@ async function drive(): Promise<void> {
   expect((await page(`/dashboard/keys/${memberKey.id}/revoke`, { cookie, form: {}, bindings })).status).toBe(303);
   expect((await page("/dashboard/login", { form: { email: dashAdmin.email, password: PASSWORD }, bindings })).status).toBe(303);
   expect((await page("/dashboard/logout", { cookie, form: {}, bindings })).status).toBe(303);
+  await send(204, `/v1/webhooks/${hook.id}`, { method: "DELETE", key: admin });
 }
 
 /** Hands the messages to the queue's consumer, as the queue would, with the recorded D1. */
