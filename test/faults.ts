@@ -5,6 +5,7 @@
  * reads D1 through its own handle: `objectDatabase` replaces that one.
  */
 import { runInDurableObject } from "cloudflare:test";
+import type { AccountObject } from "../src/counters/account-object";
 import type { KeyObject } from "../src/keys/object";
 
 export type Fault =
@@ -144,12 +145,68 @@ export function faultyDatabase(
   }) as D1Database & { reached: () => Promise<void> };
 }
 
+/** Each distinct statement a `recordingDatabase` saw run, by its SQL text, with the parameters of its first run. */
+export type Recorded = Map<string, unknown[]>;
+
 /**
- * Makes a key's object use `make()` as its D1 (a `faultyDatabase`, made inside the object: what the object uses must
- * belong to its own context) through its documented seam, `KeyObject.database`, and drops its record so its next call
- * reads D1 again. Answers the undo, which gives the object its own handle back (and drops its record again).
+ * A database that notes every statement it runs (alone or in a batch) in `seen`, and runs it on the real D1: nothing
+ * is made up, so what the worker answers is what it always answers. Recorded when run, not when prepared: a statement
+ * prepared and never sent costs the database nothing.
  */
-export async function objectDatabase(stub: DurableObjectStub<KeyObject>, make: () => D1Database): Promise<() => Promise<void>> {
+export function recordingDatabase(db: D1Database, seen: Recorded): D1Database {
+  const known = new WeakMap<object, { real: D1PreparedStatement; sql: string; params: unknown[] }>();
+  const note = (sql: string, params: unknown[]) => {
+    if (!seen.has(sql)) seen.set(sql, params);
+  };
+  const statement = (s: D1PreparedStatement, sql: string, params: unknown[]): D1PreparedStatement => {
+    const wrapped = new Proxy(s, {
+      get(target, prop) {
+        const value = Reflect.get(target, prop, target);
+        if (typeof value !== "function") return value;
+        if (prop === "bind") return (...args: unknown[]) => statement(value.apply(target, args), sql, args);
+        if (["first", "run", "all", "raw"].includes(prop as string))
+          return (...args: unknown[]) => {
+            note(sql, params);
+            return value.apply(target, args);
+          };
+        return value.bind(target);
+      },
+    });
+    known.set(wrapped, { real: s, sql, params });
+    return wrapped;
+  };
+  return new Proxy(db, {
+    get(target, prop) {
+      if (prop === "prepare") return (sql: string) => statement(target.prepare(sql), sql, []);
+      if (prop === "batch") {
+        return (list: D1PreparedStatement[]) => {
+          for (const s of list) {
+            const k = known.get(s);
+            if (k) note(k.sql, k.params);
+          }
+          return target.batch(list.map((s) => known.get(s)?.real ?? s));
+        };
+      }
+      if (prop === "exec")
+        return (sql: string) => {
+          note(sql, []);
+          return target.exec(sql);
+        };
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}
+
+/**
+ * Makes a key's (or an account's) object use `make()` as its D1 (a `faultyDatabase`, made inside the object: what the
+ * object uses must belong to its own context) through its documented seam, `database`, and drops its record so its
+ * next call reads D1 again. Answers the undo, which gives the object its own handle back (and drops its record again).
+ */
+export async function objectDatabase<T extends KeyObject | AccountObject>(
+  stub: DurableObjectStub<T>,
+  make: () => D1Database,
+): Promise<() => Promise<void>> {
   let own: D1Database | undefined;
   await runInDurableObject(stub, (instance) => {
     own = instance.database;

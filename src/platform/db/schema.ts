@@ -139,6 +139,10 @@ export const apiKeys = sqliteTable(
     // A key is replaced at most once, so two concurrent rotations cannot both succeed.
     uniqueIndex("api_keys_rotated_from").on(t.rotatedFrom).where(sql`rotated_from IS NOT NULL`),
     index("api_keys_account_created").on(t.accountId, t.createdAt),
+    // A person's keys: what a member lists and whose usage they read, and the keys whose rights change with the person.
+    index("api_keys_owner_created").on(t.ownerId, t.createdAt),
+    // The cron's notices of keys about to expire read the few keys that expire, not every key of every account.
+    index("api_keys_expires").on(t.expiresAt).where(sql`expires_at IS NOT NULL`),
   ],
 );
 
@@ -365,6 +369,8 @@ export const webhookDeliveries = sqliteTable(
   (t) => [
     uniqueIndex("webhook_deliveries_event").on(t.webhookId, t.eventId),
     index("webhook_deliveries_webhook").on(t.webhookId, t.createdAt),
+    // The cron's sweep of overdue attempts: the pending deliveries due before a time, not every delivery ever made.
+    index("webhook_deliveries_due").on(t.status, t.nextAttemptAt),
   ],
 );
 
