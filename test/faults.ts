@@ -130,7 +130,10 @@ export function faultyDatabase(
     return wrapped;
   };
   return new Proxy(db, {
-    get(target, prop) {
+    get(target, prop, receiver) {
+      // A session of it (the Sessions API, as Keygate reads) suffers the same faults.
+      if (prop === "withSession") return () => receiver;
+      if (prop === "getBookmark") return () => null;
       if (prop === "reached") return () => arrived;
       if (prop === "prepare") return (sql: string) => statement(target.prepare(sql), sql);
       if (prop === "batch") {
@@ -176,7 +179,10 @@ export function recordingDatabase(db: D1Database, seen: Recorded): D1Database {
     return wrapped;
   };
   return new Proxy(db, {
-    get(target, prop) {
+    get(target, prop, receiver) {
+      // A session of it (the Sessions API, as Keygate reads) is recorded too.
+      if (prop === "withSession") return () => receiver;
+      if (prop === "getBookmark") return () => null;
       if (prop === "prepare") return (sql: string) => statement(target.prepare(sql), sql, []);
       if (prop === "batch") {
         return (list: D1PreparedStatement[]) => {

@@ -6,7 +6,7 @@ import type { CreditsConfig } from "../core/credits";
 import { poolOf, sharedLimits } from "../core/principal";
 import type { Limit } from "../core/window";
 import { getConfig } from "../platform/config";
-import { type Db, db, withDeadline } from "../platform/db/client";
+import { type Db, db, session, withDeadline } from "../platform/db/client";
 import { accounts, plans } from "../platform/db/schema";
 import type { Bindings } from "../platform/env";
 import { log, safeError } from "../platform/log";
@@ -48,6 +48,8 @@ export class AccountObject extends DurableObject<Bindings> {
   private config: { pool: AccountLimits | undefined; loadedAt: number } | undefined;
   private loading: Promise<AccountLimits | undefined> | null = null;
   private generation = 0;
+  /** The bookmark of the last change that reloaded the account: its reads come from a copy of D1 caught up with it. */
+  private bookmark: string | null = null;
   /** The object's own D1 handle (deadline-wrapped); tests make it fail through test/faults.ts. */
   database: D1Database;
   /** The pool's movements on their way to D1's ledger, and whether the alarm that writes them is set. */
@@ -127,8 +129,12 @@ export class AccountObject extends DurableObject<Bindings> {
     return { series: this.rollup.series(from, to, keyIds), keys: this.rollup.totals(from, to, keyIds) };
   }
 
-  /** Reads the account's configuration again: a change to its limits, credits or plan is in force on the next request. */
-  reload(): void {
+  /**
+   * Reads the account's configuration again: a change to its limits, credits or plan is in force on the next request,
+   * read from a copy of D1 that has caught up with `bookmark` (the change's).
+   */
+  reload(bookmark?: string | null): void {
+    if (bookmark) this.bookmark = bookmark;
     this.generation += 1;
     this.config = undefined;
     this.loading = null;
@@ -163,7 +169,7 @@ export class AccountObject extends DurableObject<Bindings> {
       // Concurrent requests share one read; a reload during the read discards its result.
       const generation = this.generation;
       const loadedAt = this.clock();
-      this.loading = loadPool(db(this.database), accountId).then(
+      this.loading = loadPool(db(session(this.database, this.bookmark)), accountId).then(
         (pool) => {
           if (generation === this.generation) {
             this.config = { pool, loadedAt };

@@ -49,7 +49,7 @@ app.use(async (c, next) => {
 });
 
 app.use(async (c, next) => {
-  const deps = makeDeps(c.env, c.executionCtx, c.get("requestId"));
+  const deps = makeDeps(c.env, c.executionCtx, c.get("requestId"), undefined, c.req.header("Keygate-Bookmark"));
   c.set("deps", deps);
   c.set("config", deps.config);
   // Only the exact "true" allows plain http: anything else, a malformed value included (which /health names), keeps
@@ -63,6 +63,14 @@ app.use(async (c, next) => {
 // Requests the route table forwards leave here; what the upstream answers is its own (no headers added but the request
 // id and rate limits). Everything else is Keygate's: every path its routes serve, read once all are mounted.
 app.use(gateway(() => ownPaths(app.routes)));
+
+// Keygate's own answers carry their D1 session's bookmark: a later request that sends it back (`Keygate-Bookmark`)
+// reads a copy of the database that has caught up with it, so a client sees its own change wherever it is read.
+app.use(async (c, next) => {
+  await next();
+  const bookmark = c.get("deps").bookmark();
+  if (bookmark) c.res.headers.set("Keygate-Bookmark", bookmark);
+});
 
 // Secure headers on every answer of Keygate's own. No Cross-Origin-Resource-Policy: widgets on other origins read the
 // chat endpoints.

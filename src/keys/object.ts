@@ -9,7 +9,7 @@ import { Notices } from "../counters/notices";
 import type { CallTag, Granted, Refund, Spending, Unspent } from "../counters/protocol";
 import type { Adjusted, Adjustment, CreditsView } from "../counters/stored-balance";
 import { getConfig } from "../platform/config";
-import { db, withDeadline } from "../platform/db/client";
+import { db, session, withDeadline } from "../platform/db/client";
 import type { Bindings } from "../platform/env";
 import { log, safeError } from "../platform/log";
 import type { UsageMessage } from "../usage/queue";
@@ -83,6 +83,8 @@ export class KeyObject extends DurableObject<Bindings> {
   private generation = 0;
   /** Until when a change to the key's rights may still land in D1: records read before then are trusted briefly. */
   private distrustUntil: number;
+  /** The bookmark of the last change that reloaded the key: its reads come from a copy of D1 that has caught up with it. */
+  private bookmark: string | null = null;
   /** The key whose usage waits for the alarm, or null when none is set by this instance. */
   private flushing: string | null = null;
   /** The object's own D1 handle (deadline-wrapped); tests make it fail through test/faults.ts (`objectDatabase`). */
@@ -399,8 +401,12 @@ export class KeyObject extends DurableObject<Bindings> {
     return this.key !== undefined;
   }
 
-  /** Drops the cached key: the next request reads the key, its owner and its account again. */
-  reload(): void {
+  /**
+   * Drops the cached key: the next request reads the key, its owner and its account again, from a copy of D1 that has
+   * caught up with `bookmark` (the change's, when its caller hands it on).
+   */
+  reload(bookmark?: string | null): void {
+    if (bookmark) this.bookmark = bookmark;
     this.generation += 1;
     this.key = undefined;
     this.loading = null;
@@ -437,7 +443,9 @@ export class KeyObject extends DurableObject<Bindings> {
       // Concurrent requests share one read; a reload during the read discards its result.
       const generation = this.generation;
       const loadedAt = this.clock();
-      this.loading = loadKey(db(this.database), { id: keyId, hash }).then(
+      // While a change may still land, from the primary; else from the nearest copy that has the last change seen.
+      const reads = session(this.database, this.bookmark, loadedAt < this.distrustUntil ? "first-primary" : "first-unconstrained");
+      this.loading = loadKey(db(reads), { id: keyId, hash }).then(
         (found) => {
           // Found by its hash under another id: a key issued before, whose object is that id's, not this one.
           const movedTo = found && found.key.id !== keyId ? found.key.id : undefined;

@@ -35,7 +35,8 @@ const timedOut = () => new Error("no answer before the deadline");
  */
 export async function reloadKeys(deps: Deps, keyIds: string[]): Promise<void> {
   holdings.drop(keyIds.map((id) => `key:${id}`));
-  const failed = await reach(deps, keyIds, (stub) => stub.reload());
+  const bookmark = deps.bookmark();
+  const failed = await reach(deps, keyIds, (stub) => stub.reload(bookmark));
   if (failed.length === 0) return;
   completeLater(deps, failed);
   throw new ApiError(
@@ -51,10 +52,11 @@ export async function reloadKeys(deps: Deps, keyIds: string[]): Promise<void> {
  */
 export async function reloadAccounts(deps: Deps, accountIds: readonly string[]): Promise<void> {
   const timeout = deps.config.rateLimitTimeoutMs;
+  const bookmark = deps.bookmark();
   holdings.drop(accountIds.map((id) => `account:${id}`));
   await Promise.all(
     accountIds.map((id) =>
-      deadline(deps.env.ACCOUNTS.getByName(`account:${id}`).reload(), timeout, timedOut).catch((err: unknown) =>
+      deadline(deps.env.ACCOUNTS.getByName(`account:${id}`).reload(bookmark), timeout, timedOut).catch((err: unknown) =>
         deps.log("warn", "account_reload_failed", { accountId: id, error: safeError(err) }),
       ),
     ),

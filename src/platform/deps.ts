@@ -1,5 +1,5 @@
 import { type Config, getConfig } from "./config";
-import { type Db, db, withDeadline } from "./db/client";
+import { type Db, db, lazySession, withDeadline } from "./db/client";
 import type { Bindings } from "./env";
 import { log } from "./log";
 
@@ -19,24 +19,32 @@ export type Deps = {
   waitUntil(promise: Promise<unknown>): void;
   log: typeof log;
   now(): Date;
+  /** The D1 session's bookmark so far (null before its first query): what a later read must have caught up with. */
+  bookmark(): string | null;
 };
 
 /** A fresh id for a request or a call that came without one. */
 export const newRequestId = () => `req_${crypto.randomUUID().replaceAll("-", "")}`;
 
-/** The Deps of one request or call: `env` as the runtime gave it, `ctx` its execution context. */
+/**
+ * The Deps of one request or call: `env` as the runtime gave it, `ctx` its execution context. Its D1 is one session
+ * (db/client.ts `session`), caught up with `bookmark` when the caller hands one on.
+ */
 export function makeDeps(
   env: Bindings,
   ctx: { waitUntil(promise: Promise<unknown>): void },
   requestId: string = newRequestId(),
   now: () => Date = () => new Date(),
+  bookmark?: string | null,
 ): Deps {
   const config = getConfig(env);
   // Read when a call is made: a malformed D1_TIMEOUT_MS fails the call that needs it, not every entrypoint.
-  const d1 = withDeadline(env.DB, () => config.d1TimeoutMs);
+  const d1 = withDeadline(lazySession(env.DB, bookmark), () => config.d1TimeoutMs);
   return {
-    env: { ...env, DB: d1 },
+    // Code that takes `env.DB` uses prepare and batch, which a session has.
+    env: { ...env, DB: d1 as unknown as D1Database },
     db: db(d1),
+    bookmark: () => d1.getBookmark(),
     config,
     requestId,
     waitUntil: (promise) => ctx.waitUntil(promise),

@@ -5,8 +5,43 @@ import { log, safeError } from "../log";
 
 export type Db = DrizzleD1Database;
 
-export function db(d1: D1Database): Db {
-  return drizzle(d1);
+/** D1, or one D1 session (reads from a replica that has caught up with the session's bookmark). */
+export type D1 = D1Database | D1DatabaseSession;
+
+export function db(d1: D1): Db {
+  // A session has what drizzle's D1 driver calls: prepare and batch.
+  return drizzle(d1 as D1Database);
+}
+
+/** What a D1 session bookmark looks like (`00000000-00000015-00000000-<32 hex>`); anything else is not one. */
+const BOOKMARK = /^[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{8}-[0-9a-f]{32}$/;
+
+/**
+ * A D1 session through the Sessions API: its first read goes to whichever copy of the database is nearest (a read
+ * replica in production) unless `bookmark` (a session's bookmark a client or a change handed on) asks for one that has
+ * caught up with it (or, without one, as `otherwise` says: the primary itself for `first-primary`), and every later
+ * read sees what the session wrote or read before. A malformed bookmark is ignored.
+ */
+export function session(
+  d1: D1Database,
+  bookmark?: string | null,
+  otherwise: D1SessionConstraint = "first-unconstrained",
+): D1DatabaseSession {
+  return d1.withSession(bookmark && BOOKMARK.test(bookmark) ? bookmark : otherwise);
+}
+
+/** `session`, opened at its first statement: a request that reads nothing touches no D1 at all. */
+export function lazySession(d1: D1Database, bookmark?: string | null): D1DatabaseSession {
+  let opened: D1DatabaseSession | undefined;
+  const open = () => {
+    opened ??= session(d1, bookmark);
+    return opened;
+  };
+  return {
+    prepare: (query: string) => open().prepare(query),
+    batch: <T>(statements: D1PreparedStatement[]) => open().batch<T>(statements),
+    getBookmark: () => opened?.getBookmark() ?? null,
+  } satisfies D1DatabaseSession;
 }
 
 export type Query = { toSQL(): { sql: string; params: unknown[] } };
@@ -15,7 +50,7 @@ export type Query = { toSQL(): { sql: string; params: unknown[] } };
  * Runs drizzle queries and raw statements as one D1 batch: one transaction, all or nothing.
  * Results keep D1's `meta.changes`, which guarded updates are judged by.
  */
-export function batch(d1: D1Database, queries: (Query | D1PreparedStatement)[]): Promise<D1Result[]> {
+export function batch(d1: D1, queries: (Query | D1PreparedStatement)[]): Promise<D1Result[]> {
   return d1.batch(
     queries.map((q) => {
       if (!("toSQL" in q)) return q;
@@ -32,7 +67,7 @@ const ROUND_TRIPS = new Set(["first", "run", "all", "raw"]);
  * `database_unavailable` instead of holding the request or answering 500. A write that timed out may still land; every write Keygate
  * makes is guarded or idempotent, so repeating the request is safe.
  */
-export function withDeadline(d1: D1Database, ms: () => number): D1Database {
+export function withDeadline<T extends D1>(d1: T, ms: () => number): T {
   const real = new WeakMap<object, D1PreparedStatement>();
   const timed = <T>(p: Promise<T>) =>
     deadline(
@@ -59,7 +94,9 @@ export function withDeadline(d1: D1Database, ms: () => number): D1Database {
       if (prop === "prepare") return (query: string) => statement(target.prepare(query));
       // D1 takes only its own statement objects in a batch.
       if (prop === "batch") return (list: D1PreparedStatement[]) => timed(target.batch(list.map((s) => real.get(s) ?? s)));
-      if (prop === "exec") return (query: string) => timed(target.exec(query));
+      if (prop === "exec") return (query: string) => timed((target as D1Database).exec(query));
+      // A session of a deadline-wrapped database keeps the deadline.
+      if (prop === "withSession") return (arg?: string) => withDeadline((target as D1Database).withSession(arg), ms);
       return typeof value === "function" ? value.bind(target) : value;
     },
   });
