@@ -83,11 +83,57 @@ function tallyEnv(env) {
   return wrapped;
 }
 
+/** D1 that calls `counted` for each round trip (a statement, or a batch); sessions of it are counted the same. */
+function countingDb(db, counted) {
+  const real = new WeakMap();
+  const statement = (s) => {
+    const p = new Proxy(s, {
+      get(target, prop) {
+        const value = target[prop];
+        if (typeof value !== "function") return value;
+        if (prop === "bind") return (...args) => statement(value.apply(target, args));
+        if (["all", "run", "first", "raw"].includes(prop)) {
+          return (...args) => {
+            counted();
+            return value.apply(target, args);
+          };
+        }
+        return value.bind(target);
+      },
+    });
+    real.set(p, s);
+    return p;
+  };
+  return new Proxy(db, {
+    get(target, prop, receiver) {
+      // Keygate reads through a session (the Sessions API): counted the same.
+      if (prop === "withSession") return () => receiver;
+      if (prop === "getBookmark") return () => null;
+      const value = target[prop];
+      if (prop === "prepare") return (...args) => statement(value.apply(target, args));
+      if (prop === "batch") {
+        return (statements) => {
+          counted();
+          return value.call(
+            target,
+            statements.map((s) => real.get(s) ?? s),
+          );
+        };
+      }
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}
+
+/** The usage queue's batches this isolate consumed: their messages (one per key's flush) and their D1 round trips. */
+const usageWrites = { batches: 0, messages: 0, d1: 0 };
+
 export default {
   async fetch(request, realEnv, ctx) {
     let env = realEnv;
     const path = new URL(request.url).pathname;
     if (path === "/__bench/tally") return Response.json(tally);
+    if (path === "/__bench/usage-writes") return Response.json(usageWrites);
     if (realEnv.BENCH_DO_RTT_MS !== undefined) {
       if (path === "/__bench/do-calls") return Response.json({ calls: farCalls, requests: farRequests });
       farRequests += 1;
@@ -99,43 +145,8 @@ export default {
     }
     if (!request.headers.has("X-Bench-Count")) return worker.fetch(request, env, ctx);
     const counts = { d1: 0, do: 0, key: 0, account: 0, counter: 0 };
-    const real = new WeakMap();
-    const statement = (s) => {
-      const p = new Proxy(s, {
-        get(target, prop) {
-          const value = target[prop];
-          if (typeof value !== "function") return value;
-          if (prop === "bind") return (...args) => statement(value.apply(target, args));
-          if (["all", "run", "first", "raw"].includes(prop)) {
-            return (...args) => {
-              counts.d1 += 1;
-              return value.apply(target, args);
-            };
-          }
-          return value.bind(target);
-        },
-      });
-      real.set(p, s);
-      return p;
-    };
-    const DB = new Proxy(env.DB, {
-      get(target, prop, receiver) {
-        // Keygate reads through a session (the Sessions API): counted the same.
-        if (prop === "withSession") return () => receiver;
-        if (prop === "getBookmark") return () => null;
-        const value = target[prop];
-        if (prop === "prepare") return (...args) => statement(value.apply(target, args));
-        if (prop === "batch") {
-          return (statements) => {
-            counts.d1 += 1;
-            return value.call(
-              target,
-              statements.map((s) => real.get(s) ?? s),
-            );
-          };
-        }
-        return typeof value === "function" ? value.bind(target) : value;
-      },
+    const DB = countingDb(env.DB, () => {
+      counts.d1 += 1;
     });
     // Counted until the answer: a background call after it (a lease's renewal) is not this request's.
     let answered = false;
@@ -157,7 +168,16 @@ export default {
     );
     return counted;
   },
-  // Webhook deliveries and the cron sweep, as the Worker itself runs them (nothing of theirs is counted).
-  queue: (batch, env, ctx) => worker.queue(batch, env, ctx),
+  // Webhook deliveries and the cron sweep, as the Worker itself runs them (nothing of theirs is counted); the usage
+  // queue's batches with their D1 round trips counted (`/__bench/usage-writes`).
+  queue(batch, env, ctx) {
+    if (batch.queue !== "keygate-usage") return worker.queue(batch, env, ctx);
+    usageWrites.batches += 1;
+    usageWrites.messages += batch.messages.length;
+    const DB = countingDb(env.DB, () => {
+      usageWrites.d1 += 1;
+    });
+    return worker.queue(batch, { ...env, DB }, ctx);
+  },
   scheduled: (controller, env, ctx) => worker.scheduled(controller, env, ctx),
 };
