@@ -81,8 +81,13 @@ export const DESIGN = {
    * calls a second for a key refused at 50,000 requests a second, test/ratelimit/hot-key.test.ts).
    */
   objectCallsPerRefusedRequest: 1,
-  /** A person's request reads their session from D1 (src/people/sessions.ts liveSession), and writes its last use once a minute. */
-  personReadsPerRequest: 1,
+  /**
+   * A person's request is judged by their object (src/counters/sessions.ts): no D1 read once it knows the session; it
+   * rereads the person and each live session once per RECORD_TTL_MS (src/counters/trusted.ts), and writes a
+   * session's last use once a minute straight to D1 (not through the usage queue yet).
+   */
+  personReadsPerRequest: 0,
+  sessionRecordReadsPerMinute: 2,
   sessionLastUsedMs: 60_000,
 };
 
@@ -142,7 +147,7 @@ export function model({ keys, active, rps, isolates, hotShare = 0.05, accountSha
     keyIds: spreadRps * DESIGN.keyIdLookupReads,
     records: perMinute(active, DESIGN.recordTtlMs) * DESIGN.recordReads,
     perRequest: spreadRps * m.coldKey.d1 + hotRps * m.hotKey.d1,
-    people: peopleRps * DESIGN.personReadsPerRequest,
+    people: peopleRps * DESIGN.personReadsPerRequest + (sessions * DESIGN.sessionRecordReadsPerMinute) / 60,
   };
   const queue = perMinute(active, DESIGN.usageFlushMs) * DESIGN.queueMessagesPerActiveKeyPerFlush;
   const batches = Math.ceil(queue / DESIGN.queueBatch);
