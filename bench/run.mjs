@@ -15,13 +15,21 @@
 // BENCH_ONLY=b,k (scenario letters, for a quick look while working on one path) runs only those scenarios at
 // saturation, prints them and their ratios, and stops: no fixed-rate runs, no (g) or (h), and bench/results.json is
 // left as it is. Seed fewer keys for it with BENCH_KEYS.
+// `npm run bench -- --scale` runs bench/scale.mjs (a million keys in D1) instead.
 import { generateKeyPairSync, randomBytes, sign } from "node:crypto";
-import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { Worker } from "node:worker_threads";
 import autocannon from "autocannon";
 import { startKeygate } from "../scripts/keygate-server.mjs";
 import { fixedRate, quantile } from "./fixed-rate.mjs";
 import { accuracyProbe, revocationProbe, webhookProbe } from "./probes.mjs";
+import { settler, workerdCpu } from "./server-cpu.mjs";
+
+// `npm run bench -- --scale`: the million-key run (bench/scale.mjs) instead of this one.
+if (process.argv.includes("--scale")) {
+  await import("./scale.mjs");
+  process.exit(0);
+}
 
 const DURATION_SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
@@ -65,29 +73,6 @@ const assertionKey = { ...generateKeyPairSync("ec", { namedCurve: "P-256" }).pri
 const scanner = generateKeyPairSync("ec", { namedCurve: "P-256" });
 const scanningKeys = [{ key_identifier: "bench", key: scanner.publicKey.export({ format: "pem", type: "spki" }) }];
 
-/**
- * CPU time (ms) used so far by the workerd process (every isolate and Durable Object), read from /proc; null where
- * there is none. Per request it is the work a scenario costs, whatever else the machine's other tenants are doing.
- */
-function workerdCpu() {
-  if (!existsSync("/proc/self/stat")) return () => null;
-  const pid = readdirSync("/proc")
-    .filter((d) => /^\d+$/.test(d))
-    .find((d) => {
-      try {
-        const stat = readFileSync(`/proc/${d}/stat`, "utf8");
-        return stat.includes("(workerd)") && stat.split(") ")[1].split(" ")[1] === String(process.pid);
-      } catch {
-        return false;
-      }
-    });
-  if (!pid) return () => null;
-  // utime and stime, in clock ticks of 10 ms (USER_HZ is 100 on Linux).
-  return () => {
-    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
-    return (Number(fields[11]) + Number(fields[12])) * 10;
-  };
-}
 /** CPU time (ms) this process (the load generator) has used so far. */
 const ownCpu = () => {
   const { user, system } = process.cpuUsage();
@@ -120,24 +105,12 @@ try {
     isolates: [{}, {}, { BENCH_DO_RTT_MS: String(DO_RTT_MS) }],
   }));
   const serverCpu = workerdCpu();
-  /** Server and load-generator CPU time per request (µs) since `before` ([server, load] in ms), over `requests`. */
   /**
-   * Waits until the server is quiet (under a tenth of a core for a quarter of a second, at most 10 s): work a scenario
-   * leaves behind (each key's object recording its last use in D1 after a warm-up of 1,000 keys, say) then weighs on
-   * none of the runs that follow it.
+   * Waits until the server is quiet: work a scenario leaves behind (each key's object recording its last use in D1 after
+   * a warm-up of 1,000 keys, say) then weighs on none of the runs that follow it.
    */
-  const settle = async () => {
-    const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-    const start = Date.now();
-    if (serverCpu() === null) await sleep(1000);
-    else {
-      for (let before = serverCpu(); Date.now() - start < 10_000; before = serverCpu()) {
-        await sleep(250);
-        if (serverCpu() - before < 25) break;
-      }
-    }
-    return Date.now() - start;
-  };
+  const settle = settler(serverCpu);
+  /** Server and load-generator CPU time per request (µs) since `before` ([server, load] in ms), over `requests`. */
   const cpuPerRequest = ([server, load], requests) => {
     const now = serverCpu();
     return {
