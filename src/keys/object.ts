@@ -8,6 +8,7 @@ import { LedgerOutbox, type LedgerOwner } from "../counters/ledger";
 import { Notices } from "../counters/notices";
 import type { CallTag, Granted, Refund, Spending, Unspent } from "../counters/protocol";
 import type { Adjusted, Adjustment, CreditsView } from "../counters/stored-balance";
+import { RECORD_TTL_MS, UNSETTLED_TRUST_MS } from "../counters/trusted";
 import { getConfig } from "../platform/config";
 import { db, withDeadline } from "../platform/db/client";
 import type { Bindings } from "../platform/env";
@@ -53,14 +54,9 @@ const IN_FLIGHT_MS = 60_000;
  */
 type Charged = { pendingUntil: number; until: number; fingerprint: string; requestId: string };
 
-/**
- * Longest time a cached key record is trusted without a reload. Revocation and changes to the key's owner reload it
- * before they are answered (or, failing that, soon after: keys/reload.ts); this bounds how long other changes (such
- * as the account's default limit) take.
- */
-export const RECORD_TTL_MS = 60_000;
-/** Longest time a record is trusted while a change to it may still land in D1 (see `distrust`). */
-export const UNSETTLED_TRUST_MS = 1_000;
+// A key's record is trusted as any record an object read is (counters/trusted.ts): RECORD_TTL_MS at most, and
+// UNSETTLED_TRUST_MS while a change to it may still land in D1.
+export { RECORD_TTL_MS, UNSETTLED_TRUST_MS };
 
 /**
  * One API key (`key:<id>`): its record and the verdict on it, its last use, and the sliding log of its own budget, so

@@ -95,7 +95,8 @@ export const authRoutes = routes()
       responses: { 204: { description: "Ended; its access and refresh tokens stop working" }, ...problems(...KEY_PROBLEMS) },
     }),
     async (c) => {
-      await endSessions(c.get("deps"), { sessionId: sessionOf(c.get("principal")) }, "logout");
+      const p = c.get("principal");
+      await endSessions(c.get("deps"), { sessionId: sessionOf(p), userId: p.userId }, "logout");
       return c.body(null, 204);
     },
   )
