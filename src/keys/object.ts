@@ -8,7 +8,7 @@ import { LedgerOutbox, type LedgerOwner } from "../counters/ledger";
 import { Notices } from "../counters/notices";
 import type { CallTag, Granted, Refund, Spending, Unspent } from "../counters/protocol";
 import type { Adjusted, Adjustment, CreditsView } from "../counters/stored-balance";
-import { RECORD_TTL_MS, UNSETTLED_TRUST_MS } from "../counters/trusted";
+import { RECORD_TTL_MS, TrustedRecords, UNSETTLED_TRUST_MS } from "../counters/trusted";
 import { getConfig } from "../platform/config";
 import { db, withDeadline } from "../platform/db/client";
 import type { Bindings } from "../platform/env";
@@ -21,7 +21,6 @@ import { evaluateKey, type KeyRecord, LAST_USED_INTERVAL_MS, loadKey, recordUse,
 /** A key as its object holds it: the record, the verdict on it and the instant that verdict may change. */
 type KeyState = {
   record: KeyRecord | undefined;
-  loadedAt: number;
   verdict: VerifyResult;
   until: number;
   lastUsed: number;
@@ -66,11 +65,10 @@ export class KeyObject extends DurableObject<Bindings> {
   /** Replaceable in tests to move time. */
   clock: () => number = Date.now;
   private readonly budget: Budget;
-  private key: KeyState | undefined;
-  private loading: Promise<KeyState> | null = null;
-  private generation = 0;
-  /** Until when a change to the key's rights may still land in D1: records read before then are trusted briefly. */
-  private distrustUntil: number;
+  /** The key as read from D1 (one, under its id), trusted as every object's records are (counters/trusted.ts). */
+  private readonly keys: TrustedRecords<KeyState>;
+  /** The key this object last judged (an object has one): what the test getters look at. */
+  private keyId: string | undefined;
   /** The key whose usage waits for the alarm, or null when none is set by this instance. */
   private flushing: string | null = null;
   /** The object's own D1 handle (deadline-wrapped); tests make it fail through test/faults.ts (`objectDatabase`). */
@@ -94,7 +92,7 @@ export class KeyObject extends DurableObject<Bindings> {
       (at, cost) => this.usage.count(at, -cost, 0),
       { kv: ctx.storage.kv, record: (entries) => this.recordCredits(entries) },
     );
-    this.distrustUntil = ctx.storage.kv.get<number>("distrust-until") ?? 0;
+    this.keys = new TrustedRecords(ctx.storage.kv, () => this.clock(), RECORD_TTL_MS, UNSETTLED_TRUST_MS, "distrust-until");
   }
 
   /**
@@ -348,19 +346,17 @@ export class KeyObject extends DurableObject<Bindings> {
 
   /** When the key's last use was last recorded (ms since epoch), for tests: what `noteUse` goes by. */
   get lastUseRecorded(): number | undefined {
-    return this.key?.lastUsed;
+    return this.keyId === undefined ? undefined : this.keys.peek(this.keyId)?.lastUsed;
   }
 
   /** Whether the object holds the key's record (its read of D1 has landed), for tests. */
   get holdsRecord(): boolean {
-    return this.key !== undefined;
+    return this.keyId !== undefined && this.keys.peek(this.keyId) !== undefined;
   }
 
   /** Drops the cached key: the next request reads the key, its owner and its account again. */
   reload(): void {
-    this.generation += 1;
-    this.key = undefined;
-    this.loading = null;
+    this.keys.reload();
   }
 
   /**
@@ -370,9 +366,7 @@ export class KeyObject extends DurableObject<Bindings> {
    * nothing.
    */
   distrust(ms: number): void {
-    this.distrustUntil = Math.max(this.distrustUntil, this.clock() + ms);
-    this.ctx.storage.kv.put("distrust-until", this.distrustUntil);
-    this.reload();
+    this.keys.distrust(ms);
   }
 
   /** Records the key's last use in D1 at most once per LAST_USED_INTERVAL_MS (or when the method changes), off the answer's path. */
@@ -387,37 +381,23 @@ export class KeyObject extends DurableObject<Bindings> {
     );
   }
 
-  private async keyState(keyId: string): Promise<KeyState> {
-    if (this.key && this.clock() - this.key.loadedAt < (this.key.loadedAt < this.distrustUntil ? UNSETTLED_TRUST_MS : RECORD_TTL_MS))
-      return this.key;
-    if (!this.loading) {
-      // Concurrent requests share one read; a reload during the read discards its result.
-      const generation = this.generation;
+  /** The key, its owner and its account, read from D1 when the object trusts no record of them. */
+  private keyState(keyId: string): Promise<KeyState> {
+    this.keyId = keyId;
+    return this.keys.get(keyId, async () => {
       const loadedAt = this.clock();
-      this.loading = loadKey(db(this.database), { id: keyId }).then(
-        (record) => {
-          const key: KeyState = {
-            record,
-            loadedAt,
-            ...judge(record, loadedAt),
-            lastUsed: record?.key.lastUsedAt ? Date.parse(record.key.lastUsedAt) : 0,
-            lastMethod: record?.key.lastAuthMethod ?? null,
-          };
-          if (generation === this.generation) {
-            this.key = key;
-            this.loading = null;
-          }
-          if (record && this.ctx.storage.kv.get("ledger-owner") === undefined)
-            this.ctx.storage.kv.put("ledger-owner", { accountId: record.key.accountId, keyId: record.key.id });
-          return key;
-        },
-        (err: unknown) => {
-          if (generation === this.generation) this.loading = null;
-          // Only what may be logged crosses back to the worker: drizzle's error names the query and its parameters.
-          throw new Error(safeError(err));
-        },
-      );
-    }
-    return this.loading;
+      const record = await loadKey(db(this.database), { id: keyId }).catch((err: unknown) => {
+        // Only what may be logged crosses back to the worker: drizzle's error names the query and its parameters.
+        throw new Error(safeError(err));
+      });
+      if (record && this.ctx.storage.kv.get("ledger-owner") === undefined)
+        this.ctx.storage.kv.put("ledger-owner", { accountId: record.key.accountId, keyId: record.key.id });
+      return {
+        record,
+        ...judge(record, loadedAt),
+        lastUsed: record?.key.lastUsedAt ? Date.parse(record.key.lastUsedAt) : 0,
+        lastMethod: record?.key.lastAuthMethod ?? null,
+      };
+    });
   }
 }
