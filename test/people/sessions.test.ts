@@ -272,6 +272,22 @@ describe("a person's request and D1", () => {
   });
 });
 
+describe("a person's object that is down", () => {
+  it("answers 503 in closed mode; open, judges the session in D1 and admits unlimited, refusing an ended one", async () => {
+    const s = await session("token", "member");
+    const pair = s.pair as Pair;
+    const down = { ACCOUNTS: faultyObjects(env.ACCOUNTS, { admitSession: { kind: "throw" } }), RATE_LIMIT_TIMEOUT_MS: "100" };
+    await expectProblem(await callWith(down, "/v1/whoami", { key: pair.access_token }), 503, "rate_limiter_unavailable");
+    const open = { ...down, RATE_LIMIT_FAILURE_MODE: "open" };
+    const admitted = await callWith(open, "/v1/whoami", { key: pair.access_token });
+    expect(admitted.status).toBe(200);
+    expect(admitted.headers.get("X-RateLimit-Status")).toBe("unavailable");
+    expect(await admitted.json()).toMatchObject({ userId: s.user.id, keyId: null });
+    expect((await call("/v1/auth/logout", { method: "POST", key: pair.access_token })).status).toBe(204);
+    await expectProblem(await callWith(open, "/v1/whoami", { key: pair.access_token }), 401, "session_ended");
+  });
+});
+
 describe("a change to a person whose object cannot be told", () => {
   it("a logout answers 503 change_pending, is stored, and is in force everywhere within the bound", async () => {
     const s = await session("token", "member");
