@@ -106,7 +106,9 @@ export async function acceptInvitation(
   const results = await writeChange(deps, [], write, [found.userId]);
   if (results[0]?.meta.changes !== 1)
     throw new ApiError("invalid_invitation", "This invitation is not valid: it was used, replaced or never issued.");
-  // The sessions it ended are refused from the person's object before the answer, and everywhere within a second.
-  await reloadPeople(deps, [found.userId], endedIds(results.at(-1)));
+  // The sessions it ended are refused from the person's object before the answer, and everywhere within a second; when
+  // the object cannot be told, within seconds all the same. The password is set either way, and the invitation spent:
+  // a 503 would only send the client to repeat what can no longer be repeated.
+  await reloadPeople(deps, [found.userId], endedIds(results.at(-1))).catch(() => {});
   return { userId: found.userId, accountId: found.accountId, email: found.email };
 }

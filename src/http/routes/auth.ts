@@ -111,11 +111,11 @@ export const authRoutes = routes()
       path: "/accept-invitation",
       summary: "Set a password with an invitation",
       description:
-        "Invitations work once and for 7 days; setting a password ends the user's sessions, in force before the answer (503 `change_pending` when it could not be, in force within seconds all the same).",
+        "Invitations work once and for 7 days; setting a password ends the user's sessions (in force before the answer, or within seconds when it could not be).",
       request: { body: jsonBody(AcceptInvitation) },
       responses: {
         200: json(Welcome, "The password is set; log in with it"),
-        ...problems(...BODY_PROBLEMS, "invalid_invitation", "invitation_expired", "rate_limited", "database_unavailable", "change_pending"),
+        ...problems(...BODY_PROBLEMS, "invalid_invitation", "invitation_expired", "rate_limited", "database_unavailable"),
       },
     }),
     async (c) => {
