@@ -247,6 +247,32 @@ describe("a person's request and D1", () => {
     }
   });
 
+  it("a password change, then disabling, tell the object which sessions they ended: refused with no read, D1 down", async () => {
+    const s = await session("token", "member");
+    const [b, c] = [await tokens(s.user.email), await tokens(s.user.email)];
+    const claim = (p: Pair) => ({ ...s.claim, sessionId: p.refresh_token.split(".")[0] as string });
+    const stub = env.ACCOUNTS.getByName(`user:${s.user.id}`);
+    const asked = async (p: Pair) => {
+      const tag = { id: crypto.randomUUID(), deadline: Date.now() + 10_000 };
+      const answer = await stub.admitSession({ ...claim(p), need: "any", tag, cost: 0 });
+      return answer.ok ? "admitted" : "code" in answer ? answer.code : answer.refusal;
+    };
+    // The session that changes the password is known to the object; the ones it ends need not be.
+    expect((await call("/v1/whoami", { key: s.other.access_token })).status).toBe(200);
+    const undo = await objectDatabase(stub, () => faultyDatabase(env.DB, { kind: "throw" }), { keep: true });
+    try {
+      const body = { currentPassword: PASSWORD, newPassword: "a brand new password" };
+      expect((await call("/v1/auth/password", { key: s.other.access_token, body })).status).toBe(204);
+      expect(await asked(b)).toBe("session_ended");
+      expect(await asked(c)).toBe("session_ended");
+      const disabled = await call(`/v1/users/${s.user.id}`, { method: "PATCH", key: s.key.key, body: { disabled: true } });
+      expect(disabled.status).toBe(200);
+      expect(await asked(s.other)).toBe("session_ended");
+    } finally {
+      await undo();
+    }
+  });
+
   it("writes a session's last use at most once a minute, from the object, after the answer", async () => {
     const s = await session("token", "member");
     const pair = s.pair as Pair;
