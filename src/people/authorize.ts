@@ -21,13 +21,14 @@ export type PersonVerdict =
   { ok: true; principal: Principal; email: string; spent: Spent[]; unlimited: boolean } | SessionEnded | SessionRefused;
 
 /**
- * The one path a person's request takes, with an access token (its signature already checked: `claims`) or the
- * dashboard's cookie (`proof`, the hash of its secret): the person's object (`user:<id>`, counters/account-object.ts)
+ * The one path a person's request takes, with an access token (whose signature the caller checked: its claims name
+ * the user, session and account) or the dashboard's cookie (`proof`, the hash of its secret): the person's object (`user:<id>`, counters/account-object.ts)
  * judges the session and what the route `need`s of the person, and spends `cost` of the person's limits only when both
  * pass, exactly as a key's object does for a key. A hot session is judged and spent from this isolate's lease with no
  * call at all, trusted for a lease's life (a second at most), so ending it, or narrowing the person's rights, is in
- * force everywhere within a second and at once in the object. No D1 read once the object knows the session.
- * `isolate` is replaceable in tests.
+ * force everywhere within a second and at once in the object. No D1 read once the object knows the session. The
+ * account's object spends beside it when the account shares limits or keeps a pool, unless `pool` is false (the
+ * dashboard's pages spend only the person's). `isolate` is replaceable in tests.
  */
 export async function authorizePerson(
   deps: Deps,
