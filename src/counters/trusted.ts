@@ -7,6 +7,9 @@ export const RECORD_TTL_MS = 60_000;
 /** Longest time a record is trusted while a change to it may still land in D1 (see `distrust`). */
 export const UNSETTLED_TRUST_MS = 1_000;
 
+/** The most records one object keeps. */
+const MAX_RECORDS = 10_000;
+
 /**
  * What an object read from D1 and trusts without reading again: each record for `ttlMs`, or for `unsettledMs` once
  * read while a change to it may still land in D1 (`distrust`). `reload` forgets every record; a read under way when it
@@ -43,7 +46,12 @@ export class TrustedRecords<R> {
     });
     this.loading.set(id, read);
     return read.then((value) => {
-      if (generation === this.generation) this.records.set(id, { value, loadedAt });
+      if (generation === this.generation) {
+        this.records.delete(id);
+        this.records.set(id, { value, loadedAt });
+        // A person with many sessions: the ones read longest ago are read again if they come back.
+        if (this.records.size > MAX_RECORDS) this.records.delete(this.records.keys().next().value as string);
+      }
       return value;
     });
   }
