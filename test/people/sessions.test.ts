@@ -298,6 +298,25 @@ describe("a person's request and D1", () => {
   });
 });
 
+describe("a change to a person's account", () => {
+  it("reaches their sessions' objects: a new default limit is the next request's, though the object knew the session", async () => {
+    const s = await session("token", "member");
+    const pair = s.pair as Pair;
+    const before = await call("/v1/whoami", { key: pair.access_token });
+    expect(before.headers.get("X-RateLimit-Limit")).toBe("100000");
+    // Told after the answer (a limit is not a right): callWith waits for that work, as the runtime does.
+    const res = await callWith({}, "/v1/account", {
+      method: "PATCH",
+      key: s.key.key,
+      body: { rateLimit: { limit: 500, windowSeconds: 60 } },
+    });
+    expect(res.status).toBe(200);
+    const after = await call("/v1/whoami", { key: pair.access_token });
+    expect(after.headers.get("X-RateLimit-Limit")).toBe("500");
+    expect(await after.json()).toMatchObject({ rateLimit: { limit: 500, windowSeconds: 60 } });
+  });
+});
+
 describe("a person's object that is down", () => {
   it("answers 503 in closed mode; open, judges the session in D1 and admits unlimited, refusing an ended one", async () => {
     const s = await session("token", "member");
