@@ -92,6 +92,9 @@ describe("the error shape", () => {
   it("answers an unexpected failure with a 500 problem that reveals nothing", async () => {
     const { key } = await provision();
     const down = {
+      withSession() {
+        return this;
+      },
       prepare() {
         throw new Error("D1_ERROR: internal storage failure at /srv/db.sqlite");
       },
@@ -99,7 +102,8 @@ describe("the error shape", () => {
         throw new Error("D1_ERROR: down");
       },
     } as unknown as D1Database;
-    const res = await callWith({ DB: down }, "/v1/whoami", { key: key.key });
+    // A route that reads D1 in the worker (a key's own request is judged by its object, which has its own handle).
+    const res = await callWith({ DB: down }, "/v1/api-keys", { key: key.key });
     const body = await expectProblem(res, 500, "internal_error");
     expect(JSON.stringify(body)).not.toMatch(/D1|sqlite|stack|\.ts/);
   });

@@ -205,22 +205,25 @@ export function recordingDatabase(db: D1Database, seen: Recorded): D1Database {
 }
 
 /**
- * Makes a key's (or an account's) object use `make()` as its D1 (a `faultyDatabase`, made inside the object: what the
- * object uses must belong to its own context) through its documented seam, `database`, and drops its record so its
- * next call reads D1 again. Answers the undo, which gives the object its own handle back (and drops its record again).
+ * Makes a key's object (or a person's, `user:<id>` in ACCOUNTS) use `make()` as its D1 (a `faultyDatabase`, made inside
+ * the object: what the object uses must belong to its own context) through its documented seam, `database`, and drops
+ * its records so its next call reads D1 again, unless `keep` (then it goes on with what it already knows). Answers the
+ * undo, which gives the object its own handle back (and drops its records again).
  */
-export async function objectDatabase<T extends KeyObject | AccountObject>(
-  stub: DurableObjectStub<T>,
+export async function objectDatabase(
+  stub: DurableObjectStub<KeyObject> | DurableObjectStub<AccountObject>,
   make: () => D1Database,
+  { keep = false } = {},
 ): Promise<() => Promise<void>> {
   let own: D1Database | undefined;
-  await runInDurableObject(stub, (instance) => {
+  const seam = stub as DurableObjectStub<KeyObject>;
+  await runInDurableObject(seam, (instance) => {
     own = instance.database;
     instance.database = make();
-    instance.reload();
+    if (!keep) instance.reload();
   });
   return () =>
-    runInDurableObject(stub, (instance) => {
+    runInDurableObject(seam, (instance) => {
       instance.database = own as D1Database;
       instance.reload();
     });

@@ -5,9 +5,10 @@ import { newId } from "../core/ids";
 import type { Principal } from "../core/principal";
 import { allowedIpsColumn, creditsColumn, externalChange, sentLimits, shorthand, storedMeta } from "../core/schemas";
 import { DEFAULT_POLICY, type Limit } from "../core/window";
-import { reloadAccounts, reloadKeys, writeChange } from "../keys/reload";
+import { reloadAccounts, reloadKeys, reloadPeople, writeChange } from "../keys/reload";
 import { keyUsage, liveKeyIds, mintKey } from "../keys/store";
 import { newInvitation } from "../people/invitations";
+import { peopleWithSessions } from "../people/sessions";
 import { planCredits } from "../plans/store";
 import { dashboardOrigin } from "../platform/config";
 import { auditInsert } from "../platform/db/audit";
@@ -181,6 +182,13 @@ export async function updateAccount(
           .then((ids) => reloadKeys(deps, ids))
           .catch(() => {}),
       );
+    // So does every person's session (their objects, then this isolate's leases of them within a second).
+    if (limits || maxRateLimit !== undefined)
+      deps.waitUntil(
+        peopleWithSessions(deps, { accountId: p.accountId }, now)
+          .then((ids) => reloadPeople(deps, ids))
+          .catch(() => {}),
+      );
   }
   return getAccount(deps, p);
 }
@@ -233,6 +241,9 @@ async function reloadExternal(deps: Deps, accountId: string, change: z.infer<typ
   if (Object.values(change).every((v) => v === undefined)) return;
   if (change.plan !== undefined || change.credits !== undefined) await reloadAccounts(deps, [accountId]);
   await reloadKeys(deps, await liveKeyIds(deps.db, { accountId }, now));
+  // People's sessions carry the plan and the credits (not the account's `externalId` or `meta`).
+  if (change.plan !== undefined || change.credits !== undefined || change.userCredits !== undefined)
+    await reloadPeople(deps, await peopleWithSessions(deps, { accountId }, now));
 }
 
 /** The unique index on accounts' `externalId`: another account has it, and nothing was written. */

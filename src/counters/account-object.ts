@@ -3,7 +3,7 @@ import { eq } from "drizzle-orm";
 import type { LedgerEntry } from "../core/balance";
 import type { AccountLimits } from "../core/ceilings";
 import type { CreditsConfig } from "../core/credits";
-import { poolOf, sharedLimits } from "../core/principal";
+import { type Need, perPerson, poolOf, type Refusal, refusal, sharedLimits } from "../core/principal";
 import type { Limit } from "../core/window";
 import { getConfig } from "../platform/config";
 import { type Db, db, session, withDeadline } from "../platform/db/client";
@@ -15,7 +15,9 @@ import { LedgerOutbox } from "./ledger";
 import { Notices } from "./notices";
 import type { CallTag, Granted, Refund, Spending, Unspent } from "./protocol";
 import { type HourTotal, type KeyHour, type KeyTotal, UsageRollup } from "./rollup";
+import { PersonSessions, type SessionClaim, type SessionEnded, type SessionHolder } from "./sessions";
 import type { Adjusted, Adjustment, CreditsView } from "./stored-balance";
+import { RECORD_TTL_MS, UNSETTLED_TRUST_MS } from "./trusted";
 
 /** How long the pool's movements wait to reach D1 together: the ledger is written per minute, not per request. */
 const LEDGER_FLUSH_MS = 60_000;
@@ -36,10 +38,25 @@ export type BalanceOwner = { accountId: string; person?: Pick<Person, "userId" |
 export type PoolAnswer = { ok: true; record: null; granted: Granted } | { ok: false; code: "invalid_key" };
 
 /**
+ * A session's request as its person's object answers it: admitted or refused by the person's limits, under the holder
+ * it was judged by; or the session no longer works; or the person falls short of what the route needs (nothing spent).
+ */
+export type SessionAnswer = { ok: true; record: SessionHolder; granted: Granted } | SessionEnded | SessionRefused;
+
+/** The person falls short of what the route needs (who they are comes with it: a page shows them its refusal). */
+export type SessionRefused = { ok: false; refusal: Refusal; holder: SessionHolder };
+
+/**
  * One account (`account:<id>`): the limits its keys and people share (`shared: "account"`) and its credits pool,
  * spent beside each key's own in the same admit step as a key's object (counters/budget.ts), leases included, so a
  * hot account spread over many isolates costs a fraction of a call per request. A person (`user:<id>`) has an object
- * of the same kind: the limits each person has and their balance, spent by all their keys and sessions together.
+ * of the same kind: the limits each person has and their balance, spent by all their keys and sessions together, and
+ * the judge of their sessions (`admitSession`).
+ *
+ * One object per person, not per session: what a session's request spends (the person's own limits, shared by all
+ * their sessions, and their balance) is the person's, so judging the session where it spends costs one call (or a
+ * lease, none); and the changes that end sessions or narrow rights are a person's (disabling, a password change, new
+ * grants, logging out), so each is told to one object, however many sessions the person has.
  */
 export class AccountObject extends DurableObject<Bindings> {
   /** Replaceable in tests to move time. */
@@ -59,6 +76,8 @@ export class AccountObject extends DurableObject<Bindings> {
   private readonly notices: Notices;
   /** The account's usage: its keys' hours, as their objects send them (through the usage queue). */
   private readonly rollup: UsageRollup;
+  /** A person's object: their sessions, judged with no D1 read once known. */
+  private readonly sessions: PersonSessions;
 
   constructor(ctx: DurableObjectState, env: Bindings) {
     super(ctx, env);
@@ -66,6 +85,15 @@ export class AccountObject extends DurableObject<Bindings> {
     this.ledger = new LedgerOutbox(ctx.storage.sql, () => this.clock());
     this.notices = new Notices(ctx, env);
     this.rollup = new UsageRollup(ctx.storage.sql);
+    this.sessions = new PersonSessions(
+      ctx.storage.kv,
+      () => this.clock(),
+      // From a copy of D1 that has caught up with the last change that reloaded the person.
+      () => session(this.database, this.bookmark),
+      (p) => ctx.waitUntil(p),
+      RECORD_TTL_MS,
+      UNSETTLED_TRUST_MS,
+    );
     this.budget = new Budget(ctx.storage.sql, () => this.clock(), undefined, {
       kv: ctx.storage.kv,
       record: (entries) => this.recordCredits(entries),
@@ -89,6 +117,51 @@ export class AccountObject extends DurableObject<Bindings> {
       },
       answer: (granted) => ({ ok: true, record: null, granted }),
     });
+  }
+
+  /**
+   * A person's request with one of their sessions (an access token, or the dashboard's cookie with its `proof`): the
+   * session works and the person's rights, as they are now, meet `need`; then it spends `cost` of the person's own
+   * limits (those of the account's defaults each session has, one budget for all the person's sessions), of the limits
+   * the account gives each person (`shared: "user"`) and of their balance, all in one step, leased as a key's are.
+   * Refused, it spends nothing.
+   */
+  admitSession({ need, ...call }: Spending & SessionClaim & { need: Need }): Promise<SessionAnswer> {
+    let holder: SessionHolder | undefined;
+    return this.budget.admit<SessionAnswer>(call, {
+      judge: async () => {
+        const verdict = await this.sessions.judge(call);
+        if (!verdict.ok) return { refuse: verdict };
+        const { principal } = verdict.holder;
+        const short = refusal(principal, need);
+        if (short) return { refuse: { ok: false, refusal: short, holder: verdict.holder } };
+        this.own(principal.accountId, principal.userId);
+        holder = verdict.holder;
+        return { spend: [...principal.limits, ...perPerson(principal)], credits: principal.credits.user };
+      },
+      answer: (granted) => {
+        this.sessions.used(call.sessionId);
+        return { ok: true, record: holder as SessionHolder, granted };
+      },
+    });
+  }
+
+  /**
+   * A change to the person: `ended` sessions are refused from now on with no read, and the person and their other
+   * sessions are read again on their next request (their role, grants, state and account as the change left them).
+   */
+  changed(ended: string[] = [], bookmark?: string | null): void {
+    this.sessions.end(ended);
+    this.reload(bookmark);
+  }
+
+  /**
+   * A change to the person was made but is not known to be in D1 yet (it may still land): what is read in the next
+   * `ms` is trusted UNSETTLED_TRUST_MS at most (see KeyObject.distrust).
+   */
+  distrust(ms: number): void {
+    this.sessions.distrust(ms);
+    this.reload();
   }
 
   /** See Budget.cancel. */
@@ -130,14 +203,16 @@ export class AccountObject extends DurableObject<Bindings> {
   }
 
   /**
-   * Reads the account's configuration again: a change to its limits, credits or plan is in force on the next request,
-   * read from a copy of D1 that has caught up with `bookmark` (the change's).
+   * Reads the account's configuration again (a person's object: the person and their sessions): a change to its limits,
+   * credits or plan is in force on the next request, read from a copy of D1 that has caught up with `bookmark` (the
+   * change's).
    */
   reload(bookmark?: string | null): void {
     if (bookmark) this.bookmark = bookmark;
     this.generation += 1;
     this.config = undefined;
     this.loading = null;
+    this.sessions.reload();
   }
 
   private get balance() {

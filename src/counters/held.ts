@@ -35,6 +35,8 @@ export class Holdings {
   private readonly held = new Map<string, Held>();
   /** When this isolate last stopped trusting each key's record (`drop`): an answer asked for before then is stale. */
   private readonly dropped = new Map<string, number>();
+  /** The same for every name under a prefix (`dropUnder`): a person's sessions, all of them at once. */
+  private readonly droppedUnder = new Map<string, number>();
   /** This isolate's calls in flight for each hot name, that requests finding no lease wait on (`inFlight`). */
   private readonly asking = new Map<string, Asking[]>();
 
@@ -60,7 +62,7 @@ export class Holdings {
     const until = askedAt + lease.ms;
     // Asked before a change made here dropped the key: its record may predate the change, so it is not trusted (the
     // lease is kept only to be given back when it ends).
-    const stale = askedAt <= (this.dropped.get(name) ?? Number.NEGATIVE_INFINITY);
+    const stale = askedAt <= this.droppedAt(name);
     let h = this.held.get(name);
     const perUnit = lease.credits ? lease.credits / lease.units : 0;
     if (h)
@@ -208,6 +210,26 @@ export class Holdings {
   /** Gives admissions and credits spent from a lease back to it while it lasts; false when the object must take them back. */
   giveBack(name: string, id: number, cost: number, credits = 0): boolean {
     return this.held.get(name)?.leases.giveBack(this.now(), id, cost, credits) ?? false;
+  }
+
+  /** When this isolate last stopped trusting `name`, by its own name or a prefix of it (-Infinity: never). */
+  private droppedAt(name: string): number {
+    let at = this.dropped.get(name) ?? Number.NEGATIVE_INFINITY;
+    for (const [prefix, when] of this.droppedUnder) if (when > at && name.startsWith(prefix)) at = when;
+    return at;
+  }
+
+  /**
+   * Stops trusting what is held of every name that starts with `prefix` (`person:<userId>:`, each of a person's
+   * sessions), as `drop` does for one name: a change to a person is in force in this isolate at once, whichever of
+   * their sessions comes next.
+   */
+  dropUnder(prefix: string): void {
+    const now = this.now();
+    // A mark older than a lease says nothing any answer still on its way could be trusted for.
+    for (const [p, at] of this.droppedUnder) if (at < now - LEASE_MS) this.droppedUnder.delete(p);
+    this.droppedUnder.set(prefix, now);
+    for (const [name, h] of this.held) if (name.startsWith(prefix)) h.until = 0;
   }
 
   /**

@@ -105,6 +105,15 @@ export function admit(spent: Spent): Spent {
   });
 }
 
+/**
+ * A session's requests are held in an isolate as `person:<userId>:<sessionId>` (each session's leases and the record
+ * they were granted under apart, so one session's lease never admits another's request) and spent in the person's
+ * object, `user:<userId>`.
+ */
+export function personObject(name: string): string {
+  return `user:${name.split(":")[1]}`;
+}
+
 /** How long after the answer a refund that failed is tried again. */
 const REFUND_RETRY_MS = 5_000;
 
@@ -127,7 +136,9 @@ export async function refund(deps: Deps, spent: Spent, isolate: Holdings = holdi
     ? deps.env.KEYS.getByName(name)
     : name.startsWith("account:") || name.startsWith("user:")
       ? deps.env.ACCOUNTS.getByName(name)
-      : deps.env.COUNTERS.getByName(name);
+      : name.startsWith("person:")
+        ? deps.env.ACCOUNTS.getByName(personObject(name))
+        : deps.env.COUNTERS.getByName(name);
   const id = `${deps.requestId}-refund-${creditsOnly ? "credits" : at}`;
   // A request spent from a lease gives its credits back as a lease's rest; one the object decided, by its id (a
   // reservation is given back whole).

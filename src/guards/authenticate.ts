@@ -3,19 +3,20 @@ import type { Next } from "hono";
 import { createMiddleware } from "hono/factory";
 import { decodeProtectedHeader } from "jose";
 import { findAgent } from "../agents/store";
-import { type AuthMethod, type Need, type Principal, refusal } from "../core/principal";
+import type { AuthMethod, Need, Principal } from "../core/principal";
 import { IdempotencyKey } from "../core/schemas";
 import { named } from "../core/window";
 import { admit, type Charge, rateLimitHeaders, refund, type Spent, spendPool } from "../counters/limiter";
 import type { Idempotency } from "../counters/protocol";
-import { accessTokenPrincipal, ENDED } from "../people/sessions";
+import { authorizePerson } from "../people/authorize";
+import { ENDED } from "../people/sessions";
 import { accounts } from "../platform/db/schema";
 import { ApiError, invalidRequest, refused } from "../platform/errors";
 import { ACCESS_TYPE, verifyAccessToken } from "../tokens/access";
 import { type ChatClaims, looksLikeToken, verifyToken } from "../tokens/handshake";
 import type { KeyEnv, MaybeKeyEnv, RequestContext } from "./context";
 import { deprecationHeaders, extractCredential, invalidToken } from "./credentials";
-import { authorize, spendFailure, spendOn, withAccount } from "./spending";
+import { authorize, spendFailure, spendOn } from "./spending";
 
 /**
  * What a route takes: handshake tokens too or keys only, what it needs of a key (or how to find out, asked only once
@@ -215,8 +216,9 @@ function isAccessToken(token: string): boolean {
 }
 
 /**
- * A person's access token: valid, its session live, and the person's rights (as they are now) enough for `need`; then
- * `cost` is spent of the person's own limit (one per user, whichever way they come).
+ * A person's access token: valid (its signature, here), then its session live and the person's rights (as they are
+ * now) enough for `need`, judged by the person's object or this isolate's lease of it (people/authorize.ts), which
+ * spends `cost` of the person's own limit (one per user, whichever way they come) only when both pass.
  */
 async function verifyPerson(c: RequestContext, token: string, { need, cost = 1, costs, credits, reserve }: Options): Promise<Verified> {
   const result = await verifyAccessToken(c.get("config").signingKeys, token, new Date());
@@ -225,12 +227,20 @@ async function verifyPerson(c: RequestContext, token: string, { need, cost = 1, 
       result.code === "token_expired" ? "The access token has expired; refresh it or log in again." : "The token is not valid.";
     return { ok: false, refusal: new ApiError(result.code, detail, { headers: invalidToken }) };
   }
-  const principal = await accessTokenPrincipal(c.get("deps"), result.claims);
-  if (!principal) return { ok: false, refusal: ENDED() };
-  const short = refusal(principal, typeof need === "function" ? await need() : need);
-  if (short) return { ok: false, refusal: refused(short) };
-  const own = await spendOn(c, `user:${principal.userId}`, principal.limits, cost, costs);
-  return { ok: true, identity: { principal }, spent: await withAccount(c, principal, own, { cost, costs, credits, reserve }) };
+  const { sub, sid, acc } = result.claims;
+  const verdict = await authorizePerson(c.get("deps"), {
+    userId: sub,
+    sessionId: sid,
+    accountId: acc,
+    need: typeof need === "function" ? await need() : need,
+    cost,
+    costs,
+    credits,
+    reserve,
+  });
+  if (!verdict.ok) return { ok: false, refusal: "code" in verdict ? ENDED() : refused(verdict.refusal) };
+  if (verdict.unlimited) c.header("X-RateLimit-Status", "unavailable");
+  return { ok: true, identity: { principal: verdict.principal }, spent: verdict.spent };
 }
 
 /**

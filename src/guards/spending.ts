@@ -1,9 +1,9 @@
 import { hashKey } from "../core/ids";
-import type { AuthMethod, Need, Principal } from "../core/principal";
+import type { AuthMethod, Need } from "../core/principal";
 import { type Limit, named, type Policy } from "../core/window";
 import { type Charge, refund, type Spent, spend, spendPerAddress } from "../counters/limiter";
 import type { Idempotency } from "../counters/protocol";
-import { authorizeKey, type KeyVerdict, withPool } from "../keys/authorize";
+import { authorizeKey, type KeyVerdict } from "../keys/authorize";
 import { LOGIN_EMAIL_POLICY } from "../people/sessions";
 import { ApiError } from "../platform/errors";
 import type { RequestContext } from "./context";
@@ -44,15 +44,6 @@ export async function authorize(
   const verdict = await authorizeKey(c.get("deps"), { ...input, ip: c.req.header("CF-Connecting-IP") ?? null });
   if (verdict.ok && verdict.unlimited) c.header("X-RateLimit-Status", "unavailable");
   return verdict;
-}
-
-/** A person's spend of their own limits (`first`), then of their account's object: all of it, or nothing. */
-export async function withAccount(c: RequestContext, principal: Principal, first: Spent | null, charge: Charge): Promise<Spent[]> {
-  if (first === null) return [];
-  const pooled = await withPool(c.get("deps"), principal, first, charge);
-  if ("code" in pooled) return [first];
-  if (pooled.unlimited) c.header("X-RateLimit-Status", "unavailable");
-  return pooled.spent;
 }
 
 function unlimitedIfNull(c: RequestContext, spent: Spent | null): Spent | null {

@@ -96,7 +96,7 @@ export async function authorizeKey(
         reserve,
         idempotency,
         ask: async (stub, spending) => {
-          await catchUp(stub, keyId);
+          await catchUp(stub, name);
           return answerOf(await (stub.authorize({ keyId, hash: byHash, method, need, ip, ...spending }) as Promise<Authorization>));
         },
         renew: async (stub, spending) =>
@@ -137,7 +137,8 @@ export async function authorizeKey(
 /**
  * Spends the request's charge from its account's object too, when the account shares limits or keeps a pool, and from
  * the person's object when the account limits each person or gives each a balance, once the key's object admitted it:
- * all spent, or nothing (refused by one, what the others spent is given back first).
+ * all spent, or nothing (refused by one, what the others spent is given back first). A session's request spent the
+ * person's share in the person's object already (`person: false`).
  */
 export async function withPool(
   deps: Deps,
@@ -145,13 +146,16 @@ export async function withPool(
   first: Spent,
   charge: Charge,
   isolate?: Holdings,
+  { person = true } = {},
 ): Promise<{ spent: Spent[]; unlimited: boolean } | { ok: false; code: "invalid_key" }> {
   // A retry already charged spends nothing anywhere.
   if (!first.allowed || first.replayed) return { spent: [first], unlimited: false };
   const { accountId, userId } = principal;
   const owners = [
     ...(pooled(principal) ? [{ accountId }] : []),
-    ...(personal(principal) ? [{ accountId, person: { userId, limits: perPerson(principal), credits: principal.credits.user } }] : []),
+    ...(person && personal(principal)
+      ? [{ accountId, person: { userId, limits: perPerson(principal), credits: principal.credits.user } }]
+      : []),
   ];
   const spent = [first];
   let unlimited = false;

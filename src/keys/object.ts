@@ -8,6 +8,7 @@ import { LedgerOutbox, type LedgerOwner } from "../counters/ledger";
 import { Notices } from "../counters/notices";
 import type { CallTag, Granted, Refund, Spending, Unspent } from "../counters/protocol";
 import type { Adjusted, Adjustment, CreditsView } from "../counters/stored-balance";
+import { RECORD_TTL_MS, TrustedRecords, UNSETTLED_TRUST_MS } from "../counters/trusted";
 import { getConfig } from "../platform/config";
 import { db, session, withDeadline } from "../platform/db/client";
 import type { Bindings } from "../platform/env";
@@ -23,7 +24,6 @@ type KeyState = {
   record: KeyRecord | undefined;
   /** This object's id is the one worked out from a hash that names a key issued before, with the id it has (see keyIdOf). */
   movedTo?: string;
-  loadedAt: number;
   verdict: VerifyResult;
   until: number;
   lastUsed: number;
@@ -61,14 +61,9 @@ const IN_FLIGHT_MS = 60_000;
  */
 type Charged = { pendingUntil: number; until: number; fingerprint: string; requestId: string };
 
-/**
- * Longest time a cached key record is trusted without a reload. Revocation and changes to the key's owner reload it
- * before they are answered (or, failing that, soon after: keys/reload.ts); this bounds how long other changes (such
- * as the account's default limit) take.
- */
-export const RECORD_TTL_MS = 60_000;
-/** Longest time a record is trusted while a change to it may still land in D1 (see `distrust`). */
-export const UNSETTLED_TRUST_MS = 1_000;
+// A key's record is trusted as any record an object read is (counters/trusted.ts): RECORD_TTL_MS at most, and
+// UNSETTLED_TRUST_MS while a change to it may still land in D1.
+export { RECORD_TTL_MS, UNSETTLED_TRUST_MS };
 
 /**
  * One API key (`key:<id>`): its record and the verdict on it, its last use, and the sliding log of its own budget, so
@@ -78,11 +73,10 @@ export class KeyObject extends DurableObject<Bindings> {
   /** Replaceable in tests to move time. */
   clock: () => number = Date.now;
   private readonly budget: Budget;
-  private key: KeyState | undefined;
-  private loading: Promise<KeyState> | null = null;
-  private generation = 0;
-  /** Until when a change to the key's rights may still land in D1: records read before then are trusted briefly. */
-  private distrustUntil: number;
+  /** The key as read from D1 (one, under its id), trusted as every object's records are (counters/trusted.ts). */
+  private readonly keys: TrustedRecords<KeyState>;
+  /** The key this object last judged (an object has one): what the test getters look at. */
+  private keyId: string | undefined;
   /** The bookmark of the last change that reloaded the key: its reads come from a copy of D1 that has caught up with it. */
   private bookmark: string | null = null;
   /** The key whose usage waits for the alarm, or null when none is set by this instance. */
@@ -111,7 +105,7 @@ export class KeyObject extends DurableObject<Bindings> {
       (at, cost) => this.usage.count(at, -cost, 0),
       { kv: ctx.storage.kv, record: (entries) => this.recordCredits(entries) },
     );
-    this.distrustUntil = ctx.storage.kv.get<number>("distrust-until") ?? 0;
+    this.keys = new TrustedRecords(ctx.storage.kv, () => this.clock(), RECORD_TTL_MS, UNSETTLED_TRUST_MS, "distrust-until");
   }
 
   /**
@@ -393,12 +387,12 @@ export class KeyObject extends DurableObject<Bindings> {
 
   /** When the key's last use was last recorded (ms since epoch), for tests: what `noteUse` goes by. */
   get lastUseRecorded(): number | undefined {
-    return this.key?.lastUsed;
+    return this.keyId === undefined ? undefined : this.keys.peek(this.keyId)?.lastUsed;
   }
 
   /** Whether the object holds the key's record (its read of D1 has landed), for tests. */
   get holdsRecord(): boolean {
-    return this.key !== undefined;
+    return this.keyId !== undefined && this.keys.peek(this.keyId) !== undefined;
   }
 
   /**
@@ -407,9 +401,7 @@ export class KeyObject extends DurableObject<Bindings> {
    */
   reload(bookmark?: string | null): void {
     if (bookmark) this.bookmark = bookmark;
-    this.generation += 1;
-    this.key = undefined;
-    this.loading = null;
+    this.keys.reload();
   }
 
   /**
@@ -419,9 +411,7 @@ export class KeyObject extends DurableObject<Bindings> {
    * nothing.
    */
   distrust(ms: number): void {
-    this.distrustUntil = Math.max(this.distrustUntil, this.clock() + ms);
-    this.ctx.storage.kv.put("distrust-until", this.distrustUntil);
-    this.reload();
+    this.keys.distrust(ms);
   }
 
   /**
@@ -436,47 +426,36 @@ export class KeyObject extends DurableObject<Bindings> {
     this.flushLater(keyId);
   }
 
-  private async keyState(keyId: string, hash?: string): Promise<KeyState> {
-    if (this.key && this.clock() - this.key.loadedAt < (this.key.loadedAt < this.distrustUntil ? UNSETTLED_TRUST_MS : RECORD_TTL_MS))
-      return this.key;
-    if (!this.loading) {
-      // Concurrent requests share one read; a reload during the read discards its result.
-      const generation = this.generation;
+  /**
+   * The key, its owner and its account, read from D1 when the object trusts no record of them. With `hash` (the id was
+   * worked out from it), a key issued before with that hash is found in the same read.
+   */
+  private keyState(keyId: string, hash?: string): Promise<KeyState> {
+    this.keyId = keyId;
+    return this.keys.get(keyId, async () => {
       const loadedAt = this.clock();
       // While a change may still land, from the primary; else from the nearest copy that has the last change seen.
-      const reads = session(this.database, this.bookmark, loadedAt < this.distrustUntil ? "first-primary" : "first-unconstrained");
-      this.loading = loadKey(db(reads), { id: keyId, hash }).then(
-        (found) => {
-          // Found by its hash under another id: a key issued before, whose object is that id's, not this one.
-          const movedTo = found && found.key.id !== keyId ? found.key.id : undefined;
-          const record = movedTo === undefined ? found : undefined;
-          const key: KeyState = {
-            record,
-            ...(movedTo === undefined ? {} : { movedTo }),
-            loadedAt,
-            ...judge(record, loadedAt),
-            // What D1 has, or a later use this object keeps until the alarm sends it.
-            lastUsed: Math.max(
-              record?.key.lastUsedAt ? Date.parse(record.key.lastUsedAt) : 0,
-              this.ctx.storage.kv.get<LastUse>("last-use")?.at ?? 0,
-            ),
-            lastMethod: record?.key.lastAuthMethod ?? null,
-          };
-          if (generation === this.generation) {
-            this.key = key;
-            this.loading = null;
-          }
-          if (record && this.ctx.storage.kv.get("ledger-owner") === undefined)
-            this.ctx.storage.kv.put("ledger-owner", { accountId: record.key.accountId, keyId: record.key.id });
-          return key;
-        },
-        (err: unknown) => {
-          if (generation === this.generation) this.loading = null;
-          // Only what may be logged crosses back to the worker: drizzle's error names the query and its parameters.
-          throw new Error(safeError(err));
-        },
-      );
-    }
-    return this.loading;
+      const reads = session(this.database, this.bookmark, this.keys.unsettled() ? "first-primary" : "first-unconstrained");
+      const found = await loadKey(db(reads), { id: keyId, hash }).catch((err: unknown) => {
+        // Only what may be logged crosses back to the worker: drizzle's error names the query and its parameters.
+        throw new Error(safeError(err));
+      });
+      // Found by its hash under another id: a key issued before, whose object is that id's, not this one.
+      const movedTo = found && found.key.id !== keyId ? found.key.id : undefined;
+      const record = movedTo === undefined ? found : undefined;
+      if (record && this.ctx.storage.kv.get("ledger-owner") === undefined)
+        this.ctx.storage.kv.put("ledger-owner", { accountId: record.key.accountId, keyId: record.key.id });
+      return {
+        record,
+        ...(movedTo === undefined ? {} : { movedTo }),
+        ...judge(record, loadedAt),
+        // What D1 has, or a later use this object keeps until the alarm sends it.
+        lastUsed: Math.max(
+          record?.key.lastUsedAt ? Date.parse(record.key.lastUsedAt) : 0,
+          this.ctx.storage.kv.get<LastUse>("last-use")?.at ?? 0,
+        ),
+        lastMethod: record?.key.lastAuthMethod ?? null,
+      };
+    });
   }
 }

@@ -4,11 +4,11 @@ import { deadline, retryFor } from "../platform/deadline";
 import type { Deps } from "../platform/deps";
 import { ApiError } from "../platform/errors";
 import { safeError } from "../platform/log";
-import { type KeyObject, RECORD_TTL_MS } from "./object";
+import { RECORD_TTL_MS } from "./object";
 
-// How a change that removes rights (revoking or rotating a key, disabling or demoting its owner, narrowing grants)
-// comes into force in the keys' objects: before its answer, or, when that fails, within CHANGE_IN_FORCE_MS of it with
-// no help from the client.
+// How a change that removes rights (revoking or rotating a key, disabling or demoting its owner, narrowing grants,
+// ending a person's sessions) comes into force in the objects that judge it, the keys' (`key:<id>`) and the people's
+// (`user:<id>`): before its answer, or, when that fails, within CHANGE_IN_FORCE_MS of it with no help from the client.
 
 /** How long after its answer a change that removes rights is in force everywhere, even answered 503 and never repeated. */
 export const CHANGE_IN_FORCE_MS = 5_000;
@@ -19,10 +19,35 @@ const UNSETTLED_MS = 30_000;
 const MAX_PENDING = 10_000;
 
 /**
- * Keys whose change this isolate could not put in force yet, and until when that matters (after RECORD_TTL_MS no
- * object trusts a record read before the change): their next use here tells their object first (`catchUp`).
+ * Objects (`key:<id>`, `user:<id>`) whose change this isolate could not put in force yet, and until when that matters
+ * (after RECORD_TTL_MS no object trusts a record read before the change): their next use here tells them first
+ * (`catchUp`).
  */
 const pending = new Map<string, number>();
+
+/** What both kinds of object take from a change: it was made (`tell`), or it may still land in D1 (`distrust`). */
+type Changeable = { distrust(ms: number): Promise<void> };
+
+/** The object a change is told to: a key's, or a person's (their sessions). */
+function objectOf(deps: Deps, name: string): Changeable {
+  return (name.startsWith("key:") ? deps.env.KEYS.getByName(name) : deps.env.ACCOUNTS.getByName(name)) as unknown as Changeable;
+}
+
+const keyNames = (keyIds: readonly string[]) => keyIds.map((id) => `key:${id}`);
+const personNames = (userIds: readonly string[]) => userIds.map((id) => `user:${id}`);
+
+/** Stops this isolate trusting what it holds of these objects: a key's lease, or any of a person's sessions'. */
+function dropHeld(names: readonly string[]): void {
+  holdings.drop(names.filter((n) => n.startsWith("key:")));
+  for (const name of names) if (name.startsWith("user:")) holdings.dropUnder(`person:${name.slice("user:".length)}:`);
+}
+
+const CHANGE_PENDING = () =>
+  new ApiError(
+    "change_pending",
+    `The change is saved; it is in force everywhere within ${CHANGE_IN_FORCE_MS / 1000} seconds, or at once when the request is repeated.`,
+    { headers: { "Retry-After": "1" } },
+  );
 
 const timedOut = () => new Error("no answer before the deadline");
 
@@ -34,16 +59,29 @@ const timedOut = () => new Error("no answer before the deadline");
  * is nothing left to store).
  */
 export async function reloadKeys(deps: Deps, keyIds: string[]): Promise<void> {
-  holdings.drop(keyIds.map((id) => `key:${id}`));
+  const names = keyNames(keyIds);
+  dropHeld(names);
   const bookmark = deps.bookmark();
-  const failed = await reach(deps, keyIds, (stub) => stub.reload(bookmark));
+  const failed = await reach(deps, names, (name) => deps.env.KEYS.getByName(name).reload(bookmark));
   if (failed.length === 0) return;
   completeLater(deps, failed);
-  throw new ApiError(
-    "change_pending",
-    `The change is saved; it is in force everywhere within ${CHANGE_IN_FORCE_MS / 1000} seconds, or at once when the request is repeated.`,
-    { headers: { "Retry-After": "1" } },
-  );
+  throw CHANGE_PENDING();
+}
+
+/**
+ * Tells these people's objects of a change to them before it is answered, as `reloadKeys` does for keys (503
+ * `change_pending` when one cannot be reached, in force soon after all the same): the sessions in `ended` are refused
+ * from then on, with no read even when D1 is down, and the people (role, grants, state) and their other sessions are
+ * read again on their next request. Every isolate holding a lease of one of their sessions trusts it a second at most.
+ */
+export async function reloadPeople(deps: Deps, userIds: string[], ended: string[] = []): Promise<void> {
+  const names = personNames(userIds);
+  dropHeld(names);
+  const bookmark = deps.bookmark();
+  const failed = await reach(deps, names, (name) => deps.env.ACCOUNTS.getByName(name).changed(ended, bookmark));
+  if (failed.length === 0) return;
+  completeLater(deps, failed);
+  throw CHANGE_PENDING();
 }
 
 /**
@@ -64,70 +102,78 @@ export async function reloadAccounts(deps: Deps, accountIds: readonly string[]):
 }
 
 /**
- * Runs `write`, a change that removes rights from these keys. When D1 fails or does not answer in time, the write may
- * have landed or may still land: the keys' objects are told so in the background, as after a failed reload.
+ * Runs `write`, a change that removes rights from these keys (and these people: their sessions). When D1 fails or does
+ * not answer in time, the write may have landed or may still land: the objects are told so in the background, as after
+ * a failed reload.
  */
-export async function writeChange<T>(deps: Deps, keyIds: string[], write: () => Promise<T>): Promise<T> {
+export async function writeChange<T>(deps: Deps, keyIds: string[], write: () => Promise<T>, userIds: string[] = []): Promise<T> {
   try {
     return await write();
   } catch (err) {
     if (err instanceof ApiError && err.code === "database_unavailable") {
-      holdings.drop(keyIds.map((id) => `key:${id}`));
-      completeLater(deps, keyIds);
+      const names = [...keyNames(keyIds), ...personNames(userIds)];
+      dropHeld(names);
+      completeLater(deps, names);
     }
     throw err;
   }
 }
 
 /**
- * Before this isolate calls a key's object: if a change made here is not known to be in force there yet, tells the
- * object first, as the background does; when that fails, the call fails (and is answered as when the object is down).
+ * Before this isolate calls a key's object (`key:<id>`) or a person's (`user:<id>`): if a change made here is not known
+ * to be in force there yet, tells the object first, as the background does; when that fails, the call fails (and is
+ * answered as when the object is down).
  */
-export async function catchUp(stub: DurableObjectStub<KeyObject>, keyId: string): Promise<void> {
-  const until = pending.get(keyId);
+export async function catchUp(stub: Changeable, name: string): Promise<void> {
+  const until = pending.get(name);
   if (until === undefined) return;
   if (Date.now() < until) await stub.distrust(UNSETTLED_MS);
-  pending.delete(keyId);
+  pending.delete(name);
 }
 
 /**
- * Puts a change in force that its answer could not: this isolate reloads the keys before their next use here, and
- * keeps telling their objects, in the background for RETRY_FOR_MS, to drop their records and trust what they read
- * for at most UNSETTLED_TRUST_MS while the change may still land in D1 (`KeyObject.distrust`).
+ * Puts a change in force that its answer could not: this isolate tells the objects before their next use here, and
+ * keeps telling them, in the background for RETRY_FOR_MS, to drop their records and trust what they read for at most
+ * UNSETTLED_TRUST_MS while the change may still land in D1 (`KeyObject.distrust`, `AccountObject.distrust`).
  */
-function completeLater(deps: Deps, keyIds: string[]): void {
+function completeLater(deps: Deps, names: string[]): void {
   const until = Date.now() + RECORD_TTL_MS;
-  for (const id of keyIds) {
+  for (const name of names) {
     if (pending.size >= MAX_PENDING) pending.delete(pending.keys().next().value as string);
-    pending.set(id, until);
+    pending.set(name, until);
   }
-  deps.waitUntil(retry(deps, keyIds));
+  deps.waitUntil(retry(deps, names));
 }
 
-async function retry(deps: Deps, keyIds: string[]): Promise<void> {
-  let left = keyIds;
+async function retry(deps: Deps, names: string[]): Promise<void> {
+  let left = names;
   await retryFor(RETRY_FOR_MS, async (stop) => {
-    const failed = await reach(deps, left, (stub) => stub.distrust(UNSETTLED_MS), stop);
-    for (const id of left) if (!failed.includes(id)) pending.delete(id);
+    const failed = await reach(deps, left, (name) => objectOf(deps, name).distrust(UNSETTLED_MS), stop);
+    for (const name of left) if (!failed.includes(name)) pending.delete(name);
     left = failed;
     return left.length === 0;
   });
-  for (const keyId of left) deps.log("error", "key_change_not_in_force", { keyId, requestId: deps.requestId });
+  for (const name of left) deps.log("error", `${kindOf(name)}_change_not_in_force`, { ...idOf(name), requestId: deps.requestId });
 }
 
-/** Calls each key's object under the counters' deadline (and before `stop`); answers the keys it could not reach, logged. */
+/** Calls each named object under the counters' deadline (and before `stop`); answers the names it could not reach, logged. */
 async function reach(
   deps: Deps,
-  keyIds: string[],
-  call: (stub: DurableObjectStub<KeyObject>) => Promise<void>,
+  names: string[],
+  call: (name: string) => Promise<void>,
   stop = Number.POSITIVE_INFINITY,
 ): Promise<string[]> {
   const ms = Math.min(deps.config.rateLimitTimeoutMs, stop - Date.now());
-  const results = await Promise.allSettled(keyIds.map((id) => deadline(call(deps.env.KEYS.getByName(`key:${id}`)), ms, timedOut)));
+  const results = await Promise.allSettled(names.map((name) => deadline(call(name), ms, timedOut)));
   return results.flatMap((r, i) => {
     if (r.status === "fulfilled") return [];
-    const keyId = keyIds[i] as string;
-    deps.log("error", "key_reload_failed", { keyId, error: safeError(r.reason), requestId: deps.requestId });
-    return [keyId];
+    const name = names[i] as string;
+    deps.log("error", `${kindOf(name)}_reload_failed`, { ...idOf(name), error: safeError(r.reason), requestId: deps.requestId });
+    return [name];
   });
 }
+
+/** What logs call an object's kind: `key`, or `person` for a person's object. */
+const kindOf = (name: string) => (name.startsWith("key:") ? "key" : "person");
+/** The id a log names an object by. */
+const idOf = (name: string) => (name.startsWith("key:") ? { keyId: name.slice(4) } : { userId: name.slice(5) });

@@ -1,11 +1,13 @@
 import { and, eq, gt, isNull, sql } from "drizzle-orm";
 import { generateSecret, hashKey, newId } from "../core/ids";
 import { hashPassword, passwordProblem } from "../core/password";
+import { reloadPeople, writeChange } from "../keys/reload";
 import { auditIfChanged } from "../platform/db/audit";
 import { batch } from "../platform/db/client";
 import { invitations, sessions, users } from "../platform/db/schema";
 import type { Deps } from "../platform/deps";
 import { ApiError, invalidRequest } from "../platform/errors";
+import { endedIds } from "./sessions";
 
 export const INVITATION_DAYS = 7;
 
@@ -76,30 +78,37 @@ export async function acceptInvitation(
   if (problem) throw invalidRequest([{ field: "password", message: problem }]);
   const hash = await hashPassword(password);
   const at = now.toISOString();
-  const [spent] = await batch(deps.env.DB, [
-    d
-      .update(invitations)
-      .set({ usedAt: at })
-      .where(and(eq(invitations.id, found.id), isNull(invitations.usedAt), gt(invitations.expiresAt, at))),
-    deps.env.DB.prepare("UPDATE users SET password_hash = ? WHERE id = ? AND changes() = 1").bind(hash, found.userId),
-    auditIfChanged(
-      deps.env.DB,
-      { accountId: found.accountId, actor: found.userId, action: "user.password_set", target: found.userId, requestId: deps.requestId },
-      now,
-    ),
-    // Only if this request spent the invitation (its used_at is this request's instant).
-    d
-      .update(sessions)
-      .set({ endedAt: at, endReason: "password_changed" })
-      .where(
-        and(
-          eq(sessions.userId, found.userId),
-          isNull(sessions.endedAt),
-          sql`(SELECT used_at FROM invitations WHERE id = ${found.id}) = ${at}`,
-        ),
+  const write = () =>
+    batch(deps.env.DB, [
+      d
+        .update(invitations)
+        .set({ usedAt: at })
+        .where(and(eq(invitations.id, found.id), isNull(invitations.usedAt), gt(invitations.expiresAt, at))),
+      deps.env.DB.prepare("UPDATE users SET password_hash = ? WHERE id = ? AND changes() = 1").bind(hash, found.userId),
+      auditIfChanged(
+        deps.env.DB,
+        { accountId: found.accountId, actor: found.userId, action: "user.password_set", target: found.userId, requestId: deps.requestId },
+        now,
       ),
-  ]);
-  if (spent?.meta.changes !== 1)
+      // Only if this request spent the invitation (its used_at is this request's instant).
+      d
+        .update(sessions)
+        .set({ endedAt: at, endReason: "password_changed" })
+        .where(
+          and(
+            eq(sessions.userId, found.userId),
+            isNull(sessions.endedAt),
+            sql`(SELECT used_at FROM invitations WHERE id = ${found.id}) = ${at}`,
+          ),
+        )
+        .returning({ id: sessions.id }),
+    ]);
+  const results = await writeChange(deps, [], write, [found.userId]);
+  if (results[0]?.meta.changes !== 1)
     throw new ApiError("invalid_invitation", "This invitation is not valid: it was used, replaced or never issued.");
+  // The sessions it ended are refused from the person's object before the answer, and everywhere within a second; when
+  // the object cannot be told, within seconds all the same. The password is set either way, and the invitation spent:
+  // a 503 would only send the client to repeat what can no longer be repeated.
+  await reloadPeople(deps, [found.userId], endedIds(results.at(-1))).catch(() => {});
   return { userId: found.userId, accountId: found.accountId, email: found.email };
 }

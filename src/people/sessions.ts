@@ -1,14 +1,15 @@
-import { and, desc, eq, isNull, lt, sql } from "drizzle-orm";
+import { and, desc, eq, isNull, sql } from "drizzle-orm";
 import { generateSecret, hashKey, newId, toHex } from "../core/ids";
 import { hashPassword, needsRehash, passwordProblem, verifyPassword } from "../core/password";
-import { type Need, type Principal, refusal, sessionPrincipal } from "../core/principal";
-import { refund, type Spent, spend } from "../counters/limiter";
+import type { Principal } from "../core/principal";
+import { refund, type Spent } from "../counters/limiter";
+import { reloadPeople, writeChange } from "../keys/reload";
 import { misconfigured } from "../platform/config";
 import { batch } from "../platform/db/client";
 import { type EventRow, eventIfChanged, newEvent, publishEvents } from "../platform/db/events";
 import { accounts, plans, sessions, users } from "../platform/db/schema";
 import type { Deps } from "../platform/deps";
-import { ApiError, invalidRequest, refused } from "../platform/errors";
+import { ApiError, invalidRequest } from "../platform/errors";
 import { ACCESS_TTL_SECONDS, type AccessClaims, signAccessToken } from "../tokens/access";
 import type { SigningKey } from "../tokens/jwt";
 
@@ -20,8 +21,6 @@ export const LOGIN_EMAIL_POLICY = { limit: 10, windowSeconds: 900 };
  * after D1 stored it) or raced itself keeps its session. After it, presenting the used token ends the session.
  */
 export const REFRESH_GRACE_SECONDS = 30;
-/** How stale a session's `lastUsedAt` may get before a request writes it again (no D1 write per request). */
-const LAST_USED_GRANULARITY_MS = 60_000;
 
 export type TokenPair = { access_token: string; token_type: "bearer"; expires_in: number; refresh_token: string };
 
@@ -42,7 +41,7 @@ export async function login(deps: Deps, attempts: Attempts, credentials: Credent
 
 /** The dashboard's session cookie (HttpOnly, Secure, SameSite=Lax, Path=/): `<session id>.<cookie secret>`. */
 export const SESSION_COOKIE = "__Host-keygate_session";
-const COOKIE_VALUE = /^(ses_[0-9a-f]{24})\.(cs_[0-9a-f]{64})$/;
+export const COOKIE_VALUE = /^(ses_[0-9a-f]{24})\.(cs_[0-9a-f]{64})$/;
 
 /**
  * Logs a person in for the dashboard, as `login` does (same checks, limits and answers), and answers the cookie's
@@ -54,20 +53,6 @@ export async function cookieLogin(deps: Deps, attempts: Attempts, credentials: C
   const id = newId("ses");
   await openSession(deps, attempts, credentials, userAgent, id, secret);
   return `${id}.${secret}`;
-}
-
-/**
- * The principal of a dashboard request's cookie, or null: the session live and the user's rights as they are now,
- * exactly as for an access token (`sessionPrincipal`), so logout, disabling or a password change end it at once.
- */
-export async function cookiePrincipal(deps: Deps, cookie: string): Promise<{ principal: Principal; email: string } | null> {
-  const m = COOKIE_VALUE.exec(cookie);
-  if (!m) return null;
-  const now = deps.now();
-  const s = await liveSession(deps, m[1] as string, now);
-  if (!s || s.refreshHash !== (await hashKey(m[2] as string))) return null;
-  touch(deps, s, now);
-  return { principal: sessionPrincipal(s), email: s.email };
 }
 
 type Credentials = { email: string; password: string; accountId?: string | undefined };
@@ -174,8 +159,11 @@ function randomHex(): string {
   return toHex(crypto.getRandomValues(new Uint8Array(16)));
 }
 
-/** A session that works: not ended, not past its 30 days, its user enabled. */
-async function liveSession(deps: Deps, sessionId: string, now: Date) {
+/**
+ * A session that works: not ended, not past its 30 days, its user enabled, read from D1 (a refresh, and a person's
+ * request when their object is down and the deployment fails open).
+ */
+export async function liveSession(deps: Deps, sessionId: string, now: Date) {
   const [row] = await deps.db
     .select({
       id: sessions.id,
@@ -283,7 +271,8 @@ async function repeated(
     { accountId: claims.acc, type: "session.reuse_detected", data: { sessionId: claims.sid, userId: claims.sub } },
     deps.now(),
   );
-  if ((await endSessions(deps, { sessionId: claims.sid }, "refresh_reused", event)) > 0) await publishEvents(deps, [event.id]);
+  if ((await endSessions(deps, { sessionId: claims.sid, userId: claims.sub }, "refresh_reused", event, { quiet: true })) > 0)
+    await publishEvents(deps, [event.id]);
   throw new ApiError("invalid_refresh_token", "The refresh token was already used; the session has ended. Log in again.");
 }
 
@@ -292,67 +281,39 @@ function splitRefresh(token: string): [string | null, string | null] {
   return m ? [m[1] as string, m[2] as string] : [null, null];
 }
 
-/** Ends sessions: one, or all of a user's but `except`; `event` is written with it when it ended one. */
+/**
+ * Ends one of a user's sessions; `event` is written with it when it ended one. The person's object is told before the
+ * answer (keys/reload.ts's `reloadPeople`): the session is refused from the object at once and everywhere within a
+ * second; when the object cannot be told, 503 `change_pending` (in force soon after all the same), unless `quiet` (the
+ * caller's own answer matters more, as a refresh token's reuse does).
+ */
 export async function endSessions(
   deps: Deps,
-  which: { sessionId: string; userId?: string } | { userId: string },
+  { sessionId, userId }: { sessionId: string; userId: string },
   reason: string,
   event?: EventRow,
+  { quiet = false } = {},
 ): Promise<number> {
   const at = deps.now().toISOString();
-  const where = and(
-    "sessionId" in which ? eq(sessions.id, which.sessionId) : undefined,
-    which.userId === undefined ? undefined : eq(sessions.userId, which.userId),
+  const [ended] = await writeChange(
+    deps,
+    [],
+    () =>
+      batch(deps.env.DB, [
+        deps.db
+          .update(sessions)
+          .set({ endedAt: at, endReason: reason })
+          .where(and(eq(sessions.id, sessionId), eq(sessions.userId, userId), isNull(sessions.endedAt))),
+        ...(event ? [eventIfChanged(deps.env.DB, event)] : []),
+      ]),
+    [userId],
   );
-  const [ended] = await batch(deps.env.DB, [
-    deps.db
-      .update(sessions)
-      .set({ endedAt: at, endReason: reason })
-      .where(and(where, isNull(sessions.endedAt))),
-    ...(event ? [eventIfChanged(deps.env.DB, event)] : []),
-  ]);
-  return ended?.meta.changes ?? 0;
-}
-
-/**
- * The principal of a request made with an access token, or null when its session has ended: the user's rights as they
- * are now (core's `sessionPrincipal`), re-read on every request, so an ended session, a disabled user or a changed
- * grant takes effect at once.
- */
-export async function accessTokenPrincipal(deps: Deps, claims: AccessClaims): Promise<Principal | null> {
-  const now = deps.now();
-  const s = await liveSession(deps, claims.sid, now);
-  if (!s || s.userId !== claims.sub || s.accountId !== claims.acc) return null;
-  touch(deps, s, now);
-  return sessionPrincipal(s);
-}
-
-/**
- * What a person's request (access token or dashboard cookie) must pass once their session is live: their rights as
- * `need` asks, then their own limit (one per user, whichever way they come), of which it spends one.
- */
-export async function admitPerson(deps: Deps, principal: Principal, need: Need): Promise<Spent | null> {
-  const refusedFor = refusal(principal, need);
-  if (refusedFor) throw refused(refusedFor);
-  return spend(deps, `user:${principal.userId}`, principal.limits);
-}
-
-type LiveSession = NonNullable<Awaited<ReturnType<typeof liveSession>>>;
-
-/** Writes the session's `lastUsedAt` after the answer, at most once a minute. */
-function touch(deps: Deps, s: LiveSession, now: Date): void {
-  if (now.getTime() - Date.parse(s.lastUsedAt) > LAST_USED_GRANULARITY_MS) {
-    deps.waitUntil(
-      deps.db
-        .update(sessions)
-        .set({ lastUsedAt: now.toISOString() })
-        .where(and(eq(sessions.id, s.id), lt(sessions.lastUsedAt, now.toISOString())))
-        .then(
-          () => undefined,
-          () => undefined,
-        ),
-    );
-  }
+  const count = ended?.meta.changes ?? 0;
+  // Told even when it ended nothing now: a repeat completes a change whose telling failed.
+  await reloadPeople(deps, [userId], [sessionId]).catch((err: unknown) => {
+    if (!quiet) throw err;
+  });
+  return count;
 }
 
 export type SessionView = {
@@ -404,11 +365,49 @@ export async function changePassword(
   if (reason) throw invalidRequest([{ field: "newPassword", message: reason }]);
   const hash = await hashPassword(newPassword);
   const at = deps.now().toISOString();
-  await batch(deps.env.DB, [
-    d.update(users).set({ passwordHash: hash }).where(eq(users.id, p.userId)),
-    d
-      .update(sessions)
-      .set({ endedAt: at, endReason: "password_changed" })
-      .where(and(eq(sessions.userId, p.userId), isNull(sessions.endedAt), p.sessionId ? sql`${sessions.id} <> ${p.sessionId}` : undefined)),
-  ]);
+  const [, ended] = await writeChange(
+    deps,
+    [],
+    () =>
+      batch(deps.env.DB, [
+        d.update(users).set({ passwordHash: hash }).where(eq(users.id, p.userId)),
+        d
+          .update(sessions)
+          .set({ endedAt: at, endReason: "password_changed" })
+          .where(
+            and(eq(sessions.userId, p.userId), isNull(sessions.endedAt), p.sessionId ? sql`${sessions.id} <> ${p.sessionId}` : undefined),
+          )
+          .returning({ id: sessions.id }),
+      ]),
+    [p.userId],
+  );
+  // The other sessions are refused from the person's object before the answer, and everywhere within a second.
+  await reloadPeople(deps, [p.userId], endedIds(ended));
+}
+
+/** The ids a statement `RETURNING id` answered (the sessions it ended). */
+export function endedIds(result: D1Result | undefined): string[] {
+  return ((result?.results ?? []) as { id: string }[]).map((r) => r.id);
+}
+
+/**
+ * The people of an account (or of every account on a plan) with a session that still works: whose objects carry the
+ * account's limits, credits and plan in their sessions' principals, and are told when those change. Through `users`,
+ * so each person's sessions are found by their index.
+ */
+export async function peopleWithSessions(deps: Deps, by: { accountId: string } | { planId: string }, now: Date): Promise<string[]> {
+  const accountsOf =
+    "accountId" in by
+      ? sql`${users.accountId} = ${by.accountId}`
+      : sql`${users.accountId} IN (SELECT id FROM accounts WHERE plan_id = ${by.planId})`;
+  const rows = await deps.db
+    .select({ id: users.id })
+    .from(users)
+    .where(
+      and(
+        accountsOf,
+        sql`EXISTS (SELECT 1 FROM sessions WHERE sessions.user_id = ${users.id} AND sessions.ended_at IS NULL AND sessions.expires_at > ${now.toISOString()})`,
+      ),
+    );
+  return rows.map((r) => r.id);
 }

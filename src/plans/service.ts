@@ -1,8 +1,9 @@
 import type { z } from "@hono/zod-openapi";
 import { eq } from "drizzle-orm";
 import { creditsColumn } from "../core/schemas";
-import { reloadAccounts, reloadKeys } from "../keys/reload";
+import { reloadAccounts, reloadKeys, reloadPeople } from "../keys/reload";
 import { liveKeyIds } from "../keys/store";
+import { peopleWithSessions } from "../people/sessions";
 import { accounts, plans } from "../platform/db/schema";
 import type { Deps } from "../platform/deps";
 import { ApiError } from "../platform/errors";
@@ -37,6 +38,11 @@ export async function putPlan(deps: Deps, id: string, input: z.infer<typeof Plan
     deps.waitUntil(
       liveKeyIds(d, { planId: id }, now)
         .then((ids) => reloadKeys(deps, ids))
+        .catch(() => {}),
+    );
+    deps.waitUntil(
+      peopleWithSessions(deps, { planId: id }, now)
+        .then((ids) => reloadPeople(deps, ids))
         .catch(() => {}),
     );
   }

@@ -38,6 +38,21 @@ export async function signToken(
 }
 
 /**
+ * Each signing secret imported once per isolate (the configuration keeps its secrets for the isolate's life), not on
+ * every request: a person's access token is checked on every request they make.
+ */
+const imported = new WeakMap<Uint8Array, Promise<CryptoKey>>();
+
+function verifyingKey(secret: Uint8Array): Promise<CryptoKey> {
+  let key = imported.get(secret);
+  if (!key) {
+    key = crypto.subtle.importKey("raw", secret, { name: "HMAC", hash: "SHA-256" }, false, ["verify"]);
+    imported.set(secret, key);
+  }
+  return key;
+}
+
+/**
  * The payload of a token of `kind`, with the algorithm, issuer, audience (one string, never an array) and type pinned, exp/iat/jti/sub required and
  * at most CLOCK_SKEW_SECONDS of skew: `iat` may not lie in the future, nor be older than `maxTtlSeconds`, and
  * `exp - iat` may not exceed it. Rejects as jose does (an expired token with `errors.JWTExpired`).
@@ -55,7 +70,7 @@ export async function verifySigned(
     (header) => {
       const key = keys.find((k) => k.kid === header.kid);
       if (!key) throw new errors.JWKSNoMatchingKey();
-      return key.secret;
+      return verifyingKey(key.secret);
     },
     {
       algorithms: ["HS256"],

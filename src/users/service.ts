@@ -3,10 +3,11 @@ import { and, eq, sql } from "drizzle-orm";
 import { FULL_ACCESS } from "../core/grants";
 import { newId } from "../core/ids";
 import type { Principal } from "../core/principal";
-import { reloadKeys, writeChange } from "../keys/reload";
+import { reloadKeys, reloadPeople, writeChange } from "../keys/reload";
 import { grantErrors } from "../keys/schemas";
 import { lastingKey, liveKeyIds } from "../keys/store";
 import { type Invitation, newInvitation } from "../people/invitations";
+import { endedIds } from "../people/sessions";
 import { dashboardOrigin } from "../platform/config";
 import { auditIfChanged, auditInsert } from "../platform/db/audit";
 import { batch } from "../platform/db/client";
@@ -90,44 +91,52 @@ export async function updateUser(
     disabled === true && !before.disabled
       ? newEvent({ accountId: p.accountId, type: "user.disabled", data: { user: userEvent(before), actor: p.userId } }, now)
       : null;
+  // Its sessions, told to the person's object with the change: ended ones are refused from it with no read.
+  let ended: string[] = [];
   if (role !== undefined || disabled !== undefined || granted !== null) {
-    const [updated] = await writeChange(deps, keyIds, () =>
-      batch(deps.env.DB, [
-        // Only the fields this request changes, guarded on the row as it is when the statement runs: two concurrent
-        // edits (one disabling, one promoting) both land, and neither brings back what the other changed.
-        d
-          .update(users)
-          .set({
-            ...(role === undefined ? {} : { role }),
-            ...(disabled === undefined ? {} : { disabled }),
-            ...(granted === null ? {} : { grants: granted }),
-          })
-          .where(
-            and(
-              eq(users.accountId, p.accountId),
-              eq(users.id, id),
-              changes(role, disabled, granted),
-              keepsAccountReachable(p.accountId, role, disabled),
+    const results = await writeChange(
+      deps,
+      keyIds,
+      () =>
+        batch(deps.env.DB, [
+          // Only the fields this request changes, guarded on the row as it is when the statement runs: two concurrent
+          // edits (one disabling, one promoting) both land, and neither brings back what the other changed.
+          d
+            .update(users)
+            .set({
+              ...(role === undefined ? {} : { role }),
+              ...(disabled === undefined ? {} : { disabled }),
+              ...(granted === null ? {} : { grants: granted }),
+            })
+            .where(
+              and(
+                eq(users.accountId, p.accountId),
+                eq(users.id, id),
+                changes(role, disabled, granted),
+                keepsAccountReachable(p.accountId, role, disabled),
+              ),
             ),
+          auditIfChanged(
+            deps.env.DB,
+            { accountId: p.accountId, actor: p.userId, action: "user.updated", target: id, requestId: deps.requestId },
+            now,
           ),
-        auditIfChanged(
-          deps.env.DB,
-          { accountId: p.accountId, actor: p.userId, action: "user.updated", target: id, requestId: deps.requestId },
-          now,
-        ),
-        ...(event ? [eventIfChanged(deps.env.DB, event)] : []),
-        // A disabled user's sessions end with the change (re-enabling them brings none back).
-        deps.env.DB.prepare(
-          "UPDATE sessions SET ended_at = ?, end_reason = 'user_disabled' WHERE user_id = ? AND ended_at IS NULL AND (SELECT disabled FROM users WHERE id = ?) = 1",
-        ).bind(now.toISOString(), id, id),
-      ]),
+          ...(event ? [eventIfChanged(deps.env.DB, event)] : []),
+          // A disabled user's sessions end with the change (re-enabling them brings none back).
+          deps.env.DB.prepare(
+            "UPDATE sessions SET ended_at = ?, end_reason = 'user_disabled' WHERE user_id = ? AND ended_at IS NULL AND (SELECT disabled FROM users WHERE id = ?) = 1 RETURNING id",
+          ).bind(now.toISOString(), id, id),
+        ]),
+      [id],
     );
-    if (updated?.meta.changes !== 1) await explainUnchanged(deps, p, id, role, disabled, granted);
+    if (results[0]?.meta.changes !== 1) await explainUnchanged(deps, p, id, role, disabled, granted);
     if (event) await publishEvents(deps, [event.id]);
+    ended = endedIds(results.at(-1));
   }
   // A repeat of a request whose change is already stored reloads too, so it completes a change a failed reload left
-  // pending at once.
-  await reloadKeys(deps, keyIds);
+  // pending at once. The person's sessions take the change as their keys do (role, grants, state).
+  const told = await Promise.allSettled([reloadKeys(deps, keyIds), reloadPeople(deps, [id], ended)]);
+  for (const t of told) if (t.status === "rejected") throw t.reason;
   return getUser(deps, p, id);
 }
 

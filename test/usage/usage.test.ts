@@ -16,7 +16,6 @@ import { call, createKey, expectProblem, memberWithKey, provision, rows } from "
 import { type Counts, EVER, flush, keyStub, rolledUp, sum, ZERO } from "./seed";
 
 const hourOf = (ms: number) => new Date(Math.floor(ms / 3_600_000) * 3_600_000).toISOString();
-const accountStub = (accountId: string) => env.ACCOUNTS.getByName(`account:${accountId}`);
 
 /** What the key's object counted, over every hour it has, each of which must be one since `since`. */
 async function counted(keyId: string, since: number): Promise<Counts> {

@@ -3,12 +3,12 @@ import { spendPerAddress } from "../../counters/limiter";
 import { passwordAttempts } from "../../guards/spending";
 import { acceptInvitation } from "../../people/invitations";
 import { AcceptInvitation, LoginRequest } from "../../people/schemas";
-import { cookieLogin, cookiePrincipal, endSessions } from "../../people/sessions";
+import { cookieLogin, endSessions } from "../../people/sessions";
 import type { ApiError } from "../../platform/errors";
 import { fieldErrors, invalidRequest } from "../../platform/errors";
 import { field, Layout, Notice, ProblemBox, problemOf } from "./layout";
 import { render } from "./render";
-import { clearSessionCookie, type DashContext, type DashEnv, sessionCookie, setSessionCookie } from "./session";
+import { clearSessionCookie, cookieSession, type DashContext, type DashEnv, setSessionCookie } from "./session";
 
 type LoginState = { email?: string; accountId?: string; askAccount?: boolean; problem?: ApiError | null; notice?: string | null };
 
@@ -41,8 +41,7 @@ const NOTICES: Record<string, string> = { logout: "You are logged out." };
 export const authPages = new Hono<DashEnv>()
   .get("/login", async (c) => {
     // Already signed in: straight to the keys.
-    const cookie = sessionCookie(c);
-    if (cookie !== undefined && (await cookiePrincipal(c.get("deps"), cookie))) return c.redirect("/dashboard/keys", 303);
+    if (await cookieSession(c)) return c.redirect("/dashboard/keys", 303);
     return render(c, <LoginPage notice={NOTICES[c.req.query("done") ?? ""]} />);
   })
   .post("/login", async (c) => {
@@ -71,9 +70,8 @@ export const authPages = new Hono<DashEnv>()
     return c.redirect("/dashboard/keys", 303);
   })
   .post("/logout", async (c) => {
-    const cookie = sessionCookie(c);
-    const sessionId = cookie === undefined ? undefined : (await cookiePrincipal(c.get("deps"), cookie))?.principal.sessionId;
-    if (sessionId) await endSessions(c.get("deps"), { sessionId }, "logout");
+    const session = await cookieSession(c);
+    if (session) await endSessions(c.get("deps"), session, "logout");
     clearSessionCookie(c);
     return c.redirect("/dashboard/login?done=logout", 303);
   })

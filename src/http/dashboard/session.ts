@@ -4,7 +4,8 @@ import { createMiddleware } from "hono/factory";
 import { type Need, type Principal, refusal } from "../../core/principal";
 import { admit } from "../../counters/limiter";
 import type { Variables } from "../../guards/context";
-import { admitPerson, cookiePrincipal, SESSION_COOKIE } from "../../people/sessions";
+import { authorizePerson, cookieClaim } from "../../people/authorize";
+import { SESSION_COOKIE } from "../../people/sessions";
 import type { Bindings } from "../../platform/env";
 import { ApiError, refused } from "../../platform/errors";
 
@@ -34,18 +35,29 @@ export function sessionCookie(c: Context): string | undefined {
 export const signedIn = (need: Need) =>
   createMiddleware<DashEnv>(async (c, next) => {
     const cookie = sessionCookie(c);
-    const person = cookie === undefined ? null : await cookiePrincipal(c.get("deps"), cookie);
-    if (!person) {
+    const claim = cookie === undefined ? null : await cookieClaim(c.get("deps"), cookie);
+    const verdict = claim && (await authorizePerson(c.get("deps"), { ...claim, need }, undefined, { pool: false }));
+    if (!verdict || (!verdict.ok && "code" in verdict)) {
       if (cookie !== undefined) clearSessionCookie(c);
       return c.redirect("/dashboard/login", 303);
     }
-    c.set("principal", person.principal);
-    c.set("email", person.email);
-    const admission = await admitPerson(c.get("deps"), person.principal, need);
-    if (admission) admit(admission);
+    const { principal, email } = verdict.ok ? verdict : verdict.holder;
+    c.set("principal", principal);
+    c.set("email", email);
+    if (!verdict.ok) throw refused(verdict.refusal);
+    const [spent] = verdict.spent;
+    if (spent) admit(spent);
     else c.header("X-RateLimit-Status", "unavailable");
     await next();
   });
+
+/** The session a request's cookie names, if it still works (its secret right); it spends nothing. */
+export async function cookieSession(c: DashContext): Promise<{ sessionId: string; userId: string } | null> {
+  const cookie = sessionCookie(c);
+  const claim = cookie === undefined ? null : await cookieClaim(c.get("deps"), cookie);
+  const verdict = claim && (await authorizePerson(c.get("deps"), { ...claim, need: "any", cost: 0 }, undefined, { pool: false }));
+  return claim && verdict?.ok ? { sessionId: claim.sessionId, userId: claim.userId } : null;
+}
 
 /**
  * CSRF: a request that changes anything must come from a page of this Keygate. Browsers send `Origin` with every form

@@ -90,12 +90,18 @@ export const authRoutes = routes()
       method: "post",
       path: "/logout",
       summary: "End this session",
+      description:
+        "In force everywhere before the answer (the session's next request is refused); 503 `change_pending` when it could not be, in force within seconds all the same.",
       security: PERSON_SECURITY,
       middleware: person,
-      responses: { 204: { description: "Ended; its access and refresh tokens stop working" }, ...problems(...KEY_PROBLEMS) },
+      responses: {
+        204: { description: "Ended; its access and refresh tokens stop working" },
+        ...problems(...KEY_PROBLEMS, "change_pending"),
+      },
     }),
     async (c) => {
-      await endSessions(c.get("deps"), { sessionId: sessionOf(c.get("principal")) }, "logout");
+      const p = c.get("principal");
+      await endSessions(c.get("deps"), { sessionId: sessionOf(p), userId: p.userId }, "logout");
       return c.body(null, 204);
     },
   )
@@ -104,7 +110,8 @@ export const authRoutes = routes()
       method: "post",
       path: "/accept-invitation",
       summary: "Set a password with an invitation",
-      description: "Invitations work once and for 7 days; setting a password ends the user's sessions.",
+      description:
+        "Invitations work once and for 7 days; setting a password ends the user's sessions (in force before the answer, or within seconds when it could not be).",
       request: { body: jsonBody(AcceptInvitation) },
       responses: {
         200: json(Welcome, "The password is set; log in with it"),
@@ -128,11 +135,14 @@ export const authRoutes = routes()
       path: "/password",
       summary: "Change your password",
       description:
-        "Needs the current password; ends your other sessions. A wrong current password spends from the same budgets as a failed login (per email and per client address).",
+        "Needs the current password; ends your other sessions, in force before the answer (503 `change_pending` when it could not be, in force within seconds all the same). A wrong current password spends from the same budgets as a failed login (per email and per client address).",
       security: PERSON_SECURITY,
       middleware: withBody(person),
       request: { body: jsonBody(PasswordChange) },
-      responses: { 204: { description: "Changed" }, ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS, "invalid_credentials") },
+      responses: {
+        204: { description: "Changed" },
+        ...problems(...KEY_PROBLEMS, ...BODY_PROBLEMS, "invalid_credentials", "change_pending"),
+      },
     }),
     async (c) => {
       const p = c.get("principal");
@@ -160,10 +170,12 @@ export const authRoutes = routes()
       method: "delete",
       path: "/sessions/{id}",
       summary: "End one of your sessions",
+      description:
+        "In force everywhere before the answer (the session's next request is refused); 503 `change_pending` when it could not be, in force within seconds all the same.",
       security: KEY_SECURITY,
       middleware: person,
       request: { params: IdParam },
-      responses: { 204: { description: "Ended" }, ...problems(...KEY_PROBLEMS, "not_found") },
+      responses: { 204: { description: "Ended" }, ...problems(...KEY_PROBLEMS, "not_found", "change_pending") },
     }),
     async (c) => {
       const p = c.get("principal");

@@ -61,7 +61,8 @@ export const usersRoutes = routes()
       method: "patch",
       path: "/{id}",
       summary: "Change a user's role or disable them",
-      description: "Takes effect on the user's keys before the answer; 503 `change_pending` when it could not, and a repeat completes it.",
+      description:
+        "Takes effect on the user's keys and sessions before the answer; 503 `change_pending` when it could not, and a repeat completes it.",
       security: KEY_SECURITY,
       middleware: withBody(admin),
       request: { params: IdParam, body: jsonBody(UserChange) },
