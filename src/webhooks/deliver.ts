@@ -1,6 +1,6 @@
 import { and, eq, isNull, lt, or } from "drizzle-orm";
 import { newId } from "../core/ids";
-import { actOnLeak } from "../keys/leaks";
+import { actOnLeaks } from "../keys/leaks";
 import { auditIfChanged } from "../platform/db/audit";
 import { batch } from "../platform/db/client";
 import { type EventMessage, eventIfChanged, newEvent, publishEvents } from "../platform/db/events";
@@ -43,8 +43,7 @@ export async function consume(deps: Deps, messages: readonly Message<EventMessag
           await fanOut(deps, body.emit.id);
         } else if ("leak" in body) {
           // A leak the request could not act on: tried again here until it is done.
-          const { hash, ...report } = body.leak;
-          await actOnLeak(deps, hash, report);
+          await actOnLeaks(deps, [body.leak]);
         } else await attempt(deps, body.delivery, body.attempt);
         message.ack();
       } catch (err) {

@@ -128,6 +128,60 @@ describe("GitHub secret scanning alerts", () => {
     expect(audit?.detail).toBe("github: https://github.com/o/r/blob/main/.env");
   });
 
+  it("acts on every real key of one alert as its account chose, each once, however many matches name it", async () => {
+    const github = await githubKey("gh-many");
+    const keys = JSON.stringify([github.published]);
+    const revoking = await provision();
+    expect((await call("/v1/account", { method: "PATCH", key: revoking.key.key, body: { leakResponse: "revoke" } })).status).toBe(200);
+    const notifying = await provision();
+    const doomed = await Promise.all(Array.from({ length: 3 }, () => createKey(revoking.key.key)));
+    const marked = await Promise.all(Array.from({ length: 3 }, () => createKey(notifying.key.key)));
+    const tokens = [...doomed, ...marked].map((k) => k.key);
+    // Each real key twice (two places it was seen), among made-up tokens.
+    const matches = [...tokens, ...tokens, "rm_madeup_1", "rm_madeup_2"].map((token, i) => ({
+      token,
+      type: "keygate_api_key",
+      url: `https://github.com/o/r/blob/main/f${i}`,
+      source: "content",
+    }));
+    const body = JSON.stringify(matches);
+    const res = await callWith({ SECRET_SCANNING_KEYS: keys }, "/v1/leaks/github", {
+      body,
+      headers: { "Github-Public-Key-Identifier": "gh-many", "Github-Public-Key-Signature": await sign(github.pair.privateKey, body) },
+    });
+    expect(res.status).toBe(200);
+    const labels = (await res.json<{ label: string }[]>()).map((f) => f.label);
+    expect(labels.filter((l) => l === "true_positive")).toHaveLength(12);
+    for (const k of doomed) await expectProblem(await call("/v1/whoami", { key: k.key }), 401, "key_revoked");
+    for (const k of marked) expect((await call("/v1/whoami", { key: k.key })).status).toBe(200);
+    const ids = [...doomed, ...marked].map((k) => k.id);
+    const stored = await rows<{ id: string; leaked_at: string | null; revoked_by: string | null }>(
+      `SELECT id, leaked_at, revoked_by FROM api_keys WHERE id IN (${ids.map(() => "?").join(", ")})`,
+      ...ids,
+    );
+    for (const k of stored) {
+      expect(k.leaked_at).not.toBeNull();
+      expect(k.revoked_by).toBe(doomed.some((d) => d.id === k.id) ? "keygate" : null);
+    }
+    // One audit entry and one event per key, naming where it was first seen.
+    for (const [account, made] of [
+      [revoking, doomed],
+      [notifying, marked],
+    ] as const) {
+      const audited = await rows<{ target: string; detail: string }>(
+        "SELECT target, detail FROM audit_events WHERE account_id = ? AND action = 'key.leaked'",
+        account.account.id,
+      );
+      expect(audited.map((a) => a.target).sort()).toEqual(made.map((k) => k.id).sort());
+      for (const a of audited)
+        expect(a.detail).toBe(
+          `github: https://github.com/o/r/blob/main/f${tokens.indexOf(made.find((k) => k.id === a.target)?.key as string)}`,
+        );
+      const told = await rows("SELECT id FROM webhook_events WHERE account_id = ? AND type = 'api_key.leaked'", account.account.id);
+      expect(told).toHaveLength(3);
+    }
+  });
+
   it("answers an alert of 1,000 matches, and is off without SECRET_SCANNING_KEYS", async () => {
     const github = await githubKey("gh-big");
     const body = JSON.stringify(

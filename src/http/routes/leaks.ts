@@ -2,7 +2,7 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { hashKey } from "../../core/ids";
 import { verifyGithubSignature } from "../../guards/github";
 import { spendOnAddress } from "../../guards/spending";
-import { handleLeak, knownHashes } from "../../keys/leaks";
+import { handleLeaks, knownHashes } from "../../keys/leaks";
 import { ApiError, fieldErrors, invalidRequest } from "../../platform/errors";
 import { json, jsonBody, problems, routes, withBody } from "../openapi";
 
@@ -64,7 +64,7 @@ export const leaksRoutes = routes()
       const { key, url } = c.req.valid("json");
       const deps = c.get("deps");
       // Acted on after the answer, which is the same for every key.
-      deps.waitUntil(hashKey(key).then((hash) => handleLeak(deps, hash, { source: "report", url })));
+      deps.waitUntil(hashKey(key).then((hash) => handleLeaks(deps, [{ hash, source: "report", url }])));
       return c.json({ received: true as const }, 202);
     },
   )
@@ -105,12 +105,13 @@ export const leaksRoutes = routes()
       const known = await knownHashes(deps, hashes);
       // Acted on after the answer: GitHub wants it within seconds, whatever a thousand revocations take.
       deps.waitUntil(
-        (async () => {
-          for (const [i, match] of alert.data.entries()) {
+        handleLeaks(
+          deps,
+          alert.data.flatMap((match, i) => {
             const hash = hashes[i] as string;
-            if (known.has(hash)) await handleLeak(deps, hash, { source: "github", url: match.url });
-          }
-        })(),
+            return known.has(hash) ? [{ hash, source: "github" as const, url: match.url }] : [];
+          }),
+        ),
       );
       return c.json(
         alert.data.map((m, i) => ({
