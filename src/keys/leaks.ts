@@ -97,7 +97,7 @@ export async function actOnLeaks(deps: Deps, leaks: readonly Leak[]): Promise<vo
     await batch(deps.env.DB, statements);
   }
   if (revoked.length > 0) await reloadKeys(deps, revoked).catch(() => {});
-  for (let i = 0; i < events.length; i += 100) await publishEvents(deps, events.slice(i, i + 100));
+  await publishEvents(deps, events);
 }
 
 /**

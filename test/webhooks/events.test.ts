@@ -1,5 +1,7 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
+import { publishEvents } from "../../src/platform/db/events";
+import { makeDeps } from "../../src/platform/deps";
 import { MAX_WEBHOOKS } from "../../src/webhooks/schemas";
 import { faultyObjects } from "../faults";
 import { call, callWith, createKey, createUser, expectProblem, provision, rows } from "../helpers";
@@ -59,5 +61,28 @@ describe("the events a change writes with it", () => {
     for (let i = 0; i < MAX_WEBHOOKS; i++) expect((await add(i)).status).toBe(201);
     await expectProblem(await add(MAX_WEBHOOKS), 400, "invalid_request");
     expect(await rows("SELECT count(*) AS n FROM webhooks WHERE account_id = ?", account.id)).toEqual([{ n: MAX_WEBHOOKS }]);
+  });
+});
+
+describe("handing events to the queue", () => {
+  it("hands on more events than one queue batch or one D1 statement takes, every one of them, and marks them queued", async () => {
+    const { account } = await provision();
+    const now = new Date();
+    const ids = Array.from({ length: 150 }, (_, i) => `evt_many_${i}_${crypto.randomUUID().slice(0, 8)}`);
+    await env.DB.batch(
+      ids.map((id) =>
+        env.DB.prepare("INSERT INTO webhook_events (id, account_id, type, data, created_at) VALUES (?, ?, 'webhook.test', '{}', ?)").bind(
+          id,
+          account.id,
+          now.toISOString(),
+        ),
+      ),
+    );
+    expect(await publishEvents(makeDeps(env, { waitUntil: () => {} }), ids)).toBe(150);
+    const queued = await rows<{ n: number }>(
+      "SELECT count(*) AS n FROM webhook_events WHERE account_id = ? AND queued_at IS NOT NULL AND id LIKE 'evt_many_%'",
+      account.id,
+    );
+    expect(queued).toEqual([{ n: 150 }]);
   });
 });

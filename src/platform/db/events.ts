@@ -44,8 +44,11 @@ export function eventIfChanged(d1: D1Database, row: EventRow): D1PreparedStateme
     .bind(row.id, row.accountId, row.type, row.data, row.createdAt);
 }
 
-/** The most events one hand-off sends: a queue batch takes at most 100 messages. */
-const PUBLISH_BATCH = 100;
+/**
+ * The most events one hand-off sends: a queue batch takes at most 100 messages, and D1 binds at most 100 parameters a
+ * statement (the ids and one more).
+ */
+const PUBLISH_BATCH = 90;
 /**
  * How old an event is before the sweep hands it on: a request hands its own events on once its change stands, and a
  * change it undoes (a rotation not put in force) takes its event with it well within this.
@@ -60,6 +63,11 @@ export const SWEEP_AFTER_MS = 30_000;
  */
 export async function publishEvents(deps: Deps, ids?: readonly string[]): Promise<number> {
   if (ids?.length === 0) return 0;
+  if (ids && ids.length > PUBLISH_BATCH) {
+    let sent = 0;
+    for (let i = 0; i < ids.length; i += PUBLISH_BATCH) sent += await publishEvents(deps, ids.slice(i, i + PUBLISH_BATCH));
+    return sent;
+  }
   try {
     const waiting = await deps.db
       .select({ id: webhookEvents.id })
