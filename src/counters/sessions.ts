@@ -2,7 +2,7 @@ import { and, eq, lt } from "drizzle-orm";
 import type { AccountLimits } from "../core/ceilings";
 import { type Principal, sessionPrincipal } from "../core/principal";
 import { type D1, type Db, db } from "../platform/db/client";
-import { accounts, plans, sessions, users } from "../platform/db/schema";
+import { accountLimitColumns, accounts, plans, sessions, users } from "../platform/db/schema";
 import { log, safeError } from "../platform/log";
 import { TrustedRecords } from "./trusted";
 
@@ -142,18 +142,7 @@ async function loadUser(d: Db, userId: string): Promise<UserRecord | undefined> 
       email: users.email,
       accountSlug: accounts.slug,
       keyPrefix: accounts.keyPrefix,
-      account: {
-        rateLimit: accounts.rateLimit,
-        rateLimitWindowSeconds: accounts.rateLimitWindowSeconds,
-        rateLimits: accounts.rateLimits,
-        planLimits: plans.rateLimits,
-        credits: accounts.credits,
-        planCredits: plans.credits,
-        userCredits: accounts.userCredits,
-        planUserCredits: plans.userCredits,
-        maxRateLimit: accounts.maxRateLimit,
-        maxRateLimitWindowSeconds: accounts.maxRateLimitWindowSeconds,
-      },
+      account: accountLimitColumns,
     })
     .from(users)
     .innerJoin(accounts, eq(accounts.id, users.accountId))

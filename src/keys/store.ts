@@ -7,7 +7,7 @@ import { allowedIpsColumn, creditsColumn, shorthand, storedMeta } from "../core/
 import type { Limit } from "../core/window";
 import type { Db } from "../platform/db/client";
 import { listPage, type Page } from "../platform/db/pagination";
-import { type ApiKey, accounts, apiKeys, plans, users } from "../platform/db/schema";
+import { type ApiKey, accountLimitColumns, accounts, apiKeys, plans, users } from "../platform/db/schema";
 
 // The keys' rules are core's; the key's object, its authorization and its service reach them through here.
 export { keyLimits } from "../core/principal";
@@ -103,18 +103,7 @@ export async function loadKey(d: Db, by: { id: string; hash?: string } | { hash:
       grants: users.grants,
       keyPrefix: accounts.keyPrefix,
       accountSlug: accounts.slug,
-      account: {
-        rateLimit: accounts.rateLimit,
-        rateLimitWindowSeconds: accounts.rateLimitWindowSeconds,
-        rateLimits: accounts.rateLimits,
-        planLimits: plans.rateLimits,
-        credits: accounts.credits,
-        planCredits: plans.credits,
-        userCredits: accounts.userCredits,
-        planUserCredits: plans.userCredits,
-        maxRateLimit: accounts.maxRateLimit,
-        maxRateLimitWindowSeconds: accounts.maxRateLimitWindowSeconds,
-      },
+      account: accountLimitColumns,
       accountExternal: { externalId: accounts.externalId, meta: accounts.meta },
       accountAllowedIps: accounts.allowedIps,
     })

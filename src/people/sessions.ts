@@ -7,7 +7,7 @@ import { reloadPeople, writeChange } from "../keys/reload";
 import { misconfigured } from "../platform/config";
 import { batch } from "../platform/db/client";
 import { type EventRow, eventIfChanged, newEvent, publishEvents } from "../platform/db/events";
-import { accounts, plans, sessions, users } from "../platform/db/schema";
+import { accountLimitColumns, accounts, plans, sessions, users } from "../platform/db/schema";
 import type { Deps } from "../platform/deps";
 import { ApiError, invalidRequest } from "../platform/errors";
 import { ACCESS_TTL_SECONDS, type AccessClaims, signAccessToken } from "../tokens/access";
@@ -181,18 +181,7 @@ export async function liveSession(deps: Deps, sessionId: string, now: Date) {
       email: users.email,
       accountSlug: accounts.slug,
       keyPrefix: accounts.keyPrefix,
-      account: {
-        rateLimit: accounts.rateLimit,
-        rateLimitWindowSeconds: accounts.rateLimitWindowSeconds,
-        rateLimits: accounts.rateLimits,
-        planLimits: plans.rateLimits,
-        credits: accounts.credits,
-        planCredits: plans.credits,
-        userCredits: accounts.userCredits,
-        planUserCredits: plans.userCredits,
-        maxRateLimit: accounts.maxRateLimit,
-        maxRateLimitWindowSeconds: accounts.maxRateLimitWindowSeconds,
-      },
+      account: accountLimitColumns,
     })
     .from(sessions)
     .innerJoin(users, eq(users.id, sessions.userId))

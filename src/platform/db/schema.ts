@@ -392,3 +392,20 @@ export const webhookAttempts = sqliteTable(
 export type Webhook = typeof webhooks.$inferSelect;
 export type WebhookDelivery = typeof webhookDeliveries.$inferSelect;
 export type WebhookAttempt = typeof webhookAttempts.$inferSelect;
+
+/**
+ * What a principal's limits and balances are built from (core/principal.ts): the account's own and its plan's, read
+ * with the account joined and its plan left-joined. Every record a key's or a person's object keeps selects these.
+ */
+export const accountLimitColumns = {
+  rateLimit: accounts.rateLimit,
+  rateLimitWindowSeconds: accounts.rateLimitWindowSeconds,
+  rateLimits: accounts.rateLimits,
+  planLimits: plans.rateLimits,
+  credits: accounts.credits,
+  planCredits: plans.credits,
+  userCredits: accounts.userCredits,
+  planUserCredits: plans.userCredits,
+  maxRateLimit: accounts.maxRateLimit,
+  maxRateLimitWindowSeconds: accounts.maxRateLimitWindowSeconds,
+};
