@@ -158,20 +158,26 @@ describe("gateway when D1 is down", () => {
     expect(await remaining(limited.key)).toBe("3");
   });
 
-  it("answers 503, in either mode, for a key whose object has not read it when D1 is down for both, forwarding nothing", async () => {
-    const { limited } = await keysOfAllKinds();
-    const restore = await objectD1Down(limited);
-    for (const [mode, code] of [
-      [{}, "rate_limiter_unavailable"],
-      [OPEN, "database_unavailable"],
-    ] as const) {
-      const sent = await send(limited.key, { ...stalled(), ...mode });
-      await refusedBefore(sent, 503, code);
-      expect(sent.res.headers.get("Retry-After")).toBe("5");
-    }
-    await restore();
-    expect(await remaining(limited.key)).toBe("4");
-  });
+  // D1 down for both, the worker's stalling or failing at once (a lost connection): never 500, never forwarded.
+  for (const [how, workerD1] of [
+    ["stalls", stalled],
+    ["fails at once", () => ({ DB: faultyDatabase(env.DB, { kind: "throw", error: D1_ERROR() }) })],
+  ] as const) {
+    it(`answers 503, in either mode, for a key whose object has not read it when D1 ${how} for the worker and the object, forwarding nothing`, async () => {
+      const { limited } = await keysOfAllKinds();
+      const restore = await objectD1Down(limited);
+      for (const [mode, code] of [
+        [{}, "rate_limiter_unavailable"],
+        [OPEN, "database_unavailable"],
+      ] as const) {
+        const sent = await send(limited.key, { ...workerD1(), ...mode });
+        await refusedBefore(sent, 503, code);
+        expect(sent.res.headers.get("Retry-After")).toBe("5");
+      }
+      await restore();
+      expect(await remaining(limited.key)).toBe("4");
+    });
+  }
 
   it("still forwards a key this isolate knows: its object judges it and D1 is not on the way", async () => {
     const { limited, revoked } = await keysOfAllKinds();
@@ -196,19 +202,6 @@ describe("gateway when D1 is down", () => {
       await refusedBefore(await send(key.key, { ...down, ...OPEN }), 503, "database_unavailable");
     }
     expect(await remaining(limited.key)).toBe("3");
-  });
-
-  it("forwards nothing, never 500, when D1 fails at once (a lost connection) for the worker and the key's object, in either mode", async () => {
-    const { limited } = await keysOfAllKinds();
-    const restore = await objectD1Down(limited);
-    for (const [mode, code] of [
-      [{}, "rate_limiter_unavailable"],
-      [OPEN, "database_unavailable"],
-    ] as const) {
-      const sent = await send(limited.key, { DB: faultyDatabase(env.DB, { kind: "throw", error: D1_ERROR() }), ...mode });
-      await refusedBefore(sent, 503, code);
-    }
-    await restore();
   });
 });
 
