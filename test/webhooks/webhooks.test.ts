@@ -217,14 +217,14 @@ describe("deliveries", () => {
     // The queue makes the first attempt at once; the schedule's next ones come after 5 s, 5 min and 30 min, so they
     // are made here, each as the queue would make it (whichever of the two claims an attempt makes it; the other's
     // copy does nothing).
-    await poll(
-      async () =>
-        (await rows<{ attempts: number }>("SELECT attempts FROM webhook_deliveries WHERE webhook_id = ?", webhook.id))[0]?.attempts,
-    ).toBeGreaterThanOrEqual(1);
-    const [first] = await rows<{ id: string; next_attempt_at: string; at: string }>(
-      "SELECT d.id, d.next_attempt_at, a.at FROM webhook_deliveries d JOIN webhook_attempts a ON a.delivery_id = d.id WHERE d.webhook_id = ? ORDER BY a.at LIMIT 1",
-      webhook.id,
-    );
+    // An attempt is claimed (`attempts`) before it is sent and recorded once answered: wait for its record.
+    const firstAttempt = () =>
+      rows<{ id: string; next_attempt_at: string; at: string }>(
+        "SELECT d.id, d.next_attempt_at, a.at FROM webhook_deliveries d JOIN webhook_attempts a ON a.delivery_id = d.id WHERE d.webhook_id = ? ORDER BY a.at LIMIT 1",
+        webhook.id,
+      );
+    await poll(async () => (await firstAttempt()).length).toBe(1);
+    const [first] = await firstAttempt();
     const id = first?.id as string;
     // The schedule's first wait: 5 s after the first attempt (a later attempt may have moved it on since).
     expect(Date.parse(first?.next_attempt_at as string) - Date.parse(first?.at as string)).toBeGreaterThanOrEqual(5000);
