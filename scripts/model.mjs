@@ -77,10 +77,20 @@ export const DESIGN = {
   /** A lease lasts at most LEASE_MS (src/core/lease.ts), so an isolate spending one calls at least once per LEASE_MS. */
   leaseMs: 1_000,
   /**
-   * A key over its limit gets no lease: every refused request calls its object (src/counters/leased-call.ts; 50,000
-   * calls a second for a key refused at 50,000 requests a second, test/ratelimit/hot-key.test.ts).
+   * A hot key over its limit: each isolate keeps the refusal until the limit could admit again, LEASE_MS at most
+   * (src/counters/held.ts refuse), so it calls once a second however many of its requests are refused.
    */
-  objectCallsPerRefusedRequest: 1,
+  refusalMs: 1_000,
+  /**
+   * A key whose object takes RELAY_AT calls a second spreads its isolates over RELAYS relays, doubled while each would
+   * take more than RELAY_LOAD, up to MAX_RELAYS (src/core/lease.ts FanIn); each relay calls the key's object about 3
+   * times a second (test/ratelimit/hot-key.test.ts: 8 relays, 24 to 45 calls a second on the object once hot).
+   */
+  relayAt: 250,
+  relays: 8,
+  relayLoad: 500,
+  maxRelays: 64,
+  relayCallsPerSecond: 3,
   /**
    * A person's request is judged by their object (src/counters/sessions.ts): no D1 read once it knows the session; it
    * rereads the person and each live session once per RECORD_TTL_MS (src/counters/trusted.ts), and writes a
@@ -138,6 +148,17 @@ export function leasedObjectCalls(rate, isolates, perRequest) {
   return serving * Math.min(perIsolate, Math.max(1000 / DESIGN.leaseMs, perIsolate * perRequest));
 }
 
+/**
+ * The calls a second of `direct` calls a second on one key, once its object spreads them (FanIn): on the key's object,
+ * and on each of its relays. Below RELAY_AT, all on the object.
+ */
+export function spread(direct) {
+  if (direct < DESIGN.relayAt) return { object: direct, relays: 0, perRelay: 0 };
+  let count = DESIGN.relays;
+  while (count < DESIGN.maxRelays && direct > count * DESIGN.relayLoad) count *= 2;
+  return { object: count * DESIGN.relayCallsPerSecond, relays: count, perRelay: direct / count };
+}
+
 /** The load on each part for a deployment, its limit and its utilisation (load / limit), busiest first. */
 export function model({ keys, active, rps, isolates, hotShare = 0.05, accountShare = 0.1, peopleRps = 0, sessions = 0 }, m) {
   const hotRps = rps * hotShare;
@@ -162,7 +183,11 @@ export function model({ keys, active, rps, isolates, hotShare = 0.05, accountSha
   const bytesPerDay = active * DESIGN.usageRowsPerActiveKeyPerDay * DESIGN.bytesPerKeyRow;
   const daysTo10GB =
     bytesPerDay === 0 ? (baseBytes < LIMITS.d1Bytes.value ? Infinity : 0) : Math.max(0, LIMITS.d1Bytes.value - baseBytes) / bytesPerDay;
-  const hotKeyCalls = leasedObjectCalls(hotRps, isolates, m.leasedCallsPerRequest.key);
+  const hotKey = spread(leasedObjectCalls(hotRps, isolates, m.leasedCallsPerRequest.key));
+  const hotKeyCalls = hotKey.object;
+  // Over its limit, each isolate serving the key calls once per refusal it keeps.
+  const refusing = Math.min(isolates, hotRps);
+  const refused = spread(hotRps < DESIGN.leaseMinRate ? hotRps : (refusing * 1000) / DESIGN.refusalMs);
   const accountCalls = leasedObjectCalls(rps * accountShare, isolates, m.leasedCallsPerRequest.account);
   const cpuSeconds = (spreadRps * m.coldKey.cpuUs + hotRps * m.hotKey.cpuUs) / 1e6;
   const d1Limit = LIMITS.d1QueriesPerSecond.value;
@@ -194,13 +219,19 @@ export function model({ keys, active, rps, isolates, hotShare = 0.05, accountSha
       part: "hot key's object, requests/s",
       load: hotKeyCalls,
       limit: objectLimit,
-      note: `${round(hotRps)} requests/s on one key (${hotShare * 100}%) over ${Math.min(isolates, Math.ceil(hotRps)).toLocaleString("en")} isolates`,
+      note: `${round(hotRps)} requests/s on one key (${hotShare * 100}%) over ${Math.min(isolates, Math.ceil(hotRps)).toLocaleString("en")} isolates${hotKey.relays ? `, spread over ${hotKey.relays} relays` : ""}`,
+    },
+    {
+      part: "hot key's busiest relay, requests/s",
+      load: hotKey.perRelay,
+      limit: objectLimit,
+      note: hotKey.relays ? `its isolates' calls over ${hotKey.relays} relays` : "not spread: no relay",
     },
     {
       part: "hot key's object over its limit, requests/s",
-      load: hotRps * DESIGN.objectCallsPerRefusedRequest,
+      load: refused.object,
       limit: objectLimit,
-      note: "no lease for a refused key: every refused request calls",
+      note: `each isolate keeps a refusal a second${refused.relays ? `; over ${refused.relays} relays, ${round(refused.perRelay)} calls/s each` : ""}`,
     },
     {
       part: "account's object, requests/s",
@@ -239,7 +270,10 @@ export function model({ keys, active, rps, isolates, hotShare = 0.05, accountSha
     parts,
     first: ranked[0],
     saturated: ranked.filter((p) => p.utilisation >= 1).map((p) => p.part),
-    totals: { objectCallsPerSecond: spreadRps * m.coldKey.objectCalls + hotKeyCalls + accountCalls, daysTo10GB },
+    totals: {
+      objectCallsPerSecond: spreadRps * m.coldKey.objectCalls + hotKeyCalls + hotKey.relays * hotKey.perRelay + accountCalls,
+      daysTo10GB,
+    },
   };
 }
 

@@ -10,6 +10,7 @@ import { consume, sweepDeliveries } from "./webhooks/deliver";
 export { AccountObject } from "./counters/account-object";
 export { Counter } from "./counters/counter-object";
 export { KeyObject } from "./keys/object";
+export { KeyRelay } from "./keys/relay";
 export { KeygateVerifier } from "./verifier";
 
 export default {

@@ -32,6 +32,11 @@ export const MAX_LEASE = 64;
 export const SHARE_OF_REMAINING = 4;
 /** Below this many admissions a second, a key gets single admissions: exactly the behaviour without leases. */
 export const LEASE_MIN_RATE = 20;
+/**
+ * The most a relay's lease (a block) holds: what its isolates' leases are carved from for a second at most. A relay
+ * that dies strands one block until it ends, as an isolate strands its lease.
+ */
+export const MAX_BLOCK = 64 * MAX_LEASE;
 
 /**
  * How many admissions to lease beside the one being spent: half a lease's worth (`ms`) at the key's recent rate,
@@ -58,8 +63,8 @@ export function leaseWithoutLimits(recentPerSecond: number, now: number, wanted 
  * A lease's size: what the key's rate calls for (`sized`), or what the caller's waiting requests wanted when that is
  * more, within the same bounds (MAX_LEASE, a quarter of what is left).
  */
-function leaseUnits(sized: number, wanted: number, remaining: number): number {
-  const asked = Math.min(Math.max(0, Math.floor(wanted)), MAX_LEASE, Math.floor(remaining / SHARE_OF_REMAINING));
+function leaseUnits(sized: number, wanted: number, remaining: number, most = MAX_LEASE): number {
+  const asked = Math.min(Math.max(0, Math.floor(wanted)), most, Math.floor(remaining / SHARE_OF_REMAINING));
   return Math.min(Math.max(sized, asked), remaining);
 }
 
@@ -75,7 +80,9 @@ function recentRate(log: readonly number[], now: number): number {
  * rate and what it has left (`leaseSize`) and, for a hot log, at least `wanted` (what the caller's requests needed while its last call
  * was on its way) within the same bounds; it lasts the shortest `leaseMs` of the limits, so no window of any of them
  * ever holds more than its limit. A lease's admission then spends one from every limit: a caller that spends only
- * some limits, or some at other costs, takes no lease. Each limit's `remaining` counts the lease as spent.
+ * some limits, or some at other costs, takes no lease. Each limit's `remaining` counts the lease as spent. A relay
+ * (`block`) gets what it asked for (`wanted`: what its isolates took in the last second), up to MAX_BLOCK and the same
+ * share of what is left, whatever the key's rate.
  */
 export function admitWithLease(
   logs: Logs,
@@ -83,6 +90,7 @@ export function admitWithLease(
   spend: readonly Charge[],
   leasing: boolean,
   wanted = 0,
+  block = false,
 ): Decisions & { lease: Lease | null } {
   const rates = spend.map(({ limit }) => recentRate(logs.get(limit.name) ?? [], now));
   const decision = decideAll(logs, now, spend);
@@ -93,7 +101,11 @@ export function admitWithLease(
   // A log below LEASE_MIN_RATE gets single admissions, however many of the caller's requests waited together.
   const units = Math.min(
     ...decision.limits.map(({ remaining }, i) =>
-      (rates[i] as number) < LEASE_MIN_RATE ? 0 : leaseUnits(leaseSize(rates[i] as number, remaining, ms), wanted, remaining),
+      (rates[i] as number) < LEASE_MIN_RATE
+        ? 0
+        : block
+          ? leaseUnits(0, wanted, remaining, MAX_BLOCK)
+          : leaseUnits(leaseSize(rates[i] as number, remaining, ms), wanted, remaining),
     ),
   );
   if (units === 0) return { ...decision, lease: null };
@@ -143,6 +155,15 @@ export class HeldLeases {
     return true;
   }
 
+  /** Takes up to `units` from the lease that ends last (whose credits are unlimited), as a lease ending with it. */
+  carve(now: number, units: number): Lease | null {
+    const lease = this.leases.findLast((l) => l.end > now && l.left > 0 && l.credits === null);
+    if (!lease) return null;
+    const n = Math.min(units, lease.left);
+    lease.left -= n;
+    return { id: lease.id, units: n, ms: lease.end - now };
+  }
+
   /** Removes the leases that have ended; what they left unspent, for the object to take back. */
   ended(now: number): { id: number; left: number; credits: number }[] {
     const done = this.leases
@@ -150,6 +171,16 @@ export class HeldLeases {
       .map(({ id, left, credits }) => ({ id, left, credits: credits ?? 0 }));
     this.leases = this.leases.filter((l) => l.end > now);
     return done;
+  }
+
+  /** Whether a lease has ended with something left to give back. */
+  hasEnded(now: number): boolean {
+    return this.leases.some((l) => l.end <= now && (l.left > 0 || (l.credits ?? 0) > 0));
+  }
+
+  /** The admissions ended leases left, still to give back. */
+  endedLeft(now: number): number {
+    return this.leases.reduce((n, l) => n + (l.end <= now ? l.left : 0), 0);
   }
 
   /** Admissions still spendable now. */
@@ -160,5 +191,54 @@ export class HeldLeases {
   /** Credits still spendable now from leases that hold a limited balance's credits. */
   credits(now: number): number {
     return this.leases.reduce((n, l) => n + (l.end > now ? (l.credits ?? 0) : 0), 0);
+  }
+}
+
+/**
+ * One Durable Object serves about 1,000 requests a second: a key called more often than RELAY_AT times a second (its
+ * isolates' calls, those its relays answered included) spreads its isolates over RELAYS relays for RELAY_MS after, each
+ * of which takes blocks of the key's budget and carves its isolates' leases from them (counters/relay.ts). Only a key
+ * whose leases last a whole LEASE_MS (every window 50 s or more): calls that often then come from hundreds of
+ * isolates, which relays spread; a shorter lease is called for that often by a few, whom a relay's hop would only slow.
+ */
+export const RELAY_AT = 250;
+export const RELAYS = 8;
+export const RELAY_MS = 10_000;
+/**
+ * The calls a second a relay is given at most, half an object's: past RELAYS x RELAY_LOAD the key takes twice as many
+ * relays, up to MAX_RELAYS (each isolate keeps its relay or moves to one new one: it picks by its seat, modulo a power
+ * of two).
+ */
+export const RELAY_LOAD = 500;
+export const MAX_RELAYS = 64;
+
+/** Where a key's isolates call for RELAY_MS more: `count` relays, for `ms` from the answer. */
+export type Relays = { count: number; ms: number };
+
+/** The calls a key's object answers a second, directly or through its relays, and whether the key is spread. */
+export class FanIn {
+  /** Calls in the last second, by the instant they were noted. */
+  private calls: { at: number; n: number }[] = [];
+  private total = 0;
+  private until = 0;
+  private count = RELAYS;
+
+  /** `n` calls answered at `now` (a relay's call counts the calls it answered since its last). */
+  note(now: number, n: number): void {
+    if (n > 0) this.calls.push({ at: now, n });
+    this.total += n;
+    let i = 0;
+    while (i < this.calls.length && (this.calls[i] as { at: number }).at <= now - 1000) this.total -= (this.calls[i++] as { n: number }).n;
+    if (i > 0) this.calls.splice(0, i);
+    if (this.total < RELAY_AT) return;
+    // While spread, the count only grows: a key's isolates move as little as they can.
+    if (this.until <= now) this.count = RELAYS;
+    while (this.count < MAX_RELAYS && this.total > this.count * RELAY_LOAD) this.count *= 2;
+    this.until = now + RELAY_MS;
+  }
+
+  /** Where the isolates of a key whose leases last `ms` (its limits' shortest `leaseMs`) call now: null, its object. */
+  relays(now: number, ms: number): Relays | null {
+    return this.until > now && ms === LEASE_MS ? { count: this.count, ms: this.until - now } : null;
   }
 }

@@ -109,6 +109,7 @@ export class Budget {
       costs: call.costs,
       lease: (call.lease ?? false) && !short && call.reserve === undefined,
       wanted: call.wanted,
+      block: call.relayed !== undefined,
     });
     if (!counted.allowed || !balance || balance.state.remaining === null) {
       this.balance?.save();

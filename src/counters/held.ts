@@ -1,7 +1,7 @@
-import { HeldLeases, LEASE_MS, type Lease, MAX_LEASE } from "../core/lease";
+import { HeldLeases, LEASE_MS, type Lease, MAX_LEASE, type Relays } from "../core/lease";
 import type { LimitState } from "../core/window";
 import { deadline } from "../platform/deadline";
-import type { CreditsLeft, Spent, Unspent } from "./protocol";
+import type { Counted, CreditsLeft, Spent, Unspent } from "./protocol";
 
 /**
  * `record`: what the object judged the lease's requests by (a key's principal); null for a plain counter. `wanted`:
@@ -19,6 +19,8 @@ type Held = {
   lastLease: number;
   wanted: { units: number; at: number };
   leases: HeldLeases;
+  /** The object's last refusal by a limit, answered here until `until` (no earlier than any limit admits again). */
+  refused?: { askedAt: number; until: number; counted: Counted };
 };
 
 /** A call this isolate has in flight for a hot name, and what the requests waiting for it need together. */
@@ -39,9 +41,75 @@ export class Holdings {
   private readonly droppedUnder = new Map<string, number>();
   /** This isolate's calls in flight for each hot name, that requests finding no lease wait on (`inFlight`). */
   private readonly asking = new Map<string, Asking[]>();
+  /** What is owed to each name's object beyond this isolate's own leases (`owe`). */
+  private readonly owed = new Map<string, Unspent[]>();
+  /** Keys spread over relays (core/lease.ts, FanIn), and until when this isolate calls its relay rather than the key's object. */
+  private readonly routes = new Map<string, { count: number; until: number }>();
 
-  /** `now` is replaceable in tests to move this isolate's time. */
-  constructor(public now: () => number = Date.now) {}
+  /**
+   * `now` is replaceable in tests to move this isolate's time; `seat` picks this isolate's relay among a key's (random
+   * when first needed: a Worker may not draw random numbers at startup).
+   */
+  constructor(
+    public now: () => number = Date.now,
+    private seat?: number,
+  ) {}
+
+  /**
+   * Where this isolate's plain calls of a key `name` go while the key is spread (its object's answer `relays`, asked
+   * at `askedAt`); with none, to the key's object again.
+   */
+  route(name: string, relays: Relays | null | undefined, askedAt: number): void {
+    if (relays) this.routes.set(name, { count: relays.count, until: askedAt + relays.ms });
+    else this.routes.delete(name);
+  }
+
+  /** The relay this isolate calls for `name` (`relay:<n>:<name>`), or null when it calls the key's object. */
+  relayOf(name: string): string | null {
+    const route = this.routes.get(name);
+    if (!route || route.until <= this.now()) return null;
+    this.seat ??= Math.floor(Math.random() * 2 ** 30);
+    return `relay:${this.seat % route.count}:${name}`;
+  }
+
+  /**
+   * Remembers the object's refusal of `name` by a limit (asked at `askedAt`, under `record`), when `name` is hot (this
+   * isolate held a lease of it, or the key is spread over relays): it is answered here, with no call, until the
+   * refusing limits could admit again (`retryAfter` is rounded up: a second less) and for a lease's length at most, as
+   * a lease is trusted. What it refuses is what the object refuses: only admissions given back in the meantime could
+   * have admitted it.
+   */
+  refuse(name: string, askedAt: number, record: unknown, counted: Counted): void {
+    const until = askedAt + Math.min(LEASE_MS, (counted.retryAfter - 1) * 1000);
+    const hot = this.held.has(name) || (this.routes.get(name)?.until ?? 0) > this.now();
+    if (!hot || until <= this.now() || askedAt <= this.droppedAt(name)) return;
+    const h = this.held.get(name) ?? this.entry(name, record, 0);
+    Object.assign(h, { record, until: Math.max(h.until, until), refused: { askedAt, until, counted } });
+  }
+
+  /**
+   * The refusal remembered for `name` while it holds (`refuse`), its `retryAfter` counted from now; else null, and null
+   * too while an ended lease has something to give back.
+   */
+  refusal(name: string): Spent | null {
+    const h = this.get(name);
+    const now = this.now();
+    // Its own ended leases' rests may make room: the object judges the request with them (once per lease). What a relay
+    // owes for its isolates goes with its next call, a second later at most.
+    if (!h?.refused || h.refused.until <= now || h.leases.hasEnded(now)) return null;
+    const { counted, askedAt } = h.refused;
+    const retryAfter = Math.max(1, counted.retryAfter - Math.floor((now - askedAt) / 1000));
+    return { ...counted, retryAfter, name, spentCredits: 0, credits: null };
+  }
+
+  /**
+   * Carves up to `units` admissions out of the lease of `name` that ends last (a relay's block) as a lease of their
+   * own, ending with it: a relay's isolates' leases. Null when nothing is left to carve.
+   */
+  carve(name: string, units: number): Lease | null {
+    const h = this.get(name);
+    return h && units > 0 ? h.leases.carve(this.now(), units) : null;
+  }
 
   /** What is held of `name`, while it may be trusted. */
   get(name: string): Held | undefined {
@@ -49,9 +117,16 @@ export class Holdings {
     return h && h.until > this.now() ? h : undefined;
   }
 
-  /** What ended leases of `name` left unspent, removed from what is held (its object takes it back). */
+  /** What ended leases of `name` left unspent, and what is owed to its object, removed from here (the object takes it back). */
   unspent(name: string): Unspent[] {
-    return this.held.get(name)?.leases.ended(this.now()) ?? [];
+    const owed = this.owed.get(name) ?? [];
+    this.owed.delete(name);
+    return [...(this.held.get(name)?.leases.ended(this.now()) ?? []), ...owed];
+  }
+
+  /** Admissions to give back to `name`'s object with the next call (a relay's isolates' rests of ended blocks). */
+  owe(name: string, unspent: Unspent): void {
+    this.owed.set(name, [...(this.owed.get(name) ?? []), unspent]);
   }
 
   /**
@@ -68,23 +143,30 @@ export class Holdings {
     if (h)
       Object.assign(
         h,
-        stale ? { limits, credits } : { record, until: Math.max(h.until, until), limits, credits, lastLease: lease.units, perUnit },
+        stale
+          ? { limits, credits }
+          : { record, until: Math.max(h.until, until), limits, credits, lastLease: lease.units, perUnit, refused: undefined },
       );
-    else {
-      if (this.held.size >= MAX_HELD_KEYS) this.held.delete(this.held.keys().next().value as string);
-      h = {
-        record,
-        until: stale ? 0 : until,
-        limits,
-        credits,
-        perUnit,
-        lastLease: lease.units,
-        wanted: { units: 0, at: 0 },
-        leases: new HeldLeases(),
-      };
-      this.held.set(name, h);
-    }
+    else h = this.entry(name, record, stale ? 0 : until, { limits, credits, perUnit, lastLease: lease.units });
     h.leases.add(until, lease.id, lease.units, lease.credits ?? null);
+  }
+
+  /** A new entry for `name`, trusted until `until`. */
+  private entry(name: string, record: unknown, until: number, held: Partial<Held> = {}): Held {
+    if (this.held.size >= MAX_HELD_KEYS) this.held.delete(this.held.keys().next().value as string);
+    const h: Held = {
+      record,
+      until,
+      limits: [],
+      credits: null,
+      perUnit: 0,
+      lastLease: 0,
+      wanted: { units: 0, at: 0 },
+      leases: new HeldLeases(),
+      ...held,
+    };
+    this.held.set(name, h);
+    return h;
   }
 
   /**
@@ -130,6 +212,13 @@ export class Holdings {
   runningLow(name: string): boolean {
     const h = this.get(name);
     return h !== undefined && this.calls(name).length === 0 && h.leases.available(this.now()) * 2 <= h.lastLease;
+  }
+
+  /** What ended leases of `name` left and what is owed to its object, still to give back (`unspent` takes it). */
+  owing(name: string): number {
+    const now = this.now();
+    const ended = this.held.get(name)?.leases.endedLeft(now) ?? 0;
+    return ended + (this.owed.get(name) ?? []).reduce((n, u) => n + u.left, 0);
   }
 
   /** What this isolate holds unspent of `name`'s leases, to add to what the object says is left. */
@@ -243,6 +332,7 @@ export class Holdings {
       if (this.dropped.size >= MAX_HELD_KEYS) for (const [n, at] of this.dropped) if (at < now - LEASE_MS) this.dropped.delete(n);
       this.dropped.delete(name);
       this.dropped.set(name, now);
+      this.routes.delete(name);
       const h = this.held.get(name);
       if (h) h.until = 0;
     }

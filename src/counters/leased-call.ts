@@ -69,7 +69,7 @@ function fromHeld<S extends CounterStub, R, F extends { ok: false }>(
 ): Leased<R> | F | null {
   if (asksObject(c)) return null;
   const local = fromLease(isolate, c);
-  if (local && c.renew && isolate.runningLow(c.name)) deps.waitUntil(renew(deps, isolate, c, c.renew));
+  if (local?.ok && local.spent.allowed && c.renew && isolate.runningLow(c.name)) deps.waitUntil(renew(deps, isolate, c, c.renew));
   return local;
 }
 
@@ -85,9 +85,12 @@ async function called<S extends CounterStub, R, F extends { ok: false }>(
   // a call is in flight: a request that must call has to claim it before any other looks. A request spending only
   // some limits, or at other costs (`costs`), takes no lease and so waits for none.
   const inFlight = () => (asksObject(c) ? undefined : isolate.inFlight(name, c.cost));
-  for (let renewal = inFlight(); renewal && (await renewal); renewal = inFlight()) {
+  for (let renewal = inFlight(); renewal; renewal = inFlight()) {
+    const leased = await renewal;
+    // What it brought: a lease to spend from, or a refusal by a limit that holds for this request too.
     const local = fromHeld(deps, isolate, c);
     if (local) return local;
+    if (!leased) break;
   }
   const askedAt = isolate.now();
   const returned = isolate.unspent(name);
@@ -116,6 +119,8 @@ async function called<S extends CounterStub, R, F extends { ok: false }>(
   if (!counted.allowed && !asksObject(c)) {
     const leased = fromLease(isolate, c);
     if (leased) return leased;
+    // Refused by a limit, a hot counter's next requests are refused here until it could admit again (held.ts).
+    if (!counted.exhausted) isolate.refuse(name, askedAt, record, counted);
   }
   // What is left as the object sees it, less what this isolate has spent: its unspent leases are still budget.
   const available = isolate.available(name);
@@ -135,7 +140,8 @@ const bringsLease =
 
 /**
  * A request decided in this isolate, with no call: the record the object answered under a lease that has not ended,
- * and an admission of that lease. Null when the isolate holds no such lease (the object decides).
+ * and an admission of that lease, or the object's refusal it remembers. Null when the isolate holds neither (the object
+ * decides).
  */
 function fromLease<S extends CounterStub, R, F extends { ok: false }>(isolate: Holdings, c: LeasedCall<S, R, F>): Leased<R> | F | null {
   const held = isolate.get(c.name);
@@ -144,7 +150,7 @@ function fromLease<S extends CounterStub, R, F extends { ok: false }>(isolate: H
   const record = held.record as R;
   const refused = c.check?.(record);
   if (refused) return refused;
-  const spent = isolate.take(c.name, c.cost, c.credits);
+  const spent = isolate.take(c.name, c.cost, c.credits) ?? isolate.refusal(c.name);
   return spent && { ok: true, record, spent };
 }
 

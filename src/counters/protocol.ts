@@ -36,6 +36,11 @@ export type Spending = {
   reserve?: { until: number };
   /** A request's `Idempotency-Key` (a key's only): see KeyObject.authorize. Such a call takes no lease. */
   idempotency?: Idempotency;
+  /**
+   * A relay's call (counters/relay.ts): how many of its isolates' calls it answered since its last one. Its lease is a
+   * block, sized by `wanted`.
+   */
+  relayed?: number;
 };
 
 /**

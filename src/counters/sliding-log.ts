@@ -52,17 +52,19 @@ export class SlidingLog {
     costs,
     lease: leasing = false,
     wanted = 0,
+    block = false,
   }: {
     limits: readonly Limit[];
     cost?: number;
     costs?: Record<string, number>;
     lease?: boolean;
     wanted?: number;
+    block?: boolean;
   }): LogGrant {
     const now = this.clock();
     const spend = charges(limits, cost, costs);
     for (const { limit } of spend) this.forget(limit.name, now - limit.windowSeconds * 1000);
-    const decision = admitWithLease(this.logs, now, spend, leasing && costs === undefined, wanted);
+    const decision = admitWithLease(this.logs, now, spend, leasing && costs === undefined, wanted, block);
     const { lease } = decision;
     for (const { limit, cost: n } of spend) {
       if (decision.allowed) this.unsaved.push(...rows(limit.name, now, n));

@@ -2,12 +2,14 @@ import { hashKey, keyIdOf } from "../core/ids";
 import { readKey } from "../core/key-format";
 import type { AuthMethod } from "../core/principal";
 import { keyRefusal, type Need, type Principal, perPerson, personal, pooled, type Refusal } from "../core/principal";
-import type { Holdings } from "../counters/held";
+import { type Holdings, holdings } from "../counters/held";
 import { leasedCall } from "../counters/leased-call";
 import { type Charge, refund, spendPool } from "../counters/limiter";
-import type { Idempotency, Spent } from "../counters/protocol";
+import type { Idempotency, Spending, Spent } from "../counters/protocol";
+import type { Routed } from "../counters/relay";
 import type { Deps } from "../platform/deps";
-import type { Authorization, KeyObject } from "./object";
+import type { Authorization, KeyCall, KeyObject } from "./object";
+import { routedOf } from "./relay";
 import { catchUp } from "./reload";
 import { evaluateKey, keyIdByHash, loadKey, type VerifyResult } from "./store";
 
@@ -86,6 +88,21 @@ export async function authorizeKey(
   /** The key's object's verdict; `byHash`: the id was worked out from the hash, which the object also looks the key up by. */
   const judge = (keyId: string, byHash?: string) => {
     const name = `key:${keyId}`;
+    /**
+     * One call on the key: to the relay this isolate is told to call while the key is spread (a plain call of a known
+     * key: nothing only its object decides), else to its object; the answer says where the next goes.
+     */
+    const called = async (stub: DurableObjectStub<KeyObject>, call: KeyCall & Spending) => {
+      const held = isolate ?? holdings;
+      const plain = !call.hash && !call.costs && !call.reserve && !call.idempotency && !call.credits && !call.perUnit;
+      const relay = plain ? held.relayOf(name) : null;
+      const askedAt = held.now();
+      const answer = relay
+        ? await (deps.env.RELAYS.getByName(relay).authorize(call) as Promise<Routed<Principal, Refused>>)
+        : routedOf(await (stub.authorize(call) as Promise<Authorization>));
+      if (answer.ok) held.route(name, answer.relays, askedAt);
+      return answer;
+    };
     return leasedCall<DurableObjectStub<KeyObject>, Principal, Refused | Moved>(
       deps,
       {
@@ -97,10 +114,9 @@ export async function authorizeKey(
         idempotency,
         ask: async (stub, spending) => {
           await catchUp(stub, name);
-          return answerOf(await (stub.authorize({ keyId, hash: byHash, method, need, ip, ...spending }) as Promise<Authorization>));
+          return called(stub, { keyId, hash: byHash, method, need, ip, ...spending });
         },
-        renew: async (stub, spending) =>
-          answerOf(await (stub.authorize({ keyId, method, need: "any", anyAddress: true, ...spending }) as Promise<Authorization>)),
+        renew: (stub, spending) => called(stub, { keyId, method, need: "any", anyAddress: true, ...spending }),
         check: (principal) => {
           const refused = keyRefusal(principal, need, ip);
           return refused && { ok: false, refusal: refused };
@@ -172,11 +188,6 @@ export async function withPool(
     spent.push(more);
   }
   return { spent, unlimited };
-}
-
-/** The key object's answer, as the counter protocol reads it. */
-function answerOf(a: Authorization) {
-  return a.ok ? { ok: true as const, record: a.principal, granted: a.granted } : a;
 }
 
 async function lookUpKeyId(deps: Deps, hash: string): Promise<string | undefined> {

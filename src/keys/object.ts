@@ -1,6 +1,7 @@
 import { DurableObject } from "cloudflare:workers";
 import type { LedgerEntry } from "../core/balance";
 import { storedCredits } from "../core/credits";
+import { FanIn, leaseMs, type Relays } from "../core/lease";
 import type { AuthMethod } from "../core/principal";
 import { keyRefusal, type Need, type Principal, type Refusal, refusal } from "../core/principal";
 import { Budget } from "../counters/budget";
@@ -40,14 +41,28 @@ function judge(record: KeyRecord | undefined, now: number): Pick<KeyState, "verd
 }
 
 export type Authorization =
-  /** `granted`: what the key's budget counted, and the lease beside it for the caller to spend. */
-  | { ok: true; principal: Principal; granted: Granted }
+  /**
+   * `granted`: what the key's budget counted, and the lease beside it for the caller to spend; `relays`: where the
+   * key's isolates call while it is spread (core/lease.ts, FanIn).
+   */
+  | { ok: true; principal: Principal; granted: Granted; relays?: Relays | null }
   | Extract<VerifyResult, { ok: false }>
   | { ok: false; refusal: Refusal }
   /** The first request with this `Idempotency-Key` is still being answered, or was another request. */
   | { ok: false; code: "idempotency_in_flight" | "idempotency_key_reused" }
   /** The hash names a key issued before ids were worked out from hashes: its object is `key:<keyId>`. */
   | { ok: false; code: "key_moved"; keyId: string };
+
+/** What a call on a key asks of it, beside what it spends. */
+export type KeyCall = {
+  keyId: string;
+  /** The key's hash, when the caller worked `keyId` out from it: a key issued before with this hash is found too. */
+  hash?: string;
+  method: AuthMethod;
+  need: Need;
+  ip?: string | null;
+  anyAddress?: boolean;
+};
 
 /** How long a request's `Idempotency-Key` is remembered once it was charged. */
 export const IDEMPOTENCY_MS = 24 * 3_600_000;
@@ -73,6 +88,8 @@ export class KeyObject extends DurableObject<Bindings> {
   /** Replaceable in tests to move time. */
   clock: () => number = Date.now;
   private readonly budget: Budget;
+  /** The calls the key answers a second, through its relays too: whether its isolates are spread over relays. */
+  private readonly fanIn = new FanIn();
   /** The key as read from D1 (one, under its id), trusted as every object's records are (counters/trusted.ts). */
   private readonly keys: TrustedRecords<KeyState>;
   /** The key this object last judged (an object has one): what the test getters look at. */
@@ -117,23 +134,7 @@ export class KeyObject extends DurableObject<Bindings> {
    * can hold a lease (`lease`) gets one when the key is hot (core/lease.ts), and gives back what its ended leases did
    * not spend (`returned`).
    */
-  authorize({
-    keyId,
-    hash,
-    method,
-    need,
-    ip,
-    anyAddress = false,
-    ...call
-  }: Spending & {
-    keyId: string;
-    /** The key's hash, when the caller worked `keyId` out from it: a key issued before with this hash is found too. */
-    hash?: string;
-    method: AuthMethod;
-    need: Need;
-    ip?: string | null;
-    anyAddress?: boolean;
-  }): Promise<Authorization> {
+  authorize({ keyId, hash, method, need, ip, anyAddress = false, ...call }: Spending & KeyCall): Promise<Authorization> {
     const { idempotency } = call;
     // What the judgement found, for the answer: the call spends only when it passed.
     let passed: { key: KeyState; principal: Principal; now: number } | undefined;
@@ -189,7 +190,11 @@ export class KeyObject extends DurableObject<Bindings> {
         this.flushLater(keyId);
         // Leases' rests this call brought back may belong to a successor.
         if (call.returned?.length) this.forward();
-        return { ok: true, principal, granted };
+        // A key with a balance of its own is never spread: its leases carry credits, which relays do not carve.
+        this.fanIn.note(now, call.relayed ?? 1);
+        const spreadable = principal.credits.key === null && principal.limits.length > 0;
+        const relays = spreadable ? this.fanIn.relays(now, Math.min(...principal.limits.map(leaseMs))) : null;
+        return { ok: true, principal, granted, relays };
       },
     });
   }

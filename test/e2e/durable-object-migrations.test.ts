@@ -20,7 +20,7 @@ const renames = (block: string) =>
 describe("Durable Object migrations", () => {
   it("create or rename into every bound class, in order, and the Worker exports each", () => {
     const bound = blocks("durable_objects.bindings").map((b) => /class_name\s*=\s*"([^"]+)"/.exec(b)?.[1]);
-    expect(bound.sort()).toEqual(["AccountObject", "Counter", "KeyObject"]);
+    expect(bound.sort()).toEqual(["AccountObject", "Counter", "KeyObject", "KeyRelay"]);
     const live = new Set<string>();
     const tags: string[] = [];
     for (const block of blocks("migrations")) {
@@ -32,8 +32,8 @@ describe("Durable Object migrations", () => {
       }
       for (const created of list(block, "new_sqlite_classes")) live.add(created as string);
     }
-    expect(tags).toEqual(["v1", "v2", "v3"]);
-    expect([...live].sort()).toEqual(["AccountObject", "Counter", "KeyObject"]);
+    expect(tags).toEqual(["v1", "v2", "v3", "v4"]);
+    expect([...live].sort()).toEqual(["AccountObject", "Counter", "KeyObject", "KeyRelay"]);
     for (const name of bound) expect(index).toMatch(new RegExp(`export \\{ ${name} \\}`));
   });
 });

@@ -100,6 +100,26 @@ describe("leases", () => {
     expect(observed.calls("authorize")).toBeLessThan(60);
   });
 
+  it("answer a hot key's refusals in the isolate, with no call, until its limit could admit again; a revocation ends that at once", async () => {
+    const { key } = await provision();
+    const hot = await createKey(key.key, { rateLimit: { limit: 100, windowSeconds: 60 } });
+    const observed = faultyObjects(env.KEYS, {});
+    const whoami = () => callWith({ KEYS: observed }, "/v1/whoami", { key: hot.key });
+    let admitted = 0;
+    for (let res = await whoami(); res.status === 200; res = await whoami()) admitted += 1;
+    expect(admitted).toBe(100);
+    const calls = observed.calls("authorize");
+    for (let i = 0; i < 20; i++) {
+      const res = await whoami();
+      await expectProblem(res, 429, "rate_limited");
+      expect(Number(res.headers.get("Retry-After"))).toBeGreaterThan(50);
+      expect(res.headers.get("X-RateLimit-Remaining")).toBe("0");
+    }
+    expect(observed.calls("authorize")).toBe(calls);
+    expect((await call(`/v1/api-keys/${hot.id}`, { method: "DELETE", key: key.key })).status).toBe(200);
+    await expectProblem(await whoami(), 401, "key_revoked");
+  });
+
   it("end in the isolate that revokes the key at once, and the object refuses every other isolate at once", async () => {
     const { key } = await provision();
     const hot = await createKey(key.key, { rateLimit: { limit: 1000, windowSeconds: 60 } });

@@ -1,9 +1,10 @@
-import { admitWithLease } from "../../src/core/lease";
+import { admitWithLease, FanIn, leaseMs, MAX_RELAYS } from "../../src/core/lease";
 import type { Principal } from "../../src/core/principal";
 import { charges, decideAll, firstInWindow, type Limit, type Logs, logOf, named, type Policy } from "../../src/core/window";
 import { Holdings } from "../../src/counters/held";
-import { type Answer, type Leased, type LeasedCall, leasedCall } from "../../src/counters/leased-call";
+import { type Leased, type LeasedCall, leasedCall } from "../../src/counters/leased-call";
 import type { Spending } from "../../src/counters/protocol";
+import { Relay, type Routed } from "../../src/counters/relay";
 import type { Deps } from "../../src/platform/deps";
 
 /** A seeded generator, so every run tests the same arrival patterns. */
@@ -53,8 +54,11 @@ export const PRINCIPAL: Principal = {
 /** The key's limits in a scenario. */
 const limitsOf = (s: Scenario): Limit[] => s.limits ?? [named(s.policy)];
 
-/** A call in flight to the object, decided at `t`. */
-type Pending = { t: number; isolate: number; spending: Spending; answer: (a: Answer<Principal, Refused>) => void };
+/**
+ * A call in flight, decided at `t`: of an isolate (`isolate`) or of a relay (`isolate` -1 - its index), to the key's
+ * object, or of an isolate to its relay (`relay`).
+ */
+type Pending = { t: number; isolate: number; relay?: number; spending: Spending; answer: (a: Routed<Principal, Refused>) => void };
 type Refused = { ok: false; code: "key_revoked" };
 
 /** The isolate's continuations after an answer are a few promise steps deep; this drains them before time moves on. */
@@ -65,17 +69,22 @@ async function settle(): Promise<void> {
 /**
  * Isolates sharing one key's object, driven by an injected clock. Each request takes the isolate's side of the
  * protocol exactly as a key does (`leasedCall` over the isolate's own Holdings: its lease, the call in flight it waits
- * for, its background renewal); only the transport is simulated: a call reaches the object after a random delay,
- * where the object's admit step (`admitWithLease`, as in the Durable Object's sliding log) decides it. Returns the
- * instants of every real admission, wherever it was spent, how many requests were not admitted, how many object calls
- * were made and when the object decided each, and the longest a request waited for its answer.
+ * for, its background renewal, the relay it is told to call); only the transport is simulated: a call reaches the
+ * object (or the relay, whose side runs as the Relay object's does) after a random delay, where the object's admit
+ * step (`admitWithLease`, as in the Durable Object's sliding log) decides it and its FanIn says whether the key is
+ * spread. Returns the instants of every real admission, wherever it was spent, how many requests were not admitted, how
+ * many object calls were made and when the object decided each (and each relay, each of its calls), and the longest a
+ * request waited for its answer.
  */
 export async function simulate(s: Scenario) {
   const next = random(s.seed);
   const logs: Logs = new Map();
   const limits = limitsOf(s);
   let clock = 0;
-  const isolates = Array.from({ length: s.isolates }, () => new Holdings(() => clock));
+  const isolates = Array.from({ length: s.isolates }, (_, i) => new Holdings(() => clock, i));
+  const relays = Array.from({ length: MAX_RELAYS }, () => new Relay(new Holdings(() => clock)));
+  const relayDecidedAt: number[][] = relays.map(() => []);
+  const fanIn = new FanIn();
   const spends: number[] = [];
   let refused = 0;
   let calls = 0;
@@ -92,18 +101,33 @@ export async function simulate(s: Scenario) {
     waitUntil: (p: Promise<unknown>) => void p.catch(() => {}),
     log: () => {},
   } as unknown as Deps;
+  // A relay fails closed: an isolate whose relay could not reach the object handles it as its own failed call.
+  const relayDeps = { ...deps, config: { ...config, rateLimitFailureMode: "closed" } } as Deps;
   const stub = { cancel: async () => {}, refund: async () => {} };
+  const send = (isolate: number, spending: Spending, relay?: number) =>
+    new Promise<Routed<Principal, Refused>>((answer) => {
+      if (relay === undefined) calls += 1;
+      const decision = { t: clock + next() * s.rttMs, isolate, relay, spending, answer };
+      // From the end: a new call is mostly decided after those already on their way.
+      let i = pending.length;
+      while (i > 0 && (pending[i - 1] as Pending).t > decision.t) i--;
+      pending.splice(i, 0, decision);
+    });
   const call = (isolate: number): LeasedCall<typeof stub, Principal, Refused> => {
-    const ask = (_: typeof stub, spending: Spending) =>
-      new Promise<Answer<Principal, Refused>>((answer) => {
-        calls += 1;
-        const decision = { t: clock + next() * s.rttMs, isolate, spending, answer };
-        // From the end: a new call is mostly decided after those already on their way.
-        let i = pending.length;
-        while (i > 0 && (pending[i - 1] as Pending).t > decision.t) i--;
-        pending.splice(i, 0, decision);
-      });
+    const held = isolates[isolate] as Holdings;
+    // As keys/authorize.ts calls: the relay it is told to call, else the object; the answer says where next.
+    const ask = async (_: typeof stub, spending: Spending) => {
+      const relay = held.relayOf(KEY);
+      const askedAt = clock;
+      const answer = await send(isolate, spending, relay === null ? undefined : Number(relay.split(":")[1]));
+      if (answer.ok) held.route(KEY, answer.relays, askedAt);
+      return answer;
+    };
     return { name: KEY, stub, cost: 1, ask, renew: ask };
+  };
+  const relayed = (k: number, spending: Spending) => {
+    const ask = (_: typeof stub, sp: Spending) => send(-1 - k, sp);
+    return (relays[k] as Relay).serve(relayDeps, { name: KEY, stub, spending, ask, renew: ask });
   };
   let longestWait = 0;
   const answered = (arrivedAt: number) => (verdict: Leased<Principal> | Refused | null) => {
@@ -129,6 +153,13 @@ export async function simulate(s: Scenario) {
     const e = pending.shift() as Pending;
     if (dead(e.isolate, e.t)) continue;
     clock = e.t;
+    if (e.relay !== undefined) {
+      (relayDecidedAt[e.relay] as number[]).push(e.t);
+      // A relay here never fails (its calls have no deadline to miss): one that threw would fail the test.
+      void relayed(e.relay, e.spending).then(e.answer);
+      await settle();
+      continue;
+    }
     decidedAt.push(e.t);
     // What the object does with a call, as its sliding log does: takes back what ended leases left (only what is
     // still logged, in every log: the entries at the lease's end lie together), forgets what left each window once
@@ -146,15 +177,21 @@ export async function simulate(s: Scenario) {
         const expired = firstInWindow(log, e.t - l.windowSeconds * 1000);
         if (expired > 0 && expired >= log.length - expired) log.splice(0, expired);
       }
-      const { cost = 1, lease = false, wanted } = e.spending;
+      const { cost = 1, lease = false, wanted, relayed: answered } = e.spending;
       const spend = charges(limits, cost);
-      const d = admitWithLease(logs, e.t, spend, lease, wanted);
+      const d = admitWithLease(logs, e.t, spend, lease, wanted, answered !== undefined);
       const costs = Object.fromEntries(spend.map((c) => [c.limit.name, c.cost]));
-      e.answer({ ok: true, record: PRINCIPAL, granted: { ...d, at: e.t, cost, costs, credits: null } });
+      fanIn.note(e.t, answered ?? 1);
+      e.answer({
+        ok: true,
+        record: PRINCIPAL,
+        granted: { ...d, at: e.t, cost, costs, credits: null },
+        relays: fanIn.relays(e.t, Math.min(...limits.map(leaseMs))),
+      });
     }
     await settle();
   }
-  return { spends: spends.sort((a, b) => a - b), refused, calls, decidedAt, arrivals: arrivals.length, longestWait };
+  return { spends: spends.sort((a, b) => a - b), refused, calls, decidedAt, relayDecidedAt, arrivals: arrivals.length, longestWait };
 }
 
 /** The most admissions any window of the policy holds (each window ending at an admission is the worst case). */

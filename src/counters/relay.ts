@@ -1,0 +1,112 @@
+import { MAX_LEASE, type Relays } from "../core/lease";
+import type { Deps } from "../platform/deps";
+import type { Holdings } from "./held";
+import { type Answer, leasedCall } from "./leased-call";
+import type { CounterStub, Granted, Spending } from "./protocol";
+
+/** An answer as a key's object or its relay gives it: with where the key's isolates call next (core/lease.ts). */
+export type Routed<R, F> = Answer<R, F> & { relays?: Relays | null };
+
+/** One isolate's plain call, as its relay takes it: the call's spending, and the key's object's side of it. */
+export type Relayed<S extends CounterStub, R, F extends { ok: false }> = {
+  name: string;
+  stub: S;
+  spending: Spending;
+  /** The isolate's call, made by the relay for itself (with a block beside it). */
+  ask: (stub: S, spending: Spending) => Promise<Routed<R, F>>;
+  /** The relay's own renewal of its block, spending nothing. */
+  renew: (stub: S, spending: Spending) => Promise<Routed<R, F>>;
+  /** A held record's refusal of the isolate's request (what the key's object would refuse it for), or null. */
+  check?: (record: R) => F | null;
+};
+
+/**
+ * A relay of a hot key: an object between some of the key's isolates and the key's object, so that one key can be
+ * used from more isolates than one object could answer (one call a second each, at least, to keep a lease). To the
+ * key's object it is one isolate (counters/leased-call.ts, over its own Holdings) whose leases are blocks, each asked
+ * for as large as its isolates took in the last second (MAX_BLOCK at most); to its isolates it answers as the key's
+ * object does, carving each a lease out of a block. A carved lease ends when its block ends and shares its id, so it
+ * is logged where the block is (at the block's end, counted from its grant), the key's object takes back what the
+ * isolate left of it, and nothing a relay hands out outlives what the key's object trusted: the limits hold exactly as
+ * with one object, and a change to the key is in force everywhere within a lease, as before.
+ */
+export class Relay {
+  /** Admissions this relay handed out in the current and the last second: what its next block is sized by. */
+  private served = { second: 0, now: 0, last: 0 };
+  /** Isolates' calls answered since the last call to the key's object (FanIn counts them). */
+  private answered = 0;
+  private relays: { count: number; until: number } | null = null;
+
+  constructor(readonly held: Holdings) {}
+
+  /**
+   * Answers one isolate's call: its admission and a lease carved from a block this relay holds, or (none held) from the
+   * block the call brings, asked for with the isolate's call itself; a refusal as the key's object made it.
+   */
+  async serve<S extends CounterStub, R, F extends { ok: false }>(deps: Deps, c: Relayed<S, R, F>): Promise<Routed<R, F>> {
+    const { name, spending } = c;
+    const cost = spending.cost ?? 1;
+    for (const r of spending.returned ?? []) if (!this.held.giveBack(name, r.id, r.left)) this.held.owe(name, r);
+    this.answered += 1;
+    // The relay's calls: the isolate's tag (a retry spends once, a cancellation reaches the key's object), its block.
+    const upstream =
+      (call: Relayed<S, R, F>["ask"]) =>
+      async (stub: S, s: Spending): Promise<Routed<R, F>> => {
+        const askedAt = this.held.now();
+        const relayed = this.answered;
+        this.answered = 0;
+        const answer = await call(stub, { ...s, wanted: this.demand(), relayed });
+        this.relays = answer.ok && answer.relays ? { count: answer.relays.count, until: askedAt + answer.relays.ms } : null;
+        // Known to be spread, the key is hot here too: its refusals are remembered as a lease's holder's are.
+        if (answer.ok) this.held.route(name, answer.relays, askedAt);
+        return answer;
+      };
+    const own = { ...deps, requestId: spending.tag.id };
+    const verdict = await leasedCall<S, R, F>(
+      own,
+      { name, stub: c.stub, cost, ask: upstream(c.ask), renew: upstream(c.renew), check: c.check },
+      this.held,
+    );
+    if (verdict === null) throw new Error("the key's object did not answer");
+    const routed = { relays: this.routes() };
+    if (!verdict.ok) return { ...verdict, ...routed };
+    const { record, spent } = verdict;
+    const lease = spending.lease && spent.allowed ? this.held.carve(name, this.share(name)) : null;
+    this.count(cost + (lease?.units ?? 0));
+    const { name: _, leased: __, spentCredits: ___, credits: ____, ...counted } = spent;
+    const limits = counted.limits.map((l) => ({ ...l, remaining: l.remaining - (lease?.units ?? 0) }));
+    const granted: Granted = { ...counted, limits, lease, credits: null };
+    return { ok: true, record, granted, ...routed };
+  }
+
+  /**
+   * An isolate's lease: what a key's object would lease a hot key's isolate (MAX_LEASE). The blocks were already cut
+   * to a share of what the key has left.
+   */
+  private share(_name: string): number {
+    return MAX_LEASE;
+  }
+
+  /**
+   * What the next block should hold: a second of what the isolates take, as the last whole second or the current one
+   * (from its first tenth on) measures it.
+   */
+  private demand(): number {
+    this.count(0);
+    const into = Math.max(100, this.held.now() % 1000);
+    return Math.max(Math.ceil((this.served.now * 1000) / into), this.served.last, 2 * MAX_LEASE);
+  }
+
+  private count(n: number): void {
+    const second = Math.floor(this.held.now() / 1000);
+    if (second !== this.served.second) this.served = { second, now: 0, last: second === this.served.second + 1 ? this.served.now : 0 };
+    this.served.now += n;
+  }
+
+  /** The relays the key's object last named, from now. */
+  private routes(): Relays | null {
+    const r = this.relays;
+    const now = this.held.now();
+    return r && r.until > now ? { count: r.count, ms: r.until - now } : null;
+  }
+}
