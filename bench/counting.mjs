@@ -1,6 +1,6 @@
 // Bench-only entry around the built worker.
 // - With `X-Bench-Count: 1`, counts the D1 round trips and Durable Object calls a request makes before its response,
-//   and reports them in `X-Bench-Counts` (`do` all of them, and `key`, `account`, `counter` by kind of object).
+//   and reports them in `X-Bench-Counts` (`do` all of them, and `key`, `relay`, `account`, `counter` by kind of object).
 // - In an isolate given the binding BENCH_DO_RTT_MS (the far-away counter), every Durable Object call of every request
 //   takes that simulated round trip (half on the way there, half on the way back) and is counted, as are the requests;
 //   `GET /__bench/do-calls` answers how many of each this isolate has seen so far.
@@ -8,9 +8,9 @@
 //   object (calls made after the answer, such as a lease's renewal in the background, included); `GET /__bench/tally`
 //   answers how many of each this isolate has seen so far.
 // Other requests pass straight through.
-import worker, { AccountObject, Counter, KeyObject } from "./index.js";
+import worker, { AccountObject, Counter, KeyObject, KeyRelay } from "./index.js";
 
-export { AccountObject, Counter, KeyObject };
+export { AccountObject, Counter, KeyObject, KeyRelay };
 
 /** A Durable Object namespace whose stubs (from getByName) run each method call through `around`. */
 const aroundCalls = (namespace, around) =>
@@ -32,7 +32,7 @@ const aroundCalls = (namespace, around) =>
   });
 
 /** The Durable Object bindings, by the kind of object their calls are counted as. */
-const KINDS = { KEYS: "key", ACCOUNTS: "account", COUNTERS: "counter" };
+const KINDS = { KEYS: "key", RELAYS: "relay", ACCOUNTS: "account", COUNTERS: "counter" };
 
 /** `env` with every Durable Object call run through `around(kind, call)`. */
 const aroundEveryCall = (env, around) => ({
@@ -67,7 +67,7 @@ function farEnv(env, rtt) {
 }
 
 /** Requests marked `X-Bench-Tally` that this isolate served, and the Durable Object calls they made by kind. */
-const tally = { requests: 0, key: 0, account: 0, counter: 0 };
+const tally = { requests: 0, key: 0, relay: 0, account: 0, counter: 0 };
 const tallyEnvs = new WeakMap();
 
 /** The bindings a marked request sees: every Durable Object call counted in `tally` (one wrapped env per env). */
@@ -144,7 +144,7 @@ export default {
       env = tallyEnv(env);
     }
     if (!request.headers.has("X-Bench-Count")) return worker.fetch(request, env, ctx);
-    const counts = { d1: 0, do: 0, key: 0, account: 0, counter: 0 };
+    const counts = { d1: 0, do: 0, key: 0, relay: 0, account: 0, counter: 0 };
     const DB = countingDb(env.DB, () => {
       counts.d1 += 1;
     });

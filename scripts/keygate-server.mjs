@@ -16,7 +16,7 @@ const isolateName = (i) => (i === 0 ? "keygate" : `keygate-${i + 1}`);
  * `assets: false` leaves out the static assets (the demo page).
  *
  * `isolates` (default 1): how many Workers run the same bundle, as several isolates of one deployment would. They
- * share the D1 database, and the Durable Object bindings (KEYS, COUNTERS, ACCOUNTS) of every one point at the first one's
+ * share the D1 database, and the Durable Object bindings (KEYS, RELAYS, COUNTERS, ACCOUNTS) of every one point at the first one's
  * classes, so all reach the same objects. Either a count, or one object of extra bindings per isolate (e.g. a setting
  * only one of them has). `url` is the first isolate behind Miniflare's entry Worker, as with a single one; `urls` has
  * each isolate's own address on 127.0.0.1, straight to its Worker (with one isolate, just `url`). `names` are the
@@ -46,6 +46,7 @@ export async function startKeygate({ port, bindings, entry, assets = true, isola
     d1Databases: ["DB"],
     durableObjects: {
       KEYS: durableObject("KeyObject", i),
+      RELAYS: durableObject("KeyRelay", i),
       COUNTERS: durableObject("Counter", i),
       ACCOUNTS: durableObject("AccountObject", i),
     },
