@@ -93,8 +93,8 @@ export const DESIGN = {
   relayCallsPerSecond: 3,
   /**
    * A person's request is judged by their object (src/counters/sessions.ts): no D1 read once it knows the session; it
-   * rereads the person and each live session once per RECORD_TTL_MS (src/counters/trusted.ts), and writes a
-   * session's last use once a minute straight to D1 (not through the usage queue yet).
+   * rereads the person and each live session once per RECORD_TTL_MS (src/counters/trusted.ts), and sends a session's
+   * last use through the usage queue once a minute: one message, written with the batch's others in one statement.
    */
   personReadsPerRequest: 0,
   sessionRecordReadsPerMinute: 2,
@@ -170,11 +170,12 @@ export function model({ keys, active, rps, isolates, hotShare = 0.05, accountSha
     perRequest: spreadRps * m.coldKey.d1 + hotRps * m.hotKey.d1,
     people: peopleRps * DESIGN.personReadsPerRequest + (sessions * DESIGN.sessionRecordReadsPerMinute) / 60,
   };
-  const queue = perMinute(active, DESIGN.usageFlushMs) * DESIGN.queueMessagesPerActiveKeyPerFlush;
-  const batches = Math.ceil(queue / DESIGN.queueBatch);
+  const keyMessages = perMinute(active, DESIGN.usageFlushMs) * DESIGN.queueMessagesPerActiveKeyPerFlush;
+  const sessionMessages = perMinute(sessions, DESIGN.sessionLastUsedMs);
+  const queue = keyMessages + sessionMessages;
   const writes = {
-    usage: batches * DESIGN.d1StatementsPerBatch,
-    sessions: perMinute(sessions, DESIGN.sessionLastUsedMs),
+    usage: Math.ceil(keyMessages / DESIGN.queueBatch) * DESIGN.d1StatementsPerBatch,
+    sessions: Math.ceil(sessionMessages / DESIGN.queueBatch) * DESIGN.d1StatementsPerBatch,
   };
   const sum = (o) => Object.values(o).reduce((a, b) => a + b, 0);
   const d1Reads = sum(reads);
@@ -243,7 +244,7 @@ export function model({ keys, active, rps, isolates, hotShare = 0.05, accountSha
       part: "Queue messages/s",
       load: queue,
       limit: LIMITS.queueMessagesPerSecond.value,
-      note: `usage: one message per active key per minute, ${round(batches)} batches/s`,
+      note: `usage: one message per active key${sessions ? " and per live session" : ""} per minute, ${round(Math.ceil(queue / DESIGN.queueBatch))} batches/s`,
     },
     {
       part: "CPU ms per request",

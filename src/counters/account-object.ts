@@ -10,6 +10,7 @@ import { type Db, db, session, withDeadline } from "../platform/db/client";
 import { accounts, plans } from "../platform/db/schema";
 import type { Bindings } from "../platform/env";
 import { log, safeError } from "../platform/log";
+import type { UsageMessage } from "../usage/queue";
 import { Budget } from "./budget";
 import { LedgerOutbox } from "./ledger";
 import { Notices } from "./notices";
@@ -78,6 +79,8 @@ export class AccountObject extends DurableObject<Bindings> {
   private readonly rollup: UsageRollup;
   /** A person's object: their sessions, judged with no D1 read once known. */
   private readonly sessions: PersonSessions;
+  /** Where a person's sessions' last uses leave the object; tests make it fail through test/faults.ts (`faultyQueue`). */
+  usageQueue: Queue<UsageMessage>;
 
   constructor(ctx: DurableObjectState, env: Bindings) {
     super(ctx, env);
@@ -85,11 +88,13 @@ export class AccountObject extends DurableObject<Bindings> {
     this.ledger = new LedgerOutbox(ctx.storage.sql, () => this.clock());
     this.notices = new Notices(ctx, env);
     this.rollup = new UsageRollup(ctx.storage.sql);
+    this.usageQueue = env.USAGE;
     this.sessions = new PersonSessions(
       ctx.storage.kv,
       () => this.clock(),
       // From a copy of D1 that has caught up with the last change that reloaded the person.
       () => session(this.database, this.bookmark),
+      () => this.usageQueue,
       (p) => ctx.waitUntil(p),
       RECORD_TTL_MS,
       UNSETTLED_TRUST_MS,

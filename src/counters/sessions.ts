@@ -1,9 +1,11 @@
-import { and, eq, lt } from "drizzle-orm";
+import { eq } from "drizzle-orm";
 import type { AccountLimits } from "../core/ceilings";
 import { type Principal, sessionPrincipal } from "../core/principal";
 import { type D1, type Db, db } from "../platform/db/client";
 import { accountLimitColumns, accounts, plans, sessions, users } from "../platform/db/schema";
+import { retryFor } from "../platform/deadline";
 import { log, safeError } from "../platform/log";
+import type { UsageMessage } from "../usage/queue";
 import { TrustedRecords } from "./trusted";
 
 /** How stale a session's `lastUsedAt` may get before a request writes it again (no D1 write per request). */
@@ -64,6 +66,7 @@ export class PersonSessions {
     kv: SyncKvStorage,
     private readonly clock: () => number,
     private readonly database: () => D1,
+    private readonly queue: () => Queue<UsageMessage>,
     private readonly waitUntil: (p: Promise<unknown>) => void,
     ttlMs: number,
     unsettledMs: number,
@@ -91,20 +94,31 @@ export class PersonSessions {
     return { ok: true, holder: { principal, email: user.email, proof } };
   }
 
-  /** Records the session's last use in D1 at most once per LAST_USED_GRANULARITY_MS, off the answer's path. */
+  /**
+   * Sends the session's last use through the usage queue (to D1 in the consumer's batches) at most once per
+   * LAST_USED_GRANULARITY_MS, off the answer's path. A send that fails is tried again for a minute, then by the
+   * session's next use.
+   */
   used(sessionId: string): void {
     const row = this.rows.peek(sessionId);
     const now = this.clock();
     if (!row || now - Date.parse(row.lastUsedAt) <= LAST_USED_GRANULARITY_MS) return;
+    const sent = row.lastUsedAt;
     const at = new Date(now).toISOString();
     this.rows.update(sessionId, (r) => r && { ...r, lastUsedAt: at });
+    const send = () => this.queue().send({ sessionUse: { sessionId, at } });
     this.waitUntil(
-      db(this.database())
-        .update(sessions)
-        .set({ lastUsedAt: at })
-        .where(and(eq(sessions.id, sessionId), lt(sessions.lastUsedAt, at)))
-        .run()
-        .catch((err: unknown) => log("warn", "session_last_used_failed", { error: safeError(err) })),
+      send().catch(async (err: unknown) => {
+        log("warn", "session_last_used_failed", { error: safeError(err) });
+        // Kept and sent again for a minute; past that, the session's next use sends it.
+        const retried = await retryFor(LAST_USED_GRANULARITY_MS, () =>
+          send().then(
+            () => true,
+            () => false,
+          ),
+        );
+        if (!retried) this.rows.update(sessionId, (r) => (r?.lastUsedAt === at ? { ...r, lastUsedAt: sent } : r));
+      }),
     );
   }
 

@@ -6,24 +6,28 @@ import type { RevisedHour } from "./tally";
 
 /**
  * What a key's object sends at most once per FLUSH_INTERVAL_MS: the hours that changed, each as it now stands (with its
- * revision), and the key's last use when it moved. Everything in it is absolute, so a copy delivered twice, or after
- * a later one, counts once.
+ * revision), and the key's last use when it moved; or what a person's object sends at most once a minute per session:
+ * its last use. Everything in it is absolute, so a copy delivered twice, or after a later one, counts once.
  */
-export type UsageMessage = {
-  usage: { keyId: string; accountId: string; hours: RevisedHour[]; lastUse?: { at: string; method: AuthMethod } };
-};
+export type UsageMessage = KeyUsage | { sessionUse: { sessionId: string; at: string } };
+type KeyUsage = { usage: { keyId: string; accountId: string; hours: RevisedHour[]; lastUse?: { at: string; method: AuthMethod } } };
 
 export function isUsageMessage(body: unknown): body is UsageMessage {
-  return typeof body === "object" && body !== null && "usage" in body;
+  return typeof body === "object" && body !== null && ("usage" in body || "sessionUse" in body);
 }
 
 /**
  * The usage queue's consumer. A batch costs one call to each account's object it names (the keys' hours, for the
- * account's rollup) and one D1 statement for the last uses of all its keys, whatever their number: D1's writes grow
- * with batches, not with keys or requests. Messages whose account's object or whose D1 write failed are retried (the
+ * account's rollup), one D1 statement for the last uses of all its keys and one for those of all its sessions, whatever
+ * their number: D1's writes grow with batches, not with keys, sessions or requests. Messages whose account's object or whose D1 write failed are retried (the
  * queue delivers them again); the rest are done.
  */
-export async function consumeUsage(deps: Deps, messages: readonly Message<UsageMessage>[]): Promise<void> {
+export async function consumeUsage(deps: Deps, all: readonly Message<UsageMessage>[]): Promise<void> {
+  const messages = all.filter((m): m is Message<KeyUsage> => "usage" in m.body);
+  await recordSessionUses(
+    deps,
+    all.filter((m) => "sessionUse" in m.body),
+  );
   const byAccount = Map.groupBy(messages, (m) => m.body.usage.accountId);
   await Promise.all(
     [...byAccount].map(async ([accountId, sent]) => {
@@ -54,5 +58,23 @@ export async function consumeUsage(deps: Deps, messages: readonly Message<UsageM
   } catch (err) {
     log("error", "last_use_write_failed", { keys: used.length, error: safeError(err) });
     for (const m of used) m.retry();
+  }
+}
+
+/** One D1 statement for the last uses of a batch's sessions; a use older than the one recorded changes nothing. */
+async function recordSessionUses(deps: Deps, messages: readonly Message<UsageMessage>[]): Promise<void> {
+  const uses = messages.flatMap((m) => ("sessionUse" in m.body ? [{ id: m.body.sessionUse.sessionId, at: m.body.sessionUse.at }] : []));
+  if (uses.length === 0) return;
+  try {
+    await deps.env.DB.prepare(
+      `UPDATE sessions SET last_used_at = u.at
+       FROM (SELECT json_extract(value, '$.id') AS id, max(json_extract(value, '$.at')) AS at FROM json_each(?) GROUP BY 1) AS u
+       WHERE sessions.id = u.id AND sessions.last_used_at < u.at`,
+    )
+      .bind(JSON.stringify(uses))
+      .run();
+  } catch (err) {
+    log("error", "session_last_use_write_failed", { sessions: uses.length, error: safeError(err) });
+    for (const m of messages) m.retry();
   }
 }

@@ -8,7 +8,7 @@ import { CHANGE_IN_FORCE_MS } from "../../src/keys/reload";
 import { authorizePerson, cookieClaim } from "../../src/people/authorize";
 import { makeDeps } from "../../src/platform/deps";
 import { PASSWORD, page, signIn } from "../dashboard/helpers";
-import { faultyDatabase, faultyObjects, objectDatabase } from "../faults";
+import { faultyDatabase, faultyObjects, faultyQueue, objectDatabase } from "../faults";
 import { call, callWith, expectProblem, provision, rows } from "../helpers";
 
 // A person's session is judged as a key is: by the person's object, which holds it once read, and by an isolate's
@@ -273,23 +273,39 @@ describe("a person's request and D1", () => {
     }
   });
 
-  it("writes a session's last use at most once a minute, from the object, after the answer", async () => {
+  it("sends a session's last use at most once a minute, from the object through the usage queue, to D1", async () => {
     const s = await session("token", "member");
     const pair = s.pair as Pair;
-    const before = await rows<{ last_used_at: string }>("SELECT last_used_at FROM sessions WHERE id = ?", s.sessionId);
+    const lastUsed = async () => (await rows<{ last_used_at: string }>("SELECT last_used_at FROM sessions WHERE id = ?", s.sessionId))[0];
+    const before = await lastUsed();
     for (let i = 0; i < 5; i++) expect((await call("/v1/whoami", { key: pair.access_token })).status).toBe(200);
-    expect(await rows("SELECT last_used_at FROM sessions WHERE id = ?", s.sessionId)).toEqual(before);
-    // A minute later (the object's clock), the next request writes it once.
+    expect(await lastUsed()).toEqual(before);
+    // A minute later (the object's clock), the next request sends it once; the consumer writes it in its batch.
     const stub = env.ACCOUNTS.getByName(`user:${s.user.id}`);
+    const at = (ms: number) =>
+      runInDurableObject(stub, (instance) => {
+        instance.clock = () => ms;
+      });
     const later = Date.now() + 61_000;
-    await runInDurableObject(stub, (instance) => {
-      instance.clock = () => later;
-    });
+    await at(later);
     try {
       expect(await fromObject(s, "any")).toBe("admitted");
-      await expect
-        .poll(async () => (await rows<{ last_used_at: string }>("SELECT last_used_at FROM sessions WHERE id = ?", s.sessionId))[0])
-        .toEqual({ last_used_at: new Date(later).toISOString() });
+      await expect.poll(lastUsed, { timeout: 10_000 }).toEqual({ last_used_at: new Date(later).toISOString() });
+      // The queue down: nothing is written; the object keeps the use and sends it once the queue is back.
+      let own: Queue | undefined;
+      await runInDurableObject(stub, (instance) => {
+        own = instance.usageQueue;
+        instance.usageQueue = faultyQueue(env.USAGE, { kind: "throw", error: new Error("Queue send failed: internal error") });
+      });
+      const muchLater = later + 61_000;
+      await at(muchLater);
+      expect(await fromObject(s, "any")).toBe("admitted");
+      await new Promise((r) => setTimeout(r, 500));
+      expect(await lastUsed()).toEqual({ last_used_at: new Date(later).toISOString() });
+      await runInDurableObject(stub, (instance) => {
+        instance.usageQueue = own as Queue;
+      });
+      await expect.poll(lastUsed, { timeout: 10_000 }).toEqual({ last_used_at: new Date(muchLater).toISOString() });
     } finally {
       await runInDurableObject(stub, (instance) => {
         instance.clock = Date.now;

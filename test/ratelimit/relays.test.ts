@@ -5,18 +5,31 @@ import { LEASE_MS, RELAYS } from "../../src/core/lease";
 import { Holdings } from "../../src/counters/held";
 import { authorizeKey } from "../../src/keys/authorize";
 import { makeDeps } from "../../src/platform/deps";
+import { ApiError } from "../../src/platform/errors";
+import { faultyObjects } from "../faults";
 import { call, createKey, expectProblem, provision } from "../helpers";
 
 /** How many isolates a test drives one key from: more than RELAY_AT calls of theirs reach its object within a second. */
 const ISOLATES = 300;
 
-/** One request on the key path of `isolate`, after its background work: admitted, 429, or the refusal's code. */
-async function outcome(key: string, isolate: Holdings, cost = 1): Promise<"admitted" | 429 | string> {
+/**
+ * One request on the key path of `isolate` (on these bindings, if given), after its background work: admitted, 429,
+ * the refusal's code, or the code of the error the app answers.
+ */
+async function outcome(
+  key: string,
+  isolate: Holdings,
+  cost = 1,
+  overrides: Partial<Cloudflare.Env> = {},
+): Promise<"admitted" | 429 | string> {
   const ctx = createExecutionContext();
   try {
-    const verdict = await authorizeKey(makeDeps(env, ctx), { key, method: "bearer", need: "any", cost }, isolate);
+    const verdict = await authorizeKey(makeDeps({ ...env, ...overrides }, ctx), { key, method: "bearer", need: "any", cost }, isolate);
     if (!verdict.ok) return "code" in verdict ? verdict.code : "refused";
     return verdict.spent.every((s) => s.allowed) ? "admitted" : 429;
+  } catch (err) {
+    if (err instanceof ApiError) return err.code;
+    throw err;
   } finally {
     await waitOnExecutionContext(ctx);
   }
@@ -80,6 +93,18 @@ describe("a key called from more isolates than one object answers", () => {
     // What the isolates and relays hold unspent, or have yet to give back, is budget too; short of that, less than 2%
     // went unused (requests of 25 finding less than 25 left where they landed).
     expect(admitted + unspent).toBeGreaterThanOrEqual(0.98 * limit);
+  });
+
+  it("answers a request whose relay fails as one whose key's object failed: 503 in closed mode, admitted once the relay answers", async () => {
+    const { hot, name, isolates } = await spreadKey({ limit: 100_000, windowSeconds: 60 });
+    const [isolate] = isolates as [Holdings];
+    // More than a lease holds: the request calls its relay.
+    const cost = 100;
+    const failing = faultyObjects(env.RELAYS, { authorize: { kind: "throw" } });
+    expect(isolate.relayOf(name)).not.toBeNull();
+    expect(await outcome(hot.key, isolate, cost, { RELAYS: failing })).toBe("rate_limiter_unavailable");
+    expect(failing.calls("authorize")).toBe(1);
+    expect(await outcome(hot.key, isolate, cost)).toBe("admitted");
   });
 
   it("refuses a revoked key in the isolate that revoked it at once, and through every relay within a lease", async () => {
