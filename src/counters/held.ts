@@ -64,12 +64,19 @@ export class Holdings {
     else this.routes.delete(name);
   }
 
+  /** Where `name`'s isolates call, as its object last said (`route`), from now; null: its object. */
+  relays(name: string): Relays | null {
+    const route = this.routes.get(name);
+    const now = this.now();
+    return route && route.until > now ? { count: route.count, ms: route.until - now } : null;
+  }
+
   /** The relay this isolate calls for `name` (`relay:<n>:<name>`), or null when it calls the key's object. */
   relayOf(name: string): string | null {
-    const route = this.routes.get(name);
-    if (!route || route.until <= this.now()) return null;
+    const relays = this.relays(name);
+    if (!relays) return null;
     this.seat ??= Math.floor(Math.random() * 2 ** 30);
-    return `relay:${this.seat % route.count}:${name}`;
+    return `relay:${this.seat % relays.count}:${name}`;
   }
 
   /**

@@ -35,7 +35,6 @@ export class Relay {
   private served = { second: 0, now: 0, last: 0 };
   /** Isolates' calls answered since the last call to the key's object (FanIn counts them). */
   private answered = 0;
-  private relays: { count: number; until: number } | null = null;
 
   constructor(readonly held: Holdings) {}
 
@@ -56,8 +55,7 @@ export class Relay {
         const relayed = this.answered;
         this.answered = 0;
         const answer = await call(stub, { ...s, wanted: this.demand(), relayed });
-        this.relays = answer.ok && answer.relays ? { count: answer.relays.count, until: askedAt + answer.relays.ms } : null;
-        // Known to be spread, the key is hot here too: its refusals are remembered as a lease's holder's are.
+        // Passed on to the isolates; and known to be spread, the key is hot here too: its refusals are remembered.
         if (answer.ok) this.held.route(name, answer.relays, askedAt);
         return answer;
       };
@@ -68,23 +66,16 @@ export class Relay {
       this.held,
     );
     if (verdict === null) throw new Error("the key's object did not answer");
-    const routed = { relays: this.routes() };
+    const routed = { relays: this.held.relays(name) };
     if (!verdict.ok) return { ...verdict, ...routed };
     const { record, spent } = verdict;
-    const lease = spending.lease && spent.allowed ? this.held.carve(name, this.share(name)) : null;
+    // What a key's object leases a hot key's isolate: the blocks were already cut to a share of what the key has left.
+    const lease = spending.lease && spent.allowed ? this.held.carve(name, MAX_LEASE) : null;
     this.count(cost + (lease?.units ?? 0));
     const { name: _, leased: __, spentCredits: ___, credits: ____, ...counted } = spent;
     const limits = counted.limits.map((l) => ({ ...l, remaining: l.remaining - (lease?.units ?? 0) }));
     const granted: Granted = { ...counted, limits, lease, credits: null };
     return { ok: true, record, granted, ...routed };
-  }
-
-  /**
-   * An isolate's lease: what a key's object would lease a hot key's isolate (MAX_LEASE). The blocks were already cut
-   * to a share of what the key has left.
-   */
-  private share(_name: string): number {
-    return MAX_LEASE;
   }
 
   /**
@@ -101,12 +92,5 @@ export class Relay {
     const second = Math.floor(this.held.now() / 1000);
     if (second !== this.served.second) this.served = { second, now: 0, last: second === this.served.second + 1 ? this.served.now : 0 };
     this.served.now += n;
-  }
-
-  /** The relays the key's object last named, from now. */
-  private routes(): Relays | null {
-    const r = this.relays;
-    const now = this.held.now();
-    return r && r.until > now ? { count: r.count, ms: r.until - now } : null;
   }
 }
