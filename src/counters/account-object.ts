@@ -10,13 +10,12 @@ import { type Db, db, session, withDeadline } from "../platform/db/client";
 import { accounts, plans } from "../platform/db/schema";
 import type { Bindings } from "../platform/env";
 import { log, safeError } from "../platform/log";
-import type { UsageMessage } from "../usage/queue";
 import { Budget } from "./budget";
 import { LedgerOutbox } from "./ledger";
 import { Notices } from "./notices";
 import type { CallTag, Granted, Refund, Spending, Unspent } from "./protocol";
 import { type HourTotal, type KeyHour, type KeyTotal, UsageRollup } from "./rollup";
-import { PersonSessions, type SessionClaim, type SessionEnded, type SessionHolder } from "./sessions";
+import { PersonSessions, type SessionClaim, type SessionEnded, type SessionHolder, type SessionUse } from "./sessions";
 import type { Adjusted, Adjustment, CreditsView } from "./stored-balance";
 import { RECORD_TTL_MS, UNSETTLED_TRUST_MS } from "./trusted";
 
@@ -80,7 +79,7 @@ export class AccountObject extends DurableObject<Bindings> {
   /** A person's object: their sessions, judged with no D1 read once known. */
   private readonly sessions: PersonSessions;
   /** Where a person's sessions' last uses leave the object; tests make it fail through test/faults.ts (`faultyQueue`). */
-  usageQueue: Queue<UsageMessage>;
+  usageQueue: Queue<SessionUse>;
 
   constructor(ctx: DurableObjectState, env: Bindings) {
     super(ctx, env);

@@ -5,13 +5,15 @@ import { type D1, type Db, db } from "../platform/db/client";
 import { accountLimitColumns, accounts, plans, sessions, users } from "../platform/db/schema";
 import { retryFor } from "../platform/deadline";
 import { log, safeError } from "../platform/log";
-import type { UsageMessage } from "../usage/queue";
 import { TrustedRecords } from "./trusted";
 
 /** How stale a session's `lastUsedAt` may get before a request writes it again (no D1 write per request). */
 const LAST_USED_GRANULARITY_MS = 60_000;
 /** How many ended sessions a person's object remembers as ended without reading D1 (the rest are read as ended). */
 const MAX_ENDED = 1_000;
+
+/** A session's last use, as its person's object sends it through the usage queue (src/usage/queue.ts writes it). */
+export type SessionUse = { sessionUse: { sessionId: string; at: string } };
 
 /** A person as their sessions are judged: their rights and state, and their account's limits. */
 type UserRecord = {
@@ -66,7 +68,7 @@ export class PersonSessions {
     kv: SyncKvStorage,
     private readonly clock: () => number,
     private readonly database: () => D1,
-    private readonly queue: () => Queue<UsageMessage>,
+    private readonly queue: () => Queue<SessionUse>,
     private readonly waitUntil: (p: Promise<unknown>) => void,
     ttlMs: number,
     unsettledMs: number,

@@ -1,5 +1,6 @@
 import type { AuthMethod } from "../core/principal";
 import type { KeyHour } from "../counters/rollup";
+import type { SessionUse } from "../counters/sessions";
 import type { Deps } from "../platform/deps";
 import { log, safeError } from "../platform/log";
 import type { RevisedHour } from "./tally";
@@ -9,7 +10,7 @@ import type { RevisedHour } from "./tally";
  * revision), and the key's last use when it moved; or what a person's object sends at most once a minute per session:
  * its last use. Everything in it is absolute, so a copy delivered twice, or after a later one, counts once.
  */
-export type UsageMessage = KeyUsage | { sessionUse: { sessionId: string; at: string } };
+export type UsageMessage = KeyUsage | SessionUse;
 type KeyUsage = { usage: { keyId: string; accountId: string; hours: RevisedHour[]; lastUse?: { at: string; method: AuthMethod } } };
 
 export function isUsageMessage(body: unknown): body is UsageMessage {
