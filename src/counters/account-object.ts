@@ -7,7 +7,7 @@ import { type Need, perPerson, poolOf, type Refusal, refusal, sharedLimits } fro
 import type { Limit } from "../core/window";
 import { getConfig } from "../platform/config";
 import { type Db, db, session, withDeadline } from "../platform/db/client";
-import { accounts, plans } from "../platform/db/schema";
+import { accountLimitColumns, accounts, plans } from "../platform/db/schema";
 import type { Bindings } from "../platform/env";
 import { log, safeError } from "../platform/log";
 import { Budget } from "./budget";
@@ -300,16 +300,7 @@ export class AccountObject extends DurableObject<Bindings> {
 /** What an account's object counts for every request of the account: its limits and credits, and its plan's; undefined: no such account. */
 async function loadPool(d: Db, id: string): Promise<AccountLimits | undefined> {
   const [found] = await d
-    .select({
-      rateLimit: accounts.rateLimit,
-      rateLimitWindowSeconds: accounts.rateLimitWindowSeconds,
-      rateLimits: accounts.rateLimits,
-      planLimits: plans.rateLimits,
-      maxRateLimit: accounts.maxRateLimit,
-      maxRateLimitWindowSeconds: accounts.maxRateLimitWindowSeconds,
-      credits: accounts.credits,
-      planCredits: plans.credits,
-    })
+    .select(accountLimitColumns)
     .from(accounts)
     .leftJoin(plans, eq(plans.id, accounts.planId))
     .where(eq(accounts.id, id))
