@@ -89,7 +89,7 @@ export class KeyObject extends DurableObject<Bindings> {
   clock: () => number = Date.now;
   private readonly budget: Budget;
   /** The calls the key answers a second, through its relays too: whether its isolates are spread over relays. */
-  private readonly fanIn = new FanIn();
+  readonly fanIn = new FanIn();
   /** The key as read from D1 (one, under its id), trusted as every object's records are (counters/trusted.ts). */
   private readonly keys: TrustedRecords<KeyState>;
   /** The key this object last judged (an object has one): what the test getters look at. */
