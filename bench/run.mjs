@@ -32,7 +32,7 @@ if (process.argv.includes("--scale")) {
 }
 
 const DURATION_SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32);
 const KEYS = Number(process.env.BENCH_KEYS ?? 1_000);
 /** Requests a second of the fixed-rate runs: well under the throughput of every scenario they run. */
@@ -350,7 +350,9 @@ try {
   if (mistypedKey.status !== 401 || mistypedKey.d1 !== 0 || mistypedKey.do !== 0)
     throw new Error(`a mistyped key was not refused unread: ${JSON.stringify(mistypedKey)}`);
   for (let round = 1; round <= ROUNDS; round++) {
-    for (const s of scenarios) {
+    // Every other round runs the scenarios in reverse, so that none always follows the same neighbour (the work it
+    // leaves, the machine's drift over a round) and a ratio's two scenarios swap places.
+    for (const s of round % 2 ? scenarios : [...scenarios].reverse()) {
       await warmUp(s);
       const settled = await settle();
       let n = 0;
@@ -430,9 +432,13 @@ try {
       `${s.name.padEnd(11)} ${String(median.requestsPerSecond).padStart(6)} req/s (median)  p50 ${median.latencyMs.p50} ms  p99 ${median.latencyMs.p99} ms  D1 ${counts[s.name].d1}  DO ${counts[s.name].do}  server CPU ${results[s.name].serverCpuUsPerRequest} µs/request${tallyLine}`,
     );
   }
-  const ratio = (a, b) => Math.round((results[a].requestsPerSecond / results[b].requestsPerSecond) * 100) / 100;
-  /** A ratio's value within each round (the two ran seconds apart): how much of its spread is the machine's. */
+  /** A ratio's value within each round, where its two scenarios ran seconds apart on the same machine's moment. */
   const perRound = (a, b) => rounds[a].map((r, i) => Math.round((r.requestsPerSecond / rounds[b][i].requestsPerSecond) * 100) / 100);
+  /**
+   * A ratio is the median of its rounds' ratios: each compares two runs made seconds apart, so a minute in which the
+   * shared machine ran slow (absolute figures move by a quarter between rounds) weighs on both of its sides alike.
+   */
+  const ratio = (a, b) => medianOf(perRound(a, b));
   const githubProbe = async () => {
     // (y) GitHub's alerts of 1,000 matches each, answered within 5 s: every match a real key of (c)'s (each marked leaked:
     // the account's leakResponse is notify), then 1,000 made-up tokens. Last but (g) and (h), as it marks (c)'s keys.
