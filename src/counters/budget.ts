@@ -24,7 +24,7 @@ type Spend = { spend: Limit[]; credits?: CreditsConfig | null; free?: boolean };
 export class Budget {
   /** Null until first used, and again once `close` dropped it (its storage deleted). */
   private opened: SlidingLog | null = null;
-  private readonly calls = new CallMemory();
+  private readonly calls = new CallMemory<Logged>();
   /** The object's credits balance, when it keeps one (`storage` given). */
   readonly balance: StoredBalance | null;
 
@@ -236,7 +236,7 @@ function creditsLeft(balance: Balance, now: number): CreditsLeft | null {
   return remaining === null ? null : { remaining, nextRefillAt: balance.nextRefillAt(now) };
 }
 
-type Remembered = { answer: unknown; spent: Logged[]; cancelled: boolean; keepUntil: number };
+type Remembered<S> = { answer: unknown; spent: S[]; cancelled: boolean; keepUntil: number };
 
 /** Drops the entries of `memory` kept until before `now` (oldest first: each is kept as long after its deadline). */
 function forgetBefore<T extends { keepUntil: number }>(memory: Map<string, T>, now: number): void {
@@ -247,18 +247,19 @@ function forgetBefore<T extends { keepUntil: number }>(memory: Map<string, T>, n
 }
 
 /**
- * Recent calls by id, oldest first: a retry gets the first answer, a cancellation finds what to give back, and the
- * unspent admissions a call returns are taken back once, whether the call or its cancellation brings them.
+ * Recent calls by id, oldest first: a retry gets the first answer, a cancellation finds what to give back (`S`: what a
+ * call spent, as its object gives it back), and the unspent admissions a call returns are taken back once, whether the
+ * call or its cancellation brings them. A key's relay keeps one for its isolates' calls (counters/relay.ts).
  */
-class CallMemory {
-  private calls = new Map<string, Remembered>();
+export class CallMemory<S> {
+  private calls = new Map<string, Remembered<S>>();
   private returned = new Map<string, { keepUntil: number }>();
 
   /**
    * The earlier answer to this call, if it was already answered (a retry). Throws when the call was cancelled or its
    * deadline passed: the caller has stopped waiting, so nothing may be spent for it.
    */
-  recall(tag: CallTag): Remembered | undefined {
+  recall(tag: CallTag): Remembered<S> | undefined {
     const now = Date.now();
     forgetBefore(this.calls, now);
     const known = this.calls.get(tag.id);
@@ -267,7 +268,7 @@ class CallMemory {
   }
 
   /** `spent`: what the call logged (its admission and its lease), for a cancellation to give back. */
-  remember<T>(tag: CallTag, answer: T, spent: Logged[]): T {
+  remember<T>(tag: CallTag, answer: T, spent: S[]): T {
     this.calls.set(tag.id, { answer, spent, cancelled: false, keepUntil: tag.deadline + CALL_MEMORY_MS });
     return answer;
   }
@@ -276,7 +277,7 @@ class CallMemory {
    * Marks the call cancelled, until its deadline has passed (after which it cannot spend anyway), and answers what it
    * had spent, so that the caller gives it back.
    */
-  cancel(tag: CallTag): Logged[] {
+  cancel(tag: CallTag): S[] {
     const spent = this.calls.get(tag.id)?.spent ?? [];
     this.calls.delete(tag.id);
     this.calls.set(tag.id, {

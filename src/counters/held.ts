@@ -68,6 +68,9 @@ export class Holdings {
   relays(name: string): Relays | null {
     const route = this.routes.get(name);
     const now = this.now();
+    // For a lease's length after a change made here, the key's object: a relay may still hold a block granted under the
+    // record before it (a lease's length at most), and this isolate must see the change at once.
+    if (now - this.droppedAt(name) <= LEASE_MS) return null;
     return route && route.until > now ? { count: route.count, ms: route.until - now } : null;
   }
 
@@ -87,7 +90,7 @@ export class Holdings {
    * have admitted it.
    */
   refuse(name: string, askedAt: number, record: unknown, counted: Counted): void {
-    const until = askedAt + Math.min(LEASE_MS, (counted.retryAfter - 1) * 1000);
+    const until = askedAt + Math.min(LEASE_MS, (counted.retryAfter - 1) * 1000, counted.keptMs ?? LEASE_MS);
     const hot = this.held.has(name) || (this.routes.get(name)?.until ?? 0) > this.now();
     if (!hot || until <= this.now() || askedAt <= this.droppedAt(name)) return;
     const h = this.held.get(name) ?? this.entry(name, record, 0);
@@ -95,18 +98,19 @@ export class Holdings {
   }
 
   /**
-   * The refusal remembered for `name` while it holds (`refuse`), its `retryAfter` counted from now; else null, and null
-   * too while an ended lease has something to give back.
+   * The refusal remembered for `name` while it holds (`refuse`) for a request of `cost`, its `retryAfter` counted from
+   * now; else null: none, or one of a request that cost more (what is left may admit this one), or while an ended
+   * lease has something to give back.
    */
-  refusal(name: string): Spent | null {
+  refusal(name: string, cost: number): Spent | null {
     const h = this.get(name);
     const now = this.now();
     // Its own ended leases' rests may make room: the object judges the request with them (once per lease). What a relay
     // owes for its isolates goes with its next call, a second later at most.
-    if (!h?.refused || h.refused.until <= now || h.leases.hasEnded(now)) return null;
-    const { counted, askedAt } = h.refused;
+    if (!h?.refused || h.refused.until <= now || h.leases.hasEnded(now) || cost < h.refused.counted.cost) return null;
+    const { counted, askedAt, until } = h.refused;
     const retryAfter = Math.max(1, counted.retryAfter - Math.floor((now - askedAt) / 1000));
-    return { ...counted, retryAfter, name, spentCredits: 0, credits: null };
+    return { ...counted, retryAfter, keptMs: until - now, name, spentCredits: 0, credits: null };
   }
 
   /**

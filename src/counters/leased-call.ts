@@ -8,6 +8,9 @@ import type { CallTag, CounterStub, Granted, Idempotency, Spending, Spent, Unspe
 /** An object's answer to a spending call: what it granted under the record it judged, or its refusal `F` (nothing spent). */
 export type Answer<R, F> = { ok: true; record: R; granted: Granted } | F;
 
+/** Cancels a call that failed or timed out (CounterStub.cancel). */
+type Cancel<S> = (stub: S, call: { tag: CallTag; returned: Unspent[] }) => Promise<void>;
+
 /** A request admitted or refused by the budget (`spent.allowed`), under the record its object judged. */
 export type Leased<R> = { ok: true; record: R; spent: Spent };
 
@@ -26,6 +29,8 @@ export type LeasedCall<S extends CounterStub, R, F extends { ok: false } = never
   renew?: (stub: S, spending: Spending) => Promise<Answer<R, F>>;
   /** A held record's refusal of this request (answered with no call, nothing spent), or null when it may spend. */
   check?: (record: R) => F | null;
+  /** Where a call that failed is cancelled, when not at `stub`: the object the call went to (a key's relay). */
+  cancel?: Cancel<S>;
   /**
    * The limits the request spends, by name, and what it spends of each, when not `cost` of every limit (a gateway
    * route's `limits`). Such a request never spends from a lease (each of whose admissions is one of every limit): it
@@ -108,6 +113,7 @@ async function called<S extends CounterStub, R, F extends { ok: false }>(
     (stub, tag) => c.ask(stub, { tag, cost, costs, lease: leasing, wanted, returned, credits, reserve, idempotency }),
     returned,
     closed,
+    c.cancel,
   );
   const answer = await (leasing ? isolate.track(name, asked, bringsLease(isolate, askedAt), deps.config.rateLimitTimeoutMs) : asked);
   if (answer === null || !answer.ok) return answer;
@@ -150,7 +156,7 @@ function fromLease<S extends CounterStub, R, F extends { ok: false }>(isolate: H
   const record = held.record as R;
   const refused = c.check?.(record);
   if (refused) return refused;
-  const spent = isolate.take(c.name, c.cost, c.credits) ?? isolate.refusal(c.name);
+  const spent = isolate.take(c.name, c.cost, c.credits) ?? isolate.refusal(c.name, c.cost);
   return spent && { ok: true, record, spent };
 }
 
@@ -173,7 +179,15 @@ async function renew<S extends CounterStub, R, F extends { ok: false }>(
   try {
     const answer = await isolate.track(
       c.name,
-      callCounter(own, c.stub, c.name, (stub, tag) => call(stub, { tag, cost: 0, lease: true, wanted, returned, perUnit }), returned),
+      callCounter(
+        own,
+        c.stub,
+        c.name,
+        (stub, tag) => call(stub, { tag, cost: 0, lease: true, wanted, returned, perUnit }),
+        returned,
+        false,
+        c.cancel,
+      ),
       bringsLease(isolate, askedAt),
       deps.config.rateLimitTimeoutMs,
     );
@@ -198,9 +212,9 @@ export const timedOut = () => new Error("no answer before the deadline");
 /**
  * Calls the named counter with a deadline (RATE_LIMIT_TIMEOUT_MS). The call carries the request id and the deadline,
  * so a retry spends once and a call that arrives too late spends nothing; when the call fails or times out, the
- * counter is told to give back whatever it spent for it, and takes `returned` (what the isolate's ended leases left
- * unspent, which the call carried) unless the call already brought it. Then: 503 in closed mode (or for a call that
- * spends credits: `closed`); null in open mode.
+ * counter (or what `cancel` names: where the call went) is told to give back whatever it spent for it, and takes
+ * `returned` (what the isolate's ended leases left unspent, which the call carried) unless the call already brought
+ * it. Then: 503 in closed mode (or for a call that spends credits: `closed`); null in open mode.
  */
 async function callCounter<S extends CounterStub, T>(
   deps: Deps,
@@ -209,6 +223,7 @@ async function callCounter<S extends CounterStub, T>(
   call: (stub: S, tag: CallTag) => Promise<T>,
   returned: Unspent[],
   closed = false,
+  cancel: Cancel<S> = (s, c) => s.cancel(c),
 ): Promise<T | null> {
   const { rateLimitTimeoutMs } = deps.config;
   const rateLimitFailureMode = closed ? "closed" : deps.config.rateLimitFailureMode;
@@ -217,7 +232,7 @@ async function callCounter<S extends CounterStub, T>(
     return await retriedOnce(() => call(stub, tag), tag.deadline);
   } catch (err) {
     deps.waitUntil(
-      deadline(stub.cancel({ tag, returned }), rateLimitTimeoutMs, timedOut).catch((e: unknown) =>
+      deadline(cancel(stub, { tag, returned }), rateLimitTimeoutMs, timedOut).catch((e: unknown) =>
         deps.log("warn", "counter_cancel_failed", { counter: counterKind(name), error: safeError(e) }),
       ),
     );

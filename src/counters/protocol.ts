@@ -55,7 +55,13 @@ export type Idempotency = { key: string; pendingMs: number; fingerprint: string 
  * The object's answer on a budget: its decision on each limit, the instant it logged the request at when admitted,
  * `cost` (the request's count, as usage counts it) and `costs` (what it logged in each limit's log, by name).
  */
-export type Counted = Decisions & { at: number; cost: number; costs: Record<string, number> };
+export type Counted = Decisions & {
+  at: number;
+  cost: number;
+  costs: Record<string, number>;
+  /** A refusal answered from one kept where it was made (a relay's, held.ts): kept there this many ms more, and no longer by its caller. */
+  keptMs?: number;
+};
 
 /**
  * A balance as an answer shows it: what is left (what the isolate holds of its leases included) and when the next

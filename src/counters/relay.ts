@@ -1,8 +1,9 @@
 import { MAX_LEASE, type Relays } from "../core/lease";
 import type { Deps } from "../platform/deps";
+import { CallMemory } from "./budget";
 import type { Holdings } from "./held";
 import { type Answer, leasedCall } from "./leased-call";
-import type { CounterStub, Granted, Spending } from "./protocol";
+import type { CallTag, CounterStub, Granted, Spending, Unspent } from "./protocol";
 
 /** An answer as a key's object or its relay gives it: with where the key's isolates call next (core/lease.ts). */
 export type Routed<R, F> = Answer<R, F> & { relays?: Relays | null };
@@ -35,6 +36,11 @@ export class Relay {
   private served = { second: 0, now: 0, last: 0 };
   /** Isolates' calls answered since the last call to the key's object (FanIn counts them). */
   private answered = 0;
+  /**
+   * The isolates' calls, as a key's object remembers its callers' (budget.ts): a retry gets the first answer, a call
+   * cancelled or past its deadline spends nothing, and what each spent is given back if its isolate cancels it.
+   */
+  private readonly calls = new CallMemory<Unspent>();
 
   constructor(readonly held: Holdings) {}
 
@@ -44,10 +50,14 @@ export class Relay {
    */
   async serve<S extends CounterStub, R, F extends { ok: false }>(deps: Deps, c: Relayed<S, R, F>): Promise<Routed<R, F>> {
     const { name, spending } = c;
+    const { tag } = spending;
+    const known = this.calls.recall(tag);
+    if (known) return known.answer as Routed<R, F>;
+    for (const r of this.calls.returns(tag, spending.returned ?? [])) this.giveBack(name, r);
     const cost = spending.cost ?? 1;
-    for (const r of spending.returned ?? []) if (!this.held.giveBack(name, r.id, r.left)) this.held.owe(name, r);
     this.answered += 1;
-    // The relay's calls: the isolate's tag (a retry spends once, a cancellation reaches the key's object), its block.
+    // The relay's calls to the key's object are its own (a cancellation of the isolate's call comes here, and gives
+    // back what this relay handed out, never the block the relay keeps), made within the isolate's deadline.
     const upstream =
       (call: Relayed<S, R, F>["ask"]) =>
       async (stub: S, s: Spending): Promise<Routed<R, F>> => {
@@ -59,7 +69,7 @@ export class Relay {
         if (answer.ok) this.held.route(name, answer.relays, askedAt);
         return answer;
       };
-    const own = { ...deps, requestId: spending.tag.id };
+    const own = { ...deps, requestId: `${tag.id}-relay` };
     const verdict = await leasedCall<S, R, F>(
       own,
       { name, stub: c.stub, cost, ask: upstream(c.ask), renew: upstream(c.renew), check: c.check },
@@ -67,7 +77,7 @@ export class Relay {
     );
     if (verdict === null) throw new Error("the key's object did not answer");
     const routed = { relays: this.held.relays(name) };
-    if (!verdict.ok) return { ...verdict, ...routed };
+    if (!verdict.ok) return this.remember(name, tag, { ...verdict, ...routed }, []);
     const { record, spent } = verdict;
     // What a key's object leases a hot key's isolate: the blocks were already cut to a share of what the key has left.
     const lease = spending.lease && spent.allowed ? this.held.carve(name, MAX_LEASE) : null;
@@ -75,7 +85,37 @@ export class Relay {
     const { name: _, leased: __, spentCredits: ___, credits: ____, ...counted } = spent;
     const limits = counted.limits.map((l) => ({ ...l, remaining: l.remaining - (lease?.units ?? 0) }));
     const granted: Granted = { ...counted, limits, lease, credits: null };
-    return { ok: true, record, granted, ...routed };
+    // The admission is logged at `spent.at` (a block's end, or the key's object's instant), the lease at its block's end.
+    const handedOut = spent.allowed ? [{ id: spent.at, left: cost }, ...(lease ? [{ id: lease.id, left: lease.units }] : [])] : [];
+    return this.remember(name, tag, { ok: true, record, granted, ...routed }, handedOut);
+  }
+
+  /** The isolate gave up on its call `tag`: what the relay handed out for it comes back, and `returned` if the call never brought it. */
+  cancel(name: string, { tag, returned = [] }: { tag: CallTag; returned?: Unspent[] }): void {
+    for (const u of this.calls.cancel(tag)) this.giveBack(name, u);
+    for (const u of this.calls.returns(tag, returned)) this.giveBack(name, u);
+  }
+
+  /**
+   * The answer to the call `tag`, remembered with what it handed out; unless the isolate gave up on it meanwhile (it
+   * hands out nothing then) or a retry of it was answered first (whose answer it gets).
+   */
+  private remember<A>(name: string, tag: CallTag, answer: A, handedOut: Unspent[]): A {
+    let first: { answer: unknown } | undefined;
+    try {
+      first = this.calls.recall(tag);
+    } catch (err) {
+      for (const u of handedOut) this.giveBack(name, u);
+      throw err;
+    }
+    if (!first) return this.calls.remember(tag, answer, handedOut);
+    for (const u of handedOut) this.giveBack(name, u);
+    return first.answer as A;
+  }
+
+  /** Admissions back to the block they came from while it lasts, else to the key's object with the relay's next call. */
+  private giveBack(name: string, u: Unspent): void {
+    if (!this.held.giveBack(name, u.id, u.left)) this.held.owe(name, u);
   }
 
   /**

@@ -1,7 +1,7 @@
 import { DurableObject } from "cloudflare:workers";
 import { keyRefusal, type Principal, refusal } from "../core/principal";
 import { Holdings } from "../counters/held";
-import type { Spending } from "../counters/protocol";
+import type { CallTag, Spending, Unspent } from "../counters/protocol";
 import { Relay, type Routed } from "../counters/relay";
 import { makeDeps } from "../platform/deps";
 import type { Bindings } from "../platform/env";
@@ -24,6 +24,11 @@ export class KeyRelay extends DurableObject<Bindings> {
   unspent(keyId: string): number {
     const name = `key:${keyId}`;
     return this.relay.held.available(name) + this.relay.held.owing(name);
+  }
+
+  /** An isolate gave up on its call `tag` of the key `keyId`: see Relay.cancel. */
+  cancel({ keyId, ...call }: { keyId: string; tag: CallTag; returned: Unspent[] }): void {
+    this.relay.cancel(`key:${keyId}`, call);
   }
 
   /** A plain call of one of the key's isolates (see KeyObject.authorize), answered as the key's object answers it. */

@@ -1,5 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { FanIn, LEASE_MS, leaseMs, MAX_RELAYS, RELAY_AT, RELAY_LOAD, RELAY_MS, RELAYS } from "../../src/core/lease";
+import { Holdings } from "../../src/counters/held";
+import type { Counted } from "../../src/counters/protocol";
 import { busiestWindow, ideal, type Scenario, simulate, withinEveryLimit } from "./simulation";
 
 /**
@@ -78,6 +80,53 @@ describe("a key's fan-in (pure)", () => {
     // Once the spread has ended, a new one starts from RELAYS.
     fanIn.note(4000 + RELAY_MS + 1000, RELAY_AT);
     expect(fanIn.relays(4000 + RELAY_MS + 1000, LEASE_MS)?.count).toBe(RELAYS);
+  });
+});
+
+describe("a kept refusal (pure, injected clock)", () => {
+  const name = "key:k";
+  /** A limit's refusal of a request of `cost`, decided at `at`, that admits again in `retryAfter` seconds (rounded up). */
+  const refused = (at: number, cost: number, retryAfter: number): Counted => ({
+    allowed: false,
+    retryAfter,
+    limits: [{ name: "default", limit: 100, windowSeconds: 60, remaining: 10, resetAt: at + retryAfter * 1000 }],
+    refusedBy: ["default"],
+    at,
+    cost,
+    costs: { default: cost },
+  });
+  /** Holdings on `clock`, holding `name` hot (spread over relays), with the refusal of a request of 25 kept at 0. */
+  const keeping = (clock: { now: number }) => {
+    const h = new Holdings(() => clock.now);
+    h.route(name, { count: RELAYS, ms: RELAY_MS }, 0);
+    h.refuse(name, 0, "record", refused(0, 25, 2));
+    return h;
+  };
+
+  it("refuses only requests costing as much as the one refused: a cheaper one may fit in what is left, and is asked", () => {
+    const clock = { now: 0 };
+    const h = keeping(clock);
+    expect(h.refusal(name, 25)).toMatchObject({ allowed: false, retryAfter: 2 });
+    expect(h.refusal(name, 30)).toMatchObject({ allowed: false });
+    expect(h.refusal(name, 1)).toBeNull();
+    expect(h.refusal(name, 24)).toBeNull();
+  });
+
+  it("is kept by an isolate a relay answered from it no longer than by the relay, however its Retry-After was rounded", () => {
+    const clock = { now: 0 };
+    const relay = keeping(clock);
+    // The limit admits again between 1,000 and 2,000 ms after the refusal: the relay keeps it 1,000 ms.
+    clock.now = 985;
+    const answered = relay.refusal(name, 25);
+    // The client's Retry-After still covers the whole wait (rounded up), and the answer says how long it is kept.
+    expect(answered).toMatchObject({ retryAfter: 2, keptMs: 15 });
+    const isolate = new Holdings(() => clock.now);
+    isolate.route(name, { count: RELAYS, ms: RELAY_MS }, 980);
+    isolate.refuse(name, 980, "record", answered as Counted);
+    expect(isolate.refusal(name, 25)).not.toBeNull();
+    clock.now = 1001;
+    expect(relay.refusal(name, 25)).toBeNull();
+    expect(isolate.refusal(name, 25)).toBeNull();
   });
 });
 

@@ -2,7 +2,7 @@ import { createExecutionContext, runInDurableObject, waitOnExecutionContext } fr
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { LEASE_MS, RELAY_AT, RELAYS } from "../../src/core/lease";
-import { Holdings } from "../../src/counters/held";
+import { Holdings, holdings } from "../../src/counters/held";
 import { authorizeKey } from "../../src/keys/authorize";
 import type { KeyObject } from "../../src/keys/object";
 import { makeDeps } from "../../src/platform/deps";
@@ -56,15 +56,26 @@ async function heldByRelays(name: string): Promise<number> {
   return held;
 }
 
+/** What the key's object counts as spent of its one limit, asked by a call that spends and leases nothing; and its answer. */
+async function countedByObject(keyId: string) {
+  const tag = { id: crypto.randomUUID(), deadline: Date.now() + 10_000 };
+  const answer = await env.KEYS.getByName(`key:${keyId}`).authorize({ keyId, method: "bearer", need: "any", tag, cost: 0 });
+  if (!answer.ok) throw new Error("the object refused the key");
+  const [limit] = answer.granted.limits;
+  if (!limit) throw new Error("the key has no limit");
+  return { spent: limit.limit - limit.remaining, answer };
+}
+
 /**
  * A fresh key and ISOLATES isolates driven until the key's object spread them over relays (an isolate learns it when it
- * calls: requests of `cost` run its lease down within a few waves); what they admitted so far.
+ * calls: requests of `cost` run its lease down within a few waves); what they admitted so far. `first`, when given, is
+ * the first isolate (this one's own holdings, which a change made through the app drops).
  */
-async function spreadKey(rateLimit: { limit: number; windowSeconds: number }, cost = 10) {
+async function spreadKey(rateLimit: { limit: number; windowSeconds: number }, cost = 10, first?: Holdings) {
   const { key } = await provision();
   const hot = await createKey(key.key, { rateLimit });
   const name = `key:${hot.id}`;
-  const isolates = Array.from({ length: ISOLATES }, () => new Holdings());
+  const isolates = Array.from({ length: ISOLATES }, (_, i) => (i === 0 && first) || new Holdings());
   const outcomes: (string | number)[] = [];
   // The object is told of a second's fan-in before each wave: how fast a loaded machine answers 300 isolates does not
   // decide whether the key is spread (FanIn's own tests, in hot-key.test.ts, cover when it is).
@@ -87,10 +98,7 @@ describe("a key called from more isolates than one object answers", () => {
     expect(outcomes.every((o) => o === "admitted")).toBe(true);
     // Some relay answered from a block it holds, and what the object counts covers every admission and every block.
     expect(await heldByRelays(name)).toBeGreaterThan(0);
-    const tag = { id: crypto.randomUUID(), deadline: Date.now() + 10_000 };
-    const answer = await env.KEYS.getByName(name).authorize({ keyId: hot.id, method: "bearer", need: "any", tag, cost: 0 });
-    if (!answer.ok) throw new Error("the object refused the key");
-    const spent = 100_000 - (answer.granted.limits[0]?.remaining ?? 0);
+    const { spent, answer } = await countedByObject(hot.id);
     expect(spent).toBeGreaterThanOrEqual((outcomes.length + more.length) * 10);
     // The object tells its callers the key is spread.
     expect(answer.relays).toMatchObject({ count: RELAYS });
@@ -122,6 +130,36 @@ describe("a key called from more isolates than one object answers", () => {
     expect(await outcome(hot.key, isolate, cost, { RELAYS: failing })).toBe("rate_limiter_unavailable");
     expect(failing.calls("authorize")).toBe(1);
     expect(await outcome(hot.key, isolate, cost)).toBe("admitted");
+  });
+
+  it("gives back what a relay handed out for a call its isolate gave up on, and never the block the relay keeps: a 503 spends nothing", async () => {
+    const { hot, name, isolates } = await spreadKey({ limit: 100_000, windowSeconds: 60 });
+    const [isolate] = isolates as [Holdings];
+    /** What requests used: what the key's object counts as spent, less what isolates and relays hold unspent or owe it. */
+    const used = async () =>
+      (await countedByObject(hot.id)).spent -
+      (await heldByRelays(name)) -
+      isolates.reduce((n, h) => n + h.available(name) + h.owing(name), 0);
+    // Every lease and block has ended: the request brings its isolate's rests back to its relay, which asks the key's
+    // object for its admission and a block, and answers after the isolate gave up.
+    await new Promise((r) => setTimeout(r, LEASE_MS + 50));
+    const before = await used();
+    const late = faultyObjects(env.RELAYS, { authorize: { kind: "late-answer", ms: 300 } });
+    expect(await outcome(hot.key, isolate, 100, { RELAYS: late, RATE_LIMIT_TIMEOUT_MS: "200" })).toBe("rate_limiter_unavailable");
+    await late.settled();
+    expect(await used()).toBe(before);
+  });
+
+  it("keeps a change made in an isolate in force there at once, though its relay's answer under the record before comes after", async () => {
+    const { admin, hot, name } = await spreadKey({ limit: 100_000, windowSeconds: 60 }, 10, holdings);
+    expect(holdings.relayOf(name)).not.toBeNull();
+    const late = faultyObjects(env.RELAYS, { authorize: { kind: "late-answer", ms: 300 } });
+    // More than this isolate holds: the request calls its relay, which answers from its block, after the revocation.
+    const inFlight = outcome(hot.key, holdings, holdings.available(name) + 1, { RELAYS: late });
+    await late.reached("authorize");
+    expect((await call(`/v1/api-keys/${hot.id}`, { method: "DELETE", key: admin.key })).status).toBe(200);
+    expect(await inFlight).toBe("admitted");
+    expect(await outcome(hot.key, holdings)).toBe("key_revoked");
   });
 
   it("refuses a revoked key in the isolate that revoked it at once, and through every relay within a lease", async () => {

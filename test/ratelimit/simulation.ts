@@ -97,7 +97,6 @@ export async function simulate(s: Scenario) {
   const config = { rateLimitTimeoutMs: 60_000, rateLimitFailureMode: "open" } as Deps["config"];
   const deps = {
     config,
-    requestId: "req_sim",
     waitUntil: (p: Promise<unknown>) => void p.catch(() => {}),
     log: () => {},
   } as unknown as Deps;
@@ -143,7 +142,9 @@ export async function simulate(s: Scenario) {
       if (dead(e.isolate, e.t)) continue;
       clock = e.t;
       const before = calls;
-      const verdict = leasedCall(deps, call(e.isolate), isolates[e.isolate]);
+      // Each request its own id, as each of a Worker's requests has: a relay takes a call with the id of one it answered
+      // as that call's retry.
+      const verdict = leasedCall({ ...deps, requestId: `req_${a}` }, call(e.isolate), isolates[e.isolate]);
       if (verdict instanceof Promise) void verdict.then(answered(e.t));
       else answered(e.t)(verdict);
       // A request its isolate's lease decided, starting no call, leaves nothing to run before time moves on.
