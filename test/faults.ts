@@ -9,8 +9,11 @@ import type { AccountObject } from "../src/counters/account-object";
 import type { KeyObject } from "../src/keys/object";
 
 export type Fault =
-  /** Fails at once (like a reset or a lost connection); `times` limits it to the first calls. */
-  | { kind: "throw"; error?: Error; times?: number }
+  /**
+   * Fails at once (like a reset or a lost connection); `times` limits it to the first calls; `meanwhile` runs as it
+   * fails (what happened elsewhere before its caller learns of it, such as another request's answer).
+   */
+  | { kind: "throw"; error?: Error; times?: number; meanwhile?: () => void }
   /** Never answers. */
   | { kind: "stall" }
   /** Reaches the real object only after `ms` (a call stuck in a queue); `times` limits it to the first calls. */
@@ -27,6 +30,7 @@ async function apply<T>(fault: Fault, count: number, real: () => Promise<T>): Pr
   if ("times" in fault && fault.times !== undefined && count >= fault.times) return real();
   switch (fault.kind) {
     case "throw":
+      fault.meanwhile?.();
       throw fault.error ?? new Error("injected fault");
     case "stall":
       return new Promise<T>(() => {});

@@ -41,6 +41,8 @@ export class Relay {
    * cancelled or past its deadline spends nothing, and what each spent is given back if its isolate cancels it.
    */
   private readonly calls = new CallMemory<Unspent>();
+  /** The isolates' calls being answered, by id: a retry that arrives meanwhile waits for the first attempt's answer. */
+  private readonly running = new Map<string, Promise<unknown>>();
 
   constructor(readonly held: Holdings) {}
 
@@ -49,6 +51,20 @@ export class Relay {
    * block the call brings, asked for with the isolate's call itself; a refusal as the key's object made it.
    */
   async serve<S extends CounterStub, R, F extends { ok: false }>(deps: Deps, c: Relayed<S, R, F>): Promise<Routed<R, F>> {
+    const { id } = c.spending.tag;
+    const first = this.running.get(id);
+    if (first) return first as Promise<Routed<R, F>>;
+    const answer = this.answer(deps, c);
+    this.running.set(id, answer);
+    try {
+      return await answer;
+    } finally {
+      this.running.delete(id);
+    }
+  }
+
+  /** See `serve`: one attempt's answer. */
+  private async answer<S extends CounterStub, R, F extends { ok: false }>(deps: Deps, c: Relayed<S, R, F>): Promise<Routed<R, F>> {
     const { name, spending } = c;
     const { tag } = spending;
     const known = this.calls.recall(tag);

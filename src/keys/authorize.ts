@@ -88,8 +88,11 @@ export async function authorizeKey(
   /** The key's object's verdict; `byHash`: the id was worked out from the hash, which the object also looks the key up by. */
   const judge = (keyId: string, byHash?: string) => {
     const name = `key:${keyId}`;
-    /** The relay each of these calls went to, by the call's id: a call that failed is cancelled where it went. */
-    let relayed: Map<string, string> | undefined;
+    /**
+     * Where each of these calls went (a relay, or null: the key's object), by the call's id: one that failed is
+     * cancelled wherever its attempts went.
+     */
+    let went: Map<string, Set<string | null>> | undefined;
     /**
      * One call on the key: to the relay this isolate is told to call while the key is spread (a plain call of a known
      * key: nothing only its object decides), else to its object; the answer says where the next goes.
@@ -99,10 +102,8 @@ export async function authorizeKey(
       const plain = !call.hash && !call.costs && !call.reserve && !call.idempotency && !call.credits && !call.perUnit;
       const relay = plain ? held.relayOf(name) : null;
       const askedAt = held.now();
-      if (relay) {
-        relayed ??= new Map();
-        relayed.set(call.tag.id, relay);
-      }
+      went ??= new Map();
+      went.set(call.tag.id, (went.get(call.tag.id) ?? new Set<string | null>()).add(relay));
       const answer = relay
         ? await (deps.env.RELAYS.getByName(relay).authorize(call) as Promise<Routed<Principal, Refused>>)
         : routedOf(await (stub.authorize(call) as Promise<Authorization>));
@@ -127,9 +128,9 @@ export async function authorizeKey(
           const refused = keyRefusal(principal, need, ip);
           return refused && { ok: false, refusal: refused };
         },
-        cancel: (stub, c) => {
-          const relay = relayed?.get(c.tag.id);
-          return relay ? deps.env.RELAYS.getByName(relay).cancel({ keyId, ...c }) : stub.cancel(c);
+        cancel: async (stub, c) => {
+          const where = went?.get(c.tag.id) ?? [null];
+          await Promise.all([...where].map((relay) => (relay ? deps.env.RELAYS.getByName(relay).cancel({ keyId, ...c }) : stub.cancel(c))));
         },
         costs,
       },

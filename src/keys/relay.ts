@@ -1,8 +1,12 @@
 import { DurableObject } from "cloudflare:workers";
+import { LEASE_MS } from "../core/lease";
 import { keyRefusal, type Principal, refusal } from "../core/principal";
 import { Holdings } from "../counters/held";
+import { timedOut } from "../counters/leased-call";
 import type { CallTag, Spending, Unspent } from "../counters/protocol";
 import { Relay, type Routed } from "../counters/relay";
+import { getConfig } from "../platform/config";
+import { deadline, retryFor } from "../platform/deadline";
 import { makeDeps } from "../platform/deps";
 import type { Bindings } from "../platform/env";
 import type { Authorization, KeyCall } from "./object";
@@ -12,6 +16,9 @@ export function routedOf(a: Authorization): Routed<Principal, Exclude<Authorizat
   return a.ok ? { ok: true as const, record: a.principal, granted: a.granted, relays: a.relays } : a;
 }
 
+/** How long a give-back that failed is tried again: within the call memory that takes it back once (budget.ts). */
+const GIVE_BACK_RETRY_MS = 5_000;
+
 /**
  * One relay of a hot key (`relay:<n>:key:<id>`, counters/relay.ts): what it holds lives in memory only (a block of the
  * key's budget, for a second at most, and the record it was granted under), so an evicted relay strands at most one
@@ -19,6 +26,8 @@ export function routedOf(a: Authorization): Routed<Principal, Exclude<Authorizat
  */
 export class KeyRelay extends DurableObject<Bindings> {
   private readonly relay = new Relay(new Holdings());
+  /** Keys whose give-back is due (`giveBackLater`). */
+  private readonly due = new Set<string>();
 
   /** What this relay holds unspent of the key `keyId`'s blocks now, and what it has yet to give back. */
   unspent(keyId: string): number {
@@ -29,6 +38,36 @@ export class KeyRelay extends DurableObject<Bindings> {
   /** An isolate gave up on its call `tag` of the key `keyId`: see Relay.cancel. */
   cancel({ keyId, ...call }: { keyId: string; tag: CallTag; returned: Unspent[] }): void {
     this.relay.cancel(`key:${keyId}`, call);
+    this.giveBackLater(keyId);
+  }
+
+  /**
+   * What the relay owes the key's object (what its isolates gave back, its ended blocks' rests) leaves with its next
+   * call there; so that it does not wait for one when the key's isolates stop coming, it is also sent a lease after
+   * the relay last served the key (and each lease while it still holds a block), as the cancellation of a call never
+   * made: the key's object takes it back once, however many tries reach it.
+   */
+  private giveBackLater(keyId: string): void {
+    const name = `key:${keyId}`;
+    const { held } = this.relay;
+    if (this.due.has(keyId) || held.available(name) + held.owing(name) === 0) return;
+    this.due.add(keyId);
+    setTimeout(() => {
+      this.due.delete(keyId);
+      const returned = held.unspent(name);
+      if (returned.length > 0) {
+        const stub = this.env.KEYS.getByName(name);
+        const tag = { id: `relay-return-${crypto.randomUUID()}`, deadline: Date.now() };
+        const ms = getConfig(this.env).rateLimitTimeoutMs;
+        const attempt = () =>
+          deadline(stub.cancel({ tag, returned }), ms, timedOut).then(
+            () => true,
+            () => false,
+          );
+        this.ctx.waitUntil(attempt().then((done) => done || retryFor(GIVE_BACK_RETRY_MS, attempt)));
+      }
+      this.giveBackLater(keyId);
+    }, LEASE_MS);
   }
 
   /** A plain call of one of the key's isolates (see KeyObject.authorize), answered as the key's object answers it. */
@@ -43,7 +82,7 @@ export class KeyRelay extends DurableObject<Bindings> {
     };
     const call = (s: DurableObjectStub<import("./object").KeyObject>, k: KeyCall, sp: Spending) =>
       s.authorize({ ...k, ...sp }) as Promise<Authorization>;
-    return this.relay.serve(
+    const answer = this.relay.serve(
       { ...base, config },
       {
         name,
@@ -57,5 +96,7 @@ export class KeyRelay extends DurableObject<Bindings> {
         },
       },
     );
+    // Whatever it answers, what it now holds or owes is given back in time.
+    return answer.finally(() => this.giveBackLater(keyId));
   }
 }

@@ -2,6 +2,8 @@ import { describe, expect, it } from "vitest";
 import { FanIn, LEASE_MS, leaseMs, MAX_RELAYS, RELAY_AT, RELAY_LOAD, RELAY_MS, RELAYS } from "../../src/core/lease";
 import { Holdings } from "../../src/counters/held";
 import type { Counted } from "../../src/counters/protocol";
+import { Relay, type Routed } from "../../src/counters/relay";
+import type { Deps } from "../../src/platform/deps";
 import { busiestWindow, ideal, type Scenario, simulate, withinEveryLimit } from "./simulation";
 
 /**
@@ -127,6 +129,51 @@ describe("a kept refusal (pure, injected clock)", () => {
     clock.now = 1001;
     expect(relay.refusal(name, 25)).toBeNull();
     expect(isolate.refusal(name, 25)).toBeNull();
+  });
+});
+
+describe("a relay (pure)", () => {
+  it("answers a retry that arrives while its first attempt is under way with that attempt's answer: one call, one block", async () => {
+    const name = "key:k";
+    const relay = new Relay(new Holdings());
+    const pending: ((a: Routed<string, { ok: false }>) => void)[] = [];
+    const ask = () => new Promise<Routed<string, { ok: false }>>((resolve) => pending.push(resolve));
+    const stub = { cancel: async () => {}, refund: async () => {} };
+    const deps = {
+      config: { rateLimitTimeoutMs: 10_000, rateLimitFailureMode: "closed" },
+      requestId: "req_1",
+      waitUntil: () => {},
+      log: () => {},
+    } as unknown as Deps;
+    const c = { name, stub, spending: { tag: { id: "req_1", deadline: Date.now() + 10_000 }, cost: 1, lease: true }, ask, renew: ask };
+    const attempts = [relay.serve(deps, c), relay.serve(deps, c)];
+    // Both attempts have had every chance to call the key's object.
+    await new Promise((r) => setTimeout(r, 50));
+    const now = Date.now();
+    for (const resolve of pending)
+      resolve({
+        ok: true,
+        record: "key",
+        granted: {
+          allowed: true,
+          retryAfter: 0,
+          limits: [{ name: "default", limit: 100_000, windowSeconds: 60, remaining: 90_000, resetAt: now + 60_000 }],
+          refusedBy: [],
+          at: now,
+          cost: 1,
+          costs: { default: 1 },
+          lease: { id: now + LEASE_MS, units: 100, ms: LEASE_MS },
+          credits: null,
+        },
+        relays: { count: RELAYS, ms: RELAY_MS },
+      });
+    const [first, retry] = await Promise.all(attempts);
+    expect(pending).toHaveLength(1);
+    expect(retry).toEqual(first);
+    // The block's 100 admissions: what the relay holds, and the lease carved for the isolate once.
+    const carved = first?.ok ? (first.granted.lease?.units ?? 0) : 0;
+    expect(carved).toBeGreaterThan(0);
+    expect(relay.held.available(name) + carved).toBe(100);
   });
 });
 

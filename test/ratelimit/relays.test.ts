@@ -145,9 +145,41 @@ describe("a key called from more isolates than one object answers", () => {
     await new Promise((r) => setTimeout(r, LEASE_MS + 50));
     const before = await used();
     const late = faultyObjects(env.RELAYS, { authorize: { kind: "late-answer", ms: 300 } });
+    const relay = env.RELAYS.getByName(isolate.relayOf(name) as string);
     expect(await outcome(hot.key, isolate, 100, { RELAYS: late, RATE_LIMIT_TIMEOUT_MS: "200" })).toBe("rate_limiter_unavailable");
     await late.settled();
     expect(await used()).toBe(before);
+    // With no call of the key's after it, the relay gives back what it owes once its block has ended: the key's object
+    // has it back, not only the relay's account of it.
+    expect(await relay.unspent(hot.id)).toBeGreaterThan(0);
+    await new Promise((r) => setTimeout(r, LEASE_MS + 300));
+    expect(await relay.unspent(hot.id)).toBe(0);
+    expect(await used()).toBe(before);
+  });
+
+  it("cancels a call wherever its attempts went: a retry that went to the key's object after its relay failed spends nothing there", async () => {
+    const { key } = await provision();
+    const hot = await createKey(key.key, { rateLimit: { limit: 100_000, windowSeconds: 60 } });
+    const name = `key:${hot.id}`;
+    const isolate = new Holdings();
+    // The isolate knows the key and is told to call a relay.
+    expect(await outcome(hot.key, isolate)).toBe("admitted");
+    isolate.route(name, { count: RELAYS, ms: 10_000 }, Date.now());
+    const before = (await countedByObject(hot.id)).spent;
+    // The relay's call fails in a way the platform marks retryable, and meanwhile another request's answer sends this
+    // isolate back to the key's object: the retry goes there, and answers too late.
+    const lost = Object.assign(new Error("network connection lost"), { retryable: true });
+    const relays = faultyObjects(env.RELAYS, {
+      authorize: { kind: "throw", error: lost, times: 1, meanwhile: () => isolate.route(name, null, Date.now()) },
+    });
+    const late = faultyObjects(env.KEYS, { authorize: { kind: "late-answer", ms: 300 } });
+    expect(await outcome(hot.key, isolate, 1, { RELAYS: relays, KEYS: late, RATE_LIMIT_TIMEOUT_MS: "200" })).toBe(
+      "rate_limiter_unavailable",
+    );
+    await late.settled();
+    expect(late.calls("authorize")).toBe(1);
+    expect(late.calls("cancel")).toBe(1);
+    expect((await countedByObject(hot.id)).spent).toBe(before);
   });
 
   it("keeps a change made in an isolate in force there at once, though its relay's answer under the record before comes after", async () => {
