@@ -89,21 +89,24 @@ export async function authorizeKey(
   const judge = (keyId: string, byHash?: string) => {
     const name = `key:${keyId}`;
     /**
-     * Where each of these calls went (a relay, or null: the key's object), by the call's id: one that failed is
-     * cancelled wherever its attempts went.
+     * Where each of these calls went (a relay, or null: the key's object), by the call's id, first place first: one that
+     * failed is cancelled wherever its attempts went. What the isolate's ended leases left goes to the first place only
+     * (a retry elsewhere carries none), so no two places take it back.
      */
     let went: Map<string, Set<string | null>> | undefined;
     /**
      * One call on the key: to the relay this isolate is told to call while the key is spread (a plain call of a known
      * key: nothing only its object decides), else to its object; the answer says where the next goes.
      */
-    const called = async (stub: DurableObjectStub<KeyObject>, call: KeyCall & Spending) => {
+    const called = async (stub: DurableObjectStub<KeyObject>, asked: KeyCall & Spending) => {
       const held = isolate ?? holdings;
-      const plain = !call.hash && !call.costs && !call.reserve && !call.idempotency && !call.credits && !call.perUnit;
+      const plain = !asked.hash && !asked.costs && !asked.reserve && !asked.idempotency && !asked.credits && !asked.perUnit;
       const relay = plain ? held.relayOf(name) : null;
       const askedAt = held.now();
       went ??= new Map();
-      went.set(call.tag.id, (went.get(call.tag.id) ?? new Set<string | null>()).add(relay));
+      const places = went.get(asked.tag.id) ?? new Set<string | null>();
+      const call = places.size > 0 && !places.has(relay) ? { ...asked, returned: [] } : asked;
+      went.set(asked.tag.id, places.add(relay));
       const answer = relay
         ? await (deps.env.RELAYS.getByName(relay).authorize(call) as Promise<Routed<Principal, Refused>>)
         : routedOf(await (stub.authorize(call) as Promise<Authorization>));
@@ -128,9 +131,14 @@ export async function authorizeKey(
           const refused = keyRefusal(principal, need, ip);
           return refused && { ok: false, refusal: refused };
         },
-        cancel: async (stub, c) => {
-          const where = went?.get(c.tag.id) ?? [null];
-          await Promise.all([...where].map((relay) => (relay ? deps.env.RELAYS.getByName(relay).cancel({ keyId, ...c }) : stub.cancel(c))));
+        cancel: async (stub, { tag, returned }) => {
+          const where = [...(went?.get(tag.id) ?? [null])];
+          await Promise.all(
+            where.map((relay, i) => {
+              const c = { tag, returned: i === 0 ? returned : [] };
+              return relay ? deps.env.RELAYS.getByName(relay).cancel({ keyId, ...c }) : stub.cancel(c);
+            }),
+          );
         },
         costs,
       },

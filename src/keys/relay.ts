@@ -57,10 +57,12 @@ export class KeyRelay extends DurableObject<Bindings> {
       const returned = held.unspent(name);
       if (returned.length > 0) {
         const stub = this.env.KEYS.getByName(name);
-        const tag = { id: `relay-return-${crypto.randomUUID()}`, deadline: Date.now() };
         const ms = getConfig(this.env).rateLimitTimeoutMs;
+        const stop = Date.now() + ms + GIVE_BACK_RETRY_MS;
+        // The key's object remembers the id until well past `deadline`: past every try, so it takes `returned` once.
+        const tag = { id: `relay-return-${crypto.randomUUID()}`, deadline: stop };
         const attempt = () =>
-          deadline(stub.cancel({ tag, returned }), ms, timedOut).then(
+          deadline(stub.cancel({ tag, returned }), Math.max(1, Math.min(ms, stop - Date.now())), timedOut).then(
             () => true,
             () => false,
           );
