@@ -114,19 +114,16 @@ export class Relay {
 
   /**
    * The answer to the call `tag`, remembered with what it handed out; unless the isolate gave up on it meanwhile (it
-   * hands out nothing then) or a retry of it was answered first (whose answer it gets).
+   * hands out nothing then). A retry never gets here while its first attempt runs (`serve`).
    */
   private remember<A>(name: string, tag: CallTag, answer: A, handedOut: Unspent[]): A {
-    let first: { answer: unknown } | undefined;
     try {
-      first = this.calls.recall(tag);
+      this.calls.recall(tag);
     } catch (err) {
       for (const u of handedOut) this.giveBack(name, u);
       throw err;
     }
-    if (!first) return this.calls.remember(tag, answer, handedOut);
-    for (const u of handedOut) this.giveBack(name, u);
-    return first.answer as A;
+    return this.calls.remember(tag, answer, handedOut);
   }
 
   /** Admissions back to the block they came from while it lasts, else to the key's object with the relay's next call. */
