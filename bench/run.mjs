@@ -193,7 +193,8 @@ try {
       path: "/v1/whoami",
       distinct: 1,
       fixed: true,
-      headers: () => ({ "X-API-Key": hot.key }),
+      tally: true,
+      headers: () => ({ "X-API-Key": hot.key, "X-Bench-Tally": "1" }),
     },
     {
       name: "manyKeys",
@@ -218,7 +219,8 @@ try {
       title: "GET /v1/whoami, one person's access token",
       path: "/v1/whoami",
       distinct: 1,
-      headers: () => ({ Authorization: `Bearer ${accessToken}` }),
+      tally: true,
+      headers: () => ({ Authorization: `Bearer ${accessToken}`, "X-Bench-Tally": "1" }),
     },
     // The verify API with the same key: the same judgement and spend as (b), plus a JSON body to read and answer.
     {
@@ -268,7 +270,8 @@ try {
       title: "GET /v1/whoami, one key of an account with a webhook endpoint for every event",
       path: "/v1/whoami",
       distinct: 1,
-      headers: () => ({ "X-API-Key": hooked.key }),
+      tally: true,
+      headers: () => ({ "X-API-Key": hooked.key, "X-Bench-Tally": "1" }),
     },
     // (k) (d)'s request on a route costing a credit, by a key with two named limits of an account with a pool: the key's
     // object spends the limits, the account's object the pool. Its calls are tallied by kind over whole runs.
@@ -283,10 +286,32 @@ try {
     },
   ];
   const scenarios = allScenarios.filter((s) => !ONLY || ONLY.has(s.id));
+  const byName = Object.fromEntries(scenarios.map((s) => [s.name, s]));
+  /**
+   * A round's runs, in this order (reversed every other round, so that none always follows the same neighbour and a
+   * ratio's two sides swap places). (b) runs three times, next to each scenario compared with it: a ratio compares the
+   * two runs of a round that ran closest together, seconds apart, so work left behind by other scenarios (1,000 keys'
+   * usage flushes a minute after (c), say) weighs on both of its sides alike.
+   */
+  const ORDER = [
+    "manyKeys",
+    "bare",
+    "hotKey",
+    "personToken",
+    "webhooks",
+    "hotKey",
+    "verify",
+    "credits",
+    "gateway",
+    "hotKey",
+    "direct",
+    "farHotKey",
+    "farManyKeys",
+  ].filter((name) => byName[name]);
   const urlOf = (s) => (s.base ?? base) + s.path;
   const methodOf = (s) => (s.body === undefined ? { method: "GET" } : { method: "POST", body: s.body });
 
-  // Scenarios take turns over several rounds and each keeps its median round: the machine's noise (other tenants,
+  // Scenarios take turns over several rounds (ORDER) and each keeps its median run: the machine's noise (other tenants,
   // disk latency) then weighs on every scenario alike instead of on whichever ran during a bad moment.
   const rounds = Object.fromEntries(scenarios.map((s) => [s.name, []]));
   const counts = {};
@@ -350,9 +375,8 @@ try {
   if (mistypedKey.status !== 401 || mistypedKey.d1 !== 0 || mistypedKey.do !== 0)
     throw new Error(`a mistyped key was not refused unread: ${JSON.stringify(mistypedKey)}`);
   for (let round = 1; round <= ROUNDS; round++) {
-    // Every other round runs the scenarios in reverse, so that none always follows the same neighbour (the work it
-    // leaves, the machine's drift over a round) and a ratio's two scenarios swap places.
-    for (const s of round % 2 ? scenarios : [...scenarios].reverse()) {
+    for (const [position, name] of (round % 2 ? ORDER : [...ORDER].reverse()).entries()) {
+      const s = byName[name];
       await warmUp(s);
       const settled = await settle();
       let n = 0;
@@ -371,6 +395,8 @@ try {
       // The far counter's runs go on through failures and report them: a slow counter is what they measure.
       if (failed > 0 && !s.far) throw new Error(`${s.name}: ${failed} requests failed`);
       rounds[s.name].push({
+        round,
+        position,
         requestsPerSecond: Math.round(run.requests.average),
         latencyMs: { p50: run.latency.p50, p99: run.latency.p99 },
         ...cpu,
@@ -399,7 +425,7 @@ try {
     }
   }
   const medianOf = (xs) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];
-  /** CPU per request over a scenario's rounds: the median round's, and every round's. */
+  /** CPU per request over a scenario's runs: the median run's, and every run's. */
   const cpuOf = (runs) => ({
     serverCpuUsPerRequest: runs.some((r) => r.serverCpuUs === null) ? null : medianOf(runs.map((r) => r.serverCpuUs)),
     loadCpuUsPerRequest: medianOf(runs.map((r) => r.loadCpuUs)),
@@ -408,7 +434,7 @@ try {
   const results = {};
   for (const s of scenarios.filter((s) => !s.far)) {
     const sorted = [...rounds[s.name]].sort((x, y) => x.requestsPerSecond - y.requestsPerSecond);
-    const { serverCpuUs, loadCpuUs, ...median } = sorted[Math.floor(sorted.length / 2)];
+    const { serverCpuUs, loadCpuUs, round, position, ...median } = sorted[Math.floor(sorted.length / 2)];
     results[s.name] = {
       title: s.title,
       ...median,
@@ -432,8 +458,17 @@ try {
       `${s.name.padEnd(11)} ${String(median.requestsPerSecond).padStart(6)} req/s (median)  p50 ${median.latencyMs.p50} ms  p99 ${median.latencyMs.p99} ms  D1 ${counts[s.name].d1}  DO ${counts[s.name].do}  server CPU ${results[s.name].serverCpuUsPerRequest} µs/request${tallyLine}`,
     );
   }
+  /** In each round, the runs of `a` and of `b` that ran closest together (see ORDER). */
+  const paired = (a, b) =>
+    Array.from({ length: ROUNDS }, (_, i) => {
+      const pairs = rounds[a]
+        .filter((x) => x.round === i + 1)
+        .flatMap((x) => rounds[b].filter((y) => y.round === i + 1).map((y) => [x, y]));
+      const gap = ([x, y]) => Math.abs(x.position - y.position);
+      return pairs.reduce((best, p) => (gap(p) < gap(best) ? p : best));
+    });
   /** A ratio's value within each round, where its two scenarios ran seconds apart on the same machine's moment. */
-  const perRound = (a, b) => rounds[a].map((r, i) => Math.round((r.requestsPerSecond / rounds[b][i].requestsPerSecond) * 100) / 100);
+  const perRound = (a, b) => paired(a, b).map(([x, y]) => Math.round((x.requestsPerSecond / y.requestsPerSecond) * 100) / 100);
   /**
    * A ratio is the median of its rounds' ratios: each compares two runs made seconds apart, so a minute in which the
    * shared machine ran slow (absolute figures move by a quarter between rounds) weighs on both of its sides alike.
@@ -482,6 +517,8 @@ try {
       ["credits", "hotKey"],
       ["credits", "gateway"],
       ["personToken", "hotKey"],
+      ["webhooks", "hotKey"],
+      ["verify", "hotKey"],
       ["manyKeys", "bare"],
       ["gateway", "hotKey"],
     ])
@@ -493,12 +530,12 @@ try {
 
   // (f) What the far counter adds to (a)'s latency: the difference within each round (the two ran a few seconds apart),
   // median over the rounds.
-  const added = (name, base, p) => medianOf(rounds[name].map((r, i) => r.latencyMs[p] - rounds[base][i].latencyMs[p]));
+  const added = (name, base, p) => medianOf(paired(name, base).map(([x, y]) => x.latencyMs[p] - y.latencyMs[p]));
   const farCounter = { roundTripMs: DO_RTT_MS, scenarios: {} };
   for (const s of scenarios.filter((s) => s.far)) {
     const sorted = [...rounds[s.name]].sort((x, y) => x.requestsPerSecond - y.requestsPerSecond);
     const { calls, requests } = farCounted[s.name];
-    const { serverCpuUs, loadCpuUs, ...median } = sorted[Math.floor(sorted.length / 2)];
+    const { serverCpuUs, loadCpuUs, round, position, ...median } = sorted[Math.floor(sorted.length / 2)];
     farCounter.scenarios[s.name] = {
       title: s.title,
       ...median,
