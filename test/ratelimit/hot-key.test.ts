@@ -133,8 +133,9 @@ describe("a kept refusal (pure, injected clock)", () => {
 });
 
 describe("a relay (pure)", () => {
-  it("answers a retry that arrives while its first attempt is under way with that attempt's answer: one call, one block", async () => {
-    const name = "key:k";
+  const name = "key:k";
+  /** A relay whose calls to the key's object wait in `pending` until the test answers them with `grant`. */
+  function relayed() {
     const relay = new Relay(new Holdings());
     const pending: ((a: Routed<string, { ok: false }>) => void)[] = [];
     const ask = () => new Promise<Routed<string, { ok: false }>>((resolve) => pending.push(resolve));
@@ -145,35 +146,77 @@ describe("a relay (pure)", () => {
       waitUntil: () => {},
       log: () => {},
     } as unknown as Deps;
-    const c = { name, stub, spending: { tag: { id: "req_1", deadline: Date.now() + 10_000 }, cost: 1, lease: true }, ask, renew: ask };
+    /** An isolate's call `id` with `ms` to its deadline. */
+    const call = (id: string, ms = 10_000) => ({
+      name,
+      stub,
+      spending: { tag: { id, deadline: Date.now() + ms }, cost: 1, lease: true },
+      ask,
+      renew: ask,
+    });
+    /** The key's object's answer to each pending call: its admission and a block of 100. */
+    const grant = () => {
+      const now = Date.now();
+      for (const resolve of pending.splice(0))
+        resolve({
+          ok: true,
+          record: "key",
+          granted: {
+            allowed: true,
+            retryAfter: 0,
+            limits: [{ name: "default", limit: 100_000, windowSeconds: 60, remaining: 90_000, resetAt: now + 60_000 }],
+            refusedBy: [],
+            at: now,
+            cost: 1,
+            costs: { default: 1 },
+            lease: { id: now + LEASE_MS, units: 100, ms: LEASE_MS },
+            credits: null,
+          },
+          relays: { count: RELAYS, ms: RELAY_MS },
+        });
+    };
+    /** Lets every call in flight reach the key's object. */
+    const reached = () => new Promise((r) => setTimeout(r, 50));
+    return { relay, pending, deps, call, grant, reached };
+  }
+  const carved = (a: Routed<string, { ok: false }> | undefined) => (a?.ok ? (a.granted.lease?.units ?? 0) : 0);
+
+  it("answers a retry that arrives while its first attempt is under way with that attempt's answer: one call, one block", async () => {
+    const { relay, pending, deps, call, grant, reached } = relayed();
+    const c = call("req_1");
     const attempts = [relay.serve(deps, c), relay.serve(deps, c)];
-    // Both attempts have had every chance to call the key's object.
-    await new Promise((r) => setTimeout(r, 50));
-    const now = Date.now();
-    for (const resolve of pending)
-      resolve({
-        ok: true,
-        record: "key",
-        granted: {
-          allowed: true,
-          retryAfter: 0,
-          limits: [{ name: "default", limit: 100_000, windowSeconds: 60, remaining: 90_000, resetAt: now + 60_000 }],
-          refusedBy: [],
-          at: now,
-          cost: 1,
-          costs: { default: 1 },
-          lease: { id: now + LEASE_MS, units: 100, ms: LEASE_MS },
-          credits: null,
-        },
-        relays: { count: RELAYS, ms: RELAY_MS },
-      });
-    const [first, retry] = await Promise.all(attempts);
+    await reached();
     expect(pending).toHaveLength(1);
+    grant();
+    const [first, retry] = await Promise.all(attempts);
     expect(retry).toEqual(first);
     // The block's 100 admissions: what the relay holds, and the lease carved for the isolate once.
-    const carved = first?.ok ? (first.granted.lease?.units ?? 0) : 0;
-    expect(carved).toBeGreaterThan(0);
-    expect(relay.held.available(name) + carved).toBe(100);
+    expect(carved(first)).toBeGreaterThan(0);
+    expect(relay.held.available(name) + carved(first)).toBe(100);
+  });
+
+  it("spends nothing for a call that reaches it after its deadline, though its block could admit it", async () => {
+    const { relay, deps, call, grant, reached } = relayed();
+    const first = relay.serve(deps, call("req_1"));
+    await reached();
+    grant();
+    await first;
+    const held = relay.held.available(name);
+    expect(held).toBeGreaterThan(1);
+    await expect(relay.serve(deps, call("req_2", -1))).rejects.toThrow();
+    expect(relay.held.available(name)).toBe(held);
+    expect(relay.held.owing(name)).toBe(0);
+  });
+
+  it("gives back what it handed out for a call whose deadline passed while the key's object answered, and keeps its block", async () => {
+    const { relay, deps, call, grant, reached } = relayed();
+    const late = relay.serve(deps, call("req_1", 20));
+    await reached();
+    grant();
+    await expect(late).rejects.toThrow();
+    // The block is whole, and the call's admission (made by the key's object) goes back to it with the relay's next call.
+    expect(relay.held.available(name)).toBe(100);
+    expect(relay.held.owing(name)).toBe(1);
   });
 });
 
