@@ -20,8 +20,11 @@ export type Fault =
   | { kind: "late-call"; ms: number; times?: number }
   /** Reaches the real object at once, but its answer comes back only after `ms`; `times` limits it to the first calls. */
   | { kind: "late-answer"; ms: number; times?: number }
-  /** Reaches the real thing, which does the work, then fails (the answer was lost); `times` limits it to the first calls. */
-  | { kind: "lost-answer"; error?: Error; times?: number };
+  /**
+   * Reaches the real thing, which does the work, then fails (the answer was lost); `times` limits it to the first
+   * calls; `meanwhile` runs as it fails, as with `throw`.
+   */
+  | { kind: "lost-answer"; error?: Error; times?: number; meanwhile?: () => void };
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -44,6 +47,7 @@ async function apply<T>(fault: Fault, count: number, real: () => Promise<T>): Pr
     }
     case "lost-answer":
       await real();
+      fault.meanwhile?.();
       throw fault.error ?? new Error("injected fault after the call landed");
   }
 }

@@ -5,9 +5,10 @@ import { keyRefusal, type Need, type Principal, perPerson, personal, pooled, typ
 import { type Holdings, holdings } from "../counters/held";
 import { leasedCall } from "../counters/leased-call";
 import { type Charge, refund, spendPool } from "../counters/limiter";
-import type { Idempotency, Spending, Spent } from "../counters/protocol";
+import type { CallTag, Idempotency, Spending, Spent, Unspent } from "../counters/protocol";
 import type { Routed } from "../counters/relay";
 import type { Deps } from "../platform/deps";
+import { safeError } from "../platform/log";
 import type { Authorization, KeyCall, KeyObject } from "./object";
 import { routedOf } from "./relay";
 import { catchUp } from "./reload";
@@ -90,10 +91,24 @@ export async function authorizeKey(
     const name = `key:${keyId}`;
     /**
      * Where each of these calls went (a relay, or null: the key's object), by the call's id, first place first: one that
-     * failed is cancelled wherever its attempts went. What the isolate's ended leases left goes to the first place only
-     * (a retry elsewhere carries none), so no two places take it back.
+     * failed is cancelled wherever its attempts went, one answered is cancelled where its other attempts went (their
+     * answers were lost). What the isolate's ended leases left goes to the first place only (a retry elsewhere carries
+     * none), so no two places take it back.
      */
     let went: Map<string, Set<string | null>> | undefined;
+    /** Cancels the call `tag` wherever its attempts went but `answered` (a relay, null: the key's object). */
+    const cancelAt = (
+      stub: DurableObjectStub<KeyObject>,
+      { tag, returned }: { tag: CallTag; returned: Unspent[] },
+      answered?: string | null,
+    ) =>
+      Promise.all(
+        [...(went?.get(tag.id) ?? [null])].map((relay, i) => {
+          if (relay === answered) return undefined;
+          const c = { tag, returned: i === 0 ? returned : [] };
+          return relay ? deps.env.RELAYS.getByName(relay).cancel({ keyId, ...c }) : stub.cancel(c);
+        }),
+      );
     /**
      * One call on the key: to the relay this isolate is told to call while the key is spread (a plain call of a known
      * key: nothing only its object decides), else to its object; the answer says where the next goes.
@@ -110,6 +125,14 @@ export async function authorizeKey(
       const answer = relay
         ? await (deps.env.RELAYS.getByName(relay).authorize(call) as Promise<Routed<Principal, Refused>>)
         : routedOf(await (stub.authorize(call) as Promise<Authorization>));
+      if (places.size > 1) {
+        const returned = asked.returned ?? [];
+        deps.waitUntil(
+          cancelAt(stub, { tag: asked.tag, returned }, relay).catch((e: unknown) =>
+            deps.log("warn", "counter_cancel_failed", { counter: name, error: safeError(e) }),
+          ),
+        );
+      }
       if (answer.ok) held.route(name, answer.relays, askedAt);
       return answer;
     };
@@ -131,14 +154,8 @@ export async function authorizeKey(
           const refused = keyRefusal(principal, need, ip);
           return refused && { ok: false, refusal: refused };
         },
-        cancel: async (stub, { tag, returned }) => {
-          const where = [...(went?.get(tag.id) ?? [null])];
-          await Promise.all(
-            where.map((relay, i) => {
-              const c = { tag, returned: i === 0 ? returned : [] };
-              return relay ? deps.env.RELAYS.getByName(relay).cancel({ keyId, ...c }) : stub.cancel(c);
-            }),
-          );
+        cancel: async (stub, call) => {
+          await cancelAt(stub, call);
         },
         costs,
       },

@@ -195,6 +195,29 @@ describe("a key called from more isolates than one object answers", () => {
     expect(await used()).toBe(before);
   });
 
+  it("gives back what a relay spent for an attempt whose answer was lost, once the retry is answered by the key's object", async () => {
+    const { hot, name, isolates } = await spreadKey({ limit: 100_000, windowSeconds: 60 });
+    const [isolate] = isolates as [Holdings];
+    /** What requests used: what the key's object counts as spent, less what isolates and relays hold unspent or owe it. */
+    const used = async () =>
+      (await countedByObject(hot.id)).spent -
+      (await heldByRelays(name)) -
+      isolates.reduce((n, h) => n + h.available(name) + h.owing(name), 0);
+    const before = await used();
+    // The relay admits the request, its answer is lost in a way the platform marks retryable, and meanwhile another
+    // request's answer sends this isolate back to the key's object, which answers the retry.
+    const lost = Object.assign(new Error("network connection lost"), { retryable: true });
+    const relays = faultyObjects(env.RELAYS, {
+      authorize: { kind: "lost-answer", error: lost, times: 1, meanwhile: () => isolate.route(name, null, Date.now()) },
+    });
+    // More than a lease holds: the request calls its relay.
+    const cost = 100;
+    expect(await outcome(hot.key, isolate, cost, { RELAYS: relays })).toBe("admitted");
+    expect(relays.calls("authorize")).toBe(1);
+    expect(relays.calls("cancel")).toBe(1);
+    expect(await used()).toBe(before + cost);
+  });
+
   it("keeps a change made in an isolate in force there at once, though its relay's answer under the record before comes after", async () => {
     const { admin, hot, name } = await spreadKey({ limit: 100_000, windowSeconds: 60 }, 10, holdings);
     expect(holdings.relayOf(name)).not.toBeNull();
