@@ -153,6 +153,10 @@ try {
   // use. (g) revokes another one; (h) overloads a third.
   const farHot = await post("/v1/api-keys", { name: "bench far hot" }, hot.key);
   const doomed = await post("/v1/api-keys", { name: "bench revocation" }, hot.key);
+  // (d) and (v) have keys of their own, made as (b)'s: (b)'s key's object then counts (b)'s requests only, as (p)'s and
+  // (w)'s objects count theirs, and what a ratio compares is the kind of request, not how busy an object is.
+  const gatewayKey = await post("/v1/api-keys", { name: "bench gateway" }, hot.key);
+  const verifiedKey = await post("/v1/api-keys", { name: "bench verify" }, hot.key);
   // (k) An account with a pool that cannot run out, and a key of it with two named limits that no run reaches. A minute
   // and a day, not a second: a one-second window leases for 20 ms (core/lease.ts), and (k) would measure that, not credits.
   const pool = { remaining: 1_000_000_000_000, refill: null };
@@ -210,7 +214,7 @@ try {
       title: "GET /v1/data through the gateway to a local upstream, one key",
       path: "/v1/data",
       distinct: 1,
-      headers: () => ({ "X-API-Key": hot.key }),
+      headers: () => ({ "X-API-Key": gatewayKey.key }),
     },
     // (p) (b)'s request with a person's access token instead of a key.
     {
@@ -222,14 +226,14 @@ try {
       tally: true,
       headers: () => ({ Authorization: `Bearer ${accessToken}`, "X-Bench-Tally": "1" }),
     },
-    // The verify API with the same key: the same judgement and spend as (b), plus a JSON body to read and answer.
+    // The verify API with a key like (b)'s: the same judgement and spend, plus a JSON body to read and answer.
     {
       name: "verify",
       id: "v",
       title: "POST /v1/keys/verify, one key",
       path: "/v1/keys/verify",
       distinct: 1,
-      body: JSON.stringify({ key: hot.key }),
+      body: JSON.stringify({ key: verifiedKey.key }),
       headers: () => ({ Authorization: `Bearer ${VERIFY_TOKEN}`, "Content-Type": "application/json" }),
     },
     // The same requests, key header included, straight to the upstream: what the gateway adds is the difference.
@@ -240,7 +244,7 @@ try {
       base: upstreamBase,
       path: "/v1/data",
       distinct: 1,
-      headers: () => ({ "X-API-Key": hot.key }),
+      headers: () => ({ "X-API-Key": gatewayKey.key }),
     },
     // (f) (b) and (c) again on the isolate whose Durable Object calls each take DO_RTT_MS. Its calls and requests are
     // counted over each run.
