@@ -685,7 +685,7 @@ try {
   accuracy.push(...(await Promise.all(accuracyCells.filter((c) => c.windowSeconds >= 10).map(probeCell))));
   for (const a of accuracy) {
     console.log(
-      `(h) ${a.limit} per ${a.windowSeconds} s at ${a.load}x: ${a.sent} sent in ${a.seconds} s, admitted ${a.admitted}, one exact limiter ${a.idealAdmitted}: under-admission ${a.underAdmission}; busiest sliding window ${a.busiestWindow.surely} (by sending ${a.busiestWindow.bySent}, by answer ${a.busiestWindow.byAnswer}) of ${a.limit}; statuses ${JSON.stringify(a.statuses)}`,
+      `(h) ${a.limit} per ${a.windowSeconds} s at ${a.load}x: ${a.sent} sent in ${a.seconds} s, admitted ${a.admitted}, one exact limiter ${a.idealAdmitted}: under-admission ${a.underAdmission}; busiest sliding window ${a.busiestWindow.surely} (by sending ${a.busiestWindow.bySent}, by answer ${a.busiestWindow.byAnswer}) of ${a.limit}; wall clock drift ${a.clockDriftMs.min} to ${a.clockDriftMs.max} ms (${a.clockDriftMs.end} at the end); statuses ${JSON.stringify(a.statuses)}`,
     );
   }
   const worst = (cells, f) => Math.max(...cells.map(f));
