@@ -44,7 +44,14 @@ export class Relay {
   /** The isolates' calls being answered, by id: a retry that arrives meanwhile waits for the first attempt's answer. */
   private readonly running = new Map<string, Promise<unknown>>();
 
-  constructor(readonly held: Holdings) {}
+  /**
+   * `self` names this relay in the ids of its calls to the key's object: a retry that an isolate sends to another relay
+   * is a call of that relay's own there, never taken for this one's (whose admission the isolate then cancels here).
+   */
+  constructor(
+    readonly held: Holdings,
+    private readonly self: string,
+  ) {}
 
   /**
    * Answers one isolate's call: its admission and a lease carved from a block this relay holds, or (none held) from the
@@ -85,7 +92,7 @@ export class Relay {
         if (answer.ok) this.held.route(name, answer.relays, askedAt);
         return answer;
       };
-    const own = { ...deps, requestId: `${tag.id}-relay` };
+    const own = { ...deps, requestId: `${tag.id}-${this.self}` };
     const verdict = await leasedCall<S, R, F>(
       own,
       { name, stub: c.stub, cost, ask: upstream(c.ask), renew: upstream(c.renew), check: c.check },

@@ -25,7 +25,7 @@ const GIVE_BACK_RETRY_MS = 5_000;
  * block until it ends.
  */
 export class KeyRelay extends DurableObject<Bindings> {
-  private readonly relay = new Relay(new Holdings());
+  private readonly relay = new Relay(new Holdings(), `relay-${this.ctx.id.toString()}`);
   /** Keys whose give-back is due (`giveBackLater`). */
   private readonly due = new Set<string>();
 

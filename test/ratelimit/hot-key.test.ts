@@ -136,7 +136,7 @@ describe("a relay (pure)", () => {
   const name = "key:k";
   /** A relay whose calls to the key's object wait in `pending` until the test answers them with `grant`. */
   function relayed() {
-    const relay = new Relay(new Holdings());
+    const relay = new Relay(new Holdings(), "relay-0");
     const pending: ((a: Routed<string, { ok: false }>) => void)[] = [];
     const ask = () => new Promise<Routed<string, { ok: false }>>((resolve) => pending.push(resolve));
     const stub = { cancel: async () => {}, refund: async () => {} };

@@ -82,7 +82,7 @@ export async function simulate(s: Scenario) {
   const limits = limitsOf(s);
   let clock = 0;
   const isolates = Array.from({ length: s.isolates }, (_, i) => new Holdings(() => clock, i));
-  const relays = Array.from({ length: MAX_RELAYS }, () => new Relay(new Holdings(() => clock)));
+  const relays = Array.from({ length: MAX_RELAYS }, (_, i) => new Relay(new Holdings(() => clock), `relay-${i}`));
   const relayDecidedAt: number[][] = relays.map(() => []);
   const fanIn = new FanIn();
   const spends: number[] = [];
