@@ -160,9 +160,8 @@ export async function accuracyProbe({ isolates, path, headers, limit, windowSeco
   // The objects decide on the wall clock, the probe times on the monotonic one: should the machine's wall clock gain on
   // it during the run, windows end early by that much on the objects' side, and `surely` shows it as over-admission.
   // How far it moved (ms, sampled every 50 requests) is reported beside the count.
-  const tenth = (x) => Math.round(x * 10) / 10;
   const end = sampleDrift();
-  const clockDriftMs = { end: tenth(end), min: tenth(drift.min), max: tenth(drift.max) };
+  const clockDriftMs = { end: round(end), min: round(drift.min), max: round(drift.max) };
   const admitted = records.filter((r) => r.status === 200).sort((a, b) => a.sent - b.sent);
   const windows = Array.from({ length: Math.ceil(seconds / windowSeconds) }, (_, w) => ({
     fromSecond: w * windowSeconds,
