@@ -67,6 +67,19 @@ async function countedByObject(keyId: string) {
 }
 
 /**
+ * What requests used of the key `keyId`: what its object counts as spent, less what `isolates` and its first
+ * `relays` relays hold unspent or owe it.
+ */
+async function usedBy(keyId: string, isolates: Holdings[], relays = RELAYS): Promise<number> {
+  const name = `key:${keyId}`;
+  return (
+    (await countedByObject(keyId)).spent -
+    (await heldByRelays(name, relays)) -
+    isolates.reduce((n, h) => n + h.available(name) + h.owing(name), 0)
+  );
+}
+
+/**
  * A fresh key and ISOLATES isolates driven until the key's object spread them over relays (an isolate learns it when it
  * calls: requests of `cost` run its lease down within a few waves); what they admitted so far. `first`, when given, is
  * the first isolate (this one's own holdings, which a change made through the app drops).
@@ -138,11 +151,7 @@ describe("a key called from more isolates than one object answers", () => {
   it("gives back what a relay handed out for a call its isolate gave up on, and never the block the relay keeps: a 503 spends nothing", async () => {
     const { hot, name, isolates } = await spreadKey({ limit: 100_000, windowSeconds: 60 });
     const [isolate] = isolates as [Holdings];
-    /** What requests used: what the key's object counts as spent, less what isolates and relays hold unspent or owe it. */
-    const used = async () =>
-      (await countedByObject(hot.id)).spent -
-      (await heldByRelays(name)) -
-      isolates.reduce((n, h) => n + h.available(name) + h.owing(name), 0);
+    const used = () => usedBy(hot.id, isolates);
     // Every lease and block has ended: the request brings its isolate's rests back to its relay, which asks the key's
     // object for its admission and a block, and answers after the isolate gave up.
     await new Promise((r) => setTimeout(r, LEASE_MS + 50));
@@ -201,11 +210,7 @@ describe("a key called from more isolates than one object answers", () => {
   it("gives back what a relay spent for an attempt whose answer was lost, once the retry is answered by the key's object", async () => {
     const { hot, name, isolates } = await spreadKey({ limit: 100_000, windowSeconds: 60 });
     const [isolate] = isolates as [Holdings];
-    /** What requests used: what the key's object counts as spent, less what isolates and relays hold unspent or owe it. */
-    const used = async () =>
-      (await countedByObject(hot.id)).spent -
-      (await heldByRelays(name)) -
-      isolates.reduce((n, h) => n + h.available(name) + h.owing(name), 0);
+    const used = () => usedBy(hot.id, isolates);
     const before = await used();
     // The relay admits the request, its answer is lost in a way the platform marks retryable, and meanwhile another
     // request's answer sends this isolate back to the key's object, which answers the retry.
@@ -226,10 +231,7 @@ describe("a key called from more isolates than one object answers", () => {
     const first = new Holdings(undefined, 9);
     const { hot, name, isolates } = await spreadKey({ limit: 100_000, windowSeconds: 60 }, 10, first);
     expect(first.relayOf(name)).toBe(`relay:1:${name}`);
-    const used = async () =>
-      (await countedByObject(hot.id)).spent -
-      (await heldByRelays(name, 2 * RELAYS)) -
-      isolates.reduce((n, h) => n + h.available(name) + h.owing(name), 0);
+    const used = () => usedBy(hot.id, isolates, 2 * RELAYS);
     // Every block has ended: the first relay asks the key's object for the request, and a block beside it.
     await new Promise((r) => setTimeout(r, LEASE_MS + 50));
     const before = await used();
