@@ -82,10 +82,12 @@ export class KeyRelay extends DurableObject<Bindings> {
       rateLimitFailureMode: "closed" as const,
       rateLimitTimeoutMs: Math.max(1, spending.tag.deadline - Date.now()),
     };
+    // A block renewed in the background lands after the answer: what it brings is given back in time too.
+    const waitUntil = (p: Promise<unknown>) => base.waitUntil(p.finally(() => this.giveBackLater(keyId)));
     const call = (s: DurableObjectStub<import("./object").KeyObject>, k: KeyCall, sp: Spending) =>
       s.authorize({ ...k, ...sp }) as Promise<Authorization>;
     const answer = this.relay.serve(
-      { ...base, config },
+      { ...base, config, waitUntil },
       {
         name,
         stub: this.env.KEYS.getByName(name),
