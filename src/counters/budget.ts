@@ -24,7 +24,8 @@ type Spend = { spend: Limit[]; credits?: CreditsConfig | null; free?: boolean };
 export class Budget {
   /** Null until first used, and again once `close` dropped it (its storage deleted). */
   private opened: SlidingLog | null = null;
-  private readonly calls = new CallMemory<Logged>();
+  private readonly given: GivenBack;
+  private readonly calls: CallMemory<Logged>;
   /** The object's credits balance, when it keeps one (`storage` given). */
   readonly balance: StoredBalance | null;
 
@@ -39,6 +40,8 @@ export class Budget {
     credits?: { kv: SyncKvStorage; record: (entries: readonly LedgerEntry[]) => void },
   ) {
     this.balance = credits ? new StoredBalance(credits.kv, credits.record) : null;
+    this.given = new GivenBack(sql);
+    this.calls = new CallMemory<Logged>((id, until) => this.given.claim(`returns:${id}`, until));
   }
 
   private get log(): SlidingLog {
@@ -166,7 +169,7 @@ export class Budget {
   refund({ tag, credits = 0, requestId, ...admitted }: Refund): void {
     if (this.calls.recall(tag)) return;
     this.calls.remember(tag, true, []);
-    this.giveBack({ ...admitted, credits, requestId });
+    if (this.given.claim(`refund:${tag.id}`, keptUntil(tag))) this.giveBack({ ...admitted, credits, requestId });
   }
 
   /**
@@ -181,6 +184,7 @@ export class Budget {
   /** Forgets the log in memory once its storage is deleted; the next use reads (and creates) it again. */
   close(): void {
     this.opened = null;
+    this.given.close();
   }
 
   private giveBack({ at, cost, costs, credits, requestId }: Logged): void {
@@ -212,6 +216,42 @@ export class Budget {
 
 /** How long a call's answer is remembered past its deadline: long enough for its retry or its cancellation. */
 const CALL_MEMORY_MS = 10_000;
+
+/** Until when a call is remembered: CALL_MEMORY_MS past its deadline, or past now if that has gone. */
+const keptUntil = (tag: CallTag) => Math.max(Date.now(), tag.deadline) + CALL_MEMORY_MS;
+
+/**
+ * The calls whose give-back was taken (a refund, the rests a call returns), by id, in the object's storage and written
+ * with what they gave back: an attempt that reaches the object after it restarted, its memory of calls gone, takes
+ * nothing back twice. (An answer is remembered in memory only: a retry the restart made forget spends again, which
+ * never admits more than the limit.)
+ */
+class GivenBack {
+  private ready = false;
+  private purgedAt = Number.NEGATIVE_INFINITY;
+
+  constructor(private readonly sql: SqlStorage) {}
+
+  /** Takes the give-back `id`, remembered until `until`: false when it was taken before. */
+  claim(id: string, until: number): boolean {
+    if (!this.ready) {
+      this.sql.exec("CREATE TABLE IF NOT EXISTS given_back (id TEXT PRIMARY KEY, keep_until INTEGER NOT NULL)");
+      this.ready = true;
+    }
+    const now = Date.now();
+    // Each id is kept seconds: a sweep a second holds the table to a few seconds' give-backs.
+    if (now - this.purgedAt >= 1000) {
+      this.sql.exec("DELETE FROM given_back WHERE keep_until < ?", now);
+      this.purgedAt = now;
+    }
+    return this.sql.exec("INSERT OR IGNORE INTO given_back (id, keep_until) VALUES (?, ?)", id, until).rowsWritten > 0;
+  }
+
+  /** Its storage was deleted: the table is made again when next needed. */
+  close(): void {
+    this.ready = false;
+  }
+}
 
 /**
  * What a call logged at `at`: `cost` requests (its admission, or the lease granted beside it), `costs` in each limit's
@@ -255,6 +295,9 @@ export class CallMemory<S> {
   private calls = new Map<string, Remembered<S>>();
   private returned = new Map<string, { keepUntil: number }>();
 
+  /** `claim`, when given, also takes a call's returns in storage (GivenBack): false when they were taken before. */
+  constructor(private readonly claim?: (id: string, until: number) => boolean) {}
+
   /**
    * The earlier answer to this call, if it was already answered (a retry). Throws when the call was cancelled or its
    * deadline passed: the caller has stopped waiting, so nothing may be spent for it.
@@ -284,7 +327,7 @@ export class CallMemory<S> {
       answer: null,
       spent: [],
       cancelled: true,
-      keepUntil: Math.max(Date.now(), tag.deadline) + CALL_MEMORY_MS,
+      keepUntil: keptUntil(tag),
     });
     return spent;
   }
@@ -297,7 +340,8 @@ export class CallMemory<S> {
     if (unspent.length === 0) return unspent;
     forgetBefore(this.returned, Date.now());
     if (this.returned.has(tag.id)) return [];
-    this.returned.set(tag.id, { keepUntil: Math.max(Date.now(), tag.deadline) + CALL_MEMORY_MS });
-    return unspent;
+    const keepUntil = keptUntil(tag);
+    this.returned.set(tag.id, { keepUntil });
+    return !this.claim || this.claim(tag.id, keepUntil) ? unspent : [];
   }
 }

@@ -43,6 +43,46 @@ describe("Counter Durable Object", () => {
     expect(await stored(stub)).toBe(2);
   });
 
+  it("gives back once per refund id even when a retry reaches a new instance (its memory of calls gone)", async () => {
+    const stub = env.COUNTERS.getByName("test:refund-once-evicted");
+    const now = Date.now();
+    await runInDurableObject(stub, (instance) => {
+      instance.clock = () => now;
+    });
+    for (let i = 0; i < 3; i++) await stub.consume({ limits, tag: tag() });
+    const refund = { at: now, cost: 1, costs: { default: 1 }, tag: tag() };
+    await stub.refund(refund);
+    await evictDurableObject(stub);
+    await env.COUNTERS.getByName("test:refund-once-evicted").refund(refund);
+    expect(await stored(stub)).toBe(2);
+  });
+
+  it("takes back what a call returns once even when its cancellation reaches a new instance", async () => {
+    const stub = env.COUNTERS.getByName("test:returned-once-evicted");
+    const now = Date.now();
+    await runInDurableObject(stub, (instance) => {
+      instance.clock = () => now;
+    });
+    const wide = [{ name: "default", limit: 1000, windowSeconds: 60 }];
+    // A hot counter leases beside its next admission; its caller spent all but one of the lease.
+    for (let i = 0; i < 60; i++) await stub.consume({ limits: wide, tag: tag() });
+    const { lease } = await stub.consume({ limits: wide, tag: tag(), lease: true });
+    if (!lease) throw new Error("no lease");
+    const leased = () =>
+      runInDurableObject(
+        stub,
+        (_, state) => state.storage.sql.exec<{ n: number }>("SELECT count(*) AS n FROM hits WHERE at = ?", lease.id).one().n,
+      );
+    // The call that returns the one left reaches the object; its answer is lost, the object restarts, and the caller
+    // cancels the call, returning the same rest again.
+    const returning = { tag: tag(), returned: [{ id: lease.id, left: 1 }] };
+    await stub.consume({ limits: wide, ...returning });
+    expect(await leased()).toBe(lease.units - 1);
+    await evictDurableObject(stub);
+    await env.COUNTERS.getByName("test:returned-once-evicted").cancel(returning);
+    expect(await leased()).toBe(lease.units - 1);
+  });
+
   it("counts in its own storage, so a new instance keeps the count", async () => {
     const stub = env.COUNTERS.getByName("test:persist");
     expect((await stub.consume({ limits, tag: tag() })).limits[0]?.remaining).toBe(2);
