@@ -24,7 +24,7 @@ type Spend = { spend: Limit[]; credits?: CreditsConfig | null; free?: boolean };
 export class Budget {
   /** Null until first used, and again once `close` dropped it (its storage deleted). */
   private opened: SlidingLog | null = null;
-  private readonly given: GivenBack;
+  private readonly marks: CallMarks;
   private readonly calls: CallMemory<Logged>;
   /** The object's credits balance, when it keeps one (`storage` given). */
   readonly balance: StoredBalance | null;
@@ -40,8 +40,8 @@ export class Budget {
     credits?: { kv: SyncKvStorage; record: (entries: readonly LedgerEntry[]) => void },
   ) {
     this.balance = credits ? new StoredBalance(credits.kv, credits.record) : null;
-    this.given = new GivenBack(sql);
-    this.calls = new CallMemory<Logged>((id, until) => this.given.claim(`returns:${id}`, until));
+    this.marks = new CallMarks(sql);
+    this.calls = new CallMemory<Logged>((id, until) => this.marks.claim(`returns:${id}`, until));
   }
 
   private get log(): SlidingLog {
@@ -105,6 +105,8 @@ export class Budget {
     const cost = call.cost ?? 1;
     const amount = call.credits ?? 0;
     const balance = this.balance && "credits" in judged ? this.balance.open(judged.credits ?? null, now) : null;
+    const pays = balance !== null && balance.state.remaining !== null && amount > 0;
+    if (pays && this.marks.taken(`paid:${call.tag.id}`)) return this.paidBefore(call, judged, balance);
     const short = balance !== null && !balance.covers(amount);
     const counted = this.log.admit({
       limits: judged.spend,
@@ -134,8 +136,20 @@ export class Budget {
     const lease = this.leaseCredits(balance, counted, now, call.perUnit ?? (cost > 0 ? Math.ceil(amount / cost) : 0), call.tag.id);
     // What a lease holds is spent where no call shows it: it counts towards the rate as a log's lease entries do.
     if (lease && judged.spend.length === 0) this.arrived(now, lease.units);
+    if (pays) this.marks.claim(`paid:${call.tag.id}`, keptUntil(call.tag), lease);
     (this.balance as StoredBalance).save();
     return { ...counted, lease, credits: creditsLeft(balance, now) };
+  }
+
+  /**
+   * A paying call this object decided before it restarted (its memory of calls gone; the payment is marked in storage
+   * with it): admitted again, paying nothing, and the lease its lost answer held (nobody holds it) is given back once.
+   */
+  private paidBefore(call: Spending, judged: Spend, balance: Balance): Granted {
+    const lease = this.marks.release(`paid:${call.tag.id}`) as LogGrant["lease"];
+    if (lease) this.giveBackLease(lease.id, lease.units, lease.credits ?? 0);
+    this.balance?.save();
+    return { ...this.log.admit({ limits: judged.spend, cost: 0 }), credits: creditsLeft(balance, this.clock()) };
   }
 
   /** Admissions of the last second (leases at their size), counted for an object whose calls spend no limit. */
@@ -169,7 +183,7 @@ export class Budget {
   refund({ tag, credits = 0, requestId, ...admitted }: Refund): void {
     if (this.calls.recall(tag)) return;
     this.calls.remember(tag, true, []);
-    if (this.given.claim(`refund:${tag.id}`, keptUntil(tag))) this.giveBack({ ...admitted, credits, requestId });
+    if (this.marks.claim(`refund:${tag.id}`, keptUntil(tag))) this.giveBack({ ...admitted, credits, requestId });
   }
 
   /**
@@ -184,7 +198,7 @@ export class Budget {
   /** Forgets the log in memory once its storage is deleted; the next use reads (and creates) it again. */
   close(): void {
     this.opened = null;
-    this.given.close();
+    this.marks.close();
   }
 
   private giveBack({ at, cost, costs, credits, requestId }: Logged): void {
@@ -221,30 +235,50 @@ const CALL_MEMORY_MS = 10_000;
 const keptUntil = (tag: CallTag) => Math.max(Date.now(), tag.deadline) + CALL_MEMORY_MS;
 
 /**
- * The calls whose give-back was taken (a refund, the rests a call returns), by id, in the object's storage and written
- * with what they gave back: an attempt that reaches the object after it restarted, its memory of calls gone, takes
- * nothing back twice. (An answer is remembered in memory only: a retry the restart made forget spends again, which
- * never admits more than the limit.)
+ * Calls whose give-back was taken (a refund, the rests a call returns) or that paid credits, by id, in the object's
+ * storage and written with what they gave back or paid: an attempt that reaches the object after it restarted, its
+ * memory of calls gone, takes nothing back twice and pays nothing twice. (A call that pays nothing is remembered in
+ * memory only: its retry after a restart spends its admission again, which never admits more than the limit.)
  */
-class GivenBack {
+class CallMarks {
   private ready = false;
   private purgedAt = Number.NEGATIVE_INFINITY;
 
   constructor(private readonly sql: SqlStorage) {}
 
-  /** Takes the give-back `id`, remembered until `until`: false when it was taken before. */
-  claim(id: string, until: number): boolean {
+  private table(): SqlStorage {
     if (!this.ready) {
-      this.sql.exec("CREATE TABLE IF NOT EXISTS given_back (id TEXT PRIMARY KEY, keep_until INTEGER NOT NULL)");
+      this.sql.exec("CREATE TABLE IF NOT EXISTS call_marks (id TEXT PRIMARY KEY, keep_until INTEGER NOT NULL, held TEXT)");
       this.ready = true;
     }
     const now = Date.now();
-    // Each id is kept seconds: a sweep a second holds the table to a few seconds' give-backs.
+    // Each id is kept seconds: a sweep a second holds the table to a few seconds' calls.
     if (now - this.purgedAt >= 1000) {
-      this.sql.exec("DELETE FROM given_back WHERE keep_until < ?", now);
+      this.sql.exec("DELETE FROM call_marks WHERE keep_until < ?", now);
       this.purgedAt = now;
     }
-    return this.sql.exec("INSERT OR IGNORE INTO given_back (id, keep_until) VALUES (?, ?)", id, until).rowsWritten > 0;
+    return this.sql;
+  }
+
+  /** Marks `id` until `until`, with what it `held` (a paid call's lease): false when it was marked before. */
+  claim(id: string, until: number, held: unknown = null): boolean {
+    const sql = this.table();
+    return (
+      sql.exec("INSERT OR IGNORE INTO call_marks (id, keep_until, held) VALUES (?, ?, ?)", id, until, JSON.stringify(held)).rowsWritten > 0
+    );
+  }
+
+  /** Whether `id` is marked. */
+  taken(id: string): boolean {
+    return this.table().exec("SELECT 1 FROM call_marks WHERE id = ?", id).toArray().length > 0;
+  }
+
+  /** What `id` was marked with, once: it is then marked with nothing. */
+  release(id: string): unknown {
+    const sql = this.table();
+    const [row] = sql.exec<{ held: string | null }>("SELECT held FROM call_marks WHERE id = ?", id).toArray();
+    sql.exec("UPDATE call_marks SET held = NULL WHERE id = ?", id);
+    return row?.held ? JSON.parse(row.held) : null;
   }
 
   /** Its storage was deleted: the table is made again when next needed. */
@@ -295,7 +329,7 @@ export class CallMemory<S> {
   private calls = new Map<string, Remembered<S>>();
   private returned = new Map<string, { keepUntil: number }>();
 
-  /** `claim`, when given, also takes a call's returns in storage (GivenBack): false when they were taken before. */
+  /** `claim`, when given, also takes a call's returns in storage (CallMarks): false when they were taken before. */
   constructor(private readonly claim?: (id: string, until: number) => boolean) {}
 
   /**

@@ -188,6 +188,29 @@ describe("the ledger", () => {
 });
 
 describe("idempotent retries", () => {
+  it("a call's retry that reaches the key's object after it restarted (its memory of calls gone) pays nothing again", async () => {
+    const { key } = await metered({ remaining: 1000 });
+    const attempt = { keyId: key.id, method: "bearer" as const, need: "any" as const, cost: 1, credits: 5, lease: true, perUnit: 5 };
+    const tag = () => ({ id: crypto.randomUUID(), deadline: Date.now() + 10_000 });
+    // The key is hot: a paying call brings a lease, whose credits are taken with it.
+    for (let i = 0; i < 60; i++) await keyStub(key.id).authorize({ ...attempt, credits: 0, lease: false, tag: tag() });
+    // The isolate's call pays 5 and leases more; its answer is lost, the object restarts, and the isolate retries under
+    // the same id.
+    const lost = tag();
+    const first = await keyStub(key.id).authorize({ ...attempt, tag: lost });
+    if (!first.ok || !first.granted.lease) throw new Error("no lease");
+    expect(await balanceOf(key.id)).toBe(1000 - 5 - (first.granted.lease.credits ?? 0));
+    await evictDurableObject(keyStub(key.id));
+    expect(await keyStub(key.id).authorize({ ...attempt, tag: lost })).toMatchObject({ ok: true, granted: { allowed: true } });
+    // It paid once, and the lease nobody holds is given back; a second retry changes nothing.
+    expect(await balanceOf(key.id)).toBe(995);
+    await keyStub(key.id).authorize({ ...attempt, lease: false, tag: lost });
+    expect(await balanceOf(key.id)).toBe(995);
+    // Another call pays.
+    await keyStub(key.id).authorize({ ...attempt, lease: false, tag: tag() });
+    expect(await balanceOf(key.id)).toBe(990);
+  });
+
   it("50 concurrent retries with one Idempotency-Key pay once; after 24 hours the key pays again", async () => {
     const { key } = await metered({ remaining: 100 });
     const retry = () => gw("/v1/messages/send", { key: key.key, headers: { "Idempotency-Key": "order-42" } });
