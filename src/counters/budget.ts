@@ -106,7 +106,10 @@ export class Budget {
     const amount = call.credits ?? 0;
     const balance = this.balance && "credits" in judged ? this.balance.open(judged.credits ?? null, now) : null;
     const pays = balance !== null && balance.state.remaining !== null && amount > 0;
-    if (pays && this.marks.taken(`paid:${call.tag.id}`)) return this.paidBefore(call, judged, balance);
+    // A try of a call this object decided before it restarted (its memory of calls gone): what the first try paid comes
+    // back, and this one is judged as the call, so it pays once if admitted and nothing if refused.
+    const first = pays ? this.marks.take(`paid:${call.tag.id}`) : null;
+    if (first && balance) repay(balance, first as Paid, call.tag.id, now);
     const short = balance !== null && !balance.covers(amount);
     const counted = this.log.admit({
       limits: judged.spend,
@@ -136,20 +139,9 @@ export class Budget {
     const lease = this.leaseCredits(balance, counted, now, call.perUnit ?? (cost > 0 ? Math.ceil(amount / cost) : 0), call.tag.id);
     // What a lease holds is spent where no call shows it: it counts towards the rate as a log's lease entries do.
     if (lease && judged.spend.length === 0) this.arrived(now, lease.units);
-    if (pays) this.marks.claim(`paid:${call.tag.id}`, keptUntil(call.tag), lease);
+    if (pays) this.marks.claim(`paid:${call.tag.id}`, keptUntil(call.tag), { at: now, credits: amount, lease } satisfies Paid);
     (this.balance as StoredBalance).save();
     return { ...counted, lease, credits: creditsLeft(balance, now) };
-  }
-
-  /**
-   * A paying call this object decided before it restarted (its memory of calls gone; the payment is marked in storage
-   * with it): admitted again, paying nothing, and the lease its lost answer held (nobody holds it) is given back once.
-   */
-  private paidBefore(call: Spending, judged: Spend, balance: Balance): Granted {
-    const lease = this.marks.release(`paid:${call.tag.id}`) as LogGrant["lease"];
-    if (lease) this.giveBackLease(lease.id, lease.units, lease.credits ?? 0);
-    this.balance?.save();
-    return { ...this.log.admit({ limits: judged.spend, cost: 0 }), credits: creditsLeft(balance, this.clock()) };
   }
 
   /** Admissions of the last second (leases at their size), counted for an object whose calls spend no limit. */
@@ -183,7 +175,10 @@ export class Budget {
   refund({ tag, credits = 0, requestId, ...admitted }: Refund): void {
     if (this.calls.recall(tag)) return;
     this.calls.remember(tag, true, []);
-    if (this.marks.claim(`refund:${tag.id}`, keptUntil(tag))) this.giveBack({ ...admitted, credits, requestId });
+    if (!this.marks.claim(`refund:${tag.id}`, keptUntil(tag))) return;
+    this.giveBack({ ...admitted, credits, requestId });
+    // What the request paid is back: no try of its call may be paid back again.
+    if (requestId && this.balance) this.marks.take(`paid:${requestId}`);
   }
 
   /**
@@ -191,7 +186,15 @@ export class Budget {
    * never spends later. `returned` is what the call was returning, taken back here if the call never brought it.
    */
   cancel({ tag, returned = [] }: { tag: CallTag; returned?: Unspent[] }): void {
-    for (const logged of this.calls.cancel(tag)) this.giveBack(logged);
+    const spent = this.calls.cancel(tag);
+    const paid = this.balance ? this.marks.take(`paid:${tag.id}`) : null;
+    for (const logged of spent) this.giveBack(logged);
+    // A call decided before a restart: what it paid comes back (its admission stays logged, never given back twice).
+    const balance = spent.length === 0 && paid ? this.balance?.current(this.clock()) : null;
+    if (balance) {
+      repay(balance, paid as Paid, tag.id, this.clock());
+      this.balance?.save();
+    }
     for (const { id, left, credits } of this.calls.returns(tag, returned)) this.giveBackLease(id, left, credits);
   }
 
@@ -231,6 +234,20 @@ export class Budget {
 /** How long a call's answer is remembered past its deadline: long enough for its retry or its cancellation. */
 const CALL_MEMORY_MS = 10_000;
 
+/** What a paying call paid, at `at`: its `credits` (spent, or reserved) and the lease's beside them. */
+type Paid = { at: number; credits: number; lease: LogGrant["lease"] };
+
+/**
+ * Gives back to `balance` what the call `requestId` paid (`paid`) whose answer nobody received: its credits, or its
+ * reservation whole, and the credits of its lease, which nobody holds. The admissions it logged stay logged: an object that
+ * restarted may have lost them, and giving back what it no longer holds could give back another call's admission made
+ * at the same instant; an admission counted twice only admits less.
+ */
+function repay(balance: Balance, paid: Paid, requestId: string, now: number): void {
+  balance.refund(now, paid.credits, requestId, paid.at);
+  if (paid.lease?.credits) balance.refund(now, paid.lease.credits, undefined, paid.at);
+}
+
 /** Until when a call is remembered: CALL_MEMORY_MS past its deadline, or past now if that has gone. */
 const keptUntil = (tag: CallTag) => Math.max(Date.now(), tag.deadline) + CALL_MEMORY_MS;
 
@@ -249,6 +266,7 @@ class CallMarks {
   private table(): SqlStorage {
     if (!this.ready) {
       this.sql.exec("CREATE TABLE IF NOT EXISTS call_marks (id TEXT PRIMARY KEY, keep_until INTEGER NOT NULL, held TEXT)");
+      this.sql.exec("CREATE INDEX IF NOT EXISTS call_marks_keep_until ON call_marks (keep_until)");
       this.ready = true;
     }
     const now = Date.now();
@@ -268,17 +286,10 @@ class CallMarks {
     );
   }
 
-  /** Whether `id` is marked. */
-  taken(id: string): boolean {
-    return this.table().exec("SELECT 1 FROM call_marks WHERE id = ?", id).toArray().length > 0;
-  }
-
-  /** What `id` was marked with, once: it is then marked with nothing. */
-  release(id: string): unknown {
-    const sql = this.table();
-    const [row] = sql.exec<{ held: string | null }>("SELECT held FROM call_marks WHERE id = ?", id).toArray();
-    sql.exec("UPDATE call_marks SET held = NULL WHERE id = ?", id);
-    return row?.held ? JSON.parse(row.held) : null;
+  /** What `id` was marked with, its mark removed; null when it has none. */
+  take(id: string): unknown {
+    const [row] = this.table().exec<{ held: string }>("DELETE FROM call_marks WHERE id = ? RETURNING held", id).toArray();
+    return row ? JSON.parse(row.held) : null;
   }
 
   /** Its storage was deleted: the table is made again when next needed. */

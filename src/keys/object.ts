@@ -157,7 +157,8 @@ export class KeyObject extends DurableObject<Bindings> {
         if (!idempotency || "refuse" in judged) return judged;
         const now = this.clock();
         const charged = this.ctx.storage.kv.get<Charged>(`idempotency:${idempotency.key}`);
-        if (charged && charged.until > now) {
+        // The call that claimed the key, tried again at an object that restarted since, is judged as that call.
+        if (charged && charged.until > now && charged.requestId !== call.tag.id) {
           if (charged.fingerprint !== idempotency.fingerprint) return { refuse: { ok: false, code: "idempotency_key_reused" } };
           if (charged.pendingUntil > now) return { refuse: { ok: false, code: "idempotency_in_flight" } };
           return { spend: judged.spend, free: true };

@@ -188,27 +188,75 @@ describe("the ledger", () => {
 });
 
 describe("idempotent retries", () => {
-  it("a call's retry that reaches the key's object after it restarted (its memory of calls gone) pays nothing again", async () => {
-    const { key } = await metered({ remaining: 1000 });
-    const attempt = { keyId: key.id, method: "bearer" as const, need: "any" as const, cost: 1, credits: 5, lease: true, perUnit: 5 };
+  describe("a call tried again at a key's object that restarted since (its memory of calls gone)", () => {
+    const attempt = (keyId: string) => ({ keyId, method: "bearer" as const, need: "any" as const, cost: 1, credits: 5 });
     const tag = () => ({ id: crypto.randomUUID(), deadline: Date.now() + 10_000 });
-    // The key is hot: a paying call brings a lease, whose credits are taken with it.
-    for (let i = 0; i < 60; i++) await keyStub(key.id).authorize({ ...attempt, credits: 0, lease: false, tag: tag() });
-    // The isolate's call pays 5 and leases more; its answer is lost, the object restarts, and the isolate retries under
-    // the same id.
-    const lost = tag();
-    const first = await keyStub(key.id).authorize({ ...attempt, tag: lost });
-    if (!first.ok || !first.granted.lease) throw new Error("no lease");
-    expect(await balanceOf(key.id)).toBe(1000 - 5 - (first.granted.lease.credits ?? 0));
-    await evictDurableObject(keyStub(key.id));
-    expect(await keyStub(key.id).authorize({ ...attempt, tag: lost })).toMatchObject({ ok: true, granted: { allowed: true } });
-    // It paid once, and the lease nobody holds is given back; a second retry changes nothing.
-    expect(await balanceOf(key.id)).toBe(995);
-    await keyStub(key.id).authorize({ ...attempt, lease: false, tag: lost });
-    expect(await balanceOf(key.id)).toBe(995);
-    // Another call pays.
-    await keyStub(key.id).authorize({ ...attempt, lease: false, tag: tag() });
-    expect(await balanceOf(key.id)).toBe(990);
+    const authorize = (c: Parameters<ReturnType<typeof keyStub>["authorize"]>[0]) => keyStub(c.keyId).authorize(c);
+    /** A key of `limit` requests a minute and 1,000 credits. */
+    const key = async (limit = 100_000) =>
+      (await createKey((await provision()).key.key, { credits: { remaining: 1000 }, rateLimit: { limit, windowSeconds: 60 } })).id;
+
+    it("pays once, and the lease the lost answer held is given back", async () => {
+      const id = await key();
+      // The key is hot: a paying call brings a lease, whose credits are taken with it.
+      for (let i = 0; i < 60; i++) await authorize({ ...attempt(id), credits: 0, tag: tag() });
+      const lost = { ...attempt(id), lease: true, perUnit: 5, tag: tag() };
+      const first = await authorize(lost);
+      if (!first.ok || !first.granted.lease) throw new Error("no lease");
+      expect(await balanceOf(id)).toBe(1000 - 5 - (first.granted.lease.credits ?? 0));
+      await evictDurableObject(keyStub(id));
+      const again = await authorize(lost);
+      if (!again.ok) throw new Error("refused");
+      expect(again.granted.allowed).toBe(true);
+      expect(await balanceOf(id)).toBe(1000 - 5 - (again.granted.lease?.credits ?? 0));
+      // A try it remembers gets its answer; another call pays.
+      await authorize(lost);
+      expect(await balanceOf(id)).toBe(1000 - 5 - (again.granted.lease?.credits ?? 0));
+      await authorize({ ...attempt(id), tag: tag() });
+      expect(await balanceOf(id)).toBe(1000 - 10 - (again.granted.lease?.credits ?? 0));
+    });
+
+    it("is counted by the limit though the restart lost the first try's admission", async () => {
+      const id = await key(3);
+      const lost = { ...attempt(id), tag: tag() };
+      const first = await authorize(lost);
+      if (!first.ok) throw new Error("refused");
+      // The admission's write is lost with the restart; what the call paid was written.
+      await runInDurableObject(keyStub(id), (_, state) => state.storage.sql.exec("DELETE FROM hits"));
+      await evictDurableObject(keyStub(id));
+      expect(await authorize(lost)).toMatchObject({ ok: true, granted: { allowed: true, limits: [{ remaining: 2 }] } });
+      expect(await balanceOf(id)).toBe(995);
+    });
+
+    it("refused by its limit meanwhile, spends nothing: what the first try paid comes back", async () => {
+      const id = await key(3);
+      const lost = { ...attempt(id), tag: tag() };
+      await authorize(lost);
+      for (let i = 0; i < 2; i++) await authorize({ ...attempt(id), tag: tag() });
+      await evictDurableObject(keyStub(id));
+      expect(await authorize(lost)).toMatchObject({ ok: true, granted: { allowed: false } });
+      expect(await balanceOf(id)).toBe(990);
+    });
+
+    it("cancelled, gives back what it paid", async () => {
+      const id = await key();
+      const lost = { ...attempt(id), tag: tag() };
+      await authorize(lost);
+      await evictDurableObject(keyStub(id));
+      await keyStub(id).cancel({ tag: lost.tag });
+      expect(await balanceOf(id)).toBe(1000);
+    });
+
+    it("with an Idempotency-Key, is judged as the call that claimed it, not as another request in flight", async () => {
+      const id = await key();
+      const lost = { ...attempt(id), idempotency: { key: "order-7", pendingMs: 30_000, fingerprint: "f" }, tag: tag() };
+      await authorize(lost);
+      await evictDurableObject(keyStub(id));
+      expect(await authorize(lost)).toMatchObject({ ok: true, granted: { allowed: true } });
+      expect(await balanceOf(id)).toBe(995);
+      // Another request under the key, while the first is in flight, is still refused.
+      expect(await authorize({ ...lost, tag: tag() })).toMatchObject({ ok: false, code: "idempotency_in_flight" });
+    });
   });
 
   it("50 concurrent retries with one Idempotency-Key pay once; after 24 hours the key pays again", async () => {
