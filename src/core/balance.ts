@@ -132,9 +132,9 @@ export class Balance {
 
   /**
    * Gives back what a request spent (its upstream failed): to the balance, or its whole reservation. Without a
-   * `requestId`, what an isolate's lease left unspent.
+   * `requestId`, what an isolate's lease left unspent. Answers what it gave back.
    */
-  refund(now: number, amount: number, requestId?: string, spentAt?: number): void {
+  refund(now: number, amount: number, requestId?: string, spentAt?: number): number {
     this.judge(now);
     const s = this.state;
     const reservation = requestId === undefined ? undefined : s.reserved[requestId];
@@ -142,8 +142,8 @@ export class Balance {
       this.close(requestId, reservation.until);
       amount = reservation.amount;
       spentAt = reservation.since;
-    } else if (requestId !== undefined && s.closed?.[requestId] !== undefined) return;
-    if (s.remaining === null || amount === 0 || this.setSince(spentAt)) return;
+    } else if (requestId !== undefined && s.closed?.[requestId] !== undefined) return 0;
+    if (s.remaining === null || amount === 0 || this.setSince(spentAt)) return 0;
     s.remaining += amount;
     this.entries.push({
       at: now,
@@ -152,6 +152,7 @@ export class Balance {
       kind: "refund",
       ...(requestId === undefined ? {} : { requestId }),
     });
+    return amount;
   }
 
   /** Whether the balance was set outright after `spentAt` (unknown: never): then what was spent then stays spent. */

@@ -26,20 +26,24 @@ export class Budget {
   private opened: SlidingLog | null = null;
   private readonly marks: CallMarks;
   private readonly calls: CallMemory<Logged>;
+  /** Told when a call decided before a restart was paid back (`undoPaid`): a key's object moves it to a successor. */
+  private readonly repaid: () => void;
   /** The object's credits balance, when it keeps one (`storage` given). */
   readonly balance: StoredBalance | null;
 
   /**
    * `gaveBack` is told of every admission given back (a refund, a cancellation, a lease's unspent rest). An object
-   * that keeps a credits balance passes its `storage` and where the balance's movements go (`record`: the ledger).
+   * that keeps a credits balance passes its `storage`, where the balance's movements go (`record`: the ledger) and
+   * what to do once credits were paid back to it (`repaid`).
    */
   constructor(
     private readonly sql: SqlStorage,
     private readonly clock: () => number,
     private readonly gaveBack: (at: number, cost: number) => void = () => {},
-    credits?: { kv: SyncKvStorage; record: (entries: readonly LedgerEntry[]) => void },
+    credits?: { kv: SyncKvStorage; record: (entries: readonly LedgerEntry[]) => void; repaid?: () => void },
   ) {
     this.balance = credits ? new StoredBalance(credits.kv, credits.record) : null;
+    this.repaid = credits?.repaid ?? (() => {});
     this.marks = new CallMarks(sql);
     this.calls = new CallMemory<Logged>((id, until) => this.marks.claim(`returns:${id}`, until));
   }
@@ -80,7 +84,12 @@ export class Budget {
     // Judging may have taken a while (a key's record read from D1): decide only if the caller still waits.
     if (this.calls.recall(call.tag)) throw new Error("call already answered or cancelled");
     const judged = claim ? claim(first) : first;
-    if ("refuse" in judged) return this.calls.remember(call.tag, judged.refuse, []);
+    if ("refuse" in judged) {
+      // Refused, the call spends nothing: what a try of it paid before this object restarted comes back.
+      const balance = this.balance && this.marks.earlier() ? this.balance.current(this.clock()) : null;
+      if (balance && this.undoPaid(call.tag.id, balance, this.clock()) !== null) this.balance?.save();
+      return this.calls.remember(call.tag, judged.refuse, []);
+    }
     const granted = this.decide(call, judged);
     const logged = loggedBy(granted, call);
     const made = this.calls.remember(call.tag, answer(granted, logged), logged);
@@ -103,13 +112,13 @@ export class Budget {
     const now = this.clock();
     if (judged.free) return { ...this.log.admit({ limits: judged.spend, cost: 0 }), credits: null, replayed: true };
     const cost = call.cost ?? 1;
-    const amount = call.credits ?? 0;
     const balance = this.balance && "credits" in judged ? this.balance.open(judged.credits ?? null, now) : null;
-    const pays = balance !== null && balance.state.remaining !== null && amount > 0;
+    const limited = balance !== null && balance.state.remaining !== null;
     // A try of a call this object decided before it restarted (its memory of calls gone): what the first try paid comes
-    // back, and this one is judged as the call, so it pays once if admitted and nothing if refused.
-    const first = pays ? this.marks.take(`paid:${call.tag.id}`) : null;
-    if (first && balance) repay(balance, first as Paid, call.tag.id, now);
+    // back, and this one is judged as the call, so it pays once if admitted and nothing if refused. Paid under a
+    // balance set outright since, the first try's payment stands for this one.
+    const earlier = limited && ((call.credits ?? 0) > 0 || call.lease) ? this.undoPaid(call.tag.id, balance, now) : null;
+    const amount = earlier === false ? 0 : (call.credits ?? 0);
     const short = balance !== null && !balance.covers(amount);
     const counted = this.log.admit({
       limits: judged.spend,
@@ -139,9 +148,27 @@ export class Budget {
     const lease = this.leaseCredits(balance, counted, now, call.perUnit ?? (cost > 0 ? Math.ceil(amount / cost) : 0), call.tag.id);
     // What a lease holds is spent where no call shows it: it counts towards the rate as a log's lease entries do.
     if (lease && judged.spend.length === 0) this.arrived(now, lease.units);
-    if (pays) this.marks.claim(`paid:${call.tag.id}`, keptUntil(call.tag), { at: now, credits: amount, lease } satisfies Paid);
+    if (amount > 0 || lease?.credits)
+      this.marks.claim(`paid:${call.tag.id}`, keptUntil(call.tag), { at: now, cost, credits: amount, lease });
     (this.balance as StoredBalance).save();
     return { ...counted, lease, credits: creditsLeft(balance, now) };
+  }
+
+  /**
+   * Gives back to `balance` what a try of the call `id` paid before this object restarted, and takes its mark (see
+   * CallMarks): its credits (or its reservation whole) and its lease's, which nobody holds. Its admission and its lease
+   * stay logged (an admission counted twice only admits less), as usage they are given back. Null when no earlier try
+   * paid; false when its credits did not come back (the balance was set outright since).
+   */
+  private undoPaid(id: string, balance: Balance, now: number): boolean | null {
+    const paid = this.marks.takeEarlier(`paid:${id}`) as Paid | null;
+    if (!paid) return null;
+    const back = balance.refund(now, paid.credits, id, paid.at);
+    if (paid.lease?.credits) balance.refund(now, paid.lease.credits, undefined, paid.at);
+    this.gaveBack(paid.at, paid.cost);
+    if (paid.lease) this.gaveBack(paid.lease.id, paid.lease.units);
+    this.repaid();
+    return back >= paid.credits;
   }
 
   /** Admissions of the last second (leases at their size), counted for an object whose calls spend no limit. */
@@ -178,7 +205,7 @@ export class Budget {
     if (!this.marks.claim(`refund:${tag.id}`, keptUntil(tag))) return;
     this.giveBack({ ...admitted, credits, requestId });
     // What the request paid is back: no try of its call may be paid back again.
-    if (requestId && this.balance) this.marks.take(`paid:${requestId}`);
+    if (requestId && this.balance) this.marks.drop(`paid:${requestId}`);
   }
 
   /**
@@ -187,13 +214,12 @@ export class Budget {
    */
   cancel({ tag, returned = [] }: { tag: CallTag; returned?: Unspent[] }): void {
     const spent = this.calls.cancel(tag);
-    const paid = this.balance ? this.marks.take(`paid:${tag.id}`) : null;
     for (const logged of spent) this.giveBack(logged);
-    // A call decided before a restart: what it paid comes back (its admission stays logged, never given back twice).
-    const balance = spent.length === 0 && paid ? this.balance?.current(this.clock()) : null;
-    if (balance) {
-      repay(balance, paid as Paid, tag.id, this.clock());
-      this.balance?.save();
+    if (spent.length > 0 && this.balance) this.marks.drop(`paid:${tag.id}`);
+    else if (spent.length === 0 && this.balance && this.marks.earlier()) {
+      // Unknown here: a call decided before a restart, whose payment comes back.
+      const balance = this.balance?.current(this.clock());
+      if (balance && this.undoPaid(tag.id, balance, this.clock()) !== null) this.balance?.save();
     }
     for (const { id, left, credits } of this.calls.returns(tag, returned)) this.giveBackLease(id, left, credits);
   }
@@ -234,43 +260,37 @@ export class Budget {
 /** How long a call's answer is remembered past its deadline: long enough for its retry or its cancellation. */
 const CALL_MEMORY_MS = 10_000;
 
-/** What a paying call paid, at `at`: its `credits` (spent, or reserved) and the lease's beside them. */
-type Paid = { at: number; credits: number; lease: LogGrant["lease"] };
-
-/**
- * Gives back to `balance` what the call `requestId` paid (`paid`) whose answer nobody received: its credits, or its
- * reservation whole, and the credits of its lease, which nobody holds. The admissions it logged stay logged: an object that
- * restarted may have lost them, and giving back what it no longer holds could give back another call's admission made
- * at the same instant; an admission counted twice only admits less.
- */
-function repay(balance: Balance, paid: Paid, requestId: string, now: number): void {
-  balance.refund(now, paid.credits, requestId, paid.at);
-  if (paid.lease?.credits) balance.refund(now, paid.lease.credits, undefined, paid.at);
-}
+/** What a paying call paid, at `at`: its admission of `cost`, its `credits` (spent, or reserved) and its lease. */
+type Paid = { at: number; cost: number; credits: number; lease: LogGrant["lease"] };
 
 /** Until when a call is remembered: CALL_MEMORY_MS past its deadline, or past now if that has gone. */
 const keptUntil = (tag: CallTag) => Math.max(Date.now(), tag.deadline) + CALL_MEMORY_MS;
 
 /**
  * Calls whose give-back was taken (a refund, the rests a call returns) or that paid credits, by id, in the object's
- * storage and written with what they gave back or paid: an attempt that reaches the object after it restarted, its
+ * storage, written in the step that gave back or paid: an attempt that reaches the object after it restarted, its
  * memory of calls gone, takes nothing back twice and pays nothing twice. (A call that pays nothing is remembered in
- * memory only: its retry after a restart spends its admission again, which never admits more than the limit.)
+ * memory only: its retry after a restart spends its admission again, which never admits more than the limit.) A mark
+ * lives as long as its call's memory, so only marks written before this instance began can name a call it does not
+ * remember: once they are past, a call it does not know costs no read.
  */
 class CallMarks {
   private ready = false;
   private purgedAt = Number.NEGATIVE_INFINITY;
+  /** Until when the marks written before this instance began are kept. */
+  private earlierUntil = Number.NEGATIVE_INFINITY;
 
   constructor(private readonly sql: SqlStorage) {}
 
   private table(): SqlStorage {
     if (!this.ready) {
       this.sql.exec("CREATE TABLE IF NOT EXISTS call_marks (id TEXT PRIMARY KEY, keep_until INTEGER NOT NULL, held TEXT)");
-      this.sql.exec("CREATE INDEX IF NOT EXISTS call_marks_keep_until ON call_marks (keep_until)");
+      const [row] = this.sql.exec<{ until: number | null }>("SELECT max(keep_until) AS until FROM call_marks").toArray();
+      this.earlierUntil = row?.until ?? Number.NEGATIVE_INFINITY;
       this.ready = true;
     }
     const now = Date.now();
-    // Each id is kept seconds: a sweep a second holds the table to a few seconds' calls.
+    // Each mark is kept seconds: a sweep a second holds the table to a few seconds' calls.
     if (now - this.purgedAt >= 1000) {
       this.sql.exec("DELETE FROM call_marks WHERE keep_until < ?", now);
       this.purgedAt = now;
@@ -278,7 +298,7 @@ class CallMarks {
     return this.sql;
   }
 
-  /** Marks `id` until `until`, with what it `held` (a paid call's lease): false when it was marked before. */
+  /** Marks `id` until `until`, with what it `held` (what a paying call paid): false when it was marked before. */
   claim(id: string, until: number, held: unknown = null): boolean {
     const sql = this.table();
     return (
@@ -286,10 +306,22 @@ class CallMarks {
     );
   }
 
-  /** What `id` was marked with, its mark removed; null when it has none. */
-  take(id: string): unknown {
-    const [row] = this.table().exec<{ held: string }>("DELETE FROM call_marks WHERE id = ? RETURNING held", id).toArray();
+  /** Whether marks written before this instance began may still be kept. */
+  earlier(): boolean {
+    this.table();
+    return Date.now() <= this.earlierUntil;
+  }
+
+  /** What a mark written before this instance began holds for `id`, the mark removed; null when there is none. */
+  takeEarlier(id: string): unknown {
+    if (!this.earlier()) return null;
+    const [row] = this.sql.exec<{ held: string }>("DELETE FROM call_marks WHERE id = ? RETURNING held", id).toArray();
     return row ? JSON.parse(row.held) : null;
+  }
+
+  /** Removes the mark of `id`. */
+  drop(id: string): void {
+    this.table().exec("DELETE FROM call_marks WHERE id = ?", id);
   }
 
   /** Its storage was deleted: the table is made again when next needed. */

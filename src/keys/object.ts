@@ -120,7 +120,12 @@ export class KeyObject extends DurableObject<Bindings> {
       ctx.storage.sql,
       () => this.clock(),
       (at, cost) => this.usage.count(at, -cost, 0),
-      { kv: ctx.storage.kv, record: (entries) => this.recordCredits(entries) },
+      {
+        kv: ctx.storage.kv,
+        record: (entries) => this.recordCredits(entries),
+        // Credits paid back to a rotated key move on to its successor, once the step that paid them back is over.
+        repaid: () => queueMicrotask(() => this.forward()),
+      },
     );
     this.keys = new TrustedRecords(ctx.storage.kv, () => this.clock(), RECORD_TTL_MS, UNSETTLED_TRUST_MS, "distrust-until");
   }

@@ -1,6 +1,6 @@
 import { evictDurableObject, runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { IDEMPOTENCY_MS } from "../../src/keys/object";
 import { faultyDatabase, faultyObjects, objectDatabase } from "../faults";
 import { GATEWAY } from "../gateway/table";
@@ -245,6 +245,59 @@ describe("idempotent retries", () => {
       await evictDurableObject(keyStub(id));
       await keyStub(id).cancel({ tag: lost.tag });
       expect(await balanceOf(id)).toBe(1000);
+    });
+
+    it("refused before it is judged (its key revoked meanwhile), spends nothing: what the first try paid comes back", async () => {
+      const id = await key();
+      const lost = { ...attempt(id), tag: tag() };
+      await authorize(lost);
+      await env.DB.prepare("UPDATE api_keys SET revoked_at = ? WHERE id = ?").bind(new Date().toISOString(), id).run();
+      await evictDurableObject(keyStub(id));
+      expect(await authorize(lost)).toMatchObject({ ok: false });
+      expect(await balanceOf(id)).toBe(1000);
+    });
+
+    it("pays nothing again when the balance was set outright between the tries: the first payment stands", async () => {
+      const id = await key();
+      const lost = { ...attempt(id), tag: tag() };
+      await authorize(lost);
+      await evictDurableObject(keyStub(id));
+      const set = await keyStub(id).adjustCredits(id, {
+        operation: "set",
+        amount: 500,
+        actor: "test",
+        idempotencyKey: crypto.randomUUID(),
+      });
+      expect(set).toMatchObject({ ok: true });
+      expect(await authorize(lost)).toMatchObject({ ok: true, granted: { allowed: true } });
+      expect(await balanceOf(id)).toBe(500);
+    });
+
+    it("a lease's renewal, which pays only for its lease, gets its first lease's credits back", async () => {
+      const id = await key();
+      for (let i = 0; i < 60; i++) await authorize({ ...attempt(id), credits: 0, tag: tag() });
+      const renewal = { ...attempt(id), credits: 0, cost: 0, lease: true, perUnit: 5, tag: tag() };
+      const first = await authorize(renewal);
+      if (!first.ok || !first.granted.lease?.credits) throw new Error("no lease");
+      await evictDurableObject(keyStub(id));
+      const again = await authorize(renewal);
+      if (!again.ok) throw new Error("refused");
+      expect(await balanceOf(id)).toBe(1000 - (again.granted.lease?.credits ?? 0));
+    });
+
+    it("at a rotated key, refused, what comes back moves on to the new key", async () => {
+      const account = await provision();
+      const old = await createKey(account.key.key, { credits: { remaining: 1000 }, rateLimit: { limit: 1, windowSeconds: 60 } });
+      const lost = { ...attempt(old.id), tag: tag() };
+      await authorize(lost);
+      const rotated = await call(`/v1/api-keys/${old.id}/rotate`, { key: account.key.key, body: { gracePeriodSeconds: 3600 } });
+      const fresh = await rotated.json<{ id: string }>();
+      expect(await balanceOf(fresh.id)).toBe(995);
+      await evictDurableObject(keyStub(old.id));
+      // The first try's admission fills the old key's limit: the try is refused, and what the first paid is the new key's.
+      expect(await authorize(lost)).toMatchObject({ ok: true, granted: { allowed: false } });
+      await vi.waitFor(async () => expect(await balanceOf(fresh.id)).toBe(1000));
+      expect((await balanceOf(old.id)) ?? 0).toBe(0);
     });
 
     it("with an Idempotency-Key, is judged as the call that claimed it, not as another request in flight", async () => {
