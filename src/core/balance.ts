@@ -143,7 +143,12 @@ export class Balance {
       amount = reservation.amount;
       spentAt = reservation.since;
     } else if (requestId !== undefined && s.closed?.[requestId] !== undefined) return 0;
-    if (s.remaining === null || amount === 0 || this.setSince(spentAt)) return 0;
+    if (s.remaining === null || amount === 0) return 0;
+    if (this.setSince(spentAt)) {
+      // Spent before the balance was set: it stays spent, and no later refund of the request gives it back.
+      if (requestId !== undefined) s.closed = { ...s.closed, [requestId]: now };
+      return 0;
+    }
     s.remaining += amount;
     this.entries.push({
       at: now,

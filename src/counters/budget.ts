@@ -26,7 +26,7 @@ export class Budget {
   private opened: SlidingLog | null = null;
   private readonly marks: CallMarks;
   private readonly calls: CallMemory<Logged>;
-  /** Told when a call decided before a restart was paid back (`undoPaid`): a key's object moves it to a successor. */
+  /** Told when what a call paid before a restart was given back (`undoPaid`): a key's object moves it to a successor. */
   private readonly repaid: () => void;
   /** The object's credits balance, when it keeps one (`storage` given). */
   readonly balance: StoredBalance | null;
@@ -86,8 +86,7 @@ export class Budget {
     const judged = claim ? claim(first) : first;
     if ("refuse" in judged) {
       // Refused, the call spends nothing: what a try of it paid before this object restarted comes back.
-      const balance = this.balance && this.marks.earlier() ? this.balance.current(this.clock()) : null;
-      if (balance && this.undoPaid(call.tag.id, balance, this.clock()) !== null) this.balance?.save();
+      this.undoPaidAlone(call.tag.id);
       return this.calls.remember(call.tag, judged.refuse, []);
     }
     const granted = this.decide(call, judged);
@@ -117,7 +116,8 @@ export class Budget {
     // A try of a call this object decided before it restarted (its memory of calls gone): what the first try paid comes
     // back, and this one is judged as the call, so it pays once if admitted and nothing if refused. Paid under a
     // balance set outright since, the first try's payment stands for this one.
-    const earlier = limited && ((call.credits ?? 0) > 0 || call.lease) ? this.undoPaid(call.tag.id, balance, now) : null;
+    const paid = limited && ((call.credits ?? 0) > 0 || call.lease) ? this.paidEarlier(call.tag.id) : null;
+    const earlier = paid && balance ? this.undoPaid(call.tag.id, paid, balance, now) : null;
     const amount = earlier === false ? 0 : (call.credits ?? 0);
     const short = balance !== null && !balance.covers(amount);
     const counted = this.log.admit({
@@ -154,21 +154,33 @@ export class Budget {
     return { ...counted, lease, credits: creditsLeft(balance, now) };
   }
 
+  /** What a try of the call `id` paid before this object restarted (see CallMarks), its mark taken; null: none did. */
+  private paidEarlier(id: string): Paid | null {
+    return this.balance ? (this.marks.takeEarlier(`paid:${id}`) as Paid | null) : null;
+  }
+
   /**
-   * Gives back to `balance` what a try of the call `id` paid before this object restarted, and takes its mark (see
-   * CallMarks): its credits (or its reservation whole) and its lease's, which nobody holds. Its admission and its lease
-   * stay logged (an admission counted twice only admits less), as usage they are given back. Null when no earlier try
-   * paid; false when its credits did not come back (the balance was set outright since).
+   * Gives back to `balance` what a try of the call `id` paid before this object restarted (`paid`): its credits (or
+   * its reservation whole) and its lease's, which nobody holds. Its admission and its lease stay logged (an admission
+   * counted twice only admits less); as usage they are given back. False when its credits did not come back (the
+   * balance was set outright since: the payment stands for the call, and no refund of it gives any back).
    */
-  private undoPaid(id: string, balance: Balance, now: number): boolean | null {
-    const paid = this.marks.takeEarlier(`paid:${id}`) as Paid | null;
-    if (!paid) return null;
+  private undoPaid(id: string, paid: Paid, balance: Balance, now: number): boolean {
     const back = balance.refund(now, paid.credits, id, paid.at);
     if (paid.lease?.credits) balance.refund(now, paid.lease.credits, undefined, paid.at);
-    this.gaveBack(paid.at, paid.cost);
+    this.gaveBack(paid.at, paid.cost ?? 0);
     if (paid.lease) this.gaveBack(paid.lease.id, paid.lease.units);
     this.repaid();
     return back >= paid.credits;
+  }
+
+  /** `undoPaid` for a call that is decided no further here (refused, or cancelled), on the balance as stored. */
+  private undoPaidAlone(id: string): void {
+    const paid = this.paidEarlier(id);
+    const balance = paid && this.balance?.current(this.clock());
+    if (!paid || !balance) return;
+    this.undoPaid(id, paid, balance, this.clock());
+    this.balance?.save();
   }
 
   /** Admissions of the last second (leases at their size), counted for an object whose calls spend no limit. */
@@ -216,11 +228,8 @@ export class Budget {
     const spent = this.calls.cancel(tag);
     for (const logged of spent) this.giveBack(logged);
     if (spent.length > 0 && this.balance) this.marks.drop(`paid:${tag.id}`);
-    else if (spent.length === 0 && this.balance && this.marks.earlier()) {
-      // Unknown here: a call decided before a restart, whose payment comes back.
-      const balance = this.balance?.current(this.clock());
-      if (balance && this.undoPaid(tag.id, balance, this.clock()) !== null) this.balance?.save();
-    }
+    // Unknown here: a call decided before a restart, whose payment comes back.
+    else if (spent.length === 0) this.undoPaidAlone(tag.id);
     for (const { id, left, credits } of this.calls.returns(tag, returned)) this.giveBackLease(id, left, credits);
   }
 

@@ -149,6 +149,7 @@ export class StoredBalance {
     const balance = config === undefined ? this.current(now) : this.open(config, now);
     const held = balance?.state.remaining ?? null;
     if (!balance || held === null) return null;
+    if (held === 0) return 0;
     // Subtracted, not set: it is a move, and what its requests give back later is still the balance's (see Balance.setAt).
     balance.adjust(now, { operation: "subtract", amount: held, reason, actor: "keygate" });
     this.save();

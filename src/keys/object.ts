@@ -159,7 +159,13 @@ export class KeyObject extends DurableObject<Bindings> {
       // Checked and claimed in the step that spends: of concurrent requests with one key, one is charged, and a call
       // its caller gave up on claims nothing.
       claim: (judged) => {
-        if (!idempotency || "refuse" in judged) return judged;
+        if (!idempotency) return judged;
+        // A try of the call that claimed the key, refused at an object that restarted since: it spends nothing, and
+        // the key is free for the request's retry.
+        if ("refuse" in judged) {
+          this.release(call.tag.id);
+          return judged;
+        }
         const now = this.clock();
         const charged = this.ctx.storage.kv.get<Charged>(`idempotency:${idempotency.key}`);
         // The call that claimed the key, tried again at an object that restarted since, is judged as that call.

@@ -271,6 +271,9 @@ describe("idempotent retries", () => {
       expect(set).toMatchObject({ ok: true });
       expect(await authorize(lost)).toMatchObject({ ok: true, granted: { allowed: true } });
       expect(await balanceOf(id)).toBe(500);
+      // Its upstream then fails: what it paid was spent before the set, so nothing of it comes back.
+      await keyStub(id).refund({ at: Date.now(), cost: 1, costs: { default: 1 }, credits: 5, requestId: lost.tag.id, tag: tag() });
+      expect(await balanceOf(id)).toBe(500);
     });
 
     it("a lease's renewal, which pays only for its lease, gets its first lease's credits back", async () => {
@@ -298,6 +301,22 @@ describe("idempotent retries", () => {
       expect(await authorize(lost)).toMatchObject({ ok: true, granted: { allowed: false } });
       await vi.waitFor(async () => expect(await balanceOf(fresh.id)).toBe(1000));
       expect((await balanceOf(old.id)) ?? 0).toBe(0);
+    });
+
+    it("with an Idempotency-Key, refused (its address no longer allowed), leaves the key free for the request's retry", async () => {
+      const account = await provision();
+      const k = await createKey(account.key.key, { credits: { remaining: 1000 }, rateLimit: { limit: 100_000, windowSeconds: 60 } });
+      const idempotency = { key: "order-8", pendingMs: 30_000, fingerprint: "f" };
+      const lost = { ...attempt(k.id), ip: "10.0.0.1", idempotency, tag: tag() };
+      await authorize(lost);
+      const patched = await call(`/v1/api-keys/${k.id}`, { method: "PATCH", key: account.key.key, body: { allowedIps: ["10.0.0.2/32"] } });
+      expect(patched.status).toBe(200);
+      await evictDurableObject(keyStub(k.id));
+      expect(await authorize(lost)).toMatchObject({ ok: false, refusal: "ip_not_allowed" });
+      expect(await balanceOf(k.id)).toBe(1000);
+      // The client tries the request again from an allowed address: charged as a first request, not held as in flight.
+      expect(await authorize({ ...lost, ip: "10.0.0.2", tag: tag() })).toMatchObject({ ok: true, granted: { allowed: true } });
+      expect(await balanceOf(k.id)).toBe(995);
     });
 
     it("with an Idempotency-Key, is judged as the call that claimed it, not as another request in flight", async () => {
