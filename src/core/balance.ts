@@ -41,8 +41,17 @@ const CLOSED_MS = 3_600_000;
 export class Balance {
   /** What moved the balance since the last `moved()`: every operation records here, refused ones included. */
   private entries: LedgerEntry[] = [];
+  /** Whether its state changed with no movement since the last `touched()` (a request closed, see `refund`). */
+  private quietChange = false;
 
   constructor(public state: BalanceState) {}
+
+  /** Whether the state changed with no entry to show it since the last call: it must be stored all the same. */
+  touched(): boolean {
+    const touched = this.quietChange;
+    this.quietChange = false;
+    return touched;
+  }
 
   /** The entries recorded since the last call, for the ledger; nothing is lost whatever the operations answered. */
   moved(): LedgerEntry[] {
@@ -146,7 +155,10 @@ export class Balance {
     if (s.remaining === null || amount === 0) return 0;
     if (this.setSince(spentAt)) {
       // Spent before the balance was set: it stays spent, and no later refund of the request gives it back.
-      if (requestId !== undefined) s.closed = { ...s.closed, [requestId]: now };
+      if (requestId !== undefined) {
+        s.closed = { ...s.closed, [requestId]: Math.max(s.closed?.[requestId] ?? now, now) };
+        this.quietChange = true;
+      }
       return 0;
     }
     s.remaining += amount;

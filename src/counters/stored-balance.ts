@@ -149,7 +149,10 @@ export class StoredBalance {
     const balance = config === undefined ? this.current(now) : this.open(config, now);
     const held = balance?.state.remaining ?? null;
     if (!balance || held === null) return null;
-    if (held === 0) return 0;
+    if (held === 0) {
+      this.save();
+      return 0;
+    }
     // Subtracted, not set: it is a move, and what its requests give back later is still the balance's (see Balance.setAt).
     balance.adjust(now, { operation: "subtract", amount: held, reason, actor: "keygate" });
     this.save();
@@ -174,7 +177,7 @@ export class StoredBalance {
     const stored = this.stored;
     if (!balance || !stored) return;
     const moved = balance.moved();
-    if (moved.length === 0 && !this.changed) return;
+    if (moved.length === 0 && !balance.touched() && !this.changed) return;
     this.changed = false;
     this.kv.put(STORAGE_KEY, stored);
     if (moved.length > 0) this.record(moved);
