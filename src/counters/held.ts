@@ -43,6 +43,8 @@ export class Holdings {
   private readonly asking = new Map<string, Asking[]>();
   /** What is owed to each name's object beyond this isolate's own leases (`owe`). */
   private readonly owed = new Map<string, Unspent[]>();
+  /** This isolate's calls in flight that carry ended leases' rests back to each name's object (`carrying`). */
+  private readonly carried = new Map<string, Set<Promise<unknown>>>();
   /** Keys spread over relays (core/lease.ts, FanIn), and until when this isolate calls its relay rather than the key's object. */
   private readonly routes = new Map<string, { count: number; until: number }>();
 
@@ -133,6 +135,26 @@ export class Holdings {
     const owed = this.owed.get(name) ?? [];
     this.owed.delete(name);
     return [...(this.held.get(name)?.leases.ended(this.now()) ?? []), ...owed];
+  }
+
+  /** Marks `call` as carrying rests of `name`'s ended leases back to its object, until it settles. */
+  carrying(name: string, call: Promise<unknown>): void {
+    const calls = this.carried.get(name) ?? new Set();
+    this.carried.set(name, calls);
+    const settled = call.then(
+      () => {},
+      () => {},
+    );
+    calls.add(settled);
+    void settled.then(() => {
+      calls.delete(settled);
+      if (calls.size === 0 && this.carried.get(name) === calls) this.carried.delete(name);
+    });
+  }
+
+  /** This isolate's calls in flight carrying rests of `name` back to its object, each settling when it has. */
+  returning(name: string): Promise<void>[] {
+    return [...(this.carried.get(name) ?? [])] as Promise<void>[];
   }
 
   /** Admissions to give back to `name`'s object with the next call (a relay's isolates' rests of ended blocks). */

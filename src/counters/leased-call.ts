@@ -83,6 +83,7 @@ async function called<S extends CounterStub, R, F extends { ok: false }>(
   deps: Deps,
   c: LeasedCall<S, R, F>,
   isolate: Holdings,
+  again = true,
 ): Promise<Leased<R> | F | null> {
   const { name } = c;
   // A hot counter's lease ran out: a call of this isolate renews it; the requests beside it (as many as a lease holds)
@@ -115,6 +116,7 @@ async function called<S extends CounterStub, R, F extends { ok: false }>(
     closed,
     c.cancel,
   );
+  if (returned.length > 0) isolate.carrying(name, asked);
   const answer = await (leasing ? isolate.track(name, asked, bringsLease(isolate, askedAt), deps.config.rateLimitTimeoutMs) : asked);
   if (answer === null || !answer.ok) return answer;
   const { record, granted } = answer;
@@ -125,6 +127,15 @@ async function called<S extends CounterStub, R, F extends { ok: false }>(
   if (!counted.allowed && !asksObject(c)) {
     const leased = fromLease(isolate, c);
     if (leased) return leased;
+    // Out of credits while credits this isolate held are on their way back to the object (an ended lease's rest, not
+    // yet sent or carried by a call in flight): asked once more (a call of its own) once they are there, so that no
+    // request is refused for want of them. A lease that arrived already ended, on a loaded machine, would otherwise
+    // leave its credits out of every decision until this isolate's next call. (A limit's refusal is not asked again:
+    // its rests are at most a lease, and a key far over its limit would double its calls.)
+    if (again && counted.exhausted && (isolate.owing(name) > 0 || isolate.returning(name).length > 0)) {
+      await Promise.allSettled(isolate.returning(name));
+      return called({ ...deps, requestId: `${deps.requestId}-again` }, c, isolate, false);
+    }
     // Refused by a limit, a hot counter's next requests are refused here until it could admit again (held.ts).
     if (!counted.exhausted) isolate.refuse(name, askedAt, record, counted);
   }
@@ -177,20 +188,17 @@ async function renew<S extends CounterStub, R, F extends { ok: false }>(
   const wanted = isolate.wanted(c.name);
   const perUnit = isolate.perUnit(c.name);
   try {
-    const answer = await isolate.track(
+    const asked = callCounter(
+      own,
+      c.stub,
       c.name,
-      callCounter(
-        own,
-        c.stub,
-        c.name,
-        (stub, tag) => call(stub, { tag, cost: 0, lease: true, wanted, returned, perUnit }),
-        returned,
-        false,
-        c.cancel,
-      ),
-      bringsLease(isolate, askedAt),
-      deps.config.rateLimitTimeoutMs,
+      (stub, tag) => call(stub, { tag, cost: 0, lease: true, wanted, returned, perUnit }),
+      returned,
+      false,
+      c.cancel,
     );
+    if (returned.length > 0) isolate.carrying(c.name, asked);
+    const answer = await isolate.track(c.name, asked, bringsLease(isolate, askedAt), deps.config.rateLimitTimeoutMs);
     if (answer?.ok && answer.granted.lease)
       isolate.hold(c.name, askedAt, answer.record, answer.granted.lease, answer.granted.limits, answer.granted.credits);
     else if (answer && !answer.ok) isolate.drop([c.name]);

@@ -23,14 +23,14 @@ function request(overrides: Partial<Cloudflare.Env> = {}) {
  * admitted (from a lease, counted by the object, or unlimited because the object was down in open mode), or the
  * status the app answers (429 over the limit, an ApiError's own; anything else thrown is a 500).
  */
-async function outcome(key: string, isolate: Holdings, overrides: Partial<Cloudflare.Env> = {}, cost = 1) {
+async function outcome(key: string, isolate: Holdings, overrides: Partial<Cloudflare.Env> = {}, cost = 1, credits?: number) {
   const { deps, ctx } = request(overrides);
   try {
-    const verdict = await authorizeKey(deps, { key, method: "bearer", need: "any", cost }, isolate);
+    const verdict = await authorizeKey(deps, { key, method: "bearer", need: "any", cost, credits }, isolate);
     if (!verdict.ok) return "refused";
     const [spent] = verdict.spent;
     if (verdict.unlimited || !spent) return "unlimited";
-    if (!spent.allowed) return 429;
+    if (!spent.allowed) return spent.exhausted ? 402 : 429;
     return spent.leased ? "leased" : "counted";
   } catch (err) {
     return err instanceof ApiError ? err.status : 500;
@@ -231,6 +231,43 @@ describe("leases", () => {
     const burst = await Promise.all(Array.from({ length: 300 }, () => callWith({ KEYS: observed }, "/v1/whoami", { key: hot.key })));
     expect(burst.map((r) => r.status).filter((s) => s !== 200)).toEqual([]);
     expect(observed.calls("authorize") - before).toBeLessThan(30);
+  });
+
+  it("refuse no request for want of credits while those of this isolate's ended leases are on their way back", async () => {
+    const { key } = await provision();
+    const hot = await createKey(key.key, { credits: { remaining: 1000 }, rateLimit: { limit: 100_000, windowSeconds: 60 } });
+    const name = `key:${hot.id}`;
+    const stub = env.KEYS.getByName(name);
+    const tag = () => ({ id: crypto.randomUUID(), deadline: Date.now() + 10_000 });
+    const direct = (extra: { credits?: number; lease?: boolean; wanted?: number; perUnit?: number } = {}) =>
+      stub.authorize({ keyId: hot.id, method: "bearer", need: "any", cost: 1, ...extra, tag: tag() });
+    // The key is hot; this isolate holds two leases of it with their credits, on a clock the test moves.
+    for (let i = 0; i < 60; i++) await direct();
+    const clock = { now: Date.now() };
+    const isolate = new Holdings(() => clock.now);
+    for (let i = 0; i < 2; i++) {
+      const leased = await direct({ credits: 1, lease: true, wanted: 64, perUnit: 1 });
+      if (!leased.ok || !leased.granted.lease) throw new Error("no lease");
+      isolate.hold(name, clock.now, leased.principal, leased.granted.lease, leased.granted.limits, leased.granted.credits);
+    }
+    const held = isolate.available(name);
+    expect(held).toBeGreaterThan(66);
+    // Every other credit is spent, and the leases end unspent: their credits go back with this isolate's next call.
+    const rest = (await stub.credits(hot.id))?.remaining ?? 0;
+    expect(await direct({ credits: rest })).toMatchObject({ ok: true, granted: { allowed: true } });
+    clock.now += LEASE_MS + 1;
+    expect(isolate.owing(name)).toBe(held);
+    // That call (A) is slow to arrive; a request too big to wait for it (B, 65) calls beside it and arrives first,
+    // when the balance is empty.
+    const late = faultyObjects(env.KEYS, { authorize: { kind: "late-call", ms: 300, times: 1 } });
+    const a = outcome(hot.key, isolate, { KEYS: late }, 1, 1);
+    await late.reached("authorize");
+    const b = outcome(hot.key, isolate, { KEYS: late }, 65, 65);
+    expect(await a).toBe("counted");
+    expect(await b).toBe("counted");
+    // The balance, with what this isolate holds of a lease A brought, is what the two requests left.
+    const inLeases = isolate.creditsLeft(name, { remaining: 0, nextRefillAt: null })?.remaining ?? 0;
+    expect(((await stub.credits(hot.id))?.remaining ?? 0) + inLeases).toBe(held - 66);
   });
 
   it("never keep a request waiting on another request's call past that call's deadline, even when it never settles", async () => {
