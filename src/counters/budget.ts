@@ -227,9 +227,10 @@ export class Budget {
   cancel({ tag, returned = [] }: { tag: CallTag; returned?: Unspent[] }): void {
     const spent = this.calls.cancel(tag);
     for (const logged of spent) this.giveBack(logged);
-    if (spent.length > 0 && this.balance) this.marks.drop(`paid:${tag.id}`);
-    // Unknown here: a call decided before a restart, whose payment comes back.
-    else if (spent.length === 0) this.undoPaidAlone(tag.id);
+    // Unknown here: a call decided before a restart, whose payment comes back. Known: given back just now, so no try
+    // of it is paid back again.
+    if (spent.length === 0) this.undoPaidAlone(tag.id);
+    else if (this.balance) this.marks.drop(`paid:${tag.id}`);
     for (const { id, left, credits } of this.calls.returns(tag, returned)) this.giveBackLease(id, left, credits);
   }
 

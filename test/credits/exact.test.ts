@@ -195,6 +195,14 @@ describe("idempotent retries", () => {
     /** A key of `limit` requests a minute and 1,000 credits. */
     const key = async (limit = 100_000) =>
       (await createKey((await provision()).key.key, { credits: { remaining: 1000 }, rateLimit: { limit, windowSeconds: 60 } })).id;
+    /** A key of `limit` and a call of it that paid 5: its first try, whose answer is taken to be lost. */
+    const paidOnce = async (limit?: number) => {
+      const id = await key(limit);
+      const lost = { ...attempt(id), tag: tag() };
+      const first = await authorize(lost);
+      if (!first.ok || !first.granted.allowed) throw new Error("refused");
+      return { id, lost };
+    };
 
     it("pays once, and the lease the lost answer held is given back", async () => {
       const id = await key();
@@ -217,10 +225,7 @@ describe("idempotent retries", () => {
     });
 
     it("is counted by the limit though the restart lost the first try's admission", async () => {
-      const id = await key(3);
-      const lost = { ...attempt(id), tag: tag() };
-      const first = await authorize(lost);
-      if (!first.ok) throw new Error("refused");
+      const { id, lost } = await paidOnce(3);
       // The admission's write is lost with the restart; what the call paid was written.
       await runInDurableObject(keyStub(id), (_, state) => state.storage.sql.exec("DELETE FROM hits"));
       await evictDurableObject(keyStub(id));
@@ -229,9 +234,7 @@ describe("idempotent retries", () => {
     });
 
     it("refused by its limit meanwhile, spends nothing: what the first try paid comes back", async () => {
-      const id = await key(3);
-      const lost = { ...attempt(id), tag: tag() };
-      await authorize(lost);
+      const { id, lost } = await paidOnce(3);
       for (let i = 0; i < 2; i++) await authorize({ ...attempt(id), tag: tag() });
       await evictDurableObject(keyStub(id));
       expect(await authorize(lost)).toMatchObject({ ok: true, granted: { allowed: false } });
@@ -239,18 +242,14 @@ describe("idempotent retries", () => {
     });
 
     it("cancelled, gives back what it paid", async () => {
-      const id = await key();
-      const lost = { ...attempt(id), tag: tag() };
-      await authorize(lost);
+      const { id, lost } = await paidOnce();
       await evictDurableObject(keyStub(id));
       await keyStub(id).cancel({ tag: lost.tag });
       expect(await balanceOf(id)).toBe(1000);
     });
 
     it("refused before it is judged (its key revoked meanwhile), spends nothing: what the first try paid comes back", async () => {
-      const id = await key();
-      const lost = { ...attempt(id), tag: tag() };
-      await authorize(lost);
+      const { id, lost } = await paidOnce();
       await env.DB.prepare("UPDATE api_keys SET revoked_at = ? WHERE id = ?").bind(new Date().toISOString(), id).run();
       await evictDurableObject(keyStub(id));
       expect(await authorize(lost)).toMatchObject({ ok: false });
@@ -258,9 +257,7 @@ describe("idempotent retries", () => {
     });
 
     it("pays nothing again when the balance was set outright between the tries: the first payment stands", async () => {
-      const id = await key();
-      const lost = { ...attempt(id), tag: tag() };
-      await authorize(lost);
+      const { id, lost } = await paidOnce();
       await evictDurableObject(keyStub(id));
       const set = await keyStub(id).adjustCredits(id, {
         operation: "set",

@@ -14,6 +14,14 @@ const outcome = (call: Promise<unknown>) =>
     () => "answered",
     (err: unknown) => String(err),
   );
+/** Stops the counter's clock at now (admissions of one instant), answering that instant. */
+async function frozen(stub: DurableObjectStub<import("../../src/counters/counter-object").Counter>): Promise<number> {
+  const now = Date.now();
+  await runInDurableObject(stub, (instance) => {
+    instance.clock = () => now;
+  });
+  return now;
+}
 /** A call from a request that waits up to a minute. */
 const tag = (id = crypto.randomUUID()) => ({ id, deadline: Date.now() + 60_000 });
 /** Admissions in the counter's storage (a counter that never counted has no table yet). */
@@ -27,10 +35,7 @@ const stored = (stub: DurableObjectStub<import("../../src/counters/counter-objec
 describe("Counter Durable Object", () => {
   it("gives back once per refund id, however many attempts arrive, and nothing for an attempt past its deadline", async () => {
     const stub = env.COUNTERS.getByName("test:refund-once");
-    const now = Date.now();
-    await runInDurableObject(stub, (instance) => {
-      instance.clock = () => now;
-    });
+    const now = await frozen(stub);
     // Three admissions of one instant: a refund given twice would take back another request's admission.
     for (let i = 0; i < 3; i++) await stub.consume({ limits, tag: tag() });
     const refund = tag();
@@ -45,10 +50,7 @@ describe("Counter Durable Object", () => {
 
   it("gives back once per refund id even when a retry reaches a new instance (its memory of calls gone)", async () => {
     const stub = env.COUNTERS.getByName("test:refund-once-evicted");
-    const now = Date.now();
-    await runInDurableObject(stub, (instance) => {
-      instance.clock = () => now;
-    });
+    const now = await frozen(stub);
     for (let i = 0; i < 3; i++) await stub.consume({ limits, tag: tag() });
     const refund = { at: now, cost: 1, costs: { default: 1 }, tag: tag() };
     await stub.refund(refund);
@@ -59,10 +61,7 @@ describe("Counter Durable Object", () => {
 
   it("takes back what a call returns once even when its cancellation reaches a new instance", async () => {
     const stub = env.COUNTERS.getByName("test:returned-once-evicted");
-    const now = Date.now();
-    await runInDurableObject(stub, (instance) => {
-      instance.clock = () => now;
-    });
+    await frozen(stub);
     const wide = [{ name: "default", limit: 1000, windowSeconds: 60 }];
     // A hot counter leases beside its next admission; its caller spent all but one of the lease.
     for (let i = 0; i < 60; i++) await stub.consume({ limits: wide, tag: tag() });
