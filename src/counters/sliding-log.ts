@@ -140,8 +140,9 @@ export class SlidingLog {
   }
 
   private write(): void {
-    this.lastWrite = this.clock();
     const unsaved = this.unsaved.splice(0);
+    if (unsaved.length === 0) return;
+    this.lastWrite = this.clock();
     for (let i = 0; i < unsaved.length; i += ROWS_PER_INSERT) {
       const chunk = unsaved.slice(i, i + ROWS_PER_INSERT);
       this.sql.exec(`INSERT INTO hits (name, at) VALUES ${chunk.map(() => "(?, ?)").join(",")}`, ...chunk.flatMap((r) => [r.name, r.at]));

@@ -222,6 +222,40 @@ describe("leases", () => {
     });
   });
 
+  it("write a quiet moment's admission in the step that decides it, and let those close behind it share one write", async () => {
+    const stub = env.COUNTERS.getByName(`quiet-write:${crypto.randomUUID()}`);
+    await runInDurableObject(stub, async (_: Counter, state) => {
+      let now = 1_000_000;
+      const log = new SlidingLog(state.storage.sql, () => now);
+      const limits = [{ name: "default", limit: 10, windowSeconds: 60 }];
+      const rows = () => state.storage.sql.exec<{ n: number }>("SELECT count(*) AS n FROM hits").one().n;
+      // Nothing written for a while: stored before anything is awaited, in the commit of the step that decided it.
+      log.admit({ limits });
+      const first = log.saved();
+      expect(rows()).toBe(1);
+      // 3 ms later: these wait to share one write, and one given back before it is never written.
+      now += 3;
+      log.admit({ limits });
+      const second = log.saved();
+      const refunded = log.admit({ limits });
+      expect(log.saved()).toBe(second);
+      expect(rows()).toBe(1);
+      log.refund(refunded.at, refunded.costs);
+      await Promise.all([first, second]);
+      expect(rows()).toBe(2);
+      // 5 ms after the last write: quiet again.
+      now += 5;
+      log.admit({ limits });
+      const third = log.saved();
+      expect(rows()).toBe(3);
+      await third;
+      // A new instance counts what this one counted.
+      const restarted = new SlidingLog(state.storage.sql, () => now);
+      expect(restarted.admit({ limits })).toMatchObject({ allowed: true, limits: [{ remaining: 6 }] });
+      expect(log.admit({ limits })).toMatchObject({ allowed: true, limits: [{ remaining: 6 }] });
+    });
+  });
+
   it("renew a hot key's lease with one call of the isolate, the requests beside it waiting for it", async () => {
     const { key } = await provision();
     const hot = await createKey(key.key, { rateLimit: { limit: 100_000, windowSeconds: 60 } });
