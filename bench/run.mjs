@@ -14,7 +14,8 @@
 // each object costs per request (a fraction of a call while leases serve the hot key) is measured, not assumed.
 // BENCH_ONLY=b,k (scenario letters, for a quick look while working on one path) runs only those scenarios at
 // saturation, prints them and their ratios, and stops: no fixed-rate runs, no (g) or (h), and bench/results.json is
-// left as it is. Seed fewer keys for it with BENCH_KEYS.
+// left as it is. Seed fewer keys for it with BENCH_KEYS. BENCH_INSPECTOR_PORT opens the runtime's inspector there, for
+// a CPU profile of the isolates under load.
 // `npm run bench -- --scale` runs bench/scale.mjs (a million keys in D1) instead.
 import { generateKeyPairSync, randomBytes, sign } from "node:crypto";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
@@ -103,6 +104,7 @@ try {
     entry: readFileSync("bench/counting.mjs", "utf8"),
     assets: false,
     isolates: [{}, {}, { BENCH_DO_RTT_MS: String(DO_RTT_MS) }],
+    inspectorPort: process.env.BENCH_INSPECTOR_PORT ? Number(process.env.BENCH_INSPECTOR_PORT) : undefined,
   }));
   const serverCpu = workerdCpu();
   /**
