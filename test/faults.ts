@@ -18,6 +18,8 @@ export type Fault =
   | { kind: "stall" }
   /** Reaches the real object only after `ms` (a call stuck in a queue); `times` limits it to the first calls. */
   | { kind: "late-call"; ms: number; times?: number }
+  /** Reaches the real thing only once `until` settles: the test does what it must meanwhile, then lets the call go. */
+  | { kind: "held"; until: Promise<void> }
   /** Reaches the real object at once, but its answer comes back only after `ms`; `times` limits it to the first calls. */
   | { kind: "late-answer"; ms: number; times?: number }
   /**
@@ -39,6 +41,9 @@ async function apply<T>(fault: Fault, count: number, real: () => Promise<T>): Pr
       return new Promise<T>(() => {});
     case "late-call":
       await sleep(fault.ms);
+      return real();
+    case "held":
+      await fault.until;
       return real();
     case "late-answer": {
       const answer = await real();

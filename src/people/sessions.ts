@@ -94,19 +94,33 @@ async function openSession(
   for (const s of spent) await refund(deps, s);
   const now = deps.now();
   const rehash = user.passwordHash && needsRehash(user.passwordHash) ? await hashPassword(password) : null;
-  await batch(deps.env.DB, [
-    d.insert(sessions).values({
+  // Stored only while the hash it verified is still the user's and the user is enabled: a password changed or reset,
+  // or the user disabled, while this login was checking the password leaves it nothing (the change ended only the
+  // sessions that existed when it landed).
+  const [opened] = await batch(deps.env.DB, [
+    deps.env.DB.prepare(
+      `INSERT INTO sessions (id, user_id, account_id, refresh_hash, user_agent, created_at, last_used_at, expires_at)
+       SELECT ?, id, account_id, ?, ?, ?, ?, ? FROM users WHERE id = ? AND password_hash = ? AND disabled = 0`,
+    ).bind(
       id,
-      userId: user.id,
-      accountId: user.accountId,
-      refreshHash: await hashKey(secret),
-      userAgent: userAgent?.slice(0, 256) ?? null,
-      createdAt: now.toISOString(),
-      lastUsedAt: now.toISOString(),
-      expiresAt: new Date(now.getTime() + SESSION_DAYS * 86_400_000).toISOString(),
-    }),
-    ...(rehash ? [d.update(users).set({ passwordHash: rehash }).where(eq(users.id, user.id))] : []),
+      await hashKey(secret),
+      userAgent?.slice(0, 256) ?? null,
+      now.toISOString(),
+      now.toISOString(),
+      new Date(now.getTime() + SESSION_DAYS * 86_400_000).toISOString(),
+      user.id,
+      user.passwordHash,
+    ),
+    ...(rehash
+      ? [
+          d
+            .update(users)
+            .set({ passwordHash: rehash })
+            .where(and(eq(users.id, user.id), eq(users.passwordHash, user.passwordHash as string))),
+        ]
+      : []),
   ]);
+  if (opened?.meta.changes !== 1) throw INVALID();
   return { userId: user.id, accountId: user.accountId, now };
 }
 
@@ -354,22 +368,33 @@ export async function changePassword(
   if (reason) throw invalidRequest([{ field: "newPassword", message: reason }]);
   const hash = await hashPassword(newPassword);
   const at = deps.now().toISOString();
-  const [, ended] = await writeChange(
+  const [changed, ended] = await writeChange(
     deps,
     [],
     () =>
       batch(deps.env.DB, [
-        d.update(users).set({ passwordHash: hash }).where(eq(users.id, p.userId)),
+        // Only over the password this request verified: of two changes racing from the same current password, the
+        // later one changes nothing (and ends nothing) rather than replace the first one's new password.
+        d
+          .update(users)
+          .set({ passwordHash: hash })
+          .where(and(eq(users.id, p.userId), eq(users.passwordHash, u.passwordHash as string))),
         d
           .update(sessions)
           .set({ endedAt: at, endReason: "password_changed" })
           .where(
-            and(eq(sessions.userId, p.userId), isNull(sessions.endedAt), p.sessionId ? sql`${sessions.id} <> ${p.sessionId}` : undefined),
+            and(
+              eq(sessions.userId, p.userId),
+              isNull(sessions.endedAt),
+              p.sessionId ? sql`${sessions.id} <> ${p.sessionId}` : undefined,
+              sql`(SELECT password_hash FROM users WHERE id = ${p.userId}) = ${hash}`,
+            ),
           )
           .returning({ id: sessions.id }),
       ]),
     [p.userId],
   );
+  if (changed?.meta.changes !== 1) throw INVALID();
   // The other sessions are refused from the person's object before the answer, and everywhere within a second.
   await reloadPeople(deps, [p.userId], endedIds(ended));
 }

@@ -205,6 +205,75 @@ describe("login", () => {
   });
 });
 
+describe("a login or a password change racing a change to its user", () => {
+  /** A database whose session INSERT (or users UPDATE) waits until `release` is called. */
+  const heldAt = (pattern: RegExp) => {
+    let release = () => {};
+    const until = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    return { db: faultyDatabase(env.DB, { kind: "held", until }, (sql) => pattern.test(sql)), release };
+  };
+  const live = (userId: string) =>
+    rows<{ id: string }>("SELECT id FROM sessions WHERE user_id = ? AND ended_at IS NULL ORDER BY id", userId);
+
+  it("opens no session for a password changed while the login checked it", async () => {
+    const { key } = await provision();
+    const user = await person(key.key);
+    const mine = await tokens(user.email);
+    const held = heldAt(/insert into "?sessions/i);
+    // The thief's login has checked the old password; its session is not stored yet.
+    const thief = callWith({ DB: held.db }, "/v1/auth/login", { body: { email: user.email, password: PASSWORD } });
+    await held.db.reached();
+    const changed = await call("/v1/auth/password", {
+      key: mine.access_token,
+      body: { currentPassword: PASSWORD, newPassword: "a brand new password" },
+    });
+    expect(changed.status).toBe(204);
+    held.release();
+    await expectProblem(await thief, 401, "invalid_credentials");
+    expect(await live(user.id)).toEqual([{ id: sid(mine) }]);
+  });
+
+  it("opens no session for a user disabled while the login checked the password, not even once enabled again", async () => {
+    const { key } = await provision();
+    const user = await person(key.key);
+    const held = heldAt(/insert into "?sessions/i);
+    const racing = callWith({ DB: held.db }, "/v1/auth/login", { body: { email: user.email, password: PASSWORD } });
+    await held.db.reached();
+    expect((await call(`/v1/users/${user.id}`, { method: "PATCH", key: key.key, body: { disabled: true } })).status).toBe(200);
+    held.release();
+    await expectProblem(await racing, 401, "invalid_credentials");
+    expect((await call(`/v1/users/${user.id}`, { method: "PATCH", key: key.key, body: { disabled: false } })).status).toBe(200);
+    expect(await live(user.id)).toEqual([]);
+    expect((await login(user.email)).status).toBe(200);
+  });
+
+  it("keeps the first of two password changes made from the same current password; the later one changes nothing", async () => {
+    const { key } = await provision();
+    const user = await person(key.key);
+    const [first, second] = [await tokens(user.email), await tokens(user.email)];
+    const held = heldAt(/update "users" set "password_hash"/i);
+    const late = callWith({ DB: held.db }, "/v1/auth/password", {
+      key: first.access_token,
+      body: { currentPassword: PASSWORD, newPassword: "the thief's new password" },
+    });
+    await held.db.reached();
+    const owner = await call("/v1/auth/password", {
+      key: second.access_token,
+      body: { currentPassword: PASSWORD, newPassword: "the owner's new password" },
+    });
+    expect(owner.status).toBe(204);
+    held.release();
+    await expectProblem(await late, 401, "invalid_credentials");
+    await expectProblem(await login(user.email, "the thief's new password"), 401, "invalid_credentials");
+    expect((await login(user.email, "the owner's new password")).status).toBe(200);
+    // The owner's change ended the other session; the late one ended none.
+    expect(await sessionRow(sid(first))).toEqual({ ended_at: expect.any(String), end_reason: "password_changed" });
+    expect(await sessionRow(sid(second))).toEqual({ ended_at: null, end_reason: null });
+  });
+});
+
 describe("access and refresh tokens", () => {
   it("work where a full-access key of the user works, with the user's role and grants, and on the gateway as a session", async () => {
     const { account, key } = await provision({ membersCanCreateKeys: true });
