@@ -537,6 +537,33 @@ describe("access and refresh tokens", () => {
     await expectProblem(await call("/v1/auth/logout", { method: "POST", key: key.key }), 403, "insufficient_scope");
   });
 
+  it("lets a member whose grants were narrowed end their own sessions and change their password; a narrow key may not", async () => {
+    const { key } = await provision();
+    const user = await person(key.key);
+    const patched = await call(`/v1/users/${user.id}`, { method: "PATCH", key: key.key, body: { grants: ["project:alpha"] } });
+    expect(patched.status).toBe(200);
+    const [a, b, c] = [await tokens(user.email), await tokens(user.email), await tokens(user.email)];
+    // Their sessions are theirs whatever their grants: a stolen one can be ended by its owner.
+    const listed = await call("/v1/auth/sessions", { key: a.access_token });
+    expect(listed.status).toBe(200);
+    expect((await listed.json<{ data: { id: string }[] }>()).data.map((s) => s.id).sort()).toEqual([sid(a), sid(b), sid(c)].sort());
+    expect((await call(`/v1/auth/sessions/${sid(b)}`, { method: "DELETE", key: a.access_token })).status).toBe(204);
+    await expectProblem(await call("/v1/auth/refresh", { body: { refresh_token: b.refresh_token } }), 401, "invalid_refresh_token");
+    const changed = await call("/v1/auth/password", {
+      key: a.access_token,
+      body: { currentPassword: PASSWORD, newPassword: "a brand new password" },
+    });
+    expect(changed.status).toBe(204);
+    await expectProblem(await call("/v1/whoami", { key: c.access_token }), 401, "session_ended");
+    expect((await call("/v1/auth/logout", { method: "POST", key: a.access_token })).status).toBe(204);
+    await expectProblem(await call("/v1/whoami", { key: a.access_token }), 401, "session_ended");
+    // A key scoped to resources is not its owner: it still needs full access to read or end the owner's sessions.
+    const scoped = await createKey(key.key, { scopes: ["project:alpha"] });
+    await expectProblem(await call("/v1/auth/sessions", { key: scoped.key }), 403, "insufficient_scope");
+    const other = await tokens((await person(key.key)).email);
+    await expectProblem(await call(`/v1/auth/sessions/${sid(other)}`, { method: "DELETE", key: scoped.key }), 403, "insufficient_scope");
+  });
+
   it("gives the provisioned admin an invitation too", async () => {
     const res = await call("/v1/accounts", {
       headers: { Authorization: `Bearer ${OPERATOR_TOKEN}` },

@@ -1,4 +1,6 @@
 import { createRoute, z } from "@hono/zod-openapi";
+import { isFullAccess } from "../../core/grants";
+import type { Principal } from "../../core/principal";
 import { IdParam } from "../../core/schemas";
 import { authenticate } from "../../guards/authenticate";
 import { passwordAttempts, spendFailure } from "../../guards/spending";
@@ -9,7 +11,12 @@ import { ApiError } from "../../platform/errors";
 import { verifyAccessToken } from "../../tokens/access";
 import { BODY_PROBLEMS, json, jsonBody, KEY_PROBLEMS, KEY_SECURITY, PERSON_SECURITY, problems, routes, withBody } from "../openapi";
 
-const person = authenticate("full");
+/**
+ * A person's own sessions and password are theirs whatever their grants (a member whose grants were narrowed can still
+ * log out, end a stolen session or change the password); an API key stands for its owner here only with full access
+ * (`ownerOnly`).
+ */
+const person = authenticate("any");
 const LOGIN_PROBLEMS = [
   "invalid_credentials",
   "account_required",
@@ -17,6 +24,12 @@ const LOGIN_PROBLEMS = [
   "rate_limiter_unavailable",
   "database_unavailable",
 ] as const;
+
+/** 403 for an API key without full access: a key scoped to resources does not stand for its owner's sessions. */
+function ownerOnly(p: Principal): void {
+  if (p.sessionId === undefined && !isFullAccess(p.scopes))
+    throw new ApiError("insufficient_scope", "This key is scoped to resources: only a full-access key or the person may do this.");
+}
 
 /** The request's session, or 403: these acts belong to a person who logged in, not to an API key. */
 function sessionOf(p: { sessionId?: string }): string {
@@ -162,6 +175,7 @@ export const authRoutes = routes()
       responses: { 200: json(z.strictObject({ data: z.array(SessionView) }), "Newest first"), ...problems(...KEY_PROBLEMS) },
     }),
     async (c) => {
+      ownerOnly(c.get("principal"));
       return c.json({ data: await listSessions(c.get("deps"), c.get("principal")) }, 200);
     },
   )
@@ -179,6 +193,7 @@ export const authRoutes = routes()
     }),
     async (c) => {
       const p = c.get("principal");
+      ownerOnly(p);
       const ended = await endSessions(c.get("deps"), { sessionId: c.req.valid("param").id, userId: p.userId }, "ended_by_user");
       if (ended === 0) throw new ApiError("not_found", "You have no such session that still works.");
       return c.body(null, 204);
