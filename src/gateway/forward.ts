@@ -42,7 +42,8 @@ const METHOD_PARAM = "_method";
  * leading blanks from a name, stores `.` and ` ` as `_` (`.method` is `_method`), and `_method[]` as an array of it.
  */
 function isMethodParam(name: string): boolean {
-  const php = name.replace(/^ +/, "").replaceAll(/[ .]/g, "_").toLowerCase();
+  // PHP reads a name as a C string: up to its first NUL byte.
+  const php = (name.split("\0")[0] as string).replace(/^ +/, "").replaceAll(/[ .]/g, "_").toLowerCase();
   return php === METHOD_PARAM || php.startsWith(`${METHOD_PARAM}[`);
 }
 const CREDENTIAL_HEADERS = ["authorization", "x-api-key"];

@@ -199,13 +199,24 @@ describe("attack: paths an upstream decodes twice or normalises", () => {
       ).toEqual([]);
     }
   });
-  // PHP, which Laravel and Symfony run on, stores a query parameter named `.method` or ` _method` as `_method` (and `_method[]` as an array of it):
+  // PHP, which Laravel and Symfony run on, stores a query parameter named `.method`, ` _method` or `_method\0` as `_method` (and `_method[]` as an array of it):
   // a scoped key could then POST to runs and have Laravel delete them, which the table keeps for full-access keys.
   it("drops a method override in the spellings PHP reads as _method", async () => {
     const { account, key } = await provision();
     await own(account.id, "process:p1");
     const scoped = await createKey(key.key, { processIds: ["p1"] });
-    for (const name of [".method", "+_method", "%20.method", "_Method", "_method[]", "_METHOD[x]"]) {
+    // PHP reads a name only up to a NUL byte, so `_method%00` and `_method%00anything` are `_method` to it too.
+    for (const name of [
+      ".method",
+      "+_method",
+      "%20.method",
+      "_Method",
+      "_method[]",
+      "_METHOD[x]",
+      "_method%00",
+      "_method%00x",
+      ".method%00[]",
+    ]) {
       const seen = (await (await gw(`/v1/processes/p1/runs?${name}=DELETE&a=1`, { key: scoped.key, method: "POST" })).json()) as Echo;
       expect(seen.url, name).toBe("/v1/processes/p1/runs?a=1");
     }
