@@ -280,15 +280,18 @@ async function verifyHandshakeToken(
   // Routes that take tokens name no resource, so their need is known without asking anyone.
   if (typeof need === "object" && need.account !== undefined && !(await isAccount(c, claims.acc, need.account)))
     return { ok: false, refusal: refused("other_account") };
+  // Null: the chat limit's counter failed and the deployment lets requests through without it (open mode).
   const spent = await spendOn(c, `chat:${claims.agt}:${claims.sub}`, [named(c.get("config").chatPolicy)], cost);
-  if (!spent?.allowed || (credits === 0 && reserve === undefined)) return { ok: true, identity: { claims }, spent: spent ? [spent] : [] };
+  const chatSpent = spent ? [spent] : [];
+  if (spent?.allowed === false || (credits === 0 && reserve === undefined)) return { ok: true, identity: { claims }, spent: chatSpent };
   // A route that costs credits spends them from the agent's account, with its shared limits: the widget's requests are
-  // the account's as its keys' are. A token names no key, so only the account's object is asked.
+  // the account's as its keys' are, and are never let through unmetered. A token names no key, so only the account's
+  // object is asked.
   const pool = await spendPool(c.get("deps"), { accountId: claims.acc }, { cost, credits, reserve });
-  if (pool === null) return { ok: true, identity: { claims }, spent: [spent] };
-  if ("code" in pool || !pool.allowed) await refund(c.get("deps"), spent);
+  if (pool === null) return { ok: true, identity: { claims }, spent: chatSpent };
+  if (spent && ("code" in pool || !pool.allowed)) await refund(c.get("deps"), spent);
   if ("code" in pool) return invalid("The token is not valid.");
-  return { ok: true, identity: { claims }, spent: pool.allowed ? [spent, pool] : [pool] };
+  return { ok: true, identity: { claims }, spent: pool.allowed ? [...chatSpent, pool] : [pool] };
 }
 
 /** Whether `idOrSlug` names this account (a handshake token carries the id; a URL may carry the slug). */

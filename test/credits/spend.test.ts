@@ -5,6 +5,7 @@ import { Holdings } from "../../src/counters/held";
 import { authorizeKey } from "../../src/keys/authorize";
 import { makeDeps } from "../../src/platform/deps";
 import { ApiError } from "../../src/platform/errors";
+import { faultyObjects } from "../faults";
 import { type Echo, GATEWAY } from "../gateway/table";
 import { call, createKey, expectProblem, memberWithKey, provision, through, VERIFY_TOKEN, WIDGET_ORIGIN, widget } from "../helpers";
 
@@ -182,8 +183,23 @@ describe("an account's pool", () => {
     const answers = await Promise.all(
       Array.from({ length: 500 }, (_, i) => gw("/v1/messages/send", { key: (keys[i % 10] as { key: string }).key })),
     );
-    expect(answers.filter((r) => r.status === 200)).toHaveLength(100);
-    expect(answers.filter((r) => r.status === 402)).toHaveLength(400);
+    const count = (status: number) => answers.filter((r) => r.status === status).length;
+    // Exactly 100 were admitted and forwarded. On a loaded machine the local upstream drops a connection now and then
+    // in this burst: such a request is answered 502 and its credit given back, and its client sends it again.
+    expect(count(200) + count(502)).toBe(100);
+    expect(count(402)).toBe(400);
+    let admitted = count(200);
+    let again = count(502);
+    for (let round = 0; again > 0; round++) {
+      expect(round).toBeLessThan(5);
+      const resent = await Promise.all(
+        Array.from({ length: again }, (_, i) => gw("/v1/messages/send", { key: (keys[i % 10] as { key: string }).key })),
+      );
+      expect(resent.filter((r) => r.status !== 200 && r.status !== 502)).toEqual([]);
+      again = resent.filter((r) => r.status === 502).length;
+      admitted += resent.length - again;
+    }
+    expect(admitted).toBe(100);
     expect(await poolCredits(account.id)).toMatchObject({ remaining: 0 });
   });
 
@@ -203,6 +219,23 @@ describe("an account's pool", () => {
     const { provisioned, token } = await widget();
     await withPool(provisioned.account.id, { remaining: 2, refill: null });
     const chat = () => gw("/v1/chat/threads", { headers: { Authorization: `Bearer ${token}`, Origin: WIDGET_ORIGIN } });
+    const first = await chat();
+    expect(first.status).toBe(200);
+    expect(first.headers.get("X-Credits-Remaining")).toBe("1");
+    expect((await chat()).status).toBe(200);
+    await expectProblem(await chat(), 402, "credits_exhausted");
+    expect(await poolCredits(provisioned.account.id)).toMatchObject({ remaining: 0 });
+  });
+
+  it("a widget's token pays from its account's pool even when its chat counter fails in open mode", async () => {
+    const { provisioned, token } = await widget();
+    await withPool(provisioned.account.id, { remaining: 2, refill: null });
+    // The chat limit's counter is down and the deployment lets requests through without it: the credits are still paid.
+    const open = { COUNTERS: faultyObjects(env.COUNTERS, { consume: { kind: "throw" } }), RATE_LIMIT_FAILURE_MODE: "open" };
+    const chat = () =>
+      through({ ...METERED_GATEWAY, ...open }, "/v1/chat/threads", {
+        headers: { Authorization: `Bearer ${token}`, Origin: WIDGET_ORIGIN },
+      });
     const first = await chat();
     expect(first.status).toBe(200);
     expect(first.headers.get("X-Credits-Remaining")).toBe("1");
