@@ -84,10 +84,14 @@ async function pass(c: Context<AppEnv>, next: Next, isOwn: (path: string) => boo
       idempotency,
     });
     const left = creditsRemaining(admission.spent);
-    const credits: Record<string, string> = left === null ? {} : { "Keygate-Credits-Remaining": String(left) };
+    const added: Record<string, string> = left === null ? {} : { "Keygate-Credits-Remaining": String(left) };
+    // The key this request was charged under, as Keygate read it (quotes removed), set after the hop-by-hop headers
+    // are gone: a retry let through free reaches the upstream under the same key even when the client quoted it
+    // differently or named it in `Connection`, so the upstream can tell it from a new request.
+    if (idempotencyKey !== undefined) added["Idempotency-Key"] = idempotencyKey;
     let sent: Sent;
     try {
-      sent = await forward(c, target, { identity: identityOf(admission.identity), issuer, credits });
+      sent = await forward(c, target, { identity: identityOf(admission.identity), issuer, added });
     } catch (err) {
       if (!(err instanceof ApiError)) {
         await admission.settle(500);
@@ -105,8 +109,23 @@ async function pass(c: Context<AppEnv>, next: Next, isOwn: (path: string) => boo
     if (idempotency) await finishIdempotent(c.get("deps"), admission, idempotency.key);
     for (const [name, value] of Object.entries(headers)) c.res.headers.set(name, value);
   };
-  // Routes that take handshake tokens serve browsers: their preflights and answers speak CORS, as the chat does.
-  const early = route.auth === "key-or-token" ? await cors(c, authenticated) : await authenticated();
+  // Routes that take handshake tokens serve browsers: their preflights and answers speak CORS, as the chat does, a
+  // refusal included (the widget reads a 401 `token_expired` to renew its token, a 429 to wait), so it is answered
+  // inside, where the CORS headers are added.
+  if (route.auth !== "key-or-token") {
+    await authenticated();
+    return c.res;
+  }
+  const early = await cors(c, async () => {
+    try {
+      await authenticated();
+    } catch (err) {
+      // As the app's error handler reads it: drizzle wraps what the database layer throws in an error of its own.
+      const known = err instanceof ApiError ? err : err instanceof Error && err.cause instanceof ApiError ? err.cause : null;
+      if (!known) throw err;
+      c.res = problem(c, known);
+    }
+  });
   return early ?? c.res;
 }
 
@@ -163,8 +182,11 @@ async function identityHeaders(c: Context<AppEnv>, { identity, issuer }: Vouched
   return headers;
 }
 
-/** Who the gateway vouches for, as which Keygate (the assertion's `iss`), and the credits it has left (`Keygate-Credits-Remaining`). */
-type Vouched = { identity: Identity; issuer: string; credits: Record<string, string> };
+/**
+ * Who the gateway vouches for, as which Keygate (the assertion's `iss`), and the headers it adds beside: the credits
+ * left (`Keygate-Credits-Remaining`), the `Idempotency-Key` the request was charged under.
+ */
+type Vouched = { identity: Identity; issuer: string; added: Record<string, string> };
 /** Where a request goes: the upstream's base URL, the canonical path, the route that took it, and the tokens it must not carry. */
 type Target = { base: URL; path: string; route: GatewayRoute; tokens: readonly string[] };
 
@@ -180,7 +202,7 @@ async function forward(c: Context<AppEnv>, { base, path, route, tokens }: Target
   const identity = vouched?.identity ?? null;
   const url = upstreamUrl(base, path, new URL(c.req.url).searchParams, tokens);
   const own: Record<string, string> = vouched
-    ? { ...(await identityHeaders(c, vouched, url)), ...vouched.credits }
+    ? { ...(await identityHeaders(c, vouched, url)), ...vouched.added }
     : { "Keygate-Auth-Method": "none" };
   const headers = upstreamHeaders(
     c.req.raw.headers,

@@ -354,6 +354,20 @@ describe("idempotent retries", () => {
     expect(await balanceOf(key.id)).toBe(97);
   });
 
+  it("the upstream sees the key a request was charged under, however the client spelled or hid it", async () => {
+    const { key } = await metered({ remaining: 10 });
+    const seen = async (headers: Record<string, string>) => {
+      const res = await gw("/v1/messages/send", { key: key.key, headers });
+      expect(res.status).toBe(200);
+      return ((await res.json()) as { headers: Record<string, string> }).headers["idempotency-key"];
+    };
+    expect(await seen({ "Idempotency-Key": "order-7" })).toBe("order-7");
+    // Free retries, each the same request to Keygate: the upstream must be able to tell them for its own deduplication.
+    expect(await seen({ "Idempotency-Key": '"order-7"' })).toBe("order-7");
+    expect(await seen({ "Idempotency-Key": "order-7", Connection: "Idempotency-Key" })).toBe("order-7");
+    expect(await balanceOf(key.id)).toBe(9);
+  });
+
   it("a first request whose upstream failed is given back, so its retry pays; a malformed key is 400", async () => {
     const { key } = await metered({ remaining: 10 });
     const send = (status: string) =>

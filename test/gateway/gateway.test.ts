@@ -401,4 +401,26 @@ describe("gateway: the widget's chat through the upstream", () => {
     );
     expect(builtIn.headers.get("Content-Type")).toMatch(/^text\/event-stream/);
   });
+
+  it("lets the widget read a refusal on a key-or-token route, as on Keygate's own chat", async () => {
+    const { key } = await provision();
+    const agent = await createAgent(key.key);
+    const { token } = await (await handshake(agent.id)).json<{ token: string }>();
+    const send = (origin: string) =>
+      gw(
+        "/v1/chat/messages",
+        { headers: { Authorization: `Bearer ${token}`, Origin: origin }, body: { message: "hi" } },
+        { CHAT_RATE_LIMIT: "1/60" },
+      );
+    expect((await send(WIDGET_ORIGIN)).status).toBe(200);
+    // Over the end user's chat limit: the widget must read the 429 (and its Retry-After) to wait before it retries.
+    const limited = await send(WIDGET_ORIGIN);
+    await expectProblem(limited, 429, "rate_limited");
+    expect(limited.headers.get("Access-Control-Allow-Origin")).toBe(WIDGET_ORIGIN);
+    expect(limited.headers.get("Access-Control-Expose-Headers")).toContain("Retry-After");
+    expect(limited.headers.get("Vary")).toContain("Origin");
+    // Another origin learns nothing from it.
+    const elsewhere = await send("https://evil.example");
+    expect(elsewhere.headers.get("Access-Control-Allow-Origin")).toBeNull();
+  });
 });
