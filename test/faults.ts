@@ -20,6 +20,8 @@ export type Fault =
   | { kind: "late-call"; ms: number; times?: number }
   /** Reaches the real thing only once `until` settles: the test does what it must meanwhile, then lets the call go. */
   | { kind: "held"; until: Promise<void> }
+  /** Reaches the real thing at once, but its answer comes back only once `until` settles. */
+  | { kind: "held-answer"; until: Promise<void> }
   /** Reaches the real object at once, but its answer comes back only after `ms`; `times` limits it to the first calls. */
   | { kind: "late-answer"; ms: number; times?: number }
   /**
@@ -45,6 +47,11 @@ async function apply<T>(fault: Fault, count: number, real: () => Promise<T>): Pr
     case "held":
       await fault.until;
       return real();
+    case "held-answer": {
+      const answer = await real();
+      await fault.until;
+      return answer;
+    }
     case "late-answer": {
       const answer = await real();
       await sleep(fault.ms);

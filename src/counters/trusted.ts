@@ -13,7 +13,7 @@ const MAX_RECORDS = 10_000;
 /**
  * What an object read from D1 and trusts without reading again: each record for `ttlMs`, or for `unsettledMs` once
  * read while a change to it may still land in D1 (`distrust`). `reload` forgets every record; a read under way when it
- * came is not kept. Concurrent requests for one record share one read.
+ * came is neither kept nor used: its requests read again. Concurrent requests for one record share one read.
  */
 export class TrustedRecords<R> {
   private readonly records = new Map<string, { value: R; loadedAt: number }>();
@@ -41,19 +41,22 @@ export class TrustedRecords<R> {
     if (running) return running;
     const generation = this.generation;
     const loadedAt = this.clock();
-    const read = load().finally(() => {
-      if (generation === this.generation) this.loading.delete(id);
-    });
-    this.loading.set(id, read);
-    return read.then((value) => {
-      if (generation === this.generation) {
+    const read: Promise<R> = load()
+      .then((value) => {
+        // A reload came during the read: what it read may be from before the change that reloaded, whose answer may
+        // have left already. The requests that wait for it are judged by a read made since.
+        if (generation !== this.generation) return this.get(id, load);
         this.records.delete(id);
         this.records.set(id, { value, loadedAt });
         // A person with many sessions: the ones read longest ago are read again if they come back.
         if (this.records.size > MAX_RECORDS) this.records.delete(this.records.keys().next().value as string);
-      }
-      return value;
-    });
+        return value;
+      })
+      .finally(() => {
+        if (generation === this.generation) this.loading.delete(id);
+      });
+    this.loading.set(id, read);
+    return read;
   }
 
   /** The record `id` if one is trusted now, with no read. */

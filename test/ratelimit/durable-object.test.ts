@@ -242,6 +242,29 @@ describe("the key's record in its object", () => {
     await expectProblem(await whoami(k.key), 401, "key_revoked");
   });
 
+  it("judges a request whose read was on its way back when a revocation reloaded the key by the revoked key", async () => {
+    const { key } = await provision();
+    const k = await createKey(key.key, { name: "read in flight" });
+    const stub = env.KEYS.getByName(`key:${k.id}`);
+    let release = () => {};
+    const until = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let slow: ReturnType<typeof faultyDatabase> | undefined;
+    const restore = await objectDatabase(stub, () => {
+      // The first read answers, with the row as it was before the revocation, only once the revocation was answered.
+      let reads = 0;
+      slow = faultyDatabase(env.DB, { kind: "held-answer", until }, () => reads++ === 0);
+      return slow;
+    });
+    const first = whoami(k.key);
+    await slow?.reached();
+    expect((await call(`/v1/api-keys/${k.id}`, { method: "DELETE", key: key.key })).status).toBe(200);
+    release();
+    await expectProblem(await first, 401, "key_revoked");
+    await restore();
+  });
+
   it("gives back a stored admission after the object was evicted", async () => {
     const stub = env.COUNTERS.getByName("test:evicted-refund");
     const first = await stub.consume({ limits, tag: tag() });
