@@ -250,6 +250,26 @@ export async function objectDatabase(
 }
 
 /**
+ * The real database, recording the constraint or bookmark each session is opened with (local D1 has no replicas, so
+ * each session reads the one copy there is whatever it asks for).
+ */
+export function sessionsAsked(db: D1Database): { db: D1Database; asked: string[] } {
+  const asked: string[] = [];
+  const recording = new Proxy(db, {
+    get(target, prop) {
+      if (prop === "withSession")
+        return (constraint: string) => {
+          asked.push(constraint);
+          return target.withSession("first-unconstrained");
+        };
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  return { db: recording, asked };
+}
+
+/**
  * Makes a key's object send its usage through `make()` (a `faultyQueue`, made inside the object) through its seam,
  * `KeyObject.usageQueue`. Answers the undo.
  */

@@ -17,7 +17,7 @@ import type { CallTag, Granted, Refund, Spending, Unspent } from "./protocol";
 import { type HourTotal, type KeyHour, type KeyTotal, UsageRollup } from "./rollup";
 import { PersonSessions, type SessionClaim, type SessionEnded, type SessionHolder, type SessionUse } from "./sessions";
 import type { Adjusted, Adjustment, CreditsView } from "./stored-balance";
-import { RECORD_TTL_MS, UNSETTLED_TRUST_MS } from "./trusted";
+import { BOOKMARK_KEY, RECORD_TTL_MS, UNSETTLED_TRUST_MS } from "./trusted";
 
 /** How long the pool's movements wait to reach D1 together: the ledger is written per minute, not per request. */
 const LEDGER_FLUSH_MS = 60_000;
@@ -65,8 +65,11 @@ export class AccountObject extends DurableObject<Bindings> {
   private config: { pool: AccountLimits | undefined; loadedAt: number } | undefined;
   private loading: Promise<AccountLimits | undefined> | null = null;
   private generation = 0;
-  /** The bookmark of the last change that reloaded the account: its reads come from a copy of D1 caught up with it. */
-  private bookmark: string | null = null;
+  /**
+   * The bookmark of the last change that reloaded the account (or the person): its reads come from a copy of D1 caught
+   * up with it. Kept in storage, so an instance that starts after the change reads no older copy.
+   */
+  private bookmark: string | null;
   /** The object's own D1 handle (deadline-wrapped); tests make it fail through test/faults.ts. */
   database: D1Database;
   /** The pool's movements on their way to D1's ledger, and whether the alarm that writes them is set. */
@@ -84,6 +87,7 @@ export class AccountObject extends DurableObject<Bindings> {
   constructor(ctx: DurableObjectState, env: Bindings) {
     super(ctx, env);
     this.database = withDeadline(env.DB, () => getConfig(env).d1TimeoutMs);
+    this.bookmark = ctx.storage.kv.get<string>(BOOKMARK_KEY) ?? null;
     this.ledger = new LedgerOutbox(ctx.storage.sql, () => this.clock());
     this.notices = new Notices(ctx, env);
     this.rollup = new UsageRollup(ctx.storage.sql);
@@ -91,8 +95,9 @@ export class AccountObject extends DurableObject<Bindings> {
     this.sessions = new PersonSessions(
       ctx.storage.kv,
       () => this.clock(),
-      // From a copy of D1 that has caught up with the last change that reloaded the person.
-      () => session(this.database, this.bookmark),
+      // While a change may still land, from the primary (it may land after any bookmark); else from a copy of D1 that
+      // has caught up with the last change that reloaded the person.
+      () => (this.sessions.unsettled() ? session(this.database, null, "first-primary") : session(this.database, this.bookmark)),
       () => this.usageQueue,
       (p) => ctx.waitUntil(p),
       RECORD_TTL_MS,
@@ -212,7 +217,10 @@ export class AccountObject extends DurableObject<Bindings> {
    * change's).
    */
   reload(bookmark?: string | null): void {
-    if (bookmark) this.bookmark = bookmark;
+    if (bookmark) {
+      this.bookmark = bookmark;
+      this.ctx.storage.kv.put(BOOKMARK_KEY, bookmark);
+    }
     this.generation += 1;
     this.config = undefined;
     this.loading = null;

@@ -139,6 +139,11 @@ export class PersonSessions {
     this.rows.reload();
   }
 
+  /** Whether a change to the person or their sessions may still land in D1 (see TrustedRecords.unsettled). */
+  unsettled(): boolean {
+    return this.users.unsettled() || this.rows.unsettled();
+  }
+
   /** See TrustedRecords.distrust. */
   distrust(ms: number): void {
     this.users.distrust(ms);

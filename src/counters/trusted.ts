@@ -7,6 +7,9 @@ export const RECORD_TTL_MS = 60_000;
 /** Longest time a record is trusted while a change to it may still land in D1 (see `distrust`). */
 export const UNSETTLED_TRUST_MS = 1_000;
 
+/** Where an object keeps the bookmark of the last change that reloaded it: its reads come from a copy caught up with it. */
+export const BOOKMARK_KEY = "bookmark";
+
 /** The most records one object keeps. */
 const MAX_RECORDS = 10_000;
 

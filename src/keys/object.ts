@@ -9,7 +9,7 @@ import { LedgerOutbox, type LedgerOwner } from "../counters/ledger";
 import { Notices } from "../counters/notices";
 import type { CallTag, Granted, Refund, Spending, Unspent } from "../counters/protocol";
 import type { Adjusted, Adjustment, CreditsView } from "../counters/stored-balance";
-import { RECORD_TTL_MS, TrustedRecords, UNSETTLED_TRUST_MS } from "../counters/trusted";
+import { BOOKMARK_KEY, RECORD_TTL_MS, TrustedRecords, UNSETTLED_TRUST_MS } from "../counters/trusted";
 import { getConfig } from "../platform/config";
 import { db, session, withDeadline } from "../platform/db/client";
 import type { Bindings } from "../platform/env";
@@ -94,8 +94,11 @@ export class KeyObject extends DurableObject<Bindings> {
   private readonly keys: TrustedRecords<KeyState>;
   /** The key this object last judged (an object has one): what the test getters look at. */
   private keyId: string | undefined;
-  /** The bookmark of the last change that reloaded the key: its reads come from a copy of D1 that has caught up with it. */
-  private bookmark: string | null = null;
+  /**
+   * The bookmark of the last change that reloaded the key: its reads come from a copy of D1 that has caught up with it.
+   * Kept in storage, so an instance that starts after the change (a deploy, an eviction) reads no older copy.
+   */
+  private bookmark: string | null;
   /** The key whose usage waits for the alarm, or null when none is set by this instance. */
   private flushing: string | null = null;
   /** The object's own D1 handle (deadline-wrapped); tests make it fail through test/faults.ts (`objectDatabase`). */
@@ -128,6 +131,7 @@ export class KeyObject extends DurableObject<Bindings> {
       },
     );
     this.keys = new TrustedRecords(ctx.storage.kv, () => this.clock(), RECORD_TTL_MS, UNSETTLED_TRUST_MS, "distrust-until");
+    this.bookmark = ctx.storage.kv.get<string>(BOOKMARK_KEY) ?? null;
   }
 
   /**
@@ -417,7 +421,10 @@ export class KeyObject extends DurableObject<Bindings> {
    * caught up with `bookmark` (the change's, when its caller hands it on).
    */
   reload(bookmark?: string | null): void {
-    if (bookmark) this.bookmark = bookmark;
+    if (bookmark) {
+      this.bookmark = bookmark;
+      this.ctx.storage.kv.put(BOOKMARK_KEY, bookmark);
+    }
     this.keys.reload();
   }
 
@@ -451,8 +458,9 @@ export class KeyObject extends DurableObject<Bindings> {
     this.keyId = keyId;
     return this.keys.get(keyId, async () => {
       const loadedAt = this.clock();
-      // While a change may still land, from the primary; else from the nearest copy that has the last change seen.
-      const reads = session(this.database, this.bookmark, this.keys.unsettled() ? "first-primary" : "first-unconstrained");
+      // While a change may still land, from the primary (it may land after any bookmark); else from the nearest copy
+      // that has the last change seen.
+      const reads = this.keys.unsettled() ? session(this.database, null, "first-primary") : session(this.database, this.bookmark);
       const found = await loadKey(db(reads), { id: keyId, hash }).catch((err: unknown) => {
         // Only what may be logged crosses back to the worker: drizzle's error names the query and its parameters.
         throw new Error(safeError(err));

@@ -1,4 +1,4 @@
-import { createExecutionContext, runInDurableObject, waitOnExecutionContext } from "cloudflare:test";
+import { createExecutionContext, evictDurableObject, runInDurableObject, waitOnExecutionContext } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import type { Need } from "../../src/core/principal";
@@ -8,7 +8,7 @@ import { CHANGE_IN_FORCE_MS } from "../../src/keys/reload";
 import { authorizePerson, cookieClaim } from "../../src/people/authorize";
 import { makeDeps } from "../../src/platform/deps";
 import { PASSWORD, page, signIn } from "../dashboard/helpers";
-import { faultyDatabase, faultyObjects, faultyQueue, objectDatabase } from "../faults";
+import { faultyDatabase, faultyObjects, faultyQueue, objectDatabase, sessionsAsked } from "../faults";
 import { call, callWith, expectProblem, provision, rows } from "../helpers";
 
 // A person's session is judged as a key is: by the person's object, which holds it once read, and by an isolate's
@@ -271,6 +271,34 @@ describe("a person's request and D1", () => {
     } finally {
       await undo();
     }
+  });
+
+  it("once restarted, reads from a copy of D1 caught up with the last change told to it, or the primary while one may land", async () => {
+    const s = await session("token", "member");
+    const stub = env.ACCOUNTS.getByName(`user:${s.user.id}`);
+    const restarted = async () => {
+      await evictDurableObject(stub);
+      let recorded: string[] = [];
+      const undo = await objectDatabase(
+        stub,
+        () => {
+          const { db, asked } = sessionsAsked(env.DB);
+          recorded = asked;
+          return db;
+        },
+        { keep: true },
+      );
+      expect(await fromObject(s, "any")).toBe("admitted");
+      await undo();
+      return recorded;
+    };
+    // A change told with its bookmark: a copy caught up with it, even after a restart.
+    const bookmark = "0000000b-00000002-00000000-0123456789abcdef0123456789abcdef";
+    await stub.changed([], bookmark);
+    expect(new Set(await restarted())).toEqual(new Set([bookmark]));
+    // A change of unknown outcome (its write may still land, after any bookmark): the primary, even after a restart.
+    await stub.distrust(30_000);
+    expect(new Set(await restarted())).toEqual(new Set(["first-primary"]));
   });
 
   it("sends a session's last use at most once a minute, from the object through the usage queue, to D1", async () => {

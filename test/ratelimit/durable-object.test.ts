@@ -2,7 +2,7 @@ import { evictDurableObject, runDurableObjectAlarm, runInDurableObject } from "c
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { RECORD_TTL_MS, UNSETTLED_TRUST_MS } from "../../src/keys/object";
-import { faultyDatabase, objectDatabase } from "../faults";
+import { faultyDatabase, objectDatabase, sessionsAsked } from "../faults";
 import { call, createKey, expectProblem, provision } from "../helpers";
 
 const whoami = (key: string) => call("/v1/whoami", { key });
@@ -262,6 +262,28 @@ describe("the key's record in its object", () => {
     expect((await call(`/v1/api-keys/${k.id}`, { method: "DELETE", key: key.key })).status).toBe(200);
     release();
     await expectProblem(await first, 401, "key_revoked");
+    await restore();
+  });
+
+  it("reads, once restarted, from a copy of D1 caught up with the last change that reloaded it", async () => {
+    const { key } = await provision();
+    const k = await createKey(key.key, { name: "restarted" });
+    const stub = env.KEYS.getByName(`key:${k.id}`);
+    const bookmark = "0000000a-00000001-00000000-0123456789abcdef0123456789abcdef";
+    await stub.reload(bookmark);
+    await evictDurableObject(stub);
+    let recorded: string[] = [];
+    const restore = await objectDatabase(
+      stub,
+      () => {
+        const { db, asked } = sessionsAsked(env.DB);
+        recorded = asked;
+        return db;
+      },
+      { keep: true },
+    );
+    expect((await whoami(k.key)).status).toBe(200);
+    expect(recorded).toEqual([bookmark]);
     await restore();
   });
 
