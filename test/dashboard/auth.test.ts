@@ -7,6 +7,17 @@ import { COOKIE, html, PASSWORD, page, person, signIn } from "./helpers";
 const sessionOf = (cookie: string) => cookie.split(".")[0] as string;
 
 describe("dashboard login", () => {
+  it("answers a form it cannot read with 400, never a 500", async () => {
+    for (const path of ["/dashboard/login", "/dashboard/accept-invitation"]) {
+      // A multipart body cut off before its closing boundary.
+      const res = await call(path, {
+        headers: { "Content-Type": "multipart/form-data; boundary=zzz", Origin: "https://keygate.test" },
+        body: '--zzz\r\nContent-Disposition: form-data; name="email"\r\n\r\nx\r\n--zz',
+      });
+      await expectProblem(res, 400, "invalid_request");
+    }
+  });
+
   it("sets the session cookie with exactly HttpOnly, Secure, SameSite=Lax, Path=/ and a cookie secret whose hash is stored", async () => {
     const { key } = await provision();
     const user = await person(key.key);

@@ -6,7 +6,7 @@ import { pageOf } from "../../platform/db/pagination";
 import type { Agent } from "../../platform/db/schema";
 import type { ApiError } from "../../platform/errors";
 import { fieldErrors, invalidRequest } from "../../platform/errors";
-import { Enabled, field, Layout, Notice, Pager, ProblemBox, problemOf, Secret, Table, Time } from "./layout";
+import { Enabled, field, formOf, Layout, Notice, Pager, ProblemBox, problemOf, Secret, Table, Time } from "./layout";
 import { type Answer, render } from "./render";
 import { type DashContext, type DashEnv, signedIn } from "./session";
 
@@ -22,7 +22,7 @@ export const agentPages = new Hono<DashEnv>()
   .use(signedIn("admin"))
   .get("/", (c) => agentsPage(c, { notice: NOTICES[c.req.query("done") ?? ""] ?? null }))
   .post("/", async (c) => {
-    const form = await c.req.parseBody();
+    const form = await formOf(c);
     try {
       const parsed = NewAgent.safeParse({
         name: field(form, "name"),
@@ -40,7 +40,7 @@ export const agentPages = new Hono<DashEnv>()
   .get("/:id", async (c) => agentPage(c, await getAgent(c.get("deps"), c.get("principal"), c.req.param("id"))))
   .post("/:id", async (c) => {
     const agent = await getAgent(c.get("deps"), c.get("principal"), c.req.param("id"));
-    const form = await c.req.parseBody();
+    const form = await formOf(c);
     return changeAgent(
       c,
       agent,

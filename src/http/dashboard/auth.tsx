@@ -6,7 +6,7 @@ import { AcceptInvitation, LoginRequest } from "../../people/schemas";
 import { cookieLogin, endSessions } from "../../people/sessions";
 import type { ApiError } from "../../platform/errors";
 import { fieldErrors, invalidRequest } from "../../platform/errors";
-import { field, Layout, Notice, ProblemBox, problemOf } from "./layout";
+import { field, formOf, Layout, Notice, ProblemBox, problemOf } from "./layout";
 import { render } from "./render";
 import { clearSessionCookie, cookieSession, type DashContext, type DashEnv, setSessionCookie } from "./session";
 
@@ -45,7 +45,7 @@ export const authPages = new Hono<DashEnv>()
     return render(c, <LoginPage notice={NOTICES[c.req.query("done") ?? ""]} />);
   })
   .post("/login", async (c) => {
-    const form = await c.req.parseBody();
+    const form = await formOf(c);
     const email = field(form, "email");
     const accountId = field(form, "accountId");
     const input = { email, password: typeof form.password === "string" ? form.password : "", ...(accountId ? { accountId } : {}) };
@@ -117,7 +117,7 @@ const InvitationPage = ({ problem, done }: InvitationState) => (
 
 /** The same rules and answers as POST /v1/auth/accept-invitation, the repeated password besides. */
 async function acceptForm(c: DashContext): Promise<Response> {
-  const form = await c.req.parseBody();
+  const form = await formOf(c);
   const password = typeof form.password === "string" ? form.password : "";
   const again = (problem: ApiError) => render(c, <InvitationPage problem={problem} />, problem);
   if (password !== form.confirm) return again(invalidRequest([{ field: "confirm", message: "is not the same password" }]));

@@ -13,7 +13,7 @@ import type { ApiError } from "../../platform/errors";
 import { fieldErrors, invalidRequest } from "../../platform/errors";
 import { emailsOf } from "../../users/service";
 import { Balance, LedgerTable } from "./credits";
-import { field, Layout, Notice, Pager, ProblemBox, problemOf, Secret, Table, Time } from "./layout";
+import { field, formOf, Layout, Notice, Pager, ProblemBox, problemOf, Secret, Table, Time } from "./layout";
 import { type Answer, render } from "./render";
 import { type DashContext, type DashEnv, needs, signedIn } from "./session";
 
@@ -48,7 +48,7 @@ export const keyPages = new Hono<DashEnv>()
   .use(signedIn("full"))
   .get("/", (c) => keysPage(c, { notice: NOTICES[c.req.query("done") ?? ""] ?? null }))
   .post("/", async (c) => {
-    const form = await c.req.parseBody();
+    const form = await formOf(c);
     const types = c.get("config").resourceTypes;
     const body = newKeyBody(form, types);
     try {
@@ -85,7 +85,7 @@ export const keyPages = new Hono<DashEnv>()
   .post("/:id/rotate", async (c) => {
     const [deps, p] = [c.get("deps"), c.get("principal")];
     const key = await getKey(deps, p, c.req.param("id"));
-    const form = await c.req.parseBody();
+    const form = await formOf(c);
     try {
       const parsed = Rotation.safeParse({ gracePeriodSeconds: Number(field(form, "gracePeriodSeconds") || "0") });
       if (!parsed.success) throw invalidRequest(fieldErrors(parsed.error));
@@ -104,7 +104,7 @@ export const keyPages = new Hono<DashEnv>()
   .post("/:id/credits", needs("admin"), async (c) => {
     const [deps, p] = [c.get("deps"), c.get("principal")];
     const key = await getKey(deps, p, c.req.param("id"));
-    const form = await c.req.parseBody();
+    const form = await formOf(c);
     try {
       const amount = field(form, "amount");
       const reason = field(form, "reason");

@@ -1,6 +1,7 @@
+import type { Context } from "hono";
 import type { Child, FC, PropsWithChildren } from "hono/jsx";
 import type { Principal } from "../../core/principal";
-import { ApiError } from "../../platform/errors";
+import { ApiError, invalidRequest } from "../../platform/errors";
 
 /**
  * Every dashboard page: styles and script from this Keygate only (see POLICY), nothing inline. Navigation and the
@@ -160,6 +161,15 @@ export function problemOf(err: unknown): ApiError {
   if (err instanceof ApiError) return err;
   if (err instanceof Error && err.cause instanceof ApiError) return err.cause;
   throw err;
+}
+
+/** The form a page posted; one that cannot be read (a malformed multipart body, say) is 400 `invalid_request`. */
+export async function formOf(c: Context, options?: { all: true }): Promise<Record<string, unknown>> {
+  try {
+    return await c.req.parseBody(options);
+  } catch {
+    throw invalidRequest([{ field: "body", message: "is not a form that can be read" }]);
+  }
 }
 
 /** A form's text field, trimmed; absent or a file is empty. */

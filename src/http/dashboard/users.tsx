@@ -7,7 +7,7 @@ import type { ApiError } from "../../platform/errors";
 import { fieldErrors, invalidRequest } from "../../platform/errors";
 import { NewUser, UserChange, userView } from "../../users/schemas";
 import { createUser, getUser, listUsers, reinvite, updateUser } from "../../users/service";
-import { Enabled, field, Layout, Notice, Pager, ProblemBox, problemOf, Secret, Table, Time } from "./layout";
+import { Enabled, field, formOf, Layout, Notice, Pager, ProblemBox, problemOf, Secret, Table, Time } from "./layout";
 import { type Answer, render } from "./render";
 import { type DashContext, type DashEnv, signedIn } from "./session";
 
@@ -23,7 +23,7 @@ export const userPages = new Hono<DashEnv>()
   .use(signedIn("admin"))
   .get("/", (c) => usersPage(c, { notice: NOTICES[c.req.query("done") ?? ""] ?? null }))
   .post("/", async (c) => {
-    const form = await c.req.parseBody();
+    const form = await formOf(c);
     try {
       const parsed = NewUser.safeParse({ email: field(form, "email"), role: field(form, "role") });
       if (!parsed.success) throw invalidRequest(fieldErrors(parsed.error));
@@ -37,7 +37,7 @@ export const userPages = new Hono<DashEnv>()
   .get("/:id", async (c) => userPage(c, await getUser(c.get("deps"), c.get("principal"), c.req.param("id")), {}))
   .post("/:id", async (c) => {
     const user = await getUser(c.get("deps"), c.get("principal"), c.req.param("id"));
-    const form = await c.req.parseBody();
+    const form = await formOf(c);
     const grants = field(form, "grants")
       .split(/[\s,]+/)
       .filter(Boolean);

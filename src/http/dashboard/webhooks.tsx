@@ -15,7 +15,7 @@ import {
   testWebhook,
   updateWebhook,
 } from "../../webhooks/service";
-import { Enabled, field, Layout, Notice, Pager, ProblemBox, problemOf, Secret, Table, Time } from "./layout";
+import { Enabled, field, formOf, Layout, Notice, Pager, ProblemBox, problemOf, Secret, Table, Time } from "./layout";
 import { type Answer, render } from "./render";
 import { type DashContext, type DashEnv, signedIn } from "./session";
 
@@ -44,7 +44,7 @@ export const webhookPages = new Hono<DashEnv>()
   .use(signedIn("admin"))
   .get("/", (c) => webhooksPage(c, { notice: NOTICES[c.req.query("done") ?? ""] ?? null }))
   .post("/", async (c) => {
-    const form = await c.req.parseBody({ all: true });
+    const form = await formOf(c, { all: true });
     try {
       const description = field(form, "description");
       const parsed = NewWebhook.safeParse({
