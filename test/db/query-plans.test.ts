@@ -319,7 +319,7 @@ const EXPECTED: [string, RegExp][] = [
   ["an audit event", /insert into "audit_events"/],
   ["the activity page", /from "audit_events"/],
   ["a login's user", /from "users".*"users"\."email" = \?/],
-  ["a session made", /insert into "sessions"/],
+  ["a session made", /insert into "?sessions"? /i],
   ["a session read", /from "sessions"/],
   ["a session ended", /update "sessions"/],
   ["the credits ledger written", /insert or ignore into credit_ledger/i],
