@@ -5,6 +5,7 @@
  * reads D1 through its own handle: `objectDatabase` replaces that one.
  */
 import { runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
 import type { AccountObject } from "../src/counters/account-object";
 import type { KeyObject } from "../src/keys/object";
 
@@ -250,23 +251,27 @@ export async function objectDatabase(
 }
 
 /**
- * The real database, recording the constraint or bookmark each session is opened with (local D1 has no replicas, so
- * each session reads the one copy there is whatever it asks for).
+ * Makes an object read the real database through its seam (its instance kept), recording the constraint or bookmark
+ * each of its D1 sessions is opened with (local D1 has no replicas, so each reads the one copy there is); answers what
+ * was asked, and the undo.
  */
-export function sessionsAsked(db: D1Database): { db: D1Database; asked: string[] } {
+export async function objectSessions(
+  stub: DurableObjectStub<KeyObject> | DurableObjectStub<AccountObject>,
+): Promise<{ asked: string[]; restore: () => Promise<void> }> {
   const asked: string[] = [];
-  const recording = new Proxy(db, {
-    get(target, prop) {
-      if (prop === "withSession")
-        return (constraint: string) => {
-          asked.push(constraint);
-          return target.withSession("first-unconstrained");
-        };
-      const value = Reflect.get(target, prop, target);
-      return typeof value === "function" ? value.bind(target) : value;
-    },
-  });
-  return { db: recording, asked };
+  const recording = () =>
+    new Proxy(env.DB, {
+      get(target, prop) {
+        if (prop === "withSession")
+          return (constraint: string) => {
+            asked.push(constraint);
+            return target.withSession("first-unconstrained");
+          };
+        const value = Reflect.get(target, prop, target);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+  return { asked, restore: await objectDatabase(stub, recording, { keep: true }) };
 }
 
 /**

@@ -8,7 +8,7 @@ import { CHANGE_IN_FORCE_MS } from "../../src/keys/reload";
 import { authorizePerson, cookieClaim } from "../../src/people/authorize";
 import { makeDeps } from "../../src/platform/deps";
 import { PASSWORD, page, signIn } from "../dashboard/helpers";
-import { faultyDatabase, faultyObjects, faultyQueue, objectDatabase, sessionsAsked } from "../faults";
+import { faultyDatabase, faultyObjects, faultyQueue, objectDatabase, objectSessions } from "../faults";
 import { call, callWith, expectProblem, provision, rows } from "../helpers";
 
 // A person's session is judged as a key is: by the person's object, which holds it once read, and by an isolate's
@@ -278,19 +278,10 @@ describe("a person's request and D1", () => {
     const stub = env.ACCOUNTS.getByName(`user:${s.user.id}`);
     const restarted = async () => {
       await evictDurableObject(stub);
-      let recorded: string[] = [];
-      const undo = await objectDatabase(
-        stub,
-        () => {
-          const { db, asked } = sessionsAsked(env.DB);
-          recorded = asked;
-          return db;
-        },
-        { keep: true },
-      );
+      const { asked, restore } = await objectSessions(stub);
       expect(await fromObject(s, "any")).toBe("admitted");
-      await undo();
-      return recorded;
+      await restore();
+      return asked;
     };
     // A change told with its bookmark: a copy caught up with it, even after a restart.
     const bookmark = "0000000b-00000002-00000000-0123456789abcdef0123456789abcdef";

@@ -2,7 +2,7 @@ import { evictDurableObject, runDurableObjectAlarm, runInDurableObject } from "c
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { RECORD_TTL_MS, UNSETTLED_TRUST_MS } from "../../src/keys/object";
-import { faultyDatabase, objectDatabase, sessionsAsked } from "../faults";
+import { faultyDatabase, objectDatabase, objectSessions } from "../faults";
 import { call, createKey, expectProblem, provision } from "../helpers";
 
 const whoami = (key: string) => call("/v1/whoami", { key });
@@ -272,18 +272,9 @@ describe("the key's record in its object", () => {
     const bookmark = "0000000a-00000001-00000000-0123456789abcdef0123456789abcdef";
     await stub.reload(bookmark);
     await evictDurableObject(stub);
-    let recorded: string[] = [];
-    const restore = await objectDatabase(
-      stub,
-      () => {
-        const { db, asked } = sessionsAsked(env.DB);
-        recorded = asked;
-        return db;
-      },
-      { keep: true },
-    );
+    const { asked, restore } = await objectSessions(stub);
     expect((await whoami(k.key)).status).toBe(200);
-    expect(recorded).toEqual([bookmark]);
+    expect(asked).toEqual([bookmark]);
     await restore();
   });
 
