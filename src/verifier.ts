@@ -3,7 +3,7 @@ import type { z } from "@hono/zod-openapi";
 import { type Verdict, VerifyRequest, verifyKey } from "./keys/verify";
 import { makeDeps } from "./platform/deps";
 import type { Bindings } from "./platform/env";
-import { ApiError, fieldErrors } from "./platform/errors";
+import { apiErrorOf, fieldErrors } from "./platform/errors";
 import { log, safeError } from "./platform/log";
 
 /**
@@ -37,8 +37,7 @@ export class KeygateVerifier extends WorkerEntrypoint<Bindings> {
  * and message only. Never what drizzle wraps a database error in: the query and its parameters, the key's hash among them.
  */
 function callerError(err: unknown, requestId: string): Error {
-  // drizzle wraps what the database layer throws (a deadline's 503 among it) in an error of its own.
-  const known = err instanceof ApiError ? err : err instanceof Error && err.cause instanceof ApiError ? err.cause : null;
+  const known = apiErrorOf(err);
   if (known) return new Error(`${known.code}: ${known.detail}`);
   log("error", "unexpected_error", { requestId, error: safeError(err) });
   return new Error(`internal_error: Something went wrong on our side. Quote the request id ${requestId} when you report it.`);

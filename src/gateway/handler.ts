@@ -14,7 +14,7 @@ import { carriesSecret } from "../guards/secret";
 import { localOrigin, misconfigured, serviceTokens } from "../platform/config";
 import { deadline } from "../platform/deadline";
 import type { Deps } from "../platform/deps";
-import { ApiError } from "../platform/errors";
+import { ApiError, apiErrorOf } from "../platform/errors";
 import { log, safeError } from "../platform/log";
 import { claim, ownerOf, release } from "../resources/owners";
 import { type Identity, signAssertion } from "./assertion";
@@ -120,8 +120,7 @@ async function pass(c: Context<AppEnv>, next: Next, isOwn: (path: string) => boo
     try {
       await authenticated();
     } catch (err) {
-      // As the app's error handler reads it: drizzle wraps what the database layer throws in an error of its own.
-      const known = err instanceof ApiError ? err : err instanceof Error && err.cause instanceof ApiError ? err.cause : null;
+      const known = apiErrorOf(err);
       if (!known) throw err;
       c.res = problem(c, known);
     }

@@ -6,7 +6,7 @@ import { gateway } from "../gateway/handler";
 import { problem } from "../guards/problem";
 import { type Config, misconfiguredVariables } from "../platform/config";
 import { makeDeps, newRequestId } from "../platform/deps";
-import { ApiError } from "../platform/errors";
+import { ApiError, apiErrorOf } from "../platform/errors";
 import { log, safeError } from "../platform/log";
 import { dashboardRoutes, documentDashboard } from "./dashboard";
 import { REFERENCE_PAGE, REFERENCE_POLICY, RENDERER } from "./docs";
@@ -210,8 +210,7 @@ function ownPaths(mounted: readonly { method: string; path: string }[]): string[
 app.notFound((c) => problem(c, unmatched(app.routes, c.req.method, new URL(c.req.url).pathname)));
 
 app.onError((err, c) => {
-  // drizzle wraps what the database layer throws (a deadline's 503 among it) in an error of its own.
-  const known = err instanceof ApiError ? err : err.cause instanceof ApiError ? err.cause : null;
+  const known = apiErrorOf(err);
   if (known) return problem(c, known);
   // Hono's own refusals (a library's validator, say) still answer in Keygate's shape.
   if (err instanceof HTTPException && err.status === 415)

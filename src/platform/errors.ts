@@ -75,6 +75,15 @@ export class ApiError extends Error {
   }
 }
 
+/**
+ * The ApiError an error is or carries (drizzle wraps what the database layer throws, a deadline's 503 among it, in an
+ * error of its own); null for any other.
+ */
+export function apiErrorOf(err: unknown): ApiError | null {
+  if (err instanceof ApiError) return err;
+  return err instanceof Error && err.cause instanceof ApiError ? err.cause : null;
+}
+
 /** A field's path as the API names it: `scopes[0]`, `admin.email`. */
 function fieldName(path: readonly PropertyKey[]): string {
   return path.reduce<string>(

@@ -2,7 +2,7 @@ import { type OpenAPIHono, z } from "@hono/zod-openapi";
 import { Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { SESSION_COOKIE } from "../../people/sessions";
-import { ApiError, ERRORS, type ErrorCode } from "../../platform/errors";
+import { ApiError, apiErrorOf, ERRORS, type ErrorCode } from "../../platform/errors";
 import { log, safeError } from "../../platform/log";
 import { EVENT_TYPES } from "../../webhooks/schemas";
 import { MAX_BODY_BYTES, problems } from "../openapi";
@@ -64,7 +64,7 @@ export const dashboardRoutes: Hono<DashEnv> = new Hono<DashEnv>()
     throw new ApiError("not_found", "There is no such page in the dashboard.");
   })
   .onError(async (err, c) => {
-    const known = err instanceof ApiError ? err : err.cause instanceof ApiError ? err.cause : null;
+    const known = apiErrorOf(err);
     if (!known) log("error", "unexpected_error", { requestId: c.get("requestId"), error: safeError(err) });
     const problem =
       known ?? new ApiError("internal_error", `Something went wrong on our side. Quote ${c.get("requestId")} when you report it.`);

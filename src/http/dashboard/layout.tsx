@@ -1,7 +1,7 @@
 import type { Context } from "hono";
 import type { Child, FC, PropsWithChildren } from "hono/jsx";
 import type { Principal } from "../../core/principal";
-import { ApiError, invalidRequest } from "../../platform/errors";
+import { type ApiError, apiErrorOf, invalidRequest } from "../../platform/errors";
 
 /**
  * Every dashboard page: styles and script from this Keygate only (see POLICY), nothing inline. Navigation and the
@@ -158,9 +158,9 @@ export const Pager: FC<{ path: string; next: string | null }> = ({ path, next })
 
 /** The ApiError behind a failed action (drizzle wraps what the database layer throws); anything else is not ours to show. */
 export function problemOf(err: unknown): ApiError {
-  if (err instanceof ApiError) return err;
-  if (err instanceof Error && err.cause instanceof ApiError) return err.cause;
-  throw err;
+  const known = apiErrorOf(err);
+  if (!known) throw err;
+  return known;
 }
 
 /** The form a page posted; one that cannot be read (a malformed multipart body, say) is 400 `invalid_request`. */
