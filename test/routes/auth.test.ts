@@ -216,34 +216,36 @@ describe("a login or a password change racing a change to its user", () => {
   };
   const live = (userId: string) =>
     rows<{ id: string }>("SELECT id FROM sessions WHERE user_id = ? AND ended_at IS NULL ORDER BY id", userId);
+  /** The session of `token` changes the password from PASSWORD, through `db` when given. */
+  const changePassword = (token: string, newPassword: string, db?: D1Database) =>
+    callWith(db ? { DB: db } : {}, "/v1/auth/password", { key: token, body: { currentPassword: PASSWORD, newPassword } });
+  /** A login with PASSWORD whose session is checked but not stored until `release`. */
+  const heldLogin = async (email: string) => {
+    const held = heldAt(/insert into "?sessions/i);
+    const answer = callWith({ DB: held.db }, "/v1/auth/login", { body: { email, password: PASSWORD } });
+    await held.db.reached();
+    return { answer, release: held.release };
+  };
 
   it("opens no session for a password changed while the login checked it", async () => {
     const { key } = await provision();
     const user = await person(key.key);
     const mine = await tokens(user.email);
-    const held = heldAt(/insert into "?sessions/i);
     // The thief's login has checked the old password; its session is not stored yet.
-    const thief = callWith({ DB: held.db }, "/v1/auth/login", { body: { email: user.email, password: PASSWORD } });
-    await held.db.reached();
-    const changed = await call("/v1/auth/password", {
-      key: mine.access_token,
-      body: { currentPassword: PASSWORD, newPassword: "a brand new password" },
-    });
-    expect(changed.status).toBe(204);
-    held.release();
-    await expectProblem(await thief, 401, "invalid_credentials");
+    const thief = await heldLogin(user.email);
+    expect((await changePassword(mine.access_token, "a brand new password")).status).toBe(204);
+    thief.release();
+    await expectProblem(await thief.answer, 401, "invalid_credentials");
     expect(await live(user.id)).toEqual([{ id: sid(mine) }]);
   });
 
   it("opens no session for a user disabled while the login checked the password, not even once enabled again", async () => {
     const { key } = await provision();
     const user = await person(key.key);
-    const held = heldAt(/insert into "?sessions/i);
-    const racing = callWith({ DB: held.db }, "/v1/auth/login", { body: { email: user.email, password: PASSWORD } });
-    await held.db.reached();
+    const racing = await heldLogin(user.email);
     expect((await call(`/v1/users/${user.id}`, { method: "PATCH", key: key.key, body: { disabled: true } })).status).toBe(200);
-    held.release();
-    await expectProblem(await racing, 401, "invalid_credentials");
+    racing.release();
+    await expectProblem(await racing.answer, 401, "invalid_credentials");
     expect((await call(`/v1/users/${user.id}`, { method: "PATCH", key: key.key, body: { disabled: false } })).status).toBe(200);
     expect(await live(user.id)).toEqual([]);
     expect((await login(user.email)).status).toBe(200);
@@ -254,16 +256,9 @@ describe("a login or a password change racing a change to its user", () => {
     const user = await person(key.key);
     const [first, second] = [await tokens(user.email), await tokens(user.email)];
     const held = heldAt(/update "users" set "password_hash"/i);
-    const late = callWith({ DB: held.db }, "/v1/auth/password", {
-      key: first.access_token,
-      body: { currentPassword: PASSWORD, newPassword: "the thief's new password" },
-    });
+    const late = changePassword(first.access_token, "the thief's new password", held.db);
     await held.db.reached();
-    const owner = await call("/v1/auth/password", {
-      key: second.access_token,
-      body: { currentPassword: PASSWORD, newPassword: "the owner's new password" },
-    });
-    expect(owner.status).toBe(204);
+    expect((await changePassword(second.access_token, "the owner's new password")).status).toBe(204);
     held.release();
     await expectProblem(await late, 401, "invalid_credentials");
     await expectProblem(await login(user.email, "the thief's new password"), 401, "invalid_credentials");
